@@ -1,0 +1,29 @@
+# CNNF: every target installs what it needs first (scripts/bootstrap.sh).
+PY := .venv/bin/python
+
+.PHONY: deps test test-unit lint typecheck bench clean
+
+deps:
+	@scripts/bootstrap.sh
+
+# The whole suite: unit, lab (root, namespaces, containers), PostgreSQL and browser tests.
+test: deps
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+# Only the pure, fast tests (no root, no lab, no services).
+test-unit: deps
+	$(PY) -m pytest -m "not lab and not root and not postgres and not browser"
+
+lint: deps
+	$(PY) -m ruff check src tests bench
+
+typecheck: deps
+	$(PY) -m mypy
+
+bench: deps
+	$(PY) bench/policy_engine.py
+
+clean:
+	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

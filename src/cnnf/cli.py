@@ -1,0 +1,33 @@
+"""The ``cnnf`` command: one entry point, one sub-command group per component."""
+
+from __future__ import annotations
+
+import typer
+
+from cnnf import __version__
+
+app = typer.Typer(
+    name="cnnf",
+    help="CNNF: a container-aware, east-west Layer 4 firewall and network monitor.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnnf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """CNNF command line."""
+
+
+def main() -> None:
+    app()

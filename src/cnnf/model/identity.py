@@ -1,0 +1,76 @@
+"""Who is at an end of a connection: a container or a host."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+# Labels are a sorted tuple of (key, value) pairs so identities stay hashable
+# (the engine caches verdicts keyed by identity).
+Labels = tuple[tuple[str, str], ...]
+
+K8S_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+K8S_POD_LABEL = "io.kubernetes.pod.name"
+K8S_CONTAINER_LABEL = "io.kubernetes.container.name"
+
+
+def make_labels(labels: Mapping[str, str] | Iterable[tuple[str, str]] | None = None) -> Labels:
+    """Normalise a mapping or pairs into the sorted tuple form used by identities."""
+    if labels is None:
+        return ()
+    items = labels.items() if isinstance(labels, Mapping) else labels
+    return tuple(sorted((str(k), str(v)) for k, v in items))
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """Split ``repo/name:tag`` (or ``name@sha256:...``) into name and tag.
+
+    A colon inside a registry host (``reg:5000/app``) is not a tag separator.
+    An image without a tag has tag ``latest``, as container engines assume.
+    """
+    if "@" in image:
+        name, digest = image.split("@", 1)
+        return name, digest
+    slash = image.rfind("/")
+    colon = image.rfind(":")
+    if colon > slash:
+        return image[:colon], image[colon + 1 :]
+    return image, "latest"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerIdentity:
+    """A running container as a Defender sees it."""
+
+    image: str
+    name: str = ""
+    labels: Labels = ()
+    namespace: str = ""
+    cluster: str = ""
+    host: str = ""
+    id: str = ""
+    pod: str = ""
+
+    @property
+    def image_name(self) -> str:
+        return split_image(self.image)[0]
+
+    @property
+    def image_tag(self) -> str:
+        return split_image(self.image)[1]
+
+    def label(self, key: str) -> str | None:
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HostIdentity:
+    """A host (a node) running a Defender, or a workload on the host network."""
+
+    name: str
+    labels: Labels = ()
+    addresses: tuple[str, ...] = ()
+    cluster: str = ""

@@ -1,0 +1,175 @@
+"""Network objects: the identities rules are written between.
+
+- ``container``: a selector over container identities;
+- ``host``: a selector over host identities;
+- ``subnet``: IPv4 and IPv6 CIDRs;
+- ``dns``: domain names and ``*.`` wildcards.
+
+Selector semantics: within one field, any pattern may match (OR); across the
+fields that are set, all must match (AND); an unset (empty) field does not
+constrain. A selector with every field empty is refused: write ``images: ["*"]``
+to mean any container.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from cnnf.model.rule import PolicyModel
+
+ObjectName = Annotated[str, Field(min_length=1, max_length=200)]
+
+_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_GLOB_CHARS = frozenset("*?[")
+
+
+class ObjectKind(StrEnum):
+    CONTAINER = "container"
+    HOST = "host"
+    SUBNET = "subnet"
+    DNS = "dns"
+
+
+def check_glob(pattern: str) -> str:
+    """Refuse globs fnmatch would read in a surprising way (empty, unclosed ``[``)."""
+    if not pattern:
+        raise ValueError("empty pattern")
+    depth_open = pattern.find("[")
+    if depth_open != -1 and pattern.find("]", depth_open + 1) == -1:
+        raise ValueError(f"malformed glob {pattern!r}: '[' without ']'")
+    if any(ch.isspace() for ch in pattern):
+        raise ValueError(f"malformed glob {pattern!r}: contains whitespace")
+    return pattern
+
+
+def check_label_glob(pattern: str) -> str:
+    key, sep, value = pattern.partition("=")
+    if not sep or not key:
+        raise ValueError(f"label pattern {pattern!r} is not key=value")
+    check_glob(key)
+    check_glob(value)
+    return pattern
+
+
+def is_glob(pattern: str) -> bool:
+    return any(ch in _GLOB_CHARS for ch in pattern)
+
+
+GlobList = tuple[str, ...]
+
+
+def _globs(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(check_glob(v) for v in values)
+
+
+class ContainerSelector(PolicyModel):
+    images: GlobList = ()  # image name globs, matched against "name:tag" and "name"
+    labels: GlobList = ()  # "key=value" globs
+    namespaces: GlobList = ()
+    containers: GlobList = ()
+    hosts: GlobList = ()
+    clusters: GlobList = ()
+
+    @field_validator("images", "namespaces", "containers", "hosts", "clusters")
+    @classmethod
+    def _v_globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _globs(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _v_labels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_label_glob(p) for p in v)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ContainerSelector:
+        if not any(
+            (self.images, self.labels, self.namespaces, self.containers, self.hosts, self.clusters)
+        ):
+            raise ValueError('empty selector: set at least one field (images: ["*"] means any)')
+        return self
+
+
+class HostSelector(PolicyModel):
+    hosts: GlobList = ()  # host name globs
+    labels: GlobList = ()  # "key=value" globs
+
+    @field_validator("hosts")
+    @classmethod
+    def _v_hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _globs(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _v_labels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_label_glob(p) for p in v)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> HostSelector:
+        if not (self.hosts or self.labels):
+            raise ValueError('empty selector: set hosts or labels (hosts: ["*"] means any)')
+        return self
+
+
+class _ObjectBase(PolicyModel):
+    name: ObjectName
+    description: str = ""
+
+
+class ContainerObject(_ObjectBase):
+    kind: Literal[ObjectKind.CONTAINER] = ObjectKind.CONTAINER
+    selector: ContainerSelector
+
+
+class HostObject(_ObjectBase):
+    kind: Literal[ObjectKind.HOST] = ObjectKind.HOST
+    selector: HostSelector
+
+
+class SubnetObject(_ObjectBase):
+    kind: Literal[ObjectKind.SUBNET] = ObjectKind.SUBNET
+    cidrs: Annotated[tuple[str, ...], Field(min_length=1)]
+
+    @field_validator("cidrs")
+    @classmethod
+    def _v_cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for cidr in v:
+            try:
+                out.append(str(ipaddress.ip_network(cidr, strict=False)))
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 CIDR") from None
+        return tuple(out)
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(c) for c in self.cidrs)
+
+
+class DnsObject(_ObjectBase):
+    kind: Literal[ObjectKind.DNS] = ObjectKind.DNS
+    domains: Annotated[tuple[str, ...], Field(min_length=1)]
+
+    @field_validator("domains")
+    @classmethod
+    def _v_domains(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalise_domain_pattern(d) for d in v)
+
+
+def normalise_domain_pattern(domain: str) -> str:
+    """Lower-case, strip the root dot, check labels; allow one leading ``*.``."""
+    d = domain.strip().lower().rstrip(".")
+    body = d[2:] if d.startswith("*.") else d
+    if not body or not all(_DOMAIN_LABEL.match(label) for label in body.split(".")):
+        raise ValueError(f"{domain!r} is not a domain name or a *.domain wildcard")
+    if len(body) > 253:
+        raise ValueError(f"{domain!r} is longer than 253 characters")
+    return d
+
+
+NetworkObject = Annotated[
+    ContainerObject | HostObject | SubnetObject | DnsObject, Field(discriminator="kind")
+]

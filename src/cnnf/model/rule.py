@@ -1,0 +1,143 @@
+"""Rules: source object, destination object, ports, effect."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+MIN_PORT = 1
+MAX_PORT = 65535
+
+
+class Effect(StrEnum):
+    """What a rule does to a matching connection."""
+
+    ALLOW = "allow"
+    ALERT = "alert"  # allow, and raise an audit
+    PREVENT = "prevent"  # block, and raise an audit
+
+    @property
+    def blocks(self) -> bool:
+        return self is Effect.PREVENT
+
+    @property
+    def audits(self) -> bool:
+        return self is not Effect.ALLOW
+
+
+class RuleKind(StrEnum):
+    """Which rule list a rule lives in; decided by the kind of its source."""
+
+    CONTAINER = "container"
+    HOST = "host"
+
+
+class PolicyModel(BaseModel):
+    """Base of all policy types: frozen, camelCase in documents, no unknown fields."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class PortRange(PolicyModel):
+    """An inclusive range of TCP ports; a single port has start == end."""
+
+    start: Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT)]
+    end: Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_scalar(cls, data: Any) -> Any:
+        # Documents write ports as 80, "80" or "8000-8080"; "*" is handled by Rule.
+        if isinstance(data, bool):
+            raise ValueError(f"{data!r} is not a port")
+        if isinstance(data, int):
+            return {"start": data, "end": data}
+        if isinstance(data, str):
+            text = data.strip()
+            lo, sep, hi = text.partition("-")
+            try:
+                start = int(lo)
+                end = int(hi) if sep else start
+            except ValueError:
+                raise ValueError(
+                    f"{data!r} is not a port, a range like 8000-8080, or *"
+                ) from None
+            return {"start": start, "end": end}
+        return data
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortRange:
+        if self.start > self.end:
+            raise ValueError(f"range start {self.start} is above end {self.end}")
+        return self
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.start <= port <= self.end
+
+    def covers(self, other: PortRange) -> bool:
+        return self.start <= other.start and other.end <= self.end
+
+    @property
+    def is_any(self) -> bool:
+        return self.start == MIN_PORT and self.end == MAX_PORT
+
+    def __str__(self) -> str:
+        if self.is_any:
+            return "*"
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+
+ANY_PORT = PortRange(start=MIN_PORT, end=MAX_PORT)
+
+
+class Rule(PolicyModel):
+    """One ordered rule. ``src`` and ``dst`` name network objects of the policy."""
+
+    id: Annotated[int, Field(ge=1)]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    src: Annotated[str, Field(min_length=1)]
+    dst: Annotated[str, Field(min_length=1)]
+    ports: tuple[PortRange, ...] = (ANY_PORT,)
+    effect: Effect = Effect.ALLOW
+    disabled: bool = False
+    notes: str = ""
+    owner: str = ""
+    modified: datetime | None = None
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports(cls, value: Any) -> Any:
+        if value == "*":
+            return (ANY_PORT,)
+        if isinstance(value, (int, str)):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError("a rule needs at least one port, a range, or *")
+            return tuple(ANY_PORT if p == "*" else p for p in value)
+        return value
+
+    @field_serializer("ports")
+    def _ser_ports(self, ports: tuple[PortRange, ...]) -> list[int | str]:
+        return [p.start if p.start == p.end else str(p) for p in ports]
+
+    def matches_port(self, port: int) -> bool:
+        return any(r.start <= port <= r.end for r in self.ports)
