@@ -1,0 +1,178 @@
+"""The Defender's datapath: the kernel-facing part of enforcement and observation.
+
+Everything here does I/O (iptables, ipset, NFQUEUE, conntrack); the decision
+itself comes from the caller as ``decide(packet) -> Decision | Outcome``, so the
+datapath knows nothing about policy. All kernel state lives in one network
+namespace (``netns``: a name under ``/run/netns``, a path, or None for the
+current one) and is owned by tag: chains ``CNNF-*``, rules in built-in chains
+commented ``cnnf``, ipsets ``cnnf-*``.
+
+How the Defender uses it::
+
+    dp = Datapath(DatapathConfig(queues=2, block_mode="reset", fail_open=True),
+                  decide=decider, netns=None)
+    report = dp.start()              # binds the queues, then installs the rules
+    log(report.notes)                # e.g. "set net.bridge.bridge-nf-call-iptables=1 ..."
+    dp.backend.add_address(AddressSet.LOCAL, "10.88.0.5")     # container starting
+    dp.backend.set_addresses(AddressSet.CLUSTER, all_protected) # from the Console
+    dp.workers.broadcast(new_snapshot)   # -> decider.update(new_snapshot) in each worker
+    every few seconds: log(dp.check_and_repair())   # rules, sets, dead workers
+    every second: for r in dp.workers.reports(): record flow / audit
+    dp.domains_for("93.184.216.34")  # names seen in DNS answers to protected workloads
+    dp.stats()                       # queue statistics and verdict counters
+    dp.stop()                        # on SIGTERM/SIGINT: unbind, remove everything
+    cleanup(netns)                   # `cnnf defender cleanup` after a crash
+
+Parts, usable on their own:
+
+- :class:`~cnnf.defender.datapath.backend.FirewallBackend` (protocol) and
+  :class:`~cnnf.defender.datapath.iptables.IptablesBackend`: rules and sets.
+  LOCAL = protected containers here, HOST = this host's addresses (when host
+  protection is on), CLUSTER = protected workloads anywhere (superset of both).
+  SYNs of NEW connections are queued outbound from LOCAL/HOST and inbound to
+  LOCAL/HOST from sources outside CLUSTER, so each attempt is decided once.
+  The disabled mode keeps the rules with empty LOCAL and HOST sets (nothing is
+  queued) and observes with :class:`ConntrackObserver`.
+- :class:`~cnnf.defender.datapath.workers.VerdictWorkers`: one forked process
+  per queue; ``decide`` runs there, on a parsed :class:`PacketInfo`. ``decide``
+  should answer from an immutable snapshot; replace the snapshot by
+  ``broadcast()``-ing it (workers call ``decide.update(message)``). Reports
+  (:class:`Report`) come back in batches; counters live in shared memory. A
+  restarted worker starts from the ``decide`` it was forked with: broadcast the
+  current snapshot again after ``restart_dead()``.
+- :class:`~cnnf.defender.datapath.dns.DnsWatcher` / :class:`DnsCache`: names from
+  DNS answers, recorded (here and in every worker) before the answer is accepted.
+- :class:`~cnnf.defender.datapath.conntrack.ConntrackObserver`: NEW connection
+  events when nothing is enforced.
+- :func:`queue_stats` and :class:`VerdictCounters`: ``status`` and metrics.
+
+Errors: :class:`DatapathError` (a :class:`~cnnf.errors.CnnfError`) names the
+command or call that failed; :class:`QueueBusyError` when another process holds
+a queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from cnnf.defender.datapath.backend import (
+    AddressSet,
+    DatapathConfig,
+    FirewallBackend,
+    InstallReport,
+)
+from cnnf.defender.datapath.conntrack import ConntrackObserver, ObservedConnection
+from cnnf.defender.datapath.dns import DnsCache, DnsRecord, DnsWatcher, parse_dns_answer
+from cnnf.defender.datapath.iptables import IptablesBackend, cleanup
+from cnnf.defender.datapath.netns import DatapathError, NetnsRef
+from cnnf.defender.datapath.nfqueue import QueueBusyError
+from cnnf.defender.datapath.packet import Decision, Outcome, PacketInfo, parse_packet
+from cnnf.defender.datapath.stats import QueueStats, VerdictCounters, parse_queue_stats
+from cnnf.defender.datapath.workers import Decide, Report, VerdictWorkers
+
+
+def queue_stats(netns: str | NetnsRef | None = None) -> list[QueueStats]:
+    """The bound NFQUEUE queues of a namespace (all owners, not just ours)."""
+    ref = NetnsRef.of(netns)
+    try:
+        return parse_queue_stats(ref.proc_net("netfilter/nfnetlink_queue"))
+    except (OSError, DatapathError):
+        return []  # the file appears once nfnetlink_queue is loaded
+
+
+@dataclass(frozen=True, slots=True)
+class DatapathStats:
+    queues: list[QueueStats]
+    counters: list[VerdictCounters]  # per SYN queue
+
+    @property
+    def total(self) -> VerdictCounters:
+        return sum(self.counters, VerdictCounters())
+
+
+class Datapath:
+    """Backend + verdict workers + DNS watcher, started and stopped together."""
+
+    def __init__(
+        self,
+        config: DatapathConfig,
+        decide: Decide,
+        netns: str | NetnsRef | None = None,
+        *,
+        backend: FirewallBackend | None = None,
+        dns_cache: DnsCache | None = None,
+        report: bool = True,
+    ) -> None:
+        self.config = config
+        self.netns = NetnsRef.of(netns)
+        self.backend: FirewallBackend = backend or IptablesBackend(config, self.netns)
+        self.workers = VerdictWorkers(config, decide, self.netns, report=report)
+        self.dns_cache = dns_cache or DnsCache()
+        self.dns: DnsWatcher | None = None
+        if config.dns:
+            self.dns = DnsWatcher(
+                config.dns_queue, self.dns_cache, self.netns, on_answer=self.workers.dns_update
+            )
+
+    def start(self) -> InstallReport:
+        """Bind the queues first (so fail-closed rules never lack a listener), then
+        install the rules; on failure, undo everything and raise."""
+        try:
+            self.workers.start()  # fork before any thread of ours exists
+            if self.dns is not None:
+                self.dns.start()
+            return self.backend.install()
+        except BaseException:
+            with contextlib.suppress(DatapathError):
+                self.stop()
+            raise
+
+    def stop(self) -> list[str]:
+        """Unbind every queue and remove every rule and set; idempotent."""
+        if self.dns is not None:
+            self.dns.stop()
+        self.workers.stop()
+        return self.backend.remove()
+
+    def check_and_repair(self) -> list[str]:
+        """Restart dead workers, put back missing rules and sets; what was repaired."""
+        return self.workers.restart_dead() + self.backend.check_and_repair()
+
+    def domains_for(self, address: str) -> tuple[str, ...]:
+        return self.dns_cache.domains_for(address)
+
+    def stats(self) -> DatapathStats:
+        return DatapathStats(queue_stats(self.netns), self.workers.counters())
+
+
+__all__ = [
+    "AddressSet",
+    "ConntrackObserver",
+    "Datapath",
+    "DatapathConfig",
+    "DatapathError",
+    "DatapathStats",
+    "Decide",
+    "Decision",
+    "DnsCache",
+    "DnsRecord",
+    "DnsWatcher",
+    "FirewallBackend",
+    "InstallReport",
+    "IptablesBackend",
+    "NetnsRef",
+    "ObservedConnection",
+    "Outcome",
+    "PacketInfo",
+    "QueueBusyError",
+    "QueueStats",
+    "Report",
+    "VerdictCounters",
+    "VerdictWorkers",
+    "cleanup",
+    "parse_dns_answer",
+    "parse_packet",
+    "parse_queue_stats",
+    "queue_stats",
+]

@@ -1,0 +1,318 @@
+"""The verdict loop: one worker process per SYN queue.
+
+Each worker is forked from the caller (so ``decide`` is inherited, not pickled),
+moves into the datapath's network namespace, binds its queue and then, for each
+queued SYN: parses it into a :class:`PacketInfo` (with the destination's DNS
+names from its replica :class:`DnsCache`), calls ``decide(packet)`` and issues the
+kernel verdict. Nothing else happens on that path: counters live in shared
+memory and reports are sent in batches.
+
+Control: :meth:`VerdictWorkers.broadcast` sends a message to every worker; DNS
+records update the replica cache, any other message is passed to
+``decide.update(message)`` if ``decide`` has that method (e.g. a new compiled
+policy snapshot or address map). A broadcast bumps a shared generation counter
+after writing, and a worker reads pending messages before deciding whenever the
+counter moved, so a SYN arriving after ``broadcast()`` returned is decided with
+the message applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import multiprocessing
+import queue
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from cnnf.defender.datapath.backend import DatapathConfig
+from cnnf.defender.datapath.dns import DnsCache, DnsRecord
+from cnnf.defender.datapath.netns import DatapathError, NetnsRef
+from cnnf.defender.datapath.nfqueue import NF_ACCEPT, NF_DROP, NF_REPEAT, QueueBusyError, QueueLoop
+from cnnf.defender.datapath.packet import TCP, Decision, Outcome, PacketInfo, parse_packet
+from cnnf.defender.datapath.stats import VerdictCounters
+
+Decide = Callable[[PacketInfo], Decision | Outcome]
+_SLOTS = 6  # accepted, audited, rejected, dropped, errors, reports lost
+_ERRORS = 4
+_LOST = 5
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One decided SYN: the packet, the decision, ``Outcome.detail``, wall time."""
+
+    packet: PacketInfo
+    decision: Decision
+    detail: object
+    time: float
+    queue: int
+
+
+@dataclass(frozen=True, slots=True)
+class DnsUpdate:
+    records: tuple[DnsRecord, ...]
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _Worker:
+    """The state of one worker process (lives only in the child)."""
+
+    def __init__(
+        self,
+        index: int,
+        pool: VerdictWorkers,
+        control: Connection,
+    ) -> None:
+        self.index = index
+        self.pool = pool
+        self.control = control
+        self.config = pool.config
+        self.decide = pool.decide
+        self.cache = DnsCache()
+        self.seen_gen = 0
+        self.pending: list[Report] = []
+        self.last_flush = time.monotonic()
+        self.fail_verdict = NF_ACCEPT if self.config.fail_open else NF_DROP
+        self.base = index * _SLOTS
+        self.reject_mark = self.config.reject_mark
+        self.reset = self.config.block_mode == "reset"
+        self.running = True
+
+    def apply(self, message: Any) -> None:
+        if message is None:
+            self.running = False
+        elif isinstance(message, DnsUpdate):
+            self.cache.record(message.records)
+        else:
+            update = getattr(self.decide, "update", None)
+            if update is not None:
+                update(message)
+
+    def drain_control(self) -> None:
+        while self.control.poll():
+            self.apply(self.control.recv())
+            self.seen_gen += 1
+
+    def handle(self, payload: bytes, mark: int) -> tuple[int, int | None]:
+        counters = self.pool._counters
+        if self.pool._generation.value != self.seen_gen:
+            self.drain_control()
+        if mark & self.reject_mark:
+            # Repeated with our mark but the REJECT rule is gone: never loop.
+            counters[self.base + Decision.DROP] += 1
+            return NF_DROP, None
+        packet = parse_packet(payload)
+        if packet is None or packet.proto != TCP:
+            counters[self.base + _ERRORS] += 1
+            return self.fail_verdict, None
+        if len(self.cache):
+            domains = self.cache.domains_for(packet.dst)
+            if domains:
+                packet = PacketInfo(
+                    packet.family,
+                    packet.src,
+                    packet.dst,
+                    packet.sport,
+                    packet.dport,
+                    packet.proto,
+                    domains,
+                )
+        try:
+            result = self.decide(packet)
+        except Exception:
+            counters[self.base + _ERRORS] += 1
+            return self.fail_verdict, None
+        if isinstance(result, Outcome):
+            decision, detail = result.decision, result.detail
+        else:
+            decision, detail = Decision(result), None
+        counters[self.base + decision] += 1
+        if self.pool.report:
+            self.pending.append(
+                Report(packet, decision, detail, time.time(), self.config.queue_num + self.index)
+            )
+        if decision <= Decision.ACCEPT_AUDIT:
+            return NF_ACCEPT, None
+        if decision == Decision.REJECT and self.reset:
+            return NF_REPEAT, mark | self.reject_mark
+        return NF_DROP, None
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.pending and (force or len(self.pending) >= 256 or now - self.last_flush > 0.02):
+            try:
+                self.pool._reports.put_nowait(self.pending)
+            except queue.Full:
+                # Nobody reads the reports: lose them rather than stall verdicts.
+                self.pool._counters[self.base + _LOST] += len(self.pending)
+            self.pending = []
+            self.last_flush = now
+
+    def run(self, status: Connection) -> None:
+        try:
+            self.pool.netns.enter()
+            loop = QueueLoop(
+                self.config.queue_num + self.index, self.handle, fail_open=self.config.fail_open
+            )
+        except DatapathError as exc:
+            status.send((type(exc).__name__, str(exc)))
+            return
+        status.send(("ok", ""))
+        fds = [loop.fileno(), self.control.fileno()]
+        try:
+            while self.running:
+                ready, _, _ = select.select(fds, [], [], 0.05)
+                if self.control.fileno() in ready:
+                    self.drain_control()
+                if fds[0] in ready:
+                    loop.process()
+                self.flush(force=not ready)
+        finally:
+            self.flush(force=True)
+            loop.close()
+
+
+class VerdictWorkers:
+    """N worker processes, one per SYN queue ``config.queue_num + i``."""
+
+    def __init__(
+        self,
+        config: DatapathConfig,
+        decide: Decide,
+        netns: str | NetnsRef | None = None,
+        *,
+        report: bool = True,
+    ) -> None:
+        self.config = config
+        self.decide = decide
+        self.netns = NetnsRef.of(netns)
+        self.report = report
+        self._ctx = multiprocessing.get_context("fork")
+        self._counters = self._ctx.RawArray(ctypes.c_uint64, config.queues * _SLOTS)
+        self._generation = self._ctx.RawValue(ctypes.c_uint64, 0)
+        self._reports: Any = self._ctx.Queue(maxsize=4096)
+        self._procs: list[Any] = [None] * config.queues
+        self._controls: list[Connection | None] = [None] * config.queues
+        self._lock = threading.Lock()
+
+    def _spawn(self, index: int) -> None:
+        recv_end, send_end = self._ctx.Pipe(duplex=False)
+        status_recv, status_send = self._ctx.Pipe(duplex=False)
+
+        def main() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _die_with_parent()
+            send_end.close()
+            worker = _Worker(index, self, recv_end)
+            worker.seen_gen = int(self._generation.value)
+            worker.run(status_send)
+
+        proc = self._ctx.Process(target=main, name=f"cnnf-verdict-{index}", daemon=True)
+        proc.start()
+        recv_end.close()
+        status_send.close()
+        try:
+            kind, message = status_recv.recv() if status_recv.poll(10) else ("timeout", "")
+        except EOFError:
+            kind, message = "died", ""
+        status_recv.close()
+        if kind != "ok":
+            proc.join(1)
+            send_end.close()
+            queue = self.config.queue_num + index
+            if kind == QueueBusyError.__name__:
+                raise QueueBusyError(message)
+            raise DatapathError(f"verdict worker for queue {queue} failed: {kind} {message}")
+        self._procs[index] = proc
+        self._controls[index] = send_end
+
+    def start(self) -> None:
+        """Fork the workers; each has bound its queue when this returns."""
+        try:
+            for i in range(self.config.queues):
+                self._spawn(i)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None]
+
+    def restart_dead(self) -> list[str]:
+        """Restart workers that died (e.g. killed); returns what was restarted."""
+        restarted = []
+        for i, proc in enumerate(self._procs):
+            if proc is not None and not proc.is_alive():
+                proc.join()
+                conn = self._controls[i]
+                if conn is not None:
+                    conn.close()
+                self._spawn(i)
+                restarted.append(
+                    f"verdict worker for queue {self.config.queue_num + i} "
+                    f"(exit code {proc.exitcode})"
+                )
+        return restarted
+
+    def broadcast(self, message: object) -> None:
+        """Send a message to every worker (see the module docstring)."""
+        with self._lock:
+            for conn in self._controls:
+                if conn is not None:
+                    with contextlib.suppress(OSError):
+                        conn.send(message)
+            self._generation.value += 1
+
+    def dns_update(self, records: list[DnsRecord]) -> None:
+        self.broadcast(DnsUpdate(tuple(records)))
+
+    def counters(self) -> list[VerdictCounters]:
+        """Per queue, in queue order."""
+        c = self._counters
+        return [
+            VerdictCounters(*(int(c[i * _SLOTS + k]) for k in range(_SLOTS)))
+            for i in range(self.config.queues)
+        ]
+
+    def reports(self) -> list[Report]:
+        """Reports sent so far by the workers (batched every 20 ms or 256 reports)."""
+        out: list[Report] = []
+        while True:
+            try:
+                out.extend(self._reports.get_nowait())
+            except queue.Empty:
+                return out
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the workers (their queues are unbound when they exit)."""
+        with self._lock:
+            for conn in self._controls:
+                if conn is not None:
+                    with contextlib.suppress(OSError):
+                        conn.send(None)
+        for i, proc in enumerate(self._procs):
+            if proc is None:
+                continue
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            conn = self._controls[i]
+            if conn is not None:
+                conn.close()
+            self._procs[i] = None
+            self._controls[i] = None

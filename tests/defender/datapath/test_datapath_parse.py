@@ -1,0 +1,274 @@
+"""Pure parts of the datapath: packet and DNS parsing, caches, stats, rule text."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import dns.message
+import dns.rrset
+import pytest
+
+from cnnf.defender.datapath import (
+    AddressSet,
+    DatapathConfig,
+    DnsCache,
+    DnsRecord,
+    IptablesBackend,
+    PacketInfo,
+    parse_dns_answer,
+    parse_packet,
+    parse_queue_stats,
+)
+from cnnf.defender.datapath.conntrack import ObservedConnection, parse_event
+from cnnf.defender.datapath.iptables import _removal_script, _tagged_state
+from cnnf.defender.datapath.packet import udp_payload
+
+
+def ipv4(src: str, dst: str, proto: int, l4: bytes, ihl: int = 5) -> bytes:
+    opts = b"\x01" * ((ihl - 5) * 4)
+    head = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x40 | ihl,
+        0,
+        20 + len(opts) + len(l4),
+        0,
+        0,
+        64,
+        proto,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
+    return head + opts + l4
+
+
+def ipv6(src: str, dst: str, nxt: int, l4: bytes, ext: bytes = b"") -> bytes:
+    head = struct.pack(
+        "!IHBB16s16s",
+        6 << 28,
+        len(ext) + len(l4),
+        0 if ext else nxt,
+        64,
+        socket.inet_pton(socket.AF_INET6, src),
+        socket.inet_pton(socket.AF_INET6, dst),
+    )
+    return head + ext + l4
+
+
+def tcp_syn(sport: int, dport: int) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+
+
+def udp(sport: int, dport: int, data: bytes) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+
+
+HOP_BY_HOP_TO_TCP = bytes([6, 0, 1, 4, 0, 0, 0, 0])  # next header TCP, 8 bytes, PadN
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (
+            ipv4("10.0.0.1", "10.0.0.2", 6, tcp_syn(40000, 80)),
+            PacketInfo(4, "10.0.0.1", "10.0.0.2", 40000, 80),
+        ),
+        (
+            ipv4("10.0.0.1", "10.0.0.2", 6, tcp_syn(1, 65535), ihl=7),
+            PacketInfo(4, "10.0.0.1", "10.0.0.2", 1, 65535),
+        ),
+        (
+            ipv6("fd00::1", "fd00::2", 6, tcp_syn(5555, 443)),
+            PacketInfo(6, "fd00::1", "fd00::2", 5555, 443),
+        ),
+        (
+            ipv6("fd00::1", "fd00::2", 6, tcp_syn(5555, 443), HOP_BY_HOP_TO_TCP),
+            PacketInfo(6, "fd00::1", "fd00::2", 5555, 443),
+        ),
+        (
+            ipv4("10.0.0.53", "10.0.0.2", 17, udp(53, 3333, b"x")),
+            PacketInfo(4, "10.0.0.53", "10.0.0.2", 53, 3333, proto=17),
+        ),
+        (ipv4("10.0.0.1", "10.0.0.2", 1, b"\x08\x00\x00\x00"), None),  # ICMP
+        (ipv4("10.0.0.1", "10.0.0.2", 6, tcp_syn(1, 2))[:22], None),  # truncated
+        (b"\x50" + bytes(40), None),  # not IPv4/IPv6
+        (b"", None),
+    ],
+)
+def test_parse_packet(payload: bytes, expected: PacketInfo | None) -> None:
+    assert parse_packet(payload) == expected
+
+
+def dns_response(qname: str, answers: list[tuple[str, str, str]]) -> bytes:
+    query = dns.message.make_query(qname, "A")
+    resp = dns.message.make_response(query)
+    for name, rdtype, value in answers:
+        resp.answer.append(dns.rrset.from_text(name, 300, "IN", rdtype, value))
+    return resp.to_wire()
+
+
+def test_parse_dns_answer_follows_cnames() -> None:
+    wire = dns_response(
+        "www.shop.example.",
+        [
+            ("www.shop.example.", "CNAME", "edge.cdn.example."),
+            ("edge.cdn.example.", "A", "10.78.0.2"),
+            ("edge.cdn.example.", "AAAA", "fd78::2"),
+        ],
+    )
+    assert parse_dns_answer(wire) == [
+        DnsRecord("10.78.0.2", ("edge.cdn.example", "www.shop.example"), 300),
+        DnsRecord("fd78::2", ("edge.cdn.example", "www.shop.example"), 300),
+    ]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [dns.message.make_query("a.example.", "A").to_wire(), b"", b"\x00garbage"],
+    ids=["query", "empty", "garbage"],
+)
+def test_parse_dns_answer_ignores_non_answers(wire: bytes) -> None:
+    assert parse_dns_answer(wire) == []
+
+
+def test_udp_payload_of_dns_answer() -> None:
+    wire = dns_response("a.example.", [("a.example.", "A", "10.0.0.9")])
+    packet = ipv4("10.0.0.53", "10.0.0.2", 17, udp(53, 4444, wire))
+    assert udp_payload(packet) == wire
+    assert udp_payload(ipv4("10.0.0.1", "10.0.0.2", 6, tcp_syn(1, 2))) is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_dns_cache_expires_and_is_bounded() -> None:
+    clock = FakeClock()
+    cache = DnsCache(clock, min_ttl=10, max_addresses=2)
+    cache.record([DnsRecord("10.0.0.1", ("a.example",), 5)])  # min_ttl lifts 5 to 10
+    clock.now += 3
+    cache.record([DnsRecord("10.0.0.1", ("b.example",), 100)])
+    assert cache.domains_for("10.0.0.1") == ("a.example", "b.example")
+    clock.now += 8  # a.example expired at +10
+    assert cache.domains_for("10.0.0.1") == ("b.example",)
+    assert cache.domains_for("10.9.9.9") == ()
+    cache.record([DnsRecord("10.0.0.2", ("c.example",), 60)])
+    cache.record([DnsRecord("10.0.0.3", ("d.example",), 60)])  # evicts the oldest: .1
+    assert len(cache) == 2
+    assert cache.domains_for("10.0.0.1") == ()
+    clock.now += 1000
+    assert cache.domains_for("10.0.0.3") == ()
+
+
+def test_parse_queue_stats() -> None:
+    text = " 4200  10208     3 2   128     1     2        9  1\n 4201 77 0 2 128 0 0 0 1\nbad\n"
+    stats = parse_queue_stats(text)
+    assert [
+        (s.queue, s.portid, s.waiting, s.dropped, s.user_dropped, s.id_sequence) for s in stats
+    ] == [(4200, 10208, 3, 1, 2, 9), (4201, 77, 0, 0, 0, 0)]
+
+
+def test_parse_conntrack_event() -> None:
+    line = (
+        "[1795945427.613170]\t    [NEW] tcp      6 120 SYN_SENT src=10.77.0.2 dst=10.77.0.3 "
+        "sport=43568 dport=8080 [UNREPLIED] src=10.77.0.3 dst=10.77.0.2 sport=8080 "
+        "dport=43568\n"
+    )
+    assert parse_event(line) == ObservedConnection(
+        "10.77.0.2", "10.77.0.3", 43568, 8080, 1795945427.61317
+    )
+    assert parse_event(
+        "    [NEW] tcp      6 120 SYN_SENT src=fd77::2 dst=fd77::3 sport=1 dport=2 [UNREPLIED]",
+        now=5.0,
+    ) == ObservedConnection("fd77::2", "fd77::3", 1, 2, 5.0)
+    assert parse_event("[1.0] [NEW] udp 17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2") is None
+
+
+@pytest.mark.parametrize(
+    ("config", "present", "absent"),
+    [
+        (
+            DatapathConfig(),
+            [
+                "--queue-num 4200 --queue-bypass",
+                "--reject-with tcp-reset",
+                "--queue-num 4299 --queue-bypass",
+            ],
+            ["--queue-balance"],
+        ),
+        (
+            DatapathConfig(fail_open=False, block_mode="drop", dns=False),
+            ["--queue-num 4200"],
+            ["--queue-bypass", "REJECT", "4299"],
+        ),
+        (DatapathConfig(queues=2), ["--queue-balance 4200:4201 --queue-bypass"], []),
+    ],
+)
+def test_rules_follow_config(config: DatapathConfig, present: list[str], absent: list[str]) -> None:
+    text = "\n".join(IptablesBackend(config).rules(4))
+    for s in present:
+        assert s in text
+    for s in absent:
+        assert s not in text
+
+
+def test_rules_queue_outbound_and_unprotected_inbound() -> None:
+    rules = IptablesBackend(DatapathConfig(dns=False)).rules(6)
+    fwd = [r for r in rules if r.startswith("-A CNNF-FORWARD") and "NFQUEUE" in r]
+    assert len(fwd) == 2
+    assert "--match-set cnnf-local6 src" in fwd[0]
+    assert "--match-set cnnf-local6 dst -m set ! --match-set cnnf-cluster6 src" in fwd[1]
+    assert all("--syn -m conntrack --ctstate NEW" in r for r in fwd)
+    jumps = [r for r in rules if r.startswith("-I ")]
+    assert jumps == [
+        f"-I {b} 1 -m comment --comment cnnf -j CNNF-{b}" for b in ("FORWARD", "INPUT", "OUTPUT")
+    ]
+    assert AddressSet.CLUSTER.set_name(6) == "cnnf-cluster6"
+
+
+def test_removal_script_finds_only_tagged_state() -> None:
+    saved = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [3:120]
+:CNNF-FORWARD - [0:0]
+:OTHER - [0:0]
+-A FORWARD -m comment --comment cnnf -j CNNF-FORWARD
+-A FORWARD -m comment --comment "cnnf other" -j OTHER
+-A FORWARD -j OTHER
+-A CNNF-FORWARD -p tcp -j NFQUEUE --queue-num 4200
+COMMIT
+"""
+    state = _tagged_state(saved)
+    assert state == {
+        "filter": [
+            ":CNNF-FORWARD",
+            "-A FORWARD -m comment --comment cnnf -j CNNF-FORWARD",
+            "-A CNNF-FORWARD -p tcp -j NFQUEUE --queue-num 4200",
+        ]
+    }
+    assert _removal_script(state) == (
+        "*filter\n-D FORWARD -m comment --comment cnnf -j CNNF-FORWARD\n"
+        "-F CNNF-FORWARD\n-X CNNF-FORWARD\nCOMMIT\n"
+    )
+    assert _removal_script({}) == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"queues": 0},
+        {"queues": 65},
+        {"queue_num": 65535, "queues": 2},
+        {"queue_num": 4290, "queues": 10},
+        {"reject_mark": 3},
+        {"reject_mark": 0},
+    ],
+)
+def test_config_refuses_bad_values(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        DatapathConfig(**kwargs)  # type: ignore[arg-type]
