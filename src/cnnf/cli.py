@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cnnf import __version__
+from cnnf.commands import policy as policy_commands
 
 app = typer.Typer(
     name="cnnf",
@@ -27,6 +28,9 @@ def _root(
     ),
 ) -> None:
     """CNNF command line."""
+
+
+app.add_typer(policy_commands.app, name="policy")
 
 
 def main() -> None:

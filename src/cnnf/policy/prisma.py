@@ -1,0 +1,472 @@
+"""Convert between the native policy and the original product's export format.
+
+The original format (DESIGN.md section 1) is one JSON object::
+
+    {"_id": "networkFirewall", "containerEnabled": ..., "hostEnabled": ...,
+     "containerRules": [...], "hostRules": [...], "networkEntities": [...]}
+
+Entities carry an integer ``_id`` and a ``type`` of container, host, subnet or
+dns. Container and host entities hold ``collections`` of glob lists (``*``
+meaning any); subnet entities hold ``subnets: [{name, cidr}]``; dns entities
+``domains``. Rules point at entities by ``_id`` and list ports as
+``{start, end, deny}``.
+
+Mapping decisions:
+
+- a collection becomes a selector; a field whose patterns include ``*`` does
+  not constrain; labels ``key:value`` become ``key=value``;
+- several collections on one entity (an OR of selectors) are merged when they
+  differ in at most one field (the union of that field is exact); otherwise
+  only the first is kept and the rest reported;
+- fields the native model has no equivalent for (non-``*`` ``appIDs``,
+  ``accountIDs``, ``functions``, ``codeRepos``; ``deny: true`` port ranges;
+  subnet names; unknown keys) are reported in :attr:`Conversion.unmapped`
+  with their path, never dropped silently;
+- native settings the original lacks (default effect other than allow, block
+  mode, more than 255 rules in a list) are reported when converting to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from cnnf.errors import FieldError, PolicyValidationError
+from cnnf.model import (
+    BlockMode,
+    ContainerObject,
+    ContainerSelector,
+    DnsObject,
+    Effect,
+    HostObject,
+    HostSelector,
+    Policy,
+    Rule,
+    SubnetObject,
+)
+from cnnf.policy.check import check_policy
+from cnnf.policy.document import ORIGINAL_FORMAT_ID, show, translate_errors
+
+T = TypeVar("T")
+
+ORIGINAL_RULE_LIMIT = 255
+
+# Collection fields with a native selector field, per entity type.
+CONTAINER_FIELDS = ("images", "labels", "namespaces", "containers", "hosts", "clusters")
+HOST_FIELDS = ("hosts", "labels")
+# Collection fields the native model has no equivalent for: only "*" maps.
+OTHER_FIELDS = ("appIDs", "accountIDs", "functions", "codeRepos")
+# Collection metadata without rule semantics.
+COLLECTION_META = frozenset({"name", "description", "color", "owner", "modified", "system",
+                             "prisma"})
+ENTITY_KEYS = frozenset({"_id", "name", "type", "collections", "subnets", "domains",
+                         "description"})
+RULE_KEYS = frozenset({"id", "name", "src", "dst", "ports", "effect", "disabled", "notes",
+                       "owner", "modified", "previousName"})
+ROOT_KEYS = frozenset({"_id", "containerEnabled", "hostEnabled", "containerRules", "hostRules",
+                       "networkEntities"})
+
+
+@dataclass
+class Conversion(Generic[T]):
+    """A conversion's result and what could not be carried over (each with its path)."""
+
+    result: T
+    unmapped: list[str] = field(default_factory=list)
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(FieldError(path, message))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _string_list(value: Any, path: str, errors: _Errors) -> list[str] | None:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        errors.add(path, f"{show(value)} is not a list of strings")
+        return None
+    return list(value)
+
+
+def _selector_fields(
+    coll: Mapping[str, Any], fields: tuple[str, ...], path: str, errors: _Errors,
+    unmapped: list[str],
+) -> dict[str, tuple[str, ...]] | None:
+    """One collection as native selector fields (unconstrained fields left out)."""
+    out: dict[str, tuple[str, ...]] = {}
+    ok = True
+    for key, value in coll.items():
+        kpath = f"{path}.{key}"
+        if key in COLLECTION_META:
+            continue
+        if key not in fields and key not in OTHER_FIELDS and key not in CONTAINER_FIELDS:
+            unmapped.append(f"{kpath}: unknown collection field (value {show(value)})")
+            continue
+        patterns = _string_list(value, kpath, errors)
+        if patterns is None:
+            ok = False
+            continue
+        if not patterns or "*" in patterns:
+            continue  # "*" matches anything: no constraint
+        if key not in fields:
+            unmapped.append(f"{kpath}: {show(patterns)} has no native equivalent; "
+                            "the selector matches without it")
+            continue
+        if key == "labels":
+            converted = []
+            for i, label in enumerate(patterns):
+                lkey, sep, lvalue = label.partition(":")
+                if not sep or not lkey:
+                    errors.add(f"{kpath}[{i}]", f"{label!r} is not a key:value label")
+                    ok = False
+                    continue
+                converted.append(f"{lkey}={lvalue}")
+            patterns = converted
+        out[key] = tuple(patterns)
+    return out if ok else None
+
+
+def _merge_collections(
+    selectors: list[dict[str, tuple[str, ...]]],
+) -> dict[str, tuple[str, ...]] | None:
+    """OR of selectors as one selector, when exact: they differ in at most one field."""
+    first = selectors[0]
+    keys = set().union(*selectors)
+    differing = [k for k in keys if any(s.get(k) != first.get(k) for s in selectors)]
+    if not differing:
+        return first
+    if len(differing) > 1:
+        return None
+    key = differing[0]
+    if any(key not in s for s in selectors):
+        return {k: v for k, v in first.items() if k != key}  # one side unconstrained
+    union: list[str] = []
+    for s in selectors:
+        union.extend(p for p in s[key] if p not in union)
+    return {**first, key: tuple(union)}
+
+
+def _build(model: type[BaseModel], data: dict[str, Any], path: str, errors: _Errors) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors.items.extend(translate_errors(exc, data, path))
+        return None
+
+
+def _entity(
+    ent: Any, path: str, name: str, errors: _Errors, unmapped: list[str]
+) -> Any:
+    etype = ent.get("type")
+    description = ent.get("description", "")
+    if not isinstance(description, str):
+        errors.add(f"{path}.description", f"{show(description)} is not a string")
+        description = ""
+    for key in ent:
+        if key not in ENTITY_KEYS:
+            unmapped.append(f"{path}.{key}: unknown entity field (value {show(ent[key])})")
+    if etype in ("container", "host"):
+        fields = CONTAINER_FIELDS if etype == "container" else HOST_FIELDS
+        colls = ent.get("collections")
+        if not isinstance(colls, list) or not colls:
+            errors.add(f"{path}.collections", f"a {etype} entity needs at least one collection")
+            return None
+        selectors = []
+        for j, coll in enumerate(colls):
+            cpath = f"{path}.collections[{j}]"
+            if not isinstance(coll, Mapping):
+                errors.add(cpath, f"{show(coll)} is not a mapping")
+                return None
+            sel = _selector_fields(coll, fields, cpath, errors, unmapped)
+            if sel is None:
+                return None
+            selectors.append(sel)
+        merged = _merge_collections(selectors)
+        if merged is None:
+            merged = selectors[0]
+            unmapped.append(
+                f"{path}.collections[1:]: {len(colls) - 1} more collection(s) differ from "
+                "collections[0] in more than one field and cannot be one selector; "
+                "only collections[0] was kept"
+            )
+        if not merged:
+            merged = {fields[0]: ("*",)}  # every field "*": any workload
+        sel_model = ContainerSelector if etype == "container" else HostSelector
+        obj_model = ContainerObject if etype == "container" else HostObject
+        selector = _build(sel_model, dict(merged), f"{path}.collections", errors)
+        if selector is None:
+            return None
+        return obj_model(name=name, description=description, selector=selector)
+    if etype == "subnet":
+        subnets = ent.get("subnets")
+        if not isinstance(subnets, list) or not subnets:
+            errors.add(f"{path}.subnets", "a subnet entity needs at least one {name, cidr}")
+            return None
+        cidrs: list[str] = []
+        for j, sub in enumerate(subnets):
+            spath = f"{path}.subnets[{j}]"
+            if isinstance(sub, str):
+                cidrs.append(sub)
+                continue
+            if not isinstance(sub, Mapping) or not isinstance(sub.get("cidr"), str):
+                errors.add(spath, f"{show(sub)} is not {{name, cidr}}")
+                continue
+            cidrs.append(sub["cidr"])
+            sub_name = sub.get("name", "")
+            if sub_name not in ("", None, sub["cidr"]):
+                unmapped.append(f"{spath}.name: subnet name {show(sub_name)} has no native "
+                                f"field (the CIDR {sub['cidr']} is kept)")
+        return _build(SubnetObject, {"kind": "subnet", "name": name,
+                                     "description": description, "cidrs": cidrs}, path, errors)
+    if etype == "dns":
+        domains = _string_list(ent.get("domains"), f"{path}.domains", errors)
+        if domains is None:
+            return None
+        return _build(DnsObject, {"kind": "dns", "name": name, "description": description,
+                                  "domains": domains}, path, errors)
+    errors.add(f"{path}.type", f"{show(etype)} is not one of container, host, subnet, dns")
+    return None
+
+
+def _ports(value: Any, path: str, errors: _Errors, unmapped: list[str]) -> list[Any] | None:
+    if value is None or value == []:
+        return ["*"]
+    if not isinstance(value, list):
+        errors.add(path, f"{show(value)} is not a list of {{start, end, deny}}")
+        return None
+    out: list[Any] = []
+    for i, port in enumerate(value):
+        ppath = f"{path}[{i}]"
+        if not isinstance(port, Mapping):
+            errors.add(ppath, f"{show(port)} is not {{start, end, deny}}")
+            continue
+        if port.get("deny") is True:
+            unmapped.append(f"{ppath}: deny: true port ranges have no native equivalent; "
+                            f"{show(dict(port))} was left out")
+            continue
+        extra = set(port) - {"start", "end", "deny"}
+        for key in sorted(extra):
+            unmapped.append(f"{ppath}.{key}: unknown port field (value {show(port[key])})")
+        start, end = port.get("start"), port.get("end", port.get("start"))
+        if not _is_int(start) or not _is_int(end):
+            errors.add(ppath, f"{show(dict(port))} needs integer start and end")
+            continue
+        out.append({"start": start, "end": end})
+    return out
+
+
+def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Policy]:
+    """Convert an original-format export into a native policy.
+
+    Raises :class:`PolicyValidationError` (every problem, with its path) when
+    the document cannot be converted; reports lossy parts in ``unmapped``.
+    """
+    errors = _Errors()
+    unmapped: list[str] = []
+    if not isinstance(doc, Mapping):
+        raise PolicyValidationError([FieldError("", f"{show(doc)} is not a mapping")], source)
+    if doc.get("_id", ORIGINAL_FORMAT_ID) != ORIGINAL_FORMAT_ID:
+        errors.add("_id", f"{show(doc.get('_id'))} is not {ORIGINAL_FORMAT_ID!r}")
+    for key in doc:
+        if key not in ROOT_KEYS:
+            unmapped.append(f"{key}: unknown field (value {show(doc[key])})")
+
+    settings: dict[str, Any] = {}
+    for key in ("containerEnabled", "hostEnabled"):
+        value = doc.get(key, False)
+        if not isinstance(value, bool):
+            errors.add(key, f"{show(value)} is not true or false")
+        settings[key] = value is True
+
+    names: dict[int, str] = {}
+    objects: list[Any] = []
+    entities = doc.get("networkEntities", [])
+    if not isinstance(entities, list):
+        errors.add("networkEntities", f"{show(entities)} is not a list")
+        entities = []
+    used_names: set[str] = set()
+    for i, ent in enumerate(entities):
+        path = f"networkEntities[{i}]"
+        if not isinstance(ent, Mapping):
+            errors.add(path, f"{show(ent)} is not a mapping")
+            continue
+        ent_id = ent.get("_id")
+        if not isinstance(ent_id, int) or isinstance(ent_id, bool):
+            errors.add(f"{path}._id", f"{show(ent_id)} is not an integer")
+            continue
+        if ent_id in names:
+            errors.add(f"{path}._id", f"duplicate entity _id {ent_id}")
+            continue
+        name = ent.get("name")
+        if not isinstance(name, str) or not name:
+            errors.add(f"{path}.name", f"{show(name)} is not a name")
+            continue
+        if name in used_names:
+            new_name = f"{name}-{ent_id}"
+            unmapped.append(f"{path}.name: duplicate entity name {name!r} renamed to "
+                            f"{new_name!r}")
+            name = new_name
+        used_names.add(name)
+        names[ent_id] = name
+        obj = _entity(ent, path, name, errors, unmapped)
+        if obj is not None:
+            objects.append(obj)
+
+    lists: dict[str, list[Rule]] = {"containerRules": [], "hostRules": []}
+    for list_name in ("containerRules", "hostRules"):
+        rules = doc.get(list_name, [])
+        if not isinstance(rules, list):
+            errors.add(list_name, f"{show(rules)} is not a list")
+            continue
+        for i, raw in enumerate(rules):
+            path = f"{list_name}[{i}]"
+            if not isinstance(raw, Mapping):
+                errors.add(path, f"{show(raw)} is not a mapping")
+                continue
+            for key in raw:
+                if key not in RULE_KEYS:
+                    unmapped.append(f"{path}.{key}: unknown rule field (value {show(raw[key])})")
+            ends: dict[str, str] = {}
+            for end in ("src", "dst"):
+                ref = raw.get(end)
+                if isinstance(ref, int) and not isinstance(ref, bool) and ref in names:
+                    ends[end] = names[ref]
+                else:
+                    errors.add(f"{path}.{end}", f"no entity with _id {show(ref)}")
+            ports = _ports(raw.get("ports"), f"{path}.ports", errors, unmapped)
+            if ports is not None and not ports:
+                unmapped.append(f"{path}: every port range is deny: true; the rule was "
+                                "left out")
+                continue
+            if len(ends) < 2 or ports is None:
+                continue
+            rule_id = raw.get("id")
+            data = {
+                "id": rule_id,
+                "name": raw.get("name") or f"rule-{rule_id}",
+                "src": ends["src"],
+                "dst": ends["dst"],
+                "ports": ports,
+                "effect": raw.get("effect", "allow"),
+                "disabled": raw.get("disabled", False),
+                "notes": raw.get("notes") or "",
+                "owner": raw.get("owner") or "",
+                "modified": raw.get("modified") or None,
+            }
+            rule = _build(Rule, data, path, errors)
+            if rule is not None:
+                lists[list_name].append(rule)
+
+    if errors.items:
+        raise PolicyValidationError(errors.items, source)
+    policy = Policy(
+        container_enabled=settings["containerEnabled"],
+        host_enabled=settings["hostEnabled"],
+        objects=tuple(objects),
+        container_rules=tuple(lists["containerRules"]),
+        host_rules=tuple(lists["hostRules"]),
+    )
+    problems = check_policy(policy)
+    if problems:
+        raise PolicyValidationError(problems, source)
+    return Conversion(policy, unmapped)
+
+
+def _collection(name: str, fields: dict[str, tuple[str, ...]], all_fields: tuple[str, ...],
+                ) -> dict[str, Any]:
+    coll: dict[str, Any] = {"name": name}
+    for key in (*all_fields, *OTHER_FIELDS):
+        coll[key] = list(fields.get(key) or ("*",))
+    return coll
+
+
+def to_prisma(policy: Policy) -> Conversion[dict[str, Any]]:
+    """Convert a native policy into the original export format.
+
+    Reports native settings the original format cannot hold in ``unmapped``.
+    """
+    problems = check_policy(policy)
+    if problems:
+        raise PolicyValidationError(problems)
+    unmapped: list[str] = []
+    if policy.default_effect is not Effect.ALLOW:
+        unmapped.append(f"defaultEffect: {policy.default_effect.value} has no equivalent "
+                        "(the original product allows unmatched connections)")
+    if policy.block_mode is not BlockMode.RESET:
+        unmapped.append(f"blockMode: {policy.block_mode.value} has no equivalent (the "
+                        "original product drops prevented connections silently)")
+    ids: dict[str, int] = {}
+    entities: list[dict[str, Any]] = []
+    for i, obj in enumerate(policy.objects, start=1):
+        ids[obj.name] = i
+        ent: dict[str, Any] = {"_id": i, "name": obj.name, "type": obj.kind.value}
+        if obj.description:
+            ent["description"] = obj.description
+        if isinstance(obj, ContainerObject | HostObject):
+            sel = obj.selector
+            all_fields = CONTAINER_FIELDS if isinstance(obj, ContainerObject) else HOST_FIELDS
+            fields = {k: tuple(getattr(sel, k)) for k in all_fields}
+            labels = []
+            for j, label in enumerate(fields["labels"]):
+                key, _, value = label.partition("=")
+                if ":" in key:
+                    unmapped.append(f"objects[{i - 1}].selector.labels[{j}]: key {key!r} "
+                                    "contains ':' and cannot be written as key:value")
+                labels.append(f"{key}:{value}")
+            fields["labels"] = tuple(labels)
+            ent["collections"] = [_collection(obj.name, fields, all_fields)]
+        elif isinstance(obj, SubnetObject):
+            ent["subnets"] = [{"name": cidr, "cidr": cidr} for cidr in obj.cidrs]
+        elif isinstance(obj, DnsObject):
+            ent["domains"] = list(obj.domains)
+        entities.append(ent)
+
+    def rules(list_name: str, items: tuple[Rule, ...]) -> list[dict[str, Any]]:
+        if len(items) > ORIGINAL_RULE_LIMIT:
+            unmapped.append(f"{list_name}: {len(items)} rules; the original product accepts "
+                            f"at most {ORIGINAL_RULE_LIMIT}")
+        out = []
+        for rule in items:
+            raw: dict[str, Any] = {
+                "id": rule.id,
+                "name": rule.name,
+                "src": ids[rule.src],
+                "dst": ids[rule.dst],
+                "ports": [{"start": p.start, "end": p.end, "deny": False} for p in rule.ports],
+                "effect": rule.effect.value,
+                "disabled": rule.disabled,
+            }
+            if rule.notes:
+                raw["notes"] = rule.notes
+            if rule.owner:
+                raw["owner"] = rule.owner
+            if rule.modified is not None:
+                raw["modified"] = rule.modified.isoformat().replace("+00:00", "Z")
+            out.append(raw)
+        return out
+
+    doc = {
+        "_id": ORIGINAL_FORMAT_ID,
+        "containerEnabled": policy.container_enabled,
+        "containerRules": rules("containerRules", policy.container_rules),
+        "hostEnabled": policy.host_enabled,
+        "hostRules": rules("hostRules", policy.host_rules),
+        "networkEntities": entities,
+    }
+    return Conversion(doc, unmapped)
+
+
+__all__ = ["Conversion", "from_prisma", "to_prisma"]
