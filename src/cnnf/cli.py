@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cnnf import __version__
+from cnnf.commands import console as console_commands
 from cnnf.commands import policy as policy_commands
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ def _root(
 
 
 app.add_typer(policy_commands.app, name="policy")
+app.add_typer(console_commands.app, name="console")
 
 
 def main() -> None:

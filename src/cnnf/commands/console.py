@@ -1,0 +1,94 @@
+"""``cnnf console``: serve the Console, and manage its users."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cnnf.console.config import ConsoleConfig, database_url, default_data_dir
+from cnnf.console.security import Role
+from cnnf.errors import CnnfError
+
+app = typer.Typer(
+    name="console",
+    help="Serve the Console (API and store), or manage its users.",
+    add_completion=False,
+)
+
+DB_HELP = "SQLite file path or postgresql:// URL (default: console.db in the data directory)"
+DATA_HELP = "Data directory (default: $CNNF_DATA_DIR or ./var/console)"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"cnnf console: {message}", err=True)
+    return typer.Exit(1)
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    *,
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve on")] = (
+        "127.0.0.1:8080"
+    ),
+    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_HELP)] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the Console API on --listen (migrating the store first)."""
+    ctx.obj = {"db": db, "data_dir": data_dir}
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from cnnf.console.app import create_app
+
+    try:
+        config = ConsoleConfig.from_options(listen=listen, db=db, data_dir=data_dir)
+        application = create_app(config)
+    except CnnfError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(application, host=config.host, port=config.port, log_level=log_level)
+
+
+@app.command("create-user")
+def create_user(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="User name")],
+    *,
+    role: Annotated[Role, typer.Option("--role", help="admin, operator or auditor")] = (
+        Role.ADMIN
+    ),
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_HELP)] = None,
+) -> None:
+    """Create a user (the first admin, typically), migrating the store if needed."""
+    from sqlalchemy.orm import Session
+
+    from cnnf.console.services.users import UserService
+    from cnnf.console.store.db import connect, migrate
+
+    parent = ctx.obj or {}
+    db = db if db is not None else parent.get("db")
+    directory = data_dir or parent.get("data_dir") or default_data_dir()
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        engine = connect(database_url(db, directory))
+        migrate(engine)
+        with Session(engine) as session:
+            user = UserService(session).create_user(name, role, password)
+    except CnnfError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        if "engine" in locals():
+            engine.dispose()
+    typer.echo(f"created user {user.name!r} with role {user.role.value}")

@@ -1,0 +1,1 @@
+"""HTTP routers of the Console API, all under ``/api/v1``."""

@@ -1,0 +1,96 @@
+"""Request-scoped dependencies: the store session, the caller, permission checks.
+
+Every route declares the permission it needs with :func:`allow`; the
+authorization tests read these declarations from the app's routes, so a new
+route cannot escape them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from cnnf.console.config import ConsoleConfig
+from cnnf.console.security import LoginLimiter, Permission, allowed
+from cnnf.console.services.errors import Forbidden, Unauthorized
+from cnnf.console.services.policy import PolicyService
+from cnnf.console.services.users import Principal, UserService
+
+
+@dataclass
+class ConsoleState:
+    """Everything the routes share, built once by :func:`cnnf.console.app.create_app`."""
+
+    config: ConsoleConfig
+    sessions: sessionmaker[Session]
+    limiter: LoginLimiter
+    now: Callable[[], datetime]
+
+
+def state(request: Request) -> ConsoleState:
+    console: ConsoleState = request.app.state.console
+    return console
+
+
+StateDep = Annotated[ConsoleState, Depends(state)]
+
+
+def session(console: StateDep) -> Iterator[Session]:
+    with console.sessions() as s:
+        yield s
+
+
+SessionDep = Annotated[Session, Depends(session)]
+_bearer = HTTPBearer(auto_error=False, description="A session token from login, or an API token")
+
+
+def principal(
+    console: StateDep,
+    db: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+    return UserService(db, console.now).authenticate(credentials.credentials)
+
+
+class Require:
+    """Dependency: the caller, if its role grants ``permission`` (else 403)."""
+
+    def __init__(self, permission: Permission) -> None:
+        self.permission = permission
+
+    def __call__(self, who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not allowed(who.role, self.permission):
+            raise Forbidden(
+                f"role {who.role.value!r} may not do this (needs {self.permission.value!r})"
+            )
+        return who
+
+    def __repr__(self) -> str:
+        return f"Require({self.permission.value})"
+
+
+_REQUIRES = {p: Require(p) for p in Permission}
+
+
+def allow(permission: Permission) -> Any:
+    """The dependency marker for ``permission`` (use the aliases below in signatures)."""
+    return Depends(_REQUIRES[permission])
+
+
+# ``who: Writer`` in a route's signature: the caller, if allowed (else 401/403).
+Reader = Annotated[Principal, allow(Permission.READ)]
+Writer = Annotated[Principal, allow(Permission.POLICY)]
+Admin = Annotated[Principal, allow(Permission.ADMIN)]
+Caller = Annotated[Principal, allow(Permission.SELF)]
+
+
+def policy_service(db: Session, console: ConsoleState, who: Principal) -> PolicyService:
+    return PolicyService(db, actor=who.name, now=console.now)

@@ -1,0 +1,45 @@
+"""Network objects: the things rules are written between."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path
+
+from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer, policy_service
+from cnnf.model import NetworkObject
+
+router = APIRouter(prefix="/objects", tags=["objects"])
+Name = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+@router.get("", response_model=list[NetworkObject])
+def list_objects(*, db: SessionDep, console: StateDep,
+                 who: Reader) -> list[NetworkObject]:
+    return list(policy_service(db, console, who).policy().objects)
+
+
+@router.post("", response_model=NetworkObject, status_code=201)
+def create_object(*, obj: Annotated[NetworkObject, Body()], db: SessionDep, console: StateDep,
+                  who: Writer) -> NetworkObject:
+    return policy_service(db, console, who).create_object(obj)
+
+
+@router.get("/{name}", response_model=NetworkObject)
+def get_object(*, name: Name, db: SessionDep, console: StateDep,
+               who: Reader) -> NetworkObject:
+    return policy_service(db, console, who).get_object(name)
+
+
+@router.put("/{name}", response_model=NetworkObject)
+def update_object(*, name: Name, obj: Annotated[NetworkObject, Body()], db: SessionDep,
+                  console: StateDep, who: Writer) -> NetworkObject:
+    """Replace an object; a changed name is carried into the rules that use it."""
+    return policy_service(db, console, who).update_object(name, obj)
+
+
+@router.delete("/{name}", status_code=204)
+def delete_object(*, name: Name, db: SessionDep, console: StateDep,
+                  who: Writer) -> None:
+    """Delete an unused object; 409 names the rules that still use it."""
+    policy_service(db, console, who).delete_object(name)

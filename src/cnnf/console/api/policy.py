@@ -1,0 +1,169 @@
+"""Settings, the whole policy, export and import, and the change history."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select
+
+from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer, policy_service
+from cnnf.console.services import formats
+from cnnf.console.services.policy import PolicyService, Settings
+from cnnf.console.store.models import ChangeRow
+from cnnf.errors import PolicyValidationError
+from cnnf.model import Policy
+from cnnf.model.rule import PolicyModel
+
+router = APIRouter(tags=["policy"])
+Format = Literal["native", "prisma"]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+class FieldProblem(PolicyModel):
+    path: str
+    message: str
+
+
+class ImportResult(PolicyModel):
+    valid: bool
+    applied: bool
+    dry_run: bool
+    revision: int
+    diff: dict[str, Any]
+    errors: list[FieldProblem]
+    unmapped: list[str]
+
+
+class Change(PolicyModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    resource: str
+    revision: int
+    before: Any
+    after: Any
+
+
+class ChangePage(PolicyModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[Change]
+
+
+@router.get("/settings", response_model=Settings)
+def get_settings(*, db: SessionDep, console: StateDep,
+                 who: Reader) -> Settings:
+    return policy_service(db, console, who).settings()
+
+
+@router.put("/settings", response_model=Settings)
+def put_settings(*, body: Settings, db: SessionDep, console: StateDep,
+                 who: Writer) -> Settings:
+    return policy_service(db, console, who).put_settings(body)
+
+
+@router.get("/policy", response_model=Policy)
+def get_policy(*, db: SessionDep, console: StateDep,
+               who: Reader) -> Policy:
+    return policy_service(db, console, who).policy()
+
+
+@router.put("/policy", response_model=Policy)
+def put_policy(*, body: Annotated[Policy, Body()], db: SessionDep, console: StateDep,
+               who: Writer) -> Policy:
+    """Replace the whole policy at once (the body's revision is ignored)."""
+    return policy_service(db, console, who).replace(body)
+
+
+@router.get("/policy/export")
+def export_policy(
+    *,
+    db: SessionDep, console: StateDep,
+    fmt: Annotated[Format, Query(alias="format")] = "native",
+    who: Reader,
+) -> Response:
+    """The whole policy as one document: native (``cnnf/v1``) or the original product's."""
+    policy = policy_service(db, console, who).policy()
+    headers = {"Content-Disposition": f'attachment; filename="cnnf-policy-{fmt}.json"'}
+    if fmt == "native":
+        return Response(formats.dump_native(policy), media_type="application/json",
+                        headers=headers)
+    doc, unmapped = formats.dump_prisma(policy)
+    headers["X-Cnnf-Unmapped"] = str(len(unmapped))
+    return Response(json.dumps(doc, indent=2) + "\n", media_type="application/json",
+                    headers=headers)
+
+
+@router.post(
+    "/policy/import",
+    response_model=ImportResult,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "application/yaml": {"schema": {"type": "string"}},
+    }}},
+)
+async def import_policy(
+    *,
+    request: Request, db: SessionDep, console: StateDep,
+    fmt: Annotated[Format, Query(alias="format")] = "native",
+    dry_run: Annotated[bool, Query()] = False,
+    who: Writer,
+) -> ImportResult:
+    """Replace the whole policy with a document, atomically. With ``dry_run`` the
+    diff and the errors are returned and nothing changes; an invalid document is
+    refused (422) and nothing changes either."""
+    raw = await request.body()
+    return await run_in_threadpool(
+        lambda: _import(raw, service=policy_service(db, console, who), fmt=fmt, dry_run=dry_run)
+    )
+
+
+def _problems(exc: PolicyValidationError) -> list[FieldProblem]:
+    return [FieldProblem(path=e.path, message=e.message) for e in exc.errors]
+
+
+def _import(raw: bytes, *, service: PolicyService, fmt: Format, dry_run: bool) -> ImportResult:
+    revision = service.revision()
+    unmapped: list[str] = []
+    try:
+        if fmt == "native":
+            policy = formats.load_native(raw, source="import")
+        else:
+            loaded = formats.load_prisma(raw, source="import")
+            policy, unmapped = loaded.policy, loaded.unmapped
+    except PolicyValidationError as exc:
+        if not dry_run:
+            raise
+        return ImportResult(valid=False, applied=False, dry_run=True, revision=revision,
+                            diff={}, errors=_problems(exc), unmapped=[])
+    diff, errors = service.preview(policy)
+    problems = [FieldProblem(path=e.path, message=e.message) for e in errors]
+    if dry_run or problems:
+        if problems and not dry_run:
+            raise PolicyValidationError(errors, "import")
+        return ImportResult(valid=not problems, applied=False, dry_run=dry_run,
+                            revision=revision, diff=diff, errors=problems, unmapped=unmapped)
+    stored = service.replace(policy, action=f"policy.import.{fmt}")
+    return ImportResult(valid=True, applied=True, dry_run=False, revision=stored.revision,
+                        diff=diff, errors=[], unmapped=unmapped)
+
+
+@router.get("/changes", response_model=ChangePage)
+def list_changes(*, db: SessionDep, limit: Limit = 100, offset: Offset = 0,
+                 _: Reader) -> ChangePage:
+    """Every policy change, newest first: who, when, what (before and after)."""
+    total = db.scalar(select(func.count(ChangeRow.id))) or 0
+    rows = db.scalars(select(ChangeRow).order_by(ChangeRow.id.desc()).limit(limit).offset(offset))
+    items = [
+        Change(id=r.id, at=r.at, actor=r.actor, action=r.action, resource=r.resource,
+               revision=r.revision, before=r.before, after=r.after)
+        for r in rows
+    ]
+    return ChangePage(total=total, limit=limit, offset=offset, items=items)

@@ -1,0 +1,79 @@
+"""Container rules and host rules: ordered lists with insert-at and move."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, Query
+from pydantic import Field
+
+from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer, policy_service
+from cnnf.console.services.policy import RuleDraft
+from cnnf.model import Rule, RuleKind
+from cnnf.model.rule import PolicyModel
+
+router = APIRouter(prefix="/rules/{kind}", tags=["rules"])
+Kind = Annotated[RuleKind, Path(description="container or host")]
+RuleId = Annotated[int, Path(ge=1)]
+
+
+class PlacedRule(Rule):
+    """A rule with its place in its list (0 is evaluated first)."""
+
+    position: int
+
+
+class Move(PolicyModel):
+    position: Annotated[int, Field(ge=0)]
+
+
+def _placed(position: int, rule: Rule) -> PlacedRule:
+    return PlacedRule.model_validate({**rule.model_dump(), "position": position})
+
+
+@router.get("", response_model=list[PlacedRule])
+def list_rules(*, kind: Kind, db: SessionDep, console: StateDep,
+               who: Reader) -> list[PlacedRule]:
+    policy = policy_service(db, console, who).policy()
+    rules = policy.container_rules if kind is RuleKind.CONTAINER else policy.host_rules
+    return [_placed(i, r) for i, r in enumerate(rules)]
+
+
+@router.post("", response_model=PlacedRule, status_code=201)
+def create_rule(*,
+    kind: Kind, draft: Annotated[RuleDraft, Body()], db: SessionDep, console: StateDep,
+    position: Annotated[int | None, Query(ge=0, description="insert here; default: last")] = None,
+    who: Writer,
+) -> PlacedRule:
+    service = policy_service(db, console, who)
+    rule = service.create_rule(kind, draft, position)
+    return _placed(*service.get_rule(kind, rule.id))
+
+
+@router.get("/{rule_id}", response_model=PlacedRule)
+def get_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDep,
+             who: Reader) -> PlacedRule:
+    return _placed(*policy_service(db, console, who).get_rule(kind, rule_id))
+
+
+@router.put("/{rule_id}", response_model=PlacedRule)
+def update_rule(*, kind: Kind, rule_id: RuleId, draft: Annotated[RuleDraft, Body()],
+                db: SessionDep, console: StateDep,
+                who: Writer) -> PlacedRule:
+    service = policy_service(db, console, who)
+    service.update_rule(kind, rule_id, draft)
+    return _placed(*service.get_rule(kind, rule_id))
+
+
+@router.delete("/{rule_id}", status_code=204)
+def delete_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDep,
+                who: Writer) -> None:
+    policy_service(db, console, who).delete_rule(kind, rule_id)
+
+
+@router.post("/{rule_id}/move", response_model=list[PlacedRule])
+def move_rule(*, kind: Kind, rule_id: RuleId, body: Move, db: SessionDep, console: StateDep,
+              who: Writer) -> list[PlacedRule]:
+    """Move a rule to ``position``; returns the list in its new order."""
+    rules = policy_service(db, console, who).move_rule(kind, rule_id, body.position)
+    return [_placed(i, r) for i, r in enumerate(rules)]

@@ -1,0 +1,102 @@
+"""User management (admin only) and API tokens (each user their own)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import Field
+
+from cnnf.console.api.deps import Admin, Caller, SessionDep, StateDep
+from cnnf.console.security import Permission, Role, allowed
+from cnnf.console.services.errors import Conflict, Forbidden
+from cnnf.console.services.users import (
+    NewToken,
+    TokenInfo,
+    TokenRequest,
+    UserInfo,
+    UserService,
+)
+from cnnf.model.rule import PolicyModel
+
+router = APIRouter(tags=["users"])
+
+
+class UserCreate(PolicyModel):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    role: Role
+    password: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class UserUpdate(PolicyModel):
+    role: Role | None = None
+    password: Annotated[str | None, Field(min_length=1, max_length=1000)] = None
+    disabled: bool | None = None
+
+
+@router.get("/users", response_model=list[UserInfo])
+def list_users(*, db: SessionDep, console: StateDep,
+               _: Admin) -> list[UserInfo]:
+    return UserService(db, console.now).list_users()
+
+
+@router.post("/users", response_model=UserInfo, status_code=201)
+def create_user(*, body: UserCreate, db: SessionDep, console: StateDep,
+                _: Admin) -> UserInfo:
+    return UserService(db, console.now).create_user(body.name, body.role, body.password)
+
+
+@router.get("/users/{name}", response_model=UserInfo)
+def get_user(*, name: str, db: SessionDep, console: StateDep,
+             _: Admin) -> UserInfo:
+    return UserService(db, console.now).get_user(name)
+
+
+@router.patch("/users/{name}", response_model=UserInfo)
+def update_user(*, name: str, body: UserUpdate, db: SessionDep, console: StateDep,
+                _: Admin) -> UserInfo:
+    users = UserService(db, console.now)
+    current = users.get_user(name)
+    losing_admin = current.role is Role.ADMIN and not current.disabled and (
+        (body.role is not None and body.role is not Role.ADMIN) or body.disabled
+    )
+    if losing_admin and users.count_admins() <= 1:
+        raise Conflict(f"{name!r} is the last enabled admin")
+    return users.update_user(name, role=body.role, password=body.password,
+                             disabled=body.disabled)
+
+
+@router.delete("/users/{name}", status_code=204)
+def delete_user(*, name: str, db: SessionDep, console: StateDep,
+                _: Admin) -> None:
+    users = UserService(db, console.now)
+    current = users.get_user(name)
+    if current.role is Role.ADMIN and not current.disabled and users.count_admins() <= 1:
+        raise Conflict(f"{name!r} is the last enabled admin")
+    users.delete_user(name)
+
+
+@router.get("/tokens", response_model=list[TokenInfo])
+def list_tokens(*,
+    db: SessionDep, console: StateDep,
+    everyone: Annotated[bool, Query(alias="all", description="every user's (admin)")] = False,
+    who: Caller,
+) -> list[TokenInfo]:
+    if everyone and not allowed(who.role, Permission.ADMIN):
+        raise Forbidden("only admins may list every user's tokens")
+    return UserService(db, console.now).list_tokens(who, everyone=everyone)
+
+
+@router.post("/tokens", response_model=NewToken, status_code=201)
+def create_token(*, body: TokenRequest, db: SessionDep, console: StateDep,
+                 who: Caller) -> NewToken:
+    """An API token for automation, acting with the caller's role. Shown once."""
+    return UserService(db, console.now).create_api_token(who, body)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(*, token_id: int, db: SessionDep, console: StateDep,
+                 who: Caller) -> None:
+    UserService(db, console.now).revoke_token(
+        who, token_id, any_user=allowed(who.role, Permission.ADMIN)
+    )

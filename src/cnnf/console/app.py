@@ -1,0 +1,190 @@
+"""The Console's FastAPI application factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cnnf import __version__
+from cnnf.console.api import auth, objects, policy, records, rules, users
+from cnnf.console.api.deps import ConsoleState
+from cnnf.console.config import ConsoleConfig
+from cnnf.console.security import LoginLimiter
+from cnnf.console.services.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+)
+from cnnf.console.services.formats import FormatUnavailable
+from cnnf.console.services.policy import utcnow
+from cnnf.console.store.db import connect, migrate
+from cnnf.errors import FieldError, PolicyValidationError
+from cnnf.model import ObjectKind
+
+API_PREFIX = "/api/v1"
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        # Read the (undeclared or small) body up to the limit, then replay it.
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body is larger than {self.limit} bytes",
+             "errors": [{"path": "body", "message": f"larger than {self.limit} bytes"}]},
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
+
+def _error(status: int, detail: str, errors: list[FieldError] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    if errors is not None:
+        body["errors"] = [{"path": e.path, "message": e.message} for e in errors]
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# pydantic puts the tag of a discriminated union (an object's kind) into ``loc``.
+_UNION_TAGS = frozenset(ObjectKind)
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    path = ""
+    previous: Any = None
+    for part in parts:
+        at_union = previous is None or isinstance(previous, int)
+        previous = part
+        if at_union and part in _UNION_TAGS:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for err in exc.errors():
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            if "input" in err and err.get("type") != "missing":
+                msg = f"{msg} (got {err['input']!r:.100})"
+            errors.append(FieldError(_loc_path(tuple(err.get("loc", ()))), msg))
+        return _error(422, "; ".join(str(e) for e in errors), errors)
+
+    @app.exception_handler(PolicyValidationError)
+    async def _policy(_: Request, exc: PolicyValidationError) -> JSONResponse:
+        return _error(422, "; ".join(str(e) for e in exc.errors), exc.errors)
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
+        return _error(422, str(exc), exc.errors)
+
+    @app.exception_handler(FormatUnavailable)
+    async def _format(_: Request, exc: FormatUnavailable) -> JSONResponse:
+        return _error(400, f"format: {exc}", [FieldError("format", str(exc))])
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+        return _error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+        return _error(403, str(exc))
+
+
+def create_app(
+    config: ConsoleConfig,
+    *,
+    engine: Engine | None = None,
+    now: Callable[[], datetime] = utcnow,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """Build the Console app: connect, migrate the store, mount the routers."""
+    engine = engine or connect(config.db_url)
+    migrate(engine)
+    console = ConsoleState(
+        config=config,
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        limiter=LoginLimiter(config.login_failures_allowed,
+                             config.login_failure_window_seconds, monotonic),
+        now=now,
+    )
+    app = FastAPI(
+        title="CNNF Console",
+        version=__version__,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.console = console
+    app.state.engine = engine
+    _install_handlers(app)
+    for module in (auth, users, objects, rules, policy, records):
+        app.include_router(module.router, prefix=API_PREFIX)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness and store reachability; no credentials needed."""
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    return app

@@ -1,0 +1,287 @@
+"""Audits and flows: batch insert, filtered queries with paging, CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import Field
+from sqlalchemy import ColumnElement, Select, and_, case, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from cnnf.console.store.models import AuditRow, FlowRow
+from cnnf.model import Effect
+from cnnf.model.rule import PolicyModel
+
+# The original product's audit export columns, in its order.
+CSV_COLUMNS = (
+    "Time", "Type", "RuleName", "Block", "SrcImageName", "SrcContainerName", "DstImageName",
+    "DstContainerName", "Port", "DstSubnet", "DstDomain", "SrcHostname", "DstHostname", "Msg",
+    "Count",
+)
+Port = Annotated[int, Field(ge=1, le=65535)]
+Text = Annotated[str, Field(max_length=300)]
+
+
+class AuditRecord(PolicyModel):
+    """One audit event, as Defenders report it and the API returns it."""
+
+    time: datetime
+    type: Annotated[str, Field(pattern="^(container|host)$")] = "container"
+    rule_id: int | None = None
+    rule_name: Text = ""
+    blocked: bool
+    effect: Effect
+    src_image: Text = ""
+    src_container: Text = ""
+    src_namespace: Text = ""
+    src_hostname: Text = ""
+    src_address: Text = ""
+    dst_image: Text = ""
+    dst_container: Text = ""
+    dst_namespace: Text = ""
+    dst_hostname: Text = ""
+    dst_address: Text = ""
+    port: Port
+    dst_subnet: Text = ""
+    dst_domain: Text = ""
+    msg: str = ""
+    count: Annotated[int, Field(ge=1)] = 1
+    revision: Annotated[int, Field(ge=0)] = 0
+    defender: Text = ""
+
+
+class StoredAudit(AuditRecord):
+    id: int
+
+
+class FlowRecord(PolicyModel):
+    """Connections from ``src`` to ``dst`` on ``port`` with one verdict, aggregated."""
+
+    kind: Annotated[str, Field(pattern="^(container|host)$")] = "container"
+    src: Annotated[str, Field(min_length=1, max_length=300)]
+    dst: Annotated[str, Field(min_length=1, max_length=300)]
+    port: Port
+    verdict: Annotated[str, Field(pattern="^(allow|alert|prevent|observed)$")]
+    rule_id: Annotated[int, Field(ge=0)] = 0
+    rule_name: Text = ""
+    count: Annotated[int, Field(ge=1)] = 1
+    first_seen: datetime
+    last_seen: datetime
+
+
+class StoredFlow(FlowRecord):
+    id: int
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    src_image: str | None = None
+    dst_image: str | None = None
+    host: str | None = None  # source or destination host
+    blocked: bool | None = None
+    rule: str | None = None  # rule name
+    type: str | None = None
+
+
+@dataclass(frozen=True)
+class FlowFilter:
+    since: datetime | None = None  # last seen at or after
+    until: datetime | None = None  # first seen before
+    src: str | None = None
+    dst: str | None = None
+    port: int | None = None
+    verdict: str | None = None
+    rule: str | None = None
+    kind: str | None = None
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    total: int
+    items: list[T]
+
+
+def _like(column: InstrumentedAttribute[str], pattern: str) -> ColumnElement[bool]:
+    """``*`` in a filter is a wildcard; everything else is literal."""
+    if "*" not in pattern:
+        return column == pattern
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(escaped.replace("*", "%"), escape="\\")
+
+
+def _audit_where(f: AuditFilter) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if f.since is not None:
+        where.append(AuditRow.time >= f.since)
+    if f.until is not None:
+        where.append(AuditRow.time < f.until)
+    if f.src_image:
+        where.append(_like(AuditRow.src_image, f.src_image))
+    if f.dst_image:
+        where.append(_like(AuditRow.dst_image, f.dst_image))
+    if f.host:
+        where.append(or_(_like(AuditRow.src_hostname, f.host),
+                         _like(AuditRow.dst_hostname, f.host)))
+    if f.blocked is not None:
+        where.append(AuditRow.blocked.is_(f.blocked))
+    if f.rule:
+        where.append(_like(AuditRow.rule_name, f.rule))
+    if f.type:
+        where.append(AuditRow.type == f.type)
+    return where
+
+
+def _audit_columns(record: AuditRecord) -> dict[str, Any]:
+    data = record.model_dump(by_alias=False)
+    data["effect"] = record.effect.value
+    return data
+
+
+def _stored_audit(row: AuditRow) -> StoredAudit:
+    data = {c: getattr(row, c) for c in StoredAudit.model_fields}
+    return StoredAudit.model_validate(data)
+
+
+class AuditService:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def insert_many(self, records: Sequence[AuditRecord]) -> int:
+        """Insert a batch in one transaction (one executemany)."""
+        if not records:
+            return 0
+        try:
+            self.session.execute(insert(AuditRow), [_audit_columns(r) for r in records])
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            raise
+        return len(records)
+
+    def _select(self, f: AuditFilter) -> Select[AuditRow]:
+        return select(AuditRow).where(and_(True, *_audit_where(f)))
+
+    def query(self, f: AuditFilter, limit: int, offset: int) -> Page[StoredAudit]:
+        where = _audit_where(f)
+        total = self.session.scalar(select(func.count(AuditRow.id)).where(and_(True, *where)))
+        rows = self.session.scalars(
+            self._select(f).order_by(AuditRow.time.desc(), AuditRow.id.desc())
+            .limit(limit).offset(offset)
+        )
+        return Page(total=total or 0, items=[_stored_audit(r) for r in rows])
+
+    def csv_lines(self, f: AuditFilter, max_rows: int) -> Iterator[str]:
+        """The CSV export, streamed line by line (header first)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+
+        def line(values: Iterable[Any]) -> str:
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerow(values)
+            return buffer.getvalue()
+
+        yield line(CSV_COLUMNS)
+        rows = self.session.scalars(
+            self._select(f).order_by(AuditRow.time.desc(), AuditRow.id.desc())
+            .limit(max_rows).execution_options(yield_per=1000)
+        )
+        for r in rows:
+            yield line((
+                r.time.isoformat(), r.type, r.rule_name, "true" if r.blocked else "false",
+                r.src_image, r.src_container, r.dst_image, r.dst_container, r.port,
+                r.dst_subnet, r.dst_domain, r.src_hostname, r.dst_hostname, r.msg, r.count,
+            ))
+
+
+_FLOW_KEY = ("kind", "src", "dst", "port", "verdict", "rule_id")
+
+
+def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if f.since is not None:
+        where.append(FlowRow.last_seen >= f.since)
+    if f.until is not None:
+        where.append(FlowRow.first_seen < f.until)
+    if f.src:
+        where.append(_like(FlowRow.src, f.src))
+    if f.dst:
+        where.append(_like(FlowRow.dst, f.dst))
+    if f.port is not None:
+        where.append(FlowRow.port == f.port)
+    if f.verdict:
+        where.append(FlowRow.verdict == f.verdict)
+    if f.rule:
+        where.append(_like(FlowRow.rule_name, f.rule))
+    if f.kind:
+        where.append(FlowRow.kind == f.kind)
+    return where
+
+
+class FlowService:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def record_many(self, records: Sequence[FlowRecord]) -> int:
+        """Fold a batch into the aggregate rows (upsert: counts add up, the seen
+        window widens). Returns the number of distinct keys touched."""
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for record in records:
+            data = record.model_dump(by_alias=False)
+            key = tuple(data[k] for k in _FLOW_KEY)
+            have = merged.get(key)
+            if have is None:
+                merged[key] = data
+            else:
+                have["count"] += data["count"]
+                have["first_seen"] = min(have["first_seen"], data["first_seen"])
+                have["last_seen"] = max(have["last_seen"], data["last_seen"])
+                have["rule_name"] = data["rule_name"] or have["rule_name"]
+        if not merged:
+            return 0
+        dialect = self.session.get_bind().dialect.name
+        stmt = (postgresql.insert(FlowRow) if dialect == "postgresql"
+                else sqlite.insert(FlowRow))
+        excluded = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(_FLOW_KEY),
+            set_={
+                "count": FlowRow.count + excluded.count,
+                "rule_name": excluded.rule_name,
+                "first_seen": case((excluded.first_seen < FlowRow.first_seen,
+                                    excluded.first_seen), else_=FlowRow.first_seen),
+                "last_seen": case((excluded.last_seen > FlowRow.last_seen,
+                                   excluded.last_seen), else_=FlowRow.last_seen),
+            },
+        )
+        try:
+            self.session.execute(stmt, list(merged.values()))
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            raise
+        return len(merged)
+
+    def query(self, f: FlowFilter, limit: int, offset: int) -> Page[StoredFlow]:
+        where = and_(True, *_flow_where(f))
+        total = self.session.scalar(select(func.count(FlowRow.id)).where(where))
+        rows = self.session.scalars(
+            select(FlowRow).where(where).order_by(FlowRow.last_seen.desc(), FlowRow.id.desc())
+            .limit(limit).offset(offset)
+        )
+        items = [
+            StoredFlow.model_validate({c: getattr(r, c) for c in StoredFlow.model_fields})
+            for r in rows
+        ]
+        return Page(total=total or 0, items=items)

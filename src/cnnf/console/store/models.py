@@ -1,0 +1,229 @@
+"""SQLAlchemy 2 models of everything the Console stores.
+
+Policy rows (objects, rules, settings) are only written through
+:mod:`cnnf.console.services.policy`, which converts them to and from the one
+policy model, :class:`cnnf.model.Policy`. Audits and flows are append/upsert
+tables sized for batch inserts from Defenders.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so migrations can refer to them on every database.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SettingsRow(Base):
+    """The single settings row (id 1), holding the policy revision counter."""
+
+    __tablename__ = "settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    container_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    host_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_effect: Mapped[str] = mapped_column(String(16), default="allow")
+    block_mode: Mapped[str] = mapped_column(String(16), default="reset")
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ObjectRow(Base):
+    """A network object; ``body`` holds the kind-specific part (selector, cidrs, domains)."""
+
+    __tablename__ = "network_objects"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RuleRow(Base):
+    """A container or host rule; ``position`` orders the rules of one kind (0 first)."""
+
+    __tablename__ = "rules"
+    __table_args__ = (
+        UniqueConstraint("kind", "rule_id", name="uq_rules_kind_rule_id"),
+        Index("ix_rules_kind_position", "kind", "position"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    rule_id: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    src_id: Mapped[int] = mapped_column(
+        ForeignKey("network_objects.id", ondelete="RESTRICT"), index=True
+    )
+    dst_id: Mapped[int] = mapped_column(
+        ForeignKey("network_objects.id", ondelete="RESTRICT"), index=True
+    )
+    ports: Mapped[list[Any]] = mapped_column(JSON)
+    effect: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    modified: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    src: Mapped[ObjectRow] = relationship(foreign_keys=[src_id], lazy="joined")
+    dst: Mapped[ObjectRow] = relationship(foreign_keys=[dst_id], lazy="joined")
+
+
+class ChangeRow(Base):
+    """One policy change: who, when, what (before and after, as JSON)."""
+
+    __tablename__ = "changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(300))
+    revision: Mapped[int] = mapped_column(BigInteger)
+    before: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class TokenRow(Base):
+    """A session token (from login) or an API token (for automation); only the hash is kept."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "session" | "api"
+    name: Mapped[str] = mapped_column(String(200), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_used: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    user: Mapped[UserRow] = relationship(lazy="joined")
+
+
+class AuditRow(Base):
+    """One audit event (alerted or blocked connection); repeats folded into ``count``."""
+
+    __tablename__ = "audits"
+    __table_args__ = (
+        Index("ix_audits_src_image", "src_image"),
+        Index("ix_audits_dst_image", "dst_image"),
+        Index("ix_audits_rule_name", "rule_name"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    type: Mapped[str] = mapped_column(String(16))  # "container" | "host"
+    rule_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rule_name: Mapped[str] = mapped_column(String(200), default="")
+    blocked: Mapped[bool] = mapped_column(Boolean)
+    effect: Mapped[str] = mapped_column(String(16))
+    src_image: Mapped[str] = mapped_column(String(300), default="")
+    src_container: Mapped[str] = mapped_column(String(300), default="")
+    src_namespace: Mapped[str] = mapped_column(String(200), default="")
+    src_hostname: Mapped[str] = mapped_column(String(300), default="")
+    src_address: Mapped[str] = mapped_column(String(64), default="")
+    dst_image: Mapped[str] = mapped_column(String(300), default="")
+    dst_container: Mapped[str] = mapped_column(String(300), default="")
+    dst_namespace: Mapped[str] = mapped_column(String(200), default="")
+    dst_hostname: Mapped[str] = mapped_column(String(300), default="")
+    dst_address: Mapped[str] = mapped_column(String(64), default="")
+    port: Mapped[int] = mapped_column(Integer)
+    dst_subnet: Mapped[str] = mapped_column(String(64), default="")
+    dst_domain: Mapped[str] = mapped_column(String(300), default="")
+    msg: Mapped[str] = mapped_column(Text, default="")
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    defender: Mapped[str] = mapped_column(String(200), default="")
+
+
+class FlowRow(Base):
+    """Observed connections aggregated by (src, dst, port, verdict, rule).
+
+    ``src``/``dst`` are identity keys such as ``image:shop/api``,
+    ``host:node-1`` or ``addr:10.0.0.5``; ``rule_id`` 0 means no rule matched.
+    """
+
+    __tablename__ = "flows"
+    __table_args__ = (
+        UniqueConstraint("kind", "src", "dst", "port", "verdict", "rule_id", name="uq_flows_key"),
+        Index("ix_flows_last_seen", "last_seen"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "container" | "host"
+    src: Mapped[str] = mapped_column(String(300))
+    dst: Mapped[str] = mapped_column(String(300))
+    port: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(16))  # effect, or "observed" (no rule)
+    rule_id: Mapped[int] = mapped_column(Integer, default=0)
+    rule_name: Mapped[str] = mapped_column(String(200), default="")
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime)
