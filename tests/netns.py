@@ -89,17 +89,11 @@ class Netns:
         )
         return out.stdout.strip()
 
-    def serve(self, port: int, host: str = "::") -> Server:
-        """Start a TCP server inside this namespace that answers "ping" with "pong"."""
+    def serve(self, *ports: int, host: str = "::") -> Server:
+        """Start a TCP server inside this namespace that answers "ping" with "pong"
+        on each of ``ports`` (IPv4 and IPv6)."""
         code = """
             import socket, sys, threading
-            port = int(sys.argv[1])
-            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            s.bind((sys.argv[2], port))
-            s.listen(1024)
-            print("ready", flush=True)
             def handle(c):
                 try:
                     c.settimeout(5)
@@ -109,17 +103,28 @@ class Netns:
                     pass
                 finally:
                     c.close()
-            while True:
-                c, _ = s.accept()
-                threading.Thread(target=handle, args=(c,), daemon=True).start()
+            def serve(s):
+                while True:
+                    c, _ = s.accept()
+                    threading.Thread(target=handle, args=(c,), daemon=True).start()
+            for port in sys.argv[2:]:
+                s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind((sys.argv[1], int(port)))
+                s.listen(4096)
+                threading.Thread(target=serve, args=(s,), daemon=True).start()
+            print("ready", flush=True)
+            threading.Event().wait()
         """
         proc = subprocess.Popen(
-            self.python(code, str(port), host), stdout=subprocess.PIPE, text=True
+            self.python(code, host, *(str(p) for p in ports)), stdout=subprocess.PIPE, text=True
         )
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if line.strip() != "ready":
             proc.kill()
+            proc.wait()
             raise RuntimeError(f"server in {self.name} did not start")
         return Server(proc)
 
@@ -131,6 +136,8 @@ class Server:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @dataclass

@@ -23,6 +23,7 @@ import ipaddress
 import itertools
 import shlex
 import threading
+from collections import Counter
 from collections.abc import Iterable
 
 from cnnf.defender.datapath.backend import (
@@ -259,13 +260,11 @@ class IptablesBackend:
                 expected = self._expected.get(family, [])
                 current = _tagged_state(self._save(family)).get("filter", [])
                 if sorted(current) != sorted(expected):
-                    gone = [ln for ln in expected if ln not in current]
-                    extra = [ln for ln in current if ln not in expected]
+                    gone = Counter(expected) - Counter(current)
+                    extra = Counter(current) - Counter(expected)
                     self._install_rules(family)
-                    repaired += [f"ipv{family} missing: {ln}" for ln in gone]
-                    repaired += [f"ipv{family} unexpected: {ln}" for ln in extra]
-                    if not gone and not extra:
-                        repaired.append(f"ipv{family}: duplicate rules removed")
+                    repaired += [f"ipv{family} missing: {ln}" for ln in gone.elements()]
+                    repaired += [f"ipv{family} unexpected: {ln}" for ln in extra.elements()]
             return repaired
 
     def _set_members(self, name: str) -> set[str]:

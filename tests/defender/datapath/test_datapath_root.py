@@ -1,0 +1,348 @@
+"""The datapath against the kernel, in throw-away namespaces (tests/netns.py).
+
+"node" holds the datapath (bridge br0 with containers c1, c2; "remote" routed
+through a veth). Connections are made from inside the namespaces by child
+processes. Counters are read from shared memory and are exact: a connection
+returns only after its SYN got a verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import netns
+from cnnf.defender.datapath import (
+    AddressSet,
+    ConntrackObserver,
+    Datapath,
+    DatapathConfig,
+    Decision,
+    IptablesBackend,
+    ObservedConnection,
+    Outcome,
+    PacketInfo,
+    QueueBusyError,
+    Report,
+    VerdictWorkers,
+    cleanup,
+    queue_stats,
+)
+
+pytestmark = pytest.mark.root
+
+ALLOW, REJECT, DROP, ALERT = 8081, 8082, 8083, 8084
+BY_PORT = {
+    ALLOW: Decision.ACCEPT,
+    REJECT: Decision.REJECT,
+    DROP: Decision.DROP,
+    ALERT: Decision.ACCEPT_AUDIT,
+}
+
+
+def decide_by_port(packet: PacketInfo) -> Outcome:
+    return Outcome(BY_PORT.get(packet.dport, Decision.ACCEPT), detail=f"port {packet.dport}")
+
+
+def poll(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+class Harness:
+    def __init__(self, topo: netns.Topology) -> None:
+        self.topo = topo
+        self.running: list[Datapath] = []
+        self.reports: list[Report] = []
+
+    def start(
+        self,
+        config: DatapathConfig | None = None,
+        decide: Callable[[PacketInfo], Decision | Outcome] = decide_by_port,
+        local: tuple[str, ...] = (
+            netns.Topology.C1,
+            netns.Topology.C2,
+            netns.Topology.C1_6,
+            netns.Topology.C2_6,
+        ),
+        cluster: tuple[str, ...] | None = None,
+    ) -> Datapath:
+        dp = Datapath(config or DatapathConfig(), decide, self.topo.node.name)
+        self.running.append(dp)
+        dp.start()
+        dp.backend.set_addresses(AddressSet.LOCAL, local)
+        dp.backend.set_addresses(AddressSet.CLUSTER, local if cluster is None else cluster)
+        return dp
+
+    def total(self, dp: Datapath) -> int:
+        return dp.stats().total.total
+
+    def collect(self, dp: Datapath, n: int) -> list[Report]:
+        poll(lambda: len(self._drain(dp)) >= n)
+        return self.reports
+
+    def _drain(self, dp: Datapath) -> list[Report]:
+        self.reports.extend(dp.workers.reports())
+        return self.reports
+
+    def close(self) -> None:
+        for dp in self.running:
+            dp.stop()
+        cleanup(self.topo.node.name)
+
+
+@pytest.fixture
+def h(topo: netns.Topology) -> Iterator[Harness]:
+    harness = Harness(topo)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+@pytest.fixture(scope="module")
+def servers(topo: netns.Topology) -> Iterator[None]:
+    running = [topo.c2.serve(ALLOW, REJECT, DROP, ALERT), topo.remote.serve(ALLOW, REJECT)]
+    yield
+    for s in running:
+        s.stop()
+
+
+def kernel_state(ns: netns.Netns) -> tuple[str, str, str, str]:
+    def rules(tool: str) -> str:
+        out = ns.run(tool).stdout
+        return "\n".join(ln for ln in out.splitlines() if not ln.startswith("#"))
+
+    return (
+        rules("iptables-save"),
+        rules("ip6tables-save"),
+        ns.run("ipset", "list", "-n").stdout,
+        ns.run("sh", "-c", "cat /proc/net/netfilter/nfnetlink_queue 2>/dev/null").stdout,
+    )
+
+
+def test_allow_reject_drop_alert_and_only_syns(h: Harness, servers: None) -> None:
+    t = h.topo
+    dp = h.start()
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
+    assert t.c1.connect(t.C2, DROP, timeout=1) == "timeout"
+    assert t.c1.connect(t.C2, ALERT) == "ok"
+    assert t.c1.connect(t.C2_6, REJECT, timeout=5) == "refused"
+    assert t.c1.connect(t.C2_6, ALLOW) == "ok"
+    c = dp.stats().total
+    # One SYN per connection reached the loop (a dropped SYN's retransmissions may
+    # be queued again: the drop client waited 1 s, i.e. one retransmission).
+    assert (c.accepted, c.audited, c.rejected, c.errors) == (2, 1, 2, 0)
+    assert c.dropped in (1, 2)
+    reports = h.collect(dp, c.total)
+    seen = [
+        (r.packet.family, r.packet.src, r.packet.dst, r.packet.dport, r.decision, r.detail)
+        for r in reports
+    ]
+    expected_head = [
+        (4, t.C1, t.C2, ALLOW, Decision.ACCEPT, f"port {ALLOW}"),
+        (4, t.C1, t.C2, REJECT, Decision.REJECT, f"port {REJECT}"),
+    ] + [(4, t.C1, t.C2, DROP, Decision.DROP, f"port {DROP}")] * c.dropped
+    assert seen[: len(expected_head)] == expected_head
+    assert seen[-3:] == [
+        (4, t.C1, t.C2, ALERT, Decision.ACCEPT_AUDIT, f"port {ALERT}"),
+        (6, t.C1_6, t.C2_6, REJECT, Decision.REJECT, f"port {REJECT}"),
+        (6, t.C1_6, t.C2_6, ALLOW, Decision.ACCEPT, f"port {ALLOW}"),
+    ]
+
+
+def test_block_mode_drop_makes_reject_silent(h: Harness, servers: None) -> None:
+    t = h.topo
+    h.start(DatapathConfig(block_mode="drop", dns=False))
+    assert t.c1.connect(t.C2, REJECT, timeout=1) == "timeout"
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+
+
+def test_each_attempt_is_evaluated_once(h: Harness, servers: None) -> None:
+    t = h.topo
+    dp = h.start()  # c1, c2 local and in the cluster set; remote unprotected
+    before = h.total(dp)
+    assert t.c1.connect(t.C2, ALLOW) == "ok"  # both ends protected, here
+    assert h.total(dp) == before + 1
+    assert t.remote.connect(t.C2, ALLOW) == "ok"  # unprotected source, inbound
+    assert h.total(dp) == before + 2
+    assert t.c2.connect(t.REMOTE, ALLOW) == "ok"  # outbound to an unprotected host
+    assert h.total(dp) == before + 3
+    # remote becomes a protected workload of another host: its Defender decides.
+    dp.backend.add_address(AddressSet.CLUSTER, t.REMOTE)
+    assert t.remote.connect(t.C2, ALLOW) == "ok"
+    assert h.total(dp) == before + 3
+    dp.backend.remove_address(AddressSet.LOCAL, t.C2)  # c2 no longer protected here
+    assert t.remote.connect(t.C2, ALLOW) == "ok"
+    assert h.total(dp) == before + 3
+
+
+def kill_worker(dp: Datapath, queue: int) -> None:
+    os.kill(dp.workers.pids[0], signal.SIGKILL)
+    assert poll(lambda: all(q.queue != queue for q in queue_stats(dp.netns)))
+
+
+def test_fail_open_survives_a_killed_loop_and_repair_restarts_it(h: Harness, servers: None) -> None:
+    t = h.topo
+    dp = h.start(DatapathConfig(fail_open=True))
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
+    kill_worker(dp, 4200)
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "ok"  # bypassed: nobody decides
+    repaired = dp.check_and_repair()
+    assert any("verdict worker for queue 4200" in r for r in repaired), repaired
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
+    assert dp.check_and_repair() == []
+
+
+def test_fail_closed_refuses_new_connections_without_the_loop(h: Harness, servers: None) -> None:
+    t = h.topo
+    dp = h.start(DatapathConfig(fail_open=False, dns=False))
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+    kill_worker(dp, 4200)
+    assert t.c1.connect(t.C2, ALLOW, timeout=1) == "timeout"
+
+
+def test_queue_bound_elsewhere_is_a_clear_error(h: Harness) -> None:
+    dp = h.start(DatapathConfig(dns=False))
+    other = VerdictWorkers(DatapathConfig(dns=False), decide_by_port, h.topo.node.name)
+    with pytest.raises(QueueBusyError, match="NFQUEUE 4200 is already bound"):
+        other.start()
+    assert dp.workers.pids and all(os.path.exists(f"/proc/{p}") for p in dp.workers.pids)
+
+
+def test_install_is_idempotent_and_remove_leaves_nothing(h: Harness, servers: None) -> None:
+    t = h.topo
+    t.node.sysctl("net.bridge.bridge-nf-call-iptables", "0")
+    before = kernel_state(t.node)
+    dp = h.start(DatapathConfig(queues=2))
+    installed = kernel_state(t.node)
+    assert "cnnf-local4" in installed[2] and "CNNF-FORWARD" in installed[0]
+    assert {q.queue for q in queue_stats(t.node.name)} == {4200, 4201, 4299}
+    report = dp.backend.install()  # a restart: leftovers removed, no duplicates
+    assert any("-j CNNF-FORWARD" in r for r in report.removed_leftovers)
+    assert kernel_state(t.node)[:3] == installed[:3]
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+    dp.stop()
+    dp.stop()  # idempotent
+    assert kernel_state(t.node)[:3] == before[:3]
+    assert queue_stats(t.node.name) == []
+    # The first install turned on bridge filtering itself and said so.
+    t.node.sysctl("net.bridge.bridge-nf-call-iptables", "0")
+    fresh = IptablesBackend(DatapathConfig(), t.node.name).install()
+    assert fresh.sysctls == {"net.bridge.bridge-nf-call-iptables": "1"}
+    assert any("bridged container traffic" in n for n in fresh.notes)
+
+
+def test_check_and_repair_restores_deleted_rules_and_members(h: Harness, servers: None) -> None:
+    t = h.topo
+    dp = h.start(DatapathConfig(dns=False))
+    assert dp.check_and_repair() == []
+    t.node.run(
+        "iptables", "-D", "FORWARD", "-m", "comment", "--comment", "cnnf", "-j", "CNNF-FORWARD"
+    )
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "ok"  # the hole someone made
+    t.node.run("ipset", "del", "cnnf-local4", t.C1)
+    repaired = dp.check_and_repair()
+    assert "ipv4 missing: -A FORWARD -m comment --comment cnnf -j CNNF-FORWARD" in repaired
+    assert "ipset cnnf-local4: 1 member(s) put back" in repaired
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
+    t.node.run(
+        "iptables", "-I", "FORWARD", "-m", "comment", "--comment", "cnnf", "-j", "CNNF-FORWARD"
+    )  # a duplicate jump
+    assert dp.check_and_repair() == [
+        "ipv4 unexpected: -A FORWARD -m comment --comment cnnf -j CNNF-FORWARD"
+    ]
+    assert dp.check_and_repair() == []
+
+
+DNS_SERVER = """
+    import socket, dns.message, dns.rrset
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 53))
+    print("ready", flush=True)
+    while True:
+        data, peer = s.recvfrom(4096)
+        q = dns.message.from_wire(data)
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 30, "IN", "A", "10.78.0.2"))
+        s.sendto(r.to_wire(), peer)
+"""
+
+RESOLVE_AND_CONNECT = """
+    import socket, sys, dns.message, dns.query
+    q = dns.message.make_query("api.partner.example", "A")
+    r = dns.query.udp(q, "10.78.0.2", timeout=3)
+    addr = r.answer[0][0].address
+    c = socket.create_connection((addr, int(sys.argv[1])), timeout=3)
+    c.sendall(b"ping"); print(addr, c.recv(4).decode())
+"""
+
+
+def test_dns_answer_is_recorded_before_the_first_syn(h: Harness, servers: None) -> None:
+    t = h.topo
+    server = subprocess.Popen(t.remote.python(DNS_SERVER), stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        dp = h.start()
+        out = subprocess.run(
+            t.c1.python(RESOLVE_AND_CONNECT, str(ALLOW)),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+        assert out.split() == [t.REMOTE, "pong"]
+        reports = h.collect(dp, 1)
+        assert [(r.packet.dst, r.packet.dst_domains) for r in reports] == [
+            (t.REMOTE, ("api.partner.example",))
+        ]
+        assert dp.domains_for(t.REMOTE) == ("api.partner.example",)
+        assert dp.dns is not None and dp.dns.answers == 1
+    finally:
+        server.kill()
+        server.wait()
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+def test_disabled_mode_queues_nothing_and_conntrack_observes(h: Harness, servers: None) -> None:
+    t = h.topo
+    dp = h.start(local=(), cluster=())  # disabled: rules stay, sets are empty
+    seen: list[ObservedConnection] = []
+    observer = ConntrackObserver(seen.append, t.node.name)
+    observer.start()
+    try:
+        time.sleep(0.2)  # conntrack -E subscribes asynchronously; nothing to poll for
+        assert t.c1.connect(t.C2, REJECT) == "ok"
+        assert t.remote.connect(t.C2, ALLOW) == "ok"
+        assert poll(lambda: len(seen) >= 2)
+    finally:
+        observer.stop()
+    assert [(o.src, o.dst, o.dport) for o in seen] == [
+        (t.C1, t.C2, REJECT),
+        (t.REMOTE, t.C2, ALLOW),
+    ]
+    assert all(o.time > 1e9 for o in seen)
+    assert h.total(dp) == 0
+
+
+def test_two_queues_two_workers(h: Harness, servers: None) -> None:
+    t = h.topo
+    dp = h.start(DatapathConfig(queues=2, queue_num=4210, dns=False))
+    assert len(set(dp.workers.pids)) == 2
+    pairs = [(t.c1, t.C2), (t.c2, t.REMOTE), (t.remote, t.C2), (t.c1, t.REMOTE), (t.c1, t.C2_6)]
+    for ns, dst in pairs:
+        assert ns.connect(dst, REJECT, timeout=5) == "refused"
+    per_queue = dp.stats().counters
+    assert sum(c.rejected for c in per_queue) == len(pairs)
+    assert {q.queue for q in queue_stats(t.node.name)} == {4210, 4211}
