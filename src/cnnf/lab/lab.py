@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -437,16 +438,19 @@ class Lab:
         run(["ip", "-n", netns, "link", "set", UPLINK, "up"])
 
     def _spawn(self, key: str, netns: str, cmd: list[str]) -> None:
-        log = open(f"{self.plan.state_dir}/{key.replace(':', '-')}.log", "ab")  # noqa: SIM115
-        with log:
-            proc = subprocess.Popen(
-                ["nsenter", f"--net={system.NETNS_DIR}/{netns}", *cmd],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.state["pids"][key] = proc.pid
+        """Start a daemon in a lab namespace. It outlives this process (the CLI
+        exits after ``up``), so it is spawned in its own session, not as a Popen
+        that would want to be waited for; ``down`` stops it."""
+        log = f"{self.plan.state_dir}/{key.replace(':', '-')}.log"
+        argv = ["nsenter", f"--net={system.NETNS_DIR}/{netns}", *cmd]
+        path = shutil.which(argv[0]) or argv[0]
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+        pid = os.posix_spawn(path, argv, dict(os.environ), file_actions=actions, setsid=True)
+        self.state["pids"][key] = pid
         self._save()
 
     def _podman(self, h: HostPlan, args: list[str], timeout: float = 60) -> str:

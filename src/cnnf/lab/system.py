@@ -150,13 +150,23 @@ def kill_all(
             os.kill(p, signal.SIGTERM)
     deadline = clock() + grace
     while pending and clock() < deadline:
+        reap(pending)
         pending = {p for p in pending if alive(p)}
         if pending:
             time.sleep(0.05)
     for p in pending:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
+    reap(pending)
     return len(pending)
+
+
+def reap(pids: Iterable[int]) -> None:
+    """Collect those of ``pids`` that are exited children of this process (daemons
+    ``up`` spawned when it ran in this process), so no zombie is left."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def mounts_under(*roots: str) -> list[str]:
