@@ -59,7 +59,7 @@ def parse_endpoint(spec: str) -> Endpoint:
             return Endpoint(address=str(ipaddress.ip_address(text)))
         except ValueError:
             pass
-        if ":" in text or "/" in text:
+        if ":" in text or "/" in text or text.rsplit(".", 1)[-1].isdigit():
             raise EndpointSpecError(f"{spec!r} is not an IPv4 or IPv6 address")
         return Endpoint(domains=(_domain(text, spec),))
 
