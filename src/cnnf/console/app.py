@@ -115,9 +115,18 @@ def _install_handlers(app: FastAPI) -> None:
         errors = []
         for err in exc.errors():
             msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            if "input" in err and err.get("type") != "missing":
+            loc = tuple(err.get("loc", ()))
+            ctx = err.get("ctx") or {}
+            if err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+                # Name the discriminator field itself, with plain values.
+                loc = (*loc, str(ctx.get("discriminator", "kind")).strip("'"))
+                kinds = ", ".join(k.value for k in ObjectKind)
+                got = ctx.get("tag")
+                msg = (f"{got!r} is not one of: {kinds}" if got is not None
+                       else f"missing; one of: {kinds}")
+            elif "input" in err and err.get("type") != "missing":
                 msg = f"{msg} (got {err['input']!r:.100})"
-            errors.append(FieldError(_loc_path(tuple(err.get("loc", ()))), msg))
+            errors.append(FieldError(_loc_path(loc), msg))
         return _error(422, "; ".join(str(e) for e in errors), errors)
 
     @app.exception_handler(PolicyValidationError)

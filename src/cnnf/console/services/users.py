@@ -172,6 +172,11 @@ class UserService:
             raise Unauthorized("wrong user name or password")
         if not verify_password(row.password_hash, password) or row.disabled:
             raise Unauthorized("wrong user name or password")
+        return self.issue_session(row.name, ttl_seconds)
+
+    def issue_session(self, name: str, ttl_seconds: int) -> NewToken:
+        """A session token for an already authenticated user."""
+        row = self._row(name)
         return self._issue(row, "session", "login", self.now() + timedelta(seconds=ttl_seconds))
 
     def _issue(self, user: UserRow, kind: str, name: str, expires: datetime | None) -> NewToken:
