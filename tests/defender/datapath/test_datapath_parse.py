@@ -272,3 +272,17 @@ COMMIT
 def test_config_refuses_bad_values(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         DatapathConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_dns_cache_snapshot_seeds_a_replica() -> None:
+    clock = FakeClock()
+    cache = DnsCache(clock, min_ttl=10)
+    cache.record([DnsRecord("10.0.0.1", ("a.example", "b.example"), 100)])
+    cache.record([DnsRecord("fd00::1", ("c.example",), 1)])
+    clock.now += 50
+    replica = DnsCache(clock, min_ttl=0)
+    replica.record(cache.snapshot())
+    assert replica.domains_for("10.0.0.1") == ("a.example", "b.example")
+    assert replica.domains_for("fd00::1") == ()  # expired before the snapshot
+    clock.now += 52
+    assert replica.domains_for("10.0.0.1") == ()  # the remaining TTL was kept

@@ -346,3 +346,23 @@ def test_two_queues_two_workers(h: Harness, servers: None) -> None:
     per_queue = dp.stats().counters
     assert sum(c.rejected for c in per_queue) == len(pairs)
     assert {q.queue for q in queue_stats(t.node.name)} == {4210, 4211}
+
+
+def test_host_traffic_through_input_and_output(h: Harness, topo: netns.Topology) -> None:
+    t = h.topo
+    hosts = (t.NODE, "10.78.0.1")
+    local = (t.C1, t.C2)
+    server = t.node.serve(ALLOW, REJECT)
+    try:
+        dp = h.start(DatapathConfig(dns=False), local=local, cluster=local + hosts)
+        dp.backend.set_addresses(AddressSet.HOST, hosts)
+        assert t.node.connect(t.REMOTE, REJECT, timeout=5) == "refused"  # OUTPUT, from H
+        assert t.node.connect(t.REMOTE, ALLOW) == "ok"
+        assert t.remote.connect("10.78.0.1", ALLOW) == "ok"  # INPUT, to H from outside C
+        assert t.remote.connect("10.78.0.1", REJECT, timeout=5) == "refused"
+        assert t.c1.connect(t.NODE, ALLOW) == "ok"  # INPUT, from L (container to host)
+        assert t.node.connect(t.C2, ALLOW) == "ok"  # OUTPUT, from H to L: once
+        c = dp.stats().total
+        assert (c.accepted, c.rejected, c.total) == (4, 2, 6)
+    finally:
+        server.stop()

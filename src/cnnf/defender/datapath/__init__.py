@@ -137,7 +137,10 @@ class Datapath:
 
     def check_and_repair(self) -> list[str]:
         """Restart dead workers, put back missing rules and sets; what was repaired."""
-        return self.workers.restart_dead() + self.backend.check_and_repair()
+        restarted = self.workers.restart_dead()
+        if restarted and len(self.dns_cache):
+            self.workers.dns_update(self.dns_cache.snapshot())  # reseed the new replicas
+        return restarted + self.backend.check_and_repair()
 
     def domains_for(self, address: str) -> tuple[str, ...]:
         return self.dns_cache.domains_for(address)

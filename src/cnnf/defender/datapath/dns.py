@@ -99,6 +99,18 @@ class DnsCache:
         while len(self._by_address) > self.max_addresses:
             del self._by_address[next(iter(self._by_address))]
 
+    def snapshot(self) -> list[DnsRecord]:
+        """The live entries, with their remaining TTL (to seed a new replica)."""
+        now = self._clock()
+        out = []
+        for address, names in list(self._by_address.items()):
+            by_ttl: dict[int, list[str]] = {}
+            for n, exp in names.items():
+                if exp > now:
+                    by_ttl.setdefault(int(exp - now) + 1, []).append(n)
+            out += [DnsRecord(address, tuple(sorted(ns)), ttl) for ttl, ns in by_ttl.items()]
+        return out
+
     def domains_for(self, address: str) -> tuple[str, ...]:
         """The names currently known to resolve to ``address`` (sorted)."""
         names = self._by_address.get(address)

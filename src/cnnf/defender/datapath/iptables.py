@@ -198,6 +198,7 @@ class IptablesBackend:
     def install(self) -> InstallReport:
         with self._lock:
             report = InstallReport(removed_leftovers=self.remove())
+            report.notes.append(self.netns.run("iptables", "-V").stdout.strip())
             for family in self.config.families:
                 self._bridge_sysctl(family, report)
             self._create_sets(self._members)
