@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,42 @@ def test_failure_halfway_through_up_removes_what_it_created(
     assert any("removing what was created" in p for p in progress)
     assert snapshot(TINY) == before
     assert not Path("/run/cnnf-lab", TINY).exists()
+
+
+def test_up_cleans_leftovers_of_a_crashed_run(shop: Lab) -> None:
+    before = snapshot(TINY)
+    first = Lab.up(parse_topology(TINY_TOPOLOGY), name=TINY)
+    try:
+        # A crash that lost the runtime state: namespaces, containers, engines remain.
+        Path(first.plan.state_dir, "state.json").unlink()
+        progress: list[str] = []
+        second = Lab.up(parse_topology(TINY_TOPOLOGY), name=TINY, progress=progress.append)
+        assert any("removed leftovers of an earlier run" in p for p in progress)
+        assert what_remains(first) == [] or set(what_remains(first)) <= {
+            f"namespace {n}" for n in second.plan.netns
+        }
+        assert second.connect("web", "db", 5432).ok
+    finally:
+        Lab.down(TINY)
+    assert snapshot(TINY) == before
+
+
+def test_without_root_it_says_so() -> None:
+    code = "from cnnf.cli import main; main()"
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", code, "lab", "up", "shop"],
+        capture_output=True, text=True, check=False, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "the lab needs root" in proc.stderr
+
+
+def test_without_podman_it_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LabError) as info:
+        system.preflight()
+    assert "podman" in str(info.value)
+    assert "apt-get install podman runc busybox-static dnsmasq-base" in str(info.value)

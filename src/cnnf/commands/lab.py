@@ -32,8 +32,7 @@ def up(
 ) -> None:
     """Create the lab (removing leftovers of an earlier run of the same name first)."""
     try:
-        topo = load_topology(topology)
-        lab = Lab.up(topo, name=name, progress=typer.echo)
+        lab = Lab.up(topology, name=name, progress=typer.echo)
     except CnnfError as exc:
         raise _fail(exc) from None
     typer.echo("docker hosts: " + ", ".join(f"{h}={lab.docker_host(h)}" for h in lab.plan.hosts))

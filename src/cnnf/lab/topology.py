@@ -327,7 +327,11 @@ def shipped_topologies() -> list[str]:
 def load_topology(ref: str | Path) -> Topology:
     """Load a topology from a YAML file path or the name of a shipped topology."""
     path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    try:
+        is_path = path.suffix in (".yaml", ".yml") or path.exists()
+    except OSError:
+        is_path = False
+    if is_path:
         if not path.is_file():
             raise TopologyError([FieldError("", "no such file")], str(path))
         text = path.read_text()
