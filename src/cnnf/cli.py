@@ -6,6 +6,7 @@ import typer
 
 from cnnf import __version__
 from cnnf.commands import console as console_commands
+from cnnf.commands import lab as lab_commands
 from cnnf.commands import policy as policy_commands
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ def _root(
 
 
 app.add_typer(policy_commands.app, name="policy")
+app.add_typer(lab_commands.app, name="lab")
 app.add_typer(console_commands.app, name="console")
 
 
