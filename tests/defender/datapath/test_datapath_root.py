@@ -32,6 +32,7 @@ from cnnf.defender.datapath import (
     VerdictWorkers,
     cleanup,
     queue_stats,
+    select_backend,
 )
 
 pytestmark = pytest.mark.root
@@ -366,3 +367,12 @@ def test_host_traffic_through_input_and_output(h: Harness, topo: netns.Topology)
         assert (c.accepted, c.rejected, c.total) == (4, 2, 6)
     finally:
         server.stop()
+
+
+def test_probe_finds_the_iptables_backend_and_leaves_nothing(h: Harness) -> None:
+    t = h.topo
+    before = kernel_state(t.node)
+    backend, caps = select_backend(DatapathConfig(), t.node.name)
+    assert isinstance(backend, IptablesBackend)
+    assert caps.iptables.startswith("iptables v1.8") and caps.nfqueue_target and caps.ipset
+    assert kernel_state(t.node)[:3] == before[:3]

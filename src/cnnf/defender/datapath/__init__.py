@@ -45,6 +45,8 @@ Parts, usable on their own:
 - :class:`~cnnf.defender.datapath.conntrack.ConntrackObserver`: NEW connection
   events when nothing is enforced.
 - :func:`queue_stats` and :class:`VerdictCounters`: ``status`` and metrics.
+- :func:`probe` / :func:`select_backend`: what the namespace supports (the
+  NFQUEUE target, ipset, br_netfilter, the nft ``queue`` statement).
 
 Errors: :class:`DatapathError` (a :class:`~cnnf.errors.CnnfError`) names the
 command or call that failed; :class:`QueueBusyError` when another process holds
@@ -68,6 +70,7 @@ from cnnf.defender.datapath.iptables import IptablesBackend, cleanup
 from cnnf.defender.datapath.netns import DatapathError, NetnsRef
 from cnnf.defender.datapath.nfqueue import QueueBusyError
 from cnnf.defender.datapath.packet import Decision, Outcome, PacketInfo, parse_packet
+from cnnf.defender.datapath.probe import Capabilities, probe, select_backend
 from cnnf.defender.datapath.stats import QueueStats, VerdictCounters, parse_queue_stats
 from cnnf.defender.datapath.workers import Decide, Report, VerdictWorkers
 
@@ -151,6 +154,7 @@ class Datapath:
 
 __all__ = [
     "AddressSet",
+    "Capabilities",
     "ConntrackObserver",
     "Datapath",
     "DatapathConfig",
@@ -177,5 +181,7 @@ __all__ = [
     "parse_dns_answer",
     "parse_packet",
     "parse_queue_stats",
+    "probe",
     "queue_stats",
+    "select_backend",
 ]
