@@ -37,7 +37,7 @@ from cnnf.defender.datapath import (
 
 pytestmark = pytest.mark.root
 
-ALLOW, REJECT, DROP, ALERT = 8081, 8082, 8083, 8084
+ALLOW, REJECT, DROP, ALERT, BROKEN = 8081, 8082, 8083, 8084, 8085
 BY_PORT = {
     ALLOW: Decision.ACCEPT,
     REJECT: Decision.REJECT,
@@ -47,6 +47,8 @@ BY_PORT = {
 
 
 def decide_by_port(packet: PacketInfo) -> Outcome:
+    if packet.dport == BROKEN:
+        raise RuntimeError("a bug in decide()")
     return Outcome(BY_PORT.get(packet.dport, Decision.ACCEPT), detail=f"port {packet.dport}")
 
 
@@ -112,7 +114,7 @@ def h(topo: netns.Topology) -> Iterator[Harness]:
 
 @pytest.fixture(scope="module")
 def servers(topo: netns.Topology) -> Iterator[None]:
-    running = [topo.c2.serve(ALLOW, REJECT, DROP, ALERT), topo.remote.serve(ALLOW, REJECT)]
+    running = [topo.c2.serve(ALLOW, REJECT, DROP, ALERT, BROKEN), topo.remote.serve(ALLOW, REJECT)]
     yield
     for s in running:
         s.stop()
@@ -196,6 +198,8 @@ def kill_worker(dp: Datapath, queue: int) -> None:
 def test_fail_open_survives_a_killed_loop_and_repair_restarts_it(h: Harness, servers: None) -> None:
     t = h.topo
     dp = h.start(DatapathConfig(fail_open=True))
+    assert t.c1.connect(t.C2, BROKEN) == "ok"  # decide() raised: fail-open accepts
+    assert dp.stats().total.errors == 1
     assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
     kill_worker(dp, 4200)
     assert t.c1.connect(t.C2, REJECT, timeout=5) == "ok"  # bypassed: nobody decides
@@ -209,6 +213,8 @@ def test_fail_closed_refuses_new_connections_without_the_loop(h: Harness, server
     t = h.topo
     dp = h.start(DatapathConfig(fail_open=False, dns=False))
     assert t.c1.connect(t.C2, ALLOW) == "ok"
+    assert t.c1.connect(t.C2, BROKEN, timeout=1) == "timeout"  # decide() raised: dropped
+    assert dp.stats().total.errors >= 1
     kill_worker(dp, 4200)
     assert t.c1.connect(t.C2, ALLOW, timeout=1) == "timeout"
 

@@ -132,13 +132,13 @@ class _Worker:
                 )
         try:
             result = self.decide(packet)
-        except Exception:
+            if isinstance(result, Outcome):
+                decision, detail = Decision(result.decision), result.detail
+            else:
+                decision, detail = Decision(result), None
+        except Exception:  # a broken decide() must not take the datapath down
             counters[self.base + _ERRORS] += 1
             return self.fail_verdict, None
-        if isinstance(result, Outcome):
-            decision, detail = result.decision, result.detail
-        else:
-            decision, detail = Decision(result), None
         counters[self.base + decision] += 1
         if self.pool.report:
             self.pending.append(
