@@ -180,6 +180,7 @@ def create_app(
         version=__version__,
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
+        swagger_ui_oauth2_redirect_url=f"{API_PREFIX}/docs/oauth2-redirect",
         redoc_url=None,
     )
     app.state.console = console

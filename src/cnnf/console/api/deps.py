@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -81,8 +81,11 @@ _REQUIRES = {p: Require(p) for p in Permission}
 
 
 def allow(permission: Permission) -> Any:
-    """The dependency marker for ``permission`` (use the aliases below in signatures)."""
-    return Depends(_REQUIRES[permission])
+    """The dependency marker for ``permission`` (use the aliases below in signatures).
+
+    Declared as a security scope, so the OpenAPI document shows each operation's
+    permission (``security: [{HTTPBearer: [policy]}]``)."""
+    return Security(_REQUIRES[permission], scopes=[permission.value])
 
 
 # ``who: Writer`` in a route's signature: the caller, if allowed (else 401/403).
