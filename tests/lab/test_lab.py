@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 from cnnf.cli import app
 from cnnf.lab import Lab, LabError, Traffic, load_topology, parse_topology, system
 from cnnf.lab import lab as lab_module
+from cnnf.lab.topology import Container
 
 pytestmark = pytest.mark.lab
 
@@ -300,3 +302,28 @@ def test_without_podman_it_says_what_to_install(
         system.preflight()
     assert "podman" in str(info.value)
     assert "apt-get install podman runc busybox-static dnsmasq-base" in str(info.value)
+
+
+def test_started_container_is_announced_on_its_hosts_docker_api(shop: Lab) -> None:
+    client = docker.DockerClient(base_url=shop.docker_host("node-2"))
+    try:
+        t0 = int(time.time()) - 1
+        info = shop.start_container(
+            Container(name="late", host="node-2", image="shop/late:0.1", namespace="shop-data",
+                      labels={"app": "late"}, ports=[7070])
+        )  # fmt: skip
+        try:
+            assert shop.connect("frontend", "late", 7070).ok
+            events = client.events(
+                since=t0, until=int(time.time()) + 1, decode=True,
+                filters={"type": "container", "event": "start"},
+            )  # fmt: skip
+            started = [e["Actor"]["Attributes"] for e in events]
+            assert any(a.get("name") == "late" and a.get("app") == "late" for a in started)
+            assert "late" in {c.name for c in client.containers.list()}
+            assert info.address.startswith("10.")
+        finally:
+            shop.remove_container("late")
+        assert "late" not in {c.name for c in client.containers.list()}
+    finally:
+        client.close()

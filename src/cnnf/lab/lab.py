@@ -51,7 +51,13 @@ from cnnf.lab.plan import (
     prefix,
 )
 from cnnf.lab.system import LabError, run
-from cnnf.lab.topology import Topology, check_lab_name, load_topology, parse_topology
+from cnnf.lab.topology import (
+    Container,
+    Topology,
+    check_lab_name,
+    load_topology,
+    parse_topology,
+)
 from cnnf.model.identity import K8S_CONTAINER_LABEL, K8S_NAMESPACE_LABEL, K8S_POD_LABEL
 
 Progress = Callable[[str], None]
@@ -456,7 +462,7 @@ class Lab:
     def _podman(self, h: HostPlan, args: list[str], timeout: float = 60) -> str:
         return run(["podman", *h.podman_args(), *args], netns=h.netns, timeout=timeout).stdout
 
-    def _run_container(self, h: HostPlan, c: Any) -> None:
+    def _run_container(self, h: HostPlan, c: Container) -> None:
         labels = {
             K8S_NAMESPACE_LABEL: c.namespace,
             K8S_POD_LABEL: c.pod_name,
@@ -477,10 +483,36 @@ class Lab:
         args += [qualified(c.image), "sh", "-c", f"{services}exec sleep 2147483647"]
         self._podman(h, args)
 
+    def start_container(self, container: Container) -> ContainerInfo:
+        """Start one more container on a lab host (e.g. to test discovery of new
+        containers); ``down`` removes it with the others."""
+        if container.name in self.state["containers"]:
+            raise LabError(f"lab {self.name!r} already has a container {container.name!r}")
+        h = self._host(container.host)
+        self._podman(h, ["import", "--change", 'CMD ["/bin/sh"]', str(rootfs_tarball()),
+                         qualified(container.image)])  # fmt: skip
+        self._run_container(h, container)
+        self.state.setdefault("extra", {})[container.name] = container.model_dump(
+            mode="json", by_alias=True
+        )
+        self._refresh_containers()
+        return self.container(container.name)
+
+    def remove_container(self, name: str) -> None:
+        """Stop and remove a container (``podman rm --force``)."""
+        c = self.container(name)
+        self._podman(self.plan.hosts[c.host], ["rm", "--force", "--time", "0", name])
+        self.state.get("extra", {}).pop(name, None)
+        self._refresh_containers()
+
+    def _containers_on(self, host: str) -> list[Container]:
+        extra = [Container.model_validate(c) for c in self.state.get("extra", {}).values()]
+        return [*self.topology.containers_on(host), *(c for c in extra if c.host == host)]
+
     def _refresh_containers(self) -> None:
         out: dict[str, Any] = {}
         for h in self.plan.hosts.values():
-            names = [c.name for c in self.topology.containers_on(h.name)]
+            names = [c.name for c in self._containers_on(h.name)]
             if not names:
                 continue
             data = json.loads(self._podman(h, ["inspect", "--type", "container", *names]))
@@ -638,7 +670,7 @@ class Lab:
                         **self.state["containers"].get(c.name, {}),
                         "state": live.get(c.name, "missing"),
                     }
-                    for c in self.topology.containers_on(h.name)
+                    for c in self._containers_on(h.name)
                 ],
             })  # fmt: skip
         return {
