@@ -32,7 +32,7 @@ def rules_of(policy: Policy, kind: RuleKind) -> tuple[Rule, ...]:
     return policy.container_rules if kind is RuleKind.CONTAINER else policy.host_rules
 
 
-def _kinds_text(kinds: frozenset[ObjectKind]) -> str:
+def kinds_text(kinds: frozenset[ObjectKind]) -> str:
     names = sorted(k.value for k in kinds)
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
@@ -92,7 +92,7 @@ def check_policy(policy: Policy) -> list[FieldError]:
                         FieldError(
                             f"{path}.{end}",
                             f"{ref!r} is a {found.value} object; a {kind.value} rule's {where} "
-                            f"must be a {_kinds_text(allowed)} object",
+                            f"must be a {kinds_text(allowed)} object",
                         )
                     )
     return errors

@@ -19,13 +19,14 @@ from pydantic import ValidationError
 
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import ObjectKind, Policy
-from cnnf.policy.check import check_policy
+from cnnf.policy.check import ALLOWED_KINDS, RULE_LISTS, check_policy, kinds_text
 
 API_VERSION = "cnnf/v1"
 KIND = "Policy"
 ORIGINAL_FORMAT_ID = "networkFirewall"  # ``_id`` of the original product's export
 
 _KINDS_TEXT = ", ".join(k.value for k in ObjectKind)
+_KIND_VALUES = frozenset(k.value for k in ObjectKind)
 _MAX_SHOWN = 60
 
 
@@ -205,12 +206,50 @@ def translate_errors(exc: ValidationError, data: Any, prefix: str = "") -> list[
     return out
 
 
+def _raw_reference_errors(spec: Mapping[str, Any]) -> list[FieldError]:
+    """Cross-reference errors found in a spec that failed field validation, so
+    that one run reports them too (the full check runs on a valid policy)."""
+    objects = spec.get("objects", [])
+    kinds: dict[str, Any] = {}
+    if not isinstance(objects, list):
+        return []  # the object names are unknown: nothing certain to say
+    if objects:
+        for obj in objects:
+            if isinstance(obj, Mapping) and isinstance(obj.get("name"), str):
+                kinds.setdefault(obj["name"], obj.get("kind"))
+    errors: list[FieldError] = []
+    for kind, list_name in RULE_LISTS:
+        rules = spec.get(list_name)
+        if not isinstance(rules, list):
+            continue
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, Mapping):
+                continue
+            for end in ("src", "dst"):
+                ref = rule.get(end)
+                if not isinstance(ref, str) or not ref:
+                    continue
+                allowed = ALLOWED_KINDS[kind][end]
+                if ref not in kinds:
+                    errors.append(FieldError(f"{list_name}[{i}].{end}",
+                                             f"no object named {ref!r}"))
+                elif (isinstance(kinds[ref], str) and kinds[ref] in _KIND_VALUES
+                      and kinds[ref] not in allowed):
+                    where = "source" if end == "src" else "destination"
+                    errors.append(FieldError(
+                        f"{list_name}[{i}].{end}",
+                        f"{ref!r} is a {kinds[ref]} object; a {kind.value} rule's {where} "
+                        f"must be a {kinds_text(allowed)} object"))
+    return errors
+
+
 def validate_spec(spec: Mapping[str, Any], *, source: str = "") -> Policy:
     """Validate a ``spec`` mapping (fields, then cross-references) into a policy."""
     try:
         policy = Policy.model_validate(spec)
     except ValidationError as exc:
-        raise PolicyValidationError(translate_errors(exc, spec), source) from None
+        errors = translate_errors(exc, spec) + _raw_reference_errors(spec)
+        raise PolicyValidationError(errors, source) from None
     except RecursionError:
         raise PolicyValidationError(
             [FieldError("", "the document is nested too deeply")], source
