@@ -8,6 +8,7 @@ returns only after its SYN got a verdict.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -382,3 +383,28 @@ def test_probe_finds_the_iptables_backend_and_leaves_nothing(h: Harness) -> None
     assert isinstance(backend, IptablesBackend)
     assert caps.iptables.startswith("iptables v1.8") and caps.nfqueue_target and caps.ipset
     assert kernel_state(t.node)[:3] == before[:3]
+
+
+@pytest.mark.parametrize(("fail_open", "expected"), [(True, "ok"), (False, "timeout")])
+def test_full_queue_fails_open_or_closed(
+    h: Harness, servers: None, fail_open: bool, expected: str
+) -> None:
+    t = h.topo
+    release = multiprocessing.get_context("fork").Event()
+
+    def stuck(packet: PacketInfo) -> Decision:
+        if packet.dport == DROP:
+            release.wait(5)  # holds the only slot of the queue
+        return Decision.ACCEPT
+
+    dp = h.start(DatapathConfig(fail_open=fail_open, queue_maxlen=1, dns=False), stuck)
+    first = subprocess.Popen(
+        t.c1.python(f"import socket; socket.create_connection(('{t.C2}', {DROP}), 5)")
+    )
+    try:
+        assert poll(lambda: any(q.waiting == 1 for q in queue_stats(dp.netns)))
+        assert t.c1.connect(t.C2, ALLOW, timeout=1) == expected
+    finally:
+        release.set()
+        first.wait(10)
+    assert first.returncode == 0

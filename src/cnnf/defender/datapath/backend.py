@@ -55,6 +55,7 @@ class DatapathConfig:
     fail_open: bool = True
     block_mode: Literal["reset", "drop"] = "reset"
     reject_mark: int = 0x20000000
+    queue_maxlen: int = 4096  # packets waiting per queue before the kernel fails open/closed
     dns: bool = True
     ipv6: bool = True
 
@@ -66,6 +67,8 @@ class DatapathConfig:
             raise ValueError(f"queue numbers {self.queue_num}..{last} out of 0..65535")
         if self.dns and self.queue_num <= self.dns_queue <= last:
             raise ValueError(f"dns_queue {self.dns_queue} overlaps the SYN queues")
+        if self.queue_maxlen < 1:
+            raise ValueError("queue_maxlen must be at least 1")
         if self.reject_mark <= 0 or self.reject_mark & (self.reject_mark - 1):
             raise ValueError("reject_mark must be a single bit")
 

@@ -165,7 +165,10 @@ class _Worker:
         try:
             self.pool.netns.enter()
             loop = QueueLoop(
-                self.config.queue_num + self.index, self.handle, fail_open=self.config.fail_open
+                self.config.queue_num + self.index,
+                self.handle,
+                fail_open=self.config.fail_open,
+                maxlen=self.config.queue_maxlen,
             )
         except DatapathError as exc:
             status.send((type(exc).__name__, str(exc)))
