@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -11,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,13 +28,13 @@ from cnnf.console.services.errors import (
     NotFound,
     Unauthorized,
 )
-from cnnf.console.services.formats import FormatUnavailable
 from cnnf.console.services.policy import utcnow
 from cnnf.console.store.db import connect, migrate
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import ObjectKind
 
 API_PREFIX = "/api/v1"
+log = logging.getLogger("cnnf.console")
 
 
 class BodyLimit:
@@ -137,10 +139,6 @@ def _install_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
         return _error(422, str(exc), exc.errors)
 
-    @app.exception_handler(FormatUnavailable)
-    async def _format(_: Request, exc: FormatUnavailable) -> JSONResponse:
-        return _error(400, f"format: {exc}", [FieldError("format", str(exc))])
-
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return _error(404, str(exc))
@@ -152,6 +150,17 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
         return _error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
+        # E.g. two clients creating the same name at once; the transaction was rolled back.
+        log.warning("store constraint violated: %s", exc.orig)
+        return _error(409, "the change conflicts with the stored state; nothing was changed")
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _store(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.error("store error: %s", exc)
+        return _error(500, "store error; nothing was changed")
 
     @app.exception_handler(Forbidden)
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:

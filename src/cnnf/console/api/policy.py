@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -95,10 +94,9 @@ def export_policy(
     if fmt == "native":
         return Response(formats.dump_native(policy), media_type="application/json",
                         headers=headers)
-    doc, unmapped = formats.dump_prisma(policy)
+    text, unmapped = formats.dump_prisma_text(policy)
     headers["X-Cnnf-Unmapped"] = str(len(unmapped))
-    return Response(json.dumps(doc, indent=2) + "\n", media_type="application/json",
-                    headers=headers)
+    return Response(text, media_type="application/json", headers=headers)
 
 
 @router.post(

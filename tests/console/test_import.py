@@ -1,0 +1,130 @@
+"""Export and import: round trips, dry runs with a diff, atomicity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from consoletest import ApiClient, Console
+from sqlalchemy import text
+
+API = "/api/v1"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _import(admin: ApiClient, body: bytes, fmt: str = "native", dry_run: bool = False,
+            content_type: str = "application/json") -> dict[str, object]:
+    r = admin.post(f"{API}/policy/import", params={"format": fmt, "dry_run": dry_run},
+                   content=body, headers={"Content-Type": content_type})
+    return {"status": r.status_code, **r.json()}
+
+
+def test_native_yaml_import_then_export_round_trips(console: Console, admin: ApiClient) -> None:
+    doc = (EXAMPLES / "shop-policy.yaml").read_bytes()
+    preview = _import(admin, doc, dry_run=True, content_type="application/yaml")
+    assert preview["status"] == 200 and preview["valid"] is True and preview["applied"] is False
+    diff = preview["diff"]
+    assert isinstance(diff, dict)
+    assert "frontend" in diff["objects"]["added"] and diff["containerRules"]["added"]
+    assert diff["settings"]["containerEnabled"] == {"before": False, "after": True}
+    assert admin.get(f"{API}/policy").json()["revision"] == 0  # a dry run changes nothing
+
+    applied = _import(admin, doc, content_type="application/yaml")
+    assert applied["status"] == 200 and applied["applied"] is True and applied["revision"] == 1
+    exported = admin.get(f"{API}/policy/export").text
+    again = _import(admin, exported.encode(), dry_run=True)
+    assert again["valid"] is True
+    diff = again["diff"]
+    assert isinstance(diff, dict)
+    assert diff["settings"] == {}
+    assert not any(diff["objects"].values())
+    assert not any(diff["containerRules"].values()) and not any(diff["hostRules"].values())
+    # importing the export changes nothing but the revision; the export is stable
+    _import(admin, exported.encode())
+    assert '"revision": 1' in exported
+    assert admin.get(f"{API}/policy/export").text == exported.replace(
+        '"revision": 1', '"revision": 2')
+    history = admin.get(f"{API}/changes").json()["items"]
+    assert [c["action"] for c in history] == ["policy.import.native", "policy.import.native"]
+
+
+def test_original_format_import_and_export(console: Console, admin: ApiClient) -> None:
+    doc = (EXAMPLES / "prisma-export.json").read_bytes()
+    result = _import(admin, doc, fmt="prisma")
+    assert result["status"] == 200 and result["applied"] is True, result
+    policy = admin.get(f"{API}/policy").json()
+    assert "frontend-to-api" in [r["name"] for r in policy["containerRules"]]
+    r = admin.get(f"{API}/policy/export", params={"format": "prisma"})
+    assert r.status_code == 200
+    exported = r.json()
+    assert exported["_id"] == "networkFirewall"
+    assert [x["name"] for x in exported["containerRules"]] == [
+        x["name"] for x in policy["containerRules"]]
+
+
+def test_invalid_import_changes_nothing(console: Console, admin: ApiClient) -> None:
+    _import(admin, (EXAMPLES / "shop-policy.yaml").read_bytes(), content_type="application/yaml")
+    before = admin.get(f"{API}/policy/export").text
+    doc = json.loads(before)
+    doc["spec"]["containerRules"][1]["dst"] = "ghost"
+    doc["spec"]["containerRules"][2]["ports"] = [70000]
+    bad = json.dumps(doc).encode()
+
+    preview = _import(admin, bad, dry_run=True)
+    assert preview["status"] == 200 and preview["valid"] is False
+    assert preview["errors"], preview
+
+    refused = _import(admin, bad)
+    assert refused["status"] == 422
+    detail = str(refused["detail"])
+    assert "containerRules[2].ports[0]" in detail
+    assert admin.get(f"{API}/policy/export").text == before
+
+    for junk in (b"{not json", b"[]", b'{"apiVersion": "cnnf/v9", "kind": "Policy"}'):
+        r = _import(admin, junk)
+        assert r["status"] == 422 and r["errors"], r
+    assert admin.get(f"{API}/policy/export").text == before
+
+
+def _inject_failure(console: Console) -> None:
+    """A trigger that makes the database refuse one rule: a failure in the middle
+    of applying an import, after objects were already written."""
+    with console.engine.begin() as c:
+        if console.engine.dialect.name == "sqlite":
+            c.execute(text(
+                "CREATE TRIGGER boom BEFORE INSERT ON rules WHEN NEW.name = 'boom' "
+                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"))
+        else:
+            c.execute(text(
+                "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.name = 'boom' THEN RAISE EXCEPTION 'injected failure'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"))
+            c.execute(text("CREATE TRIGGER boom BEFORE INSERT ON rules "
+                           "FOR EACH ROW EXECUTE FUNCTION boom()"))
+
+
+def test_failure_midway_through_an_import_rolls_back_whole(console: Console,
+                                                            admin: ApiClient) -> None:
+    _import(admin, (EXAMPLES / "shop-policy.yaml").read_bytes(), content_type="application/yaml")
+    before = admin.get(f"{API}/policy/export").text
+    changes = admin.get(f"{API}/changes").json()["total"]
+    _inject_failure(console)
+    doc = json.loads(before)
+    spec = doc["spec"]
+    spec["containerEnabled"] = False
+    spec["objects"] = [o for o in spec["objects"] if o["name"] != "cache"] + [
+        {"kind": "subnet", "name": "lab", "cidrs": ["10.99.0.0/16"]}]
+    spec["containerRules"] = [r for r in spec["containerRules"]
+                              if "cache" not in (r["src"], r["dst"])]
+    spec["containerRules"].insert(0, {**spec["containerRules"][0], "id": 900, "name": "boom"})
+    r = admin.post(f"{API}/policy/import", content=json.dumps(doc).encode())
+    assert r.status_code in (409, 500), r.text
+    assert "nothing was changed" in r.json()["detail"]
+    assert admin.get(f"{API}/policy/export").text == before
+    assert admin.get(f"{API}/changes").json()["total"] == changes
+    # the same import without the poisoned rule goes through
+    spec["containerRules"].pop(0)
+    r = admin.post(f"{API}/policy/import", content=json.dumps(doc).encode())
+    assert r.status_code == 200, r.text
+    names = [o["name"] for o in admin.get(f"{API}/objects").json()]
+    assert "lab" in names and "cache" not in names
