@@ -12,6 +12,8 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 
@@ -408,3 +410,45 @@ def test_full_queue_fails_open_or_closed(
         release.set()
         first.wait(10)
     assert first.returncode == 0
+
+
+DEFENDER = """
+    import sys, threading
+    from cnnf.defender.datapath import Datapath, DatapathConfig, Decision
+    def decide(p):
+        return Decision.REJECT if p.dport == int(sys.argv[2]) else Decision.ACCEPT
+    dp = Datapath(DatapathConfig(queues=2), decide, sys.argv[1])
+    dp.start()
+    dp.backend.set_addresses("local", sys.argv[3:])
+    dp.backend.set_addresses("cluster", sys.argv[3:])
+    print("ready", flush=True)
+    threading.Event().wait()
+"""
+
+
+def test_killed_defender_fails_open_and_a_restart_or_cleanup_recovers(
+    h: Harness, servers: None
+) -> None:
+    t = h.topo
+    before = kernel_state(t.node)
+    argv = [sys.executable, "-c", textwrap.dedent(DEFENDER), t.node.name, str(REJECT), t.C1, t.C2]
+    defender = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert defender.stdout is not None and defender.stdout.readline().strip() == "ready"
+        assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
+        defender.kill()  # kill -9: its workers die with it (PR_SET_PDEATHSIG)
+        defender.wait()
+    finally:
+        if defender.stdout is not None:
+            defender.stdout.close()
+    assert poll(lambda: queue_stats(t.node.name) == [])
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "ok"  # fail-open: rules left, no loop
+    left = kernel_state(t.node)
+    assert "CNNF-FORWARD" in left[0] and "cnnf-local4" in left[2]
+    dp = h.start(DatapathConfig(queues=2))  # a restart: leftovers replaced, no duplicates
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
+    assert kernel_state(t.node)[:3] == left[:3]
+    dp.workers.stop()  # crash-like: workers gone, rules and sets still there
+    removed = cleanup(t.node.name)
+    assert "ipset cnnf-local4" in removed
+    assert kernel_state(t.node)[:3] == before[:3]

@@ -273,12 +273,13 @@ class IptablesBackend:
         return {ln.split()[2] for ln in out.splitlines() if ln.startswith("add ")}
 
     def _name(self, which: AddressSet, address: str) -> tuple[str, str]:
-        family = address_family(address)
+        which, family = AddressSet(which), address_family(address)
         if family not in self.config.families:
             raise DatapathError(f"IPv6 is off in this datapath: cannot add {address}")
         return which.set_name(family), str(ipaddress.ip_address(address))
 
     def set_addresses(self, which: AddressSet, addresses: Iterable[str]) -> None:
+        which = AddressSet(which)
         wanted: dict[str, set[str]] = {which.set_name(f): set() for f in self.config.families}
         for address in addresses:
             name, addr = self._name(which, address)
@@ -312,6 +313,7 @@ class IptablesBackend:
             self._members[name].discard(addr)
 
     def addresses(self, which: AddressSet) -> frozenset[str]:
+        which = AddressSet(which)
         with self._lock:
             return frozenset().union(
                 *(self._members[which.set_name(f)] for f in self.config.families)
