@@ -1,0 +1,1 @@
+"""Workload discovery: containers through the Docker Engine API, and the host."""

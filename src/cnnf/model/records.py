@@ -1,0 +1,123 @@
+"""What a Defender reports: flow records (every evaluated or observed connection,
+aggregated) and audit events (every alerted or blocked connection).
+
+These cross the wire from Defender to Console and go to JSON lines, so they are
+pydantic models with one serialised form. Times are UNIX seconds (floats); the
+caller supplies them (no clock here).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cnnf.model.attempt import Endpoint, Verdict
+from cnnf.model.rule import Effect, RuleKind
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EndpointInfo(_Record):
+    """The identity of one end of a connection, as far as it is known."""
+
+    kind: Literal["container", "host", "address"]
+    address: str | None = None
+    image: str = ""
+    container: str = ""
+    container_id: str = ""
+    namespace: str = ""
+    pod: str = ""
+    cluster: str = ""
+    host: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    domain: str = ""
+
+    @classmethod
+    def from_endpoint(cls, ep: Endpoint) -> EndpointInfo:
+        domain = ep.domains[0] if ep.domains else ""
+        if ep.container is not None:
+            c = ep.container
+            return cls(kind="container", address=ep.address, image=c.image, container=c.name,
+                       container_id=c.id, namespace=c.namespace, pod=c.pod, cluster=c.cluster,
+                       host=c.host, labels=dict(c.labels), domain=domain)
+        if ep.host is not None:
+            h = ep.host
+            return cls(kind="host", address=ep.address, host=h.name, cluster=h.cluster,
+                       labels=dict(h.labels), domain=domain)
+        return cls(kind="address", address=ep.address, domain=domain)
+
+    def key(self) -> tuple[str, ...]:
+        """What makes two ends "the same" for aggregation: the identity, not the
+        container instance (containers of one image fold into one flow)."""
+        if self.kind == "container":
+            return ("container", self.image, self.namespace, self.host)
+        if self.kind == "host":
+            return ("host", self.host)
+        return ("address", self.address or "", self.domain)
+
+
+class FlowRecord(_Record):
+    """Connections from one source to one destination port with one verdict,
+    aggregated: how many, first and last seen."""
+
+    src: EndpointInfo
+    dst: EndpointInfo
+    port: int
+    effect: Effect
+    matched: bool
+    # "enforced": the Defender evaluated the SYN; "observed": seen through
+    # connection tracking with enforcement disabled (no verdict was applied).
+    mode: Literal["enforced", "observed"] = "enforced"
+    rule_id: int | None = None
+    rule_name: str | None = None
+    rule_kind: RuleKind | None = None
+    revision: int = 0
+    count: int = 1
+    first_seen: float
+    last_seen: float
+    reporter: str = ""  # the Defender (host name) that saw it
+
+    def key(self) -> tuple[object, ...]:
+        return (self.src.key(), self.dst.key(), self.port, self.effect, self.rule_id, self.mode)
+
+
+class AuditEvent(_Record):
+    """One alerted or blocked connection (repeats folded with ``count``)."""
+
+    time: float
+    type: RuleKind  # container or host firewall
+    effect: Effect
+    blocked: bool
+    rule_id: int | None = None
+    rule_name: str = ""
+    src: EndpointInfo
+    dst: EndpointInfo
+    port: int
+    dst_subnet: str = ""
+    dst_domain: str = ""
+    message: str
+    count: int = 1
+    revision: int = 0
+    reporter: str = ""
+
+    def key(self) -> tuple[object, ...]:
+        return (self.type, self.rule_id, self.blocked, self.src.key(), self.src.address,
+                self.dst.key(), self.dst.address, self.port)
+
+
+def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: int) -> str:
+    """The human sentence of an audit, in one place."""
+    def name(e: EndpointInfo) -> str:
+        if e.kind == "container":
+            return f"{e.image} ({e.container or e.address})"
+        if e.kind == "host":
+            return f"host {e.host}"
+        return e.domain or e.address or "?"
+
+    action = "blocked" if verdict.blocked else "alerted on"
+    why = (f"rule {verdict.rule_name!r}" if verdict.matched
+           else f"the default effect ({verdict.effect.value}); no rule matched")
+    return f"{action} connection from {name(src)} to {name(dst)} port {port} by {why}"
