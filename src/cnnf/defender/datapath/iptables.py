@@ -42,6 +42,8 @@ _TOOLS = {
     6: ("ip6tables", "ip6tables-save", "ip6tables-restore"),
 }
 _SET_FAMILY = {4: "inet", 6: "inet6"}
+# Room for a large cluster's protected workloads (the default maxelem is 65536).
+_SET_SIZE = "hashsize 1024 maxelem 1048576"
 _BRIDGE_SYSCTL = {4: "net.bridge.bridge-nf-call-iptables", 6: "net.bridge.bridge-nf-call-ip6tables"}
 
 
@@ -188,7 +190,7 @@ class IptablesBackend:
         script = []
         for name in names:
             family = int(name[-1])
-            script.append(f"create {name} hash:ip family {_SET_FAMILY[family]} -exist")
+            script.append(f"create {name} hash:ip family {_SET_FAMILY[family]} {_SET_SIZE} -exist")
             script += [f"add {name} {a} -exist" for a in sorted(self._members[name])]
         if script:
             self.netns.run("ipset", "restore", input="\n".join(script) + "\n")
@@ -289,11 +291,11 @@ class IptablesBackend:
             for name, members in wanted.items():
                 family = _SET_FAMILY[int(name[-1])]
                 tmp = f"{SET_PREFIX}tmp-{name[len(SET_PREFIX) :]}"
-                script.append(f"create {tmp} hash:ip family {family} -exist")
+                script.append(f"create {tmp} hash:ip family {family} {_SET_SIZE} -exist")
                 script.append(f"flush {tmp}")
                 script += [f"add {tmp} {a} -exist" for a in sorted(members)]
                 script += [
-                    f"create {name} hash:ip family {family} -exist",
+                    f"create {name} hash:ip family {family} {_SET_SIZE} -exist",
                     f"swap {tmp} {name}",
                     f"destroy {tmp}",
                 ]
