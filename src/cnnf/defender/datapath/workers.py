@@ -189,7 +189,13 @@ class _Worker:
 
 
 class VerdictWorkers:
-    """N worker processes, one per SYN queue ``config.queue_num + i``."""
+    """N worker processes, one per SYN queue ``config.queue_num + i``.
+
+    Workers die with the thread that forked them (``PR_SET_PDEATHSIG``), so a
+    Defender killed with -9 leaves no worker holding a queue: fail-open rules
+    then let traffic through. Call ``start()`` and ``restart_dead()`` from a
+    long-lived thread (the main thread).
+    """
 
     def __init__(
         self,
