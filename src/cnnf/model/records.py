@@ -121,3 +121,56 @@ def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: 
     why = (f"rule {verdict.rule_name!r}" if verdict.matched
            else f"the default effect ({verdict.effect.value}); no rule matched")
     return f"{action} connection from {name(src)} to {name(dst)} port {port} by {why}"
+
+
+# --- The Defender <-> Console wire (bodies of /api/v1/defender/* endpoints) ---
+
+
+class WorkloadInfo(_Record):
+    """One discovered workload address: a container on a Defender's host."""
+
+    address: str
+    image: str
+    name: str = ""
+    id: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    namespace: str = ""
+    pod: str = ""
+    cluster: str = ""
+    host: str = ""
+
+
+class HostInfo(_Record):
+    name: str
+    addresses: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    cluster: str = ""
+
+
+class InventoryReport(_Record):
+    """POST /api/v1/defender/inventory: what one Defender sees on its host
+    (replaces that Defender's previous report whole)."""
+
+    host: HostInfo
+    containers: list[WorkloadInfo] = Field(default_factory=list)
+    version: str = ""
+    protected: int = 0  # workload addresses the Defender currently protects
+
+
+class ClusterInventory(_Record):
+    """GET /api/v1/defender/inventory?revision=N&wait=S: every Defender's report merged."""
+
+    revision: int
+    hosts: list[HostInfo] = Field(default_factory=list)
+    containers: list[WorkloadInfo] = Field(default_factory=list)
+
+
+class ReportBatch(_Record):
+    """POST /api/v1/defender/reports: flows and audits. ``batch_id`` makes
+    redelivery (after a lost answer or a Console restart) idempotent; ``dropped``
+    counts records the Defender's bounded spool had to discard."""
+
+    batch_id: str
+    flows: list[FlowRecord] = Field(default_factory=list)
+    audits: list[AuditEvent] = Field(default_factory=list)
+    dropped: int = 0
