@@ -7,6 +7,7 @@ that nothing is left. Traffic only flows between the lab's own namespaces.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -229,6 +230,10 @@ def test_second_lab_coexists_and_down_leaves_nothing(shop: Lab) -> None:
     try:
         assert tiny.plan.index != shop.plan.index
         assert tiny.container("web").address != shop.container("frontend").address
+        # Addresses are the same on every run of a lab.
+        assert tiny.container("web").address == str(
+            ipaddress.ip_network(tiny.plan.hosts["h1"].subnet)[2]
+        )
         assert tiny.connect("web", "db", 5432).ok
         assert tiny.connect("web", "svc.tiny.example", 443).ok
         assert shop.connect("frontend", "api", 8080).ok  # the first lab still works

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import ipaddress
 import json
 import os
 import shlex
@@ -271,6 +272,9 @@ class Lab:
             n = len(proc.stdout.split())
             if n:
                 removed.append(f"{n} container(s) on {host}")
+            # Also drops the network's address bucket in Podman's shared IPAM database.
+            run(["podman", *podman_args_for(name, host), "network", "rm", "--force", ns],
+                netns=ns, check=False, timeout=60)  # fmt: skip
             progress(f"removed containers of {host}")
         for c in state.get("containers", {}).values():
             if c.get("sandbox"):
@@ -463,6 +467,16 @@ class Lab:
         return run(["podman", *h.podman_args(), *args], netns=h.netns, timeout=timeout).stdout
 
     def _run_container(self, h: HostPlan, c: Container) -> None:
+        # Fixed addresses (.2, .3, ... in topology order), so a lab's addresses are
+        # the same on every run: Podman's IPAM would otherwise keep counting up
+        # across runs (its database is shared by all engines on the machine).
+        taken = {
+            str(v["address"]) for v in self.state["containers"].values() if v["host"] == h.name
+        }
+        subnet = ipaddress.IPv4Network(h.subnet)
+        address = next((str(a) for a in list(subnet.hosts())[1:] if str(a) not in taken), None)
+        if address is None:
+            raise LabError(f"no free address left in {h.subnet} on {h.name}")
         labels = {
             K8S_NAMESPACE_LABEL: c.namespace,
             K8S_POD_LABEL: c.pod_name,
@@ -473,7 +487,7 @@ class Lab:
         services = "".join(f"httpd -p {p} -h /www; " for p in c.ports)
         args = [
             "run", "--detach", "--name", c.name, "--hostname", c.name,
-            "--network", h.network,
+            "--network", h.network, "--ip", address,
             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
         ]  # fmt: skip
         if self.plan.dns_server:
@@ -482,6 +496,7 @@ class Lab:
             args += ["--label", f"{k}={v}"]
         args += [qualified(c.image), "sh", "-c", f"{services}exec sleep 2147483647"]
         self._podman(h, args)
+        self.state["containers"][c.name] = {"host": h.name, "address": address}
 
     def start_container(self, container: Container) -> ContainerInfo:
         """Start one more container on a lab host (e.g. to test discovery of new
