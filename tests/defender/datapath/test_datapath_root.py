@@ -318,6 +318,14 @@ def test_dns_answer_is_recorded_before_the_first_syn(h: Harness, servers: None) 
         ]
         assert dp.domains_for(t.REMOTE) == ("api.partner.example",)
         assert dp.dns is not None and dp.dns.answers == 1
+        # A restarted worker gets the names again from the watcher's cache.
+        kill_worker(dp, 4200)
+        assert any("queue 4200" in r for r in dp.check_and_repair())
+        assert t.c1.connect(t.REMOTE, ALLOW) == "ok"
+        again = h.collect(dp, 2)[1:]
+        assert [(r.packet.dst, r.packet.dst_domains) for r in again] == [
+            (t.REMOTE, ("api.partner.example",))
+        ]
     finally:
         server.kill()
         server.wait()
