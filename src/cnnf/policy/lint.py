@@ -183,26 +183,9 @@ def lint_policy(policy: Policy) -> list[Finding]:
     objects = {o.name: o for o in policy.objects}
     for kind, list_name in RULE_LISTS:
         rules = rules_of(policy, kind)
-        enabled = [(i, r) for i, r in enumerate(rules) if not r.disabled]
-        for n, (j, later) in enumerate(enabled):
-            src_b, dst_b = objects.get(later.src), objects.get(later.dst)
-            if src_b is None or dst_b is None:
-                continue
-            for i, earlier in enabled[:n]:
-                src_a, dst_a = objects.get(earlier.src), objects.get(earlier.dst)
-                if src_a is None or dst_a is None:
-                    continue
-                if (object_covers(src_a, src_b) and object_covers(dst_a, dst_b)
-                        and ports_cover(earlier.ports, later.ports)):
-                    same = earlier.effect == later.effect
-                    findings.append(Finding(
-                        "shadowed-rule", Severity.WARNING, f"{list_name}[{j}]",
-                        f"{_describe(later)} ({later.effect.value}) never matches: earlier "
-                        f"{_describe(earlier)} at {list_name}[{i}] ({earlier.effect.value}) "
-                        f"covers its source, destination and ports"
-                        + ("" if same else "; its effect never applies"),
-                    ))
-                    break
+        enabled = [(i, r) for i, r in enumerate(rules)
+                   if not r.disabled and r.src in objects and r.dst in objects]
+        findings.extend(_shadowed(list_name, enabled, objects))
         findings.extend(_subnet_conflicts(list_name, enabled, objects))
     used = {name for kind, _ in RULE_LISTS for r in rules_of(policy, kind)
             for name in (r.src, r.dst)}
@@ -220,38 +203,87 @@ def lint_policy(policy: Policy) -> list[Finding]:
     return findings
 
 
+def _shadowed(
+    list_name: str, enabled: list[tuple[int, Rule]], objects: dict[str, NetworkObject]
+) -> list[Finding]:
+    # Rules indexed by (src, dst); for each rule, only earlier rules whose objects
+    # cover its objects are candidates (object coverage is computed once per pair).
+    by_pair: dict[tuple[str, str], list[tuple[int, Rule]]] = {}
+    for i, rule in enabled:
+        by_pair.setdefault((rule.src, rule.dst), []).append((i, rule))
+    srcs = sorted({r.src for _, r in enabled})
+    dsts = sorted({r.dst for _, r in enabled})
+    covering_srcs: dict[str, list[str]] = {}
+    covering_dsts: dict[str, list[str]] = {}
+
+    def covering(name: str, pool: list[str], memo: dict[str, list[str]]) -> list[str]:
+        if name not in memo:
+            b = objects[name]
+            memo[name] = [a for a in pool if object_covers(objects[a], b)]
+        return memo[name]
+
+    out: list[Finding] = []
+    for j, later in enabled:
+        first: tuple[int, Rule] | None = None
+        for a_src in covering(later.src, srcs, covering_srcs):
+            for a_dst in covering(later.dst, dsts, covering_dsts):
+                for i, earlier in by_pair.get((a_src, a_dst), ()):
+                    if i >= j or (first is not None and i >= first[0]):
+                        break
+                    if ports_cover(earlier.ports, later.ports):
+                        first = (i, earlier)
+                        break
+        if first is None:
+            continue
+        i, earlier = first
+        same = earlier.effect == later.effect
+        out.append(Finding(
+            "shadowed-rule", Severity.WARNING, f"{list_name}[{j}]",
+            f"{_describe(later)} ({later.effect.value}) never matches: earlier "
+            f"{_describe(earlier)} at {list_name}[{i}] ({earlier.effect.value}) "
+            f"covers its source, destination and ports"
+            + ("" if same else "; its effect never applies"),
+        ))
+    return out
+
+
 def _subnet_conflicts(
     list_name: str, enabled: list[tuple[int, Rule]], objects: dict[str, NetworkObject]
 ) -> list[Finding]:
+    subnet_rules = [(i, r) for i, r in enabled if objects[r.dst].kind is ObjectKind.SUBNET]
+    if not subnet_rules:
+        return []
+    other_rules = [(i, r) for i, r in enabled if objects[r.dst].kind is not ObjectKind.SUBNET]
+    disjoint: dict[tuple[str, str], bool] = {}
+    pairs: list[tuple[tuple[int, Rule], tuple[int, Rule]]] = []
+    for s in subnet_rules:
+        for o in other_rules:
+            (_, sr), (_, orr) = s, o
+            if sr.effect == orr.effect or not ports_overlap(sr.ports, orr.ports):
+                continue
+            key = (sr.src, orr.src)
+            if key not in disjoint:
+                disjoint[key] = objects_disjoint(objects[sr.src], objects[orr.src])
+            if not disjoint[key]:
+                pairs.append((s, o) if s[0] < o[0] else (o, s))
+    pairs.sort(key=lambda p: (p[0][0], p[1][0]))
     out: list[Finding] = []
-    for n, (i, a) in enumerate(enabled):
-        for j, b in enabled[n + 1:]:
-            if a.effect == b.effect:
-                continue
-            dst_a, dst_b = objects.get(a.dst), objects.get(b.dst)
-            src_a, src_b = objects.get(a.src), objects.get(b.src)
-            if dst_a is None or dst_b is None or src_a is None or src_b is None:
-                continue
-            a_subnet = dst_a.kind is ObjectKind.SUBNET
-            b_subnet = dst_b.kind is ObjectKind.SUBNET
-            if a_subnet == b_subnet:
-                continue
-            if objects_disjoint(src_a, src_b) or not ports_overlap(a.ports, b.ports):
-                continue
-            if a_subnet:
-                severity = Severity.WARNING
-                note = (f"the subnet rule comes first and decides wherever an address of "
-                        f"{dst_b.name!r} lies in {dst_a.name!r}, overriding {_describe(b)}")
-            else:
-                severity = Severity.INFO
-                note = (f"the {dst_a.kind.value} rule comes first and decides for "
-                        f"{dst_a.name!r}; the subnet rule applies to the rest")
-            out.append(Finding(
-                "subnet-conflict", severity, f"{list_name}[{j}]",
-                f"{_describe(b)} ({b.effect.value}, to {dst_b.kind.value} {dst_b.name!r}) and "
-                f"{list_name}[{i}] {_describe(a)} ({a.effect.value}, to {dst_a.kind.value} "
-                f"{dst_a.name!r}) can see the same connections with different effects; {note}",
-            ))
+    for (i, a), (j, b) in pairs:
+        dst_a, dst_b = objects[a.dst], objects[b.dst]
+        if dst_a.kind is ObjectKind.SUBNET:
+            severity = Severity.WARNING
+            note = (f"the subnet rule comes first and decides wherever an address of "
+                    f"{dst_b.name!r} lies in {dst_a.name!r}, overriding {_describe(b)}")
+        else:
+            severity = Severity.INFO
+            note = (f"the {dst_a.kind.value} rule comes first and decides for "
+                    f"{dst_a.name!r}; the subnet rule applies to the rest")
+        out.append(Finding(
+            "subnet-conflict", severity, f"{list_name}[{j}]",
+            f"{_describe(b)} ({b.effect.value}, to {dst_b.kind.value} {dst_b.name!r}) and "
+            f"{list_name}[{i}] {_describe(a)} ({a.effect.value}, to {dst_a.kind.value} "
+            f"{dst_a.name!r}) can see the same connections with different effects; {note}",
+        ))
     return out
 
 
