@@ -42,11 +42,11 @@ class Clock:
 class ApiClient:
     """A synchronous client calling the ASGI app in-process (no sockets)."""
 
-    def __init__(self, app: FastAPI, token: str | None = None) -> None:
+    def __init__(self, app: FastAPI, token: str | None = None, address: str = "127.0.0.1"):
         self._loop = asyncio.new_event_loop()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 40000)),
+            transport=httpx.ASGITransport(app=app, client=(address, 40000)),
             base_url="http://console.test", headers=headers,
         )
 
@@ -81,8 +81,8 @@ class Console:
     clients: list[ApiClient] = field(default_factory=list)
     tokens: dict[Role, str] = field(default_factory=dict)
 
-    def client(self, token: str | None = None) -> ApiClient:
-        c = ApiClient(self.app, token)
+    def client(self, token: str | None = None, address: str = "127.0.0.1") -> ApiClient:
+        c = ApiClient(self.app, token, address)
         self.clients.append(c)
         return c
 
