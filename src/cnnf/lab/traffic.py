@@ -118,7 +118,7 @@ class Traffic:
                 now = self.clock()
                 wait = min(next_report, end if end is not None else next_report) - now
                 self.poll(max(0.0, wait))
-                if report and self.clock() >= next_report:
+                if report and self.clock() >= next_report and (end is None or self.clock() < end):
                     report(self)
                     next_report += every
                 if all(w.poll() is not None for w in self._workers):
