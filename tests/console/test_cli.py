@@ -1,0 +1,107 @@
+"""``cnnf console`` as a real process: create a user, serve HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cnnf.console.config import database_url
+
+CNNF = str(Path(sys.executable).with_name("cnnf"))
+PASSWORD = "correct horse battery"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _cnnf(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CNNF, *args], input=stdin, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.fixture
+def served(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """``cnnf console`` serving on a free loopback port; yields its base URL."""
+    result = _cnnf("console", "create-user", "alice", "--role", "admin", "--password-stdin",
+                   "--db", db_url, stdin=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "created user 'alice' with role admin"
+    again = _cnnf("console", "create-user", "alice", "--password-stdin", "--db", db_url,
+                  stdin=PASSWORD + "\n")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    short = _cnnf("console", "create-user", "bob", "--password-stdin", "--db", db_url,
+                  stdin="short\n")
+    assert short.returncode == 1 and "password" in short.stderr
+
+    port = _free_port()
+    log = (tmp_path / "console.log").open("w")
+    process = subprocess.Popen(
+        [CNNF, "console", "--listen", f"127.0.0.1:{port}", "--db", db_url,
+         "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, (tmp_path / "console.log").read_text()
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the console did not come up in 30 s"
+            time.sleep(0.05)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()
+
+
+def test_console_serves_over_http(served: str) -> None:
+    with httpx.Client(base_url=served, timeout=10) as http:
+        assert http.get("/healthz").json()["status"] == "ok"
+        assert http.get("/api/v1/policy").status_code == 401
+        r = http.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD})
+        assert r.status_code == 200
+        http.headers["Authorization"] = f"Bearer {r.json()['token']}"
+        r = http.post("/api/v1/objects", json={"name": "lan", "kind": "subnet",
+                                                "cidrs": ["10.0.0.0/8"]})
+        assert r.status_code == 201, r.text
+        assert http.get("/api/v1/policy").json()["objects"][0]["name"] == "lan"
+        assert "/api/v1/objects" in http.get("/api/v1/openapi.json").json()["paths"]
+
+
+def test_sqlite_default_lives_in_the_data_directory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CNNF_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert database_url(None, Path("./var/console")) == (
+        f"sqlite:///{tmp_path}/var/console/console.db")
+    result = subprocess.run(
+        [CNNF, "console", "create-user", "root-admin", "--password-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path, env={**os.environ, "CNNF_DATA_DIR": str(tmp_path / "elsewhere")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "elsewhere" / "console.db").exists()
+    assert not (tmp_path / "var").exists()
