@@ -220,7 +220,8 @@ class Lab:
         try:
             lab._build(step)
         except BaseException as exc:
-            step(f"failed ({exc}); removing what was created")
+            with contextlib.suppress(Exception):  # e.g. the terminal went away
+                step(f"failed ({exc}); removing what was created")
             cls.down(name, progress=_quiet)
             if isinstance(exc, LabError):
                 raise
