@@ -1,0 +1,502 @@
+"""Radar's graph: nodes and edges built from the policy, the flows, the
+inventory and the data overlays.
+
+A pure function over plain inputs (no store, no clock, no HTTP), so the whole
+picture is tested with tables. The API layer (:mod:`cnnf.console.api.radar`)
+loads the inputs and returns :func:`build_graph`'s result as JSON.
+
+Container view: one node per image with running containers (the container
+count on the node), put into a compound group by namespace or by host (the
+group most of its containers are in); host view: one node per host. Declared
+subnet and DNS objects are external nodes; any other outside address is the
+one "internet" node.
+
+Edges join two nodes. An edge carries the ports seen on it, each with its
+verdict class, and the rules drawn on it:
+
+- ``allowed`` (allowed by a rule), ``alert``, ``blocked``, and ``observed``
+  (seen, no rule matched: a hole in the policy);
+- ``observed`` edges (any flow) are drawn solid, rule-only edges dotted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from cnnf.model import (
+    ContainerIdentity,
+    ContainerObject,
+    DnsObject,
+    HostIdentity,
+    HostObject,
+    Policy,
+    Rule,
+    SubnetObject,
+)
+from cnnf.model.identity import make_labels
+from cnnf.model.records import HostInfo, WorkloadInfo
+from cnnf.model.rule import Effect
+from cnnf.policy.match import ContainerMatch, DnsMatch, HostMatch, SubnetMatch
+
+View = Literal["container", "host"]
+Group = Literal["namespace", "host", "none"]
+VerdictClass = Literal["allowed", "alert", "blocked", "observed"]
+
+VERDICTS: tuple[VerdictClass, ...] = ("allowed", "alert", "blocked", "observed")
+# Which verdict colours an edge label when ports differ: the most alarming one.
+_WORST_ORDER: dict[str, int] = {"allowed": 0, "observed": 1, "alert": 2, "blocked": 3}
+_EFFECT_CLASS: dict[Effect, VerdictClass] = {
+    Effect.ALLOW: "allowed", Effect.ALERT: "alert", Effect.PREVENT: "blocked",
+}
+SEVERITIES = ("critical", "high", "medium", "low")
+INTERNET = "internet"
+# Ports listed per verdict on an edge label before "+N" takes over.
+LABEL_PORTS = 3
+# A rule whose source and destination select many nodes is drawn on at most
+# this many node pairs (the edge count says it was cut).
+RULE_EDGE_LIMIT = 500
+
+
+class FlowLike(Protocol):
+    """An aggregated flow as the store keeps it (``StoredFlow`` fits)."""
+
+    kind: str
+    src: str  # "image:shop/api", "host:node-1", "addr:10.0.0.5", "dns:api.example.com"
+    dst: str
+    port: int
+    verdict: str  # allow | alert | prevent | observed
+    rule_id: int  # 0: no rule matched
+    rule_name: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Vulnerability counts by severity and compliance counts of one image or host."""
+
+    vulnerabilities: Mapping[str, int] = field(default_factory=dict)
+    compliance: Mapping[str, int] = field(default_factory=dict)  # "passed", "failed"
+
+    @property
+    def worst(self) -> str:
+        for severity in SEVERITIES:
+            if self.vulnerabilities.get(severity, 0) > 0:
+                return severity
+        return "none"
+
+
+@dataclass(frozen=True)
+class RadarQuery:
+    view: View = "container"
+    group: Group = "namespace"
+    namespace: str = ""
+    host: str = ""
+    verdict: VerdictClass | None = None
+    q: str = ""
+
+
+@dataclass
+class _Node:
+    id: str
+    kind: str  # image | host | subnet | dns | internet
+    label: str
+    containers: list[WorkloadInfo] = field(default_factory=list)
+    host: HostInfo | None = None
+    detail: str = ""  # cidrs / domains of external nodes
+
+    def namespaces(self) -> list[str]:
+        return sorted({c.namespace for c in self.containers})
+
+    def hosts(self) -> list[str]:
+        return sorted({c.host for c in self.containers})
+
+
+@dataclass
+class _Port:
+    port: str
+    verdict: VerdictClass
+    observed: bool
+    count: int = 0
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    rule_id: int = 0
+    rule_name: str = ""
+
+
+@dataclass
+class _Edge:
+    source: str
+    target: str
+    ports: dict[tuple[str, str, int], _Port] = field(default_factory=dict)
+    rules: dict[int, Rule] = field(default_factory=dict)
+
+
+def verdict_class(verdict: str, rule_id: int) -> VerdictClass:
+    """A flow's colour class: no rule and not refused or audited is a hole."""
+    if verdict == "prevent":
+        return "blocked"
+    if verdict == "alert":
+        return "alert"
+    if verdict == "allow" and rule_id:
+        return "allowed"
+    return "observed"
+
+
+def compact_ports(ports: Iterable[tuple[str, VerdictClass]]) -> str:
+    """``80,443 allowed · 22 blocked``; long lists end in ``+N``."""
+    by_verdict: dict[VerdictClass, list[str]] = defaultdict(list)
+    for port, verdict in ports:
+        if port not in by_verdict[verdict]:
+            by_verdict[verdict].append(port)
+    parts = []
+    for verdict in sorted(by_verdict, key=lambda v: -_WORST_ORDER[v]):
+        ps = sorted(by_verdict[verdict], key=_port_sort_key)
+        shown = ",".join(ps[:LABEL_PORTS])
+        if len(ps) > LABEL_PORTS:
+            shown += f" +{len(ps) - LABEL_PORTS}"
+        parts.append(f"{shown} {verdict}")
+    return " · ".join(parts)
+
+
+def _port_sort_key(port: str) -> tuple[int, str]:
+    head = port.split("-", 1)[0]
+    return (int(head), port) if head.isdigit() else (70000, port)
+
+
+def _identity(c: WorkloadInfo) -> ContainerIdentity:
+    return ContainerIdentity(image=c.image, name=c.name, labels=make_labels(c.labels),
+                             namespace=c.namespace, cluster=c.cluster, host=c.host, id=c.id,
+                             pod=c.pod)
+
+
+class _Graph:
+    def __init__(self, policy: Policy, hosts: Sequence[HostInfo],
+                 containers: Sequence[WorkloadInfo], query: RadarQuery) -> None:
+        self.policy = policy
+        self.query = query
+        self.nodes: dict[str, _Node] = {}
+        self.edges: dict[tuple[str, str], _Edge] = {}
+        self.address_owner: dict[str, str] = {}
+        self.truncated_rules: list[int] = []
+        self.subnets = [(o, SubnetMatch(o)) for o in policy.objects
+                        if isinstance(o, SubnetObject)]
+        self.dns = [(o, DnsMatch(o)) for o in policy.objects if isinstance(o, DnsObject)]
+        for h in hosts:
+            node = self._node(f"host:{h.name}", "host", h.name)
+            node.host = h
+            for address in h.addresses:
+                self.address_owner.setdefault(address, node.id)
+        if query.view == "container":
+            for c in containers:
+                node = self._node(f"image:{c.image}", "image", c.image)
+                node.containers.append(c)
+                self.address_owner[c.address] = node.id
+            # Hosts are drawn in the container view only when something talks to them.
+            self.optional = {n for n, v in self.nodes.items() if v.kind == "host"}
+        else:
+            self.optional = set()
+        for subnet, _ in self.subnets:
+            self._node(f"subnet:{subnet.name}", "subnet", subnet.name).detail = (
+                ", ".join(subnet.cidrs))
+        for dns, _ in self.dns:
+            self._node(f"dns:{dns.name}", "dns", dns.name).detail = ", ".join(dns.domains)
+
+    def _node(self, node_id: str, kind: str, label: str) -> _Node:
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = self.nodes[node_id] = _Node(node_id, kind, label)
+        return node
+
+    def _edge(self, source: str, target: str) -> _Edge:
+        edge = self.edges.get((source, target))
+        if edge is None:
+            edge = self.edges[(source, target)] = _Edge(source, target)
+        return edge
+
+    # --- flows ---------------------------------------------------------------
+
+    def endpoint_node(self, key: str) -> str:
+        """The node a flow end's identity key belongs to (created if needed)."""
+        prefix, _, value = key.partition(":")
+        if prefix == "image" and value:
+            image_id = f"image:{value}"
+            if image_id not in self.nodes:
+                # Tags differ between the report and the inventory: fold by name.
+                for node in self.nodes.values():
+                    if node.kind == "image" and node.label.rsplit(":", 1)[0] == value:
+                        return node.id
+            return self._node(image_id, "image", value).id
+        if prefix == "host" and value:
+            return self._node(f"host:{value}", "host", value).id
+        if prefix in ("dns", "domain") and value:
+            for dns, match in self.dns:
+                if match((value,)):
+                    return f"dns:{dns.name}"
+            return self._node(INTERNET, "internet", "internet").id
+        address = value if prefix == "addr" else key
+        owner = self.address_owner.get(address)
+        if owner is not None:
+            return owner
+        for subnet, inside in self.subnets:
+            if inside(address):
+                return f"subnet:{subnet.name}"
+        return self._node(INTERNET, "internet", "internet").id
+
+    def add_flow(self, flow: FlowLike) -> None:
+        source = self.endpoint_node(flow.src)
+        target = self.endpoint_node(flow.dst)
+        edge = self._edge(source, target)
+        verdict = verdict_class(flow.verdict, flow.rule_id)
+        key = ("flow", str(flow.port), hash((verdict, flow.rule_id)))
+        have = edge.ports.get(key)
+        if have is None:
+            have = edge.ports[key] = _Port(str(flow.port), verdict, True, rule_id=flow.rule_id,
+                                           rule_name=flow.rule_name)
+        have.count += flow.count
+        have.first_seen = min(filter(None, (have.first_seen, flow.first_seen)))
+        have.last_seen = max(filter(None, (have.last_seen, flow.last_seen)))
+        if flow.rule_id:
+            rule = self.rule(flow.kind, flow.rule_id)
+            if rule is not None:
+                edge.rules[rule.id] = rule
+
+    def rule(self, kind: str, rule_id: int) -> Rule | None:
+        rules = self.policy.container_rules if kind == "container" else self.policy.host_rules
+        for rule in rules:
+            if rule.id == rule_id:
+                return rule
+        return None
+
+    # --- rules ---------------------------------------------------------------
+
+    def object_nodes(self, name: str) -> list[str]:
+        obj = self.policy.object(name)
+        if isinstance(obj, ContainerObject):
+            match = ContainerMatch(obj.selector)
+            found = []
+            for node in self.nodes.values():
+                if node.kind != "image":
+                    continue
+                identities = ([_identity(c) for c in node.containers]
+                              or [ContainerIdentity(image=node.label)])
+                if any(match(i) for i in identities):
+                    found.append(node.id)
+            return found
+        if isinstance(obj, HostObject):
+            hmatch = HostMatch(obj.selector)
+            return [n.id for n in self.nodes.values() if n.kind == "host"
+                    and hmatch(HostIdentity(name=n.label,
+                                            labels=make_labels(n.host.labels if n.host else {})))]
+        if isinstance(obj, SubnetObject):
+            return [f"subnet:{obj.name}"]
+        if isinstance(obj, DnsObject):
+            return [f"dns:{obj.name}"]
+        return []
+
+    def add_rules(self) -> None:
+        rules = (self.policy.container_rules if self.query.view == "container"
+                 else self.policy.host_rules)
+        for rule in rules:
+            if rule.disabled:
+                continue
+            sources = self.object_nodes(rule.src)
+            targets = self.object_nodes(rule.dst)
+            drawn = 0
+            for s in sources:
+                for t in targets:
+                    if drawn >= RULE_EDGE_LIMIT:
+                        break
+                    if s == t and len(sources) > 1:
+                        continue
+                    edge = self._edge(s, t)
+                    edge.rules[rule.id] = rule
+                    drawn += 1
+            if len(sources) * len(targets) > RULE_EDGE_LIMIT:
+                self.truncated_rules.append(rule.id)
+
+    # --- output --------------------------------------------------------------
+
+    def edge_ports(self, edge: _Edge) -> list[_Port]:
+        ports = list(edge.ports.values())
+        seen_rules = {p.rule_id for p in ports}
+        for rule in edge.rules.values():
+            if rule.id in seen_rules:
+                continue  # observed: the flows carry its ports
+            for pr in rule.ports:
+                ports.append(_Port(str(pr), _EFFECT_CLASS[rule.effect], False,
+                                   rule_id=rule.id, rule_name=rule.name))
+        return ports
+
+
+def _group_of(node: _Node, group: Group) -> str:
+    if node.kind != "image" or group == "none":
+        return ""
+    values = Counter(c.namespace if group == "namespace" else c.host for c in node.containers)
+    if not values:
+        return ""
+    best = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    return best or ("(no namespace)" if group == "namespace" else "(no host)")
+
+
+def _matches_text(node: _Node, q: str) -> bool:
+    if q in node.label.lower() or q in node.detail.lower():
+        return True
+    return any(q in c.name.lower() or q in c.namespace.lower() for c in node.containers)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def build_graph(
+    policy: Policy,
+    *,
+    hosts: Sequence[HostInfo] = (),
+    containers: Sequence[WorkloadInfo] = (),
+    flows: Iterable[FlowLike] = (),
+    overlays: Mapping[tuple[str, str], Overlay] | None = None,
+    query: RadarQuery = RadarQuery(),
+) -> dict[str, Any]:
+    """The Radar graph as JSON-ready data: ``{"nodes": [...], "edges": [...], ...}``.
+
+    ``overlays`` are keyed by ``("image", image)`` (the name with or without
+    the tag) or ``("host", name)``; ``flows`` of the other view's kind are
+    ignored; the time window is the caller's (pass only the flows in it)."""
+    overlays = overlays or {}
+    g = _Graph(policy, hosts, containers, query)
+    for flow in flows:
+        if flow.kind == query.view:
+            g.add_flow(flow)
+    g.add_rules()
+
+    edges_out: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for (source, target), edge in g.edges.items():
+        ports = g.edge_ports(edge)
+        if not ports:
+            continue
+        if query.verdict is not None and not any(p.verdict == query.verdict for p in ports):
+            continue
+        observed = any(p.observed for p in ports)
+        worst = max((p.verdict for p in ports), key=lambda v: _WORST_ORDER[v])
+        seen = [p for p in ports if p.observed]
+        effects = sorted({r.effect.value for r in edge.rules.values()})
+        edges_out.append({
+            "id": f"{source}->{target}",
+            "source": source,
+            "target": target,
+            "observed": observed,
+            "line": "solid" if observed else "dotted",
+            "verdict": worst,
+            "verdicts": sorted({p.verdict for p in ports}, key=lambda v: -_WORST_ORDER[v]),
+            "hole": any(p.verdict == "observed" for p in ports),
+            "effect": effects[0] if len(effects) == 1 else ("mixed" if effects else ""),
+            "label": compact_ports((p.port, p.verdict) for p in ports),
+            "ports": [
+                {"port": p.port, "verdict": p.verdict, "observed": p.observed, "count": p.count,
+                 "firstSeen": _iso(p.first_seen), "lastSeen": _iso(p.last_seen),
+                 "ruleId": p.rule_id or None, "ruleName": p.rule_name}
+                for p in sorted(ports, key=lambda p: (_port_sort_key(p.port), p.verdict))
+            ],
+            "rules": [
+                {"id": r.id, "kind": query.view, "name": r.name, "src": r.src, "dst": r.dst,
+                 "effect": r.effect.value, "ports": [str(p) for p in r.ports]}
+                for r in sorted(edge.rules.values(), key=lambda r: r.id)
+            ],
+            "count": sum(p.count for p in seen),
+            "firstSeen": _iso(min((p.first_seen for p in seen if p.first_seen), default=None)),
+            "lastSeen": _iso(max((p.last_seen for p in seen if p.last_seen), default=None)),
+        })
+        used.update((source, target))
+
+    # Filters on nodes: namespace, host, text. An edge stays when both its ends stay.
+    def keep(node: _Node) -> bool:
+        if query.namespace and node.kind == "image" and query.namespace not in node.namespaces():
+            return False
+        if query.host:
+            if node.kind == "image" and query.host not in node.hosts():
+                return False
+            if node.kind == "host" and node.label != query.host:
+                return False
+        return True
+
+    kept = {n for n, node in g.nodes.items() if keep(node)}
+    q = query.q.strip().lower()
+    if q:
+        hits = {n for n in kept if _matches_text(g.nodes[n], q)}
+        near = {e["target"] for e in edges_out if e["source"] in hits}
+        near |= {e["source"] for e in edges_out if e["target"] in hits}
+        kept &= hits | near
+        edges_out = [e for e in edges_out if e["source"] in hits or e["target"] in hits]
+    edges_out = [e for e in edges_out if e["source"] in kept and e["target"] in kept]
+    connected = {e["source"] for e in edges_out} | {e["target"] for e in edges_out}
+    filtered = bool(query.namespace or query.host or query.verdict or q)
+    primary = "image" if query.view == "container" else "host"
+
+    nodes_out: list[dict[str, Any]] = []
+    groups: dict[str, dict[str, Any]] = {}
+    for node_id, node in g.nodes.items():
+        if node_id not in kept:
+            continue
+        is_primary = node.kind == primary
+        if node_id not in connected:
+            if filtered:
+                # Keep lone nodes only for the node filters (namespace, host, text).
+                if not is_primary or query.verdict or (q and not _matches_text(node, q)):
+                    continue
+            elif node_id in g.optional or node.kind == "internet":
+                continue
+        overlay = (overlays.get(("image", node.label))
+                   or overlays.get(("image", node.label.rsplit(":", 1)[0]))
+                   if node.kind == "image" else overlays.get(("host", node.label))
+                   if node.kind == "host" else None)
+        parent = ""
+        if is_primary and query.view == "container":
+            group_name = _group_of(node, query.group)
+            if group_name:
+                parent = f"group:{query.group}:{group_name}"
+                g_out = groups.setdefault(parent, {
+                    "id": parent, "kind": "group", "label": group_name,
+                    "groupBy": query.group, "children": 0,
+                })
+                g_out["children"] += 1
+        data: dict[str, Any] = {
+            "id": node_id,
+            "kind": node.kind,
+            "label": node.label,
+            "parent": parent or None,
+            "external": node.kind in ("subnet", "dns", "internet"),
+            "severity": overlay.worst if overlay else "unknown",
+            "vulnerabilities": dict(overlay.vulnerabilities) if overlay else None,
+            "compliance": dict(overlay.compliance) if overlay else None,
+            "detail": node.detail,
+        }
+        if node.kind == "image":
+            data["containers"] = len(node.containers)
+            data["namespaces"] = node.namespaces()
+            data["hosts"] = node.hosts()
+            data["containerNames"] = sorted(c.name for c in node.containers)[:50]
+            labels: dict[str, str] = {}
+            for c in node.containers:
+                labels.update(c.labels)
+            data["labels"] = labels
+        elif node.kind == "host" and node.host is not None:
+            data["addresses"] = list(node.host.addresses)
+            data["labels"] = dict(node.host.labels)
+            data["containers"] = sum(1 for c in containers if c.host == node.label)
+        nodes_out.append(data)
+
+    return {
+        "view": query.view,
+        "group": query.group if query.view == "container" else "none",
+        "groups": sorted(groups.values(), key=lambda x: x["id"]),
+        "nodes": nodes_out,
+        "edges": edges_out,
+        "truncatedRules": g.truncated_rules,
+    }

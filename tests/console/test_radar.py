@@ -1,0 +1,262 @@
+"""Radar's graph builder: tables of policy + inventory + flows -> nodes and edges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from cnnf.console.radar import Overlay, RadarQuery, build_graph, compact_ports, verdict_class
+from cnnf.model.records import HostInfo, WorkloadInfo
+from cnnf.policy.document import load_policy
+
+T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+T1 = datetime(2026, 1, 2, 4, 0, tzinfo=UTC)
+
+
+@dataclass
+class Flow:
+    src: str
+    dst: str
+    port: int
+    verdict: str = "observed"
+    rule_id: int = 0
+    rule_name: str = ""
+    count: int = 1
+    kind: str = "container"
+    first_seen: datetime = T0
+    last_seen: datetime = T1
+
+
+POLICY = load_policy({
+    "apiVersion": "cnnf/v1", "kind": "Policy",
+    "spec": {
+        "objects": [
+            {"name": "web", "kind": "container", "selector": {"images": ["shop/web*"]}},
+            {"name": "api", "kind": "container", "selector": {"images": ["shop/api*"]}},
+            {"name": "db", "kind": "container", "selector": {"images": ["shop/db*"]}},
+            {"name": "nodes", "kind": "host", "selector": {"hosts": ["node-*"]}},
+            {"name": "lan", "kind": "subnet", "cidrs": ["192.0.2.0/24"]},
+            {"name": "payments", "kind": "dns", "domains": ["*.pay.example"]},
+        ],
+        "containerRules": [
+            {"id": 1, "name": "web-api", "src": "web", "dst": "api", "ports": [8080],
+             "effect": "allow"},
+            {"id": 2, "name": "api-db", "src": "api", "dst": "db", "ports": [5432],
+             "effect": "alert"},
+            {"id": 3, "name": "no-lan", "src": "api", "dst": "lan", "ports": ["*"],
+             "effect": "prevent"},
+            {"id": 4, "name": "off", "src": "web", "dst": "db", "ports": [1],
+             "effect": "allow", "disabled": True},
+        ],
+        "hostRules": [
+            {"id": 1, "name": "ssh", "src": "nodes", "dst": "nodes", "ports": [22]},
+        ],
+    },
+})
+
+HOSTS = [HostInfo(name="node-1", addresses=["10.1.0.1"]),
+         HostInfo(name="node-2", addresses=["10.1.0.2"], labels={"zone": "b"})]
+
+
+def c(image: str, address: str, ns: str = "shop", host: str = "node-1",
+      name: str = "") -> WorkloadInfo:
+    return WorkloadInfo(address=address, image=image, name=name or address, namespace=ns,
+                        host=host, labels={"app": image.rsplit("/", maxsplit=1)[-1]})
+
+
+CONTAINERS = [
+    c("shop/web:1", "10.88.0.2"), c("shop/web:1", "10.88.0.3", host="node-2"),
+    c("shop/web:1", "10.88.0.4", host="node-2"),
+    c("shop/api:2", "10.88.0.5"), c("shop/db:3", "10.88.0.6", ns="data", host="node-2"),
+]
+
+
+def graph(flows: list[Flow] | None = None, **query: Any) -> dict[str, Any]:
+    return build_graph(POLICY, hosts=HOSTS, containers=CONTAINERS, flows=flows or [],
+                       overlays={("image", "shop/db"): Overlay({"high": 2, "low": 5},
+                                                               {"failed": 1, "passed": 9}),
+                                 ("host", "node-2"): Overlay({}, {})},
+                       query=RadarQuery(**query))
+
+
+def nodes(g: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["id"]: n for n in g["nodes"]}
+
+
+def edges(g: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["id"]: e for e in g["edges"]}
+
+
+@pytest.mark.parametrize(("verdict", "rule_id", "expected"), [
+    ("allow", 3, "allowed"),
+    ("allow", 0, "observed"),
+    ("observed", 0, "observed"),
+    ("alert", 2, "alert"),
+    ("alert", 0, "alert"),  # default effect alert: audited, drawn yellow
+    ("prevent", 3, "blocked"),
+    ("prevent", 0, "blocked"),
+])
+def test_verdict_class(verdict: str, rule_id: int, expected: str) -> None:
+    assert verdict_class(verdict, rule_id) == expected
+
+
+@pytest.mark.parametrize(("ports", "label"), [
+    ([("80", "allowed")], "80 allowed"),
+    ([("443", "allowed"), ("80", "allowed")], "80,443 allowed"),
+    ([("80", "allowed"), ("22", "blocked")], "22 blocked · 80 allowed"),
+    ([("80", "observed"), ("22", "alert")], "22 alert · 80 observed"),
+    ([(str(p), "observed") for p in (5, 4, 3, 2, 1)], "1,2,3 +2 observed"),
+    ([("*", "blocked"), ("8000-8080", "blocked"), ("22", "blocked")], "22,8000-8080,* blocked"),
+    ([("80", "allowed"), ("80", "allowed")], "80 allowed"),
+])
+def test_compact_ports(ports: list[tuple[str, Any]], label: str) -> None:
+    assert compact_ports(ports) == label
+
+
+def test_container_view_nodes_groups_and_externals() -> None:
+    g = graph()
+    n = nodes(g)
+    assert set(n) == {"image:shop/web:1", "image:shop/api:2", "image:shop/db:3",
+                      "subnet:lan", "dns:payments"}
+    web = n["image:shop/web:1"]
+    assert web["containers"] == 3
+    assert web["hosts"] == ["node-1", "node-2"]
+    assert web["parent"] == "group:namespace:shop"
+    assert n["image:shop/db:3"]["parent"] == "group:namespace:data"
+    assert n["subnet:lan"]["external"] and n["subnet:lan"]["detail"] == "192.0.2.0/24"
+    assert n["subnet:lan"]["parent"] is None
+    assert [(x["id"], x["children"]) for x in g["groups"]] == [
+        ("group:namespace:data", 1), ("group:namespace:shop", 2)]
+
+
+@pytest.mark.parametrize(("image", "severity"), [
+    ("image:shop/db:3", "high"),  # overlay keyed by name without tag
+    ("image:shop/web:1", "unknown"),  # no report
+])
+def test_node_severity_follows_worst_vulnerability(image: str, severity: str) -> None:
+    n = nodes(graph())[image]
+    assert n["severity"] == severity
+    if severity == "high":
+        assert n["vulnerabilities"] == {"high": 2, "low": 5}
+        assert n["compliance"] == {"failed": 1, "passed": 9}
+
+
+@pytest.mark.parametrize(("vulns", "worst"), [
+    ({}, "none"), ({"low": 3}, "low"), ({"medium": 1, "low": 9}, "medium"),
+    ({"critical": 1, "high": 4}, "critical"), ({"critical": 0, "high": 1}, "high"),
+])
+def test_overlay_worst(vulns: dict[str, int], worst: str) -> None:
+    assert Overlay(vulns).worst == worst
+
+
+def test_group_by_host_uses_the_host_most_containers_run_on() -> None:
+    n = nodes(graph(group="host"))
+    assert n["image:shop/web:1"]["parent"] == "group:host:node-2"  # 2 of 3 on node-2
+    assert n["image:shop/api:2"]["parent"] == "group:host:node-1"
+
+
+def test_rules_are_dotted_edges_styled_by_effect_and_disabled_rules_are_left_out() -> None:
+    e = edges(graph())
+    assert set(e) == {"image:shop/web:1->image:shop/api:2", "image:shop/api:2->image:shop/db:3",
+                      "image:shop/api:2->subnet:lan"}
+    web_api = e["image:shop/web:1->image:shop/api:2"]
+    assert (web_api["line"], web_api["effect"], web_api["verdict"]) == ("dotted", "allow",
+                                                                          "allowed")
+    assert web_api["label"] == "8080 allowed"
+    assert web_api["rules"][0]["name"] == "web-api"
+    assert e["image:shop/api:2->image:shop/db:3"]["label"] == "5432 alert"
+    assert e["image:shop/api:2->subnet:lan"]["label"] == "* blocked"
+    assert not any(x["hole"] for x in e.values())
+
+
+def test_an_observed_rule_turns_solid_and_a_hole_is_grey() -> None:
+    flows = [
+        Flow("image:shop/web", "image:shop/api", 8080, "allow", 1, "web-api", count=7),
+        Flow("image:shop/web", "image:shop/api", 9090, count=2,
+             first_seen=datetime(2026, 1, 1, tzinfo=UTC)),
+    ]
+    e = edges(graph(flows))["image:shop/web:1->image:shop/api:2"]
+    assert e["line"] == "solid" and e["observed"]
+    assert e["hole"]
+    assert e["verdict"] == "observed"  # worse than allowed
+    assert e["label"] == "9090 observed · 8080 allowed"
+    assert e["count"] == 9
+    assert e["firstSeen"] == "2026-01-01T00:00:00+00:00"
+    assert e["lastSeen"] == T1.isoformat()
+    assert [(p["port"], p["verdict"], p["count"], p["ruleName"]) for p in e["ports"]] == [
+        ("8080", "allowed", 7, "web-api"), ("9090", "observed", 2, "")]
+
+
+@pytest.mark.parametrize(("dst", "node"), [
+    ("addr:192.0.2.9", "subnet:lan"),  # inside a declared subnet
+    ("addr:203.0.113.7", "internet"),  # any other outside address
+    ("dns:api.pay.example", "dns:payments"),
+    ("dns:other.example", "internet"),
+    ("addr:10.88.0.6", "image:shop/db:3"),  # an inventory address names the image
+    ("host:node-2", "host:node-2"),
+])
+def test_flow_destinations_map_to_nodes(dst: str, node: str) -> None:
+    g = graph([Flow("image:shop/api", dst, 443)])
+    assert f"image:shop/api:2->{node}" in edges(g)
+    assert node in nodes(g)
+
+
+def test_internet_and_hosts_appear_in_the_container_view_only_when_used() -> None:
+    n = nodes(graph())
+    assert "internet" not in n and "host:node-1" not in n
+
+
+def test_flows_of_an_image_without_running_containers_make_a_node() -> None:
+    n = nodes(graph([Flow("image:old/batch", "image:shop/api", 8080)]))
+    assert n["image:old/batch"]["containers"] == 0
+
+
+def test_host_view_has_one_node_per_host_and_host_rules() -> None:
+    flows = [Flow("host:node-1", "host:node-2", 22, "allow", 1, "ssh", kind="host"),
+             Flow("image:shop/web", "image:shop/api", 8080)]  # the other view: ignored
+    g = graph(flows, view="host")
+    n = nodes(g)
+    assert set(n) == {"host:node-1", "host:node-2", "subnet:lan", "dns:payments"}
+    assert n["host:node-2"]["labels"] == {"zone": "b"}
+    assert n["host:node-2"]["containers"] == 3
+    assert n["host:node-2"]["severity"] == "none"
+    e = edges(g)
+    assert e["host:node-1->host:node-2"]["line"] == "solid"
+    assert e["host:node-2->host:node-1"]["line"] == "dotted"
+    assert g["groups"] == []
+
+
+@pytest.mark.parametrize(("query", "expected_nodes", "expected_edges"), [
+    ({"namespace": "data"}, {"image:shop/db:3"}, set()),
+    ({"host": "node-1"}, {"image:shop/web:1", "image:shop/api:2", "subnet:lan", "internet"},
+     {"image:shop/web:1->image:shop/api:2", "image:shop/api:2->subnet:lan",
+      "image:shop/web:1->internet"}),
+    ({"host": "node-2", "namespace": "shop"}, {"image:shop/web:1", "internet"},
+     {"image:shop/web:1->internet"}),
+    ({"verdict": "blocked"}, {"image:shop/api:2", "subnet:lan"},
+     {"image:shop/api:2->subnet:lan"}),
+    ({"verdict": "observed"}, {"image:shop/web:1", "internet"},
+     {"image:shop/web:1->internet"}),
+    ({"q": "DB"}, {"image:shop/db:3", "image:shop/api:2"},
+     {"image:shop/api:2->image:shop/db:3"}),
+    ({"q": "nothing-like-this"}, set(), set()),
+])
+def test_filters(query: dict[str, Any], expected_nodes: set[str],
+                 expected_edges: set[str]) -> None:
+    g = graph([Flow("image:shop/web", "addr:203.0.113.7", 443)], **query)
+    assert set(nodes(g)) == expected_nodes
+    assert set(edges(g)) == expected_edges
+
+
+def test_a_rule_over_many_nodes_is_cut_and_says_so() -> None:
+    many = [c(f"team/app{i}:1", f"10.90.{i // 250}.{i % 250 + 1}") for i in range(40)]
+    policy = load_policy({"apiVersion": "cnnf/v1", "kind": "Policy", "spec": {
+        "objects": [{"name": "all", "kind": "container", "selector": {"images": ["*"]}}],
+        "containerRules": [{"id": 9, "name": "mesh", "src": "all", "dst": "all"}],
+    }})
+    g = build_graph(policy, containers=many)
+    assert len(g["edges"]) == 500
+    assert g["truncatedRules"] == [9]
