@@ -103,6 +103,10 @@ def test_example_export_converts() -> None:
         ([_coll(images=["a"], appIDs=["app-1"])], ContainerSelector(images=("a",)),
          ['networkEntities[0].collections[0].appIDs: ["app-1"] has no native equivalent; the '
           "selector matches without it"]),
+        ([{"name": "All"}], ContainerSelector(images=("*",)),
+         ["networkEntities[0].collections[0]: collection 'All' has no pattern fields (a "
+          "reference by name?); its patterns are unknown here, so it was read as matching any "
+          "workload"]),
         ([{**_coll(images=["a"]), "colour": "red"}], ContainerSelector(images=("a",)),
          ["networkEntities[0].collections[0].colour: unknown collection field (value 'red')"]),
     ],

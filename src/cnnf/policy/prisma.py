@@ -190,6 +190,11 @@ def _entity(
             if not isinstance(coll, Mapping):
                 errors.add(cpath, f"{show(coll)} is not a mapping")
                 return None
+            if not any(k in coll for k in (*CONTAINER_FIELDS, *OTHER_FIELDS)):
+                unmapped.append(
+                    f"{cpath}: collection {show(coll.get('name', ''))} has no pattern fields "
+                    "(a reference by name?); its patterns are unknown here, so it was read as "
+                    "matching any workload")
             sel = _selector_fields(coll, fields, cpath, errors, unmapped)
             if sel is None:
                 return None
