@@ -25,7 +25,6 @@ import functools
 import ipaddress
 import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -163,6 +162,10 @@ class Lab:
     @classmethod
     def open(cls, name: str = "shop") -> Lab:
         """The running lab ``name`` (LabError if it is not up)."""
+        try:
+            check_lab_name(name)
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
         path = Path(f"{STATE_ROOT}/{name}/state.json")
         try:
             state = json.loads(path.read_text())
@@ -723,7 +726,3 @@ def _socket_ready(path: str) -> bool:
         return False
     finally:
         s.close()
-
-
-def shell_join(cmd: list[str]) -> str:
-    return " ".join(shlex.quote(c) for c in cmd)
