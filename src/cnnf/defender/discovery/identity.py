@@ -3,8 +3,10 @@ same shape). Pure: takes the ``inspect`` document, returns what CNNF needs."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cnnf.model import ContainerIdentity, make_labels
@@ -18,6 +20,32 @@ class DiscoveredContainer:
     host_network: bool  # on the host network: its connections count as the host's
     running: bool
     pid: int
+    started_at: float = 0.0  # UNIX time the runtime started it (0: unknown)
+
+
+def _timestamp(value: object) -> float:
+    """RFC 3339 from the engine (nanoseconds, ``Z`` or an offset) -> UNIX seconds."""
+    if not isinstance(value, str) or not value or value.startswith("0001-"):
+        return 0.0
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?", value)
+    if m is None:
+        return 0.0
+    tz = m[3] or "Z"
+    tz = "+00:00" if tz == "Z" else tz
+    try:
+        base = datetime.fromisoformat(m[1] + tz).timestamp()
+    except ValueError:
+        return 0.0
+    return base + (float(f"0.{m[2]}") if m[2] else 0.0)
+
+
+def normalise_image(image: str) -> str:
+    """Docker Hub names as users write them: Podman reports ``docker.io/shop/api:2``
+    (and ``docker.io/library/nginx``) where Docker says ``shop/api:2`` (``nginx``)."""
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if image.startswith(prefix):
+            return image[len(prefix):]
+    return image
 
 
 def _get(d: Mapping[str, Any] | None, *path: str) -> Any:
@@ -27,6 +55,19 @@ def _get(d: Mapping[str, Any] | None, *path: str) -> Any:
             return None
         cur = cur.get(key)
     return cur
+
+
+# Prefixes engines add to short names: "shop/api" is stored as
+# "docker.io/shop/api" (Docker, Podman) or "localhost/shop/api" (podman import).
+_IMPLICIT_PREFIXES = ("docker.io/library/", "docker.io/", "localhost/")
+
+
+def normalise_image(image: str) -> str:
+    """The image name as users write it in rules, without implicit prefixes."""
+    for prefix in _IMPLICIT_PREFIXES:
+        if image.startswith(prefix):
+            return image[len(prefix):]
+    return image
 
 
 def container_from_inspect(
@@ -50,7 +91,7 @@ def container_from_inspect(
             addresses.append(value)
     mode = str(_get(attrs, "HostConfig", "NetworkMode") or "")
     identity = ContainerIdentity(
-        image=str(image),
+        image=normalise_image(str(image)),
         name=name,
         labels=make_labels(labels),
         namespace=labels.get(K8S_NAMESPACE_LABEL, ""),
@@ -65,4 +106,5 @@ def container_from_inspect(
         host_network=mode == "host",
         running=bool(_get(attrs, "State", "Running")),
         pid=int(_get(attrs, "State", "Pid") or 0),
+        started_at=_timestamp(_get(attrs, "State", "StartedAt")),
     )
