@@ -39,15 +39,6 @@ def _timestamp(value: object) -> float:
     return base + (float(f"0.{m[2]}") if m[2] else 0.0)
 
 
-def normalise_image(image: str) -> str:
-    """Docker Hub names as users write them: Podman reports ``docker.io/shop/api:2``
-    (and ``docker.io/library/nginx``) where Docker says ``shop/api:2`` (``nginx``)."""
-    for prefix in ("docker.io/library/", "docker.io/"):
-        if image.startswith(prefix):
-            return image[len(prefix):]
-    return image
-
-
 def _get(d: Mapping[str, Any] | None, *path: str) -> Any:
     cur: Any = d
     for key in path:
