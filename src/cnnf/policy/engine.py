@@ -536,6 +536,15 @@ class CompiledPolicy:
     Build it with :func:`compile_policy`; swap in a new one when the policy
     changes. :meth:`evaluate` is the hot path; :meth:`explain` the trace."""
 
+    policy: Policy
+    revision: int
+    _matchers: dict[str, ObjectMatch]
+    _default: Verdict
+    _container: _RuleTable
+    _host: _RuleTable
+    _cache_limit: int
+    _cache: dict[ConnectionAttempt, Verdict] | None
+
     __slots__ = (
         "_cache",
         "_cache_limit",
@@ -551,21 +560,33 @@ class CompiledPolicy:
         errors = check_references(policy)
         if errors:
             raise PolicyValidationError(errors, "policy")
-        self.policy = policy
-        self.revision = policy.revision
         objects = {obj.name: obj for obj in reversed(policy.objects)}  # first one wins
-        self._matchers = {name: ObjectMatch(obj) for name, obj in objects.items()}
-        self._default = Verdict(
-            effect=policy.default_effect, revision=policy.revision, matched=False
+        init = object.__setattr__  # the snapshot is immutable once built
+        init(self, "policy", policy)
+        init(self, "revision", policy.revision)
+        init(self, "_matchers", {name: ObjectMatch(obj) for name, obj in objects.items()})
+        init(
+            self,
+            "_default",
+            Verdict(effect=policy.default_effect, revision=policy.revision, matched=False),
         )
-        self._container = _RuleTable(
-            RuleKind.CONTAINER, policy.container_rules, objects, policy.revision, identity_cache
+        init(
+            self,
+            "_container",
+            _RuleTable(
+                RuleKind.CONTAINER, policy.container_rules, objects, policy.revision, identity_cache
+            ),
         )
-        self._host = _RuleTable(
-            RuleKind.HOST, policy.host_rules, objects, policy.revision, identity_cache
+        init(
+            self,
+            "_host",
+            _RuleTable(RuleKind.HOST, policy.host_rules, objects, policy.revision, identity_cache),
         )
-        self._cache_limit = verdict_cache
-        self._cache: dict[ConnectionAttempt, Verdict] | None = {} if verdict_cache > 0 else None
+        init(self, "_cache_limit", verdict_cache)
+        init(self, "_cache", {} if verdict_cache > 0 else None)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"CompiledPolicy is immutable: cannot set {name!r}")
 
     def evaluate(self, attempt: ConnectionAttempt) -> Verdict:
         """The verdict on one attempt: the first enabled matching rule, or the default."""
