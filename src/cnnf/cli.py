@@ -6,6 +6,7 @@ import typer
 
 from cnnf import __version__
 from cnnf.commands import console as console_commands
+from cnnf.commands import defender as defender_commands
 from cnnf.commands import lab as lab_commands
 from cnnf.commands import policy as policy_commands
 
@@ -35,6 +36,7 @@ def _root(
 app.add_typer(policy_commands.app, name="policy")
 app.add_typer(lab_commands.app, name="lab")
 app.add_typer(console_commands.app, name="console")
+app.add_typer(defender_commands.app, name="defender")
 
 
 def main() -> None:

@@ -52,15 +52,21 @@ class Decider:
         self.inventory = inventory
         self.domains = domains
 
-    def attempt(self, src: str, dst: str, port: int) -> ConnectionAttempt:
+    def attempt(
+        self, src: str, dst: str, port: int, domains: tuple[str, ...] | None = None
+    ) -> ConnectionAttempt:
         return ConnectionAttempt(
             src=self.inventory.endpoint(src),
-            dst=self.inventory.endpoint(dst, self.domains(dst)),
+            dst=self.inventory.endpoint(dst, self.domains(dst) if domains is None else domains),
             port=port,
         )
 
-    def decide(self, src: str, dst: str, port: int) -> Decision:
-        attempt = self.attempt(src, dst, port)
+    def decide(
+        self, src: str, dst: str, port: int, domains: tuple[str, ...] | None = None
+    ) -> Decision:
+        """``domains``: the destination's DNS names when the caller knows them
+        (the verdict loop does); otherwise the ``domains`` lookup is asked."""
+        attempt = self.attempt(src, dst, port, domains)
         verdict = self.policy.evaluate(attempt)
         if not verdict.blocked:
             action = Action.ACCEPT

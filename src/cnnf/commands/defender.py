@@ -1,0 +1,206 @@
+"""``cnnf defender``: run the Defender, show its status, clean up after a crash."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+import typer
+
+from cnnf.errors import CnnfError
+
+app = typer.Typer(help="The Defender: the firewall that runs on each host.",
+                  no_args_is_help=True)
+
+
+def _configure_logging(level: str) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, level.upper(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(  # noqa: PLR0917
+    policy: str = typer.Option(None, "--policy", help="Standalone: policy document "
+                                "(YAML/JSON), reloaded when the file changes."),
+    console: str = typer.Option(None, "--console", help="Managed: the Console URL."),
+    token: str = typer.Option(None, "--token", envvar="CNNF_ENROLLMENT_TOKEN",
+                              help="Enrollment token (first start of a managed Defender)."),
+    ca: str = typer.Option(None, "--ca", help="CA bundle to verify the Console with."),
+    state_dir: str = typer.Option(None, "--state-dir", help="State (credential, saved policy, "
+                                   "spool, status) (default: /var/lib/cnnf/defender, or "
+                                   "/var/lib/cnnf/defender/netns-NAME with --netns)."),
+    docker_host: str = typer.Option(None, "--docker-host", help="Docker Engine API URL "
+                                    "(default: $DOCKER_HOST, the Docker socket, Podman's)."),
+    hostname: str = typer.Option(None, "--hostname", help="This host's name (default: "
+                                 "the system's)."),
+    label: list[str] = typer.Option([], "--label", help="Host label KEY=VALUE (repeat)."),  # noqa: B008
+    cluster: str = typer.Option("", "--cluster", help="Cluster name of this host."),
+    netns: str = typer.Option(None, "--netns", help="Run the datapath in this network "
+                              "namespace (a name under /run/netns or a path)."),
+    block_mode: str = typer.Option(None, "--block-mode", help="reset|drop: how prevented "
+                                   "connections are refused (overrides the policy)."),
+    fail_closed: bool = typer.Option(False, "--fail-closed", help="Refuse new connections "
+                                     "of protected workloads when the verdict loop is gone "
+                                     "or overloaded (default: fail open)."),
+    queues: int = typer.Option(1, "--queues", help="NFQUEUE queues (one worker process each)."),
+    queue_num: int = typer.Option(4200, "--queue-num", help="First queue number."),
+    output: str = typer.Option(None, "--output", help="Flows and audits as JSON lines: a "
+                               "file (appended) or - for stdout."),
+    metrics: str = typer.Option(None, "--metrics", help="Serve Prometheus metrics on "
+                                "HOST:PORT."),
+    repair_interval: float = typer.Option(5.0, "--repair-interval", help="Seconds between "
+                                          "checks that put back deleted rules and sets."),
+    audit_window: float = typer.Option(5.0, "--audit-window", help="Seconds repeats of an "
+                                       "audit are folded into one (with a count)."),
+    cluster_inventory: str = typer.Option(None, "--cluster-inventory", help="Standalone: a "
+                                           "ClusterInventory JSON file naming the other hosts' "
+                                           "workloads (watched for changes)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+) -> None:
+    """Run the Defender until SIGTERM/SIGINT, which remove all its kernel state."""
+    from cnnf.defender.agent import Agent
+    from cnnf.defender.config import (
+        ConfigError,
+        DefenderConfig,
+        default_state_dir,
+        parse_labels,
+        parse_listen,
+    )
+
+    _configure_logging(log_level)
+    if os.geteuid() != 0:
+        raise _fail("the Defender needs root (iptables, ipset, NFQUEUE)")
+    try:
+        kw: dict[str, Any] = {}
+        if hostname:
+            kw["hostname"] = hostname
+        config = DefenderConfig(
+            policy_file=Path(policy) if policy else None, console=console, token=token,
+            ca=Path(ca) if ca else None,
+            state_dir=Path(state_dir) if state_dir else default_state_dir(netns),
+            docker_host=docker_host,
+            host_labels=parse_labels(label), cluster=cluster, netns=netns,
+            block_mode=block_mode,  # type: ignore[arg-type]
+            fail_closed=fail_closed, queues=queues, queue_num=queue_num, output=output,
+            metrics=parse_listen(metrics) if metrics else None,
+            repair_interval=repair_interval, audit_window=audit_window,
+            cluster_inventory=Path(cluster_inventory) if cluster_inventory else None, **kw,
+        )
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    agent = Agent(config)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.run()
+    except CnnfError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _read_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((state_dir / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(int(data["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError):
+        data["stale"] = True
+    return data
+
+
+@app.command()
+def status(
+    netns: str = typer.Option(None, "--netns", help="The Defender's network namespace."),
+    state_dir: str = typer.Option(None, "--state-dir", help="The Defender's state dir."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Protected workloads, queue statistics and verdict counters."""
+    from dataclasses import asdict
+
+    from cnnf.defender.config import default_state_dir
+    from cnnf.defender.datapath import queue_stats
+
+    data = _read_status(Path(state_dir) if state_dir else default_state_dir(netns))
+    queues = [asdict(q) for q in queue_stats(netns)]
+    if as_json:
+        typer.echo(json.dumps({"defender": data, "kernel_queues": queues}, indent=2))
+        return
+    if data is None:
+        typer.echo("defender: not running (no status file)")
+    else:
+        state = "not running (stale status file)" if data.get("stale") else "running"
+        age = time.time() - float(data.get("updated", 0))
+        mode = data["mode"]
+        typer.echo(f"defender: {state}, pid {data['pid']}, host {data['hostname']}"
+                   + (f", netns {data['netns']}" if data.get("netns") else "")
+                   + f" (status {age:.0f}s old)")
+        typer.echo(f"policy: revision {data['policy_revision']}, containers "
+                   f"{'enabled' if mode['container'] else 'disabled'}, hosts "
+                   f"{'enabled' if mode['host'] else 'disabled'}, block mode "
+                   f"{data['block_mode']}, fail-{'open' if data['fail_open'] else 'closed'}")
+        typer.echo(f"protected workloads ({len(data['protected'])}):")
+        for p in data["protected"]:
+            typer.echo(f"  {p['address']:<16} {p['kind']:<9} {p['name']:<16} {p['image']}")
+        c = data["counters"]
+        typer.echo("verdicts: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+        gap = data["start_to_protected_ms"]
+        if gap["count"]:
+            typer.echo(f"start to protected: last {gap['last']} ms, max {gap['max']} ms "
+                       f"({gap['count']} containers)")
+        if data.get("console"):
+            con = data["console"]
+            typer.echo(f"console: {con['url']} "
+                       f"({'connected' if con['connected'] else 'unreachable'}), "
+                       f"{con['spool_batches']} batches spooled")
+    typer.echo("kernel queues (/proc/net/netfilter/nfnetlink_queue):")
+    if not queues:
+        typer.echo("  none bound")
+    for q in queues:
+        typer.echo(f"  queue {q['queue']}: waiting {q['waiting']}, queued {q['id_sequence']}, "
+                   f"kernel dropped {q['dropped']}, user dropped {q['user_dropped']}")
+
+
+@app.command()
+def cleanup(
+    netns: str = typer.Option(None, "--netns", help="The network namespace to clean."),
+) -> None:
+    """Remove every CNNF rule, chain and set (after a crash)."""
+    from cnnf.defender.datapath import DatapathError
+    from cnnf.defender.datapath import cleanup as datapath_cleanup
+
+    if os.geteuid() != 0:
+        raise _fail("cleanup needs root")
+    try:
+        removed = datapath_cleanup(netns)
+    except DatapathError as exc:
+        raise _fail(str(exc), 1) from None
+    for item in removed:
+        typer.echo(f"removed {item}")
+    typer.echo(f"cleanup done: {len(removed)} item(s) removed")

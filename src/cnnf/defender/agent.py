@@ -1,0 +1,679 @@
+"""The Defender runtime: discovery + inventory + policy + datapath + recorder + outputs.
+
+Threads and processes::
+
+    main thread     start the datapath (forks the verdict workers), then every
+                    0.1 s: verdict reports -> Recorder; every report interval:
+                    flows/audits -> JSON lines and the spool; every repair
+                    interval: check_and_repair(); the policy file and the
+                    cluster inventory file are watched; the status file written
+    discovery       Docker API events: on_start protects a container at once
+    link (managed)  policy and inventory long-polls, uplink (see link.py)
+    conntrack       observed connections when both modes are disabled
+    workers         one process per queue; decide = :class:`VerdictDecide`
+
+The workers' ``decide`` is updated by broadcasting :class:`PolicyUpdate` and
+:class:`InventoryUpdate` messages (plain picklable data; each worker compiles
+the policy itself). The same object in this process is updated too, so a
+worker restarted by the repair check forks with the current state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cnnf import __version__
+from cnnf.defender import core
+from cnnf.defender.config import DefenderConfig
+from cnnf.defender.datapath import (
+    AddressSet,
+    ConntrackObserver,
+    Datapath,
+    DatapathConfig,
+    Decision,
+    NetnsRef,
+    ObservedConnection,
+    Outcome,
+    PacketInfo,
+)
+from cnnf.defender.discovery.docker import DockerDiscovery, default_docker_host
+from cnnf.defender.discovery.identity import DiscoveredContainer
+from cnnf.defender.inventory import Identity, Inventory
+from cnnf.defender.metrics import Figures, serve_metrics
+from cnnf.defender.outputs import JsonLinesOutput
+from cnnf.errors import PolicyValidationError
+from cnnf.model import BlockMode, ContainerIdentity, HostIdentity, Policy, make_labels
+from cnnf.model.records import ClusterInventory, HostInfo, InventoryReport, WorkloadInfo
+from cnnf.policy.document import load_policy
+from cnnf.policy.engine import CompiledPolicy, compile_policy
+
+log = structlog.get_logger(__name__)
+
+
+# ---------------------------------------------------------------- the verdict side
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyUpdate:
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryUpdate:
+    node: HostIdentity
+    containers: tuple[tuple[str, ContainerIdentity], ...]
+    remote: tuple[tuple[str, Identity], ...]
+
+    def inventory(self) -> Inventory:
+        return Inventory.build(self.node, self.containers, self.remote)
+
+
+class VerdictDecide:
+    """``decide(packet)`` for the verdict workers: the pure Decider over the
+    latest (compiled policy, inventory) snapshot. The detail of each outcome is
+    the :class:`core.Decision` (verdict + attempt), recorded by the main process."""
+
+    def __init__(self, policy: Policy, inventory: InventoryUpdate) -> None:
+        self.compiled = compile_policy(policy)
+        self.inventory = inventory.inventory()
+        self.decider = core.Decider(self.compiled, self.inventory)
+
+    def update(self, message: object) -> None:
+        if isinstance(message, PolicyUpdate):
+            self.compiled = compile_policy(message.policy)
+        elif isinstance(message, InventoryUpdate):
+            self.inventory = message.inventory()
+        else:
+            return
+        self.decider = core.Decider(self.compiled, self.inventory)
+
+    def __call__(self, packet: PacketInfo) -> Outcome:
+        d = self.decider.decide(packet.src, packet.dst, packet.dport, packet.dst_domains)
+        if d.action is core.Action.ACCEPT:
+            decision = Decision.ACCEPT_AUDIT if d.verdict.effect.audits else Decision.ACCEPT
+        elif d.action is core.Action.REJECT:
+            decision = Decision.REJECT
+        else:
+            decision = Decision.DROP
+        return Outcome(decision, d)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def host_addresses(netns: NetnsRef) -> tuple[str, ...]:
+    """Global unicast addresses of the namespace's interfaces (not loopback)."""
+    out = netns.run("ip", "-o", "addr", "show").stdout
+    found: list[str] = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 4 or parts[2] not in ("inet", "inet6"):
+            continue
+        addr = parts[3].split("/")[0]
+        ip = ipaddress.ip_address(addr)
+        if ip.is_loopback or ip.is_link_local or ip.is_multicast:
+            continue
+        if addr not in found:
+            found.append(addr)
+    return tuple(found)
+
+
+def _remote_identities(
+    cluster: ClusterInventory | None, hostname: str
+) -> tuple[tuple[str, Identity], ...]:
+    if cluster is None:
+        return ()
+    out: list[tuple[str, Identity]] = []
+    for h in cluster.hosts:
+        if h.name == hostname:
+            continue
+        ident = HostIdentity(name=h.name, labels=make_labels(h.labels),
+                             addresses=tuple(h.addresses), cluster=h.cluster)
+        out += [(a, ident) for a in h.addresses]
+    for c in cluster.containers:
+        if c.host == hostname:
+            continue
+        out.append((c.address, ContainerIdentity(
+            image=c.image, name=c.name, labels=make_labels(c.labels), namespace=c.namespace,
+            cluster=c.cluster, host=c.host, id=c.id, pod=c.pod,
+        )))
+    return tuple(out)
+
+
+def load_cluster_inventory(path: Path) -> ClusterInventory:
+    return ClusterInventory.model_validate_json(path.read_bytes())
+
+
+def _file_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+# ---------------------------------------------------------------- the agent
+
+
+class Agent:
+    """One Defender. ``run()`` blocks until ``stop()`` (SIGTERM/SIGINT)."""
+
+    def __init__(self, config: DefenderConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.netns = NetnsRef.of(config.netns)
+        self.stop_event = threading.Event()
+        self._lock = threading.RLock()
+        self.policy = Policy()
+        self.compiled: CompiledPolicy = compile_policy(self.policy)
+        self.node = HostIdentity(name=config.hostname, labels=make_labels(config.host_labels),
+                                 cluster=config.cluster)
+        self.local: dict[str, DiscoveredContainer] = {}
+        self.cluster: ClusterInventory | None = None
+        self.inventory = Inventory.build(self.node)
+        self.recorder = core.Recorder(reporter=config.hostname, fold_window=config.audit_window)
+        self.observed: queue.SimpleQueue[ObservedConnection] = queue.SimpleQueue()
+        self.gaps_ms: deque[float] = deque(maxlen=1000)
+        self.flows_out = 0
+        self.audits_out = 0
+        self.repairs = 0
+        self.started = 0.0
+        self.output = JsonLinesOutput(config.output) if config.output else None
+        self.datapath: Datapath | None = None
+        self.decide: VerdictDecide | None = None
+        self.observer: ConntrackObserver | None = None
+        self.discovery = DockerDiscovery(default_docker_host(config.docker_host),
+                                         config.hostname, config.cluster)
+        self._threads: list[threading.Thread] = []
+        self._policy_key: tuple[int, int, int] | None = None
+        self._cluster_key: tuple[int, int, int] | None = None
+        self._metrics: Any = None
+        self.link: Any = None
+        self.runner: Any = None
+        self.spool: Any = None
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- policy ------------------------------------------------------------------
+
+    def _effective(self, policy: Policy) -> Policy:
+        if self.config.block_mode is None:
+            return policy
+        return policy.model_copy(update={"block_mode": BlockMode(self.config.block_mode)})
+
+    def set_policy(self, policy: Policy, source: str = "") -> None:
+        """Swap the policy in everywhere (workers, sets, observation mode)."""
+        with self._lock:
+            old = self.policy
+            self.policy = policy
+            eff = self._effective(policy)
+            self.compiled = compile_policy(eff)
+            self._broadcast(PolicyUpdate(eff))
+            self._apply_sets()
+            self._apply_mode()
+        log.info("policy applied", source=source, revision=policy.revision,
+                 container_enabled=policy.container_enabled, host_enabled=policy.host_enabled,
+                 container_rules=len(policy.container_rules), host_rules=len(policy.host_rules),
+                 previous_revision=old.revision)
+
+    def _load_policy_file(self, initial: bool) -> None:
+        path = self.config.policy_file
+        assert path is not None
+        key = _file_key(path)
+        if key == self._policy_key:
+            return
+        self._policy_key = key
+        try:
+            policy = load_policy(path.read_text(), source=str(path))
+        except (OSError, UnicodeDecodeError, PolicyValidationError) as exc:
+            if initial:
+                raise
+            log.error("policy reload failed; keeping the previous policy", file=str(path),
+                      revision=self.policy.revision, error=str(exc))
+            return
+        self.set_policy(policy, source=str(path))
+
+    def _load_cluster_file(self) -> None:
+        path = self.config.cluster_inventory
+        if path is None:
+            return
+        key = _file_key(path)
+        if key == self._cluster_key:
+            return
+        self._cluster_key = key
+        try:
+            inv = load_cluster_inventory(path)
+        except (OSError, ValueError) as exc:
+            log.error("cluster inventory file unreadable; keeping the previous one",
+                      file=str(path), error=str(exc))
+            return
+        self.set_cluster(inv)
+
+    def set_cluster(self, inv: ClusterInventory) -> None:
+        with self._lock:
+            self.cluster = inv
+            self._publish_inventory()
+        log.info("cluster inventory applied", revision=inv.revision, hosts=len(inv.hosts),
+                 containers=len(inv.containers))
+
+    # -- inventory and sets ------------------------------------------------------------
+
+    def _inventory_update(self) -> InventoryUpdate:
+        return InventoryUpdate(
+            self.node,
+            tuple((a, c.identity) for a, c in sorted(self.local.items())),
+            _remote_identities(self.cluster, self.config.hostname),
+        )
+
+    def _broadcast(self, message: object) -> None:
+        if self.decide is not None:
+            self.decide.update(message)
+        if self.datapath is not None:
+            self.datapath.workers.broadcast(message)
+
+    def _publish_inventory(self) -> None:
+        update = self._inventory_update()
+        self.inventory = update.inventory()
+        self._broadcast(update)
+        self._apply_sets()
+        if self.runner is not None:
+            self.runner.set_inventory(self.inventory_report())
+
+    def wanted_sets(self) -> dict[AddressSet, frozenset[str]]:
+        p = self.policy
+        inv = self.inventory
+        local = inv.local_container_addresses() if p.container_enabled else frozenset()
+        host = frozenset(self.node.addresses) if p.host_enabled else frozenset()
+        cluster = set(local | host)
+        if p.container_enabled:
+            cluster |= inv.cluster_container_addresses()
+        if p.host_enabled:
+            cluster |= inv.cluster_host_addresses()
+        return {AddressSet.LOCAL: local, AddressSet.HOST: host,
+                AddressSet.CLUSTER: frozenset(cluster)}
+
+    def _apply_sets(self) -> None:
+        if self.datapath is None:
+            return
+        backend = self.datapath.backend
+        for which, addrs in self.wanted_sets().items():
+            if backend.addresses(which) != addrs:
+                backend.set_addresses(which, addrs)
+
+    def _apply_mode(self) -> None:
+        """Observe with conntrack exactly when nothing is enforced."""
+        if self.datapath is None:
+            return
+        observe = not (self.policy.container_enabled or self.policy.host_enabled)
+        if observe and self.observer is None:
+            self.observer = ConntrackObserver(self.observed.put, self.netns,
+                                              ipv6=self.config.ipv6)
+            self.observer.start()
+            log.info("enforcement disabled: observing connections (conntrack)")
+        elif not observe and self.observer is not None:
+            self.observer.stop()
+            self.observer = None
+            log.info("enforcement enabled: conntrack observation stopped")
+
+    def _on_snapshot(self, found: list[DiscoveredContainer]) -> None:
+        local = {a: c for c in found if not c.host_network for a in c.addresses}
+        with self._lock:
+            if {a: c.identity for a, c in local.items()} == {
+                    a: c.identity for a, c in self.local.items()}:
+                return
+            added = set(local) - set(self.local)
+            removed = set(self.local) - set(local)
+            self.local = local
+            self._publish_inventory()
+        log.info("inventory changed", containers=len(local), added=sorted(added),
+                 removed=sorted(removed))
+
+    def _on_start(self, c: DiscoveredContainer) -> None:
+        """A container is starting: protect its addresses now, before it connects."""
+        if c.host_network or not c.addresses:
+            return
+        with self._lock:
+            if all(self.local.get(a) == c for a in c.addresses):
+                return
+            for a in c.addresses:
+                self.local[a] = c
+            update = self._inventory_update()
+            self.inventory = update.inventory()
+            self._broadcast(update)  # workers know the identity before the set has it
+            if self.policy.container_enabled and self.datapath is not None:
+                for a in c.addresses:
+                    self.datapath.backend.add_address(AddressSet.LOCAL, a)
+                    self.datapath.backend.add_address(AddressSet.CLUSTER, a)
+            now = self.clock()
+            if self.runner is not None:
+                self.runner.set_inventory(self.inventory_report())
+        gap = (now - c.started_at) * 1000 if c.started_at else None
+        if gap is not None:
+            self.gaps_ms.append(gap)
+        log.info("container protected" if self.policy.container_enabled else "container seen",
+                 container=c.identity.name, image=c.identity.image, addresses=list(c.addresses),
+                 start_to_protected_ms=None if gap is None else round(gap, 1))
+
+    def inventory_report(self) -> InventoryReport:
+        n = self.node
+        sets = self.wanted_sets()
+        return InventoryReport(
+            host=HostInfo(name=n.name, addresses=list(n.addresses), labels=dict(n.labels),
+                          cluster=n.cluster),
+            containers=[WorkloadInfo(address=a, image=c.identity.image, name=c.identity.name,
+                                     id=c.identity.id, labels=dict(c.identity.labels),
+                                     namespace=c.identity.namespace, pod=c.identity.pod,
+                                     cluster=c.identity.cluster, host=c.identity.host)
+                        for a, c in sorted(self.local.items())],
+            version=__version__,
+            protected=len(sets[AddressSet.LOCAL] | sets[AddressSet.HOST]),
+        )
+
+    # -- start ----------------------------------------------------------------------
+
+    def _initial_policy(self) -> None:
+        if self.config.policy_file is not None:
+            self._load_policy_file(initial=True)
+            return
+        from cnnf.defender.link import ConsoleLink, LinkError
+        from cnnf.defender.spool import Spool
+
+        assert self.config.console is not None
+        self.link = ConsoleLink(self.config.console, self.config.state_dir,
+                                hostname=self.config.hostname,
+                                enrollment_token=self.config.token, ca=self.config.ca)
+        self.spool = Spool(self.config.state_dir / "spool")
+        policy = self.link.saved_policy()
+        try:
+            self.link.enroll()
+            got = self.link.fetch_policy(-1, 0)
+            if got is not None:
+                revision, policy = got
+                policy = policy.model_copy(update={"revision": revision})
+                self.link.save_policy(revision, policy)
+        except LinkError as exc:
+            log.warning("console unreachable at start; using the saved policy",
+                        console=self.config.console, error=str(exc),
+                        saved=policy is not None)
+        if policy is not None:
+            self.set_policy(policy, source="console")
+
+    def _start_link(self) -> None:
+        if self.link is None:
+            return
+        from cnnf.defender.link import LinkRunner
+
+        self.runner = LinkRunner(
+            self.link, self.spool,
+            on_policy=lambda rev, p: self.set_policy(
+                p.model_copy(update={"revision": rev}), source="console"),
+            on_inventory=self.set_cluster,
+            policy_revision=self.policy.revision if self.link.policy_file.exists() else -1,
+        )
+        self.runner.set_inventory(self.inventory_report())
+        self.runner.start()
+
+    def start(self) -> None:
+        self.started = self.clock()
+        self.node = HostIdentity(name=self.config.hostname,
+                                 labels=make_labels(self.config.host_labels),
+                                 addresses=host_addresses(self.netns), cluster=self.config.cluster)
+        self._load_cluster_file()
+        try:
+            found = self.discovery.snapshot()
+        except Exception as exc:  # the engine may come later; watch() retries
+            log.warning("docker engine unreachable at start", docker_host=self.discovery.base_url,
+                        error=str(exc))
+            found = []
+        self.local = {a: c for c in found if not c.host_network for a in c.addresses}
+        self.inventory = self._inventory_update().inventory()
+        self._initial_policy()
+        eff = self._effective(self.policy)
+        self.decide = VerdictDecide(eff, self._inventory_update())
+        dp_config = DatapathConfig(
+            queue_num=self.config.queue_num, queues=self.config.queues,
+            fail_open=not self.config.fail_closed, block_mode="reset",
+            ipv6=self.config.ipv6, dns=self.config.dns,
+        )
+        self.datapath = Datapath(dp_config, self.decide, self.netns)
+        report = self.datapath.start()
+        for item in report.removed_leftovers:
+            log.warning("removed leftover kernel state of an earlier run", item=item)
+        for note in report.notes:
+            log.info(note)
+        self._apply_sets()
+        self._apply_mode()
+        log.info("defender started", hostname=self.config.hostname, netns=self.config.netns,
+                 queues=self.config.queues, fail_open=not self.config.fail_closed,
+                 block_mode=eff.block_mode.value, host_addresses=list(self.node.addresses),
+                 containers=len(self.local), revision=self.policy.revision,
+                 container_enabled=self.policy.container_enabled,
+                 host_enabled=self.policy.host_enabled)
+        t = threading.Thread(target=self.discovery.watch, name="cnnf-discovery", daemon=True,
+                             args=(self._on_snapshot, self._on_start, self.stop_event))
+        t.start()
+        self._threads.append(t)
+        self._start_link()
+        if self.config.metrics is not None:
+            host, port = self.config.metrics
+            self._metrics = serve_metrics(host, port, self.figures)
+            log.info("metrics endpoint", listen=f"{host}:{port}")
+
+    # -- main loop --------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.loop()
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def loop(self) -> None:
+        now = time.monotonic()
+        next_report = now + self.config.report_interval
+        next_repair = now + self.config.repair_interval
+        next_status = now
+        next_watch = now + 0.5
+        while not self.stop_event.wait(0.05):
+            self.collect()
+            now = time.monotonic()
+            if now >= next_watch:
+                next_watch = now + 0.5
+                if self.config.policy_file is not None:
+                    self._load_policy_file(initial=False)
+                self._load_cluster_file()
+            if now >= next_report:
+                next_report = now + self.config.report_interval
+                self.flush()
+            if now >= next_repair:
+                next_repair = now + self.config.repair_interval
+                self.repair()
+            if now >= next_status:
+                next_status = now + 1.0
+                self.write_status()
+
+    def collect(self) -> None:
+        """Verdict reports and observed connections -> the recorder."""
+        assert self.datapath is not None
+        compiled = self.compiled
+        for r in self.datapath.workers.reports():
+            if isinstance(r.detail, core.Decision):
+                self.recorder.record(r.detail, compiled, r.time)
+        inv = self.inventory
+        while True:
+            try:
+                ev = self.observed.get_nowait()
+            except queue.Empty:
+                break
+            src = inv.endpoint(ev.src)
+            if not (src.address in inv.containers or src.address in self.node.addresses):
+                continue  # only connections of this node's workloads
+            dst = inv.endpoint(ev.dst, self.datapath.domains_for(ev.dst))
+            if dst.address in inv.remote:
+                continue  # to another node: local or outbound to external only
+            self.recorder.observe(src, dst, ev.dport, ev.time)
+
+    def flush(self, final: bool = False) -> None:
+        flows, audits = self.recorder.drain(self.clock(), final=final)
+        self.flows_out += len(flows)
+        self.audits_out += len(audits)
+        if self.output is not None:
+            self.output.write(flows, audits)
+        if self.spool is not None:
+            dropped = self.spool.take_dropped()
+            if flows or audits or dropped:
+                from cnnf.model.records import ReportBatch
+
+                self.spool.put(ReportBatch(batch_id=uuid.uuid4().hex, flows=flows,
+                                           audits=audits, dropped=dropped))
+                if self.runner is not None:
+                    self.runner.flush_soon()
+
+    def repair(self) -> None:
+        assert self.datapath is not None
+        try:
+            repaired = self.datapath.check_and_repair()
+        except Exception as exc:
+            log.error("repair check failed", error=str(exc))
+            return
+        if not repaired:
+            return
+        self.repairs += len(repaired)
+        for item in repaired:
+            log.warning("repaired kernel state", item=item)
+        if any(r.startswith("verdict worker") for r in repaired):
+            with self._lock:  # restarted workers: resend the current snapshot
+                self._broadcast(PolicyUpdate(self._effective(self.policy)))
+                self._broadcast(self._inventory_update())
+
+    # -- status and metrics -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        assert self.datapath is not None
+        stats = self.datapath.stats()
+        total = stats.total
+        sets = self.wanted_sets()
+        protected = []
+        for a in sorted(sets[AddressSet.LOCAL]):
+            c = self.local.get(a)
+            protected.append({"address": a, "kind": "container",
+                              "name": c.identity.name if c else "",
+                              "image": c.identity.image if c else ""})
+        protected += [{"address": a, "kind": "host", "name": self.node.name, "image": ""}
+                      for a in sorted(sets[AddressSet.HOST])]
+        gaps = list(self.gaps_ms)
+        spool = self.spool.size() if self.spool is not None else (0, 0)
+        return {
+            "pid": os.getpid(),
+            "worker_pids": self.datapath.workers.pids,
+            "hostname": self.config.hostname,
+            "netns": self.config.netns,
+            "started": self.started,
+            "updated": self.clock(),
+            "mode": {"container": self.policy.container_enabled,
+                     "host": self.policy.host_enabled},
+            "policy_revision": self.policy.revision,
+            "block_mode": self._effective(self.policy).block_mode.value,
+            "fail_open": not self.config.fail_closed,
+            "queues": [self.config.queue_num + i for i in range(self.config.queues)],
+            "protected": protected,
+            "cluster_protected": len(sets[AddressSet.CLUSTER]),
+            "containers": len(self.local),
+            "counters": {
+                "accepted": total.accepted, "audited": total.audited,
+                "rejected": total.rejected, "dropped": total.dropped, "errors": total.errors,
+                "reports_lost": total.reports_lost,
+            },
+            "flows": self.flows_out,
+            "audits": self.audits_out,
+            "repairs": self.repairs,
+            "start_to_protected_ms": {
+                "count": len(gaps),
+                "last": round(gaps[-1], 1) if gaps else None,
+                "max": round(max(gaps), 1) if gaps else None,
+            },
+            "console": None if self.link is None else {
+                "url": self.config.console,
+                "connected": bool(self.runner and self.runner.connected),
+                "spool_batches": spool[0], "spool_bytes": spool[1],
+            },
+        }
+
+    def write_status(self) -> None:
+        try:
+            data = self.status()
+        except Exception as exc:
+            log.warning("status not written", error=str(exc))
+            return
+        path = self.config.status_file
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+
+    def figures(self) -> Figures:
+        assert self.datapath is not None
+        stats = self.datapath.stats()
+        t = stats.total
+        sets = self.wanted_sets()
+        return Figures(
+            verdicts={"accept": t.accepted, "alert": t.audited, "reject": t.rejected,
+                      "drop": t.dropped, "error": t.errors},
+            protected=len(sets[AddressSet.LOCAL] | sets[AddressSet.HOST]),
+            policy_revision=self.policy.revision,
+            queue_waiting=sum(q.waiting for q in stats.queues),
+            queue_dropped=sum(q.dropped for q in stats.queues),
+            flows=self.flows_out, audits=self.audits_out, repairs=self.repairs,
+            last_protect_gap_ms=self.gaps_ms[-1] if self.gaps_ms else 0.0,
+            spool_batches=self.spool.size()[0] if self.spool is not None else 0,
+            console_connected=int(bool(self.runner and self.runner.connected)),
+        )
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Remove every rule, set and queue binding; flush what was recorded."""
+        self.stop_event.set()
+        if self.runner is not None:
+            self.runner.stop()
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer = None
+        removed: list[str] = []
+        if self.datapath is not None:
+            with contextlib.suppress(Exception):
+                self.collect()
+            try:
+                removed = self.datapath.stop()
+            except Exception as exc:
+                log.error("removing kernel state failed; run `cnnf defender cleanup`",
+                          error=str(exc))
+        self.flush(final=True)
+        if self.link is not None and self.spool is not None:
+            with contextlib.suppress(Exception):
+                self.link.deliver(self.spool)
+            self.link.close()
+        if self._metrics is not None:
+            server = self._metrics[0] if isinstance(self._metrics, tuple) else self._metrics
+            with contextlib.suppress(Exception):
+                server.shutdown()
+        self.discovery.close()
+        if self.output is not None:
+            self.output.close()
+        self.config.status_file.unlink(missing_ok=True)
+        log.info("defender stopped; kernel state removed", removed=len(removed))

@@ -1,0 +1,325 @@
+"""The Defender's side of the Console link (see the protocol in the README).
+
+- :meth:`ConsoleLink.enroll` trades the enrollment token for a Defender
+  credential once; the credential is kept in the state dir (mode 0600) and
+  reused on every later start.
+- :meth:`ConsoleLink.fetch_policy` / :meth:`fetch_inventory` are the long-polls
+  (``?revision=N&wait=S``: 200 with a new revision, 204 when the wait ended).
+- :meth:`ConsoleLink.push_inventory` replaces this Defender's inventory.
+- :meth:`ConsoleLink.deliver` sends the spooled report batches in order and
+  deletes each one only after the Console answered 200.
+- :class:`LinkRunner` runs the loops in threads with backoff; the last policy
+  is persisted (``policy.json`` in the state dir) for starts without a Console.
+
+Errors: :class:`LinkError` (Console unreachable or a bad answer) and
+:class:`AuthError` (401: the credential was revoked or the token is bad).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from cnnf import __version__
+from cnnf.defender.spool import Spool
+from cnnf.errors import CnnfError, PolicyValidationError
+from cnnf.model import Policy
+from cnnf.model.records import ClusterInventory, InventoryReport, ReportBatch
+from cnnf.policy.document import dump_policy, load_policy
+
+log = structlog.get_logger(__name__)
+
+MAX_WAIT = 30.0
+
+
+class LinkError(CnnfError):
+    """The Console could not be reached or answered something unexpected."""
+
+
+class AuthError(LinkError):
+    """The Console refused the credential or the enrollment token (401/403)."""
+
+
+class ConsoleLink:
+    def __init__(
+        self,
+        url: str,
+        state_dir: Path,
+        *,
+        hostname: str,
+        enrollment_token: str | None = None,
+        ca: Path | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.state_dir = state_dir
+        self.hostname = hostname
+        self.enrollment_token = enrollment_token
+        self.timeout = timeout
+        verify: Any = str(ca) if ca is not None else True
+        self._http = httpx.Client(base_url=self.url, verify=verify, transport=transport,
+                                  timeout=timeout)
+        self.credential: str | None = None
+        self.defender_id: str | None = None
+        self._read_credential()
+
+    # -- credentials -----------------------------------------------------------
+
+    @property
+    def credential_file(self) -> Path:
+        return self.state_dir / "credential"
+
+    @property
+    def policy_file(self) -> Path:
+        return self.state_dir / "policy.json"
+
+    def _read_credential(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            lines = self.credential_file.read_text().split()
+            if lines:
+                self.credential = lines[0]
+                self.defender_id = lines[1] if len(lines) > 1 else None
+
+    def enroll(self) -> str:
+        """The credential: the stored one, or a new one from the enrollment token."""
+        if self.credential:
+            return self.credential
+        if not self.enrollment_token:
+            raise AuthError(f"not enrolled yet ({self.credential_file} is missing) and no "
+                            f"enrollment token given (--token)")
+        resp = self._request("POST", "/api/v1/defenders/enroll", auth=False, json={
+            "enrollment_token": self.enrollment_token, "hostname": self.hostname,
+            "version": __version__,
+        })
+        if resp.status_code != 200:
+            raise LinkError(f"enroll: unexpected answer {resp.status_code}: {resp.text[:200]}")
+        body = resp.json()
+        credential = str(body["credential"])
+        self.defender_id = str(body.get("defender_id", ""))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.credential_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{credential} {self.defender_id}\n")
+        os.replace(tmp, self.credential_file)
+        self.credential = credential
+        log.info("enrolled with the console", console=self.url, defender_id=self.defender_id)
+        return credential
+
+    def _request(self, method: str, path: str, *, auth: bool = True,
+                 timeout: float | None = None, **kw: Any) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}))
+        if auth:
+            headers["Authorization"] = f"Bearer {self.enroll()}"
+        try:
+            resp = self._http.request(method, path, headers=headers,
+                                      timeout=timeout or self.timeout, **kw)
+        except httpx.HTTPError as exc:
+            raise LinkError(f"{method} {self.url}{path}: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code in (401, 403):
+            raise AuthError(f"{method} {path}: the console refused "
+                            f"{'the credential' if auth else 'the enrollment token'} "
+                            f"({resp.status_code}): {resp.text[:200]}")
+        if resp.status_code >= 500:
+            raise LinkError(f"{method} {path}: console error {resp.status_code}")
+        return resp
+
+    # -- the calls ---------------------------------------------------------------
+
+    def fetch_policy(self, revision: int, wait: float) -> tuple[int, Policy] | None:
+        """(revision, policy) if the Console has another revision, None after a 204."""
+        wait = min(max(wait, 0.0), MAX_WAIT)
+        resp = self._request("GET", "/api/v1/defender/policy",
+                             params={"revision": revision, "wait": wait},
+                             timeout=wait + self.timeout)
+        if resp.status_code == 204:
+            return None
+        if resp.status_code != 200:
+            raise LinkError(f"GET policy: unexpected answer {resp.status_code}")
+        try:
+            body = resp.json()
+            policy = load_policy(body["document"], source=f"{self.url} policy")
+            return int(body["revision"]), policy
+        except (ValueError, KeyError, TypeError, PolicyValidationError) as exc:
+            raise LinkError(f"GET policy: bad answer: {exc}") from exc
+
+    def fetch_inventory(self, revision: int, wait: float) -> ClusterInventory | None:
+        wait = min(max(wait, 0.0), MAX_WAIT)
+        resp = self._request("GET", "/api/v1/defender/inventory",
+                             params={"revision": revision, "wait": wait},
+                             timeout=wait + self.timeout)
+        if resp.status_code == 204:
+            return None
+        if resp.status_code != 200:
+            raise LinkError(f"GET inventory: unexpected answer {resp.status_code}")
+        try:
+            return ClusterInventory.model_validate_json(resp.content)
+        except ValueError as exc:
+            raise LinkError(f"GET inventory: bad answer: {exc}") from exc
+
+    def push_inventory(self, report: InventoryReport) -> None:
+        resp = self._request("POST", "/api/v1/defender/inventory",
+                             content=report.model_dump_json(),
+                             headers={"Content-Type": "application/json"})
+        if resp.status_code not in (200, 204):
+            raise LinkError(f"POST inventory: unexpected answer {resp.status_code}")
+
+    def push_batch(self, batch: ReportBatch) -> bool:
+        """True once the Console stored it (or already had it: duplicate)."""
+        resp = self._request("POST", "/api/v1/defender/reports",
+                             content=batch.model_dump_json(),
+                             headers={"Content-Type": "application/json"})
+        if resp.status_code != 200:
+            raise LinkError(f"POST reports: unexpected answer {resp.status_code}")
+        return True
+
+    def deliver(self, spool: Spool) -> int:
+        """Send spooled batches oldest first; stop at the first failure (raised)."""
+        sent = 0
+        for item in spool.pending():
+            batch = spool.load(item)
+            if batch is not None:
+                self.push_batch(batch)
+            spool.remove(item)
+            sent += 1
+        return sent
+
+    # -- the persisted policy ------------------------------------------------------
+
+    def save_policy(self, revision: int, policy: Policy) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.policy_file.with_suffix(".tmp")
+        tmp.write_text(dump_policy(policy.model_copy(update={"revision": revision})))
+        os.replace(tmp, self.policy_file)
+
+    def saved_policy(self) -> Policy | None:
+        try:
+            return load_policy(self.policy_file.read_text(), source=str(self.policy_file))
+        except FileNotFoundError:
+            return None
+        except PolicyValidationError as exc:
+            log.error("the saved policy is invalid; ignoring it", file=str(self.policy_file),
+                      error=str(exc))
+            return None
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class LinkRunner:
+    """The link's threads: policy long-poll, inventory long-poll, and the uplink
+    (inventory on change, spooled batches), each retrying with backoff."""
+
+    def __init__(
+        self,
+        link: ConsoleLink,
+        spool: Spool,
+        *,
+        on_policy: Callable[[int, Policy], None],
+        on_inventory: Callable[[ClusterInventory], None],
+        policy_revision: int = -1,
+        wait: float = 25.0,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.link = link
+        self.spool = spool
+        self.on_policy = on_policy
+        self.on_inventory = on_inventory
+        self.policy_revision = policy_revision
+        self.inventory_revision = -1
+        self.wait = wait
+        self.max_backoff = max_backoff
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._inventory: InventoryReport | None = None
+        self._inventory_sent: InventoryReport | None = None
+        self._threads: list[threading.Thread] = []
+        self.connected = False
+        self.last_error = ""
+
+    def start(self) -> None:
+        for name, target in (("policy", self._policy_loop), ("inventory", self._inventory_loop),
+                             ("uplink", self._uplink_loop)):
+            t = threading.Thread(target=target, name=f"cnnf-link-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+
+    def set_inventory(self, report: InventoryReport) -> None:
+        self._inventory = report
+        self._wake.set()
+
+    def flush_soon(self) -> None:
+        self._wake.set()
+
+    def _failed(self, what: str, exc: Exception, backoff: float) -> float:
+        if self.connected or str(exc) != self.last_error:
+            log.warning("console link failed; retrying", call=what, error=str(exc),
+                        retry_in=backoff)
+        self.connected = False
+        self.last_error = str(exc)
+        self.stop_event.wait(backoff)
+        return min(backoff * 2, self.max_backoff)
+
+    def _ok(self) -> None:
+        if not self.connected:
+            log.info("console link up", console=self.link.url)
+        self.connected = True
+        self.last_error = ""
+
+    def _policy_loop(self) -> None:
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                got = self.link.fetch_policy(self.policy_revision, self.wait)
+                self._ok()
+                backoff = 0.5
+                if got is not None:
+                    revision, policy = got
+                    self.policy_revision = revision
+                    self.link.save_policy(revision, policy)
+                    self.on_policy(revision, policy)
+            except LinkError as exc:
+                backoff = self._failed("policy", exc, backoff)
+
+    def _inventory_loop(self) -> None:
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                got = self.link.fetch_inventory(self.inventory_revision, self.wait)
+                self._ok()
+                backoff = 0.5
+                if got is not None:
+                    self.inventory_revision = got.revision
+                    self.on_inventory(got)
+            except LinkError as exc:
+                backoff = self._failed("inventory", exc, backoff)
+
+    def _uplink_loop(self) -> None:
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                current = self._inventory
+                if current is not None and current != self._inventory_sent:
+                    self.link.push_inventory(current)
+                    self._inventory_sent = current
+                self.link.deliver(self.spool)
+                self._ok()
+                backoff = 0.5
+            except LinkError as exc:
+                backoff = self._failed("uplink", exc, backoff)
