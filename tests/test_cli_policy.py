@@ -26,7 +26,7 @@ def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
 
 
 def test_validate_native_and_original() -> None:
-    assert run("validate", SHOP) == (0, "ok: 10 objects, 8 container rules, 1 host rules\n", "")
+    assert run("validate", SHOP) == (0, "ok: 11 objects, 9 container rules, 1 host rules\n", "")
     code, out, err = run("validate", EXPORT)
     assert code == 0
     assert out == "ok (original format): 7 objects, 4 container rules, 1 host rules\n"
@@ -44,7 +44,7 @@ def test_validate_reports_every_error(tmp_path: Path) -> None:
     assert (code, out) == (1, "")
     assert err.splitlines() == [
         f"error: {bad}: invalid policy (3 error(s))",
-        "  objects[9].cidrs: '0.0.0.0/99' is not an IPv4 or IPv6 CIDR",
+        "  objects[10].cidrs: '0.0.0.0/99' is not an IPv4 or IPv6 CIDR",
         "  containerRules[0].ports[0]: 70000 is above 65535",
         "  containerRules[5].dst: no object named 'nowhere'",
     ]
@@ -74,7 +74,7 @@ def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_stdin() -> None:
     code, out, _ = run("validate", "-", stdin=Path(SHOP).read_text())
-    assert (code, out) == (0, "ok: 10 objects, 8 container rules, 1 host rules\n")
+    assert (code, out) == (0, "ok: 11 objects, 9 container rules, 1 host rules\n")
 
 
 def test_lint_clean_and_with_findings() -> None:
@@ -96,11 +96,11 @@ def test_lint_clean_and_with_findings() -> None:
 def test_lint_info_only_exits_zero(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(Path(SHOP).read_text().replace(
-        "effect: alert}", "effect: alert, disabled: true}"))
+        "ports: [80], effect: alert}", "ports: [80], effect: alert, disabled: true}"))
     code, out, _ = run("lint", str(path))
     assert code == 0
     assert out.splitlines() == [
-        "info: containerRules[4]: rule 5 'worker-to-db' is disabled and never evaluated "
+        "info: containerRules[6]: rule 7 'worker-to-internet' is disabled and never evaluated "
         "[disabled-rule]",
         "1 finding(s): 0 error(s), 0 warning(s), 1 info",
     ]
@@ -118,7 +118,7 @@ def test_convert_both_ways_and_back(tmp_path: Path) -> None:
     assert err == ("warning: not mapped: defaultEffect: alert has no equivalent (the original "
                    "product allows unmatched connections)\n")
     prisma = json.loads(out.read_text())
-    assert prisma["_id"] == "networkFirewall" and len(prisma["networkEntities"]) == 10
+    assert prisma["_id"] == "networkFirewall" and len(prisma["networkEntities"]) == 11
 
     code, again, _ = run("convert", str(out), "--to", "native", "--format", "yaml")
     assert code == 0
@@ -137,11 +137,21 @@ def test_convert_needs_a_known_target() -> None:
 @pytest.mark.parametrize(
     ("src", "dst", "port", "first_line"),
     [
-        ("image=shop/api:2.1,ns=shop-web,host=node-1", "image=shop/payments:1.0,ns=shop-data",
-         "9000", "verdict: allow by container rule 2 'api-to-payments' (revision 0)"),
+        ("image=shop/api:2.1,ns=shop-web,host=node-1",
+         "image=shop/payments:1.4,ns=shop-data,label=pci=true",
+         "9090", "verdict: allow by container rule 2 'api-to-payments' (revision 0)"),
+        # the lab's lateral probes: frontend to db and to payments' ssh
+        ("image=shop/frontend:1.0,ns=shop-web", "image=shop/db:13,ns=shop-data", "5432",
+         "verdict: prevent by container rule 8 'web-to-data' (revision 0)"),
+        ("image=shop/frontend:1.0,ns=shop-web",
+         "image=shop/payments:1.4,ns=shop-data,label=pci=true", "22",
+         "verdict: prevent by container rule 8 'web-to-data' (revision 0)"),
+        ("image=shop/worker:1.0,ns=shop-data", "203.0.113.10", "80",
+         "verdict: alert by container rule 7 'worker-to-internet' (revision 0)"),
         ("image=shop/frontend,ns=shop-web", "93.184.216.34", "443",
-         "verdict: prevent by container rule 8 'web-to-internet' (revision 0)"),
-        ("image=shop/payments,ns=shop-data", "addr=203.0.113.7,domain=api.partner.example",
+         "verdict: prevent by container rule 9 'web-to-internet' (revision 0)"),
+        ("image=shop/payments,ns=shop-data,label=pci=true",
+         "addr=203.0.113.20,domain=api.partner.example",
          "443", "verdict: allow by container rule 6 'payments-to-partner' (revision 0)"),
         ("image=shop/worker,ns=shop-data", "image=shop/cache,ns=shop-data", "6379",
          "verdict: alert (no rule matched: default effect; revision 0)"),
@@ -166,7 +176,9 @@ def test_explain_trace_names_each_rule() -> None:
         "'frontend' (images shop/frontend)",
         "  container rule 2 'api-to-payments': no-match: destination shop/cache does not match "
         "object 'payments' (images shop/payments)",
-        "  container rule 3 'api-to-cache': matched: source shop/api matches 'api', destination "
+        "  container rule 3 'api-to-db': no-match: destination shop/cache does not match object "
+        "'db' (images shop/db)",
+        "  container rule 4 'api-to-cache': matched: source shop/api matches 'api', destination "
         "shop/cache matches 'cache', port 6379 in 6379",
     ]
 

@@ -228,7 +228,7 @@ def test_dump_is_deterministic_and_round_trips() -> None:
         "name": "frontend", "kind": "container",
         "selector": {"images": ["shop/frontend"], "namespaces": ["shop-web"]},
     }
-    rule = doc["spec"]["containerRules"][6]
+    rule = doc["spec"]["containerRules"][7]
     assert rule["ports"] == ["*"] and "notes" not in rule and "modified" not in rule
 
 

@@ -228,13 +228,12 @@ def test_to_prisma_reports_what_the_original_cannot_hold() -> None:
     ent = doc["networkEntities"][0]
     assert ent == {"_id": 1, "name": "frontend", "type": "container", "collections": [
         {**ANY, "name": "frontend", "images": ["shop/frontend"], "namespaces": ["shop-web"]}]}
-    assert doc["networkEntities"][9]["subnets"] == [
+    assert doc["networkEntities"][10]["subnets"] == [
         {"name": "0.0.0.0/0", "cidr": "0.0.0.0/0"}, {"name": "::/0", "cidr": "::/0"}]
-    rule = doc["containerRules"][3]
-    assert rule == {"id": 4, "name": "payments-to-db", "src": 3, "dst": 4,
+    rule = doc["containerRules"][4]
+    assert rule == {"id": 5, "name": "worker-to-db", "src": 6, "dst": 4,
                     "ports": [{"start": 5432, "end": 5432, "deny": False}], "effect": "allow",
-                    "disabled": False, "notes": "only payments writes orders",
-                    "owner": "payments-team"}
+                    "disabled": False, "notes": "nightly order export", "owner": "data-team"}
 
 
 def test_to_prisma_reports_the_rule_limit_and_odd_labels() -> None:
