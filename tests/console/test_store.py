@@ -33,7 +33,7 @@ from cnnf.model import (
 )
 
 TABLES = {"settings", "network_objects", "rules", "changes", "users", "tokens", "audits",
-          "flows", "alembic_version"}
+          "flows", "overlays", "alembic_version"}
 
 
 def test_migrate_from_empty_database(db_url: str) -> None:

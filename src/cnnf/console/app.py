@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cnnf import __version__
-from cnnf.console.api import auth, objects, policy, records, rules, users
+from cnnf.console.api import auth, objects, overlays, policy, radar, records, rules, users
 from cnnf.console.api.deps import ConsoleState
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.security import LoginLimiter
@@ -30,6 +30,7 @@ from cnnf.console.services.errors import (
 )
 from cnnf.console.services.policy import utcnow
 from cnnf.console.store.db import connect, migrate
+from cnnf.console.ui import mount_ui
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import ObjectKind
 
@@ -195,7 +196,7 @@ def create_app(
     app.state.console = console
     app.state.engine = engine
     _install_handlers(app)
-    for module in (auth, users, objects, rules, policy, records):
+    for module in (auth, users, objects, rules, policy, records, overlays, radar):
         app.include_router(module.router, prefix=API_PREFIX)
 
     @app.get("/healthz", tags=["health"])
@@ -205,5 +206,6 @@ def create_app(
             connection.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
+    mount_ui(app)  # last: the UI's "/" mount must not shadow any route
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app

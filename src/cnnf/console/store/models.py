@@ -227,3 +227,26 @@ class FlowRow(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class OverlayRow(Base):
+    """The data overlay of one image or host: vulnerability counts by severity and
+    compliance counts from its latest Trivy report (replaced whole on each report)."""
+
+    __tablename__ = "overlays"
+    __table_args__ = (UniqueConstraint("kind", "name", name="uq_overlays_kind_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "image" | "host"
+    name: Mapped[str] = mapped_column(String(300))
+    critical: Mapped[int] = mapped_column(Integer, default=0)
+    high: Mapped[int] = mapped_column(Integer, default=0)
+    medium: Mapped[int] = mapped_column(Integer, default=0)
+    low: Mapped[int] = mapped_column(Integer, default=0)
+    unknown: Mapped[int] = mapped_column(Integer, default=0)
+    compliance_passed: Mapped[int] = mapped_column(Integer, default=0)
+    compliance_failed: Mapped[int] = mapped_column(Integer, default=0)
+    source: Mapped[str] = mapped_column(String(300), default="")
+    updated: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The most severe findings (bounded), for the overlay panel.
+    top: Mapped[list[Any]] = mapped_column(JSON)

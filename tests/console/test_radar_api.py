@@ -1,0 +1,169 @@
+"""The radar endpoint and the data overlays (Trivy report ingestion) through the API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from consoletest import ApiClient, Console
+from fastapi import FastAPI
+
+from cnnf.console.security import Role
+from cnnf.console.services.overlays import summarise_trivy
+from cnnf.console.services.records import FlowRecord, FlowService
+from cnnf.console.ui import mount_ui
+from cnnf.model.records import ClusterInventory, HostInfo, WorkloadInfo
+
+TRIVY = {
+    "SchemaVersion": 2,
+    "ArtifactName": "shop/db:3",
+    "ArtifactType": "container_image",
+    "Results": [
+        {"Target": "shop/db:3 (debian 12)", "Class": "os-pkgs", "Vulnerabilities": [
+            {"VulnerabilityID": "CVE-2026-0001", "PkgName": "libssl3", "Severity": "CRITICAL",
+             "InstalledVersion": "3.0.1", "FixedVersion": "3.0.9", "Title": "bad"},
+            {"VulnerabilityID": "CVE-2026-0002", "PkgName": "zlib", "Severity": "HIGH"},
+            {"VulnerabilityID": "CVE-2026-0003", "PkgName": "zlib", "Severity": "HIGH"},
+            {"VulnerabilityID": "CVE-2026-0004", "PkgName": "tar", "Severity": "LOW"},
+            {"VulnerabilityID": "CVE-2026-0005", "PkgName": "x", "Severity": "WEIRD"},
+        ]},
+        {"Target": "Dockerfile", "Class": "config", "MisconfSummary": {"Successes": 20,
+                                                                       "Failures": 3}},
+        {"Target": "app", "Class": "lang-pkgs", "Vulnerabilities": None},
+    ],
+}
+
+POLICY = {
+    "apiVersion": "cnnf/v1", "kind": "Policy",
+    "spec": {
+        "objects": [
+            {"name": "api", "kind": "container", "selector": {"images": ["shop/api*"]}},
+            {"name": "db", "kind": "container", "selector": {"images": ["shop/db*"]}},
+        ],
+        "containerRules": [{"id": 1, "name": "api-db", "src": "api", "dst": "db",
+                            "ports": [5432], "effect": "allow"}],
+    },
+}
+
+
+def _seed(console: Console, admin: ApiClient) -> None:
+    r = admin.post("/api/v1/policy/import", json=POLICY)
+    assert r.status_code == 200, r.text
+    now = console.clock.now()
+    flows = [
+        FlowRecord(src="image:shop/api", dst="image:shop/db", port=5432, verdict="allow",
+                   rule_id=1, rule_name="api-db", count=4, first_seen=now - timedelta(hours=3),
+                   last_seen=now),
+        FlowRecord(src="image:shop/api", dst="addr:203.0.113.9", port=443, verdict="observed",
+                   count=2, first_seen=now - timedelta(hours=5),
+                   last_seen=now - timedelta(hours=2)),
+    ]
+    with console.session() as s:
+        FlowService(s).record_many(flows)
+    inventory = ClusterInventory(
+        revision=3, hosts=[HostInfo(name="node-1", addresses=["10.1.0.1"])],
+        containers=[WorkloadInfo(address="10.88.0.5", image="shop/api:2", name="api-1",
+                                 namespace="shop", host="node-1"),
+                    WorkloadInfo(address="10.88.0.6", image="shop/db:3", name="db-1",
+                                 namespace="data", host="node-1")])
+    console.app.state.radar_inventory = lambda _session: inventory
+
+
+def test_summarise_trivy_counts_by_severity_and_compliance() -> None:
+    name, counts, compliance, top = summarise_trivy(TRIVY)
+    assert name == "shop/db:3"
+    assert counts == {"critical": 1, "high": 2, "medium": 0, "low": 1, "unknown": 1}
+    assert compliance == {"passed": 20, "failed": 3}
+    assert [f.id for f in top][:3] == ["CVE-2026-0001", "CVE-2026-0002", "CVE-2026-0003"]
+    misconf = {"ArtifactName": "node-1", "Results": [{"Misconfigurations": [
+        {"ID": "a", "Status": "PASS"}, {"ID": "b", "Status": "FAIL"}, {"ID": "c"}]}]}
+    assert summarise_trivy(misconf)[2] == {"passed": 1, "failed": 2}
+
+
+@pytest.mark.parametrize(("report", "path"), [
+    ([], "body"),
+    ({"hello": 1}, "body"),
+    ({"ArtifactName": "x", "Results": {"a": 1}}, "Results"),
+    ({"ArtifactName": "x", "Results": [1]}, "Results[0]"),
+    ({"ArtifactName": "x", "Results": [{"Vulnerabilities": [3]}]},
+     "Results[0].Vulnerabilities[0]"),
+])
+def test_bad_trivy_reports_name_the_field(admin: ApiClient, report: Any, path: str) -> None:
+    r = admin.post("/api/v1/overlays/image/trivy", json=report)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["path"].endswith(path)
+    assert admin.get("/api/v1/overlays").json() == []
+
+
+def test_overlay_ingest_replace_read_delete(console: Console, admin: ApiClient) -> None:
+    r = admin.post("/api/v1/overlays/image/trivy", json=TRIVY)
+    assert r.status_code == 200, r.text
+    assert r.json()["worst"] == "critical"
+    fixed = {**TRIVY, "Results": [{"Vulnerabilities": [
+        {"VulnerabilityID": "CVE-1", "Severity": "MEDIUM"}]}]}
+    assert admin.post("/api/v1/overlays/image/trivy", json=fixed).json()["worst"] == "medium"
+    got = admin.get("/api/v1/overlays/image/shop/db:3").json()
+    assert got["vulnerabilities"]["critical"] == 0 and got["vulnerabilities"]["medium"] == 1
+    r = admin.post("/api/v1/overlays/host/trivy?name=node-1", json={"Results": []})
+    assert r.json()["worst"] == "none"
+    assert [(o["kind"], o["name"]) for o in admin.get("/api/v1/overlays").json()] == [
+        ("host", "node-1"), ("image", "shop/db:3")]
+    auditor = console.as_role(Role.AUDITOR)
+    assert auditor.post("/api/v1/overlays/image/trivy", json=TRIVY).status_code == 403
+    assert admin.delete("/api/v1/overlays/image/shop/db:3").status_code == 204
+    assert admin.get("/api/v1/overlays/image/shop/db:3").status_code == 404
+
+
+def test_radar_graph_from_policy_flows_inventory_and_overlays(console: Console,
+                                                              admin: ApiClient) -> None:
+    _seed(console, admin)
+    admin.post("/api/v1/overlays/image/trivy", json=TRIVY)
+    g = console.as_role(Role.AUDITOR).get("/api/v1/radar").json()
+    nodes = {n["id"]: n for n in g["nodes"]}
+    assert set(nodes) == {"image:shop/api:2", "image:shop/db:3", "internet"}
+    assert nodes["image:shop/db:3"]["severity"] == "critical"
+    assert nodes["image:shop/db:3"]["parent"] == "group:namespace:data"
+    edges = {e["id"]: e for e in g["edges"]}
+    db_edge = edges["image:shop/api:2->image:shop/db:3"]
+    assert (db_edge["line"], db_edge["label"], db_edge["count"]) == ("solid", "5432 allowed", 4)
+    assert edges["image:shop/api:2->internet"]["hole"]
+    assert g["inventoryRevision"] == 3 and g["revision"] >= 1
+
+    # The time window drops the flow last seen 2 hours ago.
+    since = (console.clock.now() - timedelta(hours=1)).isoformat()
+    g = admin.get("/api/v1/radar", params={"since": since}).json()
+    assert "image:shop/api:2->internet" not in {e["id"] for e in g["edges"]}
+
+    g = admin.get("/api/v1/radar", params={"verdict": "observed"}).json()
+    assert [e["id"] for e in g["edges"]] == ["image:shop/api:2->internet"]
+    g = admin.get("/api/v1/radar", params={"view": "host"}).json()
+    assert [n["id"] for n in g["nodes"]] == ["host:node-1"]
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"view": "pods"}, "view"), ({"verdict": "green"}, "verdict"),
+    ({"since": "yesterday"}, "since"), ({"group": "zone"}, "group"),
+])
+def test_radar_refuses_bad_parameters(admin: ApiClient, params: dict[str, str],
+                                      field: str) -> None:
+    r = admin.get("/api/v1/radar", params=params)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["path"] == field
+
+
+def test_radar_needs_credentials(console: Console) -> None:
+    assert console.client().get("/api/v1/radar").status_code == 401
+
+
+def test_ui_is_served_at_root_or_says_how_to_build_it(console: Console, tmp_path: Any) -> None:
+    r = console.client().get("/")
+    assert r.status_code == 200
+    assert "CNNF" in r.text
+    bare = FastAPI()
+    mount_ui(bare, tmp_path / "no-build")
+    client = ApiClient(bare)
+    try:
+        assert "not built" in client.get("/").text
+    finally:
+        client.close()
