@@ -337,23 +337,23 @@ def test_many_rules_index_agrees_with_naive() -> None:
 @pytest.mark.parametrize(
     ("rule", "path", "message"),
     [
-        ({"src": "nope", "dst": "api"}, "containerRules[0].src", "object 'nope' does not exist"),
-        ({"src": "web", "dst": "nope"}, "containerRules[0].dst", "object 'nope' does not exist"),
+        ({"src": "nope", "dst": "api"}, "containerRules[0].src", "no object named 'nope'"),
+        ({"src": "web", "dst": "nope"}, "containerRules[0].dst", "no object named 'nope'"),
         (
             {"src": "nodes", "dst": "api"},
             "containerRules[0].src",
-            "object 'nodes' is a host object; the source of a container rule must be a container object",
+            "'nodes' is a host object; a container rule's source must be a container object",
         ),
         (
             {"src": "net10", "dst": "api"},
             "containerRules[0].src",
-            "object 'net10' is a subnet object; the source of a container rule must be a container object",
+            "'net10' is a subnet object; a container rule's source must be a container object",
         ),
         (
             {"src": "web", "dst": "nodes"},
             "containerRules[0].dst",
-            "object 'nodes' is a host object; the destination of a container rule must be a"
-            " container or dns or subnet object",
+            "'nodes' is a host object; a container rule's destination must be a"
+            " container, dns or subnet object",
         ),
     ],
 )
@@ -368,15 +368,17 @@ def test_compile_refuses_bad_references(rule: dict[str, Any], path: str, message
 
 def test_compile_refuses_bad_host_rules_and_lists_every_error() -> None:
     pol = policy(
-        [{"src": "web", "dst": "api"}],
+        [{"src": "web", "dst": "api"}, {"id": 1, "src": "web", "dst": "api"}],
         [{"src": "web", "dst": "nodes"}, {"src": "nodes", "dst": "wild"}, {"src": "nodes", "dst": "x"}],
     )
     with pytest.raises(PolicyValidationError) as info:
         compile_policy(pol)
     assert [(e.path, e.message.split(";")[0]) for e in info.value.errors] == [
-        ("hostRules[0].src", "object 'web' is a container object"),
-        ("hostRules[1].dst", "object 'wild' is a dns object"),
-        ("hostRules[2].dst", "object 'x' does not exist"),
+        ("containerRules[1].id", "duplicate rule id 1 (first used by containerRules[0])"),
+        ("containerRules[1].name", "duplicate rule name 'r1' (first used by containerRules[0])"),
+        ("hostRules[0].src", "'web' is a container object"),
+        ("hostRules[1].dst", "'wild' is a dns object"),
+        ("hostRules[2].dst", "no object named 'x'"),
     ]
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from cnnf.errors import FieldError, PolicyValidationError
+from cnnf.errors import PolicyValidationError
 from cnnf.model import (
     ConnectionAttempt,
     ContainerIdentity,
@@ -49,7 +49,6 @@ from cnnf.model import (
     HostIdentity,
     HostObject,
     HostSelector,
-    ObjectKind,
     Policy,
     PortRange,
     Rule,
@@ -58,6 +57,7 @@ from cnnf.model import (
     Verdict,
 )
 from cnnf.model.objects import is_glob
+from cnnf.policy.check import check_policy
 from cnnf.policy.match import (
     ContainerMatch,
     HostMatch,
@@ -73,7 +73,6 @@ __all__ = [
     "CompiledPolicy",
     "Explanation",
     "RuleStep",
-    "check_references",
     "compile_policy",
 ]
 
@@ -84,14 +83,6 @@ DEFAULT_VERDICT_CACHE = 65536
 # total size (about 256 MiB) as well as by count.
 _MEMO_BITS_BUDGET = 1 << 31
 _MEMO_MAX_ENTRIES = 65536
-
-_SOURCE_KINDS = {RuleKind.CONTAINER: {ObjectKind.CONTAINER}, RuleKind.HOST: {ObjectKind.HOST}}
-_DEST_KINDS = {
-    RuleKind.CONTAINER: {ObjectKind.CONTAINER, ObjectKind.SUBNET, ObjectKind.DNS},
-    RuleKind.HOST: {ObjectKind.HOST, ObjectKind.SUBNET},
-}
-_LIST_FIELD = {RuleKind.CONTAINER: "containerRules", RuleKind.HOST: "hostRules"}
-
 
 # --------------------------------------------------------------------------- explain
 
@@ -135,40 +126,6 @@ class Explanation:
         if self.note:
             out.append(f"  note: {self.note}")
         return out
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def check_references(policy: Policy) -> list[FieldError]:
-    """Rules must name existing objects of a kind allowed in that position.
-
-    (The full cross-reference check, with unique ids and names, is
-    :func:`cnnf.policy.check.check_policy`; the engine needs at least this.)"""
-    kinds = {obj.name: obj.kind for obj in policy.objects}
-    errors: list[FieldError] = []
-    lists = ((RuleKind.CONTAINER, policy.container_rules), (RuleKind.HOST, policy.host_rules))
-    for kind, rules in lists:
-        for i, rule in enumerate(rules):
-            for side, name, allowed in (
-                ("src", rule.src, _SOURCE_KINDS[kind]),
-                ("dst", rule.dst, _DEST_KINDS[kind]),
-            ):
-                path = f"{_LIST_FIELD[kind]}[{i}].{side}"
-                found = kinds.get(name)
-                if found is None:
-                    errors.append(FieldError(path, f"object {name!r} does not exist"))
-                elif found not in allowed:
-                    role = "source" if side == "src" else "destination"
-                    want = " or ".join(sorted(allowed))
-                    errors.append(
-                        FieldError(
-                            path,
-                            f"object {name!r} is a {found} object; the {role} of a {kind} rule"
-                            f" must be a {want} object",
-                        )
-                    )
-    return errors
 
 
 # --------------------------------------------------------------------------- bit sets
@@ -557,7 +514,7 @@ class CompiledPolicy:
     )
 
     def __init__(self, policy: Policy, verdict_cache: int, identity_cache: int | None) -> None:
-        errors = check_references(policy)
+        errors = check_policy(policy)
         if errors:
             raise PolicyValidationError(errors, "policy")
         objects = {obj.name: obj for obj in reversed(policy.objects)}  # first one wins
@@ -698,8 +655,10 @@ def compile_policy(
 ) -> CompiledPolicy:
     """Compile ``policy`` into an evaluable snapshot.
 
-    Raises :class:`PolicyValidationError` when a rule names a missing object or
-    an object of a kind not allowed in its position. ``verdict_cache`` bounds
+    Raises :class:`PolicyValidationError` listing every problem
+    :func:`~cnnf.policy.check.check_policy` finds (a rule naming a missing
+    object or one of a kind not allowed in its position, duplicate rule ids or
+    names, duplicate object names). ``verdict_cache`` bounds
     the cache of whole verdicts (0 turns it off); ``identity_cache`` bounds the
     memo of per-identity and per-destination rule sets (0 turns it off; None
     sizes it by the rule count)."""

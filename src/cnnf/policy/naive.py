@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cnnf.errors import PolicyValidationError
 from cnnf.model import ConnectionAttempt, Policy, RuleKind, Verdict
-from cnnf.policy.engine import check_references
+from cnnf.policy.check import check_policy
 from cnnf.policy.match import ObjectMatch
 
 __all__ = ["NaiveEvaluator", "naive_evaluate"]
@@ -20,7 +20,7 @@ class NaiveEvaluator:
     """Evaluates attempts by testing every rule in order until one matches."""
 
     def __init__(self, policy: Policy) -> None:
-        errors = check_references(policy)
+        errors = check_policy(policy)
         if errors:
             raise PolicyValidationError(errors, "policy")
         self.policy = policy
