@@ -24,6 +24,7 @@ typecheck: deps
 
 bench: deps
 	$(PY) bench/policy_engine.py
+	$(PY) bench/console_ingest.py
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
