@@ -9,12 +9,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session
 
 from cnnf.console.config import database_url
+from cnnf.console.services.records import AuditRecord, AuditService
+from cnnf.console.store.db import connect
+from cnnf.model import Effect
 
 CNNF = str(Path(sys.executable).with_name("cnnf"))
 PASSWORD = "correct horse battery"
@@ -32,6 +37,19 @@ def _cnnf(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
+def _seed_audits(db_url: str) -> None:
+    """One audit from long ago (retention prunes it at start-up) and one from now."""
+    engine = connect(db_url)
+    try:
+        with Session(engine) as s:
+            AuditService(s).insert_many([
+                AuditRecord(time=at, blocked=True, effect=Effect.PREVENT, port=22)
+                for at in (datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC))
+            ])
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def served(db_url: str, tmp_path: Path) -> Iterator[str]:
     """``cnnf console`` serving on a free loopback port; yields its base URL."""
@@ -46,6 +64,7 @@ def served(db_url: str, tmp_path: Path) -> Iterator[str]:
                   stdin="short\n")
     assert short.returncode == 1 and "password" in short.stderr
 
+    _seed_audits(db_url)
     port = _free_port()
     log = (tmp_path / "console.log").open("w")
     process = subprocess.Popen(
@@ -89,6 +108,11 @@ def test_console_serves_over_http(served: str) -> None:
         assert r.status_code == 201, r.text
         assert http.get("/api/v1/policy").json()["objects"][0]["name"] == "lan"
         assert "/api/v1/objects" in http.get("/api/v1/openapi.json").json()["paths"]
+        # the retention task runs at start-up: the audit from 2000 goes, today's stays
+        deadline = time.monotonic() + 20
+        while http.get("/api/v1/audits").json()["total"] != 1:
+            assert time.monotonic() < deadline, "old audits were not pruned"
+            time.sleep(0.05)
 
 
 def test_sqlite_default_lives_in_the_data_directory(tmp_path: Path,

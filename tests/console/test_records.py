@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from consoletest import ApiClient, Console
 
+from cnnf.console.app import prune_expired
 from cnnf.console.services.records import (
     CSV_COLUMNS,
+    AuditFilter,
     AuditRecord,
     AuditService,
     FlowRecord,
     FlowService,
+    Pruned,
 )
 from cnnf.model import Effect
 
@@ -153,3 +157,31 @@ def test_flows_aggregate_across_batches(console: Console, admin: ApiClient) -> N
     r = admin.get(f"{API}/flows", params={"since": "2026-01-02T00:08:00Z"}).json()
     assert [f["verdict"] for f in r["items"]] == ["observed"]
     assert admin.get(f"{API}/flows", params={"verdict": "maybe"}).status_code == 422
+
+
+def test_retention_prunes_old_audits_and_flows(console: Console, admin: ApiClient) -> None:
+    now = console.clock.now()
+    with console.session() as s:
+        AuditService(s).insert_many([
+            _audit(0, time=now - timedelta(days=31)),
+            _audit(0, time=now - timedelta(days=29)),
+            _audit(0, time=now),
+        ])
+        old = _flow("image:a", "image:b", 80, 0)
+        FlowService(s).record_many([
+            old.model_copy(update={"first_seen": now - timedelta(days=40),
+                                   "last_seen": now - timedelta(days=35)}),
+            old.model_copy(update={"port": 81, "first_seen": now - timedelta(days=40),
+                                   "last_seen": now - timedelta(days=1)}),
+        ])
+    state = console.app.state.console
+    assert state.config.retention_days == 30
+    assert prune_expired(state) == Pruned(audits=1, flows=1)
+    assert admin.get(f"{API}/audits").json()["total"] == 2
+    assert [f["port"] for f in admin.get(f"{API}/flows").json()["items"]] == [81]
+    assert prune_expired(state) == Pruned(audits=0, flows=0)
+    state.config = replace(state.config, retention_days=0)  # keep forever
+    console.clock.advance(400 * 86400)
+    assert prune_expired(state) is None
+    with console.session() as s:
+        assert AuditService(s).query(AuditFilter(), limit=10, offset=0).total == 2

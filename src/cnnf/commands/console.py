@@ -37,6 +37,8 @@ def serve(
     db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_HELP)] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
+    retention_days: Annotated[int, typer.Option(
+        "--retention-days", help="Prune audits and flows older than this (0: keep all)")] = 30,
 ) -> None:
     """Serve the Console API on --listen (migrating the store first)."""
     ctx.obj = {"db": db, "data_dir": data_dir}
@@ -47,7 +49,8 @@ def serve(
     from cnnf.console.app import create_app
 
     try:
-        config = ConsoleConfig.from_options(listen=listen, db=db, data_dir=data_dir)
+        config = ConsoleConfig.from_options(listen=listen, db=db, data_dir=data_dir,
+                                            retention_days=retention_days)
         application = create_app(config)
     except CnnfError as exc:
         raise _fail(str(exc)) from None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
@@ -29,6 +32,7 @@ from cnnf.console.services.errors import (
     Unauthorized,
 )
 from cnnf.console.services.policy import utcnow
+from cnnf.console.services.records import Pruned, prune
 from cnnf.console.store.db import connect, migrate
 from cnnf.console.ui import mount_ui
 from cnnf.errors import FieldError, PolicyValidationError
@@ -168,6 +172,39 @@ def _install_handlers(app: FastAPI) -> None:
         return _error(403, str(exc))
 
 
+def prune_expired(console: ConsoleState) -> Pruned | None:
+    """Apply the retention setting once; None when retention is off."""
+    days = console.config.retention_days
+    if days <= 0:
+        return None
+    with console.sessions() as session:
+        pruned = prune(session, console.now() - timedelta(days=days))
+    if pruned.audits or pruned.flows:
+        log.info("retention: pruned %d audits and %d flows older than %d days",
+                 pruned.audits, pruned.flows, days)
+    return pruned
+
+
+async def _retention_loop(console: ConsoleState) -> None:
+    while True:
+        try:
+            await run_in_threadpool(prune_expired, console)
+        except SQLAlchemyError:
+            log.exception("retention: pruning failed; trying again next round")
+        await asyncio.sleep(console.config.retention_interval_seconds)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    task = asyncio.create_task(_retention_loop(app.state.console))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(
     config: ConsoleConfig,
     *,
@@ -192,6 +229,7 @@ def create_app(
         docs_url=f"{API_PREFIX}/docs",
         swagger_ui_oauth2_redirect_url=f"{API_PREFIX}/docs/oauth2-redirect",
         redoc_url=None,
+        lifespan=_lifespan,
     )
     app.state.console = console
     app.state.engine = engine

@@ -57,13 +57,19 @@ class ConsoleConfig:
     login_failures_allowed: int = 5
     login_failure_window_seconds: float = 60.0
     csv_max_rows: int = 100_000
+    # Audits and flows older than this are pruned (0 keeps them forever).
+    retention_days: int = 30
+    retention_interval_seconds: float = 3600.0
 
     @classmethod
     def from_options(
         cls, *, listen: str = "127.0.0.1:8080", db: str | None = None,
-        data_dir: Path | None = None,
+        data_dir: Path | None = None, retention_days: int = 30,
     ) -> ConsoleConfig:
         directory = data_dir if data_dir is not None else default_data_dir()
         host, port = parse_listen(listen)
         url = database_url(db, directory)
-        return cls(db_url=url, data_dir=directory, host=host, port=port)
+        if retention_days < 0:
+            raise CnnfError(f"--retention-days {retention_days}: must be 0 (keep) or more")
+        return cls(db_url=url, data_dir=directory, host=host, port=port,
+                   retention_days=retention_days)

@@ -10,8 +10,9 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import Field
-from sqlalchemy import ColumnElement, Select, and_, case, func, insert, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, delete, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cnnf.console.store.models import AuditRow, FlowRow
@@ -285,3 +286,27 @@ class FlowService:
             for r in rows
         ]
         return Page(total=total or 0, items=items)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    audits: int
+    flows: int
+
+
+def _rowcount(result: Result[Any]) -> int:
+    count = result.rowcount if isinstance(result, CursorResult) else 0
+    return max(count, 0)
+
+
+def prune(session: Session, cutoff: datetime) -> Pruned:
+    """Delete audits from before ``cutoff`` and flows last seen before it, in one
+    transaction."""
+    try:
+        audits = _rowcount(session.execute(delete(AuditRow).where(AuditRow.time < cutoff)))
+        flows = _rowcount(session.execute(delete(FlowRow).where(FlowRow.last_seen < cutoff)))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return Pruned(audits=audits, flows=flows)
