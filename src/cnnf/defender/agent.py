@@ -594,6 +594,7 @@ class Agent:
             "queues": [self.config.queue_num + i for i in range(self.config.queues)],
             "protected": protected,
             "cluster_protected": len(sets[AddressSet.CLUSTER]),
+            "cluster_revision": self.cluster.revision if self.cluster is not None else None,
             "containers": len(self.local),
             "counters": {
                 "accepted": total.accepted, "audited": total.audited,
@@ -625,6 +626,12 @@ class Agent:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, path)
+        # What this Defender would push to a Console (InventoryReport): standalone
+        # Defenders' files merged make a --cluster-inventory file.
+        inv = self.config.state_dir / "inventory.json"
+        tmp = inv.with_suffix(".tmp")
+        tmp.write_text(self.inventory_report().model_dump_json(indent=2))
+        os.replace(tmp, inv)
 
     def figures(self) -> Figures:
         assert self.datapath is not None
@@ -676,4 +683,5 @@ class Agent:
         if self.output is not None:
             self.output.close()
         self.config.status_file.unlink(missing_ok=True)
+        (self.config.state_dir / "inventory.json").unlink(missing_ok=True)
         log.info("defender stopped; kernel state removed", removed=len(removed))

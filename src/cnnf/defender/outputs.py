@@ -1,7 +1,7 @@
 """Flows and audits as JSON lines, to a file (appended) or stdout.
 
-One object per line: ``{"type": "flow", ...FlowRecord}`` or
-``{"type": "audit", ...AuditEvent}`` (the wire field names, snake_case).
+One object per line: ``{"record": "flow", ...FlowRecord}`` or
+``{"record": "audit", ...AuditEvent}`` (the wire field names, snake_case).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class JsonLinesOutput:
         n = 0
         for kind, records in (("flow", flows), ("audit", audits)):
             for rec in records:
-                line = {"type": kind, **rec.model_dump(mode="json")}
+                line = {"record": kind, **rec.model_dump(mode="json")}
                 self._fh.write(json.dumps(line, separators=(",", ":")) + "\n")
                 n += 1
         if n:

@@ -1,0 +1,457 @@
+"""The Defender for real: one ``cnnf defender run`` subprocess per lab host,
+real containers connecting through it (root, the lab).
+
+One session-scoped ``shop`` lab named ``cnnfdef`` serves the module. The two
+Defenders share a ``--cluster-inventory`` file built from the inventories they
+write (what a Console would merge and send back), so each knows the other
+host's protected workloads. Most tests swap the policy file (which also tests
+reload without restart) and wait for the Defenders to report the new revision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cnnf.lab import ConnectResult, Lab
+from cnnf.lab.lab import PROBE
+from cnnf.lab.topology import Container
+from cnnf.model.records import ClusterInventory, InventoryReport
+
+pytestmark = pytest.mark.lab
+
+LAB = "cnnfdef"
+CNNF = str(Path(sys.executable).with_name("cnnf"))
+
+
+def poll(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+# ----------------------------------------------------------------- policies
+
+OBJECTS: list[dict[str, Any]] = [
+    {"kind": "container", "name": n, "selector": {"images": [f"shop/{n}"]}}
+    for n in ("frontend", "api", "cache", "payments", "db", "worker", "late")
+] + [
+    {"kind": "subnet", "name": "internet", "cidrs": ["203.0.113.0/24"]},
+    {"kind": "dns", "name": "partner", "domains": ["api.partner.example"]},
+    {"kind": "host", "name": "node-1", "selector": {"hosts": ["node-1"]}},
+    {"kind": "host", "name": "node-2", "selector": {"hosts": ["node-2"]}},
+]
+
+RULES: list[dict[str, Any]] = [
+    {"id": 1, "name": "frontend-to-api", "src": "frontend", "dst": "api", "ports": [8080],
+     "effect": "allow"},
+    {"id": 2, "name": "api-to-cache", "src": "api", "dst": "cache", "ports": [6379],
+     "effect": "alert"},
+    {"id": 3, "name": "frontend-not-cache", "src": "frontend", "dst": "cache", "ports": ["*"],
+     "effect": "prevent"},
+    {"id": 4, "name": "api-to-payments", "src": "api", "dst": "payments",
+     "ports": ["9000-9100"], "effect": "alert"},
+    {"id": 5, "name": "api-to-db", "src": "api", "dst": "db", "ports": [5432], "effect": "allow"},
+    {"id": 6, "name": "frontend-not-payments", "src": "frontend", "dst": "payments",
+     "ports": ["*"], "effect": "prevent"},
+    {"id": 7, "name": "payments-to-partner", "src": "payments", "dst": "partner",
+     "ports": [443], "effect": "allow"},
+    {"id": 8, "name": "worker-web", "src": "worker", "dst": "internet", "ports": [80],
+     "effect": "allow"},
+    {"id": 9, "name": "late-to-api", "src": "late", "dst": "api", "ports": [8080],
+     "effect": "alert"},
+]
+
+
+def policy(revision: int, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "revision": revision, "containerEnabled": True, "hostEnabled": False,
+        "defaultEffect": "prevent", "blockMode": "reset", "objects": OBJECTS,
+        "containerRules": RULES, "hostRules": [],
+    }
+    body.update(spec)
+    return {"apiVersion": "cnnf/v1", "kind": "Policy", "spec": body}
+
+
+# ----------------------------------------------------------------- Defenders
+
+
+class Defender:
+    """``cnnf defender run`` for one lab host, as a subprocess."""
+
+    def __init__(self, lab: Lab, host: str, workdir: Path, policy_file: Path,
+                 cluster_file: Path) -> None:
+        self.lab, self.host = lab, host
+        self.state = workdir / f"state-{host}"
+        self.output = workdir / f"{host}.jsonl"
+        self.log = workdir / f"{host}.log"
+        self.policy_file, self.cluster_file = policy_file, cluster_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.read_records = 0
+
+    @property
+    def netns(self) -> str:
+        return self.lab.netns(self.host)
+
+    def start(self, *extra: str) -> None:
+        argv = [CNNF, "defender", "run", "--netns", self.netns,
+                "--docker-host", self.lab.docker_host(self.host), "--hostname", self.host,
+                "--policy", str(self.policy_file), "--cluster-inventory", str(self.cluster_file),
+                "--state-dir", str(self.state), "--output", str(self.output),
+                "--audit-window", "0.5", "--repair-interval", "1", "--label", f"lab={LAB}",
+                *extra]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+        assert poll(lambda: (self.status() or {}).get("pid") == self.proc.pid  # type: ignore[union-attr]
+                    or self.proc.poll() is not None, 30), self.log.read_text()[-2000:]  # type: ignore[union-attr]
+        assert self.proc.poll() is None, self.log.read_text()[-2000:]
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.state / "status.json").read_text())  # type: ignore[no-any-return]
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def inventory(self) -> InventoryReport:
+        return InventoryReport.model_validate_json((self.state / "inventory.json").read_bytes())
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(30)
+        self.proc = None
+        return code
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        if not self.output.exists():
+            return []
+        lines = self.output.read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["record"] == kind]
+
+    def wait_revision(self, revision: int) -> None:
+        assert poll(lambda: (self.status() or {}).get("policy_revision") == revision, 15), (
+            self.log.read_text()[-2000:])
+
+    def kernel_state(self) -> tuple[str, str]:
+        ipt = subprocess.run(["nsenter", f"--net={self.netns}", "iptables-save"],
+                             capture_output=True, text=True, check=True).stdout
+        rules = "\n".join(sorted(ln for ln in ipt.splitlines()
+                                 if "CNNF-" in ln or re.search(r'--comment "?cnnf"?( |$)', ln)))
+        sets = subprocess.run(["nsenter", f"--net={self.netns}", "ipset", "list", "-n"],
+                              capture_output=True, text=True, check=True).stdout
+        return rules, "\n".join(sorted(s for s in sets.split() if s.startswith("cnnf")))
+
+    def queues(self) -> str:
+        return subprocess.run(["nsenter", f"--net={self.netns}", "cat",
+                               "/proc/net/netfilter/nfnetlink_queue"],
+                              capture_output=True, text=True, check=False).stdout.strip()
+
+
+class Cluster:
+    def __init__(self, lab: Lab, workdir: Path) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.policy_file = workdir / "policy.json"
+        self.cluster_file = workdir / "cluster.json"
+        self.revision = 1
+        self.write_policy(policy(1))
+        self.cluster_file.write_text(ClusterInventory(revision=0).model_dump_json())
+        self.d1 = Defender(lab, "node-1", workdir, self.policy_file, self.cluster_file)
+        self.d2 = Defender(lab, "node-2", workdir, self.policy_file, self.cluster_file)
+
+    @property
+    def defenders(self) -> list[Defender]:
+        return [self.d1, self.d2]
+
+    def write_policy(self, doc: dict[str, Any]) -> None:
+        tmp = self.policy_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.policy_file)
+
+    def apply(self, **spec: Any) -> int:
+        """A new policy revision, applied by both Defenders (no restart)."""
+        self.revision += 1
+        self.write_policy(policy(self.revision, **spec))
+        for d in self.defenders:
+            if d.proc is not None:
+                d.wait_revision(self.revision)
+        return self.revision
+
+    def share_inventory(self) -> None:
+        """Merge the Defenders' inventories into the cluster file (the Console's job)."""
+        reports = [d.inventory() for d in self.defenders]
+        inv = ClusterInventory(revision=int(time.time() * 1000), hosts=[r.host for r in reports],
+                               containers=[c for r in reports for c in r.containers])
+        tmp = self.cluster_file.with_suffix(".tmp")
+        tmp.write_text(inv.model_dump_json())
+        os.replace(tmp, self.cluster_file)
+        for d in self.defenders:
+            assert poll(lambda d=d: (d.status() or {}).get("cluster_revision") == inv.revision,
+                        10)
+
+    def start(self) -> None:
+        for d in self.defenders:
+            d.start()
+        self.share_inventory()
+
+    def connect(self, src: str, dst: str, port: int, timeout: float = 2.0) -> ConnectResult:
+        return self.lab.connect(src, dst, port, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if os.geteuid() != 0 or shutil.which("podman") is None:
+        pytest.skip("the lab needs root and podman")
+    lab = Lab.up("shop", name=LAB)
+    c = Cluster(lab, tmp_path_factory.mktemp("defender"))
+    try:
+        c.start()
+        yield c
+    finally:
+        for d in c.defenders:
+            if d.proc is not None:
+                d.stop()
+        Lab.down(LAB)
+
+
+def flows(c: Cluster, src: str, dst: str, port: int) -> list[dict[str, Any]]:
+    out = []
+    for d in c.defenders:
+        for r in d.records("flow"):
+            if (r["src"].get("container") == src and r["port"] == port
+                    and dst in (r["dst"].get("container"), r["dst"].get("address"),
+                                r["dst"].get("domain"))):
+                out.append(r)
+    return out
+
+
+def audits(c: Cluster, src: str, port: int) -> list[dict[str, Any]]:
+    return [r for d in c.defenders for r in d.records("audit")
+            if r["src"].get("container") == src and r["port"] == port]
+
+
+# ----------------------------------------------------------------- tests
+
+
+def test_allow_alert_prevent_on_one_host(cluster: Cluster) -> None:
+    c = cluster
+    assert c.connect("frontend", "api", 8080).ok
+    assert c.connect("api", "cache", 6379).ok  # alert: allowed and audited
+    blocked = c.connect("frontend", "cache", 6379)
+    assert blocked.outcome == "refused", blocked  # prevent, reset: refused at once
+    assert poll(lambda: flows(c, "frontend", "cache", 6379))
+    (f,) = flows(c, "frontend", "cache", 6379)
+    assert (f["effect"], f["rule_id"], f["rule_name"], f["mode"]) == (
+        "prevent", 3, "frontend-not-cache", "enforced")
+    assert f["src"]["image"] == "shop/frontend:1.0" and f["dst"]["namespace"] == "shop-data"
+    assert poll(lambda: audits(c, "api", 6379)) and poll(lambda: audits(c, "frontend", 6379))
+    (alert,) = audits(c, "api", 6379)
+    assert alert["blocked"] is False and alert["rule_name"] == "api-to-cache"
+    (prevent,) = audits(c, "frontend", 6379)
+    assert prevent["blocked"] is True and prevent["dst"]["container"] == "cache"
+    assert flows(c, "frontend", "api", 8080)[0]["effect"] == "allow"
+
+
+def test_across_hosts_each_attempt_is_evaluated_and_audited_once(cluster: Cluster) -> None:
+    c = cluster
+    assert c.connect("api", "payments", 9090).ok  # range 9000-9100, alert
+    assert c.connect("frontend", "payments", 9090).outcome == "refused"  # '*', prevent
+    assert c.connect("api", "db", 5432).ok
+    assert poll(lambda: audits(c, "api", 9090) and flows(c, "frontend", "payments", 9090))
+    time.sleep(1.5)  # let a second (wrong) evaluation on node-2 show up if there were one
+    (f,) = flows(c, "api", "payments", 9090)
+    assert f["count"] == 1 and f["reporter"] == "node-1" and f["rule_name"] == "api-to-payments"
+    assert f["dst"]["host"] == "node-2" and f["dst"]["image"] == "shop/payments:1.4"
+    (a,) = audits(c, "api", 9090)
+    assert a["count"] == 1 and a["dst"]["container"] == "payments"
+    (blocked,) = flows(c, "frontend", "payments", 9090)
+    assert blocked["effect"] == "prevent" and blocked["rule_id"] == 6
+    assert flows(c, "api", "db", 5432)[0]["rule_name"] == "api-to-db"
+
+
+def test_port_outside_the_range_gets_the_default(cluster: Cluster) -> None:
+    c = cluster
+    refused = c.connect("api", "payments", 22)
+    assert refused.outcome == "refused"
+    assert poll(lambda: flows(c, "api", "payments", 22))
+    (f,) = flows(c, "api", "payments", 22)
+    assert f["matched"] is False and f["effect"] == "prevent"
+
+
+def test_dns_rule_matches_the_name_the_container_resolved(cluster: Cluster) -> None:
+    c = cluster
+    ok = c.connect("payments", "api.partner.example", 443)
+    assert ok.ok, ok
+    other = c.connect("payments", "www.example.com", 443)
+    assert other.outcome == "refused", other  # same subnet, no rule: default prevent
+    assert poll(lambda: flows(c, "payments", "api.partner.example", 443))
+    (f,) = flows(c, "payments", "api.partner.example", 443)
+    assert f["rule_name"] == "payments-to-partner" and f["dst"]["address"] == "203.0.113.20"
+
+
+def test_subnet_rule(cluster: Cluster) -> None:
+    c = cluster
+    assert c.connect("worker", "internet", 80).ok
+    assert c.connect("worker", "internet", 443).outcome == "refused"
+    assert poll(lambda: flows(c, "worker", "203.0.113.10", 80))
+    assert flows(c, "worker", "203.0.113.10", 80)[0]["rule_name"] == "worker-web"
+
+
+def test_reset_and_drop_as_the_client_sees_them(cluster: Cluster) -> None:
+    c = cluster
+    reset = c.connect("frontend", "cache", 6379, timeout=3)
+    assert reset.outcome == "refused" and reset.ms < 1000, reset
+    c.apply(blockMode="drop")
+    dropped = c.connect("frontend", "cache", 6379, timeout=1.5)
+    assert dropped.outcome == "timeout", dropped
+    c.apply()
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
+
+
+def test_reload_changes_verdicts_and_a_bad_file_keeps_the_policy(cluster: Cluster) -> None:
+    c = cluster
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
+    rules = [r for r in RULES if r["id"] != 3]
+    c.apply(containerRules=[*rules, {**RULES[2], "effect": "allow"}])
+    assert c.connect("frontend", "cache", 6379).ok
+    c.policy_file.write_text('{"apiVersion": "cnnf/v1", "kind": "Policy", "spec": {"bogus": 1}}')
+    assert poll(lambda: "policy reload failed" in c.d1.log.read_text(), 5)
+    assert c.connect("frontend", "cache", 6379).ok  # still the previous policy
+    assert c.d1.proc is not None and c.d1.proc.poll() is None
+    c.apply()
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
+
+
+def test_disabled_mode_enforces_nothing_but_observes(cluster: Cluster) -> None:
+    c = cluster
+    before = c.d1.queues()
+    c.apply(containerEnabled=False)
+    assert poll(lambda: (c.d1.status() or {}).get("protected") == [])
+    assert c.connect("frontend", "cache", 6379).ok
+    assert c.connect("worker", "internet", 443).ok
+    assert c.d1.queues() == before  # nothing was queued
+    assert poll(lambda: [f for f in flows(c, "frontend", "cache", 6379)
+                         if f["mode"] == "observed"])
+    assert poll(lambda: [f for f in flows(c, "worker", "203.0.113.10", 443)
+                         if f["mode"] == "observed"])
+    c.apply()
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
+
+
+def test_host_rule(cluster: Cluster) -> None:
+    c = cluster
+    lab = c.lab
+    n2 = lab.address_of("node-2")
+    assert n2 is not None
+    c.apply(containerEnabled=False, hostEnabled=True, hostRules=[
+        {"id": 1, "name": "node1-to-node2", "src": "node-1", "dst": "node-2", "ports": [7001],
+         "effect": "allow"}])
+    c.share_inventory()
+    listeners = [subprocess.Popen(["nsenter", f"--net={lab.netns('node-2')}", sys.executable,
+                                   PROBE, "listen", str(p), "--timeout", "15"],
+                                  stdout=subprocess.PIPE, text=True) for p in (7001, 7002)]
+    try:
+        for li in listeners:
+            assert li.stdout is not None and "listening" in li.stdout.readline()
+
+        def host_connect(port: int) -> str:
+            out = subprocess.run(["nsenter", f"--net={lab.netns('node-1')}", sys.executable,
+                                  PROBE, "connect", n2, str(port), "--timeout", "2"],
+                                 capture_output=True, text=True, check=True).stdout
+            return str(json.loads(out.splitlines()[-1])["outcome"])
+
+        assert host_connect(7001) == "connected"
+        assert host_connect(7002) == "refused"
+    finally:
+        for li in listeners:
+            li.kill()
+            li.wait()
+            if li.stdout is not None:
+                li.stdout.close()
+    f = poll(lambda: [r for r in c.d1.records("flow") if r["port"] == 7001
+                      and r["src"]["kind"] == "host"])
+    assert f and f[0]["dst"]["host"] == "node-2" and f[0]["rule_kind"] == "host"
+    c.apply()
+    c.share_inventory()
+
+
+def test_container_started_later_is_protected_from_its_first_connection(
+    cluster: Cluster,
+) -> None:
+    c = cluster
+    lab = c.lab
+    info = lab.start_container(Container(name="late", host="node-1", image="shop/late:0.1",
+                                         namespace="shop-web", labels={"app": "late"}))
+    try:
+        first = c.connect("late", "internet", 80)  # no rule for late: default prevent
+        assert first.outcome == "refused", first
+        assert c.connect("late", "api", 8080).ok
+        (f,) = poll(lambda: flows(c, "late", "203.0.113.10", 80))
+        assert f["src"]["image"] == "shop/late:0.1" and f["src"]["address"] == info.address
+        assert poll(lambda: (c.d1.status() or {})["start_to_protected_ms"]["count"] >= 1)
+        assert "start_to_protected_ms" in c.d1.log.read_text()
+    finally:
+        lab.remove_container("late")
+    assert poll(lambda: info.address not in {p["address"] for p in
+                                             (c.d1.status() or {}).get("protected", [])})
+
+
+def test_kill9_fail_open_restart_without_duplicates(cluster: Cluster) -> None:
+    c = cluster
+    d = c.d1
+    state = d.kernel_state()
+    assert "CNNF-FORWARD" in state[0] and "cnnf-local4" in state[1]
+    d.stop(signal.SIGKILL)
+    assert poll(lambda: "4200" not in d.queues(), 10)
+    assert c.connect("frontend", "cache", 6379).ok  # fail-open: bypassed, no listener
+    assert d.kernel_state() == state  # rules stay until a restart or cleanup
+    d.start()
+    assert d.kernel_state() == state  # leftovers replaced, nothing doubled
+    assert poll(lambda: c.connect("frontend", "cache", 6379).outcome == "refused", 10)
+
+
+def test_kill9_fail_closed_then_cleanup_leaves_nothing(cluster: Cluster) -> None:
+    c = cluster
+    d = c.d1
+    d.stop()
+    assert d.kernel_state() == ("", "")  # SIGTERM removed everything
+    d.start("--fail-closed")
+    assert c.connect("frontend", "api", 8080).ok
+    d.stop(signal.SIGKILL)
+    blocked = c.connect("frontend", "api", 8080, timeout=1.5)
+    assert blocked.outcome == "timeout", blocked  # fail-closed: nobody decides, dropped
+    out = subprocess.run([CNNF, "defender", "cleanup", "--netns", d.netns],
+                         capture_output=True, text=True, check=True).stdout
+    assert "cleanup done" in out
+    assert d.kernel_state() == ("", "")
+    assert "4200" not in d.queues()
+    assert c.connect("frontend", "cache", 6379).ok  # no Defender, nothing enforced
+    d.start()
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
+
+
+def test_status_command_shows_workloads_queues_and_counters(cluster: Cluster) -> None:
+    c = cluster
+    out = subprocess.run([CNNF, "defender", "status", "--netns", c.d2.netns, "--state-dir",
+                          str(c.d2.state)], capture_output=True, text=True, check=True).stdout
+    assert "defender: running" in out and "containers enabled" in out
+    for name in ("payments", "db", "worker"):
+        assert name in out
+    assert "queue 4200" in out and "verdicts: accepted" in out
