@@ -1,0 +1,84 @@
+// The Console UI: sign-in, Radar, and the policy pages, routed by the URL hash.
+import { api, ApiError, session } from "./api.js";
+import { clear, h } from "./dom.js";
+import { renderRadar } from "./radar.js";
+import { renderAudits, renderObjects, renderRules, renderSettings, renderTransfer } from "./policy.js";
+
+const main = document.getElementById("main");
+const top = document.getElementById("top");
+let cleanup = null;
+
+const PAGES = {
+  radar: renderRadar,
+  rules: renderRules,
+  objects: renderObjects,
+  settings: renderSettings,
+  transfer: renderTransfer,
+  audits: renderAudits,
+};
+
+function route() {
+  const [path, queryString] = location.hash.replace(/^#\/?/, "").split("?");
+  const [page, ...rest] = path.split("/");
+  return { page: page || "radar", args: rest, query: new URLSearchParams(queryString || "") };
+}
+
+async function show() {
+  if (cleanup) { cleanup(); cleanup = null; }
+  clear(main);
+  if (!session.token) { renderLogin(); return; }
+  const { page, args, query } = route();
+  const render = PAGES[page] || renderRadar;
+  top.hidden = false;
+  for (const a of document.querySelectorAll("#nav a")) {
+    a.classList.toggle("active", a.dataset.page === page);
+  }
+  document.body.dataset.page = page;
+  cleanup = (await render(main, args, query)) || null;
+}
+
+function renderLogin(message) {
+  top.hidden = true;
+  document.body.dataset.page = "login";
+  const error = h("p", { class: "error", role: "alert", id: "login-error" }, message || "");
+  const form = h("form", { id: "login", class: "card login" },
+    h("h1", {}, "CNNF Console"),
+    h("p", { class: "muted" }, "Cloud Native Network Firewall"),
+    h("label", {}, "User name", h("input", { name: "username", autocomplete: "username", required: true })),
+    h("label", {}, "Password", h("input", { name: "password", type: "password",
+      autocomplete: "current-password", required: true })),
+    h("button", { type: "submit" }, "Sign in"),
+    error);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    try {
+      const result = await api("POST", "/auth/login",
+        { body: { username: data.get("username"), password: data.get("password") } });
+      session.token = result.token;
+      sessionStorage.setItem("cnnf.role", result.role);
+      await whoAmI();
+      show();
+    } catch (err) {
+      error.textContent = err instanceof ApiError ? err.message : String(err);
+    }
+  });
+  clear(main).append(form);
+}
+
+async function whoAmI() {
+  try {
+    const me = await api("GET", "/auth/me");
+    document.getElementById("who").textContent = `${me.name} (${me.role})`;
+  } catch { /* shown by the next page load */ }
+}
+
+document.getElementById("logout").addEventListener("click", async () => {
+  try { await api("POST", "/auth/logout"); } catch { /* signed out either way */ }
+  session.token = null;
+  show();
+});
+session.onExpired = () => { if (cleanup) { cleanup(); cleanup = null; } renderLogin("Your session ended; sign in again."); };
+window.addEventListener("hashchange", show);
+if (session.token) whoAmI();
+show();

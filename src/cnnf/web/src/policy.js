@@ -1,0 +1,377 @@
+// The policy pages: rules (container and host tabs), network objects,
+// settings, import / export, audits.
+import { api, ApiError, download } from "./api.js";
+import { clear, fmtTime, h, showFieldErrors } from "./dom.js";
+
+const list = (value) => String(value || "").split(",").map((s) => s.trim()).filter(Boolean);
+const joined = (values) => (values || []).join(", ");
+
+function errorLine(id) {
+  return h("p", { class: "error", role: "alert", id });
+}
+
+function fail(target, err) {
+  target.textContent = err instanceof Error ? err.message : String(err);
+}
+
+// --- rules ---------------------------------------------------------------------
+
+export async function renderRules(main, args, query) {
+  const kind = args[0] === "host" ? "host" : "container";
+  const message = errorLine("rules-error");
+  const editor = h("div", { id: "rule-editor" });
+  const body = h("tbody", {});
+  clear(main).append(h("section", { class: "page" },
+    h("h1", {}, "Rules"),
+    h("nav", { class: "tabs" },
+      h("a", { href: "#/rules/container", class: kind === "container" ? "active" : "" }, "Container rules"),
+      h("a", { href: "#/rules/host", class: kind === "host" ? "active" : "" }, "Host rules")),
+    h("p", { class: "muted" }, "Rules are evaluated top to bottom; the first enabled match decides. Drag a row to reorder."),
+    h("button", { type: "button", id: "add-rule", onclick: () => edit(null) }, "Add rule"),
+    message, editor,
+    h("table", { class: "grid", id: "rules" },
+      h("thead", {}, h("tr", {}, ["", "#", "Id", "Name", "Source", "Destination", "Ports", "Effect", "State", ""].map((t) => h("th", {}, t)))),
+      body)));
+
+  let rules = [];
+  let objects = [];
+
+  async function load() {
+    [rules, objects] = await Promise.all([api("GET", `/rules/${kind}`), api("GET", "/objects")]);
+    clear(body).append(rules.map((r) => row(r)));
+    if (!rules.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No rules yet.")));
+  }
+
+  let dragged = null;
+  function row(r) {
+    const tr = h("tr", { draggable: "true", dataset: { id: r.id }, class: r.disabled ? "disabled" : "" },
+      h("td", { class: "handle", title: "Drag to reorder" }, "⠿"),
+      h("td", {}, r.position + 1), h("td", {}, r.id), h("td", {}, r.name), h("td", {}, r.src),
+      h("td", {}, r.dst), h("td", {}, r.ports.join(", ")),
+      h("td", {}, h("span", { class: `badge ${r.effect}` }, r.effect)),
+      h("td", {}, r.disabled ? "disabled" : "enabled"),
+      h("td", { class: "actions" },
+        h("button", { type: "button", class: "secondary", onclick: () => edit(r) }, "Edit"),
+        h("button", { type: "button", class: "danger", onclick: () => remove(r) }, "Delete")));
+    tr.addEventListener("dragstart", (e) => { dragged = r; e.dataTransfer.effectAllowed = "move"; tr.classList.add("dragging"); });
+    tr.addEventListener("dragend", () => tr.classList.remove("dragging"));
+    tr.addEventListener("dragover", (e) => { e.preventDefault(); tr.classList.add("drop-target"); });
+    tr.addEventListener("dragleave", () => tr.classList.remove("drop-target"));
+    tr.addEventListener("drop", async (e) => {
+      e.preventDefault();
+      tr.classList.remove("drop-target");
+      if (!dragged || dragged.id === r.id) return;
+      try {
+        await api("POST", `/rules/${kind}/${dragged.id}/move`, { body: { position: r.position } });
+        message.textContent = "";
+        await load();
+      } catch (err) { fail(message, err); }
+    });
+    return tr;
+  }
+
+  async function remove(r) {
+    if (!window.confirm(`Delete rule #${r.id} ${r.name}?`)) return;
+    try { await api("DELETE", `/rules/${kind}/${r.id}`); await load(); } catch (err) { fail(message, err); }
+  }
+
+  function edit(r) {
+    const srcKinds = kind === "container" ? ["container"] : ["host"];
+    const dstKinds = kind === "container" ? ["container", "subnet", "dns"] : ["host", "subnet"];
+    const pick = (name, kinds, current) => h("select", { name },
+      h("option", { value: "" }, "choose…"),
+      objects.filter((o) => kinds.includes(o.kind)).map((o) => h("option", { value: o.name, selected: o.name === current }, `${o.name} (${o.kind})`)));
+    const formError = errorLine("rule-form-error");
+    const form = h("form", { id: "rule-form", class: "card stack" },
+      h("h2", {}, r ? `Edit rule #${r.id}` : `New ${kind} rule`),
+      h("label", {}, "Name", h("input", { name: "name", value: r?.name || "" })),
+      h("label", {}, "Source", pick("src", srcKinds, r?.src)),
+      h("label", {}, "Destination", pick("dst", dstKinds, r?.dst)),
+      h("label", {}, "Ports", h("input", { name: "ports", value: r ? r.ports.join(", ") : "*", placeholder: "80, 8000-8080 or *" })),
+      h("label", {}, "Effect", h("select", { name: "effect" }, ["allow", "alert", "prevent"].map((e) => h("option", { value: e, selected: r?.effect === e }, e)))),
+      h("label", { class: "inline" }, h("input", { type: "checkbox", name: "disabled", checked: !!r?.disabled }), " disabled"),
+      h("label", {}, "Notes", h("input", { name: "notes", value: r?.notes || "" })),
+      h("label", {}, "Owner", h("input", { name: "owner", value: r?.owner || "" })),
+      h("div", { class: "buttons" },
+        h("button", { type: "submit" }, "Save"),
+        h("button", { type: "button", class: "secondary", onclick: () => clear(editor) }, "Cancel")),
+      formError);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const d = new FormData(form);
+      const body = { name: d.get("name"), src: d.get("src"), dst: d.get("dst"),
+        ports: list(d.get("ports")).map((p) => (/^\d+$/.test(p) ? Number(p) : p)),
+        effect: d.get("effect"), disabled: d.get("disabled") === "on", notes: d.get("notes"), owner: d.get("owner") };
+      try {
+        if (r) await api("PUT", `/rules/${kind}/${r.id}`, { body: { ...body, id: r.id } });
+        else await api("POST", `/rules/${kind}`, { body });
+        clear(editor);
+        await load();
+      } catch (err) {
+        formError.textContent = "";
+        if (err instanceof ApiError && err.errors.length) showFieldErrors(form, err.errors, formError);
+        else fail(formError, err);
+      }
+    });
+    clear(editor).append(form);
+  }
+
+  try {
+    await load();
+    const editId = Number(query.get("edit"));
+    if (editId) {
+      const r = rules.find((x) => x.id === editId);
+      if (r) edit(r); else message.textContent = `No ${kind} rule #${editId}.`;
+    }
+  } catch (err) { fail(message, err); }
+}
+
+// --- network objects ---------------------------------------------------------
+
+const SELECTOR_FIELDS = {
+  container: ["images", "labels", "namespaces", "containers", "hosts", "clusters"],
+  host: ["hosts", "labels"],
+};
+
+export async function renderObjects(main) {
+  const message = errorLine("objects-error");
+  const editor = h("div", { id: "object-editor" });
+  const body = h("tbody", {});
+  clear(main).append(h("section", { class: "page" },
+    h("h1", {}, "Network objects"),
+    h("p", { class: "muted" }, "Rules are written between objects: container and host selectors, subnets, DNS names."),
+    h("button", { type: "button", id: "add-object", onclick: () => edit(null) }, "Add object"),
+    message, editor,
+    h("table", { class: "grid", id: "objects" },
+      h("thead", {}, h("tr", {}, ["Name", "Kind", "Matches", "Description", ""].map((t) => h("th", {}, t)))),
+      body)));
+
+  function describe(o) {
+    if (o.kind === "subnet") return joined(o.cidrs);
+    if (o.kind === "dns") return joined(o.domains);
+    return Object.entries(o.selector).filter(([, v]) => v && v.length).map(([k, v]) => `${k}: ${joined(v)}`).join("; ");
+  }
+
+  async function load() {
+    const objects = await api("GET", "/objects");
+    clear(body).append(objects.map((o) => h("tr", { dataset: { name: o.name } },
+      h("td", {}, o.name), h("td", {}, o.kind), h("td", {}, describe(o)), h("td", {}, o.description || ""),
+      h("td", { class: "actions" },
+        h("button", { type: "button", class: "secondary", onclick: () => edit(o) }, "Edit"),
+        h("button", { type: "button", class: "danger", onclick: () => remove(o) }, "Delete")))));
+    if (!objects.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No objects yet.")));
+  }
+
+  async function remove(o) {
+    if (!window.confirm(`Delete object ${o.name}?`)) return;
+    try { await api("DELETE", `/objects/${encodeURIComponent(o.name)}`); message.textContent = ""; await load(); } catch (err) { fail(message, err); }
+  }
+
+  function edit(o) {
+    const formError = errorLine("object-form-error");
+    const fields = h("div", { class: "stack" });
+    const kindSelect = h("select", { name: "kind", disabled: !!o, onchange: () => kindFields(kindSelect.value) },
+      ["container", "host", "subnet", "dns"].map((k) => h("option", { value: k, selected: o?.kind === k }, k)));
+    function kindFields(kind) {
+      clear(fields);
+      if (kind === "subnet") fields.append(h("label", {}, "CIDRs (comma separated)", h("input", { name: "cidrs", value: joined(o?.cidrs) })));
+      else if (kind === "dns") fields.append(h("label", {}, "Domains (comma separated, *.example.com allowed)", h("input", { name: "domains", value: joined(o?.domains) })));
+      else {
+        for (const f of SELECTOR_FIELDS[kind]) {
+          fields.append(h("label", {}, `${f} (comma separated globs${f === "labels" ? ", key=value" : ""})`,
+            h("input", { name: f, value: joined(o?.selector?.[f]) })));
+        }
+      }
+    }
+    const form = h("form", { id: "object-form", class: "card stack" },
+      h("h2", {}, o ? `Edit ${o.name}` : "New network object"),
+      h("label", {}, "Name", h("input", { name: "name", value: o?.name || "" })),
+      h("label", {}, "Kind", kindSelect),
+      fields,
+      h("label", {}, "Description", h("input", { name: "description", value: o?.description || "" })),
+      h("div", { class: "buttons" }, h("button", { type: "submit" }, "Save"),
+        h("button", { type: "button", class: "secondary", onclick: () => clear(editor) }, "Cancel")),
+      formError);
+    kindFields(o?.kind || "container");
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const d = new FormData(form);
+      const kind = kindSelect.value;
+      const body = { name: d.get("name"), kind, description: d.get("description") };
+      if (kind === "subnet") body.cidrs = list(d.get("cidrs"));
+      else if (kind === "dns") body.domains = list(d.get("domains"));
+      else body.selector = Object.fromEntries(SELECTOR_FIELDS[kind].map((f) => [f, list(d.get(f))]).filter(([, v]) => v.length));
+      try {
+        if (o) await api("PUT", `/objects/${encodeURIComponent(o.name)}`, { body });
+        else await api("POST", "/objects", { body });
+        clear(editor);
+        await load();
+      } catch (err) {
+        formError.textContent = "";
+        if (err instanceof ApiError && err.errors.length) {
+          // A selector error without a field ("empty selector") belongs to the first field.
+          const errors = err.errors.map((x) => (x.path === "selector" ? { ...x, path: SELECTOR_FIELDS[kind]?.[0] || x.path } : x));
+          showFieldErrors(form, errors, formError);
+        } else fail(formError, err);
+      }
+    });
+    clear(editor).append(form);
+  }
+
+  try { await load(); } catch (err) { fail(message, err); }
+}
+
+// --- settings ------------------------------------------------------------------
+
+export async function renderSettings(main) {
+  const message = h("p", { id: "settings-message", role: "status" });
+  const form = h("form", { id: "settings", class: "card stack" });
+  clear(main).append(h("section", { class: "page" }, h("h1", {}, "Settings"), form));
+  let s;
+  try { s = await api("GET", "/settings"); } catch (err) { fail(message, err); form.append(message); return; }
+  form.append(
+    h("label", { class: "inline" }, h("input", { type: "checkbox", name: "containerEnabled", checked: s.containerEnabled }),
+      " Enforce container rules (off: observe only)"),
+    h("label", { class: "inline" }, h("input", { type: "checkbox", name: "hostEnabled", checked: s.hostEnabled }),
+      " Enforce host rules (off: observe only)"),
+    h("label", {}, "When no rule matches", h("select", { name: "defaultEffect" },
+      [["allow", "allow (observe, grey on Radar)"], ["alert", "alert (allow and audit)"], ["prevent", "prevent (zero trust)"]]
+        .map(([v, t]) => h("option", { value: v, selected: s.defaultEffect === v }, t)))),
+    h("label", {}, "Block mode", h("select", { name: "blockMode" },
+      [["reset", "reset (TCP reset: clients fail at once)"], ["drop", "drop (silent: clients time out)"]]
+        .map(([v, t]) => h("option", { value: v, selected: s.blockMode === v }, t)))),
+    h("button", { type: "submit" }, "Save settings"), message);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = new FormData(form);
+    try {
+      await api("PUT", "/settings", { body: { containerEnabled: d.get("containerEnabled") === "on",
+        hostEnabled: d.get("hostEnabled") === "on", defaultEffect: d.get("defaultEffect"), blockMode: d.get("blockMode") } });
+      message.className = "ok";
+      message.textContent = "Saved.";
+    } catch (err) { message.className = "error"; fail(message, err); }
+  });
+}
+
+// --- import / export -------------------------------------------------------------
+
+export async function renderTransfer(main) {
+  const message = errorLine("transfer-error");
+  const preview = h("div", { id: "import-preview" });
+  const text = h("textarea", { name: "document", rows: 12, placeholder: "Paste a policy document (JSON or YAML), or choose a file" });
+  const file = h("input", { type: "file", name: "file", accept: ".json,.yaml,.yml,application/json", onchange: async () => {
+    if (file.files[0]) text.value = await file.files[0].text();
+  } });
+  const format = h("select", { name: "format" }, h("option", { value: "native" }, "CNNF (cnnf/v1)"),
+    h("option", { value: "prisma" }, "original product export"));
+  const apply = h("button", { type: "button", id: "import-apply", disabled: true, onclick: () => send(false) }, "Apply import");
+  clear(main).append(h("section", { class: "page" },
+    h("h1", {}, "Import and export"),
+    h("div", { class: "card stack" }, h("h2", {}, "Export"),
+      h("p", { class: "muted" }, "The whole policy (switches, rules, objects) as one document."),
+      h("div", { class: "buttons" },
+        h("button", { type: "button", id: "export-native", onclick: () => download("/policy/export", { format: "native" }, "cnnf-policy.json").catch((e) => fail(message, e)) }, "Download (CNNF)"),
+        h("button", { type: "button", class: "secondary", onclick: () => download("/policy/export", { format: "prisma" }, "cnnf-policy-prisma.json").catch((e) => fail(message, e)) }, "Download (original format)"))),
+    h("div", { class: "card stack" }, h("h2", {}, "Import"),
+      h("p", { class: "muted" }, "An import replaces the whole policy at once. Preview shows what changes; nothing is applied until you confirm."),
+      h("label", {}, "Format ", format), file, text,
+      h("div", { class: "buttons" }, h("button", { type: "button", id: "import-preview-button", onclick: () => send(true) }, "Preview"), apply),
+      message, preview)));
+
+  async function send(dryRun) {
+    message.textContent = "";
+    clear(preview);
+    apply.disabled = true;
+    const body = text.value;
+    const isJson = body.trim().startsWith("{");
+    try {
+      const result = await api("POST", "/policy/import", { body, query: { format: format.value, dry_run: dryRun ? "true" : "" },
+        headers: { "Content-Type": isJson ? "application/json" : "application/yaml" } });
+      showResult(result);
+      apply.disabled = !(dryRun && result.valid);
+    } catch (err) {
+      if (err instanceof ApiError && err.errors.length) showErrors(err.errors);
+      fail(message, err);
+    }
+  }
+
+  function showErrors(errors) {
+    preview.append(h("h3", {}, "Errors (nothing was changed)"),
+      h("ul", { class: "errors" }, errors.map((e) => h("li", {}, h("code", {}, e.path || "document"), ` ${e.message}`))));
+  }
+
+  function showResult(r) {
+    if (!r.valid) { showErrors(r.errors); message.textContent = "The document is not valid; nothing was changed."; return; }
+    const section = (title, d) => h("li", {}, h("strong", {}, title), ": ",
+      ["added", "removed", "changed"].map((k) => `${k} ${(d[k] || []).length ? d[k].join(", ") : "–"}`).join(" · "),
+      d.reordered ? " · reordered" : "");
+    const settings = Object.entries(r.diff.settings || {});
+    preview.append(h("h3", {}, r.applied ? `Applied: policy revision ${r.revision}` : "Changes this import would make"),
+      h("ul", { class: "diff" },
+        h("li", {}, h("strong", {}, "Settings"), ": ", settings.length ? settings.map(([k, v]) => `${k} ${v.before} → ${v.after}`).join(", ") : "unchanged"),
+        section("Objects", r.diff.objects || {}),
+        section("Container rules", r.diff.containerRules || {}),
+        section("Host rules", r.diff.hostRules || {})),
+      r.unmapped?.length ? h("p", { class: "muted" }, `Not carried over: ${r.unmapped.join("; ")}`) : null);
+  }
+}
+
+// --- audits --------------------------------------------------------------------
+
+export async function renderAudits(main) {
+  const PAGE = 50;
+  let offset = 0;
+  const message = errorLine("audits-error");
+  const body = h("tbody", {});
+  const pager = h("span", { id: "audit-pager" });
+  const filters = h("form", { class: "toolbar", id: "audit-filters" },
+    h("label", {}, "Since ", h("input", { type: "datetime-local", name: "since" })),
+    h("label", {}, "Until ", h("input", { type: "datetime-local", name: "until" })),
+    h("label", {}, "Source image ", h("input", { name: "src_image", placeholder: "* wildcard" })),
+    h("label", {}, "Destination image ", h("input", { name: "dst_image" })),
+    h("label", {}, "Host ", h("input", { name: "host" })),
+    h("label", {}, "Rule ", h("input", { name: "rule" })),
+    h("label", {}, "Blocked ", h("select", { name: "blocked" }, h("option", { value: "" }, "any"), h("option", { value: "true" }, "blocked"), h("option", { value: "false" }, "alerted"))),
+    h("label", {}, "Type ", h("select", { name: "type" }, h("option", { value: "" }, "any"), h("option", { value: "container" }, "container"), h("option", { value: "host" }, "host"))),
+    h("button", { type: "submit" }, "Filter"),
+    h("button", { type: "button", class: "secondary", id: "audits-csv", onclick: () => download("/audits/csv", params(), "cnnf-audits.csv").catch((e) => fail(message, e)) }, "Download CSV"));
+  clear(main).append(h("section", { class: "page" }, h("h1", {}, "Audits"), filters, message,
+    h("table", { class: "grid", id: "audits" },
+      h("thead", {}, h("tr", {}, ["Time", "Type", "Verdict", "Rule", "Source", "Destination", "Port", "Count", "Message"].map((t) => h("th", {}, t)))),
+      body),
+    h("div", { class: "buttons" },
+      h("button", { type: "button", class: "secondary", id: "audits-prev", onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }, "Previous"),
+      pager,
+      h("button", { type: "button", class: "secondary", id: "audits-next", onclick: () => { offset += PAGE; load(); } }, "Next"))));
+
+  function params() {
+    const d = new FormData(filters);
+    const q = {};
+    for (const [k, v] of d.entries()) {
+      if (!v) continue;
+      q[k] = k === "since" || k === "until" ? new Date(v).toISOString() : v;
+    }
+    return q;
+  }
+
+  async function load() {
+    try {
+      const page = await api("GET", "/audits", { query: { ...params(), limit: PAGE, offset } });
+      message.textContent = "";
+      const who = (img, container, host, addr) => [img, container && `(${container})`, host && `on ${host}`, !img && addr].filter(Boolean).join(" ");
+      clear(body).append(page.items.map((a) => h("tr", {},
+        h("td", {}, fmtTime(a.time)), h("td", {}, a.type),
+        h("td", {}, h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
+        h("td", {}, a.ruleName || "no rule"),
+        h("td", {}, who(a.srcImage, a.srcContainer, a.srcHostname, a.srcAddress)),
+        h("td", {}, who(a.dstImage, a.dstContainer, a.dstHostname, a.dstAddress || a.dstDomain || a.dstSubnet)),
+        h("td", {}, a.port), h("td", { class: "num" }, a.count), h("td", { class: "small" }, a.msg))));
+      if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No audits match.")));
+      pager.textContent = page.total ? `${offset + 1}–${offset + page.items.length} of ${page.total}` : "0 of 0";
+      document.getElementById("audits-prev").disabled = offset === 0;
+      document.getElementById("audits-next").disabled = offset + page.items.length >= page.total;
+    } catch (err) { fail(message, err); }
+  }
+  filters.addEventListener("submit", (e) => { e.preventDefault(); offset = 0; load(); });
+  await load();
+}

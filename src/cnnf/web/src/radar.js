@@ -1,0 +1,667 @@
+// Radar: the network topology drawn with Cytoscape.js and a layered layout
+// (sources left, destinations right). The page state is exposed as
+// window.cnnfRadar (cy, data, timing) for tests and the benchmark.
+import cytoscape from "cytoscape";
+import dagre from "cytoscape-dagre";
+import { api, ApiError } from "./api.js";
+import { clear, fmtTime, h, showFieldErrors } from "./dom.js";
+
+cytoscape.use(dagre);
+
+export const VERDICT_COLORS = {
+  allowed: "#2e7d32", alert: "#f9c20a", blocked: "#ef6c00", observed: "#8d8d8d",
+};
+const VERDICT_TEXT = { allowed: "#ffffff", alert: "#1a1a1a", blocked: "#ffffff", observed: "#ffffff" };
+export const SEVERITY_COLORS = {
+  critical: "#7f0000", high: "#d32f2f", medium: "#fb8c00", low: "#c0ca33", none: "#43a047",
+  unknown: "#78909c",
+};
+const SEVERITY_ORDER = ["critical", "high", "medium", "low", "none", "unknown"];
+const EFFECT_COLORS = { allow: VERDICT_COLORS.allowed, alert: "#d4a200", prevent: VERDICT_COLORS.blocked, mixed: "#546e7a" };
+const VERDICT_ORDER = { blocked: 3, alert: 2, observed: 1, allowed: 0 };
+const WINDOWS = [["15m", 900], ["1h", 3600], ["24h", 86400], ["7d", 604800], ["all", 0]];
+// Above this many nodes, groups with more than COLLAPSE_MIN_CHILDREN start collapsed
+// and the layout switches from dagre to a linear-time layered placement.
+const BIG_GRAPH = 300;
+const COLLAPSE_MIN_CHILDREN = 8;
+const DAGRE_MAX_NODES = 600;
+
+const state = {
+  view: "container",
+  group: "namespace",
+  namespace: "",
+  host: "",
+  verdict: "",
+  window: "all",
+  q: "",
+  paused: false,
+  collapsed: new Set(),
+  autoCollapsedFor: "",
+};
+
+const radar = { cy: null, data: null, timing: {}, renders: 0, ready: false, errors: [] };
+window.cnnfRadar = radar;
+
+function pollMs() {
+  const fromUrl = new URLSearchParams(location.search).get("poll");
+  return Number(fromUrl || localStorage.getItem("cnnf.pollMs") || 5000);
+}
+
+function query() {
+  const seconds = Object.fromEntries(WINDOWS)[state.window];
+  return {
+    view: state.view,
+    group: state.group,
+    namespace: state.namespace.trim(),
+    host: state.host.trim(),
+    verdict: state.verdict,
+    q: state.q.trim(),
+    since: seconds ? new Date(Date.now() - seconds * 1000).toISOString() : "",
+  };
+}
+
+function imageName(image) {
+  const at = image.indexOf("@");
+  if (at >= 0) return image.slice(0, at);
+  const slash = image.lastIndexOf("/");
+  const colon = image.lastIndexOf(":");
+  return colon > slash ? image.slice(0, colon) : image;
+}
+
+export function compactPorts(ports) {
+  const byVerdict = new Map();
+  for (const p of ports) {
+    if (!byVerdict.has(p.verdict)) byVerdict.set(p.verdict, []);
+    const list = byVerdict.get(p.verdict);
+    if (!list.includes(p.port)) list.push(p.port);
+  }
+  const num = (p) => (/^\d+/.test(p) ? parseInt(p, 10) : 70000);
+  return [...byVerdict.entries()]
+    .sort((a, b) => VERDICT_ORDER[b[0]] - VERDICT_ORDER[a[0]])
+    .map(([verdict, list]) => {
+      list.sort((a, b) => num(a) - num(b));
+      const shown = list.slice(0, 3).join(",") + (list.length > 3 ? ` +${list.length - 3}` : "");
+      return `${shown} ${verdict}`;
+    })
+    .join(" · ");
+}
+
+function worstSeverity(list) {
+  for (const s of SEVERITY_ORDER) if (list.includes(s)) return s;
+  return "unknown";
+}
+
+function nodeLabel(n) {
+  if (n.kind === "image") {
+    const c = n.containers || 0;
+    return `${n.label}\n${c === 0 ? "not running" : `${c} container${c === 1 ? "" : "s"}`}`;
+  }
+  if (n.kind === "host") {
+    return n.containers ? `${n.label}\n${n.containers} containers` : n.label;
+  }
+  if (n.kind === "subnet" || n.kind === "dns") return `${n.label}\n${n.detail}`;
+  return n.label;
+}
+
+// The elements to draw: nodes of collapsed groups fold into their group, and
+// the edges between folded nodes merge into one edge per pair.
+function visibleElements(data) {
+  const byId = new Map(data.nodes.map((n) => [n.id, n]));
+  const folded = (id) => {
+    const n = byId.get(id);
+    return n && n.parent && state.collapsed.has(n.parent) ? n.parent : id;
+  };
+  const children = new Map();
+  for (const n of data.nodes) {
+    if (!n.parent) continue;
+    if (!children.has(n.parent)) children.set(n.parent, []);
+    children.get(n.parent).push(n);
+  }
+  const nodes = [];
+  for (const g of data.groups) {
+    const members = children.get(g.id) || [];
+    const noun = data.view === "container" ? "image" : "host";
+    if (state.collapsed.has(g.id)) {
+      nodes.push({ group: "nodes", data: {
+        id: g.id, kind: "collapsed", groupBy: g.groupBy, name: g.label, children: members.length,
+        label: `${g.label}\n${members.length} ${noun}${members.length === 1 ? "" : "s"} (collapsed)`,
+        severity: worstSeverity(members.map((m) => m.severity)),
+        containers: members.reduce((sum, m) => sum + (m.containers || 0), 0),
+      } });
+    } else {
+      nodes.push({ group: "nodes", data: {
+        id: g.id, kind: "group", groupBy: g.groupBy, name: g.label, children: members.length,
+        label: `${g.groupBy}: ${g.label}`,
+      } });
+    }
+  }
+  for (const n of data.nodes) {
+    if (n.parent && state.collapsed.has(n.parent)) continue;
+    const d = { ...n, name: n.label, label: nodeLabel(n), running: (n.containers || 0) > 0 || n.kind !== "image" };
+    if (!n.parent) delete d.parent;
+    nodes.push({ group: "nodes", data: d });
+  }
+  const edges = [];
+  const merged = new Map();
+  for (const e of data.edges) {
+    const s = folded(e.source);
+    const t = folded(e.target);
+    if (s === e.source && t === e.target) {
+      edges.push({ group: "edges", data: { ...e } });
+      continue;
+    }
+    if (s === t) continue; // inside one collapsed group: counted on the group
+    const id = `merged:${s}->${t}`;
+    let m = merged.get(id);
+    if (!m) {
+      m = { id, source: s, target: t, merged: true, observed: false, hole: false, ports: [],
+        rules: [], count: 0, members: 0, verdicts: new Set(), effects: new Set() };
+      merged.set(id, m);
+    }
+    m.members += 1;
+    m.observed ||= e.observed;
+    m.hole ||= e.hole;
+    m.count += e.count;
+    for (const v of e.verdicts) m.verdicts.add(v);
+    if (e.effect) m.effects.add(e.effect);
+    for (const p of e.ports) m.ports.push({ ...p, edge: e.id });
+    for (const r of e.rules) if (!m.rules.some((x) => x.id === r.id)) m.rules.push(r);
+  }
+  for (const m of merged.values()) {
+    const verdicts = [...m.verdicts].sort((a, b) => VERDICT_ORDER[b] - VERDICT_ORDER[a]);
+    const effects = [...m.effects];
+    edges.push({ group: "edges", data: {
+      ...m, verdicts, verdict: verdicts[0] || "observed", line: m.observed ? "solid" : "dotted",
+      effect: effects.length === 1 ? effects[0] : (effects.length ? "mixed" : ""),
+      label: `${m.members} edges: ${compactPorts(m.ports)}`, effects: undefined,
+    } });
+  }
+  return [...nodes, ...edges];
+}
+
+const STYLE = [
+  { selector: "node", style: {
+    label: "data(label)", "text-wrap": "wrap", "text-max-width": 180, "font-size": 11,
+    "font-family": "system-ui, sans-serif", color: "#1f2933", "text-valign": "bottom",
+    "text-margin-y": 4, "text-background-color": "#ffffff", "text-background-opacity": 0.85,
+    "text-background-padding": 1, width: 34, height: 34, "border-width": 2,
+    "border-color": "#ffffff", "min-zoomed-font-size": 7,
+  } },
+  { selector: 'node[kind = "image"], node[kind = "host"], node[kind = "collapsed"]', style: {
+    "background-color": (n) => SEVERITY_COLORS[n.data("severity")] || SEVERITY_COLORS.unknown,
+  } },
+  { selector: 'node[kind = "image"]', style: { shape: "round-rectangle" } },
+  { selector: 'node[kind = "host"]', style: { shape: "rectangle", width: 44, height: 30 } },
+  { selector: "node[?running]", style: {} },
+  { selector: 'node[kind = "image"][!running]', style: {
+    "border-style": "dashed", "border-color": "#546e7a", "background-opacity": 0.55,
+  } },
+  { selector: 'node[kind = "subnet"]', style: {
+    shape: "round-hexagon", "background-color": "#90caf9", "border-color": "#1e88e5", width: 40, height: 36,
+  } },
+  { selector: 'node[kind = "dns"]', style: {
+    shape: "round-diamond", "background-color": "#b39ddb", "border-color": "#5e35b1", width: 40, height: 40,
+  } },
+  { selector: 'node[kind = "internet"]', style: {
+    shape: "ellipse", "background-color": "#e3f2fd", "border-color": "#1565c0", width: 46, height: 46,
+    "font-weight": "bold",
+  } },
+  { selector: 'node[kind = "collapsed"]', style: {
+    shape: "round-octagon", width: 56, height: 56, "border-color": "#37474f", "border-width": 3,
+    "font-weight": "bold",
+  } },
+  { selector: 'node[kind = "group"]', style: {
+    shape: "round-rectangle", "background-color": "#eceff1", "background-opacity": 0.6,
+    "border-color": "#b0bec5", "border-width": 1, "text-valign": "top", "text-halign": "center",
+    "font-size": 12, "font-weight": "bold", color: "#37474f", "text-margin-y": -4, padding: 14,
+  } },
+  { selector: "node:selected", style: { "border-color": "#1565c0", "border-width": 4 } },
+  { selector: "edge", style: {
+    width: 2, "curve-style": "bezier", "target-arrow-shape": "triangle", "arrow-scale": 1.1,
+    "line-color": "#607d8b", "target-arrow-color": "#607d8b", "line-style": "data(line)",
+    "line-dash-pattern": [2, 5], label: "data(label)", "font-size": 10,
+    "font-family": "system-ui, sans-serif", "text-background-opacity": 1,
+    "text-background-padding": 2, "text-background-shape": "roundrectangle",
+    "text-rotation": "none", "min-zoomed-font-size": 8, "source-distance-from-node": 2,
+    "target-distance-from-node": 2,
+  } },
+  { selector: 'edge[line = "dotted"]', style: {
+    width: 2.5,
+    "line-color": (e) => EFFECT_COLORS[e.data("effect")] || EFFECT_COLORS.mixed,
+    "target-arrow-color": (e) => EFFECT_COLORS[e.data("effect")] || EFFECT_COLORS.mixed,
+  } },
+  ...Object.keys(VERDICT_COLORS).map((v) => ({ selector: `edge[verdict = "${v}"]`, style: {
+    "text-background-color": VERDICT_COLORS[v], color: VERDICT_TEXT[v],
+  } })),
+  { selector: "edge:selected", style: { width: 4.5, "line-color": "#1565c0", "target-arrow-color": "#1565c0" } },
+];
+
+function legend() {
+  const swatch = (color, text, cls = "swatch") => h("li", {}, h("span", { class: cls, style: `background:${color}` }), text);
+  const line = (style, color, text) => h("li", {}, h("span", { class: `line ${style}`, style: `border-color:${color}` }), text);
+  return h("details", { id: "legend", class: "legend", open: !document.body.classList.contains("legend-closed"),
+    "aria-label": "Legend", ontoggle: (e) => {
+      document.body.classList.toggle("legend-closed", !e.target.open);
+      if (radar.cy) radar.cy.resize();
+    } },
+    h("summary", {}, "Legend"),
+    h("strong", {}, "Ports (label colour and word)"),
+    h("ul", {},
+      swatch(VERDICT_COLORS.allowed, "allowed – allowed by a rule"),
+      swatch(VERDICT_COLORS.alert, "alert – allowed and audited"),
+      swatch(VERDICT_COLORS.blocked, "blocked – prevented by a rule"),
+      swatch(VERDICT_COLORS.observed, "observed – no rule matched (a hole)")),
+    h("strong", {}, "Lines"),
+    h("ul", {},
+      line("solid", "#607d8b", "solid – connections seen"),
+      line("dotted", EFFECT_COLORS.allow, "dotted – allow rule, not seen"),
+      line("dotted", EFFECT_COLORS.alert, "dotted – alert rule, not seen"),
+      line("dotted", EFFECT_COLORS.prevent, "dotted – prevent rule, not seen")),
+    h("strong", {}, "Nodes (worst vulnerability)"),
+    h("ul", {},
+      swatch(SEVERITY_COLORS.critical, "critical"), swatch(SEVERITY_COLORS.high, "high"),
+      swatch(SEVERITY_COLORS.medium, "medium"), swatch(SEVERITY_COLORS.low, "low"),
+      swatch(SEVERITY_COLORS.none, "none"), swatch(SEVERITY_COLORS.unknown, "no report"),
+      swatch("#90caf9", "subnet ⬡ · DNS ◆ · internet ●", "swatch ext")));
+}
+
+// Linear-time layered placement for big graphs: rank = longest path from a
+// source over a DFS tree (cycles broken), columns left to right, members of a
+// group kept together within a column.
+function layeredPositions(cy) {
+  const leaves = cy.nodes().filter((n) => !n.isParent());
+  const rank = new Map();
+  const indeg = new Map();
+  leaves.forEach((n) => indeg.set(n.id(), 0));
+  cy.edges().forEach((e) => {
+    if (e.source().id() !== e.target().id()) indeg.set(e.target().id(), (indeg.get(e.target().id()) || 0) + 1);
+  });
+  const queue = [];
+  leaves.forEach((n) => { if (!indeg.get(n.id())) { rank.set(n.id(), 0); queue.push(n); } });
+  if (!queue.length && leaves.length) { rank.set(leaves[0].id(), 0); queue.push(leaves[0]); }
+  const seen = new Set(queue.map((n) => n.id()));
+  for (let i = 0; i < queue.length; i += 1) {
+    const n = queue[i];
+    const r = rank.get(n.id());
+    n.outgoers("node").forEach((m) => {
+      if (seen.has(m.id())) return;
+      seen.add(m.id());
+      rank.set(m.id(), Math.min(r + 1, 12));
+      queue.push(m);
+    });
+  }
+  const columns = new Map();
+  leaves.forEach((n) => {
+    const r = rank.has(n.id()) ? rank.get(n.id()) : 0;
+    if (!columns.has(r)) columns.set(r, []);
+    columns.get(r).push(n);
+  });
+  const positions = {};
+  for (const [r, list] of columns) {
+    list.sort((a, b) => String(a.data("parent") || "").localeCompare(String(b.data("parent") || ""))
+      || a.id().localeCompare(b.id()));
+    const perColumn = Math.ceil(Math.sqrt(list.length / 2)) || 1;
+    list.forEach((n, i) => {
+      const sub = Math.floor(i / Math.ceil(list.length / perColumn));
+      const row = i % Math.ceil(list.length / perColumn);
+      positions[n.id()] = { x: r * 900 + sub * 180, y: row * 70 };
+    });
+  }
+  return positions;
+}
+
+function runLayout(cy) {
+  const leaves = cy.nodes().filter((n) => !n.isParent()).length;
+  if (leaves <= DAGRE_MAX_NODES) {
+    cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 26, rankSep: 170, edgeSep: 12,
+      animate: false, fit: true, padding: 30 }).run();
+  } else {
+    const positions = layeredPositions(cy);
+    cy.layout({ name: "preset", positions: (n) => positions[n.id()] || { x: 0, y: 0 },
+      animate: false, fit: true, padding: 30 }).run();
+  }
+}
+
+export async function renderRadar(main) {
+  const graphBox = h("div", { id: "graph", class: "graph", role: "img", "aria-label": "Radar graph" });
+  const panel = h("aside", { id: "panel", class: "panel", hidden: true });
+  const live = h("span", { id: "live", class: "live", "aria-live": "polite" }, "● loading…");
+  const status = h("span", { id: "radar-status", class: "muted" });
+  const input = (name, placeholder) => h("input", { name, placeholder, value: state[name],
+    oninput: debounce((e) => { state[name] = e.target.value; refresh(true); }, 350) });
+  const select = (name, options) => h("select", { name, onchange: (e) => {
+    state[name] = e.target.value; if (name === "view" || name === "group") state.collapsed.clear();
+    refresh(true);
+  } }, options.map(([value, text]) => h("option", { value, selected: state[name] === value }, text)));
+  const pause = h("button", { type: "button", class: "secondary", id: "pause", onclick: () => {
+    state.paused = !state.paused;
+    pause.textContent = state.paused ? "Resume live" : "Pause live";
+    live.classList.toggle("paused", state.paused);
+    if (!state.paused) refresh(false);
+  } }, state.paused ? "Resume live" : "Pause live");
+  const toolbar = h("form", { class: "toolbar", id: "radar-filters", onsubmit: (e) => e.preventDefault() },
+    h("label", {}, "View ", select("view", [["container", "Containers"], ["host", "Hosts"]])),
+    h("label", { id: "group-by" }, "Group by ", select("group", [["namespace", "namespace"], ["host", "host"], ["none", "nothing"]])),
+    h("label", {}, "Namespace ", input("namespace", "any")),
+    h("label", {}, "Host ", input("host", "any")),
+    h("label", {}, "Verdict ", select("verdict", [["", "any"], ["allowed", "allowed"], ["alert", "alert"], ["blocked", "blocked"], ["observed", "observed (holes)"]])),
+    h("label", {}, "Window ", select("window", WINDOWS.map(([k]) => [k, k === "all" ? "all time" : `last ${k}`]))),
+    h("label", {}, "Search ", input("q", "image, host, name…")),
+    h("button", { type: "button", class: "secondary", onclick: () => radar.cy && radar.cy.fit(undefined, 30) }, "Fit"),
+    pause, live, status);
+  clear(main).append(h("section", { class: "radar" }, toolbar,
+    h("div", { class: "radar-body" }, graphBox, legend(), panel)));
+
+  const cy = cytoscape({
+    container: graphBox, style: STYLE, elements: [],
+    minZoom: 0.02, maxZoom: 3, textureOnViewport: true, hideEdgesOnViewport: false,
+  });
+  radar.cy = cy;
+  radar.ready = false;
+  let signature = "";
+  let lastKey = "";
+  let timer = null;
+  let stopped = false;
+  let inFlight = false;
+
+  cy.on("tap", "edge", (e) => showEdge(e.target.data()));
+  cy.on("tap", "node", (e) => showNode(e.target));
+  cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => toggleGroup(e.target.id()));
+  cy.on("tap", (e) => { if (e.target === cy) panel.hidden = true; });
+
+  function toggleGroup(id) {
+    if (state.collapsed.has(id)) state.collapsed.delete(id);
+    else state.collapsed.add(id);
+    draw(radar.data, true);
+  }
+
+  function draw(data, relayout) {
+    const t0 = performance.now();
+    const elements = visibleElements(data);
+    const ids = new Set(elements.map((el) => el.data.id));
+    const same = cy.elements().length === ids.size && cy.elements().every((el) => ids.has(el.id()));
+    let added = 0;
+    cy.batch(() => {
+      if (same && !relayout) {
+        for (const el of elements) cy.getElementById(el.data.id).data(el.data);
+      } else {
+        const before = new Set(cy.elements().map((el) => el.id()));
+        cy.elements().remove();
+        cy.add(elements);
+        added = elements.filter((el) => !before.has(el.data.id)).length;
+      }
+    });
+    const t1 = performance.now();
+    if (!same || relayout) runLayout(cy);
+    const t2 = performance.now();
+    radar.timing.buildMs = Math.round(t1 - t0);
+    radar.timing.layoutMs = Math.round(t2 - t1);
+    status.textContent = `${data.nodes.length} nodes · ${data.edges.length} edges` +
+      (state.collapsed.size ? ` · ${state.collapsed.size} groups collapsed (double-click to expand)` : "");
+    return added;
+  }
+
+  async function refresh(relayout) {
+    if (stopped || inFlight) return;
+    inFlight = true;
+    const t0 = performance.now();
+    try {
+      const data = await api("GET", "/radar", { query: query() });
+      if (stopped) return;
+      const t1 = performance.now();
+      const key = `${state.view}/${state.group}`;
+      if (key !== lastKey) {
+        lastKey = key;
+        if (data.nodes.length > BIG_GRAPH && state.autoCollapsedFor !== key) {
+          state.autoCollapsedFor = key;
+          for (const g of data.groups) if (g.children > COLLAPSE_MIN_CHILDREN) state.collapsed.add(g.id);
+        }
+        relayout = true;
+      }
+      const sig = JSON.stringify([data.nodes, data.edges, data.groups]);
+      const changed = sig !== signature;
+      const firstRender = !radar.ready;
+      let added = 0;
+      if (changed || relayout) {
+        const previous = radar.data;
+        radar.data = data;
+        signature = sig;
+        added = draw(data, relayout || !previous);
+      }
+      // Wait for the frame to be painted before taking the time.
+      await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+      const t2 = performance.now();
+      radar.timing.fetchMs = Math.round(t1 - t0);
+      radar.timing.totalMs = Math.round(t2 - t0);
+      if (firstRender) radar.timing.firstRenderMs = radar.timing.totalMs;
+      radar.renders += 1;
+      radar.ready = true;
+      const now = new Date().toLocaleTimeString();
+      live.textContent = changed && !firstRender
+        ? `● Live · new data at ${now}${added ? ` (+${added})` : ""}`
+        : `● Live · checked ${now}`;
+      live.classList.toggle("fresh", changed && !firstRender);
+      live.dataset.updated = String(radar.renders);
+    } catch (err) {
+      live.textContent = `● Not updating: ${err.message}`;
+      live.classList.add("down");
+      radar.errors.push(String(err.message));
+    } finally {
+      inFlight = false;
+    }
+  }
+
+  function schedule() {
+    timer = setTimeout(async () => {
+      if (!state.paused && !document.hidden) await refresh(false);
+      if (!stopped) schedule();
+    }, pollMs());
+  }
+
+  // --- side panel --------------------------------------------------------------
+
+  function openPanel(...content) {
+    clear(panel).append(
+      h("button", { type: "button", class: "close", "aria-label": "Close", onclick: () => { panel.hidden = true; } }, "×"),
+      ...content);
+    panel.hidden = false;
+  }
+
+  function auditList(queries) {
+    const box = h("div", { class: "audits" }, h("p", { class: "muted" }, "Loading audits…"));
+    Promise.all(queries.map((q) => api("GET", "/audits", { query: { ...q, limit: 10 } })))
+      .then((pages) => {
+        const items = pages.flatMap((p) => p.items)
+          .filter((a, i, all) => all.findIndex((b) => b.id === a.id) === i)
+          .sort((a, b) => (a.time < b.time ? 1 : -1)).slice(0, 10);
+        clear(box).append(items.length
+          ? h("ul", { class: "audit-list" }, items.map((a) => h("li", {},
+            h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert"),
+            ` ${fmtTime(a.time)} · port ${a.port} · ${a.ruleName || "no rule"} ×${a.count}`,
+            h("div", { class: "muted small" }, a.msg))))
+          : h("p", { class: "muted" }, "No audits."));
+      })
+      .catch((err) => { clear(box).append(h("p", { class: "error" }, err.message)); });
+    return box;
+  }
+
+  function nameOf(id) {
+    const n = cy.getElementById(id);
+    return n.nonempty() ? (n.data("name") || n.id()) : id;
+  }
+
+  function showEdge(e) {
+    const kind = state.view;
+    const rows = e.ports.map((p) => h("tr", {},
+      h("td", {}, p.port),
+      h("td", {}, h("span", { class: `badge ${p.verdict}` }, p.verdict)),
+      h("td", {}, p.observed ? "seen" : "rule"),
+      h("td", { class: "num" }, p.observed ? p.count : "–"),
+      h("td", {}, p.ruleId ? h("a", { href: `#/rules/${kind}?edit=${p.ruleId}` }, p.ruleName || `#${p.ruleId}`) : "no rule"),
+      h("td", { class: "small" }, p.observed ? `${fmtTime(p.firstSeen)} – ${fmtTime(p.lastSeen)}` : "")));
+    const src = cy.getElementById(e.source);
+    const dst = cy.getElementById(e.target);
+    const auditQueries = [];
+    if (kind === "container" && src.data("kind") === "image") {
+      const q = { src_image: `${imageName(src.data("name"))}*` };
+      if (dst.data("kind") === "image") q.dst_image = `${imageName(dst.data("name"))}*`;
+      auditQueries.push(q);
+    } else if (src.data("kind") === "host") {
+      auditQueries.push({ host: src.data("name") });
+    }
+    openPanel(
+      h("h2", {}, `${nameOf(e.source)} → ${nameOf(e.target)}`),
+      h("p", { id: "edge-summary" },
+        h("span", { class: `badge ${e.verdict}` }, e.verdict), " ",
+        e.observed ? "Connections seen (solid line)." : "A rule, no connection seen (dotted line).",
+        e.merged ? ` ${e.members} edges of a collapsed group.` : ""),
+      h("table", { class: "ports" },
+        h("thead", {}, h("tr", {}, ["Port", "Verdict", "", "Count", "Rule", "First – last seen"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows)),
+      h("p", {}, `Connections: ${e.count} · first seen ${fmtTime(e.firstSeen)} · last seen ${fmtTime(e.lastSeen)}`),
+      e.rules.length ? h("div", {}, h("h3", {}, "Rules"), h("ul", {}, e.rules.map((r) => h("li", {},
+        h("a", { href: `#/rules/${r.kind}?edit=${r.id}`, class: "rule-link" }, `#${r.id} ${r.name}`),
+        ` – ${r.effect} ${r.src} → ${r.dst} ports ${r.ports.join(",")} `,
+        h("a", { href: `#/rules/${r.kind}?edit=${r.id}` }, "edit"))))) : null,
+      e.hole && !e.merged ? h("button", { type: "button", id: "create-rule", onclick: () => ruleForm(e) }, "Create rule for this connection") : null,
+      h("h3", {}, "Recent audits"),
+      auditQueries.length ? auditList(auditQueries) : h("p", { class: "muted" }, "No audits for external sources."));
+  }
+
+  function showNode(node) {
+    const d = node.data();
+    if (d.kind === "group" || d.kind === "collapsed") {
+      openPanel(h("h2", {}, `${d.groupBy}: ${d.name}`),
+        h("p", {}, `${d.children} ${state.view === "container" ? "images" : "hosts"} in this group.`),
+        h("button", { type: "button", id: "toggle-group", onclick: () => toggleGroup(d.id) },
+          d.kind === "collapsed" ? "Expand group" : "Collapse group"));
+      return;
+    }
+    const vulns = d.vulnerabilities;
+    const sevRows = vulns ? ["critical", "high", "medium", "low", "unknown"].map((s) => h("tr", {},
+      h("td", {}, h("span", { class: "swatch", style: `background:${SEVERITY_COLORS[s]}` }), s),
+      h("td", { class: "num" }, vulns[s] || 0))) : null;
+    const runtime = [];
+    if (d.kind === "image") {
+      runtime.push(h("li", {}, `Containers: ${d.containers}`),
+        h("li", {}, `Namespaces: ${(d.namespaces || []).join(", ") || "–"}`),
+        h("li", {}, `Hosts: ${(d.hosts || []).join(", ") || "–"}`),
+        h("li", {}, `Names: ${(d.containerNames || []).join(", ") || "–"}`));
+    } else if (d.kind === "host") {
+      runtime.push(h("li", {}, `Addresses: ${(d.addresses || []).join(", ") || "–"}`),
+        h("li", {}, `Containers: ${d.containers || 0}`));
+    } else if (d.detail) {
+      runtime.push(h("li", {}, d.kind === "dns" ? `Domains: ${d.detail}` : `CIDRs: ${d.detail}`));
+    }
+    const labels = Object.entries(d.labels || {});
+    if (labels.length) runtime.push(h("li", {}, "Labels: ", labels.map(([k, v]) => h("code", {}, `${k}=${v}`)), ""));
+    const audits = d.kind === "image"
+      ? auditList([{ src_image: `${imageName(d.name)}*` }, { dst_image: `${imageName(d.name)}*` }])
+      : d.kind === "host" ? auditList([{ host: d.name }]) : h("p", { class: "muted" }, "–");
+    openPanel(
+      h("h2", {}, d.name),
+      h("p", { class: "muted" }, d.kind === "image" ? "Image" : d.kind),
+      h("h3", {}, "Vulnerabilities"),
+      vulns ? h("table", { id: "vulns" }, h("tbody", {}, sevRows),
+        h("caption", {}, "Worst: ", h("span", { class: "badge", style: `background:${SEVERITY_COLORS[d.severity]}` }, d.severity)))
+        : h("p", { class: "muted", id: "vulns" }, "No vulnerability report (POST a Trivy report to /api/v1/overlays)."),
+      h("h3", {}, "Compliance"),
+      d.compliance ? h("p", { id: "compliance" }, `${d.compliance.passed} passed · ${d.compliance.failed} failed`)
+        : h("p", { class: "muted", id: "compliance" }, "No compliance report."),
+      h("h3", {}, "Runtime"), h("ul", { id: "runtime" }, runtime),
+      h("h3", {}, "Recent audits"), audits);
+  }
+
+  // --- from hole to rule -------------------------------------------------------
+
+  function proposal(node, objects) {
+    const d = node.data();
+    const slug = (s) => s.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 150);
+    let wanted;
+    if (d.kind === "image") {
+      const name = imageName(d.name);
+      const found = objects.find((o) => o.kind === "container" && o.selector.images?.length === 1
+        && o.selector.images[0] === name && Object.keys(o.selector).every((k) => k === "images" || !o.selector[k]?.length));
+      if (found) return { name: found.name, existing: true, text: `${found.name} (existing)` };
+      wanted = { name: `image-${slug(name)}`, kind: "container", selector: { images: [name] },
+        description: "created from Radar" };
+    } else if (d.kind === "host") {
+      const found = objects.find((o) => o.kind === "host" && o.selector.hosts?.length === 1 && o.selector.hosts[0] === d.name);
+      if (found) return { name: found.name, existing: true, text: `${found.name} (existing)` };
+      wanted = { name: `host-${slug(d.name)}`, kind: "host", selector: { hosts: [d.name] }, description: "created from Radar" };
+    } else if (d.kind === "subnet" || d.kind === "dns") {
+      return { name: d.name, existing: true, text: `${d.name} (existing)` };
+    } else {
+      const found = objects.find((o) => o.name === "internet");
+      if (found) return { name: found.name, existing: true, text: `${found.name} (existing)` };
+      wanted = { name: "internet", kind: "subnet", cidrs: ["0.0.0.0/0", "::/0"], description: "created from Radar" };
+    }
+    const exists = objects.some((o) => o.name === wanted.name);
+    return { name: wanted.name, existing: exists, create: exists ? null : wanted,
+      text: exists ? `${wanted.name} (existing)` : `${wanted.name} (new ${wanted.kind} object)` };
+  }
+
+  async function ruleForm(e) {
+    const objects = await api("GET", "/objects");
+    const kind = state.view;
+    const src = proposal(cy.getElementById(e.source), objects);
+    const dst = proposal(cy.getElementById(e.target), objects);
+    const srcKinds = kind === "container" ? ["container"] : ["host"];
+    const dstKinds = kind === "container" ? ["container", "subnet", "dns"] : ["host", "subnet"];
+    const options = (p, kinds) => [h("option", { value: p.name, selected: true }, p.text),
+      ...objects.filter((o) => kinds.includes(o.kind) && o.name !== p.name)
+        .map((o) => h("option", { value: o.name }, `${o.name} (${o.kind})`))];
+    const holePorts = [...new Set(e.ports.filter((p) => p.verdict === "observed").map((p) => p.port))];
+    const message = h("p", { class: "error", role: "alert", id: "rule-form-error" });
+    const form = h("form", { id: "rule-form", class: "stack" },
+      h("h3", {}, "Create a rule"),
+      h("label", {}, "Name", h("input", { name: "name", value: `${src.name}-to-${dst.name}-${holePorts.join("-")}`.slice(0, 200), required: true })),
+      h("label", {}, "Source", h("select", { name: "src" }, options(src, srcKinds))),
+      h("label", {}, "Destination", h("select", { name: "dst" }, options(dst, dstKinds))),
+      h("label", {}, "Ports", h("input", { name: "ports", value: holePorts.join(","), placeholder: "80, 8000-8080 or *" })),
+      h("fieldset", { class: "effects" }, h("legend", {}, "Effect (saves the rule)"),
+        ["allow", "alert", "prevent"].map((effect) => h("button", { type: "submit", name: "effect", value: effect, class: `effect ${effect}` }, effect))),
+      message);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const data = new FormData(form);
+      const effect = ev.submitter ? ev.submitter.value : "allow";
+      try {
+        for (const p of [src, dst]) {
+          if (p.create && data.get(p === src ? "src" : "dst") === p.name && !p.created) {
+            await api("POST", "/objects", { body: p.create });
+            p.created = true;
+          }
+        }
+        const ports = String(data.get("ports")).split(",").map((s) => s.trim()).filter(Boolean);
+        const rule = await api("POST", `/rules/${kind}`, { body: {
+          name: data.get("name"), src: data.get("src"), dst: data.get("dst"),
+          ports: ports.map((p) => (/^\d+$/.test(p) ? Number(p) : p)), effect,
+          notes: "created from Radar" } });
+        clear(form).append(h("p", { class: "ok", id: "rule-created" }, `Rule #${rule.id} ${rule.name} saved (${rule.effect}). `,
+          h("a", { href: `#/rules/${kind}?edit=${rule.id}` }, "Edit it")));
+        await refresh(true);
+      } catch (err) {
+        if (err instanceof ApiError) showFieldErrors(form, err.errors, message);
+        if (!message.textContent) message.textContent = err.message;
+      }
+    });
+    panel.append(form);
+    form.scrollIntoView({ block: "nearest" });
+  }
+
+  await refresh(true);
+  schedule();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    cy.destroy();
+    radar.cy = null;
+    radar.ready = false;
+  };
+}
+
+function debounce(fn, ms) {
+  let t = null;
+  return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
+}
