@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +37,46 @@ def _free_port() -> int:
 def _cnnf(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([CNNF, *args], input=stdin, capture_output=True, text=True,
                           timeout=60, check=False)
+
+
+@contextmanager
+def running_console(workdir: Path, *args: str, ca: Path | None = None) -> Iterator[str]:
+    """``cnnf console ARGS`` on a free loopback port, up (``/healthz`` answers)
+    within 30 s; yields its base URL and stops it at the end."""
+    port = _free_port()
+    log_path = workdir / f"console-{port}.log"
+    base = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [CNNF, "console", "--listen", f"127.0.0.1:{port}", "--log-level", "warning", *args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    if ca is None:
+                        verify: ssl.SSLContext | bool = True
+                    elif ca.exists():  # written by the console at start
+                        verify = ssl.create_default_context(cafile=str(ca))
+                    else:
+                        raise httpx.ConnectError("no CA yet")
+                    if httpx.get(f"{base}/healthz", timeout=1, verify=verify).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the console did not come up in 30 s"
+                time.sleep(0.05)
+            yield base
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
 
 
 def _seed_audits(db_url: str) -> None:
@@ -65,35 +107,8 @@ def served(db_url: str, tmp_path: Path) -> Iterator[str]:
     assert short.returncode == 1 and "password" in short.stderr
 
     _seed_audits(db_url)
-    port = _free_port()
-    log = (tmp_path / "console.log").open("w")
-    process = subprocess.Popen(
-        [CNNF, "console", "--listen", f"127.0.0.1:{port}", "--db", db_url,
-         "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (tmp_path / "console.log").read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the console did not come up in 30 s"
-            time.sleep(0.05)
+    with running_console(tmp_path, "--db", db_url) as base:
         yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            log.close()
 
 
 def test_console_serves_over_http(served: str) -> None:
@@ -129,3 +144,14 @@ def test_sqlite_default_lives_in_the_data_directory(tmp_path: Path,
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "elsewhere" / "console.db").exists()
     assert not (tmp_path / "var").exists()
+
+
+def test_console_serves_https_from_its_own_ca(tmp_path: Path) -> None:
+    ca = tmp_path / "data" / "tls" / "ca.crt"
+    with running_console(tmp_path, "--data-dir", str(tmp_path / "data"), "--tls", ca=ca) as base:
+        trusted = ssl.create_default_context(cafile=str(ca))
+        assert httpx.get(f"{base}/healthz", verify=trusted).json()["status"] == "ok"
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{base}/healthz")  # the system's trust store does not know it
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(base.replace("https:", "http:") + "/healthz")

@@ -39,6 +39,15 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
     retention_days: Annotated[int, typer.Option(
         "--retention-days", help="Prune audits and flows older than this (0: keep all)")] = 30,
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="Serve HTTPS with a certificate from the Console's own CA "
+                      "(created in DATA_DIR/tls; Defenders trust DATA_DIR/tls/ca.crt)")] = False,
+    tls_san: Annotated[list[str] | None, typer.Option(
+        "--tls-san", help="Extra host name or address for the certificate (repeatable)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="Serve HTTPS with this certificate (PEM) instead")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", help="The private key (PEM) of --tls-cert")] = None,
 ) -> None:
     """Serve the Console API on --listen (migrating the store first)."""
     ctx.obj = {"db": db, "data_dir": data_dir}
@@ -47,14 +56,27 @@ def serve(
     import uvicorn
 
     from cnnf.console.app import create_app
+    from cnnf.console.tls import ensure_self_signed, server_names
 
     try:
         config = ConsoleConfig.from_options(listen=listen, db=db, data_dir=data_dir,
                                             retention_days=retention_days)
+        if (tls_cert is None) != (tls_key is None):
+            raise CnnfError("--tls-cert and --tls-key go together")
+        if tls and tls_cert is None:
+            files = ensure_self_signed(config.data_dir / "tls",
+                                       server_names(config.host, tls_san or ()))
+            tls_cert, tls_key = files.cert, files.key
+            typer.echo(f"cnnf console: HTTPS; Defenders trust {files.ca_cert.resolve()}",
+                       err=True)
         application = create_app(config)
     except CnnfError as exc:
         raise _fail(str(exc)) from None
-    uvicorn.run(application, host=config.host, port=config.port, log_level=log_level)
+    uvicorn.run(
+        application, host=config.host, port=config.port, log_level=log_level,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )
 
 
 @app.command("create-user")
