@@ -1,0 +1,198 @@
+"""Defender benchmark in the lab: the whole ``cnnf defender run`` on a lab host.
+
+In one run on a ``shop`` lab (named ``cnnfbench``), containers connect to a
+server in ``api`` (node-1): clients in frontend and cache (node-1) and in
+payments, db and worker (node-2; node-2 runs no Defender, so node-1 queues
+their SYNs inbound). Measured:
+
+- new connections per second, closed loop, one client process per source
+  container, and connect() latency p50/p99 of one client (frontend) paced at
+  ``--rate``; with no Defender (baseline), then through the Defender with
+  ``--queues 1`` and ``--queues 2`` (policy: an allow rule for the clients);
+- the Defender's memory (RSS of the main process and its verdict workers) with
+  its own containers, then with 1,000 protected addresses (a cluster inventory
+  of 1,000 remote containers, all in every worker's inventory and in the set);
+- the start-to-protected gap of containers started while it runs (runtime's
+  start time to the address being in the protected set), as the Defender logs it.
+
+    sudo .venv/bin/python bench/defender_lab.py [--seconds 3] [--rate 2000]
+
+Bounded: about a minute. Traffic stays inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cnnf.lab import Lab
+from cnnf.lab.topology import Container
+from cnnf.model.records import ClusterInventory, HostInfo, WorkloadInfo
+from datapath import CLIENT, SERVER  # bench/datapath.py: the same client and server
+
+LAB = "cnnfbench"
+PORT = 9500
+SOURCES = ["frontend", "cache", "payments", "db", "worker"]
+CNNF = str(Path(sys.executable).with_name("cnnf"))
+
+
+def policy_doc() -> dict[str, Any]:
+    objects = [{"kind": "container", "name": n, "selector": {"images": [f"shop/{n}"]}}
+               for n in [*SOURCES, "api"]]
+    rules = [{"id": i + 1, "name": f"{n}-to-api", "src": n, "dst": "api", "ports": [PORT],
+              "effect": "allow"} for i, n in enumerate(SOURCES)]
+    return {"apiVersion": "cnnf/v1", "kind": "Policy", "spec": {
+        "containerEnabled": True, "defaultEffect": "allow", "objects": objects,
+        "containerRules": rules}}
+
+
+def in_container(lab: Lab, name: str, code: str, *args: str) -> list[str]:
+    return ["nsenter", f"--net=/proc/{lab.container_pid(name)}/ns/net", sys.executable, "-c",
+            textwrap.dedent(code), *args]
+
+
+def run_clients(lab: Lab, sources: list[str], seconds: float, rate: float) -> list[dict[str, Any]]:
+    dst = lab.container("api").address
+    procs = [subprocess.Popen(in_container(lab, s, CLIENT, dst, str(PORT), str(seconds),
+                                           str(rate), lab.container(s).address),
+                              stdout=subprocess.PIPE, text=True) for s in sources]
+    return [json.loads(p.communicate(timeout=seconds + 30)[0]) for p in procs]
+
+
+def measure(lab: Lab, label: str, args: argparse.Namespace) -> dict[str, float]:
+    runs = run_clients(lab, SOURCES, args.seconds, 0)
+    cps = sum(r["ok"] for r in runs) / max(r["seconds"] for r in runs)
+    (lat,) = run_clients(lab, ["frontend"], args.seconds, args.rate)
+    row = {"cps": cps, "errors": sum(r["errors"] for r in runs) + lat["errors"],
+           "p50": lat["p50"], "p99": lat["p99"], "paced": lat["ok"] / lat["seconds"]}
+    print(f"{label:<26} {cps:>9,.0f} {row['p50']:>8.0f} {row['p99']:>8.0f} "
+          f"{row['paced']:>8,.0f} {row['errors']:>6}", flush=True)
+    return row
+
+
+class Defender:
+    def __init__(self, lab: Lab, work: Path, *extra: str) -> None:
+        self.state = work / "state"
+        self.log = work / "defender.log"
+        argv = [CNNF, "defender", "run", "--netns", lab.netns("node-1"), "--docker-host",
+                lab.docker_host("node-1"), "--hostname", "node-1", "--policy",
+                str(work / "policy.json"), "--state-dir", str(self.state), *extra]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        self.wait(lambda s: s.get("pid") == self.proc.pid)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.state / "status.json").read_text()))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def wait(self, check: Any, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = self.status()
+            if s and check(s):
+                return s
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the Defender exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise SystemExit(f"timed out waiting for the Defender; log: {self.log}")
+
+    def rss_kib(self) -> tuple[int, int]:
+        def rss(pid: int) -> int:
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+        s = self.status()
+        return rss(self.proc.pid), sum(rss(p) for p in s.get("worker_pids", []))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def thousand(lab: Lab) -> ClusterInventory:
+    containers = [WorkloadInfo(address=f"10.200.{i // 250}.{i % 250 + 1}", image="bench/app:1",
+                               name=f"app-{i}", namespace="bench", host="node-9",
+                               labels={"app": f"app-{i % 20}"}) for i in range(1000)]
+    return ClusterInventory(revision=1, hosts=[HostInfo(name="node-9", addresses=["10.64.9.9"])],
+                            containers=containers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rate", type=float, default=2000.0, help="paced rate for latency")
+    parser.add_argument("--starts", type=int, default=3, help="containers started for the gap")
+    args = parser.parse_args()
+    t0 = time.monotonic()
+    lab = Lab.up("shop", name=LAB)
+    work = Path(tempfile.mkdtemp(prefix="cnnf-bench-defender-"))
+    (work / "policy.json").write_text(json.dumps(policy_doc()))
+    server = subprocess.Popen(in_container(lab, "api", SERVER, str(PORT)),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        print(f"lab up in {time.monotonic() - t0:.1f}s; {len(SOURCES)} client containers x "
+              f"{args.seconds:g}s closed loop -> api:{PORT}; latency: frontend paced at "
+              f"{args.rate:g}/s (microseconds)")
+        print(f"{'':<26} {'conn/s':>9} {'p50 us':>8} {'p99 us':>8} {'paced/s':>8} {'errors':>6}")
+        base = measure(lab, "no Defender (baseline)", args)
+        rows = {}
+        for q in (1, 2):
+            d = Defender(lab, work, "--queues", str(q))
+            try:
+                rows[q] = measure(lab, f"Defender --queues {q}", args)
+                c = d.wait(lambda s: True)["counters"]
+            finally:
+                d.stop()
+            print(f"{'':<26} verdicts: accepted {c['accepted']:,}, errors {c['errors']}, "
+                  f"reports lost {c['reports_lost']}")
+        for q, row in rows.items():
+            print(f"queues={q}: {row['cps'] / base['cps']:.0%} of baseline rate, "
+                  f"p50 +{row['p50'] - base['p50']:.0f} us, p99 +{row['p99'] - base['p99']:.0f} us")
+
+        cluster = work / "cluster.json"
+        cluster.write_text(ClusterInventory(revision=0).model_dump_json())
+        d = Defender(lab, work, "--cluster-inventory", str(cluster))
+        try:
+            own = d.wait(lambda s: True)
+            main_kib, workers_kib = d.rss_kib()
+            print(f"memory, {len(own['protected'])} protected addresses: main {main_kib:,} KiB, "
+                  f"worker {workers_kib:,} KiB RSS")
+            cluster.write_text(thousand(lab).model_dump_json())
+            s = d.wait(lambda s: s.get("cluster_revision") == 1 and s["cluster_protected"] > 1000)
+            time.sleep(1.0)  # the workers compile the new inventory after the broadcast
+            main_kib, workers_kib = d.rss_kib()
+            print(f"memory, {s['cluster_protected']:,} protected addresses (cluster set): "
+                  f"main {main_kib:,} KiB, worker {workers_kib:,} KiB RSS")
+            for i in range(args.starts):
+                lab.start_container(Container(name=f"gap{i}", host="node-1",
+                                              image="shop/gap:1", namespace="bench"))
+            s = d.wait(lambda s: s["start_to_protected_ms"]["count"] >= args.starts)
+            gaps = [json.loads(ln)["start_to_protected_ms"]
+                    for ln in d.log.read_text().splitlines()
+                    if '"container protected"' in ln]
+            gaps.sort()
+            print(f"start-to-protected gap ({len(gaps)} containers, runtime start time to "
+                  f"address in the set): min {gaps[0]:.0f} ms, median {gaps[len(gaps) // 2]:.0f}"
+                  f" ms, max {gaps[-1]:.0f} ms")
+        finally:
+            d.stop()
+    finally:
+        server.kill()
+        server.wait()
+        Lab.down(LAB)
+    print(f"total {time.monotonic() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
