@@ -56,7 +56,6 @@ from cnnf.model import (
     SubnetObject,
     Verdict,
 )
-from cnnf.model.objects import is_glob
 from cnnf.policy.check import check_policy
 from cnnf.policy.match import (
     ContainerMatch,
@@ -64,6 +63,7 @@ from cnnf.policy.match import (
     ObjectMatch,
     describe_endpoint,
     image_refs,
+    is_glob,
     normalise_domain,
     parse_address,
     split_label_pattern,
@@ -406,18 +406,11 @@ class _RuleTable:
         enabled = [(pos, r) for pos, r in enumerate(rules) if not r.disabled]
         n = len(enabled)
         self.width = n
+        self.revision = revision
         # bit of the i-th enabled rule: n-1-i, so the first rule is the highest bit.
-        self.verdicts: list[Verdict] = [
-            Verdict(
-                effect=r.effect,
-                revision=revision,
-                matched=True,
-                rule_id=r.id,
-                rule_name=r.name,
-                rule_kind=kind,
-            )
-            for _, r in reversed(enabled)
-        ]
+        self.by_bit: list[Rule] = [r for _, r in reversed(enabled)]
+        # one shared Verdict per rule, made when the rule first decides
+        self.verdicts: list[Verdict | None] = [None] * n
         src_bits: defaultdict[str, list[int]] = defaultdict(list)
         dst_bits: defaultdict[str, list[int]] = defaultdict(list)
         port_ranges: list[tuple[int, list[tuple[int, int]]]] = []
@@ -464,6 +457,21 @@ class _RuleTable:
         self.src_memo: dict[Hashable, int] = {}
         self.dst_memo: dict[Endpoint, int] = {}
 
+    def verdict(self, bit: int) -> Verdict:
+        verdict = self.verdicts[bit]
+        if verdict is None:
+            rule = self.by_bit[bit]
+            verdict = Verdict(
+                effect=rule.effect,
+                revision=self.revision,
+                matched=True,
+                rule_id=rule.id,
+                rule_name=rule.name,
+                rule_kind=self.kind,
+            )
+            self.verdicts[bit] = verdict
+        return verdict
+
     def src_mask(self, identity: ContainerIdentity | HostIdentity) -> int:
         if isinstance(identity, ContainerIdentity):
             m = self.c_src.mask(identity)
@@ -495,6 +503,7 @@ class CompiledPolicy:
 
     policy: Policy
     revision: int
+    _objects: dict[str, ContainerObject | HostObject | SubnetObject | DnsObject]
     _matchers: dict[str, ObjectMatch]
     _default: Verdict
     _container: _RuleTable
@@ -509,6 +518,7 @@ class CompiledPolicy:
         "_default",
         "_host",
         "_matchers",
+        "_objects",
         "policy",
         "revision",
     )
@@ -521,7 +531,8 @@ class CompiledPolicy:
         init = object.__setattr__  # the snapshot is immutable once built
         init(self, "policy", policy)
         init(self, "revision", policy.revision)
-        init(self, "_matchers", {name: ObjectMatch(obj) for name, obj in objects.items()})
+        init(self, "_objects", objects)
+        init(self, "_matchers", {})  # built by explain() as it needs them
         init(
             self,
             "_default",
@@ -575,7 +586,8 @@ class CompiledPolicy:
                     d = table.dst_mask(dst)
                 m &= d
                 if m:
-                    verdict = table.verdicts[m.bit_length() - 1]
+                    bit = m.bit_length() - 1
+                    verdict = table.verdicts[bit] or table.verdict(bit)
         if cache is not None:
             _remember(cache, self._cache_limit, attempt, verdict)
         return verdict
@@ -604,7 +616,7 @@ class CompiledPolicy:
                 steps.append(RuleStep(kind, rule.id, rule.name, "disabled", "rule is disabled"))
                 continue
             bit -= 1
-            reason = _rule_mismatch(self._matchers, rule, src, dst, port)
+            reason = _rule_mismatch(self._matcher, rule, src, dst, port)
             if reason is not None:
                 steps.append(RuleStep(kind, rule.id, rule.name, "no-match", reason))
                 continue
@@ -614,13 +626,19 @@ class CompiledPolicy:
                 f" {describe_endpoint(dst)} matches '{rule.dst}', port {port} in {ports}"
             )
             steps.append(RuleStep(kind, rule.id, rule.name, "matched", reason))
-            return Explanation(table.verdicts[bit], tuple(steps))
+            return Explanation(table.verdict(bit), tuple(steps))
         effect = self._default.effect
         if table.rules:
             note = f"no enabled {kind} rule matched; the default effect {effect} decides"
         else:
             note = f"there are no {kind} rules; the default effect {effect} decides"
         return Explanation(self._default, tuple(steps), note)
+
+    def _matcher(self, name: str) -> ObjectMatch:
+        match = self._matchers.get(name)
+        if match is None:
+            match = self._matchers[name] = ObjectMatch(self._objects[name])
+        return match
 
     def cache_info(self) -> dict[str, int]:
         """Sizes of the verdict cache and the memo tables (for metrics)."""
@@ -634,12 +652,12 @@ class CompiledPolicy:
 
 
 def _rule_mismatch(
-    matchers: dict[str, ObjectMatch], rule: Rule, src: Endpoint, dst: Endpoint, port: int
+    matcher: Callable[[str], ObjectMatch], rule: Rule, src: Endpoint, dst: Endpoint, port: int
 ) -> str | None:
-    why = matchers[rule.src].mismatch(src)
+    why = matcher(rule.src).mismatch(src)
     if why is not None:
         return f"source {describe_endpoint(src)} does not match object '{rule.src}' ({why})"
-    why = matchers[rule.dst].mismatch(dst)
+    why = matcher(rule.dst).mismatch(dst)
     if why is not None:
         return f"destination {describe_endpoint(dst)} does not match object '{rule.dst}' ({why})"
     if not rule.matches_port(port):

@@ -38,7 +38,6 @@ from cnnf.model import (
     SubnetObject,
 )
 from cnnf.model.identity import split_image
-from cnnf.model.objects import is_glob
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -50,6 +49,19 @@ def _never(_: str) -> bool:
     return False
 
 
+_is_glob = re.compile(r"[*?\[]").search  # as cnnf.model.objects.is_glob, faster
+
+
+def is_glob(pattern: str) -> bool:
+    """True when ``pattern`` holds a glob character (``*``, ``?`` or ``[``)."""
+    return _is_glob(pattern) is not None
+
+
+@lru_cache(maxsize=16384)
+def _glob_regex(globs: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)).match
+
+
 def compile_globs(patterns: Iterable[str]) -> StrMatch:
     """One predicate for a list of globs: true when any pattern matches.
 
@@ -57,15 +69,21 @@ def compile_globs(patterns: Iterable[str]) -> StrMatch:
     expression with :func:`fnmatch.fnmatchcase` semantics."""
     patterns = tuple(patterns)
     exact = frozenset(p for p in patterns if not is_glob(p))
-    globs = [p for p in patterns if is_glob(p)]
+    globs = tuple(sorted({p for p in patterns if is_glob(p)}))
+    if "*" in globs:
+        return _always
     if globs:
-        rmatch = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)).match
+        rmatch = _glob_regex(globs)
         if exact:
             return lambda s: s in exact or rmatch(s) is not None
         return lambda s: rmatch(s) is not None
     if exact:
         return exact.__contains__
     return _never
+
+
+def _always(_: str) -> bool:
+    return True
 
 
 def split_label_pattern(pattern: str) -> tuple[str, str]:
@@ -133,7 +151,7 @@ class ContainerMatch:
     def __init__(self, selector: ContainerSelector, skip: str = "") -> None:
         self.selector = selector
         checks: list[tuple[str, Callable[[ContainerIdentity], bool]]] = []
-        if selector.images and skip != "images":
+        if selector.images and skip != "images" and "*" not in selector.images:
             images = compile_globs(selector.images)
             checks.append(("images", lambda c: any(images(r) for r in image_refs(c))))
         if selector.labels and skip != "labels":
@@ -146,7 +164,7 @@ class ContainerMatch:
             ("clusters", "cluster"),
         ):
             patterns: tuple[str, ...] = getattr(selector, field)
-            if patterns and skip != field:
+            if patterns and skip != field and "*" not in patterns:
                 checks.append((field, _attr_check(attr, compile_globs(patterns))))
         self._checks = tuple(checks)
 
