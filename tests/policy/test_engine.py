@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -290,6 +291,35 @@ def test_bounded_caches_stay_correct_when_they_evict() -> None:
     assert info["verdicts"] <= 2
     assert info["container_sources"] <= 1
     assert info["container_destinations"] <= 1
+
+
+def test_concurrent_evaluation_needs_no_locks() -> None:
+    """Threads share one snapshot (as the Defender's verdict workers do); small
+    caches make them evict under each other."""
+    pol = policy(
+        [
+            {"src": "api", "dst": "net10", "ports": ["1-1000"], "effect": "alert"},
+            {"src": "web", "dst": "wild", "effect": "prevent"},
+            {"src": "any", "dst": "everything", "ports": [443]},
+        ]
+    )
+    shared = compile_policy(pol, verdict_cache=8, identity_cache=4)
+    naive = NaiveEvaluator(pol)
+    attempts = [
+        ConnectionAttempt(c(f"shop/{img}:{i % 3}", f"10.0.0.{i}"), dst, port)
+        for i, img in enumerate(["api", "web", "db"] * 10)
+        for dst in (a(f"10.{i}.0.1"), a("203.0.113.9", f"x{i}.example.com"))
+        for port in (80, 443, 2000)
+    ]
+    expected = [naive.evaluate(x) for x in attempts]
+
+    def work(offset: int) -> bool:
+        order = attempts[offset:] + attempts[:offset]
+        wanted = expected[offset:] + expected[:offset]
+        return all(shared.evaluate(x) == v for _ in range(20) for x, v in zip(order, wanted, strict=True))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert all(pool.map(work, [0, 7, 31, 90]))
 
 
 def test_many_rules_index_agrees_with_naive() -> None:

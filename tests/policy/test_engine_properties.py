@@ -23,9 +23,12 @@ def test_indexed_engine_agrees_with_naive_scan(data: st.DataObject, policy: Poli
     naive = NaiveEvaluator(policy)
     cached = compile_policy(policy)
     cold = compile_policy(policy, verdict_cache=0, identity_cache=0)
-    for attempt in data.draw(st.lists(attempts(policy), min_size=1, max_size=25)):
+    tiny = compile_policy(policy, verdict_cache=3, identity_cache=2)  # evicts all the time
+    drawn = data.draw(st.lists(attempts(policy), min_size=1, max_size=25))
+    for attempt in drawn + drawn[::-1]:
         expected = naive.evaluate(attempt)
         assert cold.evaluate(attempt) == expected
+        assert tiny.evaluate(attempt) == expected
         # twice: the second answer comes from the caches
         assert cached.evaluate(attempt) == expected
         assert cached.evaluate(attempt) == expected
