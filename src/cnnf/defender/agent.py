@@ -657,7 +657,7 @@ class Agent:
         """Remove every rule, set and queue binding; flush what was recorded."""
         self.stop_event.set()
         if self.runner is not None:
-            self.runner.stop()
+            self.runner.stop(timeout=0.2)  # daemon threads; a long-poll may be in flight
         if self.observer is not None:
             self.observer.stop()
             self.observer = None

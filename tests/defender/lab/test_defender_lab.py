@@ -455,3 +455,79 @@ def test_status_command_shows_workloads_queues_and_counters(cluster: Cluster) ->
     for name in ("payments", "db", "worker"):
         assert name in out
     assert "queue 4200" in out and "verdicts: accepted" in out
+
+
+# ----------------------------------------------------------------- managed by a Console
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_link import TOKEN, FakeConsole, handler_for  # noqa: E402  (the in-test Console)
+
+
+def test_managed_defender_enrolls_follows_the_console_and_spools_when_it_is_down(
+    cluster: Cluster,
+) -> None:
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from cnnf.policy.document import load_policy
+
+    c = cluster
+    if c.d2.proc is not None:
+        c.d2.stop()
+    fake = FakeConsole()
+    fake.policy, fake.policy_revision = load_policy(policy(100)), 100
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(fake))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    state = c.workdir / "managed"
+    d = Defender(c.lab, "node-2", c.workdir, c.policy_file, c.cluster_file)
+    d.state, d.output = state, c.workdir / "managed.jsonl"
+    base = ["--console", url, "--state-dir", str(state), "--audit-window", "0.5"]
+
+    def start(*extra: str) -> subprocess.Popen[bytes]:
+        argv = [CNNF, "defender", "run", "--netns", d.netns, "--docker-host",
+                c.lab.docker_host("node-2"), "--hostname", "node-2", *base, *extra]
+        with open(d.log, "ab") as log:
+            d.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+        assert poll(lambda: (d.status() or {}).get("pid") == d.proc.pid, 30), (  # type: ignore[union-attr]
+            d.log.read_text()[-2000:])
+        return d.proc  # type: ignore[return-value]
+
+    def console_flows(port: int) -> list[Any]:
+        return [f for b in list(fake.batches.values()) for f in b.flows
+                if f.src.container == "worker" and f.port == port]
+
+    try:
+        start("--token", TOKEN)
+        d.wait_revision(100)
+        assert fake.enrolls == 1 and (state / "credential").exists()
+        assert poll(lambda: fake.inventories and {w.name for w in fake.inventories[-1].containers}
+                    == {"payments", "db", "worker"})
+        assert c.connect("worker", "internet", 443).outcome == "refused"  # default prevent
+        assert poll(lambda: console_flows(443), 10)
+        assert any(a.port == 443 and a.blocked for b in fake.batches.values() for a in b.audits)
+
+        fake.down = True  # the Console goes away: batches wait in the spool
+        assert c.connect("worker", "internet", 80).ok
+        assert poll(lambda: ((d.status() or {}).get("console") or {}).get("spool_batches"), 10)
+        assert not console_flows(80)
+        fake.down = False
+        assert poll(lambda: console_flows(80), 15)  # delivered once it is back
+
+        rules = [*RULES, {"id": 10, "name": "worker-https", "src": "worker", "dst": "internet",
+                          "ports": [443], "effect": "allow"}]
+        fake.set_policy(load_policy(policy(0, containerRules=rules)))  # revision 101
+        d.wait_revision(101)
+        assert c.connect("worker", "internet", 443).ok
+        d.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Restart with the Console unreachable and no token: the saved policy applies.
+    start()
+    d.wait_revision(101)
+    assert c.connect("worker", "internet", 443).ok
+    assert "console unreachable at start" in d.log.read_text()
+    d.stop()
+    assert d.kernel_state() == ("", "")
