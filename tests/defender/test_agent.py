@@ -1,0 +1,257 @@
+"""The Defender runtime's pure parts, without a kernel: the verdict workers'
+decide object, the address sets per mode, the cluster inventory mapping,
+configuration errors, JSON lines output and the metrics collector."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from cnnf.defender import core
+from cnnf.defender.agent import (
+    Agent,
+    InventoryUpdate,
+    PolicyUpdate,
+    VerdictDecide,
+    _remote_identities,
+)
+from cnnf.defender.config import ConfigError, DefenderConfig, parse_labels, parse_listen
+from cnnf.defender.datapath import AddressSet, Decision, PacketInfo
+from cnnf.defender.discovery.identity import DiscoveredContainer
+from cnnf.defender.metrics import DefenderCollector, Figures
+from cnnf.defender.outputs import JsonLinesOutput
+from cnnf.model import (
+    BlockMode,
+    ContainerIdentity,
+    ContainerObject,
+    ContainerSelector,
+    DnsObject,
+    Effect,
+    HostIdentity,
+    Policy,
+    Rule,
+)
+from cnnf.model.records import ClusterInventory, HostInfo, WorkloadInfo
+
+NODE = HostIdentity(name="node-1", addresses=("10.0.0.1",))
+WEB = ContainerIdentity(image="shop/web:1.0", name="web-1", namespace="shop", host="node-1")
+DB = ContainerIdentity(image="shop/db:13", name="db-1", namespace="shop", host="node-2")
+
+POLICY = Policy(
+    container_enabled=True,
+    default_effect=Effect.ALLOW,
+    objects=(
+        ContainerObject(name="web", selector=ContainerSelector(images=("shop/web",))),
+        ContainerObject(name="db", selector=ContainerSelector(images=("shop/db",))),
+        DnsObject(name="partner", domains=("api.partner.example",)),
+    ),
+    container_rules=(
+        Rule(id=1, name="web-db", src="web", dst="db", ports=5432, effect=Effect.ALERT),
+        Rule(id=2, name="web-db-rest", src="web", dst="db", effect=Effect.PREVENT),
+        Rule(id=3, name="web-partner", src="web", dst="partner", ports=443,
+             effect=Effect.PREVENT),
+    ),
+    revision=3,
+)
+INV = InventoryUpdate(NODE, (("10.1.0.2", WEB),), (("10.2.0.5", DB),))
+
+
+def packet(dst: str, port: int, domains: tuple[str, ...] = ()) -> PacketInfo:
+    return PacketInfo(4, "10.1.0.2", dst, 40000, port, dst_domains=domains)
+
+
+@pytest.mark.parametrize(
+    ("pkt", "block_mode", "decision", "rule"),
+    [
+        (packet("10.2.0.5", 5432), BlockMode.RESET, Decision.ACCEPT_AUDIT, 1),
+        (packet("10.2.0.5", 22), BlockMode.RESET, Decision.REJECT, 2),
+        (packet("10.2.0.5", 22), BlockMode.DROP, Decision.DROP, 2),
+        (packet("198.51.100.7", 443, ("api.partner.example",)), BlockMode.RESET,
+         Decision.REJECT, 3),
+        (packet("198.51.100.7", 443), BlockMode.RESET, Decision.ACCEPT, None),
+    ],
+)
+def test_verdict_decide_maps_verdicts_to_datapath_decisions(
+    pkt: PacketInfo, block_mode: BlockMode, decision: Decision, rule: int | None
+) -> None:
+    decide = VerdictDecide(POLICY.model_copy(update={"block_mode": block_mode}), INV)
+    out = decide(pkt)
+    assert out.decision == decision
+    assert isinstance(out.detail, core.Decision)
+    assert out.detail.verdict.rule_id == rule and out.detail.verdict.revision == 3
+    # The detail crosses a process boundary in the worker's report batches.
+    assert pickle.loads(pickle.dumps(out.detail)) == out.detail
+
+
+def test_updates_swap_policy_and_inventory() -> None:
+    decide = VerdictDecide(POLICY, InventoryUpdate(NODE, (), ()))
+    assert decide(packet("10.2.0.5", 22)).decision == Decision.ACCEPT  # nobody known yet
+    decide.update(pickle.loads(pickle.dumps(INV)))  # messages are pickled to the workers
+    assert decide(packet("10.2.0.5", 22)).decision == Decision.REJECT
+    decide.update(PolicyUpdate(POLICY.model_copy(update={"container_rules": ()})))
+    assert decide(packet("10.2.0.5", 22)).decision == Decision.ACCEPT
+    decide.update("something else")  # ignored
+    assert decide(packet("10.2.0.5", 22)).decision == Decision.ACCEPT
+
+
+def test_remote_identities_skip_this_host_and_map_every_address() -> None:
+    inv = ClusterInventory(
+        revision=4,
+        hosts=[HostInfo(name="node-1", addresses=["10.0.0.1"]),
+               HostInfo(name="node-2", addresses=["10.0.0.2", "10.2.0.1"], labels={"z": "b"})],
+        containers=[WorkloadInfo(address="10.1.0.2", image="shop/web:1.0", host="node-1"),
+                    WorkloadInfo(address="10.2.0.5", image="shop/db:13", name="db-1",
+                                 namespace="shop", host="node-2", labels={"app": "db"})],
+    )
+    got = dict(_remote_identities(inv, "node-1"))
+    assert set(got) == {"10.0.0.2", "10.2.0.1", "10.2.0.5"}
+    host = got["10.0.0.2"]
+    assert isinstance(host, HostIdentity) and host.labels == (("z", "b"),)
+    db = got["10.2.0.5"]
+    assert isinstance(db, ContainerIdentity)
+    assert (db.image, db.name, db.namespace, db.labels) == ("shop/db:13", "db-1", "shop",
+                                                            (("app", "db"),))
+    assert _remote_identities(None, "node-1") == ()
+
+
+def agent(tmp_path: Path) -> Agent:
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {}\n")
+    return Agent(DefenderConfig(policy_file=pol, state_dir=tmp_path / "state",
+                                hostname="node-1", docker_host="unix:///nonexistent"))
+
+
+def discovered(ident: ContainerIdentity, addr: str, host_network: bool = False) -> (
+        DiscoveredContainer):
+    return DiscoveredContainer(ident, (addr,), host_network, True, 1)
+
+
+@pytest.mark.parametrize(
+    ("modes", "local", "hostset", "cluster"),
+    [
+        ((False, False), set(), set(), set()),
+        ((True, False), {"10.1.0.2"}, set(), {"10.1.0.2", "10.2.0.5"}),
+        ((False, True), set(), {"10.0.0.1"}, {"10.0.0.1", "10.0.0.2"}),
+        ((True, True), {"10.1.0.2"}, {"10.0.0.1"},
+         {"10.1.0.2", "10.2.0.5", "10.0.0.1", "10.0.0.2"}),
+    ],
+)
+def test_address_sets_follow_the_mode_switches(
+    tmp_path: Path, modes: tuple[bool, bool], local: set[str], hostset: set[str],
+    cluster: set[str],
+) -> None:
+    container, host = modes
+    a = agent(tmp_path)
+    a.node = NODE
+    a.set_policy(Policy(container_enabled=container, host_enabled=host))
+    a._on_snapshot([discovered(WEB, "10.1.0.2"),
+                    discovered(ContainerIdentity(image="infra/agent:1"), "10.0.0.1",
+                               host_network=True)])  # host network: counts as the host
+    a.set_cluster(ClusterInventory(
+        revision=1, hosts=[HostInfo(name="node-2", addresses=["10.0.0.2"])],
+        containers=[WorkloadInfo(address="10.2.0.5", image="shop/db:13", host="node-2")]))
+    sets = a.wanted_sets()
+    assert sets[AddressSet.LOCAL] == local
+    assert sets[AddressSet.HOST] == hostset
+    assert sets[AddressSet.CLUSTER] == cluster
+    assert set(a.inventory.containers) == {"10.1.0.2"}
+    report = a.inventory_report()
+    assert [c.address for c in report.containers] == ["10.1.0.2"]
+    assert report.protected == len(local | hostset)
+
+
+def test_block_mode_option_overrides_the_policy(tmp_path: Path) -> None:
+    pol = tmp_path / "p.yaml"
+    pol.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {blockMode: reset}\n")
+    a = Agent(DefenderConfig(policy_file=pol, state_dir=tmp_path / "s", block_mode="drop"))
+    a.set_policy(Policy(block_mode=BlockMode.RESET))
+    assert a.compiled.policy.block_mode is BlockMode.DROP
+    assert a.policy.block_mode is BlockMode.RESET  # what the policy says stays visible
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of --policy"),
+        ({"policy_file": "P", "console": "http://c"}, "exactly one of --policy"),
+        ({"console": "ftp://c"}, "--console 'ftp://c'"),
+        ({"policy_file": "missing.yaml"}, "missing.yaml': no such file"),
+        ({"policy_file": "P", "queues": 0}, "--queues 0"),
+        ({"policy_file": "P", "block_mode": "tarpit"}, "--block-mode 'tarpit'"),
+        ({"policy_file": "P", "repair_interval": 0.1}, "--repair-interval 0.1"),
+        ({"policy_file": "P", "netns": "no-such-ns-cnnf"}, "--netns 'no-such-ns-cnnf'"),
+        ({"policy_file": "P", "hostname": ""}, "--hostname"),
+    ],
+)
+def test_config_errors_name_the_option_and_value(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    pol = tmp_path / "P"
+    pol.write_text("")
+    if kwargs.get("policy_file") == "P":
+        kwargs["policy_file"] = pol
+    elif "policy_file" in kwargs:
+        kwargs["policy_file"] = tmp_path / str(kwargs["policy_file"])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        DefenderConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [(["zone=a", "role=web"], {"zone": "a", "role": "web"}), (["k="], {"k": ""})],
+)
+def test_labels_parse(values: list[str], expected: dict[str, str]) -> None:
+    assert parse_labels(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("127.0.0.1:9464", ("127.0.0.1", 9464)), (":9464", ("0.0.0.0", 9464)),
+     ("[::1]:9464", ("::1", 9464))],
+)
+def test_listen_parse(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize("bad", ["9464", "host:", "host:99999", "host:x"])
+def test_bad_listen(bad: str) -> None:
+    with pytest.raises(ConfigError, match=f"--metrics '{bad}'"):
+        parse_listen(bad)
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=v", "a b=c"])
+def test_bad_labels(bad: str) -> None:
+    with pytest.raises(ConfigError, match=f"--label '{bad}'"):
+        parse_labels([bad])
+
+
+def test_json_lines_output(tmp_path: Path) -> None:
+    rec = core.Recorder(reporter="node-1", fold_window=0)
+    d = VerdictDecide(POLICY, INV)(packet("10.2.0.5", 22)).detail
+    assert isinstance(d, core.Decision)
+    rec.record(d, d_policy := VerdictDecide(POLICY, INV).compiled, 100.0)
+    assert d_policy.revision == 3
+    flows, audits = rec.drain(200.0, final=True)
+    out = JsonLinesOutput(str(tmp_path / "o.jsonl"))
+    assert out.write(flows, audits) == 2
+    out.close()
+    lines = [json.loads(ln) for ln in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [ln["record"] for ln in lines] == ["flow", "audit"]
+    assert lines[1]["type"] == "container" and lines[1]["blocked"] is True
+    assert lines[0]["rule_name"] == "web-db-rest" and lines[0]["src"]["container"] == "web-1"
+
+
+def test_metrics_collector_exposes_the_figures() -> None:
+    registry = CollectorRegistry()
+    registry.register(DefenderCollector(lambda: Figures(
+        verdicts={"accept": 5, "reject": 2}, protected=3, policy_revision=7, flows=4)))
+    text = generate_latest(registry).decode()
+    assert 'cnnf_defender_verdicts_total{decision="accept"} 5.0' in text
+    assert 'cnnf_defender_verdicts_total{decision="reject"} 2.0' in text
+    assert "cnnf_defender_protected_workloads 3.0" in text
+    assert "cnnf_defender_policy_revision 7.0" in text
+    assert "cnnf_defender_flows_total 4.0" in text
