@@ -448,8 +448,9 @@ class Agent:
             fail_open=not self.config.fail_closed, block_mode="reset",
             ipv6=self.config.ipv6, dns=self.config.dns,
         )
-        self.datapath = Datapath(dp_config, self.decide, self.netns)
-        report = self.datapath.start()
+        datapath = Datapath(dp_config, self.decide, self.netns)
+        report = datapath.start()
+        self.datapath = datapath  # only now is the kernel state ours to remove
         for item in report.removed_leftovers:
             log.warning("removed leftover kernel state of an earlier run", item=item)
         for note in report.notes:
@@ -682,6 +683,9 @@ class Agent:
         self.discovery.close()
         if self.output is not None:
             self.output.close()
+        if self.datapath is None:
+            log.info("defender stopped before its datapath started; no kernel state touched")
+            return
         self.config.status_file.unlink(missing_ok=True)
         (self.config.state_dir / "inventory.json").unlink(missing_ok=True)
         log.info("defender stopped; kernel state removed", removed=len(removed))

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,8 +209,11 @@ class Cluster:
                         10)
 
     def start(self) -> None:
-        for d in self.defenders:
-            d.start()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.metrics_port = s.getsockname()[1]
+        self.d1.start("--metrics", f"127.0.0.1:{self.metrics_port}")
+        self.d2.start()
         self.share_inventory()
 
     def connect(self, src: str, dst: str, port: int, timeout: float = 2.0) -> ConnectResult:
@@ -267,6 +272,54 @@ def test_allow_alert_prevent_on_one_host(cluster: Cluster) -> None:
     (prevent,) = audits(c, "frontend", 6379)
     assert prevent["blocked"] is True and prevent["dst"]["container"] == "cache"
     assert flows(c, "frontend", "api", 8080)[0]["effect"] == "allow"
+
+
+def test_metrics_endpoint(cluster: Cluster) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics_port}/metrics",
+                                timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'cnnf_defender_verdicts_total{decision="accept"}' in text
+    assert "cnnf_defender_protected_workloads 3.0" in text
+    assert "cnnf_defender_policy_revision 1.0" in text
+
+
+def test_a_deleted_rule_or_member_is_put_back_and_logged(cluster: Cluster) -> None:
+    c = cluster
+    d = c.d1
+    state = d.kernel_state()
+    jump = next(ln for ln in state[0].splitlines() if ln.startswith("-A FORWARD"))
+    frontend = c.lab.container("frontend").address
+    subprocess.run(["nsenter", f"--net={d.netns}", "iptables", "-D", *shlex.split(jump)[1:]],
+                   check=True)
+    subprocess.run(["nsenter", f"--net={d.netns}", "ipset", "del", "cnnf-local4", frontend],
+                   check=True)
+    assert d.kernel_state() != state
+    assert poll(lambda: d.kernel_state() == state, 10)
+    members = subprocess.run(["nsenter", f"--net={d.netns}", "ipset", "list", "cnnf-local4"],
+                             capture_output=True, text=True, check=True).stdout
+    assert frontend in members.split()
+    assert poll(lambda: "repaired kernel state" in d.log.read_text())
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
+
+
+def test_a_second_defender_on_the_queue_is_a_clear_error_and_changes_nothing(
+    cluster: Cluster,
+) -> None:
+    c = cluster
+    d = c.d1
+    state = d.kernel_state()
+    proc = subprocess.run(
+        [CNNF, "defender", "run", "--netns", d.netns, "--docker-host",
+         c.lab.docker_host("node-1"), "--hostname", "node-1", "--policy", str(c.policy_file),
+         "--state-dir", str(c.workdir / "second")],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "NFQUEUE 4200 is already bound" in proc.stderr
+    assert d.kernel_state() == state
+    assert d.proc is not None and d.proc.poll() is None
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
 
 
 def test_across_hosts_each_attempt_is_evaluated_and_audited_once(cluster: Cluster) -> None:

@@ -121,14 +121,23 @@ class Datapath:
     def start(self) -> InstallReport:
         """Bind the queues first (so fail-closed rules never lack a listener), then
         install the rules; on failure, undo everything and raise."""
+        installing = False
         try:
             self.workers.start()  # fork before any thread of ours exists
             if self.dns is not None:
                 self.dns.start()
+            installing = True
             return self.backend.install()
         except BaseException:
             with contextlib.suppress(DatapathError):
-                self.stop()
+                if installing:
+                    self.stop()
+                else:
+                    # e.g. the queue is bound by another Defender: its rules and
+                    # sets are not ours to remove.
+                    if self.dns is not None:
+                        self.dns.stop()
+                    self.workers.stop()
             raise
 
     def stop(self) -> list[str]:
