@@ -147,6 +147,10 @@ INVALID: list[tuple[str, str, dict[str, Any], str, str]] = [
          "objects[0].cidrs", "CIDR"),
         ("put", "/policy", {"containerRules": [_rule("r", dst="ghost", id=1)], "objects": [WEB]},
          "containerRules[0].dst", "ghost"),
+        ("put", "/policy", {"containerRules": [_rule("r", id=2**31)], "objects": [WEB, DB]},
+         "containerRules[0].id", "above 2147483647"),
+        ("post", "/rules/container/99999999999/move", {"position": 0}, "rule_id", "less than"),
+        ("get", "/changes?offset=99999999999999999999", None, "offset", "less than"),
 ]
 
 

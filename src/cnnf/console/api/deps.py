@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +21,11 @@ from cnnf.console.security import LoginLimiter, Permission, allowed
 from cnnf.console.services.errors import Forbidden, Unauthorized
 from cnnf.console.services.policy import PolicyService
 from cnnf.console.services.users import Principal, UserService
+
+# Integers the store keeps in 32-bit columns (ids, positions); paging offsets too.
+MAX_INT = 2**31 - 1
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 
 
 @dataclass

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
-from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer, policy_service
+from cnnf.console.api.deps import (
+    Limit,
+    Offset,
+    Reader,
+    SessionDep,
+    StateDep,
+    Writer,
+    policy_service,
+)
 from cnnf.console.services import formats
 from cnnf.console.services.policy import PolicyService, Settings
 from cnnf.console.store.models import ChangeRow
@@ -19,8 +27,6 @@ from cnnf.model.rule import PolicyModel
 
 router = APIRouter(tags=["policy"])
 Format = Literal["native", "prisma"]
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 class FieldProblem(PolicyModel):

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from cnnf.console.api.deps import Reader, SessionDep, StateDep
+from cnnf.console.api.deps import Limit, Offset, Reader, SessionDep, StateDep
 from cnnf.console.services.records import (
     AuditFilter,
     AuditService,
@@ -20,8 +20,6 @@ from cnnf.console.services.records import (
 from cnnf.model.rule import PolicyModel
 
 router = APIRouter(tags=["audits", "flows"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
 Since = Annotated[datetime | None, Query(description="at or after (ISO 8601)")]
 Until = Annotated[datetime | None, Query(description="before (ISO 8601)")]
 Pattern = Annotated[str | None, Query(max_length=300, description="exact, or * as wildcard")]

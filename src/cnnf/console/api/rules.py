@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Query
 from pydantic import Field
 
-from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer, policy_service
+from cnnf.console.api.deps import MAX_INT, Reader, SessionDep, StateDep, Writer, policy_service
 from cnnf.console.services.policy import RuleDraft
 from cnnf.model import Rule, RuleKind
 from cnnf.model.rule import PolicyModel
 
 router = APIRouter(prefix="/rules/{kind}", tags=["rules"])
 Kind = Annotated[RuleKind, Path(description="container or host")]
-RuleId = Annotated[int, Path(ge=1)]
+RuleId = Annotated[int, Path(ge=1, le=MAX_INT)]
 
 
 class PlacedRule(Rule):
@@ -24,7 +24,7 @@ class PlacedRule(Rule):
 
 
 class Move(PolicyModel):
-    position: Annotated[int, Field(ge=0)]
+    position: Annotated[int, Field(ge=0, le=MAX_INT)]
 
 
 def _placed(position: int, rule: Rule) -> PlacedRule:
@@ -42,7 +42,9 @@ def list_rules(*, kind: Kind, db: SessionDep, console: StateDep,
 @router.post("", response_model=PlacedRule, status_code=201)
 def create_rule(*,
     kind: Kind, draft: Annotated[RuleDraft, Body()], db: SessionDep, console: StateDep,
-    position: Annotated[int | None, Query(ge=0, description="insert here; default: last")] = None,
+    position: Annotated[
+        int | None, Query(ge=0, le=MAX_INT, description="insert here; default: last")
+    ] = None,
     who: Writer,
 ) -> PlacedRule:
     service = policy_service(db, console, who)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import Field
 
-from cnnf.console.api.deps import Admin, Caller, SessionDep, StateDep
+from cnnf.console.api.deps import MAX_INT, Admin, Caller, SessionDep, StateDep
 from cnnf.console.security import Permission, Role, allowed
 from cnnf.console.services.errors import Conflict, Forbidden
 from cnnf.console.services.users import (
@@ -95,8 +95,8 @@ def create_token(*, body: TokenRequest, db: SessionDep, console: StateDep,
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(*, token_id: int, db: SessionDep, console: StateDep,
-                 who: Caller) -> None:
+def revoke_token(*, token_id: Annotated[int, Path(ge=1, le=MAX_INT)], db: SessionDep,
+                 console: StateDep, who: Caller) -> None:
     UserService(db, console.now).revoke_token(
         who, token_id, any_user=allowed(who.role, Permission.ADMIN)
     )

@@ -225,7 +225,7 @@ class PolicyService:
         self, new: Policy, action: str, resource: str, before: Any, after: Any, *,
         error_prefix: str = "",
     ) -> Policy:
-        errors = formats.check(new)
+        errors = formats.check(new) + _store_limits(new)
         if errors:
             if error_prefix:
                 errors = [_strip(e, error_prefix) for e in errors]
@@ -427,6 +427,18 @@ class PolicyService:
         """The diff and errors an import would produce; nothing is written."""
         old = self.policy()
         return diff(old, policy), formats.check(policy)
+
+
+MAX_RULE_ID = 2**31 - 1  # the store keeps rule ids in 32-bit columns
+
+
+def _store_limits(policy: Policy) -> list[FieldError]:
+    return [
+        FieldError(f"{list_name}[{i}].id", f"{rule.id} is above {MAX_RULE_ID}")
+        for kind, list_name in LIST_NAMES.items()
+        for i, rule in enumerate(_rules(policy, kind))
+        if rule.id > MAX_RULE_ID
+    ]
 
 
 def _renamed(rule: Rule, old: str, new: str) -> Rule:

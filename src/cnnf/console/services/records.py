@@ -26,6 +26,7 @@ CSV_COLUMNS = (
     "Count",
 )
 Port = Annotated[int, Field(ge=1, le=65535)]
+Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]  # what the store's INTEGER columns hold
 Text = Annotated[str, Field(max_length=300)]
 
 
@@ -34,7 +35,7 @@ class AuditRecord(PolicyModel):
 
     time: datetime
     type: Annotated[str, Field(pattern="^(container|host)$")] = "container"
-    rule_id: int | None = None
+    rule_id: Int32 | None = None
     rule_name: Text = ""
     blocked: bool
     effect: Effect
@@ -52,8 +53,8 @@ class AuditRecord(PolicyModel):
     dst_subnet: Text = ""
     dst_domain: Text = ""
     msg: str = ""
-    count: Annotated[int, Field(ge=1)] = 1
-    revision: Annotated[int, Field(ge=0)] = 0
+    count: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
+    revision: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     defender: Text = ""
 
 
@@ -69,9 +70,9 @@ class FlowRecord(PolicyModel):
     dst: Annotated[str, Field(min_length=1, max_length=300)]
     port: Port
     verdict: Annotated[str, Field(pattern="^(allow|alert|prevent|observed)$")]
-    rule_id: Annotated[int, Field(ge=0)] = 0
+    rule_id: Int32 = 0
     rule_name: Text = ""
-    count: Annotated[int, Field(ge=1)] = 1
+    count: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
     first_seen: datetime
     last_seen: datetime
 
