@@ -190,8 +190,11 @@ def status(
 @app.command()
 def cleanup(
     netns: str = typer.Option(None, "--netns", help="The network namespace to clean."),
+    state_dir: str = typer.Option(None, "--state-dir", help="The Defender's state dir (its "
+                                  "stale status file is removed)."),
 ) -> None:
     """Remove every CNNF rule, chain and set (after a crash)."""
+    from cnnf.defender.config import default_state_dir
     from cnnf.defender.datapath import DatapathError
     from cnnf.defender.datapath import cleanup as datapath_cleanup
 
@@ -203,4 +206,9 @@ def cleanup(
         raise _fail(str(exc), 1) from None
     for item in removed:
         typer.echo(f"removed {item}")
+    status_dir = Path(state_dir) if state_dir else default_state_dir(netns)
+    data = _read_status(status_dir)
+    if data is not None and data.get("stale"):
+        (status_dir / "status.json").unlink(missing_ok=True)
+        typer.echo(f"removed the stale status file of pid {data.get('pid')}")
     typer.echo(f"cleanup done: {len(removed)} item(s) removed")
