@@ -3,6 +3,7 @@ policy serializer round trip."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 from alembic.autogenerate import compare_metadata
@@ -10,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
-from cnnf.console.services.policy import PolicyService
+from cnnf.console.services.policy import PolicyService, RuleDraft
 from cnnf.console.store.db import (
     connect,
     current_revision,
@@ -29,6 +30,7 @@ from cnnf.model import (
     HostSelector,
     Policy,
     Rule,
+    RuleKind,
     SubnetObject,
 )
 
@@ -91,5 +93,43 @@ def test_policy_round_trips_through_the_store(db_url: str) -> None:
         # Objects are a set keyed by name: the store returns them sorted by name.
         objects = tuple(sorted(SAMPLE.objects, key=lambda o: o.name))
         assert again == SAMPLE.model_copy(update={"revision": 1, "objects": objects})
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_changes_queue_instead_of_losing_each_other(db_url: str) -> None:
+    engine = connect(db_url)
+    try:
+        migrate(engine)
+        with Session(engine) as session:
+            PolicyService(session).replace(SAMPLE)
+        writers, per_writer = 4, 5
+        barrier = threading.Barrier(writers)
+        failures: list[BaseException] = []
+
+        def write(n: int) -> None:
+            try:
+                with Session(engine) as session:
+                    service = PolicyService(session, actor=f"writer-{n}")
+                    barrier.wait(timeout=30)
+                    for i in range(per_writer):
+                        service.create_rule(RuleKind.CONTAINER, RuleDraft(
+                            name=f"w{n}-{i}", src="api", dst="internet"), position=0)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not failures, failures
+        with Session(engine) as session:
+            policy = PolicyService(session).policy()
+        names = {r.name for r in policy.container_rules}
+        assert {f"w{n}-{i}" for n in range(writers) for i in range(per_writer)} <= names
+        assert len(policy.container_rules) == len(SAMPLE.container_rules) + writers * per_writer
+        assert len({r.id for r in policy.container_rules}) == len(policy.container_rules)
+        assert policy.revision == 1 + writers * per_writer
     finally:
         engine.dispose()

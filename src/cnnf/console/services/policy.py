@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cnnf.console.services import formats
@@ -214,7 +214,18 @@ class PolicyService:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        """One policy change at a time: every change first takes the write lock on
+        the settings row (a row lock on PostgreSQL, the database write lock on
+        SQLite) and only then reads the policy it changes, so concurrent changes
+        queue instead of overwriting each other."""
+        if self.session.in_transaction():
+            self.session.commit()  # end any read snapshot taken before the lock
         try:
+            self.session.execute(
+                update(SettingsRow).where(SettingsRow.id == 1)
+                .values(revision=SettingsRow.revision)
+            )
+            self.session.expire_all()
             yield
             self.session.commit()
         except BaseException:
