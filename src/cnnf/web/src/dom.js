@@ -37,29 +37,41 @@ export function clear(el) {
 export function fmtTime(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  return d.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  return d.toISOString().slice(0, 16).replace("T", " ");
 }
 
-// Field-level errors: paths like "selector.images[0]" or "ports[1]" -> the
-// form field named by the last word before any index ("images", "ports").
-export function fieldOf(path) {
+// Field-level errors: a path like "selector.images[0]" or "ports[0].start" is
+// shown at the form field named by its last word that names one ("images",
+// "ports"); the rest go to the fallback line.
+export function fieldFor(form, path) {
   const words = String(path || "").replace(/\[\d+\]/g, "").split(".").filter(Boolean);
-  return words.length ? words[words.length - 1] : "";
+  for (let i = words.length - 1; i >= 0; i -= 1) {
+    const input = form.querySelector(`[name="${CSS.escape(words[i])}"]`);
+    if (input) return input;
+  }
+  return null;
 }
 
 export function showFieldErrors(form, errors, fallback) {
   form.querySelectorAll(".field-error").forEach((e) => e.remove());
   form.querySelectorAll(".invalid").forEach((e) => e.classList.remove("invalid"));
   const loose = [];
+  const shown = new Map();
   for (const err of errors) {
-    const name = fieldOf(err.path);
-    const input = name && form.querySelector(`[name="${CSS.escape(name)}"]`);
-    if (input) {
-      input.classList.add("invalid");
-      input.insertAdjacentElement("afterend", h("div", { class: "field-error", role: "alert" },
-        err.message));
-    } else {
+    const input = fieldFor(form, err.path);
+    if (!input) {
       loose.push(err.path ? `${err.path}: ${err.message}` : err.message);
+      continue;
+    }
+    input.classList.add("invalid");
+    let box = shown.get(input);
+    if (!box) {
+      box = h("div", { class: "field-error", role: "alert" });
+      input.insertAdjacentElement("afterend", box);
+      shown.set(input, box);
+    }
+    if (!box.textContent.includes(err.message)) {
+      box.textContent += (box.textContent ? "; " : "") + err.message;
     }
   }
   if (fallback) fallback.textContent = loose.join("; ");

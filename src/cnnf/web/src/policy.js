@@ -38,7 +38,7 @@ export async function renderRules(main, args, query) {
 
   async function load() {
     [rules, objects] = await Promise.all([api("GET", `/rules/${kind}`), api("GET", "/objects")]);
-    clear(body).append(rules.map((r) => row(r)));
+    clear(body).append(...rules.map((r) => row(r)));
     if (!rules.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No rules yet.")));
   }
 
@@ -154,7 +154,7 @@ export async function renderObjects(main) {
 
   async function load() {
     const objects = await api("GET", "/objects");
-    clear(body).append(objects.map((o) => h("tr", { dataset: { name: o.name } },
+    clear(body).append(...objects.map((o) => h("tr", { dataset: { name: o.name } },
       h("td", {}, o.name), h("td", {}, o.kind), h("td", {}, describe(o)), h("td", {}, o.description || ""),
       h("td", { class: "actions" },
         h("button", { type: "button", class: "secondary", onclick: () => edit(o) }, "Edit"),
@@ -359,7 +359,7 @@ export async function renderAudits(main) {
       const page = await api("GET", "/audits", { query: { ...params(), limit: PAGE, offset } });
       message.textContent = "";
       const who = (img, container, host, addr) => [img, container && `(${container})`, host && `on ${host}`, !img && addr].filter(Boolean).join(" ");
-      clear(body).append(page.items.map((a) => h("tr", {},
+      clear(body).append(...page.items.map((a) => h("tr", {},
         h("td", {}, fmtTime(a.time)), h("td", {}, a.type),
         h("td", {}, h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
         h("td", {}, a.ruleName || "no rule"),

@@ -348,8 +348,9 @@ export async function renderRadar(main) {
     h("label", {}, "Window ", select("window", WINDOWS.map(([k]) => [k, k === "all" ? "all time" : `last ${k}`]))),
     h("label", {}, "Search ", input("q", "image, host, name…")),
     h("button", { type: "button", class: "secondary", onclick: () => radar.cy && radar.cy.fit(undefined, 30) }, "Fit"),
-    pause, live, status);
-  clear(main).append(h("section", { class: "radar" }, toolbar,
+    pause);
+  const statusBar = h("div", { class: "statusbar" }, live, status);
+  clear(main).append(h("section", { class: "radar" }, toolbar, statusBar,
     h("div", { class: "radar-body" }, graphBox, legend(), panel)));
 
   const cy = cytoscape({
@@ -363,6 +364,7 @@ export async function renderRadar(main) {
   let timer = null;
   let stopped = false;
   let inFlight = false;
+  let lastChange = "";
 
   cy.on("tap", "edge", (e) => showEdge(e.target.data()));
   cy.on("tap", "node", (e) => showNode(e.target));
@@ -392,6 +394,7 @@ export async function renderRadar(main) {
       }
     });
     const t1 = performance.now();
+    cy.resize(); // the container may have moved: refresh the cached geometry for clicks
     if (!same || relayout) runLayout(cy);
     const t2 = performance.now();
     radar.timing.buildMs = Math.round(t1 - t0);
@@ -437,9 +440,8 @@ export async function renderRadar(main) {
       radar.renders += 1;
       radar.ready = true;
       const now = new Date().toLocaleTimeString();
-      live.textContent = changed && !firstRender
-        ? `● Live · new data at ${now}${added ? ` (+${added})` : ""}`
-        : `● Live · checked ${now}`;
+      if (changed && !firstRender) lastChange = `${now}${added ? ` (+${added})` : ""}`;
+      live.textContent = `● Live · checked ${now}${lastChange ? ` · new data at ${lastChange}` : ""}`;
       live.classList.toggle("fresh", changed && !firstRender);
       live.dataset.updated = String(radar.renders);
     } catch (err) {
@@ -461,9 +463,9 @@ export async function renderRadar(main) {
   // --- side panel --------------------------------------------------------------
 
   function openPanel(...content) {
-    clear(panel).append(
+    clear(panel).append(h("div", {},
       h("button", { type: "button", class: "close", "aria-label": "Close", onclick: () => { panel.hidden = true; } }, "×"),
-      ...content);
+      ...content));
     panel.hidden = false;
   }
 
