@@ -155,3 +155,14 @@ def test_console_serves_https_from_its_own_ca(tmp_path: Path) -> None:
             httpx.get(f"{base}/healthz")  # the system's trust store does not know it
         with pytest.raises(httpx.RemoteProtocolError):
             httpx.get(base.replace("https:", "http:") + "/healthz")
+
+
+def test_an_unreachable_store_is_one_clear_line(tmp_path: Path) -> None:
+    r = _cnnf("console", "--listen", "127.0.0.1:9", "--db",
+              "postgresql://cnnf:secret@127.0.0.1:1/console")
+    assert r.returncode == 1
+    assert r.stderr.startswith("cnnf console: cannot open postgresql+psycopg://cnnf:***@")
+    assert "Connection refused" in r.stderr and "secret" not in r.stderr
+    assert "Traceback" not in r.stderr
+    r = _cnnf("console", "--listen", "nowhere")
+    assert r.returncode == 1 and "expected HOST:PORT" in r.stderr

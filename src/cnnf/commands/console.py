@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from cnnf.console.config import ConsoleConfig, database_url, default_data_dir
 from cnnf.console.security import Role
@@ -25,6 +26,16 @@ DATA_HELP = "Data directory (default: $CNNF_DATA_DIR or ./var/console)"
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"cnnf console: {message}", err=True)
     return typer.Exit(1)
+
+
+def _store_problem(url: str, exc: BaseException) -> str:
+    """One line naming the store (password hidden) and what went wrong."""
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True) if url else "the store"
+    reason = getattr(exc, "orig", None) or exc
+    first = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return f"cannot open {shown}: {first}"
 
 
 @app.callback(invoke_without_command=True)
@@ -72,6 +83,8 @@ def serve(
         application = create_app(config)
     except CnnfError as exc:
         raise _fail(str(exc)) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(_store_problem(config.db_url, exc)) from None
     uvicorn.run(
         application, host=config.host, port=config.port, log_level=log_level,
         ssl_certfile=str(tls_cert) if tls_cert else None,
@@ -106,13 +119,17 @@ def create_user(
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    url = ""
     try:
-        engine = connect(database_url(db, directory))
+        url = database_url(db, directory)
+        engine = connect(url)
         migrate(engine)
         with Session(engine) as session:
             user = UserService(session).create_user(name, role, password)
     except CnnfError as exc:
         raise _fail(str(exc)) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(_store_problem(url, exc)) from None
     finally:
         if "engine" in locals():
             engine.dispose()
