@@ -137,7 +137,7 @@ INVALID: list[tuple[str, str, dict[str, Any], str, str]] = [
         ("post", "/rules/host", _rule("r"), "src", "web"),
         ("post", "/rules/container?position=9", _rule("r"), "position", "outside"),
         ("post", "/rules/container?position=-1", _rule("r"), "position", ""),
-        ("post", "/rules/container", {**_rule("r"), "colour": "red"}, "colour", "xtra"),
+        ("post", "/rules/container", {**_rule("r"), "colour": "red"}, "colour", "unknown field"),
         ("post", "/rules/firewall", _rule("r"), "kind", "container"),
         ("put", "/settings", {"containerEnabled": True, "hostEnabled": False,
                               "defaultEffect": "deny", "blockMode": "drop"},

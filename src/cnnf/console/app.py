@@ -7,8 +7,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -37,6 +38,7 @@ from cnnf.console.store.db import connect, migrate
 from cnnf.console.ui import mount_ui
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import ObjectKind
+from cnnf.policy.document import translate_errors
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("cnnf.console")
@@ -88,7 +90,7 @@ class BodyLimit:
 
 def _error(status: int, detail: str, errors: list[FieldError] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"detail": detail}
+    body: dict[str, Any] = {"detail": detail or "; ".join(str(e) for e in errors or ())}
     if errors is not None:
         body["errors"] = [{"path": e.path, "message": e.message} for e in errors]
     return JSONResponse(body, status_code=status, headers=headers)
@@ -116,25 +118,43 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     return path or "body"
 
 
+@dataclass
+class _BodyErrors:
+    """The body's share of a request's validation errors, shaped like pydantic's
+    ``ValidationError`` for the policy module's translator."""
+
+    items: list[dict[str, Any]]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self.items
+
+
+def _request_errors(exc: RequestValidationError) -> list[FieldError]:
+    """Field errors worded as the policy documents word them (``ports[0]: 70000 is
+    above 65535``): body paths through :func:`translate_errors`, the rest by name."""
+    body: list[dict[str, Any]] = []
+    errors: list[FieldError] = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        if loc[:1] == ("body",):
+            if err.get("type") == "union_tag_invalid":
+                loc = (*loc, "kind")  # name the discriminator itself
+            body.append({**err, "loc": loc[1:]})
+            continue
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if "input" in err and err.get("type") != "missing":
+            msg = f"{msg} (got {err['input']!r:.100})"
+        errors.append(FieldError(_loc_path(loc), msg))
+    if body:
+        translated = translate_errors(cast(Any, _BodyErrors(body)), exc.body)
+        errors = [FieldError(e.path or "body", e.message) for e in translated] + errors
+    return errors
+
+
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for err in exc.errors():
-            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            loc = tuple(err.get("loc", ()))
-            ctx = err.get("ctx") or {}
-            if err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
-                # Name the discriminator field itself, with plain values.
-                loc = (*loc, str(ctx.get("discriminator", "kind")).strip("'"))
-                kinds = ", ".join(k.value for k in ObjectKind)
-                got = ctx.get("tag")
-                msg = (f"{got!r} is not one of: {kinds}" if got is not None
-                       else f"missing; one of: {kinds}")
-            elif "input" in err and err.get("type") != "missing":
-                msg = f"{msg} (got {err['input']!r:.100})"
-            errors.append(FieldError(_loc_path(loc), msg))
-        return _error(422, "; ".join(str(e) for e in errors), errors)
+        return _error(422, "", _request_errors(exc))
 
     @app.exception_handler(PolicyValidationError)
     async def _policy(_: Request, exc: PolicyValidationError) -> JSONResponse:
