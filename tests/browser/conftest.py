@@ -5,7 +5,6 @@ test on any JavaScript error and leaves a screenshot in test-artifacts/."""
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,17 +13,13 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from radarserver import ADMIN, RadarConsole, seed_shop, serve
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
-CLIENT_ERROR = re.compile(
-    r"Failed to load resource: the server responded with a status of 4\d\d")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+from radarpage import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, CLIENT_ERROR
+from radarserver import RadarConsole, seed_shop, serve
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: sync Playwright keeps an event loop running in this
+# thread while it is open, which would break later tests that run their own loop.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/bootstrap.sh)")
@@ -55,8 +50,7 @@ def page(browser: Any, console: RadarConsole, request: pytest.FixtureRequest) ->
     errors: list[str] = []
 
     def on_console(message: Any) -> None:
-        # The browser logs every 4xx answer; tests provoke those on purpose (a bad
-        # password, an invalid import) and the page shows them. 5xx stay errors.
+        # 4xx answers the tests provoke on purpose are logged by the browser too.
         if message.type == "error" and not CLIENT_ERROR.match(message.text):
             errors.append(f"console.{message.type}: {message.text}")
 
@@ -72,18 +66,3 @@ def page(browser: Any, console: RadarConsole, request: pytest.FixtureRequest) ->
         finally:
             context.close()
     assert errors == [], f"JavaScript errors: {errors}"
-
-
-def sign_in(page: Any, console: RadarConsole, hash_: str = "#/radar", query: str = "") -> None:
-    page.goto(f"{console.url}/{query}{hash_}")
-    page.fill("input[name=username]", ADMIN[0])
-    page.fill("input[name=password]", ADMIN[1])
-    page.click("form#login button[type=submit]")
-
-
-def wait_radar(page: Any, renders: int = 1) -> None:
-    page.wait_for_function(
-        f"window.cnnfRadar && window.cnnfRadar.ready && window.cnnfRadar.renders >= {renders}")
-
-
-__all__ = ["ARTIFACTS", "shutil", "sign_in", "wait_radar"]

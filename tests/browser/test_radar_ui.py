@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ARTIFACTS, sign_in, wait_radar
+from radarpage import ARTIFACTS, sign_in, wait_radar
 from radarserver import RadarConsole
 
 from cnnf.console.services.records import FlowRecord
