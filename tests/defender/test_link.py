@@ -333,3 +333,24 @@ def test_runner_applies_and_persists_policy_and_pushes_inventory(
     # A later start with the Console unreachable uses the saved policy.
     saved = make_link("http://127.0.0.1:9", tmp_path).saved_policy()
     assert saved is not None and saved.container_enabled and saved.revision == 1
+
+
+def test_threads_needing_the_credential_at_once_enroll_once(
+    console: tuple[FakeConsole, str], tmp_path: Path
+) -> None:
+    fake, url = console
+    link = make_link(url, tmp_path)
+    barrier = threading.Barrier(4)
+    got: list[str] = []
+
+    def worker() -> None:
+        barrier.wait()
+        got.append(link.enroll())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    link.close()
+    assert fake.enrolls == 1 and len(set(got)) == 1 and len(got) == 4

@@ -69,6 +69,7 @@ class ConsoleLink:
                                   timeout=timeout)
         self.credential: str | None = None
         self.defender_id: str | None = None
+        self._enroll_lock = threading.Lock()
         self._read_credential()
 
     # -- credentials -----------------------------------------------------------
@@ -89,9 +90,16 @@ class ConsoleLink:
                 self.defender_id = lines[1] if len(lines) > 1 else None
 
     def enroll(self) -> str:
-        """The credential: the stored one, or a new one from the enrollment token."""
+        """The credential: the stored one, or a new one from the enrollment token
+        (once, even when the link's threads all need it at the same moment)."""
         if self.credential:
             return self.credential
+        with self._enroll_lock:
+            if self.credential:
+                return self.credential
+            return self._enroll()
+
+    def _enroll(self) -> str:
         if not self.enrollment_token:
             raise AuthError(f"not enrolled yet ({self.credential_file} is missing) and no "
                             f"enrollment token given (--token)")
@@ -292,7 +300,7 @@ class LinkRunner:
                     self.policy_revision = revision
                     self.link.save_policy(revision, policy)
                     self.on_policy(revision, policy)
-            except LinkError as exc:
+            except Exception as exc:  # never let the loop die; LinkError is the usual
                 backoff = self._failed("policy", exc, backoff)
 
     def _inventory_loop(self) -> None:
@@ -305,7 +313,7 @@ class LinkRunner:
                 if got is not None:
                     self.inventory_revision = got.revision
                     self.on_inventory(got)
-            except LinkError as exc:
+            except Exception as exc:  # never let the loop die; LinkError is the usual
                 backoff = self._failed("inventory", exc, backoff)
 
     def _uplink_loop(self) -> None:
@@ -321,5 +329,5 @@ class LinkRunner:
                 self.link.deliver(self.spool)
                 self._ok()
                 backoff = 0.5
-            except LinkError as exc:
+            except Exception as exc:  # never let the loop die; LinkError is the usual
                 backoff = self._failed("uplink", exc, backoff)
