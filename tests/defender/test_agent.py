@@ -18,6 +18,7 @@ from cnnf.defender.agent import (
     PolicyUpdate,
     VerdictDecide,
     _remote_identities,
+    verdict_from_detail,
 )
 from cnnf.defender.config import ConfigError, DefenderConfig, parse_labels, parse_listen
 from cnnf.defender.datapath import AddressSet, Decision, PacketInfo
@@ -81,10 +82,13 @@ def test_verdict_decide_maps_verdicts_to_datapath_decisions(
     decide = VerdictDecide(POLICY.model_copy(update={"block_mode": block_mode}), INV)
     out = decide(pkt)
     assert out.decision == decision
-    assert isinstance(out.detail, core.Decision)
-    assert out.detail.verdict.rule_id == rule and out.detail.verdict.revision == 3
-    # The detail crosses a process boundary in the worker's report batches.
-    assert pickle.loads(pickle.dumps(out.detail)) == out.detail
+    # The detail crosses a process boundary in the worker's report batches as
+    # plain values, and turns back into the very verdict the engine gave.
+    assert isinstance(out.detail, tuple)
+    verdict = verdict_from_detail(pickle.loads(pickle.dumps(out.detail)))
+    expected = decide.decider.decide(pkt.src, pkt.dst, pkt.dport, pkt.dst_domains).verdict
+    assert verdict == expected
+    assert verdict.rule_id == rule and verdict.revision == 3
 
 
 def test_updates_swap_policy_and_inventory() -> None:
@@ -231,10 +235,9 @@ def test_bad_labels(bad: str) -> None:
 
 def test_json_lines_output(tmp_path: Path) -> None:
     rec = core.Recorder(reporter="node-1", fold_window=0)
-    d = VerdictDecide(POLICY, INV)(packet("10.2.0.5", 22)).detail
-    assert isinstance(d, core.Decision)
-    rec.record(d, d_policy := VerdictDecide(POLICY, INV).compiled, 100.0)
-    assert d_policy.revision == 3
+    decide = VerdictDecide(POLICY, INV)
+    d = decide.decider.decide("10.1.0.2", "10.2.0.5", 22)
+    rec.record(d, decide.compiled, 100.0)
     flows, audits = rec.drain(200.0, final=True)
     out = JsonLinesOutput(str(tmp_path / "o.jsonl"))
     assert out.write(flows, audits) == 2

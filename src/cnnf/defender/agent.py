@@ -56,8 +56,18 @@ from cnnf.defender.inventory import Identity, Inventory
 from cnnf.defender.metrics import Figures, serve_metrics
 from cnnf.defender.outputs import JsonLinesOutput
 from cnnf.errors import PolicyValidationError
-from cnnf.model import BlockMode, ContainerIdentity, HostIdentity, Policy, make_labels
+from cnnf.model import (
+    BlockMode,
+    ConnectionAttempt,
+    ContainerIdentity,
+    Effect,
+    HostIdentity,
+    Policy,
+    Verdict,
+    make_labels,
+)
 from cnnf.model.records import ClusterInventory, HostInfo, InventoryReport, WorkloadInfo
+from cnnf.model.rule import RuleKind
 from cnnf.policy.document import load_policy
 from cnnf.policy.engine import CompiledPolicy, compile_policy
 
@@ -82,10 +92,26 @@ class InventoryUpdate:
         return Inventory.build(self.node, self.containers, self.remote)
 
 
+VerdictDetail = tuple[str, int, bool, "int | None", "str | None", "str | None"]
+
+
+def verdict_detail(v: Verdict) -> VerdictDetail:
+    """The verdict as a tuple of plain values: it crosses from the worker to the
+    main process with every report, and plain tuples pickle several times
+    faster than the dataclasses (the attempt is rebuilt from the packet there)."""
+    return (v.effect.value, v.revision, v.matched, v.rule_id, v.rule_name,
+            None if v.rule_kind is None else v.rule_kind.value)
+
+
+def verdict_from_detail(d: VerdictDetail) -> Verdict:
+    return Verdict(effect=Effect(d[0]), revision=d[1], matched=d[2], rule_id=d[3],
+                   rule_name=d[4], rule_kind=None if d[5] is None else RuleKind(d[5]))
+
+
 class VerdictDecide:
     """``decide(packet)`` for the verdict workers: the pure Decider over the
     latest (compiled policy, inventory) snapshot. The detail of each outcome is
-    the :class:`core.Decision` (verdict + attempt), recorded by the main process."""
+    the verdict (:func:`verdict_detail`), recorded by the main process."""
 
     def __init__(self, policy: Policy, inventory: InventoryUpdate) -> None:
         self.compiled = compile_policy(policy)
@@ -109,7 +135,7 @@ class VerdictDecide:
             decision = Decision.REJECT
         else:
             decision = Decision.DROP
-        return Outcome(decision, d)
+        return Outcome(decision, verdict_detail(d.verdict))
 
 
 # ---------------------------------------------------------------- helpers
@@ -513,10 +539,18 @@ class Agent:
         """Verdict reports and observed connections -> the recorder."""
         assert self.datapath is not None
         compiled = self.compiled
-        for r in self.datapath.workers.reports():
-            if isinstance(r.detail, core.Decision):
-                self.recorder.record(r.detail, compiled, r.time)
         inv = self.inventory
+        for r in self.datapath.workers.reports():
+            if not isinstance(r.detail, tuple):
+                continue
+            p = r.packet
+            verdict = verdict_from_detail(r.detail)
+            attempt = ConnectionAttempt(inv.endpoint(p.src), inv.endpoint(p.dst, p.dst_domains),
+                                        p.dport)
+            action = (core.Action.ACCEPT if not verdict.blocked
+                      else core.Action.DROP if r.decision == Decision.DROP
+                      else core.Action.REJECT)
+            self.recorder.record(core.Decision(action, verdict, attempt), compiled, r.time)
         while True:
             try:
                 ev = self.observed.get_nowait()
