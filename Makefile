@@ -1,7 +1,7 @@
 # CNNF: every target installs what it needs first (scripts/bootstrap.sh).
 PY := .venv/bin/python
 
-.PHONY: deps test test-unit lint typecheck bench clean
+.PHONY: deps test test-unit lint typecheck bench demo clean
 
 deps:
 	@scripts/bootstrap.sh
@@ -25,6 +25,11 @@ typecheck: deps
 bench: deps
 	$(PY) bench/policy_engine.py
 	$(PY) bench/console_ingest.py
+
+# The whole product on this machine (root): Console, the shop lab, one Defender per
+# lab host, a starter policy and traffic; Ctrl-C removes everything. LISTEN=HOST:PORT
+demo: deps
+	.venv/bin/cnnf demo --listen $(or $(LISTEN),127.0.0.1:8080)
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

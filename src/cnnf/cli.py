@@ -7,6 +7,7 @@ import typer
 from cnnf import __version__
 from cnnf.commands import console as console_commands
 from cnnf.commands import defender as defender_commands
+from cnnf.commands import demo as demo_commands
 from cnnf.commands import lab as lab_commands
 from cnnf.commands import policy as policy_commands
 
@@ -37,6 +38,7 @@ app.add_typer(policy_commands.app, name="policy")
 app.add_typer(lab_commands.app, name="lab")
 app.add_typer(console_commands.app, name="console")
 app.add_typer(defender_commands.app, name="defender")
+app.add_typer(demo_commands.app, name="demo")
 
 
 def main() -> None:
