@@ -22,9 +22,9 @@ lint: deps
 typecheck: deps
 	$(PY) -m mypy
 
+# Every bench/*.py benchmark (root: some use the lab); writes bench/RESULTS.md.
 bench: deps
-	$(PY) bench/policy_engine.py
-	$(PY) bench/console_ingest.py
+	$(PY) bench/report.py
 
 # The whole product on this machine (root): Console, the shop lab, one Defender per
 # lab host, a starter policy and traffic; Ctrl-C removes everything. LISTEN=HOST:PORT

@@ -1,0 +1,188 @@
+"""Run every benchmark in bench/ and write bench/RESULTS.md (what `make bench` does).
+
+Each benchmark is a script here that prints its figures beside a baseline
+measured in the same run; this script runs them one after another (as root,
+since the lab and datapath ones need it), collects what each printed, and
+writes one Markdown report with the machine it ran on: CPU model, cores,
+memory, kernel, OS, Python, and the commit.
+
+    sudo .venv/bin/python bench/report.py [--only NAME ...] [--output bench/RESULTS.md]
+
+A benchmark that fails or runs past ``--timeout`` is reported as such (with
+its last lines), and the others still run; the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+# Arguments that keep `make bench` within about ten minutes on 2 cores; the
+# scripts' own defaults are the full runs (see each script's docstring).
+ARGS: dict[str, list[str]] = {
+    "policy_engine.py": ["--quick"],  # 100 to 10,000 rules; the full run adds 100,000
+    "lab_updown.py": ["--rounds", "2"],
+}
+NEEDS_ROOT = {"datapath.py", "defender_lab.py", "lab_updown.py", "propagation.py"}
+
+
+def benchmarks(only: list[str] | None = None) -> list[Path]:
+    scripts = sorted(p for p in BENCH.glob("*.py")
+                     if p.name != Path(__file__).name and not p.name.startswith("_"))
+    if only:
+        wanted = {n if n.endswith(".py") else f"{n}.py" for n in only}
+        unknown = wanted - {p.name for p in scripts}
+        if unknown:
+            raise SystemExit(f"report.py: no such benchmark: {', '.join(sorted(unknown))}")
+        scripts = [p for p in scripts if p.name in wanted]
+    return scripts
+
+
+def summary(script: Path) -> str:
+    """The first line of the script's docstring."""
+    try:
+        doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+    except SyntaxError:
+        doc = ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine() -> dict[str, str]:
+    cpuinfo = _read("/proc/cpuinfo")
+    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
+                  if ln.startswith("model name")), platform.processor() or "unknown")
+    meminfo = {ln.split(":")[0]: ln.split(":")[1].strip() for ln in _read("/proc/meminfo")
+               .splitlines() if ":" in ln}
+    mem_kib = int(meminfo.get("MemTotal", "0 kB").split()[0])
+    os_release = dict(ln.split("=", 1) for ln in _read("/etc/os-release").splitlines()
+                      if "=" in ln)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    load = " ".join(_read("/proc/loadavg").split()[:3])
+    return {
+        "CPU": model,
+        "cores": f"{os.cpu_count()} (usable by this run: {len(os.sched_getaffinity(0))})",
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "OS": os_release.get("PRETTY_NAME", "").strip('"') or platform.platform(),
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        "commit": (commit or "unknown") + (" (with local changes under src/)" if dirty else ""),
+        "load average at start": load,
+    }
+
+
+class Result:
+    def __init__(self, script: Path, args: list[str]) -> None:
+        self.script = script
+        self.args = args
+        self.output = ""
+        self.status = "not run"
+        self.seconds = 0.0
+
+    @property
+    def command(self) -> str:
+        return " ".join([".venv/bin/python", f"bench/{self.script.name}", *self.args])
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def run(script: Path, timeout: float) -> Result:
+    result = Result(script, ARGS.get(script.name, []))
+    if script.name in NEEDS_ROOT and os.geteuid() != 0:
+        result.status = "skipped: needs root"
+        return result
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, str(script), *result.args], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+        result.output = proc.stdout.decode(errors="replace")
+        result.status = "ok" if proc.returncode == 0 else f"failed (exit status {proc.returncode})"
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or b""
+        result.output = out.decode(errors="replace") if isinstance(out, bytes) else out
+        result.status = f"timed out after {timeout:.0f} s"
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def render(results: list[Result], info: dict[str, str], started: datetime,
+           total: float) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` (`bench/report.py`) on {started:%Y-%m-%d %H:%M} UTC "
+        f"in {total:.0f} s. Every figure is printed beside its baseline, measured in "
+        "the same run on the same machine; compare them with each other, not with "
+        "another machine's. The machine is shared with other work, so figures vary "
+        "from run to run.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in info.items()),
+        "",
+        "## Summary",
+        "",
+        "| benchmark | what it measures | status | time |",
+        "| --- | --- | --- | --- |",
+        *(f"| [{r.script.stem}](#{r.script.stem}) | {summary(r.script)} | "
+          f"{r.status} | {r.seconds:.0f} s |" for r in results),
+        "",
+    ]
+    for r in results:
+        lines += [f"## {r.script.stem}", "", summary(r.script), "",
+                  f"`{r.command}`: {r.status}, {r.seconds:.0f} s", ""]
+        text = r.output.rstrip()
+        if not r.ok and text.count("\n") > 40:
+            text = "[...]\n" + "\n".join(text.splitlines()[-40:])
+        if text:
+            lines += ["```", text, "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--only", action="append", help="run only this benchmark (repeat)")
+    parser.add_argument("--output", default=str(BENCH / "RESULTS.md"))
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per benchmark")
+    opts = parser.parse_args()
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    info = machine()
+    results = []
+    for script in benchmarks(opts.only):
+        print(f"=== {script.name} {' '.join(ARGS.get(script.name, []))}".rstrip(), flush=True)
+        result = run(script, opts.timeout)
+        print(result.output.rstrip(), flush=True)
+        print(f"--- {script.name}: {result.status}, {result.seconds:.0f} s", flush=True)
+        results.append(result)
+    Path(opts.output).write_text(render(results, info, started, time.monotonic() - t0) + "\n")
+    print(f"wrote {opts.output} ({len(results)} benchmark(s) in {time.monotonic() - t0:.0f} s)")
+    return 0 if all(r.ok or r.status.startswith("skipped") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
