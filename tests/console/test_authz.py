@@ -16,14 +16,17 @@ from cnnf.console.services.users import UserService
 PUBLIC = {
     ("GET", "/healthz"),
     ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/defenders/enroll"),  # the enrollment token is in the body
 }
 # A value for every path parameter; a route with a new one fails until added here.
-PATH_VALUES = {"name": "no-such-thing", "kind": "container", "rule_id": "1", "token_id": "999"}
+PATH_VALUES = {"name": "no-such-thing", "kind": "container", "rule_id": "1", "token_id": "999",
+               "defender_id": "no-such-defender"}
 EXPECTED = {
     Permission.READ: {Role.ADMIN, Role.OPERATOR, Role.AUDITOR},
     Permission.POLICY: {Role.ADMIN, Role.OPERATOR},
     Permission.ADMIN: {Role.ADMIN},
     Permission.SELF: {Role.ADMIN, Role.OPERATOR, Role.AUDITOR},
+    Permission.DEFENDER: set(),  # Defender credentials only (test_defenders.py)
 }
 
 
@@ -31,7 +34,10 @@ def _intended(method: str, path: str) -> Permission:
     """The access model in one place: users are admin business; one's own session
     and tokens are anyone's; reading is for every role; every other write changes
     policy or settings."""
-    if path.startswith("/api/v1/users"):
+    if path.startswith("/api/v1/defender/"):
+        return Permission.DEFENDER
+    if path.startswith("/api/v1/users") or (
+            path.startswith("/api/v1/defenders") and method != "GET"):
         return Permission.ADMIN
     if path.startswith(("/api/v1/auth/", "/api/v1/tokens")):
         return Permission.SELF

@@ -35,7 +35,8 @@ from cnnf.model import (
 )
 
 TABLES = {"settings", "network_objects", "rules", "changes", "users", "tokens", "audits",
-          "flows", "overlays", "alembic_version"}
+          "flows", "overlays", "enrollment_tokens", "defenders", "inventory_state",
+          "report_batches", "alembic_version"}
 
 
 def test_migrate_from_empty_database(db_url: str) -> None:

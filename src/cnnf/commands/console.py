@@ -59,6 +59,11 @@ def serve(
         "--tls-cert", help="Serve HTTPS with this certificate (PEM) instead")] = None,
     tls_key: Annotated[Path | None, typer.Option(
         "--tls-key", help="The private key (PEM) of --tls-cert")] = None,
+    syslog: Annotated[list[str] | None, typer.Option(
+        "--syslog", help="Forward audits to syslog (RFC 5424): udp://HOST:PORT or "
+                         "tcp://HOST:PORT (repeatable)")] = None,
+    webhook: Annotated[list[str] | None, typer.Option(
+        "--webhook", help="POST audits as JSON to this URL, with retries (repeatable)")] = None,
 ) -> None:
     """Serve the Console API on --listen (migrating the store first)."""
     ctx.obj = {"db": db, "data_dir": data_dir}
@@ -71,7 +76,9 @@ def serve(
 
     try:
         config = ConsoleConfig.from_options(listen=listen, db=db, data_dir=data_dir,
-                                            retention_days=retention_days)
+                                            retention_days=retention_days,
+                                            syslog=tuple(syslog or ()),
+                                            webhooks=tuple(webhook or ()))
         if (tls_cert is None) != (tls_key is None):
             raise CnnfError("--tls-cert and --tls-key go together")
         if tls and tls_cert is None:
@@ -89,6 +96,8 @@ def serve(
         application, host=config.host, port=config.port, log_level=log_level,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
+        # Defenders' long-polls hold requests open; do not wait them out at shutdown.
+        timeout_graceful_shutdown=2,
     )
 
 
@@ -134,3 +143,39 @@ def create_user(
         if "engine" in locals():
             engine.dispose()
     typer.echo(f"created user {user.name!r} with role {user.role.value}")
+
+
+@app.command("enrollment-token")
+def enrollment_token(
+    ctx: typer.Context,
+    *,
+    hours: Annotated[int, typer.Option(
+        "--hours", min=1, max=24 * 365, help="Hours until the token expires")] = 24,
+    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=DATA_HELP)] = None,
+) -> None:
+    """Print a new enrollment token for Defenders (cnnf defender run --token ...)."""
+    from sqlalchemy.orm import Session
+
+    from cnnf.console.services.defenders import DefenderService
+    from cnnf.console.store.db import connect, migrate
+
+    parent = ctx.obj or {}
+    db = db if db is not None else parent.get("db")
+    directory = data_dir or parent.get("data_dir") or default_data_dir()
+    url = ""
+    try:
+        url = database_url(db, directory)
+        engine = connect(url)
+        migrate(engine)
+        with Session(engine) as session:
+            token = DefenderService(session).create_enrollment_token("cli", hours)
+    except CnnfError as exc:
+        raise _fail(str(exc)) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(_store_problem(url, exc)) from None
+    finally:
+        if "engine" in locals():
+            engine.dispose()
+    typer.echo(token.token)
+    typer.echo(f"expires {token.expires.isoformat()}", err=True)

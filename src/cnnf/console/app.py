@@ -14,17 +14,32 @@ from typing import Any, cast
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, text
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cnnf import __version__
-from cnnf.console.api import auth, objects, overlays, policy, radar, records, rules, users
-from cnnf.console.api.deps import ConsoleState
+from cnnf.console.api import (
+    auth,
+    defender,
+    defenders,
+    objects,
+    overlays,
+    policy,
+    radar,
+    records,
+    rules,
+    users,
+)
+from cnnf.console.api.defender import LinkHub
+from cnnf.console.api.deps import ConsoleState, Reader
 from cnnf.console.config import ConsoleConfig
+from cnnf.console.metrics import ConsoleMetrics, LiveFigures
 from cnnf.console.security import LoginLimiter
+from cnnf.console.services.defenders import DefenderService, policy_revision
 from cnnf.console.services.errors import (
     Conflict,
     Forbidden,
@@ -32,9 +47,11 @@ from cnnf.console.services.errors import (
     NotFound,
     Unauthorized,
 )
+from cnnf.console.services.forwarding import Forwarder, build_sinks, stats_as_rows
 from cnnf.console.services.policy import utcnow
 from cnnf.console.services.records import Pruned, prune
 from cnnf.console.store.db import connect, migrate
+from cnnf.console.store.models import ChangeRow
 from cnnf.console.ui import mount_ui
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import ObjectKind
@@ -199,6 +216,9 @@ def prune_expired(console: ConsoleState) -> Pruned | None:
         return None
     with console.sessions() as session:
         pruned = prune(session, console.now() - timedelta(days=days))
+    with console.sessions() as session:
+        DefenderService(session, console.now).prune_batches(
+            console.now() - timedelta(days=days))
     if pruned.audits or pruned.flows:
         log.info("retention: pruned %d audits and %d flows older than %d days",
                  pruned.audits, pruned.flows, days)
@@ -223,6 +243,60 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+        link: LinkHub = app.state.link
+        if link.forwarder is not None:
+            await run_in_threadpool(link.forwarder.close, 2.0)
+
+
+def _install_link(app: FastAPI, console: ConsoleState,
+                  monotonic: Callable[[], float]) -> None:
+    """The Defender link: notifiers woken after policy commits, forwarding, metrics,
+    and the cluster inventory for Radar."""
+
+    config = console.config
+    sinks = build_sinks(config.syslog, config.webhooks)
+    link = LinkHub(metrics=ConsoleMetrics(clock=monotonic),
+                   forwarder=Forwarder(sinks) if sinks else None,
+                   store_poll=config.link_store_poll_seconds)
+    app.state.link = link
+
+    # Every policy change writes a change row; wake the Defenders' long-polls once
+    # its transaction committed.
+    @event.listens_for(console.sessions, "after_flush")
+    def _flushed(session: Session, _context: Any) -> None:
+        if any(isinstance(obj, ChangeRow) for obj in session.new):
+            session.info["cnnf_policy_changed"] = True
+
+    @event.listens_for(console.sessions, "after_commit")
+    def _committed(session: Session) -> None:
+        if session.info.pop("cnnf_policy_changed", False):
+            link.policy.notify()
+
+    @event.listens_for(console.sessions, "after_rollback")
+    def _rolled_back(session: Session) -> None:
+        session.info.pop("cnnf_policy_changed", None)
+
+    def inventory(session: Session) -> Any:
+        return DefenderService(session, console.now).cluster_inventory()
+
+    app.state.radar_inventory = inventory
+
+    def figures() -> LiveFigures:
+        with console.sessions() as session:
+            service = DefenderService(session, console.now)
+            counts: dict[str, int] = {}
+            for d in service.list_defenders():
+                counts[d.status] = counts.get(d.status, 0) + 1
+            return LiveFigures(defenders=counts, forwarded=stats_as_rows(link.forwarder),
+                               policy_revision=policy_revision(session),
+                               inventory_revision=service.inventory_revision())
+
+    link.metrics.live(figures)
+
+    @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
+    def metrics(_: Reader) -> PlainTextResponse:
+        """Prometheus metrics (any role's token; see cnnf.console.metrics)."""
+        return PlainTextResponse(link.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(
@@ -254,8 +328,10 @@ def create_app(
     app.state.console = console
     app.state.engine = engine
     _install_handlers(app)
-    for module in (auth, users, objects, rules, policy, records, overlays, radar):
+    for module in (auth, users, objects, rules, policy, records, overlays, radar, defenders,
+                   defender):
         app.include_router(module.router, prefix=API_PREFIX)
+    _install_link(app, console, monotonic)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

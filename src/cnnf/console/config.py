@@ -60,16 +60,29 @@ class ConsoleConfig:
     # Audits and flows older than this are pruned (0 keeps them forever).
     retention_days: int = 30
     retention_interval_seconds: float = 3600.0
+    # Audit forwarding: udp://HOST:PORT or tcp://HOST:PORT; http(s) webhook URLs.
+    syslog: tuple[str, ...] = ()
+    webhooks: tuple[str, ...] = ()
+    # Defender long-polls read the store's revisions this often (other Console processes).
+    link_store_poll_seconds: float = 1.0
 
     @classmethod
     def from_options(
         cls, *, listen: str = "127.0.0.1:8080", db: str | None = None,
         data_dir: Path | None = None, retention_days: int = 30,
+        syslog: tuple[str, ...] = (), webhooks: tuple[str, ...] = (),
     ) -> ConsoleConfig:
         directory = data_dir if data_dir is not None else default_data_dir()
         host, port = parse_listen(listen)
         url = database_url(db, directory)
         if retention_days < 0:
             raise CnnfError(f"--retention-days {retention_days}: must be 0 (keep) or more")
+        from cnnf.console.services.forwarding import check_webhook_url, parse_syslog_url
+
+        for target in syslog:
+            parse_syslog_url(target)
+        for target in webhooks:
+            check_webhook_url(target)
         return cls(db_url=url, data_dir=directory, host=host, port=port,
-                   retention_days=retention_days)
+                   retention_days=retention_days, syslog=tuple(syslog),
+                   webhooks=tuple(webhooks))

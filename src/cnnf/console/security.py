@@ -37,10 +37,11 @@ class Permission(StrEnum):
     POLICY = "policy"  # change policy and settings
     ADMIN = "admin"  # users, other people's tokens
     SELF = "self"  # any signed-in principal, on its own account (me, logout, own tokens)
+    DEFENDER = "defender"  # a Defender credential (no user role has it): /api/v1/defender/*
 
 
 GRANTS: dict[Role, frozenset[Permission]] = {
-    Role.ADMIN: frozenset(Permission),
+    Role.ADMIN: frozenset(Permission) - {Permission.DEFENDER},
     Role.OPERATOR: frozenset({Permission.READ, Permission.POLICY, Permission.SELF}),
     Role.AUDITOR: frozenset({Permission.READ, Permission.SELF}),
 }

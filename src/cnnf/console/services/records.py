@@ -159,13 +159,15 @@ class AuditService:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def insert_many(self, records: Sequence[AuditRecord]) -> int:
-        """Insert a batch in one transaction (one executemany)."""
+    def insert_many(self, records: Sequence[AuditRecord], *, commit: bool = True) -> int:
+        """Insert a batch in one transaction (one executemany); ``commit=False``
+        leaves the commit to a caller that stores more in the same transaction."""
         if not records:
             return 0
         try:
             self.session.execute(insert(AuditRow), [_audit_columns(r) for r in records])
-            self.session.commit()
+            if commit:
+                self.session.commit()
         except BaseException:
             self.session.rollback()
             raise
@@ -235,9 +237,10 @@ class FlowService:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def record_many(self, records: Sequence[FlowRecord]) -> int:
+    def record_many(self, records: Sequence[FlowRecord], *, commit: bool = True) -> int:
         """Fold a batch into the aggregate rows (upsert: counts add up, the seen
-        window widens). Returns the number of distinct keys touched."""
+        window widens). Returns the number of distinct keys touched. ``commit=False``
+        leaves the commit to the caller (see :meth:`AuditService.insert_many`)."""
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         for record in records:
             data = record.model_dump(by_alias=False)
@@ -269,7 +272,8 @@ class FlowService:
         )
         try:
             self.session.execute(stmt, list(merged.values()))
-            self.session.commit()
+            if commit:
+                self.session.commit()
         except BaseException:
             self.session.rollback()
             raise

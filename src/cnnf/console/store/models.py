@@ -250,3 +250,58 @@ class OverlayRow(Base):
     updated: Mapped[datetime] = mapped_column(UtcDateTime)
     # The most severe findings (bounded), for the overlay panel.
     top: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class EnrollmentTokenRow(Base):
+    """A secret a Defender trades for its own credential (reusable until it expires);
+    only the hash is kept."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DefenderRow(Base):
+    """An enrolled Defender: its credential (hash), when it was last seen, and its
+    latest inventory report (an ``InventoryReport`` as JSON)."""
+
+    __tablename__ = "defenders"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    defender_id: Mapped[str] = mapped_column(String(64), unique=True)
+    hostname: Mapped[str] = mapped_column(String(300))
+    version: Mapped[str] = mapped_column(String(64), default="")
+    credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    enrolled: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    protected: Mapped[int] = mapped_column(Integer, default=0)
+    inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class InventoryStateRow(Base):
+    """The single row (id 1) holding the cluster inventory revision."""
+
+    __tablename__ = "inventory_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ReportBatchRow(Base):
+    """A report batch already stored, so a redelivered one is acknowledged, not
+    stored twice."""
+
+    __tablename__ = "report_batches"
+
+    batch_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    defender_id: Mapped[str] = mapped_column(String(64))
+    received: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    flows: Mapped[int] = mapped_column(Integer, default=0)
+    audits: Mapped[int] = mapped_column(Integer, default=0)
+    dropped: Mapped[int] = mapped_column(Integer, default=0)

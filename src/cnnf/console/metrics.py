@@ -1,0 +1,146 @@
+"""The Console's Prometheus metrics, served at ``GET /metrics``.
+
+Served by the API listener itself and, like every API route, only with a token
+(any role: give Prometheus an auditor's API token as its bearer credential).
+One listener keeps TLS and authentication in one place; the figures name hosts
+and traffic rates, so they are not public.
+
+- ``cnnf_console_verdicts_total{verdict}``: connections reported by Defenders,
+  by verdict (allow, alert, prevent, observed);
+- ``cnnf_console_audits_total{blocked}``: audit events (folded repeats counted);
+- ``cnnf_console_ingested_records_total{kind}``: flow and audit records stored
+  (its ``rate()`` is the ingestion rate), and
+  ``cnnf_console_ingestion_records_per_second``: the same over the last minute;
+- ``cnnf_console_report_batches_total{result}``: stored or duplicate batches;
+- ``cnnf_console_defender_spool_dropped_total``: records Defenders' spools dropped;
+- ``cnnf_console_defenders{status}``: Defenders connected, disconnected, revoked;
+- ``cnnf_console_forwarded_audits_total{sink,result}``: sent, failed, dropped;
+- ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cnnf.console.services.records import AuditRecord
+from cnnf.console.services.records import FlowRecord as StoredFlowRecord
+
+RATE_WINDOW = 60.0
+
+
+class IngestionRate:
+    """Records stored per second over the last ``window`` seconds (injected clock)."""
+
+    def __init__(self, window: float = RATE_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.window = window
+        self.clock = clock
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, records: int) -> None:
+        with self._lock:
+            self._events.append((self.clock(), records))
+
+    def per_second(self) -> float:
+        with self._lock:
+            now = self.clock()
+            while self._events and self._events[0][0] <= now - self.window:
+                self._events.popleft()
+            return sum(n for _, n in self._events) / self.window
+
+
+@dataclass(frozen=True)
+class LiveFigures:
+    """What the scrape reads from the store and the forwarder."""
+
+    defenders: dict[str, int]  # status -> count
+    forwarded: list[tuple[str, str, int]]  # (sink, result, audits)
+    policy_revision: int
+    inventory_revision: int
+
+
+class _Live(Collector):
+    def __init__(self, read: Callable[[], LiveFigures], rate: IngestionRate) -> None:
+        self.read = read
+        self.rate = rate
+
+    def collect(self) -> Iterator[Metric]:
+        data = self.read()
+        defenders = GaugeMetricFamily("cnnf_console_defenders", "Enrolled Defenders by status",
+                                      labels=["status"])
+        for status in ("connected", "disconnected", "revoked"):
+            defenders.add_metric([status], data.defenders.get(status, 0))
+        yield defenders
+        forwarded = CounterMetricFamily("cnnf_console_forwarded_audits", "Audits forwarded, "
+                                        "per sink and result", labels=["sink", "result"])
+        for sink, result, count in data.forwarded:
+            forwarded.add_metric([sink, result], count)
+        yield forwarded
+        yield GaugeMetricFamily("cnnf_console_policy_revision", "The policy revision",
+                                value=data.policy_revision)
+        yield GaugeMetricFamily("cnnf_console_inventory_revision",
+                                "The cluster inventory revision", value=data.inventory_revision)
+        yield GaugeMetricFamily("cnnf_console_ingestion_records_per_second",
+                                "Flow and audit records stored per second over the last minute",
+                                value=self.rate.per_second())
+
+
+class ConsoleMetrics:
+    """One registry per Console app (tests build many apps in one process)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = CollectorRegistry()
+        self.rate = IngestionRate(clock=clock)
+        self.verdicts = Counter("cnnf_console_verdicts", "Connections reported by Defenders, "
+                                "by verdict", ["verdict"], registry=self.registry)
+        self.audits = Counter("cnnf_console_audits", "Audit events reported by Defenders "
+                              "(folded repeats counted)", ["blocked"], registry=self.registry)
+        self.ingested = Counter("cnnf_console_ingested_records", "Flow and audit records "
+                                "stored", ["kind"], registry=self.registry)
+        self.batches = Counter("cnnf_console_report_batches", "Report batches received",
+                               ["result"], registry=self.registry)
+        self.spool_dropped = Counter("cnnf_console_defender_spool_dropped", "Records "
+                                     "Defenders' spools dropped when full",
+                                     registry=self.registry)
+        for verdict in ("allow", "alert", "prevent", "observed"):
+            self.verdicts.labels(verdict)
+        for blocked in ("true", "false"):
+            self.audits.labels(blocked)
+        for kind in ("flow", "audit"):
+            self.ingested.labels(kind)
+        for result in ("stored", "duplicate"):
+            self.batches.labels(result)
+        self._live: _Live | None = None
+
+    def live(self, read: Callable[[], LiveFigures]) -> None:
+        """Register the scrape-time figures (once)."""
+        if self._live is None:
+            self._live = _Live(read, self.rate)
+            self.registry.register(self._live)
+
+    def batch(self, *, duplicate: bool, flows: Sequence[StoredFlowRecord] = (),
+              audits: Sequence[AuditRecord] = (), dropped: int = 0) -> None:
+        if duplicate:
+            self.batches.labels("duplicate").inc()
+            return
+        self.batches.labels("stored").inc()
+        for f in flows:
+            self.verdicts.labels(f.verdict).inc(f.count)
+        for a in audits:
+            self.audits.labels("true" if a.blocked else "false").inc(a.count)
+        self.ingested.labels("flow").inc(len(flows))
+        self.ingested.labels("audit").inc(len(audits))
+        if dropped > 0:
+            self.spool_dropped.inc(dropped)
+        self.rate.add(len(flows) + len(audits))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

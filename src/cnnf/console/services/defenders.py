@@ -1,0 +1,451 @@
+"""Defenders: enrollment, credentials, last seen, inventories, report batches.
+
+Defender credentials are their own kind of secret (``cnnfd_...``), kept as a
+SHA-256 hash like user tokens but in their own table: they authenticate only
+the Defender endpoints, and user tokens never authenticate there.
+
+Report batches are stored idempotently: the batch id, the flows (merged into the
+aggregated flow table) and the audits (through the records service) are written
+in one transaction, so a batch redelivered after a lost answer or a Console
+restart is acknowledged as a duplicate and never stored twice.
+
+:class:`Notifier` wakes the long-polls of this process when the policy or the
+cluster inventory changes; the long-polls also read the revision from the store
+now and then, for changes made by another Console process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cnnf.console.security import token_hash
+from cnnf.console.services.errors import InvalidInput, NotFound, Unauthorized
+from cnnf.console.services.policy import Now, utcnow
+from cnnf.console.services.records import AuditRecord, AuditService, FlowService
+from cnnf.console.services.records import FlowRecord as StoredFlowRecord
+from cnnf.console.store.models import (
+    DefenderRow,
+    EnrollmentTokenRow,
+    InventoryStateRow,
+    ReportBatchRow,
+    SettingsRow,
+)
+from cnnf.errors import FieldError
+from cnnf.model.records import (
+    AuditEvent,
+    ClusterInventory,
+    EndpointInfo,
+    FlowRecord,
+    InventoryReport,
+    ReportBatch,
+)
+from cnnf.model.rule import PolicyModel
+
+ENROLLMENT_PREFIX = "cnnfe_"
+CREDENTIAL_PREFIX = "cnnfd_"
+# A Defender calls at least every long-poll wait (25 s by default) and its
+# long-polls touch last_seen on return, so 30 s without a call means it is gone.
+CONNECTED_WITHIN = timedelta(seconds=30)
+# Writing last_seen on every call would make every long-poll a write.
+LAST_SEEN_GRANULARITY = timedelta(seconds=5)
+DEFAULT_ENROLLMENT_HOURS = 24
+_TEXT = 300  # the store's text columns
+
+
+class EnrollmentTokenRequest(PolicyModel):
+    expires_in_hours: Annotated[int, Field(ge=1, le=24 * 365)] = DEFAULT_ENROLLMENT_HOURS
+
+
+class EnrollmentToken(PolicyModel):
+    """A new enrollment token: shown once, only its hash is kept."""
+
+    token: str
+    expires: datetime
+
+
+class _Wire(BaseModel):
+    """Bodies of the Defender link: snake_case, as the Defender sends them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EnrollRequest(_Wire):
+    enrollment_token: Annotated[str, Field(min_length=1, max_length=200)]
+    hostname: Annotated[str, Field(min_length=1, max_length=_TEXT)]
+    version: Annotated[str, Field(max_length=64)] = ""
+
+
+class Enrolled(_Wire):
+    defender_id: str
+    credential: str
+
+
+class DefenderInfo(PolicyModel):
+    """One Defender as ``GET /api/v1/defenders`` lists it."""
+
+    id: str
+    hostname: str
+    version: str
+    status: Literal["connected", "disconnected", "revoked"]
+    enrolled: datetime
+    last_seen: datetime | None
+    protected: int  # workload addresses the Defender protects
+    workloads: int  # containers it reported
+
+
+@dataclass(frozen=True, slots=True)
+class DefenderPrincipal:
+    """Who is calling a Defender endpoint: one enrolled Defender."""
+
+    defender_id: str
+    hostname: str
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    duplicate: bool
+    flows: list[StoredFlowRecord]
+    audits: list[AuditRecord]
+    dropped: int = 0
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _status(row: DefenderRow, now: datetime) -> Literal["connected", "disconnected", "revoked"]:
+    if row.revoked:
+        return "revoked"
+    if row.last_seen is not None and now - _aware(row.last_seen) < CONNECTED_WITHIN:
+        return "connected"
+    return "disconnected"
+
+
+def _info(row: DefenderRow, now: datetime) -> DefenderInfo:
+    workloads = len((row.inventory or {}).get("containers", []))
+    return DefenderInfo(id=row.defender_id, hostname=row.hostname, version=row.version,
+                        status=_status(row, now), enrolled=row.enrolled,
+                        last_seen=row.last_seen, protected=row.protected, workloads=workloads)
+
+
+# --- the wire records -> the store's records (one mapping each) ------------------------
+
+
+def _cut(text: str | None, size: int = _TEXT) -> str:
+    return (text or "")[:size]
+
+
+def _time(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def endpoint_key(ep: EndpointInfo) -> str:
+    """The flow table's identity key of one end (what Radar draws as a node)."""
+    if ep.kind == "container" and ep.image:
+        return _cut(f"image:{ep.image}")
+    if ep.kind == "host" and ep.host:
+        return _cut(f"host:{ep.host}")
+    if ep.domain:
+        return _cut(f"dns:{ep.domain}")
+    return _cut(f"addr:{ep.address or '?'}")
+
+
+def flow_record(flow: FlowRecord) -> StoredFlowRecord:
+    """A Defender's flow as the aggregated flow table keeps it. No rule matched:
+    ``observed`` (grey in Radar) when the default let it through, else the
+    default's effect."""
+    if flow.rule_kind is not None:
+        kind = flow.rule_kind.value
+    else:
+        kind = "container" if "container" in (flow.src.kind, flow.dst.kind) else "host"
+    verdict = flow.effect.value if flow.matched or flow.effect.value != "allow" else "observed"
+    return StoredFlowRecord(
+        kind=kind, src=endpoint_key(flow.src), dst=endpoint_key(flow.dst), port=flow.port,
+        verdict=verdict, rule_id=flow.rule_id or 0, rule_name=_cut(flow.rule_name, 200),
+        count=min(max(flow.count, 1), 2**31 - 1),
+        first_seen=_time(flow.first_seen), last_seen=_time(flow.last_seen),
+    )
+
+
+def audit_record(event: AuditEvent, defender: str) -> AuditRecord:
+    """A Defender's audit event as the audit table keeps it."""
+    src, dst = event.src, event.dst
+    return AuditRecord(
+        time=_time(event.time), type=event.type.value, rule_id=event.rule_id,
+        rule_name=_cut(event.rule_name, 200), blocked=event.blocked, effect=event.effect,
+        src_image=_cut(src.image), src_container=_cut(src.container),
+        src_namespace=_cut(src.namespace, 200), src_hostname=_cut(src.host),
+        src_address=_cut(src.address, 64),
+        dst_image=_cut(dst.image), dst_container=_cut(dst.container),
+        dst_namespace=_cut(dst.namespace, 200), dst_hostname=_cut(dst.host),
+        dst_address=_cut(dst.address, 64),
+        port=event.port, dst_subnet=_cut(event.dst_subnet, 64), dst_domain=_cut(event.dst_domain),
+        msg=event.message, count=min(max(event.count, 1), 2**31 - 1),
+        revision=max(event.revision, 0), defender=_cut(event.reporter or defender),
+    )
+
+
+def _field_errors(where: str, exc: Exception) -> list[FieldError]:
+    if isinstance(exc, ValidationError):
+        return [FieldError(f"{where}." + ".".join(str(p) for p in err["loc"]), err["msg"])
+                for err in exc.errors()]
+    return [FieldError(where, f"bad time: {exc}")]
+
+
+def _mapped(batch: ReportBatch, defender: str) -> tuple[list[StoredFlowRecord], list[AuditRecord]]:
+    """Map a batch, naming every record the store cannot hold (nothing is stored then)."""
+    errors: list[FieldError] = []
+    flows: list[StoredFlowRecord] = []
+    audits: list[AuditRecord] = []
+    for i, flow in enumerate(batch.flows):
+        try:
+            flows.append(flow_record(flow))
+        except (ValidationError, OverflowError, ValueError, OSError) as exc:
+            errors += _field_errors(f"flows[{i}]", exc)
+    for i, event in enumerate(batch.audits):
+        try:
+            audits.append(audit_record(event, defender))
+        except (ValidationError, OverflowError, ValueError, OSError) as exc:
+            errors += _field_errors(f"audits[{i}]", exc)
+    if errors:
+        raise InvalidInput(errors)
+    return flows, audits
+
+
+def policy_revision(session: Session) -> int:
+    """The policy revision, read cheaply (one indexed row)."""
+    return session.scalar(select(SettingsRow.revision).where(SettingsRow.id == 1)) or 0
+
+
+class DefenderService:
+    def __init__(self, session: Session, now: Now = utcnow) -> None:
+        self.session = session
+        self.now = now
+
+    def _commit(self) -> None:
+        try:
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            raise
+
+    # --- enrollment ---------------------------------------------------------------
+
+    def create_enrollment_token(self, actor: str, hours: int = DEFAULT_ENROLLMENT_HOURS,
+                                ) -> EnrollmentToken:
+        secret = ENROLLMENT_PREFIX + secrets.token_urlsafe(32)
+        now = self.now()
+        row = EnrollmentTokenRow(token_hash=token_hash(secret), created=now,
+                                 expires=now + timedelta(hours=hours), created_by=actor[:200],
+                                 uses=0)
+        self.session.add(row)
+        self._commit()
+        return EnrollmentToken(token=secret, expires=row.expires)
+
+    def enroll(self, request: EnrollRequest) -> Enrolled:
+        token = self.session.scalar(select(EnrollmentTokenRow).where(
+            EnrollmentTokenRow.token_hash == token_hash(request.enrollment_token)))
+        if token is None or _aware(token.expires) <= self.now():
+            raise Unauthorized("invalid or expired enrollment token")
+        credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        defender_id = secrets.token_hex(8)
+        token.uses += 1
+        self.session.add(DefenderRow(
+            defender_id=defender_id, hostname=request.hostname, version=request.version,
+            credential_hash=token_hash(credential), enrolled=self.now(), last_seen=self.now(),
+            revoked=False, protected=0, inventory=None))
+        self._commit()
+        return Enrolled(defender_id=defender_id, credential=credential)
+
+    # --- credentials --------------------------------------------------------------
+
+    def authenticate(self, secret: str) -> DefenderPrincipal:
+        """The Defender holding ``secret`` (401 when unknown or revoked); touches last_seen."""
+        row = self.session.scalar(
+            select(DefenderRow).where(DefenderRow.credential_hash == token_hash(secret)))
+        if row is None or row.revoked:
+            raise Unauthorized("invalid or revoked Defender credential")
+        self._touch(row)
+        return DefenderPrincipal(defender_id=row.defender_id, hostname=row.hostname)
+
+    def _touch(self, row: DefenderRow) -> None:
+        now = self.now()
+        if row.last_seen is None or now - _aware(row.last_seen) >= LAST_SEEN_GRANULARITY:
+            row.last_seen = now
+            self._commit()
+
+    def touch(self, defender_id: str) -> None:
+        row = self.session.scalar(select(DefenderRow).where(
+            DefenderRow.defender_id == defender_id))
+        if row is not None and not row.revoked:
+            self._touch(row)
+
+    # --- management ---------------------------------------------------------------
+
+    def list_defenders(self) -> list[DefenderInfo]:
+        now = self.now()
+        rows = self.session.scalars(select(DefenderRow).order_by(DefenderRow.hostname,
+                                                                  DefenderRow.id))
+        return [_info(r, now) for r in rows]
+
+    def connected(self) -> int:
+        return sum(1 for d in self.list_defenders() if d.status == "connected")
+
+    def revoke(self, defender_id: str) -> None:
+        """Refuse the Defender's credential from now on; its inventory leaves the
+        cluster inventory (the revision moves when it had one)."""
+        row = self.session.scalar(select(DefenderRow).where(
+            DefenderRow.defender_id == defender_id))
+        if row is None:
+            raise NotFound(f"no Defender with id {defender_id!r}")
+        if not row.revoked:
+            row.revoked = True
+            if row.inventory:
+                self._bump_inventory()
+        self._commit()
+
+    # --- inventory ----------------------------------------------------------------
+
+    def _inventory_state(self) -> InventoryStateRow:
+        row = self.session.get(InventoryStateRow, 1)
+        if row is None:  # the migration creates it
+            row = InventoryStateRow(id=1, revision=0)
+            self.session.add(row)
+            self.session.flush()
+        return row
+
+    def _bump_inventory(self) -> None:
+        self._inventory_state()
+        self.session.execute(update(InventoryStateRow).where(InventoryStateRow.id == 1)
+                             .values(revision=InventoryStateRow.revision + 1))
+
+    def inventory_revision(self) -> int:
+        return self.session.scalar(
+            select(InventoryStateRow.revision).where(InventoryStateRow.id == 1)) or 0
+
+    def put_inventory(self, defender_id: str, report: InventoryReport) -> bool:
+        """Replace the Defender's inventory; True (and a new cluster revision) if it changed."""
+        row = self.session.scalar(select(DefenderRow).where(
+            DefenderRow.defender_id == defender_id))
+        if row is None or row.revoked:
+            raise Unauthorized("invalid or revoked Defender credential")
+        data = report.model_dump(mode="json")
+        changed = row.inventory != data
+        row.protected = min(max(report.protected, 0), 2**31 - 1)
+        if report.version:
+            row.version = report.version[:64]
+        row.last_seen = self.now()
+        if changed:
+            row.inventory = data
+            self._bump_inventory()
+        self._commit()
+        return changed
+
+    def cluster_inventory(self) -> ClusterInventory:
+        """Every Defender's latest report merged; revoked Defenders left out, and of
+        Defenders enrolled under the same host name only the one seen last."""
+        revision = self.inventory_revision()
+        rows = self.session.scalars(select(DefenderRow).where(DefenderRow.revoked.is_(False)))
+        latest: dict[str, DefenderRow] = {}
+        for row in rows:
+            if not row.inventory:  # none reported yet (JSON null)
+                continue
+            have = latest.get(row.hostname)
+            seen = _aware(row.last_seen) if row.last_seen else datetime.min.replace(tzinfo=UTC)
+            if have is None or (have.last_seen and seen > _aware(have.last_seen)):
+                latest[row.hostname] = row
+        reports = [InventoryReport.model_validate(latest[h].inventory) for h in sorted(latest)]
+        return ClusterInventory(revision=revision, hosts=[r.host for r in reports],
+                                containers=[c for r in reports for c in r.containers])
+
+    # --- reports ------------------------------------------------------------------
+
+    def store_batch(self, principal: DefenderPrincipal, batch: ReportBatch) -> StoredBatch:
+        """Store a batch once: its id, flows and audits in one transaction."""
+        if not 1 <= len(batch.batch_id) <= 100:
+            raise InvalidInput([FieldError("batch_id", "must be 1 to 100 characters")])
+        flows, audits = _mapped(batch, principal.hostname)
+        if self.session.get(ReportBatchRow, batch.batch_id) is not None:
+            return StoredBatch(duplicate=True, flows=[], audits=[])
+        try:
+            self.session.add(ReportBatchRow(
+                batch_id=batch.batch_id, defender_id=principal.defender_id, received=self.now(),
+                flows=len(flows), audits=len(audits),
+                dropped=min(max(batch.dropped, 0), 2**31 - 1)))
+            self.session.flush()
+            FlowService(self.session).record_many(flows, commit=False)
+            AuditService(self.session).insert_many(audits, commit=False)
+            self.session.commit()
+        except IntegrityError:
+            # The same batch stored at this moment by a parallel delivery.
+            self.session.rollback()
+            if self.session.get(ReportBatchRow, batch.batch_id) is not None:
+                return StoredBatch(duplicate=True, flows=[], audits=[])
+            raise
+        except BaseException:
+            self.session.rollback()
+            raise
+        return StoredBatch(duplicate=False, flows=flows, audits=audits, dropped=batch.dropped)
+
+    def prune_batches(self, cutoff: datetime) -> None:
+        """Forget batch ids received before ``cutoff`` (redeliveries come much sooner)."""
+        try:
+            self.session.execute(delete(ReportBatchRow).where(ReportBatchRow.received < cutoff))
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            raise
+
+
+class Notifier:
+    """Wakes coroutines waiting (on any event loop) when :meth:`notify` is called
+    from any thread. ``generation`` read before checking the store closes the gap
+    between the check and the wait: a change in between wakes at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+        self.generation = 0
+
+    def notify(self) -> None:
+        with self._lock:
+            self.generation += 1
+            waiters = list(self._waiters)
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_wake, future)
+
+    async def wait(self, generation: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a notification after ``generation``; True if one came."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        entry = (loop, future)
+        with self._lock:
+            if self.generation != generation:
+                return True
+            self._waiters.add(entry)
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                self._waiters.discard(entry)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+

@@ -1,0 +1,378 @@
+"""Defender management and the Defender endpoints, against SQLite and PostgreSQL:
+enrollment, credentials (separate from user tokens; revoked -> 401), long-polls
+woken by policy and inventory changes (and by the store alone, for changes made
+by another Console process), idempotent report batches, the cluster inventory."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+import pytest
+from consoletest import ApiClient, Console
+from sqlalchemy import update
+
+from cnnf.console.security import Role
+from cnnf.console.services.defenders import Notifier
+from cnnf.console.store.models import SettingsRow
+from cnnf.model import Effect
+from cnnf.model.records import (
+    AuditEvent,
+    EndpointInfo,
+    FlowRecord,
+    HostInfo,
+    InventoryReport,
+    ReportBatch,
+    WorkloadInfo,
+)
+from cnnf.model.rule import RuleKind
+from cnnf.policy.document import load_policy
+
+API = "/api/v1"
+T0 = 1_767_322_800.0  # 2026-01-02 03:00:00 UTC
+
+
+def enrollment_token(admin: ApiClient) -> str:
+    r = admin.post(f"{API}/defenders/enrollment-tokens", json={})
+    assert r.status_code == 200, r.text
+    token: str = r.json()["token"]
+    assert token.startswith("cnnfe_")
+    return token
+
+
+def enroll(console: Console, admin: ApiClient, hostname: str = "node-1") -> tuple[str, ApiClient]:
+    r = console.client().post(f"{API}/defenders/enroll", json={
+        "enrollment_token": enrollment_token(admin), "hostname": hostname, "version": "0.1.0"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["credential"].startswith("cnnfd_")
+    return body["defender_id"], console.client(body["credential"])
+
+
+def container(name: str, image: str, address: str, host: str = "node-1") -> EndpointInfo:
+    return EndpointInfo(kind="container", address=address, image=image, container=name,
+                        host=host, namespace="shop")
+
+
+API_EP = container("api", "shop/api", "10.1.0.2")
+DB_EP = container("db", "shop/db", "10.2.0.3", host="node-2")
+
+
+def audit(port: int = 5432, count: int = 1, **kw: Any) -> AuditEvent:
+    data: dict[str, Any] = {
+        "time": T0, "type": RuleKind.CONTAINER, "effect": Effect.PREVENT, "blocked": True,
+        "rule_id": 6, "rule_name": "api-not-db", "src": API_EP, "dst": DB_EP, "port": port,
+        "message": "blocked connection", "count": count, "reporter": "node-1"}
+    data.update(kw)
+    return AuditEvent(**data)
+
+
+def flow(port: int = 5432, count: int = 3, **kw: Any) -> FlowRecord:
+    data: dict[str, Any] = {
+        "src": API_EP, "dst": DB_EP, "port": port, "effect": Effect.PREVENT, "matched": True,
+        "rule_id": 6, "rule_name": "api-not-db", "rule_kind": RuleKind.CONTAINER,
+        "count": count, "first_seen": T0, "last_seen": T0 + 5}
+    data.update(kw)
+    return FlowRecord(**data)
+
+
+def post_batch(defender: ApiClient, batch: ReportBatch) -> httpx.Response:
+    return defender.post(f"{API}/defender/reports", content=batch.model_dump_json(),
+                         headers={"Content-Type": "application/json"})
+
+
+def report(host: str, *containers: tuple[str, str]) -> InventoryReport:
+    return InventoryReport(
+        host=HostInfo(name=host, addresses=[f"192.168.0.{len(host)}"]),
+        containers=[WorkloadInfo(address=a, image="shop/api", name=n, host=host)
+                    for n, a in containers],
+        version="0.1.0", protected=len(containers))
+
+
+# --- enrollment, credentials, the list ------------------------------------------------
+
+
+def test_enroll_then_the_credential_fetches_the_policy_and_the_list_shows_it(
+    console: Console, admin: ApiClient
+) -> None:
+    defender_id, defender = enroll(console, admin)
+    r = defender.get(f"{API}/defender/policy", params={"revision": -1, "wait": 0})
+    assert r.status_code == 200
+    policy = load_policy(r.json()["document"])
+    assert r.json()["revision"] == policy.revision == 0
+    # The same revision again: nothing new (204), also after a short wait.
+    assert defender.get(f"{API}/defender/policy", params={"revision": 0}).status_code == 204
+    [info] = console.as_role(Role.AUDITOR).get(f"{API}/defenders").json()
+    assert info["id"] == defender_id
+    assert (info["hostname"], info["version"], info["status"]) == ("node-1", "0.1.0",
+                                                                  "connected")
+    console.clock.advance(31)
+    [info] = admin.get(f"{API}/defenders").json()
+    assert info["status"] == "disconnected"
+    defender.get(f"{API}/defender/policy", params={"revision": 0})
+    [info] = admin.get(f"{API}/defenders").json()
+    assert info["status"] == "connected"
+
+
+@pytest.mark.parametrize("token", ["cnnfe_wrong", "", "x" * 201])
+def test_a_bad_enrollment_token_is_refused_and_nothing_is_enrolled(
+    console: Console, admin: ApiClient, token: str
+) -> None:
+    enrollment_token(admin)  # a valid one exists, but is not the one sent
+    r = console.client().post(f"{API}/defenders/enroll",
+                              json={"enrollment_token": token, "hostname": "node-1"})
+    assert r.status_code in (401, 422)
+    assert r.json()["detail"]
+    assert admin.get(f"{API}/defenders").json() == []
+
+
+def test_an_expired_enrollment_token_is_refused(console: Console, admin: ApiClient) -> None:
+    r = admin.post(f"{API}/defenders/enrollment-tokens", json={"expiresInHours": 1})
+    token = r.json()["token"]
+    console.clock.advance(3601)
+    r = console.client().post(f"{API}/defenders/enroll",
+                              json={"enrollment_token": token, "hostname": "node-1"})
+    assert r.status_code == 401
+    assert "expired" in r.json()["detail"]
+
+
+def test_only_admins_create_enrollment_tokens_and_revoke(console: Console) -> None:
+    for role in (Role.OPERATOR, Role.AUDITOR):
+        client = console.as_role(role)
+        assert client.post(f"{API}/defenders/enrollment-tokens", json={}).status_code == 403
+        assert client.delete(f"{API}/defenders/abc").status_code == 403
+
+
+def test_user_tokens_get_403_on_defender_endpoints_and_credentials_401_elsewhere(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    assert admin.get(f"{API}/defender/policy").status_code == 403
+    assert "defender" in admin.get(f"{API}/defender/policy").json()["detail"]
+    assert defender.get(f"{API}/policy").status_code == 401
+    assert defender.get(f"{API}/defenders").status_code == 401
+
+
+def test_the_matrix_with_a_defender_credential(console: Console, admin: ApiClient) -> None:
+    """Every published operation with a Defender credential: the Defender
+    endpoints accept it; every user endpoint refuses it (401)."""
+    _, defender = enroll(console, admin)
+    spec = console.app.openapi()
+    seen = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if "security" not in operation:
+                continue  # public
+            url = re.sub(r"{(\w+)}", "x", path)
+            body = {} if method in ("post", "put", "patch") else None
+            r = defender.request(method.upper(), url, json=body,
+                                 params={"revision": -1, "wait": 0})
+            if path.startswith(f"{API}/defender/"):
+                (scopes,) = operation["security"][0].values()
+                assert scopes == ["defender"]
+                assert r.status_code not in (401, 403), f"{method} {path}: {r.text}"
+                seen += 1
+            else:
+                assert r.status_code == 401, f"{method} {path}: {r.status_code}"
+    assert seen == 4
+
+
+def test_a_revoked_defender_gets_401_on_every_call(console: Console, admin: ApiClient) -> None:
+    defender_id, defender = enroll(console, admin)
+    assert admin.delete(f"{API}/defenders/{defender_id}").status_code == 204
+    for method, path in (("GET", "policy"), ("GET", "inventory"), ("POST", "inventory"),
+                         ("POST", "reports")):
+        r = defender.request(method, f"{API}/defender/{path}", json={})
+        assert r.status_code == 401, (method, path, r.status_code)
+        assert r.headers["www-authenticate"] == "Bearer"
+    [info] = admin.get(f"{API}/defenders").json()
+    assert info["status"] == "revoked"
+    assert admin.delete(f"{API}/defenders/no-such").status_code == 404
+
+
+# --- reports ---------------------------------------------------------------------------
+
+
+def test_a_batch_is_stored_once_flows_merged_and_audits_folded(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    batch = ReportBatch(batch_id="b-1", flows=[flow(count=3)], audits=[audit(count=2)])
+    r = post_batch(defender, batch)
+    assert r.status_code == 200
+    assert r.json() == {"accepted": True, "duplicate": False}
+    again = post_batch(defender, batch)  # redelivered after a lost answer
+    assert again.json() == {"accepted": True, "duplicate": True}
+    more = ReportBatch(batch_id="b-2", flows=[flow(count=4, last_seen=T0 + 60)])
+    assert post_batch(defender, more).json()["duplicate"] is False
+
+    [f] = admin.get(f"{API}/flows").json()["items"]
+    assert (f["src"], f["dst"], f["port"], f["verdict"], f["ruleName"]) == (
+        "image:shop/api", "image:shop/db", 5432, "prevent", "api-not-db")
+    assert f["count"] == 7  # 3 + 4, the redelivery not counted
+    page = admin.get(f"{API}/audits").json()
+    assert page["total"] == 1
+    [a] = page["items"]
+    assert (a["srcImage"], a["dstContainer"], a["dstHostname"], a["blocked"], a["count"],
+            a["defender"]) == ("shop/api", "db", "node-2", True, 2, "node-1")
+    assert a["time"].startswith("2026-01-02T03:00:00")
+
+
+def test_unmatched_flows_are_observed_unless_the_default_blocks(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    batch = ReportBatch(batch_id="b-1", flows=[
+        flow(port=80, effect=Effect.ALLOW, matched=False, rule_id=None, rule_name=None,
+             rule_kind=None),
+        flow(port=81, effect=Effect.PREVENT, matched=False, rule_id=None, rule_name=None,
+             rule_kind=None,
+             dst=EndpointInfo(kind="address", address="203.0.113.9", domain="x.example")),
+    ])
+    assert post_batch(defender, batch).status_code == 200
+    items = {f["port"]: f for f in admin.get(f"{API}/flows").json()["items"]}
+    assert (items[80]["verdict"], items[80]["ruleId"]) == ("observed", 0)
+    assert (items[81]["verdict"], items[81]["dst"]) == ("prevent", "dns:x.example")
+
+
+def test_a_batch_with_a_bad_record_is_refused_whole_naming_it(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    bad = ReportBatch(batch_id="b-1", flows=[flow()], audits=[audit(), audit(port=0)])
+    r = post_batch(defender, bad)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["path"] == "audits[1].port"
+    assert admin.get(f"{API}/flows").json()["total"] == 0
+    assert admin.get(f"{API}/audits").json()["total"] == 0
+    # Nothing of it was kept, not even its id: the corrected batch is stored.
+    good = ReportBatch(batch_id="b-1", flows=[flow()], audits=[audit()])
+    assert post_batch(defender, good).json()["duplicate"] is False
+    assert admin.get(f"{API}/audits").json()["total"] == 1
+
+
+# --- inventory -------------------------------------------------------------------------
+
+
+def test_inventories_merge_into_the_cluster_inventory(console: Console, admin: ApiClient) -> None:
+    id1, d1 = enroll(console, admin, "node-1")
+    _, d2 = enroll(console, admin, "node-2")
+    r1 = report("node-1", ("api", "10.1.0.2"))
+    r2 = report("node-2", ("db", "10.2.0.3"), ("cache", "10.2.0.4"))
+
+    def post(d: ApiClient, r: InventoryReport) -> None:
+        resp = d.post(f"{API}/defender/inventory", content=r.model_dump_json(),
+                      headers={"Content-Type": "application/json"})
+        assert resp.status_code == 204, resp.text
+
+    start = d1.get(f"{API}/defender/inventory").json()["revision"]
+    post(d1, r1)
+    post(d2, r2)
+    inv = d1.get(f"{API}/defender/inventory", params={"revision": start}).json()
+    assert inv["revision"] == start + 2
+    assert [h["name"] for h in inv["hosts"]] == ["node-1", "node-2"]
+    assert {c["name"] for c in inv["containers"]} == {"api", "db", "cache"}
+    post(d2, r2)  # the same report again: no new revision
+    assert d1.get(f"{API}/defender/inventory",
+                  params={"revision": start + 2}).status_code == 204
+    # Users see it cluster-wide; the list counts protected workloads.
+    users = console.as_role(Role.AUDITOR).get(f"{API}/inventory").json()
+    assert users == inv
+    listed = {d["hostname"]: d for d in admin.get(f"{API}/defenders").json()}
+    assert (listed["node-2"]["protected"], listed["node-2"]["workloads"]) == (2, 2)
+    # A revoked Defender's workloads leave the cluster inventory.
+    admin.delete(f"{API}/defenders/{id1}")
+    inv = d2.get(f"{API}/defender/inventory", params={"revision": start + 2}).json()
+    assert inv["revision"] == start + 3
+    assert [h["name"] for h in inv["hosts"]] == ["node-2"]
+
+
+# --- long-polls ------------------------------------------------------------------------
+
+
+def _poll_while(console: Console, credential: str, path: str, revision: int,
+                change: Any) -> httpx.Response:
+    """A long-poll (wait 20 s) with ``change()`` made while it waits."""
+    return asyncio.run(_poll_while_async(console, credential, path, revision, change))
+
+
+async def _poll_while_async(console: Console, credential: str, path: str, revision: int,
+                            change: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=console.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+        headers = {"Authorization": f"Bearer {credential}"}
+        poll = asyncio.create_task(c.get(f"{API}/defender/{path}", headers=headers,
+                                         params={"revision": revision, "wait": 20}))
+        await asyncio.sleep(0.2)  # let the poll start waiting
+        assert not poll.done()
+        await change(c)
+        return await poll
+
+
+def _credential(defender: ApiClient) -> str:
+    return defender._client.headers["Authorization"].removeprefix("Bearer ")
+
+
+def test_a_policy_change_wakes_a_waiting_defender(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    console.app.state.link.store_poll = 3600  # only the notifier can wake it
+    admin_token = console.tokens[Role.ADMIN]
+
+    async def change(c: httpx.AsyncClient) -> None:
+        r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                         json={"kind": "subnet", "name": "internet", "cidrs": ["0.0.0.0/0"]})
+        assert r.status_code == 201, r.text
+
+    r = _poll_while(console, _credential(defender), "policy", 0, change)
+    assert r.status_code == 200
+    assert r.json()["revision"] == 1
+    assert [o.name for o in load_policy(r.json()["document"]).objects] == ["internet"]
+
+
+def test_an_inventory_change_wakes_a_waiting_defender(
+    console: Console, admin: ApiClient
+) -> None:
+    _, d1 = enroll(console, admin, "node-1")
+    _, d2 = enroll(console, admin, "node-2")
+    console.app.state.link.store_poll = 3600
+    start = d1.get(f"{API}/defender/inventory").json()["revision"]
+
+    async def change(c: httpx.AsyncClient) -> None:
+        r = await c.post(f"{API}/defender/inventory",
+                         headers={"Authorization": f"Bearer {_credential(d2)}",
+                                  "Content-Type": "application/json"},
+                         content=report("node-2", ("db", "10.2.0.3")).model_dump_json())
+        assert r.status_code == 204
+
+    r = _poll_while(console, _credential(d1), "inventory", start, change)
+    assert r.status_code == 200
+    assert r.json()["revision"] == start + 1
+
+
+def test_a_change_by_another_console_process_is_found_in_the_store(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    console.app.state.link.store_poll = 0.2
+
+    async def change(_: httpx.AsyncClient) -> None:
+        # Written straight to the store: this process's notifier knows nothing.
+        with console.session() as s:
+            s.execute(update(SettingsRow).values(revision=SettingsRow.revision + 1))
+            s.commit()
+
+    r = _poll_while(console, _credential(defender), "policy", 0, change)
+    assert r.status_code == 200
+    assert r.json()["revision"] == 1
+
+
+async def test_the_notifier_wakes_a_wait_that_starts_after_the_change() -> None:
+    notifier = Notifier()
+    generation = notifier.generation
+    notifier.notify()  # between reading the store and starting to wait
+    assert await notifier.wait(generation, 3600)
+    assert not await notifier.wait(notifier.generation, 0.01)
