@@ -143,22 +143,33 @@ def alive(pid: int) -> bool:
 def kill_all(
     pids: Iterable[int], grace: float = 3.0, clock: Callable[[], float] = time.monotonic
 ) -> int:
-    """SIGTERM the processes, SIGKILL those still alive after ``grace`` seconds."""
-    pending = {p for p in pids if p != os.getpid()}
-    for p in pending:
+    """SIGTERM the processes, SIGKILL those still alive after ``grace`` seconds;
+    returns how many needed SIGKILL. Those that are children of this process are
+    reaped, however they ended (a child that exits between two polls is a
+    zombie that ``alive`` no longer counts, so reaping only the pending ones
+    would leave it behind)."""
+    targets = {p for p in pids if p != os.getpid()}
+    for p in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
+    pending = set(targets)
     deadline = clock() + grace
     while pending and clock() < deadline:
         reap(pending)
         pending = {p for p in pending if alive(p)}
         if pending:
             time.sleep(0.05)
+    killed = len(pending)
     for p in pending:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-    reap(pending)
-    return len(pending)
+    deadline = clock() + grace  # SIGKILL is not instantaneous either
+    while pending and clock() < deadline:
+        pending = {p for p in pending if alive(p)}
+        if pending:
+            time.sleep(0.01)
+    reap(targets)
+    return killed
 
 
 def reap(pids: Iterable[int]) -> None:
