@@ -60,6 +60,14 @@ def test_base_is_valid() -> None:
 
 
 @pytest.mark.parametrize(
+    "image", ["acme/web:1.0", "db:13", "a__b/x-y--z:v1_rc.2", "localhost/web:1",
+              "registry.example:5000/team/web:1"],
+)  # fmt: skip
+def test_image_references_podman_accepts(image: str) -> None:
+    assert parse_topology(with_change("containers.0.image", image)).containers[0].image == image
+
+
+@pytest.mark.parametrize(
     ("doc", "path", "message"),
     [
         (with_change("containers.1.host", "h3"), "containers[1].host", "unknown host 'h3'"),
@@ -70,6 +78,11 @@ def test_base_is_valid() -> None:
         (with_change("containers.0.ports", [80, 80]), "containers[0].ports", "duplicate port"),
         (with_change("traffic.0.port", 0), "traffic[0].port", "greater than or equal to 1"),
         (with_change("containers.0.image", "NoTag"), "containers[0].image", "bad image"),
+        # References Podman refuses (it would fail halfway through `up`).
+        (with_change("containers.0.image", "acme//web:1"), "containers[0].image", "bad image"),
+        (with_change("containers.0.image", "acme/-web:1"), "containers[0].image", "bad image"),
+        (with_change("containers.0.image", "a..b/web:1"), "containers[0].image", "bad image"),
+        (with_change("containers.0.image", "acme/web:-1"), "containers[0].image", "bad image"),
         (with_change("containers.0.name", "Web_1"), "containers[0].name", "bad name"),
         (with_change("traffic.0.source", "ghost"), "traffic[0].source", "unknown container"),
         (

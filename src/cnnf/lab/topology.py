@@ -24,6 +24,16 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 # never a prefix of another lab's names.
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# An image reference as Podman parses it (an optional registry, path components
+# separated by '/', a tag), so that a name Podman would refuse halfway through
+# `up` is refused here, with its path, instead.
+_IMAGE_PART = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_REGISTRY = rf"(?:localhost|{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?)"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+IMAGE_RE = re.compile(
+    rf"^(?=.{{1,255}}$)(?:{_REGISTRY}/)?{_IMAGE_PART}(?:/{_IMAGE_PART})*:{_TAG}$"
+)
 
 
 class TopologyError(CnnfError):
@@ -89,7 +99,7 @@ class Container(_Model):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9._-]+$", value):
+        if not IMAGE_RE.match(value):
             raise ValueError(f"bad image {value!r}: use name:tag, e.g. shop/api:2.1")
         return value
 
