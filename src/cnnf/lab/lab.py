@@ -625,6 +625,8 @@ class Lab:
         """One real TCP connect from inside container ``source``."""
         if not 1 <= port <= 65535:
             raise LabError(f"bad port {port}: must be 1-65535")
+        if not timeout > 0:  # 0 would make the socket non-blocking; NaN, negative: invalid
+            raise LabError(f"bad timeout {timeout}: must be a number of seconds above 0")
         address = self.address_of(destination) or destination
         args = ["connect", address, str(port), "--timeout", str(timeout)]
         if self.plan.dns_server:

@@ -43,6 +43,8 @@ class Traffic:
         self.patterns = list(lab.topology.traffic if patterns is None else patterns)
         if not self.patterns:
             raise LabError(f"lab {lab.name!r} has no traffic patterns")
+        if not timeout > 0:
+            raise LabError(f"bad timeout {timeout}: must be a number of seconds above 0")
         self.timeout = timeout
         self.clock = clock
         self.counts: dict[str, Counter[str]] = {p.label: Counter() for p in self.patterns}
@@ -109,6 +111,10 @@ class Traffic:
         report: Callable[[Traffic], None] | None = None,
     ) -> dict[str, Counter[str]]:
         """Run for ``duration`` seconds (None: until interrupted), reporting every ``every`` s."""
+        if duration is not None and not duration > 0:
+            raise LabError(f"bad duration {duration}: must be a number of seconds above 0")
+        if not every > 0:  # 0 would report in a busy loop
+            raise LabError(f"bad report interval {every}: must be a number of seconds above 0")
         if not self._workers:
             self.start()
         end = None if duration is None else self.clock() + duration
