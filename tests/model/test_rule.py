@@ -26,6 +26,8 @@ def test_ports_forms(ports: object, expected: list[tuple[int, int]]) -> None:
         ("90-80", "range start 90 is above end 80"),
         ("http", "is not a port"),
         ([], "at least one port"),
+        ([1.5], "1.5 is not a port"),
+        ([True], "true is not a port"),
     ],
 )
 def test_bad_ports(ports: object, message: str) -> None:

@@ -66,8 +66,8 @@ class PortRange(PolicyModel):
     @classmethod
     def _from_scalar(cls, data: Any) -> Any:
         # Documents write ports as 80, "80" or "8000-8080"; "*" is handled by Rule.
-        if isinstance(data, bool):
-            raise ValueError(f"{data!r} is not a port")
+        if isinstance(data, bool | float):  # not 1 or 443: say so, not "not a mapping"
+            raise ValueError(f"{str(data).lower()} is not a port")
         if isinstance(data, int):
             return {"start": data, "end": data}
         if isinstance(data, str):
