@@ -36,6 +36,7 @@ from cnnf.model import (
 from cnnf.model.identity import split_image
 from cnnf.model.objects import NetworkObject, is_glob
 from cnnf.policy.check import RULE_LISTS, rules_of
+from cnnf.policy.engine import merge_ranges
 
 
 class Severity(StrEnum):
@@ -122,18 +123,8 @@ def object_covers(a: NetworkObject, b: NetworkObject) -> bool:
     return False
 
 
-def _merged(ports: tuple[PortRange, ...]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for p in sorted(ports, key=lambda p: p.start):
-        if out and p.start <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], p.end))
-        else:
-            out.append((p.start, p.end))
-    return out
-
-
 def ports_cover(a: tuple[PortRange, ...], b: tuple[PortRange, ...]) -> bool:
-    spans = _merged(a)
+    spans = merge_ranges(a)
     return all(any(lo <= p.start and p.end <= hi for lo, hi in spans) for p in b)
 
 
