@@ -1,6 +1,7 @@
 """Lab benchmark: how long `up` and `down` of a topology take, and one connect.
 
-For ROUNDS rounds it brings the topology up (lab name ``cnnfbench``), makes
+For ROUNDS rounds it brings the topology up (lab name ``cnnfupdown``, its own: another
+benchmark running at the same time must not lose its lab), makes
 connects from inside a container, and takes it down, printing each figure
 beside a baseline measured in the same run:
 
@@ -27,7 +28,7 @@ import time
 from cnnf.lab import Lab, load_topology
 from cnnf.lab.image import rootfs_tarball
 
-NAME = "cnnfbench"
+NAME = "cnnfupdown"
 
 
 def bare_namespaces(count: int) -> tuple[float, float]:
