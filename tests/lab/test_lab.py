@@ -250,22 +250,27 @@ def test_second_lab_coexists_and_down_leaves_nothing(shop: Lab) -> None:
     assert shop.connect("frontend", "api", 8080).ok
 
 
+@pytest.mark.parametrize(
+    ("failure", "reported"),
+    [(LabError("injected failure"), "failed (injected failure)"),
+     (KeyboardInterrupt(), "failed (KeyboardInterrupt)")],  # Ctrl-C
+)  # fmt: skip
 def test_failure_halfway_through_up_removes_what_it_created(
-    shop: Lab, monkeypatch: pytest.MonkeyPatch
+    shop: Lab, monkeypatch: pytest.MonkeyPatch, failure: BaseException, reported: str
 ) -> None:
     before = snapshot(TINY)
     real = lab_module.Lab._run_container
 
     def failing(self: Lab, h: Any, c: Any) -> None:
         if c.name == "db":
-            raise LabError("injected failure")
+            raise failure
         real(self, h, c)
 
     monkeypatch.setattr(lab_module.Lab, "_run_container", failing)
     progress: list[str] = []
-    with pytest.raises(LabError, match="injected failure"):
+    with pytest.raises(type(failure)):
         Lab.up(parse_topology(TINY_TOPOLOGY), name=TINY, progress=progress.append)
-    assert any("removing what was created" in p for p in progress)
+    assert any(f"{reported}; removing what was created" in p for p in progress), progress
     assert snapshot(TINY) == before
     assert not Path("/run/cnnf-lab", TINY).exists()
 

@@ -224,7 +224,7 @@ class Lab:
             lab._build(step)
         except BaseException as exc:
             with contextlib.suppress(Exception):  # e.g. the terminal went away
-                step(f"failed ({exc}); removing what was created")
+                step(f"failed ({str(exc) or type(exc).__name__}); removing what was created")
             cls.down(name, progress=_quiet)
             if isinstance(exc, LabError):
                 raise
