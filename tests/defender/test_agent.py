@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from cnnf.defender import core
 from cnnf.defender.agent import (
+    UNIDENTIFIED,
     Agent,
     InventoryUpdate,
     PolicyUpdate,
@@ -102,6 +103,23 @@ def test_updates_swap_policy_and_inventory() -> None:
     assert decide(packet("10.2.0.5", 22)).decision == Decision.ACCEPT
 
 
+def test_unnamed_addresses_of_the_container_networks_are_dropped_until_named() -> None:
+    node = HostIdentity(name="node-1", addresses=("10.0.0.1", "10.1.0.1"))
+    nets = ("10.1.0.0/24",)
+    remote = (("10.2.0.5", DB),)
+    decide = VerdictDecide(POLICY, InventoryUpdate(node, (("10.1.0.2", WEB),), remote, nets))
+    assert len(decide.pending) == 253  # .1 is the host's own (the bridge)
+    out = decide(PacketInfo(4, "10.1.0.9", "10.2.0.5", 40000, 22))
+    assert (out.decision, out.detail) == (Decision.DROP, UNIDENTIFIED)
+    out = decide(PacketInfo(4, "198.51.100.7", "10.1.0.9", 40000, 80))  # inbound to it
+    assert (out.decision, out.detail) == (Decision.DROP, UNIDENTIFIED)
+    assert decide(packet("10.2.0.5", 22)).decision == Decision.REJECT  # web is named
+    assert decide(PacketInfo(4, "10.1.0.1", "10.1.0.2", 40000, 80)).decision == Decision.ACCEPT
+    late = ContainerIdentity(image="shop/web:1.0", name="web-2", host="node-1")
+    decide.update(InventoryUpdate(node, (("10.1.0.2", WEB), ("10.1.0.9", late)), remote, nets))
+    assert decide(PacketInfo(4, "10.1.0.9", "10.2.0.5", 40000, 22)).decision == Decision.REJECT
+
+
 def test_remote_identities_skip_this_host_and_map_every_address() -> None:
     inv = ClusterInventory(
         revision=4,
@@ -165,6 +183,10 @@ def test_address_sets_follow_the_mode_switches(
     assert set(a.inventory.containers) == {"10.1.0.2"}
     report = a.inventory_report()
     assert [c.address for c in report.containers] == ["10.1.0.2"]
+    assert report.protected == len(local | hostset)
+    a.container_nets = ("10.1.0.0/30",)  # queued before discovery names them
+    sets = a.wanted_sets()
+    assert sets[AddressSet.LOCAL] == (local | {"10.1.0.1"} if container else set())
     assert report.protected == len(local | hostset)
 
 

@@ -21,6 +21,7 @@ worker restarted by the repair check forks with the current state.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -87,9 +88,31 @@ class InventoryUpdate:
     node: HostIdentity
     containers: tuple[tuple[str, ContainerIdentity], ...]
     remote: tuple[tuple[str, Identity], ...]
+    # This host's container networks (CIDRs): their addresses are queued even
+    # before discovery names them, so a container that connects before the
+    # runtime's start event arrives is not let through unevaluated.
+    container_nets: tuple[str, ...] = ()
 
     def inventory(self) -> Inventory:
         return Inventory.build(self.node, self.containers, self.remote)
+
+    def pending(self) -> frozenset[str]:
+        """Addresses of the container networks that are not this host's own."""
+        return expand_networks(self.container_nets) - frozenset(self.node.addresses)
+
+
+UNIDENTIFIED = "unidentified"
+MAX_EXPANDED_PREFIX = 16  # container networks larger than a /16 are not pre-queued
+
+
+@functools.lru_cache(maxsize=8)
+def expand_networks(nets: tuple[str, ...]) -> frozenset[str]:
+    out: set[str] = set()
+    for cidr in nets:
+        net = ipaddress.ip_network(cidr, strict=False)
+        if net.version == 4 and net.prefixlen >= MAX_EXPANDED_PREFIX:
+            out.update(str(a) for a in net.hosts())
+    return frozenset(out)
 
 
 VerdictDetail = tuple[str, int, bool, "int | None", "str | None", "str | None"]
@@ -116,6 +139,7 @@ class VerdictDecide:
     def __init__(self, policy: Policy, inventory: InventoryUpdate) -> None:
         self.compiled = compile_policy(policy)
         self.inventory = inventory.inventory()
+        self.pending = inventory.pending()
         self.decider = core.Decider(self.compiled, self.inventory)
 
     def update(self, message: object) -> None:
@@ -123,11 +147,21 @@ class VerdictDecide:
             self.compiled = compile_policy(message.policy)
         elif isinstance(message, InventoryUpdate):
             self.inventory = message.inventory()
+            self.pending = message.pending()
         else:
             return
         self.decider = core.Decider(self.compiled, self.inventory)
 
     def __call__(self, packet: PacketInfo) -> Outcome:
+        pending = self.pending
+        if pending:
+            known = self.inventory.containers
+            if (packet.src in pending and packet.src not in known) or (
+                    packet.dst in pending and packet.dst not in known):
+                # A container discovery has not named yet (it started a moment
+                # ago): drop this SYN; TCP retransmits it in about a second and
+                # the retransmission is decided with the container's identity.
+                return Outcome(Decision.DROP, UNIDENTIFIED)
         d = self.decider.decide(packet.src, packet.dst, packet.dport, packet.dst_domains)
         if d.action is core.Action.ACCEPT:
             decision = Decision.ACCEPT_AUDIT if d.verdict.effect.audits else Decision.ACCEPT
@@ -156,6 +190,24 @@ def host_addresses(netns: NetnsRef) -> tuple[str, ...]:
         if addr not in found:
             found.append(addr)
     return tuple(found)
+
+
+def container_networks(netns: NetnsRef) -> tuple[str, ...]:
+    """IPv4 networks of the namespace's bridges (Docker's and Podman's container
+    networks), e.g. ``("10.88.0.0/16",)``."""
+    bridges = set()
+    for line in netns.run("ip", "-o", "link", "show", "type", "bridge").stdout.splitlines():
+        parts = line.split(":")
+        if len(parts) > 1:
+            bridges.add(parts[1].strip().split("@")[0])
+    nets: list[str] = []
+    for line in netns.run("ip", "-o", "-4", "addr", "show").stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] in bridges and parts[2] == "inet":
+            net = str(ipaddress.ip_interface(parts[3]).network)
+            if net not in nets:
+                nets.append(net)
+    return tuple(sorted(nets))
 
 
 def _remote_identities(
@@ -214,6 +266,9 @@ class Agent:
         self.recorder = core.Recorder(reporter=config.hostname, fold_window=config.audit_window)
         self.observed: queue.SimpleQueue[ObservedConnection] = queue.SimpleQueue()
         self.gaps_ms: deque[float] = deque(maxlen=1000)
+        self.container_nets: tuple[str, ...] = ()
+        self.unidentified = 0
+        self._unidentified_seen: set[str] = set()
         self.flows_out = 0
         self.audits_out = 0
         self.repairs = 0
@@ -302,6 +357,7 @@ class Agent:
             self.node,
             tuple((a, c.identity) for a, c in sorted(self.local.items())),
             _remote_identities(self.cluster, self.config.hostname),
+            self.container_nets,
         )
 
     def _broadcast(self, message: object) -> None:
@@ -322,6 +378,9 @@ class Agent:
         p = self.policy
         inv = self.inventory
         local = inv.local_container_addresses() if p.container_enabled else frozenset()
+        if p.container_enabled and self.container_nets:
+            pending = expand_networks(self.container_nets) - frozenset(self.node.addresses)
+            local |= pending
         host = frozenset(self.node.addresses) if p.host_enabled else frozenset()
         cluster = set(local | host)
         if p.container_enabled:
@@ -364,8 +423,12 @@ class Agent:
             removed = set(self.local) - set(local)
             self.local = local
             self._publish_inventory()
+            now = self.clock()
         log.info("inventory changed", containers=len(local), added=sorted(added),
                  removed=sorted(removed))
+        # A resync can see a container before its own start event arrives.
+        for c in {local[a].identity.id or a: local[a] for a in added}.values():
+            self._protected(c, now)
 
     def _on_start(self, c: DiscoveredContainer) -> None:
         """A container is starting: protect its addresses now, before it connects."""
@@ -386,16 +449,29 @@ class Agent:
             now = self.clock()
             if self.runner is not None:
                 self.runner.set_inventory(self.inventory_report())
-        gap = (now - c.started_at) * 1000 if c.started_at else None
+        self._protected(c, now)
+
+    def _protected(self, c: DiscoveredContainer, now: float) -> None:
+        """Record and log the start-to-protected gap of a container just added."""
+        # Only containers started while we run have a gap worth the name.
+        gap = (now - c.started_at) * 1000 if c.started_at >= self.started > 0 else None
         if gap is not None:
             self.gaps_ms.append(gap)
         log.info("container protected" if self.policy.container_enabled else "container seen",
                  container=c.identity.name, image=c.identity.image, addresses=list(c.addresses),
                  start_to_protected_ms=None if gap is None else round(gap, 1))
 
+    def protected_addresses(self) -> tuple[list[str], list[str]]:
+        """(containers, host addresses) protected now, by identity (the LOCAL set
+        also holds the container networks' not yet named addresses)."""
+        p = self.policy
+        containers = sorted(self.local) if p.container_enabled else []
+        hosts = sorted(self.node.addresses) if p.host_enabled else []
+        return containers, hosts
+
     def inventory_report(self) -> InventoryReport:
         n = self.node
-        sets = self.wanted_sets()
+        containers, hosts = self.protected_addresses()
         return InventoryReport(
             host=HostInfo(name=n.name, addresses=list(n.addresses), labels=dict(n.labels),
                           cluster=n.cluster),
@@ -405,7 +481,7 @@ class Agent:
                                      cluster=c.identity.cluster, host=c.identity.host)
                         for a, c in sorted(self.local.items())],
             version=__version__,
-            protected=len(sets[AddressSet.LOCAL] | sets[AddressSet.HOST]),
+            protected=len(containers) + len(hosts),
         )
 
     # -- start ----------------------------------------------------------------------
@@ -457,6 +533,7 @@ class Agent:
         self.node = HostIdentity(name=self.config.hostname,
                                  labels=make_labels(self.config.host_labels),
                                  addresses=host_addresses(self.netns), cluster=self.config.cluster)
+        self.container_nets = container_networks(self.netns)
         self._load_cluster_file()
         try:
             found = self.discovery.snapshot()
@@ -541,6 +618,9 @@ class Agent:
         compiled = self.compiled
         inv = self.inventory
         for r in self.datapath.workers.reports():
+            if r.detail == UNIDENTIFIED:
+                self._on_unidentified(r.packet)
+                continue
             if not isinstance(r.detail, tuple):
                 continue
             p = r.packet
@@ -564,6 +644,14 @@ class Agent:
                 continue  # to another node: local or outbound to external only
             self.recorder.observe(src, dst, ev.dport, ev.time)
 
+    def _on_unidentified(self, p: PacketInfo) -> None:
+        self.unidentified += 1
+        addr = p.src if p.src not in self.inventory.containers else p.dst
+        if addr not in self._unidentified_seen and len(self._unidentified_seen) < 10000:
+            self._unidentified_seen.add(addr)
+            log.info("dropped a SYN of a container not discovered yet; TCP retransmits it",
+                     address=addr, src=p.src, dst=p.dst, port=p.dport)
+
     def flush(self, final: bool = False) -> None:
         flows, audits = self.recorder.drain(self.clock(), final=final)
         self.flows_out += len(flows)
@@ -582,6 +670,16 @@ class Agent:
 
     def repair(self) -> None:
         assert self.datapath is not None
+        try:
+            nets = container_networks(self.netns)
+        except Exception as exc:
+            log.warning("container networks not read", error=str(exc))
+            nets = self.container_nets
+        if nets != self.container_nets:
+            log.info("container networks changed", networks=list(nets))
+            with self._lock:
+                self.container_nets = nets
+                self._publish_inventory()
         try:
             repaired = self.datapath.check_and_repair()
         except Exception as exc:
@@ -605,13 +703,14 @@ class Agent:
         total = stats.total
         sets = self.wanted_sets()
         protected = []
-        for a in sorted(sets[AddressSet.LOCAL]):
+        containers, hosts = self.protected_addresses()
+        for a in containers:
             c = self.local.get(a)
             protected.append({"address": a, "kind": "container",
                               "name": c.identity.name if c else "",
                               "image": c.identity.image if c else ""})
         protected += [{"address": a, "kind": "host", "name": self.node.name, "image": ""}
-                      for a in sorted(sets[AddressSet.HOST])]
+                      for a in hosts]
         gaps = list(self.gaps_ms)
         spool = self.spool.size() if self.spool is not None else (0, 0)
         return {
@@ -629,6 +728,8 @@ class Agent:
             "queues": [self.config.queue_num + i for i in range(self.config.queues)],
             "protected": protected,
             "cluster_protected": len(sets[AddressSet.CLUSTER]),
+            "container_networks": list(self.container_nets),
+            "unidentified_dropped": self.unidentified,
             "cluster_revision": self.cluster.revision if self.cluster is not None else None,
             "containers": len(self.local),
             "counters": {
@@ -672,11 +773,10 @@ class Agent:
         assert self.datapath is not None
         stats = self.datapath.stats()
         t = stats.total
-        sets = self.wanted_sets()
         return Figures(
             verdicts={"accept": t.accepted, "alert": t.audited, "reject": t.rejected,
                       "drop": t.dropped, "error": t.errors},
-            protected=len(sets[AddressSet.LOCAL] | sets[AddressSet.HOST]),
+            protected=sum(map(len, self.protected_addresses())),
             policy_revision=self.policy.revision,
             queue_waiting=sum(q.waiting for q in stats.queues),
             queue_dropped=sum(q.dropped for q in stats.queues),
