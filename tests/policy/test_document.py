@@ -96,6 +96,19 @@ def test_good_document_loads_from_dict_json_and_yaml() -> None:
         (_with("objects.2.cidrs", ["10.0.0.0/33"]),
          "objects[2].cidrs: '10.0.0.0/33' is not an IPv4 or IPv6 CIDR"),
         (_with("objects.2.cidrs", []), "objects[2].cidrs: must not be empty"),
+        # every bad item of a list is named, not only the first
+        (_with("objects.2.cidrs", ["10.0.0.0/8", "10.0.0.0/33", "fe80::/129"]),
+         "objects[2].cidrs: '10.0.0.0/33' is not an IPv4 or IPv6 CIDR; "
+         "'fe80::/129' is not an IPv4 or IPv6 CIDR"),
+        (_with("objects.0.selector", {"images": ["a[", "ok", "b c"]}),
+         "objects[0].selector.images: malformed glob 'a[': '[' without ']'; "
+         "malformed glob 'b c': contains whitespace"),
+        (_with("objects.0.selector", {"labels": ["x", "a=b", "=y"]}),
+         "objects[0].selector.labels: label pattern 'x' is not key=value; "
+         "label pattern '=y' is not key=value"),
+        (_with("objects.2", {"kind": "dns", "name": "net", "domains": ["a_b", "ok.example", "-x"]}),
+         "objects[2].domains: 'a_b' is not a domain name or a *.domain wildcard; "
+         "'-x' is not a domain name or a *.domain wildcard"),
         (_with("objects.0.selector", {}),
          'objects[0].selector: empty selector: set at least one field (images: ["*"] means any)'),
         (_with("objects.0.selector", {"images": ["shop/[api"]}),

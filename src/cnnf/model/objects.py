@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -63,8 +64,22 @@ def is_glob(pattern: str) -> bool:
 GlobList = tuple[str, ...]
 
 
+def check_each(values: tuple[str, ...], check: Callable[[str], str]) -> tuple[str, ...]:
+    """Apply ``check`` to every item; one error naming every bad item, not just the first."""
+    out: list[str] = []
+    problems: list[str] = []
+    for value in values:
+        try:
+            out.append(check(value))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(out)
+
+
 def _globs(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(check_glob(v) for v in values)
+    return check_each(values, check_glob)
 
 
 class ContainerSelector(PolicyModel):
@@ -83,7 +98,7 @@ class ContainerSelector(PolicyModel):
     @field_validator("labels")
     @classmethod
     def _v_labels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_label_glob(p) for p in v)
+        return check_each(v, check_label_glob)
 
     @model_validator(mode="after")
     def _not_empty(self) -> ContainerSelector:
@@ -106,7 +121,7 @@ class HostSelector(PolicyModel):
     @field_validator("labels")
     @classmethod
     def _v_labels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_label_glob(p) for p in v)
+        return check_each(v, check_label_glob)
 
     @model_validator(mode="after")
     def _not_empty(self) -> HostSelector:
@@ -137,13 +152,7 @@ class SubnetObject(_ObjectBase):
     @field_validator("cidrs")
     @classmethod
     def _v_cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        out = []
-        for cidr in v:
-            try:
-                out.append(str(ipaddress.ip_network(cidr, strict=False)))
-            except ValueError:
-                raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 CIDR") from None
-        return tuple(out)
+        return check_each(v, normalise_cidr)
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(c) for c in self.cidrs)
@@ -156,7 +165,15 @@ class DnsObject(_ObjectBase):
     @field_validator("domains")
     @classmethod
     def _v_domains(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(normalise_domain_pattern(d) for d in v)
+        return check_each(v, normalise_domain_pattern)
+
+
+def normalise_cidr(cidr: str) -> str:
+    """A CIDR in canonical form (host bits cleared: ``10.1.2.3/8`` -> ``10.0.0.0/8``)."""
+    try:
+        return str(ipaddress.ip_network(cidr, strict=False))
+    except ValueError:
+        raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 CIDR") from None
 
 
 def normalise_domain_pattern(domain: str) -> str:
