@@ -183,7 +183,7 @@ def test_entity_kinds_names_and_unknown_fields() -> None:
         (lambda d: d["networkEntities"][1].update(_id=1),
          "networkEntities[1]._id: duplicate entity _id 1"),
         (lambda d: d["networkEntities"][4]["subnets"][0].update(cidr="10.0.0.0/99"),
-         "networkEntities[4].cidrs: '10.0.0.0/99' is not an IPv4 or IPv6 CIDR"),
+         "networkEntities[4].subnets[0].cidr: '10.0.0.0/99' is not an IPv4 or IPv6 CIDR"),
         (lambda d: d["networkEntities"][0].update(collections=[]),
          "networkEntities[0].collections: a container entity needs at least one collection"),
         (lambda d: d["networkEntities"][1]["collections"][0].update(labels=["app"]),
@@ -209,6 +209,21 @@ def test_bad_exports(mutate: Any, expected: str) -> None:
         from_prisma(doc)
     # the first error is the cause; rules naming a broken entity may follow it
     assert str(info.value.errors[0]) == expected
+
+
+def test_every_error_of_a_rule_is_reported_at_once() -> None:
+    doc = copy.deepcopy(EXPORT)
+    doc["containerRules"][0].update(dst=99, effect="deny")
+    doc["containerRules"][0]["ports"][0].update(end=70000)
+    doc["containerRules"][1]["ports"] = "80"
+    with pytest.raises(PolicyValidationError) as info:
+        from_prisma(doc)
+    assert [str(e) for e in info.value.errors] == [
+        "containerRules[0].dst: no entity with _id 99",
+        "containerRules[0].ports[0].end: 70000 is above 65535",
+        "containerRules[0].effect: 'deny' is not one of 'allow', 'alert' or 'prevent'",
+        "containerRules[1].ports: '80' is not a list of {start, end, deny}",
+    ]
 
 
 def test_to_prisma_reports_what_the_original_cannot_hold() -> None:

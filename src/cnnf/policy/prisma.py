@@ -47,6 +47,7 @@ from cnnf.model import (
     Rule,
     SubnetObject,
 )
+from cnnf.model.objects import normalise_cidr
 from cnnf.policy.check import check_policy
 from cnnf.policy.document import ORIGINAL_FORMAT_ID, show, translate_errors
 
@@ -221,19 +222,30 @@ def _entity(
             errors.add(f"{path}.subnets", "a subnet entity needs at least one {name, cidr}")
             return None
         cidrs: list[str] = []
+        bad = False
         for j, sub in enumerate(subnets):
             spath = f"{path}.subnets[{j}]"
             if isinstance(sub, str):
-                cidrs.append(sub)
-                continue
-            if not isinstance(sub, Mapping) or not isinstance(sub.get("cidr"), str):
+                cidr, cpath = sub, spath
+            elif isinstance(sub, Mapping) and isinstance(sub.get("cidr"), str):
+                cidr, cpath = sub["cidr"], f"{spath}.cidr"
+            else:
                 errors.add(spath, f"{show(sub)} is not {{name, cidr}}")
+                bad = True
                 continue
-            cidrs.append(sub["cidr"])
+            try:
+                cidrs.append(normalise_cidr(cidr))
+            except ValueError as exc:  # at the path the export has, not the native one
+                errors.add(cpath, str(exc))
+                bad = True
+            if isinstance(sub, str):
+                continue
             sub_name = sub.get("name", "")
             if sub_name not in ("", None, sub["cidr"]):
                 unmapped.append(f"{spath}.name: subnet name {show(sub_name)} has no native "
                                 f"field (the CIDR {sub['cidr']} is kept)")
+        if bad:
+            return None
         return _build(SubnetObject, {"kind": "subnet", "name": name,
                                      "description": description, "cidrs": cidrs}, path, errors)
     if etype == "dns":
@@ -356,15 +368,15 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
                 unmapped.append(f"{path}: every port range is deny: true; the rule was "
                                 "left out")
                 continue
-            if len(ends) < 2 or ports is None:
-                continue
+            # Validate the other fields even when an end or a port is broken, so
+            # that one run reports every error of the rule.
             rule_id = raw.get("id")
             data = {
                 "id": rule_id,
                 "name": raw.get("name") or f"rule-{rule_id}",
-                "src": ends["src"],
-                "dst": ends["dst"],
-                "ports": ports,
+                "src": ends.get("src", "?"),
+                "dst": ends.get("dst", "?"),
+                "ports": ["*"] if ports is None else ports,
                 "effect": raw.get("effect", "allow"),
                 "disabled": raw.get("disabled", False),
                 "notes": raw.get("notes") or "",
@@ -372,7 +384,7 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
                 "modified": raw.get("modified") or None,
             }
             rule = _build(Rule, data, path, errors)
-            if rule is not None:
+            if rule is not None and len(ends) == 2 and ports is not None:
                 lists[list_name].append(rule)
 
     if errors.items:
