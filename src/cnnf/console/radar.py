@@ -37,7 +37,7 @@ from cnnf.model import (
     Rule,
     SubnetObject,
 )
-from cnnf.model.identity import make_labels
+from cnnf.model.identity import make_labels, split_image
 from cnnf.model.records import HostInfo, WorkloadInfo
 from cnnf.model.rule import Effect
 from cnnf.policy.match import ContainerMatch, DnsMatch, HostMatch, SubnetMatch
@@ -62,14 +62,40 @@ RULE_EDGE_LIMIT = 500
 
 
 class FlowLike(Protocol):
-    """An aggregated flow as the store keeps it (``StoredFlow`` fits)."""
+    """An aggregated flow as the store keeps it (``StoredFlow`` and :class:`Flow` fit)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def src(self) -> str: ...  # "image:shop/api", "host:node-1", "addr:10.0.0.5", "dns:a.example"
+    @property
+    def dst(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def verdict(self) -> str: ...  # allow | alert | prevent | observed
+    @property
+    def rule_id(self) -> int: ...  # 0: no rule matched
+    @property
+    def rule_name(self) -> str: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def first_seen(self) -> datetime: ...
+    @property
+    def last_seen(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A flow row as plain data (cheap to make from a database row)."""
 
     kind: str
-    src: str  # "image:shop/api", "host:node-1", "addr:10.0.0.5", "dns:api.example.com"
+    src: str
     dst: str
     port: int
-    verdict: str  # allow | alert | prevent | observed
-    rule_id: int  # 0: no rule matched
+    verdict: str
+    rule_id: int
     rule_name: str
     count: int
     first_seen: datetime
@@ -133,7 +159,7 @@ class _Port:
 class _Edge:
     source: str
     target: str
-    ports: dict[tuple[str, str, int], _Port] = field(default_factory=dict)
+    ports: dict[tuple[str, str, int], _Port] = field(default_factory=dict)  # port, verdict, rule
     rules: dict[int, Rule] = field(default_factory=dict)
 
 
@@ -183,7 +209,10 @@ class _Graph:
         self.nodes: dict[str, _Node] = {}
         self.edges: dict[tuple[str, str], _Edge] = {}
         self.address_owner: dict[str, str] = {}
+        self.image_by_name: dict[str, str] = {}
         self.truncated_rules: list[int] = []
+        self.rules = {r.id: r for r in (policy.container_rules if query.view == "container"
+                                        else policy.host_rules)}
         self.subnets = [(o, SubnetMatch(o)) for o in policy.objects
                         if isinstance(o, SubnetObject)]
         self.dns = [(o, DnsMatch(o)) for o in policy.objects if isinstance(o, DnsObject)]
@@ -197,6 +226,7 @@ class _Graph:
                 node = self._node(f"image:{c.image}", "image", c.image)
                 node.containers.append(c)
                 self.address_owner[c.address] = node.id
+                self.image_by_name.setdefault(split_image(c.image)[0], node.id)
             # Hosts are drawn in the container view only when something talks to them.
             self.optional = {n for n, v in self.nodes.items() if v.kind == "host"}
         else:
@@ -227,10 +257,10 @@ class _Graph:
         if prefix == "image" and value:
             image_id = f"image:{value}"
             if image_id not in self.nodes:
-                # Tags differ between the report and the inventory: fold by name.
-                for node in self.nodes.values():
-                    if node.kind == "image" and node.label.rsplit(":", 1)[0] == value:
-                        return node.id
+                # A flow may name the image without its tag: fold into the running image.
+                by_name = self.image_by_name.get(value)
+                if by_name is not None:
+                    return by_name
             return self._node(image_id, "image", value).id
         if prefix == "host" and value:
             return self._node(f"host:{value}", "host", value).id
@@ -253,25 +283,21 @@ class _Graph:
         target = self.endpoint_node(flow.dst)
         edge = self._edge(source, target)
         verdict = verdict_class(flow.verdict, flow.rule_id)
-        key = ("flow", str(flow.port), hash((verdict, flow.rule_id)))
+        key = (str(flow.port), verdict, flow.rule_id)
         have = edge.ports.get(key)
         if have is None:
-            have = edge.ports[key] = _Port(str(flow.port), verdict, True, rule_id=flow.rule_id,
-                                           rule_name=flow.rule_name)
-        have.count += flow.count
-        have.first_seen = min(filter(None, (have.first_seen, flow.first_seen)))
-        have.last_seen = max(filter(None, (have.last_seen, flow.last_seen)))
+            edge.ports[key] = _Port(str(flow.port), verdict, True, flow.count, flow.first_seen,
+                                    flow.last_seen, flow.rule_id, flow.rule_name)
+        else:
+            have.count += flow.count
+            if have.first_seen is None or flow.first_seen < have.first_seen:
+                have.first_seen = flow.first_seen
+            if have.last_seen is None or flow.last_seen > have.last_seen:
+                have.last_seen = flow.last_seen
         if flow.rule_id:
-            rule = self.rule(flow.kind, flow.rule_id)
+            rule = self.rules.get(flow.rule_id)
             if rule is not None:
                 edge.rules[rule.id] = rule
-
-    def rule(self, kind: str, rule_id: int) -> Rule | None:
-        rules = self.policy.container_rules if kind == "container" else self.policy.host_rules
-        for rule in rules:
-            if rule.id == rule_id:
-                return rule
-        return None
 
     # --- rules ---------------------------------------------------------------
 
@@ -376,6 +402,16 @@ def build_graph(
     g.add_rules()
 
     edges_out: list[dict[str, Any]] = []
+    rules_json: dict[int, dict[str, Any]] = {}
+
+    def rule_json(r: Rule) -> dict[str, Any]:
+        out = rules_json.get(r.id)
+        if out is None:
+            out = rules_json[r.id] = {
+                "id": r.id, "kind": query.view, "name": r.name, "src": r.src, "dst": r.dst,
+                "effect": r.effect.value, "ports": [str(p) for p in r.ports]}
+        return out
+
     used: set[str] = set()
     for (source, target), edge in g.edges.items():
         ports = g.edge_ports(edge)
@@ -383,10 +419,28 @@ def build_graph(
             continue
         if query.verdict is not None and not any(p.verdict == query.verdict for p in ports):
             continue
-        observed = any(p.observed for p in ports)
-        worst = max((p.verdict for p in ports), key=lambda v: _WORST_ORDER[v])
-        seen = [p for p in ports if p.observed]
-        effects = sorted({r.effect.value for r in edge.rules.values()})
+        # One pass over the ports (this loop runs for every edge of a large graph).
+        observed = hole = False
+        worst = ""
+        verdicts: set[str] = set()
+        count = 0
+        first: datetime | None = None
+        last: datetime | None = None
+        for p in ports:
+            verdicts.add(p.verdict)
+            if not worst or _WORST_ORDER[p.verdict] > _WORST_ORDER[worst]:
+                worst = p.verdict
+            if p.observed:
+                observed = True
+                count += p.count
+                if p.first_seen is not None and (first is None or p.first_seen < first):
+                    first = p.first_seen
+                if p.last_seen is not None and (last is None or p.last_seen > last):
+                    last = p.last_seen
+        hole = "observed" in verdicts
+        if len(ports) > 1:
+            ports.sort(key=lambda p: (_port_sort_key(p.port), p.verdict))
+        effects = {r.effect.value for r in edge.rules.values()}
         edges_out.append({
             "id": f"{source}->{target}",
             "source": source,
@@ -394,24 +448,21 @@ def build_graph(
             "observed": observed,
             "line": "solid" if observed else "dotted",
             "verdict": worst,
-            "verdicts": sorted({p.verdict for p in ports}, key=lambda v: -_WORST_ORDER[v]),
-            "hole": any(p.verdict == "observed" for p in ports),
-            "effect": effects[0] if len(effects) == 1 else ("mixed" if effects else ""),
-            "label": compact_ports((p.port, p.verdict) for p in ports),
+            "verdicts": sorted(verdicts, key=lambda v: -_WORST_ORDER[v]),
+            "hole": hole,
+            "effect": next(iter(effects)) if len(effects) == 1 else ("mixed" if effects else ""),
+            "label": (f"{ports[0].port} {ports[0].verdict}" if len(ports) == 1
+                      else compact_ports((p.port, p.verdict) for p in ports)),
             "ports": [
                 {"port": p.port, "verdict": p.verdict, "observed": p.observed, "count": p.count,
                  "firstSeen": _iso(p.first_seen), "lastSeen": _iso(p.last_seen),
                  "ruleId": p.rule_id or None, "ruleName": p.rule_name}
-                for p in sorted(ports, key=lambda p: (_port_sort_key(p.port), p.verdict))
+                for p in ports
             ],
-            "rules": [
-                {"id": r.id, "kind": query.view, "name": r.name, "src": r.src, "dst": r.dst,
-                 "effect": r.effect.value, "ports": [str(p) for p in r.ports]}
-                for r in sorted(edge.rules.values(), key=lambda r: r.id)
-            ],
-            "count": sum(p.count for p in seen),
-            "firstSeen": _iso(min((p.first_seen for p in seen if p.first_seen), default=None)),
-            "lastSeen": _iso(max((p.last_seen for p in seen if p.last_seen), default=None)),
+            "rules": [rule_json(r) for r in sorted(edge.rules.values(), key=lambda r: r.id)],
+            "count": count,
+            "firstSeen": _iso(first),
+            "lastSeen": _iso(last),
         })
         used.update((source, target))
 

@@ -8,16 +8,20 @@ built from policy and flows alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from itertools import starmap
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cnnf.console.api.deps import Reader, SessionDep, StateDep, policy_service
-from cnnf.console.radar import RadarQuery, build_graph
+from cnnf.console.radar import Flow, RadarQuery, build_graph
 from cnnf.console.services.overlays import OverlayService
 from cnnf.console.store.models import FlowRow
 from cnnf.model.records import ClusterInventory
@@ -31,7 +35,9 @@ def no_inventory(_: Session) -> ClusterInventory:
     return ClusterInventory(revision=0)
 
 
-@router.get("/radar")
+@router.get("/radar", response_class=Response, responses={200: {
+    "content": {"application/json": {"schema": {"type": "object"}}},
+    "description": "nodes, groups and edges"}})
 def radar(
     *,
     request: Request, db: SessionDep, console: StateDep,
@@ -43,24 +49,49 @@ def radar(
                        Query()] = None,
     q: Text = "",
     who: Reader,
-) -> dict[str, Any]:
+) -> Response:
     """The Radar graph of the container view (one node per image, grouped by
     namespace or host) or the host view; rule edges and observed edges with
     per-port verdicts; node overlays."""
     policy = policy_service(db, console, who).policy()
     provider: InventoryProvider = getattr(request.app.state, "radar_inventory", no_inventory)
     inventory = provider(db)
-    stmt = select(FlowRow).where(FlowRow.kind == view)
+    # Plain rows, not ORM objects: tens of thousands of flows load several times faster.
+    stmt = select(FlowRow.kind, FlowRow.src, FlowRow.dst, FlowRow.port, FlowRow.verdict,
+                  FlowRow.rule_id, FlowRow.rule_name, FlowRow.count, FlowRow.first_seen,
+                  FlowRow.last_seen).where(FlowRow.kind == view)
     if since is not None:
         stmt = stmt.where(FlowRow.last_seen >= since)
-    flows = db.scalars(stmt).all()
-    graph = build_graph(
-        policy, hosts=inventory.hosts, containers=inventory.containers, flows=flows,
-        overlays=OverlayService(db, console.now).for_radar(),
-        query=RadarQuery(view=view, group=group, namespace=namespace, host=host,
-                         verdict=verdict, q=q),
-    )
-    graph["revision"] = policy.revision
-    graph["inventoryRevision"] = inventory.revision
-    graph["generated"] = console.now().isoformat()
-    return graph
+    flows = list(starmap(Flow, db.execute(stmt)))
+    overlays = OverlayService(db, console.now).for_radar()
+    query = RadarQuery(view=view, group=group, namespace=namespace, host=host, verdict=verdict,
+                       q=q)
+    with _gc_paused():
+        graph = build_graph(policy, hosts=inventory.hosts, containers=inventory.containers,
+                            flows=flows, overlays=overlays, query=query)
+        return _respond(policy.revision, inventory.revision, console.now(), graph)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A large graph is tens of thousands of small acyclic dicts and lists; the
+    cyclic collector would scan the growing heap again and again while they are
+    made (about half the endpoint's time at 20,000 edges). Reference counting
+    still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _respond(revision: int, inventory_revision: int, now: datetime,
+             graph: dict[str, Any]) -> Response:
+    graph["revision"] = revision
+    graph["inventoryRevision"] = inventory_revision
+    graph["generated"] = now.isoformat()
+    # Serialised directly: the graph is plain JSON data, and the generic encoder
+    # walks every value of a large graph several times slower.
+    return Response(json.dumps(graph, separators=(",", ":")), media_type="application/json")
