@@ -48,7 +48,7 @@ POLICY_NAME = "examples/demo-policy.yaml"
 
 # The compromised frontend's lateral moves: the shop topology has two
 # (frontend -> db:5432, frontend -> payments:22); the demo adds one on the
-# frontend's own host. The starter policy prevents all three (web-to-data).
+# frontend's own host. The starter policy prevents all three (frontend-to-data).
 EXTRA_LATERAL = (
     Pattern(name="lateral-frontend-cache", source="frontend", destination="cache",
             port=6379, rate=0.2),
@@ -389,7 +389,7 @@ class Demo:
             f"  Lab:    {cfg.lab!r} ({TOPOLOGY}), hosts {hosts}; "
             f"`cnnf lab status --name {cfg.lab}`",
             f"  Logs:   {self.data_dir}/*.log",
-            f"The compromised frontend keeps probing {moves}: rule web-to-data prevents it;",
+            f"The compromised frontend keeps probing {moves}: rule frontend-to-data prevents it;",
             "see the audits in Radar. Grey edges are holes in the policy (no rule matched).",
             "Press Ctrl-C to stop the demo and remove everything.",
             "",
@@ -425,8 +425,10 @@ class Demo:
         s = self.started
         if s.traffic is not None:
             s.traffic.stop()
+            self.step("traffic stopped; connections made (prevented ones are refused: "
+                      "a TCP reset)")
+            self.out(s.traffic.summary())
             s.traffic = None
-            self.step("traffic stopped")
         if s.defenders:
             pids = [p.pid for p in s.defenders.values()]
             killed = stop_processes(pids, self.data_dir)

@@ -1,0 +1,176 @@
+"""`cnnf demo` as `make demo` runs it (after bootstrap): a real process that
+starts the Console, the shop lab and one Defender per lab host; the Console
+sees both Defenders, Radar shows the shop's images, the compromised frontend's
+lateral moves arrive as audits; SIGINT leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cnnf.lab.topology import load_topology
+
+pytestmark = pytest.mark.lab
+
+LAB = "cnnfdemo"
+PASSWORD = "demo test password"
+SHOP = load_topology("shop")
+IMAGES = {c.image.rsplit(":", 1)[0] for c in SHOP.containers}
+# The lateral moves of the compromised frontend: destinations it probes.
+LATERAL = {"db", "payments", "cache"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _root_netfilter() -> set[str]:
+    """The root namespace's iptables rules and ipsets (the demo must not touch them)."""
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
+    sets = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True,
+                          check=False).stdout
+    return ({ln for ln in rules.splitlines() if not ln.startswith(("#", ":"))}
+            | {f"ipset {s}" for s in sets.split()})
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in line:
+            found.append(f"{pid}: {line}")
+    return found
+
+
+def _poll(what: str, check: Callable[[], Any], timeout: float, proc: subprocess.Popen[str],
+          log: list[str]) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"cnnf demo exited ({proc.returncode}):\n" + "".join(log)
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}; last: {last!r}\n" + "".join(log[-30:]))
+
+
+class _Reader(threading.Thread):
+    def __init__(self, proc: subprocess.Popen[str], log: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.log = proc, log
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
+
+
+@pytest.fixture
+def demo(tmp_path: Path,
+         ) -> Iterator[tuple[subprocess.Popen[str], list[str], str, Path, set[str]]]:
+    before = _root_netfilter()
+    port = _free_port()
+    data_dir = tmp_path / "demo"
+    cnnf = Path(sys.executable).parent / "cnnf"
+    proc = subprocess.Popen(
+        [str(cnnf), "demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+         "--name", LAB, "--password", PASSWORD, "--every", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    log: list[str] = []
+    reader = _Reader(proc, log)
+    reader.start()
+    try:
+        yield proc, log, f"http://127.0.0.1:{port}", data_dir, before
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        reader.join(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        # Whatever happened above, leave this machine clean for the next test.
+        subprocess.run([str(cnnf), "demo", "--data-dir", str(data_dir), "--name", LAB,
+                        "cleanup"], capture_output=True, check=False, timeout=120)
+
+
+def test_demo_runs_the_product_and_leaves_nothing_behind(
+        demo: tuple[subprocess.Popen[str], list[str], str, Path, set[str]]) -> None:
+    proc, log, url, data_dir, before = demo
+
+    _poll("the demo's banner", lambda: any("CNNF demo is running" in ln for ln in log),
+          150, proc, log)
+    text = "".join(log)
+    assert f"Radar:  {url}/" in text
+    assert f"Login:  admin / {PASSWORD}" in text
+
+    api = httpx.Client(base_url=f"{url}/api/v1", timeout=10)
+    token = api.post("/auth/login", json={"username": "admin", "password": PASSWORD})
+    assert token.status_code == 200, token.text
+    api.headers["Authorization"] = f"Bearer {token.json()['token']}"
+
+    def connected() -> set[str]:
+        resp = api.get("/defenders")
+        hosts = {d["hostname"] for d in resp.json() if d["status"] == "connected"}
+        return hosts if hosts >= {h.name for h in SHOP.hosts} else set()
+
+    assert connected() == {"node-1", "node-2"}
+
+    def images() -> set[str]:
+        graph = api.get("/radar").json()
+        shown = {n["label"].rsplit(":", 1)[0] for n in graph["nodes"] if n["kind"] == "image"}
+        return shown if shown >= IMAGES else set()
+
+    _poll("Radar to show the shop's images", images, 30, proc, log)
+
+    def lateral_audits() -> set[str]:
+        page = api.get("/audits", params={"rule": "frontend-to-data", "limit": 200}).json()
+        seen = set()
+        for a in page["items"]:
+            assert a["blocked"] is True
+            assert a.get("srcContainer", a.get("src_container")) == "frontend"
+            seen.add(a.get("dstContainer", a.get("dst_container")))
+        return seen if seen >= LATERAL else set()
+
+    _poll("audits of the lateral moves (frontend -> db, payments, cache)", lateral_audits,
+          45, proc, log)
+    api.close()
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 0, "".join(log)
+    text = "".join(log)
+    assert "demo stopped; nothing is left running" in text
+
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                           check=True).stdout
+    assert f"cnnf-{LAB}-" not in netns
+    assert not Path(f"/run/cnnf-lab/{LAB}").exists()
+    assert not Path(f"/var/lib/cnnf-lab/{LAB}").exists()  # the containers' storage
+    assert not _processes_mentioning(str(data_dir))
+    assert not _processes_mentioning(f"/cnnf-lab/{LAB}/")
+    assert not (data_dir / "demo.json").exists()
+    assert _root_netfilter() == before
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz", timeout=2)
