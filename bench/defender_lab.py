@@ -12,12 +12,15 @@ their SYNs inbound). Measured:
 - the Defender's memory (RSS of the main process and its verdict workers) with
   its own containers, then with 1,000 protected addresses (a cluster inventory
   of 1,000 remote containers, all in every worker's inventory and in the set);
-- the start-to-protected gap of containers started while it runs (runtime's
-  start time to the address being in the protected set), as the Defender logs it.
+- the start-to-named gap of containers started while it runs (the runtime's
+  start time to the Defender naming the container), as the Defender logs it.
+  The addresses of the host's container networks are queued from the start, so
+  this is how long a new container's SYNs are dropped (and retransmitted), not
+  a window in which they pass unevaluated.
 
-    sudo .venv/bin/python bench/defender_lab.py [--seconds 3] [--rate 2000]
+    sudo .venv/bin/python bench/defender_lab.py [--seconds 3] [--rate 5000] [--rounds 2]
 
-Bounded: about a minute. Traffic stays inside the lab's namespaces.
+Bounded: about a minute and a half. Traffic stays inside the lab's namespaces.
 """
 
 from __future__ import annotations
@@ -130,8 +133,10 @@ def thousand(lab: Lab) -> ClusterInventory:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rate", type=float, default=2000.0, help="paced rate for latency")
+    parser.add_argument("--rate", type=float, default=5000.0,
+                        help="paced rate for latency (half the 10,000/s target)")
     parser.add_argument("--starts", type=int, default=3, help="containers started for the gap")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating measurement rounds")
     args = parser.parse_args()
     t0 = time.monotonic()
     lab = Lab.up("shop", name=LAB)
@@ -145,19 +150,30 @@ def main() -> None:
               f"{args.seconds:g}s closed loop -> api:{PORT}; latency: frontend paced at "
               f"{args.rate:g}/s (microseconds)")
         print(f"{'':<26} {'conn/s':>9} {'p50 us':>8} {'p99 us':>8} {'paced/s':>8} {'errors':>6}")
-        base = measure(lab, "no Defender (baseline)", args)
-        rows = {}
-        for q in (1, 2):
-            d = Defender(lab, work, "--queues", str(q))
-            try:
-                rows[q] = measure(lab, f"Defender --queues {q}", args)
-                c = d.wait(lambda s: True)["counters"]
-            finally:
-                d.stop()
-            print(f"{'':<26} verdicts: accepted {c['accepted']:,}, errors {c['errors']}, "
-                  f"reports lost {c['reports_lost']}")
-        for q, row in rows.items():
-            print(f"queues={q}: {row['cps'] / base['cps']:.0%} of baseline rate, "
+        # The machine is shared: run the configurations in alternating rounds and
+        # keep each one's best round, so a burst of foreign load hits them alike.
+        best: dict[str, dict[str, float]] = {}
+        for rnd in range(1, args.rounds + 1):
+            for q in (0, 1, 2):
+                label = f"r{rnd} " + (f"Defender --queues {q}" if q else "no Defender (baseline)")
+                d = Defender(lab, work, "--queues", str(q)) if q else None
+                try:
+                    row = measure(lab, label, args)
+                    if d is not None:
+                        c = d.wait(lambda s: True)["counters"]
+                        print(f"{'':<26} verdicts: accepted {c['accepted']:,}, errors "
+                              f"{c['errors']}, reports lost {c['reports_lost']}")
+                finally:
+                    if d is not None:
+                        d.stop()
+                key = f"queues={q}" if q else "baseline"
+                if key not in best or row["cps"] > best[key]["cps"]:
+                    best[key] = row
+        base = best["baseline"]
+        for key in ("queues=1", "queues=2"):
+            row = best[key]
+            print(f"{key} (best of {args.rounds}): {row['cps']:,.0f} conn/s = "
+                  f"{row['cps'] / base['cps']:.0%} of the baseline's {base['cps']:,.0f}; "
                   f"p50 +{row['p50'] - base['p50']:.0f} us, p99 +{row['p99'] - base['p99']:.0f} us")
 
         cluster = work / "cluster.json"
@@ -181,9 +197,10 @@ def main() -> None:
             gaps = sorted(g for ln in d.log.read_text().splitlines()
                           if '"container protected"' in ln
                           and (g := json.loads(ln)["start_to_protected_ms"]) is not None)
-            print(f"start-to-protected gap ({len(gaps)} containers, runtime start time to "
-                  f"address in the set): min {gaps[0]:.0f} ms, median {gaps[len(gaps) // 2]:.0f}"
-                  f" ms, max {gaps[-1]:.0f} ms")
+            print(f"start-to-named gap ({len(gaps)} containers, runtime start time to the "
+                  f"Defender naming the container; its network's addresses are queued from the "
+                  f"start): min {gaps[0]:.0f} ms, median {gaps[len(gaps) // 2]:.0f} ms, "
+                  f"max {gaps[-1]:.0f} ms")
         finally:
             d.stop()
     finally:
