@@ -168,6 +168,10 @@ def status(
         typer.echo(f"protected workloads ({len(data['protected'])}):")
         for p in data["protected"]:
             typer.echo(f"  {p['address']:<16} {p['kind']:<9} {p['name']:<16} {p['image']}")
+        if data.get("container_networks") and mode["container"]:
+            typer.echo(f"container networks queued before containers are named: "
+                       f"{', '.join(data['container_networks'])} "
+                       f"({data.get('unidentified_dropped', 0)} SYNs of unnamed ones dropped)")
         c = data["counters"]
         typer.echo("verdicts: " + ", ".join(f"{k} {v}" for k, v in c.items()))
         gap = data["start_to_protected_ms"]
