@@ -75,7 +75,12 @@ def test_image_references_podman_accepts(image: str) -> None:
         (with_change("hosts.1.name", "h1"), "hosts[1].name", "duplicate host name"),
         (with_change("containers.0.ports", [80, 70000]), "containers[0].ports", "bad port 70000"),
         (with_change("containers.0.ports", [0]), "containers[0].ports", "bad port 0"),
-        (with_change("containers.0.ports", [80, 80]), "containers[0].ports", "duplicate port"),
+        (with_change("containers.0.ports", [80, 80]), "containers[0].ports", "duplicate port 80"),
+        (
+            with_change("containers.0.ports", [0, 80, 70000, 80]),
+            "containers[0].ports",
+            "bad port 0: must be 1-65535; bad port 70000: must be 1-65535; duplicate port 80",
+        ),
         (with_change("traffic.0.port", 0), "traffic[0].port", "greater than or equal to 1"),
         (with_change("containers.0.image", "NoTag"), "containers[0].image", "bad image"),
         # References Podman refuses (it would fail halfway through `up`).

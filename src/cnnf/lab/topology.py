@@ -63,11 +63,12 @@ Port = int
 
 
 def _check_ports(ports: list[int]) -> list[int]:
-    for p in ports:
-        if not 1 <= p <= 65535:
-            raise ValueError(f"bad port {p}: must be 1-65535")
-    if len(set(ports)) != len(ports):
-        raise ValueError("duplicate port")
+    problems = [f"bad port {p}: must be 1-65535" for p in ports if not 1 <= p <= 65535]
+    duplicates = sorted({p for p in ports if ports.count(p) > 1})
+    if duplicates:
+        problems.append(f"duplicate port {', '.join(map(str, duplicates))}")
+    if problems:  # every bad port at once, not only the first
+        raise ValueError("; ".join(problems))
     return ports
 
 
