@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -113,16 +115,25 @@ def run(script: Path, timeout: float) -> Result:
         result.status = "skipped: needs root"
         return result
     t0 = time.monotonic()
+    # A session of its own, so that a benchmark that runs too long is stopped
+    # with everything it started (servers, browsers, lab helpers).
+    proc = subprocess.Popen([sys.executable, str(script), *result.args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, str(script), *result.args], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, timeout=timeout, check=False)
-        result.output = proc.stdout.decode(errors="replace")
+        out, _ = proc.communicate(timeout=timeout)
         result.status = "ok" if proc.returncode == 0 else f"failed (exit status {proc.returncode})"
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout or b""
-        result.output = out.decode(errors="replace") if isinstance(out, bytes) else out
+    except subprocess.TimeoutExpired:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                out, _ = proc.communicate(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                out = b""
         result.status = f"timed out after {timeout:.0f} s"
+    result.output = out.decode(errors="replace")
     result.seconds = time.monotonic() - t0
     return result
 

@@ -143,6 +143,11 @@ def test_console_storage_sqlite_on_a_claim_or_postgres_from_a_secret() -> None:
     volumes = {v["name"]: v for v in sqlite["spec"]["template"]["spec"]["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert sqlite["spec"]["strategy"]["type"] == "Recreate"
+    for dep in (sqlite, postgres):
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        data_dir = {e["name"]: e.get("value") for e in container["env"]}["CNNF_DATA_DIR"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert data_dir == mounts["data"]
     (container,) = postgres["spec"]["template"]["spec"]["containers"]
     assert "--db" in container["args"] and "$(CNNF_DB_URL)" in container["args"]
     env = {e["name"]: e for e in container["env"]}
