@@ -192,6 +192,10 @@ def test_reference_errors_are_reported_with_field_errors() -> None:
                     "got list [1, 2]"]),
         ("just text", ["a policy document is a mapping with apiVersion, kind and spec; "
                        "got str 'just text'"]),
+        ("", ["the document is empty (a policy document is a mapping with apiVersion, kind "
+              "and spec)"]),
+        ("# only a comment\n", ["the document is empty (a policy document is a mapping with "
+                                "apiVersion, kind and spec)"]),
         ('{"apiVersion": "cnnf/v1",', ["invalid JSON at line 1 column 26: Expecting property "
                                        "name enclosed in double quotes"]),
         ('{"kind": "Policy", "kind": "Policy"}', ["invalid JSON: duplicate key 'kind'"]),

@@ -278,6 +278,12 @@ def load_policy(data: str | bytes | Mapping[str, Any], *, source: str = "") -> P
     returned unless the whole document is valid.
     """
     tree: Any = parse_text(data, source=source) if isinstance(data, str | bytes) else data
+    if tree is None:  # an empty file, or only comments
+        raise PolicyValidationError(
+            [FieldError("", "the document is empty (a policy document is a mapping with "
+                            "apiVersion, kind and spec)")],
+            source,
+        )
     if not isinstance(tree, Mapping):
         raise PolicyValidationError(
             [FieldError("", f"a policy document is a mapping with apiVersion, kind and spec; "
