@@ -98,9 +98,11 @@ class Defender:
     """``cnnf defender run`` for one lab host, as a subprocess."""
 
     def __init__(self, lab: Lab, host: str, workdir: Path, policy_file: Path,
-                 cluster_file: Path, *, docker_host: str | None = None) -> None:
+                 cluster_file: Path, *, docker_host: str | None = None,
+                 console: tuple[str, str] | None = None) -> None:
         self.lab, self.host = lab, host
         self.docker_host = docker_host or lab.docker_host(host)
+        self.console = console  # (URL, enrollment token): managed instead of --policy
         self.state = workdir / f"state-{host}"
         self.output = workdir / f"{host}.jsonl"
         self.log = workdir / f"{host}.log"
@@ -113,9 +115,11 @@ class Defender:
         return self.lab.netns(self.host)
 
     def start(self, *extra: str) -> None:
+        source = (["--console", self.console[0], "--token", self.console[1]] if self.console
+                  else ["--policy", str(self.policy_file),
+                        "--cluster-inventory", str(self.cluster_file)])
         argv = [CNNF, "defender", "run", "--netns", self.netns,
-                "--docker-host", self.docker_host, "--hostname", self.host,
-                "--policy", str(self.policy_file), "--cluster-inventory", str(self.cluster_file),
+                "--docker-host", self.docker_host, "--hostname", self.host, *source,
                 "--state-dir", str(self.state), "--output", str(self.output),
                 "--audit-window", "0.5", "--repair-interval", "1", "--label", f"lab={LAB}",
                 *extra]
@@ -609,3 +613,103 @@ def test_managed_defender_enrolls_follows_the_console_and_spools_when_it_is_down
     assert "console unreachable at start" in d.log.read_text()
     d.stop()
     assert d.kernel_state() == ("", "")
+
+
+# ----------------------------------------------------------------- with the real Console
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_console_end_to_end_one_defender_per_host(cluster: Cluster, tmp_path: Path) -> None:
+    """A real Console (its own process and store) and one managed Defender per lab
+    host: enrollment, policy from the Console, the merged cluster inventory, each
+    attempt evaluated and audited once, reports in the Console, a policy change."""
+    import httpx
+
+    c = cluster
+    for d in c.defenders:
+        if d.proc is not None:
+            d.stop()
+    data = tmp_path / "console"
+    password = "defender-e2e-password"
+    subprocess.run([CNNF, "console", "create-user", "admin", "--password-stdin",
+                    "--data-dir", str(data)], input=password + "\n", text=True, check=True,
+                   capture_output=True)
+    token = subprocess.run([CNNF, "console", "enrollment-token", "--data-dir", str(data)],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    url = f"http://127.0.0.1:{free_port()}"
+    with open(tmp_path / "console.log", "wb") as log:
+        console = subprocess.Popen([CNNF, "console", "--listen", url[7:], "--data-dir",
+                                    str(data), "--log-level", "warning"], stdout=log, stderr=log)
+    http = httpx.Client(base_url=url, timeout=10)
+    defenders = [Defender(c.lab, h, tmp_path, c.policy_file, c.cluster_file,
+                          console=(url, token)) for h in ("node-1", "node-2")]
+
+    def up() -> bool:
+        try:
+            return http.get("/api/v1/defenders").status_code == 401
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert poll(up, 30), (tmp_path / "console.log").read_text()[-2000:]
+        login = http.post("/api/v1/auth/login", json={"username": "admin", "password": password})
+        assert login.status_code == 200, login.text
+        http.headers["Authorization"] = f"Bearer {login.json()['token']}"
+
+        def apply(doc: dict[str, Any]) -> int:
+            r = http.post("/api/v1/policy/import", json=doc)
+            assert r.status_code == 200 and r.json()["applied"], r.text
+            return int(r.json()["revision"])
+
+        revision = apply(policy(0))
+        for d in defenders:
+            d.start()
+        for d in defenders:
+            d.wait_revision(revision)
+        listed = http.get("/api/v1/defenders").json()
+        assert sorted(x["hostname"] for x in listed) == ["node-1", "node-2"]
+
+        def cluster_known() -> bool:
+            inv = http.get("/api/v1/inventory").json()
+            return len(inv["containers"]) == 6 and all(
+                (d.status() or {}).get("cluster_revision") == inv["revision"] for d in defenders)
+
+        assert poll(cluster_known, 20)
+
+        assert c.connect("api", "payments", 9090).ok  # alert, across hosts
+        assert c.connect("frontend", "payments", 9090).outcome == "refused"  # prevent
+
+        def audits_of(rule: str) -> list[dict[str, Any]]:
+            page = http.get("/api/v1/audits", params={"rule": rule}).json()
+            return list(page["items"])
+
+        assert poll(lambda: audits_of("api-to-payments") and audits_of("frontend-not-payments"),
+                    15)
+        time.sleep(2)  # a second evaluation (by node-2's Defender) would show up by now
+        (alert,) = audits_of("api-to-payments")
+        assert alert["count"] == 1 and alert["blocked"] is False
+        (blocked,) = audits_of("frontend-not-payments")
+        assert blocked["count"] == 1 and blocked["blocked"] is True
+        flows = http.get("/api/v1/flows", params={"port": 9090}).json()["items"]
+        assert sorted((f["verdict"], f["count"]) for f in flows) == [("alert", 1), ("prevent", 1)]
+
+        assert c.connect("frontend", "cache", 6379).outcome == "refused"
+        rules = [r for r in RULES if r["id"] != 3]
+        revision = apply(policy(0, containerRules=[*rules, {**RULES[2], "effect": "allow"}]))
+        for d in defenders:
+            d.wait_revision(revision)
+        assert c.connect("frontend", "cache", 6379).ok
+    finally:
+        for d in defenders:
+            if d.proc is not None:
+                d.stop()
+        console.terminate()
+        console.wait(30)
+        http.close()
+    for d in defenders:
+        assert d.kernel_state() == ("", "")
