@@ -258,6 +258,10 @@ def test_audits_stored_through_the_defender_endpoint_reach_syslog(tmp_path: Path
             server.settimeout(0.3)
             with pytest.raises(TimeoutError):
                 server.recv(65535)
+            sink = f"udp://127.0.0.1:{server.getsockname()[1]}"
+            sent = (f'cnnf_console_forwarded_audits_total{{result="sent",'
+                    f'sink="syslog:{sink}"}} 1.0')
+            assert poll(lambda: sent in admin.get("/metrics").text)
         finally:
             for client in c.clients:
                 client.close()
