@@ -182,7 +182,7 @@ def status(
             con = data["console"]
             typer.echo(f"console: {con['url']} "
                        f"({'connected' if con['connected'] else 'unreachable'}), "
-                       f"{con['spool_batches']} batches spooled")
+                       f"{con['spool_batches']} report batch(es) spooled")
     typer.echo("kernel queues (/proc/net/netfilter/nfnetlink_queue):")
     if not queues:
         typer.echo("  none bound")

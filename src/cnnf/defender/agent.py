@@ -533,6 +533,7 @@ class Agent:
         self.node = HostIdentity(name=self.config.hostname,
                                  labels=make_labels(self.config.host_labels),
                                  addresses=host_addresses(self.netns), cluster=self.config.cluster)
+        self._initial_policy()  # a bad policy file fails the start before anything else
         self.container_nets = container_networks(self.netns)
         self._load_cluster_file()
         try:
@@ -543,7 +544,6 @@ class Agent:
             found = []
         self.local = {a: c for c in found if not c.host_network for a in c.addresses}
         self.inventory = self._inventory_update().inventory()
-        self._initial_policy()
         eff = self._effective(self.policy)
         self.decide = VerdictDecide(eff, self._inventory_update())
         dp_config = DatapathConfig(
