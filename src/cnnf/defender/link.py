@@ -1,4 +1,6 @@
-"""The Defender's side of the Console link (see the protocol in the README).
+"""The Defender's side of the Console link (the Console's side is
+:mod:`cnnf.console.api.defender`; bodies are the wire models of
+:mod:`cnnf.model.records`, JSON with snake_case names).
 
 - :meth:`ConsoleLink.enroll` trades the enrollment token for a Defender
   credential once; the credential is kept in the state dir (mode 0600) and
