@@ -376,3 +376,30 @@ async def test_the_notifier_wakes_a_wait_that_starts_after_the_change() -> None:
     notifier.notify()  # between reading the store and starting to wait
     assert await notifier.wait(generation, 3600)
     assert not await notifier.wait(notifier.generation, 0.01)
+
+
+def test_a_silent_defender_leaves_the_cluster_inventory_until_it_calls_again(
+    console: Console, admin: ApiClient
+) -> None:
+    from cnnf.console.api.defender import check_stale
+
+    _, d1 = enroll(console, admin, "node-1")
+    _, d2 = enroll(console, admin, "node-2")
+    for d, r in ((d1, report("node-1", ("api", "10.1.0.2"))),
+                 (d2, report("node-2", ("db", "10.2.0.3")))):
+        d.post(f"{API}/defender/inventory", content=r.model_dump_json(),
+               headers={"Content-Type": "application/json"})
+    link, state = console.app.state.link, console.app.state.console
+    assert check_stale(state, link) is False  # nobody is stale
+    console.clock.advance(4 * 60)
+    d2.get(f"{API}/defender/policy", params={"revision": 0})  # node-2 keeps calling
+    console.clock.advance(61)  # node-1 silent for 5 minutes and a second
+    before = admin.get(f"{API}/inventory").json()["revision"]
+    assert check_stale(state, link) is True
+    assert check_stale(state, link) is False  # noticed once
+    inv = admin.get(f"{API}/inventory").json()
+    assert (inv["revision"], [h["name"] for h in inv["hosts"]]) == (before + 1, ["node-2"])
+    assert d1.get(f"{API}/defender/policy", params={"revision": 0}).status_code == 204
+    inv = admin.get(f"{API}/inventory").json()  # back: its workloads rejoin
+    assert (inv["revision"], [h["name"] for h in inv["hosts"]]) == (before + 2,
+                                                                   ["node-1", "node-2"])

@@ -34,7 +34,7 @@ from cnnf.console.api import (
     rules,
     users,
 )
-from cnnf.console.api.defender import LinkHub
+from cnnf.console.api.defender import LinkHub, check_stale
 from cnnf.console.api.deps import ConsoleState, Reader
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.metrics import ConsoleMetrics, LiveFigures
@@ -58,6 +58,7 @@ from cnnf.model import ObjectKind
 from cnnf.policy.document import translate_errors
 
 API_PREFIX = "/api/v1"
+STALE_CHECK_SECONDS = 15.0
 log = logging.getLogger("cnnf.console")
 
 
@@ -234,15 +235,26 @@ async def _retention_loop(console: ConsoleState) -> None:
         await asyncio.sleep(console.config.retention_interval_seconds)
 
 
+async def _stale_loop(console: ConsoleState, link: LinkHub) -> None:
+    while True:
+        try:
+            await run_in_threadpool(check_stale, console, link)
+        except SQLAlchemyError:
+            log.exception("stale Defenders: check failed; trying again next round")
+        await asyncio.sleep(STALE_CHECK_SECONDS)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    task = asyncio.create_task(_retention_loop(app.state.console))
+    tasks = [asyncio.create_task(_retention_loop(app.state.console)),
+             asyncio.create_task(_stale_loop(app.state.console, app.state.link))]
     try:
         yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
         link: LinkHub = app.state.link
         if link.forwarder is not None:
             await run_in_threadpool(link.forwarder.close, 2.0)

@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from cnnf.console.api.deps import StateDep, _bearer
+from cnnf.console.api.deps import ConsoleState, StateDep, _bearer
 from cnnf.console.metrics import ConsoleMetrics
 from cnnf.console.security import Permission
 from cnnf.console.services.defenders import (
@@ -54,6 +54,7 @@ class LinkHub:
     inventory: Notifier = field(default_factory=Notifier)
     # Read the store's revision this often while waiting (another Console process).
     store_poll: float = 1.0
+    stale: frozenset[str] | None = None  # Defenders last found stale (None: not looked yet)
     _document: tuple[int, dict[str, Any]] | None = None
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
@@ -78,6 +79,7 @@ HubDep = Annotated[LinkHub, Depends(hub)]
 
 def defender_caller(
     console: StateDep,
+    link: HubDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> DefenderPrincipal:
     """The calling Defender. A user's token is refused with 403 (valid) or 401."""
@@ -86,7 +88,10 @@ def defender_caller(
     secret = credentials.credentials
     with console.sessions() as session:
         if secret.startswith(CREDENTIAL_PREFIX):
-            return DefenderService(session, console.now).authenticate(secret)
+            who, revived = DefenderService(session, console.now).authenticate(secret)
+            if revived:
+                link.inventory.notify()
+            return who
         UserService(session, console.now).authenticate(secret)  # 401 when not a token at all
     raise Forbidden(f"only a Defender credential may call the Defender endpoints "
                     f"(needs {Permission.DEFENDER.value!r})")
@@ -133,6 +138,15 @@ def _touch(console: StateDep, who: DefenderPrincipal) -> None:
     # A long-poll ends here; the next one starts at once, so last_seen stays fresh.
     with console.sessions() as session:
         DefenderService(session, console.now).touch(who.defender_id)
+
+
+def check_stale(console: ConsoleState, link: LinkHub) -> bool:
+    """Move the cluster inventory on when Defenders went stale (run periodically)."""
+    with console.sessions() as session:
+        link.stale, changed = DefenderService(session, console.now).note_stale(link.stale)
+    if changed:
+        link.inventory.notify()
+    return changed
 
 
 @router.get("/policy", response_model=PolicyAnswer,

@@ -59,6 +59,9 @@ CREDENTIAL_PREFIX = "cnnfd_"
 CONNECTED_WITHIN = timedelta(seconds=30)
 # Writing last_seen on every call would make every long-poll a write.
 LAST_SEEN_GRANULARITY = timedelta(seconds=5)
+# A Defender silent this long is gone (host down, Defender removed): its workloads
+# leave the cluster inventory until it calls again, so their addresses can be reused.
+STALE_AFTER = timedelta(minutes=5)
 DEFAULT_ENROLLMENT_HOURS = 24
 _TEXT = 300  # the store's text columns
 
@@ -270,26 +273,53 @@ class DefenderService:
 
     # --- credentials --------------------------------------------------------------
 
-    def authenticate(self, secret: str) -> DefenderPrincipal:
-        """The Defender holding ``secret`` (401 when unknown or revoked); touches last_seen."""
+    def authenticate(self, secret: str) -> tuple[DefenderPrincipal, bool]:
+        """The Defender holding ``secret`` (401 when unknown or revoked), and whether
+        it came back from stale; touches last_seen."""
         row = self.session.scalar(
             select(DefenderRow).where(DefenderRow.credential_hash == token_hash(secret)))
         if row is None or row.revoked:
             raise Unauthorized("invalid or revoked Defender credential")
-        self._touch(row)
-        return DefenderPrincipal(defender_id=row.defender_id, hostname=row.hostname)
+        revived = self._touch(row)
+        return DefenderPrincipal(defender_id=row.defender_id, hostname=row.hostname), revived
 
-    def _touch(self, row: DefenderRow) -> None:
+    def _touch(self, row: DefenderRow) -> bool:
+        """Update last_seen; True when a stale Defender came back (its workloads
+        rejoin the cluster inventory, under a new revision)."""
         now = self.now()
+        revived = False
         if row.last_seen is None or now - _aware(row.last_seen) >= LAST_SEEN_GRANULARITY:
+            revived = bool(row.inventory) and self._stale(row, now)
             row.last_seen = now
+            if revived:
+                self._bump_inventory()
             self._commit()
+        return revived
 
-    def touch(self, defender_id: str) -> None:
+    @staticmethod
+    def _stale(row: DefenderRow, now: datetime) -> bool:
+        return row.last_seen is not None and now - _aware(row.last_seen) >= STALE_AFTER
+
+    def touch(self, defender_id: str) -> bool:
         row = self.session.scalar(select(DefenderRow).where(
             DefenderRow.defender_id == defender_id))
-        if row is not None and not row.revoked:
-            self._touch(row)
+        return row is not None and not row.revoked and self._touch(row)
+
+    def stale(self) -> frozenset[str]:
+        """Ids of Defenders whose workloads are left out for being silent too long."""
+        now = self.now()
+        rows = self.session.scalars(select(DefenderRow).where(DefenderRow.revoked.is_(False)))
+        return frozenset(r.defender_id for r in rows if r.inventory and self._stale(r, now))
+
+    def note_stale(self, previous: frozenset[str] | None) -> tuple[frozenset[str], bool]:
+        """The stale Defenders now; when Defenders went stale since ``previous``
+        (None: unknown, e.g. at start) the cluster inventory revision moves. True then."""
+        current = self.stale()
+        changed = bool(current - previous) if previous is not None else bool(current)
+        if changed:
+            self._bump_inventory()
+            self._commit()
+        return current, changed
 
     # --- management ---------------------------------------------------------------
 
@@ -353,13 +383,14 @@ class DefenderService:
         return changed
 
     def cluster_inventory(self) -> ClusterInventory:
-        """Every Defender's latest report merged; revoked Defenders left out, and of
-        Defenders enrolled under the same host name only the one seen last."""
+        """Every Defender's latest report merged; revoked and stale Defenders left
+        out, and of Defenders enrolled under the same host name only the one seen last."""
         revision = self.inventory_revision()
+        now = self.now()
         rows = self.session.scalars(select(DefenderRow).where(DefenderRow.revoked.is_(False)))
         latest: dict[str, DefenderRow] = {}
         for row in rows:
-            if not row.inventory:  # none reported yet (JSON null)
+            if not row.inventory or self._stale(row, now):  # none reported yet (JSON null)
                 continue
             have = latest.get(row.hostname)
             seen = _aware(row.last_seen) if row.last_seen else datetime.min.replace(tzinfo=UTC)
