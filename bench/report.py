@@ -51,12 +51,13 @@ def benchmarks(only: list[str] | None = None) -> list[Path]:
 
 
 def summary(script: Path) -> str:
-    """The first line of the script's docstring."""
+    """The first paragraph of the script's docstring, on one line."""
     try:
         doc = ast.get_docstring(ast.parse(script.read_text())) or ""
     except SyntaxError:
         doc = ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    first = doc.strip().split("\n\n", 1)[0]
+    return " ".join(first.split()).replace("``", "`")
 
 
 def _read(path: str) -> str:

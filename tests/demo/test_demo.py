@@ -163,6 +163,10 @@ def test_demo_runs_the_product_and_leaves_nothing_behind(
     text = "".join(log)
     assert "demo stopped; nothing is left running" in text
 
+    _assert_nothing_left(url, data_dir, before)
+
+
+def _assert_nothing_left(url: str, data_dir: Path, before: set[str]) -> None:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                            check=True).stdout
     assert f"cnnf-{LAB}-" not in netns
@@ -174,3 +178,24 @@ def test_demo_runs_the_product_and_leaves_nothing_behind(
     assert _root_netfilter() == before
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz", timeout=2)
+
+
+def test_a_crashed_demo_is_cleaned_up_by_the_next_run(
+        demo: tuple[subprocess.Popen[str], list[str], str, Path, set[str]]) -> None:
+    """kill -9 of the demo leaves its Console, Defenders and lab running; the
+    next start removes them first (here: `cnnf demo cleanup`, its first step)."""
+    proc, log, url, data_dir, before = demo
+    _poll("the demo's banner", lambda: any("CNNF demo is running" in ln for ln in log),
+          150, proc, log)
+    proc.kill()
+    proc.wait()
+    assert _processes_mentioning(str(data_dir)), "the Console and Defenders outlive the demo"
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    cnnf = Path(sys.executable).parent / "cnnf"
+    cleanup = subprocess.run([str(cnnf), "demo", "--data-dir", str(data_dir), "--name", LAB,
+                              "cleanup"], capture_output=True, text=True, check=False,
+                             timeout=120)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert "removed leftovers of an earlier run: 2 Defender(s), lab 'cnnfdemo', the Console" \
+        in cleanup.stdout
+    _assert_nothing_left(url, data_dir, before)
