@@ -9,6 +9,7 @@ built from policy and flows alone.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,7 +70,7 @@ def radar(
     with _gc_paused():
         graph = build_graph(policy, hosts=inventory.hosts, containers=inventory.containers,
                             flows=flows, overlays=overlays, query=query)
-        return _respond(policy.revision, inventory.revision, console.now(), graph)
+        return _respond(request, policy.revision, inventory.revision, graph)
 
 
 @contextmanager
@@ -87,11 +88,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _respond(revision: int, inventory_revision: int, now: datetime,
+def _respond(request: Request, revision: int, inventory_revision: int,
              graph: dict[str, Any]) -> Response:
     graph["revision"] = revision
     graph["inventoryRevision"] = inventory_revision
-    graph["generated"] = now.isoformat()
     # Serialised directly: the graph is plain JSON data, and the generic encoder
     # walks every value of a large graph several times slower.
-    return Response(json.dumps(graph, separators=(",", ":")), media_type="application/json")
+    body = json.dumps(graph, separators=(",", ":"))
+    # Radar polls: an unchanged graph is answered with 304 and no body, so a
+    # large picture is not sent, parsed and compared again every few seconds.
+    etag = '"' + hashlib.blake2b(body.encode(), digest_size=16).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)

@@ -24,7 +24,8 @@ export async function api(method, path, { body, query, raw, headers } = {}) {
   for (const [k, v] of Object.entries(query || {})) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
   }
-  const init = { method, headers: { ...(headers || {}) } };
+  // no-store: conditional requests (If-None-Match) are the caller's, answered as is.
+  const init = { method, headers: { ...(headers || {}) }, cache: "no-store" };
   if (session.token) init.headers.Authorization = `Bearer ${session.token}`;
   if (body !== undefined) {
     if (typeof body === "string") {
@@ -40,7 +41,7 @@ export async function api(method, path, { body, query, raw, headers } = {}) {
     session.token = null;
     session.onExpired();
   }
-  if (!response.ok) {
+  if (!response.ok && !(raw && response.status === 304)) {
     let data = {};
     try { data = await response.json(); } catch { /* not JSON */ }
     const detail = typeof data.detail === "string" ? data.detail : response.statusText;

@@ -34,9 +34,10 @@ export function clear(el) {
   return el;
 }
 
+// ISO strings or UNIX seconds (the radar graph's times).
 export function fmtTime(iso) {
   if (!iso) return "–";
-  const d = new Date(iso);
+  const d = typeof iso === "number" ? new Date(iso * 1000) : new Date(iso);
   return d.toISOString().slice(0, 16).replace("T", " ");
 }
 

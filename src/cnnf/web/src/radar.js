@@ -20,11 +20,16 @@ const SEVERITY_ORDER = ["critical", "high", "medium", "low", "none", "unknown"];
 const EFFECT_COLORS = { allow: VERDICT_COLORS.allowed, alert: "#d4a200", prevent: VERDICT_COLORS.blocked, mixed: "#546e7a" };
 const VERDICT_ORDER = { blocked: 3, alert: 2, observed: 1, allowed: 0 };
 const WINDOWS = [["15m", 900], ["1h", 3600], ["24h", 86400], ["7d", 604800], ["all", 0]];
-// Above this many nodes, groups with more than COLLAPSE_MIN_CHILDREN start collapsed
-// and the layout switches from dagre to a linear-time layered placement.
+// Above this many nodes, groups with more than COLLAPSE_MIN_CHILDREN start collapsed.
 const BIG_GRAPH = 300;
 const COLLAPSE_MIN_CHILDREN = 8;
-const DAGRE_MAX_NODES = 600;
+// dagre's crossing reduction grows fast with edges (minutes for 100 nodes and
+// 3,000 edges here): beyond these, the linear-time layered placement is used.
+const DAGRE_MAX_NODES = 400;
+// With more edges than this, edge labels show only from this zoom level up.
+const QUIET_EDGES = 1000;
+const QUIET_ZOOM = 0.6;
+const DAGRE_MAX_EDGES = 600;
 
 const state = {
   view: "container",
@@ -164,7 +169,7 @@ function visibleElements(data) {
     m.count += e.count;
     for (const v of e.verdicts) m.verdicts.add(v);
     if (e.effect) m.effects.add(e.effect);
-    for (const p of e.ports) m.ports.push({ ...p, edge: e.id });
+    for (const p of e.ports) m.ports.push(p);
     for (const r of e.rules) if (!m.rules.some((x) => x.id === r.id)) m.rules.push(r);
   }
   for (const m of merged.values()) {
@@ -233,6 +238,11 @@ const STYLE = [
   ...Object.keys(VERDICT_COLORS).map((v) => ({ selector: `edge[verdict = "${v}"]`, style: {
     "text-background-color": VERDICT_COLORS[v], color: VERDICT_TEXT[v],
   } })),
+  // Many edges: labels only when zoomed in (measuring thousands of labels
+  // costs seconds) and on the selected edge.
+  { selector: "edge.quiet", style: { label: "" } },
+  { selector: "edge.big", style: { "curve-style": "straight", "arrow-scale": 0.8 } },
+  { selector: "edge.quiet:selected", style: { label: "data(label)" } },
   { selector: "edge:selected", style: { width: 4.5, "line-color": "#1565c0", "target-arrow-color": "#1565c0" } },
 ];
 
@@ -265,61 +275,82 @@ function legend() {
       swatch("#90caf9", "subnet ⬡ · DNS ◆ · internet ●", "swatch ext")));
 }
 
-// Linear-time layered placement for big graphs: rank = longest path from a
-// source over a DFS tree (cycles broken), columns left to right, members of a
-// group kept together within a column.
-function layeredPositions(cy) {
-  const leaves = cy.nodes().filter((n) => !n.isParent());
+// Linear-time layered placement for big graphs, on the plain elements before
+// they are added: rank = breadth-first distance from the sources (cycles
+// broken), columns left to right, members of a group kept together.
+export function layeredPositions(elements) {
+  const parents = new Set();
+  for (const el of elements) if (el.group === "nodes" && el.data.parent) parents.add(el.data.parent);
+  const leaves = elements.filter((el) => el.group === "nodes" && !parents.has(el.data.id));
+  const out = new Map(leaves.map((el) => [el.data.id, []]));
+  const indeg = new Map(leaves.map((el) => [el.data.id, 0]));
+  for (const el of elements) {
+    if (el.group !== "edges" || el.data.source === el.data.target) continue;
+    if (out.has(el.data.source) && indeg.has(el.data.target)) {
+      out.get(el.data.source).push(el.data.target);
+      indeg.set(el.data.target, indeg.get(el.data.target) + 1);
+    }
+  }
   const rank = new Map();
-  const indeg = new Map();
-  leaves.forEach((n) => indeg.set(n.id(), 0));
-  cy.edges().forEach((e) => {
-    if (e.source().id() !== e.target().id()) indeg.set(e.target().id(), (indeg.get(e.target().id()) || 0) + 1);
-  });
-  const queue = [];
-  leaves.forEach((n) => { if (!indeg.get(n.id())) { rank.set(n.id(), 0); queue.push(n); } });
-  if (!queue.length && leaves.length) { rank.set(leaves[0].id(), 0); queue.push(leaves[0]); }
-  const seen = new Set(queue.map((n) => n.id()));
+  const queue = leaves.filter((el) => !indeg.get(el.data.id)).map((el) => el.data.id);
+  if (!queue.length && leaves.length) queue.push(leaves[0].data.id);
+  for (const id of queue) rank.set(id, 0);
   for (let i = 0; i < queue.length; i += 1) {
-    const n = queue[i];
-    const r = rank.get(n.id());
-    n.outgoers("node").forEach((m) => {
-      if (seen.has(m.id())) return;
-      seen.add(m.id());
-      rank.set(m.id(), Math.min(r + 1, 12));
-      queue.push(m);
-    });
+    const r = rank.get(queue[i]);
+    for (const next of out.get(queue[i])) {
+      if (rank.has(next)) continue;
+      rank.set(next, Math.min(r + 1, 12));
+      queue.push(next);
+    }
   }
   const columns = new Map();
-  leaves.forEach((n) => {
-    const r = rank.has(n.id()) ? rank.get(n.id()) : 0;
+  for (const el of leaves) {
+    const r = rank.get(el.data.id) || 0;
     if (!columns.has(r)) columns.set(r, []);
-    columns.get(r).push(n);
-  });
-  const positions = {};
+    columns.get(r).push(el);
+  }
+  const positions = new Map();
   for (const [r, list] of columns) {
-    list.sort((a, b) => String(a.data("parent") || "").localeCompare(String(b.data("parent") || ""))
-      || a.id().localeCompare(b.id()));
+    list.sort((a, b) => String(a.data.parent || "").localeCompare(String(b.data.parent || ""))
+      || a.data.id.localeCompare(b.data.id));
     const perColumn = Math.ceil(Math.sqrt(list.length / 2)) || 1;
-    list.forEach((n, i) => {
-      const sub = Math.floor(i / Math.ceil(list.length / perColumn));
-      const row = i % Math.ceil(list.length / perColumn);
-      positions[n.id()] = { x: r * 900 + sub * 180, y: row * 70 };
+    const height = Math.ceil(list.length / perColumn);
+    list.forEach((el, i) => {
+      positions.set(el.data.id, { x: r * 900 + Math.floor(i / height) * 180, y: (i % height) * 70 });
     });
   }
   return positions;
 }
 
-function runLayout(cy) {
-  const leaves = cy.nodes().filter((n) => !n.isParent()).length;
-  if (leaves <= DAGRE_MAX_NODES) {
-    cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 26, rankSep: 170, edgeSep: 12,
-      animate: false, fit: true, padding: 30 }).run();
-  } else {
-    const positions = layeredPositions(cy);
-    cy.layout({ name: "preset", positions: (n) => positions[n.id()] || { x: 0, y: 0 },
-      animate: false, fit: true, padding: 30 }).run();
+// Fit the view to the placed nodes: cy.fit() would compute every edge's
+// geometry first, which costs a second with thousands of edges.
+function fitToNodes(cy, elements) {
+  let x0 = Infinity; let y0 = Infinity; let x1 = -Infinity; let y1 = -Infinity;
+  for (const el of elements) {
+    if (!el.position) continue;
+    x0 = Math.min(x0, el.position.x); x1 = Math.max(x1, el.position.x);
+    y0 = Math.min(y0, el.position.y); y1 = Math.max(y1, el.position.y);
   }
+  if (x0 === Infinity) return;
+  const pad = 80;
+  const zoom = Math.min(cy.width() / (x1 - x0 + 2 * pad), cy.height() / (y1 - y0 + 2 * pad), 1.5);
+  cy.viewport({ zoom, pan: { x: (cy.width() - (x1 + x0) * zoom) / 2, y: (cy.height() - (y1 + y0) * zoom) / 2 } });
+}
+
+function countEdges(elements) {
+  let n = 0;
+  for (const el of elements) if (el.group === "edges") n += 1;
+  return n;
+}
+
+function useDagre(elements) {
+  let nodes = 0;
+  let edges = 0;
+  for (const el of elements) {
+    if (el.group === "edges") edges += 1;
+    else if (el.data.kind !== "group") nodes += 1;
+  }
+  return nodes <= DAGRE_MAX_NODES && edges <= DAGRE_MAX_EDGES;
 }
 
 export async function renderRadar(main) {
@@ -359,7 +390,8 @@ export async function renderRadar(main) {
   });
   radar.cy = cy;
   radar.ready = false;
-  let signature = "";
+  let etag = null;
+  let lastQuery = "";
   let lastKey = "";
   let timer = null;
   let stopped = false;
@@ -370,6 +402,14 @@ export async function renderRadar(main) {
   cy.on("tap", "node", (e) => showNode(e.target));
   cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => toggleGroup(e.target.id()));
   cy.on("tap", (e) => { if (e.target === cy) panel.hidden = true; });
+
+  function quietLabels() {
+    const quiet = cy.edges().length > QUIET_EDGES && cy.zoom() < QUIET_ZOOM;
+    const edges = cy.edges();
+    if (quiet && edges.some((e) => !e.hasClass("quiet"))) edges.addClass("quiet");
+    else if (!quiet && edges.some((e) => e.hasClass("quiet"))) edges.removeClass("quiet");
+  }
+  cy.on("zoom", debounce(quietLabels, 150));
 
   function toggleGroup(id) {
     if (state.collapsed.has(id)) state.collapsed.delete(id);
@@ -383,8 +423,21 @@ export async function renderRadar(main) {
     const ids = new Set(elements.map((el) => el.data.id));
     const same = cy.elements().length === ids.size && cy.elements().every((el) => ids.has(el.id()));
     let added = 0;
+    const layout = !same || relayout;
+    const dagreLayout = layout && useDagre(elements);
+    if (layout && !dagreLayout) {
+      // Big graphs: positions and quiet labels go in with the elements, so
+      // nothing is measured or moved twice.
+      const positions = layeredPositions(elements);
+      for (const el of elements) {
+        if (positions.has(el.data.id)) el.position = positions.get(el.data.id);
+      }
+    }
+    if (layout && countEdges(elements) > QUIET_EDGES) {
+      for (const el of elements) if (el.group === "edges") el.classes = "quiet big";
+    }
     cy.batch(() => {
-      if (same && !relayout) {
+      if (!layout) {
         for (const el of elements) cy.getElementById(el.data.id).data(el.data);
       } else {
         const before = new Set(cy.elements().map((el) => el.id()));
@@ -395,7 +448,13 @@ export async function renderRadar(main) {
     });
     const t1 = performance.now();
     cy.resize(); // the container may have moved: refresh the cached geometry for clicks
-    if (!same || relayout) runLayout(cy);
+    if (dagreLayout) {
+      cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 26, rankSep: 170, edgeSep: 12,
+        animate: false, fit: true, padding: 30 }).run();
+    } else if (layout) {
+      fitToNodes(cy, elements);
+    }
+    quietLabels();
     const t2 = performance.now();
     radar.timing.buildMs = Math.round(t1 - t0);
     radar.timing.layoutMs = Math.round(t2 - t1);
@@ -409,8 +468,19 @@ export async function renderRadar(main) {
     inFlight = true;
     const t0 = performance.now();
     try {
-      const data = await api("GET", "/radar", { query: query() });
+      const q = query();
+      const same = JSON.stringify(q) === lastQuery && etag && !relayout;
+      const response = await api("GET", "/radar", { query: q, raw: true,
+        headers: same ? { "If-None-Match": etag } : {} });
       if (stopped) return;
+      if (response.status === 304) {
+        live.textContent = `● Live · checked ${new Date().toLocaleTimeString()}${lastChange ? ` · new data at ${lastChange}` : ""}`;
+        live.dataset.updated = String(radar.renders);
+        return;
+      }
+      const data = await response.json();
+      etag = response.headers.get("ETag");
+      lastQuery = JSON.stringify(q);
       const t1 = performance.now();
       const key = `${state.view}/${state.group}`;
       if (key !== lastKey) {
@@ -421,16 +491,12 @@ export async function renderRadar(main) {
         }
         relayout = true;
       }
-      const sig = JSON.stringify([data.nodes, data.edges, data.groups]);
-      const changed = sig !== signature;
+      // A 200 means the graph changed (the server answers 304 otherwise).
+      const changed = true;
       const firstRender = !radar.ready;
-      let added = 0;
-      if (changed || relayout) {
-        const previous = radar.data;
-        radar.data = data;
-        signature = sig;
-        added = draw(data, relayout || !previous);
-      }
+      const previous = radar.data;
+      radar.data = data;
+      const added = draw(data, relayout || !previous);
       // Wait for the frame to be painted before taking the time.
       await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
       const t2 = performance.now();
