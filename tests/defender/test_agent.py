@@ -280,3 +280,21 @@ def test_metrics_collector_exposes_the_figures() -> None:
     assert "cnnf_defender_protected_workloads 3.0" in text
     assert "cnnf_defender_policy_revision 7.0" in text
     assert "cnnf_defender_flows_total 4.0" in text
+    assert "cnnf_defender_unidentified_dropped_total 0.0" in text
+
+
+def test_policy_file_without_revision_gets_the_load_count(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a._load_policy_file(initial=True)
+    assert a.policy.revision == 1
+    path = a.config.policy_file
+    assert path is not None
+    path.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {containerEnabled: true}\n")
+    a._load_policy_file(initial=False)
+    assert a.policy.revision == 2 and a.policy.container_enabled
+    path.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {revision: 40}\n")
+    a._load_policy_file(initial=False)
+    assert a.policy.revision == 40
+    path.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {containerEnabled: maybe}\n")
+    a._load_policy_file(initial=False)  # invalid: logged, the previous policy stays
+    assert a.policy.revision == 40

@@ -43,7 +43,8 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @app.command()
 def run(  # noqa: PLR0917
     policy: str = typer.Option(None, "--policy", help="Standalone: policy document "
-                                "(YAML/JSON), reloaded when the file changes."),
+                                "(YAML/JSON), reloaded when the file changes (a document "
+                                "without a revision gets the load count as its revision)."),
     console: str = typer.Option(None, "--console", help="Managed: the Console URL."),
     token: str = typer.Option(None, "--token", envvar="CNNF_ENROLLMENT_TOKEN",
                               help="Enrollment token (first start of a managed Defender)."),

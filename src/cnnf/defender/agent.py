@@ -281,6 +281,7 @@ class Agent:
                                          config.hostname, config.cluster)
         self._threads: list[threading.Thread] = []
         self._policy_key: tuple[int, int, int] | None = None
+        self._file_loads = 0
         self._cluster_key: tuple[int, int, int] | None = None
         self._metrics: Any = None
         self.link: Any = None
@@ -325,6 +326,11 @@ class Agent:
             log.error("policy reload failed; keeping the previous policy", file=str(path),
                       revision=self.policy.revision, error=str(exc))
             return
+        self._file_loads += 1
+        if policy.revision == 0:
+            # A file without a revision: number the loads, so that verdicts and
+            # flows say which version of the file decided them.
+            policy = policy.model_copy(update={"revision": self._file_loads})
         self.set_policy(policy, source=str(path))
 
     def _load_cluster_file(self) -> None:
@@ -784,6 +790,7 @@ class Agent:
             last_protect_gap_ms=self.gaps_ms[-1] if self.gaps_ms else 0.0,
             spool_batches=self.spool.size()[0] if self.spool is not None else 0,
             console_connected=int(bool(self.runner and self.runner.connected)),
+            unidentified_dropped=self.unidentified,
         )
 
     # -- stop ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class Figures:
     last_protect_gap_ms: float = 0.0
     spool_batches: int = 0
     console_connected: int = 0
+    unidentified_dropped: int = 0  # SYNs of containers not named yet (retransmitted)
 
 
 class DefenderCollector(Collector):
@@ -55,6 +56,8 @@ class DefenderCollector(Collector):
             ("flows", "flow records produced", f.flows),
             ("audits", "audit events produced", f.audits),
             ("repairs", "kernel state repairs", f.repairs),
+            ("unidentified_dropped", "SYNs of containers not named yet, dropped once",
+             f.unidentified_dropped),
         ):
             yield CounterMetricFamily(f"cnnf_defender_{name}", doc, value=value)
 
