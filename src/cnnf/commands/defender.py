@@ -215,5 +215,6 @@ def cleanup(
     data = _read_status(status_dir)
     if data is not None and data.get("stale"):
         (status_dir / "status.json").unlink(missing_ok=True)
+        (status_dir / "inventory.json").unlink(missing_ok=True)
         typer.echo(f"removed the stale status file of pid {data.get('pid')}")
     typer.echo(f"cleanup done: {len(removed)} item(s) removed")
