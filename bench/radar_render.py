@@ -28,7 +28,7 @@ from radarpage import CHROMIUM, CHROMIUM_ARGS, sign_in, wait_radar  # noqa: E402
 from radarserver import RadarConsole, serve  # noqa: E402
 
 from cnnf.console.services.records import FlowRecord  # noqa: E402
-from cnnf.model.records import ClusterInventory, HostInfo, WorkloadInfo  # noqa: E402
+from cnnf.model.records import HostInfo, WorkloadInfo  # noqa: E402
 
 NAMESPACE_SIZE = 50
 VERDICTS = ["observed", "allow", "alert", "prevent"]
@@ -46,7 +46,7 @@ def seed(console: RadarConsole, nodes: int, edges: int, rng: random.Random) -> N
                 address=f"10.{100 + n // 65000}.{n // 250 % 260}.{n % 250 + 1}",
                 image=f"{ns}/svc-{i:05d}:1", name=f"svc-{i:05d}-{j}", namespace=ns,
                 host=hosts[(i + j) % len(hosts)].name))
-    console.set_inventory(ClusterInventory(revision=1, hosts=hosts, containers=containers))
+    console.report_inventory(hosts, containers)
     with console.client() as api:
         api.post("/api/v1/policy/import", json={"apiVersion": "cnnf/v1", "kind": "Policy", "spec": {
             "objects": [

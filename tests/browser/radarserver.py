@@ -1,7 +1,8 @@
 """A Console served over loopback HTTP for browser tests and the Radar
-benchmark: the real app (SQLite store, real API) in a uvicorn thread, seeded
-through the API and the services, with a cluster inventory plugged into the
-radar endpoint (the Defender link's inventory store is not in the Console yet).
+benchmark: the real app (SQLite store, real API) in a uvicorn thread. Policy,
+overlays and inventory go in through the API (the inventory as enrolled
+Defenders report it); flows and audits through the Console's record services
+(what the Defender reports endpoint stores them with).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cnnf.console.services.records import AuditRecord, AuditService, FlowRecord,
 from cnnf.console.services.users import UserService
 from cnnf.console.store.db import connect
 from cnnf.model import Effect
-from cnnf.model.records import ClusterInventory, HostInfo, WorkloadInfo
+from cnnf.model.records import HostInfo, InventoryReport, WorkloadInfo
 
 ADMIN = ("admin", "radar-test-password")
 
@@ -44,15 +45,28 @@ class RadarConsole:
     app: Any
     engine: Any
     token: str
-    inventory: ClusterInventory = field(default_factory=lambda: ClusterInventory(revision=0))
+    defenders: dict[str, str] = field(default_factory=dict)  # host name -> credential
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
-                            timeout=60)
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120,
+                            headers={"Authorization": f"Bearer {token or self.token}"})
 
-    def set_inventory(self, inventory: ClusterInventory) -> None:
-        self.inventory = inventory
-        self.app.state.radar_inventory = lambda _session: self.inventory
+    def report_inventory(self, hosts: list[HostInfo], containers: list[WorkloadInfo]) -> None:
+        """Each host's Defender (enrolled on first use) reports its containers."""
+        with self.client() as api:
+            enrollment = api.post("/api/v1/defenders/enrollment-tokens", json={})
+            enrollment.raise_for_status()
+            for host in hosts:
+                if host.name not in self.defenders:
+                    r = api.post("/api/v1/defenders/enroll", json={
+                        "enrollment_token": enrollment.json()["token"], "hostname": host.name})
+                    r.raise_for_status()
+                    self.defenders[host.name] = r.json()["credential"]
+                report = InventoryReport(
+                    host=host, containers=[c for c in containers if c.host == host.name])
+                with self.client(self.defenders[host.name]) as defender:
+                    defender.post("/api/v1/defender/inventory",
+                                  json=report.model_dump(mode="json")).raise_for_status()
 
     def add_flows(self, flows: list[FlowRecord]) -> None:
         with Session(self.engine) as s:
@@ -87,7 +101,6 @@ def serve(data_dir: Path) -> Iterator[RadarConsole]:
                        json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=30)
     login.raise_for_status()
     console = RadarConsole(url=url, app=app, engine=engine, token=login.json()["token"])
-    console.set_inventory(console.inventory)
     try:
         yield console
     finally:
@@ -138,8 +151,7 @@ def seed_shop(console: RadarConsole) -> None:
                           ("shop/web:1.4", ["MEDIUM"]), ("shop/cache:7", [])]:
             api.post("/api/v1/overlays/image/trivy", json=_trivy(name, sev)).raise_for_status()
     w = WorkloadInfo
-    console.set_inventory(ClusterInventory(
-        revision=1,
+    console.report_inventory(
         hosts=[HostInfo(name="node-1", addresses=["10.10.0.1"], labels={"zone": "a"}),
                HostInfo(name="node-2", addresses=["10.10.0.2"], labels={"zone": "b"})],
         containers=[
@@ -161,7 +173,7 @@ def seed_shop(console: RadarConsole) -> None:
               namespace="monitoring", host="node-1"),
             w(address="10.88.1.10", image="monitoring/agent:1", name="agent-2",
               namespace="monitoring", host="node-2"),
-        ]))
+        ])
     now = datetime.now(UTC)
     hour = timedelta(hours=1)
 

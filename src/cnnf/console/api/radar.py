@@ -1,9 +1,8 @@
 """Radar's graph data: ``GET /api/v1/radar`` -> nodes and edges.
 
-The inventory (running containers and hosts) comes from
-``app.state.radar_inventory``, a callable ``(Session) -> ClusterInventory``:
-the Defender link's inventory store plugs in there; without one the graph is
-built from policy and flows alone.
+Inputs: the policy, the aggregated flows in the time window, the cluster
+inventory the Defenders report (running containers and hosts) and the data
+overlays; :func:`cnnf.console.radar.build_graph` does the rest.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from itertools import starmap
@@ -19,21 +18,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from cnnf.console.api.deps import Reader, SessionDep, StateDep, policy_service
 from cnnf.console.radar import Flow, RadarQuery, build_graph
+from cnnf.console.services.defenders import DefenderService
 from cnnf.console.services.overlays import OverlayService
 from cnnf.console.store.models import FlowRow
-from cnnf.model.records import ClusterInventory
 
 router = APIRouter(tags=["radar"])
-InventoryProvider = Callable[[Session], ClusterInventory]
 Text = Annotated[str, Query(max_length=300)]
-
-
-def no_inventory(_: Session) -> ClusterInventory:
-    return ClusterInventory(revision=0)
 
 
 @router.get("/radar", response_class=Response, responses={200: {
@@ -55,8 +48,7 @@ def radar(
     namespace or host) or the host view; rule edges and observed edges with
     per-port verdicts; node overlays."""
     policy = policy_service(db, console, who).policy()
-    provider: InventoryProvider = getattr(request.app.state, "radar_inventory", no_inventory)
-    inventory = provider(db)
+    inventory = DefenderService(db, console.now).cluster_inventory()
     # Plain rows, not ORM objects: tens of thousands of flows load several times faster.
     stmt = select(FlowRow.kind, FlowRow.src, FlowRow.dst, FlowRow.port, FlowRow.verdict,
                   FlowRow.rule_id, FlowRow.rule_name, FlowRow.count, FlowRow.first_seen,
