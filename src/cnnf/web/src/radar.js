@@ -565,8 +565,8 @@ export async function renderRadar(main) {
       h("td", {}, h("span", { class: `badge ${p.verdict}` }, p.verdict)),
       h("td", {}, p.observed ? "seen" : "rule"),
       h("td", { class: "num" }, p.observed ? p.count : "–"),
-      h("td", {}, p.ruleId ? h("a", { href: `#/rules/${kind}?edit=${p.ruleId}` }, p.ruleName || `#${p.ruleId}`) : "no rule"),
-      h("td", { class: "small" }, p.observed ? `${fmtTime(p.firstSeen)} – ${fmtTime(p.lastSeen)}` : "")));
+      h("td", {}, p.ruleId ? h("a", { href: `#/rules/${kind}?edit=${p.ruleId}`, title: p.ruleName || "" }, `#${p.ruleId}`) : "no rule"),
+      h("td", { class: "small nowrap" }, p.observed ? `${fmtTime(p.firstSeen).slice(5)} – ${fmtTime(p.lastSeen).slice(5)}` : "")));
     const src = cy.getElementById(e.source);
     const dst = cy.getElementById(e.target);
     const auditQueries = [];
@@ -706,9 +706,13 @@ export async function renderRadar(main) {
           name: data.get("name"), src: data.get("src"), dst: data.get("dst"),
           ports: ports.map((p) => (/^\d+$/.test(p) ? Number(p) : p)), effect,
           notes: "created from Radar" } });
-        clear(form).append(h("p", { class: "ok", id: "rule-created" }, `Rule #${rule.id} ${rule.name} saved (${rule.effect}). `,
-          h("a", { href: `#/rules/${kind}?edit=${rule.id}` }, "Edit it")));
         await refresh(true);
+        // Show the edge as Radar now draws it, with the new rule on it.
+        const now = cy.getElementById(e.id);
+        if (now.nonempty()) showEdge(now.data());
+        panel.firstChild.append(h("p", { class: "ok", id: "rule-created" },
+          `Rule #${rule.id} ${rule.name} saved (${rule.effect}); it applies to new connections. `,
+          h("a", { href: `#/rules/${kind}?edit=${rule.id}` }, "Edit it")));
       } catch (err) {
         if (err instanceof ApiError) showFieldErrors(form, err.errors, message);
         if (!message.textContent) message.textContent = err.message;
