@@ -157,10 +157,27 @@ def stop_processes(pids: list[int], data_dir: Path, timeout: float = 15.0) -> li
     return left
 
 
+def running_demo(data_dir: Path) -> int | None:
+    """The pid of a demo still running with this data directory, if any."""
+    state: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads(_state_file(data_dir.resolve()).read_text())
+    pid = state.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return None
+    line = _cmdline(pid)
+    return pid if "cnnf" in line and "demo" in line else None
+
+
 def cleanup(data_dir: Path, lab: str, out: Output = print) -> list[str]:
     """Remove what an earlier (crashed) run left: its processes, their kernel
-    state, the lab and the Console's store. Idempotent; returns what it removed."""
+    state, the lab and the Console's store. Idempotent; returns what it removed.
+    Refuses while that run is still going (its own process alive)."""
     data_dir = data_dir.resolve()
+    pid = running_demo(data_dir)
+    if pid is not None:
+        raise DemoError(f"a demo with {data_dir} is running (pid {pid}): stop it with "
+                        f"Ctrl-C in its terminal or `kill {pid}`")
     removed: list[str] = []
     state: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
@@ -219,6 +236,7 @@ class Demo:
         self.started = _Started()
         self._t0 = clock()
         self._api: httpx.Client | None = None
+        self._wrote_state = False  # demo.json is this run's (remove it at the end)
 
     # -- helpers
 
@@ -249,6 +267,7 @@ class Demo:
     def _save_state(self) -> None:
         s = self.started
         state = {
+            "pid": os.getpid(),
             "lab": self.config.lab,
             "listen": self.config.listen,
             "console_pid": s.console.pid if s.console else None,
@@ -261,6 +280,7 @@ class Demo:
         tmp = _state_file(self.data_dir).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, _state_file(self.data_dir))
+        self._wrote_state = True
 
     def _wait(self, what: str, ready: Callable[[], bool],
               watched: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
@@ -442,7 +462,6 @@ class Demo:
             self.step(f"Defenders stopped ({', '.join(s.defenders)})"
                       + (f"; {len(killed)} had to be killed" if killed else ""))
             s.defenders = {}
-            self._save_state()
         if s.lab_touched:
             with contextlib.suppress(LabError):
                 Lab.down(self.config.lab)
@@ -457,7 +476,8 @@ class Demo:
                 s.console.wait(timeout=1)
             s.console = None
             self.step("Console stopped")
-        _state_file(self.data_dir).unlink(missing_ok=True)
+        if self._wrote_state:
+            _state_file(self.data_dir).unlink(missing_ok=True)
 
     def run(self) -> None:
         """Start, print the banner, keep running until a signal (or the duration), stop."""

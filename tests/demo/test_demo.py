@@ -156,6 +156,16 @@ def test_demo_runs_the_product_and_leaves_nothing_behind(
 
     _poll("audits of the lateral moves (frontend -> db, payments, cache)", lateral_audits,
           45, proc, log)
+
+    # A second demo with the same data directory refuses, and leaves this one alone.
+    cnnf = Path(sys.executable).parent / "cnnf"
+    second = subprocess.run([str(cnnf), "demo", "--listen", "127.0.0.1:1", "--data-dir",
+                             str(data_dir), "--name", LAB], capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert second.returncode == 1
+    assert f"is running (pid {proc.pid})" in second.stderr
+    assert (data_dir / "demo.json").exists()
+    assert connected() == {"node-1", "node-2"}
     api.close()
 
     proc.send_signal(signal.SIGINT)
