@@ -73,7 +73,19 @@ class DemoConfig:
 
     @property
     def url(self) -> str:
-        return f"http://{self.listen}"
+        """Where the demo itself and its Defenders reach the Console."""
+        host, port = parse_listen(self.listen)
+        if host in ("0.0.0.0", "::", ""):  # every address: use loopback here
+            host = "127.0.0.1" if host != "::" else "::1"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def browser_url(self) -> str:
+        """Where a browser reaches Radar (this machine's name when on every address)."""
+        host, port = parse_listen(self.listen)
+        if host in ("0.0.0.0", "::"):
+            return f"http://{socket.gethostname()}:{port}"
+        return self.url
 
 
 def default_policy() -> Path:
@@ -403,9 +415,9 @@ class Demo:
         return "\n".join([
             "",
             "CNNF demo is running",
-            f"  Radar:  {cfg.url}/",
+            f"  Radar:  {cfg.browser_url}/",
             f"  Login:  {cfg.username} / {self.password}",
-            f"  API:    {cfg.url}/api/v1/docs",
+            f"  API:    {cfg.browser_url}/api/v1/docs",
             f"  Lab:    {cfg.lab!r} ({TOPOLOGY}), hosts {hosts}; "
             f"`cnnf lab status --name {cfg.lab}`",
             f"  Logs:   {self.data_dir}/*.log",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnf.demo import EXTRA_LATERAL, DemoError, default_policy, parse_listen
+from cnnf.demo import EXTRA_LATERAL, DemoConfig, DemoError, default_policy, parse_listen
 from cnnf.lab.topology import load_topology
 from cnnf.model import ConnectionAttempt, ContainerIdentity, Effect, Endpoint
 from cnnf.policy.document import load_policy
@@ -74,3 +74,14 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_refuses(listen: str) -> None:
     with pytest.raises(DemoError, match="expected HOST:PORT"):
         parse_listen(listen)
+
+
+@pytest.mark.parametrize(("listen", "url"), [
+    ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ("0.0.0.0:8080", "http://127.0.0.1:8080"),  # the Defenders use loopback
+    ("[::]:8080", "http://[::1]:8080"),
+    ("[::1]:9000", "http://[::1]:9000"),
+    ("localhost:80", "http://localhost:80"),
+])
+def test_console_url_for_the_defenders(listen: str, url: str) -> None:
+    assert DemoConfig(listen=listen).url == url
