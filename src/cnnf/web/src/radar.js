@@ -1,12 +1,12 @@
-// Radar: the network topology drawn with Cytoscape.js and a layered layout
-// (sources left, destinations right). The page state is exposed as
+// Radar: the network topology drawn with Cytoscape.js and ELK's layered layout
+// (sources left, destinations right; groups as compound nodes kept apart). The page state is exposed as
 // window.cnnfRadar (cy, data, timing) for tests and the benchmark.
 import cytoscape from "cytoscape";
-import dagre from "cytoscape-dagre";
+import elk from "cytoscape-elk";
 import { api, ApiError } from "./api.js";
 import { clear, fmtTime, h, showFieldErrors } from "./dom.js";
 
-cytoscape.use(dagre);
+cytoscape.use(elk);
 
 export const VERDICT_COLORS = {
   allowed: "#2e7d32", alert: "#f9c20a", blocked: "#ef6c00", observed: "#8d8d8d",
@@ -23,9 +23,16 @@ const WINDOWS = [["15m", 900], ["1h", 3600], ["24h", 86400], ["7d", 604800], ["a
 // Above this many nodes, groups with more than COLLAPSE_MIN_CHILDREN start collapsed.
 const BIG_GRAPH = 300;
 const COLLAPSE_MIN_CHILDREN = 8;
-// dagre's crossing reduction grows fast with edges (minutes for 100 nodes and
-// 3,000 edges here): beyond these, the linear-time layered placement is used.
+// A full layered layout's crossing reduction grows fast with edges (dagre took
+// minutes for 100 nodes and 3,000 edges here): beyond these, the linear-time
+// layered placement is used.
 const DAGRE_MAX_NODES = 400;
+// Wide layers and tall gaps leave room for the port labels mid-edge.
+const ELK_SPACING = {
+  "elk.layered.spacing.nodeNodeBetweenLayers": 160, "elk.spacing.nodeNode": 55,
+  "elk.layered.spacing.edgeNodeBetweenLayers": 30, "elk.spacing.edgeEdge": 20,
+  "elk.spacing.edgeNode": 30, "elk.padding": "[top=40,left=30,bottom=30,right=30]",
+};
 // With more edges than this, edge labels show only from this zoom level up.
 const QUIET_EDGES = 1000;
 const QUIET_ZOOM = 0.6;
@@ -414,10 +421,10 @@ export async function renderRadar(main) {
   function toggleGroup(id) {
     if (state.collapsed.has(id)) state.collapsed.delete(id);
     else state.collapsed.add(id);
-    draw(radar.data, true);
+    draw(radar.data, true).catch((err) => radar.errors.push(String(err)));
   }
 
-  function draw(data, relayout) {
+  async function draw(data, relayout) {
     const t0 = performance.now();
     const elements = visibleElements(data);
     const ids = new Set(elements.map((el) => el.data.id));
@@ -449,8 +456,15 @@ export async function renderRadar(main) {
     const t1 = performance.now();
     cy.resize(); // the container may have moved: refresh the cached geometry for clicks
     if (dagreLayout) {
-      cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 26, rankSep: 170, edgeSep: 12,
-        animate: false, fit: true, padding: 30 }).run();
+      const run = cy.layout({ name: "elk", nodeDimensionsIncludeLabels: true, fit: true,
+        padding: 30, animate: false,
+        elk: { algorithm: "layered", "elk.direction": "RIGHT",
+          "elk.hierarchyHandling": "INCLUDE_CHILDREN", ...ELK_SPACING },
+        // ELK takes spacing from each node's parent: groups need it too.
+        nodeLayoutOptions: (n) => (n.isParent() ? { ...ELK_SPACING } : undefined) });
+      const done = run.promiseOn("layoutstop");
+      run.run();
+      await done;
     } else if (layout) {
       fitToNodes(cy, elements);
     }
@@ -496,7 +510,7 @@ export async function renderRadar(main) {
       const firstRender = !radar.ready;
       const previous = radar.data;
       radar.data = data;
-      const added = draw(data, relayout || !previous);
+      const added = await draw(data, relayout || !previous);
       // Wait for the frame to be painted before taking the time.
       await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
       const t2 = performance.now();
