@@ -195,25 +195,23 @@ def cleanup(data_dir: Path, lab: str, out: Output = print) -> list[str]:
     with contextlib.suppress(OSError, ValueError):
         state = json.loads(_state_file(data_dir).read_text())
     defenders: dict[str, Any] = state.get("defenders", {})
-    killed = stop_processes([int(d["pid"]) for d in defenders.values()], data_dir)
+    alive = [int(d["pid"]) for d in defenders.values() if _ours(int(d["pid"]), data_dir)]
+    killed = stop_processes(alive, data_dir)
     for d in defenders.values():
         # A Defender that did not stop cleanly leaves its rules (fail-open): remove them.
         if int(d["pid"]) in killed and Path(f"/run/netns/{d['netns']}").exists():
             subprocess.run([*cnnf_command(), "defender", "cleanup", "--netns", d["netns"],
                             "--state-dir", d["state_dir"]],
                            capture_output=True, check=False, timeout=60)  # fmt: skip
-    if defenders:
-        removed.append(f"{len(defenders)} Defender(s)")
-    lab_removed = Lab.down(state.get("lab", lab))
-    if state.get("lab", lab) != lab:
-        lab_removed += Lab.down(lab)
-    if lab_removed:
-        removed.append(f"lab {lab!r}")
+    if alive:
+        removed.append(f"{len(alive)} Defender(s)")
+    for name in dict.fromkeys((state.get("lab", lab), lab)):
+        if Lab.down(name):
+            removed.append(f"lab {name!r}")
     console = state.get("console_pid")
-    if console and stop_processes([int(console)], data_dir):
-        removed.append("the Console (killed)")
-    elif console:
-        removed.append("the Console")
+    if console and _ours(int(console), data_dir):
+        killed = stop_processes([int(console)], data_dir)
+        removed.append("the Console" + (" (killed)" if killed else ""))
     for sub in ("console", "defenders"):
         if (data_dir / sub).exists():
             shutil.rmtree(data_dir / sub)

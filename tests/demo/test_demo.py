@@ -38,12 +38,14 @@ def _free_port() -> int:
 
 
 def _root_netfilter() -> set[str]:
-    """The root namespace's iptables rules and ipsets (the demo must not touch them)."""
+    """CNNF's chains, rules and ipsets in the root namespace (the demo's Defenders
+    work in the lab's namespaces and must leave none here; other programs' rules
+    are not compared, as other work on the machine may change them meanwhile)."""
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
     sets = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True,
                           check=False).stdout
-    return ({ln for ln in rules.splitlines() if not ln.startswith(("#", ":"))}
-            | {f"ipset {s}" for s in sets.split()})
+    return ({ln for ln in rules.splitlines() if "cnnf" in ln.lower()}
+            | {f"ipset {s}" for s in sets.split() if "cnnf" in s.lower()})
 
 
 def _processes_mentioning(text: str) -> list[str]:
