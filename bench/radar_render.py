@@ -116,6 +116,7 @@ def render(browser: Any, console: RadarConsole, group: str) -> dict[str, Any]:
     timing = page.evaluate("window.cnnfRadar.timing")
     drawn = page.evaluate("(() => { const cy = window.cnnfRadar.cy; "
                           "return [cy.nodes().length, cy.edges().length]; })()")
+    print(f"  rendered {drawn} in {timing.get('totalMs')} ms", file=sys.stderr)
     # Large graphs start with big groups collapsed: expand one.
     collapsed = page.evaluate(
         "window.cnnfRadar.cy.nodes('[kind = \"collapsed\"]').map(n => n.id())")

@@ -407,7 +407,11 @@ export async function renderRadar(main) {
 
   cy.on("tap", "edge", (e) => showEdge(e.target.data()));
   cy.on("tap", "node", (e) => showNode(e.target));
-  cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => toggleGroup(e.target.id()));
+  // Deferred: the handler must not remove the element its event is still on.
+  cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => {
+    const id = e.target.id();
+    setTimeout(() => toggleGroup(id), 0);
+  });
   cy.on("tap", (e) => { if (e.target === cy) panel.hidden = true; });
 
   function quietLabels() {
