@@ -123,8 +123,11 @@ def render(browser: Any, console: RadarConsole, group: str) -> dict[str, Any]:
     expand_ms = float("nan")
     if collapsed:
         t0 = time.perf_counter()
-        page.evaluate("(id) => window.cnnfRadar.cy.getElementById(id).emit('dbltap')",
+        # A block body: returning the element would make Playwright serialise all of Cytoscape.
+        page.evaluate("(id) => { window.cnnfRadar.cy.getElementById(id).emit('dbltap'); }",
                       collapsed[0])
+        page.wait_for_function("(id) => window.cnnfRadar.cy.getElementById(id).isParent()",
+                               arg=collapsed[0])
         page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
                       "requestAnimationFrame(r)))")
         expand_ms = (time.perf_counter() - t0) * 1000

@@ -215,7 +215,8 @@ def test_live_updates_show_new_edges_without_reload(page: Any, console: RadarCon
 def test_large_groups_collapse_and_expand(page: Any, console: RadarConsole) -> None:
     sign_in(page, console)
     wait_radar(page)
-    page.evaluate("window.cnnfRadar.cy.getElementById('group:namespace:shop').emit('dbltap')")
+    page.evaluate("() => { window.cnnfRadar.cy.getElementById('group:namespace:shop')"
+                  ".emit('dbltap'); }")
     page.wait_for_function(
         "window.cnnfRadar.cy.getElementById('group:namespace:shop').data('kind') === 'collapsed'")
     e = graph_state(page)["edges"]

@@ -166,7 +166,8 @@ def test_rules_are_dotted_edges_styled_by_effect_and_disabled_rules_are_left_out
     assert (web_api["line"], web_api["effect"], web_api["verdict"]) == ("dotted", "allow",
                                                                           "allowed")
     assert web_api["label"] == "8080 allowed"
-    assert web_api["rules"][0]["name"] == "web-api"
+    assert web_api["rules"] == [1]
+    assert graph()["rules"]["1"]["name"] == "web-api"
     assert e["image:shop/api:2->image:shop/db:3"]["label"] == "5432 alert"
     assert e["image:shop/api:2->subnet:lan"]["label"] == "* blocked"
     assert not any(x["hole"] for x in e.values())
@@ -186,8 +187,8 @@ def test_an_observed_rule_turns_solid_and_a_hole_is_grey() -> None:
     assert e["count"] == 9
     assert e["firstSeen"] == datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     assert e["lastSeen"] == T1.timestamp()
-    assert [(p["port"], p["verdict"], p["count"], p["ruleName"]) for p in e["ports"]] == [
-        ("8080", "allowed", 7, "web-api"), ("9090", "observed", 2, "")]
+    assert [(p["port"], p["verdict"], p["count"], p["ruleId"]) for p in e["ports"]] == [
+        ("8080", "allowed", 7, 1), ("9090", "observed", 2, None)]
 
 
 @pytest.mark.parametrize(("dst", "node"), [

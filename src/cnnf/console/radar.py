@@ -451,7 +451,6 @@ def build_graph(
             "observed": observed,
             "line": "solid" if observed else "dotted",
             "verdict": worst,
-            "verdicts": sorted(verdicts, key=lambda v: -_WORST_ORDER[v]),
             "hole": hole,
             "effect": next(iter(effects)) if len(effects) == 1 else ("mixed" if effects else ""),
             "label": (f"{ports[0].port} {ports[0].verdict}" if len(ports) == 1
@@ -459,10 +458,10 @@ def build_graph(
             "ports": [
                 {"port": p.port, "verdict": p.verdict, "observed": p.observed, "count": p.count,
                  "firstSeen": _epoch(p.first_seen), "lastSeen": _epoch(p.last_seen),
-                 "ruleId": p.rule_id or None, "ruleName": p.rule_name}
+                 "ruleId": p.rule_id or None}
                 for p in ports
             ],
-            "rules": [rule_json(r) for r in sorted(edge.rules.values(), key=lambda r: r.id)],
+            "rules": sorted(rule_json(r)["id"] for r in edge.rules.values()),
             "count": count,
             "firstSeen": _epoch(first),
             "lastSeen": _epoch(last),
@@ -552,5 +551,7 @@ def build_graph(
         "groups": sorted(groups.values(), key=lambda x: x["id"]),
         "nodes": nodes_out,
         "edges": edges_out,
+        # The rules drawn on the edges, by id (an edge lists the ids).
+        "rules": {str(k): v for k, v in sorted(rules_json.items())},
         "truncatedRules": g.truncated_rules,
     }

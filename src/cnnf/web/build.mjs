@@ -12,7 +12,7 @@ mkdirSync(out, { recursive: true });
 await build({
   entryPoints: [join(here, "src", "main.js")],
   bundle: true,
-  minify: true,
+  minify: !process.env.CNNF_WEB_DEBUG,
   sourcemap: true,
   format: "iife",
   target: ["es2020"],

@@ -174,10 +174,10 @@ function visibleElements(data) {
     m.observed ||= e.observed;
     m.hole ||= e.hole;
     m.count += e.count;
-    for (const v of e.verdicts) m.verdicts.add(v);
+    for (const p of e.ports) m.verdicts.add(p.verdict);
     if (e.effect) m.effects.add(e.effect);
     for (const p of e.ports) m.ports.push(p);
-    for (const r of e.rules) if (!m.rules.some((x) => x.id === r.id)) m.rules.push(r);
+    for (const id of e.rules) if (!m.rules.includes(id)) m.rules.push(id);
   }
   for (const m of merged.values()) {
     const verdicts = [...m.verdicts].sort((a, b) => VERDICT_ORDER[b] - VERDICT_ORDER[a]);
@@ -576,14 +576,19 @@ export async function renderRadar(main) {
     return n.nonempty() ? (n.data("name") || n.id()) : id;
   }
 
+  function ruleOf(id) {
+    return radar.data && radar.data.rules ? radar.data.rules[String(id)] : undefined;
+  }
+
   function showEdge(e) {
     const kind = state.view;
+    const rules = e.rules.map(ruleOf).filter(Boolean);
     const rows = e.ports.map((p) => h("tr", {},
       h("td", {}, p.port),
       h("td", {}, h("span", { class: `badge ${p.verdict}` }, p.verdict)),
       h("td", {}, p.observed ? "seen" : "rule"),
       h("td", { class: "num" }, p.observed ? p.count : "–"),
-      h("td", {}, p.ruleId ? h("a", { href: `#/rules/${kind}?edit=${p.ruleId}`, title: p.ruleName || "" }, `#${p.ruleId}`) : "no rule"),
+      h("td", {}, p.ruleId ? h("a", { href: `#/rules/${kind}?edit=${p.ruleId}`, title: ruleOf(p.ruleId)?.name || "" }, `#${p.ruleId}`) : "no rule"),
       h("td", { class: "small nowrap" }, p.observed ? `${fmtTime(p.firstSeen).slice(5)} – ${fmtTime(p.lastSeen).slice(5)}` : "")));
     const src = cy.getElementById(e.source);
     const dst = cy.getElementById(e.target);
@@ -605,7 +610,7 @@ export async function renderRadar(main) {
         h("thead", {}, h("tr", {}, ["Port", "Verdict", "", "Count", "Rule", "First – last seen"].map((t) => h("th", {}, t)))),
         h("tbody", {}, rows)),
       h("p", {}, `Connections: ${e.count} · first seen ${fmtTime(e.firstSeen)} · last seen ${fmtTime(e.lastSeen)}`),
-      e.rules.length ? h("div", {}, h("h3", {}, "Rules"), h("ul", {}, e.rules.map((r) => h("li", {},
+      rules.length ? h("div", {}, h("h3", {}, "Rules"), h("ul", {}, rules.map((r) => h("li", {},
         h("a", { href: `#/rules/${r.kind}?edit=${r.id}`, class: "rule-link" }, `#${r.id} ${r.name}`),
         ` – ${r.effect} ${r.src} → ${r.dst} ports ${r.ports.join(",")} `,
         h("a", { href: `#/rules/${r.kind}?edit=${r.id}` }, "edit"))))) : null,
