@@ -210,6 +210,7 @@ class _Graph:
         self.edges: dict[tuple[str, str], _Edge] = {}
         self.address_owner: dict[str, str] = {}
         self.image_by_name: dict[str, str] = {}
+        self._identities: dict[str, list[ContainerIdentity]] | None = None
         self.truncated_rules: list[int] = []
         self.rules = {r.id: r for r in (policy.container_rules if query.view == "container"
                                         else policy.host_rules)}
@@ -301,19 +302,22 @@ class _Graph:
 
     # --- rules ---------------------------------------------------------------
 
+    def identities(self) -> dict[str, list[ContainerIdentity]]:
+        """Each image node's container identities, made once for all rules."""
+        if self._identities is None:
+            self._identities = {
+                node.id: ([_identity(c) for c in node.containers]
+                          or [ContainerIdentity(image=node.label)])
+                for node in self.nodes.values() if node.kind == "image"
+            }
+        return self._identities
+
     def object_nodes(self, name: str) -> list[str]:
         obj = self.policy.object(name)
         if isinstance(obj, ContainerObject):
             match = ContainerMatch(obj.selector)
-            found = []
-            for node in self.nodes.values():
-                if node.kind != "image":
-                    continue
-                identities = ([_identity(c) for c in node.containers]
-                              or [ContainerIdentity(image=node.label)])
-                if any(match(i) for i in identities):
-                    found.append(node.id)
-            return found
+            return [node_id for node_id, identities in self.identities().items()
+                    if any(match(i) for i in identities)]
         if isinstance(obj, HostObject):
             hmatch = HostMatch(obj.selector)
             return [n.id for n in self.nodes.values() if n.kind == "host"
@@ -461,7 +465,8 @@ def build_graph(
                  "ruleId": p.rule_id or None}
                 for p in ports
             ],
-            "rules": sorted(rule_json(r)["id"] for r in edge.rules.values()),
+            "rules": ([rule_json(r)["id"] for r in edge.rules.values()] if len(edge.rules) < 2
+                      else sorted(rule_json(r)["id"] for r in edge.rules.values())),
             "count": count,
             "firstSeen": _epoch(first),
             "lastSeen": _epoch(last),
