@@ -49,6 +49,7 @@ class FakeConsole:
         self.delay = 0.0  # seconds before answering
         self.lose_answer_once = False  # store a batch, then drop the connection
         self.inventories: list[InventoryReport] = []
+        self.refuse: set[str] = set()  # batch ids answered 413, as an oversized body
 
     def set_policy(self, policy: Policy) -> None:
         with self.cond:
@@ -136,6 +137,8 @@ def handler_for(console: FakeConsole) -> type[BaseHTTPRequestHandler]:
                 return self._send(204)
             if self.path == "/api/v1/defender/reports":
                 batch = ReportBatch.model_validate(self._body())
+                if batch.batch_id in console.refuse:
+                    return self._send(413, {"detail": "request body is too large"})
                 dup = batch.batch_id in console.batches
                 if not dup:
                     console.batches[batch.batch_id] = batch
@@ -303,6 +306,41 @@ def test_spool_overflow_while_down_reports_the_dropped_count(
     assert fake.batches["next"].dropped == 3
     assert spool.take_dropped() == 1
     link.close()
+
+
+def test_a_refused_batch_is_dropped_and_counted_not_retried_forever(
+    console: tuple[FakeConsole, str], tmp_path: Path
+) -> None:
+    fake, url = console
+    link = make_link(url, tmp_path)
+    link.enroll()
+    spool = Spool(tmp_path / "spool")
+    fake.refuse = {"b1"}
+    for i in range(3):
+        spool.put(batch(i))
+    assert link.deliver(spool) == 3
+    assert fake.order == ["b0", "b2"] and spool.pending() == []
+    assert spool.take_dropped() == 1  # b1's one flow, reported in the next batch
+    link.close()
+
+
+def test_runner_is_not_connected_before_any_call_succeeded(tmp_path: Path) -> None:
+    # Nothing listens on port 9; the long-polls fail, and the uplink, with
+    # nothing to send, must not claim the link is up.
+    link = make_link("http://127.0.0.1:9", tmp_path, token=None)
+    link.credential = "cnnfd_x"
+    runner = LinkRunner(link, Spool(tmp_path / "spool"), on_policy=lambda r, p: None,
+                        on_inventory=lambda inv: None, wait=1.0)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert not runner.connected
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+        link.close()
+    assert "127.0.0.1:9" in runner.last_error
 
 
 def test_runner_applies_and_persists_policy_and_pushes_inventory(

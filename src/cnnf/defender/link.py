@@ -49,6 +49,15 @@ class AuthError(LinkError):
     """The Console refused the credential or the enrollment token (401/403)."""
 
 
+class BatchRefused(LinkError):
+    """The Console refused a report batch itself (400, 413, 422): sending it again
+    cannot succeed, so it must not hold up the batches spooled after it."""
+
+
+# Answers to a report batch that no retry can change.
+_REFUSED = frozenset({400, 413, 422})
+
+
 class ConsoleLink:
     def __init__(
         self,
@@ -187,17 +196,30 @@ class ConsoleLink:
         resp = self._request("POST", "/api/v1/defender/reports",
                              content=batch.model_dump_json(),
                              headers={"Content-Type": "application/json"})
+        if resp.status_code in _REFUSED:
+            raise BatchRefused(f"POST reports: the console refused batch {batch.batch_id} "
+                               f"({resp.status_code}): {resp.text[:200]}")
         if resp.status_code != 200:
             raise LinkError(f"POST reports: unexpected answer {resp.status_code}")
         return True
 
     def deliver(self, spool: Spool) -> int:
-        """Send spooled batches oldest first; stop at the first failure (raised)."""
+        """Send spooled batches oldest first; stop at the first failure (raised).
+
+        A batch the Console refuses (:class:`BatchRefused`) is removed, logged and
+        its records counted as dropped (reported in the next batch), instead of
+        blocking every later batch for good."""
         sent = 0
         for item in spool.pending():
             batch = spool.load(item)
             if batch is not None:
-                self.push_batch(batch)
+                try:
+                    self.push_batch(batch)
+                except BatchRefused as exc:
+                    lost = len(batch.flows) + len(batch.audits) + batch.dropped
+                    log.error("report batch refused by the console; dropped",
+                              batch_id=batch.batch_id, records=lost, error=str(exc))
+                    spool.add_dropped(lost)
             spool.remove(item)
             sent += 1
         return sent
@@ -325,11 +347,14 @@ class LinkRunner:
             self._wake.clear()
             try:
                 current = self._inventory
+                called = False
                 if current is not None and current != self._inventory_sent:
                     self.link.push_inventory(current)
                     self._inventory_sent = current
-                self.link.deliver(self.spool)
-                self._ok()
+                    called = True
+                called = self.link.deliver(self.spool) > 0 or called
+                if called:  # no call made: nothing learnt about the Console
+                    self._ok()
                 backoff = 0.5
             except Exception as exc:  # never let the loop die; LinkError is the usual
                 backoff = self._failed("uplink", exc, backoff)

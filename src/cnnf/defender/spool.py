@@ -96,6 +96,13 @@ class Spool:
             self.dropped_total += lost
             self._write_dropped(self._read_dropped() + lost)
 
+    def add_dropped(self, n: int) -> None:
+        """Count ``n`` records lost otherwise (e.g. a batch the Console refused)."""
+        if n > 0:
+            with self._lock:
+                self.dropped_total += n
+                self._write_dropped(self._read_dropped() + n)
+
     def take_dropped(self) -> int:
         """Records dropped since the last call (to report in the next batch)."""
         with self._lock:
