@@ -77,9 +77,9 @@ def policy_spec(rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
 class ConsoleProcess:
     """``cnnf console`` on a fixed loopback port; killed and restarted at will."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, db: str | None = None) -> None:
         self.workdir = workdir
-        self.db = workdir / "console.db"
+        self.db = db or str(workdir / "console.db")  # a SQLite path or a postgresql URL
         self.port = free_port()
         self.log = workdir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -89,7 +89,7 @@ class ConsoleProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args: str, stdin: str = "") -> str:
-        r = subprocess.run([CNNF, "console", *args, "--db", str(self.db)], input=stdin,
+        r = subprocess.run([CNNF, "console", *args, "--db", self.db], input=stdin,
                            capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 0, r.stderr
         return r.stdout.strip()
@@ -97,7 +97,7 @@ class ConsoleProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [CNNF, "console", "--listen", f"127.0.0.1:{self.port}", "--db", str(self.db),
+                [CNNF, "console", "--listen", f"127.0.0.1:{self.port}", "--db", self.db,
                  "--data-dir", str(self.workdir), "--log-level", "warning"],
                 stdout=log, stderr=subprocess.STDOUT)
 
