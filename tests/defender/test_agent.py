@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from cnnf.defender import core
 from cnnf.defender.agent import (
+    MAX_BATCH_RECORDS,
     UNIDENTIFIED,
     Agent,
     InventoryUpdate,
@@ -26,6 +27,7 @@ from cnnf.defender.datapath import AddressSet, Decision, PacketInfo
 from cnnf.defender.discovery.identity import DiscoveredContainer
 from cnnf.defender.metrics import DefenderCollector, Figures
 from cnnf.defender.outputs import JsonLinesOutput
+from cnnf.defender.spool import Spool
 from cnnf.model import (
     BlockMode,
     ContainerIdentity,
@@ -33,6 +35,7 @@ from cnnf.model import (
     ContainerSelector,
     DnsObject,
     Effect,
+    Endpoint,
     HostIdentity,
     Policy,
     Rule,
@@ -298,3 +301,20 @@ def test_policy_file_without_revision_gets_the_load_count(tmp_path: Path) -> Non
     path.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {containerEnabled: maybe}\n")
     a._load_policy_file(initial=False)  # invalid: logged, the previous policy stays
     assert a.policy.revision == 40
+
+
+def test_a_port_scan_is_spooled_in_batches_the_console_accepts(tmp_path: Path) -> None:
+    pol = tmp_path / "p.yaml"
+    pol.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {}\n")
+    a = Agent(DefenderConfig(policy_file=pol, state_dir=tmp_path / "s"))
+    a.spool = Spool(tmp_path / "spool")
+    src, dst = Endpoint(address="10.1.0.2", container=WEB), Endpoint(address="10.1.0.9")
+    ports = range(1, 2 * MAX_BATCH_RECORDS + 2)
+    for port in ports:  # one distinct flow per port
+        a.recorder.observe(src, dst, port, now=1.0)
+    a.spool.add_dropped(7)
+    a.flush()
+    batches = [a.spool.load(item) for item in a.spool.pending()]
+    assert [len(b.flows) for b in batches if b] == [MAX_BATCH_RECORDS, MAX_BATCH_RECORDS, 1]
+    assert sorted(f.port for b in batches if b for f in b.flows) == list(ports)
+    assert [b.dropped for b in batches if b] == [7, 0, 0]  # counted once

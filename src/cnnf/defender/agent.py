@@ -103,6 +103,9 @@ class InventoryUpdate:
 
 UNIDENTIFIED = "unidentified"
 MAX_EXPANDED_PREFIX = 16  # container networks larger than a /16 are not pre-queued
+# Records per report batch: a port scan yields thousands of distinct flows in one
+# flush, and one batch must stay well below the Console's body limit (4 MiB).
+MAX_BATCH_RECORDS = 1000
 
 
 @functools.lru_cache(maxsize=8)
@@ -669,8 +672,11 @@ class Agent:
             if flows or audits or dropped:
                 from cnnf.model.records import ReportBatch
 
-                self.spool.put(ReportBatch(batch_id=uuid.uuid4().hex, flows=flows,
-                                           audits=audits, dropped=dropped))
+                n = MAX_BATCH_RECORDS
+                for i in range(0, max(len(flows), len(audits), 1), n):
+                    self.spool.put(ReportBatch(batch_id=uuid.uuid4().hex, flows=flows[i:i + n],
+                                               audits=audits[i:i + n], dropped=dropped))
+                    dropped = 0
                 if self.runner is not None:
                     self.runner.flush_soon()
 
