@@ -11,7 +11,7 @@ a handful of cheap queries on every request: the policy revision, the
 inventory revision and which Defenders are live, a stamp of the flows (row
 count, highest id, summed counts, newest and oldest times: every store, fold or
 prune moves it), the flows in the time window (a moved window start that
-leaves the same flows gives the same graph), the overlays' stamp and the
+leaves the same flows gives the same graph), the overlays' counts and the
 newest audit. Any change -- through this process, another Console on the same
 database or a direct write -- gives a new key, so the next request builds the
 graph again. The inventory is kept apart under its own part of the key: new
@@ -178,13 +178,14 @@ def _flows_in_window(db: Session, since: datetime | None) -> int | None:
     return db.scalar(select(func.count(FlowRow.id)).where(FlowRow.last_seen >= since))
 
 
-def _overlays_stamp(db: Session) -> tuple[Any, ...]:
-    row = db.execute(select(
-        func.count(OverlayRow.id), func.max(OverlayRow.id), func.max(OverlayRow.updated),
-        func.sum(OverlayRow.critical + OverlayRow.high + OverlayRow.medium + OverlayRow.low
-                 + OverlayRow.unknown + OverlayRow.compliance_passed
-                 + OverlayRow.compliance_failed))).one()
-    return tuple(row)
+def _overlays_stamp(db: Session) -> int:
+    """Every overlay's counts (one short row per image or host): a report that
+    replaces another in place at the same time still moves it."""
+    rows = db.execute(select(
+        OverlayRow.kind, OverlayRow.name, OverlayRow.critical, OverlayRow.high,
+        OverlayRow.medium, OverlayRow.low, OverlayRow.unknown, OverlayRow.compliance_passed,
+        OverlayRow.compliance_failed).order_by(OverlayRow.id))
+    return hash(tuple(map(tuple, rows)))
 
 
 def _audits_stamp(db: Session) -> Any:
