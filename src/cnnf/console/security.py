@@ -88,11 +88,17 @@ def token_hash(token: str) -> str:
 
 
 class LoginLimiter:
-    """At most ``allowed`` failed logins per (user, client) in a sliding window.
+    """At most ``allowed`` failed logins per (user, client) in a sliding window,
+    and ``allowed * CLIENT_FACTOR`` per client over all user names (a client
+    trying one password on many names is limited too).
 
     In memory: it guards one Console process, which is what serves logins.
-    The clock is injected so tests move time instead of sleeping.
+    Keys without recent failures are forgotten, so names made up by a client do
+    not pile up. The clock is injected so tests move time instead of sleeping.
     """
+
+    CLIENT_FACTOR = 4
+    _ANY_USER = "\0any"  # the per-client key (no user name holds a NUL)
 
     def __init__(self, allowed: int = 5, window: float = 60.0, clock: Clock = time.monotonic):
         self.allowed = allowed
@@ -102,24 +108,44 @@ class LoginLimiter:
         self._lock = threading.Lock()
 
     def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
+        times = self._failures.get(key, deque())
         while times and times[0] <= now - self.window:
             times.popleft()
+        if not times:
+            self._failures.pop(key, None)
         return times
+
+    def _prune(self, now: float) -> None:
+        for key in list(self._failures):
+            self._recent(key, now)
 
     def retry_after(self, user: str, client: str) -> float:
         """Seconds until a new attempt is allowed; 0 when allowed now."""
         with self._lock:
             now = self.clock()
-            times = self._recent((user, client), now)
-            if len(times) < self.allowed:
-                return 0.0
-            return max(times[0] + self.window - now, 0.001)
+            wait = 0.0
+            for key, allowed in (((user, client), self.allowed),
+                                 ((self._ANY_USER, client), self.allowed * self.CLIENT_FACTOR)):
+                times = self._recent(key, now)
+                if len(times) >= allowed:
+                    wait = max(wait, times[-allowed] + self.window - now, 0.001)
+            return wait
 
     def failed(self, user: str, client: str) -> None:
         with self._lock:
             now = self.clock()
-            self._recent((user, client), now).append(now)
+            if len(self._failures) > 10_000:
+                self._prune(now)
+            for key in ((user, client), (self._ANY_USER, client)):
+                times = self._recent(key, now)
+                times.append(now)
+                self._failures[key] = times
+
+    def tracked(self) -> int:
+        """Keys with failures in the window (after forgetting the others)."""
+        with self._lock:
+            self._prune(self.clock())
+            return len(self._failures)
 
     def succeeded(self, user: str, client: str) -> None:
         with self._lock:
