@@ -149,7 +149,9 @@ def status(
     from cnnf.defender.datapath import queue_stats
 
     data = _read_status(Path(state_dir) if state_dir else default_state_dir(netns))
-    queues = [asdict(q) for q in queue_stats(netns)]
+    # The queues of the Defender's namespace: the status file names it when only
+    # --state-dir was given (else the root namespace's queues were shown).
+    queues = [asdict(q) for q in queue_stats(netns or (data or {}).get("netns") or None)]
     if as_json:
         typer.echo(json.dumps({"defender": data, "kernel_queues": queues}, indent=2))
         return

@@ -537,6 +537,10 @@ def test_status_command_shows_workloads_queues_and_counters(cluster: Cluster) ->
     for name in ("payments", "db", "worker"):
         assert name in out
     assert "queue 4200" in out and "verdicts: accepted" in out
+    # Only the state dir: the queues are still those of the Defender's namespace.
+    out = subprocess.run([CNNF, "defender", "status", "--state-dir", str(c.d2.state)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "queue 4200" in out
 
 
 # ----------------------------------------------------------------- managed by a Console
