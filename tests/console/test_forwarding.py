@@ -28,6 +28,7 @@ from cnnf.console.services.forwarding import (
     WebhookSink,
     parse_syslog_url,
     syslog_message,
+    webhook_name,
 )
 from cnnf.console.services.records import AuditRecord
 from cnnf.console.store.db import connect
@@ -167,6 +168,24 @@ def hook() -> Iterator[_Hook]:
         yield h
     finally:
         h.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        ("https://user:s3cret@hooks.example/x", "webhook:https://hooks.example (", "s3cret"),
+        ("https://hooks.example/services/T0/B0/s3cret", "webhook:https://hooks.example (",
+         "s3cret"),
+        ("http://127.0.0.1:8081/hook?token=s3cret", "webhook:http://127.0.0.1:8081 (", "s3cret"),
+        ("http://[::1]:8081/s3cret", "webhook:http://[::1]:8081 (", "s3cret"),
+    ],
+)
+def test_webhook_names_in_logs_and_metrics_hide_the_secret(url: str, shown: str,
+                                                           secret: str) -> None:
+    name = webhook_name(url)
+    assert name.startswith(shown) and secret not in name
+    assert WebhookSink(url).name == name
+    assert webhook_name(url + "2") != name  # two webhooks on one host stay apart
 
 
 def test_webhook_retries_with_backoff_until_it_succeeds(hook: _Hook) -> None:

@@ -16,6 +16,7 @@ and the audit's sentence as the message.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import queue
@@ -108,6 +109,19 @@ def check_webhook_url(url: str) -> str:
     return url
 
 
+def webhook_name(url: str) -> str:
+    """A webhook's name for logs and metric labels: scheme, host and port only.
+    Webhook URLs often carry their secret (user:password, a token in the path or
+    the query); a short hash of the whole URL tells two webhooks apart instead."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:8]
+    return f"webhook:{parts.scheme}://{host}{port} ({digest})"
+
+
 class SyslogSink:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.transport, self.host, self.port = parse_syslog_url(url)
@@ -155,7 +169,7 @@ class WebhookSink:
     def __init__(self, url: str, timeout: float = 10.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = check_webhook_url(url)
-        self.name = f"webhook:{url}"
+        self.name = webhook_name(url)
         self._http = httpx.Client(timeout=timeout, transport=transport,
                                   headers={"User-Agent": f"cnnf-console/{__version__}"})
 
