@@ -219,6 +219,12 @@ def test_a_batch_is_stored_once_flows_merged_and_audits_folded(
             a["defender"]) == ("shop/api", "db", "node-2", True, 2, "node-1")
     assert a["time"].startswith("2026-01-02T03:00:00")
 
+    # The audit names the Defender whose credential sent it, whatever the body claims.
+    spoof = ReportBatch(batch_id="b-3", audits=[audit(port=22, reporter="node-2")])
+    assert post_batch(defender, spoof).status_code == 200
+    items = admin.get(f"{API}/audits").json()["items"]
+    assert sorted((i["port"], i["defender"]) for i in items) == [(22, "node-1"), (5432, "node-1")]
+
 
 def test_unmatched_flows_are_observed_unless_the_default_blocks(
     console: Console, admin: ApiClient

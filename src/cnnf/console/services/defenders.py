@@ -182,7 +182,9 @@ def flow_record(flow: FlowRecord) -> StoredFlowRecord:
 
 
 def audit_record(event: AuditEvent, defender: str) -> AuditRecord:
-    """A Defender's audit event as the audit table keeps it."""
+    """A Defender's audit event as the audit table keeps it. ``defender`` is the
+    host name the credential was enrolled under: the reporter named in the body
+    is the sender's word and could name another host."""
     src, dst = event.src, event.dst
     return AuditRecord(
         time=_time(event.time), type=event.type.value, rule_id=event.rule_id,
@@ -195,7 +197,7 @@ def audit_record(event: AuditEvent, defender: str) -> AuditRecord:
         dst_address=_cut(dst.address, 64),
         port=event.port, dst_subnet=_cut(event.dst_subnet, 64), dst_domain=_cut(event.dst_domain),
         msg=event.message, count=min(max(event.count, 1), 2**31 - 1),
-        revision=max(event.revision, 0), defender=_cut(event.reporter or defender),
+        revision=max(event.revision, 0), defender=_cut(defender),
     )
 
 
