@@ -211,6 +211,7 @@ class _Graph:
         self.address_owner: dict[str, str] = {}
         self.image_by_name: dict[str, str] = {}
         self._identities: dict[str, list[ContainerIdentity]] | None = None
+        self._endpoints: dict[str, str] = {}  # flow end key -> node id
         self.truncated_rules: list[int] = []
         self.rules = {r.id: r for r in (policy.container_rules if query.view == "container"
                                         else policy.host_rules)}
@@ -280,8 +281,14 @@ class _Graph:
         return self._node(INTERNET, "internet", "internet").id
 
     def add_flow(self, flow: FlowLike) -> None:
-        source = self.endpoint_node(flow.src)
-        target = self.endpoint_node(flow.dst)
+        # Tens of thousands of flows over a few thousand ends: each end resolved once.
+        endpoints = self._endpoints
+        source = endpoints.get(flow.src)
+        if source is None:
+            source = endpoints[flow.src] = self.endpoint_node(flow.src)
+        target = endpoints.get(flow.dst)
+        if target is None:
+            target = endpoints[flow.dst] = self.endpoint_node(flow.dst)
         edge = self._edge(source, target)
         verdict = verdict_class(flow.verdict, flow.rule_id)
         key = (str(flow.port), verdict, flow.rule_id)
@@ -354,6 +361,8 @@ class _Graph:
 
     def edge_ports(self, edge: _Edge) -> list[_Port]:
         ports = list(edge.ports.values())
+        if not edge.rules:
+            return ports
         seen_rules = {p.rule_id for p in ports}
         for rule in edge.rules.values():
             if rule.id in seen_rules:

@@ -85,9 +85,9 @@ def radar(
         policy = policy_service(db, console, who).policy()
         inventory = cache.inventory(inventory_key,
                                     lambda: DefenderService(db, console.now).cluster_inventory())
-        flows = _flows(db, view, since)
         overlays = OverlayService(db, console.now).for_radar()
         with _gc_paused():
+            flows = _flows(db, view, since)
             graph = build_graph(policy, hosts=inventory.hosts, containers=inventory.containers,
                                 flows=flows, overlays=overlays, query=query)
             graph["revision"] = policy.revision
@@ -230,20 +230,24 @@ def _flows(db: Session, view: str, since: datetime | None) -> list[Flow]:
     rows: Any = db.execute(stmt)
     if not sqlite:
         return [Flow(*r) for r in rows]
-    parse = _sqlite_time
+    # Flows stored from one report share their times: each text is parsed once.
+    times: dict[str, datetime] = {}
+
+    def parse(text: str) -> datetime:
+        t = times.get(text)
+        if t is None:
+            t = times[text] = datetime.fromisoformat(text).replace(tzinfo=UTC)
+        return t
+
     return [Flow(k, s, d, p, v, rid, rn, c, parse(f), parse(la))
             for k, s, d, p, v, rid, rn, c, f, la in rows]
 
 
-def _sqlite_time(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """A large graph is tens of thousands of small acyclic dicts and lists; the
-    cyclic collector would scan the growing heap again and again while they are
-    made (about half the endpoint's time at 20,000 edges). Reference counting
+    """The flows and a large graph are tens of thousands of small acyclic
+    objects; the cyclic collector would scan the growing heap again and again
+    while they are made (about half the endpoint's time at 20,000 edges). Reference counting
     still frees everything."""
     enabled = gc.isenabled()
     gc.disable()
