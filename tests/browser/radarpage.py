@@ -18,10 +18,11 @@ CLIENT_ERROR = re.compile(
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 
 
-def sign_in(page: Any, console: RadarConsole, hash_: str = "#/radar", query: str = "") -> None:
+def sign_in(page: Any, console: RadarConsole, hash_: str = "#/radar", query: str = "",
+            credentials: tuple[str, str] = ADMIN) -> None:
     page.goto(f"{console.url}/{query}{hash_}")
-    page.fill("input[name=username]", ADMIN[0])
-    page.fill("input[name=password]", ADMIN[1])
+    page.fill("input[name=username]", credentials[0])
+    page.fill("input[name=password]", credentials[1])
     page.click("form#login button[type=submit]")
 
 
