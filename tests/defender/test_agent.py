@@ -318,3 +318,25 @@ def test_a_port_scan_is_spooled_in_batches_the_console_accepts(tmp_path: Path) -
     assert [len(b.flows) for b in batches if b] == [MAX_BATCH_RECORDS, MAX_BATCH_RECORDS, 1]
     assert sorted(f.port for b in batches if b for f in b.flows) == list(ports)
     assert [b.dropped for b in batches if b] == [7, 0, 0]  # counted once
+
+
+def test_started_without_the_console_it_uses_the_saved_policy_and_cluster(
+    tmp_path: Path,
+) -> None:
+    from cnnf.defender.link import ConsoleLink
+
+    state = tmp_path / "state"
+    link = ConsoleLink("http://127.0.0.1:9", state, hostname="node-1")
+    link.save_policy(4, POLICY)
+    cluster = ClusterInventory(revision=7, hosts=[HostInfo(name="node-2", addresses=["10.9.0.2"])],
+                               containers=[WorkloadInfo(address="10.2.0.5", image="shop/db:13",
+                                                        name="db-1", host="node-2")])
+    link.save_cluster(cluster)
+    link.close()
+    (state / "credential").write_text("cnnfd_x d1\n")
+    a = Agent(DefenderConfig(console="http://127.0.0.1:9", state_dir=state))
+    a._initial_policy()  # nothing listens on port 9
+    assert a.policy.revision == 4 and a.policy.container_enabled
+    assert a.cluster == cluster
+    # so a connection from node-2's container is left to node-2's Defender
+    assert "10.2.0.5" in a._inventory_update().inventory().cluster_container_addresses()

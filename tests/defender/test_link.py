@@ -369,8 +369,11 @@ def test_runner_applies_and_persists_policy_and_pushes_inventory(
     assert fake.inventories == [report]  # pushed once: it did not change
     assert any(i.hosts == [report.host] for i in inventories)
     # A later start with the Console unreachable uses the saved policy.
-    saved = make_link("http://127.0.0.1:9", tmp_path).saved_policy()
+    offline = make_link("http://127.0.0.1:9", tmp_path)
+    saved = offline.saved_policy()
     assert saved is not None and saved.container_enabled and saved.revision == 1
+    cluster = offline.saved_cluster()  # and the cluster inventory last received
+    assert cluster is not None and cluster.hosts == [report.host]
 
 
 def test_threads_needing_the_credential_at_once_enroll_once(

@@ -508,6 +508,7 @@ class Agent:
                                 enrollment_token=self.config.token, ca=self.config.ca)
         self.spool = Spool(self.config.state_dir / "spool")
         policy = self.link.saved_policy()
+        self.cluster = self.link.saved_cluster()  # replaced by the Console's when it answers
         try:
             self.link.enroll()
             got = self.link.fetch_policy(-1, 0)

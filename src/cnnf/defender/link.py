@@ -93,6 +93,10 @@ class ConsoleLink:
     def policy_file(self) -> Path:
         return self.state_dir / "policy.json"
 
+    @property
+    def cluster_file(self) -> Path:
+        return self.state_dir / "cluster.json"
+
     def _read_credential(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             lines = self.credential_file.read_text().split()
@@ -242,6 +246,25 @@ class ConsoleLink:
                       error=str(exc))
             return None
 
+    def save_cluster(self, inventory: ClusterInventory) -> None:
+        """Keep the cluster inventory too: started without the Console, the Defender
+        still knows which sources other Defenders evaluate (else it would evaluate
+        and audit their connections a second time)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.cluster_file.with_suffix(".tmp")
+        tmp.write_text(inventory.model_dump_json())
+        os.replace(tmp, self.cluster_file)
+
+    def saved_cluster(self) -> ClusterInventory | None:
+        try:
+            return ClusterInventory.model_validate_json(self.cluster_file.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.error("the saved cluster inventory is invalid; ignoring it",
+                      file=str(self.cluster_file), error=str(exc))
+            return None
+
     def close(self) -> None:
         self._http.close()
 
@@ -336,6 +359,7 @@ class LinkRunner:
                 backoff = 0.5
                 if got is not None:
                     self.inventory_revision = got.revision
+                    self.link.save_cluster(got)
                     self.on_inventory(got)
             except Exception as exc:  # never let the loop die; LinkError is the usual
                 backoff = self._failed("inventory", exc, backoff)
