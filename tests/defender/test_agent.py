@@ -340,3 +340,20 @@ def test_started_without_the_console_it_uses_the_saved_policy_and_cluster(
     assert a.cluster == cluster
     # so a connection from node-2's container is left to node-2's Defender
     assert "10.2.0.5" in a._inventory_update().inventory().cluster_container_addresses()
+
+
+@pytest.mark.parametrize("ipv6", [True, False])
+def test_addresses_the_sets_cannot_hold_are_left_out(tmp_path: Path, ipv6: bool) -> None:
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {}\n")
+    a = Agent(DefenderConfig(policy_file=pol, state_dir=tmp_path / "state", hostname="node-1",
+                             docker_host="unix:///nonexistent", ipv6=ipv6))
+    a.node = NODE
+    a.set_policy(Policy(container_enabled=True, host_enabled=True))
+    a.set_cluster(ClusterInventory(
+        revision=1, hosts=[HostInfo(name="node-2", addresses=["10.0.0.2", "fd00::2", "n/a"])],
+        containers=[WorkloadInfo(address=addr, image="shop/db:13", host="node-2")
+                    for addr in ("10.2.0.5", "fd00::5", "zzz", "10.2.0.300")]))
+    cluster = a.wanted_sets()[AddressSet.CLUSTER]
+    v6 = {"fd00::2", "fd00::5"} if ipv6 else set()
+    assert cluster == {"10.0.0.1", "10.0.0.2", "10.2.0.5"} | v6

@@ -272,6 +272,7 @@ class Agent:
         self.container_nets: tuple[str, ...] = ()
         self.unidentified = 0
         self._unidentified_seen: set[str] = set()
+        self._unusable_logged: set[str] = set()
         self.flows_out = 0
         self.audits_out = 0
         self.repairs = 0
@@ -386,18 +387,38 @@ class Agent:
     def wanted_sets(self) -> dict[AddressSet, frozenset[str]]:
         p = self.policy
         inv = self.inventory
-        local = inv.local_container_addresses() if p.container_enabled else frozenset()
+        usable = self._usable
+        local = usable(inv.local_container_addresses()) if p.container_enabled else frozenset()
         if p.container_enabled and self.container_nets:
             pending = expand_networks(self.container_nets) - frozenset(self.node.addresses)
             local |= pending
-        host = frozenset(self.node.addresses) if p.host_enabled else frozenset()
+        host = usable(frozenset(self.node.addresses)) if p.host_enabled else frozenset()
         cluster = set(local | host)
         if p.container_enabled:
-            cluster |= inv.cluster_container_addresses()
+            cluster |= usable(inv.cluster_container_addresses() - local)
         if p.host_enabled:
-            cluster |= inv.cluster_host_addresses()
+            cluster |= usable(inv.cluster_host_addresses() - host)
         return {AddressSet.LOCAL: local, AddressSet.HOST: host,
                 AddressSet.CLUSTER: frozenset(cluster)}
+
+    def _usable(self, addresses: set[str] | frozenset[str]) -> frozenset[str]:
+        """The addresses the sets can hold. One that is no IP address (another
+        Defender's report, through the Console) or IPv6 with ``--no-ipv6`` is left
+        out and logged once; it made every later set update fail, so new
+        containers went unprotected."""
+        out = []
+        for a in addresses:
+            try:
+                ok = ipaddress.ip_address(a).version == 4 or self.config.ipv6
+            except ValueError:
+                ok = False
+            if ok:
+                out.append(a)
+            elif a not in self._unusable_logged:
+                self._unusable_logged.add(a)
+                log.warning("address left out of the protected sets", address=a,
+                            reason="IPv6 is off" if ":" in a else "not an IP address")
+        return frozenset(out)
 
     def _apply_sets(self) -> None:
         if self.datapath is None:
