@@ -281,6 +281,13 @@ def test_inventories_merge_into_the_cluster_inventory(console: Console, admin: A
     assert [h["name"] for h in inv["hosts"]] == ["node-1", "node-2"]
     assert {c["name"] for c in inv["containers"]} == {"api", "db", "cache"}
     post(d2, r2)  # the same report again: no new revision
+    # An address that is no IP is refused, naming it, and changes nothing.
+    bad = report("node-2", ("db", "10.2.0.3"), ("x", "not-an-ip"))
+    resp = d2.post(f"{API}/defender/inventory", content=bad.model_dump_json(),
+                   headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422
+    assert resp.json()["errors"] == [{"path": "containers[1].address",
+                                      "message": "'not-an-ip' is not an IP address"}]
     assert d1.get(f"{API}/defender/inventory",
                   params={"revision": start + 2}).status_code == 204
     # Users see it cluster-wide; the list counts protected workloads.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import secrets
 import threading
 from dataclasses import dataclass
@@ -228,6 +229,14 @@ def _mapped(batch: ReportBatch, defender: str) -> tuple[list[StoredFlowRecord], 
     return flows, audits
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def policy_revision(session: Session) -> int:
     """The policy revision, read cheaply (one indexed row)."""
     return session.scalar(select(SettingsRow.revision).where(SettingsRow.id == 1)) or 0
@@ -367,7 +376,14 @@ class DefenderService:
             select(InventoryStateRow.revision).where(InventoryStateRow.id == 1)) or 0
 
     def put_inventory(self, defender_id: str, report: InventoryReport) -> bool:
-        """Replace the Defender's inventory; True (and a new cluster revision) if it changed."""
+        """Replace the Defender's inventory; True (and a new cluster revision) if it changed.
+        Every address must be an IP address: the report goes to every Defender."""
+        errors = [FieldError(f"host.addresses[{i}]", f"{a!r} is not an IP address")
+                  for i, a in enumerate(report.host.addresses) if not _is_ip(a)]
+        errors += [FieldError(f"containers[{i}].address", f"{c.address!r} is not an IP address")
+                   for i, c in enumerate(report.containers) if not _is_ip(c.address)]
+        if errors:
+            raise InvalidInput(errors)
         row = self.session.scalar(select(DefenderRow).where(
             DefenderRow.defender_id == defender_id))
         if row is None or row.revoked:
