@@ -357,3 +357,18 @@ def test_addresses_the_sets_cannot_hold_are_left_out(tmp_path: Path, ipv6: bool)
     cluster = a.wanted_sets()[AddressSet.CLUSTER]
     v6 = {"fd00::2", "fd00::5"} if ipv6 else set()
     assert cluster == {"10.0.0.1", "10.0.0.2", "10.2.0.5"} | v6
+
+
+def test_reports_are_batched_less_often_while_the_console_is_away(tmp_path: Path) -> None:
+    from cnnf.defender.agent import OFFLINE_REPORT_INTERVAL
+    from cnnf.defender.link import ConsoleLink, LinkRunner
+
+    a = agent(tmp_path)
+    assert a.report_interval() == a.config.report_interval  # standalone
+    link = ConsoleLink("http://127.0.0.1:9", tmp_path / "link", hostname="node-1")
+    a.runner = LinkRunner(link, Spool(tmp_path / "spool"), on_policy=lambda r, p: None,
+                          on_inventory=lambda inv: None)
+    assert a.report_interval() == OFFLINE_REPORT_INTERVAL  # not connected (yet)
+    a.runner.connected = True
+    assert a.report_interval() == a.config.report_interval
+    link.close()
