@@ -143,7 +143,7 @@ class _Node:
         return sorted({c.host for c in self.containers})
 
 
-@dataclass
+@dataclass(slots=True)
 class _Port:
     port: str
     verdict: VerdictClass
@@ -155,12 +155,17 @@ class _Port:
     rule_name: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Edge:
     source: str
     target: str
     ports: dict[tuple[str, str, int], _Port] = field(default_factory=dict)  # port, verdict, rule
     rules: dict[int, Rule] = field(default_factory=dict)
+
+
+# verdict_class for the flows' verdicts that do not depend on the rule.
+_FLOW_CLASS: dict[str, VerdictClass] = {"prevent": "blocked", "alert": "alert",
+                                        "observed": "observed"}
 
 
 def verdict_class(verdict: str, rule_id: int) -> VerdictClass:
@@ -290,7 +295,7 @@ class _Graph:
         if target is None:
             target = endpoints[flow.dst] = self.endpoint_node(flow.dst)
         edge = self._edge(source, target)
-        verdict = verdict_class(flow.verdict, flow.rule_id)
+        verdict = _FLOW_CLASS.get(flow.verdict) or verdict_class(flow.verdict, flow.rule_id)
         key = (str(flow.port), verdict, flow.rule_id)
         have = edge.ports.get(key)
         if have is None:
@@ -389,10 +394,10 @@ def _matches_text(node: _Node, q: str) -> bool:
     return any(q in c.name.lower() or q in c.namespace.lower() for c in node.containers)
 
 
-def _epoch(t: datetime | None) -> int | None:
+def _epoch_of(t: datetime) -> int:
     # UNIX seconds, as the Defender's records: a third of an ISO string's size,
     # which counts with 20,000 edges.
-    return int(t.timestamp()) if t is not None else None
+    return int(t.timestamp())
 
 
 def build_graph(
@@ -417,6 +422,17 @@ def build_graph(
             g.add_flow(flow)
     g.add_rules()
 
+    # Flows stored together share their times: each converted once.
+    epochs: dict[datetime, int] = {}
+
+    def epoch(t: datetime | None) -> int | None:
+        if t is None:
+            return None
+        e = epochs.get(t)
+        if e is None:
+            e = epochs[t] = _epoch_of(t)
+        return e
+
     edges_out: list[dict[str, Any]] = []
     rules_json: dict[int, dict[str, Any]] = {}
 
@@ -428,7 +444,6 @@ def build_graph(
                 "effect": r.effect.value, "ports": [str(p) for p in r.ports]}
         return out
 
-    used: set[str] = set()
     for (source, target), edge in g.edges.items():
         ports = g.edge_ports(edge)
         if not ports:
@@ -470,17 +485,16 @@ def build_graph(
                       else compact_ports((p.port, p.verdict) for p in ports)),
             "ports": [
                 {"port": p.port, "verdict": p.verdict, "observed": p.observed, "count": p.count,
-                 "firstSeen": _epoch(p.first_seen), "lastSeen": _epoch(p.last_seen),
+                 "firstSeen": epoch(p.first_seen), "lastSeen": epoch(p.last_seen),
                  "ruleId": p.rule_id or None}
                 for p in ports
             ],
             "rules": ([rule_json(r)["id"] for r in edge.rules.values()] if len(edge.rules) < 2
                       else sorted(rule_json(r)["id"] for r in edge.rules.values())),
             "count": count,
-            "firstSeen": _epoch(first),
-            "lastSeen": _epoch(last),
+            "firstSeen": epoch(first),
+            "lastSeen": epoch(last),
         })
-        used.update((source, target))
 
     # Filters on nodes: namespace, host, text. An edge stays when both its ends stay.
     def keep(node: _Node) -> bool:
