@@ -448,30 +448,53 @@ def build_graph(
         ports = g.edge_ports(edge)
         if not ports:
             continue
-        if query.verdict is not None and not any(p.verdict == query.verdict for p in ports):
-            continue
-        # One pass over the ports (this loop runs for every edge of a large graph).
-        observed = hole = False
-        worst = ""
-        verdicts: set[str] = set()
-        count = 0
+        # This loop runs for every edge of a large graph; most edges carry one port.
         first: datetime | None = None
         last: datetime | None = None
-        for p in ports:
-            verdicts.add(p.verdict)
-            if not worst or _WORST_ORDER[p.verdict] > _WORST_ORDER[worst]:
-                worst = p.verdict
-            if p.observed:
-                observed = True
-                count += p.count
-                if p.first_seen is not None and (first is None or p.first_seen < first):
-                    first = p.first_seen
-                if p.last_seen is not None and (last is None or p.last_seen > last):
-                    last = p.last_seen
-        hole = "observed" in verdicts
-        if len(ports) > 1:
+        count = 0
+        if len(ports) == 1:
+            p = ports[0]
+            if query.verdict is not None and p.verdict != query.verdict:
+                continue
+            worst: str = p.verdict
+            observed = p.observed
+            hole = worst == "observed"
+            if observed:
+                count, first, last = p.count, p.first_seen, p.last_seen
+            label = f"{p.port} {worst}"
+        else:
+            if query.verdict is not None and not any(p.verdict == query.verdict for p in ports):
+                continue
+            # One pass over the ports.
+            observed = False
+            worst = ""
+            verdicts: set[str] = set()
+            for p in ports:
+                verdicts.add(p.verdict)
+                if not worst or _WORST_ORDER[p.verdict] > _WORST_ORDER[worst]:
+                    worst = p.verdict
+                if p.observed:
+                    observed = True
+                    count += p.count
+                    if p.first_seen is not None and (first is None or p.first_seen < first):
+                        first = p.first_seen
+                    if p.last_seen is not None and (last is None or p.last_seen > last):
+                        last = p.last_seen
+            hole = "observed" in verdicts
             ports.sort(key=lambda p: (_port_sort_key(p.port), p.verdict))
-        effects = {r.effect.value for r in edge.rules.values()}
+            label = compact_ports((p.port, p.verdict) for p in ports)
+        rules = edge.rules
+        if not rules:
+            effect = ""
+            rule_ids: list[int] = []
+        elif len(rules) == 1:
+            rule = next(iter(rules.values()))
+            effect = rule.effect.value
+            rule_ids = [rule_json(rule)["id"]]
+        else:
+            effects = {r.effect.value for r in rules.values()}
+            effect = next(iter(effects)) if len(effects) == 1 else "mixed"
+            rule_ids = sorted(rule_json(r)["id"] for r in rules.values())
         edges_out.append({
             "id": f"{source}->{target}",
             "source": source,
@@ -480,17 +503,15 @@ def build_graph(
             "line": "solid" if observed else "dotted",
             "verdict": worst,
             "hole": hole,
-            "effect": next(iter(effects)) if len(effects) == 1 else ("mixed" if effects else ""),
-            "label": (f"{ports[0].port} {ports[0].verdict}" if len(ports) == 1
-                      else compact_ports((p.port, p.verdict) for p in ports)),
+            "effect": effect,
+            "label": label,
             "ports": [
                 {"port": p.port, "verdict": p.verdict, "observed": p.observed, "count": p.count,
                  "firstSeen": epoch(p.first_seen), "lastSeen": epoch(p.last_seen),
                  "ruleId": p.rule_id or None}
                 for p in ports
             ],
-            "rules": ([rule_json(r)["id"] for r in edge.rules.values()] if len(edge.rules) < 2
-                      else sorted(rule_json(r)["id"] for r in edge.rules.values())),
+            "rules": rule_ids,
             "count": count,
             "firstSeen": epoch(first),
             "lastSeen": epoch(last),
