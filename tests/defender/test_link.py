@@ -50,6 +50,7 @@ class FakeConsole:
         self.lose_answer_once = False  # store a batch, then drop the connection
         self.inventories: list[InventoryReport] = []
         self.refuse: set[str] = set()  # batch ids answered 413, as an oversized body
+        self.refuse_inventory = False  # answer 422 to inventory reports
 
     def set_policy(self, policy: Policy) -> None:
         with self.cond:
@@ -129,6 +130,8 @@ def handler_for(console: FakeConsole) -> type[BaseHTTPRequestHandler]:
                 return
             if self.path == "/api/v1/defender/inventory":
                 report = InventoryReport.model_validate(self._body())
+                if console.refuse_inventory:
+                    return self._send(422, {"detail": "containers[0].address: bad"})
                 with console.cond:
                     console.inventories.append(report)
                     console.hosts = [report.host]
@@ -322,6 +325,28 @@ def test_a_refused_batch_is_dropped_and_counted_not_retried_forever(
     assert fake.order == ["b0", "b2"] and spool.pending() == []
     assert spool.take_dropped() == 1  # b1's one flow, reported in the next batch
     link.close()
+
+
+def test_a_refused_inventory_does_not_hold_up_the_reports(
+    console: tuple[FakeConsole, str], tmp_path: Path
+) -> None:
+    fake, url = console
+    fake.refuse_inventory = True
+    link = make_link(url, tmp_path)
+    spool = Spool(tmp_path / "spool")
+    spool.put(batch(1))
+    runner = LinkRunner(link, spool, on_policy=lambda r, p: None,
+                        on_inventory=lambda inv: None, wait=1.0)
+    runner.set_inventory(InventoryReport(host=HostInfo(name="node-1", addresses=["x"])))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while fake.order != ["b1"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+        link.close()
+    assert fake.order == ["b1"] and fake.inventories == []
 
 
 def test_runner_is_not_connected_before_any_call_succeeded(tmp_path: Path) -> None:

@@ -50,8 +50,8 @@ class AuthError(LinkError):
 
 
 class BatchRefused(LinkError):
-    """The Console refused a report batch itself (400, 413, 422): sending it again
-    cannot succeed, so it must not hold up the batches spooled after it."""
+    """The Console refused a report batch or an inventory itself (400, 413, 422):
+    sending it again cannot succeed, so it must not hold up what comes after it."""
 
 
 # Answers to a report batch that no retry can change.
@@ -192,6 +192,9 @@ class ConsoleLink:
         resp = self._request("POST", "/api/v1/defender/inventory",
                              content=report.model_dump_json(),
                              headers={"Content-Type": "application/json"})
+        if resp.status_code in _REFUSED:
+            raise BatchRefused(f"POST inventory: the console refused it "
+                               f"({resp.status_code}): {resp.text[:300]}")
         if resp.status_code not in (200, 204):
             raise LinkError(f"POST inventory: unexpected answer {resp.status_code}")
 
@@ -373,7 +376,10 @@ class LinkRunner:
                 current = self._inventory
                 called = False
                 if current is not None and current != self._inventory_sent:
-                    self.link.push_inventory(current)
+                    try:
+                        self.link.push_inventory(current)
+                    except BatchRefused as exc:  # not again until it changes
+                        log.error("inventory refused by the console", error=str(exc))
                     self._inventory_sent = current
                     called = True
                 called = self.link.deliver(self.spool) > 0 or called
