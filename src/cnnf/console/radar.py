@@ -381,10 +381,13 @@ class _Graph:
 def _group_of(node: _Node, group: Group) -> str:
     if node.kind != "image" or group == "none":
         return ""
-    values = Counter(c.namespace if group == "namespace" else c.host for c in node.containers)
-    if not values:
+    names = [c.namespace for c in node.containers] if group == "namespace" else [
+        c.host for c in node.containers]
+    if not names:
         return ""
-    best = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    best = names[0]
+    if names.count(best) != len(names):  # containers in more than one: the most, then by name
+        best = sorted(Counter(names).items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
     return best or ("(no namespace)" if group == "namespace" else "(no host)")
 
 
@@ -542,6 +545,7 @@ def build_graph(
     primary = "image" if query.view == "container" else "host"
 
     nodes_out: list[dict[str, Any]] = []
+    host_containers: Counter[str] | None = None
     groups: dict[str, dict[str, Any]] = {}
     for node_id, node in g.nodes.items():
         if node_id not in kept:
@@ -591,7 +595,9 @@ def build_graph(
         elif node.kind == "host" and node.host is not None:
             data["addresses"] = list(node.host.addresses)
             data["labels"] = dict(node.host.labels)
-            data["containers"] = sum(1 for c in containers if c.host == node.label)
+            if host_containers is None:
+                host_containers = Counter(c.host for c in containers)
+            data["containers"] = host_containers[node.label]
         nodes_out.append(data)
 
     return {
