@@ -15,6 +15,7 @@ from cnnf.defender import core
 from cnnf.defender.agent import (
     MAX_BATCH_RECORDS,
     UNIDENTIFIED,
+    UNNAMED_HOLD_SECONDS,
     Agent,
     InventoryUpdate,
     PolicyUpdate,
@@ -123,6 +124,40 @@ def test_unnamed_addresses_of_the_container_networks_are_dropped_until_named() -
     assert decide(PacketInfo(4, "10.1.0.9", "10.2.0.5", 40000, 22)).decision == Decision.REJECT
 
 
+def test_unnamed_addresses_are_held_for_a_bounded_time_then_decided() -> None:
+    node = HostIdentity(name="node-1", addresses=("10.0.0.1", "10.1.0.1"))
+    now = [100.0]
+    decide = VerdictDecide(POLICY, InventoryUpdate(node, (), (), ("10.1.0.0/24",)),
+                           clock=lambda: now[0])
+    syn = PacketInfo(4, "10.1.0.9", "10.2.0.5", 40000, 22)
+    assert decide(syn).decision == Decision.DROP
+    now[0] += UNNAMED_HOLD_SECONDS  # retransmissions inside the hold: still held
+    assert decide(syn).decision == Decision.DROP
+    now[0] += 0.5  # never named: decided as an unknown address (default effect)
+    out = decide(syn)
+    assert out.decision == Decision.ACCEPT and out.detail != UNIDENTIFIED
+    other = PacketInfo(4, "10.1.0.10", "10.2.0.5", 40000, 22)
+    assert decide(other).decision == Decision.DROP  # each address has its own hold
+
+
+@pytest.mark.parametrize(
+    ("discovery_ok", "fail_closed", "held"),
+    [(True, False, True), (False, False, False), (False, True, True), (True, True, True)],
+)
+def test_unnamed_addresses_are_held_only_while_discovery_works_or_fail_closed(
+    tmp_path: Path, discovery_ok: bool, fail_closed: bool, held: bool
+) -> None:
+    """With the engine unreachable and fail-open, a Defender must not drop every
+    new connection of the container networks: they are decided as unknown."""
+    a = agent(tmp_path, fail_closed=fail_closed)
+    a.node = HostIdentity(name="node-1", addresses=("10.0.0.1", "10.1.0.1"))
+    a.container_nets = ("10.1.0.0/24",)
+    a.discovery_ok = discovery_ok
+    decide = VerdictDecide(POLICY, a._inventory_update())
+    out = decide(PacketInfo(4, "10.1.0.9", "10.2.0.5", 40000, 22))
+    assert (out.detail == UNIDENTIFIED) is held
+
+
 def test_remote_identities_skip_this_host_and_map_every_address() -> None:
     inv = ClusterInventory(
         revision=4,
@@ -143,11 +178,12 @@ def test_remote_identities_skip_this_host_and_map_every_address() -> None:
     assert _remote_identities(None, "node-1") == ()
 
 
-def agent(tmp_path: Path) -> Agent:
+def agent(tmp_path: Path, fail_closed: bool = False) -> Agent:
     pol = tmp_path / "policy.yaml"
     pol.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {}\n")
     return Agent(DefenderConfig(policy_file=pol, state_dir=tmp_path / "state",
-                                hostname="node-1", docker_host="unix:///nonexistent"))
+                                hostname="node-1", docker_host="unix:///nonexistent",
+                                fail_closed=fail_closed))
 
 
 def discovered(ident: ContainerIdentity, addr: str, host_network: bool = False) -> (

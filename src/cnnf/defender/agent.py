@@ -102,6 +102,11 @@ class InventoryUpdate:
 
 
 UNIDENTIFIED = "unidentified"
+# How long SYNs of a container address discovery has not named are held back
+# (dropped; TCP retransmits them) before they are decided as an unknown address.
+# Long enough for the runtime's start event (about 0.2 s with Podman), short
+# enough that an address discovery never names is not cut off for good.
+UNNAMED_HOLD_SECONDS = 3.0
 MAX_EXPANDED_PREFIX = 16  # container networks larger than a /16 are not pre-queued
 # Records per report batch: a port scan yields thousands of distinct flows in one
 # flush, and one batch must stay well below the Console's body limit (4 MiB).
@@ -142,11 +147,18 @@ class VerdictDecide:
     latest (compiled policy, inventory) snapshot. The detail of each outcome is
     the verdict (:func:`verdict_detail`), recorded by the main process."""
 
-    def __init__(self, policy: Policy, inventory: InventoryUpdate) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        inventory: InventoryUpdate,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.compiled = compile_policy(policy)
         self.inventory = inventory.inventory()
         self.pending = inventory.pending()
         self.decider = core.Decider(self.compiled, self.inventory)
+        self.clock = clock
+        self._held_since: dict[str, float] = {}  # unnamed address -> first SYN held
 
     def update(self, message: object) -> None:
         if isinstance(message, PolicyUpdate):
@@ -154,6 +166,7 @@ class VerdictDecide:
         elif isinstance(message, InventoryUpdate):
             self.inventory = message.inventory()
             self.pending = message.pending()
+            self._held_since.clear()
         else:
             return
         self.decider = core.Decider(self.compiled, self.inventory)
@@ -162,8 +175,10 @@ class VerdictDecide:
         pending = self.pending
         if pending:
             known = self.inventory.containers
-            if (packet.src in pending and packet.src not in known) or (
-                    packet.dst in pending and packet.dst not in known):
+            unnamed = (packet.src if packet.src in pending and packet.src not in known
+                       else packet.dst if packet.dst in pending and packet.dst not in known
+                       else None)
+            if unnamed is not None and self._hold(unnamed):
                 # A container discovery has not named yet (it started a moment
                 # ago): drop this SYN; TCP retransmits it in about a second and
                 # the retransmission is decided with the container's identity.
@@ -176,6 +191,15 @@ class VerdictDecide:
         else:
             decision = Decision.DROP
         return Outcome(decision, verdict_detail(d.verdict))
+
+    def _hold(self, address: str) -> bool:
+        """Hold an unnamed address's SYNs for :data:`UNNAMED_HOLD_SECONDS`, then
+        let them be decided as an unknown address."""
+        now = self.clock()
+        if len(self._held_since) > 10_000:
+            self._held_since.clear()
+        first = self._held_since.setdefault(address, now)
+        return now - first <= UNNAMED_HOLD_SECONDS
 
 
 # ---------------------------------------------------------------- helpers
@@ -273,6 +297,10 @@ class Agent:
         self.observed: queue.SimpleQueue[ObservedConnection] = queue.SimpleQueue()
         self.gaps_ms: deque[float] = deque(maxlen=1000)
         self.container_nets: tuple[str, ...] = ()
+        # Unnamed container addresses are held back only while discovery works,
+        # or always with --fail-closed: with the engine down and fail-open, new
+        # connections are decided as unknown addresses instead of all dropped.
+        self.discovery_ok = False
         self.unidentified = 0
         self._unidentified_seen: set[str] = set()
         self._unusable_logged: set[str] = set()
@@ -370,7 +398,7 @@ class Agent:
             self.node,
             tuple((a, c.identity) for a, c in sorted(self.local.items())),
             _remote_identities(self.cluster, self.config.hostname),
-            self.container_nets,
+            self.container_nets if self.discovery_ok or self.config.fail_closed else (),
         )
 
     def _broadcast(self, message: object) -> None:
@@ -446,11 +474,21 @@ class Agent:
             self.observer = None
             log.info("enforcement enabled: conntrack observation stopped")
 
+    def _on_discovery_error(self, exc: Exception) -> None:
+        with self._lock:
+            if self.discovery_ok:
+                self.discovery_ok = False
+                self._publish_inventory()
+
     def _on_snapshot(self, found: list[DiscoveredContainer]) -> None:
         local = {a: c for c in found if not c.host_network for a in c.addresses}
         with self._lock:
+            recovered = not self.discovery_ok
+            self.discovery_ok = True
             if {a: c.identity for a, c in local.items()} == {
                     a: c.identity for a, c in self.local.items()}:
+                if recovered:
+                    self._publish_inventory()
                 return
             added = set(local) - set(self.local)
             removed = set(self.local) - set(local)
@@ -572,6 +610,7 @@ class Agent:
         self._load_cluster_file()
         try:
             found = self.discovery.snapshot()
+            self.discovery_ok = True
         except Exception as exc:  # the engine may come later; watch() retries
             log.warning("docker engine unreachable at start", docker_host=self.discovery.base_url,
                         error=str(exc))
@@ -601,7 +640,8 @@ class Agent:
                  container_enabled=self.policy.container_enabled,
                  host_enabled=self.policy.host_enabled)
         t = threading.Thread(target=self.discovery.watch, name="cnnf-discovery", daemon=True,
-                             args=(self._on_snapshot, self._on_start, self.stop_event))
+                             args=(self._on_snapshot, self._on_start, self.stop_event),
+                             kwargs={"on_error": self._on_discovery_error})
         t.start()
         self._threads.append(t)
         self._start_link()

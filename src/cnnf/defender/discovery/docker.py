@@ -87,10 +87,12 @@ class DockerDiscovery:
         on_start: Callable[[DiscoveredContainer], None],
         stop: threading.Event,
         max_backoff: float = 10.0,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
         """Follow events until ``stop`` is set. ``on_start`` is called as soon as a
         container starts (so its address is protected before it connects);
-        ``on_snapshot`` with the full list after every resync."""
+        ``on_snapshot`` with the full list after every resync; ``on_error`` when
+        the engine cannot be reached (the last inventory is kept)."""
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -120,6 +122,8 @@ class DockerDiscovery:
                     break
                 log.warning("docker engine unreachable; keeping the last inventory",
                             docker_host=self.base_url, error=str(exc), retry_in=backoff)
+                if on_error is not None:
+                    on_error(exc)
                 self.close()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, max_backoff)
