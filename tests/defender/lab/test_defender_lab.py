@@ -475,20 +475,31 @@ def test_container_started_later_is_protected_from_its_first_connection(
                                              (c.d1.status() or {}).get("protected", [])})
 
 
-def test_without_discovery_container_addresses_are_dropped_not_let_through(
-    cluster: Cluster, tmp_path: Path
+@pytest.mark.parametrize("fail_closed", [True, False], ids=["fail-closed", "fail-open"])
+def test_without_discovery_container_addresses_are_never_let_through_unevaluated(
+    cluster: Cluster, tmp_path: Path, fail_closed: bool
 ) -> None:
+    """The engine is unreachable, so nobody on the container networks is named.
+    Fail-closed holds their SYNs back; fail-open decides them as unknown
+    addresses (here the default, prevent: refused at once, with an audit)."""
     c = cluster
     c.d1.stop()
     blind = Defender(c.lab, "node-1", tmp_path, c.policy_file, c.cluster_file,
                      docker_host=f"unix://{tmp_path}/no-engine.sock")
-    blind.start()
+    blind.start(*(["--fail-closed"] if fail_closed else []))
     try:
         assert (blind.status() or {}).get("container_networks")
         result = c.connect("frontend", "api", 8080, timeout=1.5)
-        assert result.outcome == "timeout", result  # nobody named: dropped, never waved through
         log = blind.log.read_text()
-        assert "docker engine unreachable" in log and "not discovered yet" in log
+        assert "docker engine unreachable" in log
+        if fail_closed:
+            assert result.outcome == "timeout", result  # held, never waved through
+            assert "not discovered yet" in log
+        else:
+            assert result.outcome == "refused", result  # evaluated: default prevent
+            assert poll(lambda: any(
+                r["src"]["kind"] == "address" and r["port"] == 8080 and r["blocked"]
+                for r in blind.records("audit")), 10), blind.records("audit")
     finally:
         blind.stop()
     c.d1.start()
