@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 # Labels are a sorted tuple of (key, value) pairs so identities stay hashable
 # (the engine caches verdicts keyed by identity).
@@ -50,6 +51,21 @@ class ContainerIdentity:
     host: str = ""
     id: str = ""
     pod: str = ""
+    # Identities are long-lived (the inventory holds them) and hashed for every
+    # cached verdict lookup: hash once. Not pickled: string hashes differ
+    # between processes, so __reduce__ rebuilds from the fields.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.image, self.name, self.labels,
+                                                self.namespace, self.cluster, self.host,
+                                                self.id, self.pod)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _rebuild, (type(self), _init_values(self))
 
     @property
     def image_name(self) -> str:
@@ -74,3 +90,22 @@ class HostIdentity:
     labels: Labels = ()
     addresses: tuple[str, ...] = ()
     cluster: str = ""
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash",
+                           hash((self.name, self.labels, self.addresses, self.cluster)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _rebuild, (type(self), _init_values(self))
+
+
+def _init_values(obj: Any) -> tuple[Any, ...]:
+    return tuple(getattr(obj, f.name) for f in fields(obj) if f.init)
+
+
+def _rebuild(cls: Any, values: tuple[Any, ...]) -> Any:
+    return cls(*values)
