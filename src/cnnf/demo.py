@@ -128,6 +128,14 @@ def _port_free(host: str, port: int) -> bool:
 # ---- processes of earlier runs ------------------------------------------------
 
 
+def datapaths_up(defenders_dir: Path, hosts: list[str]) -> bool:
+    """Whether every named Defender has its datapath up. The Console counts a
+    Defender connected as soon as it fetches its policy, which is before its
+    netfilter rules are in place; the Defender writes ``status.json`` in its
+    state directory only after that (and removes it when it stops)."""
+    return all((defenders_dir / h / "status.json").is_file() for h in hosts)
+
+
 def _state_file(data_dir: Path) -> Path:
     return data_dir / "demo.json"
 
@@ -377,7 +385,10 @@ class Demo:
                       f"log {self._log('defender-' + h.name)})")
         hosts = sorted(self.started.defenders)
         self._wait(f"the Defenders of {', '.join(hosts)} to connect",
-                   lambda: self._connected() >= set(hosts),
+                   # Traffic before the datapaths are up would let the first
+                   # lateral attempts through, unevaluated and unaudited.
+                   lambda: (self._connected() >= set(hosts)
+                            and datapaths_up(self.data_dir / "defenders", hosts)),
                    [*((f"defender-{n}", p) for n, p in self.started.defenders.items()),
                     ("console", self.started.console)])
         self.step(f"Defenders connected: {', '.join(hosts)}")

@@ -4,9 +4,18 @@ prevented (the lateral moves), or no rule at all (the grey holes)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from cnnf.demo import EXTRA_LATERAL, DemoConfig, DemoError, default_policy, parse_listen
+from cnnf.demo import (
+    EXTRA_LATERAL,
+    DemoConfig,
+    DemoError,
+    datapaths_up,
+    default_policy,
+    parse_listen,
+)
 from cnnf.lab.topology import load_topology
 from cnnf.model import ConnectionAttempt, ContainerIdentity, Effect, Endpoint
 from cnnf.policy.document import load_policy
@@ -85,3 +94,18 @@ def test_parse_listen_refuses(listen: str) -> None:
 ])
 def test_console_url_for_the_defenders(listen: str, url: str) -> None:
     assert DemoConfig(listen=listen).url == url
+
+
+def test_datapaths_up_needs_every_defenders_status_file(tmp_path: Path) -> None:
+    # The Console counts a Defender connected before its datapath is up; the demo
+    # starts traffic only once every Defender has written its status file.
+    hosts = ["node-1", "node-2"]
+    assert not datapaths_up(tmp_path, hosts)
+    (tmp_path / "node-1").mkdir()
+    (tmp_path / "node-1" / "status.json").write_text("{}")
+    assert not datapaths_up(tmp_path, hosts)
+    (tmp_path / "node-2" / "status.json").mkdir(parents=True)  # not a file
+    assert not datapaths_up(tmp_path, hosts)
+    (tmp_path / "node-2" / "status.json").rmdir()
+    (tmp_path / "node-2" / "status.json").write_text("{}")
+    assert datapaths_up(tmp_path, hosts)
