@@ -312,12 +312,9 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(policies(max_rules=6), st.data())
-def test_mutated_valid_documents_never_crash(policy: Policy, data: st.DataObject) -> None:
-    doc = json.loads(dump_policy(policy))
-    paths = [p for p in _paths(doc) if p]
-    path = data.draw(st.sampled_from(paths))
+def mutate(doc: Any, data: st.DataObject) -> None:
+    """Delete or replace (with random JSON) one drawn place of ``doc``, in place."""
+    path = data.draw(st.sampled_from([p for p in _paths(doc) if p]))
     node = doc
     for part in path[:-1]:
         node = node[part]
@@ -325,6 +322,13 @@ def test_mutated_valid_documents_never_crash(policy: Policy, data: st.DataObject
         del node[path[-1]]
     else:
         node[path[-1]] = data.draw(JSONISH)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policies(max_rules=6), st.data())
+def test_mutated_valid_documents_never_crash(policy: Policy, data: st.DataObject) -> None:
+    doc = json.loads(dump_policy(policy))
+    mutate(doc, data)
     _accepted_or_rejected(doc)
 
 

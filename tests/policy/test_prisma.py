@@ -26,7 +26,7 @@ from cnnf.model import (
 from cnnf.policy.document import load_policy
 from cnnf.policy.prisma import from_prisma, to_prisma
 from tests.policy.strategies import policies
-from tests.policy.test_document import JSONISH
+from tests.policy.test_document import mutate
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT = json.loads((ROOT / "examples" / "prisma-export.json").read_text())
@@ -291,29 +291,11 @@ def test_native_to_original_to_native_keeps_every_rule(policy: Policy) -> None:
     assert back.result == _expressible(policy)
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out.extend(_paths(v, (*prefix, k)))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out.extend(_paths(v, (*prefix, i)))
-    return out
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_mutated_exports_never_crash(data: st.DataObject) -> None:
     doc = copy.deepcopy(EXPORT)
-    path = data.draw(st.sampled_from([p for p in _paths(doc) if p]))
-    node = doc
-    for part in path[:-1]:
-        node = node[part]
-    if data.draw(st.booleans()) and isinstance(node, dict):
-        del node[path[-1]]
-    else:
-        node[path[-1]] = data.draw(JSONISH)
+    mutate(doc, data)
     try:
         from_prisma(doc)
     except PolicyValidationError as exc:

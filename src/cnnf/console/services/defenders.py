@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cnnf.console.security import token_hash
+from cnnf.console.services import commit
 from cnnf.console.services.errors import InvalidInput, NotFound, Unauthorized
 from cnnf.console.services.policy import Now, utcnow
 from cnnf.console.services.records import AuditRecord, AuditService, FlowService
@@ -248,11 +249,7 @@ class DefenderService:
         self.now = now
 
     def _commit(self) -> None:
-        try:
-            self.session.commit()
-        except BaseException:
-            self.session.rollback()
-            raise
+        commit(self.session)
 
     # --- enrollment ---------------------------------------------------------------
 

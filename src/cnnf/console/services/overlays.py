@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cnnf.console.radar import Overlay
+from cnnf.console.services import commit
 from cnnf.console.services.errors import InvalidInput, NotFound
 from cnnf.console.store.models import OverlayRow
 from cnnf.errors import FieldError
@@ -132,11 +133,7 @@ class OverlayService:
         row.source = artifact[:300]
         row.updated = self.now()
         row.top = [f.model_dump(mode="json") for f in top]
-        try:
-            self.session.commit()
-        except BaseException:
-            self.session.rollback()
-            raise
+        commit(self.session)
         return _info(row)
 
     def list(self) -> list[OverlayInfo]:

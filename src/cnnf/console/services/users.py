@@ -20,6 +20,7 @@ from cnnf.console.security import (
     token_hash,
     verify_password,
 )
+from cnnf.console.services import commit
 from cnnf.console.services.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from cnnf.console.services.policy import Now, utcnow
 from cnnf.console.store.models import TokenRow, UserRow
@@ -99,11 +100,7 @@ class UserService:
         self.now = now
 
     def _commit(self) -> None:
-        try:
-            self.session.commit()
-        except BaseException:
-            self.session.rollback()
-            raise
+        commit(self.session)
 
     def _row(self, name: str) -> UserRow:
         row = self.session.scalar(select(UserRow).where(UserRow.name == name))
