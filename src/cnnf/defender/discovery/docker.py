@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import docker
 import structlog
@@ -94,6 +95,8 @@ class DockerDiscovery:
         ``on_snapshot`` with the full list after every resync; ``on_error`` when
         the engine cannot be reached (the last inventory is kept)."""
         backoff = 0.5
+        stream: list[Any] = []  # the current event stream, closed by one thread at stop
+        threading.Thread(target=self._close_on_stop, args=(stop, stream), daemon=True).start()
         while not stop.is_set():
             try:
                 client = self._connect()
@@ -102,9 +105,9 @@ class DockerDiscovery:
                 backoff = 0.5
                 events = client.api.events(decode=True, since=since,
                                            filters={"type": "container"})
-                closer = threading.Thread(target=self._close_on_stop, args=(stop, events),
-                                          daemon=True)
-                closer.start()
+                stream[:] = [events]
+                if stop.is_set():  # stop came between the check and the stream
+                    break
                 for ev in events:
                     if stop.is_set():
                         break
@@ -129,8 +132,9 @@ class DockerDiscovery:
                 backoff = min(backoff * 2, max_backoff)
 
     @staticmethod
-    def _close_on_stop(stop: threading.Event, events: object) -> None:
+    def _close_on_stop(stop: threading.Event, stream: list[Any]) -> None:
         stop.wait()
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
+        for events in list(stream):
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
