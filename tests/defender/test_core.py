@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cnnf.defender.core import Action, Decider, Recorder
-from cnnf.defender.discovery.identity import container_from_inspect, normalise_image
+from cnnf.defender.discovery.identity import container_from_inspect
 from cnnf.defender.inventory import Inventory
 from cnnf.model import (
     BlockMode,
@@ -137,16 +137,3 @@ def test_identity_from_podman_inspect_with_kubernetes_labels() -> None:
     assert ident.label("app") == "api" and ident.host == "node-1" and ident.cluster == "c1"
     assert found.addresses == ("10.1.0.9",) and found.running and found.pid == 4242
     assert not found.host_network
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("docker.io/shop/api:2.1", "shop/api:2.1"),
-        ("docker.io/library/redis:7", "redis:7"),
-        ("localhost/shop/db:13", "shop/db:13"),
-        ("registry.example:5000/team/app:1", "registry.example:5000/team/app:1"),
-    ],
-)
-def test_engine_image_prefixes_are_removed(raw: str, expected: str) -> None:
-    assert normalise_image(raw) == expected

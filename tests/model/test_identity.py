@@ -3,8 +3,9 @@ import pickle
 
 import pytest
 
-from cnnf.model import ContainerIdentity, HostIdentity, make_labels
+from cnnf.model import ContainerIdentity, HostIdentity, make_labels, normalise_image
 from cnnf.model.identity import split_image
+from cnnf.model.records import ClusterInventory, WorkloadInfo
 
 API = ContainerIdentity(image="shop/api:2.1", name="api-1", labels=make_labels({"app": "api"}),
                         namespace="shop-web", host="node-1")
@@ -33,3 +34,42 @@ def test_a_changed_identity_hashes_differently_and_is_not_equal() -> None:
 )
 def test_split_image(image: str, name: str, tag: str) -> None:
     assert split_image(image) == (name, tag)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("docker.io/shop/db:13", "shop/db:13"),
+        ("docker.io/shop/api:2.1", "shop/api:2.1"),
+        ("docker.io/library/redis:7", "redis:7"),
+        ("docker.io/library/redis", "redis"),
+        ("localhost/shop/api:2.1", "shop/api:2.1"),
+        ("localhost/shop/db:13", "shop/db:13"),
+        ("docker.io/shop/db@sha256:ab", "shop/db@sha256:ab"),
+        ("quay.io/x/y:1", "quay.io/x/y:1"),
+        ("registry.example:5000/team/app:1", "registry.example:5000/team/app:1"),
+        ("localhost:5000/shop/db:13", "localhost:5000/shop/db:13"),  # a registry, not implicit
+        ("index.docker.io/shop/db:13", "index.docker.io/shop/db:13"),
+        ("shop/db", "shop/db"),
+        ("shop/db:13", "shop/db:13"),
+        ("redis", "redis"),
+        ("docker.io/", "docker.io/"),  # nothing after the prefix: left alone
+        ("docker.io/localhost/x:1", "x:1"),  # every prefix goes: normalising is idempotent
+        ("", ""),
+    ],
+)
+def test_normalise_image(raw: str, expected: str) -> None:
+    assert normalise_image(raw) == expected
+    assert normalise_image(expected) == expected
+
+
+def test_workload_records_carry_normalised_images() -> None:
+    """Inventory reports and cluster inventories (from a Defender, the Console or
+    a --cluster-inventory file) name images as discovery does."""
+    w = WorkloadInfo.model_validate({"address": "10.2.0.5", "image": "docker.io/shop/db:13"})
+    assert w.image == "shop/db:13"
+    inv = ClusterInventory.model_validate_json(
+        '{"revision": 1, "containers": [{"address": "10.2.0.6",'
+        ' "image": "localhost/shop/api:2.1"}]}')
+    assert inv.containers[0].image == "shop/api:2.1"
+    assert WorkloadInfo(address="10.2.0.7", image="docker.io/library/redis:7").image == "redis:7"

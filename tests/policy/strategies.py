@@ -76,6 +76,12 @@ IMAGE_PATTERNS = (
     "reg:5000/*",
     "team/*/y",
     "team/x/y:1.0",
+    # Normalised as identities are (docker.io/shop/api is shop/api), or kept.
+    "docker.io/shop/api",
+    "docker.io/shop/*",
+    "docker.io/library/db:latest",
+    "localhost/team/*/y",
+    "docker.io/*",
 )
 NAMESPACES = ("prod", "dev", "kube-system", "")
 NAMESPACE_PATTERNS = ("prod", "dev", "pr*", "*", "kube-*")

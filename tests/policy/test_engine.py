@@ -229,6 +229,32 @@ def test_evaluate(  # noqa: PLR0917
     assert NaiveEvaluator(pol).evaluate(attempt) == verdict
 
 
+@pytest.mark.parametrize(
+    ("pattern", "matched"),
+    [
+        ("docker.io/shop/db", True),  # exact: the index's image bucket
+        ("docker.io/shop/db:15", True),
+        ("docker.io/shop/*", True),  # a glob with a literal first segment: its bucket
+        ("localhost/shop/d?", True),
+        ("docker.io/*", False),  # kept as written, matches nothing normalised
+    ],
+)
+def test_image_selectors_are_normalised_at_compile_time(pattern: str, matched: bool) -> None:
+    """A rule written with the engine's prefix (``docker.io/shop/db``) matches the
+    identity discovery reports (``shop/db:15``), in the index and the naive scan."""
+    pol = Policy.model_validate({
+        "objects": [{"kind": "container", "name": "db-x", "selector": {"images": [pattern]}},
+                    *OBJECTS],
+        "containerRules": [{"id": 1, "name": "web-to-db", "src": "web", "dst": "db-x",
+                            "effect": "prevent"}],
+        "revision": 7,
+    })
+    attempt = ConnectionAttempt(WEB, DB, 5432)
+    verdict = compile_policy(pol).evaluate(attempt)
+    assert verdict.matched is matched and verdict.rule_id == (1 if matched else None)
+    assert NaiveEvaluator(pol).evaluate(attempt) == verdict
+
+
 @pytest.mark.parametrize("default", ["allow", "alert", "prevent"])
 def test_default_effect_when_nothing_matches(default: str) -> None:
     compiled = compile_policy(policy([{"src": "web", "dst": "api", "ports": [80]}], default=default))

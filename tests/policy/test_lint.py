@@ -78,6 +78,11 @@ SHADOW = ("shadowed-rule", "warning", "containerRules[1]")
          [r(1, "l1", "db"), r(2, "l2", "db")], [SHADOW]),
         ([c("l1", labels=["app=api"]), c("l2", labels=["app=a*"]), DB],
          [r(1, "l1", "db"), r(2, "l2", "db")], []),
+        # image selectors are compared as the engine matches them: normalised
+        ([c("hub", images=["docker.io/shop/db"]), API, DB],
+         [r(1, "api", "db"), r(2, "api", "hub")], [SHADOW]),
+        ([c("hub", images=["docker.io/shop/*"]), API, DB],
+         [r(1, "hub", "db"), r(2, "api", "db")], [SHADOW]),
         # two globs: coverage is not certain, so nothing is said
         ([c("g1", images=["shop/*"]), c("g2", images=["shop/a*"]), DB],
          [r(1, "g1", "db"), r(2, "g2", "db")], []),

@@ -26,8 +26,10 @@ from cnnf.policy.match import (
     compile_globs,
     describe_endpoint,
     domain_matches,
+    image_patterns,
     image_refs,
     normalise_domain,
+    normalise_image_pattern,
 )
 
 
@@ -86,11 +88,61 @@ def test_image_refs(image: str, refs: tuple[str, str]) -> None:
         (["Shop/api"], "shop/api:1", False),
         (["shop/api"], "shop/api@sha256:ab", True),
         (["shop/web", "shop/api"], "shop/api:1", True),
+        # Patterns are normalised as identities are: the engine's prefixes go.
+        (["docker.io/shop/db"], "shop/db:13", True),
+        (["docker.io/shop/db:13"], "shop/db:13", True),
+        (["docker.io/shop/db:14"], "shop/db:13", False),
+        (["docker.io/library/redis:7"], "redis:7", True),
+        (["localhost/shop/api"], "shop/api:2.1", True),
+        (["docker.io/shop/*"], "shop/db:13", True),
+        (["docker.io/shop/*"], "other/db:13", False),
+        (["docker.io/*"], "quay.io/x/y:1", False),  # not broadened to "*"
+        (["docker.io/*"], "shop/db:13", False),
+        (["quay.io/x/y"], "quay.io/x/y:1", True),
     ],
 )
 def test_image_globs(patterns: list[str], image: str, expected: bool) -> None:
     match = ContainerMatch(ContainerSelector(images=tuple(patterns)))
     assert match(ContainerIdentity(image=image)) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("docker.io/shop/db", "shop/db"),
+        ("docker.io/shop/db:13", "shop/db:13"),
+        ("docker.io/library/redis:7", "redis:7"),
+        ("docker.io/library/redis", "redis"),
+        ("localhost/shop/api:2.1", "shop/api:2.1"),
+        ("docker.io/shop/*", "shop/*"),  # a literal first segment: no other registry
+        ("docker.io/shop/api:2.*", "shop/api:2.*"),
+        ("localhost/team/*/y", "team/*/y"),
+        # A glob right after the prefix would reach every registry: kept as written.
+        ("docker.io/*", "docker.io/*"),
+        ("docker.io/sh*/db", "docker.io/sh*/db"),
+        ("docker.io/library/re*", "docker.io/library/re*"),
+        ("localhost/*", "localhost/*"),
+        ("quay.io/x/y:1", "quay.io/x/y:1"),
+        ("shop/db", "shop/db"),
+        ("*", "*"),
+        ("docker.io/", "docker.io/"),
+        ("reg:5000/docker.io/x", "reg:5000/docker.io/x"),
+    ],
+)
+def test_image_patterns_are_normalised_as_identities_are(pattern: str, expected: str) -> None:
+    assert normalise_image_pattern(pattern) == expected
+    assert normalise_image_pattern(expected) == expected
+
+
+def test_image_patterns_drop_duplicates_after_normalising() -> None:
+    assert image_patterns(("docker.io/shop/db", "shop/db", "redis")) == ("shop/db", "redis")
+
+
+def test_a_mismatch_names_the_patterns_as_written() -> None:
+    match = ContainerMatch(ContainerSelector(images=("docker.io/shop/db",), namespaces=("x",)))
+    assert match.mismatch(ContainerIdentity(image="shop/db:13", namespace="y")) == "namespaces x"
+    assert match.mismatch(ContainerIdentity(image="shop/web:1", namespace="x")) == (
+        "images docker.io/shop/db")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,13 @@ verdicts) are small frozen dataclasses.
 """
 
 from cnnf.model.attempt import ConnectionAttempt, Endpoint, Verdict
-from cnnf.model.identity import ContainerIdentity, HostIdentity, Labels, make_labels
+from cnnf.model.identity import (
+    ContainerIdentity,
+    HostIdentity,
+    Labels,
+    make_labels,
+    normalise_image,
+)
 from cnnf.model.objects import (
     ContainerObject,
     ContainerSelector,
@@ -43,4 +49,5 @@ __all__ = [
     "SubnetObject",
     "Verdict",
     "make_labels",
+    "normalise_image",
 ]

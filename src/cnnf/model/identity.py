@@ -39,6 +39,33 @@ def split_image(image: str) -> tuple[str, str]:
     return image, "latest"
 
 
+# Prefixes engines add to short names: "shop/api" is stored as
+# "docker.io/shop/api" (Docker, Podman) or "localhost/shop/api" (podman import),
+# and "redis" as "docker.io/library/redis". Longest first.
+IMPLICIT_IMAGE_PREFIXES = ("docker.io/library/", "docker.io/", "localhost/")
+
+
+def implicit_image_prefix(image: str) -> str:
+    """The implicit prefix ``image`` starts with ("" if none, or if nothing follows it)."""
+    for prefix in IMPLICIT_IMAGE_PREFIXES:
+        if image.startswith(prefix) and len(image) > len(prefix):
+            return prefix
+    return ""
+
+
+def normalise_image(image: str) -> str:
+    """The image name as users write it in rules, without implicit prefixes.
+
+    Every container identity that enters CNNF (discovery, inventory reports,
+    cluster inventories) goes through this, so ``docker.io/shop/db:13`` and
+    ``shop/db:13`` are one identity. Idempotent: prefixes are removed until
+    none is left, so normalising twice (discovery, then the inventory record)
+    gives the same name as once."""
+    while prefix := implicit_image_prefix(image):
+        image = image[len(prefix):]
+    return image
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerIdentity:
     """A running container as a Defender sees it."""

@@ -62,6 +62,7 @@ from cnnf.policy.match import (
     HostMatch,
     ObjectMatch,
     describe_endpoint,
+    image_patterns,
     image_refs,
     is_glob,
     normalise_domain,
@@ -225,6 +226,8 @@ class _ContainerIndex:
     def _add(self, selector: ContainerSelector, mask: int) -> None:
         for field, attr in _C_FIELDS:
             patterns: tuple[str, ...] = getattr(selector, field)
+            if field == "images":
+                patterns = image_patterns(patterns)  # as ContainerMatch matches them
             if not patterns:
                 continue
             if field == "labels":
@@ -243,7 +246,7 @@ class _ContainerIndex:
                 bucket[p].append((check, mask))
             return
         if selector.images:
-            keys = {_first_segment_key(p) for p in selector.images}
+            keys = {_first_segment_key(p) for p in image_patterns(selector.images)}
             if None not in keys:
                 check = ContainerMatch(selector)
                 for key in keys:

@@ -37,6 +37,7 @@ from cnnf.model.identity import split_image
 from cnnf.model.objects import NetworkObject, is_glob
 from cnnf.policy.check import RULE_LISTS, rules_of
 from cnnf.policy.engine import merge_ranges
+from cnnf.policy.match import image_patterns
 
 
 class Severity(StrEnum):
@@ -93,8 +94,14 @@ def selector_covers(
         return False
     fields = ("images", "namespaces", "containers", "hosts", "clusters") if isinstance(
         a, ContainerSelector) else ("hosts",)
-    return all(_field_covers(getattr(a, f), getattr(b, f)) for f in fields) and _field_covers(
+    return all(_field_covers(_patterns(a, f), _patterns(b, f)) for f in fields) and _field_covers(
         a.labels, b.labels, label=True)
+
+
+def _patterns(selector: ContainerSelector | HostSelector, field: str) -> tuple[str, ...]:
+    """A selector field's patterns as the engine matches them."""
+    patterns: tuple[str, ...] = getattr(selector, field)
+    return image_patterns(patterns) if field == "images" else patterns
 
 
 def _domain_covers(a: str, b: str) -> bool:
@@ -154,8 +161,8 @@ def objects_disjoint(a: NetworkObject, b: NetworkObject) -> bool:
     else:
         return False
     for f in fields:
-        na = _literal_names(f, getattr(a.selector, f))
-        nb = _literal_names(f, getattr(b.selector, f))
+        na = _literal_names(f, _patterns(a.selector, f))
+        nb = _literal_names(f, _patterns(b.selector, f))
         if na is not None and nb is not None and not na & nb:
             return True
     return False

@@ -6,7 +6,8 @@ verifies its index candidates with them), the naive reference evaluator,
 endpoint?":
 
 - container selectors: fields ANDed when set, patterns within a field ORed;
-  ``images`` globs match ``name:tag`` and ``name`` alone; ``labels`` are
+  ``images`` globs match ``name:tag`` and ``name`` alone, and are normalised
+  as identities are (``docker.io/shop/db`` is ``shop/db``); ``labels`` are
   ``key=value`` globs (key glob and value glob against any one label);
 - host selectors: ``hosts`` globs on the host name, ``labels`` as above;
 - subnets: the endpoint address lies in any CIDR (IPv4 and IPv6);
@@ -37,7 +38,7 @@ from cnnf.model import (
     HostSelector,
     SubnetObject,
 )
-from cnnf.model.identity import split_image
+from cnnf.model.identity import implicit_image_prefix, split_image
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -136,6 +137,31 @@ def _image_refs(image: str) -> tuple[str, str]:
     return ref, name
 
 
+def normalise_image_pattern(pattern: str) -> str:
+    """An ``images`` glob without the implicit prefixes identities lose
+    (:func:`cnnf.model.normalise_image`), so ``docker.io/shop/db`` matches the
+    container ``shop/db:13``.
+
+    A prefix stays when a glob character comes before the first ``/`` after
+    it (``docker.io/*``, ``docker.io/library/re*``): without it, the pattern
+    would also match images of other registries (``quay.io/x``), a broader
+    rule than the one written. Such a pattern matches nothing, as before."""
+    while prefix := implicit_image_prefix(pattern):
+        rest = pattern[len(prefix):]
+        glob_at = _is_glob(rest)
+        if glob_at is not None and "/" not in rest[:glob_at.start()]:
+            break
+        pattern = rest
+    return pattern
+
+
+@lru_cache(maxsize=4096)
+def image_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """A selector's ``images`` globs as they are matched: normalised
+    (:func:`normalise_image_pattern`), duplicates dropped, order kept."""
+    return tuple(dict.fromkeys(normalise_image_pattern(p) for p in patterns))
+
+
 def _describe_patterns(field: str, patterns: tuple[str, ...]) -> str:
     return f"{field} {', '.join(patterns)}"
 
@@ -152,7 +178,7 @@ class ContainerMatch:
         self.selector = selector
         checks: list[tuple[str, Callable[[ContainerIdentity], bool]]] = []
         if selector.images and skip != "images" and "*" not in selector.images:
-            images = compile_globs(selector.images)
+            images = compile_globs(image_patterns(selector.images))
             checks.append(("images", lambda c: any(images(r) for r in image_refs(c))))
         if selector.labels and skip != "labels":
             labels = LabelMatch(selector.labels)

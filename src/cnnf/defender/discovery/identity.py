@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cnnf.model import ContainerIdentity, make_labels
+from cnnf.model import ContainerIdentity, make_labels, normalise_image
 from cnnf.model.identity import K8S_CONTAINER_LABEL, K8S_NAMESPACE_LABEL, K8S_POD_LABEL
 
 
@@ -46,19 +46,6 @@ def _get(d: Mapping[str, Any] | None, *path: str) -> Any:
             return None
         cur = cur.get(key)
     return cur
-
-
-# Prefixes engines add to short names: "shop/api" is stored as
-# "docker.io/shop/api" (Docker, Podman) or "localhost/shop/api" (podman import).
-_IMPLICIT_PREFIXES = ("docker.io/library/", "docker.io/", "localhost/")
-
-
-def normalise_image(image: str) -> str:
-    """The image name as users write it in rules, without implicit prefixes."""
-    for prefix in _IMPLICIT_PREFIXES:
-        if image.startswith(prefix):
-            return image[len(prefix):]
-    return image
 
 
 def container_from_inspect(
