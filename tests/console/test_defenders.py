@@ -6,17 +6,19 @@ by another Console process), idempotent report batches, the cluster inventory.""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import re
 from typing import Any
 
 import httpx
 import pytest
 from consoletest import ApiClient, Console
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from cnnf.console.security import Role
 from cnnf.console.services.defenders import Notifier
-from cnnf.console.store.models import SettingsRow
+from cnnf.console.store.models import DefenderRow, SettingsRow
 from cnnf.model import Effect
 from cnnf.model.records import (
     AuditEvent,
@@ -26,6 +28,7 @@ from cnnf.model.records import (
     InventoryReport,
     ReportBatch,
     WorkloadInfo,
+    overload_audit,
 )
 from cnnf.model.rule import RuleKind
 from cnnf.policy.document import load_policy
@@ -259,6 +262,120 @@ def test_a_batch_with_a_bad_record_is_refused_whole_naming_it(
     assert admin.get(f"{API}/audits").json()["total"] == 1
 
 
+# --- overload audits ------------------------------------------------------------------
+
+FRONTEND_EP = EndpointInfo(kind="container", address="10.1.0.9", image="shop/frontend:1.0",
+                           container="frontend", namespace="shop", host="node-1")
+FLOOD_MESSAGE = ("overload: the admission limit (1000 new connections/s per source) dropped "
+                 "52,311 SYNs from shop/frontend:1.0 (frontend) in 20 s")
+
+
+def overloads() -> list[AuditEvent]:
+    """What node-1's Defender reports for its two top flooding sources."""
+    return [
+        overload_audit(T0 + 20, FRONTEND_EP, host="node-1", dropped=52_311, seconds=20,
+                       rate=1000, reporter="node-1"),
+        overload_audit(T0 + 20, EndpointInfo(kind="address", address="203.0.113.9"),
+                       host="node-1", dropped=880, seconds=20, rate=1000, reporter="node-1"),
+    ]
+
+
+def test_overload_audits_are_stored_listed_filtered_and_downloaded(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    batch = ReportBatch(batch_id="b-1", audits=[audit(), *overloads()])
+    r = post_batch(defender, batch)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": True, "duplicate": False}
+
+    page = admin.get(f"{API}/audits", params={"type": "overload"}).json()
+    assert page["total"] == 2
+    other, flood = page["items"]  # newest first; at the same time, the last stored first
+    assert {k: flood[k] for k in (
+        "type", "effect", "blocked", "ruleId", "ruleName", "srcImage", "srcContainer",
+        "srcNamespace", "srcHostname", "srcAddress", "dstImage", "dstContainer",
+        "dstHostname", "dstAddress", "port", "count", "msg", "defender")} == {
+        "type": "overload", "effect": "prevent", "blocked": True, "ruleId": None,
+        "ruleName": "", "srcImage": "shop/frontend:1.0", "srcContainer": "frontend",
+        "srcNamespace": "shop", "srcHostname": "node-1", "srcAddress": "10.1.0.9",
+        "dstImage": "", "dstContainer": "", "dstHostname": "node-1", "dstAddress": "",
+        "port": 0, "count": 52_311, "msg": FLOOD_MESSAGE, "defender": "node-1"}
+    assert flood["time"].startswith("2026-01-02T03:00:20")
+    assert (other["srcImage"], other["srcAddress"], other["count"]) == ("", "203.0.113.9", 880)
+
+    # The other filters work on them as on any audit; the rule audits stay apart.
+    def total(**params: str) -> int:
+        r = admin.get(f"{API}/audits", params=params)
+        assert r.status_code == 200, r.text
+        count: int = r.json()["total"]
+        return count
+
+    assert total() == 3
+    assert total(type="container") == 1 and total(type="host") == 0
+    assert total(type="overload", src_image="shop/frontend*") == 1
+    assert total(type="overload", host="node-1") == 2
+    assert total(type="overload", blocked="false") == 0
+    r = admin.get(f"{API}/audits", params={"type": "flood"})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "type"
+
+    r = admin.get(f"{API}/audits/csv", params={"type": "overload"})
+    assert r.status_code == 200
+    header, *rows = csv.reader(io.StringIO(r.text))
+    by_count = {row[header.index("Count")]: dict(zip(header, row, strict=True)) for row in rows}
+    assert set(by_count) == {"52311", "880"}
+    assert by_count["52311"] == {
+        "Time": "2026-01-02T03:00:20+00:00", "Type": "overload", "RuleName": "", "Block": "true",
+        "SrcImageName": "shop/frontend:1.0", "SrcContainerName": "frontend",
+        "DstImageName": "", "DstContainerName": "", "Port": "", "DstSubnet": "",
+        "DstDomain": "", "SrcHostname": "node-1", "DstHostname": "node-1",
+        "Msg": FLOOD_MESSAGE, "Count": "52311"}
+    every = list(csv.reader(io.StringIO(admin.get(f"{API}/audits/csv").text)))
+    assert sorted((row[1], row[8]) for row in every[1:]) == [
+        ("container", "5432"), ("overload", ""), ("overload", "")]
+
+
+def test_overload_audits_draw_no_edge_on_radar(console: Console, admin: ApiClient) -> None:
+    _, defender = enroll(console, admin)
+    r = defender.post(f"{API}/defender/inventory", json=InventoryReport(
+        host=HostInfo(name="node-1", addresses=["192.168.0.1"]),
+        containers=[WorkloadInfo(address="10.1.0.9", image="shop/frontend:1.0",
+                                 name="frontend", namespace="shop", host="node-1"),
+                    WorkloadInfo(address="10.1.0.2", image="shop/api", name="api",
+                                 namespace="shop", host="node-1")],
+        protected=2).model_dump(mode="json"))
+    assert r.status_code == 204
+    assert post_batch(defender, ReportBatch(batch_id="b-1", flows=[flow()])).status_code == 200
+    before = {view: admin.get(f"{API}/radar", params={"view": view}).json()
+              for view in ("container", "host")}
+    assert before["container"]["edges"]
+    assert post_batch(defender, ReportBatch(batch_id="b-2", audits=overloads())).json() == {
+        "accepted": True, "duplicate": False}
+    for view, graph in before.items():
+        after = admin.get(f"{API}/radar", params={"view": view})
+        assert after.status_code == 200, after.text
+        assert (after.json()["nodes"], after.json()["edges"]) == (graph["nodes"],
+                                                                  graph["edges"]), view
+
+
+@pytest.mark.parametrize("kind", [RuleKind.CONTAINER, RuleKind.HOST])
+def test_port_zero_is_refused_unless_the_audit_is_an_overload(
+    console: Console, admin: ApiClient, kind: RuleKind
+) -> None:
+    _, defender = enroll(console, admin)
+    r = post_batch(defender, ReportBatch(batch_id="b-1",
+                                         audits=[*overloads(), audit(port=0, type=kind)]))
+    assert r.status_code == 422
+    [error] = r.json()["errors"]
+    assert error == {"path": "audits[2].port", "message": (
+        "Input should be greater than or equal to 1 (port 0 only for type overload)")}
+    assert admin.get(f"{API}/audits").json()["total"] == 0
+    r = post_batch(defender, ReportBatch(batch_id="b-1", audits=[
+        *overloads(), overloads()[0].model_copy(update={"port": 65536})]))
+    assert r.status_code == 422
+    assert [e["path"] for e in r.json()["errors"]] == ["audits[2].port"]
+
+
 # --- inventory -------------------------------------------------------------------------
 
 
@@ -300,6 +417,35 @@ def test_inventories_merge_into_the_cluster_inventory(console: Console, admin: A
     inv = d2.get(f"{API}/defender/inventory", params={"revision": start + 2}).json()
     assert inv["revision"] == start + 3
     assert [h["name"] for h in inv["hosts"]] == ["node-2"]
+
+
+def test_reported_images_are_normalised_as_discovery_names_them(
+    console: Console, admin: ApiClient
+) -> None:
+    """A report naming docker.io/shop/db:13 (an older Defender, or a hand-made one)
+    is stored, served and drawn as shop/db:13, the identity rules select."""
+    _, d1 = enroll(console, admin, "node-1")
+    body = {"host": {"name": "node-1", "addresses": ["192.168.0.6"]}, "protected": 2,
+            "containers": [
+                {"address": "10.1.0.5", "image": "docker.io/shop/db:13", "name": "db-1"},
+                {"address": "10.1.0.6", "image": "docker.io/library/redis:7", "name": "cache"},
+                {"address": "10.1.0.7", "image": "quay.io/x/y:1", "name": "y"}]}
+    r = d1.post(f"{API}/defender/inventory", json=body)  # raw JSON: no model client-side
+    assert r.status_code == 204, r.text
+    images = ["shop/db:13", "redis:7", "quay.io/x/y:1"]
+    inv = admin.get(f"{API}/inventory").json()
+    assert [c["image"] for c in inv["containers"]] == images
+    assert [c["image"] for c in d1.get(f"{API}/defender/inventory").json()["containers"]] == (
+        images)
+    with console.session() as s:  # stored normalised, not only served so
+        (stored,) = [row.inventory for row in s.scalars(select(DefenderRow))]
+    assert [c["image"] for c in stored["containers"]] == images
+    nodes = {n["id"] for n in admin.get(f"{API}/radar").json()["nodes"]}
+    assert {"image:shop/db:13", "image:redis:7"} <= nodes
+    # The same report again (now normalised) is no change.
+    revision = inv["revision"]
+    assert d1.post(f"{API}/defender/inventory", json=body).status_code == 204
+    assert admin.get(f"{API}/inventory").json()["revision"] == revision
 
 
 # --- long-polls ------------------------------------------------------------------------

@@ -286,3 +286,50 @@ def test_audits_stored_through_the_defender_endpoint_reach_syslog(tmp_path: Path
                 client.close()
             c.app.state.link.forwarder.close()
             engine.dispose()
+
+
+def test_overload_audits_reach_syslog_and_webhooks_like_any_audit(tmp_path: Path) -> None:
+    import test_defenders as td
+
+    from cnnf.model.records import ReportBatch
+
+    hook = _Hook(failures=0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(10)
+        url = f"sqlite:///{tmp_path / 'console.db'}"
+        clock = Clock()
+        engine = connect(url)
+        config = ConsoleConfig(db_url=url, data_dir=tmp_path,
+                               syslog=(f"udp://127.0.0.1:{server.getsockname()[1]}",),
+                               webhooks=(hook.url,))
+        c = Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
+                    clock=clock)
+        try:
+            admin = c.client(c.add_user("admin-user", Role.ADMIN))
+            _, defender = td.enroll(c, admin)
+            flood = td.overloads()[0]
+            batch = ReportBatch(batch_id="b-1", audits=[flood])
+            assert td.post_batch(defender, batch).status_code == 200
+            m = RFC5424.match(server.recv(65535).decode())
+            assert m, "not an RFC 5424 message"
+            pri, _, host, sd, msg = m.groups()
+            assert int(pri) == 16 * 8 + 4 and host == "node-1"  # blocked: warning
+            for field in ('type="overload"', 'effect="prevent"', 'blocked="true"', 'rule=""',
+                          'ruleId=""', 'srcImage="shop/frontend:1.0"', 'srcContainer="frontend"',
+                          'dstHost="node-1"', 'dstAddress=""', 'port="0"', 'count="52311"'):
+                assert field in sd, (field, sd)
+            assert msg == td.FLOOD_MESSAGE
+            assert poll(lambda: len(hook.posts) == 1)
+            [sent] = hook.posts[0]["audits"]
+            assert {k: sent[k] for k in ("type", "blocked", "ruleId", "srcImage",
+                                         "dstHostname", "port", "count", "msg")} == {
+                "type": "overload", "blocked": True, "ruleId": None,
+                "srcImage": "shop/frontend:1.0", "dstHostname": "node-1", "port": 0,
+                "count": 52_311, "msg": td.FLOOD_MESSAGE}
+        finally:
+            for client in c.clients:
+                client.close()
+            c.app.state.link.forwarder.close()
+            engine.dispose()
+            hook.close()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from consoletest import ApiClient, Console
+from pydantic import ValidationError
 
 from cnnf.console.app import prune_expired
 from cnnf.console.services.records import (
@@ -120,6 +121,78 @@ def test_audit_csv_columns(audits: Console, admin: ApiClient) -> None:
     assert partner["Msg"] == 'quote " and, comma' and partner["Count"] == "7"
     assert partner["Block"] == "true" and partner["RuleName"] == "api-to-db"
     assert by_port["22"]["Type"] == "host"
+
+
+@pytest.mark.parametrize(("type_", "port", "error"), [
+    ("container", 1, None),
+    ("host", 65535, None),
+    ("overload", 0, None),
+    ("overload", 443, None),
+    ("container", 0, "port: Input should be greater than or equal to 1 (port 0 only for "
+                     "type overload)"),
+    ("host", 0, "port: Input should be greater than or equal to 1 (port 0 only for type "
+                "overload)"),
+    ("overload", -1, "port: Input should be greater than or equal to 0"),
+    ("overload", 65536, "port: Input should be less than or equal to 65535"),
+    ("flood", 0, "type: Input should be 'container', 'host' or 'overload'"),
+])
+def test_audit_type_and_port(type_: str, port: int, error: str | None) -> None:
+    if error is None:
+        record = _audit(0, type=type_, port=port)
+        assert (record.type.value, record.port) == (type_, port)
+        return
+    with pytest.raises(ValidationError) as raised:
+        _audit(0, type=type_, port=port)
+    first = raised.value.errors()[0]
+    assert f"{'.'.join(map(str, first['loc']))}: {first['msg']}" == error
+
+
+def test_overload_audits_are_published_in_the_openapi_document(console: Console) -> None:
+    spec = console.client().get(f"{API}/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert schemas["AuditType"]["enum"] == ["container", "host", "overload"]
+    # What the Defenders send and what the API answers name the same type.
+    assert schemas["AuditEvent"]["properties"]["type"] == {"$ref": "#/components/schemas/AuditType"}
+    stored = schemas["StoredAudit"]["properties"]
+    assert stored["type"]["$ref"] == "#/components/schemas/AuditType"
+    assert (stored["port"]["minimum"], stored["port"]["maximum"]) == (0, 65535)
+    assert "overload" in stored["port"]["description"]
+    for path in (f"{API}/audits", f"{API}/audits/csv"):
+        [param] = [p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == "type"]
+        assert {"$ref": "#/components/schemas/AuditType"} in param["schema"]["anyOf"]
+
+
+def test_overload_audits_through_the_service(console: Console, admin: ApiClient) -> None:
+    with console.session() as s:
+        AuditService(s).insert_many([
+            *AUDITS,
+            _audit(5, type="overload", rule_id=None, rule_name="", src_image="shop/web:3",
+                   src_container="web-1", dst_image="", dst_container="",
+                   dst_hostname="node-1", port=0, count=9000,
+                   msg="overload: the admission limit (1000 new connections/s per source) "
+                       "dropped 9,000 SYNs from shop/web:3 (web-1) in 20 s"),
+        ])
+    r = admin.get(f"{API}/audits", params={"type": "overload"}).json()
+    assert [(a["type"], a["port"], a["count"], a["ruleId"]) for a in r["items"]] == [
+        ("overload", 0, 9000, None)]
+    with console.session() as s:
+        page = AuditService(s).query(AuditFilter(type="overload"), limit=10, offset=0)
+        lines = list(AuditService(s).csv_lines(AuditFilter(type="overload"), max_rows=10))
+    assert page.total == 1 and page.items[0].port == 0
+    [row] = list(csv.reader(io.StringIO(lines[1])))
+    assert (row[1], row[8], row[14]) == ("overload", "", "9000")
+    # The other filters take them like any audit.
+    for query, expected in [
+        ({}, [90, 5, 3, 2, 1, 0]),
+        ({"type": "container"}, [90, 2, 1, 0]),
+        ({"src_image": "shop/web*"}, [5, 1]),
+        ({"host": "node-1", "type": "overload"}, [5]),
+        ({"host": "node-2", "type": "overload"}, []),
+        ({"blocked": "false"}, [1]),
+    ]:
+        minutes = [int((datetime.fromisoformat(a["time"]) - T0).total_seconds() // 60)
+                   for a in admin.get(f"{API}/audits", params=query).json()["items"]]
+        assert minutes == expected, query
 
 
 def _flow(src: str, dst: str, port: int, minute: int, *, verdict: str = "observed",

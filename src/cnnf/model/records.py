@@ -1,5 +1,6 @@
 """What a Defender reports: flow records (every evaluated or observed connection,
-aggregated) and audit events (every alerted or blocked connection).
+aggregated) and audit events (every alerted or blocked connection, and every
+source whose SYNs the kernel's per-source admission limit dropped: overload).
 
 These cross the wire from Defender to Console and go to JSON lines, so they are
 pydantic models with one serialised form. Times are UNIX seconds (floats); the
@@ -8,11 +9,13 @@ caller supplies them (no clock here).
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cnnf.model.attempt import Endpoint, Verdict
+from cnnf.model.identity import normalise_image
 from cnnf.model.rule import Effect, RuleKind
 
 
@@ -84,11 +87,25 @@ class FlowRecord(_Record):
         return (self.src.key(), self.dst.key(), self.port, self.effect, self.rule_id, self.mode)
 
 
+class AuditType(StrEnum):
+    """What raised an audit: a container or host rule (or the default effect) on one
+    connection, or the admission limit dropping a flooding source's SYNs."""
+
+    CONTAINER = "container"
+    HOST = "host"
+    OVERLOAD = "overload"
+
+    @classmethod
+    def of(cls, kind: RuleKind) -> AuditType:
+        return cls(kind.value)
+
+
 class AuditEvent(_Record):
-    """One alerted or blocked connection (repeats folded with ``count``)."""
+    """One alerted or blocked connection (repeats folded with ``count``), or one
+    overload report (see :func:`overload_audit`)."""
 
     time: float
-    type: RuleKind  # container or host firewall
+    type: AuditType  # container or host firewall, or overload
     effect: Effect
     blocked: bool
     rule_id: int | None = None
@@ -108,19 +125,49 @@ class AuditEvent(_Record):
                 self.dst.key(), self.dst.address, self.port)
 
 
+def _name(e: EndpointInfo) -> str:
+    if e.kind == "container":
+        return f"{e.image} ({e.container or e.address})"
+    if e.kind == "host":
+        return f"host {e.host}"
+    return e.domain or e.address or "?"
+
+
 def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: int) -> str:
     """The human sentence of an audit, in one place."""
-    def name(e: EndpointInfo) -> str:
-        if e.kind == "container":
-            return f"{e.image} ({e.container or e.address})"
-        if e.kind == "host":
-            return f"host {e.host}"
-        return e.domain or e.address or "?"
-
     action = "blocked" if verdict.blocked else "alerted on"
     why = (f"rule {verdict.rule_name!r}" if verdict.matched
            else f"the default effect ({verdict.effect.value}); no rule matched")
-    return f"{action} connection from {name(src)} to {name(dst)} port {port} by {why}"
+    return f"{action} connection from {_name(src)} to {_name(dst)} port {port} by {why}"
+
+
+def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int) -> str:
+    """The human sentence of an overload audit."""
+    syns = "SYN" if dropped == 1 else "SYNs"
+    return (f"overload: the admission limit ({rate} new connections/s per source) dropped "
+            f"{dropped:,} {syns} from {_name(src)} in {round(seconds, 1):g} s")
+
+
+def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seconds: float,
+                   rate: int, reporter: str) -> AuditEvent:
+    """The audit of one flooding source: ``dropped`` SYNs from ``src`` that the
+    per-source admission limit (``rate`` new connections per second) dropped on
+    ``host`` in the last ``seconds``. No rule and no destination port decided
+    it, so ``rule_id`` is None and ``port`` 0; the destination is the host.
+    The numbers are keyword-only: three counts in a row are easy to swap."""
+    if dropped < 1:
+        raise ValueError(f"dropped: {dropped} is not a positive count of SYNs")
+    if rate < 1:
+        raise ValueError(f"rate: {rate} is not a positive rate")
+    if not seconds > 0:
+        raise ValueError(f"seconds: {seconds} is not a positive window")
+    return AuditEvent(
+        time=time, type=AuditType.OVERLOAD, effect=Effect.PREVENT, blocked=True,
+        rule_id=None, rule_name="", src=src,
+        dst=EndpointInfo(kind="host", host=host, address=None), port=0,
+        message=overload_message(src, dropped, seconds, rate), count=dropped,
+        reporter=reporter,
+    )
 
 
 # --- The Defender <-> Console wire (bodies of /api/v1/defender/* endpoints) ---
@@ -138,6 +185,15 @@ class WorkloadInfo(_Record):
     pod: str = ""
     cluster: str = ""
     host: str = ""
+
+    @field_validator("image")
+    @classmethod
+    def _normalise_image(cls, image: str) -> str:
+        # Every way a workload enters from outside passes here: a Defender's
+        # report to the Console, the cluster inventory from the Console or a
+        # --cluster-inventory file, the Console's stored reports read back. So
+        # "docker.io/shop/db:13" is "shop/db:13", as discovery names it.
+        return normalise_image(image)
 
 
 class HostInfo(_Record):

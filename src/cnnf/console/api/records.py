@@ -17,6 +17,7 @@ from cnnf.console.services.records import (
     StoredAudit,
     StoredFlow,
 )
+from cnnf.model.records import AuditType
 from cnnf.model.rule import PolicyModel
 
 router = APIRouter(tags=["audits", "flows"])
@@ -46,13 +47,13 @@ def list_audits(
     since: Since = None, until: Until = None,
     src_image: Pattern = None, dst_image: Pattern = None, host: Pattern = None,
     blocked: bool | None = None, rule: Pattern = None,
-    type: Annotated[Literal["container", "host"] | None, Query()] = None,
+    type: Annotated[AuditType | None, Query()] = None,
     limit: Limit = 100, offset: Offset = 0,
     _: Reader,
 ) -> AuditPage:
     """Audit events, newest first, filtered and paged."""
     f = AuditFilter(since=since, until=until, src_image=src_image, dst_image=dst_image,
-                    host=host, blocked=blocked, rule=rule, type=type)
+                    host=host, blocked=blocked, rule=rule, type=type and type.value)
     page = AuditService(db).query(f, limit, offset)
     return AuditPage(total=page.total, limit=limit, offset=offset, items=page.items)
 
@@ -64,12 +65,12 @@ def audits_csv(
     since: Since = None, until: Until = None,
     src_image: Pattern = None, dst_image: Pattern = None, host: Pattern = None,
     blocked: bool | None = None, rule: Pattern = None,
-    type: Annotated[Literal["container", "host"] | None, Query()] = None,
+    type: Annotated[AuditType | None, Query()] = None,
     _: Reader,
 ) -> StreamingResponse:
     """The audits as CSV, with the original product's export columns."""
     f = AuditFilter(since=since, until=until, src_image=src_image, dst_image=dst_image,
-                    host=host, blocked=blocked, rule=rule, type=type)
+                    host=host, blocked=blocked, rule=rule, type=type and type.value)
     # Materialise before the session closes; bounded by csv_max_rows.
     lines = list(AuditService(db).csv_lines(f, console.config.csv_max_rows))
     return StreamingResponse(

@@ -189,7 +189,7 @@ def audit_record(event: AuditEvent, defender: str) -> AuditRecord:
     is the sender's word and could name another host."""
     src, dst = event.src, event.dst
     return AuditRecord(
-        time=_time(event.time), type=event.type.value, rule_id=event.rule_id,
+        time=_time(event.time), type=event.type, rule_id=event.rule_id,
         rule_name=_cut(event.rule_name, 200), blocked=event.blocked, effect=event.effect,
         src_image=_cut(src.image), src_container=_cut(src.container),
         src_namespace=_cut(src.namespace, 200), src_hostname=_cut(src.host),

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import ColumnElement, Select, and_, case, delete, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Result
@@ -17,6 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cnnf.console.store.models import AuditRow, FlowRow
 from cnnf.model import Effect
+from cnnf.model.records import AuditType
 from cnnf.model.rule import PolicyModel
 
 # The original product's audit export columns, in its order.
@@ -34,7 +36,7 @@ class AuditRecord(PolicyModel):
     """One audit event, as Defenders report it and the API returns it."""
 
     time: datetime
-    type: Annotated[str, Field(pattern="^(container|host)$")] = "container"
+    type: AuditType = AuditType.CONTAINER
     rule_id: Int32 | None = None
     rule_name: Text = ""
     blocked: bool
@@ -49,13 +51,26 @@ class AuditRecord(PolicyModel):
     dst_namespace: Text = ""
     dst_hostname: Text = ""
     dst_address: Text = ""
-    port: Port
+    port: Annotated[int, Field(ge=0, le=65535, description=(
+        "the destination port; 0 only for an overload audit (the admission limit "
+        "dropped a source's SYNs, whatever their port)"))]
     dst_subnet: Text = ""
     dst_domain: Text = ""
     msg: str = ""
-    count: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
+    count: Annotated[int, Field(ge=1, le=2**31 - 1, description=(
+        "repeats folded into this event; for an overload audit, the SYNs dropped"))] = 1
     revision: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     defender: Text = ""
+
+    @field_validator("port")
+    @classmethod
+    def _port_zero_is_overload(cls, port: int, info: ValidationInfo) -> int:
+        # An overload audit names no port; every other audit is about one connection.
+        if port == 0 and info.data.get("type") is not AuditType.OVERLOAD:
+            raise PydanticCustomError(
+                "greater_than_equal",
+                "Input should be greater than or equal to 1 (port 0 only for type overload)")
+        return port
 
 
 class StoredAudit(AuditRecord):
@@ -90,7 +105,7 @@ class AuditFilter:
     host: str | None = None  # source or destination host
     blocked: bool | None = None
     rule: str | None = None  # rule name
-    type: str | None = None
+    type: str | None = None  # container, host or overload
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,7 @@ def _audit_where(f: AuditFilter) -> list[ColumnElement[bool]]:
 def _audit_columns(record: AuditRecord) -> dict[str, Any]:
     data = record.model_dump(by_alias=False)
     data["effect"] = record.effect.value
+    data["type"] = record.type.value
     return data
 
 
@@ -202,9 +218,11 @@ class AuditService:
             .limit(max_rows).execution_options(yield_per=1000)
         )
         for r in rows:
+            # An overload audit has no port (0 on the API): an empty cell, not a port 0.
+            port = "" if r.type == AuditType.OVERLOAD and r.port == 0 else r.port
             yield line((
                 r.time.isoformat(), r.type, r.rule_name, "true" if r.blocked else "false",
-                r.src_image, r.src_container, r.dst_image, r.dst_container, r.port,
+                r.src_image, r.src_container, r.dst_image, r.dst_container, port,
                 r.dst_subnet, r.dst_domain, r.src_hostname, r.dst_hostname, r.msg, r.count,
             ))
 

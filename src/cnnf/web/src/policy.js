@@ -332,7 +332,7 @@ export async function renderAudits(main) {
     h("label", {}, "Host ", h("input", { name: "host" })),
     h("label", {}, "Rule ", h("input", { name: "rule" })),
     h("label", {}, "Blocked ", h("select", { name: "blocked" }, h("option", { value: "" }, "any"), h("option", { value: "true" }, "blocked"), h("option", { value: "false" }, "alerted"))),
-    h("label", {}, "Type ", h("select", { name: "type" }, h("option", { value: "" }, "any"), h("option", { value: "container" }, "container"), h("option", { value: "host" }, "host"))),
+    h("label", {}, "Type ", h("select", { name: "type" }, h("option", { value: "" }, "any"), h("option", { value: "container" }, "container"), h("option", { value: "host" }, "host"), h("option", { value: "overload" }, "overload"))),
     h("button", { type: "submit" }, "Filter"),
     h("button", { type: "button", class: "secondary", id: "audits-csv", onclick: () => download("/audits/csv", params(), "cnnf-audits.csv").catch((e) => fail(message, e)) }, "Download CSV"));
   clear(main).append(h("section", { class: "page" }, h("h1", {}, "Audits"), filters, message,
@@ -359,13 +359,21 @@ export async function renderAudits(main) {
       const page = await api("GET", "/audits", { query: { ...params(), limit: PAGE, offset } });
       message.textContent = "";
       const who = (img, container, host, addr) => [img, container && `(${container})`, host && `on ${host}`, !img && addr].filter(Boolean).join(" ");
-      clear(body).append(...page.items.map((a) => h("tr", {},
-        h("td", {}, fmtTime(a.time)), h("td", {}, a.type),
-        h("td", {}, h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
-        h("td", {}, a.ruleName || "no rule"),
-        h("td", {}, who(a.srcImage, a.srcContainer, a.srcHostname, a.srcAddress)),
-        h("td", {}, who(a.dstImage, a.dstContainer, a.dstHostname, a.dstAddress || a.dstDomain || a.dstSubnet)),
-        h("td", {}, a.port), h("td", { class: "num" }, a.count), h("td", { class: "small" }, a.msg))));
+      // An overload audit: the admission limit dropped one source's SYNs on a host
+      // (no rule, no port; its count is the SYNs dropped).
+      clear(body).append(...page.items.map((a) => {
+        const overload = a.type === "overload";
+        return h("tr", { class: overload ? "overload" : null },
+          h("td", {}, fmtTime(a.time)),
+          h("td", {}, overload ? h("span", { class: "badge overload" }, "overload") : a.type),
+          h("td", {}, h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
+          h("td", {}, a.ruleName || (overload ? "admission limit" : "no rule")),
+          h("td", {}, who(a.srcImage, a.srcContainer, a.srcHostname, a.srcAddress)),
+          h("td", {}, overload ? `host ${a.dstHostname}` : who(a.dstImage, a.dstContainer, a.dstHostname, a.dstAddress || a.dstDomain || a.dstSubnet)),
+          h("td", {}, a.port === 0 ? "—" : a.port),
+          h("td", { class: "num", title: overload ? "SYNs dropped" : "repeats folded into this audit" }, a.count.toLocaleString("en-US")),
+          h("td", { class: "small" }, a.msg));
+      }));
       if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No audits match.")));
       pager.textContent = page.total ? `${offset + 1}–${offset + page.items.length} of ${page.total}` : "0 of 0";
       document.getElementById("audits-prev").disabled = offset === 0;

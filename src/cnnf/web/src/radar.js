@@ -561,10 +561,15 @@ export async function renderRadar(main) {
           .filter((a, i, all) => all.findIndex((b) => b.id === a.id) === i)
           .sort((a, b) => (a.time < b.time ? 1 : -1)).slice(0, 10);
         clear(box).append(items.length
-          ? h("ul", { class: "audit-list" }, items.map((a) => h("li", {},
-            h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert"),
-            ` ${fmtTime(a.time)} · port ${a.port} · ${a.ruleName || "no rule"} ×${a.count}`,
-            h("div", { class: "muted small" }, a.msg))))
+          ? h("ul", { class: "audit-list" }, items.map((a) => (a.type === "overload"
+            ? h("li", { class: "overload" },
+              h("span", { class: "badge overload" }, "overload"),
+              ` ${fmtTime(a.time)} · ${a.count.toLocaleString("en-US")} SYNs dropped on ${a.dstHostname}`,
+              h("div", { class: "muted small" }, a.msg))
+            : h("li", {},
+              h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert"),
+              ` ${fmtTime(a.time)} · port ${a.port} · ${a.ruleName || "no rule"} ×${a.count}`,
+              h("div", { class: "muted small" }, a.msg)))))
           : h("p", { class: "muted" }, "No audits."));
       })
       .catch((err) => { clear(box).append(h("p", { class: "error" }, err.message)); });
@@ -592,13 +597,16 @@ export async function renderRadar(main) {
       h("td", { class: "small nowrap" }, p.observed ? `${fmtTime(p.firstSeen).slice(5)} – ${fmtTime(p.lastSeen).slice(5)}` : "")));
     const src = cy.getElementById(e.source);
     const dst = cy.getElementById(e.target);
+    // An edge is connections: its audits are the container and host ones (overload
+    // audits are about a source, not a connection; the nodes show them).
     const auditQueries = [];
+    const connections = (q) => [{ ...q, type: "container" }, { ...q, type: "host" }];
     if (kind === "container" && src.data("kind") === "image") {
       const q = { src_image: `${imageName(src.data("name"))}*` };
       if (dst.data("kind") === "image") q.dst_image = `${imageName(dst.data("name"))}*`;
-      auditQueries.push(q);
+      auditQueries.push(...connections(q));
     } else if (src.data("kind") === "host") {
-      auditQueries.push({ host: src.data("name") });
+      auditQueries.push(...connections({ host: src.data("name") }));
     }
     openPanel(
       h("h2", {}, `${nameOf(e.source)} → ${nameOf(e.target)}`),
