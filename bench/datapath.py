@@ -42,18 +42,37 @@ PORT = 9000
 SOURCES = [f"10.77.0.{i}" for i in range(100, 108)]
 
 SERVER = """
-    import socket, sys, threading
-    def loop():
+    import resource, selectors, socket, sys, threading
+    # argv: first port [, how many ports]: one port is served by two accept
+    # threads; many ports (first-seen triples) by one selector loop.
+    first, count = int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    def listener(port):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind(("0.0.0.0", int(sys.argv[1])))
+        s.bind(("0.0.0.0", port))
         s.listen(4096)
+        return s
+    def loop():
+        s = listener(first)
         while True:
             c, _ = s.accept()
             c.close()
-    for _ in range(2):
-        threading.Thread(target=loop, daemon=True).start()
+    def many():
+        sel = selectors.DefaultSelector()
+        for port in range(first, first + count):
+            sel.register(listener(port), selectors.EVENT_READ)
+        while True:
+            for key, _ in sel.select():
+                c, _ = key.fileobj.accept()
+                c.close()
+    if count == 1:
+        for _ in range(2):
+            threading.Thread(target=loop, daemon=True).start()
+    else:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+        threading.Thread(target=many, daemon=True).start()
     print("ready", flush=True)
     threading.Event().wait()
 """
@@ -62,6 +81,8 @@ CLIENT = """
     import json, socket, struct, sys, time
     host, port = sys.argv[1], int(sys.argv[2])
     seconds, rate, sources = float(sys.argv[3]), float(sys.argv[4]), sys.argv[5].split(",")
+    # ports > 1: each connection to the next port (a new triple each, first-seen)
+    ports = int(sys.argv[6]) if len(sys.argv) > 6 else 1
     linger = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT, no port exhaustion
     lat, errors = [], 0
     start = time.perf_counter(); end = start + seconds; n = 0
@@ -80,7 +101,7 @@ CLIENT = """
         s.settimeout(2)
         t0 = time.perf_counter()
         try:
-            s.connect((host, port))
+            s.connect((host, port + n % ports))
             lat.append(time.perf_counter() - t0)
         except OSError:
             errors += 1

@@ -7,8 +7,19 @@ their SYNs inbound). Measured:
 
 - new connections per second, closed loop, one client process per source
   container, and connect() latency p50/p99 of one client (frontend) paced at
-  ``--rate``; with no Defender (baseline), then through the Defender with
-  ``--queues 1`` and ``--queues 2`` (policy: an allow rule for the clients);
+  ``--rate``, for two kinds of traffic, each beside no Defender in the same
+  round (rounds alternate the configurations; the best round of each is kept):
+
+  - repeated triples: every connection of a client to api:9500, the same
+    (source, destination, port) again and again, as in most cluster traffic:
+    the Defender with its kernel fast path (default), and with
+    ``--no-fastpath`` (every SYN through the verdict loop, as before it);
+  - first-seen triples: each connection to the next of 16,384 ports, so no
+    triple repeats within the run and every SYN is decided by the verdict
+    loop (with ``--admission-rate 0``: the default limit admits 1,000 new
+    triples a second per source by design, and one client here makes more);
+
+  (policy: allow rules for the clients);
 - the Defender's memory (RSS of the main process and its verdict workers) with
   its own containers, then with 1,000 protected addresses (a cluster inventory
   of 1,000 remote containers, all in every worker's inventory and in the set);
@@ -51,7 +62,8 @@ CNNF = str(Path(sys.executable).with_name("cnnf"))
 def policy_doc() -> dict[str, Any]:
     objects = [{"kind": "container", "name": n, "selector": {"images": [f"shop/{n}"]}}
                for n in [*SOURCES, "api"]]
-    rules = [{"id": i + 1, "name": f"{n}-to-api", "src": n, "dst": "api", "ports": [PORT],
+    ports = [PORT, f"{FIRST_SEEN_PORT}-{FIRST_SEEN_PORT + FIRST_SEEN_PORTS - 1}"]
+    rules = [{"id": i + 1, "name": f"{n}-to-api", "src": n, "dst": "api", "ports": ports,
               "effect": "allow"} for i, n in enumerate(SOURCES)]
     return {"apiVersion": "cnnf/v1", "kind": "Policy", "spec": {
         "containerEnabled": True, "defaultEffect": "allow", "objects": objects,
@@ -63,18 +75,24 @@ def in_container(lab: Lab, name: str, code: str, *args: str) -> list[str]:
             textwrap.dedent(code), *args]
 
 
-def run_clients(lab: Lab, sources: list[str], seconds: float, rate: float) -> list[dict[str, Any]]:
+FIRST_SEEN_PORT, FIRST_SEEN_PORTS = 20000, 16384
+
+
+def run_clients(lab: Lab, sources: list[str], seconds: float, rate: float,
+                first_seen: bool) -> list[dict[str, Any]]:
     dst = lab.container("api").address
-    procs = [subprocess.Popen(in_container(lab, s, CLIENT, dst, str(PORT), str(seconds),
-                                           str(rate), lab.container(s).address),
+    port, ports = (FIRST_SEEN_PORT, FIRST_SEEN_PORTS) if first_seen else (PORT, 1)
+    procs = [subprocess.Popen(in_container(lab, s, CLIENT, dst, str(port), str(seconds),
+                                           str(rate), lab.container(s).address, str(ports)),
                               stdout=subprocess.PIPE, text=True) for s in sources]
     return [json.loads(p.communicate(timeout=seconds + 30)[0]) for p in procs]
 
 
-def measure(lab: Lab, label: str, args: argparse.Namespace) -> dict[str, float]:
-    runs = run_clients(lab, SOURCES, args.seconds, 0)
+def measure(lab: Lab, label: str, args: argparse.Namespace,
+            first_seen: bool = False) -> dict[str, float]:
+    runs = run_clients(lab, SOURCES, args.seconds, 0, first_seen)
     cps = sum(r["ok"] for r in runs) / max(r["seconds"] for r in runs)
-    (lat,) = run_clients(lab, ["frontend"], args.seconds, args.rate)
+    (lat,) = run_clients(lab, ["frontend"], args.seconds, args.rate, first_seen)
     row = {"cps": cps, "errors": sum(r["errors"] for r in runs) + lat["errors"],
            "p50": lat["p50"], "p99": lat["p99"], "paced": lat["ok"] / lat["seconds"]}
     print(f"{label:<26} {cps:>9,.0f} {row['p50']:>8.0f} {row['p99']:>8.0f} "
@@ -144,37 +162,52 @@ def main() -> None:
     (work / "policy.json").write_text(json.dumps(policy_doc()))
     server = subprocess.Popen(in_container(lab, "api", SERVER, str(PORT)),
                               stdout=subprocess.PIPE, text=True)
+    many = subprocess.Popen(in_container(lab, "api", SERVER, str(FIRST_SEEN_PORT),
+                                         str(FIRST_SEEN_PORTS)), stdout=subprocess.PIPE, text=True)
     try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        for srv in (server, many):
+            assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
         print(f"lab up in {time.monotonic() - t0:.1f}s; {len(SOURCES)} client containers x "
               f"{args.seconds:g}s closed loop -> api:{PORT}; latency: frontend paced at "
               f"{args.rate:g}/s (microseconds)")
-        print(f"{'':<26} {'conn/s':>9} {'p50 us':>8} {'p99 us':>8} {'paced/s':>8} {'errors':>6}")
+        print(f"{'':<34} {'conn/s':>9} {'p50 us':>8} {'p99 us':>8} {'paced/s':>8} {'errors':>6}")
         # The machine is shared: run the configurations in alternating rounds and
-        # keep each one's best round, so a burst of foreign load hits them alike.
+        # keep each one's best round (by throughput, with that round's latency),
+        # so a burst of foreign load hits them alike.
+        configs: list[tuple[str, bool, list[str] | None]] = [
+            ("repeated: no Defender", False, None),
+            ("repeated: Defender", False, []),
+            ("repeated: Defender --no-fastpath", False, ["--no-fastpath"]),
+            ("first-seen: no Defender", True, None),
+            ("first-seen: Defender", True, ["--admission-rate", "0"]),
+        ]
         best: dict[str, dict[str, float]] = {}
         for rnd in range(1, args.rounds + 1):
-            for q in (0, 1, 2):
-                label = f"r{rnd} " + (f"Defender --queues {q}" if q else "no Defender (baseline)")
-                d = Defender(lab, work, "--queues", str(q)) if q else None
+            for key, first_seen, extra in configs:
+                d = Defender(lab, work, *extra) if extra is not None else None
                 try:
-                    row = measure(lab, label, args)
+                    row = measure(lab, f"r{rnd} {key}", args, first_seen)
                     if d is not None:
-                        c = d.wait(lambda s: True)["counters"]
-                        print(f"{'':<26} verdicts: accepted {c['accepted']:,}, errors "
-                              f"{c['errors']}, reports lost {c['reports_lost']}")
+                        st = d.wait(lambda s: True)
+                        c, fp = st["counters"], st.get("fastpath") or {}
+                        print(f"{'':<34} verdict loop: accepted {c['accepted']:,}, errors "
+                              f"{c['errors']}, reports lost {c['reports_lost']}; kernel fast "
+                              f"path: {fp.get('hits', {}).get('accept', 0):,}", flush=True)
                 finally:
                     if d is not None:
                         d.stop()
-                key = f"queues={q}" if q else "baseline"
                 if key not in best or row["cps"] > best[key]["cps"]:
                     best[key] = row
-        base = best["baseline"]
-        for key in ("queues=1", "queues=2"):
-            row = best[key]
-            print(f"{key} (best of {args.rounds}): {row['cps']:,.0f} conn/s = "
-                  f"{row['cps'] / base['cps']:.0%} of the baseline's {base['cps']:,.0f}; "
-                  f"p50 +{row['p50'] - base['p50']:.0f} us, p99 +{row['p99'] - base['p99']:.0f} us")
+        for kind in ("repeated", "first-seen"):
+            base = best[f"{kind}: no Defender"]
+            for key, _, extra in configs:
+                if not key.startswith(kind) or extra is None:
+                    continue
+                row = best[key]
+                print(f"{key} (best of {args.rounds}): {row['cps']:,.0f} conn/s = "
+                      f"{row['cps'] / base['cps']:.2f}x no Defender's {base['cps']:,.0f}; "
+                      f"p50 +{row['p50'] - base['p50']:.0f} us, "
+                      f"p99 +{row['p99'] - base['p99']:.0f} us")
 
         cluster = work / "cluster.json"
         cluster.write_text(ClusterInventory(revision=0).model_dump_json())
@@ -204,8 +237,9 @@ def main() -> None:
         finally:
             d.stop()
     finally:
-        server.kill()
-        server.wait()
+        for srv in (server, many):
+            srv.kill()
+            srv.wait()
         Lab.down(LAB)
     print(f"total {time.monotonic() - t0:.0f}s")
 

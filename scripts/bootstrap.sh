@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # Kernel tools, the lab's container engine, NFQUEUE headers, PostgreSQL, Chromium.
 APT_PACKAGES=(
   iptables nftables conntrack ipset iproute2 procps psmisc
-  podman runc busybox-static dnsmasq-base
+  podman runc busybox-static dnsmasq-base hping3
   libnetfilter-queue-dev libnfnetlink-dev build-essential python3-dev
   postgresql chromium
 )

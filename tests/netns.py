@@ -17,6 +17,7 @@ The standard topology (:func:`topology`):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -127,6 +128,42 @@ class Netns:
             proc.wait()
             raise RuntimeError(f"server in {self.name} did not start")
         return Server(proc)
+
+
+PROBER = """
+    import collections, json, socket, sys, time
+    host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    seen = collections.Counter()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        s.settimeout(0.3)
+        try:
+            s.connect((host, port))
+            seen["ok"] += 1
+        except ConnectionRefusedError:
+            seen["refused"] += 1
+        except OSError:
+            seen["timeout"] += 1
+        finally:
+            s.close()
+        time.sleep(0.01)  # at most 100 a second: below any admission limit in the tests
+    print(json.dumps(seen))
+"""
+
+
+def probing(netns_path: str, host: str, port: int, seconds: float) -> subprocess.Popen[str]:
+    """Connect to host:port over and over for ``seconds`` from inside the
+    namespace at ``netns_path`` (a /run/netns path or /proc/PID/ns/net); pass the
+    process to :func:`outcomes` for the counts of ok / refused / timeout."""
+    argv = ["nsenter", f"--net={netns_path}", sys.executable, "-c", textwrap.dedent(PROBER),
+            host, str(port), str(seconds)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def outcomes(proc: subprocess.Popen[str]) -> dict[str, int]:
+    out, _ = proc.communicate(timeout=120)
+    return dict(json.loads(out))
 
 
 @dataclass

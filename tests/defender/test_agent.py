@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -24,8 +25,9 @@ from cnnf.defender.agent import (
     verdict_from_detail,
 )
 from cnnf.defender.config import ConfigError, DefenderConfig, parse_labels, parse_listen
-from cnnf.defender.datapath import AddressSet, Decision, PacketInfo
+from cnnf.defender.datapath import AddressSet, DatapathStats, Decision, PacketInfo
 from cnnf.defender.discovery.identity import DiscoveredContainer
+from cnnf.defender.inventory import Inventory
 from cnnf.defender.metrics import DefenderCollector, Figures
 from cnnf.defender.outputs import JsonLinesOutput
 from cnnf.defender.spool import Spool
@@ -42,6 +44,7 @@ from cnnf.model import (
     Rule,
 )
 from cnnf.model.records import ClusterInventory, HostInfo, WorkloadInfo
+from cnnf.policy.engine import compile_policy
 
 NODE = HostIdentity(name="node-1", addresses=("10.0.0.1",))
 WEB = ContainerIdentity(image="shop/web:1.0", name="web-1", namespace="shop", host="node-1")
@@ -176,6 +179,35 @@ def test_remote_identities_skip_this_host_and_map_every_address() -> None:
     assert (db.image, db.name, db.namespace, db.labels) == ("shop/db:13", "db-1", "shop",
                                                             (("app", "db"),))
     assert _remote_identities(None, "node-1") == ()
+
+
+# What a --cluster-inventory file names as the engine stored it.
+CLUSTER_FILE = json.dumps({
+    "revision": 2,
+    "hosts": [{"name": "node-2", "addresses": ["10.0.0.2"]}],
+    "containers": [
+        {"address": "10.2.0.5", "image": "docker.io/shop/db:13", "name": "db-1",
+         "host": "node-2"},
+        {"address": "10.2.0.6", "image": "localhost/shop/web:1.0", "name": "web-2",
+         "host": "node-2"},
+    ],
+})
+
+
+def test_a_cluster_inventory_naming_engine_prefixes_matches_the_selectors() -> None:
+    """docker.io/shop/db:13 in the file is shop/db:13, as discovery names it, so the
+    selector shop/db matches it (it used to fall to the default effect)."""
+    remote = _remote_identities(ClusterInventory.model_validate_json(CLUSTER_FILE), "node-1")
+    images = {a: i.image for a, i in remote if isinstance(i, ContainerIdentity)}
+    assert images == {"10.2.0.5": "shop/db:13", "10.2.0.6": "shop/web:1.0"}
+    decider = core.Decider(compile_policy(POLICY), Inventory.build(
+        NODE, (("10.1.0.2", WEB),), remote))
+    d = decider.decide("10.1.0.2", "10.2.0.5", 5432)
+    assert (d.action, d.verdict.rule_id) == (core.Action.ACCEPT, 1)  # web-db: alert
+    d = decider.decide("10.1.0.2", "10.2.0.5", 22)
+    assert (d.action, d.verdict.rule_id) == (core.Action.REJECT, 2)
+    assert d.attempt.dst.container is not None
+    assert d.attempt.dst.container.image == "shop/db:13"
 
 
 def agent(tmp_path: Path, fail_closed: bool = False) -> Agent:
@@ -320,6 +352,33 @@ def test_metrics_collector_exposes_the_figures() -> None:
     assert "cnnf_defender_policy_revision 7.0" in text
     assert "cnnf_defender_flows_total 4.0" in text
     assert "cnnf_defender_unidentified_dropped_total 0.0" in text
+
+
+def test_metrics_collector_exposes_the_engine_state() -> None:
+    registry = CollectorRegistry()
+    registry.register(DefenderCollector(lambda: Figures(
+        engine_up=0, engine_outages=2, engine_outage_seconds=3.5)))
+    text = generate_latest(registry).decode()
+    assert "cnnf_defender_engine_up 0.0" in text
+    assert "cnnf_defender_engine_outages_total 2.0" in text
+    assert "cnnf_defender_engine_outage_seconds 3.5" in text
+
+
+def test_status_and_figures_carry_the_engine_state(tmp_path: Path) -> None:
+    now = [1_000.0]
+    a = agent(tmp_path)
+    a.discovery.engine.clock = lambda: now[0]
+    a.datapath = SimpleNamespace(  # type: ignore[assignment]
+        stats=lambda: DatapathStats([], []), workers=SimpleNamespace(pids=[]))
+    a.discovery.engine.back()  # the first resync
+    assert a.status()["engine"] == {"up": True, "since": 1_000.0, "outages": 0}
+    f = a.figures()
+    assert (f.engine_up, f.engine_outages, f.engine_outage_seconds) == (1, 0, 0.0)
+    a.discovery.engine.down("unreachable", "connection refused")
+    now[0] = 1_004.0
+    assert a.status()["engine"] == {"up": False, "since": 1_000.0, "outages": 1}
+    f = a.figures()
+    assert (f.engine_up, f.engine_outages, f.engine_outage_seconds) == (0, 1, 4.0)
 
 
 def test_policy_file_without_revision_gets_the_load_count(tmp_path: Path) -> None:

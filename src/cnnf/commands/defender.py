@@ -62,9 +62,23 @@ def run(  # noqa: PLR0917
                               "namespace (a name under /run/netns or a path)."),
     block_mode: str = typer.Option(None, "--block-mode", help="reset|drop: how prevented "
                                    "connections are refused (overrides the policy)."),
-    fail_closed: bool = typer.Option(False, "--fail-closed", help="Refuse new connections "
-                                     "of protected workloads when the verdict loop is gone "
-                                     "or overloaded (default: fail open)."),
+    fail_closed: bool = typer.Option(False, "--fail-closed", help="With no verdict process "
+                                     "(the Defender dead, restarting or stopped), refuse new "
+                                     "connections of protected workloads with a TCP reset; a "
+                                     "stop leaves the rules refusing until `cnnf defender "
+                                     "cleanup` (default: fail open, as if there were no "
+                                     "firewall). An overloaded Defender drops in both modes."),
+    admission_rate: int = typer.Option(1000, "--admission-rate", help="New connections per "
+                                       "second and source address let into the verdict "
+                                       "queue; above it SYNs are dropped in the kernel and "
+                                       "counted (burst: twice the rate, at most 10,000; 0: "
+                                       "no limit)."),
+    fastpath: bool = typer.Option(True, "--fastpath/--no-fastpath", help="Keep decided "
+                                  "allow and prevent verdicts per (source, destination, "
+                                  "port) in the kernel, so repeats skip the verdict loop "
+                                  "(alerts always reach it)."),
+    fastpath_ttl: float = typer.Option(60.0, "--fastpath-ttl", help="Seconds a cached "
+                                       "verdict lives before the next SYN is decided again."),
     queues: int = typer.Option(1, "--queues", help="NFQUEUE queues (one worker process each)."),
     queue_num: int = typer.Option(4200, "--queue-num", help="First queue number."),
     output: str = typer.Option(None, "--output", help="Flows and audits as JSON lines: a "
@@ -107,6 +121,7 @@ def run(  # noqa: PLR0917
             fail_closed=fail_closed, queues=queues, queue_num=queue_num, output=output,
             metrics=parse_listen(metrics) if metrics else None,
             repair_interval=repair_interval, audit_window=audit_window,
+            admission_rate=admission_rate, fastpath=fastpath, fastpath_ttl=fastpath_ttl,
             cluster_inventory=Path(cluster_inventory) if cluster_inventory else None, **kw,
         )
     except ConfigError as exc:
@@ -177,10 +192,30 @@ def status(
                        f"({data.get('unidentified_dropped', 0)} SYNs of unnamed ones dropped)")
         c = data["counters"]
         typer.echo("verdicts: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+        fp = data.get("fastpath")
+        if fp:
+            typer.echo(f"fast path: {fp['entries']} cached verdict(s) (ttl {fp['ttl']:g} s); "
+                       "repeats answered in the kernel: "
+                       + ", ".join(f"{k} {v}" for k, v in fp["hits"].items()))
+        adm = data.get("admission") or {}
+        if adm.get("rate"):
+            top = ", ".join(f"{t['name'] or t['address']} ({t['address']}) {t['dropped']}"
+                            for t in adm["top"])
+            typer.echo(f"admission: {adm['rate']} new connections/s per source; "
+                       f"{adm['dropped']} SYNs dropped"
+                       + (" (overloaded now)" if adm["overload"] else "")
+                       + (f"; top sources: {top}" if top else ""))
         gap = data["start_to_protected_ms"]
         if gap["count"]:
             typer.echo(f"start to protected: last {gap['last']} ms, max {gap['max']} ms "
                        f"({gap['count']} containers)")
+        engine = data.get("engine")
+        if engine and engine["since"]:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(engine["since"]))
+            typer.echo(f"container engine: {'up' if engine['up'] else 'UNREACHABLE'} since "
+                       f"{since} ({engine['outages']} outage(s))")
+        elif engine:
+            typer.echo("container engine: not reached yet")
         if data.get("console"):
             con = data["console"]
             typer.echo(f"console: {con['url']} "

@@ -21,11 +21,13 @@ worker restarted by the repair check forks with the current state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import json
 import os
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -33,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -41,21 +43,26 @@ from cnnf import __version__
 from cnnf.defender import core
 from cnnf.defender.config import DefenderConfig
 from cnnf.defender.datapath import (
+    FASTPATH_GRACE,
     AddressSet,
     ConntrackObserver,
     Datapath,
     DatapathConfig,
+    DatapathError,
     Decision,
+    FastVerdict,
     NetnsRef,
     ObservedConnection,
     Outcome,
     PacketInfo,
 )
-from cnnf.defender.discovery.docker import DockerDiscovery, default_docker_host
+from cnnf.defender.discovery.docker import DockerDiscovery, default_docker_host, outage_reason
 from cnnf.defender.discovery.identity import DiscoveredContainer
+from cnnf.defender.fastpath import Cached, FastPathTable
 from cnnf.defender.inventory import Identity, Inventory
 from cnnf.defender.metrics import Figures, serve_metrics
 from cnnf.defender.outputs import JsonLinesOutput
+from cnnf.defender.overload import OverloadReport, OverloadTracker
 from cnnf.errors import PolicyValidationError
 from cnnf.model import (
     BlockMode,
@@ -67,7 +74,14 @@ from cnnf.model import (
     Verdict,
     make_labels,
 )
-from cnnf.model.records import ClusterInventory, HostInfo, InventoryReport, WorkloadInfo
+from cnnf.model.records import (
+    ClusterInventory,
+    EndpointInfo,
+    HostInfo,
+    InventoryReport,
+    WorkloadInfo,
+    overload_audit,
+)
 from cnnf.model.rule import RuleKind
 from cnnf.policy.document import load_policy
 from cnnf.policy.engine import CompiledPolicy, compile_policy
@@ -81,6 +95,14 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True, slots=True)
 class PolicyUpdate:
     policy: Policy
+    epoch: int = 0  # the fast path's epoch (see cnnf.defender.fastpath)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEpoch:
+    """A new fast-path epoch without another change (a DNS answer)."""
+
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +114,17 @@ class InventoryUpdate:
     # before discovery names them, so a container that connects before the
     # runtime's start event arrives is not let through unevaluated.
     container_nets: tuple[str, ...] = ()
+    epoch: int = 0
 
     def inventory(self) -> Inventory:
         return Inventory.build(self.node, self.containers, self.remote)
+
+    def identities(self) -> dict[str, Identity]:
+        """address -> identity, as :meth:`Inventory.identity` resolves it."""
+        out: dict[str, Identity] = dict(self.remote)
+        out.update(self.containers)
+        out.update((a, self.node) for a in self.node.addresses)
+        return out
 
     def pending(self) -> frozenset[str]:
         """Addresses of the container networks that are not this host's own."""
@@ -114,6 +144,14 @@ MAX_BATCH_RECORDS = 1000
 # With the Console away, one batch per this many seconds: the spool's 1,000
 # batches then hold over eight hours instead of 17 minutes of reports.
 OFFLINE_REPORT_INTERVAL = 30.0
+# Seconds between reads of the kernel's fast-path and admission counters.
+KERNEL_POLL_INTERVAL = 1.0
+# Decisions the fast path may hold (alerts always reach the verdict loop, so
+# every alerted connection is audited by it).
+FAST_VERDICTS = {Decision.ACCEPT: FastVerdict.ACCEPT, Decision.REJECT: FastVerdict.REJECT,
+                 Decision.DROP: FastVerdict.DROP}
+FAST_ACTIONS = {FastVerdict.ACCEPT: core.Action.ACCEPT, FastVerdict.REJECT: core.Action.REJECT,
+                FastVerdict.DROP: core.Action.DROP}
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,15 +164,16 @@ def expand_networks(nets: tuple[str, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
-VerdictDetail = tuple[str, int, bool, "int | None", "str | None", "str | None"]
+VerdictDetail = tuple[str, int, bool, "int | None", "str | None", "str | None", int]
 
 
-def verdict_detail(v: Verdict) -> VerdictDetail:
-    """The verdict as a tuple of plain values: it crosses from the worker to the
-    main process with every report, and plain tuples pickle several times
-    faster than the dataclasses (the attempt is rebuilt from the packet there)."""
+def verdict_detail(v: Verdict, epoch: int = 0) -> VerdictDetail:
+    """The verdict as a tuple of plain values, and the fast-path epoch it was
+    decided under: it crosses from the worker to the main process with every
+    report, and plain tuples pickle several times faster than the dataclasses
+    (the attempt is rebuilt from the packet there)."""
     return (v.effect.value, v.revision, v.matched, v.rule_id, v.rule_name,
-            None if v.rule_kind is None else v.rule_kind.value)
+            None if v.rule_kind is None else v.rule_kind.value, epoch)
 
 
 def verdict_from_detail(d: VerdictDetail) -> Verdict:
@@ -158,15 +197,21 @@ class VerdictDecide:
         self.pending = inventory.pending()
         self.decider = core.Decider(self.compiled, self.inventory)
         self.clock = clock
+        self.epoch = inventory.epoch
         self._held_since: dict[str, float] = {}  # unnamed address -> first SYN held
 
     def update(self, message: object) -> None:
         if isinstance(message, PolicyUpdate):
             self.compiled = compile_policy(message.policy)
+            self.epoch = message.epoch
         elif isinstance(message, InventoryUpdate):
             self.inventory = message.inventory()
             self.pending = message.pending()
             self._held_since.clear()
+            self.epoch = message.epoch
+        elif isinstance(message, CacheEpoch):
+            self.epoch = message.epoch
+            return
         else:
             return
         self.decider = core.Decider(self.compiled, self.inventory)
@@ -190,7 +235,7 @@ class VerdictDecide:
             decision = Decision.REJECT
         else:
             decision = Decision.DROP
-        return Outcome(decision, verdict_detail(d.verdict))
+        return Outcome(decision, verdict_detail(d.verdict, self.epoch))
 
     def _hold(self, address: str) -> bool:
         """Hold an unnamed address's SYNs for :data:`UNNAMED_HOLD_SECONDS`, then
@@ -319,6 +364,14 @@ class Agent:
         self._file_loads = 0
         self._cluster_key: tuple[int, int, int] | None = None
         self._metrics: Any = None
+        # The kernel fast path (cached verdicts) and the admission limit's overloads.
+        self.fastpath = (FastPathTable(config.fastpath_ttl) if config.fastpath else None)
+        self.fast_hits = dict.fromkeys(FastVerdict, 0)
+        self._fast_dirty = False  # a kernel rebuild failed: redo it at the next poll
+        self._shared: dict[tuple[object, ...], tuple[object, ...]] = {}  # verdict details
+        self._identities: dict[str, Identity] = {}  # as last sent to the workers
+        self._sent_nets: tuple[str, ...] = ()
+        self.overload = OverloadTracker()
         self.link: Any = None
         self.runner: Any = None
         self.spool: Any = None
@@ -337,8 +390,12 @@ class Agent:
             old = self.policy
             self.policy = policy
             eff = self._effective(policy)
-            self.compiled = compile_policy(eff)
-            self._broadcast(PolicyUpdate(eff))
+            before, self.compiled = self.compiled, compile_policy(eff)
+            epoch, removed = (self.fastpath.invalidate_all() if self.fastpath is not None
+                              else (0, []))
+            self._shared.clear()
+            self._broadcast(PolicyUpdate(eff, epoch))
+            self._fast_rebuild(removed, before)
             self._apply_sets()
             self._apply_mode()
         log.info("policy applied", source=source, revision=policy.revision,
@@ -407,10 +464,35 @@ class Agent:
         if self.datapath is not None:
             self.datapath.workers.broadcast(message)
 
-    def _publish_inventory(self) -> None:
-        update = self._inventory_update()
+    def _send_inventory(self, update: InventoryUpdate) -> None:
+        """Make ``update`` the inventory everywhere (lock held). Addresses whose
+        identity it changes lose their cached verdicts first: the workers get
+        the update with a new fast-path epoch and the kernel's entries for them
+        go before the lock is released (a container stop, start, IP reuse)."""
+        identities = update.identities()
+        removed: list[Cached] = []
+        epoch = 0
+        if self.fastpath is not None:
+            epoch = self.fastpath.epoch
+            if update.container_nets != self._sent_nets:
+                epoch, removed = self.fastpath.invalidate_all()
+            else:
+                old = self._identities
+                changed = [a for a in identities.keys() | old.keys()
+                           if identities.get(a) != old.get(a)]
+                if changed:
+                    epoch, removed = self.fastpath.invalidate(changed)
+        self._identities, self._sent_nets = identities, update.container_nets
+        update = dataclasses.replace(update, epoch=epoch)
         self.inventory = update.inventory()
         self._broadcast(update)
+        self._fast_rebuild(removed)
+
+    def _epoch(self) -> int:
+        return self.fastpath.epoch if self.fastpath is not None else 0
+
+    def _publish_inventory(self) -> None:
+        self._send_inventory(self._inventory_update())
         self._apply_sets()
         if self.runner is not None:
             self.runner.set_inventory(self.inventory_report())
@@ -510,9 +592,8 @@ class Agent:
                 return
             for a in c.addresses:
                 self.local[a] = c
-            update = self._inventory_update()
-            self.inventory = update.inventory()
-            self._broadcast(update)  # workers know the identity before the set has it
+            # workers know the identity before the set has it
+            self._send_inventory(self._inventory_update())
             if self.policy.container_enabled and self.datapath is not None:
                 for a in c.addresses:
                     self.datapath.backend.add_address(AddressSet.LOCAL, a)
@@ -612,33 +693,49 @@ class Agent:
             found = self.discovery.snapshot()
             self.discovery_ok = True
         except Exception as exc:  # the engine may come later; watch() retries
-            log.warning("docker engine unreachable at start", docker_host=self.discovery.base_url,
-                        error=str(exc))
+            # logged once, as every outage ("container engine unreachable")
+            self.discovery.engine.down(outage_reason(exc), str(exc))
             found = []
         self.local = {a: c for c in found if not c.host_network for a in c.addresses}
-        self.inventory = self._inventory_update().inventory()
+        # The policy was applied already (a fast-path epoch of its own): the
+        # workers start in the current epoch, or nothing they decide is cached.
+        first = dataclasses.replace(self._inventory_update(), epoch=self._epoch())
+        self.inventory = first.inventory()
+        self._identities, self._sent_nets = first.identities(), first.container_nets
         eff = self._effective(self.policy)
-        self.decide = VerdictDecide(eff, self._inventory_update())
+        self.decide = VerdictDecide(eff, first)
+        c = self.config
         dp_config = DatapathConfig(
-            queue_num=self.config.queue_num, queues=self.config.queues,
-            fail_open=not self.config.fail_closed, block_mode="reset",
-            ipv6=self.config.ipv6, dns=self.config.dns,
+            queue_num=c.queue_num, queues=c.queues, fail_open=not c.fail_closed,
+            block_mode="reset", ipv6=c.ipv6, dns=c.dns, admission_rate=c.admission_rate,
+            admission_burst=c.admission_burst, fastpath=c.fastpath, fastpath_ttl=c.fastpath_ttl,
         )
         datapath = Datapath(dp_config, self.decide, self.netns)
+        datapath.on_dns_change = self._on_dns_change
+        # The rules go in with their sets already filled: no moment in which a
+        # protected workload is not in them (an earlier run's sets are swapped).
+        for which, addrs in self.wanted_sets().items():
+            datapath.backend.stage(which, addrs)
         report = datapath.start()
         self.datapath = datapath  # only now is the kernel state ours to remove
         for item in report.removed_leftovers:
-            log.warning("removed leftover kernel state of an earlier run", item=item)
+            log.warning("replaced leftover kernel state of an earlier run", item=item)
         for note in report.notes:
             log.info(note)
         self._apply_sets()
         self._apply_mode()
         log.info("defender started", hostname=self.config.hostname, netns=self.config.netns,
                  queues=self.config.queues, fail_open=not self.config.fail_closed,
+                 admission_rate=c.admission_rate or None,
+                 fastpath_ttl=c.fastpath_ttl if c.fastpath else None,
                  block_mode=eff.block_mode.value, host_addresses=list(self.node.addresses),
                  containers=len(self.local), revision=self.policy.revision,
                  container_enabled=self.policy.container_enabled,
                  host_enabled=self.policy.host_enabled)
+        if self.fastpath is not None:
+            beat = threading.Thread(target=self._heartbeat, name="cnnf-heartbeat", daemon=True)
+            beat.start()
+            self._threads.append(beat)
         t = threading.Thread(target=self.discovery.watch, name="cnnf-discovery", daemon=True,
                              args=(self._on_snapshot, self._on_start, self.stop_event),
                              kwargs={"on_error": self._on_discovery_error})
@@ -676,9 +773,13 @@ class Agent:
         next_repair = now + self.config.repair_interval
         next_status = now
         next_watch = now + 0.5
+        next_kernel = now + KERNEL_POLL_INTERVAL
         while not self.stop_event.wait(0.05):
             self.collect()
             now = time.monotonic()
+            if now >= next_kernel:
+                next_kernel = now + KERNEL_POLL_INTERVAL
+                self.poll_kernel()
             if now >= next_watch:
                 next_watch = now + 0.5
                 if self.config.policy_file is not None:
@@ -701,6 +802,7 @@ class Agent:
         assert self.datapath is not None
         compiled = self.compiled
         inv = self.inventory
+        offers: list[tuple[FastVerdict, tuple[str, int, str], object, int]] = []
         for r in self.datapath.workers.reports():
             if r.detail == UNIDENTIFIED:
                 self._on_unidentified(r.packet)
@@ -714,7 +816,18 @@ class Agent:
             action = (core.Action.ACCEPT if not verdict.blocked
                       else core.Action.DROP if r.decision == Decision.DROP
                       else core.Action.REJECT)
-            self.recorder.record(core.Decision(action, verdict, attempt), compiled, r.time)
+            decision = core.Decision(action, verdict, attempt)
+            self.recorder.record(decision, compiled, r.time)
+            fast = FAST_VERDICTS.get(r.decision)
+            if fast is not None and self.fastpath is not None:
+                # Compact: entries live for the TTL, and a scan makes thousands.
+                # The identities are looked up again when repeats are counted
+                # (a change of either end's identity removes the entry first).
+                detail = self._shared.setdefault(r.detail[:6], r.detail[:6])
+                key = (sys.intern(p.src), p.dport, sys.intern(p.dst))
+                offers.append((fast, key, (detail, p.dst_domains), r.detail[6]))
+        if offers:
+            self._fast_offer(offers)
         while True:
             try:
                 ev = self.observed.get_nowait()
@@ -727,6 +840,144 @@ class Agent:
             if dst.address in inv.remote:
                 continue  # to another node: local or outbound to external only
             self.recorder.observe(src, dst, ev.dport, ev.time)
+
+    # -- the kernel fast path and the admission limit ------------------------------------
+
+    def _fast_offer(self, offers: list[tuple[FastVerdict, tuple[str, int, str], object, int]],
+                    ) -> None:
+        """Put decided triples in the kernel if no change since their decision
+        touched them (serialised with invalidations by the lock)."""
+        assert self.fastpath is not None and self.datapath is not None
+        now = time.monotonic()
+        with self._lock:
+            new = [c for fv, key, rec, epoch in offers
+                   if (c := self.fastpath.offer(fv, key, rec, epoch, now)) is not None]
+            if not new:
+                return
+            try:
+                self.datapath.backend.fastpath_add(
+                    [c.entry for c in new], self.config.fastpath_ttl + FASTPATH_GRACE)
+            except DatapathError as exc:
+                # Not in the kernel: forget them here too (they are decided again).
+                self.fastpath.invalidate({c.key[0] for c in new} | {c.key[2] for c in new})
+                log.error("fast path: cached verdicts not added", error=str(exc),
+                          entries=len(new))
+
+    def _fast_rebuild(self, removed: list[Cached],
+                      compiled: CompiledPolicy | None = None) -> None:
+        """Swap the kernel's fast-path sets for ones holding only the entries the
+        table keeps (lock held), recording what the removed ones counted last."""
+        if self.fastpath is None or self.datapath is None or not (removed or self._fast_dirty):
+            return
+        try:
+            final = self.datapath.backend.fastpath_replace(
+                self.fastpath.kernel_timeouts(time.monotonic(), FASTPATH_GRACE))
+        except DatapathError as exc:
+            # Stale verdicts may still be in the kernel: retried at every poll.
+            self._fast_dirty = True
+            log.error("fast path: cached verdicts could not be replaced; retrying",
+                      error=str(exc))
+            return
+        self._fast_dirty = False
+        self._record_fast(self.fastpath.settled(final, removed), compiled)
+
+    def _record_fast(self, counted: list[tuple[Cached, int]],
+                     compiled: CompiledPolicy | None = None) -> None:
+        """Repeats the kernel answered -> flows (and audits of prevented ones).
+        ``compiled``: the policy the entries were decided under, when it was
+        just replaced (for the audits' subnet and domain)."""
+        now = self.clock()
+        inv = self.inventory
+        for cached, n in counted:
+            detail, domains = cast("tuple[VerdictDetail, tuple[str, ...]]", cached.record)
+            src, port, dst = cached.key
+            attempt = ConnectionAttempt(inv.endpoint(src), inv.endpoint(dst, domains), port)
+            decision = core.Decision(FAST_ACTIONS[cached.verdict], verdict_from_detail(detail),
+                                     attempt)
+            self.recorder.record(decision, compiled or self.compiled, now, count=n)
+            self.fast_hits[cached.verdict] += n
+
+    def _on_dns_change(self, addresses: set[str]) -> None:
+        """A DNS answer gave addresses new names (called before it is let through)."""
+        if self.fastpath is None:
+            return
+        with self._lock:
+            epoch, removed = self.fastpath.invalidate(addresses)
+            self._broadcast(CacheEpoch(epoch))
+            self._fast_rebuild(removed)
+
+    def poll_kernel(self) -> None:
+        """Read the fast path's counters (expiring old entries) and the admission
+        limit's drops per source."""
+        assert self.datapath is not None
+        backend = self.datapath.backend
+        now = time.monotonic()
+        try:
+            if self.fastpath is not None:
+                with self._lock:
+                    expired = self.fastpath.expire(now)
+                    if self._fast_dirty:
+                        expired += self.fastpath.invalidate_all()[1]
+                        self._broadcast(CacheEpoch(self.fastpath.epoch))
+                    if expired or self._fast_dirty:
+                        self._fast_rebuild(expired)
+                    elif len(self.fastpath):
+                        self._record_fast(self.fastpath.counted(backend.fastpath_counters()))
+            if self.config.admission_rate:
+                for report in self.overload.update(backend.overload_counters(), now):
+                    self._on_overload(report)
+                idle = self.overload.idle_sources(now)
+                if idle:
+                    backend.overload_forget(idle)
+        except DatapathError as exc:
+            log.error("kernel counters not read", error=str(exc))
+
+    def _heartbeat(self) -> None:
+        """Keep the kernel's cached verdicts on while this process lives (its own
+        thread: a busy main loop must not switch them off). They stop within
+        ``HEARTBEAT_TIMEOUT`` seconds of a crash."""
+        assert self.datapath is not None
+        failing = False
+        while not self.stop_event.wait(1.0):
+            try:
+                self.datapath.backend.heartbeat()
+                failing = False
+            except DatapathError as exc:
+                if not failing:
+                    log.error("fast path heartbeat failed; cached verdicts lapse and every "
+                              "SYN goes to the verdict loop", error=str(exc))
+                failing = True
+
+    def _source_name(self, address: str) -> str:
+        ident = self.inventory.identity(address)
+        if isinstance(ident, ContainerIdentity):
+            return f"{ident.image} ({ident.name or address})"
+        if isinstance(ident, HostIdentity):
+            return f"host {ident.name} ({address})"
+        return address
+
+    def _on_overload(self, report: OverloadReport) -> None:
+        """Log the episode (rate-limited by the tracker) and raise one overload
+        audit per top source."""
+        rate = self.config.admission_rate
+        top = [f"{self._source_name(a)}: {n}" for a, n in report.dropped.items()]
+        if report.ended:
+            log.warning("overload ended", seconds=round(report.seconds, 1),
+                        lasted_s=round(time.monotonic() - report.started, 1),
+                        dropped=report.total, top_sources=top)
+        elif report.first:
+            log.warning("overload: the admission limit is dropping new connections",
+                        limit_per_source=rate, dropped=report.total, top_sources=top)
+        else:
+            log.warning("overload continues", seconds=round(report.seconds, 1),
+                        dropped=report.total, top_sources=top)
+        now = self.clock()
+        for address, n in report.dropped.items():
+            src = EndpointInfo.from_endpoint(self.inventory.endpoint(address))
+            self.recorder.add_audit(overload_audit(
+                now, src, host=self.config.hostname, dropped=n,
+                seconds=max(report.seconds, KERNEL_POLL_INTERVAL), rate=rate,
+                reporter=self.config.hostname))
 
     def _on_unidentified(self, p: PacketInfo) -> None:
         self.unidentified += 1
@@ -779,8 +1030,14 @@ class Agent:
             log.warning("repaired kernel state", item=item)
         if any(r.startswith("verdict worker") for r in repaired):
             with self._lock:  # restarted workers: resend the current snapshot
-                self._broadcast(PolicyUpdate(self._effective(self.policy)))
-                self._broadcast(self._inventory_update())
+                epoch = self._epoch()
+                self._broadcast(PolicyUpdate(self._effective(self.policy), epoch))
+                self._broadcast(dataclasses.replace(self._inventory_update(), epoch=epoch))
+        if self.fastpath is not None and any("cnnf-fp" in r for r in repaired):
+            with self._lock:  # a fast-path set was recreated empty: start afresh
+                epoch, removed = self.fastpath.invalidate_all()
+                self._broadcast(CacheEpoch(epoch))
+                self._fast_rebuild(removed)
 
     # -- status and metrics -------------------------------------------------------------
 
@@ -837,6 +1094,17 @@ class Agent:
                 "connected": bool(self.runner and self.runner.connected),
                 "spool_batches": spool[0], "spool_bytes": spool[1],
             },
+            "engine": self.discovery.engine.as_dict(),
+            "fastpath": None if self.fastpath is None else {
+                "entries": len(self.fastpath), "ttl": self.config.fastpath_ttl,
+                "hits": self._fast_hit_counts(),
+            },
+            "admission": {
+                "rate": self.config.admission_rate, "dropped": self.overload.total,
+                "overload": self.overload.active,
+                "top": [{"address": a, "name": self._source_label(a), "dropped": n}
+                        for a, n in self.overload.top()],
+            },
         }
 
     def write_status(self) -> None:
@@ -872,7 +1140,23 @@ class Agent:
             spool_batches=self.spool.size()[0] if self.spool is not None else 0,
             console_connected=int(bool(self.runner and self.runner.connected)),
             unidentified_dropped=self.unidentified,
+            engine_up=int(self.discovery.engine.up),
+            engine_outages=self.discovery.engine.outages,
+            engine_outage_seconds=self.discovery.engine.outage_seconds(),
+            queue_user_dropped=sum(q.user_dropped for q in stats.queues),
+            fastpath_entries=len(self.fastpath) if self.fastpath is not None else 0,
+            fastpath_hits=self._fast_hit_counts(),
+            admission_dropped=self.overload.total,
+            admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
+            overload=int(self.overload.active),
         )
+
+    def _fast_hit_counts(self) -> dict[str, int]:
+        return {v.name.lower(): n for v, n in self.fast_hits.items()}
+
+    def _source_label(self, address: str) -> str:
+        ident = self.inventory.identity(address)
+        return ident.name if ident is not None else ""
 
     # -- stop ------------------------------------------------------------------------------
 
@@ -888,8 +1172,9 @@ class Agent:
         if self.datapath is not None:
             with contextlib.suppress(Exception):
                 self.collect()
+                self.poll_kernel()  # what the fast path answered since the last read
             try:
-                removed = self.datapath.stop()
+                removed = self.datapath.stop(keep_rules=self.config.fail_closed)
             except Exception as exc:
                 log.error("removing kernel state failed; run `cnnf defender cleanup`",
                           error=str(exc))
@@ -910,4 +1195,9 @@ class Agent:
             return
         self.config.status_file.unlink(missing_ok=True)
         (self.config.state_dir / "inventory.json").unlink(missing_ok=True)
-        log.info("defender stopped; kernel state removed", removed=len(removed))
+        if self.config.fail_closed:
+            log.warning("defender stopped; fail-closed: its rules stay and refuse new "
+                        "connections of protected workloads until the next start or "
+                        "`cnnf defender cleanup`", done=removed)
+        else:
+            log.info("defender stopped; kernel state removed", removed=len(removed))

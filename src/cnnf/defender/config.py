@@ -81,6 +81,9 @@ class DefenderConfig:
     cluster_inventory: Path | None = None
     ipv6: bool = True
     dns: bool = True
+    admission_rate: int = 1000  # new connections/s per source into the queue; 0: off
+    fastpath: bool = True
+    fastpath_ttl: float = 60.0
 
     def __post_init__(self) -> None:
         if (self.policy_file is None) == (self.console is None):
@@ -106,8 +109,18 @@ class DefenderConfig:
                 raise ConfigError(f"--netns {self.netns!r}: no such network namespace ({path})")
         if self.cluster_inventory is not None and not self.cluster_inventory.is_file():
             raise ConfigError(f"--cluster-inventory {str(self.cluster_inventory)!r}: no such file")
+        if not 0 <= self.admission_rate <= 1_000_000:
+            raise ConfigError(f"--admission-rate {self.admission_rate}: expected 0 (off) to "
+                              "1000000 new connections per second and source")
+        if not 1 <= self.fastpath_ttl <= 86400:
+            raise ConfigError(f"--fastpath-ttl {self.fastpath_ttl}: expected 1 to 86400 s")
         if not self.hostname:
             raise ConfigError("--hostname: must not be empty")
+
+    @property
+    def admission_burst(self) -> int:
+        """hashlimit allows bursts of at most 10,000."""
+        return max(1, min(10_000, 2 * self.admission_rate))
 
     @property
     def managed(self) -> bool:

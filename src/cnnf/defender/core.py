@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from cnnf.defender.inventory import Inventory
 from cnnf.model import BlockMode, ConnectionAttempt, Effect, Endpoint, ObjectKind, Verdict
-from cnnf.model.records import AuditEvent, EndpointInfo, FlowRecord, audit_message
+from cnnf.model.records import AuditEvent, AuditType, EndpointInfo, FlowRecord, audit_message
 from cnnf.model.rule import RuleKind
 from cnnf.policy.engine import CompiledPolicy
 
@@ -120,41 +120,61 @@ class Recorder:
     flows: dict[tuple[object, ...], FlowRecord] = field(default_factory=dict)
     open_audits: dict[tuple[object, ...], AuditEvent] = field(default_factory=dict)
     closed_audits: list[AuditEvent] = field(default_factory=list)
+    # EndpointInfo is immutable: one per endpoint, shared by its records (a busy
+    # or scanning source makes thousands of records a second).
+    _infos: dict[Endpoint, EndpointInfo] = field(default_factory=dict)
 
-    def record(self, decision: Decision, policy: CompiledPolicy, now: float) -> AuditEvent | None:
-        """Record one evaluated attempt; return the audit if it opened a new one."""
+    def info(self, ep: Endpoint) -> EndpointInfo:
+        found = self._infos.get(ep)
+        if found is None:
+            if len(self._infos) >= 4096:
+                self._infos.clear()
+            found = self._infos[ep] = EndpointInfo.from_endpoint(ep)
+        return found
+
+    def record(
+        self, decision: Decision, policy: CompiledPolicy, now: float, count: int = 1
+    ) -> AuditEvent | None:
+        """Record ``count`` attempts with one decision (more than one: repeats the
+        kernel's fast path answered); return the audit if it opened a new one."""
         att, verdict = decision.attempt, decision.verdict
-        src = EndpointInfo.from_endpoint(att.src)
-        dst = EndpointInfo.from_endpoint(att.dst)
+        src = self.info(att.src)
+        dst = self.info(att.dst)
         self._flow(FlowRecord(
             src=src, dst=dst, port=att.port, effect=verdict.effect, matched=verdict.matched,
             rule_id=verdict.rule_id, rule_name=verdict.rule_name, rule_kind=verdict.rule_kind,
             revision=verdict.revision, first_seen=now, last_seen=now, reporter=self.reporter,
+            count=count,
         ))
         if not verdict.effect.audits:
             return None
         subnet, domain = matched_subnet_and_domain(policy, verdict, att.dst)
         event = AuditEvent(
-            time=now, type=_rule_kind(att, verdict), effect=verdict.effect,
+            time=now, type=AuditType.of(_rule_kind(att, verdict)), effect=verdict.effect,
             blocked=verdict.blocked, rule_id=verdict.rule_id, rule_name=verdict.rule_name or "",
             src=src, dst=dst, port=att.port, dst_subnet=subnet, dst_domain=domain,
             message=audit_message(verdict, src, dst, att.port), revision=verdict.revision,
-            reporter=self.reporter,
+            reporter=self.reporter, count=count,
         )
         key = event.key()
         prev = self.open_audits.get(key)
         if prev is not None and now - prev.time <= self.fold_window:
-            self.open_audits[key] = prev.model_copy(update={"count": prev.count + 1})
+            self.open_audits[key] = prev.model_copy(update={"count": prev.count + count})
             return None
         if prev is not None:
             self.closed_audits.append(prev)
         self.open_audits[key] = event
         return event
 
+    def add_audit(self, event: AuditEvent) -> None:
+        """An audit that is not about one connection (e.g. overload): out with the
+        next drain."""
+        self.closed_audits.append(event)
+
     def observe(self, src: Endpoint, dst: Endpoint, port: int, now: float) -> None:
         """Record a connection seen (not evaluated) with enforcement disabled."""
         self._flow(FlowRecord(
-            src=EndpointInfo.from_endpoint(src), dst=EndpointInfo.from_endpoint(dst), port=port,
+            src=self.info(src), dst=self.info(dst), port=port,
             effect=Effect.ALLOW, matched=False, mode="observed", first_seen=now, last_seen=now,
             reporter=self.reporter,
         ))

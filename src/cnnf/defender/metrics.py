@@ -28,6 +28,16 @@ class Figures:
     spool_batches: int = 0
     console_connected: int = 0
     unidentified_dropped: int = 0  # SYNs of containers not named yet (retransmitted)
+    engine_up: int = 0  # 1 while the container engine answers
+    engine_outages: int = 0  # times it stopped answering
+    engine_outage_seconds: float = 0.0  # the current outage so far (0 while up)
+    queue_user_dropped: int = 0  # the verdict loop's socket buffer overflowed
+    fastpath_entries: int = 0  # cached verdicts in the kernel
+    fastpath_hits: dict[str, int] = field(default_factory=dict)  # verdict -> repeats answered
+    admission_dropped: int = 0  # SYNs the per-source admission limit dropped, all sources
+    # the top sources: (address, name, SYNs dropped)
+    admission_top: list[tuple[str, str, int]] = field(default_factory=list)
+    overload: int = 0  # 1 while an overload episode lasts
 
 
 class DefenderCollector(Collector):
@@ -41,6 +51,17 @@ class DefenderCollector(Collector):
         for decision, n in sorted(f.verdicts.items()):
             v.add_metric([decision], n)
         yield v
+        fp = CounterMetricFamily("cnnf_defender_fastpath_hits", "repeat SYNs the kernel "
+                                 "answered from a cached verdict", labels=["verdict"])
+        for verdict, n in sorted(f.fastpath_hits.items()):
+            fp.add_metric([verdict], n)
+        yield fp
+        top = GaugeMetricFamily("cnnf_defender_admission_dropped_by_source", "SYNs the "
+                                "admission limit dropped, top sources (all time)",
+                                labels=["source", "name"])
+        for address, name, n in f.admission_top:
+            top.add_metric([address, name], n)
+        yield top
         for name, doc, value in (
             ("protected_workloads", "addresses in the protected sets", f.protected),
             ("policy_revision", "revision of the enforced policy", f.policy_revision),
@@ -50,14 +71,25 @@ class DefenderCollector(Collector):
              f.last_protect_gap_ms),
             ("spool_batches", "report batches waiting for the console", f.spool_batches),
             ("console_connected", "1 while the console link is up", f.console_connected),
+            ("fastpath_entries", "verdicts cached in the kernel", f.fastpath_entries),
+            ("overload", "1 while the admission limit is dropping SYNs", f.overload),
+            ("engine_up", "1 while the container engine answers", f.engine_up),
+            ("engine_outage_seconds", "length of the current container engine outage "
+             "(0 while up)", f.engine_outage_seconds),
         ):
             yield GaugeMetricFamily(f"cnnf_defender_{name}", doc, value=value)
         for name, doc, value in (
             ("flows", "flow records produced", f.flows),
             ("audits", "audit events produced", f.audits),
             ("repairs", "kernel state repairs", f.repairs),
+            ("queue_user_dropped", "SYNs lost because the verdict loop's socket buffer "
+             "was full", f.queue_user_dropped),
+            ("admission_dropped", "SYNs the per-source admission limit dropped",
+             f.admission_dropped),
             ("unidentified_dropped", "SYNs of containers not named yet, dropped once",
              f.unidentified_dropped),
+            ("engine_outages", "times the container engine became unreachable or "
+             "unresponsive", f.engine_outages),
         ):
             yield CounterMetricFamily(f"cnnf_defender_{name}", doc, value=value)
 

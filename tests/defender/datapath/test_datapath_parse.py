@@ -189,41 +189,87 @@ def test_parse_conntrack_event() -> None:
     assert parse_event("[1.0] [NEW] udp 17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2") is None
 
 
+def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:
+    backend = IptablesBackend(config)
+    backend._nft_reject = nft_reject  # what install() sets when the nft table went in
+    return "\n".join(backend.rules(4))
+
+
 @pytest.mark.parametrize(
-    ("config", "present", "absent"),
+    ("config", "nft", "present", "absent"),
     [
         (
             DatapathConfig(),
+            False,
             [
-                "--queue-num 4200 --queue-bypass",
-                "--reject-with tcp-reset",
+                "-A CNNF-QUEUE -j NFQUEUE --queue-num 4200 --queue-bypass",
+                "-p tcp -m mark --mark 0x20000000/0x20000000 -j REJECT --reject-with tcp-reset",
                 "--queue-num 4299 --queue-bypass",
+                # cached verdicts, while the Defender's heartbeat is fresh
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set cnnf-fpa4 "
+                "src,dst,dst -j ACCEPT",
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set cnnf-fpr4 "
+                "src,dst,dst -p tcp -j REJECT --reject-with tcp-reset",
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set cnnf-fpd4 "
+                "src,dst,dst -j DROP",
+                "-m hashlimit --hashlimit-above 1000/sec --hashlimit-burst 2000 "
+                "--hashlimit-mode srcip --hashlimit-name cnnf-adm4",
+                "-A CNNF-OVERLOAD -j SET --add-set cnnf-over4 src",
+                "-A CNNF-OVERLOAD -m set --match-set cnnf-over4 src -j DROP",
             ],
-            ["--queue-balance"],
+            ["--queue-balance", "MARK"],
         ),
         (
+            # fail-closed: no verdict process -> bypass, marked pending; nft resets it
             DatapathConfig(fail_open=False, block_mode="drop", dns=False),
-            ["--queue-num 4200"],
-            ["--queue-bypass", "REJECT", "4299"],
+            True,
+            ["-A CNNF-QUEUE -j MARK --set-xmark 0x40000000/0x40000000",
+             "-A CNNF-QUEUE -j NFQUEUE --queue-num 4200 --queue-bypass"],
+            ["-m mark --mark", "4299"],
         ),
-        (DatapathConfig(queues=2), ["--queue-balance 4200:4201 --queue-bypass"], []),
+        (
+            # fail-closed without nftables: no bypass (dropped), nothing to mark
+            DatapathConfig(fail_open=False, dns=False),
+            False,
+            ["-A CNNF-QUEUE -j NFQUEUE --queue-num 4200\n"],
+            ["--queue-bypass", "MARK"],
+        ),
+        (
+            DatapathConfig(admission_rate=0, fastpath=False),
+            False,
+            ["-A CNNF-QUEUE -j NFQUEUE --queue-num 4200 --queue-bypass"],
+            ["hashlimit", "CNNF-OVERLOAD", "cnnf-fp"],
+        ),
+        (DatapathConfig(queues=2), False, ["--queue-balance 4200:4201 --queue-bypass"], []),
     ],
 )
-def test_rules_follow_config(config: DatapathConfig, present: list[str], absent: list[str]) -> None:
-    text = "\n".join(IptablesBackend(config).rules(4))
+def test_rules_follow_config(
+    config: DatapathConfig, nft: bool, present: list[str], absent: list[str]
+) -> None:
+    text = _rules(config, nft) + "\n"
     for s in present:
         assert s in text
     for s in absent:
         assert s not in text
 
 
+def test_the_queue_chain_checks_the_fast_path_then_admission_then_queues() -> None:
+    rules = [r for r in _rules(DatapathConfig(fail_open=False), True).splitlines()
+             if r.startswith("-A CNNF-QUEUE")]
+    kinds = ["fpa4" in rules[0], "fpr4" in rules[1], "fpd4" in rules[2],
+             "hashlimit" in rules[3], "MARK" in rules[4], "NFQUEUE" in rules[5]]
+    assert kinds == [True] * 6 and len(rules) == 6
+
+
 def test_rules_queue_outbound_and_unprotected_inbound() -> None:
     rules = IptablesBackend(DatapathConfig(dns=False)).rules(6)
-    fwd = [r for r in rules if r.startswith("-A CNNF-FORWARD") and "NFQUEUE" in r]
+    fwd = [r for r in rules if r.startswith("-A CNNF-FORWARD") and "-j CNNF-QUEUE" in r]
     assert len(fwd) == 2
     assert "--match-set cnnf-local6 src" in fwd[0]
     assert "--match-set cnnf-local6 dst -m set ! --match-set cnnf-cluster6 src" in fwd[1]
     assert all("--syn -m conntrack --ctstate NEW" in r for r in fwd)
+    assert ("-m set --match-set cnnf-alive6 src -m set --match-set cnnf-fpa6 src,dst,dst "
+            "-j ACCEPT") in "\n".join(rules)
     jumps = [r for r in rules if r.startswith("-I ")]
     assert jumps == [
         f"-I {b} 1 -m comment --comment cnnf -j CNNF-{b}" for b in ("FORWARD", "INPUT", "OUTPUT")

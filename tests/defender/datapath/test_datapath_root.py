@@ -21,11 +21,13 @@ import pytest
 
 import netns
 from cnnf.defender.datapath import (
+    HEARTBEAT_TIMEOUT,
     AddressSet,
     ConntrackObserver,
     Datapath,
     DatapathConfig,
     Decision,
+    FastVerdict,
     IptablesBackend,
     ObservedConnection,
     Outcome,
@@ -201,8 +203,9 @@ def kill_worker(dp: Datapath, queue: int) -> None:
 def test_fail_open_survives_a_killed_loop_and_repair_restarts_it(h: Harness, servers: None) -> None:
     t = h.topo
     dp = h.start(DatapathConfig(fail_open=True))
-    assert t.c1.connect(t.C2, BROKEN) == "ok"  # decide() raised: fail-open accepts
-    assert dp.stats().total.errors == 1
+    # decide() raised: the Defender is there but broken, not absent: dropped
+    assert t.c1.connect(t.C2, BROKEN, timeout=1) == "timeout"
+    assert dp.stats().total.errors >= 1
     assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
     kill_worker(dp, 4200)
     assert t.c1.connect(t.C2, REJECT, timeout=5) == "ok"  # bypassed: nobody decides
@@ -219,7 +222,13 @@ def test_fail_closed_refuses_new_connections_without_the_loop(h: Harness, server
     assert t.c1.connect(t.C2, BROKEN, timeout=1) == "timeout"  # decide() raised: dropped
     assert dp.stats().total.errors >= 1
     kill_worker(dp, 4200)
-    assert t.c1.connect(t.C2, ALLOW, timeout=1) == "timeout"
+    # No verdict process: refused at once with a TCP reset (the nft table), not
+    # left hanging, and never accepted.
+    assert t.c1.connect(t.C2, ALLOW, timeout=3) == "refused"
+    assert t.c1.connect(t.C2_6, ALLOW, timeout=3) == "refused"  # IPv6 too
+    repaired = dp.check_and_repair()
+    assert any("verdict worker for queue 4200" in r for r in repaired), repaired
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
 
 
 def test_queue_bound_elsewhere_is_a_clear_error(h: Harness) -> None:
@@ -395,10 +404,10 @@ def test_probe_finds_the_iptables_backend_and_leaves_nothing(h: Harness) -> None
     assert kernel_state(t.node)[:3] == before[:3]
 
 
-@pytest.mark.parametrize(("fail_open", "expected"), [(True, "ok"), (False, "timeout")])
-def test_full_queue_fails_open_or_closed(
-    h: Harness, servers: None, fail_open: bool, expected: str
-) -> None:
+@pytest.mark.parametrize("fail_open", [True, False], ids=["fail-open", "fail-closed"])
+def test_a_full_queue_drops_in_both_modes(h: Harness, servers: None, fail_open: bool) -> None:
+    """A busy Defender is not an absent one: a SYN that finds the queue full is
+    dropped (TCP retransmits it), never accepted unevaluated."""
     t = h.topo
     release = multiprocessing.get_context("fork").Event()
 
@@ -413,7 +422,7 @@ def test_full_queue_fails_open_or_closed(
     )
     try:
         assert poll(lambda: any(q.waiting == 1 for q in queue_stats(dp.netns)))
-        assert t.c1.connect(t.C2, ALLOW, timeout=1) == expected
+        assert t.c1.connect(t.C2, ALLOW, timeout=1) == "timeout"
     finally:
         release.set()
         first.wait(10)
@@ -460,3 +469,185 @@ def test_killed_defender_fails_open_and_a_restart_or_cleanup_recovers(
     removed = cleanup(t.node.name)
     assert "ipset cnnf-local4" in removed
     assert kernel_state(t.node)[:3] == before[:3]
+
+
+# ----------------------------------------------------------------- under attack
+
+def probing(ns: netns.Netns, host: str, port: int, seconds: float) -> subprocess.Popen[str]:
+    return netns.probing(ns.path, host, port, seconds)
+
+
+outcomes = netns.outcomes
+
+
+def test_the_fast_path_answers_repeats_in_the_kernel_and_counts_them(
+    h: Harness, servers: None
+) -> None:
+    t = h.topo
+    dp = h.start(DatapathConfig(dns=False))
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
+    assert t.c1.connect(t.C2_6, ALLOW) == "ok"
+    first = h.total(dp)
+    assert first == 3
+    dp.backend.heartbeat()  # what the Defender does every second
+    dp.backend.fastpath_add([(FastVerdict.ACCEPT, t.C1, ALLOW, t.C2),
+                             (FastVerdict.REJECT, t.C1, REJECT, t.C2),
+                             (FastVerdict.ACCEPT, t.C1_6, ALLOW, t.C2_6)], timeout=60)
+    for _ in range(3):
+        assert t.c1.connect(t.C2, ALLOW) == "ok"
+        assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"  # a reset, from the kernel
+    assert t.c1.connect(t.C2_6, ALLOW) == "ok"
+    assert h.total(dp) == first  # the verdict loop saw none of the repeats
+    counts = dp.backend.fastpath_counters()
+    assert counts == {(FastVerdict.ACCEPT, t.C1, ALLOW, t.C2): 3,
+                      (FastVerdict.REJECT, t.C1, REJECT, t.C2): 3,
+                      (FastVerdict.ACCEPT, t.C1_6, ALLOW, t.C2_6): 1}
+    # Another source, port or destination is not covered by the entries.
+    assert t.c2.connect(t.REMOTE, ALLOW) == "ok"
+    assert h.total(dp) == first + 1
+
+    # A replacement keeps one entry (counters restart at zero) and hands back
+    # the last counts of everything swapped out; the others reach the loop again.
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+    final = dp.backend.fastpath_replace([((FastVerdict.REJECT, t.C1, REJECT, t.C2), 60)])
+    assert final[(FastVerdict.ACCEPT, t.C1, ALLOW, t.C2)] == 4
+    assert final[(FastVerdict.REJECT, t.C1, REJECT, t.C2)] == 3
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+    assert h.total(dp) == first + 2
+    assert t.c1.connect(t.C2, REJECT, timeout=5) == "refused"
+    assert h.total(dp) == first + 2
+    assert dp.backend.fastpath_counters() == {(FastVerdict.REJECT, t.C1, REJECT, t.C2): 1}
+    assert dp.backend.fastpath_replace([]) == {(FastVerdict.REJECT, t.C1, REJECT, t.C2): 1}
+    assert dp.backend.fastpath_counters() == {}
+    assert "cnnf-tmp" not in kernel_state(t.node)[2]  # the swapped-out sets are gone
+
+
+def test_cached_verdicts_lapse_without_the_defenders_heartbeat(
+    h: Harness, servers: None
+) -> None:
+    """A Defender that died cannot keep answering from its cache: once its
+    heartbeat is older than HEARTBEAT_TIMEOUT, the SYNs meet the queue again
+    (here a live loop; with none, the configured failure mode)."""
+    t = h.topo
+    dp = h.start(DatapathConfig(dns=False))
+    dp.backend.heartbeat()
+    dp.backend.fastpath_add([(FastVerdict.ACCEPT, t.C1, REJECT, t.C2)], timeout=60)
+    assert t.c1.connect(t.C2, REJECT) == "ok"  # the cached (stale) allow answers
+    before = h.total(dp)
+    assert poll(lambda: t.c1.connect(t.C2, REJECT, timeout=2) == "refused",
+                HEARTBEAT_TIMEOUT + 3)
+    assert h.total(dp) > before  # decided by the loop again, not the cache
+    dp.backend.heartbeat()
+    assert t.c1.connect(t.C2, REJECT) == "ok"
+
+
+def test_a_flooding_source_is_limited_in_the_kernel_and_others_get_through(
+    h: Harness, servers: None
+) -> None:
+    """hping3 floods new-connection SYNs from c1 (a new destination port each,
+    so no cached verdict helps); the admission limit drops most of them before
+    the queue and counts them per source, while c2's connections all succeed."""
+    t = h.topo
+    dp = h.start(DatapathConfig(dns=False, admission_rate=200, admission_burst=200))
+    flood = subprocess.Popen(t.c1.argv("timeout", "6", "hping3", "-S", "-p", "++20000",
+                                       "--flood", t.C2),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert poll(lambda: dp.backend.overload_counters().get(t.C1, 0) > 1000, 5)
+        prober = probing(t.c2, t.REMOTE, ALLOW, 3)
+        seen = outcomes(prober)
+    finally:
+        flood.wait(15)
+    assert seen.get("ok", 0) >= 50 and seen.get("refused", 0) == 0, seen
+    assert seen.get("timeout", 0) * 100 <= seen["ok"], seen  # at least 99 % through
+    time.sleep(0.2)
+    dropped = dp.backend.overload_counters()
+    assert dropped[t.C1] > 10_000 and t.C2 not in dropped
+    c = dp.stats()
+    # c1's share that reached the loop is bounded by the limit (6 s at 200/s,
+    # plus the burst), whatever the flood's rate.
+    assert c.total.total <= 6 * 200 + 200 + seen["ok"] + 50
+    assert all(q.dropped == 0 for q in c.queues)  # the queue itself never filled
+    dp.backend.overload_forget([t.C1])
+    assert t.C1 not in dp.backend.overload_counters()
+
+
+DEFENDER_FC = """
+    import sys, threading
+    from cnnf.defender.datapath import Datapath, DatapathConfig, Decision
+    def decide(p):
+        return Decision.REJECT if p.dport == int(sys.argv[2]) else Decision.ACCEPT
+    dp = Datapath(DatapathConfig(fail_open=False, dns=False), decide, sys.argv[1])
+    for which in ("local", "cluster"):
+        dp.backend.stage(which, sys.argv[3:])
+    dp.start()
+    print("ready", flush=True)
+    threading.Event().wait()
+"""
+
+
+def test_fail_closed_never_lets_a_prevented_syn_through_across_kill_and_restart(
+    h: Harness, servers: None
+) -> None:
+    t = h.topo
+    argv = [sys.executable, "-c", textwrap.dedent(DEFENDER_FC), t.node.name, str(REJECT),
+            t.C1, t.C2]
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    first = start()
+    prober = probing(t.c1, t.C2, REJECT, 6)
+    allowed = probing(t.c1, t.C2, ALLOW, 6)
+    try:
+        time.sleep(1)
+        first.kill()  # kill -9 under traffic: nobody decides for a moment
+        first.wait()
+        assert poll(lambda: queue_stats(t.node.name) == [])
+        # no verdict process: refused at once, also what policy would allow
+        assert t.c1.connect(t.C2, ALLOW, timeout=2) == "refused"
+        time.sleep(0.5)
+        second = start()  # replaces the first's rules and sets in one step
+        time.sleep(1)
+        second.kill()
+        second.wait()
+        time.sleep(0.3)
+        third = start()
+    finally:
+        seen = outcomes(prober)
+        good = outcomes(allowed)
+    try:
+        assert seen.get("ok", 0) == 0 and seen.get("refused", 0) > 50, seen
+        assert good.get("ok", 0) > 50, good
+        rules = kernel_state(t.node)
+        assert rules[0].count("-j CNNF-QUEUE") == 6 and rules[2].count("cnnf-local4") == 1
+        assert t.c1.connect(t.C2, ALLOW) == "ok"
+    finally:
+        third.kill()
+        third.wait()
+        for proc in (first, second, third):
+            if proc.stdout is not None:
+                proc.stdout.close()
+    assert t.c1.connect(t.C2, ALLOW, timeout=2) == "refused"  # still fail-closed
+    removed = cleanup(t.node.name)
+    assert "nft table inet cnnf" in removed
+    assert "cnnf" not in "".join(kernel_state(t.node)[:3]).lower()
+    assert "cnnf" not in t.node.run("nft", "list", "tables").stdout
+    assert t.c1.connect(t.C2, REJECT) == "ok"  # nothing left: no firewall
+
+
+def test_a_fail_closed_stop_keeps_refusing_until_cleanup(h: Harness, servers: None) -> None:
+    t = h.topo
+    dp = h.start(DatapathConfig(fail_open=False, dns=False))
+    dp.backend.heartbeat()
+    dp.backend.fastpath_add([(FastVerdict.ACCEPT, t.C1, ALLOW, t.C2)], timeout=60)
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+    done = dp.stop(keep_rules=True)
+    assert any("refused with a TCP reset" in d for d in done), done
+    assert t.c1.connect(t.C2, ALLOW, timeout=2) == "refused"  # the cached allow went too
+    assert "CNNF-QUEUE" in kernel_state(t.node)[0]
+    cleanup(t.node.name)
+    assert t.c1.connect(t.C2, ALLOW) == "ok"

@@ -56,11 +56,16 @@ a queue.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cnnf.defender.datapath.backend import (
+    FASTPATH_GRACE,
+    HEARTBEAT_TIMEOUT,
     AddressSet,
     DatapathConfig,
+    FastEntry,
+    FastVerdict,
     FirewallBackend,
     InstallReport,
 )
@@ -113,10 +118,17 @@ class Datapath:
         self.workers = VerdictWorkers(config, decide, self.netns, report=report)
         self.dns_cache = dns_cache or DnsCache()
         self.dns: DnsWatcher | None = None
+        # Set by the caller: addresses whose cached verdicts a DNS answer made stale.
+        self.on_dns_change: Callable[[set[str]], None] | None = None
         if config.dns:
             self.dns = DnsWatcher(
-                config.dns_queue, self.dns_cache, self.netns, on_answer=self.workers.dns_update
+                config.dns_queue, self.dns_cache, self.netns, on_answer=self.workers.dns_update,
+                on_change=self._dns_changed,
             )
+
+    def _dns_changed(self, addresses: set[str]) -> None:
+        if self.on_dns_change is not None:
+            self.on_dns_change(addresses)
 
     def start(self) -> InstallReport:
         """Bind the queues first (so fail-closed rules never lack a listener), then
@@ -127,7 +139,9 @@ class Datapath:
             if self.dns is not None:
                 self.dns.start()
             installing = True
-            return self.backend.install()
+            report = self.backend.install()
+            self.backend.heartbeat()  # the fast path is on; the caller keeps it so
+            return report
         except BaseException:
             with contextlib.suppress(DatapathError):
                 if installing:
@@ -140,11 +154,15 @@ class Datapath:
                     self.workers.stop()
             raise
 
-    def stop(self) -> list[str]:
-        """Unbind every queue and remove every rule and set; idempotent."""
+    def stop(self, *, keep_rules: bool = False) -> list[str]:
+        """Unbind every queue and remove every rule and set; idempotent.
+        ``keep_rules`` (a fail-closed stop): the rules stay and refuse new
+        connections of protected workloads; only cached verdicts go."""
         if self.dns is not None:
             self.dns.stop()
         self.workers.stop()
+        if keep_rules:
+            return self.backend.stop_refusing()
         return self.backend.remove()
 
     def check_and_repair(self) -> list[str]:
@@ -162,6 +180,8 @@ class Datapath:
 
 
 __all__ = [
+    "FASTPATH_GRACE",
+    "HEARTBEAT_TIMEOUT",
     "AddressSet",
     "Capabilities",
     "ConntrackObserver",
@@ -174,6 +194,8 @@ __all__ = [
     "DnsCache",
     "DnsRecord",
     "DnsWatcher",
+    "FastEntry",
+    "FastVerdict",
     "FirewallBackend",
     "InstallReport",
     "IptablesBackend",

@@ -16,6 +16,14 @@ from typing import Literal, Protocol
 TAG = "cnnf"
 CHAIN_PREFIX = "CNNF-"
 SET_PREFIX = "cnnf-"
+# Kernel timeout of a fast-path entry beyond its TTL: the Defender removes
+# entries at their TTL itself (reading their final counters); the kernel's own
+# timeout only matters when no Defender is left to do so.
+FASTPATH_GRACE = 30
+# The fast path answers only while the Defender's heartbeat (an ipset entry it
+# refreshes every second) is younger than this: a dead Defender's cached
+# verdicts stop within it, and its SYNs meet the queue's failure mode.
+HEARTBEAT_TIMEOUT = 3
 
 
 class AddressSet(StrEnum):
@@ -42,8 +50,23 @@ class DatapathConfig:
 
     ``queue_num``..``queue_num + queues - 1`` receive SYNs (``--queue-balance``
     when ``queues`` > 1), ``dns_queue`` receives DNS answers (``dns`` on).
-    ``fail_open``: ``--queue-bypass`` on the SYN rules and the kernel fail-open
-    flag on the queues; off = fail-closed (no listener or a full queue drops).
+
+    Failure modes. A full queue always drops (the kernel's queue fail-open flag
+    is never set: a busy Defender is not an absent one). With no verdict process
+    bound, the SYN rules bypass the queue; ``fail_open`` then lets the SYN
+    through, and fail-closed (``fail_open`` off) refuses it with a TCP reset from
+    a native nftables chain that runs after ours and rejects SYNs still carrying
+    ``pending_mark`` (set just before the queue; the verdict loop clears it).
+
+    ``admission_rate``: new-connection SYNs per second and source address let
+    into the queue (``hashlimit``, burst ``admission_burst``); above it they are
+    dropped in the kernel and counted per source. 0 turns the limit off.
+
+    ``fastpath``: decided (source, destination port, destination) triples are
+    kept in kernel sets (accept, reject, drop) with packet counters, so repeats
+    never reach the queue; ``fastpath_ttl`` bounds how long an entry lives in
+    the kernel if the Defender dies without removing it.
+
     ``block_mode`` "reset": a REJECT ``--reject-with tcp-reset`` rule for packets
     carrying ``reject_mark`` sits before the queue rule; the verdict loop sets
     the mark and repeats the hook. "drop": the loop drops the SYN.
@@ -55,9 +78,15 @@ class DatapathConfig:
     fail_open: bool = True
     block_mode: Literal["reset", "drop"] = "reset"
     reject_mark: int = 0x20000000
-    queue_maxlen: int = 4096  # packets waiting per queue before the kernel fails open/closed
+    pending_mark: int = 0x40000000
+    queue_maxlen: int = 4096  # packets waiting per queue; beyond, the kernel drops
     dns: bool = True
     ipv6: bool = True
+    admission_rate: int = 1000
+    admission_burst: int = 2000
+    fastpath: bool = True
+    fastpath_ttl: float = 60.0
+    fastpath_max: int = 200_000  # entries per set and family
 
     def __post_init__(self) -> None:
         if not 1 <= self.queues <= 64:
@@ -69,8 +98,16 @@ class DatapathConfig:
             raise ValueError(f"dns_queue {self.dns_queue} overlaps the SYN queues")
         if self.queue_maxlen < 1:
             raise ValueError("queue_maxlen must be at least 1")
-        if self.reject_mark <= 0 or self.reject_mark & (self.reject_mark - 1):
-            raise ValueError("reject_mark must be a single bit")
+        for name in ("reject_mark", "pending_mark"):
+            bit = getattr(self, name)
+            if bit <= 0 or bit & (bit - 1) or bit > 0xFFFFFFFF:
+                raise ValueError(f"{name} must be a single bit of the 32-bit mark")
+        if self.reject_mark == self.pending_mark:
+            raise ValueError("reject_mark and pending_mark must differ")
+        if self.admission_rate < 0 or self.admission_burst < 1:
+            raise ValueError("admission_rate must be >= 0 and admission_burst >= 1")
+        if self.fastpath_ttl <= 0 or self.fastpath_max < 1:
+            raise ValueError("fastpath_ttl must be > 0 and fastpath_max >= 1")
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -84,6 +121,31 @@ class InstallReport:
     removed_leftovers: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+class FastVerdict(StrEnum):
+    """What a fast-path entry does with a repeat SYN of its triple."""
+
+    ACCEPT = "a"
+    REJECT = "r"  # TCP reset
+    DROP = "d"
+
+    def set_name(self, family: int) -> str:
+        return f"{SET_PREFIX}fp{self.value}{family}"
+
+
+# (verdict, source address, destination port, destination address)
+FastEntry = tuple[FastVerdict, str, int, str]
+
+
+def alive_set(family: int) -> str:
+    """Holds the whole address space while the Defender's heartbeat is fresh."""
+    return f"{SET_PREFIX}alive{family}"
+
+
+def overload_set(family: int) -> str:
+    """Sources whose SYNs the admission limit dropped, with packet counters."""
+    return f"{SET_PREFIX}over{family}"
 
 
 class FirewallBackend(Protocol):
@@ -114,4 +176,42 @@ class FirewallBackend(Protocol):
 
     def addresses(self, which: AddressSet) -> frozenset[str]:
         """The members the backend means to have (what repair restores)."""
+        ...
+
+    def stage(self, which: AddressSet, addresses: Iterable[str]) -> None:
+        """Set a set's members before ``install()`` (no kernel change): the rules
+        then go in with their sets already filled."""
+        ...
+
+    def fastpath_add(self, entries: Iterable[FastEntry], timeout: float) -> None:
+        """Add decided triples; each expires in the kernel after ``timeout`` s."""
+        ...
+
+    def fastpath_replace(
+        self, keep: Iterable[tuple[FastEntry, float]]
+    ) -> dict[FastEntry, int]:
+        """Swap in new fast-path sets holding only ``keep`` (entry, kernel timeout),
+        with zeroed counters, in one atomic step per set; returns the final
+        packet counters of every entry of the sets swapped out."""
+        ...
+
+    def fastpath_counters(self) -> dict[FastEntry, int]:
+        """Packets matched so far by each fast-path entry."""
+        ...
+
+    def overload_counters(self) -> dict[str, int]:
+        """Source address -> SYNs the admission limit dropped (since it was added)."""
+        ...
+
+    def overload_forget(self, addresses: Iterable[str]) -> None:
+        """Remove sources from the overload sets (their counts restart)."""
+        ...
+
+    def heartbeat(self) -> None:
+        """Keep the fast path on for another ``HEARTBEAT_TIMEOUT`` seconds."""
+        ...
+
+    def stop_refusing(self) -> list[str]:
+        """Fail-closed stop: keep the rules (no verdict process: refused), drop the
+        cached verdicts; returns what was done."""
         ...

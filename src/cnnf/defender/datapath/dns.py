@@ -88,16 +88,22 @@ class DnsCache:
     def __len__(self) -> int:
         return len(self._by_address)
 
-    def record(self, records: Iterable[DnsRecord]) -> None:
+    def record(self, records: Iterable[DnsRecord]) -> set[str]:
+        """Add the records; returns the addresses that gained a name they did not
+        have (live) before: verdicts decided for them may now differ."""
         now = self._clock()
+        gained: set[str] = set()
         for r in records:
             names = self._by_address.pop(r.address, {})  # re-insert: newest last
             expiry = now + max(float(r.ttl), self.min_ttl)
             for n in r.names:
+                if names.get(n, 0.0) <= now:
+                    gained.add(r.address)
                 names[n] = max(expiry, names.get(n, 0.0))
             self._by_address[r.address] = names
         while len(self._by_address) > self.max_addresses:
             del self._by_address[next(iter(self._by_address))]
+        return gained
 
     def snapshot(self) -> list[DnsRecord]:
         """The live entries, with their remaining TTL (to seed a new replica)."""
@@ -135,8 +141,12 @@ class DnsWatcher:
         cache: DnsCache,
         netns: str | NetnsRef | None = None,
         on_answer: Callable[[list[DnsRecord]], None] | None = None,
+        on_change: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.queue_num = queue_num
+        # Called, before the answer is let through, with the addresses that
+        # gained a name (the Defender drops their cached verdicts).
+        self.on_change = on_change
         self.cache = cache
         self.netns = NetnsRef.of(netns)
         self.on_answer = on_answer
@@ -150,16 +160,19 @@ class DnsWatcher:
         wire = udp_payload(payload)
         records = parse_dns_answer(wire) if wire else []
         if records:
-            self.cache.record(records)
+            gained = self.cache.record(records)
             if self.on_answer is not None:
                 self.on_answer(records)
+            if gained and self.on_change is not None:
+                self.on_change(gained)
             self.answers += 1
         return NF_ACCEPT, None
 
     def _run(self) -> None:
         try:
             self.netns.enter()
-            loop = QueueLoop(self.queue_num, self._handle, fail_open=True, copy_range=0xFFFF)
+            loop = QueueLoop(self.queue_num, self._handle, error_verdict=NF_ACCEPT,
+                             copy_range=0xFFFF)
         except BaseException as exc:
             self._error = exc
             self._ready.set()

@@ -1,20 +1,34 @@
 """The iptables backend: iptables/ip6tables (1.8, nf_tables backend) with the
-NFQUEUE target, and ipset for the protected addresses.
+NFQUEUE target, ipset for the protected addresses and the fast path, and (for
+fail-closed) one native nftables chain.
 
 Rules (filter table, per family; L = local set, H = host set, C = cluster set,
-SYN = ``-p tcp --syn -m conntrack --ctstate NEW``, Q = the SYN queue(s))::
+SYN = ``-p tcp --syn -m conntrack --ctstate NEW``)::
 
     CNNF-FORWARD  REJECT tcp-reset for the reject mark      (block mode reset)
-                  SYN from L -> Q                            outbound, containers
-                  SYN to L, source not in C -> Q             inbound, containers
+                  SYN from L -> CNNF-QUEUE                   outbound, containers
+                  SYN to L, source not in C -> CNNF-QUEUE    inbound, containers
                   UDP from port 53 to L -> DNS queue         (dns on; always bypass)
-    CNNF-INPUT    mark REJECT; SYN from L -> Q (container to this host);
-                  SYN to H, source not in C -> Q; UDP from 53 to H -> DNS queue
-    CNNF-OUTPUT   mark REJECT; SYN from H -> Q (this host outbound);
-                  SYN to L, source not in C -> Q; UDP from 53 to L -> DNS queue
+    CNNF-INPUT    mark REJECT; SYN from L -> CNNF-QUEUE (container to this host);
+                  SYN to H, source not in C -> CNNF-QUEUE; UDP from 53 to H -> DNS queue
+    CNNF-OUTPUT   mark REJECT; SYN from H -> CNNF-QUEUE;
+                  SYN to L, source not in C -> CNNF-QUEUE; UDP from 53 to L -> DNS queue
+    CNNF-QUEUE    fast path, while the heartbeat set cnnf-alive is fresh:
+                  (src, dport, dst) in cnnf-fpa -> ACCEPT,
+                  in cnnf-fpr -> REJECT tcp-reset, in cnnf-fpd -> DROP;
+                  admission: above the per-source hashlimit -> CNNF-OVERLOAD;
+                  (fail-closed) set the pending mark; NFQUEUE --queue-bypass
+    CNNF-OVERLOAD add the source to cnnf-over (packet counters); DROP
 
-Each built-in chain gets one jump, first, commented ``cnnf``. All changes go
-through ``iptables-restore --noflush`` so each install or repair is atomic.
+Fail-closed adds the nftables table ``inet cnnf``: base chains after the
+filter table's (priority filter + 10) that reject with a TCP reset any SYN still
+carrying the pending mark, which only a SYN that bypassed the queue (no verdict
+process) does; the verdict loop clears the mark on the SYNs it accepts.
+
+Each built-in chain gets one jump, first, commented ``cnnf``. Every change of
+rules goes through one ``iptables-restore --noflush`` transaction per family:
+an install replaces an earlier run's rules in the same transaction (no moment
+without rules), and the sets an earlier run left are refilled by ``swap``.
 """
 
 from __future__ import annotations
@@ -28,15 +42,25 @@ from collections.abc import Iterable
 
 from cnnf.defender.datapath.backend import (
     CHAIN_PREFIX,
+    FASTPATH_GRACE,
+    HEARTBEAT_TIMEOUT,
     SET_PREFIX,
     TAG,
     AddressSet,
     DatapathConfig,
+    FastEntry,
+    FastVerdict,
     InstallReport,
+    alive_set,
+    overload_set,
 )
 from cnnf.defender.datapath.netns import DatapathError, NetnsRef
 
 BUILTIN = ("FORWARD", "INPUT", "OUTPUT")
+QUEUE_CHAIN = f"{CHAIN_PREFIX}QUEUE"
+OVERLOAD_CHAIN = f"{CHAIN_PREFIX}OVERLOAD"
+NFT_TABLE = "inet cnnf"  # fail-closed: rejects SYNs that bypassed the queue
+
 _TOOLS = {
     4: ("iptables", "iptables-save", "iptables-restore"),
     6: ("ip6tables", "ip6tables-save", "ip6tables-restore"),
@@ -44,6 +68,7 @@ _TOOLS = {
 _SET_FAMILY = {4: "inet", 6: "inet6"}
 # Room for a large cluster's protected workloads (the default maxelem is 65536).
 _SET_SIZE = "hashsize 1024 maxelem 1048576"
+_OVERLOAD_SIZE = "hashsize 1024 maxelem 65536"
 _BRIDGE_SYSCTL = {4: "net.bridge.bridge-nf-call-iptables", 6: "net.bridge.bridge-nf-call-ip6tables"}
 
 
@@ -95,7 +120,7 @@ def _removal_script(state: dict[str, list[str]]) -> str:
 
 
 class IptablesBackend:
-    """iptables + ipset, in the network namespace ``netns``."""
+    """iptables + ipset (+ one nftables table when fail-closed), in ``netns``."""
 
     name = "iptables"
 
@@ -106,6 +131,7 @@ class IptablesBackend:
             w.set_name(f): set() for w in AddressSet for f in self.config.families
         }
         self._expected: dict[int, list[str]] = {}
+        self._nft_reject = False  # the fail-closed reject table is installed
         self._lock = threading.RLock()
 
     # -- rules ------------------------------------------------------------------
@@ -116,14 +142,17 @@ class IptablesBackend:
             target = f"-j NFQUEUE --queue-num {c.queue_num}"
         else:
             target = f"-j NFQUEUE --queue-balance {c.queue_num}:{c.queue_num + c.queues - 1}"
-        return target + (" --queue-bypass" if c.fail_open else "")
+        # No verdict process: bypass (fail-open: accepted; fail-closed: the nft
+        # table rejects it). Without nft, fail-closed cannot reject: drop.
+        bypass = c.fail_open or self._nft_reject
+        return target + (" --queue-bypass" if bypass else "")
 
     def rules(self, family: int) -> list[str]:
         """The ``iptables-restore`` lines (filter table) this backend installs."""
         c = self.config
         local, host, cluster = (w.set_name(family) for w in AddressSet)
         syn = "-p tcp --syn -m conntrack --ctstate NEW"
-        q = self._queue_target()
+        q = f"-j {QUEUE_CHAIN}"
         dnsq = f"-j NFQUEUE --queue-num {c.dns_queue} --queue-bypass"
         not_cluster = f"-m set ! --match-set {cluster} src"
         plan = {
@@ -143,7 +172,10 @@ class IptablesBackend:
                 local,
             ],
         }
-        lines = [f":{CHAIN_PREFIX}{b} - [0:0]" for b in BUILTIN]
+        chains = [*BUILTIN, QUEUE_CHAIN[len(CHAIN_PREFIX):]]
+        if c.admission_rate:
+            chains.append(OVERLOAD_CHAIN[len(CHAIN_PREFIX):])
+        lines = [f":{CHAIN_PREFIX}{b} - [0:0]" for b in chains]
         for builtin, (out_rule, in_rule, dns_set) in plan.items():
             chain = f"{CHAIN_PREFIX}{builtin}"
             if c.block_mode == "reset":
@@ -157,6 +189,31 @@ class IptablesBackend:
                 lines.append(
                     f"-A {chain} -p udp --sport 53 -m set --match-set {dns_set} dst {dnsq}"
                 )
+        if c.fastpath:
+            alive = f"-m set --match-set {alive_set(family)} src"
+            for fv, target in ((FastVerdict.ACCEPT, "-j ACCEPT"),
+                               (FastVerdict.REJECT, "-p tcp -j REJECT --reject-with tcp-reset"),
+                               (FastVerdict.DROP, "-j DROP")):
+                lines.append(
+                    f"-A {QUEUE_CHAIN} {alive} -m set --match-set {fv.set_name(family)} "
+                    f"src,dst,dst {target}")
+        if c.admission_rate:
+            over = overload_set(family)
+            lines += [
+                f"-A {QUEUE_CHAIN} -m hashlimit --hashlimit-above {c.admission_rate}/sec "
+                f"--hashlimit-burst {c.admission_burst} --hashlimit-mode srcip "
+                f"--hashlimit-name cnnf-adm{family} --hashlimit-htable-size 4096 "
+                f"--hashlimit-htable-max 65536 -j {OVERLOAD_CHAIN}",
+                # Count per source: the add counts the first packet too (the
+                # reader subtracts it); an existing entry is left as it is.
+                f"-A {OVERLOAD_CHAIN} -j SET --add-set {over} src",
+                f"-A {OVERLOAD_CHAIN} -m set --match-set {over} src -j DROP",
+                f"-A {OVERLOAD_CHAIN} -j DROP",
+            ]
+        if not c.fail_open and self._nft_reject:
+            pending = f"{c.pending_mark:#x}"
+            lines.append(f"-A {QUEUE_CHAIN} -j MARK --set-xmark {pending}/{pending}")
+        lines.append(f"-A {QUEUE_CHAIN} {self._queue_target()}")
         lines += [f"-I {b} 1 -m comment --comment {TAG} -j {CHAIN_PREFIX}{b}" for b in BUILTIN]
         return lines
 
@@ -172,40 +229,168 @@ class IptablesBackend:
         self._restore(family, _removal_script(state))
         return [f"ipv{family} {t}: {ln}" for t, lines in state.items() for ln in lines]
 
-    def _install_rules(self, family: int) -> None:
-        # One transaction: drop whatever of ours is there, then add the rules.
+    def _install_rules(self, family: int) -> list[str]:
+        """One transaction that leaves the rules as wanted; returns the lines of an
+        earlier run that it replaced.
+
+        Chains that exist are flushed and refilled, and a jump that is already in
+        place stays: deleting and re-creating chains or jumps lets SYNs through
+        unqueued while the transaction commits (seen in the lab with iptables
+        1.8.9, nf_tables), flushing and refilling a chain does not."""
         state = _tagged_state(self._save(family))
-        script = _removal_script(state)
-        script += "\n".join(["*filter", *self.rules(family), "COMMIT"]) + "\n"
-        self._restore(family, script)
+        mine = state.get("filter", [])
+        have = {ln[1:] for ln in mine if ln.startswith(":")}
+        wanted = self.rules(family)
+        chains = [ln[1:].split()[0] for ln in wanted if ln.startswith(":")]
+        jumps = {b: f"-A {b} -m comment --comment {TAG} -j {CHAIN_PREFIX}{b}" for b in BUILTIN}
+        script = ["*filter"]
+        script += [f"-F {c}" if c in have else f":{c} - [0:0]" for c in chains]
+        stale = sorted(have - set(chains))
+        script += [f"-F {c}" for c in stale]
+        script += [ln for ln in wanted if ln.startswith("-A ")]
+        for builtin, jump in jumps.items():
+            present = mine.count(jump)
+            if present == 0:
+                script += [ln for ln in wanted if ln.startswith(f"-I {builtin} ")]
+            script += [f"-D {jump[3:]}"] * max(0, present - 1)
+        # Anything else of ours in the built-in chains (an older layout) goes.
+        script += [f"-D {ln[3:]}" for ln in mine if ln.startswith("-A ")
+                   and not ln.startswith(f"-A {CHAIN_PREFIX}") and ln not in jumps.values()]
+        script += [f"-X {c}" for c in stale]
+        others = {t: lines for t, lines in state.items() if t != "filter"}
+        self._restore(family, _removal_script(others) + "\n".join([*script, "COMMIT"]) + "\n")
         self._expected[family] = _tagged_state(self._save(family)).get("filter", [])
+        return [f"ipv{family} {t}: {ln}" for t, lines in state.items() for ln in lines]
+
+    # -- the fail-closed reject table (nftables) -------------------------------------
+
+    def _nft_script(self) -> str:
+        mark = f"{self.config.pending_mark:#x}"
+        chains = "".join(
+            f"  chain {hook} {{ type filter hook {hook} priority 10; policy accept;\n"
+            f"    meta mark & {mark} == {mark} tcp flags & (syn | ack) == syn"
+            " reject with tcp reset\n  }\n"
+            for hook in ("forward", "input", "output")
+        )
+        # Create-then-delete-then-create: one transaction, whether or not it existed.
+        return f"table {NFT_TABLE}\ndelete table {NFT_TABLE}\ntable {NFT_TABLE} {{\n{chains}}}\n"
+
+    def _nft_remove(self) -> bool:
+        """Delete the reject table if it exists; whether it did."""
+        try:
+            if self.netns.run("nft", "list", "table", *NFT_TABLE.split(),
+                              check=False).returncode != 0:
+                return False
+            self.netns.run("nft", "delete", "table", *NFT_TABLE.split())
+        except DatapathError:  # nft is not installed: there is no table either
+            return False
+        return True
+
+    def _nft_present(self) -> bool:
+        try:
+            return self.netns.run("nft", "list", "table", *NFT_TABLE.split(),
+                                  check=False).returncode == 0
+        except DatapathError:
+            return False
 
     # -- sets -------------------------------------------------------------------
+
+    def _set_specs(self) -> dict[str, str]:
+        """Every set this configuration uses -> its ``create`` options."""
+        c = self.config
+        specs: dict[str, str] = {}
+        for family in c.families:
+            fam = _SET_FAMILY[family]
+            for w in AddressSet:
+                specs[w.set_name(family)] = f"hash:ip family {fam} {_SET_SIZE}"
+            if c.fastpath:
+                timeout = int(c.fastpath_ttl) + FASTPATH_GRACE
+                for fv in FastVerdict:
+                    specs[fv.set_name(family)] = (
+                        f"hash:ip,port,ip family {fam} hashsize 4096 maxelem {c.fastpath_max} "
+                        f"timeout {timeout} counters")
+                specs[alive_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
+            if c.admission_rate:
+                specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
+        return specs
 
     def _set_names(self) -> list[str]:
         out = self.netns.run("ipset", "list", "-n").stdout
         return [n for n in out.split() if n.startswith(SET_PREFIX)]
 
-    def _create_sets(self, names: Iterable[str]) -> None:
-        script = []
+    def _fill_script(self, names: Iterable[str], existing: set[str]) -> list[str]:
+        """Give each set its wanted members: a new set is created filled; an
+        existing one (a running set, or an earlier run's that rules still use)
+        gets a filled twin swapped in, so it is never empty in between."""
+        specs = self._set_specs()
+        script: list[str] = []
         for name in names:
-            family = int(name[-1])
-            script.append(f"create {name} hash:ip family {_SET_FAMILY[family]} {_SET_SIZE} -exist")
-            script += [f"add {name} {a} -exist" for a in sorted(self._members[name])]
+            members = sorted(self._members.get(name, ()))
+            if name not in existing:
+                script.append(f"create {name} {specs[name]}")
+                script += [f"add {name} {a} -exist" for a in members]
+                continue
+            tmp = f"{SET_PREFIX}tmp-{name[len(SET_PREFIX):]}"
+            script += [f"create {tmp} {specs[name]} -exist", f"flush {tmp}"]
+            script += [f"add {tmp} {a} -exist" for a in members]
+            script += [f"swap {tmp} {name}", f"destroy {tmp}"]
+        return script
+
+    def _create_sets(self, names: Iterable[str]) -> None:
+        script = self._fill_script(names, set(self._set_names()))
         if script:
             self.netns.run("ipset", "restore", input="\n".join(script) + "\n")
 
     # -- the backend API --------------------------------------------------------
 
     def install(self) -> InstallReport:
+        """Install rules and sets, replacing an earlier run's without a moment in
+        between: sets are refilled by swap, rules replaced in one transaction per
+        family. Sets of an earlier run that cannot be swapped (another type) are
+        the one case that needs a removal first; the report says so."""
         with self._lock:
-            report = InstallReport(removed_leftovers=self.remove())
+            report = InstallReport()
             report.notes.append(self.netns.run("iptables", "-V").stdout.strip())
             for family in self.config.families:
                 self._bridge_sysctl(family, report)
-            self._create_sets(self._members)
-            for family in self.config.families:
-                self._install_rules(family)
+            before = set(self._set_names())
+            try:
+                self._create_sets(self._set_specs())
+            except DatapathError as exc:
+                report.removed_leftovers += self.remove()
+                report.notes.append(
+                    f"an earlier run's sets could not be refilled in place ({exc}); "
+                    "they were removed first, leaving a moment without rules")
+                before = set()
+                self._create_sets(self._set_specs())
+            report.removed_leftovers += [f"ipset {n} (refilled)" for n in sorted(before)]
+            # Stale sets of an earlier configuration (e.g. IPv6 then, not now) go
+            # after the rules that use them.
+            stale = sorted(before - set(self._set_specs()))
+            wants_nft = not self.config.fail_open
+            if wants_nft:
+                try:
+                    # Created only when missing: replacing the table would
+                    # unregister its hooks, and the kernel drops every queued
+                    # packet when a hook goes (its content is fixed anyway).
+                    if not self._nft_present():
+                        self.netns.run("nft", "-f", "-", input=self._nft_script())
+                    self._nft_reject = True
+                except DatapathError as exc:
+                    self._nft_reject = False
+                    report.notes.append(
+                        f"nftables reject table not installed ({exc}): with no verdict "
+                        "process, SYNs are dropped, not refused with a reset")
+            for family in (4, 6):
+                if family in self.config.families:
+                    report.removed_leftovers += self._install_rules(family)
+                else:
+                    report.removed_leftovers += self._remove_rules(family)
+            if not wants_nft and self._nft_remove():
+                report.removed_leftovers.append(f"nft table {NFT_TABLE}")
+            if stale:
+                self.netns.run("ipset", "restore",
+                               input="".join(f"destroy {n}\n" for n in stale))
             return report
 
     def _bridge_sysctl(self, family: int, report: InstallReport) -> None:
@@ -229,6 +414,9 @@ class IptablesBackend:
             removed: list[str] = []
             for family in (4, 6):
                 removed += self._remove_rules(family)
+            if self._nft_remove():
+                removed.append(f"nft table {NFT_TABLE}")
+            self._nft_reject = False
             names = self._set_names()
             if names:
                 self.netns.run("ipset", "restore", input="".join(f"destroy {n}\n" for n in names))
@@ -236,17 +424,41 @@ class IptablesBackend:
             self._expected.clear()
             return removed
 
+    def heartbeat(self) -> None:
+        if not self.config.fastpath:
+            return
+        halves = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
+        lines = [f"add {alive_set(f)} {net} timeout {HEARTBEAT_TIMEOUT} -exist"
+                 for f in self.config.families for net in halves[f]]
+        self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
+
+    def stop_refusing(self) -> list[str]:
+        with self._lock:
+            done: list[str] = []
+            if self.config.fastpath:
+                self.netns.run("ipset", "restore", input="".join(
+                    f"flush {alive_set(f)}\n" for f in self.config.families))
+                self.fastpath_replace(())
+                done.append("cached verdicts removed")
+            if self._nft_reject:
+                done.append("rules kept: new connections of protected workloads are refused "
+                            "with a TCP reset until the next start or `cnnf defender cleanup`")
+            else:
+                done.append("rules kept: new connections of protected workloads are dropped "
+                            "until the next start or `cnnf defender cleanup`")
+            return done
+
     def check_and_repair(self) -> list[str]:
         with self._lock:
             if not self._expected:
                 return []
             repaired: list[str] = []
             present = set(self._set_names())
-            missing_sets = [n for n in self._members if n not in present]
+            missing_sets = [n for n in self._set_specs() if n not in present]
             if missing_sets:
                 self._create_sets(missing_sets)
                 repaired += [
-                    f"ipset {n} (recreated with {len(self._members[n])} members)"
+                    f"ipset {n} (recreated with {len(self._members.get(n, ()))} members)"
                     for n in missing_sets
                 ]
             for name in self._members:
@@ -259,6 +471,9 @@ class IptablesBackend:
                         "ipset", "restore", input="".join(f"add {name} {a} -exist\n" for a in lost)
                     )
                     repaired.append(f"ipset {name}: {len(lost)} member(s) put back")
+            if self._nft_reject and not self._nft_present():
+                self.netns.run("nft", "-f", "-", input=self._nft_script())
+                repaired.append(f"nft table {NFT_TABLE} (fail-closed reject) put back")
             for family in self.config.families:
                 expected = self._expected.get(family, [])
                 current = _tagged_state(self._save(family)).get("filter", [])
@@ -280,27 +495,24 @@ class IptablesBackend:
             raise DatapathError(f"IPv6 is off in this datapath: cannot add {address}")
         return which.set_name(family), str(ipaddress.ip_address(address))
 
-    def set_addresses(self, which: AddressSet, addresses: Iterable[str]) -> None:
+    def _wanted(self, which: AddressSet, addresses: Iterable[str]) -> dict[str, set[str]]:
         which = AddressSet(which)
         wanted: dict[str, set[str]] = {which.set_name(f): set() for f in self.config.families}
         for address in addresses:
             name, addr = self._name(which, address)
             wanted[name].add(addr)
+        return wanted
+
+    def stage(self, which: AddressSet, addresses: Iterable[str]) -> None:
+        wanted = self._wanted(which, addresses)
         with self._lock:
-            script = []
-            for name, members in wanted.items():
-                family = _SET_FAMILY[int(name[-1])]
-                tmp = f"{SET_PREFIX}tmp-{name[len(SET_PREFIX) :]}"
-                script.append(f"create {tmp} hash:ip family {family} {_SET_SIZE} -exist")
-                script.append(f"flush {tmp}")
-                script += [f"add {tmp} {a} -exist" for a in sorted(members)]
-                script += [
-                    f"create {name} hash:ip family {family} {_SET_SIZE} -exist",
-                    f"swap {tmp} {name}",
-                    f"destroy {tmp}",
-                ]
-            self.netns.run("ipset", "restore", input="\n".join(script) + "\n")
             self._members.update(wanted)
+
+    def set_addresses(self, which: AddressSet, addresses: Iterable[str]) -> None:
+        wanted = self._wanted(which, addresses)
+        with self._lock:
+            self._members.update(wanted)
+            self._create_sets(wanted)
 
     def add_address(self, which: AddressSet, address: str) -> None:
         name, addr = self._name(which, address)
@@ -321,7 +533,92 @@ class IptablesBackend:
                 *(self._members[which.set_name(f)] for f in self.config.families)
             )
 
+    # -- the fast path ------------------------------------------------------------
+
+    def _fp_names(self) -> list[str]:
+        if not self.config.fastpath:
+            return []
+        return [fv.set_name(f) for f in self.config.families for fv in FastVerdict]
+
+    def fastpath_add(self, entries: Iterable[FastEntry], timeout: float) -> None:
+        lines = [f"add {fv.set_name(address_family(src))} {src},tcp:{port},{dst} "
+                 f"timeout {max(1, int(timeout))} -exist" for fv, src, port, dst in entries]
+        if lines and self.config.fastpath:
+            with self._lock:
+                self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
+
+    def fastpath_replace(
+        self, keep: Iterable[tuple[FastEntry, float]]
+    ) -> dict[FastEntry, int]:
+        names = self._fp_names()
+        if not names:
+            return {}
+        specs = self._set_specs()
+        by_set: dict[str, list[str]] = {n: [] for n in names}
+        for (fv, src, port, dst), timeout in keep:
+            by_set[fv.set_name(address_family(src))].append(
+                f"{src},tcp:{port},{dst} timeout {max(1, int(timeout))}")
+        with self._lock:
+            script: list[str] = []
+            for name in names:
+                tmp = f"{SET_PREFIX}tmp-{name[len(SET_PREFIX):]}"
+                script += [f"create {tmp} {specs[name]} -exist", f"flush {tmp}"]
+                script += [f"add {tmp} {e} -exist" for e in by_set[name]]
+                script.append(f"swap {tmp} {name}")
+            self.netns.run("ipset", "restore", input="\n".join(script) + "\n")
+            # The swapped-out sets hold the final counters of what they matched.
+            final: dict[FastEntry, int] = {}
+            for name in names:
+                tmp = f"{SET_PREFIX}tmp-{name[len(SET_PREFIX):]}"
+                final.update(_fast_counters(self.netns.run("ipset", "save", tmp).stdout))
+            self.netns.run("ipset", "restore", input="".join(
+                f"destroy {SET_PREFIX}tmp-{n[len(SET_PREFIX):]}\n" for n in names))
+            return final
+
+    def fastpath_counters(self) -> dict[FastEntry, int]:
+        out: dict[FastEntry, int] = {}
+        with self._lock:
+            for name in self._fp_names():
+                out.update(_fast_counters(self.netns.run("ipset", "save", name,
+                                                         check=False).stdout))
+        return out
+
+    def overload_counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if not self.config.admission_rate:
+            return out
+        for family in self.config.families:
+            saved = self.netns.run("ipset", "save", overload_set(family), check=False).stdout
+            for line in saved.splitlines():
+                parts = line.split()
+                if len(parts) >= 5 and parts[0] == "add" and "packets" in parts:
+                    # the SET target's add counted the first packet once more
+                    out[parts[2]] = max(0, int(parts[parts.index("packets") + 1]) - 1)
+        return out
+
+    def overload_forget(self, addresses: Iterable[str]) -> None:
+        lines = [f"del {overload_set(address_family(a))} {a} -exist" for a in addresses]
+        if lines and self.config.admission_rate:
+            self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
+
+
+def _fast_counters(saved: str) -> dict[FastEntry, int]:
+    """``ipset save`` of a fast-path set -> entry -> packets."""
+    out: dict[FastEntry, int] = {}
+    for line in saved.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[0] != "add" or "packets" not in parts:
+            continue
+        name = parts[1]
+        # cnnf-fpa4 / cnnf-tmp-fpa4 -> the verdict letter before the family digit
+        fv = FastVerdict(name[-2])
+        src, proto_port, dst = parts[2].split(",")
+        out[(fv, src, int(proto_port.split(":")[1]), dst)] = int(
+            parts[parts.index("packets") + 1])
+    return out
+
 
 def cleanup(netns: str | NetnsRef | None = None) -> list[str]:
-    """Remove every CNNF rule, chain and set from a namespace (e.g. after a crash)."""
+    """Remove every CNNF rule, chain, set and table from a namespace (after a crash,
+    or after a fail-closed Defender stopped and left its rules refusing)."""
     return IptablesBackend(DatapathConfig(), netns).remove()

@@ -1,8 +1,9 @@
 """One NFQUEUE queue, driven through ctypes over libnetfilter_queue.
 
-Why ctypes and not the NetfilterQueue package: we need the queue's fail-open
-flag (``NFQA_CFG_F_FAIL_OPEN``: when the queue is full the kernel accepts
-instead of dropping), which that package has no API for; ctypes reaches every
+Why ctypes and not the NetfilterQueue package: we set the queue's flags
+explicitly (the kernel's fail-open flag, ``NFQA_CFG_F_FAIL_OPEN``, which would
+accept packets unevaluated when the queue is full, is cleared: a busy Defender
+is not an absent one), which that package has no API for; ctypes reaches every
 libnetfilter_queue call (flags, queue length, socket buffer, verdict with mark)
 without a compiled extension, and Debian's ``libnetfilter-queue1`` is all it
 needs at run time.
@@ -95,9 +96,8 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
 class QueueLoop:
     """Binds one queue number and issues a verdict for every packet it reads.
 
-    ``fail_open`` sets the kernel's fail-open flag (queue full -> accept). A
-    handler that raises gets the fail verdict (accept when fail-open, drop when
-    fail-closed) and is counted in ``errors``.
+    A full queue drops (the fail-open flag is always cleared). A handler that
+    raises gets ``error_verdict`` and is counted in ``errors``.
     """
 
     def __init__(
@@ -105,14 +105,14 @@ class QueueLoop:
         queue_num: int,
         handler: Handler,
         *,
-        fail_open: bool = True,
+        error_verdict: int = NF_DROP,
         copy_range: int = 128,
         maxlen: int = 4096,
         rcvbuf: int = 8 << 20,
     ) -> None:
         self.queue_num = queue_num
         self.handler = handler
-        self.fail_open = fail_open
+        self.error_verdict = error_verdict
         self.errors = 0
         self.overruns = 0  # ENOBUFS: the kernel dropped messages to us
         self._lib, self._libc = _libs()
@@ -137,9 +137,8 @@ class QueueLoop:
         self._qh: int | None = qh
         if self._lib.nfq_set_mode(qh, NFQNL_COPY_PACKET, copy_range) < 0:
             raise DatapathError(f"NFQUEUE {queue_num}: cannot set copy mode")
-        flags = NFQA_CFG_F_FAIL_OPEN if fail_open else 0
-        if self._lib.nfq_set_queue_flags(qh, NFQA_CFG_F_FAIL_OPEN, flags) < 0:
-            raise DatapathError(f"NFQUEUE {queue_num}: the kernel refused the fail-open flag")
+        if self._lib.nfq_set_queue_flags(qh, NFQA_CFG_F_FAIL_OPEN, 0) < 0:
+            raise DatapathError(f"NFQUEUE {queue_num}: the kernel refused the queue flags")
         self._lib.nfq_set_queue_maxlen(qh, maxlen)
         self._lib.nfnl_rcvbufsiz(self._lib.nfq_nfnlh(h), rcvbuf)
         self._fd = self._lib.nfq_fd(h)
@@ -157,7 +156,7 @@ class QueueLoop:
             verdict, mark = self.handler(payload, lib.nfq_get_nfmark(nfad))
         except Exception:
             self.errors += 1
-            verdict, mark = (NF_ACCEPT if self.fail_open else NF_DROP), None
+            verdict, mark = self.error_verdict, None
         if mark is None:
             lib.nfq_set_verdict(qh, packet_id, verdict, 0, None)
         else:

@@ -85,7 +85,10 @@ class _Worker:
         self.seen_gen = 0
         self.pending: list[Report] = []
         self.last_flush = time.monotonic()
-        self.fail_verdict = NF_ACCEPT if self.config.fail_open else NF_DROP
+        # Never accept what was not decided: a broken packet or decide() drops
+        # (TCP retransmits), in both failure modes.
+        self.fail_verdict = NF_DROP
+        self.pending_mark = self.config.pending_mark
         self.base = index * _SLOTS
         self.reject_mark = self.config.reject_mark
         self.reset = self.config.block_mode == "reset"
@@ -145,6 +148,8 @@ class _Worker:
                 Report(packet, decision, detail, time.time(), self.config.queue_num + self.index)
             )
         if decision <= Decision.ACCEPT_AUDIT:
+            if mark & self.pending_mark:  # fail-closed: decided, so not refused later
+                return NF_ACCEPT, mark & ~self.pending_mark
             return NF_ACCEPT, None
         if decision == Decision.REJECT and self.reset:
             return NF_REPEAT, mark | self.reject_mark
@@ -167,7 +172,7 @@ class _Worker:
             loop = QueueLoop(
                 self.config.queue_num + self.index,
                 self.handle,
-                fail_open=self.config.fail_open,
+                error_verdict=NF_DROP,
                 maxlen=self.config.queue_maxlen,
             )
         except DatapathError as exc:

@@ -1,0 +1,294 @@
+"""The Defender under attack and faults, for real: ``cnnf defender run`` per lab
+host (the classes of test_defender_lab), containers of the ``shop`` lab as the
+compromised workload, hping3 from Debian as the flood (root, the lab).
+
+Its own lab (``cnnfatk``) so that the floods and kills here never meet the
+other module's state. The policy is the other module's: default prevent,
+frontend -> api:8080 allowed, api -> cache alerted, frontend -> cache prevented.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_defender_lab import RULES, Cluster, Defender, poll
+
+import netns  # tests/netns.py
+from cnnf.lab import Lab
+from cnnf.lab.topology import Container
+
+pytestmark = pytest.mark.lab
+
+LAB = "cnnfatk"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if os.geteuid() != 0 or shutil.which("podman") is None or shutil.which("hping3") is None:
+        pytest.fail("the attack tests need root, podman and hping3 (make deps installs them)")
+    lab = Lab.up("shop", name=LAB)
+    c = Cluster(lab, tmp_path_factory.mktemp("attack"))
+    try:
+        c.start()
+        yield c
+    finally:
+        for d in c.defenders:
+            if d.proc is not None:
+                d.stop()
+        subprocess.run([str(Path(sys.executable).with_name("cnnf")), "defender", "cleanup",
+                        "--netns", c.d1.netns], capture_output=True, check=False)
+        Lab.down(LAB)
+
+
+def in_container(c: Cluster, name: str) -> str:
+    return f"/proc/{c.lab.container_pid(name)}/ns/net"
+
+
+def verdicts(d: Defender) -> dict[str, int]:
+    return dict((d.status() or {}).get("counters") or {})
+
+
+def counted(d: Defender, kind: str, src: str, port: int) -> int:
+    """Connections (flows) or audited attempts (audits) in the Defender's output."""
+    return sum(r["count"] for r in d.records(kind)
+               if r["src"].get("container") == src and r["port"] == port)
+
+
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    return float(m[1]) if m else 0.0
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1])  # type: ignore[index]
+
+
+def restart(d: Defender, *extra: str) -> None:
+    if d.proc is not None:
+        d.stop()
+    d.start(*extra)
+
+
+# ----------------------------------------------------------------- the fast path
+
+
+def test_repeats_skip_the_verdict_loop_and_counts_stay_exact(cluster: Cluster) -> None:
+    c = cluster
+    d = c.d1
+    n = 12
+    before = verdicts(d)
+    for _ in range(n):
+        assert c.connect("frontend", "api", 8080).ok  # allow
+        assert c.connect("frontend", "cache", 6379).outcome == "refused"  # prevent
+        assert c.connect("api", "cache", 6379).ok  # alert: never cached
+    assert poll(lambda: counted(d, "flow", "frontend", 8080) >= n
+                and counted(d, "audit", "frontend", 6379) >= n
+                and counted(d, "audit", "api", 6379) >= n, 15)
+    after = verdicts(d)
+    # The verdict loop decided the first of each allowed and prevented triple
+    # (and a repeat that came before the verdict reached the kernel), no more.
+    assert after["accepted"] - before["accepted"] <= 2
+    assert after["rejected"] - before["rejected"] <= 2
+    assert after["audited"] - before["audited"] == n  # every alert was decided and audited
+    time.sleep(1.5)  # a late double count would show by now
+    assert counted(d, "flow", "frontend", 8080) == n
+    assert counted(d, "flow", "frontend", 6379) == n
+    assert counted(d, "audit", "frontend", 6379) == n
+    assert counted(d, "audit", "api", 6379) == n
+    status = d.status() or {}
+    assert status["fastpath"]["entries"] >= 2 and status["fastpath"]["hits"]["accept"] >= n - 2
+
+
+def test_a_policy_change_turns_a_cached_allow_into_prevent_on_the_next_syn(
+    cluster: Cluster,
+) -> None:
+    c = cluster
+    for _ in range(3):
+        assert c.connect("frontend", "api", 8080).ok
+    assert poll(lambda: ((c.d1.status() or {}).get("fastpath") or {}).get("entries"), 5)
+    rules = [{**r, "effect": "prevent"} if r["id"] == 1 else r for r in RULES]
+    c.apply(containerRules=rules)
+    assert c.connect("frontend", "api", 8080).outcome == "refused"
+    c.apply()
+    assert c.connect("frontend", "api", 8080).ok
+
+
+def test_an_address_reused_by_another_image_gets_its_own_verdict_on_the_first_syn(
+    cluster: Cluster,
+) -> None:
+    c = cluster
+    lab = c.lab
+    rules = [{**r, "effect": "allow"} if r["name"] == "late-to-api" else r for r in RULES]
+    c.apply(containerRules=rules)
+    first = lab.start_container(Container(name="late", host="node-1", image="shop/late:0.1",
+                                          namespace="shop-web"))
+    try:
+        assert poll(lambda: first.address in {p["address"] for p in
+                                              (c.d1.status() or {}).get("protected", [])}, 10)
+        for _ in range(3):
+            assert c.connect("late", "api", 8080, timeout=3).ok
+    finally:
+        lab.remove_container("late")
+    second = lab.start_container(Container(name="other", host="node-1",
+                                           image="shop/other:0.1", namespace="shop-web"))
+    try:
+        assert second.address == first.address  # the lab hands out the freed address
+        # No rule for shop/other: default prevent, from its very first SYN on
+        # (held if it beats discovery, never answered from the cached allow).
+        assert c.connect("other", "api", 8080, timeout=3).outcome == "refused"
+    finally:
+        lab.remove_container("other")
+        c.apply()
+
+
+# ----------------------------------------------------------------- floods and kills
+
+
+def rss_total(d: Defender) -> int:
+    """KiB of the Defender's main process and its verdict workers."""
+    assert d.proc is not None
+    return rss_kib(d.proc.pid) + sum(map(rss_kib, (d.status() or {}).get("worker_pids", [])))
+
+
+def flood_while_probing(c: Cluster, hping_port: list[str], seconds: int) -> dict[str, Any]:
+    """hping3 from the frontend at api (bounded by ``seconds``) while the frontend
+    keeps trying the data tier and api keeps using cache."""
+    frontend = in_container(c, "frontend")
+    db, cache, api = (c.lab.address_of(n) or "" for n in ("db", "cache", "api"))
+    flood = subprocess.Popen(["nsenter", f"--net={frontend}", "timeout", str(seconds),
+                              "hping3", "-S", *hping_port, "--flood", api],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        probes = {
+            "frontend->db": netns.probing(frontend, db, 5432, seconds - 2),
+            "frontend->cache": netns.probing(frontend, cache, 6379, seconds - 2),
+            "api->cache": netns.probing(in_container(c, "api"), cache, 6379, seconds - 2),
+        }
+        return {k: netns.outcomes(p) for k, p in probes.items()}
+    finally:
+        flood.wait(seconds + 10)
+
+
+def assert_held(seen: dict[str, Any]) -> None:
+    """0 prevented connections connected; at least 99 % of the allowed ones did."""
+    assert seen["frontend->db"].get("ok", 0) == 0, seen
+    assert seen["frontend->cache"].get("ok", 0) == 0, seen
+    good = seen["api->cache"]
+    assert good.get("ok", 0) >= 100 and good.get("ok", 0) >= 0.99 * sum(good.values()), seen
+
+
+@pytest.mark.parametrize("fail_closed", [False, True], ids=["fail-open", "fail-closed"])
+def test_a_syn_flood_opens_no_prevent_rule_and_starves_no_one(
+    cluster: Cluster, fail_closed: bool
+) -> None:
+    """The issue's attack, then a harder one. The compromised frontend floods
+    SYNs at api:8080 (a port it may use: its cached verdict answers them in the
+    kernel, the Defender does not even notice), then at a new port every packet
+    (no cached verdict covers them: the per-source admission limit drops most),
+    while it keeps trying the data tier and api keeps using cache."""
+    c = cluster
+    d = c.d1
+    restart(d, "--metrics", f"127.0.0.1:{c.metrics_port}",
+            *(["--fail-closed"] if fail_closed else []))
+    c.share_inventory()
+    assert c.connect("frontend", "api", 8080).ok
+    rss_before = rss_total(d)
+
+    seen = flood_while_probing(c, ["-p", "8080"], 8)
+    assert_held(seen)
+    # refused at once (a reset: evaluated), not left to time out
+    assert seen["frontend->db"].get("refused", 0) >= 0.99 * sum(seen["frontend->db"].values())
+    assert rss_total(d) - rss_before <= 10 * 1024
+    assert metric(metrics(c.metrics_port), "cnnf_defender_admission_dropped_total") == 0
+
+    seen = flood_while_probing(c, ["-p", "++20000"], 8)
+    assert_held(seen)
+    # The scan is bounded too: the limit admits 1,000 new triples a second from
+    # it and at most 1,000 of its verdicts are cached (each a flow to count).
+    assert rss_total(d) - rss_before <= 32 * 1024
+    # The overload shows: metrics, log lines, and an overload audit naming the frontend.
+    text = metrics(c.metrics_port)
+    assert metric(text, "cnnf_defender_admission_dropped_total") > 1000
+    assert re.search(r'cnnf_defender_admission_dropped_by_source\{[^}]*name="frontend"', text)
+    assert poll(lambda: any(r["type"] == "overload" and r["src"].get("container") == "frontend"
+                            and r["count"] > 0 for r in d.records("audit")), 15)
+    assert "overload: the admission limit is dropping new connections" in d.log.read_text()
+    assert poll(lambda: "overload ended" in d.log.read_text(), 15)
+    restart(d, "--metrics", f"127.0.0.1:{c.metrics_port}")
+
+
+@pytest.mark.parametrize("fail_closed", [False, True], ids=["fail-open", "fail-closed"])
+def test_kill9_and_restart_under_traffic(cluster: Cluster, fail_closed: bool) -> None:
+    c = cluster
+    d = c.d1
+    mode = ["--fail-closed"] if fail_closed else []
+    restart(d, *mode)
+    state = d.kernel_state()
+    frontend = in_container(c, "frontend")
+    cache = c.lab.address_of("cache") or ""
+    prevented = netns.probing(frontend, cache, 6379, 7)
+    allowed = netns.probing(in_container(c, "frontend"), c.lab.address_of("api") or "", 8080, 7)
+    try:
+        time.sleep(1)
+        for _ in range(2):
+            d.stop(signal.SIGKILL)
+            time.sleep(0.5)
+            d.start(*mode)
+            time.sleep(1)
+    finally:
+        bad, good = netns.outcomes(prevented), netns.outcomes(allowed)
+    if fail_closed:
+        assert bad.get("ok", 0) == 0, bad  # at no moment
+        assert bad.get("refused", 0) > 100, bad  # refused, also with no Defender
+    assert good.get("ok", 0) > 100, good
+    assert d.kernel_state() == state  # replaced in place: nothing doubled
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
+    # A dead Defender's cached verdicts lapse with its heartbeat (3 s): then
+    # there is no Defender, and the failure mode decides.
+    assert c.connect("frontend", "api", 8080).ok
+    d.stop(signal.SIGKILL)
+    if fail_closed:
+        assert poll(lambda: c.connect("frontend", "api", 8080).outcome == "refused", 6)
+    else:
+        assert poll(lambda: c.connect("frontend", "cache", 6379).ok, 6)
+    d.start(*mode)
+    assert c.connect("frontend", "cache", 6379).outcome == "refused"
+
+
+def test_a_fail_closed_stop_refuses_until_cleanup(cluster: Cluster) -> None:
+    c = cluster
+    d = c.d1
+    restart(d, "--fail-closed")
+    assert c.connect("frontend", "api", 8080).ok
+    d.stop()
+    assert "rules stay and refuse" in d.log.read_text()
+    refused = c.connect("frontend", "api", 8080, timeout=2)
+    assert refused.outcome == "refused" and refused.ms < 1000, refused
+    out = subprocess.run([str(Path(sys.executable).with_name("cnnf")), "defender", "cleanup",
+                          "--netns", d.netns], capture_output=True, text=True, check=True).stdout
+    assert "nft table inet cnnf" in out
+    assert d.kernel_state() == ("", "")
+    assert c.connect("frontend", "cache", 6379).ok  # no Defender, nothing enforced
+    d.start("--metrics", f"127.0.0.1:{c.metrics_port}")
