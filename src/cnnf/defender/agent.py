@@ -858,10 +858,15 @@ class Agent:
                 self.datapath.backend.fastpath_add(
                     [c.entry for c in new], self.config.fastpath_ttl + FASTPATH_GRACE)
             except DatapathError as exc:
-                # Not in the kernel: forget them here too (they are decided again).
-                self.fastpath.invalidate({c.key[0] for c in new} | {c.key[2] for c in new})
+                # Some may be in the kernel (a restore stops at its first error):
+                # forget them here too and rebuild the sets from the table, so
+                # none is left there untracked (a later change could not remove it).
                 log.error("fast path: cached verdicts not added", error=str(exc),
                           entries=len(new))
+                _, removed = self.fastpath.invalidate({c.key[0] for c in new}
+                                                      | {c.key[2] for c in new})
+                self._fast_dirty = True
+                self._fast_rebuild(removed)
 
     def _fast_rebuild(self, removed: list[Cached],
                       compiled: CompiledPolicy | None = None) -> None:

@@ -307,6 +307,29 @@ RESOLVE_AND_CONNECT = """
 """
 
 
+FORGED_ANSWER = """
+    import socket, sys, dns.message, dns.rrset
+    q = dns.message.make_query("api.partner.example", "A")
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("api.partner.example.", 30, "IN", "A", sys.argv[2]))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 53))
+    for port in (53, 5353, 40000):
+        s.sendto(r.to_wire(), (sys.argv[1], port))
+"""
+
+
+def test_a_forged_unsolicited_dns_answer_teaches_no_name(h: Harness, servers: None) -> None:
+    """Another workload sends c1 "answers" it never asked for, naming an
+    address api.partner.example: only replies to c1's own queries count."""
+    t = h.topo
+    dp = h.start()
+    subprocess.run(t.c2.python(FORGED_ANSWER, t.C1, t.REMOTE), check=True, timeout=20)
+    time.sleep(0.3)
+    assert dp.domains_for(t.REMOTE) == ()
+    assert dp.dns is not None and dp.dns.answers == 0
+
+
 def test_dns_answer_is_recorded_before_the_first_syn(h: Harness, servers: None) -> None:
     t = h.topo
     server = subprocess.Popen(t.remote.python(DNS_SERVER), stdout=subprocess.PIPE, text=True)

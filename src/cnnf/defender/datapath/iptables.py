@@ -8,7 +8,7 @@ SYN = ``-p tcp --syn -m conntrack --ctstate NEW``)::
     CNNF-FORWARD  REJECT tcp-reset for the reject mark      (block mode reset)
                   SYN from L -> CNNF-QUEUE                   outbound, containers
                   SYN to L, source not in C -> CNNF-QUEUE    inbound, containers
-                  UDP from port 53 to L -> DNS queue         (dns on; always bypass)
+                  UDP replies from port 53 to L -> DNS queue (dns on; always bypass)
     CNNF-INPUT    mark REJECT; SYN from L -> CNNF-QUEUE (container to this host);
                   SYN to H, source not in C -> CNNF-QUEUE; UDP from 53 to H -> DNS queue
     CNNF-OUTPUT   mark REJECT; SYN from H -> CNNF-QUEUE;
@@ -186,8 +186,11 @@ class IptablesBackend:
             lines.append(f"-A {chain} {syn} {out_rule}")
             lines.append(f"-A {chain} {syn} {in_rule}")
             if c.dns:
+                # Only replies to a query the workload sent: an unsolicited
+                # "answer" (forged by another workload) teaches no name.
                 lines.append(
-                    f"-A {chain} -p udp --sport 53 -m set --match-set {dns_set} dst {dnsq}"
+                    f"-A {chain} -p udp --sport 53 -m conntrack --ctstate ESTABLISHED "
+                    f"-m set --match-set {dns_set} dst {dnsq}"
                 )
         if c.fastpath:
             alive = f"-m set --match-set {alive_set(family)} src"
