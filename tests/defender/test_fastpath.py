@@ -107,3 +107,21 @@ def test_one_source_cannot_fill_the_table() -> None:
     t.invalidate([C])
     t.expire(61.0)
     assert len(t) == 0 and t.offer(REJECT, (A, 99, B), None, 0, 61.0) is not None
+
+
+def test_an_entry_ends_with_the_dns_names_it_was_decided_with() -> None:
+    t = FastPathTable(ttl=60)
+    cached = t.offer(ACCEPT, AB, None, 0, 0.0, until=20.0)
+    assert cached is not None and cached.expires == 20.0
+    assert t.offer(ACCEPT, CB, None, 0, 0.0, until=100.0).expires == 60.0  # type: ignore[union-attr]
+    assert t.offer(ACCEPT, (A, 81, B), None, 0, 30.0, until=20.0) is None  # already lapsed
+    assert [c.key for c in t.expire(20.0)] == [AB]
+
+
+def test_entries_that_did_not_reach_the_kernel_are_discarded() -> None:
+    t = FastPathTable(max_per_source=2)
+    t.offer(ACCEPT, AB, None, 0, 0.0)
+    t.offer(ACCEPT, (A, 81, B), None, 0, 0.0)
+    t.discard([AB, (A, 81, B), CB])
+    assert len(t) == 0
+    assert t.offer(ACCEPT, AB, None, 0, 0.0) is not None  # room again, same epoch: cacheable

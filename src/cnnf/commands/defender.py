@@ -65,8 +65,9 @@ def run(  # noqa: PLR0917
     fail_closed: bool = typer.Option(False, "--fail-closed", help="With no verdict process "
                                      "(the Defender dead, restarting or stopped), refuse new "
                                      "connections of protected workloads with a TCP reset; a "
-                                     "stop leaves the rules refusing until `cnnf defender "
-                                     "cleanup` (default: fail open, as if there were no "
+                                     "stop leaves the rules refusing until the next start or "
+                                     "`cnnf defender cleanup` (default: fail open, as if "
+                                     "there were no "
                                      "firewall). An overloaded Defender drops in both modes."),
     admission_rate: int = typer.Option(1000, "--admission-rate", help="New connections per "
                                        "second and source address let into the verdict "
@@ -235,7 +236,9 @@ def cleanup(
     state_dir: str = typer.Option(None, "--state-dir", help="The Defender's state dir (its "
                                   "stale status file is removed)."),
 ) -> None:
-    """Remove every CNNF rule, chain and set (after a crash)."""
+    """Remove every CNNF rule, chain, set and nftables table: what a fail-closed
+    Defender leaves refusing when stopped, or a crashed one left behind (a new
+    start replaces those itself)."""
     from cnnf.defender.config import default_state_dir
     from cnnf.defender.datapath import DatapathError
     from cnnf.defender.datapath import cleanup as datapath_cleanup

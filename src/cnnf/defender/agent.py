@@ -43,13 +43,12 @@ from cnnf import __version__
 from cnnf.defender import core
 from cnnf.defender.config import DefenderConfig
 from cnnf.defender.datapath import (
-    FASTPATH_GRACE,
     AddressSet,
     ConntrackObserver,
     Datapath,
     DatapathConfig,
-    DatapathError,
     Decision,
+    DnsRecord,
     FastVerdict,
     NetnsRef,
     ObservedConnection,
@@ -58,11 +57,12 @@ from cnnf.defender.datapath import (
 )
 from cnnf.defender.discovery.docker import DockerDiscovery, default_docker_host, outage_reason
 from cnnf.defender.discovery.identity import DiscoveredContainer
-from cnnf.defender.fastpath import Cached, FastPathTable
+from cnnf.defender.fastpath import FastPathTable
 from cnnf.defender.inventory import Identity, Inventory
 from cnnf.defender.metrics import Figures, serve_metrics
 from cnnf.defender.outputs import JsonLinesOutput
 from cnnf.defender.overload import OverloadReport, OverloadTracker
+from cnnf.defender.verdictcache import VerdictCache
 from cnnf.errors import PolicyValidationError
 from cnnf.model import (
     BlockMode,
@@ -76,10 +76,10 @@ from cnnf.model import (
 )
 from cnnf.model.records import (
     ClusterInventory,
-    EndpointInfo,
     HostInfo,
     InventoryReport,
     WorkloadInfo,
+    endpoint_name,
     overload_audit,
 )
 from cnnf.model.rule import RuleKind
@@ -203,14 +203,15 @@ class VerdictDecide:
     def update(self, message: object) -> None:
         if isinstance(message, PolicyUpdate):
             self.compiled = compile_policy(message.policy)
-            self.epoch = message.epoch
+            self.epoch = max(self.epoch, message.epoch)
         elif isinstance(message, InventoryUpdate):
             self.inventory = message.inventory()
             self.pending = message.pending()
             self._held_since.clear()
-            self.epoch = message.epoch
+            self.epoch = max(self.epoch, message.epoch)
         elif isinstance(message, CacheEpoch):
-            self.epoch = message.epoch
+            # epochs only grow (a message sent before a later change may come later)
+            self.epoch = max(self.epoch, message.epoch)
             return
         else:
             return
@@ -307,6 +308,17 @@ def _remote_identities(
     return tuple(out)
 
 
+def _logged(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``fn``, with its exceptions logged instead of raised (a thread's callback)."""
+    def call(arg: Any) -> None:
+        try:
+            fn(arg)
+        except Exception as exc:
+            log.error("applying a discovery event failed; the next event or resync "
+                      "retries", callback=fn.__name__, error=str(exc))
+    return call
+
+
 def load_cluster_inventory(path: Path) -> ClusterInventory:
     return ClusterInventory.model_validate_json(path.read_bytes())
 
@@ -364,10 +376,9 @@ class Agent:
         self._file_loads = 0
         self._cluster_key: tuple[int, int, int] | None = None
         self._metrics: Any = None
-        # The kernel fast path (cached verdicts) and the admission limit's overloads.
-        self.fastpath = (FastPathTable(config.fastpath_ttl) if config.fastpath else None)
-        self.fast_hits = dict.fromkeys(FastVerdict, 0)
-        self._fast_dirty = False  # a kernel rebuild failed: redo it at the next poll
+        # The kernel fast path (cached verdicts, from start()) and the admission
+        # limit's overloads.
+        self.cache: VerdictCache | None = None
         self._shared: dict[tuple[object, ...], tuple[object, ...]] = {}  # verdict details
         self._identities: dict[str, Identity] = {}  # as last sent to the workers
         self._sent_nets: tuple[str, ...] = ()
@@ -390,12 +401,13 @@ class Agent:
             old = self.policy
             self.policy = policy
             eff = self._effective(policy)
-            before, self.compiled = self.compiled, compile_policy(eff)
-            epoch, removed = (self.fastpath.invalidate_all() if self.fastpath is not None
-                              else (0, []))
+            before = self._context()
+            self.compiled = compile_policy(eff)
+            # The cached verdicts leave the kernel before any worker decides
+            # with the new policy.
+            epoch = self.cache.invalidate_all(before) if self.cache is not None else 0
             self._shared.clear()
             self._broadcast(PolicyUpdate(eff, epoch))
-            self._fast_rebuild(removed, before)
             self._apply_sets()
             self._apply_mode()
         log.info("policy applied", source=source, revision=policy.revision,
@@ -456,6 +468,7 @@ class Agent:
             tuple((a, c.identity) for a, c in sorted(self.local.items())),
             _remote_identities(self.cluster, self.config.hostname),
             self.container_nets if self.discovery_ok or self.config.fail_closed else (),
+            self._epoch(),
         )
 
     def _broadcast(self, message: object) -> None:
@@ -470,26 +483,24 @@ class Agent:
         the update with a new fast-path epoch and the kernel's entries for them
         go before the lock is released (a container stop, start, IP reuse)."""
         identities = update.identities()
-        removed: list[Cached] = []
-        epoch = 0
-        if self.fastpath is not None:
-            epoch = self.fastpath.epoch
+        if self.cache is not None:
+            # the entries go first, counted with the identities they had
             if update.container_nets != self._sent_nets:
-                epoch, removed = self.fastpath.invalidate_all()
+                update = dataclasses.replace(
+                    update, epoch=self.cache.invalidate_all(self._context()))
             else:
                 old = self._identities
                 changed = [a for a in identities.keys() | old.keys()
                            if identities.get(a) != old.get(a)]
                 if changed:
-                    epoch, removed = self.fastpath.invalidate(changed)
+                    update = dataclasses.replace(
+                        update, epoch=self.cache.invalidate(changed, self._context()))
         self._identities, self._sent_nets = identities, update.container_nets
-        update = dataclasses.replace(update, epoch=epoch)
         self.inventory = update.inventory()
         self._broadcast(update)
-        self._fast_rebuild(removed)
 
     def _epoch(self) -> int:
-        return self.fastpath.epoch if self.fastpath is not None else 0
+        return self.cache.epoch if self.cache is not None else 0
 
     def _publish_inventory(self) -> None:
         self._send_inventory(self._inventory_update())
@@ -697,9 +708,7 @@ class Agent:
             self.discovery.engine.down(outage_reason(exc), str(exc))
             found = []
         self.local = {a: c for c in found if not c.host_network for a in c.addresses}
-        # The policy was applied already (a fast-path epoch of its own): the
-        # workers start in the current epoch, or nothing they decide is cached.
-        first = dataclasses.replace(self._inventory_update(), epoch=self._epoch())
+        first = self._inventory_update()
         self.inventory = first.inventory()
         self._identities, self._sent_nets = first.identities(), first.container_nets
         eff = self._effective(self.policy)
@@ -711,13 +720,16 @@ class Agent:
             admission_burst=c.admission_burst, fastpath=c.fastpath, fastpath_ttl=c.fastpath_ttl,
         )
         datapath = Datapath(dp_config, self.decide, self.netns)
-        datapath.on_dns_change = self._on_dns_change
+        datapath.on_dns = self._on_dns
         # The rules go in with their sets already filled: no moment in which a
         # protected workload is not in them (an earlier run's sets are swapped).
         for which, addrs in self.wanted_sets().items():
             datapath.backend.stage(which, addrs)
         report = datapath.start()
         self.datapath = datapath  # only now is the kernel state ours to remove
+        if c.fastpath:
+            self.cache = VerdictCache(FastPathTable(c.fastpath_ttl, dp_config.fastpath_max),
+                                      datapath.backend)
         for item in report.removed_leftovers:
             log.warning("replaced leftover kernel state of an earlier run", item=item)
         for note in report.notes:
@@ -732,13 +744,16 @@ class Agent:
                  containers=len(self.local), revision=self.policy.revision,
                  container_enabled=self.policy.container_enabled,
                  host_enabled=self.policy.host_enabled)
-        if self.fastpath is not None:
+        if self.cache is not None:
             beat = threading.Thread(target=self._heartbeat, name="cnnf-heartbeat", daemon=True)
             beat.start()
             self._threads.append(beat)
+        # The callbacks never raise into discovery: a failure of ours (an ipset
+        # command) is not the engine's, and must not end the discovery thread.
         t = threading.Thread(target=self.discovery.watch, name="cnnf-discovery", daemon=True,
-                             args=(self._on_snapshot, self._on_start, self.stop_event),
-                             kwargs={"on_error": self._on_discovery_error})
+                             args=(_logged(self._on_snapshot), _logged(self._on_start),
+                                   self.stop_event),
+                             kwargs={"on_error": _logged(self._on_discovery_error)})
         t.start()
         self._threads.append(t)
         self._start_link()
@@ -802,7 +817,7 @@ class Agent:
         assert self.datapath is not None
         compiled = self.compiled
         inv = self.inventory
-        offers: list[tuple[FastVerdict, tuple[str, int, str], object, int]] = []
+        offers: list[tuple[FastVerdict, tuple[str, int, str], object, int, float | None]] = []
         for r in self.datapath.workers.reports():
             if r.detail == UNIDENTIFIED:
                 self._on_unidentified(r.packet)
@@ -819,15 +834,20 @@ class Agent:
             decision = core.Decision(action, verdict, attempt)
             self.recorder.record(decision, compiled, r.time)
             fast = FAST_VERDICTS.get(r.decision)
-            if fast is not None and self.fastpath is not None:
+            if fast is not None and self.cache is not None:
                 # Compact: entries live for the TTL, and a scan makes thousands.
                 # The identities are looked up again when repeats are counted
                 # (a change of either end's identity removes the entry first).
                 detail = self._shared.setdefault(r.detail[:6], r.detail[:6])
                 key = (sys.intern(p.src), p.dport, sys.intern(p.dst))
-                offers.append((fast, key, (detail, p.dst_domains), r.detail[6]))
-        if offers:
-            self._fast_offer(offers)
+                # a verdict decided with DNS names ends when the first of them does
+                until = (self.datapath.dns_cache.expiry(p.dst, p.dst_domains)
+                         if p.dst_domains else None)
+                offers.append((fast, key, (detail, p.dst_domains), r.detail[6], until))
+        if offers and self.cache is not None:
+            with self._lock:
+                self.cache.offer(offers, time.monotonic())
+        self._record_fast()
         while True:
             try:
                 ev = self.observed.get_nowait()
@@ -843,73 +863,37 @@ class Agent:
 
     # -- the kernel fast path and the admission limit ------------------------------------
 
-    def _fast_offer(self, offers: list[tuple[FastVerdict, tuple[str, int, str], object, int]],
-                    ) -> None:
-        """Put decided triples in the kernel if no change since their decision
-        touched them (serialised with invalidations by the lock)."""
-        assert self.fastpath is not None and self.datapath is not None
-        now = time.monotonic()
-        with self._lock:
-            new = [c for fv, key, rec, epoch in offers
-                   if (c := self.fastpath.offer(fv, key, rec, epoch, now)) is not None]
-            if not new:
-                return
-            try:
-                self.datapath.backend.fastpath_add(
-                    [c.entry for c in new], self.config.fastpath_ttl + FASTPATH_GRACE)
-            except DatapathError as exc:
-                # Some may be in the kernel (a restore stops at its first error):
-                # forget them here too and rebuild the sets from the table, so
-                # none is left there untracked (a later change could not remove it).
-                log.error("fast path: cached verdicts not added", error=str(exc),
-                          entries=len(new))
-                _, removed = self.fastpath.invalidate({c.key[0] for c in new}
-                                                      | {c.key[2] for c in new})
-                self._fast_dirty = True
-                self._fast_rebuild(removed)
-
-    def _fast_rebuild(self, removed: list[Cached],
-                      compiled: CompiledPolicy | None = None) -> None:
-        """Swap the kernel's fast-path sets for ones holding only the entries the
-        table keeps (lock held), recording what the removed ones counted last."""
-        if self.fastpath is None or self.datapath is None or not (removed or self._fast_dirty):
+    def _record_fast(self) -> None:
+        """Repeats the kernel answered -> flows (and audits of prevented ones),
+        each with the inventory and policy in force when it was counted."""
+        if self.cache is None:
             return
-        try:
-            final = self.datapath.backend.fastpath_replace(
-                self.fastpath.kernel_timeouts(time.monotonic(), FASTPATH_GRACE))
-        except DatapathError as exc:
-            # Stale verdicts may still be in the kernel: retried at every poll.
-            self._fast_dirty = True
-            log.error("fast path: cached verdicts could not be replaced; retrying",
-                      error=str(exc))
-            return
-        self._fast_dirty = False
-        self._record_fast(self.fastpath.settled(final, removed), compiled)
-
-    def _record_fast(self, counted: list[tuple[Cached, int]],
-                     compiled: CompiledPolicy | None = None) -> None:
-        """Repeats the kernel answered -> flows (and audits of prevented ones).
-        ``compiled``: the policy the entries were decided under, when it was
-        just replaced (for the audits' subnet and domain)."""
         now = self.clock()
-        inv = self.inventory
-        for cached, n in counted:
+        for cached, n, context in self.cache.drain():
+            inv, compiled = cast("tuple[Inventory, CompiledPolicy]", context)
             detail, domains = cast("tuple[VerdictDetail, tuple[str, ...]]", cached.record)
             src, port, dst = cached.key
             attempt = ConnectionAttempt(inv.endpoint(src), inv.endpoint(dst, domains), port)
             decision = core.Decision(FAST_ACTIONS[cached.verdict], verdict_from_detail(detail),
                                      attempt)
-            self.recorder.record(decision, compiled or self.compiled, now, count=n)
-            self.fast_hits[cached.verdict] += n
+            self.recorder.record(decision, compiled, now, count=n)
 
-    def _on_dns_change(self, addresses: set[str]) -> None:
-        """A DNS answer gave addresses new names (called before it is let through)."""
-        if self.fastpath is None:
-            return
+    def _context(self) -> tuple[Inventory, CompiledPolicy]:
+        return self.inventory, self.compiled
+
+    def _on_dns(self, records: list[DnsRecord], gained: set[str]) -> None:
+        """A DNS answer (called before it is let through). Addresses that gained a
+        name lose their cached verdicts, and the workers get the names and the
+        new epoch in one message, so none decides with the new epoch and the old
+        names."""
+        assert self.datapath is not None
         with self._lock:
-            epoch, removed = self.fastpath.invalidate(addresses)
-            self._broadcast(CacheEpoch(epoch))
-            self._fast_rebuild(removed)
+            then = None
+            if gained and self.cache is not None:
+                then = CacheEpoch(self.cache.invalidate(gained, self._context()))
+                if self.decide is not None:
+                    self.decide.update(then)
+            self.datapath.workers.dns_update(records, then)
 
     def poll_kernel(self) -> None:
         """Read the fast path's counters (expiring old entries) and the admission
@@ -918,23 +902,19 @@ class Agent:
         backend = self.datapath.backend
         now = time.monotonic()
         try:
-            if self.fastpath is not None:
+            if self.cache is not None:
+                reading = self.cache.read()  # a few ipset saves: not under the lock
                 with self._lock:
-                    expired = self.fastpath.expire(now)
-                    if self._fast_dirty:
-                        expired += self.fastpath.invalidate_all()[1]
-                        self._broadcast(CacheEpoch(self.fastpath.epoch))
-                    if expired or self._fast_dirty:
-                        self._fast_rebuild(expired)
-                    elif len(self.fastpath):
-                        self._record_fast(self.fastpath.counted(backend.fastpath_counters()))
+                    self.cache.apply(reading, self._context())
+                    self.cache.expire(now, self._context())
             if self.config.admission_rate:
                 for report in self.overload.update(backend.overload_counters(), now):
                     self._on_overload(report)
                 idle = self.overload.idle_sources(now)
                 if idle:
                     backend.overload_forget(idle)
-        except DatapathError as exc:
+                    self.overload.forget(idle)  # only once they left the kernel set
+        except Exception as exc:  # a bad reading must not stop the main loop
             log.error("kernel counters not read", error=str(exc))
 
     def _heartbeat(self) -> None:
@@ -946,20 +926,18 @@ class Agent:
         while not self.stop_event.wait(1.0):
             try:
                 self.datapath.backend.heartbeat()
-                failing = False
-            except DatapathError as exc:
+            except Exception as exc:
                 if not failing:
                     log.error("fast path heartbeat failed; cached verdicts lapse and every "
                               "SYN goes to the verdict loop", error=str(exc))
                 failing = True
+                continue
+            if failing:
+                log.info("fast path heartbeat back")
+            failing = False
 
     def _source_name(self, address: str) -> str:
-        ident = self.inventory.identity(address)
-        if isinstance(ident, ContainerIdentity):
-            return f"{ident.image} ({ident.name or address})"
-        if isinstance(ident, HostIdentity):
-            return f"host {ident.name} ({address})"
-        return address
+        return endpoint_name(self.recorder.info(self.inventory.endpoint(address)))
 
     def _on_overload(self, report: OverloadReport) -> None:
         """Log the episode (rate-limited by the tracker) and raise one overload
@@ -967,9 +945,8 @@ class Agent:
         rate = self.config.admission_rate
         top = [f"{self._source_name(a)}: {n}" for a, n in report.dropped.items()]
         if report.ended:
-            log.warning("overload ended", seconds=round(report.seconds, 1),
-                        lasted_s=round(time.monotonic() - report.started, 1),
-                        dropped=report.total, top_sources=top)
+            log.warning("overload ended", lasted_s=round(time.monotonic() - report.started, 1),
+                        dropped=report.episode, top_sources=self._top_names())
         elif report.first:
             log.warning("overload: the admission limit is dropping new connections",
                         limit_per_source=rate, dropped=report.total, top_sources=top)
@@ -978,11 +955,14 @@ class Agent:
                         dropped=report.total, top_sources=top)
         now = self.clock()
         for address, n in report.dropped.items():
-            src = EndpointInfo.from_endpoint(self.inventory.endpoint(address))
+            src = self.recorder.info(self.inventory.endpoint(address))
             self.recorder.add_audit(overload_audit(
                 now, src, host=self.config.hostname, dropped=n,
                 seconds=max(report.seconds, KERNEL_POLL_INTERVAL), rate=rate,
                 reporter=self.config.hostname))
+
+    def _top_names(self) -> list[str]:
+        return [f"{self._source_name(a)}: {n}" for a, n in self.overload.top()]
 
     def _on_unidentified(self, p: PacketInfo) -> None:
         self.unidentified += 1
@@ -1035,14 +1015,11 @@ class Agent:
             log.warning("repaired kernel state", item=item)
         if any(r.startswith("verdict worker") for r in repaired):
             with self._lock:  # restarted workers: resend the current snapshot
-                epoch = self._epoch()
-                self._broadcast(PolicyUpdate(self._effective(self.policy), epoch))
-                self._broadcast(dataclasses.replace(self._inventory_update(), epoch=epoch))
-        if self.fastpath is not None and any("cnnf-fp" in r for r in repaired):
+                self._broadcast(PolicyUpdate(self._effective(self.policy), self._epoch()))
+                self._broadcast(self._inventory_update())
+        if self.cache is not None and any("cnnf-fp" in r for r in repaired):
             with self._lock:  # a fast-path set was recreated empty: start afresh
-                epoch, removed = self.fastpath.invalidate_all()
-                self._broadcast(CacheEpoch(epoch))
-                self._fast_rebuild(removed)
+                self._broadcast(CacheEpoch(self.cache.invalidate_all(self._context())))
 
     # -- status and metrics -------------------------------------------------------------
 
@@ -1100,8 +1077,8 @@ class Agent:
                 "spool_batches": spool[0], "spool_bytes": spool[1],
             },
             "engine": self.discovery.engine.as_dict(),
-            "fastpath": None if self.fastpath is None else {
-                "entries": len(self.fastpath), "ttl": self.config.fastpath_ttl,
+            "fastpath": None if self.cache is None else {
+                "entries": len(self.cache), "ttl": self.config.fastpath_ttl,
                 "hits": self._fast_hit_counts(),
             },
             "admission": {
@@ -1149,7 +1126,7 @@ class Agent:
             engine_outages=self.discovery.engine.outages,
             engine_outage_seconds=self.discovery.engine.outage_seconds(),
             queue_user_dropped=sum(q.user_dropped for q in stats.queues),
-            fastpath_entries=len(self.fastpath) if self.fastpath is not None else 0,
+            fastpath_entries=len(self.cache) if self.cache is not None else 0,
             fastpath_hits=self._fast_hit_counts(),
             admission_dropped=self.overload.total,
             admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
@@ -1157,7 +1134,8 @@ class Agent:
         )
 
     def _fast_hit_counts(self) -> dict[str, int]:
-        return {v.name.lower(): n for v, n in self.fast_hits.items()}
+        hits = self.cache.hits if self.cache is not None else dict.fromkeys(FastVerdict, 0)
+        return {v.name.lower(): n for v, n in hits.items()}
 
     def _source_label(self, address: str) -> str:
         ident = self.inventory.identity(address)
@@ -1176,8 +1154,9 @@ class Agent:
         removed: list[str] = []
         if self.datapath is not None:
             with contextlib.suppress(Exception):
-                self.collect()
                 self.poll_kernel()  # what the fast path answered since the last read
+            with contextlib.suppress(Exception):
+                self.collect()
             try:
                 removed = self.datapath.stop(keep_rules=self.config.fail_closed)
             except Exception as exc:

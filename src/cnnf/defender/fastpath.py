@@ -99,6 +99,12 @@ class FastPathTable:
                     self._unindex(key)
         return self.epoch, removed
 
+    def discard(self, keys: Iterable[Key]) -> None:
+        """Forget entries that did not make it into the kernel."""
+        for key in keys:
+            if self.entries.pop(key, None) is not None:
+                self._unindex(key)
+
     def expire(self, now: float) -> list[Cached]:
         """Remove the entries whose TTL has passed; the caller rebuilds the sets."""
         gone = [c for c in self.entries.values() if c.expires <= now]
@@ -115,10 +121,11 @@ class FastPathTable:
                 and epoch >= self._address_epoch.get(src, 0)
                 and epoch >= self._address_epoch.get(dst, 0))
 
-    def offer(self, verdict: FastVerdict, key: Key, record: object, epoch: int,
-              now: float) -> Cached | None:
+    def offer(self, verdict: FastVerdict, key: Key, record: object, epoch: int, now: float,
+              *, until: float | None = None) -> Cached | None:
         """Cache a decided triple if it is current and there is room; returns the
-        new entry (for the kernel) or None."""
+        new entry (for the kernel) or None. ``until``: an earlier end than the
+        TTL (the DNS names the verdict was decided with expire then)."""
         src, _, dst = key
         if key in self.entries or len(self.entries) >= self.max_entries:
             return None
@@ -126,7 +133,10 @@ class FastPathTable:
             return None
         if not self.admissible(src, dst, epoch):
             return None
-        cached = Cached(verdict, key, record, now + self.ttl)
+        expires = now + self.ttl if until is None else min(now + self.ttl, until)
+        if expires <= now:
+            return None
+        cached = Cached(verdict, key, record, expires)
         self.entries[key] = cached
         self._by_address.setdefault(src, set()).add(key)
         self._by_address.setdefault(dst, set()).add(key)

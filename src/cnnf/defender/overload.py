@@ -24,7 +24,8 @@ class OverloadReport:
     started: float  # when the episode started
     seconds: float  # the time this report covers
     dropped: dict[str, int]  # source -> SYNs dropped in that time (the top sources)
-    total: int  # all sources
+    total: int  # all sources, since the last report
+    episode: int = 0  # all sources, the whole episode so far
     ended: bool = False
     first: bool = False  # the episode's first report
 
@@ -41,6 +42,7 @@ class OverloadTracker:
     _pending: dict[str, int] = field(default_factory=dict)  # since the last report
     _last_drop = 0.0
     _window = 0.0  # start of the time the pending counts cover
+    _episode = 0
     _prev: float | None = None  # the previous update
 
     @property
@@ -63,6 +65,7 @@ class OverloadTracker:
         for source in [s for s in self._seen if s not in counters]:
             del self._seen[source]  # gone from the kernel set: its count restarts
         self.total += new
+        self._episode += new
         if len(self.by_source) > 10 * MAX_SOURCES:  # e.g. spoofed sources: keep the top
             self.by_source = dict(self.top(MAX_SOURCES))
         reports: list[OverloadReport] = []
@@ -70,6 +73,7 @@ class OverloadTracker:
             self._last_drop = now
             if self.started is None:
                 self.started = now
+                self._episode = new
                 self._window = self._prev if self._prev is not None else now
                 reports.append(dataclasses.replace(self._report(now), first=True))
             elif now - self._window >= self.report_every:
@@ -82,11 +86,13 @@ class OverloadTracker:
 
     def idle_sources(self, now: float) -> list[str]:
         """Sources without drops for ``forget_after``: the caller removes them
-        from the kernel set (and they are forgotten here)."""
-        idle = [s for s, (_, changed) in self._seen.items() if now - changed >= self.forget_after]
-        for s in idle:
-            del self._seen[s]
-        return idle
+        from the kernel set, then calls :meth:`forget`."""
+        return [s for s, (_, changed) in self._seen.items() if now - changed >= self.forget_after]
+
+    def forget(self, sources: list[str]) -> None:
+        """They left the kernel set: their counts start from zero there."""
+        for s in sources:
+            self._seen.pop(s, None)
 
     def top(self, n: int = TOP_SOURCES) -> list[tuple[str, int]]:
         """The sources that dropped most, all time."""
@@ -97,6 +103,6 @@ class OverloadTracker:
         pending, self._pending = self._pending, {}
         top = sorted(pending.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_SOURCES]
         report = OverloadReport(self.started, max(now - self._window, 0.0), dict(top),
-                                sum(pending.values()), ended)
+                                sum(pending.values()), self._episode, ended)
         self._window = now
         return report

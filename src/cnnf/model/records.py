@@ -125,7 +125,9 @@ class AuditEvent(_Record):
                 self.dst.key(), self.dst.address, self.port)
 
 
-def _name(e: EndpointInfo) -> str:
+def endpoint_name(e: EndpointInfo) -> str:
+    """How messages and logs name one end: ``image (container)``, ``host NAME``, a
+    domain or an address."""
     if e.kind == "container":
         return f"{e.image} ({e.container or e.address})"
     if e.kind == "host":
@@ -138,14 +140,15 @@ def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: 
     action = "blocked" if verdict.blocked else "alerted on"
     why = (f"rule {verdict.rule_name!r}" if verdict.matched
            else f"the default effect ({verdict.effect.value}); no rule matched")
-    return f"{action} connection from {_name(src)} to {_name(dst)} port {port} by {why}"
+    src_name, dst_name = endpoint_name(src), endpoint_name(dst)
+    return f"{action} connection from {src_name} to {dst_name} port {port} by {why}"
 
 
 def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int) -> str:
     """The human sentence of an overload audit."""
     syns = "SYN" if dropped == 1 else "SYNs"
     return (f"overload: the admission limit ({rate} new connections/s per source) dropped "
-            f"{dropped:,} {syns} from {_name(src)} in {round(seconds, 1):g} s")
+            f"{dropped:,} {syns} from {endpoint_name(src)} in {round(seconds, 1):g} s")
 
 
 def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seconds: float,

@@ -14,6 +14,7 @@ from cnnf.defender.datapath import (
     DatapathConfig,
     DnsCache,
     DnsRecord,
+    FastVerdict,
     IptablesBackend,
     PacketInfo,
     parse_dns_answer,
@@ -21,7 +22,13 @@ from cnnf.defender.datapath import (
     parse_queue_stats,
 )
 from cnnf.defender.datapath.conntrack import ObservedConnection, parse_event
-from cnnf.defender.datapath.iptables import _removal_script, _tagged_state
+from cnnf.defender.datapath.iptables import (
+    _builtin_rules,
+    _fast_counters,
+    _removal_script,
+    _tagged_state,
+    saved_counters,
+)
 from cnnf.defender.datapath.packet import udp_payload
 
 
@@ -332,3 +339,46 @@ def test_dns_cache_snapshot_seeds_a_replica() -> None:
     assert replica.domains_for("fd00::1") == ()  # expired before the snapshot
     clock.now += 52
     assert replica.domains_for("10.0.0.1") == ()  # the remaining TTL was kept
+
+
+def test_set_counters_are_read_from_ipset_save() -> None:
+    saved = """create cnnf-tmp-fpa6 hash:ip,port,ip family inet6 timeout 90 counters
+add cnnf-tmp-fpa6 fd77::2,tcp:8081,fd77::3 timeout 80 packets 7 bytes 560
+add cnnf-fpr4 10.77.0.2,tcp:22,10.77.0.3 timeout 12 packets 0 bytes 0
+add cnnf-over4 10.77.0.9 packets 5001 bytes 200040
+add cnnf-local4 10.77.0.2
+"""
+    assert saved_counters(saved) == [("cnnf-tmp-fpa6", "fd77::2,tcp:8081,fd77::3", 7),
+                                     ("cnnf-fpr4", "10.77.0.2,tcp:22,10.77.0.3", 0),
+                                     ("cnnf-over4", "10.77.0.9", 5001)]
+    fast = _fast_counters("\n".join(saved.splitlines()[:3]))
+    assert fast == {(FastVerdict.ACCEPT, "fd77::2", 8081, "fd77::3"): 7,
+                    (FastVerdict.REJECT, "10.77.0.2", 22, "10.77.0.3"): 0}
+    rules = _builtin_rules("""*nat
+-A FORWARD -j X
+*filter
+:FORWARD ACCEPT [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -m comment --comment cnnf -j CNNF-FORWARD
+-A CNNF-FORWARD -j ACCEPT
+-A INPUT -m comment --comment cnnf -j CNNF-INPUT
+COMMIT
+""")
+    assert rules == {"FORWARD": ["-A FORWARD -j DOCKER-USER",
+                                 "-A FORWARD -m comment --comment cnnf -j CNNF-FORWARD"],
+                     "INPUT": ["-A INPUT -m comment --comment cnnf -j CNNF-INPUT"],
+                     "OUTPUT": []}
+
+
+def test_dns_cache_says_which_addresses_gained_a_name_and_when_names_end() -> None:
+    now = [0.0]
+    cache = DnsCache(lambda: now[0], min_ttl=10)
+    assert cache.record([DnsRecord("1.2.3.4", ("a.example",), 30)]) == {"1.2.3.4"}
+    assert cache.record([DnsRecord("1.2.3.4", ("a.example",), 30)]) == set()  # nothing new
+    now[0] = 5.0
+    assert cache.record([DnsRecord("1.2.3.4", ("b.example",), 5),
+                         DnsRecord("5.6.7.8", ("a.example",), 60)]) == {"1.2.3.4", "5.6.7.8"}
+    assert cache.expiry("1.2.3.4", ("a.example", "b.example")) == 15.0  # b: min_ttl 10
+    assert cache.expiry("1.2.3.4", ("c.example",)) is None
+    now[0] = 31.0  # a.example lapsed: learning it again is a gain
+    assert cache.record([DnsRecord("1.2.3.4", ("a.example",), 30)]) == {"1.2.3.4"}

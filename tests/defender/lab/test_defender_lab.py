@@ -225,12 +225,14 @@ class Cluster:
         return self.lab.connect(src, dst, port, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if os.geteuid() != 0 or shutil.which("podman") is None:
-        pytest.skip("the lab needs root and podman")
-    lab = Lab.up("shop", name=LAB)
-    c = Cluster(lab, tmp_path_factory.mktemp("defender"))
+def running_cluster(name: str, workdir: Path, *tools: str) -> Iterator[Cluster]:
+    """A ``shop`` lab named ``name`` with a standalone Defender per host; after
+    the module: the Defenders stopped, whatever they left removed (a
+    fail-closed stop leaves its rules), the lab down."""
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("podman", *tools)):
+        pytest.fail(f"the lab needs root and {', '.join(('podman', *tools))} (make deps)")
+    lab = Lab.up("shop", name=name)
+    c = Cluster(lab, workdir)
     try:
         c.start()
         yield c
@@ -238,7 +240,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for d in c.defenders:
             if d.proc is not None:
                 d.stop()
-        Lab.down(LAB)
+            subprocess.run([CNNF, "defender", "cleanup", "--netns", d.netns],
+                           capture_output=True, check=False)
+        Lab.down(name)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from running_cluster(LAB, tmp_path_factory.mktemp("defender"))
 
 
 def flows(c: Cluster, src: str, dst: str, port: int) -> list[dict[str, Any]]:

@@ -118,17 +118,18 @@ class Datapath:
         self.workers = VerdictWorkers(config, decide, self.netns, report=report)
         self.dns_cache = dns_cache or DnsCache()
         self.dns: DnsWatcher | None = None
-        # Set by the caller: addresses whose cached verdicts a DNS answer made stale.
-        self.on_dns_change: Callable[[set[str]], None] | None = None
+        # Set by the caller to hear of DNS answers itself (records, the addresses
+        # that gained a name): it then passes them on to the workers.
+        self.on_dns: Callable[[list[DnsRecord], set[str]], None] | None = None
         if config.dns:
-            self.dns = DnsWatcher(
-                config.dns_queue, self.dns_cache, self.netns, on_answer=self.workers.dns_update,
-                on_change=self._dns_changed,
-            )
+            self.dns = DnsWatcher(config.dns_queue, self.dns_cache, self.netns,
+                                  on_answer=self._dns_answer)
 
-    def _dns_changed(self, addresses: set[str]) -> None:
-        if self.on_dns_change is not None:
-            self.on_dns_change(addresses)
+    def _dns_answer(self, records: list[DnsRecord], gained: set[str]) -> None:
+        if self.on_dns is not None:
+            self.on_dns(records, gained)
+        else:
+            self.workers.dns_update(records)
 
     def start(self) -> InstallReport:
         """Bind the queues first (so fail-closed rules never lack a listener), then

@@ -117,6 +117,13 @@ class DnsCache:
             out += [DnsRecord(address, tuple(sorted(ns)), ttl) for ttl, ns in by_ttl.items()]
         return out
 
+    def expiry(self, address: str, names: Iterable[str]) -> float | None:
+        """When the first of ``names`` stops resolving to ``address`` (this cache's
+        clock), or None if none of them is known for it."""
+        known = self._by_address.get(address) or {}
+        times = [known[n] for n in names if n in known]
+        return min(times) if times else None
+
     def domains_for(self, address: str) -> tuple[str, ...]:
         """The names currently known to resolve to ``address`` (sorted)."""
         names = self._by_address.get(address)
@@ -140,13 +147,9 @@ class DnsWatcher:
         queue_num: int,
         cache: DnsCache,
         netns: str | NetnsRef | None = None,
-        on_answer: Callable[[list[DnsRecord]], None] | None = None,
-        on_change: Callable[[set[str]], None] | None = None,
+        on_answer: Callable[[list[DnsRecord], set[str]], None] | None = None,
     ) -> None:
         self.queue_num = queue_num
-        # Called, before the answer is let through, with the addresses that
-        # gained a name (the Defender drops their cached verdicts).
-        self.on_change = on_change
         self.cache = cache
         self.netns = NetnsRef.of(netns)
         self.on_answer = on_answer
@@ -161,10 +164,8 @@ class DnsWatcher:
         records = parse_dns_answer(wire) if wire else []
         if records:
             gained = self.cache.record(records)
-            if self.on_answer is not None:
-                self.on_answer(records)
-            if gained and self.on_change is not None:
-                self.on_change(gained)
+            if self.on_answer is not None:  # before the answer is let through
+                self.on_answer(records, gained)
             self.answers += 1
         return NF_ACCEPT, None
 

@@ -104,6 +104,26 @@ def _tagged_state(saved: str) -> dict[str, list[str]]:
     return out
 
 
+def _twin(name: str) -> str:
+    """The temporary set swapped with ``name`` (filled, then swapped in)."""
+    return f"{SET_PREFIX}tmp-{name[len(SET_PREFIX):]}"
+
+
+def _builtin_rules(saved: str) -> dict[str, list[str]]:
+    """The filter table's built-in chains -> their rules, in order."""
+    out: dict[str, list[str]] = {b: [] for b in BUILTIN}
+    table = ""
+    for raw in saved.splitlines():
+        line = raw.strip()
+        if line.startswith("*"):
+            table = line[1:]
+        elif table == "filter" and line.startswith("-A "):
+            chain = line.split()[1]
+            if chain in out:
+                out[chain].append(line)
+    return out
+
+
 def _removal_script(state: dict[str, list[str]]) -> str:
     chunks = []
     for table, lines in state.items():
@@ -236,11 +256,13 @@ class IptablesBackend:
         """One transaction that leaves the rules as wanted; returns the lines of an
         earlier run that it replaced.
 
-        Chains that exist are flushed and refilled, and a jump that is already in
-        place stays: deleting and re-creating chains or jumps lets SYNs through
-        unqueued while the transaction commits (seen in the lab with iptables
-        1.8.9, nf_tables), flushing and refilling a chain does not."""
-        state = _tagged_state(self._save(family))
+        Chains that exist are flushed and refilled, and a jump that is already
+        first stays: deleting and re-creating chains lets SYNs through unqueued
+        while the transaction commits (seen in the lab with iptables 1.8.9,
+        nf_tables), flushing and refilling a chain does not. A jump that is not
+        first (another tool inserted rules above it) is moved back to the top."""
+        saved = self._save(family)
+        state = _tagged_state(saved)
         mine = state.get("filter", [])
         have = {ln[1:] for ln in mine if ln.startswith(":")}
         wanted = self.rules(family)
@@ -251,11 +273,13 @@ class IptablesBackend:
         stale = sorted(have - set(chains))
         script += [f"-F {c}" for c in stale]
         script += [ln for ln in wanted if ln.startswith("-A ")]
+        builtin_rules = _builtin_rules(saved)
         for builtin, jump in jumps.items():
-            present = mine.count(jump)
-            if present == 0:
+            rules = builtin_rules.get(builtin, [])
+            at = [i for i, ln in enumerate(rules) if ln == jump]
+            if at != [0]:  # missing, doubled or not first: exactly one, first
+                script += [f"-D {builtin} {i + 1}" for i in reversed(at)]
                 script += [ln for ln in wanted if ln.startswith(f"-I {builtin} ")]
-            script += [f"-D {jump[3:]}"] * max(0, present - 1)
         # Anything else of ours in the built-in chains (an older layout) goes.
         script += [f"-D {ln[3:]}" for ln in mine if ln.startswith("-A ")
                    and not ln.startswith(f"-A {CHAIN_PREFIX}") and ln not in jumps.values()]
@@ -280,13 +304,9 @@ class IptablesBackend:
 
     def _nft_remove(self) -> bool:
         """Delete the reject table if it exists; whether it did."""
-        try:
-            if self.netns.run("nft", "list", "table", *NFT_TABLE.split(),
-                              check=False).returncode != 0:
-                return False
-            self.netns.run("nft", "delete", "table", *NFT_TABLE.split())
-        except DatapathError:  # nft is not installed: there is no table either
+        if not self._nft_present():
             return False
+        self.netns.run("nft", "delete", "table", *NFT_TABLE.split())
         return True
 
     def _nft_present(self) -> bool:
@@ -333,7 +353,7 @@ class IptablesBackend:
                 script.append(f"create {name} {specs[name]}")
                 script += [f"add {name} {a} -exist" for a in members]
                 continue
-            tmp = f"{SET_PREFIX}tmp-{name[len(SET_PREFIX):]}"
+            tmp = _twin(name)
             script += [f"create {tmp} {specs[name]} -exist", f"flush {tmp}"]
             script += [f"add {tmp} {a} -exist" for a in members]
             script += [f"swap {tmp} {name}", f"destroy {tmp}"]
@@ -479,13 +499,20 @@ class IptablesBackend:
                 repaired.append(f"nft table {NFT_TABLE} (fail-closed reject) put back")
             for family in self.config.families:
                 expected = self._expected.get(family, [])
-                current = _tagged_state(self._save(family)).get("filter", [])
-                if sorted(current) != sorted(expected):
+                saved = self._save(family)
+                current = _tagged_state(saved).get("filter", [])
+                # our jump must come first: rules above it decide before we do
+                buried = [b for b, rules in _builtin_rules(saved).items()
+                          if f"-A {b} -m comment --comment {TAG} -j {CHAIN_PREFIX}{b}" in rules
+                          and not rules[0].endswith(f"-j {CHAIN_PREFIX}{b}")]
+                if sorted(current) != sorted(expected) or buried:
                     gone = Counter(expected) - Counter(current)
                     extra = Counter(current) - Counter(expected)
                     self._install_rules(family)
                     repaired += [f"ipv{family} missing: {ln}" for ln in gone.elements()]
                     repaired += [f"ipv{family} unexpected: {ln}" for ln in extra.elements()]
+                    repaired += [f"ipv{family} jump to {CHAIN_PREFIX}{b} moved back to the top "
+                                 f"of {b}" for b in buried]
             return repaired
 
     def _set_members(self, name: str) -> set[str]:
@@ -564,7 +591,7 @@ class IptablesBackend:
         with self._lock:
             script: list[str] = []
             for name in names:
-                tmp = f"{SET_PREFIX}tmp-{name[len(SET_PREFIX):]}"
+                tmp = _twin(name)
                 script += [f"create {tmp} {specs[name]} -exist", f"flush {tmp}"]
                 script += [f"add {tmp} {e} -exist" for e in by_set[name]]
                 script.append(f"swap {tmp} {name}")
@@ -572,10 +599,9 @@ class IptablesBackend:
             # The swapped-out sets hold the final counters of what they matched.
             final: dict[FastEntry, int] = {}
             for name in names:
-                tmp = f"{SET_PREFIX}tmp-{name[len(SET_PREFIX):]}"
-                final.update(_fast_counters(self.netns.run("ipset", "save", tmp).stdout))
+                final.update(_fast_counters(self.netns.run("ipset", "save", _twin(name)).stdout))
             self.netns.run("ipset", "restore", input="".join(
-                f"destroy {SET_PREFIX}tmp-{n[len(SET_PREFIX):]}\n" for n in names))
+                f"destroy {_twin(n)}\n" for n in names))
             return final
 
     def fastpath_counters(self) -> dict[FastEntry, int]:
@@ -591,12 +617,12 @@ class IptablesBackend:
         if not self.config.admission_rate:
             return out
         for family in self.config.families:
-            saved = self.netns.run("ipset", "save", overload_set(family), check=False).stdout
-            for line in saved.splitlines():
-                parts = line.split()
-                if len(parts) >= 5 and parts[0] == "add" and "packets" in parts:
-                    # the SET target's add counted the first packet once more
-                    out[parts[2]] = max(0, int(parts[parts.index("packets") + 1]) - 1)
+            # a failed read raises (the caller skips the round): an empty one would
+            # say every source left the set, and its count would be taken again
+            saved = self.netns.run("ipset", "save", overload_set(family)).stdout
+            for _, member, packets in saved_counters(saved):
+                # the SET target's add counted the first packet once more
+                out[member] = max(0, packets - 1)
         return out
 
     def overload_forget(self, addresses: Iterable[str]) -> None:
@@ -605,19 +631,23 @@ class IptablesBackend:
             self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
 
+def saved_counters(saved: str) -> list[tuple[str, str, int]]:
+    """``ipset save`` of sets with counters -> (set, member, packets) per entry."""
+    out = []
+    for line in saved.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0] == "add" and "packets" in parts:
+            out.append((parts[1], parts[2], int(parts[parts.index("packets") + 1])))
+    return out
+
+
 def _fast_counters(saved: str) -> dict[FastEntry, int]:
     """``ipset save`` of a fast-path set -> entry -> packets."""
     out: dict[FastEntry, int] = {}
-    for line in saved.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or parts[0] != "add" or "packets" not in parts:
-            continue
-        name = parts[1]
+    for name, member, packets in saved_counters(saved):
         # cnnf-fpa4 / cnnf-tmp-fpa4 -> the verdict letter before the family digit
-        fv = FastVerdict(name[-2])
-        src, proto_port, dst = parts[2].split(",")
-        out[(fv, src, int(proto_port.split(":")[1]), dst)] = int(
-            parts[parts.index("packets") + 1])
+        src, proto_port, dst = member.split(",")
+        out[(FastVerdict(name[-2]), src, int(proto_port.split(":")[1]), dst)] = packets
     return out
 
 

@@ -60,7 +60,7 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class DnsUpdate:
     records: tuple[DnsRecord, ...]
-
+    then: object = None  # passed to ``decide.update`` once the names are in
 
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -99,6 +99,8 @@ class _Worker:
             self.running = False
         elif isinstance(message, DnsUpdate):
             self.cache.record(message.records)
+            if message.then is not None:
+                self.apply(message.then)
         else:
             update = getattr(self.decide, "update", None)
             if update is not None:
@@ -291,8 +293,10 @@ class VerdictWorkers:
                         conn.send(message)
             self._generation.value += 1
 
-    def dns_update(self, records: list[DnsRecord]) -> None:
-        self.broadcast(DnsUpdate(tuple(records)))
+    def dns_update(self, records: list[DnsRecord], then: object = None) -> None:
+        """Names for the workers' caches; ``then``: a message applied right after
+        them (with them: no SYN is decided between the two)."""
+        self.broadcast(DnsUpdate(tuple(records), then))
 
     def counters(self) -> list[VerdictCounters]:
         """Per queue, in queue order."""
