@@ -146,6 +146,9 @@ MAX_BATCH_RECORDS = 1000
 OFFLINE_REPORT_INTERVAL = 30.0
 # Seconds between reads of the kernel's fast-path and admission counters.
 KERNEL_POLL_INTERVAL = 1.0
+# A main loop that did not turn for this long stops the heartbeat (the kernel's
+# cached verdicts then lapse: nothing would invalidate or count them).
+LOOP_STALL_SECONDS = 10.0
 # Decisions the fast path may hold (alerts always reach the verdict loop, so
 # every alerted connection is audited by it).
 FAST_VERDICTS = {Decision.ACCEPT: FastVerdict.ACCEPT, Decision.REJECT: FastVerdict.REJECT,
@@ -383,6 +386,7 @@ class Agent:
         self._identities: dict[str, Identity] = {}  # as last sent to the workers
         self._sent_nets: tuple[str, ...] = ()
         self.overload = OverloadTracker()
+        self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
         self.link: Any = None
         self.runner: Any = None
         self.spool: Any = None
@@ -744,10 +748,10 @@ class Agent:
                  containers=len(self.local), revision=self.policy.revision,
                  container_enabled=self.policy.container_enabled,
                  host_enabled=self.policy.host_enabled)
-        if self.cache is not None:
-            beat = threading.Thread(target=self._heartbeat, name="cnnf-heartbeat", daemon=True)
-            beat.start()
-            self._threads.append(beat)
+        self._loop_turned = time.monotonic()
+        beat = threading.Thread(target=self._heartbeat, name="cnnf-heartbeat", daemon=True)
+        beat.start()
+        self._threads.append(beat)
         # The callbacks never raise into discovery: a failure of ours (an ipset
         # command) is not the engine's, and must not end the discovery thread.
         t = threading.Thread(target=self.discovery.watch, name="cnnf-discovery", daemon=True,
@@ -790,6 +794,7 @@ class Agent:
         next_watch = now + 0.5
         next_kernel = now + KERNEL_POLL_INTERVAL
         while not self.stop_event.wait(0.05):
+            self._loop_turned = time.monotonic()
             self.collect()
             now = time.monotonic()
             if now >= next_kernel:
@@ -924,6 +929,16 @@ class Agent:
         assert self.datapath is not None
         failing = False
         while not self.stop_event.wait(1.0):
+            # Not for a main loop that stopped turning (its invalidations and
+            # counts would stop too), nor while a cache rebuild is failing.
+            wedged = time.monotonic() - self._loop_turned > LOOP_STALL_SECONDS
+            if wedged or (self.cache is not None and self.cache.dirty):
+                if not failing:
+                    log.error("fast path and admission limit paused: "
+                              + ("the main loop is stalled" if wedged
+                                 else "the cached verdicts could not be replaced"))
+                failing = True
+                continue
             try:
                 self.datapath.backend.heartbeat()
             except Exception as exc:

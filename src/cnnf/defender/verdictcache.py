@@ -13,6 +13,7 @@ writer of its Recorder.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -97,9 +98,13 @@ class VerdictCache:
             final = self.backend.fastpath_replace(
                 self.table.kernel_timeouts(time.monotonic(), FASTPATH_GRACE))
         except DatapathError as exc:
-            self.dirty = True  # stale entries may still answer: retried at every poll
-            log.error("fast path: cached verdicts could not be replaced; retrying",
-                      error=str(exc))
+            # Stale entries may still be there: the kernel cache goes off (the
+            # heartbeat pauses while dirty) until a rebuild succeeds, every poll.
+            self.dirty = True
+            log.error("fast path: cached verdicts could not be replaced; off until they "
+                      "are, retrying", error=str(exc))
+            with contextlib.suppress(DatapathError):
+                self.backend.heartbeat_stop()
             return
         self.dirty = False
         self.generation += 1

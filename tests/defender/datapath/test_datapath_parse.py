@@ -210,7 +210,10 @@ def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:
             False,
             [
                 "-A CNNF-QUEUE -j NFQUEUE --queue-num 4200 --queue-bypass",
-                "-p tcp -m mark --mark 0x20000000/0x20000000 -j REJECT --reject-with tcp-reset",
+                "-p tcp --syn -m mark --mark 0x20000000/0x20000000 -j REJECT "
+                "--reject-with tcp-reset",
+                "-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED -m set --match-set "
+                "cnnf-local4 src -j CNNF-QUEUE",
                 "--queue-num 4299 --queue-bypass",
                 # cached verdicts, while the Defender's heartbeat is fresh
                 "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set cnnf-fpa4 "
@@ -219,8 +222,10 @@ def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:
                 "src,dst,dst -p tcp -j REJECT --reject-with tcp-reset",
                 "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set cnnf-fpd4 "
                 "src,dst,dst -j DROP",
-                "-m hashlimit --hashlimit-above 1000/sec --hashlimit-burst 2000 "
-                "--hashlimit-mode srcip --hashlimit-name cnnf-adm4",
+                # the admission limit, also only while the heartbeat is fresh
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m hashlimit "
+                "--hashlimit-above 1000/sec --hashlimit-burst 2000 --hashlimit-mode srcip "
+                "--hashlimit-name cnnf4-",
                 "-A CNNF-OVERLOAD -j SET --add-set cnnf-over4 src",
                 "-A CNNF-OVERLOAD -m set --match-set cnnf-over4 src -j DROP",
             ],
@@ -260,6 +265,14 @@ def test_rules_follow_config(
         assert s not in text
 
 
+def test_the_admission_table_is_named_after_its_settings() -> None:
+    # (a rule replaced in place keeps its table, and the table its settings)
+    names = {IptablesBackend(DatapathConfig(admission_rate=r, admission_burst=b))
+             ._hashlimit_name(4) for r, b in ((1000, 2000), (1000, 2000), (500, 2000),
+                                              (1000, 1000))}
+    assert len(names) == 3 and all(len(n) <= 15 for n in names)
+
+
 def test_the_queue_chain_checks_the_fast_path_then_admission_then_queues() -> None:
     rules = [r for r in _rules(DatapathConfig(fail_open=False), True).splitlines()
              if r.startswith("-A CNNF-QUEUE")]
@@ -274,7 +287,7 @@ def test_rules_queue_outbound_and_unprotected_inbound() -> None:
     assert len(fwd) == 2
     assert "--match-set cnnf-local6 src" in fwd[0]
     assert "--match-set cnnf-local6 dst -m set ! --match-set cnnf-cluster6 src" in fwd[1]
-    assert all("--syn -m conntrack --ctstate NEW" in r for r in fwd)
+    assert all("--syn -m conntrack --ctstate NEW,UNTRACKED" in r for r in fwd)
     assert ("-m set --match-set cnnf-alive6 src -m set --match-set cnnf-fpa6 src,dst,dst "
             "-j ACCEPT") in "\n".join(rules)
     jumps = [r for r in rules if r.startswith("-I ")]

@@ -456,6 +456,8 @@ def test_a_full_queue_drops_in_both_modes(h: Harness, servers: None, fail_open: 
     try:
         assert poll(lambda: any(q.waiting == 1 for q in queue_stats(dp.netns)))
         assert t.c1.connect(t.C2, ALLOW, timeout=1) == "timeout"
+        # dropped by the kernel for the full queue (not merely waiting in it)
+        assert sum(q.dropped for q in queue_stats(dp.netns)) >= 1
     finally:
         release.set()
         first.wait(10)

@@ -146,7 +146,8 @@ class Datapath:
         except BaseException:
             with contextlib.suppress(DatapathError):
                 if installing:
-                    self.stop()
+                    # fail-closed: whatever refuses now (an earlier run's rules) stays
+                    self.stop(keep_rules=not self.config.fail_open)
                 else:
                     # e.g. the queue is bound by another Defender: its rules and
                     # sets are not ours to remove.

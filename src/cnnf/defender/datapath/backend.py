@@ -208,7 +208,12 @@ class FirewallBackend(Protocol):
         ...
 
     def heartbeat(self) -> None:
-        """Keep the fast path on for another ``HEARTBEAT_TIMEOUT`` seconds."""
+        """Keep the fast path and the admission limit on for another
+        ``HEARTBEAT_TIMEOUT`` seconds."""
+        ...
+
+    def heartbeat_stop(self) -> None:
+        """Turn them off now (the kernel then queues every SYN)."""
         ...
 
     def stop_refusing(self) -> list[str]:

@@ -6,8 +6,11 @@ queue; :class:`DnsWatcher` parses each one with dnspython, records every name
 (the question, CNAME aliases and the final owner) against the A/AAAA addresses
 in its :class:`DnsCache`, hands the same records to ``on_answer`` (the verdict
 workers' replicas) and only then accepts the packet, so the client's first SYN
-after the lookup already carries the name. The DNS queue is always fail-open:
-a missed name only means a DNS rule does not match.
+after the lookup already carries the name. Only replies to the workload's own
+queries are queued (conntrack ESTABLISHED). With no Defender the queue is
+bypassed; a full DNS queue drops the answer (the client asks again), as a
+full SYN queue does: an answer let through unseen would leave a DNS rule
+unmatched.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ def parse_dns_answer(wire: bytes) -> list[DnsRecord]:
     return out
 
 
+MAX_NAMES = 64  # names kept per address
+
+
 class DnsCache:
     """address -> DNS names, each expiring after its TTL (at least ``min_ttl``:
     clients keep using an address a little past the TTL). Bounded: beyond
@@ -96,7 +102,9 @@ class DnsCache:
         for r in records:
             names = self._by_address.pop(r.address, {})  # re-insert: newest last
             expiry = now + max(float(r.ttl), self.min_ttl)
-            for n in r.names:
+            for n in r.names[:MAX_NAMES]:
+                if n not in names and len(names) >= MAX_NAMES:
+                    continue  # bounded: answers naming one address a thousand ways
                 if names.get(n, 0.0) <= now:
                     gained.add(r.address)
                 names[n] = max(expiry, names.get(n, 0.0))

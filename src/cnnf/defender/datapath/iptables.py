@@ -3,7 +3,7 @@ NFQUEUE target, ipset for the protected addresses and the fast path, and (for
 fail-closed) one native nftables chain.
 
 Rules (filter table, per family; L = local set, H = host set, C = cluster set,
-SYN = ``-p tcp --syn -m conntrack --ctstate NEW``)::
+SYN = ``-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED``)::
 
     CNNF-FORWARD  REJECT tcp-reset for the reject mark      (block mode reset)
                   SYN from L -> CNNF-QUEUE                   outbound, containers
@@ -37,6 +37,8 @@ import ipaddress
 import itertools
 import shlex
 import threading
+import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 
@@ -171,7 +173,8 @@ class IptablesBackend:
         """The ``iptables-restore`` lines (filter table) this backend installs."""
         c = self.config
         local, host, cluster = (w.set_name(family) for w in AddressSet)
-        syn = "-p tcp --syn -m conntrack --ctstate NEW"
+        # UNTRACKED too: a SYN a NOTRACK rule exempted from conntrack is still new
+        syn = "-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED"
         q = f"-j {QUEUE_CHAIN}"
         dnsq = f"-j NFQUEUE --queue-num {c.dns_queue} --queue-bypass"
         not_cluster = f"-m set ! --match-set {cluster} src"
@@ -201,7 +204,8 @@ class IptablesBackend:
             if c.block_mode == "reset":
                 mark = f"{c.reject_mark:#x}/{c.reject_mark:#x}"
                 lines.append(
-                    f"-A {chain} -p tcp -m mark --mark {mark} -j REJECT --reject-with tcp-reset"
+                    f"-A {chain} -p tcp --syn -m mark --mark {mark} -j REJECT "
+                    "--reject-with tcp-reset"
                 )
             lines.append(f"-A {chain} {syn} {out_rule}")
             lines.append(f"-A {chain} {syn} {in_rule}")
@@ -212,8 +216,10 @@ class IptablesBackend:
                     f"-A {chain} -p udp --sport 53 -m conntrack --ctstate ESTABLISHED "
                     f"-m set --match-set {dns_set} dst {dnsq}"
                 )
+        # Cached verdicts and the admission limit work only while the Defender's
+        # heartbeat is fresh: a dead Defender leaves the queue's failure mode.
+        alive = f"-m set --match-set {alive_set(family)} src"
         if c.fastpath:
-            alive = f"-m set --match-set {alive_set(family)} src"
             for fv, target in ((FastVerdict.ACCEPT, "-j ACCEPT"),
                                (FastVerdict.REJECT, "-p tcp -j REJECT --reject-with tcp-reset"),
                                (FastVerdict.DROP, "-j DROP")):
@@ -223,10 +229,11 @@ class IptablesBackend:
         if c.admission_rate:
             over = overload_set(family)
             lines += [
-                f"-A {QUEUE_CHAIN} -m hashlimit --hashlimit-above {c.admission_rate}/sec "
-                f"--hashlimit-burst {c.admission_burst} --hashlimit-mode srcip "
-                f"--hashlimit-name cnnf-adm{family} --hashlimit-htable-size 4096 "
-                f"--hashlimit-htable-max 65536 -j {OVERLOAD_CHAIN}",
+                f"-A {QUEUE_CHAIN} {alive} -m hashlimit --hashlimit-above "
+                f"{c.admission_rate}/sec --hashlimit-burst {c.admission_burst} "
+                f"--hashlimit-mode srcip --hashlimit-name {self._hashlimit_name(family)} "
+                "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536 "
+                f"-j {OVERLOAD_CHAIN}",
                 # Count per source: the add counts the first packet too (the
                 # reader subtracts it); an existing entry is left as it is.
                 f"-A {OVERLOAD_CHAIN} -j SET --add-set {over} src",
@@ -239,6 +246,13 @@ class IptablesBackend:
         lines.append(f"-A {QUEUE_CHAIN} {self._queue_target()}")
         lines += [f"-I {b} 1 -m comment --comment {TAG} -j {CHAIN_PREFIX}{b}" for b in BUILTIN]
         return lines
+
+    def _hashlimit_name(self, family: int) -> str:
+        """Named after its settings: a rule replaced in place keeps its table's
+        settings from creation, so other settings need another table."""
+        c = self.config
+        digest = zlib.crc32(f"{c.admission_rate}/{c.admission_burst}".encode())
+        return f"cnnf{family}-{digest:08x}"  # at most 15 characters
 
     def _save(self, family: int) -> str:
         return self.netns.run(_TOOLS[family][1]).stdout
@@ -332,7 +346,7 @@ class IptablesBackend:
                     specs[fv.set_name(family)] = (
                         f"hash:ip,port,ip family {fam} hashsize 4096 maxelem {c.fastpath_max} "
                         f"timeout {timeout} counters")
-                specs[alive_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
+            specs[alive_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
             if c.admission_rate:
                 specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
         return specs
@@ -362,7 +376,20 @@ class IptablesBackend:
     def _create_sets(self, names: Iterable[str]) -> None:
         script = self._fill_script(names, set(self._set_names()))
         if script:
-            self.netns.run("ipset", "restore", input="\n".join(script) + "\n")
+            self._ipset_restore(script)
+
+    def _ipset_restore(self, script: list[str]) -> None:
+        """``ipset restore``, again if a set was busy (a swap fails while anyone
+        lists the set); the scripts are safe to run twice."""
+        for attempt in range(5):
+            try:
+                self.netns.run("ipset", "restore", input="\n".join(script) + "\n")
+                return
+            except DatapathError as exc:
+                busy = "busy" in str(exc).lower() or "in use" in str(exc)
+                if attempt == 4 or not busy:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     # -- the backend API --------------------------------------------------------
 
@@ -377,6 +404,10 @@ class IptablesBackend:
             for family in self.config.families:
                 self._bridge_sysctl(family, report)
             before = set(self._set_names())
+            twins = sorted(n for n in before if n.startswith(f"{SET_PREFIX}tmp-"))
+            if twins:  # a crash between filling a twin and swapping it: refilled anew
+                self.netns.run("ipset", "restore", input="".join(f"destroy {n}\n" for n in twins))
+                before -= set(twins)
             try:
                 self._create_sets(self._set_specs())
             except DatapathError as exc:
@@ -448,19 +479,20 @@ class IptablesBackend:
             return removed
 
     def heartbeat(self) -> None:
-        if not self.config.fastpath:
-            return
         halves = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
         lines = [f"add {alive_set(f)} {net} timeout {HEARTBEAT_TIMEOUT} -exist"
                  for f in self.config.families for net in halves[f]]
         self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
+    def heartbeat_stop(self) -> None:
+        self.netns.run("ipset", "restore", input="".join(
+            f"flush {alive_set(f)}\n" for f in self.config.families))
+
     def stop_refusing(self) -> list[str]:
         with self._lock:
             done: list[str] = []
+            self.heartbeat_stop()
             if self.config.fastpath:
-                self.netns.run("ipset", "restore", input="".join(
-                    f"flush {alive_set(f)}\n" for f in self.config.families))
                 self.fastpath_replace(())
                 done.append("cached verdicts removed")
             if self._nft_reject:
@@ -595,7 +627,7 @@ class IptablesBackend:
                 script += [f"create {tmp} {specs[name]} -exist", f"flush {tmp}"]
                 script += [f"add {tmp} {e} -exist" for e in by_set[name]]
                 script.append(f"swap {tmp} {name}")
-            self.netns.run("ipset", "restore", input="\n".join(script) + "\n")
+            self._ipset_restore(script)
             # The swapped-out sets hold the final counters of what they matched.
             final: dict[FastEntry, int] = {}
             for name in names:
