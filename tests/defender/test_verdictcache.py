@@ -20,6 +20,10 @@ class Sets:
     def __init__(self) -> None:
         self.entries: dict[FastEntry, int] = {}
         self.fail_add = self.fail_replace = False
+        self.alive = True  # the heartbeat set
+
+    def heartbeat_stop(self) -> None:
+        self.alive = False
 
     def fastpath_add(self, entries: list[FastEntry], timeout: float) -> None:
         for e in entries[:1]:  # a failing restore still adds what came before the error
@@ -107,7 +111,8 @@ def test_a_failed_swap_is_retried_and_loses_no_count(kernel: Sets) -> None:
     kernel.hit((ACCEPT, A, 80, B), 2)
     kernel.fail_replace = True
     cache.invalidate_all("old policy")
-    assert cache.dirty and (ACCEPT, A, 80, B) in kernel.entries  # stale: still there
+    assert cache.dirty and (ACCEPT, A, 80, B) in kernel.entries  # stale: still there...
+    assert not kernel.alive  # ...but the kernel cache is off until a swap succeeds
     kernel.hit((ACCEPT, A, 80, B), 1)
     kernel.fail_replace = False
     cache.expire(0.0, "later")  # the next poll retries
