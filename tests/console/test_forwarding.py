@@ -5,6 +5,7 @@ at syslog."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -250,6 +251,31 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
     assert forwarder.stats["stuck"].sent == 5
 
 
+@contextlib.contextmanager
+def _forwarding_console(tmp_path: Path, syslog_port: int,
+                        webhooks: tuple[str, ...] = ()) -> Iterator[tuple[Any, Any]]:
+    """A Console on SQLite forwarding to a syslog port (and webhooks); yields
+    (admin client, enrolled Defender client)."""
+    import test_defenders as td
+
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    clock = Clock()
+    engine = connect(url)
+    config = ConsoleConfig(db_url=url, data_dir=tmp_path,
+                           syslog=(f"udp://127.0.0.1:{syslog_port}",), webhooks=webhooks)
+    c = Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
+                clock=clock)
+    try:
+        admin = c.client(c.add_user("admin-user", Role.ADMIN))
+        _, defender = td.enroll(c, admin)
+        yield admin, defender
+    finally:
+        for client in c.clients:
+            client.close()
+        c.app.state.link.forwarder.close()
+        engine.dispose()
+
+
 def test_audits_stored_through_the_defender_endpoint_reach_syslog(tmp_path: Path) -> None:
     import test_defenders as td
 
@@ -258,16 +284,8 @@ def test_audits_stored_through_the_defender_endpoint_reach_syslog(tmp_path: Path
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         server.settimeout(10)
-        url = f"sqlite:///{tmp_path / 'console.db'}"
-        clock = Clock()
-        engine = connect(url)
-        config = ConsoleConfig(db_url=url, data_dir=tmp_path,
-                               syslog=(f"udp://127.0.0.1:{server.getsockname()[1]}",))
-        c = Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
-                    clock=clock)
-        try:
-            admin = c.client(c.add_user("admin-user", Role.ADMIN))
-            _, defender = td.enroll(c, admin)
+        port = server.getsockname()[1]
+        with _forwarding_console(tmp_path, port) as (admin, defender):
             batch = ReportBatch(batch_id="b-1", audits=[td.audit(count=3)])
             assert td.post_batch(defender, batch).status_code == 200
             assert td.post_batch(defender, batch).json()["duplicate"]  # not forwarded again
@@ -277,15 +295,9 @@ def test_audits_stored_through_the_defender_endpoint_reach_syslog(tmp_path: Path
             server.settimeout(0.3)
             with pytest.raises(TimeoutError):
                 server.recv(65535)
-            sink = f"udp://127.0.0.1:{server.getsockname()[1]}"
             sent = (f'cnnf_console_forwarded_audits_total{{result="sent",'
-                    f'sink="syslog:{sink}"}} 1.0')
+                    f'sink="syslog:udp://127.0.0.1:{port}"}} 1.0')
             assert poll(lambda: sent in admin.get("/metrics").text)
-        finally:
-            for client in c.clients:
-                client.close()
-            c.app.state.link.forwarder.close()
-            engine.dispose()
 
 
 def test_overload_audits_reach_syslog_and_webhooks_like_any_audit(tmp_path: Path) -> None:
@@ -297,39 +309,28 @@ def test_overload_audits_reach_syslog_and_webhooks_like_any_audit(tmp_path: Path
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         server.settimeout(10)
-        url = f"sqlite:///{tmp_path / 'console.db'}"
-        clock = Clock()
-        engine = connect(url)
-        config = ConsoleConfig(db_url=url, data_dir=tmp_path,
-                               syslog=(f"udp://127.0.0.1:{server.getsockname()[1]}",),
-                               webhooks=(hook.url,))
-        c = Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
-                    clock=clock)
         try:
-            admin = c.client(c.add_user("admin-user", Role.ADMIN))
-            _, defender = td.enroll(c, admin)
-            flood = td.overloads()[0]
-            batch = ReportBatch(batch_id="b-1", audits=[flood])
-            assert td.post_batch(defender, batch).status_code == 200
-            m = RFC5424.match(server.recv(65535).decode())
-            assert m, "not an RFC 5424 message"
-            pri, _, host, sd, msg = m.groups()
-            assert int(pri) == 16 * 8 + 4 and host == "node-1"  # blocked: warning
-            for field in ('type="overload"', 'effect="prevent"', 'blocked="true"', 'rule=""',
-                          'ruleId=""', 'srcImage="shop/frontend:1.0"', 'srcContainer="frontend"',
-                          'dstHost="node-1"', 'dstAddress=""', 'port="0"', 'count="52311"'):
-                assert field in sd, (field, sd)
-            assert msg == td.FLOOD_MESSAGE
-            assert poll(lambda: len(hook.posts) == 1)
-            [sent] = hook.posts[0]["audits"]
-            assert {k: sent[k] for k in ("type", "blocked", "ruleId", "srcImage",
-                                         "dstHostname", "port", "count", "msg")} == {
-                "type": "overload", "blocked": True, "ruleId": None,
-                "srcImage": "shop/frontend:1.0", "dstHostname": "node-1", "port": 0,
-                "count": 52_311, "msg": td.FLOOD_MESSAGE}
+            with _forwarding_console(tmp_path, server.getsockname()[1],
+                                     (hook.url,)) as (_, defender):
+                flood = td.overloads()[0]
+                batch = ReportBatch(batch_id="b-1", audits=[flood])
+                assert td.post_batch(defender, batch).status_code == 200
+                m = RFC5424.match(server.recv(65535).decode())
+                assert m, "not an RFC 5424 message"
+                pri, _, host, sd, msg = m.groups()
+                assert int(pri) == 16 * 8 + 4 and host == "node-1"  # blocked: warning
+                for field in ('type="overload"', 'effect="prevent"', 'blocked="true"',
+                              'rule=""', 'ruleId=""', 'srcImage="shop/frontend:1.0"',
+                              'srcContainer="frontend"', 'dstHost="node-1"', 'dstAddress=""',
+                              'port="0"', 'count="52311"'):
+                    assert field in sd, (field, sd)
+                assert msg == td.FLOOD_MESSAGE
+                assert poll(lambda: len(hook.posts) == 1)
+                [sent] = hook.posts[0]["audits"]
+                assert {k: sent[k] for k in ("type", "blocked", "ruleId", "srcImage",
+                                             "dstHostname", "port", "count", "msg")} == {
+                    "type": "overload", "blocked": True, "ruleId": None,
+                    "srcImage": "shop/frontend:1.0", "dstHostname": "node-1", "port": 0,
+                    "count": 52_311, "msg": td.FLOOD_MESSAGE}
         finally:
-            for client in c.clients:
-                client.close()
-            c.app.state.link.forwarder.close()
-            engine.dispose()
             hook.close()
