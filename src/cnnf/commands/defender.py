@@ -64,14 +64,16 @@ def run(  # noqa: PLR0917
                                    "connections are refused (overrides the policy)."),
     fail_closed: bool = typer.Option(False, "--fail-closed", help="With no verdict process "
                                      "(the Defender dead, restarting or stopped), refuse new "
-                                     "connections of protected workloads with a TCP reset; a "
+                                     "connections of protected workloads with a TCP reset "
+                                     "(needs nftables; without it they are dropped); a "
                                      "stop leaves the rules refusing until the next start or "
                                      "`cnnf defender cleanup` (default: fail open, as if "
-                                     "there were no "
-                                     "firewall). An overloaded Defender drops in both modes."),
-    admission_rate: int = typer.Option(1000, "--admission-rate", help="New connections per "
-                                       "second and source address let into the verdict "
-                                       "queue; above it SYNs are dropped in the kernel and "
+                                     "there were no firewall). An overloaded Defender drops "
+                                     "in both modes."),
+    admission_rate: int = typer.Option(1000, "--admission-rate", help="SYNs per second and "
+                                       "source address that the kernel's cache does not answer "
+                                       "(first-seen triples, alerts) let into the verdict "
+                                       "queue; above it they are dropped in the kernel and "
                                        "counted (burst: twice the rate, at most 10,000; 0: "
                                        "no limit)."),
     fastpath: bool = typer.Option(True, "--fastpath/--no-fastpath", help="Keep decided "
@@ -95,7 +97,11 @@ def run(  # noqa: PLR0917
                                            "workloads (watched for changes)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ) -> None:
-    """Run the Defender until SIGTERM/SIGINT, which remove all its kernel state."""
+    """Run the Defender until SIGTERM/SIGINT, which remove its kernel state.
+
+    With --fail-closed the rules stay and refuse until the next start or
+    `cnnf defender cleanup`.
+    """
     from cnnf.defender.agent import Agent
     from cnnf.defender.config import (
         ConfigError,
@@ -154,11 +160,13 @@ def _read_status(state_dir: Path) -> dict[str, Any] | None:
 
 @app.command()
 def status(
-    netns: str = typer.Option(None, "--netns", help="The Defender's network namespace."),
+    netns: str = typer.Option(None, "--netns", help="The Defender's network namespace (also "
+                              "picks the default state dir /var/lib/cnnf/defender/netns-NAME: "
+                              "give --state-dir if the Defender was started with one)."),
     state_dir: str = typer.Option(None, "--state-dir", help="The Defender's state dir."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Protected workloads, queue statistics and verdict counters."""
+    """Protected workloads, verdicts, fast path, admission limit, engine and queues."""
     from dataclasses import asdict
 
     from cnnf.defender.config import default_state_dir
@@ -236,9 +244,10 @@ def cleanup(
     state_dir: str = typer.Option(None, "--state-dir", help="The Defender's state dir (its "
                                   "stale status file is removed)."),
 ) -> None:
-    """Remove every CNNF rule, chain, set and nftables table: what a fail-closed
-    Defender leaves refusing when stopped, or a crashed one left behind (a new
-    start replaces those itself)."""
+    """Remove every CNNF rule, chain, set and nftables table.
+
+    After a fail-closed stop, or a crash (a new start replaces those itself).
+    """
     from cnnf.defender.config import default_state_dir
     from cnnf.defender.datapath import DatapathError
     from cnnf.defender.datapath import cleanup as datapath_cleanup
