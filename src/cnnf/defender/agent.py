@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -923,9 +923,9 @@ class Agent:
             log.error("kernel counters not read", error=str(exc))
 
     def _heartbeat(self) -> None:
-        """Keep the kernel's cached verdicts on while this process lives (its own
-        thread: a busy main loop must not switch them off). They stop within
-        ``HEARTBEAT_TIMEOUT`` seconds of a crash."""
+        """Keep the kernel's cached verdicts and admission limit on while this
+        process lives (its own thread: a busy main loop must not switch them
+        off). They stop within ``HEARTBEAT_TIMEOUT`` seconds of a crash."""
         assert self.datapath is not None
         failing = False
         while not self.stop_event.wait(1.0):
@@ -951,17 +951,19 @@ class Agent:
                 log.info("fast path heartbeat back")
             failing = False
 
-    def _source_name(self, address: str) -> str:
-        return endpoint_name(self.recorder.info(self.inventory.endpoint(address)))
+    def _named(self, counts: Iterable[tuple[str, int]]) -> list[str]:
+        """``image (container): n`` per source address, for log lines."""
+        return [f"{endpoint_name(self.recorder.info(self.inventory.endpoint(a)))}: {n}"
+                for a, n in counts]
 
     def _on_overload(self, report: OverloadReport) -> None:
         """Log the episode (rate-limited by the tracker) and raise one overload
         audit per top source."""
         rate = self.config.admission_rate
-        top = [f"{self._source_name(a)}: {n}" for a, n in report.dropped.items()]
+        top = self._named(report.dropped.items())
         if report.ended:
             log.warning("overload ended", lasted_s=round(time.monotonic() - report.started, 1),
-                        dropped=report.episode, top_sources=self._top_names())
+                        dropped=report.episode, top_sources=self._named(self.overload.top()))
         elif report.first:
             log.warning("overload: the admission limit is dropping new connections",
                         limit_per_source=rate, dropped=report.total, top_sources=top)
@@ -975,9 +977,6 @@ class Agent:
                 now, src, host=self.config.hostname, dropped=n,
                 seconds=max(report.seconds, KERNEL_POLL_INTERVAL), rate=rate,
                 reporter=self.config.hostname))
-
-    def _top_names(self) -> list[str]:
-        return [f"{self._source_name(a)}: {n}" for a, n in self.overload.top()]
 
     def _on_unidentified(self, p: PacketInfo) -> None:
         self.unidentified += 1

@@ -12,8 +12,9 @@ the verdict workers with it; each decision carries the epoch it was made
 under. A decision is cached only if no change since its epoch touched it: a
 full invalidation (policy) refuses every older decision, an address
 invalidation those of its triples. Invalidations and offers are serialised by
-the caller (one lock), and the caller removes the invalidated entries from the
-kernel before it releases that lock, so no SYN decided after a change meets a
+the caller (one lock), and the caller (:class:`~cnnf.defender.verdictcache.
+VerdictCache`) removes the invalidated entries from the kernel before the
+change reaches the verdict workers, so no SYN decided after a change meets a
 verdict cached before it.
 """
 

@@ -58,14 +58,17 @@ class DatapathConfig:
     a native nftables chain that runs after ours and rejects SYNs still carrying
     ``pending_mark`` (set just before the queue; the verdict loop clears it).
 
-    ``admission_rate``: new-connection SYNs per second and source address let
-    into the queue (``hashlimit``, burst ``admission_burst``); above it they are
-    dropped in the kernel and counted per source. 0 turns the limit off.
+    ``admission_rate``: SYNs per second and source address that the fast path
+    does not answer, let into the queue (``hashlimit``, burst
+    ``admission_burst``); above it they are dropped in the kernel and counted
+    per source. 0 turns the limit off.
 
     ``fastpath``: decided (source, destination port, destination) triples are
     kept in kernel sets (accept, reject, drop) with packet counters, so repeats
-    never reach the queue; ``fastpath_ttl`` bounds how long an entry lives in
-    the kernel if the Defender dies without removing it.
+    never reach the queue; an entry's kernel timeout is ``fastpath_ttl`` plus
+    ``FASTPATH_GRACE``. Both the fast path and the admission limit work only
+    while the caller's heartbeat (``heartbeat()``) is younger than
+    ``HEARTBEAT_TIMEOUT``.
 
     ``block_mode`` "reset": a REJECT ``--reject-with tcp-reset`` rule for packets
     carrying ``reject_mark`` sits before the queue rule; the verdict loop sets

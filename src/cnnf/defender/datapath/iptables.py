@@ -13,10 +13,10 @@ SYN = ``-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED``)::
                   SYN to H, source not in C -> CNNF-QUEUE; UDP from 53 to H -> DNS queue
     CNNF-OUTPUT   mark REJECT; SYN from H -> CNNF-QUEUE;
                   SYN to L, source not in C -> CNNF-QUEUE; UDP from 53 to L -> DNS queue
-    CNNF-QUEUE    fast path, while the heartbeat set cnnf-alive is fresh:
+    CNNF-QUEUE    while the heartbeat set cnnf-alive is fresh: the fast path,
                   (src, dport, dst) in cnnf-fpa -> ACCEPT,
                   in cnnf-fpr -> REJECT tcp-reset, in cnnf-fpd -> DROP;
-                  admission: above the per-source hashlimit -> CNNF-OVERLOAD;
+                  then admission: above the per-source hashlimit -> CNNF-OVERLOAD;
                   (fail-closed) set the pending mark; NFQUEUE --queue-bypass
     CNNF-OVERLOAD add the source to cnnf-over (packet counters); DROP
 
@@ -27,8 +27,9 @@ process) does; the verdict loop clears the mark on the SYNs it accepts.
 
 Each built-in chain gets one jump, first, commented ``cnnf``. Every change of
 rules goes through one ``iptables-restore --noflush`` transaction per family:
-an install replaces an earlier run's rules in the same transaction (no moment
-without rules), and the sets an earlier run left are refilled by ``swap``.
+an install flushes and refills an earlier run's chains in the same transaction
+(no moment without rules), and the sets an earlier run left are refilled by
+``swap``.
 """
 
 from __future__ import annotations
