@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   iptables nftables conntrack ipset iproute2 procps psmisc
   podman runc busybox-static dnsmasq-base hping3
+  containerd containernetworking-plugins mmdebstrap
   libnetfilter-queue-dev libnfnetlink-dev build-essential python3-dev
   postgresql chromium
 )
