@@ -151,7 +151,7 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_topology(bad_yaml)
     with pytest.raises(TopologyError, match="no such file"):
         load_topology(tmp_path / "missing.yaml")
-    with pytest.raises(TopologyError, match="shipped: shop"):
+    with pytest.raises(TopologyError, match="shipped: kube, shop"):
         load_topology("no-such-topology")
 
 
@@ -199,3 +199,77 @@ def test_plan_conflict_with_derived_underlay() -> None:
     t = parse_topology(with_change("hosts.0.subnet", "10.64.0.0/16"))
     conflicts = plan_conflicts(make_plan(t, "tiny", 0))
     assert any("overlaps underlay" in c for c in conflicts)
+
+
+# ---- containerd hosts and pods ----------------------------------------------
+
+KUBE: dict[str, Any] = {
+    "name": "k",
+    "hosts": [{"name": "n1", "runtime": "containerd"}, {"name": "n2", "runtime": "containerd"}],
+    "containers": [
+        {"name": "web", "pod": "web-1", "host": "n1", "image": "k/web:1", "namespace": "shop",
+         "labels": {"app": "web"}, "ports": [80]},
+        {"name": "log", "pod": "web-1", "host": "n1", "image": "k/log:1", "namespace": "shop",
+         "ports": [9000]},
+        {"name": "db", "host": "n2", "image": "k/db:1", "namespace": "data", "ports": [5432]},
+    ],
+    "traffic": [{"source": "web-1", "destination": "db", "port": 5432}],
+}  # fmt: skip
+
+
+def kube_with(index: int, **changes: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(KUBE)
+    doc["containers"][index].update(changes)
+    return doc
+
+
+def test_pods_group_containers_and_take_pod_names_in_traffic() -> None:
+    t = parse_topology(copy.deepcopy(KUBE))
+    assert {h.name: h.runtime for h in t.hosts} == {"n1": "containerd", "n2": "containerd"}
+    assert {p: [c.name for c in cs] for p, cs in t.pods().items()} == {
+        "web-1": ["web", "log"], "db": ["db"]
+    }  # fmt: skip
+    assert t.traffic[0].source == "web-1"
+    assert parse_topology(copy.deepcopy(BASE)).hosts[0].runtime == "podman"  # the default
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "message"),
+    [
+        ({**copy.deepcopy(KUBE), "hosts": [{"name": "n1", "runtime": "docker"}, {"name": "n2"}]},
+         "hosts[0].runtime", "'podman' or 'containerd'"),
+        (kube_with(1, host="n2"), "containers[1].host", "pod 'web-1' (containers[0]) runs on 'n1'"),
+        (kube_with(1, namespace="other"), "containers[1].namespace", "is in 'shop'"),
+        (kube_with(1, labels={"app": "log"}), "containers[1].labels.app", "has app='web'"),
+        (kube_with(1, ports=[80]), "containers[1].ports", "port 80 is already served"),
+        (kube_with(2, pod="log"), "containers[2].pod", "name of another container"),
+    ],
+)  # fmt: skip
+def test_pod_errors_name_path_and_problem(doc: dict[str, Any], path: str, message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(doc, source="k.yaml")
+    assert any(e.path == path and message in e.message for e in info.value.errors), (
+        info.value.errors
+    )
+
+
+def test_shipped_kube_topology() -> None:
+    t = load_topology("kube")
+    assert {h.runtime for h in t.hosts} == {"containerd"}
+    pods = t.pods()
+    assert len(pods) >= 5 and any(len(cs) > 1 for cs in pods.values())  # sidecars
+    assert len({cs[0].namespace for cs in pods.values()}) >= 3
+    assert all("app" in cs[0].labels and "tier" in cs[0].labels for cs in pods.values())
+    hosts = {c.name: c.host for c in t.containers}
+    assert {hosts[p.source] == hosts.get(p.destination) for p in t.traffic
+            if p.destination in hosts} == {True, False}  # fmt: skip
+    assert t.external and t.dns_server
+
+
+def test_plan_of_a_containerd_host() -> None:
+    p = make_plan(parse_topology(copy.deepcopy(KUBE)), "kt", 2)
+    n1 = p.hosts["n1"]
+    assert n1.runtime == "containerd"
+    assert n1.cri_sock == "/run/cnnf-lab/kt/n1/containerd.sock"
+    assert n1.containerd_root == "/var/lib/cnnf-lab/kt/n1/containerd"
+    assert n1.subnet == "10.66.1.0/24"  # the node's routed pod CIDR

@@ -13,7 +13,8 @@ from cnnf.lab.topology import load_topology
 
 app = typer.Typer(
     name="lab",
-    help="A multi-host test bed: network namespaces with real Podman containers.",
+    help="A multi-host test bed: network namespaces with real Podman containers "
+    "or containerd pods.",
     no_args_is_help=True,
 )
 
@@ -35,7 +36,12 @@ def up(
         lab = Lab.up(topology, name=name, progress=typer.echo)
     except CnnfError as exc:
         raise _fail(exc) from None
-    typer.echo("docker hosts: " + ", ".join(f"{h}={lab.docker_host(h)}" for h in lab.plan.hosts))
+    podman = [h for h in lab.plan.hosts if lab.runtime(h) == "podman"]
+    nodes = [h for h in lab.plan.hosts if lab.runtime(h) == "containerd"]
+    if podman:
+        typer.echo("docker hosts: " + ", ".join(f"{h}={lab.docker_host(h)}" for h in podman))
+    if nodes:
+        typer.echo("cri sockets: " + ", ".join(f"{h}={lab.cri_socket(h)}" for h in nodes))
 
 
 @app.command()
@@ -55,7 +61,7 @@ def status(
     name: str = NAME,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Hosts, addresses, containers and Docker API sockets of the lab."""
+    """Hosts, addresses, containers (pods) and Docker API (CRI) sockets of the lab."""
     try:
         st = Lab.open(name).status()
     except CnnfError as exc:
@@ -72,16 +78,21 @@ def status(
     )
     for h in st["hosts"]:
         labels = ",".join(f"{k}={v}" for k, v in h["labels"].items())
-        typer.echo(f"host {h['name']}  {h['address']}  containers {h['subnet']}  [{labels}]")
-        typer.echo(f"  docker: {h['dockerHost']}")
+        if "criSocket" in h:  # a containerd host
+            typer.echo(f"host {h['name']}  {h['address']}  pods {h['subnet']}  [{labels}]")
+            typer.echo(f"  cri: {h['criSocket']}")
+        else:
+            typer.echo(f"host {h['name']}  {h['address']}  containers {h['subnet']}  [{labels}]")
+            typer.echo(f"  docker: {h['dockerHost']}")
         for c in h["containers"]:
             shown = {
                 k: v for k, v in c.get("labels", {}).items() if not k.startswith("io.kubernetes.")
             }
             ns = c.get("labels", {}).get("io.kubernetes.pod.namespace", "")
+            pod = f"pod={c['pod']} " if c.get("pod") else ""
             typer.echo(
                 f"  {c.get('name', '?'):<10} {c.get('address', ''):<13} {c['state']:<8} "
-                f"{c.get('image', ''):<28} ns={ns} "
+                f"{c.get('image', ''):<28} {pod}ns={ns} "
                 + ",".join(f"{k}={v}" for k, v in shown.items())
             )
     for s in st["external"]:
@@ -92,7 +103,7 @@ def status(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def exec(
     ctx: typer.Context,
-    container: str = typer.Argument(..., help="Container name."),
+    container: str = typer.Argument(..., help="Container name (or pod name)."),
     name: str = NAME,
 ) -> None:
     """Run a command inside a container: cnnf lab exec CONTAINER -- CMD..."""
@@ -108,8 +119,10 @@ def exec(
 
 @app.command()
 def connect(
-    source: str = typer.Argument(..., help="Container to connect from."),
-    destination: str = typer.Argument(..., help="Container, host, server, address or DNS name."),
+    source: str = typer.Argument(..., help="Container (or pod) to connect from."),
+    destination: str = typer.Argument(
+        ..., help="Container, pod, host, server, address or DNS name."
+    ),
     port: int = typer.Argument(..., help="TCP port."),
     timeout: float = typer.Option(2.0, "--timeout", "-t", help="Seconds to wait."),
     name: str = NAME,

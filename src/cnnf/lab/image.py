@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -78,3 +79,82 @@ def rootfs_tarball(cache_dir: Path = CACHE_DIR) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# The pause image of containerd nodes: the same root filesystem, sleeping. It is
+# named under localhost/ so that nobody takes it for the upstream pause image.
+PAUSE_IMAGE = "localhost/cnnf-lab/pause:1"
+_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def _blob(data: bytes, media_type: str) -> tuple[dict[str, object], bytes]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}, data
+
+
+def oci_archive(images: list[str], cache_dir: Path = CACHE_DIR) -> tuple[Path, dict[str, str]]:
+    """An OCI image layout archive (for ``ctr images import``) holding every image
+    of ``images`` and :data:`PAUSE_IMAGE`, all made of the busybox root filesystem
+    (one layer blob shared by all), and each image's ID (its config's digest, as
+    the CRI names images) by qualified name. Each image's config names the image,
+    so that no two names share an ID (a runtime would report every name of an ID
+    as its tags). Written without an engine, and cached: the same set of names
+    gives the same file."""
+    layer_path = rootfs_tarball(cache_dir)
+    names = sorted({qualified(i) for i in images} - {PAUSE_IMAGE})
+    layer = layer_path.read_bytes()
+    layer_desc, _ = _blob(layer, _OCI_LAYER)
+    blobs: dict[str, bytes] = {}
+    manifests: list[dict[str, object]] = []
+    ids: dict[str, str] = {}
+    for name in [PAUSE_IMAGE, *names]:
+        cmd = ["/bin/sleep", "2147483647"] if name == PAUSE_IMAGE else ["/bin/sh"]
+        config = {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": cmd, "Env": ["PATH=/bin"], "Labels": {"cnnf.lab.image": name}},
+            "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+        }
+        config_desc, config_data = _blob(json.dumps(config, sort_keys=True).encode(), _OCI_CONFIG)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": _OCI_MANIFEST,
+            "config": config_desc,
+            "layers": [layer_desc],
+        }
+        desc, data = _blob(json.dumps(manifest, sort_keys=True).encode(), _OCI_MANIFEST)
+        blobs[str(config_desc["digest"])] = config_data
+        blobs[str(desc["digest"])] = data
+        ids[name] = str(config_desc["digest"])
+        manifests.append({**desc, "annotations": {"io.containerd.image.name": name,
+                                                  "org.opencontainers.image.ref.name": name}})
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": manifests}  # fmt: skip
+    key = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()
+    path = cache_dir / f"oci-{key[:16]}.tar"
+    if path.exists():
+        return path, ids
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w") as tar:
+
+            def add(name: str, data: bytes) -> None:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+
+            add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+            add("index.json", json.dumps(index, sort_keys=True).encode())
+            add(f"blobs/sha256/{str(layer_desc['digest']).removeprefix('sha256:')}", layer)
+            for digest, data in blobs.items():
+                add(f"blobs/sha256/{digest.removeprefix('sha256:')}", data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path, ids

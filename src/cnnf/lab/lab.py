@@ -6,7 +6,10 @@ Layout of lab ``L`` (see :mod:`cnnf.lab.plan` for names and addresses)::
                      external network; routes to every host's container subnet
     cnnf-L-<host>    link cnnf-ul0 to the bridge; its own Podman engine
                      (storage /var/lib/cnnf-lab/L/<host>, runtime /run/cnnf-lab/L/<host>),
-                     a Podman bridge network, the Docker API on docker.sock
+                     a Podman bridge network, the Docker API on docker.sock;
+                     or, on a host with ``runtime: containerd``, its own containerd
+                     with the CRI on containerd.sock and pods on a CNI bridge
+                     (see :mod:`cnnf.lab.containerd`)
     cnnf-L-x-<net>   an external network's servers (busybox httpd) and the lab DNS
                      server (dnsmasq)
 
@@ -26,7 +29,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,8 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cnnf.lab import system
-from cnnf.lab.image import qualified, rootfs_tarball
+from cnnf.lab import containerd, system
+from cnnf.lab.image import oci_archive, qualified, rootfs_tarball
 from cnnf.lab.plan import (
     BRIDGE,
     MAX_LABS,
@@ -63,6 +65,7 @@ from cnnf.model.identity import K8S_CONTAINER_LABEL, K8S_NAMESPACE_LABEL, K8S_PO
 Progress = Callable[[str], None]
 PROBE = str(Path(__file__).with_name("probe.py"))
 LAB_LABEL = "cnnf.lab"
+POD_FIELDS = ("name", "namespace", "uid", "id", "address", "labels", "containers")
 
 
 def _quiet(_: str) -> None:
@@ -105,10 +108,18 @@ class ContainerInfo:
     image: str
     labels: dict[str, str] = field(default_factory=dict)
     sandbox: str = ""
+    pod: str = ""  # containerd hosts: the pod's name and sandbox id
+    pod_id: str = ""
 
 
 def podman_args_for(lab: str, host: str) -> list[str]:
     """Podman's global options for ``host`` of ``lab`` (deterministic from names)."""
+    return host_paths(lab, host).podman_args()
+
+
+def host_paths(lab: str, host: str) -> HostPlan:
+    """The directories and sockets of ``host`` of ``lab`` (deterministic from names;
+    no addresses: for ``down``, which may have no state file to read them from)."""
     return HostPlan(
         name=host,
         netns="",
@@ -122,7 +133,9 @@ def podman_args_for(lab: str, host: str) -> list[str]:
         tmpdir=f"{STATE_ROOT}/{lab}/{host}/tmp",
         network_dir=f"{STORAGE_ROOT}/{lab}/{host}/networks",
         docker_sock="",
-    ).podman_args()
+        run_dir=f"{STATE_ROOT}/{lab}/{host}",
+        containerd_root=f"{STORAGE_ROOT}/{lab}/{host}/containerd",
+    )
 
 
 @contextlib.contextmanager
@@ -186,6 +199,8 @@ class Lab:
         """Create the lab; on any failure remove what was created and raise."""
         system.preflight()
         topo = topology if isinstance(topology, Topology) else load_topology(topology)
+        if any(h.runtime == "containerd" for h in topo.hosts):
+            containerd.preflight()
         name = name or topo.name
         try:
             check_lab_name(name)
@@ -259,6 +274,13 @@ class Lab:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 hosts |= {h for h in os.listdir(d) if os.path.isdir(f"{d}/{h}")}
         for host in sorted(hosts):
+            paths = host_paths(name, host)
+            if os.path.isdir(paths.containerd_root) or os.path.exists(paths.cri_sock):
+                # A containerd host: its pods through the CRI, as a kubelet deletes them.
+                n = containerd.remove_pods(name, paths)
+                if n:
+                    removed.append(f"{n} pod(s) on {host}")
+                progress(f"removed pods of {host}")
             if not os.path.isdir(f"{storage_dir}/{host}/storage"):
                 continue
             ns = f"{prefix(name)}{host}"
@@ -287,6 +309,7 @@ class Lab:
         # 2. Processes: engines, DNS and external servers, anything else in the
         #    lab's namespaces or running from its directories.
         pids = set(system.pids_with_cmdline(f"/cnnf-lab/{name}/"))
+        pids |= set(containerd.cgroup_pids(name))  # pods whose containerd is gone
         for ns in namespaces:
             pids |= set(system.netns_pids(ns))
         if pids:
@@ -309,6 +332,8 @@ class Lab:
             if os.path.exists(d):
                 run(["rm", "-rf", "--one-file-system", d], check=False)
                 removed.append(d)
+        if containerd.remove_cgroups(name):
+            removed.append("pod cgroups")
         progress(f"lab {name!r} is down")
         return removed
 
@@ -403,9 +428,16 @@ class Lab:
                 + (f", lab DNS {plan.dns_server}" if plan.dns_server else "")
             )
 
-        # Hosts: engine, images, network, Docker API, containers.
+        # containerd hosts first: their daemons start while the Podman hosts are set up.
+        nodes = [h for h in plan.hosts.values() if h.runtime == "containerd"]
+        for h in nodes:
+            self._spawn(f"containerd:{h.name}", h.netns, containerd.prepare(h))
+
+        # Podman hosts: engine, images, network, Docker API, containers.
         tarball = rootfs_tarball() if topo.containers else None
         for h in plan.hosts.values():
+            if h.runtime != "podman":
+                continue
             for d in (h.storage, h.runroot, h.tmpdir, h.network_dir):
                 os.makedirs(d, exist_ok=True)
             containers = topo.containers_on(h.name)
@@ -437,12 +469,28 @@ class Lab:
                 f"{h.name}: {h.underlay_ip}, containers {h.subnet}: "
                 + (", ".join(c.name for c in containers) or "none")
             )
-        for h in plan.hosts.values():
+
+        # containerd hosts: images into the CRI's namespace, then the pods.
+        for h in nodes:
+            system.wait_for(
+                functools.partial(_cri_ready, self.name, h), 30, f"the CRI of {h.name}"
+            )
+            self._import_images(h, [c.image for c in topo.containers_on(h.name)])
+            pods = {p: cs for p, cs in topo.pods().items() if cs[0].host == h.name}
+            for containers in pods.values():
+                self._run_pod(h, containers)
+            step(f"{h.name}: {h.underlay_ip}, pods {h.subnet}: " + (", ".join(pods) or "none"))
+        if nodes:
+            step("CRI sockets ready")
+
+        podman_hosts = [h for h in plan.hosts.values() if h.runtime == "podman"]
+        for h in podman_hosts:
             system.wait_for(
                 functools.partial(_socket_ready, h.docker_sock), 30, f"the Docker API of {h.name}"
             )
         self._refresh_containers()
-        step("Docker API sockets ready")
+        if podman_hosts:
+            step("Docker API sockets ready")
 
     def _link(self, router: str, router_end: str, netns: str, address: str) -> None:
         run(["ip", "-n", router, "link", "add", router_end, "type", "veth",
@@ -502,12 +550,114 @@ class Lab:
         self._podman(h, args)
         self.state["containers"][c.name] = {"host": h.name, "address": address}
 
+    def _node(self, h: HostPlan) -> containerd.Node:
+        return containerd.Node(self.name, h, self.plan.dns_server)
+
+    def _import_images(self, h: HostPlan, images: list[str]) -> None:
+        """Import images (and the pause image) into a containerd host, unless there."""
+        known = self.state.setdefault("images", {}).setdefault(h.name, {})
+        if known and all(qualified(i) in known for i in images):
+            return
+        archive, ids = oci_archive(images)
+        containerd.import_images(h, archive)
+        known.update(ids)
+        self._save()
+
+    def _run_pod(self, h: HostPlan, containers: list[Container]) -> None:
+        """Start a pod of ``containers`` (they name the same pod) on a containerd host."""
+        main = containers[0]
+        labels: dict[str, str] = {}
+        for c in containers:
+            labels.update(c.labels)
+        with self._node(h) as node:
+            pod = node.run_pod(main.pod_name, main.namespace, labels, containers,
+                               self.state["images"][h.name])  # fmt: skip
+            ids = {c.metadata.name: c.id for c in node.containers(pod.id)}
+        self.state.setdefault("pods", {})[pod.name] = asdict(pod)
+        for c in containers:
+            info = ContainerInfo(
+                name=c.name,
+                host=h.name,
+                id=ids.get(c.name, ""),
+                pid=0,
+                address=pod.address,
+                image=qualified(c.image),
+                labels={
+                    **labels,
+                    K8S_NAMESPACE_LABEL: pod.namespace,
+                    K8S_POD_LABEL: pod.name,
+                    K8S_CONTAINER_LABEL: c.name,
+                },
+                sandbox=pod.netns,
+                pod=pod.name,
+                pod_id=pod.id,
+            )
+            self.state["containers"][c.name] = asdict(info)
+        self._save()
+        for c in containers:  # the containers' own pids (for what_remains-style checks)
+            with contextlib.suppress(LabError):
+                self.state["containers"][c.name]["pid"] = self.container_pid(c.name)
+        self._save()
+
+    def start_pod(self, containers: list[Container]) -> list[ContainerInfo]:
+        """Start one more pod on a containerd host: ``containers`` all name the same
+        pod (``pod``, or the one container's name), host and namespace; the first
+        is its main container. ``down`` removes it with the others."""
+        if not containers:
+            raise LabError("a pod needs at least one container")
+        main = containers[0]
+        h = self._host(main.host)
+        if h.runtime != "containerd":
+            raise LabError(f"host {h.name!r} runs Podman: pods need a containerd host")
+        pods = self.state.setdefault("pods", {})
+        if main.pod_name in pods or main.pod_name in self.state["containers"]:
+            raise LabError(f"lab {self.name!r} already has a pod or container {main.pod_name!r}")
+        for c in containers:
+            if c.name in self.state["containers"]:
+                raise LabError(f"lab {self.name!r} already has a container {c.name!r}")
+            if (c.pod_name, c.host, c.namespace) != (main.pod_name, main.host, main.namespace):
+                raise LabError(f"container {c.name!r} is not of pod {main.pod_name!r} on "
+                               f"{main.host} in namespace {main.namespace!r}")  # fmt: skip
+        self._import_images(h, [c.image for c in containers])
+        self._run_pod(h, containers)
+        extra = self.state.setdefault("extra", {})
+        for c in containers:
+            extra[c.name] = c.model_dump(mode="json", by_alias=True)
+        self._save()
+        return [self.container(c.name) for c in containers]
+
+    def remove_pod(self, name: str) -> None:
+        """Delete a pod (by its name or a container's) as a kubelet does:
+        StopPodSandbox, then RemovePodSandbox."""
+        c = self.container(name)
+        if not c.pod_id:
+            raise LabError(f"{name!r} is not in a pod of a containerd host")
+        with self._node(self.plan.hosts[c.host]) as node:
+            node.remove_pod(c.pod_id)
+        pod = self.state["pods"].pop(c.pod, {})
+        for n in pod.get("containers", [c.name]):
+            self.state["containers"].pop(n, None)
+            self.state.get("extra", {}).pop(n, None)
+        self._save()
+
+    def pod(self, name: str) -> dict[str, Any]:
+        """A pod the lab started on a containerd host (by its name or a container's):
+        name, host, namespace, uid, id, address, pid (its sandbox), netns, labels,
+        containers."""
+        c = self.container(name)
+        if not c.pod_id:
+            raise LabError(f"{name!r} is not in a pod of a containerd host")
+        return dict(self.state["pods"][c.pod])
+
     def start_container(self, container: Container) -> ContainerInfo:
         """Start one more container on a lab host (e.g. to test discovery of new
-        containers); ``down`` removes it with the others."""
+        containers); ``down`` removes it with the others. On a containerd host it
+        runs in a pod of its own (:meth:`start_pod`)."""
         if container.name in self.state["containers"]:
             raise LabError(f"lab {self.name!r} already has a container {container.name!r}")
         h = self._host(container.host)
+        if h.runtime == "containerd":
+            return self.start_pod([container])[0]
         self._podman(h, ["import", "--change", 'CMD ["/bin/sh"]', str(rootfs_tarball()),
                          qualified(container.image)])  # fmt: skip
         self._run_container(h, container)
@@ -518,8 +668,12 @@ class Lab:
         return self.container(container.name)
 
     def remove_container(self, name: str) -> None:
-        """Stop and remove a container (``podman rm --force``)."""
+        """Stop and remove a container (``podman rm --force``); on a containerd
+        host, remove its pod (:meth:`remove_pod`)."""
         c = self.container(name)
+        if c.pod_id:
+            self.remove_pod(name)
+            return
         self._podman(self.plan.hosts[c.host], ["rm", "--force", "--time", "0", name])
         self.state.get("extra", {}).pop(name, None)
         self._refresh_containers()
@@ -529,8 +683,12 @@ class Lab:
         return [*self.topology.containers_on(host), *(c for c in extra if c.host == host)]
 
     def _refresh_containers(self) -> None:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {
+            k: v for k, v in self.state["containers"].items() if v.get("pod_id")
+        }  # containerd hosts' containers are recorded when their pod starts
         for h in self.plan.hosts.values():
+            if h.runtime != "podman":
+                continue
             names = [c.name for c in self._containers_on(h.name)]
             if not names:
                 continue
@@ -555,7 +713,23 @@ class Lab:
 
     def docker_host(self, host: str) -> str:
         """The Docker API URL of ``host``'s engine (``unix:///run/cnnf-lab/...``)."""
-        return f"unix://{self._host(host).docker_sock}"
+        h = self._host(host)
+        if h.runtime != "podman":
+            raise LabError(f"host {host!r} runs {h.runtime}, which serves no Docker API "
+                           "(its CRI socket: Lab.cri_socket)")  # fmt: skip
+        return f"unix://{h.docker_sock}"
+
+    def cri_socket(self, host: str) -> str:
+        """The CRI endpoint of a containerd host (``unix:///run/cnnf-lab/L/<host>/containerd.sock``)."""
+        h = self._host(host)
+        if h.runtime != "containerd":
+            raise LabError(f"host {host!r} runs {h.runtime}, which serves no CRI "
+                           "(its Docker API: Lab.docker_host)")  # fmt: skip
+        return f"unix://{h.cri_sock}"
+
+    def runtime(self, host: str) -> str:
+        """``podman`` or ``containerd``."""
+        return self._host(host).runtime
 
     def netns(self, host: str) -> str:
         """Path of a lab host's network namespace (for ``nsenter --net=``)."""
@@ -574,21 +748,42 @@ class Lab:
             ) from None
 
     def container(self, name: str) -> ContainerInfo:
-        try:
-            data = self.state["containers"][name]
-        except KeyError:
+        """A container by its name, or a pod's main container by the pod's name."""
+        containers = self.state["containers"]
+        data = containers.get(name)
+        if data is None:
+            pod = self.state.get("pods", {}).get(name)
+            if pod and pod["containers"]:
+                data = containers.get(pod["containers"][0])
+            else:  # Podman: the first container labelled with that pod name
+                data = next((c for c in containers.values()
+                             if c.get("labels", {}).get(K8S_POD_LABEL) == name), None)  # fmt: skip
+        if data is None:
+            pods = self.state.get("pods", {})
             raise LabError(
                 f"lab {self.name!r} has no container {name!r} "
-                f"(containers: {', '.join(self.state['containers'])})"
-            ) from None
+                f"(containers: {', '.join(containers)}"
+                + (f"; pods: {', '.join(pods)})" if pods else ")")
+            )
         return ContainerInfo(**data)
 
     def container_pid(self, name: str) -> int:
         """The live pid of a container's first process (it changes if the container restarts)."""
         c = self.container(name)
         h = self.plan.hosts[c.host]
+        if c.pod_id:
+            import grpc
+
+            try:
+                with self._node(h) as node:
+                    pid = node.container_pid(c.id)
+            except grpc.RpcError as exc:
+                raise LabError(f"container {c.name!r}: {exc.details()}") from None
+            if pid <= 0:
+                raise LabError(f"container {c.name!r} is not running")
+            return pid
         out = self._podman(
-            h, ["inspect", "--type", "container", "--format", "{{.State.Pid}}", name]
+            h, ["inspect", "--type", "container", "--format", "{{.State.Pid}}", c.name]
         )
         pid = int(out.strip() or 0)
         if pid <= 0:
@@ -598,8 +793,23 @@ class Lab:
     def exec(
         self, container: str, cmd: list[str], *, capture: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``cmd`` inside ``container`` (``podman exec``)."""
+        """Run ``cmd`` inside ``container`` (``podman exec``; a pod's main container
+        or a named one through the CRI's ExecSync on a containerd host)."""
         c = self.container(container)
+        if c.pod_id:
+            import grpc
+
+            try:
+                with self._node(self.plan.hosts[c.host]) as node:
+                    code, out, err = node.client.exec_sync(c.id, cmd, timeout=600)
+            except grpc.RpcError as exc:
+                raise LabError(f"exec in {c.name!r}: {exc.details()}") from None
+            stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+            if not capture:
+                sys.stdout.write(stdout)
+                sys.stderr.write(stderr)
+                sys.stdout.flush()
+            return subprocess.CompletedProcess(cmd, code, stdout, stderr)
         full = [*self.podman(c.host), "exec", container, *cmd]
         return subprocess.run(full, capture_output=capture, text=True, check=False)
 
@@ -607,6 +817,8 @@ class Lab:
         """The address of a container, host or server name (None: a DNS name or address)."""
         if target in self.state["containers"]:
             return str(self.state["containers"][target]["address"])
+        if target in self.state.get("pods", {}):
+            return str(self.state["pods"][target]["address"])
         if target in self.plan.hosts:
             return self.plan.hosts[target].underlay_ip
         for _, s in self.topology.servers():
@@ -669,11 +881,44 @@ class Lab:
             "addresses": [h.underlay_ip, h.gateway],
         }
 
+    def _node_status(self, h: HostPlan) -> dict[str, Any]:
+        import grpc
+
+        live: dict[str, str] = {}
+        try:
+            with self._node(h) as node:
+                node.client.timeout = 10
+                for c in node.containers():
+                    live[c.metadata.name] = containerd.STATES.get(c.state, "unknown")
+        except grpc.RpcError:
+            pass  # containerd is gone: every container shows as missing
+        names = [c.name for c in self._containers_on(h.name)]
+        pods = self.state.get("pods", {})
+        return {
+            "name": h.name,
+            "netns": h.netns,
+            "labels": dict(self.topology.host(h.name).labels),
+            "address": h.underlay_ip,
+            "subnet": h.subnet,
+            "runtime": h.runtime,
+            "criSocket": f"unix://{h.cri_sock}",
+            "pods": [
+                {k: p[k] for k in POD_FIELDS} for p in pods.values() if p["host"] == h.name
+            ],
+            "containers": [
+                {**self.state["containers"].get(n, {"name": n}), "state": live.get(n, "missing")}
+                for n in names
+            ],
+        }
+
     def status(self) -> dict[str, Any]:
         """Hosts, addresses, containers (live state), servers and sockets of the lab."""
         hosts = []
         for h in self.plan.hosts.values():
             live: dict[str, str] = {}
+            if h.runtime == "containerd":
+                hosts.append(self._node_status(h))
+                continue
             proc = run(["podman", *h.podman_args(), "ps", "--all", "--format", "json"],
                        check=False, timeout=30)  # fmt: skip
             with contextlib.suppress(ValueError):
@@ -685,6 +930,7 @@ class Lab:
                 "labels": dict(self.topology.host(h.name).labels),
                 "address": h.underlay_ip,
                 "subnet": h.subnet,
+                "runtime": h.runtime,
                 "dockerHost": f"unix://{h.docker_sock}",
                 "containers": [
                     {
@@ -718,13 +964,11 @@ class Lab:
 
 
 def _socket_ready(path: str) -> bool:
-    if not os.path.exists(path):
+    return system.socket_ready(path)
+
+
+def _cri_ready(lab: str, h: HostPlan) -> bool:
+    if not system.socket_ready(h.cri_sock):
         return False
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+    with containerd.Node(lab, h) as node:
+        return node.ready()

@@ -48,6 +48,16 @@ class HostPlan:
     tmpdir: str
     network_dir: str
     docker_sock: str
+    # A containerd host (Kubernetes-like node): everything of its containerd
+    # under run_dir (runtime state, sockets, config, CNI) and containerd_root.
+    runtime: str = "podman"
+    run_dir: str = ""
+    containerd_root: str = ""
+
+    @property
+    def cri_sock(self) -> str:
+        """containerd's socket (the CRI and containerd's own API)."""
+        return f"{self.run_dir}/containerd.sock"
 
     def podman_args(self) -> list[str]:
         return [
@@ -119,6 +129,9 @@ def make_plan(topology: Topology, lab: str, index: int) -> Plan:
             tmpdir=f"{state}/{h.name}/tmp",
             network_dir=f"{storage}/{h.name}/networks",
             docker_sock=f"{state}/{h.name}/docker.sock",
+            runtime=h.runtime,
+            run_dir=f"{state}/{h.name}",
+            containerd_root=f"{storage}/{h.name}/containerd",
         )
     external: dict[str, ExternalPlan] = {}
     dns_netns = None

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -216,3 +217,29 @@ def wait_for(
         if clock() >= deadline:
             raise LabError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+def socket_ready(path: str) -> bool:
+    """Something accepts connections on unix socket ``path``."""
+    if not os.path.exists(path):
+        return False
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def cgroup_mounts() -> list[str]:
+    """Mount points of the cgroup hierarchies (v1 controllers and v2)."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        if fstype in ("cgroup", "cgroup2"):
+            points.append(fields[4])
+    return sorted(set(points))

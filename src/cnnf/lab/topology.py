@@ -11,7 +11,7 @@ import ipaddress
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -72,11 +72,16 @@ def _check_ports(ports: list[int]) -> list[int]:
     return ports
 
 
+Runtime = Literal["podman", "containerd"]
+
+
 class Host(_Model):
-    """A lab host (a node): a network namespace with its own container engine."""
+    """A lab host (a node): a network namespace with its own container engine,
+    Podman (the Docker API) or containerd (the CRI, as on a Kubernetes node)."""
 
     name: str
     labels: dict[str, str] = Field(default_factory=dict)
+    runtime: Runtime = "podman"
     # The host's container subnet; derived from the lab's address plan when omitted.
     subnet: ipaddress.IPv4Network | None = None
 
@@ -84,7 +89,12 @@ class Host(_Model):
 
 
 class Container(_Model):
-    """One container on a host, with services listening on ``ports``."""
+    """One container on a host, with services listening on ``ports``.
+
+    On a containerd host every container runs in a pod (named ``pod``, or after
+    the container): containers that name the same pod share it (its network
+    namespace, address and labels), the first one listed is its main container.
+    """
 
     name: str
     host: str
@@ -196,6 +206,16 @@ class Topology(_Model):
     def containers_on(self, host: str) -> list[Container]:
         return [c for c in self.containers if c.host == host]
 
+    def pods(self) -> dict[str, list[Container]]:
+        """Containers by pod name, in topology order (the first is the pod's main one)."""
+        out: dict[str, list[Container]] = {}
+        for c in self.containers:
+            out.setdefault(c.pod_name, []).append(c)
+        return out
+
+    def runtime(self, host: str) -> Runtime:
+        return self.host(host).runtime
+
     def servers(self) -> list[tuple[External, Server]]:
         return [(e, s) for e in self.external for s in e.servers]
 
@@ -239,6 +259,9 @@ def _cross_check(t: Topology) -> list[FieldError]:
         if c.host not in host_names:
             errors.append(FieldError(f"containers[{i}].host", f"unknown host {c.host!r}"))
 
+    errors += _check_pods(t, container_names)
+    pod_names = set(t.pods())
+
     server_names: set[str] = set()
     subnets: list[tuple[str, ipaddress.IPv4Network]] = [
         (f"hosts[{i}].subnet", h.subnet) for i, h in enumerate(t.hosts) if h.subnet
@@ -252,7 +275,7 @@ def _cross_check(t: Topology) -> list[FieldError]:
         addresses: set[ipaddress.IPv4Address] = set()
         for j, s in enumerate(e.servers):
             path = f"external[{i}].servers[{j}]"
-            if s.name in server_names or s.name in container_names or s.name in host_names:
+            if s.name in server_names | container_names | host_names | pod_names:
                 errors.append(FieldError(f"{path}.name", f"duplicate name {s.name!r}"))
             server_names.add(s.name)
             if s.address not in e.subnet or s.address in (
@@ -292,10 +315,13 @@ def _cross_check(t: Topology) -> list[FieldError]:
     elif records:
         errors.append(FieldError("dnsServer", "servers declare DNS names but no dnsServer is set"))
 
-    destinations = host_names | container_names | server_names | set(records)
+    workloads = container_names | pod_names
+    destinations = host_names | workloads | server_names | set(records)
     for i, tr in enumerate(t.traffic):
-        if tr.source not in container_names:
-            errors.append(FieldError(f"traffic[{i}].source", f"unknown container {tr.source!r}"))
+        if tr.source not in workloads:
+            errors.append(
+                FieldError(f"traffic[{i}].source", f"unknown container or pod {tr.source!r}")
+            )
         if tr.destination not in destinations:
             try:
                 ipaddress.IPv4Address(tr.destination)
@@ -303,10 +329,52 @@ def _cross_check(t: Topology) -> list[FieldError]:
                 errors.append(
                     FieldError(
                         f"traffic[{i}].destination",
-                        f"unknown destination {tr.destination!r} (not a container, host, "
-                        "server, DNS name or IPv4 address)",
+                        f"unknown destination {tr.destination!r} (not a container, pod, "
+                        "host, server, DNS name or IPv4 address)",
                     )
                 )
+    return errors
+
+
+def _check_pods(t: Topology, container_names: set[str]) -> list[FieldError]:
+    """The containers of a pod on a containerd host share its host, namespace,
+    network namespace and labels: they must agree, and a pod name must not name
+    a container of another pod (``connect``, ``exec`` take either name)."""
+    errors: list[FieldError] = []
+    runtimes = {h.name: h.runtime for h in t.hosts}
+    first: dict[str, tuple[int, Container]] = {}
+    labels: dict[str, dict[str, str]] = {}
+    ports: dict[str, set[int]] = {}
+    for i, c in enumerate(t.containers):
+        pod = c.pod_name
+        if pod not in first:
+            first[pod] = (i, c)
+            labels[pod] = dict(c.labels)
+            ports[pod] = set(c.ports)
+            if runtimes.get(c.host) == "containerd" and pod in container_names and pod != c.name:
+                errors.append(FieldError(f"containers[{i}].pod",
+                                         f"pod name {pod!r} is the name of another container"))
+            continue
+        j, main = first[pod]
+        if "containerd" not in (runtimes.get(c.host), runtimes.get(main.host)):
+            continue  # Podman: containers only carry the pod's name as a label
+        where = f"pod {pod!r} (containers[{j}])"
+        if c.host != main.host:
+            errors.append(FieldError(f"containers[{i}].host",
+                                     f"{c.host!r}, but {where} runs on {main.host!r}"))
+        if c.namespace != main.namespace:
+            errors.append(FieldError(f"containers[{i}].namespace",
+                                     f"{c.namespace!r}, but {where} is in {main.namespace!r}"))
+        for k, v in sorted(c.labels.items()):
+            if labels[pod].setdefault(k, v) != v:
+                errors.append(FieldError(f"containers[{i}].labels.{k}",
+                                         f"{v!r}, but {where} has {k}={labels[pod][k]!r}"))
+        clash = sorted(ports[pod] & set(c.ports))
+        if clash:
+            errors.append(FieldError(f"containers[{i}].ports",
+                                     f"port {', '.join(map(str, clash))} is already served in "
+                                     f"{where} (its containers share one network namespace)"))
+        ports[pod] |= set(c.ports)
     return errors
 
 
