@@ -371,12 +371,13 @@ def test_status_and_figures_carry_the_engine_state(tmp_path: Path) -> None:
     a.datapath = SimpleNamespace(  # type: ignore[assignment]
         stats=lambda: DatapathStats([], []), workers=SimpleNamespace(pids=[]))
     a.discovery.engine.back()  # the first resync
-    assert a.status()["engine"] == {"up": True, "since": 1_000.0, "outages": 0}
+    where = {"runtime": "docker", "endpoint": "unix:///nonexistent"}
+    assert a.status()["engine"] == {"up": True, "since": 1_000.0, "outages": 0, **where}
     f = a.figures()
     assert (f.engine_up, f.engine_outages, f.engine_outage_seconds) == (1, 0, 0.0)
     a.discovery.engine.down("unreachable", "connection refused")
     now[0] = 1_004.0
-    assert a.status()["engine"] == {"up": False, "since": 1_000.0, "outages": 1}
+    assert a.status()["engine"] == {"up": False, "since": 1_000.0, "outages": 1, **where}
     f = a.figures()
     assert (f.engine_up, f.engine_outages, f.engine_outage_seconds) == (0, 1, 4.0)
 

@@ -71,7 +71,7 @@ class FakeClock:
 
 def test_engine_state_logs_each_change_once_and_the_outage_length() -> None:
     clock = FakeClock()
-    state = EngineState(docker_host="unix:///x.sock", clock=clock)
+    state = EngineState(endpoint="unix:///x.sock", runtime="docker", clock=clock)
     assert state.as_dict() == {"up": False, "since": 0.0, "outages": 0}
     with capture_logs() as logs:
         assert state.back() is None  # reached for the first time: nothing to report
@@ -91,7 +91,7 @@ def test_engine_state_logs_each_change_once_and_the_outage_length() -> None:
         assert state.as_dict() == {"up": True, "since": 1_013.25, "outages": 1}
     assert [(e["event"], e["log_level"]) for e in logs] == [(DOWN, "warning"), (BACK, "info")]
     assert logs[0]["reason"] == UNREACHABLE and logs[0]["error"] == "connection refused"
-    assert logs[0]["docker_host"] == "unix:///x.sock"
+    assert logs[0]["endpoint"] == "unix:///x.sock"
     assert logs[1]["outage_s"] == 3.25
 
 

@@ -298,8 +298,12 @@ def container_identities(draw: st.DrawFn) -> ContainerIdentity:
     else:
         image = f"{name}:{draw(st.sampled_from(TAGS))}"
     labels = draw(st.lists(st.sampled_from(LABELS), max_size=3, unique_by=lambda kv: kv[0]))
+    # A pod with sidecars: image selectors match any of its images.
+    sidecars = draw(st.lists(st.sampled_from(IMAGE_NAMES).map(lambda n: f"{n}:1.0"),
+                             max_size=2))
     return ContainerIdentity(
         image=image,
+        images=(image, *sidecars) if sidecars else (),
         name=draw(st.sampled_from(CONTAINER_NAMES)),
         labels=make_labels(labels),
         namespace=draw(st.sampled_from(NAMESPACES)),

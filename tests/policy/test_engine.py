@@ -555,3 +555,38 @@ def test_explain_notes_without_steps(src: Endpoint, note: str) -> None:
     assert explanation.steps == ()
     assert explanation.note == note
     assert not explanation.verdict.matched
+
+
+@pytest.mark.parametrize(
+    ("images", "rule_matches"),
+    [
+        ((), False),  # one container: shop/web only
+        (("shop/web:1.0", "mesh/proxy:1.2"), True),  # a sidecar's image matches
+        (("shop/web:1.0", "shop/api:2.1"), True),  # the exact-name bucket, second image
+        (("shop/web:1.0", "other/thing:1"), False),
+    ],
+)
+def test_a_pods_images_all_count_for_image_selectors(
+        images: tuple[str, ...], rule_matches: bool) -> None:
+    """A pod is one identity with several images: an image selector matches it
+    when any of them matches, in the index (exact names and first-segment
+    buckets) and in the naive scan alike."""
+    pol = Policy.model_validate({
+        "objects": [
+            *OBJECTS,
+            {"kind": "container", "name": "meshed", "selector": {"images": ["mesh/*"]}},
+            {"kind": "container", "name": "db", "selector": {"images": ["shop/db"]}},
+        ],
+        "containerRules": [
+            {"id": 1, "name": "mesh-to-db", "src": "meshed", "dst": "db", "effect": "prevent"},
+            {"id": 2, "name": "api-to-db", "src": "api", "dst": "db", "effect": "alert"},
+        ],
+        "revision": 7,
+    })
+    pod = ContainerIdentity("shop/web:1.0", name="web", images=images)
+    attempt = ConnectionAttempt(Endpoint("10.1.0.9", pod), DB, 5432)
+    verdict = compile_policy(pol).evaluate(attempt)
+    assert verdict.matched is rule_matches
+    if rule_matches:
+        assert verdict.rule_id == (1 if "mesh/proxy:1.2" in images else 2)
+    assert NaiveEvaluator(pol).evaluate(attempt) == verdict

@@ -52,8 +52,21 @@ def run(  # noqa: PLR0917
     state_dir: str = typer.Option(None, "--state-dir", help="State (credential, saved policy, "
                                    "spool, status) (default: /var/lib/cnnf/defender, or "
                                    "/var/lib/cnnf/defender/netns-NAME with --netns)."),
+    runtime: str = typer.Option("auto", "--runtime", help="Where workloads are discovered: "
+                                "cri (Kubernetes nodes: containerd, CRI-O), docker (the "
+                                "Docker Engine API: Docker, Podman), or auto: the first "
+                                "that answers of containerd's CRI socket, CRI-O's, Docker's, "
+                                "Podman's."),
+    cri_socket: str = typer.Option(None, "--cri-socket", help="The CRI socket (default: "
+                                   "/run/containerd/containerd.sock, else "
+                                   "/run/crio/crio.sock)."),
     docker_host: str = typer.Option(None, "--docker-host", help="Docker Engine API URL "
                                     "(default: $DOCKER_HOST, the Docker socket, Podman's)."),
+    container_net: list[str] = typer.Option([], "--container-net", help="CIDR of this "  # noqa: B008
+                                            "host's containers or pods whose new addresses "
+                                            "are queued before discovery names them, beside "
+                                            "the bridges' networks (for a CNI without a "
+                                            "bridge; repeat)."),
     hostname: str = typer.Option(None, "--hostname", help="This host's name (default: "
                                  "the system's)."),
     label: list[str] = typer.Option([], "--label", help="Host label KEY=VALUE (repeat)."),  # noqa: B008
@@ -122,7 +135,8 @@ def run(  # noqa: PLR0917
             policy_file=Path(policy) if policy else None, console=console, token=token,
             ca=Path(ca) if ca else None,
             state_dir=Path(state_dir) if state_dir else default_state_dir(netns),
-            docker_host=docker_host,
+            docker_host=docker_host, runtime=runtime, cri_socket=cri_socket,
+            container_nets=tuple(container_net),
             host_labels=parse_labels(label), cluster=cluster, netns=netns,
             block_mode=block_mode,  # type: ignore[arg-type]
             fail_closed=fail_closed, queues=queues, queue_num=queue_num, output=output,
@@ -219,12 +233,14 @@ def status(
             typer.echo(f"start to protected: last {gap['last']} ms, max {gap['max']} ms "
                        f"({gap['count']} containers)")
         engine = data.get("engine")
+        where = (f" ({engine['runtime']} {engine['endpoint']})"
+                 if engine and engine.get("runtime") else "")
         if engine and engine["since"]:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(engine["since"]))
-            typer.echo(f"container engine: {'up' if engine['up'] else 'UNREACHABLE'} since "
-                       f"{since} ({engine['outages']} outage(s))")
+            typer.echo(f"container engine{where}: {'up' if engine['up'] else 'UNREACHABLE'} "
+                       f"since {since} ({engine['outages']} outage(s))")
         elif engine:
-            typer.echo("container engine: not reached yet")
+            typer.echo(f"container engine{where}: not reached yet")
         if data.get("console"):
             con = data["console"]
             typer.echo(f"console: {con['url']} "

@@ -201,9 +201,7 @@ def _port_sort_key(port: str) -> tuple[int, str]:
 
 
 def _identity(c: WorkloadInfo) -> ContainerIdentity:
-    return ContainerIdentity(image=c.image, name=c.name, labels=make_labels(c.labels),
-                             namespace=c.namespace, cluster=c.cluster, host=c.host, id=c.id,
-                             pod=c.pod)
+    return c.identity()
 
 
 class _Graph:

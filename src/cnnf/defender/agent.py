@@ -55,8 +55,9 @@ from cnnf.defender.datapath import (
     Outcome,
     PacketInfo,
 )
-from cnnf.defender.discovery.docker import DockerDiscovery, default_docker_host, outage_reason
+from cnnf.defender.discovery.base import Discovery
 from cnnf.defender.discovery.identity import DiscoveredContainer
+from cnnf.defender.discovery.runtime import make_discovery
 from cnnf.defender.fastpath import FastPathTable
 from cnnf.defender.inventory import Identity, Inventory
 from cnnf.defender.metrics import Figures, serve_metrics
@@ -289,6 +290,11 @@ def container_networks(netns: NetnsRef) -> tuple[str, ...]:
     return tuple(sorted(nets))
 
 
+def _within(address: str, nets: tuple[str, ...]) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in nets)
+
+
 def _remote_identities(
     cluster: ClusterInventory | None, hostname: str
 ) -> tuple[tuple[str, Identity], ...]:
@@ -304,10 +310,7 @@ def _remote_identities(
     for c in cluster.containers:
         if c.host == hostname:
             continue
-        out.append((c.address, ContainerIdentity(
-            image=c.image, name=c.name, labels=make_labels(c.labels), namespace=c.namespace,
-            cluster=c.cluster, host=c.host, id=c.id, pod=c.pod,
-        )))
+        out.append((c.address, c.identity()))
     return tuple(out)
 
 
@@ -372,8 +375,9 @@ class Agent:
         self.datapath: Datapath | None = None
         self.decide: VerdictDecide | None = None
         self.observer: ConntrackObserver | None = None
-        self.discovery = DockerDiscovery(default_docker_host(config.docker_host),
-                                         config.hostname, config.cluster)
+        self.discovery: Discovery = make_discovery(config.runtime, config.cri_socket,
+                                                   config.docker_host, config.hostname,
+                                                   config.cluster)
         self._threads: list[threading.Thread] = []
         self._policy_key: tuple[int, int, int] | None = None
         self._file_loads = 0
@@ -594,6 +598,10 @@ class Agent:
             now = self.clock()
         log.info("inventory changed", containers=len(local), added=sorted(added),
                  removed=sorted(removed))
+        if any(not _within(a, self.container_nets) for a in added):
+            # A network that appeared after the start (a CNI makes its bridge
+            # with the node's first pod): queue its addresses from now on.
+            self._refresh_container_networks()
         # A resync can see a container before its own start event arrives.
         for c in {local[a].identity.id or a: local[a] for a in added}.values():
             self._protected(c, now)
@@ -642,11 +650,7 @@ class Agent:
         return InventoryReport(
             host=HostInfo(name=n.name, addresses=list(n.addresses), labels=dict(n.labels),
                           cluster=n.cluster),
-            containers=[WorkloadInfo(address=a, image=c.identity.image, name=c.identity.name,
-                                     id=c.identity.id, labels=dict(c.identity.labels),
-                                     namespace=c.identity.namespace, pod=c.identity.pod,
-                                     cluster=c.identity.cluster, host=c.identity.host)
-                        for a, c in sorted(self.local.items())],
+            containers=[WorkloadInfo.of(a, c.identity) for a, c in sorted(self.local.items())],
             version=__version__,
             protected=len(containers) + len(hosts),
         )
@@ -702,14 +706,14 @@ class Agent:
                                  labels=make_labels(self.config.host_labels),
                                  addresses=host_addresses(self.netns), cluster=self.config.cluster)
         self._initial_policy()  # a bad policy file fails the start before anything else
-        self.container_nets = container_networks(self.netns)
+        self.container_nets = self._container_networks()
         self._load_cluster_file()
         try:
             found = self.discovery.snapshot()
             self.discovery_ok = True
         except Exception as exc:  # the engine may come later; watch() retries
             # logged once, as every outage ("container engine unreachable")
-            self.discovery.engine.down(outage_reason(exc), str(exc))
+            self.discovery.engine.down(self.discovery.outage_reason(exc), str(exc))
             found = []
         self.local = {a: c for c in found if not c.host_network for a in c.addresses}
         first = self._inventory_update()
@@ -1005,18 +1009,26 @@ class Agent:
                 if self.runner is not None:
                     self.runner.flush_soon()
 
-    def repair(self) -> None:
-        assert self.datapath is not None
+    def _container_networks(self) -> tuple[str, ...]:
+        """The bridges' networks and the --container-net ones."""
+        return tuple(sorted(set(container_networks(self.netns)) |
+                            set(self.config.container_nets)))
+
+    def _refresh_container_networks(self) -> None:
         try:
-            nets = container_networks(self.netns)
+            nets = self._container_networks()
         except Exception as exc:
             log.warning("container networks not read", error=str(exc))
-            nets = self.container_nets
+            return
         if nets != self.container_nets:
             log.info("container networks changed", networks=list(nets))
             with self._lock:
                 self.container_nets = nets
                 self._publish_inventory()
+
+    def repair(self) -> None:
+        assert self.datapath is not None
+        self._refresh_container_networks()
         try:
             repaired = self.datapath.check_and_repair()
         except Exception as exc:
@@ -1090,7 +1102,8 @@ class Agent:
                 "connected": bool(self.runner and self.runner.connected),
                 "spool_batches": spool[0], "spool_bytes": spool[1],
             },
-            "engine": self.discovery.engine.as_dict(),
+            "engine": {**self.discovery.engine.as_dict(), "runtime": self.discovery.kind,
+                       "endpoint": self.discovery.endpoint},
             "fastpath": None if self.cache is None else {
                 "entries": len(self.cache), "ttl": self.config.fastpath_ttl,
                 "hits": self._fast_hit_counts(),

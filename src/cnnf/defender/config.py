@@ -6,6 +6,7 @@ the bad value (:class:`ConfigError`); the runtime trusts what it gets.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
@@ -65,6 +66,11 @@ class DefenderConfig:
     ca: Path | None = None
     state_dir: Path = DEFAULT_STATE_DIR
     docker_host: str | None = None
+    runtime: str = "auto"  # auto | docker | cri
+    cri_socket: str | None = None
+    # Networks whose addresses are queued before discovery names them, beside
+    # the bridges' networks (a CNI without a bridge: Calico, Cilium).
+    container_nets: tuple[str, ...] = ()
     hostname: str = field(default_factory=socket.gethostname)
     host_labels: dict[str, str] = field(default_factory=dict)
     cluster: str = ""
@@ -116,6 +122,24 @@ class DefenderConfig:
             raise ConfigError(f"--fastpath-ttl {self.fastpath_ttl}: expected 1 to 86400 s")
         if not self.hostname:
             raise ConfigError("--hostname: must not be empty")
+        if self.runtime not in ("auto", "docker", "cri"):
+            raise ConfigError(f"--runtime {self.runtime!r}: expected auto, docker or cri")
+        if self.runtime == "docker" and self.cri_socket:
+            raise ConfigError("--cri-socket is for --runtime cri (or auto), not docker")
+        if self.runtime == "cri" and self.docker_host:
+            raise ConfigError("--docker-host is for --runtime docker (or auto), not cri")
+        if self.cri_socket and self.docker_host:
+            raise ConfigError("give --cri-socket or --docker-host, not both")
+        if self.cri_socket and not (self.cri_socket.startswith("/")
+                                    or self.cri_socket.startswith("unix:///")):
+            raise ConfigError(f"--cri-socket {self.cri_socket!r}: expected a unix socket "
+                              "(/run/containerd/containerd.sock or unix:///...)")
+        for net in self.container_nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"--container-net {net!r}: expected a CIDR such as "
+                                  "10.244.1.0/24") from None
 
     @property
     def admission_burst(self) -> int:

@@ -68,7 +68,12 @@ def normalise_image(image: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ContainerIdentity:
-    """A running container as a Defender sees it."""
+    """A running container as a Defender sees it, or a Kubernetes pod (its
+    containers share one network namespace, so one identity stands for them).
+
+    ``image`` is the workload's main image; ``images`` lists every image of a
+    pod with more than one container (main image first), and is empty for a
+    single image. Image selectors match when any of ``all_images`` matches."""
 
     image: str
     name: str = ""
@@ -78,21 +83,29 @@ class ContainerIdentity:
     host: str = ""
     id: str = ""
     pod: str = ""
+    images: tuple[str, ...] = ()
     # Identities are long-lived (the inventory holds them) and hashed for every
     # cached verdict lookup: hash once. Not pickled: string hashes differ
     # between processes, so __reduce__ rebuilds from the fields.
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
+        if len(self.images) == 1 and self.images[0] == self.image:
+            object.__setattr__(self, "images", ())  # one image: the plain form
         object.__setattr__(self, "_hash", hash((self.image, self.name, self.labels,
                                                 self.namespace, self.cluster, self.host,
-                                                self.id, self.pod)))
+                                                self.id, self.pod, self.images)))
 
     def __hash__(self) -> int:
         return self._hash
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return _rebuild, (type(self), _init_values(self))
+
+    @property
+    def all_images(self) -> tuple[str, ...]:
+        """Every image of the workload, the main one first."""
+        return self.images or (self.image,)
 
     @property
     def image_name(self) -> str:

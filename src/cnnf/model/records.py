@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cnnf.model.attempt import Endpoint, Verdict
-from cnnf.model.identity import normalise_image
+from cnnf.model.identity import ContainerIdentity, make_labels, normalise_image
 from cnnf.model.rule import Effect, RuleKind
 
 
@@ -188,6 +188,9 @@ class WorkloadInfo(_Record):
     pod: str = ""
     cluster: str = ""
     host: str = ""
+    # Every image of a pod with more than one container, the main image first
+    # (empty for one image): image selectors match any of them.
+    images: list[str] = Field(default_factory=list)
 
     @field_validator("image")
     @classmethod
@@ -197,6 +200,24 @@ class WorkloadInfo(_Record):
         # --cluster-inventory file, the Console's stored reports read back. So
         # "docker.io/shop/db:13" is "shop/db:13", as discovery names it.
         return normalise_image(image)
+
+    @field_validator("images")
+    @classmethod
+    def _normalise_images(cls, images: list[str]) -> list[str]:
+        return list(dict.fromkeys(normalise_image(i) for i in images))
+
+    def identity(self) -> ContainerIdentity:
+        """The workload's identity, as the policy engine matches it."""
+        return ContainerIdentity(image=self.image, name=self.name,
+                                 labels=make_labels(self.labels), namespace=self.namespace,
+                                 cluster=self.cluster, host=self.host, id=self.id,
+                                 pod=self.pod, images=tuple(self.images))
+
+    @classmethod
+    def of(cls, address: str, c: ContainerIdentity) -> WorkloadInfo:
+        return cls(address=address, image=c.image, name=c.name, id=c.id,
+                   labels=dict(c.labels), namespace=c.namespace, pod=c.pod,
+                   cluster=c.cluster, host=c.host, images=list(c.images))
 
 
 class HostInfo(_Record):

@@ -257,17 +257,19 @@ class _ContainerIndex:
 
     def mask(self, c: ContainerIdentity) -> int:
         m = 0
-        ref, name = image_refs(c)
+        refs = image_refs(c)  # (name:tag, name) of each image
         by_image = self.by_image
-        for key in (ref, name):
+        for key in refs:
             for check, emask in by_image.get(key, ()):
                 if check(c):
                     m |= emask
-        slash = name.find("/")
-        if slash != -1 and self.by_segment:
-            for check, emask in self.by_segment.get(name[:slash], ()):
-                if check(c):
-                    m |= emask
+        if self.by_segment:
+            for name in refs[1::2]:
+                slash = name.find("/")
+                if slash != -1:
+                    for check, emask in self.by_segment.get(name[:slash], ()):
+                        if check(c):
+                            m |= emask
         for attr, bucket in self.attr_lookups:
             for check, emask in bucket.get(getattr(c, attr), ()):
                 if check(c):

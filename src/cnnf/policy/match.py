@@ -122,12 +122,15 @@ class LabelMatch:
         return False
 
 
-def image_refs(identity: ContainerIdentity) -> tuple[str, str]:
-    """The two strings image globs are matched against: ``name:tag`` and ``name``.
+def image_refs(identity: ContainerIdentity) -> tuple[str, ...]:
+    """The strings image globs are matched against: ``name:tag`` and ``name``
+    of each of the workload's images (a pod's containers' images).
 
     An image without a tag counts as ``:latest``; a digest reference
     (``name@sha256:...``) is matched as written."""
-    return _image_refs(identity.image)
+    if not identity.images:
+        return _image_refs(identity.image)
+    return tuple(r for image in identity.images for r in _image_refs(image))
 
 
 @lru_cache(maxsize=65536)

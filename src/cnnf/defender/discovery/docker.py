@@ -22,7 +22,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,13 @@ import requests
 import structlog
 import urllib3
 
+from cnnf.defender.discovery.base import (
+    ENGINE_ERROR,
+    RETRY_INTERVAL,
+    UNREACHABLE,
+    UNRESPONSIVE,
+    EngineState,
+)
 from cnnf.defender.discovery.identity import DiscoveredContainer, container_from_inspect
 
 log = structlog.get_logger(__name__)
@@ -42,13 +48,8 @@ PODMAN_SOCKET = "/run/podman/podman.sock"
 _RELEVANT = {"start", "restart", "die", "stop", "kill", "destroy", "remove", "connect",
              "disconnect", "pause", "unpause", "died", "cleanup"}
 
-RETRY_INTERVAL = 0.5  # at most one reconnection attempt per this many seconds
 PING_INTERVAL = 1.0  # the liveness check's period while the engine is up
 PING_TIMEOUT = 2.0  # an engine slower than this to answer /_ping is unresponsive
-
-UNREACHABLE = "unreachable"  # connection refused, socket gone, connection reset
-UNRESPONSIVE = "unresponsive"  # connected, but a request timed out
-ENGINE_ERROR = "error"  # it answered, with an error
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -82,60 +83,6 @@ def outage_reason(exc: BaseException) -> str:
     return ENGINE_ERROR
 
 
-@dataclass
-class EngineState:
-    """Whether the container engine answers. The watch loop marks it up after
-    every resync; the watch loop and the liveness check mark it down. Each
-    change is logged once: "container engine unreachable" when it goes, with
-    the reason, and "container engine back" with the outage's length."""
-
-    docker_host: str = ""
-    clock: Callable[[], float] = time.time
-    up: bool = False
-    since: float = 0.0  # UNIX time of the last change (0: not reached yet)
-    outages: int = 0
-    reason: str = ""  # of the current or last outage
-    known: bool = False  # reached or failed at least once
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def down(self, reason: str, error: str = "") -> bool:
-        """The engine failed; True (and one log line) if it was up or not known yet."""
-        with self._lock:
-            if self.known and not self.up:
-                return False
-            self.up, self.known, self.since = False, True, self.clock()
-            self.outages += 1
-            self.reason = reason
-        log.warning("container engine unreachable", reason=reason, error=error,
-                    docker_host=self.docker_host)
-        return True
-
-    def back(self) -> float | None:
-        """A resync succeeded: the outage's length in seconds if there was one
-        (logged), else None (already up, or reached for the first time)."""
-        with self._lock:
-            if self.up:
-                return None
-            now = self.clock()
-            outage = max(0.0, now - self.since) if self.known else None
-            self.up, self.known, self.since = True, True, now
-        if outage is not None:
-            log.info("container engine back", outage_s=round(outage, 3),
-                     docker_host=self.docker_host, reason=self.reason)
-        return outage
-
-    def outage_seconds(self) -> float:
-        """The current outage's length so far (0 while up or not reached yet)."""
-        with self._lock:
-            if self.up or not self.known:
-                return 0.0
-            return max(0.0, self.clock() - self.since)
-
-    def as_dict(self) -> dict[str, Any]:
-        with self._lock:
-            return {"up": self.up, "since": self.since, "outages": self.outages}
-
-
 def default_docker_host(explicit: str | None = None) -> str:
     """``--docker-host``, else ``$DOCKER_HOST``, else the Docker socket, else Podman's."""
     if explicit:
@@ -150,6 +97,10 @@ def default_docker_host(explicit: str | None = None) -> str:
 
 
 class DockerDiscovery:
+    """Discovery through the Docker Engine API (Docker, or Podman's service)."""
+
+    kind = "docker"
+
     def __init__(
         self,
         base_url: str,
@@ -167,7 +118,7 @@ class DockerDiscovery:
         self.timeout = timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self.engine = EngineState(docker_host=base_url, clock=clock)
+        self.engine = EngineState(endpoint=base_url, runtime=self.kind, clock=clock)
         self._client: docker.DockerClient | None = None
         self._api_version = ""  # negotiated by the last connection; the pings use it
 
@@ -202,6 +153,14 @@ class DockerDiscovery:
         except docker.errors.NotFound:
             return None
         return container_from_inspect(attrs, self.host, self.cluster)
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
+    @staticmethod
+    def outage_reason(exc: BaseException) -> str:
+        return outage_reason(exc)
 
     def probe(self) -> None:
         """Connect once to the engine's unix socket and hang up: raises ``OSError``
