@@ -27,10 +27,13 @@ passes it) and ``StartContainer`` for each container; removal is
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import ipaddress
 import json
 import os
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,16 +260,36 @@ class Node:
             cfg.dns_config.servers.append(self.dns_server)
         return cfg
 
+    def _next_address(self, address: str) -> None:
+        """Make host-local hand out ``address`` next: its allocator goes round the
+        range from the address it reserved last (so a freed address comes back
+        only after the whole range; a test of address reuse wants it now)."""
+        subnet = ipaddress.IPv4Network(self.h.subnet)
+        ip = ipaddress.IPv4Address(address)
+        if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address,
+                                      ipaddress.IPv4Address(self.h.gateway)):  # fmt: skip
+            raise LabError(f"{address} is not a pod address of {self.h.subnet} on {self.h.name}")
+        leases = Path(Paths(self.h).ipam_dir, self.h.network)
+        leases.mkdir(parents=True, exist_ok=True)
+        with open(leases / "lock", "a") as lock:  # host-local's own lock
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (leases / address).exists():
+                raise LabError(f"{address} is in use on {self.h.name}")
+            (leases / "last_reserved_ip.0").write_text(str(ip - 1))
+
     def run_pod(
         self, name: str, namespace: str, labels: dict[str, str],
-        containers: Sequence[Container], image_ids: dict[str, str],
+        containers: Sequence[Container], image_ids: dict[str, str], *, address: str | None = None,
     ) -> PodRecord:  # fmt: skip
-        """Start a pod with ``containers`` (each serving its ports with busybox httpd)."""
+        """Start a pod with ``containers`` (each serving its ports with busybox
+        httpd), at ``address`` if given (it must be free)."""
         from cnnf.cri import NAMESPACE_CONTAINER, pb
 
         pod = PodRecord(name=name, host=self.h.name, namespace=namespace,
                         uid=str(uuid.uuid4()), labels=dict(labels))  # fmt: skip
         sandbox = self.sandbox_config(pod)
+        if address:
+            self._next_address(address)
         pod.id = self.client.run_pod(sandbox)
         try:
             for c in containers:
@@ -292,6 +315,8 @@ class Node:
                 self.client.start_container(cid)
                 pod.containers.append(c.name)
             status = self.pod_status(pod.id)
+            if address and status["address"] != address:
+                raise LabError(f"pod {name!r} got {status['address']}, not {address}")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.remove_pod(pod.id)
@@ -299,7 +324,17 @@ class Node:
         pod.address = status["address"]
         pod.pid = status["pid"]
         pod.netns = status["netns"]
+        self._announce(pod)
         return pod
+
+    def _announce(self, pod: PodRecord) -> None:
+        """A gratuitous ARP from the new pod, as newer CNI bridge plugins send
+        (Debian's 1.1 does not): the node and the pods beside it may still hold
+        the MAC address of a removed pod that had this address, and would send it
+        there for up to a minute."""
+        if pod.netns and pod.address:
+            run(["nsenter", f"--net={pod.netns}", system.BUSYBOX, "arping", "-U", "-c", "1",
+                 "-w", "1", "-I", "eth0", pod.address], check=False, timeout=10)  # fmt: skip
 
     def pod_status(self, pod_id: str) -> dict[str, Any]:
         """The pod's address, sandbox pid and network namespace file."""
@@ -329,15 +364,21 @@ class Node:
         )
         return int(json.loads(resp.info.get("info", "{}")).get("pid", 0))
 
-    def remove_pod(self, pod_id: str) -> None:
-        """As a kubelet deletes a pod: stop its sandbox (its containers with it), remove it."""
+    def remove_pod(self, pod_id: str, address: str = "") -> None:
+        """As a kubelet deletes a pod: stop its sandbox (its containers with it),
+        remove it. The node forgets the pod's MAC address (a new pod may get its
+        IP address)."""
         self.client.stop_pod(pod_id)
         self.client.remove_pod(pod_id)
+        if address:
+            run(["ip", "neigh", "del", address, "dev", POD_BRIDGE], netns=self.h.netns,
+                check=False)  # fmt: skip
 
     def remove_all_pods(self) -> int:
         pods = self.client.list_pods()
-        for p in pods:
-            self.remove_pod(p.id)
+        if pods:
+            with ThreadPoolExecutor(max_workers=min(4, len(pods))) as pool:
+                list(pool.map(lambda p: self.remove_pod(p.id), pods))
         return len(pods)
 
 

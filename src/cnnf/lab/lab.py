@@ -31,8 +31,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,6 +171,7 @@ class Lab:
         self.topology = topology
         self.plan = plan
         self.state = state
+        self._lock = threading.RLock()  # containerd hosts are set up in parallel
 
     # ---- opening, up, down -------------------------------------------------
 
@@ -273,14 +276,18 @@ class Lab:
         for d in (storage_dir, state_dir):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 hosts |= {h for h in os.listdir(d) if os.path.isdir(f"{d}/{h}")}
-        for host in sorted(hosts):
-            paths = host_paths(name, host)
-            if os.path.isdir(paths.containerd_root) or os.path.exists(paths.cri_sock):
-                # A containerd host: its pods through the CRI, as a kubelet deletes them.
-                n = containerd.remove_pods(name, paths)
+        # containerd hosts (in parallel): their pods through the CRI, as a kubelet
+        # deletes them.
+        nodes = [host_paths(name, h) for h in sorted(hosts)]
+        nodes = [h for h in nodes if os.path.isdir(h.containerd_root) or os.path.exists(h.cri_sock)]
+        if nodes:
+            with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+                counts = list(pool.map(functools.partial(containerd.remove_pods, name), nodes))
+            for h, n in zip(nodes, counts, strict=True):
                 if n:
-                    removed.append(f"{n} pod(s) on {host}")
-                progress(f"removed pods of {host}")
+                    removed.append(f"{n} pod(s) on {h.name}")
+                progress(f"removed pods of {h.name}")
+        for host in sorted(hosts):
             if not os.path.isdir(f"{storage_dir}/{host}/storage"):
                 continue
             ns = f"{prefix(name)}{host}"
@@ -340,10 +347,11 @@ class Lab:
     # ---- building -------------------------------------------------------------
 
     def _save(self) -> None:
-        path = Path(self.plan.state_dir) / "state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        with self._lock:
+            path = Path(self.plan.state_dir) / "state.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True))
+            os.replace(tmp, path)
 
     def _build(self, step: Progress) -> None:
         plan, topo = self.plan, self.topology
@@ -470,17 +478,13 @@ class Lab:
                 + (", ".join(c.name for c in containers) or "none")
             )
 
-        # containerd hosts: images into the CRI's namespace, then the pods.
-        for h in nodes:
-            system.wait_for(
-                functools.partial(_cri_ready, self.name, h), 30, f"the CRI of {h.name}"
-            )
-            self._import_images(h, [c.image for c in topo.containers_on(h.name)])
-            pods = {p: cs for p, cs in topo.pods().items() if cs[0].host == h.name}
-            for containers in pods.values():
-                self._run_pod(h, containers)
-            step(f"{h.name}: {h.underlay_ip}, pods {h.subnet}: " + (", ".join(pods) or "none"))
+        # containerd hosts: images into the CRI's namespace, then the pods; the
+        # hosts in parallel (each containerd does its own work).
         if nodes:
+            with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+                futures = [pool.submit(self._start_node, h, step) for h in nodes]
+            for f in futures:
+                f.result()
             step("CRI sockets ready")
 
         podman_hosts = [h for h in plan.hosts.values() if h.runtime == "podman"]
@@ -555,31 +559,50 @@ class Lab:
 
     def _import_images(self, h: HostPlan, images: list[str]) -> None:
         """Import images (and the pause image) into a containerd host, unless there."""
-        known = self.state.setdefault("images", {}).setdefault(h.name, {})
+        with self._lock:
+            known = dict(self.state.setdefault("images", {}).get(h.name, {}))
         if known and all(qualified(i) in known for i in images):
             return
         archive, ids = oci_archive(images)
         containerd.import_images(h, archive)
-        known.update(ids)
-        self._save()
+        with self._lock:
+            self.state["images"].setdefault(h.name, {}).update(ids)
+            self._save()
 
-    def _run_pod(self, h: HostPlan, containers: list[Container]) -> None:
+    def _start_node(self, h: HostPlan, step: Progress) -> None:
+        """Images and pods of a containerd host (one thread per host during ``up``).
+        Pods start one after the other, so they get the same addresses on every run."""
+        system.wait_for(functools.partial(_cri_ready, self.name, h), 30, f"the CRI of {h.name}")
+        self._import_images(h, [c.image for c in self.topology.containers_on(h.name)])
+        pods = {p: cs for p, cs in self.topology.pods().items() if cs[0].host == h.name}
+        for containers in pods.values():
+            self._run_pod(h, containers)
+        step(f"{h.name}: {h.underlay_ip}, pods {h.subnet}: " + (", ".join(pods) or "none"))
+
+    def _run_pod(
+        self, h: HostPlan, containers: list[Container], address: str | None = None
+    ) -> None:
         """Start a pod of ``containers`` (they name the same pod) on a containerd host."""
         main = containers[0]
         labels: dict[str, str] = {}
         for c in containers:
             labels.update(c.labels)
+        with self._lock:
+            images = dict(self.state["images"][h.name])
         with self._node(h) as node:
-            pod = node.run_pod(main.pod_name, main.namespace, labels, containers,
-                               self.state["images"][h.name])  # fmt: skip
+            pod = node.run_pod(main.pod_name, main.namespace, labels, containers, images,
+                               address=address)  # fmt: skip
             ids = {c.metadata.name: c.id for c in node.containers(pod.id)}
-        self.state.setdefault("pods", {})[pod.name] = asdict(pod)
+            # The containers' own pids (for what_remains-style checks).
+            pids = {c.name: node.container_pid(ids[c.name]) if c.name in ids else 0
+                    for c in containers}  # fmt: skip
+        records = {}
         for c in containers:
             info = ContainerInfo(
                 name=c.name,
                 host=h.name,
                 id=ids.get(c.name, ""),
-                pid=0,
+                pid=pids[c.name],
                 address=pod.address,
                 image=qualified(c.image),
                 labels={
@@ -592,17 +615,20 @@ class Lab:
                 pod=pod.name,
                 pod_id=pod.id,
             )
-            self.state["containers"][c.name] = asdict(info)
-        self._save()
-        for c in containers:  # the containers' own pids (for what_remains-style checks)
-            with contextlib.suppress(LabError):
-                self.state["containers"][c.name]["pid"] = self.container_pid(c.name)
-        self._save()
+            records[c.name] = asdict(info)
+        with self._lock:
+            self.state.setdefault("pods", {})[pod.name] = asdict(pod)
+            self.state["containers"].update(records)
+            self._save()
 
-    def start_pod(self, containers: list[Container]) -> list[ContainerInfo]:
+    def start_pod(
+        self, containers: list[Container], address: str | None = None
+    ) -> list[ContainerInfo]:
         """Start one more pod on a containerd host: ``containers`` all name the same
         pod (``pod``, or the one container's name), host and namespace; the first
-        is its main container. ``down`` removes it with the others."""
+        is its main container. CNI (host-local) gives it the next address of the
+        host's pod subnet, or ``address`` (which must be free: to reuse the
+        address of a removed pod at once). ``down`` removes it with the others."""
         if not containers:
             raise LabError("a pod needs at least one container")
         main = containers[0]
@@ -619,11 +645,12 @@ class Lab:
                 raise LabError(f"container {c.name!r} is not of pod {main.pod_name!r} on "
                                f"{main.host} in namespace {main.namespace!r}")  # fmt: skip
         self._import_images(h, [c.image for c in containers])
-        self._run_pod(h, containers)
-        extra = self.state.setdefault("extra", {})
-        for c in containers:
-            extra[c.name] = c.model_dump(mode="json", by_alias=True)
-        self._save()
+        self._run_pod(h, containers, address)
+        with self._lock:
+            extra = self.state.setdefault("extra", {})
+            for c in containers:
+                extra[c.name] = c.model_dump(mode="json", by_alias=True)
+            self._save()
         return [self.container(c.name) for c in containers]
 
     def remove_pod(self, name: str) -> None:
@@ -633,12 +660,13 @@ class Lab:
         if not c.pod_id:
             raise LabError(f"{name!r} is not in a pod of a containerd host")
         with self._node(self.plan.hosts[c.host]) as node:
-            node.remove_pod(c.pod_id)
-        pod = self.state["pods"].pop(c.pod, {})
-        for n in pod.get("containers", [c.name]):
-            self.state["containers"].pop(n, None)
-            self.state.get("extra", {}).pop(n, None)
-        self._save()
+            node.remove_pod(c.pod_id, c.address)
+        with self._lock:
+            pod = self.state["pods"].pop(c.pod, {})
+            for n in pod.get("containers", [c.name]):
+                self.state["containers"].pop(n, None)
+                self.state.get("extra", {}).pop(n, None)
+            self._save()
 
     def pod(self, name: str) -> dict[str, Any]:
         """A pod the lab started on a containerd host (by its name or a container's):
@@ -814,11 +842,13 @@ class Lab:
         return subprocess.run(full, capture_output=capture, text=True, check=False)
 
     def address_of(self, target: str) -> str | None:
-        """The address of a container, host or server name (None: a DNS name or address)."""
+        """The address of a container, pod, host or server name (None: a DNS name or
+        an address)."""
         if target in self.state["containers"]:
             return str(self.state["containers"][target]["address"])
-        if target in self.state.get("pods", {}):
-            return str(self.state["pods"][target]["address"])
+        for c in self.state["containers"].values():  # a pod's name
+            if c.get("labels", {}).get(K8S_POD_LABEL) == target:
+                return str(c["address"])
         if target in self.plan.hosts:
             return self.plan.hosts[target].underlay_ip
         for _, s in self.topology.servers():
