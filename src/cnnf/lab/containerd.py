@@ -31,6 +31,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,8 +64,6 @@ STATES = {0: "created", 1: "running", 2: "exited", 3: "unknown"}  # CRI Containe
 
 def preflight() -> None:
     """Fail early, and clearly, when a tool a containerd host needs is missing."""
-    import shutil
-
     missing = [t for t in ("containerd", "ctr") if shutil.which(t) is None]
     missing_pkgs = ["containerd"] if missing else []
     if any(not os.access(f"{CNI_BIN_DIR}/{p}", os.X_OK) for p in CNI_PLUGINS):

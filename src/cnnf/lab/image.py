@@ -3,10 +3,13 @@
 No image registry is reachable, so every image the topology names is the same
 small busybox root filesystem imported (``podman import``) under that name.
 The tarball is built once and cached, keyed by the busybox binary's hash.
+containerd hosts import the same filesystem from an OCI archive written here
+(:func:`oci_archive`), with a pause image made of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -89,6 +92,17 @@ _OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 _OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
+OCI_ARCHIVES_KEPT = 16  # one per set of image names: tests that start pods add sets
+
+
+def _prune(cache_dir: Path, pattern: str, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used files matching ``pattern``."""
+    files = sorted(cache_dir.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
 def _blob(data: bytes, media_type: str) -> tuple[dict[str, object], bytes]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     return {"mediaType": media_type, "digest": digest, "size": len(data)}, data
@@ -135,7 +149,9 @@ def oci_archive(images: list[str], cache_dir: Path = CACHE_DIR) -> tuple[Path, d
     key = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()
     path = cache_dir / f"oci-{key[:16]}.tar"
     if path.exists():
+        os.utime(path)
         return path, ids
+    _prune(cache_dir, "oci-*.tar", keep=OCI_ARCHIVES_KEPT - 1)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
     os.close(fd)
