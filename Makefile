@@ -31,9 +31,10 @@ bench: deps
 	$(PY) bench/report.py
 
 # The whole product on this machine (root): Console, the shop lab, one Defender per
-# lab host, a starter policy and traffic; Ctrl-C removes everything. LISTEN=HOST:PORT
+# lab host, a starter policy and traffic; Ctrl-C removes everything. LISTEN=HOST:PORT,
+# TOPOLOGY=kube for Kubernetes-like nodes (containerd, pods through the CRI).
 demo: deps
-	.venv/bin/cnnf demo --listen $(or $(LISTEN),127.0.0.1:8080)
+	.venv/bin/cnnf demo --listen $(or $(LISTEN),127.0.0.1:8080) --topology $(or $(TOPOLOGY),shop)
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

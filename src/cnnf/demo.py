@@ -2,10 +2,11 @@
 
 :class:`Demo` starts, in order: the Console (embedded SQLite store under the
 data directory, a fresh admin login), the starter policy through the API, the
-``shop`` lab, one managed Defender per lab host (enrolled with an enrollment
-token; each runs in the root namespace with ``--netns`` for its datapath), and
+``shop`` lab (or ``kube``: Kubernetes-like nodes), one managed Defender per lab
+host (enrolled with an enrollment token; each runs in the root namespace with
+``--netns`` for its datapath), and
 continuous traffic including lateral-movement attempts from a "compromised"
-frontend. It prints the Radar address and the login and runs until
+frontend (on ``kube``, web pod). It prints the Radar address and the login and runs until
 SIGINT/SIGTERM (or ``duration``), then tears everything down in reverse:
 traffic, Defenders (SIGTERM removes their kernel state), lab, Console.
 
@@ -55,6 +56,30 @@ EXTRA_LATERAL = (
 )
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What the demo runs on a topology: its starter policy, the compromised
+    workload whose lateral moves it shows, and the rule that prevents them."""
+
+    topology: str
+    policy: str  # the starter policy, relative to the checkout
+    attacker: str  # how the banner names the compromised workload
+    rule: str  # the rule that prevents its lateral moves
+    extra: tuple[Pattern, ...] = ()  # lateral moves beside the topology's
+
+
+PROFILES = {
+    "shop": Profile("shop", POLICY_NAME, "frontend", "frontend-to-data", EXTRA_LATERAL),
+    # Kubernetes-like nodes (containerd, pods through the CRI): the compromised
+    # web pod probes postgres and checkout on the other node (the topology's
+    # lateral patterns) and redis on its own.
+    "kube": Profile("kube", "examples/demo-kube-policy.yaml", "web pod", "web-lateral", (
+        Pattern(name="lateral-web-redis", source="web", destination="redis", port=6379,
+                rate=0.2),
+    )),
+}
+
+
 class DemoError(CnnfError):
     """The demo could not start (the message says what to do)."""
 
@@ -64,12 +89,21 @@ class DemoConfig:
     listen: str = DEFAULT_LISTEN
     data_dir: Path = DEFAULT_DATA_DIR
     lab: str = DEFAULT_LAB
-    policy: Path | None = None  # None: examples/demo-policy.yaml of the checkout
+    policy: Path | None = None  # None: the topology's starter policy of the checkout
+    topology: str = TOPOLOGY  # shop, or kube (Kubernetes-like nodes)
     username: str = "admin"
     password: str | None = None  # None: generated
     duration: float | None = None  # None: until SIGINT/SIGTERM
     every: float = 30.0  # seconds between progress lines while running
     timeout: float = 90.0  # for each start-up step that waits
+
+    @property
+    def profile(self) -> Profile:
+        try:
+            return PROFILES[self.topology]
+        except KeyError:
+            raise DemoError(f"--topology {self.topology!r}: expected one of "
+                            f"{', '.join(PROFILES)}") from None
 
     @property
     def url(self) -> str:
@@ -88,12 +122,14 @@ class DemoConfig:
         return self.url
 
 
-def default_policy() -> Path:
-    """The starter policy: in the current directory's checkout, else beside the package."""
+def default_policy(topology: str = TOPOLOGY) -> Path:
+    """The topology's starter policy: in the current directory's checkout, else
+    beside the package."""
+    name = PROFILES[topology].policy
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (base / POLICY_NAME).is_file():
-            return base / POLICY_NAME
-    raise DemoError(f"{POLICY_NAME} not found (run from the checkout, or give --policy)")
+        if (base / name).is_file():
+            return base / name
+    raise DemoError(f"{name} not found (run from the checkout, or give --policy)")
 
 
 def cnnf_command() -> list[str]:
@@ -105,6 +141,14 @@ def cnnf_command() -> list[str]:
     if found:
         return [found]
     return [sys.executable, "-c", "from cnnf.cli import main; main()"]
+
+
+def discovery_args(lab: Lab, host: str) -> list[str]:
+    """How a lab host's Defender finds its workloads: the CRI on a containerd
+    node, the Docker API of Podman's service otherwise."""
+    if lab.runtime(host) == "containerd":
+        return ["--runtime", "cri", "--cri-socket", lab.cri_socket(host)]
+    return ["--runtime", "docker", "--docker-host", lab.docker_host(host)]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -332,7 +376,8 @@ class Demo:
             raise DemoError("the demo needs root (network namespaces, netfilter, "
                             "containers): run it with sudo")
         host, port = parse_listen(cfg.listen)
-        policy_file = cfg.policy or default_policy()
+        profile = cfg.profile
+        policy_file = cfg.policy or default_policy(profile.topology)
         policy_text = policy_file.read_text()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.step(f"data directory {self.data_dir}")
@@ -368,9 +413,9 @@ class Demo:
 
         enrollment = self._check(self.api.post("/defenders/enrollment-tokens", json={}),
                                  "creating a Defender enrollment token")["token"]
-        self.step(f"bringing up the {TOPOLOGY!r} lab as {cfg.lab!r}")
+        self.step(f"bringing up the {profile.topology!r} lab as {cfg.lab!r}")
         self.started.lab_touched = True
-        self.started.lab = lab = Lab.up(TOPOLOGY, name=cfg.lab,
+        self.started.lab = lab = Lab.up(profile.topology, name=cfg.lab,
                                         progress=lambda m: self.out(f"        lab {m}"))
 
         for h in lab.topology.hosts:
@@ -378,7 +423,7 @@ class Demo:
             labels = [a for k, v in sorted(h.labels.items()) for a in ("--label", f"{k}={v}")]
             self.started.defenders[h.name] = self._spawn(f"defender-{h.name}", [
                 "defender", "run", "--console", cfg.url, "--netns", lab.netns(h.name),
-                "--docker-host", lab.docker_host(h.name), "--hostname", h.name, *labels,
+                *discovery_args(lab, h.name), "--hostname", h.name, *labels,
                 "--state-dir", str(state_dir)], env={"CNNF_ENROLLMENT_TOKEN": enrollment})
             self._save_state()
             self.step(f"Defender for {h.name} starting ({lab.netns(h.name)}, "
@@ -393,12 +438,12 @@ class Demo:
                     ("console", self.started.console)])
         self.step(f"Defenders connected: {', '.join(hosts)}")
 
-        patterns = [*lab.topology.traffic, *EXTRA_LATERAL]
+        patterns = [*lab.topology.traffic, *profile.extra]
         self.started.traffic = Traffic(lab, patterns)
         self.started.traffic.start()
         lateral = [p for p in patterns if p.label.startswith("lateral")]
         self.step(f"traffic running: {len(patterns)} patterns, {len(lateral)} of them "
-                  f"lateral-movement attempts from the compromised frontend")
+                  f"lateral-movement attempts from the compromised {profile.attacker}")
 
     def _healthy(self) -> bool:
         try:
@@ -427,10 +472,11 @@ class Demo:
             f"  Radar:  {cfg.browser_url}/",
             f"  Login:  {cfg.username} / {self.password}",
             f"  API:    {cfg.browser_url}/api/v1/docs",
-            f"  Lab:    {cfg.lab!r} ({TOPOLOGY}), hosts {hosts}; "
+            f"  Lab:    {cfg.lab!r} ({cfg.topology}), hosts {hosts}; "
             f"`cnnf lab status --name {cfg.lab}`",
             f"  Logs:   {self.data_dir}/*.log",
-            f"The compromised frontend keeps probing {moves}: rule frontend-to-data prevents it;",
+            f"The compromised {cfg.profile.attacker} keeps probing {moves}: rule "
+            f"{cfg.profile.rule} prevents it;",
             "see the audits in Radar. Grey edges are holes in the policy (no rule matched).",
             "Press Ctrl-C to stop the demo and remove everything.",
             "",

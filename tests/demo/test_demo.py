@@ -87,15 +87,16 @@ class _Reader(threading.Thread):
 
 
 @pytest.fixture
-def demo(tmp_path: Path,
+def demo(tmp_path: Path, request: pytest.FixtureRequest,
          ) -> Iterator[tuple[subprocess.Popen[str], list[str], str, Path, set[str]]]:
+    topology = getattr(request, "param", "shop")
     before = _root_netfilter()
     port = _free_port()
     data_dir = tmp_path / "demo"
     cnnf = Path(sys.executable).parent / "cnnf"
     proc = subprocess.Popen(
         [str(cnnf), "demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
-         "--name", LAB, "--password", PASSWORD, "--every", "5"],
+         "--name", LAB, "--password", PASSWORD, "--every", "5", "--topology", topology],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
     log: list[str] = []
     reader = _Reader(proc, log)
@@ -210,4 +211,47 @@ def test_a_crashed_demo_is_cleaned_up_by_the_next_run(
     assert cleanup.returncode == 0, cleanup.stderr
     assert "removed leftovers of an earlier run: 2 Defender(s), lab 'cnnfdemo', the Console" \
         in cleanup.stdout
+    _assert_nothing_left(url, data_dir, before)
+
+
+@pytest.mark.parametrize("demo", ["kube"], indirect=True)
+def test_the_demo_on_kubernetes_like_nodes(
+        demo: tuple[subprocess.Popen[str], list[str], str, Path, set[str]]) -> None:
+    """`cnnf demo --topology kube`: containerd nodes, Defenders discovering pods
+    through the CRI; the compromised web pod's lateral moves (postgres and
+    checkout on the other node, redis on its own) arrive as audits naming pods."""
+    proc, log, url, data_dir, before = demo
+    _poll("the demo's banner", lambda: any("CNNF demo is running" in ln for ln in log),
+          150, proc, log)
+    text = "".join(log)
+    assert "(kube), hosts node-1, node-2" in text
+    assert "The compromised web pod keeps probing" in text and "rule web-lateral" in text
+    api = httpx.Client(base_url=f"{url}/api/v1", timeout=10)
+    token = api.post("/auth/login", json={"username": "admin", "password": PASSWORD})
+    assert token.status_code == 200, token.text
+    api.headers["Authorization"] = f"Bearer {token.json()['token']}"
+
+    def lateral_audits() -> set[str]:
+        page = api.get("/audits", params={"rule": "web-lateral", "limit": 200}).json()
+        seen = set()
+        for a in page["items"]:
+            assert a["blocked"] is True
+            assert (a["srcContainer"], a["srcNamespace"], a["srcPod"]) == (
+                "web", "storefront", "web-7d4b9c6f5-x2k8p")
+            seen.add(a["dstPod"])
+        return seen if seen >= {"postgres-0", "checkout-6c8f9d7b5-m3n7r", "redis-0"} else set()
+
+    _poll("audits of the web pod's lateral moves", lateral_audits, 45, proc, log)
+
+    def pods() -> set[str]:
+        inv = api.get("/inventory").json()
+        return {f"{w['namespace']}/{w['pod']}" for w in inv["containers"]}
+
+    assert _poll("the pods in the Console's inventory", lambda: {
+        "storefront/web-7d4b9c6f5-x2k8p", "data/postgres-0",
+        "monitoring/metrics-agent-9k2lp"} <= pods(), 30, proc, log)
+    api.close()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 0, "".join(log)
+    assert "demo stopped; nothing is left running" in "".join(log)
     _assert_nothing_left(url, data_dir, before)

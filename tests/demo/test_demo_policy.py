@@ -9,63 +9,91 @@ from pathlib import Path
 import pytest
 
 from cnnf.demo import (
-    EXTRA_LATERAL,
+    PROFILES,
     DemoConfig,
     DemoError,
     datapaths_up,
     default_policy,
     parse_listen,
 )
-from cnnf.lab.topology import load_topology
+from cnnf.lab.topology import Topology, load_topology
+from cnnf.lab.topology import Traffic as Pattern
 from cnnf.model import ConnectionAttempt, ContainerIdentity, Effect, Endpoint
 from cnnf.policy.document import load_policy
 from cnnf.policy.engine import compile_policy
 
-SHOP = load_topology("shop")
-POLICY = compile_policy(load_policy(default_policy().read_text(), source="demo-policy.yaml"))
-PATTERNS = {p.label: p for p in [*SHOP.traffic, *EXTRA_LATERAL]}
-SERVERS = {s.name: (str(s.address), tuple(s.dns))
-           for ext in SHOP.external for s in ext.servers}
 
-
-def _endpoint(name: str) -> Endpoint:
-    for c in SHOP.containers:
-        if c.name == name:
+def _endpoint(topology: Topology, name: str) -> Endpoint:
+    """A container, or a pod (by its name or a container's: a pod's identity is
+    its main container's, the first one listed, with every image)."""
+    for c in topology.containers:
+        if name in (c.name, c.pod):
+            pod = [x for x in topology.containers if c.pod and x.pod == c.pod] or [c]
+            main = pod[0]
             return Endpoint(container=ContainerIdentity(
-                image=c.image, name=c.name, namespace=c.namespace, host=c.host, pod=c.pod,
-                labels=tuple(sorted(c.labels.items()))))
-    for server, (address, names) in SERVERS.items():
-        if name == server or name in names:
-            return Endpoint(address=address, domains=names)
-    raise AssertionError(f"{name} is not in the shop topology")
+                image=main.image, name=main.name, namespace=main.namespace, host=main.host,
+                pod=main.pod, labels=tuple(sorted(main.labels.items())),
+                images=tuple(x.image for x in pod) if len(pod) > 1 else ()))
+    for ext in topology.external:
+        for server in ext.servers:
+            if name == server.name or name in server.dns:
+                return Endpoint(address=str(server.address), domains=tuple(server.dns))
+    raise AssertionError(f"{name} is not in the {topology.name} topology")
 
 
 # pattern label -> (effect, rule name or None for "no rule matched": a grey hole)
 EXPECTED = {
-    "frontend->api:8080": (Effect.ALLOW, "frontend-to-api"),
-    "api->payments:9090": (Effect.ALLOW, "api-to-payments"),
-    "api->db:5432": (Effect.ALLOW, "api-to-db"),
-    "api->cache:6379": (Effect.ALLOW, None),
-    "worker->db:5432": (Effect.ALLOW, None),
-    "payments->api.partner.example:443": (Effect.ALLOW, None),
-    "worker->internet:80": (Effect.ALERT, "worker-to-internet"),
-    "lateral-frontend-db": (Effect.PREVENT, "frontend-to-data"),
-    "lateral-frontend-ssh": (Effect.PREVENT, "frontend-to-data"),
-    "lateral-frontend-cache": (Effect.PREVENT, "frontend-to-data"),
+    "shop": {
+        "frontend->api:8080": (Effect.ALLOW, "frontend-to-api"),
+        "api->payments:9090": (Effect.ALLOW, "api-to-payments"),
+        "api->db:5432": (Effect.ALLOW, "api-to-db"),
+        "api->cache:6379": (Effect.ALLOW, None),
+        "worker->db:5432": (Effect.ALLOW, None),
+        "payments->api.partner.example:443": (Effect.ALLOW, None),
+        "worker->internet:80": (Effect.ALERT, "worker-to-internet"),
+        "lateral-frontend-db": (Effect.PREVENT, "frontend-to-data"),
+        "lateral-frontend-ssh": (Effect.PREVENT, "frontend-to-data"),
+        "lateral-frontend-cache": (Effect.PREVENT, "frontend-to-data"),
+    },
+    "kube": {
+        "web->cart:8080": (Effect.ALLOW, "web-to-cart"),
+        "cart->redis:6379": (Effect.ALLOW, "cart-to-redis"),
+        "cart->checkout:9090": (Effect.ALLOW, "cart-to-checkout"),
+        "checkout->postgres:5432": (Effect.ALLOW, "checkout-to-postgres"),
+        "checkout->api.payments.example:443": (Effect.ALERT, "checkout-to-gateway"),
+        "metrics->web:80": (Effect.ALLOW, None),
+        "metrics->cart-5f6d8b7c9-q4w2z:8080": (Effect.ALLOW, None),
+        "lateral-web-postgres": (Effect.PREVENT, "web-lateral"),
+        "lateral-web-checkout-ssh": (Effect.PREVENT, "web-lateral"),
+        "lateral-web-redis": (Effect.PREVENT, "web-lateral"),
+    },
 }
 
 
-def test_every_demo_pattern_has_an_expected_verdict() -> None:
-    assert set(EXPECTED) == set(PATTERNS)
+def _patterns(topology: Topology) -> dict[str, Pattern]:
+    return {p.label: p for p in [*topology.traffic, *PROFILES[topology.name].extra]}
 
 
-@pytest.mark.parametrize("label", sorted(EXPECTED))
-def test_starter_policy_verdicts(label: str) -> None:
-    p = PATTERNS[label]
-    verdict = POLICY.evaluate(ConnectionAttempt(
-        src=_endpoint(p.source), dst=_endpoint(p.destination), port=p.port))
-    effect, rule = EXPECTED[label]
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_demo_pattern_has_an_expected_verdict(name: str) -> None:
+    assert set(EXPECTED[name]) == set(_patterns(load_topology(name)))
+
+
+@pytest.mark.parametrize(("name", "label"), [(n, label) for n in sorted(EXPECTED)
+                                             for label in sorted(EXPECTED[n])])
+def test_starter_policy_verdicts(name: str, label: str) -> None:
+    topology = load_topology(name)
+    policy = compile_policy(load_policy(default_policy(name).read_text(), source=name))
+    p = _patterns(topology)[label]
+    verdict = policy.evaluate(ConnectionAttempt(
+        src=_endpoint(topology, p.source), dst=_endpoint(topology, p.destination), port=p.port))
+    effect, rule = EXPECTED[name][label]
     assert (verdict.effect, verdict.rule_name if verdict.matched else None) == (effect, rule)
+
+
+def test_a_bad_topology_is_refused_before_anything_starts() -> None:
+    with pytest.raises(DemoError, match="--topology 'k8s': expected one of shop, kube"):
+        DemoConfig(topology="k8s").profile  # noqa: B018
 
 
 @pytest.mark.parametrize(("listen", "expected"), [

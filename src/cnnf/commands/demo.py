@@ -29,8 +29,12 @@ def demo(
         "--listen", help="HOST:PORT the Console (and Radar) listens on")] = DEFAULT_LISTEN,
     data_dir: Annotated[Path, typer.Option("--data-dir", help=DATA_HELP)] = DEFAULT_DATA_DIR,
     name: Annotated[str, typer.Option("--name", help="Lab name")] = DEFAULT_LAB,
+    topology: Annotated[str, typer.Option(
+        "--topology", help="The lab: shop (Podman hosts) or kube (Kubernetes-like nodes: "
+        "containerd, pods through the CRI)")] = "shop",
     policy: Annotated[Path | None, typer.Option(
-        "--policy", help="Starter policy (default: examples/demo-policy.yaml)")] = None,
+        "--policy", help="Starter policy (default: examples/demo-policy.yaml, "
+        "examples/demo-kube-policy.yaml on kube)")] = None,
     password: Annotated[str | None, typer.Option(
         "--password", envvar="CNNF_DEMO_PASSWORD",
         help="The admin's password (default: a new random one, printed)")] = None,
@@ -44,8 +48,9 @@ def demo(
     if ctx.invoked_subcommand is not None:
         return
     config = DemoConfig(listen=listen, data_dir=data_dir, lab=name, policy=policy,
-                        password=password, duration=duration, every=every)
+                        topology=topology, password=password, duration=duration, every=every)
     try:
+        config.profile  # noqa: B018 - a bad --topology fails before anything starts
         Demo(config, out=typer.echo).run()
     except (CnnfError, LabError, OSError) as exc:
         typer.echo(f"cnnf demo: {exc}", err=True)

@@ -101,7 +101,10 @@ class Defender:
                  cluster_file: Path, *, docker_host: str | None = None,
                  console: tuple[str, str] | None = None) -> None:
         self.lab, self.host = lab, host
-        self.docker_host = docker_host or lab.docker_host(host)
+        if lab.runtime(host) == "containerd":  # a Kubernetes-like node: pods through the CRI
+            self.discovery = ["--runtime", "cri", "--cri-socket", lab.cri_socket(host)]
+        else:
+            self.discovery = ["--docker-host", docker_host or lab.docker_host(host)]
         self.console = console  # (URL, enrollment token): managed instead of --policy
         self.state = workdir / f"state-{host}"
         self.output = workdir / f"{host}.jsonl"
@@ -119,7 +122,7 @@ class Defender:
                   else ["--policy", str(self.policy_file),
                         "--cluster-inventory", str(self.cluster_file)])
         argv = [CNNF, "defender", "run", "--netns", self.netns,
-                "--docker-host", self.docker_host, "--hostname", self.host, *source,
+                *self.discovery, "--hostname", self.host, *source,
                 "--state-dir", str(self.state), "--output", str(self.output),
                 "--audit-window", "0.5", "--repair-interval", "1", "--label", f"lab={LAB}",
                 *extra]
@@ -172,13 +175,14 @@ class Defender:
 
 
 class Cluster:
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    def __init__(self, lab: Lab, workdir: Path,
+                 policy_doc: dict[str, Any] | None = None) -> None:
         self.lab = lab
         self.workdir = workdir
         self.policy_file = workdir / "policy.json"
         self.cluster_file = workdir / "cluster.json"
         self.revision = 1
-        self.write_policy(policy(1))
+        self.write_policy(policy_doc or policy(1))
         self.cluster_file.write_text(ClusterInventory(revision=0).model_dump_json())
         self.d1 = Defender(lab, "node-1", workdir, self.policy_file, self.cluster_file)
         self.d2 = Defender(lab, "node-2", workdir, self.policy_file, self.cluster_file)
@@ -225,14 +229,16 @@ class Cluster:
         return self.lab.connect(src, dst, port, timeout=timeout)
 
 
-def running_cluster(name: str, workdir: Path, *tools: str) -> Iterator[Cluster]:
-    """A ``shop`` lab named ``name`` with a standalone Defender per host; after
-    the module: the Defenders stopped, whatever they left removed (a
+def running_cluster(name: str, workdir: Path, *tools: str, topology: str = "shop",
+                    policy_doc: dict[str, Any] | None = None) -> Iterator[Cluster]:
+    """A lab (``shop`` unless told) named ``name`` with a standalone Defender per
+    host; after the module: the Defenders stopped, whatever they left removed (a
     fail-closed stop leaves its rules), the lab down."""
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("podman", *tools)):
-        pytest.fail(f"the lab needs root and {', '.join(('podman', *tools))} (make deps)")
-    lab = Lab.up("shop", name=name)
-    c = Cluster(lab, workdir)
+    engine = "containerd" if topology == "kube" else "podman"
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in (engine, *tools)):
+        pytest.fail(f"the lab needs root and {', '.join((engine, *tools))} (make deps)")
+    lab = Lab.up(topology, name=name)
+    c = Cluster(lab, workdir, policy_doc)
     try:
         c.start()
         yield c
