@@ -116,6 +116,10 @@ class InventoryUpdate:
     # runtime's start event arrives is not let through unevaluated.
     container_nets: tuple[str, ...] = ()
     epoch: int = 0
+    # Which inventory this is: verdicts carry it back, so each is recorded with
+    # the identities it was decided with, even when a pod is gone (or its
+    # address reused) by the time the main loop records it.
+    generation: int = 0
 
     def inventory(self) -> Inventory:
         return Inventory.build(self.node, self.containers, self.remote)
@@ -138,6 +142,9 @@ UNIDENTIFIED = "unidentified"
 # Long enough for the runtime's start event (about 0.2 s with Podman), short
 # enough that an address discovery never names is not cut off for good.
 UNNAMED_HOLD_SECONDS = 3.0
+# Inventories kept for recording verdicts decided under them (a verdict waits
+# at most about a second in the workers' reports; this holds hundreds of changes).
+INVENTORY_HISTORY = 256
 MAX_EXPANDED_PREFIX = 16  # container networks larger than a /16 are not pre-queued
 # Records per report batch: a port scan yields thousands of distinct flows in one
 # flush, and one batch must stay well below the Console's body limit (4 MiB).
@@ -168,16 +175,17 @@ def expand_networks(nets: tuple[str, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
-VerdictDetail = tuple[str, int, bool, "int | None", "str | None", "str | None", int]
+VerdictDetail = tuple[str, int, bool, "int | None", "str | None", "str | None", int, int]
 
 
-def verdict_detail(v: Verdict, epoch: int = 0) -> VerdictDetail:
-    """The verdict as a tuple of plain values, and the fast-path epoch it was
-    decided under: it crosses from the worker to the main process with every
-    report, and plain tuples pickle several times faster than the dataclasses
-    (the attempt is rebuilt from the packet there)."""
+def verdict_detail(v: Verdict, epoch: int = 0, generation: int = 0) -> VerdictDetail:
+    """The verdict as a tuple of plain values, the fast-path epoch and the
+    inventory generation it was decided under: it crosses from the worker to
+    the main process with every report, and plain tuples pickle several times
+    faster than the dataclasses (the attempt is rebuilt from the packet there,
+    with that generation's identities)."""
     return (v.effect.value, v.revision, v.matched, v.rule_id, v.rule_name,
-            None if v.rule_kind is None else v.rule_kind.value, epoch)
+            None if v.rule_kind is None else v.rule_kind.value, epoch, generation)
 
 
 def verdict_from_detail(d: VerdictDetail) -> Verdict:
@@ -202,6 +210,7 @@ class VerdictDecide:
         self.decider = core.Decider(self.compiled, self.inventory)
         self.clock = clock
         self.epoch = inventory.epoch
+        self.generation = inventory.generation
         self._held_since: dict[str, float] = {}  # unnamed address -> first SYN held
 
     def update(self, message: object) -> None:
@@ -213,6 +222,7 @@ class VerdictDecide:
             self.pending = message.pending()
             self._held_since.clear()
             self.epoch = max(self.epoch, message.epoch)
+            self.generation = message.generation
         elif isinstance(message, CacheEpoch):
             # epochs only grow (a message sent before a later change may come later)
             self.epoch = max(self.epoch, message.epoch)
@@ -240,7 +250,7 @@ class VerdictDecide:
             decision = Decision.REJECT
         else:
             decision = Decision.DROP
-        return Outcome(decision, verdict_detail(d.verdict, self.epoch))
+        return Outcome(decision, verdict_detail(d.verdict, self.epoch, self.generation))
 
     def _hold(self, address: str) -> bool:
         """Hold an unnamed address's SYNs for :data:`UNNAMED_HOLD_SECONDS`, then
@@ -388,6 +398,8 @@ class Agent:
         self.cache: VerdictCache | None = None
         self._shared: dict[tuple[object, ...], tuple[object, ...]] = {}  # verdict details
         self._identities: dict[str, Identity] = {}  # as last sent to the workers
+        self._generation = 0  # of the inventory last sent to the workers
+        self._inventories: dict[int, Inventory] = {}  # recent ones, by generation
         self._sent_nets: tuple[str, ...] = ()
         self.overload = OverloadTracker()
         self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
@@ -477,6 +489,7 @@ class Agent:
             _remote_identities(self.cluster, self.config.hostname),
             self.container_nets if self.discovery_ok or self.config.fail_closed else (),
             self._epoch(),
+            self._generation,
         )
 
     def _broadcast(self, message: object) -> None:
@@ -504,8 +517,17 @@ class Agent:
                     update = dataclasses.replace(
                         update, epoch=self.cache.invalidate(changed, self._context()))
         self._identities, self._sent_nets = identities, update.container_nets
+        self._generation += 1
+        update = dataclasses.replace(update, generation=self._generation)
         self.inventory = update.inventory()
+        self._remember(update.generation, self.inventory)
         self._broadcast(update)
+
+    def _remember(self, generation: int, inventory: Inventory) -> None:
+        """Keep the recent inventories by generation, for recording verdicts."""
+        self._inventories[generation] = inventory
+        while len(self._inventories) > INVENTORY_HISTORY:
+            del self._inventories[next(iter(self._inventories))]
 
     def _epoch(self) -> int:
         return self.cache.epoch if self.cache is not None else 0
@@ -718,6 +740,7 @@ class Agent:
         self.local = {a: c for c in found if not c.host_network for a in c.addresses}
         first = self._inventory_update()
         self.inventory = first.inventory()
+        self._remember(first.generation, self.inventory)
         self._identities, self._sent_nets = first.identities(), first.container_nets
         eff = self._effective(self.policy)
         self.decide = VerdictDecide(eff, first)
@@ -835,8 +858,10 @@ class Agent:
                 continue
             p = r.packet
             verdict = verdict_from_detail(r.detail)
-            attempt = ConnectionAttempt(inv.endpoint(p.src), inv.endpoint(p.dst, p.dst_domains),
-                                        p.dport)
+            # the identities it was decided with (the pod may be gone by now)
+            decided = self._inventories.get(r.detail[7], inv)
+            attempt = ConnectionAttempt(decided.endpoint(p.src),
+                                        decided.endpoint(p.dst, p.dst_domains), p.dport)
             action = (core.Action.ACCEPT if not verdict.blocked
                       else core.Action.DROP if r.decision == Decision.DROP
                       else core.Action.REJECT)
