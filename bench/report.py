@@ -35,7 +35,8 @@ ARGS: dict[str, list[str]] = {
     "policy_engine.py": ["--quick"],  # 100 to 10,000 rules; the full run adds 100,000
     "lab_updown.py": ["--rounds", "2"],
 }
-NEEDS_ROOT = {"datapath.py", "defender_lab.py", "lab_updown.py", "propagation.py"}
+NEEDS_ROOT = {"datapath.py", "defender_lab.py", "lab_updown.py", "propagation.py",
+              "start_to_named.py"}
 
 
 def benchmarks(only: list[str] | None = None) -> list[Path]:
