@@ -208,7 +208,11 @@ def status(
                    f"{data['block_mode']}, fail-{'open' if data['fail_open'] else 'closed'}")
         typer.echo(f"protected workloads ({len(data['protected'])}):")
         for p in data["protected"]:
-            typer.echo(f"  {p['address']:<16} {p['kind']:<9} {p['name']:<16} {p['image']}")
+            images = ", ".join(p.get("images") or [p["image"]])
+            if p.get("pod"):  # a Kubernetes pod: namespace/name, main container, images
+                typer.echo(f"  {p['address']:<16} pod       {p['pod']} ({p['name']}) {images}")
+            else:
+                typer.echo(f"  {p['address']:<16} {p['kind']:<9} {p['name']:<16} {images}")
         if data.get("container_networks") and mode["container"]:
             typer.echo(f"container networks queued before containers are named: "
                        f"{', '.join(data['container_networks'])} "

@@ -1083,9 +1083,12 @@ class Agent:
         containers, hosts = self.protected_addresses()
         for a in containers:
             c = self.local.get(a)
-            protected.append({"address": a, "kind": "container",
-                              "name": c.identity.name if c else "",
-                              "image": c.identity.image if c else ""})
+            i = c.identity if c else None
+            protected.append({"address": a, "kind": "pod" if i and i.pod else "container",
+                              "name": i.name if i else "",
+                              "image": i.image if i else "",
+                              "pod": f"{i.namespace}/{i.pod}" if i and i.pod else "",
+                              "images": list(i.all_images) if i else []})
         protected += [{"address": a, "kind": "host", "name": self.node.name, "image": ""}
                       for a in hosts]
         gaps = list(self.gaps_ms)

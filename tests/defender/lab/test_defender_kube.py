@@ -276,6 +276,8 @@ def test_status_names_the_runtime(cluster: Cluster) -> None:
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert f"container engine (cri {cluster.lab.cri_socket('node-1')}): up since" in out.stdout
+    assert (f"pod       storefront/{WEB_POD} (web) kube/web:1.0, kube/log-agent:0.3"
+            in out.stdout), out.stdout
     data = json.loads((cluster.d1.state / "status.json").read_text())
     assert data["engine"]["endpoint"] == cluster.lab.cri_socket("node-1")
     assert time.time() - data["engine"]["since"] < 3600
