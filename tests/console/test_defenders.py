@@ -229,6 +229,50 @@ def test_a_batch_is_stored_once_flows_merged_and_audits_folded(
     assert sorted((i["port"], i["defender"]) for i in items) == [(22, "node-1"), (5432, "node-1")]
 
 
+WEB_POD = EndpointInfo(kind="container", address="10.65.1.2", image="kube/web:1.0",
+                       container="web", namespace="storefront", pod="web-7d4b9c6f5-x2k8p",
+                       host="node-1", labels={"app": "web"})
+PG_POD = EndpointInfo(kind="container", address="10.65.2.3", image="kube/postgres:15",
+                      container="postgres", namespace="data", pod="postgres-0", host="node-2")
+
+
+def test_audits_name_the_pods_in_the_api_and_the_csv(console: Console, admin: ApiClient) -> None:
+    _, defender = enroll(console, admin)
+    batch = ReportBatch(batch_id="b-1", audits=[audit(src=WEB_POD, dst=PG_POD),
+                                                audit(port=22)])
+    assert post_batch(defender, batch).status_code == 200
+    items = {a["port"]: a for a in admin.get(f"{API}/audits").json()["items"]}
+    pod = items[5432]
+    assert {k: pod[k] for k in ("srcImage", "srcContainer", "srcNamespace", "srcPod",
+                                "dstImage", "dstContainer", "dstNamespace", "dstPod")} == {
+        "srcImage": "kube/web:1.0", "srcContainer": "web", "srcNamespace": "storefront",
+        "srcPod": "web-7d4b9c6f5-x2k8p", "dstImage": "kube/postgres:15",
+        "dstContainer": "postgres", "dstNamespace": "data", "dstPod": "postgres-0"}
+    # A container that is no pod names none.
+    assert (items[22]["srcPod"], items[22]["dstPod"]) == ("", "")
+
+    header, *rows = csv.reader(io.StringIO(admin.get(f"{API}/audits/csv").text))
+    assert header[-4:] == ["SrcNamespace", "DstNamespace", "SrcPod", "DstPod"]
+    by_port = {row[header.index("Port")]: dict(zip(header, row, strict=True)) for row in rows}
+    assert {k: by_port["5432"][k] for k in header[-4:]} == {
+        "SrcNamespace": "storefront", "DstNamespace": "data",
+        "SrcPod": "web-7d4b9c6f5-x2k8p", "DstPod": "postgres-0"}
+    assert (by_port["22"]["SrcPod"], by_port["22"]["DstPod"]) == ("", "")
+
+    # Longer than the column: cut, as the other names are, not refused.
+    long = ReportBatch(batch_id="b-2", audits=[audit(port=80, src=WEB_POD.model_copy(
+        update={"pod": "p" * 400}))])
+    assert post_batch(defender, long).status_code == 200
+    [cut] = admin.get(f"{API}/audits", params={"limit": 1}).json()["items"]
+    assert cut["port"] == 80 and cut["srcPod"] == "p" * 300
+
+    # The published API document names them as the answers do.
+    stored = console.client().get(f"{API}/openapi.json").json()[
+        "components"]["schemas"]["StoredAudit"]["properties"]
+    assert {k: (stored[k]["type"], stored[k]["maxLength"]) for k in ("srcPod", "dstPod")} == {
+        "srcPod": ("string", 300), "dstPod": ("string", 300)}
+
+
 def test_unmatched_flows_are_observed_unless_the_default_blocks(
     console: Console, admin: ApiClient
 ) -> None:
@@ -329,7 +373,8 @@ def test_overload_audits_are_stored_listed_filtered_and_downloaded(
         "SrcImageName": "shop/frontend:1.0", "SrcContainerName": "frontend",
         "DstImageName": "", "DstContainerName": "", "Port": "", "DstSubnet": "",
         "DstDomain": "", "SrcHostname": "node-1", "DstHostname": "node-1",
-        "Msg": FLOOD_MESSAGE, "Count": "52311"}
+        "Msg": FLOOD_MESSAGE, "Count": "52311", "SrcNamespace": "shop", "DstNamespace": "",
+        "SrcPod": "", "DstPod": ""}
     every = list(csv.reader(io.StringIO(admin.get(f"{API}/audits/csv").text)))
     assert sorted((row[1], row[8]) for row in every[1:]) == [
         ("container", "5432"), ("overload", ""), ("overload", "")]

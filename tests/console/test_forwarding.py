@@ -334,3 +334,35 @@ def test_overload_audits_reach_syslog_and_webhooks_like_any_audit(tmp_path: Path
                     "count": 52_311, "msg": td.FLOOD_MESSAGE}
         finally:
             hook.close()
+
+
+def test_pod_audits_reach_syslog_and_webhooks_naming_the_pods(tmp_path: Path) -> None:
+    import test_defenders as td
+
+    from cnnf.model.records import ReportBatch
+
+    hook = _Hook(failures=0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(10)
+        try:
+            with _forwarding_console(tmp_path, server.getsockname()[1],
+                                     (hook.url,)) as (_, defender):
+                batch = ReportBatch(batch_id="b-1",
+                                    audits=[td.audit(src=td.WEB_POD, dst=td.PG_POD)])
+                assert td.post_batch(defender, batch).status_code == 200
+                m = RFC5424.match(server.recv(65535).decode())
+                assert m, "not an RFC 5424 message"
+                sd = m.group(4)
+                for field in ('srcImage="kube/web:1.0"', 'srcContainer="web"',
+                              'srcNamespace="storefront"', 'srcPod="web-7d4b9c6f5-x2k8p"',
+                              'dstNamespace="data"', 'dstPod="postgres-0"'):
+                    assert field in sd, (field, sd)
+                assert poll(lambda: len(hook.posts) == 1)
+                [sent] = hook.posts[0]["audits"]
+                assert {k: sent[k] for k in ("srcNamespace", "srcPod", "dstNamespace",
+                                             "dstPod")} == {
+                    "srcNamespace": "storefront", "srcPod": "web-7d4b9c6f5-x2k8p",
+                    "dstNamespace": "data", "dstPod": "postgres-0"}
+        finally:
+            hook.close()

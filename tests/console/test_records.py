@@ -112,6 +112,8 @@ def test_audit_csv_columns(audits: Console, admin: ApiClient) -> None:
         "Time", "Type", "RuleName", "Block", "SrcImageName", "SrcContainerName",
         "DstImageName", "DstContainerName", "Port", "DstSubnet", "DstDomain", "SrcHostname",
         "DstHostname", "Msg", "Count",
+        # Ours, after the original product's columns (which keep their places).
+        "SrcNamespace", "DstNamespace", "SrcPod", "DstPod",
     ]
     assert tuple(rows[0]) == CSV_COLUMNS
     assert len(rows) == 1 + 4

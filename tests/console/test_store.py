@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import MetaData, Table, func, insert, inspect, select
 from sqlalchemy.orm import Session
 
 from cnnf.console.services.policy import PolicyService, RuleDraft
+from cnnf.console.services.records import AuditFilter, AuditRecord, AuditService
 from cnnf.console.store.db import (
     connect,
     current_revision,
@@ -55,6 +56,55 @@ def test_migrate_from_empty_database(db_url: str) -> None:
         assert policy == Policy(revision=0)
         downgrade(engine, "base")
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_audits_stored_before_0004_name_no_pod_after_it(db_url: str) -> None:
+    """The upgrade that adds the audits' pod columns keeps the rows already
+    stored (pods empty) and their indexes; new rows name pods; the downgrade
+    keeps the rows without them."""
+    engine = connect(db_url)
+    old = {"time": datetime(2026, 1, 2, 3, 0, tzinfo=UTC), "type": "container",
+           "rule_id": 6, "rule_name": "api-not-db", "blocked": True, "effect": "prevent",
+           "src_image": "shop/api", "src_container": "api", "src_namespace": "",
+           "src_hostname": "node-1", "src_address": "10.1.0.2", "dst_image": "shop/db",
+           "dst_container": "db", "dst_namespace": "", "dst_hostname": "node-2",
+           "dst_address": "10.2.0.3", "port": 5432, "dst_subnet": "", "dst_domain": "",
+           "msg": "blocked connection", "count": 2, "revision": 1, "defender": "node-1"}
+    try:
+        migrate(engine, "0003")
+        with engine.begin() as connection:
+            # As 0003's code stored them: the table as it was then, not the model.
+            table = Table("audits", MetaData(), autoload_with=connection)
+            assert "src_pod" not in table.c
+            connection.execute(insert(table), [old, {**old, "port": 443, "count": 1}])
+        migrate(engine)
+        assert current_revision(engine) == "0004"
+        indexes = {i["name"] for i in inspect(engine).get_indexes("audits")}
+        assert {"ix_audits_src_image", "ix_audits_dst_image", "ix_audits_rule_name",
+                "ix_audits_time"} <= indexes
+        with Session(engine) as session:
+            service = AuditService(session)
+            service.insert_many([AuditRecord(
+                time=datetime(2026, 1, 2, 4, 0, tzinfo=UTC), blocked=False,
+                effect=Effect.ALERT, src_image="kube/web:1.0", src_namespace="storefront",
+                src_pod="web-7d4b9c6f5-x2k8p", dst_pod="postgres-0", port=5432)])
+            page = service.query(AuditFilter(), limit=10, offset=0)
+        assert page.total == 3
+        assert [(a.port, a.count, a.src_container, a.src_pod, a.dst_pod)
+                for a in page.items] == [
+            (5432, 1, "", "web-7d4b9c6f5-x2k8p", "postgres-0"),
+            (443, 1, "api", "", ""), (5432, 2, "api", "", "")]
+        downgrade(engine, "0003")
+        with engine.connect() as connection:
+            table = Table("audits", MetaData(), autoload_with=connection)
+            assert "src_pod" not in table.c and "dst_pod" not in table.c
+            assert connection.scalar(select(func.count()).select_from(table)) == 3
+        migrate(engine)
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert diff == [], f"models and migrations differ: {diff}"
     finally:
         engine.dispose()
 

@@ -200,6 +200,7 @@ def audit_record(event: AuditEvent, defender: str) -> AuditRecord:
         port=event.port, dst_subnet=_cut(event.dst_subnet, 64), dst_domain=_cut(event.dst_domain),
         msg=event.message, count=min(max(event.count, 1), 2**31 - 1),
         revision=max(event.revision, 0), defender=_cut(defender),
+        src_pod=_cut(src.pod), dst_pod=_cut(dst.pod),
     )
 
 

@@ -82,6 +82,9 @@ def syslog_message(audit: AuditRecord, app_name: str = "cnnf") -> bytes:
         "dstHost": audit.dst_hostname, "dstAddress": audit.dst_address,
         "port": audit.port, "dstSubnet": audit.dst_subnet, "dstDomain": audit.dst_domain,
         "count": audit.count, "revision": audit.revision,
+        # A pod name is unique only within its namespace: both, or neither.
+        "srcNamespace": audit.src_namespace, "srcPod": audit.src_pod,
+        "dstNamespace": audit.dst_namespace, "dstPod": audit.dst_pod,
     }
     sd = "[" + SD_ID + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
     text = f"<{pri}>1 {stamp} {host} {app_name} - audit {sd} {audit.msg}"

@@ -21,11 +21,13 @@ from cnnf.model import Effect
 from cnnf.model.records import AuditType
 from cnnf.model.rule import PolicyModel
 
-# The original product's audit export columns, in its order.
+# The original product's audit export columns, in its order, then ours at the end
+# (so that a reader of the original's files finds every column where it was): the
+# Kubernetes namespace and pod of each end, empty for other containers.
 CSV_COLUMNS = (
     "Time", "Type", "RuleName", "Block", "SrcImageName", "SrcContainerName", "DstImageName",
     "DstContainerName", "Port", "DstSubnet", "DstDomain", "SrcHostname", "DstHostname", "Msg",
-    "Count",
+    "Count", "SrcNamespace", "DstNamespace", "SrcPod", "DstPod",
 )
 Port = Annotated[int, Field(ge=1, le=65535)]
 Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]  # what the store's INTEGER columns hold
@@ -44,11 +46,15 @@ class AuditRecord(PolicyModel):
     src_image: Text = ""
     src_container: Text = ""
     src_namespace: Text = ""
+    src_pod: Annotated[Text, Field(description=(
+        "the source's Kubernetes pod (in srcNamespace); empty for other containers"))] = ""
     src_hostname: Text = ""
     src_address: Text = ""
     dst_image: Text = ""
     dst_container: Text = ""
     dst_namespace: Text = ""
+    dst_pod: Annotated[Text, Field(description=(
+        "the destination's Kubernetes pod (in dstNamespace); empty for other containers"))] = ""
     dst_hostname: Text = ""
     dst_address: Text = ""
     port: Annotated[int, Field(ge=0, le=65535, description=(
@@ -224,6 +230,7 @@ class AuditService:
                 r.time.isoformat(), r.type, r.rule_name, "true" if r.blocked else "false",
                 r.src_image, r.src_container, r.dst_image, r.dst_container, port,
                 r.dst_subnet, r.dst_domain, r.src_hostname, r.dst_hostname, r.msg, r.count,
+                r.src_namespace, r.dst_namespace, r.src_pod, r.dst_pod,
             ))
 
 

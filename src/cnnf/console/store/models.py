@@ -201,6 +201,10 @@ class AuditRow(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
     defender: Mapped[str] = mapped_column(String(200), default="")
+    # Kubernetes pod names (empty for other containers); added by migration 0004,
+    # which fills existing rows with "".
+    src_pod: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    dst_pod: Mapped[str] = mapped_column(String(300), default="", server_default="")
 
 
 class FlowRow(Base):
