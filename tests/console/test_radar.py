@@ -132,6 +132,34 @@ def test_container_view_nodes_groups_and_externals() -> None:
         ("group:namespace:data", 1), ("group:namespace:shop", 2)]
 
 
+def test_an_image_node_lists_its_pods_with_their_images() -> None:
+    def pod(name: str, address: str, ns: str = "storefront", *images: str) -> WorkloadInfo:
+        return WorkloadInfo(address=address, image="kube/web:1.0", name="web", namespace=ns,
+                            pod=name, host="node-1", images=list(images))
+
+    sidecar = ("kube/web:1.0", "kube/log-agent:0.3")
+    containers = [
+        pod("web-7d4b9c6f5-x2k8p", "10.65.1.2", "storefront", *sidecar),
+        pod("web-7d4b9c6f5-x2k8p", "fd00::2", "storefront", *sidecar),  # its second address
+        pod("web-7d4b9c6f5-q9z7w", "10.65.1.5"),
+        WorkloadInfo(address="10.88.0.9", image="kube/web:1.0", name="web-plain", host="node-1"),
+    ]
+    g = build_graph(POLICY, hosts=HOSTS, containers=containers, flows=[], overlays={},
+                    query=RadarQuery())
+    web = nodes(g)["image:kube/web:1.0"]
+    assert web["pods"] == [
+        {"namespace": "storefront", "name": "web-7d4b9c6f5-q9z7w", "images": []},
+        {"namespace": "storefront", "name": "web-7d4b9c6f5-x2k8p",
+         "images": ["kube/web:1.0", "kube/log-agent:0.3"]},
+    ]
+    assert web["containerNames"] == ["web-plain"]  # pods are listed by pod name
+    found = build_graph(POLICY, hosts=HOSTS, containers=containers, flows=[], overlays={},
+                        query=RadarQuery(q="q9z7w"))
+    assert "image:kube/web:1.0" in nodes(found)
+    # Containers that are no pod: by name, and no pods.
+    assert nodes(graph())["image:shop/web:1"]["pods"] == []
+
+
 @pytest.mark.parametrize(("image", "severity"), [
     ("image:shop/db:3", "high"),  # overlay keyed by name without tag
     ("image:shop/web:1", "unknown"),  # no report

@@ -392,7 +392,8 @@ def _group_of(node: _Node, group: Group) -> str:
 def _matches_text(node: _Node, q: str) -> bool:
     if q in node.label.lower() or q in node.detail.lower():
         return True
-    return any(q in c.name.lower() or q in c.namespace.lower() for c in node.containers)
+    return any(q in c.name.lower() or q in c.namespace.lower() or q in c.pod.lower()
+               for c in node.containers)
 
 
 def _epoch_of(t: datetime) -> int:
@@ -585,7 +586,12 @@ def build_graph(
             data["containers"] = len(node.containers)
             data["namespaces"] = node.namespaces()
             data["hosts"] = node.hosts()
-            data["containerNames"] = sorted(c.name for c in node.containers)[:50]
+            # Pods by name (their container names repeat in every replica), with
+            # every image of a multi-container pod; other containers by name.
+            data["containerNames"] = sorted(c.name for c in node.containers if not c.pod)[:50]
+            pods = {(c.namespace, c.pod): c.images for c in node.containers if c.pod}
+            data["pods"] = [{"namespace": ns, "name": pod, "images": list(images)}
+                            for (ns, pod), images in sorted(pods.items())[:50]]
             labels: dict[str, str] = {}
             for c in node.containers:
                 labels.update(c.labels)

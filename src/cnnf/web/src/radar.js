@@ -644,8 +644,13 @@ export async function renderRadar(main) {
     if (d.kind === "image") {
       runtime.push(h("li", {}, `Containers: ${d.containers}`),
         h("li", {}, `Namespaces: ${(d.namespaces || []).join(", ") || "–"}`),
-        h("li", {}, `Hosts: ${(d.hosts || []).join(", ") || "–"}`),
-        h("li", {}, `Names: ${(d.containerNames || []).join(", ") || "–"}`));
+        h("li", {}, `Hosts: ${(d.hosts || []).join(", ") || "–"}`));
+      // Pods by name, with every image of a multi-container pod; other containers by name.
+      const pods = d.pods || [];
+      const names = d.containerNames || [];
+      const podName = (p) => ((d.namespaces || []).length > 1 ? `${p.namespace}/${p.name}` : p.name);
+      if (pods.length) runtime.push(h("li", {}, `Pods: ${pods.map((p) => (p.images.length ? `${podName(p)} (${p.images.join(" + ")})` : podName(p))).join(", ")}`));
+      if (names.length || !pods.length) runtime.push(h("li", {}, `Names: ${names.join(", ") || "–"}`));
     } else if (d.kind === "host") {
       runtime.push(h("li", {}, `Addresses: ${(d.addresses || []).join(", ") || "–"}`),
         h("li", {}, `Containers: ${d.containers || 0}`));
