@@ -358,7 +358,12 @@ export async function renderAudits(main) {
     try {
       const page = await api("GET", "/audits", { query: { ...params(), limit: PAGE, offset } });
       message.textContent = "";
-      const who = (img, container, host, addr) => [img, container && `(${container})`, host && `on ${host}`, !img && addr].filter(Boolean).join(" ");
+      // "kube/web:1.0 (web-7d4b9c6f5-x2k8p in storefront) on node-1": a pod by its
+      // name (its container names repeat in every replica), other containers by theirs.
+      const who = (img, container, pod, ns, host, addr) => {
+        const name = pod ? [pod, ns && `in ${ns}`].filter(Boolean).join(" ") : container;
+        return [img, name && `(${name})`, host && `on ${host}`, !img && addr].filter(Boolean).join(" ");
+      };
       // An overload audit: the admission limit dropped one source's SYNs on a host
       // (no rule, no port; its count is the SYNs dropped).
       clear(body).append(...page.items.map((a) => {
@@ -368,8 +373,8 @@ export async function renderAudits(main) {
           h("td", {}, overload ? h("span", { class: "badge overload" }, "overload") : a.type),
           h("td", {}, h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
           h("td", {}, a.ruleName || (overload ? "admission limit" : "no rule")),
-          h("td", {}, who(a.srcImage, a.srcContainer, a.srcHostname, a.srcAddress)),
-          h("td", {}, overload ? `host ${a.dstHostname}` : who(a.dstImage, a.dstContainer, a.dstHostname, a.dstAddress || a.dstDomain || a.dstSubnet)),
+          h("td", {}, who(a.srcImage, a.srcContainer, a.srcPod, a.srcNamespace, a.srcHostname, a.srcAddress)),
+          h("td", {}, overload ? `host ${a.dstHostname}` : who(a.dstImage, a.dstContainer, a.dstPod, a.dstNamespace, a.dstHostname, a.dstAddress || a.dstDomain || a.dstSubnet)),
           h("td", {}, a.port === 0 ? "—" : a.port),
           h("td", { class: "num", title: overload ? "SYNs dropped" : "repeats folded into this audit" }, a.count.toLocaleString("en-US")),
           h("td", { class: "small" }, a.msg));
