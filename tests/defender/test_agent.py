@@ -143,6 +143,28 @@ def test_unnamed_addresses_are_held_for_a_bounded_time_then_decided() -> None:
     assert decide(other).decision == Decision.DROP  # each address has its own hold
 
 
+def test_inventory_changes_do_not_extend_an_unnamed_addresss_hold() -> None:
+    """Other workloads starting and stopping (a crash-looping pod, the Console's
+    cluster pushes) send inventory updates all the time: the hold of an
+    address still unnamed keeps its start, so it ends after the hold anyway."""
+    node = HostIdentity(name="node-1", addresses=("10.0.0.1", "10.1.0.1"))
+    nets = ("10.1.0.0/24",)
+    now = [100.0]
+    decide = VerdictDecide(POLICY, InventoryUpdate(node, (), (), nets), clock=lambda: now[0])
+    syn = PacketInfo(4, "10.1.0.9", "10.2.0.5", 40000, 22)
+    assert decide(syn).decision == Decision.DROP
+    for i in range(4):  # a change every second, someone else each time
+        now[0] += 1.0
+        other = ContainerIdentity(image="shop/job:1", name=f"job-{i}", host="node-1")
+        decide.update(InventoryUpdate(node, ((f"10.1.0.{20 + i}", other),), (), nets))
+    out = decide(syn)  # 4 s after its first SYN: decided, as an unknown address
+    assert out.decision == Decision.ACCEPT and out.detail != UNIDENTIFIED
+    # named, then gone again: a new hold starts for the address's next owner
+    decide.update(InventoryUpdate(node, (("10.1.0.9", WEB),), (), nets))
+    decide.update(InventoryUpdate(node, (), (), nets))
+    assert decide(syn).decision == Decision.DROP
+
+
 @pytest.mark.parametrize(
     ("discovery_ok", "fail_closed", "held"),
     [(True, False, True), (False, False, False), (False, True, True), (True, True, True)],

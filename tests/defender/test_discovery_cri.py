@@ -74,11 +74,18 @@ def test_a_pod_with_no_running_container_is_not_named_yet() -> None:
                         "node-1") is None
     assert pod_identity(status(), [container("api", "shop/api:2.1", 1.0, CONTAINER_EXITED)],
                         "node-1") is None
-    # a created sidecar's image counts once another container runs
-    d = pod_identity(status(), [container("api", "shop/api:2.1", 1.0),
-                                container("log", "shop/log:1", 2.0, CONTAINER_CREATED)],
-                     "node-1")
-    assert d is not None and d.identity.images == ("shop/api:2.1", "shop/log:1")
+
+
+def test_only_running_containers_make_the_pod() -> None:
+    """An exited init container, or a container that never starts, adds no
+    image (a pod creator could otherwise match an allow rule with an image
+    that never runs) and is never the main container."""
+    d = pod_identity(status(annotations={"kubectl.kubernetes.io/default-container": "init"}),
+                     [container("init", "shop/payments:1.4", 0.5, CONTAINER_EXITED),
+                      container("api", "shop/api:2.1", 1.0),
+                      container("never", "shop/db:13", 2.0, CONTAINER_CREATED)], "node-1")
+    assert d is not None
+    assert (d.identity.name, d.identity.image, d.identity.images) == ("api", "shop/api:2.1", ())
 
 
 def test_a_host_network_pod_is_the_host() -> None:
@@ -125,6 +132,16 @@ def test_auto_probes_in_order_and_skips_what_does_not_answer_the_cri(tmp_path: P
     assert choose("auto", **kw) == ("docker", f"unix://{dockers[0]}",  # type: ignore[arg-type]
                                     "default: nothing found")
     assert choose("cri", **kw) == ("cri", f"unix://{cri[0]}", "default")  # type: ignore[arg-type]
+    # Nothing answers yet (the runtime is starting): on a Docker host containerd's
+    # socket exists too, so an existing Docker socket wins.
+    Path(cri[0]).touch()
+    assert choose("auto", **kw) == ("cri", f"unix://{cri[0]}",  # type: ignore[arg-type]
+                                    "exists, not answering yet")
+    Path(dockers[0]).touch()
+    assert choose("auto", **kw) == ("docker", f"unix://{dockers[0]}",  # type: ignore[arg-type]
+                                    "exists, not answering yet")
+    Path(cri[0]).unlink()
+    Path(dockers[0]).unlink()
     with listening(Path(dockers[1])):
         assert choose("auto", **kw) == (  # type: ignore[arg-type]
             "docker", f"unix://{dockers[1]}", "answered")
@@ -142,6 +159,8 @@ def test_auto_probes_in_order_and_skips_what_does_not_answer_the_cri(tmp_path: P
     ({"cri_socket": "/run/c.sock", "docker_host": "unix:///d.sock"}, "not both"),
     ({"cri_socket": "tcp://1.2.3.4:1"}, "--cri-socket 'tcp://1.2.3.4:1': expected a unix socket"),
     ({"container_nets": ("10.244.1.0/33",)}, "--container-net '10.244.1.0/33': expected a CIDR"),
+    ({"container_nets": ("fd00:10:244::/64",)}, "--container-net 'fd00:10:244::/64': only IPv4"),
+    ({"container_nets": ("10.244.0.0/15",)}, "--container-net '10.244.0.0/15': only IPv4"),
 ])
 def test_bad_runtime_options_are_refused(tmp_path: Path, kw: dict[str, object],
                                          message: str) -> None:

@@ -40,6 +40,11 @@ pb, _services = _compile()
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 CRIO_SOCKET = "/run/crio/crio.sock"
 DEFAULT_TIMEOUT = 10.0  # seconds, for every unary call
+# Answers may be large: the kubelet copies every pod's annotations (up to 256
+# KiB each) into its sandbox, and a list returns them all. gRPC's default
+# limit (4 MiB) would let a tenant with a few such pods make every list fail;
+# the kubelet allows 16 MiB, and 110 pods of 256 KiB are 28 MiB.
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 # Enum values, named as in the CRI.
 SANDBOX_READY = 0
@@ -69,7 +74,8 @@ class CriClient:
     def __init__(self, socket: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.target = endpoint(socket)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.target)
+        self._channel = grpc.insecure_channel(
+            self.target, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self.runtime = _services.RuntimeServiceStub(self._channel)
 
     def close(self) -> None:

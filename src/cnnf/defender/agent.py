@@ -142,9 +142,13 @@ UNIDENTIFIED = "unidentified"
 # Long enough for the runtime's start event (about 0.2 s with Podman), short
 # enough that an address discovery never names is not cut off for good.
 UNNAMED_HOLD_SECONDS = 3.0
-# Inventories kept for recording verdicts decided under them (a verdict waits
-# at most about a second in the workers' reports; this holds hundreds of changes).
-INVENTORY_HISTORY = 256
+# Inventories kept for recording verdicts decided under them: every one of the
+# last INVENTORY_HISTORY_SECONDS (a verdict waits about a second in the
+# workers' reports), and at least the last INVENTORY_HISTORY_MIN, at most
+# INVENTORY_HISTORY_MAX (then a verdict is recorded with the newest).
+INVENTORY_HISTORY_SECONDS = 10.0
+INVENTORY_HISTORY_MIN = 16
+INVENTORY_HISTORY_MAX = 4096
 MAX_EXPANDED_PREFIX = 16  # container networks larger than a /16 are not pre-queued
 # Records per report batch: a port scan yields thousands of distinct flows in one
 # flush, and one batch must stay well below the Console's body limit (4 MiB).
@@ -220,7 +224,11 @@ class VerdictDecide:
         elif isinstance(message, InventoryUpdate):
             self.inventory = message.inventory()
             self.pending = message.pending()
-            self._held_since.clear()
+            # An address still unnamed keeps its hold's start: inventory
+            # changes (another pod starting) must not extend it forever.
+            named = self.inventory.containers
+            self._held_since = {a: t for a, t in self._held_since.items()
+                                if a not in named and a in self.pending}
             self.epoch = max(self.epoch, message.epoch)
             self.generation = message.generation
         elif isinstance(message, CacheEpoch):
@@ -399,7 +407,8 @@ class Agent:
         self._shared: dict[tuple[object, ...], tuple[object, ...]] = {}  # verdict details
         self._identities: dict[str, Identity] = {}  # as last sent to the workers
         self._generation = 0  # of the inventory last sent to the workers
-        self._inventories: dict[int, Inventory] = {}  # recent ones, by generation
+        # recent ones by generation, with when they were sent
+        self._inventories: dict[int, tuple[Inventory, float]] = {}
         self._sent_nets: tuple[str, ...] = ()
         self.overload = OverloadTracker()
         self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
@@ -525,9 +534,14 @@ class Agent:
 
     def _remember(self, generation: int, inventory: Inventory) -> None:
         """Keep the recent inventories by generation, for recording verdicts."""
-        self._inventories[generation] = inventory
-        while len(self._inventories) > INVENTORY_HISTORY:
-            del self._inventories[next(iter(self._inventories))]
+        now = time.monotonic()
+        self._inventories[generation] = (inventory, now)
+        while len(self._inventories) > INVENTORY_HISTORY_MIN:
+            oldest = next(iter(self._inventories))
+            if (len(self._inventories) <= INVENTORY_HISTORY_MAX
+                    and now - self._inventories[oldest][1] < INVENTORY_HISTORY_SECONDS):
+                break
+            del self._inventories[oldest]
 
     def _epoch(self) -> int:
         return self.cache.epoch if self.cache is not None else 0
@@ -859,7 +873,7 @@ class Agent:
             p = r.packet
             verdict = verdict_from_detail(r.detail)
             # the identities it was decided with (the pod may be gone by now)
-            decided = self._inventories.get(r.detail[7], inv)
+            decided = self._inventories.get(r.detail[7], (inv, 0.0))[0]
             attempt = ConnectionAttempt(decided.endpoint(p.src),
                                         decided.endpoint(p.dst, p.dst_domains), p.dport)
             action = (core.Action.ACCEPT if not verdict.blocked

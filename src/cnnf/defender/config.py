@@ -136,10 +136,15 @@ class DefenderConfig:
                               "(/run/containerd/containerd.sock or unix:///...)")
         for net in self.container_nets:
             try:
-                ipaddress.ip_network(net, strict=False)
+                parsed = ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise ConfigError(f"--container-net {net!r}: expected a CIDR such as "
                                   "10.244.1.0/24") from None
+            if parsed.version != 4 or parsed.prefixlen < 16:
+                # what the datapath can queue before discovery names an address
+                raise ConfigError(f"--container-net {net!r}: only IPv4 networks of /16 "
+                                  "or smaller can be queued before their addresses are "
+                                  "named (give the node's own pod CIDR, e.g. 10.244.1.0/24)")
 
     @property
     def admission_burst(self) -> int:

@@ -5,10 +5,12 @@ A pod's containers share one network namespace and its addresses, so one
 identity stands for the pod (:func:`pod_identity`): its namespace, pod name
 and labels (the pod's, as the kubelet gave them to the runtime, with the
 ``io.kubernetes.pod.*`` labels it adds), its main container's name and image,
-and every container's image (``images``): an image selector matches the pod
-when it matches any of them. The main container is the one the pod's
+and every running container's image (``images``): an image selector matches
+the pod when it matches any of them. Containers that do not run (exited init
+containers, a sidecar that never started) do not count: a pod is what runs in
+it. The main container is the running one the pod's
 ``kubectl.kubernetes.io/default-container`` annotation names, else the first
-one created.
+running one created.
 
 A pod is named once its sandbox is ready and at least one of its containers
 runs: until then nothing in it can connect, and its address is held back as
@@ -37,7 +39,6 @@ import structlog
 from cnnf.cri import (
     CONTAINER_EXITED,
     CONTAINER_RUNNING,
-    CONTAINER_UNKNOWN,
     NAMESPACE_NODE,
     CriClient,
     endpoint,
@@ -122,15 +123,15 @@ class ContainerInfo:
 
 def pod_identity(pod: PodInfo, containers: Iterable[ContainerInfo], host: str,
                  cluster: str = "") -> DiscoveredContainer | None:
-    """The pod as one workload, or None while none of its containers runs."""
-    listed = sorted((c for c in containers if c.state != CONTAINER_UNKNOWN),
-                    key=lambda c: (c.created_at, c.name))
-    running = [c for c in listed if c.state == CONTAINER_RUNNING]
+    """The pod as one workload (its running containers), or None while none of
+    its containers runs."""
+    running = sorted((c for c in containers if c.state == CONTAINER_RUNNING),
+                     key=lambda c: (c.created_at, c.name))
     if not running:
         return None
     wanted = pod.annotations.get(DEFAULT_CONTAINER_ANNOTATION, "")
-    main = next((c for c in listed if c.name == wanted), listed[0])
-    images = list(dict.fromkeys([main.image, *(c.image for c in listed)]))
+    main = next((c for c in running if c.name == wanted), running[0])
+    images = list(dict.fromkeys([main.image, *(c.image for c in running)]))
     starts = [c.started_at for c in running if c.started_at > 0]
     identity = ContainerIdentity(
         image=main.image, name=main.name, labels=pod.labels, namespace=pod.namespace,
