@@ -490,3 +490,28 @@ def test_reports_are_batched_less_often_while_the_console_is_away(tmp_path: Path
     a.runner.connected = True
     assert a.report_interval() == a.config.report_interval
     link.close()
+
+
+def test_a_named_remote_workload_in_a_pending_pool_is_not_held() -> None:
+    """A --container-net may be a pool spanning nodes (Calico): another node's
+    pod named by the cluster inventory is decided at once, not held as unnamed."""
+    node = HostIdentity(name="node-1", addresses=("10.0.0.1",))
+    pool = ("192.168.0.0/16",)
+    remote = (("192.168.7.5", DB),)
+    decide = VerdictDecide(POLICY, InventoryUpdate(node, (("192.168.1.2", WEB),), remote, pool))
+    assert "192.168.7.5" not in decide.pending and "192.168.9.9" in decide.pending
+    out = decide(PacketInfo(4, "192.168.7.5", "192.168.1.2", 40000, 80))
+    assert out.detail != UNIDENTIFIED
+    assert decide(PacketInfo(4, "192.168.9.9", "192.168.1.2", 40000, 80)).detail == UNIDENTIFIED
+
+
+def test_a_pods_images_travel_only_when_there_are_several() -> None:
+    """Consoles and Defenders of the previous release refuse unknown fields:
+    a workload with one image is sent exactly as before."""
+    one = WorkloadInfo(address="10.1.0.2", image="shop/web:1.0")
+    assert "images" not in one.model_dump_json()
+    pod = WorkloadInfo.of("10.1.0.3", ContainerIdentity(
+        "shop/web:1.0", images=("docker.io/mesh/proxy:1.2",)))
+    assert pod.images == ["shop/web:1.0", "mesh/proxy:1.2"]
+    back = WorkloadInfo.model_validate_json(pod.model_dump_json()).identity()
+    assert back.all_images == ("shop/web:1.0", "mesh/proxy:1.2")

@@ -590,3 +590,19 @@ def test_a_pods_images_all_count_for_image_selectors(
     if rule_matches:
         assert verdict.rule_id == (1 if "mesh/proxy:1.2" in images else 2)
     assert NaiveEvaluator(pol).evaluate(attempt) == verdict
+
+
+def test_a_pods_images_always_hold_its_main_image_first() -> None:
+    """However an identity is made (wire data too), its main image matches."""
+    pod = ContainerIdentity("shop/web:1.0", images=("mesh/proxy:1", "shop/web:1.0"))
+    assert pod.images == ("shop/web:1.0", "mesh/proxy:1")
+    assert ContainerIdentity("shop/web:1.0", images=("shop/web:1.0",)).images == ()
+    pol = Policy.model_validate({
+        "objects": [*OBJECTS],
+        "containerRules": [{"id": 1, "name": "web-any", "src": "web", "dst": "any",
+                            "effect": "prevent"}],
+        "revision": 7,
+    })
+    attempt = ConnectionAttempt(Endpoint("10.1.0.9", ContainerIdentity(
+        "shop/web:1.0", images=("mesh/proxy:1",))), DB, 5432)
+    assert compile_policy(pol).evaluate(attempt).rule_id == 1

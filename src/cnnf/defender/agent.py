@@ -132,8 +132,11 @@ class InventoryUpdate:
         return out
 
     def pending(self) -> frozenset[str]:
-        """Addresses of the container networks that are not this host's own."""
-        return expand_networks(self.container_nets) - frozenset(self.node.addresses)
+        """Addresses of the container networks that are not this host's own nor
+        another host's known workloads (a --container-net may be a pool that
+        spans nodes)."""
+        return (expand_networks(self.container_nets) - frozenset(self.node.addresses)
+                - frozenset(a for a, _ in self.remote))
 
 
 UNIDENTIFIED = "unidentified"
@@ -407,6 +410,8 @@ class Agent:
         self._shared: dict[tuple[object, ...], tuple[object, ...]] = {}  # verdict details
         self._identities: dict[str, Identity] = {}  # as last sent to the workers
         self._generation = 0  # of the inventory last sent to the workers
+        self._remote_of: ClusterInventory | None = None
+        self._remote_ids: tuple[tuple[str, Identity], ...] = ()
         # recent ones by generation, with when they were sent
         self._inventories: dict[int, tuple[Inventory, float]] = {}
         self._sent_nets: tuple[str, ...] = ()
@@ -495,11 +500,19 @@ class Agent:
         return InventoryUpdate(
             self.node,
             tuple((a, c.identity) for a, c in sorted(self.local.items())),
-            _remote_identities(self.cluster, self.config.hostname),
+            self._remote(),
             self.container_nets if self.discovery_ok or self.config.fail_closed else (),
             self._epoch(),
             self._generation,
         )
+
+    def _remote(self) -> tuple[tuple[str, Identity], ...]:
+        """The other hosts' workloads, made once per cluster inventory (the same
+        tuple for every generation: the inventories kept share its mapping)."""
+        if self._remote_of is not self.cluster:
+            self._remote_of = self.cluster
+            self._remote_ids = _remote_identities(self.cluster, self.config.hostname)
+        return self._remote_ids
 
     def _broadcast(self, message: object) -> None:
         if self.decide is not None:
@@ -558,7 +571,8 @@ class Agent:
         usable = self._usable
         local = usable(inv.local_container_addresses()) if p.container_enabled else frozenset()
         if p.container_enabled and self.container_nets:
-            pending = expand_networks(self.container_nets) - frozenset(self.node.addresses)
+            pending = (expand_networks(self.container_nets) - frozenset(self.node.addresses)
+                       - inv.remote.keys())
             local |= pending
         host = usable(frozenset(self.node.addresses)) if p.host_enabled else frozenset()
         cluster = set(local | host)
@@ -634,10 +648,7 @@ class Agent:
             now = self.clock()
         log.info("inventory changed", containers=len(local), added=sorted(added),
                  removed=sorted(removed))
-        if any(not _within(a, self.container_nets) for a in added):
-            # A network that appeared after the start (a CNI makes its bridge
-            # with the node's first pod): queue its addresses from now on.
-            self._refresh_container_networks()
+        self._networks_for(added)
         # A resync can see a container before its own start event arrives.
         for c in {local[a].identity.id or a: local[a] for a in added}.values():
             self._protected(c, now)
@@ -661,6 +672,13 @@ class Agent:
             if self.runner is not None:
                 self.runner.set_inventory(self.inventory_report())
         self._protected(c, now)
+        self._networks_for(c.addresses)
+
+    def _networks_for(self, added: Iterable[str]) -> None:
+        """A network that appeared after the start (a CNI makes its bridge with
+        the node's first pod): queue its addresses from now on."""
+        if any(not _within(a, self.container_nets) for a in added):
+            self._refresh_container_networks()
 
     def _protected(self, c: DiscoveredContainer, now: float) -> None:
         """Record and log the start-to-protected gap of a container just added."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from cnnf.model import ContainerIdentity, Endpoint, HostIdentity
 
@@ -33,7 +34,7 @@ class Inventory:
         containers: Iterable[tuple[str, ContainerIdentity]] = (),
         remote: Iterable[tuple[str, Identity]] = (),
     ) -> Inventory:
-        return cls(node, MappingProxyType(dict(containers)), MappingProxyType(dict(remote)))
+        return cls(node, MappingProxyType(dict(containers)), _remote_mapping(remote))
 
     def identity(self, address: str) -> Identity | None:
         if address in self.node.addresses:
@@ -61,3 +62,18 @@ class Inventory:
     def cluster_host_addresses(self) -> frozenset[str]:
         remote = (a for a, i in self.remote.items() if isinstance(i, HostIdentity))
         return frozenset(self.node.addresses) | frozenset(remote)
+
+
+_last_remote: list[Any] = [None, None]  # (the tuple, its mapping)
+
+
+def _remote_mapping(remote: Iterable[tuple[str, Identity]]) -> MappingProxyType[str, Identity]:
+    """The remote identities as a mapping; one mapping for the same tuple
+    built again (every inventory of one cluster inventory shares it)."""
+    last, mapping = _last_remote
+    if remote is last and mapping is not None:
+        return mapping  # type: ignore[no-any-return]
+    mapping = MappingProxyType(dict(remote))
+    if isinstance(remote, tuple):
+        _last_remote[:] = [remote, mapping]
+    return mapping

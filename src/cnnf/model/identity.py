@@ -90,8 +90,9 @@ class ContainerIdentity:
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        if len(self.images) == 1 and self.images[0] == self.image:
-            object.__setattr__(self, "images", ())  # one image: the plain form
+        if self.images:  # the main image first, once; one image: the plain form
+            images = tuple(dict.fromkeys((self.image, *self.images)))
+            object.__setattr__(self, "images", images if len(images) > 1 else ())
         object.__setattr__(self, "_hash", hash((self.image, self.name, self.labels,
                                                 self.namespace, self.cluster, self.host,
                                                 self.id, self.pod, self.images)))

@@ -190,7 +190,10 @@ class WorkloadInfo(_Record):
     host: str = ""
     # Every image of a pod with more than one container, the main image first
     # (empty for one image): image selectors match any of them.
-    images: list[str] = Field(default_factory=list)
+    # Left out of the JSON when empty: Consoles and Defenders of an earlier
+    # release refuse fields they do not know, and only pods with several
+    # images carry it.
+    images: list[str] = Field(default_factory=list, exclude_if=lambda v: not v)
 
     @field_validator("image")
     @classmethod

@@ -4,7 +4,7 @@ and the state of the container engine (or runtime) it reads.
 Two backends implement :class:`Discovery`: the Docker Engine API
 (:mod:`cnnf.defender.discovery.docker`: Docker, or Podman's service) and the
 Kubernetes CRI (:mod:`cnnf.defender.discovery.cri`: containerd, CRI-O).
-:func:`cnnf.defender.discovery.select.make_discovery` picks one.
+:func:`cnnf.defender.discovery.runtime.make_discovery` picks one.
 """
 
 from __future__ import annotations

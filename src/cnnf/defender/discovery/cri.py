@@ -17,11 +17,11 @@ runs: until then nothing in it can connect, and its address is held back as
 a not yet named container address (so a rule by image is never decided on a
 pod whose images are not known yet). Host-network pods are the host.
 
-Changes are followed with ``GetContainerEvents`` where the runtime has it
-(each event triggers a resync; a resync every second regardless), and by
-polling every :data:`POLL_INTERVAL` where it answers UNIMPLEMENTED
-(containerd 1.6). Every poll is a request with a timeout: a runtime that
-stops answering is marked down at the next one.
+Changes are found by a resync every :data:`POLL_INTERVAL`, and at once on
+each event of ``GetContainerEvents`` where the runtime has it (containerd 1.6
+answers UNIMPLEMENTED; CRI-O sends events only with ``enable_pod_events``).
+Every poll is a request with a timeout: a runtime that stops answering is
+marked down at the next one.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from cnnf.model import ContainerIdentity, make_labels, normalise_image
 log = structlog.get_logger(__name__)
 
 POLL_INTERVAL = 0.2  # seconds between polls on runtimes without container events
-EVENTS_RESYNC_INTERVAL = 1.0  # with events: a resync at least this often anyway
+EVENTS_RESYNC_INTERVAL = 1.0  # an event stream that ended is opened again at most this often
 REQUEST_TIMEOUT = 2.0  # a runtime slower than this to answer is unresponsive
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 
@@ -163,7 +163,8 @@ class CriDiscovery:
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.engine = EngineState(endpoint=self.target, runtime=self.kind, clock=clock)
-        self.events: bool | None = None  # GetContainerEvents answered (None: not tried)
+        self.events: bool | None = None  # GetContainerEvents answered (None: not known yet)
+        self._next_stream = 0.0  # monotonic time before which no stream is opened again
         self.runtime_version = ""  # "containerd 1.6.20" once reached
         self._client: CriClient | None = None
         self._pods: dict[str, PodInfo] = {}  # ready pods' statuses, by sandbox id
@@ -311,11 +312,13 @@ class CriDiscovery:
         kick: threading.Event,
         stream: list[Any],
     ) -> None:
+        """Resync every poll interval, and at once when the event stream says
+        something changed: events only make discovery quicker, a missed event
+        or a silent stream never makes it slower than polling."""
         last = {d.identity.id: d for d in found}
         while not stop.is_set():
             self._start_events(stream, kick, stop)  # again if it ended
-            interval = EVENTS_RESYNC_INTERVAL if self.events else self.poll_interval
-            kick.wait(interval)
+            kick.wait(self.poll_interval)
             kick.clear()
             if stop.is_set():
                 return
@@ -331,44 +334,49 @@ class CriDiscovery:
 
     def _start_events(self, stream: list[Any], kick: threading.Event,
                       stop: threading.Event) -> None:
-        """Open the runtime's container event stream once per connection, if it
-        has one; every event sets ``kick``."""
-        if self.events is False or stream:
+        """Open the runtime's container event stream, if it has one; every
+        event sets ``kick``. A stream that ends before its first event
+        (UNIMPLEMENTED on containerd 1.6; CRI-O with pod events off closes it
+        at once) means no events: polling only, from then on. One that ends
+        later is opened again at most once per EVENTS_RESYNC_INTERVAL."""
+        now = time.monotonic()
+        if self.events is False or stream or stop.is_set() or now < self._next_stream:
             return
         assert self._client is not None
+        self._next_stream = now + EVENTS_RESYNC_INTERVAL
         events = self._client.events()
         stream[:] = [events]
 
         def read() -> None:
+            seen = False
+            error = ""
             try:
                 for _ in events:
+                    if not seen and not self.events:
+                        log.info("following the runtime's container events",
+                                 endpoint=self.target)
+                    seen = True
+                    self.events = True
                     kick.set()
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    if self.events is None:
-                        log.info("the runtime has no container events: polling",
-                                 interval_s=self.poll_interval, endpoint=self.target)
-                    self.events = False
-                elif not stop.is_set() and exc.code() != grpc.StatusCode.CANCELLED:
-                    log.info("container event stream ended", error=str(exc.details()))
-            else:
-                self.events = self.events if self.events is not None else True
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    return  # stopping, or the connection is being replaced
+                error = f"{exc.code().name}: {exc.details()}"
             finally:
                 with contextlib.suppress(ValueError):
                     stream.remove(events)
-                kick.set()  # resync (and poll again, if there are no events)
-
-        def opened() -> None:
-            # The stream is open once the first response or a status arrives;
-            # a runtime that has events sends none until something happens.
-            if self.events is None and events.is_active():
-                time.sleep(0.5)
-                if events.is_active() and self.events is None:
-                    self.events = True
-                    log.info("following the runtime's container events", endpoint=self.target)
+            if stop.is_set():
+                return
+            if not seen and not self.events:
+                self.events = False
+                log.info("the runtime has no container events: polling",
+                         interval_s=self.poll_interval, endpoint=self.target, answer=error)
+            else:
+                log.info("container event stream ended; opened again within "
+                         f"{EVENTS_RESYNC_INTERVAL:g} s", error=error)
+            kick.set()  # resync now
 
         threading.Thread(target=read, name="cnnf-discovery-events", daemon=True).start()
-        threading.Thread(target=opened, name="cnnf-discovery-events-open", daemon=True).start()
 
     @staticmethod
     def _cancel(stream: list[Any]) -> None:
