@@ -1,7 +1,7 @@
 # CNNF: every target installs what it needs first (scripts/bootstrap.sh).
 PY := .venv/bin/python
 
-.PHONY: deps test test-unit lint typecheck bench demo clean
+.PHONY: deps test test-unit lint typecheck bench demo image clean
 
 deps:
 	@scripts/bootstrap.sh
@@ -35,6 +35,12 @@ bench: deps
 # TOPOLOGY=kube for Kubernetes-like nodes (containerd, pods through the CRI).
 demo: deps
 	.venv/bin/cnnf demo --listen $(or $(LISTEN),127.0.0.1:8080) --topology $(or $(TOPOLOGY),shop)
+
+# The container image localhost/cnnf:<version> without a registry (root: Podman, mmdebstrap):
+# a Debian base made by mmdebstrap (built once), wheels built here, deploy/Containerfile.
+# OCI_ARCHIVE=PATH also writes an archive for `ctr -n k8s.io images import PATH`.
+image: deps
+	deploy/build-image.sh $(if $(OCI_ARCHIVE),--oci-archive $(OCI_ARCHIVE))
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

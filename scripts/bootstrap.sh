@@ -45,15 +45,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# The web UI (Radar): install the npm packages from the lock file and build into
-# src/cnnf/console/static (not committed) when the sources are newer than the build.
-web=src/cnnf/web
-built=src/cnnf/console/static/index.html
-if [ ! -f "$built" ] || [ -n "$(find "$web" -path "$web/node_modules" -prune -o -type f -newer "$built" -print -quit)" ]; then
-  if [ ! -f "$web/node_modules/.package-lock.json" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
-    echo "bootstrap: installing the web UI's npm packages"
-    (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
-  fi
-  echo "bootstrap: building the web UI"
-  (cd "$web" && npm run --silent build)
-fi
+# The web UI (Radar), built into src/cnnf/console/static when its sources are newer.
+scripts/build-web.sh
