@@ -281,7 +281,7 @@ class CriDiscovery:
         every (re)connection and after every change."""
         kick = threading.Event()  # set by the event stream: resync now
         stream: list[Any] = []
-        threading.Thread(target=self._cancel_on_stop, args=(stop, stream), daemon=True,
+        threading.Thread(target=self._cancel_on_stop, args=(stop, stream, kick), daemon=True,
                          name="cnnf-discovery-stop").start()
         last_attempt = float("-inf")
         while not stop.wait(max(0.0, last_attempt + retry_interval - time.monotonic())):
@@ -386,6 +386,8 @@ class CriDiscovery:
         stream.clear()
 
     @classmethod
-    def _cancel_on_stop(cls, stop: threading.Event, stream: list[Any]) -> None:
+    def _cancel_on_stop(cls, stop: threading.Event, stream: list[Any],
+                        kick: threading.Event) -> None:
         stop.wait()
         cls._cancel(stream)
+        kick.set()  # the follow loop waits on it for up to a poll interval
