@@ -1,7 +1,8 @@
 """The image's build files: deploy/Containerfile builds on the base that
 deploy/build-image.sh makes from Debian packages (no registry image), with the
 kernel tools the Defender drives, and the wheel holds every data file the
-package reads."""
+package reads. (The image itself is built and run by
+tests/defender/lab/test_defender_pod.py.)"""
 
 from __future__ import annotations
 
