@@ -337,8 +337,10 @@ class CriDiscovery:
         """Open the runtime's container event stream, if it has one; every
         event sets ``kick``. A stream that ends before its first event
         (UNIMPLEMENTED on containerd 1.6; CRI-O with pod events off closes it
-        at once) means no events: polling only, from then on. One that ends
-        later is opened again at most once per EVENTS_RESYNC_INTERVAL."""
+        at once) means no events: polling only, from then on; unless it ended
+        because the runtime went away (UNAVAILABLE), which says nothing of its
+        events. One that ends later is opened again at most once per
+        EVENTS_RESYNC_INTERVAL."""
         now = time.monotonic()
         if self.events is False or stream or stop.is_set() or now < self._next_stream:
             return
@@ -350,6 +352,7 @@ class CriDiscovery:
         def read() -> None:
             seen = False
             error = ""
+            gone = False  # the runtime went away: no answer about its events
             try:
                 for _ in events:
                     if not seen and not self.events:
@@ -362,12 +365,13 @@ class CriDiscovery:
                 if exc.code() == grpc.StatusCode.CANCELLED:
                     return  # stopping, or the connection is being replaced
                 error = f"{exc.code().name}: {exc.details()}"
+                gone = exc.code() == grpc.StatusCode.UNAVAILABLE
             finally:
                 with contextlib.suppress(ValueError):
                     stream.remove(events)
             if stop.is_set():
                 return
-            if not seen and not self.events:
+            if not seen and not self.events and not gone:
                 self.events = False
                 log.info("the runtime has no container events: polling",
                          interval_s=self.poll_interval, endpoint=self.target, answer=error)
