@@ -6,7 +6,11 @@ since the lab and datapath ones need it), collects what each printed, and
 writes one Markdown report with the machine it ran on: CPU model, cores,
 memory, kernel, OS, Python, and the commit.
 
-    sudo .venv/bin/python bench/report.py [--only NAME ...] [--output bench/RESULTS.md]
+    sudo .venv/bin/python bench/report.py [--only NAME ...] [--merge] [--output bench/RESULTS.md]
+
+``--merge`` (with ``--only``) rewrites only the sections of the benchmarks it
+ran and keeps the others from the existing report; every section says the run
+(date and commit) it comes from.
 
 A benchmark that fails or runs past ``--timeout`` is reported as such (with
 its last lines), and the others still run; the exit status is 1 if any failed.
@@ -19,6 +23,7 @@ import ast
 import contextlib
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -166,20 +171,73 @@ def render(results: list[Result], info: dict[str, str], started: datetime,
         "",
     ]
     for r in results:
-        lines += [f"## {r.script.stem}", "", summary(r.script), "",
-                  f"`{r.command}`: {r.status}, {r.seconds:.0f} s", ""]
-        text = r.output.rstrip()
-        if not r.ok and text.count("\n") > 40:
-            text = "[...]\n" + "\n".join(text.splitlines()[-40:])
-        if text:
-            lines += ["```", text, "```", ""]
+        lines += section(r, started, info["commit"])
     return "\n".join(lines)
+
+
+def section(r: Result, started: datetime, commit: str) -> list[str]:
+    lines = [f"## {r.script.stem}", "", summary(r.script), "",
+             f"`{r.command}`: {r.status}, {r.seconds:.0f} s; run of {started:%Y-%m-%d %H:%M} "
+             f"UTC at commit {commit}", ""]
+    text = r.output.rstrip()
+    if not r.ok and text.count("\n") > 40:
+        text = "[...]\n" + "\n".join(text.splitlines()[-40:])
+    if text:
+        lines += ["```", text, "```", ""]
+    return lines
+
+
+def merge(old: str, results: list[Result], info: dict[str, str], started: datetime) -> str:
+    """``old`` with the sections and summary rows of ``results`` replaced; the
+    sections kept say the run they come from (the report's first line), the
+    header says that the sections come from different runs."""
+    head, *parts = old.split("\n## ")
+    first = head.splitlines()[2] if len(head.splitlines()) > 2 else ""
+    old_commit = next((ln.split("|")[2].strip() for ln in head.splitlines() + parts[0].splitlines()
+                       if ln.startswith("| commit |")), "unknown") if parts else "unknown"
+    old_run = first.split(" on ", 1)[1].split(" in ", 1)[0] if " on " in first else "?"
+    fresh = {r.script.stem: r for r in results}
+    out = [
+        "# Benchmark results", "",
+        "Sections from more than one run: each section says the run (date, commit) its "
+        "figures come from. Every figure is printed beside its baseline, measured in the "
+        "same run on the same machine; compare them with each other, not with another "
+        "machine's. The machine is shared with other work, so figures vary from run to run.",
+        "",
+    ]
+    for part in parts:
+        name, _, body = part.partition("\n")
+        if name == "Machine":
+            out += ["## Machine", *(("| commit | each section says its run |"
+                                     if ln.startswith("| commit |") else ln)
+                                    for ln in body.splitlines())]
+        elif name == "Summary":
+            rows = []
+            for ln in body.splitlines():
+                stem = ln[3:].split("]", 1)[0] if ln.startswith("| [") else None
+                r = fresh.get(stem or "")
+                rows.append(ln if r is None else f"| [{stem}](#{stem}) | {summary(r.script)} | "
+                            f"{r.status} | {r.seconds:.0f} s |")
+            out += ["## Summary", *rows]
+        elif name in fresh:
+            out += section(fresh[name], started, info["commit"])
+        else:
+            kept = body.splitlines()
+            for i, ln in enumerate(kept):
+                if ln.startswith("`.venv/bin/python") and "run of" not in ln:
+                    kept[i] = f"{ln}; run of {old_run} at commit {old_commit}"
+                    break
+            out += [f"## {name}", *kept]
+    text = "\n".join(out).rstrip("\n") + "\n"
+    return re.sub(r"([^\n])\n## ", r"\1\n\n## ", text)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--only", action="append", help="run only this benchmark (repeat)")
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other benchmarks' sections of --output")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per benchmark")
     opts = parser.parse_args()
     started = datetime.now(UTC)
@@ -192,7 +250,11 @@ def main() -> int:
         print(result.output.rstrip(), flush=True)
         print(f"--- {script.name}: {result.status}, {result.seconds:.0f} s", flush=True)
         results.append(result)
-    Path(opts.output).write_text(render(results, info, started, time.monotonic() - t0) + "\n")
+    if opts.merge and Path(opts.output).exists():
+        text = merge(Path(opts.output).read_text(), results, info, started)
+    else:
+        text = render(results, info, started, time.monotonic() - t0) + "\n"
+    Path(opts.output).write_text(text)
     print(f"wrote {opts.output} ({len(results)} benchmark(s) in {time.monotonic() - t0:.0f} s)")
     return 0 if all(r.ok or r.status.startswith("skipped") for r in results) else 1
 
