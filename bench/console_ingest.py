@@ -1,18 +1,25 @@
 """Console ingestion speed: audit and flow records stored per second.
 
     python bench/console_ingest.py [--records N] [--batch N] [--postgres auto|none|URL]
+                                   [--fast-postgres]
 
-On SQLite (a file in a temporary directory) and on PostgreSQL (a throw-away
-server started like the tests do, or the URL given), each on a freshly
-migrated store, it prints records per second for:
+On SQLite (a file in a temporary directory, with the Console's own settings:
+WAL, ``synchronous=NORMAL``) and on PostgreSQL (a throw-away server with
+PostgreSQL's durable defaults -- ``fsync``, ``synchronous_commit`` and
+``full_page_writes`` on -- or the URL given; ``--fast-postgres`` turns them off
+as the tests do, and says so), each on a freshly migrated store, it prints
+records per second for audits (``AuditService.insert_many``) and flows
+(``FlowService.record_many``, folding into 2,000 distinct (src, dst, port,
+verdict, rule) keys, so most records update an existing row), each stored
+two ways through the same call:
 
-- baseline: one audit per transaction through the ORM (what a naive
-  per-event endpoint would do), on a tenth of the records;
-- audits: ``AuditService.insert_many`` in batches of ``--batch``;
-- flows: ``FlowService.record_many`` in batches, folding into 2,000 distinct
-  (src, dst, port, verdict, rule) keys, so most records update an existing row.
+- per row: one record per call, so one transaction each (the baseline), on a
+  tenth of the records;
+- batched: ``--batch`` records per call and transaction.
 
-All figures are from this run on this machine; compare them with each other.
+Both ways are warmed first (a few untimed calls on the same database), and
+they alternate. All figures are from this run on this machine; compare them
+with each other.
 """
 
 from __future__ import annotations
@@ -26,13 +33,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from cnnf.console.services.records import AuditRecord, AuditService, FlowRecord, FlowService
 from cnnf.console.store.db import connect, migrate
-from cnnf.console.store.models import AuditRow
 from cnnf.model import Effect
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -79,30 +86,28 @@ def measure(engine: Engine, records: int, batch: int) -> dict[str, float]:
     migrate(engine)
     sample = audits(records, rng)
     flow_sample = flows(records, rng)
-    few = sample[: max(records // 10, 1)]
+    few = max(records // 10, 1)
 
-    def baseline() -> None:
+    def stored(service: Any, store: Callable[..., Any], rows: list[Any], size: int) -> None:
+        for i in range(0, len(rows), size):
+            store(service, rows[i : i + size])
+
+    def timed(kind: str, rows: list[Any], size: int) -> float:
         with Session(engine) as s:
-            for record in few:
-                s.add(AuditRow(**record.model_dump(by_alias=False)))
-                s.commit()
+            service = AuditService(s) if kind == "audits" else FlowService(s)
+            store = AuditService.insert_many if kind == "audits" else FlowService.record_many
+            return rate(len(rows), lambda: stored(service, store, rows, size))
 
-    def batched_audits() -> None:
-        with Session(engine) as s:
-            service = AuditService(s)
-            for i in range(0, len(sample), batch):
-                service.insert_many(sample[i : i + batch])
-
-    def batched_flows() -> None:
-        with Session(engine) as s:
-            service = FlowService(s)
-            for i in range(0, len(flow_sample), batch):
-                service.record_many(flow_sample[i : i + batch])
-
+    # warm-up: connections, statement caches, the tables' first pages; untimed
+    warm_a, warm_f = audits(2 * batch, random.Random(8)), flows(2 * batch, random.Random(9))
+    for kind, rows in (("audits", warm_a), ("flows", warm_f)):
+        timed(kind, rows[:20], 1)
+        timed(kind, rows, batch)
     return {
-        "baseline": rate(len(few), baseline),
-        "audits": rate(len(sample), batched_audits),
-        "flows": rate(len(flow_sample), batched_flows),
+        "audits per row": timed("audits", sample[:few], 1),
+        "audits batched": timed("audits", sample, batch),
+        "flows per row": timed("flows", flow_sample[:few], 1),
+        "flows batched": timed("flows", flow_sample, batch),
     }
 
 
@@ -117,7 +122,7 @@ def sqlite_engine() -> Iterator[Engine]:
 
 
 @contextmanager
-def postgres_engine(option: str) -> Iterator[Engine | None]:
+def postgres_engine(option: str, durable: bool) -> Iterator[Engine | None]:
     if option == "none":
         yield None
         return
@@ -128,7 +133,7 @@ def postgres_engine(option: str) -> Iterator[Engine | None]:
         finally:
             engine.dispose()
         return
-    # The same throw-away server the tests start (tests/postgres.py).
+    # A throw-away server as the tests start one (tests/postgres.py).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import postgres
 
@@ -137,7 +142,7 @@ def postgres_engine(option: str) -> Iterator[Engine | None]:
         print(f"postgresql: skipped ({reason})")
         yield None
         return
-    with postgres.postgres_server() as server:
+    with postgres.postgres_server(durable=durable) as server:
         engine = connect(server.create_database())
         try:
             yield engine
@@ -145,24 +150,38 @@ def postgres_engine(option: str) -> Iterator[Engine | None]:
             engine.dispose()
 
 
+COLUMNS = ("audits per row", "audits batched", "flows per row", "flows batched")
+
+
+def row(store: str, r: dict[str, float]) -> str:
+    return (f"{store:<12}" + "".join(f"{r[c]:>16,.0f}" for c in COLUMNS)
+            + f"{r['audits batched'] / r['audits per row']:>9.1f}x"
+            + f"{r['flows batched'] / r['flows per row']:>8.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--postgres", default="auto", help="auto, none, or a database URL")
+    parser.add_argument("--fast-postgres", action="store_true",
+                        help="the throw-away server without fsync (not durable)")
     args = parser.parse_args()
-    print(f"{args.records} records per series, batches of {args.batch} (records/s)")
-    print(f"{'store':<12}{'baseline':>12}{'audits':>12}{'flows':>12}")
+    print(f"{args.records} records batched ({args.batch} a call), a tenth of them per row "
+          f"(1 a call); records/s")
+    print(f"{'store':<12}" + "".join(f"{c:>16}" for c in COLUMNS) + f"{'audits':>10}{'flows':>9}")
     with sqlite_engine() as engine:
-        r = measure(engine, args.records, args.batch)
-        print(f"{'sqlite':<12}{r['baseline']:>12,.0f}{r['audits']:>12,.0f}{r['flows']:>12,.0f}")
-    with postgres_engine(args.postgres) as pg:
+        print(row("sqlite", measure(engine, args.records, args.batch)), flush=True)
+    with postgres_engine(args.postgres, durable=not args.fast_postgres) as pg:
         if pg is not None:
-            r = measure(pg, args.records, args.batch)
-            print(f"{'postgresql':<12}{r['baseline']:>12,.0f}{r['audits']:>12,.0f}"
-                  f"{r['flows']:>12,.0f}")
+            print(row("postgresql", measure(pg, args.records, args.batch)))
             if args.postgres == "auto":
-                print("(postgresql: the tests' throw-away server runs with fsync off)")
+                print("postgresql: NOT DURABLE: fsync, synchronous_commit and full_page_writes "
+                      "off (--fast-postgres)" if args.fast_postgres else
+                      "postgresql: durable (PostgreSQL's defaults: fsync, synchronous_commit, "
+                      "full_page_writes on)")
+    print("sqlite: the Console's settings (WAL, synchronous=NORMAL); the last two columns: "
+          "batched over per row, same call")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,12 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    """``durable=False`` (the tests): fsync, synchronous_commit and
+    full_page_writes off, fast and fine for data thrown away; ``durable=True``:
+    PostgreSQL's own defaults, as a user runs it (the benchmarks)."""
+
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="cnnf-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -53,9 +58,10 @@ class PostgresServer:
     def start(self) -> None:
         shutil.chown(self.root, "postgres", "postgres")
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                  "-E", "UTF8", "--no-sync")
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+                  "-E", "UTF8", *(() if self.durable else ("--no-sync",)))
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
                   "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
 
@@ -82,8 +88,8 @@ class PostgresServer:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
+def postgres_server(durable: bool = False) -> Iterator[PostgresServer]:
+    server = PostgresServer(durable)
     try:
         server.start()
         yield server
