@@ -89,6 +89,9 @@ CLIENT = """
     seconds, rate, sources = float(sys.argv[3]), float(sys.argv[4]), sys.argv[5].split(",")
     # ports > 1: each connection to the next port (a new triple each, first-seen)
     ports = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+    # "refused": the expected answer is a refusal (a prevent rule's reset, or a
+    # closed port): refusals are timed and counted, a connect is an error
+    refused = len(sys.argv) > 7 and sys.argv[7] == "refused"
     linger = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT, no port exhaustion
     lat, errors = [], 0
     start = time.perf_counter(); end = start + seconds; n = 0
@@ -108,7 +111,15 @@ CLIENT = """
         t0 = time.perf_counter()
         try:
             s.connect((host, port + n % ports))
-            lat.append(time.perf_counter() - t0)
+            if refused:
+                errors += 1
+            else:
+                lat.append(time.perf_counter() - t0)
+        except ConnectionRefusedError:
+            if refused:
+                lat.append(time.perf_counter() - t0)
+            else:
+                errors += 1
         except OSError:
             errors += 1
         s.close()

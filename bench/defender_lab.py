@@ -7,13 +7,23 @@ their SYNs inbound). Measured:
 
 - new connections per second, closed loop, one client process per source
   container, and connect() latency p50/p99 of one client (frontend) paced at
-  ``--rate``, for two kinds of traffic, each beside no Defender in the same
-  round (rounds alternate the configurations; the best round of each is kept):
+  ``--rate``, for these kinds of traffic, each beside a no-Defender baseline
+  measured in the same round (rounds alternate all configurations; each
+  Defender figure is paired with its own round's baseline, and the summary
+  gives the round with the median paired ratio, its throughput and latency
+  together):
 
   - repeated triples: every connection of a client to api:9500, the same
     (source, destination, port) again and again, as in most cluster traffic:
     the Defender with its kernel fast path (default), and with
     ``--no-fastpath`` (every SYN through the verdict loop, as before it);
+  - alerted: the same traffic with the rule's effect ``alert`` (alerts are
+    never cached: every SYN through the verdict loop, and audited);
+  - prevented: every connection of a client to api:9599, where nothing
+    listens; the baseline is the server's own refusal (a reset from api's
+    kernel), the Defender's is its ``prevent`` rule's reset (the first SYN of
+    each triple through the verdict loop, repeats from the kernel cache); the
+    figures are refusals per second and the time to a refusal;
   - first-seen triples: each connection to the next of 16,384 ports, so no
     triple repeats within the run and every SYN is decided by the verdict
     loop (with ``--admission-rate 0``: the default limit admits 1,000 new
@@ -21,10 +31,11 @@ their SYNs inbound). Measured:
     with the fast path (each decision also offered to the kernel cache) and
     without it (as before the fast path);
 
-  (policy: allow rules for the clients);
 - the Defender's memory (RSS of the main process and its verdict workers) with
   its own containers, then with 1,000 protected addresses (a cluster inventory
-  of 1,000 remote containers, all in every worker's inventory and in the set);
+  of 1,000 remote containers, all in every worker's inventory and in the set),
+  read once a worker has decided a SYN after the new inventory was sent (a
+  worker applies pending updates before it decides);
 - the start-to-named gap of containers started while it runs (the runtime's
   start time to the Defender naming the container), as the Defender logs it.
   The addresses of the host's container networks are queued from the start, so
@@ -33,7 +44,7 @@ their SYNs inbound). Measured:
 
     sudo .venv/bin/python bench/defender_lab.py [--seconds 3] [--rate 5000] [--rounds 2]
 
-Bounded: about a minute and a half. Traffic stays inside the lab's namespaces.
+Bounded: about three minutes. Traffic stays inside the lab's namespaces.
 """
 
 from __future__ import annotations
@@ -57,19 +68,30 @@ from datapath import CLIENT, SERVER  # bench/datapath.py: the same client and se
 
 LAB = "cnnfbench"
 PORT = 9500
+CLOSED_PORT = 9599  # nothing listens: refused
 SOURCES = ["frontend", "cache", "payments", "db", "worker"]
 CNNF = str(Path(sys.executable).with_name("cnnf"))
 
 
-def policy_doc() -> dict[str, Any]:
+def policy_doc(effect: str = "allow") -> dict[str, Any]:
+    """Each client may reach api on PORT (with ``effect``) and on the first-seen
+    ports; api's CLOSED_PORT is prevented for all of them."""
     objects = [{"kind": "container", "name": n, "selector": {"images": [f"shop/{n}"]}}
                for n in [*SOURCES, "api"]]
-    ports = [PORT, f"{FIRST_SEEN_PORT}-{FIRST_SEEN_PORT + FIRST_SEEN_PORTS - 1}"]
-    rules = [{"id": i + 1, "name": f"{n}-to-api", "src": n, "dst": "api", "ports": ports,
-              "effect": "allow"} for i, n in enumerate(SOURCES)]
+    rules = []
+    for n in SOURCES:
+        rules += [
+            {"id": len(rules) + 1, "name": f"{n}-to-api", "src": n, "dst": "api",
+             "ports": [PORT], "effect": effect},
+            {"id": len(rules) + 2, "name": f"{n}-to-api-many", "src": n, "dst": "api",
+             "ports": [f"{FIRST_SEEN_PORT}-{FIRST_SEEN_PORT + FIRST_SEEN_PORTS - 1}"],
+             "effect": "allow"},
+            {"id": len(rules) + 3, "name": f"{n}-not-closed", "src": n, "dst": "api",
+             "ports": [CLOSED_PORT], "effect": "prevent"},
+        ]
     return {"apiVersion": "cnnf/v1", "kind": "Policy", "spec": {
-        "containerEnabled": True, "defaultEffect": "allow", "objects": objects,
-        "containerRules": rules}}
+        "containerEnabled": True, "defaultEffect": "allow", "blockMode": "reset",
+        "objects": objects, "containerRules": rules}}
 
 
 def in_container(lab: Lab, name: str, code: str, *args: str) -> list[str]:
@@ -81,20 +103,22 @@ FIRST_SEEN_PORT, FIRST_SEEN_PORTS = 20000, 16384
 
 
 def run_clients(lab: Lab, sources: list[str], seconds: float, rate: float,
-                first_seen: bool) -> list[dict[str, Any]]:
+                kind: str) -> list[dict[str, Any]]:
     dst = lab.container("api").address
-    port, ports = (FIRST_SEEN_PORT, FIRST_SEEN_PORTS) if first_seen else (PORT, 1)
+    port, ports = {"first-seen": (FIRST_SEEN_PORT, FIRST_SEEN_PORTS),
+                   "prevented": (CLOSED_PORT, 1)}.get(kind, (PORT, 1))
+    expect = "refused" if kind == "prevented" else "connected"
     procs = [subprocess.Popen(in_container(lab, s, CLIENT, dst, str(port), str(seconds),
-                                           str(rate), lab.container(s).address, str(ports)),
+                                           str(rate), lab.container(s).address, str(ports),
+                                           expect),
                               stdout=subprocess.PIPE, text=True) for s in sources]
     return [json.loads(p.communicate(timeout=seconds + 30)[0]) for p in procs]
 
 
-def measure(lab: Lab, label: str, args: argparse.Namespace,
-            first_seen: bool = False) -> dict[str, float]:
-    runs = run_clients(lab, SOURCES, args.seconds, 0, first_seen)
+def measure(lab: Lab, label: str, args: argparse.Namespace, kind: str) -> dict[str, float]:
+    runs = run_clients(lab, SOURCES, args.seconds, 0, kind)
     cps = sum(r["ok"] for r in runs) / max(r["seconds"] for r in runs)
-    (lat,) = run_clients(lab, ["frontend"], args.seconds, args.rate, first_seen)
+    (lat,) = run_clients(lab, ["frontend"], args.seconds, args.rate, kind)
     row = {"cps": cps, "errors": sum(r["errors"] for r in runs) + lat["errors"],
            "p50": lat["p50"], "p99": lat["p99"], "paced": lat["ok"] / lat["seconds"]}
     print(f"{label:<40} {cps:>9,.0f} {row['p50']:>8.0f} {row['p99']:>8.0f} "
@@ -103,12 +127,14 @@ def measure(lab: Lab, label: str, args: argparse.Namespace,
 
 
 class Defender:
-    def __init__(self, lab: Lab, work: Path, *extra: str) -> None:
+    def __init__(self, lab: Lab, work: Path, *extra: str, effect: str = "allow") -> None:
         self.state = work / "state"
         self.log = work / "defender.log"
+        policy = work / f"policy-{effect}.json"
+        policy.write_text(json.dumps(policy_doc(effect)))
         argv = [CNNF, "defender", "run", "--netns", lab.netns("node-1"), "--docker-host",
                 lab.docker_host("node-1"), "--hostname", "node-1", "--policy",
-                str(work / "policy.json"), "--state-dir", str(self.state), *extra]
+                str(policy), "--state-dir", str(self.state), *extra]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
         self.wait(lambda s: s.get("pid") == self.proc.pid)
@@ -161,7 +187,6 @@ def main() -> None:
     t0 = time.monotonic()
     lab = Lab.up("shop", name=LAB)
     work = Path(tempfile.mkdtemp(prefix="cnnf-bench-defender-"))
-    (work / "policy.json").write_text(json.dumps(policy_doc()))
     server = subprocess.Popen(in_container(lab, "api", SERVER, str(PORT)),
                               stdout=subprocess.PIPE, text=True)
     many = subprocess.Popen(in_container(lab, "api", SERVER, str(FIRST_SEEN_PORT),
@@ -173,45 +198,57 @@ def main() -> None:
               f"{args.seconds:g}s closed loop -> api:{PORT}; latency: frontend paced at "
               f"{args.rate:g}/s (microseconds)")
         print(f"{'':<40} {'conn/s':>9} {'p50 us':>8} {'p99 us':>8} {'paced/s':>8} {'errors':>6}")
-        # The machine is shared: run the configurations in alternating rounds and
-        # keep each one's best round (by throughput, with that round's latency),
-        # so a burst of foreign load hits them alike.
-        configs: list[tuple[str, bool, list[str] | None]] = [
-            ("repeated: no Defender", False, None),
-            ("repeated: Defender", False, []),
-            ("repeated: Defender --no-fastpath", False, ["--no-fastpath"]),
-            ("first-seen: no Defender", True, None),
-            ("first-seen: Defender", True, ["--admission-rate", "0"]),
-            ("first-seen: Defender --no-fastpath", True,
-             ["--admission-rate", "0", "--no-fastpath"]),
+        # The machine is shared: the configurations run in alternating rounds, and
+        # each Defender figure is compared with its own round's baseline.
+        # (label, traffic kind, Defender options or None for no Defender, the
+        # rule's effect on PORT, the baseline's label)
+        configs: list[tuple[str, str, list[str] | None, str, str]] = [
+            ("repeated: no Defender", "repeated", None, "", ""),
+            ("repeated: Defender", "repeated", [], "allow", "repeated: no Defender"),
+            ("repeated: Defender --no-fastpath", "repeated", ["--no-fastpath"], "allow",
+             "repeated: no Defender"),
+            ("alerted: Defender (rule alert)", "repeated", [], "alert",
+             "repeated: no Defender"),
+            ("prevented: no Defender (closed port)", "prevented", None, "", ""),
+            ("prevented: Defender (rule prevent)", "prevented", [], "allow",
+             "prevented: no Defender (closed port)"),
+            ("first-seen: no Defender", "first-seen", None, "", ""),
+            ("first-seen: Defender", "first-seen", ["--admission-rate", "0"], "allow",
+             "first-seen: no Defender"),
+            ("first-seen: Defender --no-fastpath", "first-seen",
+             ["--admission-rate", "0", "--no-fastpath"], "allow", "first-seen: no Defender"),
         ]
-        best: dict[str, dict[str, float]] = {}
+        rows: dict[str, list[dict[str, float]]] = {}
         for rnd in range(1, args.rounds + 1):
-            for key, first_seen, extra in configs:
-                d = Defender(lab, work, *extra) if extra is not None else None
+            for key, kind, extra, effect, _ in configs:
+                d = Defender(lab, work, *extra, effect=effect) if extra is not None else None
                 try:
-                    row = measure(lab, f"r{rnd} {key}", args, first_seen)
+                    row = measure(lab, f"r{rnd} {key}", args, kind)
                     if d is not None:
                         st = d.wait(lambda s: True)
                         c, fp = st["counters"], st.get("fastpath") or {}
-                        print(f"{'':<40} verdict loop: accepted {c['accepted']:,}, errors "
+                        hits = fp.get("hits", {})
+                        print(f"{'':<40} verdict loop: accepted {c['accepted']:,}, audited "
+                              f"{c['audited']:,}, rejected {c['rejected']:,}, errors "
                               f"{c['errors']}, reports lost {c['reports_lost']}; kernel fast "
-                              f"path: {fp.get('hits', {}).get('accept', 0):,}", flush=True)
+                              f"path: accept {hits.get('accept', 0):,}, reject "
+                              f"{hits.get('reject', 0):,}", flush=True)
                 finally:
                     if d is not None:
                         d.stop()
-                if key not in best or row["cps"] > best[key]["cps"]:
-                    best[key] = row
-        for kind in ("repeated", "first-seen"):
-            base = best[f"{kind}: no Defender"]
-            for key, _, extra in configs:
-                if not key.startswith(kind) or extra is None:
-                    continue
-                row = best[key]
-                print(f"{key} (best of {args.rounds}): {row['cps']:,.0f} conn/s = "
-                      f"{row['cps'] / base['cps']:.2f}x no Defender's {base['cps']:,.0f}; "
-                      f"p50 +{row['p50'] - base['p50']:.0f} us, "
-                      f"p99 +{row['p99'] - base['p99']:.0f} us")
+                rows.setdefault(key, []).append(row)
+        print(f"each against its own round's baseline; the round with the median ratio of "
+              f"{args.rounds}:")
+        for key, _, extra, _, base_key in configs:
+            if extra is None:
+                continue
+            in_order = [(r["cps"] / b["cps"], r, b)
+                        for r, b in zip(rows[key], rows[base_key], strict=True)]
+            ratio, row, base = sorted(in_order, key=lambda x: x[0])[(len(in_order) - 1) // 2]
+            print(f"{key}: {row['cps']:,.0f} conn/s = {ratio:.2f}x the baseline's "
+                  f"{base['cps']:,.0f}; p50 +{row['p50'] - base['p50']:.0f} us, "
+                  f"p99 +{row['p99'] - base['p99']:.0f} us (every round: "
+                  f"{', '.join(f'{r:.2f}x' for r, _, _ in in_order)})")
 
         cluster = work / "cluster.json"
         cluster.write_text(ClusterInventory(revision=0).model_dump_json())
@@ -223,7 +260,11 @@ def main() -> None:
                   f"worker {workers_kib:,} KiB RSS")
             cluster.write_text(thousand(lab).model_dump_json())
             s = d.wait(lambda s: s.get("cluster_revision") == 1 and s["cluster_protected"] > 1000)
-            time.sleep(1.0)  # the workers compile the new inventory after the broadcast
+            # A worker applies pending inventory updates before it decides a SYN:
+            # once one more SYN is decided, the worker holds the new inventory.
+            decided = s["counters"]["accepted"]
+            lab.connect("frontend", "api", FIRST_SEEN_PORT + FIRST_SEEN_PORTS - 1)
+            d.wait(lambda s: s["counters"]["accepted"] > decided)
             main_kib, workers_kib = d.rss_kib()
             print(f"memory, {s['cluster_protected']:,} protected addresses (cluster set): "
                   f"main {main_kib:,} KiB, worker {workers_kib:,} KiB RSS")
