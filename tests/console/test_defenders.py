@@ -119,15 +119,21 @@ def test_enroll_then_the_credential_fetches_the_policy_and_the_list_shows_it(
     assert info["status"] == "connected"
 
 
-@pytest.mark.parametrize("token", ["cnnfe_wrong", "", "x" * 201])
+@pytest.mark.parametrize(("token", "status"), [
+    ("cnnfe_wrong", 401),  # well formed, unknown
+    ("", 422), ("x" * 201, 422),  # malformed: refused at the edge
+])
 def test_a_bad_enrollment_token_is_refused_and_nothing_is_enrolled(
-    console: Console, admin: ApiClient, token: str
+    console: Console, admin: ApiClient, token: str, status: int
 ) -> None:
     enrollment_token(admin)  # a valid one exists, but is not the one sent
     r = console.client().post(f"{API}/defenders/enroll",
                               json={"enrollment_token": token, "hostname": "node-1"})
-    assert r.status_code in (401, 422)
-    assert r.json()["detail"]
+    assert r.status_code == status, r.text
+    if status == 422:
+        assert r.json()["errors"][0]["path"] == "enrollment_token"
+    else:
+        assert r.json()["detail"]
     assert admin.get(f"{API}/defenders").json() == []
 
 

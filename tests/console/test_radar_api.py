@@ -162,17 +162,42 @@ def test_radar_needs_credentials(console: Console) -> None:
     assert console.client().get("/api/v1/radar").status_code == 401
 
 
-def test_ui_is_served_at_root_or_says_how_to_build_it(console: Console, tmp_path: Any) -> None:
-    r = console.client().get("/")
-    assert r.status_code == 200
-    assert "CNNF" in r.text
-    bare = FastAPI()
-    mount_ui(bare, tmp_path / "no-build")
-    client = ApiClient(bare)
+def test_a_built_ui_is_served_at_root_with_its_assets(tmp_path: Any) -> None:
+    built = tmp_path / "static"
+    built.mkdir()
+    (built / "index.html").write_text('<!doctype html><title>built</title><script src="app.js">'
+                                      "</script>")
+    (built / "app.js").write_text("window.cnnfBuilt = true;")
+    app = FastAPI()
+    mount_ui(app, built)
+    client = ApiClient(app)
     try:
-        assert "not built" in client.get("/").text
+        page = client.get("/")
+        assert page.status_code == 200 and "<title>built</title>" in page.text
+        assert "not built" not in page.text
+        script = client.get("/app.js")
+        assert script.status_code == 200 and script.text == "window.cnnfBuilt = true;"
+        assert "javascript" in script.headers["content-type"]
     finally:
         client.close()
+
+
+def test_without_a_build_root_says_how_to_build_it(tmp_path: Any) -> None:
+    app = FastAPI()
+    mount_ui(app, tmp_path / "no-build")
+    client = ApiClient(app)
+    try:
+        r = client.get("/")
+        assert r.status_code == 200
+        assert "The web UI is not built" in r.text and "scripts/bootstrap.sh" in r.text
+    finally:
+        client.close()
+
+
+def test_the_console_serves_the_ui_after_the_api(console: Console) -> None:
+    # The UI is mounted at / after every API route: it must not shadow them.
+    assert console.client().get("/").status_code == 200
+    assert console.client().get("/api/v1/radar").status_code == 401
 
 
 def test_an_unchanged_graph_is_answered_with_304(console: Console, admin: ApiClient) -> None:

@@ -280,7 +280,11 @@ def test_address_sets_follow_the_mode_switches(
     a.container_nets = ("10.1.0.0/30",)  # queued before discovery names them
     sets = a.wanted_sets()
     assert sets[AddressSet.LOCAL] == (local | {"10.1.0.1"} if container else set())
+    # The report made after the change still counts workloads by identity: the
+    # network's unnamed addresses are held, not protected workloads.
+    report = a.inventory_report()
     assert report.protected == len(local | hostset)
+    assert [c.address for c in report.containers] == ["10.1.0.2"]
 
 
 def test_block_mode_option_overrides_the_policy(tmp_path: Path) -> None:

@@ -325,18 +325,18 @@ COMMIT
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"queues": 0},
-        {"queues": 65},
-        {"queue_num": 65535, "queues": 2},
-        {"queue_num": 4290, "queues": 10},
-        {"reject_mark": 3},
-        {"reject_mark": 0},
+        ({"queues": 0}, "queues must be 1..64, not 0"),
+        ({"queues": 65}, "queues must be 1..64, not 65"),
+        ({"queue_num": 65535, "queues": 2}, r"queue numbers 65535..65536 out of 0..65535"),
+        ({"queue_num": 4290, "queues": 10}, "dns_queue 4299 overlaps the SYN queues"),
+        ({"reject_mark": 3}, "reject_mark must be a single bit"),
+        ({"reject_mark": 0}, "reject_mark must be a single bit"),
     ],
 )
-def test_config_refuses_bad_values(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError):
+def test_config_refuses_bad_values(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         DatapathConfig(**kwargs)  # type: ignore[arg-type]
 
 
