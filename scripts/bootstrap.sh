@@ -6,13 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Kernel tools, the lab's container engine, NFQUEUE headers, PostgreSQL, Chromium.
+# Kernel tools, the lab's container engine, NFQUEUE headers, PostgreSQL, Chromium,
+# systemd (its systemd-analyze verifies the shipped unit in tests/deploy/).
 APT_PACKAGES=(
   iptables nftables conntrack ipset iproute2 procps psmisc
   podman runc busybox-static dnsmasq-base hping3
   containerd containernetworking-plugins mmdebstrap
   libnetfilter-queue-dev libnfnetlink-dev build-essential python3-dev
-  postgresql chromium
+  postgresql chromium systemd
 )
 
 missing=()
