@@ -88,7 +88,11 @@ def test_flows_and_audits_arrive_one_audit_per_blocked_attempt(cluster: ManagedC
     for _ in range(attempts):  # node-1 -> node-2, both ends protected: evaluated once
         assert c.lab.connect("frontend", "payments", 22).outcome == "refused"
     assert poll(lambda: total(stored(c, "frontend", "payments", 22)) >= attempts, 20)
-    time.sleep(1.5)  # room for a second (wrong) evaluation on node-2 to arrive
+    # A second (wrong) evaluation by node-2's Defender would reach the Console no
+    # later than the audit of a SYN node-2 decides afterwards (its reports go in order).
+    assert c.lab.connect("payments", "db", 5433).outcome == "refused"  # node-2: default
+    assert poll(lambda: [a for a in stored(c, "payments", "db", 5433)
+                         if a["defender"] == "node-2"], 20)
     mine = stored(c, "frontend", "payments", 22)
     assert total(mine) == attempts, mine
     assert {a["defender"] for a in mine} == {"node-1"}

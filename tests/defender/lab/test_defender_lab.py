@@ -112,6 +112,7 @@ class Defender:
         self.policy_file, self.cluster_file = policy_file, cluster_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.read_records = 0
+        self.metrics_port: int | None = None  # kept across restarts
 
     @property
     def netns(self) -> str:
@@ -125,6 +126,7 @@ class Defender:
                 *self.discovery, "--hostname", self.host, *source,
                 "--state-dir", str(self.state), "--output", str(self.output),
                 "--audit-window", "0.5", "--repair-interval", "1", "--label", f"lab={LAB}",
+                *(("--metrics", f"127.0.0.1:{self.metrics_port}") if self.metrics_port else ()),
                 *extra]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
@@ -221,7 +223,8 @@ class Cluster:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.metrics_port = s.getsockname()[1]
-        self.d1.start("--metrics", f"127.0.0.1:{self.metrics_port}")
+        self.d1.metrics_port = self.metrics_port
+        self.d1.start()
         self.d2.start()
         self.share_inventory()
 
@@ -295,14 +298,29 @@ def test_allow_alert_prevent_on_one_host(cluster: Cluster) -> None:
 
 
 def test_metrics_endpoint(cluster: Cluster) -> None:
+    """Expectations from the cluster as it is now, whatever ran before: the
+    revision just applied, node-1's running containers."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics_port}/metrics",
-                                timeout=5) as resp:
-        text = resp.read().decode()
+    c = cluster
+    revision = c.apply()  # the base policy (containers enforced), a new revision
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics",
+                                    timeout=5) as resp:
+            return str(resp.read().decode())
+
+    running = [x for h in c.lab.status()["hosts"] if h["name"] == "node-1"
+               for x in h["containers"] if x["state"] == "running"]
+    assert running
+    def applied() -> str:
+        text = metrics()
+        return text if f"cnnf_defender_policy_revision {revision}.0" in text else ""
+
+    text = poll(applied)
+    assert text, metrics()
     assert 'cnnf_defender_verdicts_total{decision="accept"}' in text
-    assert "cnnf_defender_protected_workloads 3.0" in text
-    assert "cnnf_defender_policy_revision 1.0" in text
+    assert f"cnnf_defender_protected_workloads {len(running)}.0" in text
 
 
 def test_a_deleted_rule_or_member_is_put_back_and_logged(cluster: Cluster) -> None:
@@ -350,7 +368,11 @@ def test_across_hosts_each_attempt_is_evaluated_and_audited_once(cluster: Cluste
     assert c.connect("frontend", "payments", 9090).outcome == "refused"  # '*', prevent
     assert c.connect("api", "db", 5432).ok
     assert poll(lambda: audits(c, "api", 9090) and flows(c, "frontend", "payments", 9090))
-    time.sleep(1.5)  # let a second (wrong) evaluation on node-2 show up if there were one
+    # node-2's Defender saw those SYNs arrive; had it (wrongly) evaluated them, its
+    # reports would be out no later than those of a SYN it decides afterwards.
+    assert c.connect("payments", "db", 5433).outcome == "refused"  # node-2: default
+    assert poll(lambda: [f for f in flows(c, "payments", "db", 5433)
+                         if f["reporter"] == "node-2"])
     (f,) = flows(c, "api", "payments", 9090)
     assert f["count"] == 1 and f["reporter"] == "node-1" and f["rule_name"] == "api-to-payments"
     assert f["dst"]["host"] == "node-2" and f["dst"]["image"] == "shop/payments:1.4"
@@ -725,7 +747,16 @@ def test_console_end_to_end_one_defender_per_host(cluster: Cluster, tmp_path: Pa
 
         assert poll(lambda: audits_of("api-to-payments") and audits_of("frontend-not-payments"),
                     15)
-        time.sleep(2)  # a second evaluation (by node-2's Defender) would show up by now
+        # A second (wrong) evaluation by node-2's Defender would reach the Console no
+        # later than the audit of a SYN node-2 decides afterwards (its reports go in order).
+        assert c.connect("payments", "db", 5433).outcome == "refused"  # node-2: default
+
+        def node2_marker() -> list[dict[str, Any]]:
+            page = http.get("/api/v1/audits", params={
+                "src_image": "shop/payments*", "dst_image": "shop/db*"}).json()
+            return [a for a in page["items"] if a["port"] == 5433 and a["defender"] == "node-2"]
+
+        assert poll(node2_marker, 15)
         (alert,) = audits_of("api-to-payments")
         assert alert["count"] == 1 and alert["blocked"] is False
         (blocked,) = audits_of("frontend-not-payments")
