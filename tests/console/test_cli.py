@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session
 from cnnf.console.config import database_url
 from cnnf.console.services.records import AuditRecord, AuditService
 from cnnf.console.store.db import connect
+from cnnf.console.tls import ensure_self_signed
+from cnnf.defender.link import ConsoleLink, LinkError
 from cnnf.model import Effect
 
 CNNF = str(Path(sys.executable).with_name("cnnf"))
@@ -155,6 +157,43 @@ def test_console_serves_https_from_its_own_ca(tmp_path: Path) -> None:
             httpx.get(f"{base}/healthz")  # the system's trust store does not know it
         with pytest.raises(httpx.RemoteProtocolError):
             httpx.get(base.replace("https:", "http:") + "/healthz")
+
+
+def test_console_serves_https_with_a_given_certificate(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key: the certificate given, not one from the Console's CA."""
+    own = ensure_self_signed(tmp_path / "own-ca", ["127.0.0.1"])
+    data = tmp_path / "data"
+    with running_console(tmp_path, "--data-dir", str(data), "--tls-cert", str(own.cert),
+                         "--tls-key", str(own.key), ca=own.ca_cert) as base:
+        trusted = ssl.create_default_context(cafile=str(own.ca_cert))
+        assert httpx.get(f"{base}/healthz", verify=trusted).json()["status"] == "ok"
+        served = ssl.get_server_certificate(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+        assert served.strip() == own.cert.read_text().strip()
+    assert not (data / "tls").exists()  # no CA of its own was made
+    r = _cnnf("console", "--data-dir", str(data), "--tls-cert", str(own.cert))
+    assert r.returncode == 1 and "--tls-cert and --tls-key go together" in r.stderr
+
+
+def test_a_defender_enrolls_with_an_https_console_given_its_ca(tmp_path: Path) -> None:
+    """The Defender's --ca: its Console link trusts the Console's own CA, and
+    without it refuses the connection (the system's trust store does not know it)."""
+    data = tmp_path / "data"
+    ca = data / "tls" / "ca.crt"
+    with running_console(tmp_path, "--data-dir", str(data), "--tls", ca=ca) as base:
+        r = _cnnf("console", "enrollment-token", "--data-dir", str(data))
+        assert r.returncode == 0, r.stderr
+        token = r.stdout.split()[0]
+        untrusting = ConsoleLink(base, tmp_path / "state-0", hostname="node-0",
+                                 enrollment_token=token)
+        with pytest.raises(LinkError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusting.enroll()
+        untrusting.close()
+        link = ConsoleLink(base, tmp_path / "state-1", hostname="node-1",
+                           enrollment_token=token, ca=ca)
+        link.enroll()
+        revision, policy = link.fetch_policy(-1, 0) or (None, None)
+        assert revision is not None and policy is not None
+        link.close()
 
 
 def test_an_unreachable_store_is_one_clear_line(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from dataclasses import replace
@@ -11,6 +12,7 @@ import pytest
 from consoletest import ApiClient, Console
 from pydantic import ValidationError
 
+import cnnf.console.app as app_module
 from cnnf.console.app import prune_expired
 from cnnf.console.services.records import (
     CSV_COLUMNS,
@@ -260,3 +262,37 @@ def test_retention_prunes_old_audits_and_flows(console: Console, admin: ApiClien
     assert prune_expired(state) is None
     with console.session() as s:
         assert AuditService(s).query(AuditFilter(), limit=10, offset=0).total == 2
+
+
+def test_retention_runs_at_start_and_then_every_hour(console: Console,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Console's retention task: a prune at once, then one per
+    ``retention_interval_seconds`` (an hour by default). The task's sleeps are
+    played on the injected clock: each advances it by the interval asked for."""
+    state = console.app.state.console
+    assert state.config.retention_interval_seconds == 3600.0
+    now = console.clock.now()
+    with console.session() as s:  # old at start; the second one 30 days and 30 minutes old
+        AuditService(s).insert_many([
+            _audit(0, time=now - timedelta(days=31)),
+            _audit(0, time=now - timedelta(days=30) + timedelta(minutes=30)),
+            _audit(0, time=now),
+        ])
+    slept: list[float] = []
+    totals: list[int] = []
+
+    async def sleep(seconds: float) -> None:
+        with console.session() as s:
+            totals.append(AuditService(s).query(AuditFilter(), limit=1, offset=0).total)
+        slept.append(seconds)
+        if len(slept) == 3:
+            raise asyncio.CancelledError
+        console.clock.advance(seconds)
+
+    monkeypatch.setattr(app_module.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(app_module._retention_loop(state))
+    assert slept == [3600.0, 3600.0, 3600.0]
+    # at start the 31-day-old audit went; an hour later the one that had turned
+    # 30 days old; today's stays
+    assert totals == [2, 1, 1]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +76,9 @@ class ConsoleLink:
         self.hostname = hostname
         self.enrollment_token = enrollment_token
         self.timeout = timeout
-        verify: Any = str(ca) if ca is not None else True
+        # A context, not the path: httpx deprecates verify=<path> (a warning today).
+        verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(ca))
+                                         if ca is not None else True)
         self._http = httpx.Client(base_url=self.url, verify=verify, transport=transport,
                                   timeout=timeout)
         self.credential: str | None = None
