@@ -1,0 +1,253 @@
+"""The Console link client against the real Console (served by uvicorn on
+loopback), for the paths tests/defender/test_link.py plays against a fake one:
+an answer lost after the Console stored a batch, a batch the Console refuses as
+too large (413), and an inventory it refuses that must not hold up the reports."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy.orm import Session
+
+from cnnf.console.app import create_app
+from cnnf.console.config import ConsoleConfig
+from cnnf.console.security import Role
+from cnnf.console.services.users import UserService
+from cnnf.console.store.db import connect
+from cnnf.defender.link import ConsoleLink, LinkError, LinkRunner
+from cnnf.defender.spool import Spool
+from cnnf.model import Effect
+from cnnf.model.records import (
+    EndpointInfo,
+    FlowRecord,
+    HostInfo,
+    InventoryReport,
+    ReportBatch,
+    WorkloadInfo,
+)
+
+ADMIN = ("admin", "correct horse battery")
+MAX_BODY = 16 * 1024  # small, so that a large batch or inventory is refused with 413
+
+
+@dataclass
+class RealConsole:
+    url: str
+    admin: httpx.Client
+
+    def enrollment_token(self) -> str:
+        r = self.admin.post("/api/v1/defenders/enrollment-tokens", json={})
+        r.raise_for_status()
+        return str(r.json()["token"])
+
+    def flow_counts(self) -> dict[int, int]:
+        items = self.admin.get("/api/v1/flows", params={"limit": 1000}).json()["items"]
+        return {int(f["port"]): int(f["count"]) for f in items}
+
+
+@contextmanager
+def serve(tmp_path: Path) -> Iterator[RealConsole]:
+    db_url = f"sqlite:///{tmp_path / 'console.db'}"
+    engine = connect(db_url)
+    app = create_app(ConsoleConfig(db_url=db_url, data_dir=tmp_path, max_body_bytes=MAX_BODY),
+                     engine=engine)
+    with Session(engine) as s:
+        UserService(s).create_user(ADMIN[0], Role.ADMIN, ADMIN[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the Console did not start"
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    token = httpx.post(f"{url}/api/v1/auth/login",
+                       json={"username": ADMIN[0], "password": ADMIN[1]}).json()["token"]
+    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    try:
+        yield RealConsole(url, admin)
+    finally:
+        admin.close()
+        server.should_exit = True
+        thread.join(timeout=30)
+        engine.dispose()
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[RealConsole]:
+    with serve(tmp_path / "console") as c:
+        yield c
+
+
+class AnswerLosingProxy:
+    """A loopback HTTP/1.1 proxy in front of the Console that, when armed, passes
+    the next report batch to the Console, reads its answer, and closes the
+    Defender's connection instead of answering: the answer is lost after the
+    Console stored the batch."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.armed = False
+        self.lost: list[bytes] = []  # the answers withheld
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _message(conn: socket.socket, buffer: bytearray, response: bool) -> bytes | None:
+        while b"\r\n\r\n" not in buffer:
+            data = conn.recv(65536)
+            if not data:
+                return None
+            buffer += data
+        head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        if response and head.split(b" ")[1] in (b"204", b"304"):
+            length = 0
+        total = len(head) + 4 + length
+        while len(buffer) < total:
+            data = conn.recv(65536)
+            if not data:
+                return None
+            buffer += data
+        message = bytes(buffer[:total])
+        del buffer[:total]
+        return message
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        from_client, from_upstream = bytearray(), bytearray()
+        try:
+            while True:
+                request = self._message(client, from_client, response=False)
+                if request is None:
+                    return
+                upstream.sendall(request)
+                answer = self._message(upstream, from_upstream, response=True)
+                if answer is None:
+                    return
+                if self.armed and request.startswith(b"POST /api/v1/defender/reports"):
+                    self.armed = False
+                    self.lost.append(answer)
+                    return  # closes the Defender's connection without an answer
+                client.sendall(answer)
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def flows_batch(batch_id: str, ports: range) -> ReportBatch:
+    ep = EndpointInfo(kind="address", address="10.0.0.1")
+    flows = [FlowRecord(src=ep, dst=ep, port=p, effect=Effect.ALLOW, matched=False,
+                        first_seen=1.0, last_seen=1.0) for p in ports]
+    return ReportBatch(batch_id=batch_id, flows=flows)
+
+
+def enrolled(console: RealConsole, state: Path, url: str | None = None) -> ConsoleLink:
+    """A link enrolled with the real Console; ``url``: then talk to it there."""
+    link = ConsoleLink(console.url, state, hostname="node-1",
+                       enrollment_token=console.enrollment_token())
+    link.enroll()
+    if url is None:
+        return link
+    link.close()
+    return ConsoleLink(url, state, hostname="node-1")  # the stored credential
+
+
+def test_a_lost_answer_is_redelivered_and_the_console_stores_the_batch_once(
+    console: RealConsole, tmp_path: Path
+) -> None:
+    proxy = AnswerLosingProxy(int(console.url.rsplit(":", 1)[1]))
+    link = enrolled(console, tmp_path / "state", proxy.url)
+    spool = Spool(tmp_path / "spool")
+    spool.put(flows_batch("b1", range(1000, 1003)))
+    proxy.armed = True
+    try:
+        with pytest.raises(LinkError):
+            link.deliver(spool)
+        assert proxy.lost and b" 200 " in proxy.lost[0].split(b"\r\n")[0]  # stored, then lost
+        assert len(spool.pending()) == 1  # kept: no answer, no delete
+        assert link.deliver(spool) == 1
+        assert spool.pending() == []
+    finally:
+        link.close()
+        proxy.close()
+    assert console.flow_counts() == {1000: 1, 1001: 1, 1002: 1}  # once, not twice
+    metrics = console.admin.get("/metrics").text
+    assert 'cnnf_console_report_batches_total{result="duplicate"} 1.0' in metrics
+    assert 'cnnf_console_report_batches_total{result="stored"} 1.0' in metrics
+
+
+def test_a_batch_the_console_refuses_as_too_large_is_dropped_and_counted(
+    console: RealConsole, tmp_path: Path
+) -> None:
+    link = enrolled(console, tmp_path / "state")
+    spool = Spool(tmp_path / "spool")
+    big = flows_batch("b1", range(2000, 2400))
+    assert len(big.model_dump_json()) > MAX_BODY
+    for batch in (flows_batch("b0", range(1, 3)), big, flows_batch("b2", range(3, 5))):
+        spool.put(batch)
+    try:
+        assert link.deliver(spool) == 3  # all three handled: two stored, one refused
+    finally:
+        link.close()
+    assert spool.pending() == []
+    assert spool.take_dropped() == 400  # the refused batch's records, reported next
+    assert console.flow_counts() == {1: 1, 2: 1, 3: 1, 4: 1}
+
+
+def test_an_inventory_the_console_refuses_does_not_hold_up_the_reports(
+    console: RealConsole, tmp_path: Path
+) -> None:
+    link = enrolled(console, tmp_path / "state")
+    spool = Spool(tmp_path / "spool")
+    spool.put(flows_batch("b1", range(7000, 7002)))
+    huge = InventoryReport(
+        host=HostInfo(name="node-1", addresses=["10.0.0.1"]),
+        containers=[WorkloadInfo(address=f"10.1.{i // 250}.{i % 250 + 1}", image="shop/app:1",
+                                 name=f"app-{i}", host="node-1") for i in range(400)])
+    assert len(huge.model_dump_json()) > MAX_BODY
+    runner = LinkRunner(link, spool, on_policy=lambda r, p: None,
+                        on_inventory=lambda inv: None, wait=1.0)
+    runner.set_inventory(huge)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 15
+        while console.flow_counts() != {7000: 1, 7001: 1} and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+        link.close()
+    assert console.flow_counts() == {7000: 1, 7001: 1}
+    [defender] = console.admin.get("/api/v1/defenders").json()
+    assert defender["hostname"] == "node-1" and defender["workloads"] == 0  # not stored
