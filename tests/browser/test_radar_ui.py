@@ -8,6 +8,7 @@ leaves a screenshot in test-artifacts/browser/ and fails on any JavaScript error
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from radarpage import ARTIFACTS, sign_in, wait_radar
 from radarserver import RadarConsole
 
 from cnnf.console.services.records import FlowRecord
+from cnnf.model.records import HostInfo, WorkloadInfo
 
 pytestmark = pytest.mark.browser
 
@@ -226,6 +228,57 @@ def test_large_groups_collapse_and_expand(page: Any, console: RadarConsole) -> N
     page.click("#toggle-group")
     page.wait_for_function(
         "window.cnnfRadar.cy.getElementById('group:namespace:shop').data('kind') === 'group'")
+
+
+def test_above_300_nodes_groups_of_more_than_8_start_collapsed(page: Any,
+                                                               console: RadarConsole) -> None:
+    """The README: above 300 nodes, groups of more than 8 start collapsed. A
+    namespace of 310 images (one container each), one of 9 and one of 8, beside
+    the shop: only the first two start collapsed."""
+    sizes = {"big": 310, "nine": 9, "eight": 8}
+    containers = [WorkloadInfo(address=f"10.9.{i // 250}.{i % 250 + 1}",
+                               image=f"{ns}/svc{k}:1", name=f"{ns}-{k}", namespace=ns,
+                               host="node-9")
+                  for i, (ns, k) in enumerate((ns, k) for ns, n in sizes.items()
+                                              for k in range(n))]
+    console.report_inventory([HostInfo(name="node-9", addresses=["10.9.255.1"])], containers)
+    sign_in(page, console)
+    wait_radar(page)
+    kinds = page.evaluate("""() => {
+      const cy = window.cnnfRadar.cy, out = {};
+      cy.nodes('[kind = "group"], [kind = "collapsed"]').forEach(n => {
+        out[n.id()] = n.data('kind'); });
+      return {kinds: out, nodes: window.cnnfRadar.data.nodes.length};
+    }""")
+    assert kinds["nodes"] > 300
+    groups = kinds["kinds"]
+    assert groups["group:namespace:big"] == "collapsed"
+    assert groups["group:namespace:nine"] == "collapsed"
+    assert groups["group:namespace:eight"] == "group"
+    assert page.locator("#live").inner_text()  # the status line is up
+
+
+def test_polls_redraw_only_when_the_graph_changed(page: Any, console: RadarConsole) -> None:
+    """Radar polls; unchanged, the endpoint answers 304 and nothing is redrawn;
+    a change is drawn on the next poll."""
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status)
+            if "/api/v1/radar" in r.url else None)
+    sign_in(page, console, query="?poll=300")
+    wait_radar(page)
+    renders = page.evaluate("window.cnnfRadar.renders")
+    # a positive signal that polls happened: three 304 answers after the render
+    seen = len(answers)
+    deadline = time.monotonic() + 15
+    while answers[seen:].count(304) < 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert answers[seen:].count(304) >= 3, answers
+    assert page.evaluate("window.cnnfRadar.renders") == renders
+    now = datetime.now(UTC)
+    console.add_flows([FlowRecord(src="image:shop/cache", dst="image:shop/db", port=5432,
+                                  verdict="observed", count=1, first_seen=now, last_seen=now)])
+    page.wait_for_function(f"window.cnnfRadar.renders === {renders + 1}")
+    assert 200 in answers[seen:]
 
 
 def test_a_bad_import_shows_the_error_and_changes_nothing(page: Any,

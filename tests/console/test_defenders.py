@@ -613,3 +613,31 @@ def test_a_silent_defender_leaves_the_cluster_inventory_until_it_calls_again(
     inv = admin.get(f"{API}/inventory").json()  # back: its workloads rejoin
     assert (inv["revision"], [h["name"] for h in inv["hosts"]]) == (before + 2,
                                                                    ["node-1", "node-2"])
+
+
+def test_a_defender_enrolled_under_an_existing_host_name_stands_for_it_when_seen_last(
+    console: Console, admin: ApiClient
+) -> None:
+    """The README's known limit: enrollment tokens do not bind a host name, so a
+    second Defender enrolled as node-1 stands for node-1 in the cluster
+    inventory whenever it is the one that called last."""
+
+    def node_1() -> list[tuple[str, str]]:
+        inv = admin.get(f"{API}/inventory").json()
+        return [(c["name"], c["address"]) for c in inv["containers"] if c["host"] == "node-1"]
+
+    def push(defender: ApiClient, name: str, address: str) -> None:
+        console.clock.advance(1)
+        r = defender.post(f"{API}/defender/inventory",
+                          json=report("node-1", (name, address)).model_dump(mode="json"))
+        assert r.status_code in (200, 204), r.text
+
+    first_id, first = enroll(console, admin, "node-1")
+    push(first, "api", "10.1.0.2")
+    assert node_1() == [("api", "10.1.0.2")]
+    second_id, second = enroll(console, admin, "node-1")
+    assert second_id != first_id
+    push(second, "impostor", "10.1.0.9")
+    assert node_1() == [("impostor", "10.1.0.9")]  # replaced, not merged
+    push(first, "api", "10.1.0.2")
+    assert node_1() == [("api", "10.1.0.2")]  # and back: whichever called last

@@ -24,6 +24,7 @@ from cnnf.console.app import create_app
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.security import Role
 from cnnf.console.services.forwarding import (
+    QUEUE_BATCHES,
     Forwarder,
     SyslogSink,
     WebhookSink,
@@ -366,3 +367,33 @@ def test_pod_audits_reach_syslog_and_webhooks_naming_the_pods(tmp_path: Path) ->
                     "dstNamespace": "data", "dstPod": "postgres-0"}
         finally:
             hook.close()
+
+
+def test_a_dead_webhook_does_not_hold_up_report_ingestion(tmp_path: Path) -> None:
+    """The README: a slow or dead target never holds up the Defenders' reports. A
+    webhook that accepts connections and never answers; batches posted to the
+    Defender endpoint are all stored while it hangs, and what does not fit in
+    its queue is dropped and counted (a blocking path would store one batch and
+    then wait on the webhook)."""
+    import test_defenders as td
+
+    from cnnf.model.records import ReportBatch
+
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        dead.listen(64)  # accepts (in the kernel), never reads nor answers
+        hook = f"http://127.0.0.1:{dead.getsockname()[1]}/hook"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as syslog:
+            syslog.bind(("127.0.0.1", 0))
+            with _forwarding_console(tmp_path, syslog.getsockname()[1],
+                                     webhooks=(hook,)) as (admin, defender):
+                n = QUEUE_BATCHES + 5
+                for i in range(n):
+                    batch = ReportBatch(batch_id=f"b-{i}", audits=[td.audit(port=1000 + i)])
+                    r = td.post_batch(defender, batch)
+                    assert r.status_code == 200 and not r.json()["duplicate"], r.text
+                assert admin.get("/api/v1/audits", params={"limit": 1}).json()["total"] == n
+                metrics = admin.get("/metrics").text
+                dropped = re.search(r'cnnf_console_forwarded_audits_total\{result="dropped",'
+                                    r'sink="webhook:[^"]*"\} (\d+)', metrics)
+                assert dropped and int(dropped.group(1)) >= 4, metrics

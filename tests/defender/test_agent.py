@@ -494,6 +494,10 @@ def test_reports_are_batched_less_often_while_the_console_is_away(tmp_path: Path
     a.runner.connected = True
     assert a.report_interval() == a.config.report_interval
     link.close()
+    # The README's arithmetic: the spool's default bound of 1,000 batches, one
+    # batch per interval while the Console is away, lasts over eight hours.
+    bound = Spool(tmp_path / "default-spool").max_files
+    assert bound == 1000 and bound * OFFLINE_REPORT_INTERVAL > 8 * 3600
 
 
 def test_a_named_remote_workload_in_a_pending_pool_is_not_held() -> None:

@@ -137,3 +137,19 @@ def test_datapaths_up_needs_every_defenders_status_file(tmp_path: Path) -> None:
     (tmp_path / "node-2" / "status.json").rmdir()
     (tmp_path / "node-2" / "status.json").write_text("{}")
     assert datapaths_up(tmp_path, hosts)
+
+
+@pytest.mark.parametrize(("make_args", "listen"), [
+    ((), "127.0.0.1:8080"), (("LISTEN=0.0.0.0:8080",), "0.0.0.0:8080")])
+def test_make_demo_passes_listen_to_cnnf_demo(make_args: tuple[str, ...], listen: str) -> None:
+    """``make demo LISTEN=HOST:PORT`` runs ``cnnf demo --listen HOST:PORT`` (make -n
+    prints the recipe without running it; ``deps`` is made up to date first)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("make") is None:
+        pytest.fail("make is missing")
+    out = subprocess.run(["make", "-n", "-o", "deps", "demo", *make_args], cwd=root,
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    assert f".venv/bin/cnnf demo --listen {listen}" in out.splitlines()

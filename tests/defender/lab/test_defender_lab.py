@@ -562,8 +562,13 @@ def test_kill9_fail_open_restart_without_duplicates(cluster: Cluster) -> None:
 def test_kill9_fail_closed_then_cleanup_leaves_nothing(cluster: Cluster) -> None:
     c = cluster
     d = c.d1
-    d.stop()
-    assert d.kernel_state() == ("", "")  # SIGTERM removed everything
+    assert d.stop(signal.SIGINT) == 0
+    assert d.kernel_state() == ("", "")  # SIGINT removed everything
+    assert "4200" not in d.queues()
+    d.start()
+    assert d.kernel_state() != ("", "")
+    assert d.stop(signal.SIGTERM) == 0
+    assert d.kernel_state() == ("", "")  # and so does SIGTERM
     d.start("--fail-closed")
     assert c.connect("frontend", "api", 8080).ok
     d.stop(signal.SIGKILL)
