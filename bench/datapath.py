@@ -282,7 +282,7 @@ def main() -> None:
                 pick = sorted(paired)[(len(paired) - 1) // 2]  # the median round (lower)
                 print(
                     f"queues={q}: {pick[0]:.0%} of the same round's baseline rate, "
-                    f"p50 +{pick[1]:.0f} us, p99 +{pick[2]:.0f} us (median of {len(paired)} "
+                    f"p50 {pick[1]:+.0f} us, p99 {pick[2]:+.0f} us (median of {len(paired)} "
                     f"rounds; each: {', '.join(f'{r:.0%}' for r, _, _ in paired)})"
                 )
         finally:

@@ -3,7 +3,10 @@
 In one run on a ``shop`` lab (named ``cnnfbench``), containers connect to a
 server in ``api`` (node-1): clients in frontend and cache (node-1) and in
 payments, db and worker (node-2; node-2 runs no Defender, so node-1 queues
-their SYNs inbound). Measured:
+their SYNs inbound). node-1's Defender has no cluster inventory, so it decides
+node-1's clients by their rules and node-2's (unknown addresses to it) by the
+policy's default effect, which each run sets to the effect the rules have.
+Measured:
 
 - new connections per second, closed loop, one client process per source
   container, and connect() latency p50/p99 of one client (frontend) paced at
@@ -44,7 +47,7 @@ their SYNs inbound). Measured:
 
     sudo .venv/bin/python bench/defender_lab.py [--seconds 3] [--rate 5000] [--rounds 2]
 
-Bounded: about three minutes. Traffic stays inside the lab's namespaces.
+Bounded: about five minutes. Traffic stays inside the lab's namespaces.
 """
 
 from __future__ import annotations
@@ -73,9 +76,12 @@ SOURCES = ["frontend", "cache", "payments", "db", "worker"]
 CNNF = str(Path(sys.executable).with_name("cnnf"))
 
 
-def policy_doc(effect: str = "allow") -> dict[str, Any]:
+def policy_doc(effect: str = "allow", default: str = "allow") -> dict[str, Any]:
     """Each client may reach api on PORT (with ``effect``) and on the first-seen
-    ports; api's CLOSED_PORT is prevented for all of them."""
+    ports; api's CLOSED_PORT is prevented for all of them. node-1's Defender runs
+    without a cluster inventory, so node-2's clients are unknown addresses to it:
+    their SYNs get the ``default`` effect, which each run sets to the effect it
+    measures."""
     objects = [{"kind": "container", "name": n, "selector": {"images": [f"shop/{n}"]}}
                for n in [*SOURCES, "api"]]
     rules = []
@@ -90,7 +96,7 @@ def policy_doc(effect: str = "allow") -> dict[str, Any]:
              "ports": [CLOSED_PORT], "effect": "prevent"},
         ]
     return {"apiVersion": "cnnf/v1", "kind": "Policy", "spec": {
-        "containerEnabled": True, "defaultEffect": "allow", "blockMode": "reset",
+        "containerEnabled": True, "defaultEffect": default, "blockMode": "reset",
         "objects": objects, "containerRules": rules}}
 
 
@@ -127,11 +133,12 @@ def measure(lab: Lab, label: str, args: argparse.Namespace, kind: str) -> dict[s
 
 
 class Defender:
-    def __init__(self, lab: Lab, work: Path, *extra: str, effect: str = "allow") -> None:
+    def __init__(self, lab: Lab, work: Path, *extra: str, effect: str = "allow",
+                 default: str = "allow") -> None:
         self.state = work / "state"
         self.log = work / "defender.log"
-        policy = work / f"policy-{effect}.json"
-        policy.write_text(json.dumps(policy_doc(effect)))
+        policy = work / f"policy-{effect}-{default}.json"
+        policy.write_text(json.dumps(policy_doc(effect, default)))
         argv = [CNNF, "defender", "run", "--netns", lab.netns("node-1"), "--docker-host",
                 lab.docker_host("node-1"), "--hostname", "node-1", "--policy",
                 str(policy), "--state-dir", str(self.state), *extra]
@@ -209,8 +216,8 @@ def main() -> None:
              "repeated: no Defender"),
             ("alerted: Defender (rule alert)", "repeated", [], "alert",
              "repeated: no Defender"),
-            ("prevented: no Defender (closed port)", "prevented", None, "", ""),
-            ("prevented: Defender (rule prevent)", "prevented", [], "allow",
+            ("prevented: no Defender (closed port)", "prevented", None, "prevent", ""),
+            ("prevented: Defender (rule prevent)", "prevented", [], "prevent",
              "prevented: no Defender (closed port)"),
             ("first-seen: no Defender", "first-seen", None, "", ""),
             ("first-seen: Defender", "first-seen", ["--admission-rate", "0"], "allow",
@@ -221,7 +228,11 @@ def main() -> None:
         rows: dict[str, list[dict[str, float]]] = {}
         for rnd in range(1, args.rounds + 1):
             for key, kind, extra, effect, _ in configs:
-                d = Defender(lab, work, *extra, effect=effect) if extra is not None else None
+                # the PORT rules' effect, and the default for node-2's (unknown) clients
+                rule, default = {"alert": ("alert", "alert"),
+                                 "prevent": ("allow", "prevent")}.get(effect, ("allow", "allow"))
+                d = (Defender(lab, work, *extra, effect=rule, default=default)
+                     if extra is not None else None)
                 try:
                     row = measure(lab, f"r{rnd} {key}", args, kind)
                     if d is not None:
@@ -246,8 +257,8 @@ def main() -> None:
                         for r, b in zip(rows[key], rows[base_key], strict=True)]
             ratio, row, base = sorted(in_order, key=lambda x: x[0])[(len(in_order) - 1) // 2]
             print(f"{key}: {row['cps']:,.0f} conn/s = {ratio:.2f}x the baseline's "
-                  f"{base['cps']:,.0f}; p50 +{row['p50'] - base['p50']:.0f} us, "
-                  f"p99 +{row['p99'] - base['p99']:.0f} us (every round: "
+                  f"{base['cps']:,.0f}; p50 {row['p50'] - base['p50']:+.0f} us, "
+                  f"p99 {row['p99'] - base['p99']:+.0f} us (every round: "
                   f"{', '.join(f'{r:.2f}x' for r, _, _ in in_order)})")
 
         cluster = work / "cluster.json"
