@@ -102,7 +102,9 @@ def test_flows_and_audits_arrive_one_audit_per_blocked_attempt(cluster: ManagedC
     flows = [f for f in c.flows(src="image:shop/frontend*", port=22)
              if f["dst"].startswith("image:shop/payments")]
     assert [(f["verdict"], f["count"]) for f in flows] == [("prevent", attempts)]
-    # Rule matches carry the rule; allowed flows too.
+    # Rule matches carry the rule; allowed flows too (this test makes its own: it
+    # must not depend on an earlier test's traffic).
+    assert c.lab.connect("frontend", "api", 8080).ok
     assert poll(lambda: [f for f in c.flows(port=8080, verdict="allow")
                          if f["ruleName"] == "frontend-to-api"], 20)
 
