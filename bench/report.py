@@ -215,12 +215,19 @@ def merge(old: str, results: list[Result], info: dict[str, str], started: dateti
                                     for ln in body.splitlines())]
         elif name == "Summary":
             rows = []
+            listed = set()
             for ln in body.splitlines():
                 stem = ln[3:].split("]", 1)[0] if ln.startswith("| [") else None
+                listed.add(stem)
                 r = fresh.get(stem or "")
                 rows.append(ln if r is None else f"| [{stem}](#{stem}) | {summary(r.script)} | "
                             f"{r.status} | {r.seconds:.0f} s |")
-            out += ["## Summary", *rows]
+            while rows and not rows[-1].strip():
+                rows.pop()
+            rows += [f"| [{stem}](#{stem}) | {summary(r.script)} | {r.status} | "
+                     f"{r.seconds:.0f} s |" for stem, r in sorted(fresh.items())
+                     if stem not in listed]  # a benchmark new since the last full run
+            out += ["## Summary", *rows, ""]
         elif name in fresh:
             out += section(fresh[name], started, info["commit"])
         else:
@@ -230,6 +237,10 @@ def merge(old: str, results: list[Result], info: dict[str, str], started: dateti
                     kept[i] = f"{ln}; run of {old_run} at commit {old_commit}"
                     break
             out += [f"## {name}", *kept]
+    named = {part.partition("\n")[0] for part in parts}
+    for stem, r in sorted(fresh.items()):
+        if stem not in named:
+            out += section(r, started, info["commit"])
     text = "\n".join(out).rstrip("\n") + "\n"
     return re.sub(r"([^\n])\n## ", r"\1\n\n## ", text)
 

@@ -353,6 +353,7 @@ class CriDiscovery:
             seen = False
             error = ""
             gone = False  # the runtime went away: no answer about its events
+            unimplemented = False  # an answer, whatever it said before (a downgrade)
             try:
                 for _ in events:
                     if not seen and not self.events:
@@ -366,12 +367,13 @@ class CriDiscovery:
                     return  # stopping, or the connection is being replaced
                 error = f"{exc.code().name}: {exc.details()}"
                 gone = exc.code() == grpc.StatusCode.UNAVAILABLE
+                unimplemented = exc.code() == grpc.StatusCode.UNIMPLEMENTED
             finally:
                 with contextlib.suppress(ValueError):
                     stream.remove(events)
             if stop.is_set():
                 return
-            if not seen and not self.events and not gone:
+            if unimplemented or (not seen and not self.events and not gone):
                 self.events = False
                 log.info("the runtime has no container events: polling",
                          interval_s=self.poll_interval, endpoint=self.target, answer=error)
