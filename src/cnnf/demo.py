@@ -549,6 +549,9 @@ class Demo:
     def run(self) -> None:
         """Start, print the banner, keep running until a signal (or the duration), stop."""
         previous = signal.signal(signal.SIGTERM, _interrupt)
+        # Also SIGINT: a shell starting the demo in the background (`make demo &`)
+        # leaves SIGINT ignored, and Python then installs no KeyboardInterrupt.
+        previous_int = signal.signal(signal.SIGINT, _interrupt)
         try:
             self.start()
             self.out(self.banner())
@@ -563,6 +566,7 @@ class Demo:
             with _ignoring_interrupts(self.step):
                 self.stop()
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
         self.step("demo stopped; nothing is left running")
 
 

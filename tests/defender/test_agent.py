@@ -523,3 +523,27 @@ def test_a_pods_images_travel_only_when_there_are_several() -> None:
     assert pod.images == ["shop/web:1.0", "mesh/proxy:1.2"]
     back = WorkloadInfo.model_validate_json(pod.model_dump_json()).identity()
     assert back.all_images == ("shop/web:1.0", "mesh/proxy:1.2")
+
+
+def test_an_engine_outage_is_logged_again_every_minute(tmp_path: Path) -> None:
+    """A wrong socket path is logged once when discovery first fails; a
+    reminder every minute keeps an operator from missing that nothing is named."""
+    from structlog.testing import capture_logs
+
+    now = [1_000.0]
+    a = agent(tmp_path)
+    a.discovery.engine.clock = lambda: now[0]
+    a.discovery.engine.down("unreachable", "connection refused")
+    reminders = []
+    with capture_logs() as logs:
+        for _ in range(30):  # 150 s of repair checks, every 5 s
+            now[0] += 5
+            a._remind_engine_down()
+        reminders = [x for x in logs if x["event"].startswith("container engine still")]
+    assert [r["outage_s"] for r in reminders] == [60, 120]
+    assert reminders[0]["unnamed"] == "decided as unknown addresses"
+    a.discovery.engine.back()
+    with capture_logs() as logs:
+        now[0] += 100
+        a._remind_engine_down()
+    assert logs == []

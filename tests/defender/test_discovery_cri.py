@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cnnf.cri import CONTAINER_CREATED, CONTAINER_EXITED, CONTAINER_RUNNING, pb, pod_config
@@ -168,3 +169,18 @@ def test_bad_runtime_options_are_refused(tmp_path: Path, kw: dict[str, object],
     policy.write_text("{}")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         DefenderConfig(policy_file=policy, **kw)  # type: ignore[arg-type]
+
+
+def test_a_missing_socket_is_named_with_a_hint(tmp_path: Path) -> None:
+    from cnnf.defender.discovery.cri import CriDiscovery
+
+    d = CriDiscovery(f"unix://{tmp_path}/node1/containerd.sock", "node-1", timeout=1.0)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            d.snapshot()
+        text = d.describe(info.value)
+        assert text.startswith("UNAVAILABLE: ")
+        assert f"no socket {tmp_path}/node1/containerd.sock" in text and "--cri-socket" in text
+        assert d.outage_reason(info.value) == "unreachable"
+    finally:
+        d.close()

@@ -94,9 +94,13 @@ def demo(tmp_path: Path, request: pytest.FixtureRequest,
     port = _free_port()
     data_dir = tmp_path / "demo"
     cnnf = Path(sys.executable).parent / "cnnf"
+    argv = [str(cnnf), "demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+            "--name", LAB, "--password", PASSWORD, "--every", "5", "--topology", topology]
+    if topology == "kube":
+        # as a shell's `make demo &` starts it: SIGINT ignored (it must still stop on it)
+        argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]
     proc = subprocess.Popen(
-        [str(cnnf), "demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
-         "--name", LAB, "--password", PASSWORD, "--every", "5", "--topology", topology],
+        argv,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
     log: list[str] = []
     reader = _Reader(proc, log)
@@ -219,7 +223,9 @@ def test_the_demo_on_kubernetes_like_nodes(
         demo: tuple[subprocess.Popen[str], list[str], str, Path, set[str]]) -> None:
     """`cnnf demo --topology kube`: containerd nodes, Defenders discovering pods
     through the CRI; the compromised web pod's lateral moves (postgres and
-    checkout on the other node, redis on its own) arrive as audits naming pods."""
+    checkout on the other node, redis on its own) arrive as audits naming pods.
+    Started in the background as a shell starts it (SIGINT ignored), SIGINT
+    still stops it."""
     proc, log, url, data_dir, before = demo
     _poll("the demo's banner", lambda: any("CNNF demo is running" in ln for ln in log),
           150, proc, log)

@@ -13,8 +13,10 @@ from cnnf.lab import LabError
 
 app = typer.Typer(
     name="demo",
-    help="Run the demo: Console, the shop lab, one Defender per lab host, a starter "
-         "policy and traffic with lateral-movement attempts. Ctrl-C removes everything.",
+    help="Run the demo: Console, a lab (shop: Podman hosts; --topology kube: "
+         "Kubernetes-like nodes, containerd and pods), one Defender per lab host, a starter "
+         "policy and traffic with lateral-movement attempts. Ctrl-C (SIGINT) or SIGTERM "
+         "removes everything.",
     add_completion=False,
 )
 

@@ -150,6 +150,7 @@ UNNAMED_HOLD_SECONDS = 3.0
 # workers' reports), and at least the last INVENTORY_HISTORY_MIN, at most
 # INVENTORY_HISTORY_MAX (then a verdict is recorded with the newest).
 INVENTORY_HISTORY_SECONDS = 10.0
+ENGINE_REMINDER_SECONDS = 60.0  # an engine outage is logged again this often
 INVENTORY_HISTORY_MIN = 16
 INVENTORY_HISTORY_MAX = 4096
 MAX_EXPANDED_PREFIX = 16  # container networks larger than a /16 are not pre-queued
@@ -410,6 +411,7 @@ class Agent:
         self._shared: dict[tuple[object, ...], tuple[object, ...]] = {}  # verdict details
         self._identities: dict[str, Identity] = {}  # as last sent to the workers
         self._generation = 0  # of the inventory last sent to the workers
+        self._reminded = 0.0  # the engine outage's length at the last reminder
         self._remote_of: ClusterInventory | None = None
         self._remote_ids: tuple[tuple[str, Identity], ...] = ()
         # recent ones by generation, with when they were sent
@@ -767,7 +769,8 @@ class Agent:
             self.discovery_ok = True
         except Exception as exc:  # the engine may come later; watch() retries
             # logged once, as every outage ("container engine unreachable")
-            self.discovery.engine.down(self.discovery.outage_reason(exc), str(exc))
+            self.discovery.engine.down(self.discovery.outage_reason(exc),
+                                       self.discovery.describe(exc))
             found = []
         self.local = {a: c for c in found if not c.host_network for a in c.addresses}
         first = self._inventory_update()
@@ -1066,6 +1069,23 @@ class Agent:
                 if self.runner is not None:
                     self.runner.flush_soon()
 
+    def _remind_engine_down(self) -> None:
+        """Every minute of an outage, say again that workloads are not named
+        (a wrong socket path would otherwise say so once, at the start)."""
+        engine = self.discovery.engine
+        outage = engine.outage_seconds()
+        if outage < ENGINE_REMINDER_SECONDS:
+            self._reminded = 0.0
+            return
+        if outage - self._reminded >= ENGINE_REMINDER_SECONDS:
+            self._reminded = outage
+            log.warning("container engine still unreachable: new workloads are not named",
+                        outage_s=round(outage), endpoint=self.discovery.endpoint,
+                        runtime=self.discovery.kind, reason=engine.reason,
+                        unnamed=("held, then decided as unknown addresses"
+                                 if self.config.fail_closed else
+                                 "decided as unknown addresses"))
+
     def _container_networks(self) -> tuple[str, ...]:
         """The bridges' networks and the --container-net ones."""
         return tuple(sorted(set(container_networks(self.netns)) |
@@ -1086,6 +1106,7 @@ class Agent:
     def repair(self) -> None:
         assert self.datapath is not None
         self._refresh_container_networks()
+        self._remind_engine_down()
         try:
             repaired = self.datapath.check_and_repair()
         except Exception as exc:

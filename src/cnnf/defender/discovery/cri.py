@@ -27,6 +27,7 @@ marked down at the next one.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +43,7 @@ from cnnf.cri import (
     NAMESPACE_NODE,
     CriClient,
     endpoint,
+    socket_path,
 )
 from cnnf.defender.discovery.base import (
     ENGINE_ERROR,
@@ -179,6 +181,18 @@ class CriDiscovery:
     def outage_reason(exc: BaseException) -> str:
         return cri_outage_reason(exc)
 
+    def describe(self, exc: BaseException) -> str:
+        """A failed request in one line, with a hint when the socket is missing."""
+        if not isinstance(exc, grpc.RpcError) or not callable(getattr(exc, "code", None)):
+            return str(exc)
+        text = f"{exc.code().name}: {exc.details()}"
+        path = socket_path(self.target)
+        if not os.path.exists(path):
+            text += (f" (no socket {path}: is the runtime running, and is --cri-socket "
+                     "right? containerd: /run/containerd/containerd.sock, CRI-O: "
+                     "/run/crio/crio.sock)")
+        return text
+
     def _connect(self) -> CriClient:
         if self._client is None:
             self._client = CriClient(self.target, timeout=self.timeout)
@@ -296,7 +310,7 @@ class CriDiscovery:
             except Exception as exc:  # the runtime went away: keep the last inventory
                 if stop.is_set():
                     break
-                self.engine.down(self.outage_reason(exc), str(exc))
+                self.engine.down(self.outage_reason(exc), self.describe(exc))
                 if on_error is not None:
                     on_error(exc)
                 self._cancel(stream)

@@ -162,6 +162,10 @@ class DockerDiscovery:
     def outage_reason(exc: BaseException) -> str:
         return outage_reason(exc)
 
+    @staticmethod
+    def describe(exc: BaseException) -> str:
+        return str(exc)
+
     def probe(self) -> None:
         """Connect once to the engine's unix socket and hang up: raises ``OSError``
         when it refuses or is gone. Reconnection attempts and pings start with it
