@@ -1,7 +1,8 @@
 """Kubernetes pods in the browser: a Defender on a Kubernetes node (node-3)
-reports two replicas of a pod with a sidecar and an audit between two pods;
-the audits page names the pods, and Radar's node panel lists the pods with
-their images."""
+reports two replicas of a pod with a sidecar, a container of the same image
+in no pod, and an audit between two pods; the audits page names the pods, and
+Radar's node counts pods apart from containers and its panel lists the pods
+with their images."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def pods(console: RadarConsole) -> RadarConsole:
 
     console.report_inventory(
         hosts=[HostInfo(name="node-3", addresses=["10.10.0.3"])],
-        containers=[web(WEB, "10.65.1.2"), web("web-7d4b9c6f5-q9z7w", "10.65.1.5")])
+        containers=[web(WEB, "10.65.1.2"), web(WEB, "fd00:65::2"),  # its second address
+                    web("web-7d4b9c6f5-q9z7w", "10.65.1.5"),
+                    WorkloadInfo(address="10.88.3.9", image="kube/web:1.0", name="web-debug",
+                                 id="d9", host="node-3")])
     src = EndpointInfo(kind="container", address="10.65.1.2", image="kube/web:1.0",
                        container="web", namespace="storefront", pod=WEB, host="node-3")
     dst = EndpointInfo(kind="container", address="10.65.2.3", image="kube/postgres:15",
@@ -71,12 +75,20 @@ def test_the_audits_page_names_the_pods(page: Any, pods: RadarConsole) -> None:
 def test_radar_lists_a_nodes_pods_with_their_images(page: Any, pods: RadarConsole) -> None:
     sign_in(page, pods)
     wait_radar(page)
+    # A pod is one workload (two containers, two addresses here): counted once.
+    label = page.evaluate(
+        "() => window.cnnfRadar.cy.getElementById('image:kube/web:1.0').data('label')")
+    assert label == "kube/web:1.0\n2 pods · 1 container"
     click_element(page, "image:kube/web:1.0")
     panel = page.locator("#panel")
     panel.wait_for(state="visible")
-    runtime = panel.locator("#runtime").text_content()
-    assert "Containers: 2" in runtime and "Namespaces: storefront" in runtime
-    assert ("Pods: web-7d4b9c6f5-q9z7w (kube/web:1.0 + kube/log-agent:0.3), "
-            f"{WEB} (kube/web:1.0 + kube/log-agent:0.3)") in runtime
-    assert "Names:" not in runtime  # every container of the node is in a listed pod
+    runtime = panel.locator("#runtime")
+    assert runtime.locator("#pods").evaluate("(li) => li.firstChild.textContent") == "Pods: 2"
+    assert runtime.locator("#pods li").all_text_contents() == [
+        "web-7d4b9c6f5-q9z7w (kube/web:1.0 + kube/log-agent:0.3)",
+        f"{WEB} (kube/web:1.0 + kube/log-agent:0.3)"]
+    assert (runtime.locator("#containers").evaluate("(li) => li.firstChild.textContent")
+            == "Containers: 1")
+    assert runtime.locator("#containers li").all_text_contents() == ["web-debug"]
+    assert "Namespaces: storefront" in (runtime.text_content() or "")
     page.screenshot(path=str(ARTIFACTS / "radar-node-pods.png"))

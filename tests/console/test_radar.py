@@ -148,16 +148,47 @@ def test_an_image_node_lists_its_pods_with_their_images() -> None:
                     query=RadarQuery())
     web = nodes(g)["image:kube/web:1.0"]
     assert web["pods"] == [
-        {"namespace": "storefront", "name": "web-7d4b9c6f5-q9z7w", "images": []},
-        {"namespace": "storefront", "name": "web-7d4b9c6f5-x2k8p",
+        {"namespace": "storefront", "name": "web-7d4b9c6f5-q9z7w", "host": "node-1",
+         "images": ["kube/web:1.0"]},  # a pod of one container: its one image
+        {"namespace": "storefront", "name": "web-7d4b9c6f5-x2k8p", "host": "node-1",
          "images": ["kube/web:1.0", "kube/log-agent:0.3"]},
     ]
+    # Two pods (one of them with two addresses) and one container in no pod.
+    assert (web["podCount"], web["containers"]) == (2, 1)
     assert web["containerNames"] == ["web-plain"]  # pods are listed by pod name
     found = build_graph(POLICY, hosts=HOSTS, containers=containers, flows=[], overlays={},
                         query=RadarQuery(q="q9z7w"))
     assert "image:kube/web:1.0" in nodes(found)
     # Containers that are no pod: by name, and no pods.
     assert nodes(graph())["image:shop/web:1"]["pods"] == []
+    assert nodes(graph())["image:shop/web:1"]["podCount"] == 0
+
+
+def test_workloads_are_counted_once_whatever_their_addresses() -> None:
+    def pod(name: str, address: str, host: str) -> WorkloadInfo:
+        return WorkloadInfo(address=address, image="kube/cart:2.3", name="cart",
+                            namespace="storefront", pod=name, host=host)
+
+    containers = [
+        pod("cart-0", "10.65.1.2", "node-1"), pod("cart-0", "fd00::2", "node-1"),
+        pod("cart-1", "10.65.2.2", "node-2"),
+        # A container in no pod with two addresses, and one more of the same image.
+        WorkloadInfo(address="10.88.0.9", image="kube/cart:2.3", name="c1", id="a1",
+                     host="node-2"),
+        WorkloadInfo(address="fd88::9", image="kube/cart:2.3", name="c1", id="a1", host="node-2"),
+        WorkloadInfo(address="10.88.0.10", image="kube/cart:2.3", name="c2", id="a2",
+                     host="node-2"),
+    ]
+    n = nodes(build_graph(POLICY, hosts=HOSTS, containers=containers, flows=[], overlays={},
+                          query=RadarQuery()))
+    cart = n["image:kube/cart:2.3"]
+    assert (cart["podCount"], cart["containers"]) == (2, 2)
+    assert [p["name"] for p in cart["pods"]] == ["cart-0", "cart-1"]
+    assert cart["containerNames"] == ["c1", "c2"]
+    h = nodes(build_graph(POLICY, hosts=HOSTS, containers=containers, flows=[], overlays={},
+                          query=RadarQuery(view="host")))
+    assert [(h[x]["podCount"], h[x]["containers"]) for x in ("host:node-1", "host:node-2")] == [
+        (1, 0), (1, 2)]
 
 
 @pytest.mark.parametrize(("image", "severity"), [
@@ -240,7 +271,7 @@ def test_internet_and_hosts_appear_in_the_container_view_only_when_used() -> Non
 
 def test_flows_of_an_image_without_running_containers_make_a_node() -> None:
     n = nodes(graph([Flow("image:old/batch", "image:shop/api", 8080)]))
-    assert n["image:old/batch"]["containers"] == 0
+    assert (n["image:old/batch"]["containers"], n["image:old/batch"]["podCount"]) == (0, 0)
 
 
 def test_host_view_has_one_node_per_host_and_host_rules() -> None:

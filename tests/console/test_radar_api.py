@@ -147,6 +147,38 @@ def test_radar_graph_from_policy_flows_inventory_and_overlays(console: Console,
     assert [n["id"] for n in g["nodes"]] == ["host:node-1"]
 
 
+def test_radar_counts_pods_and_lists_every_pods_images(console: Console,
+                                                        admin: ApiClient) -> None:
+    # A Kubernetes node's Defender reports one record per pod address: a pod of
+    # one container with two addresses, a pod with a sidecar; and a container in no pod.
+    def pod(name: str, address: str, *images: str) -> WorkloadInfo:
+        return WorkloadInfo(address=address, image="kube/web:1.0", name="web",
+                            namespace="storefront", pod=name, host="node-3",
+                            images=list(images))
+
+    enrollment = admin.post("/api/v1/defenders/enrollment-tokens", json={}).json()["token"]
+    credential = console.client().post("/api/v1/defenders/enroll", json={
+        "enrollment_token": enrollment, "hostname": "node-3"}).json()["credential"]
+    report = InventoryReport(host=HostInfo(name="node-3", addresses=["10.10.0.3"]), containers=[
+        pod("web-a", "10.65.1.2"), pod("web-a", "fd00::2"),
+        pod("web-b", "10.65.1.3", "kube/web:1.0", "kube/log-agent:0.3"),
+        WorkloadInfo(address="10.88.0.7", image="kube/web:1.0", name="web-plain", id="c7",
+                     host="node-3")])
+    r = console.client(credential).post("/api/v1/defender/inventory",
+                                        json=report.model_dump(mode="json"))
+    assert r.status_code == 204, r.text
+    web = {n["id"]: n for n in admin.get("/api/v1/radar").json()["nodes"]}["image:kube/web:1.0"]
+    assert (web["podCount"], web["containers"], web["containerNames"]) == (2, 1, ["web-plain"])
+    assert [(p["name"], p["images"]) for p in web["pods"]] == [
+        ("web-a", ["kube/web:1.0"]), ("web-b", ["kube/web:1.0", "kube/log-agent:0.3"])]
+    host = admin.get("/api/v1/radar", params={"view": "host"}).json()["nodes"][0]
+    assert (host["id"], host["podCount"], host["containers"]) == ("host:node-3", 2, 1)
+    # The OpenAPI description says what the counts mean.
+    described = console.app.openapi()["paths"]["/api/v1/radar"]["get"]["description"]
+    assert "`podCount`" in described and "`containers`: the containers that run in no pod" in (
+        " ".join(described.split()))
+
+
 @pytest.mark.parametrize(("params", "field"), [
     ({"view": "pods"}, "view"), ({"verdict": "green"}, "verdict"),
     ({"since": "yesterday"}, "since"), ({"group": "zone"}, "group"),

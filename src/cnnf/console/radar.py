@@ -11,6 +11,13 @@ group most of its containers are in); host view: one node per host. Declared
 subnet and DNS objects are external nodes; any other outside address is the
 one "internet" node.
 
+What runs is counted as workloads, each once whatever its addresses: a
+Kubernetes pod is one workload (its containers share its address), so an
+image or host node counts its pods (``podCount``, listed in ``pods`` with
+each pod's images) apart from the containers that run in no pod
+(``containers``, named in ``containerNames``). A pod is on the node of its
+main image.
+
 Edges join two nodes. An edge carries the ports seen on it, each with its
 verdict class, and the rules drawn on it:
 
@@ -59,6 +66,8 @@ LABEL_PORTS = 3
 # A rule whose source and destination select many nodes is drawn on at most
 # this many node pairs (the edge count says it was cut).
 RULE_EDGE_LIMIT = 500
+# Pods and container names listed on a node (the counts say how many in all).
+NAMES_LISTED = 50
 
 
 class FlowLike(Protocol):
@@ -396,6 +405,29 @@ def _matches_text(node: _Node, q: str) -> bool:
                for c in node.containers)
 
 
+def _workloads(containers: Iterable[WorkloadInfo]) -> tuple[
+        dict[tuple[str, str, str], WorkloadInfo], dict[tuple[str, str], WorkloadInfo]]:
+    """The pods, by (namespace, pod, host), and the containers that run in no
+    pod, by (host, container), each once: the inventory holds one record per
+    address, and a pod or container may have two (IPv4 and IPv6)."""
+    pods: dict[tuple[str, str, str], WorkloadInfo] = {}
+    plain: dict[tuple[str, str], WorkloadInfo] = {}
+    for c in containers:
+        if c.pod:
+            pods.setdefault((c.namespace, c.pod, c.host), c)
+        else:
+            plain.setdefault((c.host, c.id or c.name or c.address), c)
+    return pods, plain
+
+
+def _host_counts(containers: Iterable[WorkloadInfo]) -> dict[str, tuple[int, int]]:
+    """Per host: its containers that run in no pod, and its pods."""
+    pods, plain = _workloads(containers)
+    plain_on = Counter(host for host, _ in plain)
+    pods_on = Counter(host for _, _, host in pods)
+    return {h: (plain_on[h], pods_on[h]) for h in plain_on.keys() | pods_on.keys()}
+
+
 def _epoch_of(t: datetime) -> int:
     # UNIX seconds, as the Defender's records: a third of an ISO string's size,
     # which counts with 20,000 edges.
@@ -544,7 +576,7 @@ def build_graph(
     primary = "image" if query.view == "container" else "host"
 
     nodes_out: list[dict[str, Any]] = []
-    host_containers: Counter[str] | None = None
+    host_counts: dict[str, tuple[int, int]] | None = None
     groups: dict[str, dict[str, Any]] = {}
     for node_id, node in g.nodes.items():
         if node_id not in kept:
@@ -583,15 +615,17 @@ def build_graph(
             "detail": node.detail,
         }
         if node.kind == "image":
-            data["containers"] = len(node.containers)
+            # Pods by name (their container names repeat in every replica), with
+            # their images; the containers that run in no pod by name.
+            pods, plain = _workloads(node.containers)
+            data["containers"] = len(plain)
+            data["podCount"] = len(pods)
             data["namespaces"] = node.namespaces()
             data["hosts"] = node.hosts()
-            # Pods by name (their container names repeat in every replica), with
-            # every image of a multi-container pod; other containers by name.
-            data["containerNames"] = sorted(c.name for c in node.containers if not c.pod)[:50]
-            pods = {(c.namespace, c.pod): c.images for c in node.containers if c.pod}
-            data["pods"] = [{"namespace": ns, "name": pod, "images": list(images)}
-                            for (ns, pod), images in sorted(pods.items())[:50]]
+            data["containerNames"] = sorted(c.name for c in plain.values())[:NAMES_LISTED]
+            data["pods"] = [{"namespace": ns, "name": pod, "host": host,
+                             "images": list(c.images) or [c.image]}
+                            for (ns, pod, host), c in sorted(pods.items())[:NAMES_LISTED]]
             labels: dict[str, str] = {}
             for c in node.containers:
                 labels.update(c.labels)
@@ -599,9 +633,9 @@ def build_graph(
         elif node.kind == "host" and node.host is not None:
             data["addresses"] = list(node.host.addresses)
             data["labels"] = dict(node.host.labels)
-            if host_containers is None:
-                host_containers = Counter(c.host for c in containers)
-            data["containers"] = host_containers[node.label]
+            if host_counts is None:
+                host_counts = _host_counts(containers)
+            data["containers"], data["podCount"] = host_counts.get(node.label, (0, 0))
         nodes_out.append(data)
 
     return {

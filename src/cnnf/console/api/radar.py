@@ -70,7 +70,19 @@ def radar(
 ) -> Response:
     """The Radar graph of the container view (one node per image, grouped by
     namespace or host) or the host view; rule edges and observed edges with
-    per-port verdicts; node overlays."""
+    per-port verdicts; node overlays.
+
+    What runs on an image or host node is counted as workloads, each once
+    whatever its addresses. A Kubernetes pod is one workload:
+
+    - `podCount`: the pods (a pod is on the node of its main image);
+    - `pods` (image nodes): the first 50 pods as `{namespace, name, host,
+      images}`, `images` being every image of the pod, its main image first
+      (one image for a pod of one container);
+    - `containers`: the containers that run in no pod (Docker, Podman);
+    - `containerNames` (image nodes): the first 50 of their names.
+
+    Times are UNIX seconds."""
     cache = _cache(request)
     query = RadarQuery(view=view, group=group, namespace=namespace, host=host, verdict=verdict,
                        q=q)

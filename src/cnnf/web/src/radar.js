@@ -103,13 +103,20 @@ function worstSeverity(list) {
   return "unknown";
 }
 
+const plural = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;
+
+// What runs on an image or host node: "2 pods", "3 containers", "2 pods · 1 container"
+// (a pod is one workload, whatever its containers); "" when nothing runs.
+function workloads(n) {
+  return [n.podCount ? plural(n.podCount, "pod") : "",
+    n.containers ? plural(n.containers, "container") : ""].filter(Boolean).join(" · ");
+}
+
 function nodeLabel(n) {
-  if (n.kind === "image") {
-    const c = n.containers || 0;
-    return `${n.label}\n${c === 0 ? "not running" : `${c} container${c === 1 ? "" : "s"}`}`;
-  }
+  if (n.kind === "image") return `${n.label}\n${workloads(n) || "not running"}`;
   if (n.kind === "host") {
-    return n.containers ? `${n.label}\n${n.containers} containers` : n.label;
+    const running = workloads(n);
+    return running ? `${n.label}\n${running}` : n.label;
   }
   if (n.kind === "subnet" || n.kind === "dns") return `${n.label}\n${n.detail}`;
   return n.label;
@@ -139,6 +146,7 @@ function visibleElements(data) {
         label: `${g.label}\n${members.length} ${noun}${members.length === 1 ? "" : "s"} (collapsed)`,
         severity: worstSeverity(members.map((m) => m.severity)),
         containers: members.reduce((sum, m) => sum + (m.containers || 0), 0),
+        podCount: members.reduce((sum, m) => sum + (m.podCount || 0), 0),
       } });
     } else {
       nodes.push({ group: "nodes", data: {
@@ -149,7 +157,7 @@ function visibleElements(data) {
   }
   for (const n of data.nodes) {
     if (n.parent && state.collapsed.has(n.parent)) continue;
-    const d = { ...n, name: n.label, label: nodeLabel(n), running: (n.containers || 0) > 0 || n.kind !== "image" };
+    const d = { ...n, name: n.label, label: nodeLabel(n), running: (n.containers || 0) + (n.podCount || 0) > 0 || n.kind !== "image" };
     if (!n.parent) delete d.parent;
     nodes.push({ group: "nodes", data: d });
   }
@@ -344,6 +352,56 @@ function fitToNodes(cy, elements) {
   cy.viewport({ zoom, pan: { x: (cy.width() - (x1 + x0) * zoom) / 2, y: (cy.height() - (y1 + y0) * zoom) / 2 } });
 }
 
+// An edge's label sits at its midpoint, but a straight edge across a layer of
+// the layered layout passes the nodes of that layer, and its label could cover
+// a node's name ("kube/cart:2.3" read "kube/cart:2.3 blocked"). Each label slides
+// along its edge (text margins) to the nearest place clear of the nodes, their
+// labels and the edge labels placed before it; it stays mid-edge when none is.
+const LABEL_STEP = 8;
+const LABEL_GAP = 3;
+
+export function placeEdgeLabels(cy) {
+  const overlaps = (a, b) => a.x1 < b.x2 + LABEL_GAP && b.x1 < a.x2 + LABEL_GAP &&
+    a.y1 < b.y2 + LABEL_GAP && b.y1 < a.y2 + LABEL_GAP;
+  const taken = [];
+  cy.nodes().forEach((n) => {
+    // A group's body holds its members and their edges: only its title is in the way.
+    taken.push(n.isParent() ? n.boundingBox({ includeNodes: false, includeLabels: true })
+      : n.boundingBox({ includeLabels: true, includeOverlays: false }));
+  });
+  cy.edges().removeStyle("text-margin-x text-margin-y");
+  const moves = [];
+  cy.edges().forEach((e) => {
+    if (!e.data("label") || e.hasClass("quiet") || e.source().same(e.target())) return;
+    const box = e.boundingBox({ includeNodes: false, includeEdges: false, includeLabels: true });
+    const a = e.sourceEndpoint();
+    const b = e.targetEndpoint();
+    const length = Math.hypot(b.x - a.x, b.y - a.y);
+    if (box.w === 0 || length < 1) return;
+    const ux = (b.x - a.x) / length;
+    const uy = (b.y - a.y) / length;
+    // How far the label may slide and stay clear of the arrow and the ends.
+    const reach = length / 2 - (Math.abs(ux) * box.w + Math.abs(uy) * box.h) / 2 - 12;
+    let place = null;
+    for (let i = 0; place === null && i * LABEL_STEP <= Math.max(reach, 0); i += 1) {
+      for (const t of i === 0 ? [0] : [i * LABEL_STEP, -i * LABEL_STEP]) {
+        const dx = ux * t;
+        const dy = uy * t;
+        const moved = { x1: box.x1 + dx, x2: box.x2 + dx, y1: box.y1 + dy, y2: box.y2 + dy };
+        if (!taken.some((o) => overlaps(moved, o))) {
+          place = { dx, dy, moved };
+          break;
+        }
+      }
+    }
+    taken.push(place ? place.moved : box);
+    if (place && (place.dx || place.dy)) moves.push([e, place]);
+  });
+  cy.batch(() => {
+    for (const [e, { dx, dy }] of moves) e.style({ "text-margin-x": dx, "text-margin-y": dy });
+  });
+}
+
 function countEdges(elements) {
   let n = 0;
   for (const el of elements) if (el.group === "edges") n += 1;
@@ -421,6 +479,7 @@ export async function renderRadar(main) {
     else if (!quiet && edges.some((e) => e.hasClass("quiet"))) edges.removeClass("quiet");
   }
   cy.on("zoom", debounce(quietLabels, 150));
+  cy.on("dragfree", "node", () => { if (cy.edges().length <= DAGRE_MAX_EDGES) placeEdgeLabels(cy); });
 
   function toggleGroup(id) {
     if (state.collapsed.has(id)) state.collapsed.delete(id);
@@ -473,6 +532,7 @@ export async function renderRadar(main) {
       fitToNodes(cy, elements);
     }
     quietLabels();
+    if (countEdges(elements) <= DAGRE_MAX_EDGES) placeEdgeLabels(cy);
     const t2 = performance.now();
     radar.timing.buildMs = Math.round(t1 - t0);
     radar.timing.layoutMs = Math.round(t2 - t1);
@@ -641,19 +701,30 @@ export async function renderRadar(main) {
       h("td", {}, h("span", { class: "swatch", style: `background:${SEVERITY_COLORS[s]}` }), s),
       h("td", { class: "num" }, vulns[s] || 0))) : null;
     const runtime = [];
+    // A pod is one workload: pods are counted and listed by name (their container
+    // names repeat in every replica), with the images of a pod of several
+    // containers; the containers that run in no pod by name.
+    const more = (listed, all) => (all > listed ? [h("li", { class: "muted" }, `and ${all - listed} more`)] : []);
     if (d.kind === "image") {
-      runtime.push(h("li", {}, `Containers: ${d.containers}`),
-        h("li", {}, `Namespaces: ${(d.namespaces || []).join(", ") || "–"}`),
-        h("li", {}, `Hosts: ${(d.hosts || []).join(", ") || "–"}`));
-      // Pods by name, with every image of a multi-container pod; other containers by name.
       const pods = d.pods || [];
       const names = d.containerNames || [];
-      const podName = (p) => ((d.namespaces || []).length > 1 ? `${p.namespace}/${p.name}` : p.name);
-      if (pods.length) runtime.push(h("li", {}, `Pods: ${pods.map((p) => (p.images.length ? `${podName(p)} (${p.images.join(" + ")})` : podName(p))).join(", ")}`));
-      if (names.length || !pods.length) runtime.push(h("li", {}, `Names: ${names.join(", ") || "–"}`));
+      const spread = new Set(pods.map((p) => p.namespace)).size > 1;
+      const podName = (p) => (spread ? `${p.namespace}/${p.name}` : p.name);
+      if (d.podCount) {
+        runtime.push(h("li", { id: "pods" }, `Pods: ${d.podCount}`, h("ul", {},
+          pods.map((p) => h("li", {}, p.images.length > 1 ? `${podName(p)} (${p.images.join(" + ")})` : podName(p))),
+          more(pods.length, d.podCount))));
+      }
+      if (d.containers || !d.podCount) {
+        runtime.push(h("li", { id: "containers" }, `Containers: ${d.containers || 0}`,
+          names.length ? h("ul", {}, names.map((n) => h("li", {}, n)), more(names.length, d.containers)) : ""));
+      }
+      runtime.push(h("li", {}, `Namespaces: ${(d.namespaces || []).filter(Boolean).join(", ") || "–"}`),
+        h("li", {}, `Hosts: ${(d.hosts || []).join(", ") || "–"}`));
     } else if (d.kind === "host") {
-      runtime.push(h("li", {}, `Addresses: ${(d.addresses || []).join(", ") || "–"}`),
-        h("li", {}, `Containers: ${d.containers || 0}`));
+      runtime.push(h("li", {}, `Addresses: ${(d.addresses || []).join(", ") || "–"}`));
+      if (d.podCount) runtime.push(h("li", {}, `Pods: ${d.podCount}`));
+      if (d.containers || !d.podCount) runtime.push(h("li", {}, `Containers: ${d.containers || 0}`));
     } else if (d.detail) {
       runtime.push(h("li", {}, d.kind === "dns" ? `Domains: ${d.detail}` : `CIDRs: ${d.detail}`));
     }
