@@ -139,11 +139,15 @@ def test_datapaths_up_needs_every_defenders_status_file(tmp_path: Path) -> None:
     assert datapaths_up(tmp_path, hosts)
 
 
-@pytest.mark.parametrize(("make_args", "listen"), [
-    ((), "127.0.0.1:8080"), (("LISTEN=0.0.0.0:8080",), "0.0.0.0:8080")])
-def test_make_demo_passes_listen_to_cnnf_demo(make_args: tuple[str, ...], listen: str) -> None:
-    """``make demo LISTEN=HOST:PORT`` runs ``cnnf demo --listen HOST:PORT`` (make -n
-    prints the recipe without running it; ``deps`` is made up to date first)."""
+@pytest.mark.parametrize(("make_args", "listen", "topology"), [
+    ((), "127.0.0.1:8080", "shop"),
+    (("LISTEN=0.0.0.0:8080",), "0.0.0.0:8080", "shop"),
+    (("TOPOLOGY=kube",), "127.0.0.1:8080", "kube")])
+def test_make_demo_passes_listen_to_cnnf_demo(make_args: tuple[str, ...], listen: str,
+                                             topology: str) -> None:
+    """``make demo LISTEN=HOST:PORT TOPOLOGY=T`` runs ``cnnf demo --listen HOST:PORT
+    --topology T`` (make -n prints the recipe without running it; ``deps`` is made
+    up to date first)."""
     import shutil
     import subprocess
 
@@ -152,4 +156,4 @@ def test_make_demo_passes_listen_to_cnnf_demo(make_args: tuple[str, ...], listen
         pytest.fail("make is missing")
     out = subprocess.run(["make", "-n", "-o", "deps", "demo", *make_args], cwd=root,
                          capture_output=True, text=True, check=True, timeout=30).stdout
-    assert f".venv/bin/cnnf demo --listen {listen}" in out.splitlines()
+    assert f".venv/bin/cnnf demo --listen {listen} --topology {topology}" in out.splitlines()
