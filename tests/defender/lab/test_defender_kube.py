@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from tests.defender.lab.test_defender_lab import (
     CNNF,
     Cluster,
     Defender,
-    free_port,
+    console_process,
     poll,
     running_cluster,
 )
@@ -197,78 +196,53 @@ def test_managed_defenders_enforce_a_policy_change_on_both_nodes(
     for d in c.defenders:
         if d.proc is not None:
             d.stop()
-    data = tmp_path / "console"
-    password = "kube-e2e-password"
-    subprocess.run([CNNF, "console", "create-user", "admin", "--password-stdin",
-                    "--data-dir", str(data)], input=password + "\n", text=True, check=True,
-                   capture_output=True)
-    token = subprocess.run([CNNF, "console", "enrollment-token", "--data-dir", str(data)],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    url = f"http://127.0.0.1:{free_port()}"
-    with open(tmp_path / "console.log", "wb") as log:
-        console = subprocess.Popen([CNNF, "console", "--listen", url[7:], "--data-dir",
-                                    str(data), "--log-level", "warning"], stdout=log, stderr=log)
-    http = httpx.Client(base_url=url, timeout=10)
-    defenders = [Defender(c.lab, h, tmp_path, c.policy_file, c.cluster_file,
-                          console=(url, token)) for h in ("node-1", "node-2")]
-
-    def up() -> bool:
+    with console_process(tmp_path) as (url, token, http):
+        defenders = [Defender(c.lab, h, tmp_path, c.policy_file, c.cluster_file,
+                              console=(url, token)) for h in ("node-1", "node-2")]
         try:
-            return http.get("/api/v1/defenders").status_code == 401
-        except httpx.HTTPError:
-            return False
+            def apply(rules: list[dict[str, Any]]) -> int:
+                r = http.post("/api/v1/policy/import", json=kube_policy(0, rules))
+                assert r.status_code == 200 and r.json()["applied"], r.text
+                return int(r.json()["revision"])
 
-    def apply(rules: list[dict[str, Any]]) -> int:
-        r = http.post("/api/v1/policy/import", json=kube_policy(0, rules))
-        assert r.status_code == 200 and r.json()["applied"], r.text
-        return int(r.json()["revision"])
+            revision = apply(RULES)
+            for d in defenders:
+                d.start()
+            for d in defenders:
+                d.wait_revision(revision)
 
-    try:
-        assert poll(up, 30), (tmp_path / "console.log").read_text()[-2000:]
-        login = http.post("/api/v1/auth/login", json={"username": "admin", "password": password})
-        assert login.status_code == 200, login.text
-        http.headers["Authorization"] = f"Bearer {login.json()['token']}"
-        revision = apply(RULES)
-        for d in defenders:
-            d.start()
-        for d in defenders:
-            d.wait_revision(revision)
+            def pods() -> set[tuple[str, str]]:
+                inv = http.get("/api/v1/inventory").json()
+                return {(w["namespace"], w["pod"]) for w in inv["containers"]}
 
-        def pods() -> set[tuple[str, str]]:
-            inv = http.get("/api/v1/inventory").json()
-            return {(w["namespace"], w["pod"]) for w in inv["containers"]}
+            assert poll(lambda: {("storefront", WEB_POD), ("payments", "checkout-6c8f9d7b5-m3n7r"),
+                                 ("data", "postgres-0")} <= pods(), 20), pods()
+            # each node's Defender must know the other's pods before cross-node checks
+            assert poll(lambda: all((d.status() or {}).get("cluster_revision") for d in defenders))
+            assert c.connect("cart", "checkout", 9090).ok  # node-1 -> node-2, allowed
+            assert c.connect("checkout", "postgres", 5432).ok  # on node-2, by the sidecar
 
-        assert poll(lambda: {("storefront", WEB_POD), ("payments", "checkout-6c8f9d7b5-m3n7r"),
-                             ("data", "postgres-0")} <= pods(), 20), pods()
-        # each node's Defender must know the other's pods before cross-node checks
-        assert poll(lambda: all((d.status() or {}).get("cluster_revision") for d in defenders))
-        assert c.connect("cart", "checkout", 9090).ok  # node-1 -> node-2, allowed
-        assert c.connect("checkout", "postgres", 5432).ok  # on node-2, by the sidecar
+            # The change: cart may no longer reach checkout, checkout no longer postgres.
+            changed = apply([r for r in RULES if r["id"] not in (4, 5)])
+            for d in defenders:
+                d.wait_revision(changed)
+            assert c.connect("cart", "checkout", 9090).outcome == "refused"
+            assert c.connect("checkout", "postgres", 5432).outcome == "refused"
 
-        # The change: cart may no longer reach checkout, checkout no longer postgres.
-        changed = apply([r for r in RULES if r["id"] not in (4, 5)])
-        for d in defenders:
-            d.wait_revision(changed)
-        assert c.connect("cart", "checkout", 9090).outcome == "refused"
-        assert c.connect("checkout", "postgres", 5432).outcome == "refused"
+            def audits(pod: str) -> list[dict[str, Any]]:
+                page = http.get("/api/v1/audits", params={"limit": 200, "blocked": True}).json()
+                return [a for a in page["items"] if a["srcPod"] == pod]
 
-        def audits(pod: str) -> list[dict[str, Any]]:
-            page = http.get("/api/v1/audits", params={"limit": 200, "blocked": True}).json()
-            return [a for a in page["items"] if a["srcPod"] == pod]
-
-        (a, *_) = poll(lambda: audits("checkout-6c8f9d7b5-m3n7r"), 15)
-        assert (a["srcNamespace"], a["dstPod"], a["dstNamespace"], a["dstContainer"]) == (
-            "payments", "postgres-0", "data", "postgres")
-    finally:
-        for d in defenders:
-            if d.proc is not None:
-                d.stop()
-        console.terminate()
-        console.wait(15)
-        http.close()
-        for d in c.defenders:
-            d.start()
-        c.share_inventory()
+            (a, *_) = poll(lambda: audits("checkout-6c8f9d7b5-m3n7r"), 15)
+            assert (a["srcNamespace"], a["dstPod"], a["dstNamespace"], a["dstContainer"]) == (
+                "payments", "postgres-0", "data", "postgres")
+        finally:
+            for d in defenders:
+                if d.proc is not None:
+                    d.stop()
+    for d in c.defenders:
+        d.start()
+    c.share_inventory()
 
 
 def test_status_names_the_runtime(cluster: Cluster) -> None:

@@ -10,6 +10,7 @@ reload without restart) and wait for the Defenders to report the new revision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -686,16 +687,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_console_end_to_end_one_defender_per_host(cluster: Cluster, tmp_path: Path) -> None:
-    """A real Console (its own process and store) and one managed Defender per lab
-    host: enrollment, policy from the Console, the merged cluster inventory, each
-    attempt evaluated and audited once, reports in the Console, a policy change."""
+@contextlib.contextmanager
+def console_process(tmp_path: Path) -> Iterator[tuple[str, str, Any]]:
+    """A real Console (its own process and SQLite store) on a free loopback
+    port, an admin logged in: (URL, enrollment token, an authorised client)."""
     import httpx
 
-    c = cluster
-    for d in c.defenders:
-        if d.proc is not None:
-            d.stop()
     data = tmp_path / "console"
     password = "defender-e2e-password"
     subprocess.run([CNNF, "console", "create-user", "admin", "--password-stdin",
@@ -708,8 +705,6 @@ def test_console_end_to_end_one_defender_per_host(cluster: Cluster, tmp_path: Pa
         console = subprocess.Popen([CNNF, "console", "--listen", url[7:], "--data-dir",
                                     str(data), "--log-level", "warning"], stdout=log, stderr=log)
     http = httpx.Client(base_url=url, timeout=10)
-    defenders = [Defender(c.lab, h, tmp_path, c.policy_file, c.cluster_file,
-                          console=(url, token)) for h in ("node-1", "node-2")]
 
     def up() -> bool:
         try:
@@ -722,65 +717,82 @@ def test_console_end_to_end_one_defender_per_host(cluster: Cluster, tmp_path: Pa
         login = http.post("/api/v1/auth/login", json={"username": "admin", "password": password})
         assert login.status_code == 200, login.text
         http.headers["Authorization"] = f"Bearer {login.json()['token']}"
-
-        def apply(doc: dict[str, Any]) -> int:
-            r = http.post("/api/v1/policy/import", json=doc)
-            assert r.status_code == 200 and r.json()["applied"], r.text
-            return int(r.json()["revision"])
-
-        revision = apply(policy(0))
-        for d in defenders:
-            d.start()
-        for d in defenders:
-            d.wait_revision(revision)
-        listed = http.get("/api/v1/defenders").json()
-        assert sorted(x["hostname"] for x in listed) == ["node-1", "node-2"]
-
-        def cluster_known() -> bool:
-            inv = http.get("/api/v1/inventory").json()
-            return len(inv["containers"]) == 6 and all(
-                (d.status() or {}).get("cluster_revision") == inv["revision"] for d in defenders)
-
-        assert poll(cluster_known, 20)
-
-        assert c.connect("api", "payments", 9090).ok  # alert, across hosts
-        assert c.connect("frontend", "payments", 9090).outcome == "refused"  # prevent
-
-        def audits_of(rule: str) -> list[dict[str, Any]]:
-            page = http.get("/api/v1/audits", params={"rule": rule}).json()
-            return list(page["items"])
-
-        assert poll(lambda: audits_of("api-to-payments") and audits_of("frontend-not-payments"),
-                    15)
-        # A second (wrong) evaluation by node-2's Defender would reach the Console no
-        # later than the audit of a SYN node-2 decides afterwards (its reports go in order).
-        assert c.connect("payments", "db", 5433).outcome == "refused"  # node-2: default
-
-        def node2_marker() -> list[dict[str, Any]]:
-            page = http.get("/api/v1/audits", params={
-                "src_image": "shop/payments*", "dst_image": "shop/db*"}).json()
-            return [a for a in page["items"] if a["port"] == 5433 and a["defender"] == "node-2"]
-
-        assert poll(node2_marker, 15)
-        (alert,) = audits_of("api-to-payments")
-        assert alert["count"] == 1 and alert["blocked"] is False
-        (blocked,) = audits_of("frontend-not-payments")
-        assert blocked["count"] == 1 and blocked["blocked"] is True
-        flows = http.get("/api/v1/flows", params={"port": 9090}).json()["items"]
-        assert sorted((f["verdict"], f["count"]) for f in flows) == [("alert", 1), ("prevent", 1)]
-
-        assert c.connect("frontend", "cache", 6379).outcome == "refused"
-        rules = [r for r in RULES if r["id"] != 3]
-        revision = apply(policy(0, containerRules=[*rules, {**RULES[2], "effect": "allow"}]))
-        for d in defenders:
-            d.wait_revision(revision)
-        assert c.connect("frontend", "cache", 6379).ok
+        yield url, token, http
     finally:
-        for d in defenders:
-            if d.proc is not None:
-                d.stop()
         console.terminate()
         console.wait(30)
         http.close()
+
+
+def test_console_end_to_end_one_defender_per_host(cluster: Cluster, tmp_path: Path) -> None:
+    """A real Console (its own process and store) and one managed Defender per lab
+    host: enrollment, policy from the Console, the merged cluster inventory, each
+    attempt evaluated and audited once, reports in the Console, a policy change."""
+    c = cluster
+    for d in c.defenders:
+        if d.proc is not None:
+            d.stop()
+    with console_process(tmp_path) as (url, token, http):
+        defenders = [Defender(c.lab, h, tmp_path, c.policy_file, c.cluster_file,
+                              console=(url, token)) for h in ("node-1", "node-2")]
+        try:
+            def apply(doc: dict[str, Any]) -> int:
+                r = http.post("/api/v1/policy/import", json=doc)
+                assert r.status_code == 200 and r.json()["applied"], r.text
+                return int(r.json()["revision"])
+
+            revision = apply(policy(0))
+            for d in defenders:
+                d.start()
+            for d in defenders:
+                d.wait_revision(revision)
+            listed = http.get("/api/v1/defenders").json()
+            assert sorted(x["hostname"] for x in listed) == ["node-1", "node-2"]
+
+            def cluster_known() -> bool:
+                inv = http.get("/api/v1/inventory").json()
+                return len(inv["containers"]) == 6 and all(
+                    (d.status() or {}).get("cluster_revision") == inv["revision"]
+                    for d in defenders)
+
+            assert poll(cluster_known, 20)
+
+            assert c.connect("api", "payments", 9090).ok  # alert, across hosts
+            assert c.connect("frontend", "payments", 9090).outcome == "refused"  # prevent
+
+            def audits_of(rule: str) -> list[dict[str, Any]]:
+                page = http.get("/api/v1/audits", params={"rule": rule}).json()
+                return list(page["items"])
+
+            assert poll(lambda: audits_of("api-to-payments") and audits_of("frontend-not-payments"),
+                        15)
+            # A second (wrong) evaluation by node-2's Defender would reach the Console no
+            # later than the audit of a SYN node-2 decides afterwards (its reports go in order).
+            assert c.connect("payments", "db", 5433).outcome == "refused"  # node-2: default
+
+            def node2_marker() -> list[dict[str, Any]]:
+                page = http.get("/api/v1/audits", params={
+                    "src_image": "shop/payments*", "dst_image": "shop/db*"}).json()
+                return [a for a in page["items"] if a["port"] == 5433 and a["defender"] == "node-2"]
+
+            assert poll(node2_marker, 15)
+            (alert,) = audits_of("api-to-payments")
+            assert alert["count"] == 1 and alert["blocked"] is False
+            (blocked,) = audits_of("frontend-not-payments")
+            assert blocked["count"] == 1 and blocked["blocked"] is True
+            flows = http.get("/api/v1/flows", params={"port": 9090}).json()["items"]
+            assert sorted((f["verdict"], f["count"]) for f in flows) == [
+                ("alert", 1), ("prevent", 1)]
+
+            assert c.connect("frontend", "cache", 6379).outcome == "refused"
+            rules = [r for r in RULES if r["id"] != 3]
+            revision = apply(policy(0, containerRules=[*rules, {**RULES[2], "effect": "allow"}]))
+            for d in defenders:
+                d.wait_revision(revision)
+            assert c.connect("frontend", "cache", 6379).ok
+        finally:
+            for d in defenders:
+                if d.proc is not None:
+                    d.stop()
     for d in defenders:
         assert d.kernel_state() == ("", "")
