@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cnnf import __version__
@@ -34,6 +35,7 @@ from cnnf.console.api import (
     rules,
     users,
 )
+from cnnf.console.api.contract import authenticate_first, document_errors, refuse_unknown_query
 from cnnf.console.api.defender import LinkHub, check_stale
 from cnnf.console.api.deps import ConsoleState, Reader
 from cnnf.console.config import ConsoleConfig
@@ -41,6 +43,7 @@ from cnnf.console.metrics import ConsoleMetrics, LiveFigures
 from cnnf.console.security import LoginLimiter
 from cnnf.console.services.defenders import DefenderService, policy_revision
 from cnnf.console.services.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -169,10 +172,32 @@ def _request_errors(exc: RequestValidationError) -> list[FieldError]:
     return errors
 
 
+async def _refused_caller(request: Request) -> JSONResponse | None:
+    """The 401 or 403 the route's guards give this request, if any: input is judged
+    only for callers allowed to send it (see cnnf.console.api.contract)."""
+    try:
+        await authenticate_first(request)
+    except Unauthorized as exc:
+        return _error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+    except Forbidden as exc:
+        return _error(403, str(exc))
+    return None
+
+
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "", _request_errors(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _refused_caller(request) or _error(422, "", _request_errors(exc))
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return await _refused_caller(request) or _error(400, str(exc), exc.errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not UTF-8: 400) and ours (429).
+        refused = await _refused_caller(request) if exc.status_code == 400 else None
+        return refused or _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
     @app.exception_handler(PolicyValidationError)
     async def _policy(_: Request, exc: PolicyValidationError) -> JSONResponse:
@@ -336,6 +361,7 @@ def create_app(
         swagger_ui_oauth2_redirect_url=f"{API_PREFIX}/docs/oauth2-redirect",
         redoc_url=None,
         lifespan=_lifespan,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.console = console
     app.state.engine = engine
@@ -352,6 +378,14 @@ def create_app(
             connection.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(app, generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     mount_ui(app)  # last: the UI's "/" mount must not shadow any route
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app

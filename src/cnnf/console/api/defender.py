@@ -21,7 +21,8 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from cnnf.console.api.deps import ConsoleState, StateDep, _bearer
+from cnnf.console.api.contract import Guard
+from cnnf.console.api.deps import ConsoleState, StateDep, _bearer, state
 from cnnf.console.metrics import ConsoleMetrics
 from cnnf.console.security import Permission
 from cnnf.console.services.defenders import (
@@ -77,24 +78,35 @@ def hub(request: Request) -> LinkHub:
 HubDep = Annotated[LinkHub, Depends(hub)]
 
 
-def defender_caller(
-    console: StateDep,
-    link: HubDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> DefenderPrincipal:
+class DefenderCaller(Guard):
     """The calling Defender. A user's token is refused with 403 (valid) or 401."""
-    if credentials is None:
-        raise Unauthorized("authentication required: send 'Authorization: Bearer <credential>'")
-    secret = credentials.credentials
-    with console.sessions() as session:
-        if secret.startswith(CREDENTIAL_PREFIX):
-            who, revived = DefenderService(session, console.now).authenticate(secret)
-            if revived:
-                link.inventory.notify()
-            return who
-        UserService(session, console.now).authenticate(secret)  # 401 when not a token at all
-    raise Forbidden(f"only a Defender credential may call the Defender endpoints "
-                    f"(needs {Permission.DEFENDER.value!r})")
+
+    def __call__(
+        self,
+        console: StateDep,
+        link: HubDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> DefenderPrincipal:
+        if credentials is None:
+            raise Unauthorized(
+                "authentication required: send 'Authorization: Bearer <credential>'")
+        secret = credentials.credentials
+        with console.sessions() as session:
+            if secret.startswith(CREDENTIAL_PREFIX):
+                who, revived = DefenderService(session, console.now).authenticate(secret)
+                if revived:
+                    link.inventory.notify()
+                return who
+            UserService(session, console.now).authenticate(secret)  # 401: not a token at all
+        raise Forbidden(f"only a Defender credential may call the Defender endpoints "
+                        f"(needs {Permission.DEFENDER.value!r})")
+
+    async def check(self, request: Request) -> None:
+        credentials = await _bearer(request)
+        await run_in_threadpool(self, state(request), hub(request), credentials)
+
+
+defender_caller = DefenderCaller()
 
 
 Defender = Annotated[DefenderPrincipal, Security(defender_caller,

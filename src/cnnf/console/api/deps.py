@@ -13,9 +13,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from cnnf.console.api.contract import Guard
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.security import LoginLimiter, Permission, allowed
 from cnnf.console.services.errors import Forbidden, Unauthorized
@@ -65,7 +67,7 @@ def principal(
     return UserService(db, console.now).authenticate(credentials.credentials)
 
 
-class Require:
+class Require(Guard):
     """Dependency: the caller, if its role grants ``permission`` (else 403)."""
 
     def __init__(self, permission: Permission) -> None:
@@ -77,6 +79,16 @@ class Require:
                 f"role {who.role.value!r} may not do this (needs {self.permission.value!r})"
             )
         return who
+
+    async def check(self, request: Request) -> None:
+        console = state(request)
+        credentials = await _bearer(request)
+
+        def run() -> None:
+            with console.sessions() as db:
+                self(principal(console, db, credentials))
+
+        await run_in_threadpool(run)
 
     def __repr__(self) -> str:
         return f"Require({self.permission.value})"

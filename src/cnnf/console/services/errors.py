@@ -27,3 +27,8 @@ class Unauthorized(CnnfError):
 
 class Forbidden(CnnfError):
     """Valid credentials, but the role may not do this (403)."""
+
+
+class BadRequest(InvalidInput):
+    """The request itself is malformed, e.g. a query parameter the operation does
+    not have (400), naming what is wrong."""
