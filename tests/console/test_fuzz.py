@@ -1,58 +1,82 @@
-"""Generated requests for every operation of the published OpenAPI document
-(schemathesis strategies driven by hypothesis): none gets a server error, and
-every refusal explains itself."""
+"""schemathesis against the published OpenAPI document, with every check it has
+(server errors, status codes, content types, headers, response schemas, positive
+data accepted, negative data rejected, auth not ignored, unsupported methods...):
+as an admin and anonymously, positive and negative cases for every operation."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 import schemathesis
 from consoletest import Console
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from schemathesis.core import NotSet
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from cnnf.console.services.users import UserService
 
-EXAMPLES_PER_OPERATION = 20
+EXAMPLES_PER_OPERATION = 8
+
+# Operations that revoke the caller's own credentials: as admin they would end the
+# run's session (each case gets a fresh one, but logout is about that session).
+SELF_REVOKING = {"POST /api/v1/auth/logout"}
+
+# Valid by the schema, refused by rules JSON Schema cannot state (references to
+# objects that must exist, port range order, glob and CIDR syntax, a non-empty
+# selector, a Trivy report's shape, the import document's format chosen by a query
+# parameter). positive_data_acceptance is left out for these only; see README.
+BEYOND_THE_SCHEMA = {
+    "POST /api/v1/objects", "PUT /api/v1/objects/{name}",
+    "POST /api/v1/rules/{kind}", "PUT /api/v1/rules/{kind}/{rule_id}",
+    "PUT /api/v1/policy", "POST /api/v1/policy/import",
+    "POST /api/v1/overlays/{kind}/trivy",
+}
 
 
-def _fuzz(console: Console, operation: Any) -> None:
+def _run(console: Console, operation: Any, mode: GenerationMode, as_admin: bool) -> None:
     label = f"{operation.method.upper()} {operation.path}"
+    excluded = []
+    if label in BEYOND_THE_SCHEMA:
+        excluded.append(positive_data_acceptance)
 
     @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck), database=None)
-    @given(case=operation.as_strategy(), token=st.booleans())
-    def check(case: Any, token: bool) -> None:
-        headers = {k: v for k, v in (case.headers or {}).items()
-                   if k.lower() != "authorization"}
-        if token:  # a fresh admin session, so logout cases cannot starve the rest
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def check(case: Any) -> None:
+        headers = {}
+        if as_admin:  # a fresh session, so a case that ends one cannot starve the rest
             with console.session() as s:
                 secret = UserService(s, console.clock.now).issue_session(
                     "admin-user", 600).token
             headers["Authorization"] = f"Bearer {secret}"
-        kwargs: dict[str, Any] = {"params": case.query or None, "headers": headers}
-        if case.body is not None and not isinstance(case.body, NotSet):
-            if case.media_type and "json" in case.media_type:
-                kwargs["content"] = json.dumps(case.body).encode()
-                headers["Content-Type"] = "application/json"
-            elif isinstance(case.body, bytes | str):
-                kwargs["content"] = case.body
-                headers["Content-Type"] = case.media_type or "application/octet-stream"
-        r = console.client().request(case.method, case.formatted_path, **kwargs)
-        assert r.status_code < 500, f"{label}: {r.status_code} {r.text[:300]}\n{case.body!r}"
-        if r.status_code >= 400:
-            assert r.json()["detail"], f"{label}: {r.status_code} without a message"
+        case.call_and_validate(headers=headers, excluded_checks=excluded)
 
     check()
 
 
+def _operations(console: Console) -> list[Any]:
+    schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", console.app)
+    return [result.ok() for result in schema.get_all_operations()]
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_no_operation_answers_with_a_server_error(console: Console) -> None:
-    schema = schemathesis.openapi.from_dict(console.app.openapi())
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 30
+@pytest.mark.parametrize("as_admin", [True, False], ids=["admin", "anonymous"])
+def test_schemathesis_finds_no_failure(console: Console, as_admin: bool) -> None:
+    operations = _operations(console)
+    assert len(operations) >= 40
+    ran = 0
     for operation in operations:
-        _fuzz(console, operation)
+        label = f"{operation.method.upper()} {operation.path}"
+        if as_admin and label in SELF_REVOKING:
+            continue
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                _run(console, operation, mode, as_admin)
+            except Unsatisfiable:
+                # No parameter, body or credential to make invalid (GET /healthz).
+                assert mode is GenerationMode.NEGATIVE, label
+                continue
+            ran += 1
+    assert ran >= 80

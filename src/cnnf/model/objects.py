@@ -17,9 +17,9 @@ import ipaddress
 import re
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from cnnf.model.rule import PolicyModel
 
@@ -130,7 +130,17 @@ class HostSelector(PolicyModel):
         return self
 
 
+def _kind_required(schema: dict[str, Any]) -> None:
+    # ``kind`` has a default for Python callers, but a document must say it: it
+    # picks the variant (pydantic refuses an object without it).
+    required = schema.setdefault("required", [])
+    if "kind" not in required:
+        required.insert(0, "kind")
+
+
 class _ObjectBase(PolicyModel):
+    model_config = ConfigDict(json_schema_extra=_kind_required)
+
     name: ObjectName
     description: str = ""
 

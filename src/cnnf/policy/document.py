@@ -159,10 +159,16 @@ def _message(err: Mapping[str, Any]) -> str:
             return "required field is missing"
         case "extra_forbidden":
             return f"unknown field (value {v})"
-        case "string_too_short" | "too_short":
+        case "string_too_short":
+            return "must not be empty" if ctx.get("min_length") in (1, None) else (
+                f"must be at least {ctx.get('min_length')} characters"
+            )
+        case "too_short":
             return "must not be empty" if ctx.get("min_length") in (1, None) else (
                 f"needs at least {ctx.get('min_length')} item(s)"
             )
+        case "string_pattern_mismatch":
+            return f"{v} does not match {ctx.get('pattern')}"
         case "string_too_long":
             return f"is longer than {ctx.get('max_length')} characters"
         case "too_long":

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import Field
 
+from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import Caller, SessionDep, StateDep
 from cnnf.console.security import Role
 from cnnf.console.services.errors import Unauthorized
@@ -36,7 +37,8 @@ class Me(PolicyModel):
     token_kind: str
 
 
-@router.post("/login", response_model=LoginResponse)
+@router.post("/login", response_model=LoginResponse,
+             responses=errors(401, 429, s401="Wrong user name or password"))
 def login(
     *, body: LoginRequest, request: Request, db: SessionDep, console: StateDep
 ) -> LoginResponse:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
+from cnnf.console.api.contract import errors
 from cnnf.console.api.defender import hub
 from cnnf.console.api.deps import Admin, Reader, SessionDep, StateDep
 from cnnf.console.services.defenders import (
@@ -31,7 +32,8 @@ def create_enrollment_token(*, db: SessionDep, console: StateDep, who: Admin,
     return DefenderService(db, console.now).create_enrollment_token(who.name, hours)
 
 
-@router.post("/defenders/enroll", response_model=Enrolled)
+@router.post("/defenders/enroll", response_model=Enrolled,
+             responses=errors(401, s401="Invalid or expired enrollment token"))
 def enroll(body: EnrollRequest, *, db: SessionDep, console: StateDep) -> Enrolled:
     """Trade an enrollment token for a Defender credential (no user credentials)."""
     return DefenderService(db, console.now).enroll(body)
@@ -43,7 +45,8 @@ def list_defenders(*, db: SessionDep, console: StateDep, _: Reader) -> list[Defe
     return DefenderService(db, console.now).list_defenders()
 
 
-@router.delete("/defenders/{defender_id}", status_code=204, response_class=Response)
+@router.delete("/defenders/{defender_id}", status_code=204, response_class=Response,
+               responses=errors(404))
 def revoke_defender(defender_id: DefenderId, *, request: Request, db: SessionDep,
                     console: StateDep, _: Admin) -> Response:
     """Revoke a Defender's credential: every later call of it gets 401."""

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
 
+from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer, policy_service
 from cnnf.model import NetworkObject
 
@@ -19,26 +20,26 @@ def list_objects(*, db: SessionDep, console: StateDep,
     return list(policy_service(db, console, who).policy().objects)
 
 
-@router.post("", response_model=NetworkObject, status_code=201)
+@router.post("", response_model=NetworkObject, status_code=201, responses=errors(409))
 def create_object(*, obj: Annotated[NetworkObject, Body()], db: SessionDep, console: StateDep,
                   who: Writer) -> NetworkObject:
     return policy_service(db, console, who).create_object(obj)
 
 
-@router.get("/{name}", response_model=NetworkObject)
+@router.get("/{name}", response_model=NetworkObject, responses=errors(404))
 def get_object(*, name: Name, db: SessionDep, console: StateDep,
                who: Reader) -> NetworkObject:
     return policy_service(db, console, who).get_object(name)
 
 
-@router.put("/{name}", response_model=NetworkObject)
+@router.put("/{name}", response_model=NetworkObject, responses=errors(404, 409))
 def update_object(*, name: Name, obj: Annotated[NetworkObject, Body()], db: SessionDep,
                   console: StateDep, who: Writer) -> NetworkObject:
     """Replace an object; a changed name is carried into the rules that use it."""
     return policy_service(db, console, who).update_object(name, obj)
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=errors(404, 409))
 def delete_object(*, name: Name, db: SessionDep, console: StateDep,
                   who: Writer) -> None:
     """Delete an unused object; 409 names the rules that still use it."""

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
 
+from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer
 from cnnf.console.services.overlays import OverlayInfo, OverlayKind, OverlayService
 
@@ -31,13 +32,13 @@ def list_overlays(*, db: SessionDep, console: StateDep, _: Reader) -> list[Overl
     return OverlayService(db, console.now).list()
 
 
-@router.get("/{kind}/{name:path}", response_model=OverlayInfo)
+@router.get("/{kind}/{name:path}", response_model=OverlayInfo, responses=errors(404))
 def get_overlay(*, kind: Kind, name: Name, db: SessionDep, console: StateDep,
                 _: Reader) -> OverlayInfo:
     return OverlayService(db, console.now).get(kind, name)
 
 
-@router.delete("/{kind}/{name:path}", status_code=204)
+@router.delete("/{kind}/{name:path}", status_code=204, responses=errors(404))
 def delete_overlay(*, kind: Kind, name: Name, db: SessionDep, console: StateDep,
                    who: Writer) -> None:
     OverlayService(db, console.now).delete(kind, name)

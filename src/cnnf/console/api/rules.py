@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Query
 from pydantic import Field
 
+from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import MAX_INT, Reader, SessionDep, StateDep, Writer, policy_service
 from cnnf.console.services.policy import RuleDraft
 from cnnf.model import Rule, RuleKind
@@ -39,7 +40,7 @@ def list_rules(*, kind: Kind, db: SessionDep, console: StateDep,
     return [_placed(i, r) for i, r in enumerate(rules)]
 
 
-@router.post("", response_model=PlacedRule, status_code=201)
+@router.post("", response_model=PlacedRule, status_code=201, responses=errors(409))
 def create_rule(*,
     kind: Kind, draft: Annotated[RuleDraft, Body()], db: SessionDep, console: StateDep,
     position: Annotated[
@@ -52,13 +53,13 @@ def create_rule(*,
     return _placed(*service.get_rule(kind, rule.id))
 
 
-@router.get("/{rule_id}", response_model=PlacedRule)
+@router.get("/{rule_id}", response_model=PlacedRule, responses=errors(404))
 def get_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDep,
              who: Reader) -> PlacedRule:
     return _placed(*policy_service(db, console, who).get_rule(kind, rule_id))
 
 
-@router.put("/{rule_id}", response_model=PlacedRule)
+@router.put("/{rule_id}", response_model=PlacedRule, responses=errors(404))
 def update_rule(*, kind: Kind, rule_id: RuleId, draft: Annotated[RuleDraft, Body()],
                 db: SessionDep, console: StateDep,
                 who: Writer) -> PlacedRule:
@@ -67,13 +68,13 @@ def update_rule(*, kind: Kind, rule_id: RuleId, draft: Annotated[RuleDraft, Body
     return _placed(*service.get_rule(kind, rule_id))
 
 
-@router.delete("/{rule_id}", status_code=204)
+@router.delete("/{rule_id}", status_code=204, responses=errors(404))
 def delete_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDep,
                 who: Writer) -> None:
     policy_service(db, console, who).delete_rule(kind, rule_id)
 
 
-@router.post("/{rule_id}/move", response_model=list[PlacedRule])
+@router.post("/{rule_id}/move", response_model=list[PlacedRule], responses=errors(404))
 def move_rule(*, kind: Kind, rule_id: RuleId, body: Move, db: SessionDep, console: StateDep,
               who: Writer) -> list[PlacedRule]:
     """Move a rule to ``position``; returns the list in its new order."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from pydantic import Field
+from pydantic import Field, StrictBool
 
+from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import MAX_INT, Admin, Caller, SessionDep, StateDep
-from cnnf.console.security import Permission, Role, allowed
+from cnnf.console.security import MIN_PASSWORD_LENGTH, Permission, Role, allowed
 from cnnf.console.services.errors import Conflict, Forbidden
 from cnnf.console.services.users import (
+    USER_NAME,
     NewToken,
     TokenInfo,
     TokenRequest,
@@ -22,16 +24,21 @@ from cnnf.model.rule import PolicyModel
 router = APIRouter(tags=["users"])
 
 
+# The schema states what the services check, so a client can validate before sending.
+UserName = Annotated[str, Field(min_length=1, max_length=100, pattern=USER_NAME.pattern)]
+Password = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=1000)]
+
+
 class UserCreate(PolicyModel):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: UserName
     role: Role
-    password: Annotated[str, Field(min_length=1, max_length=1000)]
+    password: Password
 
 
 class UserUpdate(PolicyModel):
     role: Role | None = None
-    password: Annotated[str | None, Field(min_length=1, max_length=1000)] = None
-    disabled: bool | None = None
+    password: Password | None = None
+    disabled: StrictBool | None = None
 
 
 @router.get("/users", response_model=list[UserInfo])
@@ -40,19 +47,20 @@ def list_users(*, db: SessionDep, console: StateDep,
     return UserService(db, console.now).list_users()
 
 
-@router.post("/users", response_model=UserInfo, status_code=201)
+@router.post("/users", response_model=UserInfo, status_code=201,
+             responses=errors(409))
 def create_user(*, body: UserCreate, db: SessionDep, console: StateDep,
                 _: Admin) -> UserInfo:
     return UserService(db, console.now).create_user(body.name, body.role, body.password)
 
 
-@router.get("/users/{name}", response_model=UserInfo)
+@router.get("/users/{name}", response_model=UserInfo, responses=errors(404))
 def get_user(*, name: str, db: SessionDep, console: StateDep,
              _: Admin) -> UserInfo:
     return UserService(db, console.now).get_user(name)
 
 
-@router.patch("/users/{name}", response_model=UserInfo)
+@router.patch("/users/{name}", response_model=UserInfo, responses=errors(404, 409))
 def update_user(*, name: str, body: UserUpdate, db: SessionDep, console: StateDep,
                 _: Admin) -> UserInfo:
     users = UserService(db, console.now)
@@ -66,7 +74,7 @@ def update_user(*, name: str, body: UserUpdate, db: SessionDep, console: StateDe
                              disabled=body.disabled)
 
 
-@router.delete("/users/{name}", status_code=204)
+@router.delete("/users/{name}", status_code=204, responses=errors(404, 409))
 def delete_user(*, name: str, db: SessionDep, console: StateDep,
                 _: Admin) -> None:
     users = UserService(db, console.now)
@@ -76,7 +84,8 @@ def delete_user(*, name: str, db: SessionDep, console: StateDep,
     users.delete_user(name)
 
 
-@router.get("/tokens", response_model=list[TokenInfo])
+@router.get("/tokens", response_model=list[TokenInfo],
+            responses=errors(403, s403="all=true by a role other than admin"))
 def list_tokens(*,
     db: SessionDep, console: StateDep,
     everyone: Annotated[bool, Query(alias="all", description="every user's (admin)")] = False,
@@ -94,7 +103,7 @@ def create_token(*, body: TokenRequest, db: SessionDep, console: StateDep,
     return UserService(db, console.now).create_api_token(who, body)
 
 
-@router.delete("/tokens/{token_id}", status_code=204)
+@router.delete("/tokens/{token_id}", status_code=204, responses=errors(404))
 def revoke_token(*, token_id: Annotated[int, Path(ge=1, le=MAX_INT)], db: SessionDep,
                  console: StateDep, who: Caller) -> None:
     UserService(db, console.now).revoke_token(

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, StrictBool, TypeAdapter
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -43,8 +43,9 @@ class RuleDraft(Rule):
 class Settings(PolicyModel):
     """The policy's switches: enforcement per workload kind, no-match effect, block mode."""
 
-    container_enabled: bool
-    host_enabled: bool
+    # Strict: 0, 1 and "yes" are refused, as the schema (boolean) says.
+    container_enabled: StrictBool
+    host_enabled: StrictBool
     default_effect: Effect
     block_mode: BlockMode
 
