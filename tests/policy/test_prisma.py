@@ -36,7 +36,7 @@ ANY = {"images": ["*"], "hosts": ["*"], "labels": ["*"], "containers": ["*"],
 
 
 def _coll(**fields: list[str]) -> dict[str, Any]:
-    return {**ANY, "name": "c", **fields}
+    return {**ANY, **fields}
 
 
 def _doc(entities: list[dict[str, Any]], rules: list[dict[str, Any]] = (),  # type: ignore[assignment]
@@ -66,7 +66,8 @@ def test_example_export_converts() -> None:
     assert api.selector == ContainerSelector(images=("shop/api:*",), labels=("app=api",),
                                              namespaces=("shop-web",))
     assert policy.object("internet") == SubnetObject(name="internet", cidrs=("0.0.0.0/0",))
-    assert policy.object("nodes") == HostObject(name="nodes",
+    # the collection's name is kept, in the object's description
+    assert policy.object("nodes") == HostObject(name="nodes", description="collection 'all-nodes'",
                                                 selector=HostSelector(hosts=("node-*",)))
     first = policy.container_rules[0]
     assert (first.id, first.name, first.src, first.dst, first.owner) == (
@@ -75,9 +76,15 @@ def test_example_export_converts() -> None:
     assert [str(p) for p in policy.container_rules[2].ports] == ["80", "443"]
     assert policy.container_rules[2].effect is Effect.PREVENT
     assert policy.container_rules[3].notes == "payment provider"
+    kept = "collection name kept in the object's description"
     assert conv.unmapped == [
+        f"networkEntities[0].collections[0]: {kept} (collection 'shop-frontend')",
+        f"networkEntities[1].collections[0]: {kept} (collection 'shop-api')",
+        f"networkEntities[2].collections[0]: {kept} (collection 'shop-db')",
+        f"networkEntities[3].collections[0]: {kept} (collection 'shop-web')",
         "networkEntities[4].subnets[0].name: subnet name 'internet-v4' has no native field "
-        "(the CIDR 0.0.0.0/0 is kept)"
+        "(the CIDR 0.0.0.0/0 is kept)",
+        f"networkEntities[6].collections[0]: {kept} (collection 'all-nodes')",
     ]
 
 
@@ -104,7 +111,9 @@ def test_example_export_converts() -> None:
          ['networkEntities[0].collections[0].appIDs: ["app-1"] has no native equivalent; the '
           "selector matches without it"]),
         ([{"name": "All"}], ContainerSelector(images=("*",)),
-         ["networkEntities[0].collections[0]: collection 'All' has no pattern fields (a "
+         ["networkEntities[0].collections[0]: collection name kept in the object's description "
+          "(collection 'All')",
+          "networkEntities[0].collections[0]: collection 'All' has no pattern fields (a "
           "reference by name?); its patterns are unknown here, so it was read as matching any "
           "workload"]),
         ([{**_coll(images=["a"]), "colour": "red"}], ContainerSelector(images=("a",)),
@@ -114,7 +123,7 @@ def test_example_export_converts() -> None:
 def test_collections_to_selectors(collections: list[dict[str, Any]], selector: ContainerSelector,
                                   unmapped: list[str]) -> None:
     conv = from_prisma(_doc([_container(1, "x", *collections)]))
-    assert conv.result.objects == (ContainerObject(name="x", selector=selector),)
+    assert [o.selector for o in conv.result.objects] == [selector]  # type: ignore[union-attr]
     assert conv.unmapped == unmapped
 
 
@@ -132,12 +141,14 @@ def test_ports_deny_and_defaults() -> None:
     assert [(r.id, r.name, [str(p) for p in r.ports]) for r in got] == [
         (1, "r1", ["80-90"]), (3, "r3", ["*"]), (4, "rule-4", ["*"])]
     assert conv.unmapped == [
+        "containerRules[3].name: missing; named 'rule-4'",
         "containerRules[0].ports[1]: deny: true port ranges have no native equivalent; "
         '{"start": 22, "end": 22, "deny": true} was left out',
         "containerRules[1].ports[0]: deny: true port ranges have no native equivalent; "
         '{"start": 22, "end": 22, "deny": true} was left out',
         "containerRules[1]: every port range is deny: true; the rule was left out",
         "containerRules[3].color: unknown rule field (value 'blue')",
+        "containerRules[3].previousName: 'old' has no native field",
     ]
 
 
@@ -300,3 +311,66 @@ def test_mutated_exports_never_crash(data: st.DataObject) -> None:
         from_prisma(doc)
     except PolicyValidationError as exc:
         assert exc.errors
+
+
+def test_generated_rules_numbered_from_zero_without_names_are_renumbered_and_named() -> None:
+    # The shape a rule generator writes from the audit CSV: ids from 0, no names.
+    ents = [_container(0, "a", _coll(images=["a"])), _container(1, "b", _coll(images=["b"]))]
+    rules = [{"id": i, "src": 0, "dst": 1, "ports": [{"start": p, "end": p, "deny": False}],
+              "effect": "allow"} for i, p in enumerate((80, 443))]
+    rules.append({"id": 7, "name": "rule-1", "src": 1, "dst": 0, "effect": "alert"})
+    conv = from_prisma(_doc(ents, rules))
+    got = conv.result.container_rules
+    assert [(r.id, r.name, r.src, r.dst) for r in got] == [
+        (1, "rule-1-2", "a", "b"), (2, "rule-2", "a", "b"), (3, "rule-1", "b", "a")]
+    assert conv.unmapped == [
+        "containerRules[0].id: 0 renumbered to 1 (ids start at 1)",
+        "containerRules[1].id: 1 renumbered to 2 (ids start at 1)",
+        "containerRules[2].id: 7 renumbered to 3 (ids start at 1)",
+        "containerRules[0].name: missing; named 'rule-1-2'",
+        "containerRules[1].name: missing; named 'rule-2'",
+    ]
+    # valid ids stay as they are; a missing id alone numbers the list
+    conv = from_prisma(_doc(ents, [_rule(5, 0, 1), {**_rule(9, 1, 0), "id": None}]))
+    assert [r.id for r in conv.result.container_rules] == [1, 2]
+    assert conv.unmapped[:2] == ["containerRules[0].id: 5 renumbered to 1 (ids start at 1)",
+                                 "containerRules[1].id: missing; numbered 2"]
+    assert [r.id for r in from_prisma(_doc(ents, [_rule(5, 0, 1)])).result.container_rules] == [5]
+    # an id that is not a number is still refused, naming it
+    with pytest.raises(PolicyValidationError) as info:
+        from_prisma(_doc(ents, [_rule(0, 0, 1), {**_rule(2, 0, 1), "id": "two"}]))
+    assert str(info.value.errors[0]).startswith("containerRules[1].id: 'two'")
+
+
+def test_collection_name_and_description_are_kept_and_other_metadata_reported() -> None:
+    ents = [
+        _container(1, "web", {**_coll(images=["web:*"]), "name": "web-coll",
+                              "description": "the web tier", "color": "#3FA2F7",
+                              "owner": "alice", "modified": "2024-01-01T00:00:00Z",
+                              "system": False}),
+        {**_container(2, "db", {**_coll(images=["db"]), "name": "db"}),
+         "description": "databases"},
+        _container(3, "both", {**_coll(images=["x"]), "name": "c1"},
+                   {**_coll(images=["y"]), "name": "c2", "description": "second"}),
+    ]
+    conv = from_prisma(_doc(ents))
+    descriptions = {o.name: o.description for o in conv.result.objects}
+    assert descriptions == {
+        "web": "collection 'web-coll': the web tier",
+        "db": "databases",  # a collection named after its entity adds nothing
+        "both": "collection 'c1'; collection 'c2': second",
+    }
+    kept = "kept in the object's description"
+    assert conv.unmapped == [
+        f"networkEntities[0].collections[0]: collection name and description {kept} "
+        "(collection 'web-coll': the web tier)",
+        "networkEntities[0].collections[0].color: '#3FA2F7' has no native field",
+        "networkEntities[0].collections[0].owner: 'alice' has no native field",
+        "networkEntities[0].collections[0].modified: '2024-01-01T00:00:00Z' has no native field",
+        f"networkEntities[2].collections[0]: collection name {kept} (collection 'c1')",
+        f"networkEntities[2].collections[1]: collection name and description {kept} "
+        "(collection 'c2': second)",
+    ]
+    # converting back and again keeps the description and reports nothing new
+    again = from_prisma(json.loads(json.dumps(to_prisma(conv.result).result)))
+    assert again.unmapped == [] and again.result.objects == conv.result.objects

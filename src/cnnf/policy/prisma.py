@@ -18,10 +18,15 @@ Mapping decisions:
 - several collections on one entity (an OR of selectors) are merged when they
   differ in at most one field (the union of that field is exact); otherwise
   only the first is kept and the rest reported;
+- a collection's name and description are kept in the object's description
+  (unless the name is the entity's own and there is no description);
+- rule ids below 1 or missing (rule generators number from 0) renumber the
+  list from 1 in its order; a rule without a name is named ``rule-<id>``;
 - fields the native model has no equivalent for (non-``*`` ``appIDs``,
   ``accountIDs``, ``functions``, ``codeRepos``; ``deny: true`` port ranges;
-  subnet names; unknown keys) are reported in :attr:`Conversion.unmapped`
-  with their path, never dropped silently;
+  subnet names; collection colours, owners and times; a rule's
+  ``previousName``; unknown keys) are reported in :attr:`Conversion.unmapped`
+  with their path, never dropped silently; so is every renumbering and naming;
 - native settings the original lacks (default effect other than allow, block
   mode, more than 255 rules in a list) are reported when converting to it.
 """
@@ -60,9 +65,11 @@ CONTAINER_FIELDS = ("images", "labels", "namespaces", "containers", "hosts", "cl
 HOST_FIELDS = ("hosts", "labels")
 # Collection fields the native model has no equivalent for: only "*" maps.
 OTHER_FIELDS = ("appIDs", "accountIDs", "functions", "codeRepos")
-# Collection metadata without rule semantics.
+# Collection metadata without rule semantics: name and description go into the
+# object's description; the rest has no native field and is reported when set.
 COLLECTION_META = frozenset({"name", "description", "color", "owner", "modified", "system",
                              "prisma"})
+COLLECTION_KEPT = frozenset({"name", "description"})
 ENTITY_KEYS = frozenset({"_id", "name", "type", "collections", "subnets", "domains",
                          "description"})
 RULE_KEYS = frozenset({"id", "name", "src", "dst", "ports", "effect", "disabled", "notes",
@@ -112,6 +119,8 @@ def _selector_fields(
     for key, value in coll.items():
         kpath = f"{path}.{key}"
         if key in COLLECTION_META:
+            if key not in COLLECTION_KEPT and value not in ("", None, False, [], {}):
+                unmapped.append(f"{kpath}: {show(value)} has no native field")
             continue
         if key not in fields and key not in OTHER_FIELDS and key not in CONTAINER_FIELDS:
             unmapped.append(f"{kpath}: unknown collection field (value {show(value)})")
@@ -186,11 +195,15 @@ def _entity(
             errors.add(f"{path}.collections", f"a {etype} entity needs at least one collection")
             return None
         selectors = []
+        notes: list[str] = []
         for j, coll in enumerate(colls):
             cpath = f"{path}.collections[{j}]"
             if not isinstance(coll, Mapping):
                 errors.add(cpath, f"{show(coll)} is not a mapping")
                 return None
+            note = _collection_note(coll, cpath, (name, ent.get("name")), errors, unmapped)
+            if note and note not in notes:
+                notes.append(note)
             if not any(k in coll for k in (*CONTAINER_FIELDS, *OTHER_FIELDS)):
                 unmapped.append(
                     f"{cpath}: collection {show(coll.get('name', ''))} has no pattern fields "
@@ -210,6 +223,7 @@ def _entity(
             )
         if not merged:
             merged = {fields[0]: ("*",)}  # every field "*": any workload
+        description = "; ".join(part for part in (description, *notes) if part)
         sel_model = ContainerSelector if etype == "container" else HostSelector
         obj_model = ContainerObject if etype == "container" else HostObject
         selector = _build(sel_model, dict(merged), f"{path}.collections", errors)
@@ -256,6 +270,74 @@ def _entity(
                                   "domains": domains}, path, errors)
     errors.add(f"{path}.type", f"{show(etype)} is not one of container, host, subnet, dns")
     return None
+
+
+def _collection_note(
+    coll: Mapping[str, Any], path: str, entity_names: tuple[Any, ...], errors: _Errors,
+    unmapped: list[str],
+) -> str:
+    """A collection's name and description as a sentence for the object's description
+    (empty when the collection is just named after its entity)."""
+    texts: dict[str, str] = {}
+    for key in ("name", "description"):
+        value = coll.get(key, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            errors.add(f"{path}.{key}", f"{show(value)} is not a string")
+            return ""
+        texts[key] = value.strip()
+    cname, cdesc = texts["name"], texts["description"]
+    if not cdesc and (not cname or cname in entity_names):
+        return ""
+    note = f"collection {cname!r}" if cname else "collection"
+    if cdesc:
+        note += f": {cdesc}"
+    kept = " and description" if cdesc else ""
+    unmapped.append(f"{path}: collection name{kept} kept in the object's description "
+                    f"({note})")
+    return note
+
+
+def _number_rules(rules: list[Any], list_name: str, unmapped: list[str]) -> dict[int, Any]:
+    """New ids for a list in which some rule's id is missing or below 1 (rule
+    generators number from 0): the whole list is numbered from 1 in its order, so
+    that ids stay unique and ordered. Empty when every id can stay."""
+    ids = [raw.get("id") if isinstance(raw, Mapping) else 1 for raw in rules]
+    if not any(i is None or (_is_int(i) and i < 1) for i in ids):
+        return {}
+    out: dict[int, Any] = {}
+    for i, old in enumerate(ids):
+        if old is not None and not _is_int(old):
+            continue  # not a number: refused where the rule is validated
+        new = i + 1
+        out[i] = new
+        if old is None:
+            unmapped.append(f"{list_name}[{i}].id: missing; numbered {new}")
+        elif old != new:
+            unmapped.append(f"{list_name}[{i}].id: {old} renumbered to {new} (ids start at 1)")
+    return out
+
+
+def _name_rules(rules: list[Any], ids: dict[int, Any], list_name: str,
+                unmapped: list[str]) -> dict[int, str]:
+    """Names for the rules of a list that have none: ``rule-<id>``, made unique."""
+    taken = {raw["name"] for raw in rules
+             if isinstance(raw, Mapping) and isinstance(raw.get("name"), str)}
+    out: dict[int, str] = {}
+    for i, raw in enumerate(rules):
+        if not isinstance(raw, Mapping) or raw.get("name") not in (None, ""):
+            continue
+        rule_id = ids.get(i, raw.get("id"))
+        base = name = f"rule-{rule_id}"
+        n = 2
+        while name in taken:
+            name = f"{base}-{n}"
+            n += 1
+        taken.add(name)
+        out[i] = name
+        unmapped.append(f"{list_name}[{i}].name: missing; named {name!r}")
+    return out
 
 
 def _ports(value: Any, path: str, errors: _Errors, unmapped: list[str]) -> list[Any] | None:
@@ -348,6 +430,8 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
         if not isinstance(rules, list):
             errors.add(list_name, f"{show(rules)} is not a list")
             continue
+        new_ids = _number_rules(rules, list_name, unmapped)
+        new_names = _name_rules(rules, new_ids, list_name, unmapped)
         for i, raw in enumerate(rules):
             path = f"{list_name}[{i}]"
             if not isinstance(raw, Mapping):
@@ -356,6 +440,9 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
             for key in raw:
                 if key not in RULE_KEYS:
                     unmapped.append(f"{path}.{key}: unknown rule field (value {show(raw[key])})")
+            previous = raw.get("previousName")
+            if previous not in (None, "", raw.get("name")):
+                unmapped.append(f"{path}.previousName: {show(previous)} has no native field")
             ends: dict[str, str] = {}
             for end in ("src", "dst"):
                 ref = raw.get(end)
@@ -370,10 +457,9 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
                 continue
             # Validate the other fields even when an end or a port is broken, so
             # that one run reports every error of the rule.
-            rule_id = raw.get("id")
             data = {
-                "id": rule_id,
-                "name": raw.get("name") or f"rule-{rule_id}",
+                "id": new_ids.get(i, raw.get("id")),
+                "name": new_names.get(i, raw.get("name")),
                 "src": ends.get("src", "?"),
                 "dst": ends.get("dst", "?"),
                 "ports": ["*"] if ports is None else ports,
