@@ -62,6 +62,48 @@ def test_original_format_import_and_export(console: Console, admin: ApiClient) -
         x["name"] for x in policy["containerRules"]]
 
 
+def test_the_original_format_is_recognised_and_imported(console: Console,
+                                                       admin: ApiClient) -> None:
+    """Without format=prisma, a document in the original format is read as such, not
+    refused; a generated one (ids from 0, no names) imports with each change reported."""
+    doc = {"_id": "networkFirewall", "containerEnabled": True, "hostEnabled": False,
+           "containerRules": [
+               {"id": i, "src": 0, "dst": 1, "effect": "alert",
+                "ports": [{"start": port, "end": port, "deny": False}]}
+               for i, port in enumerate((8080, 5432))],
+           "hostRules": [],
+           "networkEntities": [
+               {"_id": 0, "name": "web", "type": "container",
+                "collections": [{"name": "web-coll", "description": "the web tier",
+                                 "images": ["shop/web:*"]}]},
+               {"_id": 1, "name": "db", "type": "container",
+                "collections": [{"name": "db", "images": ["shop/db:*"]}]}]}
+    preview = _import(admin, json.dumps(doc).encode(), dry_run=True)
+    assert preview["status"] == 200 and preview["valid"] is True, preview
+    assert preview["format"] == "prisma" and preview["applied"] is False
+    applied = _import(admin, json.dumps(doc).encode())
+    assert applied["status"] == 200 and applied["applied"] is True, applied
+    assert applied["unmapped"] == [
+        "networkEntities[0].collections[0]: collection name and description kept in the "
+        "object's description (collection 'web-coll': the web tier)",
+        "containerRules[0].id: 0 renumbered to 1 (ids start at 1)",
+        "containerRules[1].id: 1 renumbered to 2 (ids start at 1)",
+        "containerRules[0].name: missing; named 'rule-1'",
+        "containerRules[1].name: missing; named 'rule-2'",
+    ]
+    policy = admin.get(f"{API}/policy").json()
+    assert [(r["id"], r["name"]) for r in policy["containerRules"]] == [
+        (1, "rule-1"), (2, "rule-2")]
+    web = next(o for o in policy["objects"] if o["name"] == "web")
+    assert web["description"] == "collection 'web-coll': the web tier"
+    history = admin.get(f"{API}/changes").json()["items"]
+    assert history[0]["action"] == "policy.import.prisma"
+    # a native document is still read as native
+    native = _import(admin, (EXAMPLES / "shop-policy.yaml").read_bytes(), dry_run=True,
+                     content_type="application/yaml")
+    assert native["format"] == "native" and native["valid"] is True
+
+
 def test_invalid_import_changes_nothing(console: Console, admin: ApiClient) -> None:
     _import(admin, (EXAMPLES / "shop-policy.yaml").read_bytes(), content_type="application/yaml")
     before = admin.get(f"{API}/policy/export").text

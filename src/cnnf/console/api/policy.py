@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import Field
 from sqlalchemy import func, select
 
 from cnnf.console.api.deps import (
@@ -35,6 +36,9 @@ class FieldProblem(PolicyModel):
 
 
 class ImportResult(PolicyModel):
+    format: Format = Field(description=(
+        "the format the document was read in: with format=native, a document in the "
+        "original product's format (_id: networkFirewall) is recognised and read as such"))
     valid: bool
     applied: bool
     dry_run: bool
@@ -135,28 +139,27 @@ def _problems(exc: PolicyValidationError) -> list[FieldProblem]:
 
 def _import(raw: bytes, *, service: PolicyService, fmt: Format, dry_run: bool) -> ImportResult:
     revision = service.revision()
-    unmapped: list[str] = []
     try:
         if fmt == "native":
-            policy = formats.load_native(raw, source="import")
+            fmt, loaded = formats.load_recognised(raw, source="import")
         else:
             loaded = formats.load_prisma(raw, source="import")
-            policy, unmapped = loaded.policy, loaded.unmapped
     except PolicyValidationError as exc:
         if not dry_run:
             raise
-        return ImportResult(valid=False, applied=False, dry_run=True, revision=revision,
-                            diff={}, errors=_problems(exc), unmapped=[])
+        return ImportResult(format=fmt, valid=False, applied=False, dry_run=True,
+                            revision=revision, diff={}, errors=_problems(exc), unmapped=[])
+    policy, unmapped = loaded.policy, loaded.unmapped
     diff, errors = service.preview(policy)
     problems = [FieldProblem(path=e.path, message=e.message) for e in errors]
     if dry_run or problems:
         if problems and not dry_run:
             raise PolicyValidationError(errors, "import")
-        return ImportResult(valid=not problems, applied=False, dry_run=dry_run,
+        return ImportResult(format=fmt, valid=not problems, applied=False, dry_run=dry_run,
                             revision=revision, diff=diff, errors=problems, unmapped=unmapped)
     stored = service.replace(policy, action=f"policy.import.{fmt}")
-    return ImportResult(valid=True, applied=True, dry_run=False, revision=stored.revision,
-                        diff=diff, errors=[], unmapped=unmapped)
+    return ImportResult(format=fmt, valid=True, applied=True, dry_run=False,
+                        revision=stored.revision, diff=diff, errors=[], unmapped=unmapped)
 
 
 @router.get("/changes", response_model=ChangePage)

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import Policy
 from cnnf.policy.check import check_policy
-from cnnf.policy.document import dump_policy, load_policy, parse_text
+from cnnf.policy.document import (
+    dump_policy,
+    load_policy,
+    looks_like_original_format,
+    parse_text,
+)
 from cnnf.policy.prisma import from_prisma, to_prisma
 
 
@@ -39,6 +44,16 @@ def load_prisma(data: bytes | str | dict[str, Any], source: str = "") -> Loaded:
         raise PolicyValidationError([FieldError("", "the document must be a mapping")], source)
     conversion = from_prisma(tree, source=source)
     return Loaded(conversion.result, list(conversion.unmapped))
+
+
+def load_recognised(data: bytes | str, source: str = "",
+                    ) -> tuple[Literal["native", "prisma"], Loaded]:
+    """A native document, or one in the original product's format recognised as such
+    (``_id: networkFirewall``): which it was ("native" or "prisma"), and the policy."""
+    tree = parse_text(data, source=source)
+    if looks_like_original_format(tree):
+        return "prisma", load_prisma(tree, source=source)
+    return "native", Loaded(load_native(tree, source=source))
 
 
 def dump_prisma(policy: Policy) -> tuple[dict[str, Any], list[str]]:
