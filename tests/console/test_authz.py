@@ -16,6 +16,8 @@ from cnnf.console.services.users import UserService
 PUBLIC = {
     ("GET", "/healthz"),
     ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/authenticate"),  # the original API's login
+    ("GET", "/api/v1/_ping"),  # the original API's liveness check
     ("POST", "/api/v1/defenders/enroll"),  # the enrollment token is in the body
 }
 # A value for every path parameter; a route with a new one fails until added here.

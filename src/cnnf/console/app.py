@@ -30,6 +30,7 @@ from cnnf.console.api import (
     objects,
     overlays,
     policy,
+    prisma,
     radar,
     records,
     rules,
@@ -367,7 +368,7 @@ def create_app(
     app.state.engine = engine
     _install_handlers(app)
     for module in (auth, users, objects, rules, policy, records, overlays, radar, defenders,
-                   defender):
+                   defender, prisma):
         app.include_router(module.router, prefix=API_PREFIX)
     _install_link(app, console, monotonic)
 

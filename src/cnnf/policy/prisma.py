@@ -255,7 +255,7 @@ def _entity(
             if isinstance(sub, str):
                 continue
             sub_name = sub.get("name", "")
-            if sub_name not in ("", None, sub["cidr"]):
+            if sub_name not in ("", None, sub["cidr"], name, ent.get("name")):
                 unmapped.append(f"{spath}.name: subnet name {show(sub_name)} has no native "
                                 f"field (the CIDR {sub['cidr']} is kept)")
         if bad:
@@ -286,9 +286,9 @@ def _collection_note(
         if not isinstance(value, str):
             errors.add(f"{path}.{key}", f"{show(value)} is not a string")
             return ""
-        texts[key] = value.strip()
+        texts[key] = value
     cname, cdesc = texts["name"], texts["description"]
-    if not cdesc and (not cname or cname in entity_names):
+    if not cdesc.strip() and (not cname.strip() or cname in entity_names):
         return ""
     note = f"collection {cname!r}" if cname else "collection"
     if cdesc:

@@ -209,29 +209,34 @@ class AuditService:
 
     def csv_lines(self, f: AuditFilter, max_rows: int) -> Iterator[str]:
         """The CSV export, streamed line by line (header first)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-
-        def line(values: Iterable[Any]) -> str:
-            buffer.seek(0)
-            buffer.truncate()
-            writer.writerow(values)
-            return buffer.getvalue()
-
-        yield line(CSV_COLUMNS)
         rows = self.session.scalars(
             self._select(f).order_by(AuditRow.time.desc(), AuditRow.id.desc())
             .limit(max_rows).execution_options(yield_per=1000)
         )
-        for r in rows:
-            # An overload audit has no port (0 on the API): an empty cell, not a port 0.
-            port = "" if r.type == AuditType.OVERLOAD and r.port == 0 else r.port
-            yield line((
-                r.time.isoformat(), r.type, r.rule_name, "true" if r.blocked else "false",
-                r.src_image, r.src_container, r.dst_image, r.dst_container, port,
-                r.dst_subnet, r.dst_domain, r.src_hostname, r.dst_hostname, r.msg, r.count,
-                r.src_namespace, r.dst_namespace, r.src_pod, r.dst_pod,
-            ))
+        return audit_csv_lines(rows)
+
+
+def audit_csv_lines(rows: Iterable[AuditRow]) -> Iterator[str]:
+    """Audit rows as CSV lines with :data:`CSV_COLUMNS` (header first)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def line(values: Iterable[Any]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(values)
+        return buffer.getvalue()
+
+    yield line(CSV_COLUMNS)
+    for r in rows:
+        # An overload audit has no port (0 on the API): an empty cell, not a port 0.
+        port = "" if r.type == AuditType.OVERLOAD and r.port == 0 else r.port
+        yield line((
+            r.time.isoformat(), r.type, r.rule_name, "true" if r.blocked else "false",
+            r.src_image, r.src_container, r.dst_image, r.dst_container, port,
+            r.dst_subnet, r.dst_domain, r.src_hostname, r.dst_hostname, r.msg, r.count,
+            r.src_namespace, r.dst_namespace, r.src_pod, r.dst_pod,
+        ))
 
 
 _FLOW_KEY = ("kind", "src", "dst", "port", "verdict", "rule_id")
