@@ -30,8 +30,17 @@ def test_validate_native_and_original() -> None:
     code, out, err = run("validate", EXPORT)
     assert code == 0
     assert out == "ok (original format): 7 objects, 4 container rules, 1 host rules\n"
-    assert err == ("warning: not mapped: networkEntities[4].subnets[0].name: subnet name "
-                   "'internet-v4' has no native field (the CIDR 0.0.0.0/0 is kept)\n")
+    kept = "collection name kept in the object's description"
+    assert err.splitlines() == [
+        f"warning: not mapped: networkEntities[0].collections[0]: {kept} "
+        "(collection 'shop-frontend')",
+        f"warning: not mapped: networkEntities[1].collections[0]: {kept} (collection 'shop-api')",
+        f"warning: not mapped: networkEntities[2].collections[0]: {kept} (collection 'shop-db')",
+        f"warning: not mapped: networkEntities[3].collections[0]: {kept} (collection 'shop-web')",
+        "warning: not mapped: networkEntities[4].subnets[0].name: subnet name 'internet-v4' has "
+        "no native field (the CIDR 0.0.0.0/0 is kept)",
+        f"warning: not mapped: networkEntities[6].collections[0]: {kept} (collection 'all-nodes')",
+    ]
 
 
 def test_validate_reports_every_error(tmp_path: Path) -> None:
