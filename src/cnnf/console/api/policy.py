@@ -126,7 +126,8 @@ async def import_policy(
 ) -> ImportResult:
     """Replace the whole policy with a document, atomically. With ``dry_run`` the
     diff and the errors are returned and nothing changes; an invalid document is
-    refused (422) and nothing changes either."""
+    refused (422) and nothing changes either, and so is, with ``dry_run`` too, a
+    body that is not a policy document at all."""
     raw = await request.body()
     return await run_in_threadpool(
         lambda: _import(raw, service=policy_service(db, console, who), fmt=fmt, dry_run=dry_run)
@@ -145,7 +146,9 @@ def _import(raw: bytes, *, service: PolicyService, fmt: Format, dry_run: bool) -
         else:
             loaded = formats.load_prisma(raw, source="import")
     except PolicyValidationError as exc:
-        if not dry_run:
+        # A dry run reports a document's errors; a body that is no document at
+        # all (not YAML or JSON, not a mapping) is refused like any bad body.
+        if not dry_run or any(e.path == "" for e in exc.errors):
             raise
         return ImportResult(format=fmt, valid=False, applied=False, dry_run=True,
                             revision=revision, diff={}, errors=_problems(exc), unmapped=[])
