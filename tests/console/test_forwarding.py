@@ -301,7 +301,9 @@ def test_audits_stored_through_the_defender_endpoint_reach_syslog(tmp_path: Path
             assert poll(lambda: sent in admin.get("/metrics").text)
 
 
-def test_overload_audits_reach_syslog_and_webhooks_like_any_audit(tmp_path: Path) -> None:
+def _forwarded(tmp_path: Path, audit: Any) -> tuple[re.Match[str], dict[str, Any]]:
+    """One audit reported by a Defender, as the syslog listener and the webhook
+    received it: (the RFC 5424 message, the webhook's audit)."""
     import test_defenders as td
 
     from cnnf.model.records import ReportBatch
@@ -313,60 +315,49 @@ def test_overload_audits_reach_syslog_and_webhooks_like_any_audit(tmp_path: Path
         try:
             with _forwarding_console(tmp_path, server.getsockname()[1],
                                      (hook.url,)) as (_, defender):
-                flood = td.overloads()[0]
-                batch = ReportBatch(batch_id="b-1", audits=[flood])
+                batch = ReportBatch(batch_id="b-1", audits=[audit])
                 assert td.post_batch(defender, batch).status_code == 200
                 m = RFC5424.match(server.recv(65535).decode())
                 assert m, "not an RFC 5424 message"
-                pri, _, host, sd, msg = m.groups()
-                assert int(pri) == 16 * 8 + 4 and host == "node-1"  # blocked: warning
-                for field in ('type="overload"', 'effect="prevent"', 'blocked="true"',
-                              'rule=""', 'ruleId=""', 'srcImage="shop/frontend:1.0"',
-                              'srcContainer="frontend"', 'dstHost="node-1"', 'dstAddress=""',
-                              'port="0"', 'count="52311"'):
-                    assert field in sd, (field, sd)
-                assert msg == td.FLOOD_MESSAGE
                 assert poll(lambda: len(hook.posts) == 1)
                 [sent] = hook.posts[0]["audits"]
-                assert {k: sent[k] for k in ("type", "blocked", "ruleId", "srcImage",
-                                             "dstHostname", "port", "count", "msg")} == {
-                    "type": "overload", "blocked": True, "ruleId": None,
-                    "srcImage": "shop/frontend:1.0", "dstHostname": "node-1", "port": 0,
-                    "count": 52_311, "msg": td.FLOOD_MESSAGE}
+                return m, sent
         finally:
             hook.close()
+
+
+def test_overload_audits_reach_syslog_and_webhooks_like_any_audit(tmp_path: Path) -> None:
+    import test_defenders as td
+
+    m, sent = _forwarded(tmp_path, td.overloads()[0])
+    pri, _, host, sd, msg = m.groups()
+    assert int(pri) == 16 * 8 + 4 and host == "node-1"  # blocked: warning
+    for field in ('type="overload"', 'effect="prevent"', 'blocked="true"',
+                  'rule=""', 'ruleId=""', 'srcImage="shop/frontend:1.0"',
+                  'srcContainer="frontend"', 'dstHost="node-1"', 'dstAddress=""',
+                  'port="0"', 'count="52311"'):
+        assert field in sd, (field, sd)
+    assert msg == td.FLOOD_MESSAGE
+    assert {k: sent[k] for k in ("type", "blocked", "ruleId", "srcImage",
+                                 "dstHostname", "port", "count", "msg")} == {
+        "type": "overload", "blocked": True, "ruleId": None,
+        "srcImage": "shop/frontend:1.0", "dstHostname": "node-1", "port": 0,
+        "count": 52_311, "msg": td.FLOOD_MESSAGE}
 
 
 def test_pod_audits_reach_syslog_and_webhooks_naming_the_pods(tmp_path: Path) -> None:
     import test_defenders as td
 
-    from cnnf.model.records import ReportBatch
-
-    hook = _Hook(failures=0)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.settimeout(10)
-        try:
-            with _forwarding_console(tmp_path, server.getsockname()[1],
-                                     (hook.url,)) as (_, defender):
-                batch = ReportBatch(batch_id="b-1",
-                                    audits=[td.audit(src=td.WEB_POD, dst=td.PG_POD)])
-                assert td.post_batch(defender, batch).status_code == 200
-                m = RFC5424.match(server.recv(65535).decode())
-                assert m, "not an RFC 5424 message"
-                sd = m.group(4)
-                for field in ('srcImage="kube/web:1.0"', 'srcContainer="web"',
-                              'srcNamespace="storefront"', 'srcPod="web-7d4b9c6f5-x2k8p"',
-                              'dstNamespace="data"', 'dstPod="postgres-0"'):
-                    assert field in sd, (field, sd)
-                assert poll(lambda: len(hook.posts) == 1)
-                [sent] = hook.posts[0]["audits"]
-                assert {k: sent[k] for k in ("srcNamespace", "srcPod", "dstNamespace",
-                                             "dstPod")} == {
-                    "srcNamespace": "storefront", "srcPod": "web-7d4b9c6f5-x2k8p",
-                    "dstNamespace": "data", "dstPod": "postgres-0"}
-        finally:
-            hook.close()
+    m, sent = _forwarded(tmp_path, td.audit(src=td.WEB_POD, dst=td.PG_POD))
+    sd = m.group(4)
+    for field in ('srcImage="kube/web:1.0"', 'srcContainer="web"',
+                  'srcNamespace="storefront"', 'srcPod="web-7d4b9c6f5-x2k8p"',
+                  'dstNamespace="data"', 'dstPod="postgres-0"'):
+        assert field in sd, (field, sd)
+    assert {k: sent[k] for k in ("srcNamespace", "srcPod", "dstNamespace",
+                                 "dstPod")} == {
+        "srcNamespace": "storefront", "srcPod": "web-7d4b9c6f5-x2k8p",
+        "dstNamespace": "data", "dstPod": "postgres-0"}
 
 
 def test_a_dead_webhook_does_not_hold_up_report_ingestion(tmp_path: Path) -> None:
