@@ -94,6 +94,13 @@ def test_summarise_trivy_counts_by_severity_and_compliance() -> None:
     ({"ArtifactName": "x", "Results": [1]}, "Results[0]"),
     ({"ArtifactName": "x", "Results": [{"Vulnerabilities": [3]}]},
      "Results[0].Vulnerabilities[0]"),
+    ({"ArtifactName": "x", "Results": [{"Vulnerabilities": False}]},
+     "Results[0].Vulnerabilities"),
+    ({"ArtifactName": "x", "Results": [{"MisconfSummary": {"Successes": "3"}}]},
+     "Results[0].MisconfSummary.Successes"),
+    ({"Results": []}, "body"),
+    ({"ArtifactName": " ", "Results": []}, "ArtifactName"),
+    ({"ArtifactName": 7}, "ArtifactName"),
 ])
 def test_bad_trivy_reports_name_the_field(admin: ApiClient, report: Any, path: str) -> None:
     r = admin.post("/api/v1/overlays/image/trivy", json=report)
@@ -111,7 +118,8 @@ def test_overlay_ingest_replace_read_delete(console: Console, admin: ApiClient) 
     assert admin.post("/api/v1/overlays/image/trivy", json=fixed).json()["worst"] == "medium"
     got = admin.get("/api/v1/overlays/image/shop/db:3").json()
     assert got["vulnerabilities"]["critical"] == 0 and got["vulnerabilities"]["medium"] == 1
-    r = admin.post("/api/v1/overlays/host/trivy?name=node-1", json={"Results": []})
+    r = admin.post("/api/v1/overlays/host/trivy?name=node-1",
+                   json={"ArtifactName": "/", "Results": []})
     assert r.json()["worst"] == "none"
     assert [(o["kind"], o["name"]) for o in admin.get("/api/v1/overlays").json()] == [
         ("host", "node-1"), ("image", "shop/db:3")]

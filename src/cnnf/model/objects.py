@@ -19,14 +19,42 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from cnnf.model.rule import PolicyModel
 
 ObjectName = Annotated[str, Field(min_length=1, max_length=200)]
 
-_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _GLOB_CHARS = frozenset("*?[")
+
+# The syntax of each kind of pattern, as one regular expression the validators below
+# apply and the published JSON Schema states (``pattern``), so that what the schema
+# admits and what the API accepts are the same strings.
+#: A glob: not empty, no whitespace, a ``[`` closed by a later ``]``.
+GLOB_PATTERN = r"^(?:[^\s\[]+|[^\s\[]*\[\S*\]\S*)$"
+#: ``key=value`` globs: the key (no ``=``) and the value are globs.
+LABEL_GLOB_PATTERN = (r"^(?:[^\s\[=]+|[^\s\[=]*\[[^\s=]*\][^\s=]*)"
+                      r"=(?:[^\s\[]+|[^\s\[]*\[\S*\]\S*)$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: A domain name, or ``*.`` and a domain name; an optional root dot.
+DOMAIN_PATTERN = rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\.?$"
+DOMAIN_MAX_LENGTH = 253
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}(?:/(?:3[0-2]|[12]?[0-9]))?"
+_H = r"[0-9A-Fa-f]{1,4}"
+_IPV6 = ("(?:" + "|".join([
+    rf"(?:{_H}:){{7}}{_H}",
+    rf"(?:{_H}:){{1,7}}:",
+    *(rf"(?:{_H}:){{1,{n}}}(?::{_H}){{1,{7 - n}}}" for n in range(6, 0, -1)),
+    rf":(?:(?::{_H}){{1,7}}|:)",
+]) + r")(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?")
+#: An IPv4 CIDR (or address) in dotted decimal, an IPv6 CIDR (or address) in hex.
+CIDR_PATTERN = rf"^(?:{_IPV4}|{_IPV6})$"
+
+_GLOB = re.compile(GLOB_PATTERN)
+_LABEL_GLOB = re.compile(LABEL_GLOB_PATTERN)
+_DOMAIN = re.compile(DOMAIN_PATTERN)
+_CIDR = re.compile(CIDR_PATTERN)
 
 
 class ObjectKind(StrEnum):
@@ -40,11 +68,10 @@ def check_glob(pattern: str) -> str:
     """Refuse globs fnmatch would read in a surprising way (empty, unclosed ``[``)."""
     if not pattern:
         raise ValueError("empty pattern")
-    depth_open = pattern.find("[")
-    if depth_open != -1 and pattern.find("]", depth_open + 1) == -1:
-        raise ValueError(f"malformed glob {pattern!r}: '[' without ']'")
     if any(ch.isspace() for ch in pattern):
         raise ValueError(f"malformed glob {pattern!r}: contains whitespace")
+    if not _GLOB.match(pattern):
+        raise ValueError(f"malformed glob {pattern!r}: '[' without ']'")
     return pattern
 
 
@@ -54,6 +81,7 @@ def check_label_glob(pattern: str) -> str:
         raise ValueError(f"label pattern {pattern!r} is not key=value")
     check_glob(key)
     check_glob(value)
+    assert _LABEL_GLOB.match(pattern), pattern  # the schema's pattern says the same
     return pattern
 
 
@@ -61,7 +89,17 @@ def is_glob(pattern: str) -> bool:
     return any(ch in _GLOB_CHARS for ch in pattern)
 
 
-GlobList = tuple[str, ...]
+GlobList = tuple[Annotated[str, WithJsonSchema({"type": "string", "pattern": GLOB_PATTERN})], ...]
+LabelGlobList = tuple[
+    Annotated[str, WithJsonSchema({"type": "string", "pattern": LABEL_GLOB_PATTERN})], ...]
+
+
+def _one_field_set(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """The schema of a selector states what its validator checks: some field is set."""
+    def extra(schema: dict[str, Any]) -> None:
+        schema["anyOf"] = [{"required": [f], "properties": {f: {"minItems": 1}}}
+                           for f in fields]
+    return extra
 
 
 def check_each(values: tuple[str, ...], check: Callable[[str], str]) -> tuple[str, ...]:
@@ -83,8 +121,11 @@ def _globs(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class ContainerSelector(PolicyModel):
+    model_config = ConfigDict(json_schema_extra=_one_field_set(
+        "images", "labels", "namespaces", "containers", "hosts", "clusters"))
+
     images: GlobList = ()  # image name globs, matched against "name:tag" and "name"
-    labels: GlobList = ()  # "key=value" globs
+    labels: LabelGlobList = ()  # "key=value" globs
     namespaces: GlobList = ()
     containers: GlobList = ()
     hosts: GlobList = ()
@@ -110,8 +151,10 @@ class ContainerSelector(PolicyModel):
 
 
 class HostSelector(PolicyModel):
+    model_config = ConfigDict(json_schema_extra=_one_field_set("hosts", "labels"))
+
     hosts: GlobList = ()  # host name globs
-    labels: GlobList = ()  # "key=value" globs
+    labels: LabelGlobList = ()  # "key=value" globs
 
     @field_validator("hosts")
     @classmethod
@@ -157,7 +200,8 @@ class HostObject(_ObjectBase):
 
 class SubnetObject(_ObjectBase):
     kind: Literal[ObjectKind.SUBNET] = ObjectKind.SUBNET
-    cidrs: Annotated[tuple[str, ...], Field(min_length=1)]
+    cidrs: Annotated[tuple[Annotated[str, WithJsonSchema(
+        {"type": "string", "pattern": CIDR_PATTERN})], ...], Field(min_length=1)]
 
     @field_validator("cidrs")
     @classmethod
@@ -170,7 +214,9 @@ class SubnetObject(_ObjectBase):
 
 class DnsObject(_ObjectBase):
     kind: Literal[ObjectKind.DNS] = ObjectKind.DNS
-    domains: Annotated[tuple[str, ...], Field(min_length=1)]
+    domains: Annotated[tuple[Annotated[str, WithJsonSchema(
+        {"type": "string", "pattern": DOMAIN_PATTERN, "maxLength": DOMAIN_MAX_LENGTH})], ...],
+        Field(min_length=1)]
 
     @field_validator("domains")
     @classmethod
@@ -181,20 +227,20 @@ class DnsObject(_ObjectBase):
 def normalise_cidr(cidr: str) -> str:
     """A CIDR in canonical form (host bits cleared: ``10.1.2.3/8`` -> ``10.0.0.0/8``)."""
     try:
+        if not _CIDR.match(cidr):
+            raise ValueError
         return str(ipaddress.ip_network(cidr, strict=False))
     except ValueError:
         raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 CIDR") from None
 
 
 def normalise_domain_pattern(domain: str) -> str:
-    """Lower-case, strip the root dot, check labels; allow one leading ``*.``."""
-    d = domain.strip().lower().rstrip(".")
-    body = d[2:] if d.startswith("*.") else d
-    if not body or not all(_DOMAIN_LABEL.match(label) for label in body.split(".")):
+    """Check the syntax (:data:`DOMAIN_PATTERN`); lower-case, strip the root dot."""
+    if not _DOMAIN.match(domain):
         raise ValueError(f"{domain!r} is not a domain name or a *.domain wildcard")
-    if len(body) > 253:
-        raise ValueError(f"{domain!r} is longer than 253 characters")
-    return d
+    if len(domain) > DOMAIN_MAX_LENGTH:
+        raise ValueError(f"{domain!r} is longer than {DOMAIN_MAX_LENGTH} characters")
+    return domain.lower().removesuffix(".")
 
 
 NetworkObject = Annotated[

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from cnnf.model.objects import NetworkObject
 from cnnf.model.rule import Effect, PolicyModel, Rule
@@ -22,8 +22,8 @@ class Policy(PolicyModel):
     """A complete policy. Cross-references (rules naming objects, unique ids and
     names, rule source kinds) are checked by :func:`cnnf.policy.check.check_policy`."""
 
-    container_enabled: bool = False
-    host_enabled: bool = False
+    container_enabled: StrictBool = False
+    host_enabled: StrictBool = False
     default_effect: Effect = Effect.ALLOW  # for connections no rule matches
     block_mode: BlockMode = BlockMode.RESET
     objects: tuple[NetworkObject, ...] = ()

@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     field_serializer,
     field_validator,
     model_validator,
@@ -18,6 +19,7 @@ from pydantic.alias_generators import to_camel
 
 MIN_PORT = 1
 MAX_PORT = 65535
+MAX_RULE_ID = 2**31 - 1  # stores keep rule ids in 32-bit columns
 
 
 class Effect(StrEnum):
@@ -111,13 +113,13 @@ ANY_PORT = PortRange(start=MIN_PORT, end=MAX_PORT)
 class Rule(PolicyModel):
     """One ordered rule. ``src`` and ``dst`` name network objects of the policy."""
 
-    id: Annotated[int, Field(ge=1)]
+    id: Annotated[int, Field(ge=1, le=MAX_RULE_ID)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
     src: Annotated[str, Field(min_length=1)]
     dst: Annotated[str, Field(min_length=1)]
-    ports: tuple[PortRange, ...] = (ANY_PORT,)
+    ports: Annotated[tuple[PortRange, ...], Field(json_schema_extra={"minItems": 1})] = (ANY_PORT,)
     effect: Effect = Effect.ALLOW
-    disabled: bool = False
+    disabled: StrictBool = False
     notes: str = ""
     owner: str = ""
     modified: datetime | None = None

@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
+from pydantic import WithJsonSchema
 
 from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer
-from cnnf.console.services.overlays import OverlayInfo, OverlayKind, OverlayService
+from cnnf.console.services.overlays import (
+    TRIVY_REPORT_SCHEMA,
+    OverlayInfo,
+    OverlayKind,
+    OverlayService,
+)
 
 router = APIRouter(prefix="/overlays", tags=["overlays"])
 Kind = Annotated[OverlayKind, Path(description="image or host")]
@@ -18,8 +24,9 @@ Name = Annotated[str, Path(min_length=1, max_length=300, description="image or h
 @router.post("/{kind}/trivy", response_model=OverlayInfo)
 def ingest_trivy(
     *, kind: Kind,
-    report: Annotated[dict[str, Any], Body(description="a Trivy JSON report (-f json)")],
-    name: Annotated[str, Query(max_length=300,
+    report: Annotated[dict[str, Any], Body(description="a Trivy JSON report (-f json)"),
+                      WithJsonSchema(TRIVY_REPORT_SCHEMA)],
+    name: Annotated[str, Query(max_length=300, pattern=r"^(?:|\s*\S[\s\S]*)$",
                                description="default: the report's ArtifactName")] = "",
     db: SessionDep, console: StateDep, who: Writer,
 ) -> OverlayInfo:

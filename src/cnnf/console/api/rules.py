@@ -40,7 +40,12 @@ def list_rules(*, kind: Kind, db: SessionDep, console: StateDep,
     return [_placed(i, r) for i, r in enumerate(rules)]
 
 
-@router.post("", response_model=PlacedRule, status_code=201, responses=errors(409))
+_CLASH = ("Clashes with the stored policy; nothing was changed: the id or name is in use, "
+          "an object the rule names does not exist or is of a kind this end cannot have, "
+          "or the position is past the end of the list")
+
+
+@router.post("", response_model=PlacedRule, status_code=201, responses=errors(409, s409=_CLASH))
 def create_rule(*,
     kind: Kind, draft: Annotated[RuleDraft, Body()], db: SessionDep, console: StateDep,
     position: Annotated[
@@ -59,7 +64,7 @@ def get_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDep,
     return _placed(*policy_service(db, console, who).get_rule(kind, rule_id))
 
 
-@router.put("/{rule_id}", response_model=PlacedRule, responses=errors(404))
+@router.put("/{rule_id}", response_model=PlacedRule, responses=errors(404, 409, s409=_CLASH))
 def update_rule(*, kind: Kind, rule_id: RuleId, draft: Annotated[RuleDraft, Body()],
                 db: SessionDep, console: StateDep,
                 who: Writer) -> PlacedRule:
@@ -74,7 +79,8 @@ def delete_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDe
     policy_service(db, console, who).delete_rule(kind, rule_id)
 
 
-@router.post("/{rule_id}/move", response_model=list[PlacedRule], responses=errors(404))
+@router.post("/{rule_id}/move", response_model=list[PlacedRule],
+             responses=errors(404, 409, s409="the position is past the end of the list"))
 def move_rule(*, kind: Kind, rule_id: RuleId, body: Move, db: SessionDep, console: StateDep,
               who: Writer) -> list[PlacedRule]:
     """Move a rule to ``position``; returns the list in its new order."""

@@ -10,7 +10,12 @@ class NotFound(CnnfError):
 
 
 class Conflict(CnnfError):
-    """The change clashes with the current state, e.g. deleting an object in use (409)."""
+    """The change clashes with the current state, e.g. deleting an object in use (409);
+    ``errors`` names the fields concerned where there are any."""
+
+    def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
+        self.errors = list(errors or ())
+        super().__init__(message)
 
 
 class InvalidInput(CnnfError):

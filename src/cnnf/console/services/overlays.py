@@ -62,15 +62,21 @@ def summarise_trivy(doc: Any) -> tuple[str, dict[str, int], dict[str, int], list
         results = []
     if not isinstance(results, list):
         raise _bad("Results", f"expected a list (got {type(results).__name__})")
-    if "Results" not in doc and "ArtifactName" not in doc:
-        raise _bad("body", "not a Trivy JSON report: no ArtifactName and no Results")
+    if "ArtifactName" not in doc:
+        raise _bad("body", "not a Trivy JSON report: no ArtifactName")
+    artifact = doc["ArtifactName"]
+    if not isinstance(artifact, str) or not artifact.strip() or len(artifact) > 300:
+        raise _bad("ArtifactName", f"{artifact!r} is not the name of an image or host "
+                                   "(1 to 300 characters)")
     counts = dict.fromkeys(SEVERITY_COLUMNS, 0)
     compliance = {"passed": 0, "failed": 0}
     findings: list[Finding] = []
     for i, result in enumerate(results):
         if not isinstance(result, dict):
             raise _bad(f"Results[{i}]", "expected an object")
-        vulns = result.get("Vulnerabilities") or []
+        vulns = result.get("Vulnerabilities")
+        if vulns is None:
+            vulns = []
         if not isinstance(vulns, list):
             raise _bad(f"Results[{i}].Vulnerabilities", "expected a list")
         for j, v in enumerate(vulns):
@@ -87,15 +93,49 @@ def summarise_trivy(doc: Any) -> tuple[str, dict[str, int], dict[str, int], list
         summary = result.get("MisconfSummary")
         misconfs = result.get("Misconfigurations") or []
         if isinstance(summary, dict):
-            compliance["passed"] += int(summary.get("Successes", 0) or 0)
-            compliance["failed"] += int(summary.get("Failures", 0) or 0)
+            for key, column in (("Successes", "passed"), ("Failures", "failed")):
+                count = summary.get(key, 0)
+                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                    raise _bad(f"Results[{i}].MisconfSummary.{key}",
+                               f"expected a count (got {count!r})")
+                compliance[column] += count
         elif isinstance(misconfs, list):
             for m in misconfs:
                 status = str(m.get("Status", "FAIL")).upper() if isinstance(m, dict) else ""
                 compliance["passed" if status == "PASS" else "failed"] += 1
     findings.sort(key=lambda f: (_RANK[f.severity], f.id))
-    name = doc.get("ArtifactName", "")
-    return (name if isinstance(name, str) else "", counts, compliance, findings[:TOP_FINDINGS])
+    return (artifact, counts, compliance, findings[:TOP_FINDINGS])
+
+
+# What :func:`summarise_trivy` reads of a report, as the API's schema states it; the
+# rest of Trivy's output is allowed and ignored. A report names what it scanned
+# (ArtifactName); ``?name=`` stores it under another name.
+TRIVY_REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "TrivyReport",
+    "description": "a Trivy JSON report (-f json); fields not listed here are ignored",
+    "required": ["ArtifactName"],
+    "properties": {
+        "ArtifactName": {"type": "string", "minLength": 1, "maxLength": 300,
+                         "pattern": r"^\s*\S", "description": "the image or host scanned"},
+        "Results": {"type": ["array", "null"], "items": {
+            "type": "object",
+            "properties": {
+                "Vulnerabilities": {"type": ["array", "null"], "items": {
+                    "type": "object", "description": (
+                        "Severity (CRITICAL, HIGH, MEDIUM, LOW, else UNKNOWN), "
+                        "VulnerabilityID, PkgName, InstalledVersion, FixedVersion, Title")}},
+                "MisconfSummary": {"description": "compliance counts, when an object",
+                                   "properties": {
+                                       "Successes": {"type": "integer", "minimum": 0},
+                                       "Failures": {"type": "integer", "minimum": 0}}},
+                "Misconfigurations": {"description": (
+                    "without a MisconfSummary: each Status PASS counts as passed, "
+                    "anything else as failed")},
+            },
+        }},
+    },
+}
 
 
 def _info(row: OverlayRow) -> OverlayInfo:
@@ -118,9 +158,7 @@ class OverlayService:
         artifact, counts, compliance, top = summarise_trivy(doc)
         name = (name or artifact).strip()
         if not name:
-            raise _bad("name", "the report has no ArtifactName; pass ?name=")
-        if len(name) > 300:
-            raise _bad("name", "longer than 300 characters")
+            raise _bad("name", "blank: name the image or host, or leave it out")
         row = self.session.scalar(
             select(OverlayRow).where(OverlayRow.kind == kind, OverlayRow.name == name))
         if row is None:

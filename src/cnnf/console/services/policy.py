@@ -23,7 +23,7 @@ from cnnf.console.services.errors import Conflict, InvalidInput, NotFound
 from cnnf.console.store.models import ChangeRow, ObjectRow, RuleRow, SettingsRow
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import BlockMode, Effect, NetworkObject, Policy, Rule, RuleKind
-from cnnf.model.rule import PolicyModel
+from cnnf.model.rule import MAX_RULE_ID, PolicyModel
 
 Now = Callable[[], datetime]
 OBJECT_ADAPTER: TypeAdapter[NetworkObject] = TypeAdapter(NetworkObject)
@@ -37,7 +37,7 @@ def utcnow() -> datetime:
 class RuleDraft(Rule):
     """A rule as a client sends it: the id may be left out (the next free one is used)."""
 
-    id: Annotated[int | None, Field(ge=1)] = None  # type: ignore[assignment]
+    id: Annotated[int | None, Field(ge=1, le=MAX_RULE_ID)] = None  # type: ignore[assignment]
 
 
 class Settings(PolicyModel):
@@ -235,12 +235,18 @@ class PolicyService:
 
     def _apply(
         self, new: Policy, action: str, resource: str, before: Any, after: Any, *,
-        error_prefix: str = "",
+        error_prefix: str = "", document: bool = False,
     ) -> Policy:
-        errors = formats.check(new) + _store_limits(new)
+        """Store ``new`` as one change. A whole ``document`` that does not hold
+        together is invalid input (422); a change to one rule or object that clashes
+        with the rest of the stored policy (an object that does not exist or is of
+        another kind, a name in use) conflicts with the stored state (409)."""
+        errors = formats.check(new)
         if errors:
             if error_prefix:
                 errors = [_strip(e, error_prefix) for e in errors]
+            if not document:
+                raise Conflict("; ".join(str(e) for e in errors), errors)
             raise PolicyValidationError(errors)
         self._write(new)
         settings = self._settings_row()
@@ -432,7 +438,7 @@ class PolicyService:
             old = self.policy()
             new = policy.model_copy(update={"revision": old.revision})
             summary = diff(old, new)
-            stored = self._apply(new, action, "policy", _json(old), summary)
+            stored = self._apply(new, action, "policy", _json(old), summary, document=True)
         return stored
 
     def preview(self, policy: Policy) -> tuple[dict[str, Any], list[FieldError]]:
@@ -441,16 +447,6 @@ class PolicyService:
         return diff(old, policy), formats.check(policy)
 
 
-MAX_RULE_ID = 2**31 - 1  # the store keeps rule ids in 32-bit columns
-
-
-def _store_limits(policy: Policy) -> list[FieldError]:
-    return [
-        FieldError(f"{list_name}[{i}].id", f"{rule.id} is above {MAX_RULE_ID}")
-        for kind, list_name in LIST_NAMES.items()
-        for i, rule in enumerate(_rules(policy, kind))
-        if rule.id > MAX_RULE_ID
-    ]
 
 
 def _renamed(rule: Rule, old: str, new: str) -> Rule:
@@ -470,10 +466,10 @@ def _index(rules: list[Rule], kind: RuleKind, rule_id: int) -> int:
 
 
 def _check_position(name: str, position: int, highest: int) -> None:
+    # Which positions exist depends on the stored rules: a conflict, not bad input.
     if not 0 <= position <= max(highest, 0):
-        raise InvalidInput(
-            [FieldError(name, f"{position} is outside 0..{max(highest, 0)}")]
-        )
+        error = FieldError(name, f"{position} is outside 0..{max(highest, 0)}")
+        raise Conflict(str(error), [error])
 
 
 def _strip(error: FieldError, prefix: str) -> FieldError:
