@@ -235,6 +235,11 @@ def _install_handlers(app: FastAPI) -> None:
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
         return _error(403, str(exc))
 
+    @app.exception_handler(Exception)
+    async def _defect(_: Request, exc: Exception) -> JSONResponse:
+        # The documented error body for a defect too (the server still logs it).
+        return _error(500, "unexpected failure; nothing was changed")
+
 
 def prune_expired(console: ConsoleState) -> Pruned | None:
     """Apply the retention setting once; None when retention is off."""

@@ -30,11 +30,14 @@ _GLOB_CHARS = frozenset("*?[")
 # The syntax of each kind of pattern, as one regular expression the validators below
 # apply and the published JSON Schema states (``pattern``), so that what the schema
 # admits and what the API accepts are the same strings.
+# Whitespace spelt out (what str.isspace() calls whitespace), not ``\s``: regular
+# expression engines (Python's, ECMA's, hypothesis's generator) disagree on ``\s``.
+WS = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 #: A glob: not empty, no whitespace, a ``[`` closed by a later ``]``.
-GLOB_PATTERN = r"^(?:[^\s\[]+|[^\s\[]*\[\S*\]\S*)$"
+GLOB_PATTERN = rf"^(?:[^{WS}\[]+|[^{WS}\[]*\[[^{WS}]*\][^{WS}]*)$"
 #: ``key=value`` globs: the key (no ``=``) and the value are globs.
-LABEL_GLOB_PATTERN = (r"^(?:[^\s\[=]+|[^\s\[=]*\[[^\s=]*\][^\s=]*)"
-                      r"=(?:[^\s\[]+|[^\s\[]*\[\S*\]\S*)$")
+LABEL_GLOB_PATTERN = (rf"^(?:[^{WS}\[=]+|[^{WS}\[=]*\[[^{WS}=]*\][^{WS}=]*)"
+                      rf"=(?:[^{WS}\[]+|[^{WS}\[]*\[[^{WS}]*\][^{WS}]*)$")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 #: A domain name, or ``*.`` and a domain name; an optional root dot.
 DOMAIN_PATTERN = rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\.?$"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -52,7 +52,15 @@ from cnnf.model import (
     Rule,
     SubnetObject,
 )
-from cnnf.model.objects import normalise_cidr
+from cnnf.model.objects import (
+    CIDR_PATTERN,
+    DOMAIN_MAX_LENGTH,
+    DOMAIN_PATTERN,
+    GLOB_PATTERN,
+    WS,
+    normalise_cidr,
+)
+from cnnf.model.rule import MAX_PORT, MAX_RULE_ID, MIN_PORT
 from cnnf.policy.check import check_policy
 from cnnf.policy.document import ORIGINAL_FORMAT_ID, show, translate_errors
 
@@ -94,7 +102,10 @@ class _Errors:
         self.items.append(FieldError(path, message))
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int | float]:
+    """An integer as JSON has it: ``3`` or ``3.0``, not ``true``."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -340,6 +351,17 @@ def _name_rules(rules: list[Any], ids: dict[int, Any], list_name: str,
     return out
 
 
+def _text(raw: Mapping[str, Any], key: str, path: str, errors: _Errors) -> str:
+    """A rule's optional text field: a string, or null for none."""
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        errors.add(f"{path}.{key}", f"{show(value)} is not a string")
+        return ""
+    return value
+
+
 def _ports(value: Any, path: str, errors: _Errors, unmapped: list[str]) -> list[Any] | None:
     if value is None or value == []:
         return ["*"]
@@ -352,7 +374,11 @@ def _ports(value: Any, path: str, errors: _Errors, unmapped: list[str]) -> list[
         if not isinstance(port, Mapping):
             errors.add(ppath, f"{show(port)} is not {{start, end, deny}}")
             continue
-        if port.get("deny") is True:
+        deny = port.get("deny", False)
+        if not isinstance(deny, bool):
+            errors.add(f"{ppath}.deny", f"{show(deny)} is not true or false")
+            continue
+        if deny:
             unmapped.append(f"{ppath}: deny: true port ranges have no native equivalent; "
                             f"{show(dict(port))} was left out")
             continue
@@ -363,7 +389,7 @@ def _ports(value: Any, path: str, errors: _Errors, unmapped: list[str]) -> list[
         if not _is_int(start) or not _is_int(end):
             errors.add(ppath, f"{show(dict(port))} needs integer start and end")
             continue
-        out.append({"start": start, "end": end})
+        out.append({"start": int(start), "end": int(end)})
     return out
 
 
@@ -403,9 +429,10 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
             errors.add(path, f"{show(ent)} is not a mapping")
             continue
         ent_id = ent.get("_id")
-        if not isinstance(ent_id, int) or isinstance(ent_id, bool):
+        if not _is_int(ent_id):
             errors.add(f"{path}._id", f"{show(ent_id)} is not an integer")
             continue
+        ent_id = int(ent_id)
         if ent_id in names:
             errors.add(f"{path}._id", f"duplicate entity _id {ent_id}")
             continue
@@ -446,8 +473,8 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
             ends: dict[str, str] = {}
             for end in ("src", "dst"):
                 ref = raw.get(end)
-                if isinstance(ref, int) and not isinstance(ref, bool) and ref in names:
-                    ends[end] = names[ref]
+                if _is_int(ref) and int(ref) in names:
+                    ends[end] = names[int(ref)]
                 else:
                     errors.add(f"{path}.{end}", f"no entity with _id {show(ref)}")
             ports = _ports(raw.get("ports"), f"{path}.ports", errors, unmapped)
@@ -465,9 +492,9 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
                 "ports": ["*"] if ports is None else ports,
                 "effect": raw.get("effect", "allow"),
                 "disabled": raw.get("disabled", False),
-                "notes": raw.get("notes") or "",
-                "owner": raw.get("owner") or "",
-                "modified": raw.get("modified") or None,
+                "notes": _text(raw, "notes", path, errors),
+                "owner": _text(raw, "owner", path, errors),
+                "modified": _text(raw, "modified", path, errors) or None,
             }
             rule = _build(Rule, data, path, errors)
             if rule is not None and len(ends) == 2 and ports is not None:
@@ -573,3 +600,100 @@ def to_prisma(policy: Policy) -> Conversion[dict[str, Any]]:
 
 
 __all__ = ["Conversion", "from_prisma", "to_prisma"]
+
+
+# An original-format label: ``key:value`` globs, the key without ``:`` or ``=``.
+_ORIGINAL_LABEL = (rf"^(?:[^{WS}\[:=]+|[^{WS}\[:=]*\[[^{WS}:=]*\][^{WS}:=]*)"
+                   rf":(?:[^{WS}\[]+|[^{WS}\[]*\[[^{WS}]*\][^{WS}]*)$")
+
+
+def original_format_schema(*, whole: bool) -> dict[str, Any]:
+    """The JSON Schema of a document in the original format, as :func:`from_prisma`
+    reads it: what it refuses, the schema refuses; fields it does not know are
+    allowed and reported as unmapped. ``whole``: every part of the policy must be
+    present (a PUT replaces everything, so a forgotten list is not read as empty).
+    What a schema cannot state is checked on the whole document: rules name
+    entities by ``_id`` (of kinds their list allows), ``_id`` s and entity names are
+    unique, a port range's start is not above its end, rule ids and names unique."""
+    def patterns(item: dict[str, Any]) -> dict[str, Any]:
+        return {"anyOf": [{"type": "array", "items": item}, item, {"type": "null"}],
+                "description": "patterns; \"*\" matches anything"}
+
+    glob = {"type": "string", "pattern": GLOB_PATTERN}
+    label = {"anyOf": [{"const": "*"}, {"type": "string", "pattern": _ORIGINAL_LABEL}]}
+    text = {"type": ["string", "null"]}
+
+    def collection(fields: tuple[str, ...]) -> dict[str, Any]:
+        # The fields this entity's selector has are patterns; the others are
+        # reported (unless "*") whatever they hold, so any strings.
+        every = {key: {"type": "string"} for key in (*CONTAINER_FIELDS, *OTHER_FIELDS)}
+        items = {**every, **{f: label if f == "labels" else glob for f in fields}}
+        return {"type": "object", "properties": {
+            **{key: patterns(item) for key, item in items.items()},
+            "name": text, "description": text}}
+    common = {"_id": {"type": "integer"},
+              "name": {"type": "string", "minLength": 1, "maxLength": 200},
+              "description": {"type": "string"}}
+    entity_kinds = [
+        *({"properties": {"type": {"const": kind},
+                          "collections": {"type": "array", "minItems": 1,
+                                          "items": collection(fields)}},
+           "required": ["collections"]}
+          for kind, fields in (("container", CONTAINER_FIELDS), ("host", HOST_FIELDS))),
+        {"properties": {"type": {"const": "subnet"},
+                        "subnets": {"type": "array", "minItems": 1, "items": {"anyOf": [
+                            {"type": "string", "pattern": CIDR_PATTERN},
+                            {"type": "object", "required": ["cidr"], "properties": {
+                                "cidr": {"type": "string", "pattern": CIDR_PATTERN}}},
+                        ]}}},
+         "required": ["subnets"]},
+        {"properties": {"type": {"const": "dns"},
+                        "domains": {"anyOf": [
+                            {"type": "array", "minItems": 1, "items": {
+                                "type": "string", "pattern": DOMAIN_PATTERN,
+                                "maxLength": DOMAIN_MAX_LENGTH}},
+                            {"type": "string", "pattern": DOMAIN_PATTERN,
+                             "maxLength": DOMAIN_MAX_LENGTH}]}},
+         "required": ["domains"]},
+    ]
+    entity = {"type": "object", "title": "OriginalEntity",
+              "required": ["_id", "name", "type"], "properties": common,
+              "oneOf": entity_kinds}
+    port = {"type": "object", "title": "OriginalPort", "required": ["start"], "properties": {
+        "start": {"type": "integer", "minimum": MIN_PORT, "maximum": MAX_PORT},
+        "end": {"type": "integer", "minimum": MIN_PORT, "maximum": MAX_PORT},
+        "deny": {"type": "boolean"}}}
+    rule = {
+        "type": "object", "title": "OriginalRule", "required": ["src", "dst"],
+        "properties": {
+            "id": {"type": ["integer", "null"], "maximum": MAX_RULE_ID,
+                   "description": "missing or below 1 in any rule: the list is numbered "
+                                  "from 1"},
+            "name": {"type": ["string", "null"], "maxLength": 200,
+                     "description": "missing or empty: named rule-<id>"},
+            "src": {"type": "integer", "description": "the _id of the source entity"},
+            "dst": {"type": "integer", "description": "the _id of the destination entity"},
+            "ports": {"type": ["array", "null"], "items": port,
+                      "description": "missing or empty: any port"},
+            "effect": {"enum": [e.value for e in Effect]},
+            "disabled": {"type": "boolean"},
+            "notes": text, "owner": text,
+            "modified": {"anyOf": [{"type": "string", "format": "date-time"},
+                                   {"const": ""}, {"type": "null"}]},
+        },
+    }
+    root_lists = ("containerRules", "hostRules", "networkEntities")
+    return {
+        "type": "object", "title": "OriginalPolicy",
+        "description": "the network firewall policy in the original product's shape",
+        "required": ["containerEnabled", "hostEnabled", *root_lists] if whole
+        else ["_id"],
+        "properties": {
+            "_id": {"const": ORIGINAL_FORMAT_ID},
+            "containerEnabled": {"type": "boolean"},
+            "hostEnabled": {"type": "boolean"},
+            "containerRules": {"type": "array", "items": rule},
+            "hostRules": {"type": "array", "items": rule},
+            "networkEntities": {"type": "array", "items": entity},
+        },
+    }

@@ -11,8 +11,12 @@
   401, a role without the permission 403, whatever the body.
 - **The OpenAPI document names every status an operation answers** with the one
   error body (:class:`ErrorBody`): :func:`document_errors` adds 400, 401, 403,
-  413 and 422 from what the route declares (security, parameters, body); routes
-  add their own 404, 409, 429 with :func:`errors`.
+  413 and 422 from what the route declares (security, parameters, body) and 500
+  everywhere; routes add their own 404, 409, 429 with :func:`errors`.
+- **Constraints are in the schema**: each field's syntax (patterns, lengths,
+  ranges, a selector's one set field); what spans several fields of a document
+  (references, uniqueness, a port range's order) is in the operation's
+  description, and a change that clashes with the stored state is 409.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ _DESCRIPTIONS = {
     413: "Request body too large",
     422: "Invalid input; `errors` names each field and what is wrong",
     429: "Too many attempts; see Retry-After",
+    500: "An unexpected failure (the store could not be reached, or a defect); what was "
+         "being changed was not changed",
 }
 
 
@@ -132,7 +138,7 @@ def document_errors(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
                 continue
             responses = op.setdefault("responses", {})
             scopes = [s for req in op.get("security", []) for v in req.values() for s in v]
-            needed = {400}
+            needed = {400, 500}
             if scopes:
                 needed.add(401)
                 # 403 where some credential is valid but not enough: a role without
@@ -146,7 +152,7 @@ def document_errors(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
             for status in needed:
                 responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
             for status, response in responses.items():
-                if status.startswith("4"):
+                if status.startswith("4") or status == "500":
                     response["content"] = {"application/json": {"schema": {"$ref": _ERROR_REF}}}
                     if status == "422":
                         response["description"] = _DESCRIPTIONS[422]

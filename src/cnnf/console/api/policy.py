@@ -25,6 +25,8 @@ from cnnf.console.store.models import ChangeRow
 from cnnf.errors import PolicyValidationError
 from cnnf.model import Policy
 from cnnf.model.rule import PolicyModel
+from cnnf.policy.document import API_VERSION, KIND
+from cnnf.policy.prisma import original_format_schema
 
 router = APIRouter(tags=["policy"])
 Format = Literal["native", "prisma"]
@@ -39,12 +41,13 @@ class ImportResult(PolicyModel):
     format: Format = Field(description=(
         "the format the document was read in: with format=native, a document in the "
         "original product's format (_id: networkFirewall) is recognised and read as such"))
-    valid: bool
+    valid: bool = Field(description="always true: a document that is not valid is refused "
+                                    "with 422 naming every problem, on a dry run too")
     applied: bool
     dry_run: bool
     revision: int
     diff: dict[str, Any]
-    errors: list[FieldProblem]
+    errors: list[FieldProblem] = Field(description="always empty (kept for older clients)")
     unmapped: list[str]
 
 
@@ -109,12 +112,27 @@ def export_policy(
     return Response(text, media_type="application/json", headers=headers)
 
 
+# A native document (the spec is the policy PUT /policy takes), or, recognised by its
+# ``_id``, one in the original product's format.
+IMPORT_SCHEMA: dict[str, Any] = {
+    "description": "a policy document: native (apiVersion cnnf/v1), or the original "
+                   "product's export (_id networkFirewall), in JSON or YAML",
+    "anyOf": [
+        {"type": "object", "title": "PolicyDocument", "additionalProperties": False,
+         "required": ["apiVersion", "kind", "spec"],
+         "properties": {"apiVersion": {"const": API_VERSION}, "kind": {"const": KIND},
+                        "spec": {"$ref": "#/components/schemas/Policy-Input"}}},
+        original_format_schema(whole=False),
+    ],
+}
+
+
 @router.post(
     "/policy/import",
     response_model=ImportResult,
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"type": "object"}},
-        "application/yaml": {"schema": {"type": "string"}},
+        "application/json": {"schema": IMPORT_SCHEMA},
+        "application/yaml": {"schema": IMPORT_SCHEMA},
     }}},
 )
 async def import_policy(
@@ -125,41 +143,31 @@ async def import_policy(
     who: Writer,
 ) -> ImportResult:
     """Replace the whole policy with a document, atomically. With ``dry_run`` the
-    diff and the errors are returned and nothing changes; an invalid document is
-    refused (422) and nothing changes either, and so is, with ``dry_run`` too, a
-    body that is not a policy document at all."""
+    diff is returned and nothing changes. A document that is not valid is refused
+    (422, every problem named with its path) and nothing changes, on a dry run too.
+    Beyond the schema, a document must hold together: rules name objects it has
+    (entities by ``_id`` in the original format) of the kinds their list allows;
+    object names, entity ``_id`` s, rule ids and rule names are unique; a port
+    range's start is not above its end."""
     raw = await request.body()
     return await run_in_threadpool(
         lambda: _import(raw, service=policy_service(db, console, who), fmt=fmt, dry_run=dry_run)
     )
 
 
-def _problems(exc: PolicyValidationError) -> list[FieldProblem]:
-    return [FieldProblem(path=e.path, message=e.message) for e in exc.errors]
-
-
 def _import(raw: bytes, *, service: PolicyService, fmt: Format, dry_run: bool) -> ImportResult:
     revision = service.revision()
-    try:
-        if fmt == "native":
-            fmt, loaded = formats.load_recognised(raw, source="import")
-        else:
-            loaded = formats.load_prisma(raw, source="import")
-    except PolicyValidationError as exc:
-        # A dry run reports a document's errors; a body that is no document at
-        # all (not YAML or JSON, not a mapping) is refused like any bad body.
-        if not dry_run or any(e.path == "" for e in exc.errors):
-            raise
-        return ImportResult(format=fmt, valid=False, applied=False, dry_run=True,
-                            revision=revision, diff={}, errors=_problems(exc), unmapped=[])
+    if fmt == "native":
+        fmt, loaded = formats.load_recognised(raw, source="import")
+    else:
+        loaded = formats.load_prisma(raw, source="import")
     policy, unmapped = loaded.policy, loaded.unmapped
     diff, errors = service.preview(policy)
-    problems = [FieldProblem(path=e.path, message=e.message) for e in errors]
-    if dry_run or problems:
-        if problems and not dry_run:
-            raise PolicyValidationError(errors, "import")
-        return ImportResult(format=fmt, valid=not problems, applied=False, dry_run=dry_run,
-                            revision=revision, diff=diff, errors=problems, unmapped=unmapped)
+    if errors:
+        raise PolicyValidationError(errors, "import")
+    if dry_run:
+        return ImportResult(format=fmt, valid=True, applied=False, dry_run=True,
+                            revision=revision, diff=diff, errors=[], unmapped=unmapped)
     stored = service.replace(policy, action=f"policy.import.{fmt}")
     return ImportResult(format=fmt, valid=True, applied=True, dry_run=False,
                         revision=stored.revision, diff=diff, errors=[], unmapped=unmapped)

@@ -24,10 +24,12 @@ from cnnf.console.api.deps import (
     Reader,
     SessionDep,
     StateDep,
+    Timestamp,
     Writer,
     policy_service,
 )
 from cnnf.console.services.prisma import NetworkAuditFilter, PrismaService
+from cnnf.policy.prisma import original_format_schema
 
 router = APIRouter(tags=["prisma-compatible"])
 
@@ -205,9 +207,10 @@ def get_network_policy(*, response: Response, db: SessionDep, console: StateDep,
                422: {"model": ErrorBody, "description": "the document is invalid; every "
                      "problem is named with its path, and nothing changed"}},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "description": (
-            "a network firewall policy in the original's shape (see the GET); rules "
-            "numbered from 0 or without names are accepted, renumbered and named")}}}}},
+        "schema": {**original_format_schema(whole=True), "description": (
+            "a network firewall policy in the original's shape (see the GET), every part "
+            "present; rules numbered from 0 or without names are accepted, renumbered and "
+            "named; fields without a place here are accepted and listed in `unmapped`")}}}}},
 )
 async def put_network_policy(*, request: Request, db: SessionDep, console: StateDep,
                              who: Writer) -> PolicyReplaced:
@@ -220,8 +223,8 @@ async def put_network_policy(*, request: Request, db: SessionDep, console: State
     return PolicyReplaced(revision=replaced.revision, unmapped=replaced.unmapped)
 
 
-From = Annotated[datetime | None, Query(alias="from", description="at or after (ISO 8601)")]
-To = Annotated[datetime | None, Query(alias="to", description="at or before (ISO 8601)")]
+From = Annotated[Timestamp | None, Query(alias="from", description="at or after (ISO 8601)")]
+To = Annotated[Timestamp | None, Query(alias="to", description="at or before (ISO 8601)")]
 Block = Annotated[Literal["true", "false"] | None, Query(
     description="true: blocked connections only; false: alerted only")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="audits per page")]

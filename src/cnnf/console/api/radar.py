@@ -35,7 +35,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import String, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from cnnf.console.api.deps import Reader, SessionDep, StateDep, policy_service
+from cnnf.console.api.deps import Reader, SessionDep, StateDep, Timestamp, policy_service
 from cnnf.console.radar import Flow, RadarQuery, build_graph
 from cnnf.console.services.defenders import (
     STALE_AFTER,
@@ -61,7 +61,7 @@ def radar(
     request: Request, db: SessionDep, console: StateDep,
     view: Annotated[Literal["container", "host"], Query()] = "container",
     group: Annotated[Literal["namespace", "host", "none"], Query()] = "namespace",
-    since: Annotated[datetime | None, Query(description="flows last seen at or after")] = None,
+    since: Annotated[Timestamp | None, Query(description="flows last seen at or after")] = None,
     namespace: Text = "", host: Text = "",
     verdict: Annotated[Literal["allowed", "alert", "blocked", "observed"] | None,
                        Query()] = None,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from cnnf.console.api.deps import Limit, Offset, Reader, SessionDep, StateDep
+from cnnf.console.api.deps import Limit, Offset, Reader, SessionDep, StateDep, Timestamp
 from cnnf.console.services.records import (
     AuditFilter,
     AuditService,
@@ -21,8 +20,8 @@ from cnnf.model.records import AuditType
 from cnnf.model.rule import PolicyModel
 
 router = APIRouter(tags=["audits", "flows"])
-Since = Annotated[datetime | None, Query(description="at or after (ISO 8601)")]
-Until = Annotated[datetime | None, Query(description="before (ISO 8601)")]
+Since = Annotated[Timestamp | None, Query(description="at or after (ISO 8601)")]
+Until = Annotated[Timestamp | None, Query(description="before (ISO 8601)")]
 Pattern = Annotated[str | None, Query(max_length=300, description="exact, or * as wildcard")]
 
 

@@ -38,10 +38,23 @@ def dump_native(policy: Policy) -> str:
     return dump_policy(policy, "json")
 
 
-def load_prisma(data: bytes | str | dict[str, Any], source: str = "") -> Loaded:
+WHOLE_POLICY_KEYS = ("containerEnabled", "hostEnabled", "containerRules", "hostRules",
+                     "networkEntities")
+
+
+def load_prisma(data: bytes | str | dict[str, Any], source: str = "", *,
+                whole: bool = False) -> Loaded:
+    """An original-format document as a policy. ``whole``: the document replaces
+    the whole policy (the original's PUT), so each part must be present: a list
+    left out is refused, not read as "no rules"."""
     tree = parse_text(data, source=source) if isinstance(data, str | bytes) else data
     if not isinstance(tree, dict):
         raise PolicyValidationError([FieldError("", "the document must be a mapping")], source)
+    missing = [k for k in WHOLE_POLICY_KEYS if k not in tree] if whole else []
+    if missing:
+        raise PolicyValidationError(
+            [FieldError(k, "required field is missing (the document replaces the whole "
+                           "policy; send [] or false to mean none)") for k in missing], source)
     conversion = from_prisma(tree, source=source)
     return Loaded(conversion.result, list(conversion.unmapped))
 

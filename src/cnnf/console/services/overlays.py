@@ -95,6 +95,8 @@ def summarise_trivy(doc: Any) -> tuple[str, dict[str, int], dict[str, int], list
         if isinstance(summary, dict):
             for key, column in (("Successes", "passed"), ("Failures", "failed")):
                 count = summary.get(key, 0)
+                if isinstance(count, float) and count.is_integer():
+                    count = int(count)  # JSON's 3.0 is the integer 3
                 if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                     raise _bad(f"Results[{i}].MisconfSummary.{key}",
                                f"expected a count (got {count!r})")

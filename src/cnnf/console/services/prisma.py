@@ -124,7 +124,7 @@ class PrismaService:
     def replace_policy(self, raw: bytes) -> Replaced:
         """Replace the whole policy with an original-format document, or change
         nothing (:class:`PolicyValidationError` naming every problem)."""
-        loaded = formats.load_prisma(raw, source="body")
+        loaded = formats.load_prisma(raw, source="body", whole=True)
         _, errors = self.policies.preview(loaded.policy)
         if errors:
             raise PolicyValidationError(errors, "body")
