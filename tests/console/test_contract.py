@@ -174,3 +174,14 @@ def test_a_change_that_clashes_with_the_stored_policy_is_409(console: Console) -
         admin.post("/api/v1/objects", json={"name": name, "kind": "container",
                                             "selector": {"images": [name]}})
     assert admin.post("/api/v1/rules/container", json=rule).status_code == 201
+
+
+def test_a_one_value_parameter_given_twice_is_refused(console: Console) -> None:
+    admin = console.as_role(Role.ADMIN)
+    r = admin.get("/api/v1/audits?host=a&host=b")
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"] == [{"path": "query.host",
+                                   "message": "given 2 times; this parameter takes one value"}]
+    # Parameters that take several values still do.
+    assert admin.get("/api/v1/audits/firewall/network/container"
+                     "?srcImageName=a&srcImageName=b").status_code == 200

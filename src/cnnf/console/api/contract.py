@@ -22,7 +22,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
@@ -95,30 +96,52 @@ async def authenticate_first(request: Request) -> None:
             await sub.call.check(request)
 
 
-_KNOWN: dict[int, frozenset[str]] = {}
+_KNOWN: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
 
 
-def _query_names(route: APIRoute) -> frozenset[str]:
+def _takes_several(annotation: Any) -> bool:
+    """``list[str] | None`` and the like: a query parameter given once per value."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _takes_several(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_takes_several(a) for a in get_args(annotation))
+    return origin in (list, tuple, set, frozenset)
+
+
+def _query_names(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    """The operation's query parameters, and those of them that take several values."""
     known = _KNOWN.get(id(route))
     if known is None:
         every = [route.dependant, *_dependants(route.dependant)]
-        known = frozenset(p.alias for d in every for p in d.query_params)
+        params = [p for d in every for p in d.query_params]
+        known = (frozenset(p.alias for p in params),
+                 frozenset(p.alias for p in params if _takes_several(
+                     p.field_info.annotation)))
         _KNOWN[id(route)] = known
     return known
 
 
 def refuse_unknown_query(request: Request) -> None:
-    """App-level dependency: refuse query parameters the operation does not have."""
+    """App-level dependency: refuse query parameters the operation does not have,
+    and a parameter of one value given several times (which one would count?)."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return
-    known = _query_names(route)
+    known, several = _query_names(route)
     unknown = sorted({k for k in request.query_params if k not in known})
     if unknown:
         accepted = ", ".join(sorted(known)) or "none"
         raise BadRequest([FieldError(f"query.{name}", f"unknown query parameter "
                                      f"(this operation accepts: {accepted})")
                           for name in unknown])
+    repeated = sorted({k for k in request.query_params if k not in several
+                       and len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        params = request.query_params
+        raise BadRequest([FieldError(f"query.{name}", f"given {len(params.getlist(name))} "
+                                     "times; this parameter takes one value")
+                          for name in repeated])
 
 
 _ERROR_REF = "#/components/schemas/ErrorBody"
