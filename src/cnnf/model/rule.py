@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -16,10 +17,23 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 MIN_PORT = 1
 MAX_PORT = 65535
 MAX_RULE_ID = 2**31 - 1  # stores keep rule ids in 32-bit columns
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON's integers, as a schema's "integer" admits them: 3 and 3.0, not true or
+    # "3" (pydantic's lax mode would take both).
+    if isinstance(value, bool | str | bytes):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+#: An integer field of a request: 3 or 3.0; not true, not "3".
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class Effect(StrEnum):
@@ -61,8 +75,8 @@ class PolicyModel(BaseModel):
 class PortRange(PolicyModel):
     """An inclusive range of TCP ports; a single port has start == end."""
 
-    start: Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT)]
-    end: Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT)]
+    start: Annotated[JsonInt, Field(ge=MIN_PORT, le=MAX_PORT)]
+    end: Annotated[JsonInt, Field(ge=MIN_PORT, le=MAX_PORT)]
 
     @model_validator(mode="before")
     @classmethod
@@ -113,7 +127,7 @@ ANY_PORT = PortRange(start=MIN_PORT, end=MAX_PORT)
 class Rule(PolicyModel):
     """One ordered rule. ``src`` and ``dst`` name network objects of the policy."""
 
-    id: Annotated[int, Field(ge=1, le=MAX_RULE_ID)]
+    id: Annotated[JsonInt, Field(ge=1, le=MAX_RULE_ID)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
     src: Annotated[str, Field(min_length=1)]
     dst: Annotated[str, Field(min_length=1)]
