@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, StrictBool
 
 from cnnf.model.objects import NetworkObject
-from cnnf.model.rule import Effect, JsonInt, PolicyModel, Rule
+from cnnf.model.rule import JSON_INTEGER, Effect, PolicyModel, Rule
 
 
 class BlockMode(StrEnum):
@@ -29,7 +29,7 @@ class Policy(PolicyModel):
     objects: tuple[NetworkObject, ...] = ()
     container_rules: tuple[Rule, ...] = ()
     host_rules: tuple[Rule, ...] = ()
-    revision: Annotated[JsonInt, Field(ge=0)] = 0
+    revision: Annotated[int, Field(ge=0), JSON_INTEGER] = 0
 
     def object(self, name: str) -> NetworkObject | None:
         for obj in self.objects:

@@ -32,8 +32,10 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
-#: An integer field of a request: 3 or 3.0; not true, not "3".
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+#: For an integer field of a request: 3 or 3.0; not true, not "3". Put it after the
+#: field's constraints (``Annotated[int, Field(ge=1), JSON_INTEGER]``), so that the
+#: schema keeps them as ``minimum`` and ``maximum``.
+JSON_INTEGER = BeforeValidator(_json_integer)
 
 
 class Effect(StrEnum):
@@ -75,8 +77,8 @@ class PolicyModel(BaseModel):
 class PortRange(PolicyModel):
     """An inclusive range of TCP ports; a single port has start == end."""
 
-    start: Annotated[JsonInt, Field(ge=MIN_PORT, le=MAX_PORT)]
-    end: Annotated[JsonInt, Field(ge=MIN_PORT, le=MAX_PORT)]
+    start: Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT), JSON_INTEGER]
+    end: Annotated[int, Field(ge=MIN_PORT, le=MAX_PORT), JSON_INTEGER]
 
     @model_validator(mode="before")
     @classmethod
@@ -127,7 +129,7 @@ ANY_PORT = PortRange(start=MIN_PORT, end=MAX_PORT)
 class Rule(PolicyModel):
     """One ordered rule. ``src`` and ``dst`` name network objects of the policy."""
 
-    id: Annotated[JsonInt, Field(ge=1, le=MAX_RULE_ID)]
+    id: Annotated[int, Field(ge=1, le=MAX_RULE_ID), JSON_INTEGER]
     name: Annotated[str, Field(min_length=1, max_length=200)]
     src: Annotated[str, Field(min_length=1)]
     dst: Annotated[str, Field(min_length=1)]

@@ -11,7 +11,7 @@ from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import MAX_INT, Reader, SessionDep, StateDep, Writer, policy_service
 from cnnf.console.services.policy import RuleDraft
 from cnnf.model import Rule, RuleKind
-from cnnf.model.rule import JsonInt, PolicyModel
+from cnnf.model.rule import JSON_INTEGER, PolicyModel
 
 router = APIRouter(prefix="/rules/{kind}", tags=["rules"])
 Kind = Annotated[RuleKind, Path(description="container or host")]
@@ -25,7 +25,7 @@ class PlacedRule(Rule):
 
 
 class Move(PolicyModel):
-    position: Annotated[JsonInt, Field(ge=0, le=MAX_INT)]
+    position: Annotated[int, Field(ge=0, le=MAX_INT), JSON_INTEGER]
 
 
 def _placed(position: int, rule: Rule) -> PlacedRule:

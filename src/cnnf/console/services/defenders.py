@@ -52,7 +52,7 @@ from cnnf.model.records import (
     InventoryReport,
     ReportBatch,
 )
-from cnnf.model.rule import JsonInt, PolicyModel
+from cnnf.model.rule import JSON_INTEGER, PolicyModel
 
 ENROLLMENT_PREFIX = "cnnfe_"
 CREDENTIAL_PREFIX = "cnnfd_"
@@ -69,7 +69,8 @@ _TEXT = 300  # the store's text columns
 
 
 class EnrollmentTokenRequest(PolicyModel):
-    expires_in_hours: Annotated[JsonInt, Field(ge=1, le=24 * 365)] = DEFAULT_ENROLLMENT_HOURS
+    expires_in_hours: Annotated[int, Field(ge=1, le=24 * 365), JSON_INTEGER] = (
+        DEFAULT_ENROLLMENT_HOURS)
 
 
 class EnrollmentToken(PolicyModel):

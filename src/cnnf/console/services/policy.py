@@ -23,7 +23,7 @@ from cnnf.console.services.errors import Conflict, InvalidInput, NotFound
 from cnnf.console.store.models import ChangeRow, ObjectRow, RuleRow, SettingsRow
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import BlockMode, Effect, NetworkObject, Policy, Rule, RuleKind
-from cnnf.model.rule import MAX_RULE_ID, JsonInt, PolicyModel
+from cnnf.model.rule import JSON_INTEGER, MAX_RULE_ID, PolicyModel
 
 Now = Callable[[], datetime]
 OBJECT_ADAPTER: TypeAdapter[NetworkObject] = TypeAdapter(NetworkObject)
@@ -37,7 +37,7 @@ def utcnow() -> datetime:
 class RuleDraft(Rule):
     """A rule as a client sends it: the id may be left out (the next free one is used)."""
 
-    id: Annotated[JsonInt | None, Field(ge=1, le=MAX_RULE_ID)] = None  # type: ignore[assignment]
+    id: Annotated[int | None, Field(ge=1, le=MAX_RULE_ID), JSON_INTEGER] = None  # type: ignore[assignment]
 
 
 class Settings(PolicyModel):

@@ -25,7 +25,7 @@ from cnnf.console.services.errors import Conflict, InvalidInput, NotFound, Unaut
 from cnnf.console.services.policy import Now, utcnow
 from cnnf.console.store.models import TokenRow, UserRow
 from cnnf.errors import FieldError
-from cnnf.model.rule import JsonInt, PolicyModel
+from cnnf.model.rule import JSON_INTEGER, PolicyModel
 
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 # Writing last_used on every request would turn reads into writes; once a minute is enough.
@@ -69,7 +69,7 @@ class NewToken(PolicyModel):
 
 class TokenRequest(PolicyModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    expires_in_days: Annotated[JsonInt | None, Field(ge=1, le=3650)] = None
+    expires_in_days: Annotated[int | None, Field(ge=1, le=3650), JSON_INTEGER] = None
 
 
 def _user_info(row: UserRow) -> UserInfo:
