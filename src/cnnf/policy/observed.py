@@ -1,0 +1,149 @@
+"""Observed flows as learning and simulation read them: the identities of both
+ends as recorded when the flow was stored, and the flow's counts.
+
+The Console keeps, with every aggregated flow, each end's identity as one
+canonical JSON text (:func:`identity_text`): what a network object can select
+on. A container's per-instance names (the Kubernetes pod name and uid labels)
+are left out, so replicas of one workload fold into one flow as they do in
+Radar; everything else a selector matches (image, container name, labels,
+namespace, cluster, host; a host's name, labels and cluster; a destination's
+address and an address's DNS name) is kept. :func:`endpoint_of` turns the text back into the
+:class:`~cnnf.model.Endpoint` the engine evaluates, and falls back to the
+flow's identity key (``image:shop/api``) for flows stored before identities
+were recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from cnnf.model import ContainerIdentity, Endpoint, HostIdentity, make_labels
+from cnnf.model.records import EndpointInfo
+
+# Labels that name one pod instance, not the workload: kept out of the identity.
+INSTANCE_LABELS = frozenset({"io.kubernetes.pod.name", "io.kubernetes.pod.uid"})
+
+
+def identity_fields(ep: EndpointInfo, *, address: bool = True) -> dict[str, Any]:
+    """The selectable identity of one end, as a plain mapping (no empty fields).
+
+    ``address``: keep the end's address. Subnet objects match a destination's
+    address whatever its kind, so a destination keeps it; no rule selects a
+    source by address, so a source leaves it out (replicas fold)."""
+    if ep.kind == "container":
+        out: dict[str, Any] = {"kind": "container", "image": ep.image}
+        labels = {k: v for k, v in ep.labels.items() if k not in INSTANCE_LABELS}
+        for name, value in (("name", ep.container), ("namespace", ep.namespace),
+                            ("cluster", ep.cluster), ("host", ep.host)):
+            if value:
+                out[name] = value
+        if labels:
+            out["labels"] = labels
+        if address and ep.address:
+            out["address"] = ep.address
+        return out
+    if ep.kind == "host":
+        out = {"kind": "host", "host": ep.host}
+        if ep.cluster:
+            out["cluster"] = ep.cluster
+        if ep.labels:
+            out["labels"] = dict(ep.labels)
+        if address and ep.address:
+            out["address"] = ep.address
+        return out
+    out = {"kind": "address"}
+    if ep.address:
+        out["address"] = ep.address
+    if ep.domain:
+        out["domain"] = ep.domain
+    return out
+
+
+def identity_text(ep: EndpointInfo, *, address: bool = True) -> str:
+    """:func:`identity_fields` as canonical JSON (sorted keys): equal identities,
+    equal texts."""
+    return orjson.dumps(identity_fields(ep, address=address),
+                        option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _from_fields(data: Mapping[str, Any]) -> Endpoint:
+    kind = data.get("kind")
+    labels = make_labels(data.get("labels") or {})
+    address = data.get("address") or None
+    if kind == "container":
+        return Endpoint(address=address, container=ContainerIdentity(
+            image=str(data.get("image", "")), name=str(data.get("name", "")), labels=labels,
+            namespace=str(data.get("namespace", "")), cluster=str(data.get("cluster", "")),
+            host=str(data.get("host", ""))))
+    if kind == "host":
+        return Endpoint(address=address, host=HostIdentity(
+            name=str(data.get("host", "")), labels=labels, cluster=str(data.get("cluster", ""))))
+    domain = str(data.get("domain", ""))
+    return Endpoint(address=address, domains=(domain,) if domain else ())
+
+
+def _from_key(key: str) -> Endpoint:
+    prefix, _, value = key.partition(":")
+    if prefix == "image":
+        return Endpoint(container=ContainerIdentity(image=value))
+    if prefix == "host":
+        return Endpoint(host=HostIdentity(name=value))
+    if prefix == "dns":
+        return Endpoint(domains=(value,))
+    return Endpoint(address=value if prefix == "addr" else key)
+
+
+def endpoint_of(text: str, key: str) -> Endpoint:
+    """The endpoint an identity text stands for; from ``key`` when ``text`` is
+    empty or unreadable (flows stored before identities were recorded)."""
+    if text:
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            return _from_fields(data)
+    return _from_key(key)
+
+
+class EndpointCache:
+    """Identity texts repeat (a few hundred workloads over a million flows):
+    each is parsed once."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], Endpoint] = {}
+
+    def __call__(self, text: str, key: str) -> Endpoint:
+        found = self._seen.get((text, key))
+        if found is None:
+            found = self._seen[(text, key)] = endpoint_of(text, key)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedFlow:
+    """One stored flow (or several folded): ``kind`` is the rule list that
+    applies (``container`` or ``host``), ``src``/``dst`` the identity keys Radar
+    draws, ``src_ep``/``dst_ep`` the identities recorded with it. ``verdict``
+    and ``rule_id`` are what the Defender decided then (``observed`` and 0: no
+    rule matched and the default let it through)."""
+
+    kind: str
+    src: str
+    dst: str
+    port: int
+    src_ep: Endpoint
+    dst_ep: Endpoint
+    verdict: str
+    rule_id: int
+    flows: int
+    count: int
+    first_seen: datetime
+    last_seen: datetime
