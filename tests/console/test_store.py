@@ -12,7 +12,14 @@ from sqlalchemy import MetaData, Table, func, insert, inspect, select
 from sqlalchemy.orm import Session
 
 from cnnf.console.services.policy import PolicyService, RuleDraft
-from cnnf.console.services.records import AuditFilter, AuditRecord, AuditService
+from cnnf.console.services.records import (
+    AuditFilter,
+    AuditRecord,
+    AuditService,
+    FlowFilter,
+    FlowRecord,
+    FlowService,
+)
 from cnnf.console.store.db import (
     connect,
     current_revision,
@@ -37,7 +44,7 @@ from cnnf.model import (
 
 TABLES = {"settings", "network_objects", "rules", "changes", "users", "tokens", "audits",
           "flows", "overlays", "enrollment_tokens", "defenders", "inventory_state",
-          "report_batches", "alembic_version"}
+          "report_batches", "proposals", "alembic_version"}
 
 
 def test_migrate_from_empty_database(db_url: str) -> None:
@@ -79,7 +86,7 @@ def test_audits_stored_before_0004_name_no_pod_after_it(db_url: str) -> None:
             table = Table("audits", MetaData(), autoload_with=connection)
             assert "src_pod" not in table.c
             connection.execute(insert(table), [old, {**old, "port": 443, "count": 1}])
-        migrate(engine)
+        migrate(engine, "0004")
         assert current_revision(engine) == "0004"
         indexes = {i["name"] for i in inspect(engine).get_indexes("audits")}
         assert {"ix_audits_src_image", "ix_audits_dst_image", "ix_audits_rule_name",
@@ -182,5 +189,48 @@ def test_concurrent_changes_queue_instead_of_losing_each_other(db_url: str) -> N
         assert len(policy.container_rules) == len(SAMPLE.container_rules) + writers * per_writer
         assert len({r.id for r in policy.container_rules}) == len(policy.container_rules)
         assert policy.revision == 1 + writers * per_writer
+    finally:
+        engine.dispose()
+
+
+def test_flows_stored_before_0006_keep_their_counts_and_gain_identities_after_it(
+        db_url: str) -> None:
+    """0006 adds the identities recorded with each flow to the flow key: the
+    flows already stored stay (identities empty); one image in two namespaces
+    is two flows after it; the downgrade folds them back, counts added."""
+    engine = connect(db_url)
+    t = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    old = {"kind": "container", "src": "image:shop/api:2.1", "dst": "image:shop/db:13",
+           "port": 5432, "verdict": "observed", "rule_id": 0, "rule_name": "", "count": 5,
+           "first_seen": t, "last_seen": t}
+    try:
+        migrate(engine, "0004")
+        with engine.begin() as connection:
+            table = Table("flows", MetaData(), autoload_with=connection)
+            assert "ident" not in table.c
+            connection.execute(insert(table), [old])
+        migrate(engine)
+        assert current_revision(engine) == revision_heads()[0]
+        a = '{"image":"shop/api:2.1","kind":"container","namespace":"team-a"}'
+        b = '{"image":"shop/api:2.1","kind":"container","namespace":"team-b"}'
+        db = '{"address":"10.0.0.5","image":"shop/db:13","kind":"container"}'
+        record = FlowRecord.model_validate({**old, "count": 2, "dst_identity": db})
+        with Session(engine) as session:
+            flows = FlowService(session)
+            assert flows.record_many([record.model_copy(update={"src_identity": a}),
+                                      record.model_copy(update={"src_identity": b}),
+                                      record.model_copy(update={"src_identity": b})]) == 2
+            page = flows.query(FlowFilter(), limit=10, offset=0)
+        assert sorted((f.src_identity, f.count) for f in page.items) == [("", 5), (a, 2), (b, 4)]
+        downgrade(engine, "0004")
+        with engine.connect() as connection:
+            table = Table("flows", MetaData(), autoload_with=connection)
+            assert "ident" not in table.c
+            rows = connection.execute(select(table.c.count, table.c.first_seen)).all()
+        assert [r[0] for r in rows] == [11]
+        migrate(engine)
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert diff == [], f"models and migrations differ: {diff}"
     finally:
         engine.dispose()

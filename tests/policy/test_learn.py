@@ -113,7 +113,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "rules", "flows", "expected", "replaces", "covered"), CASES, ids=[c[0] for c in CASES])
-def test_learn_against_an_existing_policy(name: str, rules: list[dict[str, Any]], flows: list[Any], expected: list[Any],
+def test_learn_against_an_existing_policy(  # noqa: PLR0917
+        name: str, rules: list[dict[str, Any]], flows: list[Any], expected: list[Any],
                                           replaces: list[int | None], covered: dict[int, int]) -> None:
     current = existing(rules)
     proposal = learn(current, flows)

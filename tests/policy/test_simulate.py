@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.policy.shopflows import API, CACHE, DB, FRONTEND, PARTNER, SHOP, WORKER, flow
 
 from cnnf.model import Effect, Policy
 from cnnf.policy.simulate import simulate
+from tests.policy.shopflows import API, CACHE, DB, FRONTEND, PARTNER, SHOP, WORKER, flow
 
 OBJECTS: list[dict[str, Any]] = [
     {"kind": "container", "name": "api", "selector": {"labels": ["app=api"], "namespaces": ["shop-web"]}},

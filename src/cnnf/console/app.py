@@ -27,6 +27,7 @@ from cnnf.console.api import (
     auth,
     defender,
     defenders,
+    learning,
     objects,
     overlays,
     policy,
@@ -372,8 +373,8 @@ def create_app(
     app.state.console = console
     app.state.engine = engine
     _install_handlers(app)
-    for module in (auth, users, objects, rules, policy, records, overlays, radar, defenders,
-                   defender, prisma):
+    for module in (auth, users, objects, rules, policy, learning, records, overlays, radar,
+                   defenders, defender, prisma):
         app.include_router(module.router, prefix=API_PREFIX)
     _install_link(app, console, monotonic)
 

@@ -83,10 +83,8 @@ class Scope:
             return False
         if self.host is not None and not any(_host_of(e) == self.host for e in ends):
             return False
-        if self.images and not any(
-                e.container is not None and _image_in(e.container, self.images) for e in ends):
-            return False
-        return True
+        return not self.images or any(
+            e.container is not None and _image_in(e.container, self.images) for e in ends)
 
 
 def _host_of(ep: Endpoint) -> str | None:
@@ -289,24 +287,32 @@ def _port_ranges(ports: Iterable[int]) -> tuple[PortRange, ...]:
     return tuple(out)
 
 
+def _widened(rule: Rule, ports: set[int]) -> Rule:
+    """``rule`` with ``ports`` added to its own."""
+    have = {p for r in rule.ports for p in range(r.start, r.end + 1)}
+    return rule.model_copy(update={"ports": _port_ranges(have | ports)})
+
+
 def _merge_siblings(pairs: dict[tuple[object, ...], _Pair]) -> dict[tuple[object, ...], _Pair]:
     """One workload (one label value or image) in several namespaces that reaches
     the same destinations on the same ports: one source group for all of them.
     The merged selector (those values AND those namespaces) selects exactly the
     observed workloads, so nothing unseen is allowed by the merge."""
     profile: dict[_Group, set[tuple[object, ...]]] = {}
-    for key, pair in pairs.items():
+    for pair in pairs.values():
         if pair.src.kind is ObjectKind.CONTAINER and pair.src.namespaces:
-            profile.setdefault(pair.src, set()).add((pair.kind, pair.dst, tuple(sorted(pair.ports))))
+            profile.setdefault(pair.src, set()).add((pair.kind, pair.dst,
+                                                     tuple(sorted(pair.ports))))
     families: dict[tuple[object, ...], list[_Group]] = {}
     for g, behaviour in profile.items():
         families.setdefault((g.basis, g.key, g.values, frozenset(behaviour)), []).append(g)
     rename: dict[_Group, _Group] = {}
-    for (basis, key, values, _), members in families.items():
+    for members in families.values():
         if len(members) < 2:
             continue
+        first = members[0]
         namespaces = tuple(sorted({ns for m in members for ns in m.namespaces}))
-        merged = _Group(ObjectKind.CONTAINER, str(basis), values, namespaces, str(key))
+        merged = _Group(ObjectKind.CONTAINER, first.basis, first.values, namespaces, first.key)
         for m in members:
             rename[m] = merged
     if not rename:
@@ -452,40 +458,39 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
     resolved = [(pair, objects.resolve(pair.src, members[pair.src]),
                  objects.resolve(pair.dst, members[pair.dst])) for pair in pairs.values()]
     resolved.sort(key=lambda t: (t[0].kind.value, t[1].name, t[2].name, min(t[0].ports)))
-    for pair, src, dst in resolved:
-        evidence = Evidence()
-        for flow in pair.flows:
-            evidence.add(flow)
-        rkey = (pair.kind, src.name, dst.name)
+    for pair, src_obj, dst_obj in resolved:
+        rkey = (pair.kind, src_obj.name, dst_obj.name)
+        kind_rules = rules[pair.kind]
         have = by_rule.get(rkey)
-        if have is not None:  # two groups resolved to the same existing objects
-            ports = {p for r in have.rule.ports for p in range(r.start, r.end + 1)} | pair.ports
-            have.rule = have.rule.model_copy(update={"ports": _port_ranges(ports)})
+        if have is not None:  # two groups resolved to the same objects: one rule
+            at = kind_rules.index(have.rule)
+            have.rule = kind_rules[at] = _widened(have.rule, pair.ports)
             for flow in pair.flows:
                 have.evidence.add(flow)
             continue
-        existing = next((i for i, r in enumerate(rules[pair.kind])
-                         if r.src == src.name and r.dst == dst.name and not r.disabled
+        evidence = Evidence()
+        for flow in pair.flows:
+            evidence.add(flow)
+        existing = next((i for i, r in enumerate(kind_rules)
+                         if r.src == src_obj.name and r.dst == dst_obj.name and not r.disabled
                          and r.effect is Effect.ALLOW), None)
         if existing is not None:
-            old = rules[pair.kind][existing]
-            ports = {p for r in old.ports for p in range(r.start, r.end + 1)} | pair.ports
-            rule = old.model_copy(update={"ports": _port_ranges(ports)})
-            rules[pair.kind][existing] = rule
-            item = ProposedRule(pair.kind, rule, evidence, src.basis, dst.basis, old.id)
+            old = kind_rules[existing]
+            rule = kind_rules[existing] = _widened(old, pair.ports)
+            item = ProposedRule(pair.kind, rule, evidence, src_obj.basis, dst_obj.basis, old.id)
         else:
-            base = f"{src.name} -> {dst.name}"[:190]
+            base = f"{src_obj.name} -> {dst_obj.name}"[:190]
             name, n = base, 1
             while name in rule_names[pair.kind]:
                 n += 1
                 name = f"{base} ({n})"
             rule_names[pair.kind].add(name)
-            rule = Rule(id=next_id[pair.kind], name=name, src=src.name, dst=dst.name,
+            rule = Rule(id=next_id[pair.kind], name=name, src=src_obj.name, dst=dst_obj.name,
                         ports=_port_ranges(pair.ports), effect=Effect.ALLOW,
-                        notes=f"learnt from {evidence.flows} flows")
+                        notes="learnt from observed flows")
             next_id[pair.kind] += 1
-            rules[pair.kind].append(rule)
-            item = ProposedRule(pair.kind, rule, evidence, src.basis, dst.basis)
+            kind_rules.append(rule)
+            item = ProposedRule(pair.kind, rule, evidence, src_obj.basis, dst_obj.basis)
         by_rule[rkey] = item
         proposed.append(item)
 

@@ -53,6 +53,7 @@ from cnnf.model.records import (
     ReportBatch,
 )
 from cnnf.model.rule import JSON_INTEGER, PolicyModel
+from cnnf.policy.observed import identity_text
 
 ENROLLMENT_PREFIX = "cnnfe_"
 CREDENTIAL_PREFIX = "cnnfd_"
@@ -181,6 +182,8 @@ def flow_record(flow: FlowRecord) -> StoredFlowRecord:
         verdict=verdict, rule_id=flow.rule_id or 0, rule_name=_cut(flow.rule_name, 200),
         count=min(max(flow.count, 1), 2**31 - 1),
         first_seen=_time(flow.first_seen), last_seen=_time(flow.last_seen),
+        src_identity=identity_text(flow.src, address=False)[:4000],
+        dst_identity=identity_text(flow.dst)[:4000],
     )
 
 

@@ -432,10 +432,16 @@ class PolicyService:
                         _json(settings))
         return settings
 
-    def replace(self, policy: Policy, action: str = "policy.replace") -> Policy:
-        """Replace everything (PUT policy, import) in one transaction."""
+    def replace(self, policy: Policy, action: str = "policy.replace", *,
+                expected_revision: int | None = None) -> Policy:
+        """Replace everything (PUT policy, import) in one transaction; with
+        ``expected_revision``, only if the stored policy is still at it (else
+        :class:`Conflict`, nothing written)."""
         with self._transaction():
             old = self.policy()
+            if expected_revision is not None and old.revision != expected_revision:
+                raise Conflict(f"the policy is at revision {old.revision}, not "
+                               f"{expected_revision}: it changed meanwhile")
             new = policy.model_copy(update={"revision": old.revision})
             summary = diff(old, new)
             stored = self._apply(new, action, "policy", _json(old), summary, document=True)

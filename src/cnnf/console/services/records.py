@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,19 @@ class FlowRecord(PolicyModel):
     count: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
     first_seen: datetime
     last_seen: datetime
+    src_identity: Annotated[str, Field(max_length=4000, description=(
+        "the source's identity as recorded (canonical JSON: image, name, labels, "
+        "namespace, cluster, host; empty for flows stored before identities were kept)"))] = ""
+    dst_identity: Annotated[str, Field(max_length=4000, description=(
+        "the destination's identity as recorded, with its address and DNS name"))] = ""
+
+
+def flow_ident(src_identity: str, dst_identity: str) -> str:
+    """The digest of a flow's two identities, part of the flow key ("" for none)."""
+    if not src_identity and not dst_identity:
+        return ""
+    return hashlib.sha1(f"{src_identity}\n{dst_identity}".encode(), usedforsecurity=False
+                        ).hexdigest()
 
 
 class StoredFlow(FlowRecord):
@@ -239,7 +253,7 @@ def audit_csv_lines(rows: Iterable[AuditRow]) -> Iterator[str]:
         ))
 
 
-_FLOW_KEY = ("kind", "src", "dst", "port", "verdict", "rule_id")
+_FLOW_KEY = ("kind", "src", "dst", "port", "verdict", "rule_id", "ident")
 
 
 def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
@@ -274,6 +288,7 @@ class FlowService:
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         for record in records:
             data = record.model_dump(by_alias=False)
+            data["ident"] = flow_ident(record.src_identity, record.dst_identity)
             key = tuple(data[k] for k in _FLOW_KEY)
             have = merged.get(key)
             if have is None:

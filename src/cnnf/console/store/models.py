@@ -208,15 +208,21 @@ class AuditRow(Base):
 
 
 class FlowRow(Base):
-    """Observed connections aggregated by (src, dst, port, verdict, rule).
+    """Observed connections aggregated by (src, dst, port, verdict, rule, identities).
 
     ``src``/``dst`` are identity keys such as ``image:shop/api``,
     ``host:node-1`` or ``addr:10.0.0.5``; ``rule_id`` 0 means no rule matched.
+    ``src_identity``/``dst_identity`` are the identities recorded with the flow
+    (canonical JSON, :mod:`cnnf.policy.observed`), what learning and simulation
+    evaluate; ``ident`` is their digest, part of the key so that one image in
+    two namespaces stays two flows. Added by migration 0006: flows stored
+    before it have empty identities (read back from the key).
     """
 
     __tablename__ = "flows"
     __table_args__ = (
-        UniqueConstraint("kind", "src", "dst", "port", "verdict", "rule_id", name="uq_flows_key"),
+        UniqueConstraint("kind", "src", "dst", "port", "verdict", "rule_id", "ident",
+                         name="uq_flows_key"),
         Index("ix_flows_last_seen", "last_seen"),
     )
 
@@ -231,6 +237,26 @@ class FlowRow(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime)
+    src_identity: Mapped[str] = mapped_column(Text, default="", server_default="")
+    dst_identity: Mapped[str] = mapped_column(Text, default="", server_default="")
+    ident: Mapped[str] = mapped_column(String(40), default="", server_default="")
+
+
+class ProposalRow(Base):
+    """A learnt policy proposal: the window and scope it was learnt from, the
+    policy revision it was learnt against, and the proposal itself (JSON: the
+    resulting policy document, its rules with evidence, the diff)."""
+
+    __tablename__ = "proposals"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    since: Mapped[datetime] = mapped_column(UtcDateTime)
+    until: Mapped[datetime] = mapped_column(UtcDateTime)
+    base_revision: Mapped[int] = mapped_column(BigInteger)
+    applied_revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class OverlayRow(Base):

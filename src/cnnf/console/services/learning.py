@@ -1,0 +1,488 @@
+"""Learn and simulate over the stored flows: proposals (learnt, stored, applied
+as one change) and what-if simulations of draft policies.
+
+The flows of a window are read as plain rows in one query (a million rows:
+ORM objects would load several times slower), each identity text parsed once,
+then handed to the pure :mod:`cnnf.policy.learn` and
+:mod:`cnnf.policy.simulate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from sqlalchemy import String, func, select, type_coerce
+from sqlalchemy.orm import Session
+
+from cnnf.console.services.errors import Conflict, InvalidInput, NotFound
+from cnnf.console.services.policy import PolicyService, diff
+from cnnf.console.store.models import FlowRow, ProposalRow
+from cnnf.errors import FieldError
+from cnnf.model import Effect, NetworkObject, Policy, Rule, RuleKind
+from cnnf.model.objects import check_glob
+from cnnf.model.rule import PolicyModel
+from cnnf.policy.learn import LearnOptions, Proposal, Scope, learn
+from cnnf.policy.observed import EndpointCache, ObservedFlow
+from cnnf.policy.simulate import EdgeChange, Impact, Outcome, simulate
+
+DEFAULT_WINDOW = timedelta(hours=24)
+MAX_EDGES = 1000  # changed edges listed in one simulation (the counts cover them all)
+Kind = Literal["container", "host"]
+
+
+# --- requests and answers ----------------------------------------------------------------
+
+
+class Window(PolicyModel):
+    since: Annotated[datetime | None, Field(description=(
+        "flows last seen at or after (default: 24 hours before until)"))] = None
+    until: Annotated[datetime | None, Field(description=(
+        "flows first seen before (default: now)"))] = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError(f"since ({self.since.isoformat()}) is not before until "
+                             f"({self.until.isoformat()})")
+        return self
+
+
+class ProposalRequest(Window):
+    namespace: Annotated[str | None, Field(min_length=1, max_length=200, description=(
+        "only flows with an end in this namespace"))] = None
+    host: Annotated[str | None, Field(min_length=1, max_length=300, description=(
+        "only flows with an end on this host"))] = None
+    images: Annotated[list[str], Field(max_length=100, description=(
+        "only flows with an end of an image matching one of these globs"))] = []
+    label_key: Annotated[str, Field(max_length=200, pattern=r"^[^\s=*?\[\]]*$", description=(
+        "the stable label that names a workload (objects by this label when a workload "
+        "carries it, else by namespace and image); empty: always by image"))] = "app"
+    default_effect: Annotated[Effect | None, Field(description=(
+        "the proposal's default effect for connections no rule matches (prevent: "
+        "zero trust); left out: the current one"))] = None
+
+    @field_validator("images")
+    @classmethod
+    def _globs(cls, images: list[str]) -> list[str]:
+        for image in images:
+            check_glob(image)
+        return images
+
+
+class Evidence(PolicyModel):
+    flows: int
+    connections: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    edges: list[str] = Field(description="the busiest edges behind it (src -> dst:port)")
+
+
+class ProposedRule(PolicyModel):
+    kind: Kind
+    rule: Rule
+    replaces: int | None = Field(description=(
+        "the existing rule (same kind and id) this one widens; null: a new rule"))
+    src_basis: str
+    dst_basis: str
+    evidence: Evidence
+
+
+class ProposedObject(PolicyModel):
+    name: str
+    kind: str
+    new: bool
+    basis: str = Field(description=(
+        "existing, or what a new object selects by: label app=api in shop-web, "
+        "image shop/db in shop-data, host, dns, subnet"))
+
+
+class CoveredRule(PolicyModel):
+    kind: Kind
+    rule_id: int
+    rule_name: str
+    effect: Effect
+    evidence: Evidence
+
+
+class ProposalSummary(PolicyModel):
+    id: int
+    created: datetime
+    actor: str
+    since: datetime
+    until: datetime
+    base_revision: int
+    applied_revision: int | None
+    rules: int
+    learnt_flows: int
+
+
+class ProposalOut(ProposalSummary):
+    scope: dict[str, Any]
+    label_key: str
+    policy: Policy = Field(description="the resulting policy (current plus every proposed rule)")
+    diff: dict[str, Any] = Field(description="what applying every proposed rule changes")
+    proposed: list[ProposedRule]
+    objects: list[ProposedObject]
+    covered: list[CoveredRule] = Field(description=(
+        "existing rules that decided observed flows; they stay as they are"))
+    skipped: dict[str, int] = Field(description="flows not learnt, by reason")
+    unallowed: int = Field(description="learnt flows the proposal would still not allow (0)")
+
+
+class ProposalPage(PolicyModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[ProposalSummary]
+
+
+class RuleRef(PolicyModel):
+    kind: Kind
+    id: Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class ApplyRequest(PolicyModel):
+    rules: Annotated[list[RuleRef] | None, Field(max_length=10000, description=(
+        "the proposed rules to apply (kind and id); left out: all of them"))] = None
+    default_effect: Annotated[Effect | None, Field(description=(
+        "the default effect to apply with them; left out: the proposal's"))] = None
+
+
+class Applied(PolicyModel):
+    proposal: int
+    revision: int
+    rules: int
+    objects: int
+    diff: dict[str, Any]
+
+
+class RuleChanges(PolicyModel):
+    """A draft as changes to the current policy."""
+
+    objects: Annotated[list[NetworkObject], Field(max_length=10000, description=(
+        "objects to add, or to replace (same name)"))] = []
+    container_rules: Annotated[list[Rule], Field(max_length=10000, description=(
+        "container rules to replace (same id, in place) or add (at the end)"))] = []
+    host_rules: Annotated[list[Rule], Field(max_length=10000)] = []
+    remove_rules: Annotated[list[RuleRef], Field(max_length=10000)] = []
+    default_effect: Effect | None = None
+
+
+class SimulateRequest(Window):
+    policy: Annotated[Policy | None, Field(description="a whole draft policy")] = None
+    changes: Annotated[RuleChanges | None, Field(description=(
+        "a draft as changes to the current policy"))] = None
+    proposal: Annotated[int | None, Field(ge=1, le=2**63 - 1, description=(
+        "a stored proposal's policy as the draft"))] = None
+
+    @model_validator(mode="after")
+    def _one_draft(self) -> SimulateRequest:
+        given = [n for n in ("policy", "changes", "proposal") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one draft: policy, changes or proposal"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class Verdict(PolicyModel):
+    effect: Effect
+    matched: bool
+    rule_id: int | None
+    rule_name: str | None
+    label: str
+
+
+class ChangedEdge(PolicyModel):
+    kind: Kind
+    src: str
+    dst: str
+    port: int
+    before: Verdict
+    after: Verdict
+    recorded: str = Field(description="the verdict recorded when the flow was seen")
+    flows: int
+    connections: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+
+
+class RuleImpact(PolicyModel):
+    kind: Kind
+    rule_id: int | None = Field(description="the draft's deciding rule; null: its default effect")
+    rule_name: str | None
+    effect: Effect
+    flows: int
+    connections: int
+    transitions: dict[str, int]
+
+
+class SimulateResult(PolicyModel):
+    since: datetime
+    until: datetime
+    flows: int
+    connections: int
+    changed_flows: int
+    changed_connections: int
+    transitions: dict[str, int] = Field(description="flows by change (allow -> prevent, ...)")
+    edges: list[ChangedEdge] = Field(description=f"changed edges, busiest first (at most "
+                                                 f"{MAX_EDGES})")
+    edges_total: int
+    rules: list[RuleImpact]
+
+
+# --- reading the flows ---------------------------------------------------------------------
+
+
+def _window(w: Window, now: datetime) -> tuple[datetime, datetime]:
+    until = w.until or now
+    since = w.since or until - DEFAULT_WINDOW
+    if since >= until:
+        raise InvalidInput([FieldError("since", f"{since.isoformat()} is not before until "
+                                                f"({until.isoformat()})")])
+    return since, until
+
+
+def observed_flows(session: Session, since: datetime, until: datetime) -> Iterator[ObservedFlow]:
+    """The stored flows seen in the window (last seen at or after ``since``,
+    first seen before ``until``), with their recorded identities."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    first = type_coerce(FlowRow.first_seen, String) if sqlite else FlowRow.first_seen
+    last = type_coerce(FlowRow.last_seen, String) if sqlite else FlowRow.last_seen
+    stmt = (select(FlowRow.kind, FlowRow.src, FlowRow.dst, FlowRow.port, FlowRow.src_identity,
+                   FlowRow.dst_identity, FlowRow.verdict, FlowRow.rule_id, FlowRow.count,
+                   first, last)
+            .where(FlowRow.last_seen >= since, FlowRow.first_seen < until)
+            .execution_options(yield_per=20000))
+    endpoint = EndpointCache()
+    times: dict[Any, datetime] = {}
+
+    def parse(value: Any) -> datetime:
+        t = times.get(value)
+        if t is None:
+            if len(times) > 100000:
+                times.clear()
+            t = (datetime.fromisoformat(value).replace(tzinfo=UTC) if isinstance(value, str)
+                 else value.astimezone(UTC))
+            times[value] = t
+        return t
+
+    for kind, src, dst, port, s_id, d_id, verdict, rule_id, count, f, la in session.execute(stmt):
+        yield ObservedFlow(kind, src, dst, port, endpoint(s_id, src), endpoint(d_id, dst),
+                           verdict, rule_id, 1, count, parse(f), parse(la))
+
+
+# --- answers from the pure results ---------------------------------------------------------
+
+
+def _evidence(e: Any) -> Evidence:
+    return Evidence(flows=e.flows, connections=e.count, first_seen=e.first_seen,
+                    last_seen=e.last_seen, edges=list(e.edges))
+
+
+def _verdict(o: Outcome) -> Verdict:
+    return Verdict(effect=o.effect, matched=o.matched, rule_id=o.rule_id, rule_name=o.rule_name,
+                   label=o.label)
+
+
+def _edge(e: EdgeChange) -> ChangedEdge:
+    return ChangedEdge(kind="host" if e.kind == "host" else "container", src=e.src, dst=e.dst,
+                       port=e.port, before=_verdict(e.before), after=_verdict(e.after),
+                       recorded=e.recorded, flows=e.flows, connections=e.count,
+                       first_seen=e.first_seen, last_seen=e.last_seen)
+
+
+def impact_result(impact: Impact, since: datetime, until: datetime) -> SimulateResult:
+    return SimulateResult(
+        since=since, until=until, flows=impact.flows, connections=impact.count,
+        changed_flows=impact.changed_flows, changed_connections=impact.changed_count,
+        transitions=impact.transitions, edges=[_edge(e) for e in impact.edges[:MAX_EDGES]],
+        edges_total=len(impact.edges),
+        rules=[RuleImpact(kind="host" if r.kind == "host" else "container", rule_id=r.rule_id,
+                          rule_name=r.rule_name, effect=r.effect, flows=r.flows,
+                          connections=r.count, transitions=r.transitions)
+               for r in impact.rules])
+
+
+def _body(p: Proposal, current: Policy, request: ProposalRequest) -> dict[str, Any]:
+    """The stored part of a proposal (JSON)."""
+    scope = {k: v for k, v in (("namespace", request.namespace), ("host", request.host),
+                               ("images", request.images)) if v}
+    return {
+        "scope": scope, "labelKey": request.label_key,
+        "policy": p.policy.model_dump(mode="json", by_alias=True),
+        "diff": diff(current, p.policy),
+        "proposed": [ProposedRule(kind="host" if r.kind is RuleKind.HOST else "container",
+                                  rule=r.rule, replaces=r.replaces, src_basis=r.src_basis,
+                                  dst_basis=r.dst_basis, evidence=_evidence(r.evidence)
+                                  ).model_dump(mode="json", by_alias=True) for r in p.rules],
+        "objects": [ProposedObject(name=o.name, kind=o.kind.value, new=o.new, basis=o.basis
+                                   ).model_dump(mode="json", by_alias=True) for o in p.objects],
+        "covered": [CoveredRule(kind="host" if c.kind is RuleKind.HOST else "container",
+                                rule_id=c.rule_id, rule_name=c.rule_name, effect=c.effect,
+                                evidence=_evidence(c.evidence)
+                                ).model_dump(mode="json", by_alias=True) for c in p.covered],
+        "skipped": p.skipped, "unallowed": p.unallowed, "learntFlows": p.learnt_flows,
+    }
+
+
+def _summary(row: ProposalRow) -> ProposalSummary:
+    return ProposalSummary(id=row.id, created=row.created, actor=row.actor, since=row.since,
+                           until=row.until, base_revision=row.base_revision,
+                           applied_revision=row.applied_revision,
+                           rules=len(row.body.get("proposed", [])),
+                           learnt_flows=int(row.body.get("learntFlows", 0)))
+
+
+def _out(row: ProposalRow) -> ProposalOut:
+    data = {**_summary(row).model_dump(by_alias=True), **row.body}
+    data.pop("learntFlows", None)
+    return ProposalOut.model_validate({**data, "learntFlows": row.body.get("learntFlows", 0)})
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+class LearningService:
+    def __init__(self, session: Session, policy: PolicyService) -> None:
+        self.session = session
+        self.policies = policy
+
+    def propose(self, request: ProposalRequest) -> ProposalOut:
+        since, until = _window(request, self.policies.now())
+        current = self.policies.policy()
+        self.session.rollback()  # no read snapshot held through the long read below
+        scope = Scope(namespace=request.namespace, host=request.host,
+                      images=tuple(request.images))
+        flows = observed_flows(self.session, since, until)
+        if scope != Scope():
+            flows = (f for f in flows if scope.admits(f))
+        proposal = learn(current, flows, LearnOptions(label_key=request.label_key,
+                                                      default_effect=request.default_effect))
+        row = ProposalRow(created=self.policies.now(), actor=self.policies.actor, since=since,
+                          until=until, base_revision=current.revision, applied_revision=None,
+                          body=_body(proposal, current, request))
+        try:
+            self.session.add(row)
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            raise
+        return _out(row)
+
+    def _row(self, proposal_id: int) -> ProposalRow:
+        row = self.session.get(ProposalRow, proposal_id)
+        if row is None:
+            raise NotFound(f"no proposal with id {proposal_id}")
+        return row
+
+    def get(self, proposal_id: int) -> ProposalOut:
+        return _out(self._row(proposal_id))
+
+    def page(self, limit: int, offset: int) -> ProposalPage:
+        total = self.session.scalar(select(func.count(ProposalRow.id))) or 0
+        rows = self.session.scalars(select(ProposalRow).order_by(ProposalRow.id.desc())
+                                    .limit(limit).offset(offset))
+        return ProposalPage(total=total, limit=limit, offset=offset,
+                            items=[_summary(r) for r in rows])
+
+    def apply(self, proposal_id: int, request: ApplyRequest) -> Applied:
+        """The chosen proposed rules (all by default) and the objects they use,
+        into the policy as one change (one revision); refused (409) when the
+        policy changed since the proposal was learnt."""
+        row = self._row(proposal_id)
+        out = _out(row)
+        proposed = {(r.kind, r.rule.id): r for r in out.proposed}
+        wanted = (list(proposed) if request.rules is None
+                  else [(ref.kind, ref.id) for ref in request.rules])
+        missing = [FieldError(f"rules[{i}]", f"proposal {proposal_id} proposes no {k} rule "
+                                             f"with id {rid}")
+                   for i, (k, rid) in enumerate(wanted) if (k, rid) not in proposed]
+        if missing:
+            raise InvalidInput(missing)
+        current = self.policies.policy()
+        if current.revision != row.base_revision:
+            raise Conflict(f"the policy changed since proposal {proposal_id} was learnt "
+                           f"(revision {row.base_revision}, now {current.revision}): "
+                           "learn again")
+        chosen = [proposed[k] for k in dict.fromkeys(wanted)]
+        new_objects = {o.name: o for o in out.policy.objects
+                       if current.object(o.name) is None}
+        used = {n for r in chosen for n in (r.rule.src, r.rule.dst)}
+        objects = [*current.objects, *(o for n, o in new_objects.items() if n in used)]
+        lists = {"container": list(current.container_rules), "host": list(current.host_rules)}
+        for r in chosen:
+            rules = lists[r.kind]
+            at = next((i for i, old in enumerate(rules) if old.id == r.rule.id), None)
+            if r.replaces is not None and at is not None:
+                rules[at] = r.rule
+            elif at is None:
+                rules.append(r.rule)
+            else:
+                raise Conflict(f"{r.kind} rule {r.rule.id} exists: learn again")
+        effect = request.default_effect or out.policy.default_effect
+        new = current.model_copy(update={
+            "objects": tuple(objects), "container_rules": tuple(lists["container"]),
+            "host_rules": tuple(lists["host"]), "default_effect": effect})
+        summary = diff(current, new)
+        stored = self.policies.replace(new, action="policy.learn.apply",
+                                       expected_revision=row.base_revision)
+        row = self._row(proposal_id)
+        row.applied_revision = stored.revision
+        self.session.commit()
+        return Applied(proposal=proposal_id, revision=stored.revision, rules=len(chosen),
+                       objects=len([n for n in new_objects if n in used]), diff=summary)
+
+    def draft(self, request: SimulateRequest, current: Policy) -> Policy:
+        if request.policy is not None:
+            return request.policy
+        if request.proposal is not None:
+            return self.get(request.proposal).policy
+        assert request.changes is not None
+        return apply_changes(current, request.changes)
+
+    def simulate(self, request: SimulateRequest) -> SimulateResult:
+        since, until = _window(request, self.policies.now())
+        current = self.policies.policy()
+        draft = self.draft(request, current)
+        self.session.rollback()
+        impact = simulate(current, draft, observed_flows(self.session, since, until))
+        return impact_result(impact, since, until)
+
+
+def apply_changes(current: Policy, changes: RuleChanges) -> Policy:
+    """``current`` with ``changes``: objects replaced by name or added, rules
+    replaced by id in place or added at the end, rules removed, the default
+    effect set. A removed rule that does not exist is an error naming it."""
+    objects = {o.name: o for o in current.objects}
+    for obj in changes.objects:
+        objects[obj.name] = obj
+    lists: dict[str, list[Rule]] = {"container": list(current.container_rules),
+                                    "host": list(current.host_rules)}
+    errors: list[FieldError] = []
+    for i, ref in enumerate(changes.remove_rules):
+        rules = lists[ref.kind]
+        keep = [r for r in rules if r.id != ref.id]
+        if len(keep) == len(rules):
+            errors.append(FieldError(f"changes.removeRules[{i}]",
+                                     f"there is no {ref.kind} rule with id {ref.id}"))
+        lists[ref.kind] = keep
+    if errors:
+        raise InvalidInput(errors)
+    for kind, new_rules in (("container", changes.container_rules),
+                            ("host", changes.host_rules)):
+        rules = lists[kind]
+        for rule in new_rules:
+            at = next((i for i, r in enumerate(rules) if r.id == rule.id), None)
+            if at is None:
+                rules.append(rule)
+            else:
+                rules[at] = rule
+    update: dict[str, Any] = {"objects": tuple(objects.values()),
+                              "container_rules": tuple(lists["container"]),
+                              "host_rules": tuple(lists["host"])}
+    if changes.default_effect is not None:
+        update["default_effect"] = changes.default_effect
+    return current.model_copy(update=update)
