@@ -22,7 +22,7 @@ PUBLIC = {
 }
 # A value for every path parameter; a route with a new one fails until added here.
 PATH_VALUES = {"name": "no-such-thing", "kind": "container", "rule_id": "1", "token_id": "999",
-               "defender_id": "no-such-defender"}
+               "defender_id": "no-such-defender", "proposal_id": "999"}
 EXPECTED = {
     Permission.READ: {Role.ADMIN, Role.OPERATOR, Role.AUDITOR},
     Permission.POLICY: {Role.ADMIN, Role.OPERATOR},

@@ -1,0 +1,223 @@
+"""Learning and simulation through the API, on SQLite and PostgreSQL: flows
+reported by an enrolled Defender (the real ingestion path, identities
+recorded), proposals learnt, read, applied as one revision; drafts simulated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from consoletest import ApiClient, Console
+
+from cnnf.console.security import Role
+from cnnf.model import Effect, RuleKind
+from cnnf.model.records import EndpointInfo, FlowRecord, ReportBatch
+
+API = "/api/v1"
+T0 = 1_767_322_800.0  # 2026-01-02 03:00:00 UTC, an hour before the console's clock
+
+
+def ep(app: str, ns: str, address: str, host: str = "node-1", **labels: str) -> EndpointInfo:
+    return EndpointInfo(kind="container", address=address, image=f"shop/{app}:1.0",
+                        container=app, namespace=ns, host=host,
+                        labels={"app": app, **labels})
+
+
+FRONTEND = ep("frontend", "shop-web", "10.64.1.2")
+API_EP = ep("api", "shop-web", "10.64.1.3")
+DB = ep("db", "shop-data", "10.64.2.5", host="node-2")
+CACHE = ep("cache", "shop-data", "10.64.1.4")
+PARTNER = EndpointInfo(kind="address", address="203.0.113.20", domain="api.partner.example")
+
+
+def observed(src: EndpointInfo, dst: EndpointInfo, port: int, count: int) -> FlowRecord:
+    return FlowRecord(src=src, dst=dst, port=port, effect=Effect.ALLOW, matched=False,
+                      count=count, first_seen=T0, last_seen=T0 + 60, reporter="node-1")
+
+
+SHOP = [observed(FRONTEND, API_EP, 8080, 120), observed(API_EP, DB, 5432, 240),
+        observed(API_EP, CACHE, 6379, 200), observed(API_EP, PARTNER, 443, 30)]
+
+
+def report(console: Console, admin: ApiClient, flows: list[FlowRecord], batch: str = "b1") -> None:
+    token = admin.post(f"{API}/defenders/enrollment-tokens", json={}).json()["token"]
+    r = console.client().post(f"{API}/defenders/enroll", json={
+        "enrollment_token": token, "hostname": "node-1", "version": "0.1.0"})
+    defender = console.client(r.json()["credential"])
+    r = defender.post(f"{API}/defender/reports",
+                      content=ReportBatch(batch_id=batch, flows=flows).model_dump_json(),
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def learn(admin: ApiClient, **body: Any) -> dict[str, Any]:
+    r = admin.post(f"{API}/policy/proposals", json=body)
+    assert r.status_code == 201, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+def test_learn_review_apply_with_default_prevent(console: Console, admin: ApiClient) -> None:
+    report(console, admin, SHOP)
+    p = learn(admin, defaultEffect="prevent")
+    assert p["baseRevision"] == 0 and p["appliedRevision"] is None
+    assert p["learntFlows"] == 4 and p["unallowed"] == 0 and p["skipped"] == {}
+    rules = {(r["rule"]["src"], r["rule"]["dst"]): r for r in p["proposed"]}
+    assert set(rules) == {("shop-web:app=frontend", "shop-web:app=api"),
+                          ("shop-web:app=api", "shop-data:app=db"),
+                          ("shop-web:app=api", "shop-data:app=cache"),
+                          ("shop-web:app=api", "dns=api.partner.example")}
+    api_db = rules[("shop-web:app=api", "shop-data:app=db")]
+    assert api_db["rule"]["ports"] == [5432] and api_db["kind"] == "container"
+    assert api_db["srcBasis"] == "label app=api in shop-web"
+    assert api_db["evidence"] == {
+        "flows": 1, "connections": 240, "firstSeen": "2026-01-02T03:00:00Z",
+        "lastSeen": "2026-01-02T03:01:00Z",
+        "edges": ["image:shop/api:1.0 -> image:shop/db:1.0:5432"]}
+    assert p["diff"]["settings"] == {"defaultEffect": {"before": "allow", "after": "prevent"}}
+    assert len(p["diff"]["containerRules"]["added"]) == 4
+    assert p["policy"]["defaultEffect"] == "prevent"
+    # Listed and read back as stored.
+    page = admin.get(f"{API}/policy/proposals").json()
+    assert page["total"] == 1 and page["items"][0]["rules"] == 4
+    assert admin.get(f"{API}/policy/proposals/{p['id']}").json() == p
+    # Nothing changed yet: the policy is still empty.
+    assert admin.get(f"{API}/policy").json()["containerRules"] == []
+
+    # Tick three of four, apply: one change, one revision.
+    keep = [{"kind": r["kind"], "id": r["rule"]["id"]} for r in p["proposed"]
+            if r["rule"]["dst"] != "dns=api.partner.example"]
+    r = admin.post(f"{API}/policy/proposals/{p['id']}/apply", json={"rules": keep})
+    assert r.status_code == 200, r.text
+    assert r.json()["revision"] == 1 and r.json()["rules"] == 3 and r.json()["objects"] == 4
+    policy = admin.get(f"{API}/policy").json()
+    assert policy["revision"] == 1 and policy["defaultEffect"] == "prevent"
+    assert len(policy["containerRules"]) == 3
+    assert "dns=api.partner.example" not in {o["name"] for o in policy["objects"]}
+    changes = admin.get(f"{API}/changes").json()["items"]
+    assert [c["action"] for c in changes] == ["policy.learn.apply"]
+    assert admin.get(f"{API}/policy/proposals/{p['id']}").json()["appliedRevision"] == 1
+    # Applying again: the policy moved on since it was learnt.
+    r = admin.post(f"{API}/policy/proposals/{p['id']}/apply", json={})
+    assert r.status_code == 409 and "learn again" in r.json()["detail"]
+
+    # The applied policy, simulated over the window: only the unticked flow changes.
+    r = admin.post(f"{API}/policy/simulate", json={"changes": {}})
+    assert r.status_code == 200, r.text
+    assert r.json()["changedFlows"] == 0
+    # Learning again covers what the applied rules decide; the partner is still new.
+    again = learn(admin)
+    assert sorted((c["ruleId"], c["ruleName"], c["evidence"]["flows"]) for c in again["covered"]
+                  ) == sorted((rule["id"], rule["name"], 1) for rule in policy["containerRules"])
+    assert [r["rule"]["dst"] for r in again["proposed"]] == ["dns=api.partner.example"]
+
+
+def test_simulate_reports_exactly_the_flows_a_draft_changes(console: Console,
+                                                           admin: ApiClient) -> None:
+    report(console, admin, SHOP)
+    p = learn(admin)
+    applied = admin.post(f"{API}/policy/proposals/{p['id']}/apply", json={})
+    assert applied.status_code == 200, applied.text
+    current = admin.get(f"{API}/policy").json()
+    # Identical draft: nothing.
+    same = admin.post(f"{API}/policy/simulate", json={"policy": current}).json()
+    assert (same["flows"], same["connections"], same["changedFlows"], same["edges"]) == (
+        4, 590, 0, [])
+    # A draft that prevents api -> db, placed first: exactly that flow.
+    api_db = next(r for r in current["containerRules"] if r["dst"] == "shop-data:app=db")
+    draft = {"changes": {"containerRules": [{**api_db, "effect": "prevent"}]}}
+    out = admin.post(f"{API}/policy/simulate", json=draft).json()
+    assert out["transitions"] == {"allow -> prevent": 1}
+    [edge] = out["edges"]
+    assert (edge["src"], edge["dst"], edge["port"], edge["connections"]) == (
+        "image:shop/api:1.0", "image:shop/db:1.0", 5432, 240)
+    assert edge["before"]["label"] == "allow" and edge["after"]["label"] == "prevent"
+    assert edge["after"]["ruleId"] == api_db["id"] and edge["recorded"] == "observed"
+    assert out["rules"] == [{"kind": "container", "ruleId": api_db["id"],
+                             "ruleName": api_db["name"], "effect": "prevent", "flows": 1,
+                             "connections": 240, "transitions": {"allow -> prevent": 1}}]
+    # The default to prevent with one rule removed: the removed rule's flows only.
+    cache = next(r for r in current["containerRules"] if r["dst"] == "shop-data:app=cache")
+    out = admin.post(f"{API}/policy/simulate", json={"changes": {
+        "removeRules": [{"kind": "container", "id": cache["id"]}],
+        "defaultEffect": "prevent"}}).json()
+    assert out["transitions"] == {"allow -> unmatched (prevent)": 1}
+    # A stored proposal as the draft; a window with no flows.
+    out = admin.post(f"{API}/policy/simulate", json={"proposal": p["id"]}).json()
+    assert out["changedFlows"] == 0
+    out = admin.post(f"{API}/policy/simulate", json={
+        "policy": {**current, "defaultEffect": "prevent", "containerRules": []},
+        "since": "2026-01-02T03:02:00Z"}).json()
+    assert (out["flows"], out["changedFlows"]) == (0, 0)
+
+
+BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
+    ("post", "/policy/simulate", {}, 422, "give exactly one draft"),
+    ("post", "/policy/simulate", {"policy": {}, "proposal": 1}, 422, "got policy, proposal"),
+    ("post", "/policy/simulate", {"proposal": 99}, 404, "no proposal with id 99"),
+    ("post", "/policy/simulate", {"changes": {"containerRules": [
+        {"id": 1, "name": "x", "src": "nope", "dst": "nope"}]}}, 422, "nope"),
+    ("post", "/policy/simulate", {"changes": {"removeRules": [{"kind": "host", "id": 3}]}},
+     422, "there is no host rule with id 3"),
+    ("post", "/policy/simulate", {"changes": {}, "since": "2026-01-02T04:00:00Z",
+                                  "until": "2026-01-02T03:00:00Z"}, 422, "is not before until"),
+    ("post", "/policy/proposals", {"labelKey": "a=b"}, 422, "labelKey"),
+    ("post", "/policy/proposals", {"images": ["shop/[api"]}, 422, "'[' without ']'"),
+    ("post", "/policy/proposals", {"defaultEffect": "block"}, 422, "defaultEffect"),
+    ("post", "/policy/proposals", {"since": "2026-01-02T05:00:00Z"}, 422, "is not before until"),
+    ("get", "/policy/proposals/7", {}, 404, "no proposal with id 7"),
+    ("post", "/policy/proposals/7/apply", {}, 404, "no proposal with id 7"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "says"), BAD,
+                         ids=[f"{b[1]}-{b[4]}" for b in BAD])
+def test_bad_input_is_refused_naming_it_and_changes_nothing(  # noqa: PLR0917
+        console: Console, admin: ApiClient, method: str, path: str, body: dict[str, Any],
+        status: int, says: str) -> None:
+    report(console, admin, SHOP)
+    kwargs: dict[str, Any] = {"json": body} if method == "post" else {}
+    r = admin.request(method.upper(), API + path, **kwargs)
+    assert r.status_code == status, r.text
+    assert says in r.text
+    assert admin.get(f"{API}/policy/proposals").json()["total"] == 0
+    assert admin.get(f"{API}/policy").json()["revision"] == 0
+
+
+def test_apply_refuses_rules_the_proposal_does_not_have(console: Console,
+                                                         admin: ApiClient) -> None:
+    report(console, admin, SHOP)
+    p = learn(admin)
+    r = admin.post(f"{API}/policy/proposals/{p['id']}/apply",
+                   json={"rules": [{"kind": "host", "id": 1}]})
+    assert r.status_code == 422
+    says = f"proposal {p['id']} proposes no host rule with id 1"
+    assert r.json()["errors"] == [{"path": "rules[0]", "message": says}]
+    assert admin.get(f"{API}/policy").json()["revision"] == 0
+
+
+def test_roles(console: Console, admin: ApiClient) -> None:
+    report(console, admin, SHOP)
+    p = learn(admin)
+    auditor, operator = console.as_role(Role.AUDITOR), console.as_role(Role.OPERATOR)
+    assert auditor.get(f"{API}/policy/proposals/{p['id']}").status_code == 200
+    assert auditor.get(f"{API}/policy/proposals").status_code == 200
+    assert auditor.post(f"{API}/policy/proposals", json={}).status_code == 403
+    assert auditor.post(f"{API}/policy/simulate", json={"changes": {}}).status_code == 403
+    assert auditor.post(f"{API}/policy/proposals/{p['id']}/apply", json={}).status_code == 403
+    assert operator.post(f"{API}/policy/simulate", json={"changes": {}}).status_code == 200
+    anonymous = console.client()
+    assert anonymous.post(f"{API}/policy/simulate", json={"changes": {}}).status_code == 401
+    assert anonymous.post(f"{API}/policy/simulate", content=b"[").status_code == 401
+    assert anonymous.get(f"{API}/policy/proposals").status_code == 401
+
+
+def test_scope_namespace_and_images(console: Console, admin: ApiClient) -> None:
+    report(console, admin, SHOP)
+    p = learn(admin, namespace="shop-data")
+    assert p["scope"] == {"namespace": "shop-data"}
+    assert sorted(r["rule"]["dst"] for r in p["proposed"]) == ["shop-data:app=cache",
+                                                               "shop-data:app=db"]
+    p = learn(admin, images=["shop/frontend*"])
+    assert [r["rule"]["src"] for r in p["proposed"]] == ["shop-web:app=frontend"]
+    assert RuleKind.CONTAINER.value == p["proposed"][0]["kind"]
