@@ -1,4 +1,5 @@
-"""``cnnf policy``: work with policy documents offline (no Console needed)."""
+"""``cnnf policy``: work with policy documents offline (no Console needed), and
+learn or simulate policy against a Console's stored flows."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from cnnf.commands import learning
 from cnnf.errors import CnnfError, PolicyValidationError
 from cnnf.model import ConnectionAttempt, Policy
 from cnnf.policy.document import (
@@ -25,7 +27,8 @@ from cnnf.policy.spec import parse_endpoint
 
 app = typer.Typer(
     name="policy",
-    help="Validate, lint, convert and explain policy documents (offline).",
+    help="Validate, lint, convert and explain policy documents (offline); learn a policy "
+         "from a Console's flows and simulate drafts against them.",
     no_args_is_help=True,
 )
 
@@ -63,6 +66,9 @@ def _report(exc: CnnfError) -> NoReturn:
 def _warn(items: list[str]) -> None:
     for item in items:
         typer.echo(f"warning: not mapped: {item}", err=True)
+
+
+warn_unmapped = _warn
 
 
 def _read_text(file: str) -> tuple[bytes, str]:
@@ -199,3 +205,7 @@ def explain(
 def schema() -> None:
     """Print the JSON Schema of the native policy document."""
     typer.echo(schema_text(), nl=False)
+
+
+app.command("learn")(learning.learn)
+app.command("simulate")(learning.simulate)
