@@ -20,10 +20,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from cnnf.model import ConnectionAttempt, Effect, Policy, Verdict
 from cnnf.policy.engine import compile_policy
 from cnnf.policy.observed import ObservedFlow
+
+
+class Evaluator(Protocol):
+    def evaluate(self, attempt: ConnectionAttempt) -> Verdict: ...
+
+
+def compiled(policy: Policy) -> Evaluator:
+    """The real engine, without a verdict cache (each flow is evaluated once)."""
+    return compile_policy(policy, verdict_cache=0)
 
 
 def in_force(policy: Policy) -> Policy:
@@ -108,12 +118,14 @@ def _later(a: datetime | None, b: datetime) -> datetime:
 
 
 def simulate(current: Policy, draft: Policy, flows: Iterable[ObservedFlow], *,
-             view: Callable[[Policy], Policy] = in_force) -> Impact:
+             view: Callable[[Policy], Policy] = in_force,
+             engine: Callable[[Policy], Evaluator] = compiled) -> Impact:
     """Evaluate ``flows`` under ``current`` and under ``draft`` (each as
-    ``view`` makes it enforced) and report the changed verdicts, grouped by
-    edge and by the draft's deciding rule, largest first."""
-    before_policy = compile_policy(view(current), verdict_cache=0)
-    after_policy = compile_policy(view(draft), verdict_cache=0)
+    ``view`` makes it enforced, each compiled by ``engine``) and report the
+    changed verdicts, grouped by edge and by the draft's deciding rule, largest
+    first."""
+    before_policy = engine(view(current))
+    after_policy = engine(view(draft))
     before_eval, after_eval = before_policy.evaluate, after_policy.evaluate
     outcomes: dict[Verdict, Outcome] = {}
     impact = Impact()

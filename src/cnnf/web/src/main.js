@@ -2,6 +2,7 @@
 import { api, ApiError, session } from "./api.js";
 import { clear, h } from "./dom.js";
 import { renderRadar } from "./radar.js";
+import { renderLearn } from "./learn.js";
 import { renderAudits, renderObjects, renderRules, renderSettings, renderTransfer } from "./policy.js";
 
 const main = document.getElementById("main");
@@ -15,6 +16,7 @@ const PAGES = {
   settings: renderSettings,
   transfer: renderTransfer,
   audits: renderAudits,
+  learn: renderLearn,
 };
 
 function route() {

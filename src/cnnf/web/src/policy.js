@@ -2,6 +2,7 @@
 // settings, import / export, audits.
 import { api, ApiError, download } from "./api.js";
 import { clear, fmtTime, h, showFieldErrors } from "./dom.js";
+import { impactPreview } from "./learn.js";
 
 const list = (value) => String(value || "").split(",").map((s) => s.trim()).filter(Boolean);
 const joined = (values) => (values || []).join(", ");
@@ -82,6 +83,7 @@ export async function renderRules(main, args, query) {
       h("option", { value: "" }, "choose…"),
       objects.filter((o) => kinds.includes(o.kind)).map((o) => h("option", { value: o.name, selected: o.name === current }, `${o.name} (${o.kind})`)));
     const formError = errorLine("rule-form-error");
+    const impact = h("div", { id: "rule-impact" });
     const form = h("form", { id: "rule-form", class: "card stack" },
       h("h2", {}, r ? `Edit rule #${r.id}` : `New ${kind} rule`),
       h("label", {}, "Name", h("input", { name: "name", value: r?.name || "" })),
@@ -94,14 +96,23 @@ export async function renderRules(main, args, query) {
       h("label", {}, "Owner", h("input", { name: "owner", value: r?.owner || "" })),
       h("div", { class: "buttons" },
         h("button", { type: "submit" }, "Save"),
+        h("button", { type: "button", class: "secondary", id: "rule-preview", onclick: () => {
+          // Before it is saved: the rule in place (or at the end) over the last 24 h.
+          const id = r ? r.id : Math.max(0, ...rules.map((x) => x.id)) + 1;
+          const rule = { ...draft(), id, name: draft().name || `new rule ${id}` };
+          clear(impact).append(impactPreview({ changes: { [`${kind}Rules`]: [rule] } }));
+        } }, "Preview impact"),
         h("button", { type: "button", class: "secondary", onclick: () => clear(editor) }, "Cancel")),
-      formError);
-    form.addEventListener("submit", async (e) => {
-      e.preventDefault();
+      formError, impact);
+    function draft() {
       const d = new FormData(form);
-      const body = { name: d.get("name"), src: d.get("src"), dst: d.get("dst"),
+      return { name: d.get("name"), src: d.get("src"), dst: d.get("dst"),
         ports: list(d.get("ports")).map((p) => (/^\d+$/.test(p) ? Number(p) : p)),
         effect: d.get("effect"), disabled: d.get("disabled") === "on", notes: d.get("notes"), owner: d.get("owner") };
+    }
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const body = draft();
       try {
         if (r) await api("PUT", `/rules/${kind}/${r.id}`, { body: { ...body, id: r.id } });
         else await api("POST", `/rules/${kind}`, { body });
