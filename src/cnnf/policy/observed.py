@@ -115,15 +115,19 @@ class EndpointCache:
     """Identity texts repeat (a few hundred workloads over a million flows):
     each is parsed once."""
 
-    __slots__ = ("_seen",)
+    __slots__ = ("_keys", "_texts")
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], Endpoint] = {}
+        self._texts: dict[str, Endpoint] = {}
+        self._keys: dict[str, Endpoint] = {}
 
     def __call__(self, text: str, key: str) -> Endpoint:
-        found = self._seen.get((text, key))
+        # A text stands for itself (it holds everything the key says); only
+        # flows without one are read from their key.
+        seen = self._texts if text else self._keys
+        found = seen.get(text or key)
         if found is None:
-            found = self._seen[(text, key)] = endpoint_of(text, key)
+            found = seen[text or key] = endpoint_of(text, key)
         return found
 
 
