@@ -202,8 +202,8 @@ def print_impact(out: dict[str, Any]) -> None:
     for r in out["rules"]:
         name = (f"{r['kind']} rule {r['ruleId']} {r['ruleName']!r}" if r["ruleId"] is not None
                 else f"default effect ({r['kind']})")
-        typer.echo(f"  {name} -> {r['effect']}: {r['flows']:,} flows, "
-                   f"{r['connections']:,} connections")
+        typer.echo(f"  {name} -> {r['effect']}: {r['flows']:,} "
+                   f"flow{'s' if r['flows'] != 1 else ''}, {r['connections']:,} connections")
 
 
 def simulate(
