@@ -114,3 +114,41 @@ def hold(label: str, case: Any) -> None:
             original(body)
     elif label == "PUT /api/v1/policies/firewall/network":
         original(body)
+    elif label in ("POST /api/v1/policy/simulate", "POST /api/v1/policy/proposals"):
+        window(body)
+        if label.endswith("simulate"):
+            draft(body)
+
+
+def window(body: dict[str, Any]) -> None:
+    """``since`` before ``until`` (RFC 3339 texts; compared as times)."""
+    from datetime import datetime
+
+    since, until = body.get("since"), body.get("until")
+    if isinstance(since, str) and isinstance(until, str):
+        try:
+            a, b = datetime.fromisoformat(since), datetime.fromisoformat(until)
+        except ValueError:
+            return
+        if a > b:
+            body["since"], body["until"] = until, since
+        elif a == b:
+            del body["until"]
+
+
+def draft(body: dict[str, Any]) -> None:
+    """Exactly one draft; a whole one keeps the document rules; changes name
+    the objects they bring."""
+    kept = next((k for k in ("policy", "changes", "proposal") if body.get(k) is not None),
+                "changes")
+    for k in ("policy", "changes", "proposal"):
+        if k != kept:
+            body.pop(k, None)
+    if kept == "changes":
+        if not isinstance(body.get("changes"), dict):
+            body["changes"] = {}
+        changes = body["changes"]
+        changes.pop("removeRules", None)  # the stored policy's rules are not known here
+        native(changes)
+    elif kept == "policy":
+        native(body["policy"])

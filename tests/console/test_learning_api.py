@@ -156,9 +156,11 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("post", "/policy/simulate", {"policy": {}, "proposal": 1}, 422, "got policy, proposal"),
     ("post", "/policy/simulate", {"proposal": 99}, 404, "no proposal with id 99"),
     ("post", "/policy/simulate", {"changes": {"containerRules": [
+        {"id": 1, "name": "x", "src": "nope", "dst": "nope"}]}}, 409, "nope"),
+    ("post", "/policy/simulate", {"policy": {"containerRules": [
         {"id": 1, "name": "x", "src": "nope", "dst": "nope"}]}}, 422, "nope"),
     ("post", "/policy/simulate", {"changes": {"removeRules": [{"kind": "host", "id": 3}]}},
-     422, "there is no host rule with id 3"),
+     409, "there is no host rule with id 3"),
     ("post", "/policy/simulate", {"changes": {}, "since": "2026-01-02T04:00:00Z",
                                   "until": "2026-01-02T03:00:00Z"}, 422, "is not before until"),
     ("post", "/policy/proposals", {"labelKey": "a=b"}, 422, "labelKey"),
@@ -190,7 +192,7 @@ def test_apply_refuses_rules_the_proposal_does_not_have(console: Console,
     p = learn(admin)
     r = admin.post(f"{API}/policy/proposals/{p['id']}/apply",
                    json={"rules": [{"kind": "host", "id": 1}]})
-    assert r.status_code == 422
+    assert r.status_code == 409
     says = f"proposal {p['id']} proposes no host rule with id 1"
     assert r.json()["errors"] == [{"path": "rules[0]", "message": says}]
     assert admin.get(f"{API}/policy").json()["revision"] == 0

@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session
 from cnnf.console.services.errors import Conflict, InvalidInput, NotFound
 from cnnf.console.services.policy import PolicyService, diff
 from cnnf.console.store.models import FlowRow, ProposalRow
-from cnnf.errors import FieldError
+from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import Effect, NetworkObject, Policy, Rule, RuleKind
-from cnnf.model.objects import check_glob
+from cnnf.model.objects import WS, GlobList, check_glob
 from cnnf.model.rule import PolicyModel
+from cnnf.policy.engine import compile_policy
 from cnnf.policy.learn import LearnOptions, Proposal, Scope, learn
 from cnnf.policy.observed import EndpointCache, ObservedFlow
 from cnnf.policy.simulate import EdgeChange, Impact, Outcome, simulate
@@ -57,9 +58,9 @@ class ProposalRequest(Window):
         "only flows with an end in this namespace"))] = None
     host: Annotated[str | None, Field(min_length=1, max_length=300, description=(
         "only flows with an end on this host"))] = None
-    images: Annotated[list[str], Field(max_length=100, description=(
-        "only flows with an end of an image matching one of these globs"))] = []
-    label_key: Annotated[str, Field(max_length=200, pattern=r"^[^\s=*?\[\]]*$", description=(
+    images: Annotated[GlobList, Field(max_length=100, description=(
+        "only flows with an end of an image matching one of these globs"))] = ()
+    label_key: Annotated[str, Field(max_length=200, pattern=rf"^[^{WS}=*?\[\]]*$", description=(
         "the stable label that names a workload (objects by this label when a workload "
         "carries it, else by namespace and image); empty: always by image"))] = "app"
     default_effect: Annotated[Effect | None, Field(description=(
@@ -68,7 +69,7 @@ class ProposalRequest(Window):
 
     @field_validator("images")
     @classmethod
-    def _globs(cls, images: list[str]) -> list[str]:
+    def _globs(cls, images: tuple[str, ...]) -> tuple[str, ...]:
         for image in images:
             check_glob(image)
         return images
@@ -418,7 +419,7 @@ class LearningService:
                                              f"with id {rid}")
                    for i, (k, rid) in enumerate(wanted) if (k, rid) not in proposed]
         if missing:
-            raise InvalidInput(missing)
+            raise Conflict("; ".join(str(e) for e in missing), missing)
         current = self.policies.policy()
         if current.revision != row.base_revision:
             raise Conflict(f"the policy changed since proposal {proposal_id} was learnt "
@@ -465,6 +466,16 @@ class LearningService:
         current = self.policies.policy()
         draft = self.draft(request, current)
         self.session.rollback()
+        try:
+            compile_policy(draft, verdict_cache=0)
+        except PolicyValidationError as exc:
+            if request.changes is None:
+                raise  # a whole draft that is no valid policy: 422
+            # Changes that do not fit the stored policy (a rule naming an object
+            # it lacks, a name it already has): a conflict with it, named.
+            errors = [FieldError(f"changes: {e.path}", e.message) for e in exc.errors]
+            raise Conflict("the changes do not fit the current policy: "
+                           + "; ".join(str(e) for e in errors), errors) from None
         impact = simulate(current, draft, observed_flows(self.session, since, until))
         return impact_result(impact, since, until)
 
@@ -487,7 +498,7 @@ def apply_changes(current: Policy, changes: RuleChanges) -> Policy:
                                      f"there is no {ref.kind} rule with id {ref.id}"))
         lists[ref.kind] = keep
     if errors:
-        raise InvalidInput(errors)
+        raise Conflict("; ".join(str(e) for e in errors), errors)
     for kind, new_rules in (("container", changes.container_rules),
                             ("host", changes.host_rules)):
         rules = lists[kind]
