@@ -1,12 +1,14 @@
 """Audit forwarding against real loopback listeners: syslog (RFC 5424) over UDP and
-TCP, a webhook that fails twice before it succeeds, a full queue that drops
-instead of blocking, and audits stored through the Defender endpoint arriving
-at syslog."""
+TCP, a webhook that fails twice before it succeeds, a sink down for long whose
+audits wait in the store's outbox and all arrive once it is back, retention
+pruning an undelivered backlog (counted and logged), and audits stored through
+the Defender endpoint arriving at syslog with their stable ids."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import socket
 import threading
@@ -19,21 +21,24 @@ from typing import Any
 
 import pytest
 from consoletest import Clock, Console
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
 from cnnf.console.app import create_app
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.security import Role
 from cnnf.console.services.forwarding import (
-    QUEUE_BATCHES,
     Forwarder,
     SyslogSink,
     WebhookSink,
+    backlog,
     parse_syslog_url,
     syslog_message,
     webhook_name,
 )
-from cnnf.console.services.records import AuditRecord
-from cnnf.console.store.db import connect
+from cnnf.console.services.records import AuditRecord, AuditService, StoredAudit
+from cnnf.console.store.db import connect, migrate
+from cnnf.console.store.models import AuditRow
 from cnnf.errors import CnnfError
 from cnnf.model import Effect
 
@@ -58,6 +63,10 @@ def record(i: int = 1, blocked: bool = True, msg: str = "blocked connection") ->
         rule_name='db "only"]', src_image="shop/api", dst_image="shop/db",
         src_hostname="node-1", dst_hostname="node-2", port=5432, msg=msg, count=i,
         defender="node 1")
+
+
+def stored(audit_id: int, i: int = 1, **kw: Any) -> StoredAudit:
+    return StoredAudit(id=audit_id, **record(i, **kw).model_dump(by_alias=False))
 
 
 def test_rfc5424_message_fields_and_escaping() -> None:
@@ -90,13 +99,13 @@ def test_syslog_over_udp() -> None:
         server.bind(("127.0.0.1", 0))
         server.settimeout(10)
         port = server.getsockname()[1]
-        forwarder = Forwarder([SyslogSink(f"udp://127.0.0.1:{port}")])
-        forwarder.submit([record(1), record(2)])
+        sink = SyslogSink(f"udp://127.0.0.1:{port}")
+        sink.send([stored(7, 1), stored(8, 2)])
         got = [server.recv(65535).decode() for _ in range(2)]
-        forwarder.close()
+        sink.close()
     assert all(RFC5424.match(g) for g in got), got
     assert 'count="1"' in got[0] and 'count="2"' in got[1]
-    assert forwarder.stats[f"syslog:udp://127.0.0.1:{port}"].sent == 2
+    assert '[cnnf@32473 id="7" ' in got[0] and '[cnnf@32473 id="8" ' in got[1]
 
 
 def _read_octet_counted(conn: socket.socket, n: int) -> list[str]:
@@ -121,14 +130,14 @@ def test_syslog_over_tcp_with_octet_counting() -> None:
         server.listen()
         server.settimeout(10)
         port = server.getsockname()[1]
-        forwarder = Forwarder([SyslogSink(f"tcp://127.0.0.1:{port}")])
-        forwarder.submit([record(1, msg="first\nline two")])
-        forwarder.submit([record(2)])
+        sink = SyslogSink(f"tcp://127.0.0.1:{port}")
+        sink.send([stored(1, 1, msg="first\nline two")])
+        sink.send([stored(2, 2)])
         conn, _ = server.accept()
         with conn:
             conn.settimeout(10)
             messages = _read_octet_counted(conn, 2)
-        forwarder.close()
+        sink.close()
     assert [RFC5424.match(m) is not None for m in messages] == [True, True]
     assert messages[0].endswith("first\nline two")  # framing keeps newlines inside
 
@@ -190,66 +199,120 @@ def test_webhook_names_in_logs_and_metrics_hide_the_secret(url: str, shown: str,
     assert webhook_name(url + "2") != name  # two webhooks on one host stay apart
 
 
-def test_webhook_retries_with_backoff_until_it_succeeds(hook: _Hook) -> None:
-    sleeps: list[float] = []
+class Outbox:
+    """A real SQLite store with audits queued for sinks, and forwarders over it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.engine = connect(f"sqlite:///{tmp_path / 'outbox.db'}")
+        migrate(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.forwarders: list[Forwarder] = []
+
+    def store(self, sinks: tuple[str, ...], *records: AuditRecord) -> list[int]:
+        with self.sessions() as s:
+            AuditService(s).insert_many(records, forward_to=sinks)
+            return list(s.scalars(select(AuditRow.id).order_by(AuditRow.id.desc())
+                                  .limit(len(records))))[::-1]
+
+    def forwarder(self, *sinks: Any, **kw: Any) -> Forwarder:
+        f = Forwarder(list(sinks), self.sessions, **kw)
+        self.forwarders.append(f)
+        return f
+
+    def backlog(self) -> dict[str, int]:
+        with self.sessions() as s:
+            return {b.sink: b.audits for b in backlog(s)}
+
+    def close(self) -> None:
+        for f in self.forwarders:
+            f.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    o = Outbox(tmp_path)
+    try:
+        yield o
+    finally:
+        o.close()
+
+
+def test_webhook_retries_with_backoff_until_it_succeeds(hook: _Hook, outbox: Outbox) -> None:
     sink = WebhookSink(hook.url)
-    forwarder = Forwarder([sink], attempts=5, backoff=0.5, sleep=sleeps.append)
-    forwarder.submit([record(1), record(2)])
+    ids = outbox.store((sink.name,), record(1), record(2))
+    forwarder = outbox.forwarder(sink, backoff=0.05)
     assert poll(lambda: forwarder.stats[sink.name].sent == 2)
-    forwarder.close()
     assert len(hook.posts) == 3  # failed, failed, delivered
-    assert hook.posts[0] == hook.posts[2]
+    assert hook.posts[0] == hook.posts[2]  # the same audits with the same ids
+    assert [a["id"] for a in hook.posts[2]["audits"]] == ids
     assert [a["ruleId"] for a in hook.posts[2]["audits"]] == [1, 2]
     assert hook.posts[2]["source"] == "cnnf"
-    assert sleeps == [0.5, 1.0]  # exponential backoff
     stats = forwarder.stats[sink.name]
-    assert (stats.sent, stats.retries, stats.failed, stats.dropped) == (2, 2, 0, 0)
+    assert (stats.sent, stats.retries, stats.failed) == (2, 2, 4)
+    assert poll(lambda: outbox.backlog() == {})  # delivered rows leave the outbox
 
 
-def test_webhook_gives_up_after_the_attempts_and_counts_the_failure() -> None:
-    h = _Hook(failures=100)
+def test_a_sink_down_for_long_loses_nothing(outbox: Outbox) -> None:
+    """A webhook that fails every post (for as long as it is down) keeps its audits
+    in the outbox, while a healthy syslog sink gets them at once; once the webhook
+    answers again it gets every audit, each with its id, in order."""
+    h = _Hook(failures=10**9)
     try:
-        sink = WebhookSink(h.url)
-        forwarder = Forwarder([sink], attempts=3, sleep=lambda _: None)
-        forwarder.submit([record(1)])
-        assert poll(lambda: forwarder.stats[sink.name].failed == 1)
-        forwarder.close()
-        assert len(h.posts) == 3
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+            server.bind(("127.0.0.1", 0))
+            server.settimeout(10)
+            syslog = SyslogSink(f"udp://127.0.0.1:{server.getsockname()[1]}")
+            webhook = WebhookSink(h.url)
+            ids = outbox.store((syslog.name, webhook.name), *(record(i) for i in range(1, 8)))
+            forwarder = outbox.forwarder(syslog, webhook, batch=3, backoff=0.02,
+                                         max_backoff=0.1)
+            got = [server.recv(65535).decode() for _ in range(7)]
+            assert [int(re.search(r' id="(\d+)"', g).group(1))  # type: ignore[union-attr]
+                    for g in got] == ids
+            assert poll(lambda: len(h.posts) >= 5)  # tried again and again
+            assert outbox.backlog() == {webhook.name: 7}
+            h.failures = 0  # back up
+            assert poll(lambda: outbox.backlog() == {})
+            delivered = [a["id"] for post in h.posts[-3:] for a in post["audits"]]
+            assert delivered == ids  # batches of 3, 3 and 1, in id order
+            assert forwarder.stats[webhook.name].sent == 7
     finally:
         h.close()
 
 
-class _Stuck:
-    """A sink that blocks until released."""
+def test_retention_prunes_an_undelivered_backlog_counting_and_logging_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Bounded by retention: a sink down for longer than the retention period
+    loses the audits pruned, and says so (a metric and an error line)."""
+    from cnnf.console.app import prune_expired
 
-    name = "stuck"
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.started = threading.Event()
-        self.sent: list[int] = []
-
-    def send(self, audits: Any) -> None:
-        self.started.set()
-        self.release.wait(30)
-        self.sent.append(len(audits))
-
-    def close(self) -> None:
-        pass
-
-
-def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
-    sink = _Stuck()
-    forwarder = Forwarder([sink], queue_batches=2)
-    forwarder.submit([record(1)])  # taken by the worker, which is stuck in send()
-    assert sink.started.wait(10)
-    for _ in range(5):  # two fit in the queue, three are dropped; none of this blocks
-        forwarder.submit([record(1), record(2)])
-    assert forwarder.stats["stuck"].dropped == 6
-    sink.release.set()
-    assert poll(lambda: len(sink.sent) == 3)
-    forwarder.close()
-    assert forwarder.stats["stuck"].sent == 5
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    clock = Clock()
+    engine = connect(url)
+    config = ConsoleConfig(db_url=url, data_dir=tmp_path, retention_days=1,
+                           webhooks=("http://127.0.0.1:9/down",))
+    app = create_app(config, engine=engine, now=clock.now)
+    c = Console(app=app, engine=engine, clock=clock)
+    try:
+        name = webhook_name("http://127.0.0.1:9/down")
+        with c.session() as s:
+            AuditService(s).insert_many([record(1), record(2)], forward_to=(name,))
+        clock.advance(3 * 86400)
+        with caplog.at_level(logging.ERROR, logger="cnnf.console"):
+            pruned = prune_expired(app.state.console, app.state.link.metrics)
+        assert pruned is not None and pruned.audits == 2 and pruned.undelivered == {name: 2}
+        assert f"pruned 2 audits older than 1 days that {name} had not taken" in caplog.text
+        admin = c.client(c.add_user("admin-user", Role.ADMIN))
+        metrics = admin.get("/metrics").text
+        assert (f'cnnf_console_forward_pruned_undelivered_total{{sink="{name}"}} 2.0'
+                in metrics), metrics
+        assert f'cnnf_console_forward_backlog_audits{{sink="{name}"}} 0.0' in metrics
+    finally:
+        for client in c.clients:
+            client.close()
+        app.state.link.forwarder.close()
+        engine.dispose()
 
 
 @contextlib.contextmanager
@@ -293,6 +356,8 @@ def test_audits_stored_through_the_defender_endpoint_reach_syslog(tmp_path: Path
             m = RFC5424.match(server.recv(65535).decode())
             assert m, "not an RFC 5424 message"
             assert 'count="3"' in m.group(4) and m.group(3) == "node-1"
+            [stored_id] = [a["id"] for a in admin.get("/api/v1/audits").json()["items"]]
+            assert m.group(4).startswith(f'[cnnf@32473 id="{stored_id}" ')
             server.settimeout(0.3)
             with pytest.raises(TimeoutError):
                 server.recv(65535)
@@ -363,9 +428,8 @@ def test_pod_audits_reach_syslog_and_webhooks_naming_the_pods(tmp_path: Path) ->
 def test_a_dead_webhook_does_not_hold_up_report_ingestion(tmp_path: Path) -> None:
     """The README: a slow or dead target never holds up the Defenders' reports. A
     webhook that accepts connections and never answers; batches posted to the
-    Defender endpoint are all stored while it hangs, and what does not fit in
-    its queue is dropped and counted (a blocking path would store one batch and
-    then wait on the webhook)."""
+    Defender endpoint are all stored while it hangs, syslog gets every one, and
+    the webhook's share waits in the outbox (the backlog metric), none dropped."""
     import test_defenders as td
 
     from cnnf.model.records import ReportBatch
@@ -376,15 +440,21 @@ def test_a_dead_webhook_does_not_hold_up_report_ingestion(tmp_path: Path) -> Non
         hook = f"http://127.0.0.1:{dead.getsockname()[1]}/hook"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as syslog:
             syslog.bind(("127.0.0.1", 0))
+            syslog.settimeout(10)
             with _forwarding_console(tmp_path, syslog.getsockname()[1],
                                      webhooks=(hook,)) as (admin, defender):
-                n = QUEUE_BATCHES + 5
+                n = 40
                 for i in range(n):
                     batch = ReportBatch(batch_id=f"b-{i}", audits=[td.audit(port=1000 + i)])
                     r = td.post_batch(defender, batch)
                     assert r.status_code == 200 and not r.json()["duplicate"], r.text
                 assert admin.get("/api/v1/audits", params={"limit": 1}).json()["total"] == n
+                got = {syslog.recv(65535) for _ in range(n)}
+                assert len(got) == n
                 metrics = admin.get("/metrics").text
-                dropped = re.search(r'cnnf_console_forwarded_audits_total\{result="dropped",'
+                backlog = re.search(r'cnnf_console_forward_backlog_audits\{'
                                     r'sink="webhook:[^"]*"\} (\d+)', metrics)
-                assert dropped and int(dropped.group(1)) >= 4, metrics
+                assert backlog and int(backlog.group(1)) == n, metrics
+                assert re.search(r'cnnf_console_forward_backlog_audits\{sink="syslog:[^"]*"\} '
+                                 r'0\.0', metrics), metrics
+                assert 'cnnf_console_lease_held{lease="singleton"} 1.0' in metrics

@@ -44,7 +44,7 @@ from cnnf.model import (
 
 TABLES = {"settings", "network_objects", "rules", "changes", "users", "tokens", "audits",
           "flows", "overlays", "enrollment_tokens", "defenders", "inventory_state",
-          "report_batches", "proposals", "alembic_version"}
+          "report_batches", "proposals", "forward_outbox", "leases", "alembic_version"}
 
 
 def test_migrate_from_empty_database(db_url: str) -> None:

@@ -77,8 +77,9 @@ def policy_spec(rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
 class ConsoleProcess:
     """``cnnf console`` on a fixed loopback port; killed and restarted at will."""
 
-    def __init__(self, workdir: Path, db: str | None = None) -> None:
+    def __init__(self, workdir: Path, db: str | None = None, args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.args = args  # more options for ``cnnf console`` (--syslog, --webhook)
         self.db = db or str(workdir / "console.db")  # a SQLite path or a postgresql URL
         self.port = free_port()
         self.log = workdir / "console.log"
@@ -98,7 +99,7 @@ class ConsoleProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [CNNF, "console", "--listen", f"127.0.0.1:{self.port}", "--db", self.db,
-                 "--data-dir", str(self.workdir), "--log-level", "warning"],
+                 "--data-dir", str(self.workdir), "--log-level", "warning", *self.args],
                 stdout=log, stderr=subprocess.STDOUT)
 
         def up() -> bool:

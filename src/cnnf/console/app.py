@@ -52,10 +52,12 @@ from cnnf.console.services.errors import (
     NotFound,
     Unauthorized,
 )
-from cnnf.console.services.forwarding import Forwarder, build_sinks, stats_as_rows
+from cnnf.console.services.forwarding import Forwarder, backlog, build_sinks, stats_as_rows
+from cnnf.console.services.leases import SINGLETON, Lease
 from cnnf.console.services.policy import utcnow
 from cnnf.console.services.records import Pruned, prune
 from cnnf.console.store.db import connect, migrate
+from cnnf.console.store.feed import ChangeFeed, libpq_url
 from cnnf.console.store.models import ChangeRow
 from cnnf.console.ui import mount_ui
 from cnnf.errors import FieldError, PolicyValidationError
@@ -242,13 +244,19 @@ def _install_handlers(app: FastAPI) -> None:
         return _error(500, "unexpected failure; nothing was changed")
 
 
-def prune_expired(console: ConsoleState) -> Pruned | None:
+def prune_expired(console: ConsoleState, metrics: ConsoleMetrics | None = None) -> Pruned | None:
     """Apply the retention setting once; None when retention is off."""
     days = console.config.retention_days
     if days <= 0:
         return None
     with console.sessions() as session:
         pruned = prune(session, console.now() - timedelta(days=days))
+    for sink, count in pruned.undelivered.items():
+        log.error("retention: pruned %d audits older than %d days that %s had not taken "
+                  "(the sink was down or too slow for the whole retention period)",
+                  count, days, sink)
+        if metrics is not None:
+            metrics.pruned_undelivered.labels(sink).inc(count)
     with console.sessions() as session:
         DefenderService(session, console.now).prune_batches(
             console.now() - timedelta(days=days))
@@ -258,13 +266,20 @@ def prune_expired(console: ConsoleState) -> Pruned | None:
     return pruned
 
 
-async def _retention_loop(console: ConsoleState) -> None:
+async def _retention_loop(console: ConsoleState, link: LinkHub) -> None:
+    """Prune once per interval, in the one process holding the singleton lease
+    (kept renewed here, and by the forwarder's thread)."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
     while True:
-        try:
-            await run_in_threadpool(prune_expired, console)
-        except SQLAlchemyError:
-            log.exception("retention: pruning failed; trying again next round")
-        await asyncio.sleep(console.config.retention_interval_seconds)
+        held = await run_in_threadpool(link.lease.ensure)
+        if held and loop.time() >= due:
+            try:
+                await run_in_threadpool(prune_expired, console, link.metrics)
+            except SQLAlchemyError:
+                log.exception("retention: pruning failed; trying again next round")
+            due = loop.time() + console.config.retention_interval_seconds
+        await asyncio.sleep(link.lease.ttl / 4)
 
 
 async def _stale_loop(console: ConsoleState, link: LinkHub) -> None:
@@ -278,7 +293,12 @@ async def _stale_loop(console: ConsoleState, link: LinkHub) -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(_retention_loop(app.state.console)),
+    link: LinkHub = app.state.link
+    url = libpq_url(app.state.engine)
+    if url is not None:  # replicas on PostgreSQL: change notices between them
+        link.feed = ChangeFeed(url, link.heard)
+        link.store_poll = app.state.console.config.link_feed_poll_seconds
+    tasks = [asyncio.create_task(_retention_loop(app.state.console, link)),
              asyncio.create_task(_stale_loop(app.state.console, app.state.link))]
     try:
         yield
@@ -287,9 +307,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
-        link: LinkHub = app.state.link
         if link.forwarder is not None:
             await run_in_threadpool(link.forwarder.close, 2.0)
+        if link.feed is not None:
+            await run_in_threadpool(link.feed.close)
+            link.feed = None
+        with suppress(SQLAlchemyError):
+            await run_in_threadpool(link.lease.release)  # a survivor takes over at once
 
 
 def _install_link(app: FastAPI, console: ConsoleState,
@@ -299,8 +323,9 @@ def _install_link(app: FastAPI, console: ConsoleState,
 
     config = console.config
     sinks = build_sinks(config.syslog, config.webhooks)
-    link = LinkHub(metrics=ConsoleMetrics(clock=monotonic),
-                   forwarder=Forwarder(sinks) if sinks else None,
+    lease = Lease(console.sessions, SINGLETON, ttl=config.lease_seconds)
+    link = LinkHub(metrics=ConsoleMetrics(clock=monotonic), lease=lease,
+                   forwarder=Forwarder(sinks, console.sessions, lease) if sinks else None,
                    store_poll=config.link_store_poll_seconds)
     app.state.link = link
 
@@ -314,7 +339,7 @@ def _install_link(app: FastAPI, console: ConsoleState,
     @event.listens_for(console.sessions, "after_commit")
     def _committed(session: Session) -> None:
         if session.info.pop("cnnf_policy_changed", False):
-            link.policy.notify()
+            link.changed("policy")
 
     @event.listens_for(console.sessions, "after_rollback")
     def _rolled_back(session: Session) -> None:
@@ -333,7 +358,9 @@ def _install_link(app: FastAPI, console: ConsoleState,
                 counts[d.status] = counts.get(d.status, 0) + 1
             return LiveFigures(defenders=counts, forwarded=stats_as_rows(link.forwarder),
                                policy_revision=policy_revision(session),
-                               inventory_revision=service.inventory_revision())
+                               inventory_revision=service.inventory_revision(),
+                               backlog=backlog(session), now=console.now(),
+                               leases={lease.name: lease.held})
 
     link.metrics.live(figures)
 

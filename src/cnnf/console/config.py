@@ -65,6 +65,12 @@ class ConsoleConfig:
     webhooks: tuple[str, ...] = ()
     # Defender long-polls read the store's revisions this often (other Console processes).
     link_store_poll_seconds: float = 1.0
+    # ... and this often on PostgreSQL, where the change feed (LISTEN/NOTIFY) tells
+    # of them; the poll only covers a notice lost with a replica killed mid-change.
+    link_feed_poll_seconds: float = 10.0
+    # Forwarding and retention run in the one process holding this lease (replicas
+    # on one PostgreSQL); a dead holder's work is taken over within this many seconds.
+    lease_seconds: float = 10.0
 
     @classmethod
     def from_options(

@@ -14,7 +14,16 @@ and traffic rates, so they are not public.
 - ``cnnf_console_report_batches_total{result}``: stored or duplicate batches;
 - ``cnnf_console_defender_spool_dropped_total``: records Defenders' spools dropped;
 - ``cnnf_console_defenders{status}``: Defenders connected, disconnected, revoked;
-- ``cnnf_console_forwarded_audits_total{sink,result}``: sent, failed, dropped;
+- ``cnnf_console_forwarded_audits_total{sink,result}``: audits this process sent
+  (``sent``) or tried to send in batches that failed (``failed``: kept, tried again);
+- ``cnnf_console_forward_backlog_audits{sink}``: audits stored and not yet taken by
+  the sink (the durable outbox, the same figure on every replica),
+  ``cnnf_console_forward_lag_seconds{sink}``: how long the oldest of them waits,
+  ``cnnf_console_forward_oldest_undelivered_timestamp_seconds{sink}``: its time;
+- ``cnnf_console_forward_pruned_undelivered_total{sink}``: audits retention pruned
+  before the sink took them (logged as errors too);
+- ``cnnf_console_lease_held{lease}``: 1 in the one replica doing the singleton work
+  (forwarding, retention);
 - ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.
 """
 
@@ -24,12 +33,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cnnf.console.services.forwarding import Backlog
 from cnnf.console.services.records import AuditRecord
 from cnnf.console.services.records import FlowRecord as StoredFlowRecord
 
@@ -65,6 +76,9 @@ class LiveFigures:
     forwarded: list[tuple[str, str, int]]  # (sink, result, audits)
     policy_revision: int
     inventory_revision: int
+    backlog: list[Backlog] = field(default_factory=list)
+    now: datetime | None = None
+    leases: dict[str, bool] = field(default_factory=dict)
 
 
 class _Live(Collector):
@@ -84,6 +98,30 @@ class _Live(Collector):
         for sink, result, count in data.forwarded:
             forwarded.add_metric([sink, result], count)
         yield forwarded
+        backlog = GaugeMetricFamily("cnnf_console_forward_backlog_audits", "Audits stored "
+                                    "and not yet taken by the sink", labels=["sink"])
+        lag = GaugeMetricFamily("cnnf_console_forward_lag_seconds", "How long the oldest "
+                                "undelivered audit has waited for the sink", labels=["sink"])
+        oldest = GaugeMetricFamily("cnnf_console_forward_oldest_undelivered_timestamp_seconds",
+                                   "The time of the oldest audit the sink has not taken",
+                                   labels=["sink"])
+        pending = {b.sink: b for b in data.backlog}
+        for sink in sorted({name for name, _, _ in data.forwarded} | set(pending)):
+            b = pending.get(sink)
+            backlog.add_metric([sink], b.audits if b else 0)
+            waited = (data.now - b.oldest_queued).total_seconds() \
+                if b and b.oldest_queued and data.now else 0.0
+            lag.add_metric([sink], max(waited, 0.0))
+            if b and b.oldest_audit:
+                oldest.add_metric([sink], b.oldest_audit.timestamp())
+        yield backlog
+        yield lag
+        yield oldest
+        held = GaugeMetricFamily("cnnf_console_lease_held", "1 in the Console process doing "
+                                 "the singleton work (forwarding, retention)", labels=["lease"])
+        for name, is_held in data.leases.items():
+            held.add_metric([name], 1 if is_held else 0)
+        yield held
         yield GaugeMetricFamily("cnnf_console_policy_revision", "The policy revision",
                                 value=data.policy_revision)
         yield GaugeMetricFamily("cnnf_console_inventory_revision",
@@ -110,6 +148,9 @@ class ConsoleMetrics:
         self.spool_dropped = Counter("cnnf_console_defender_spool_dropped", "Records "
                                      "Defenders' spools dropped when full",
                                      registry=self.registry)
+        self.pruned_undelivered = Counter("cnnf_console_forward_pruned_undelivered",
+                                          "Audits retention pruned before the sink took "
+                                          "them", ["sink"], registry=self.registry)
         for verdict in ("allow", "alert", "prevent", "observed"):
             self.verdicts.labels(verdict)
         for blocked in ("true", "false"):

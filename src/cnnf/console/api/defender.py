@@ -4,7 +4,9 @@ The long-polls (policy, cluster inventory) answer at once when the caller's
 revision is not the current one; otherwise they wait on this process's
 :class:`~cnnf.console.services.defenders.Notifier` (policy changes and inventory
 changes signal it after their commit), and read the revision from the store at
-least every ``store_poll`` seconds, for changes another Console process made.
+least every ``store_poll`` seconds. On PostgreSQL a change committed through any
+replica wakes them on every replica through the change feed
+(:mod:`cnnf.console.store.feed`); the store poll is then only a backstop.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from cnnf.console.services.defenders import (
 )
 from cnnf.console.services.errors import Forbidden, Unauthorized
 from cnnf.console.services.forwarding import Forwarder
+from cnnf.console.services.leases import Lease
 from cnnf.console.services.policy import PolicyService
 from cnnf.console.services.users import UserService
+from cnnf.console.store.feed import ChangeFeed
 from cnnf.model.records import ClusterInventory, InventoryReport, ReportBatch
 from cnnf.policy.document import policy_document
 
@@ -50,13 +54,27 @@ class LinkHub:
     """The Defender link's per-process state, built once by ``create_app``."""
 
     metrics: ConsoleMetrics
+    lease: Lease
     forwarder: Forwarder | None = None
     policy: Notifier = field(default_factory=Notifier)
     inventory: Notifier = field(default_factory=Notifier)
-    # Read the store's revision this often while waiting (another Console process).
+    # Read the store's revision this often while waiting (another Console process;
+    # a backstop when the change feed tells of them).
     store_poll: float = 1.0
+    feed: ChangeFeed | None = None  # PostgreSQL: change notices between replicas
     stale: frozenset[str] | None = None  # Defenders last found stale (None: not looked yet)
     _document: tuple[int, dict[str, Any]] | None = None
+
+    def changed(self, topic: str) -> None:
+        """A change to ``topic`` (policy or inventory) committed: wake this process's
+        long-polls, and every other replica's through the change feed."""
+        (self.policy if topic == "policy" else self.inventory).notify()
+        if self.feed is not None:
+            self.feed.publish(topic)
+
+    def heard(self, topic: str) -> None:
+        """A change notice from the feed (any replica)."""
+        (self.policy if topic == "policy" else self.inventory).notify()
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
         """The current policy as a native document, built once per revision."""
@@ -95,7 +113,7 @@ class DefenderCaller(Guard):
             if secret.startswith(CREDENTIAL_PREFIX):
                 who, revived = DefenderService(session, console.now).authenticate(secret)
                 if revived:
-                    link.inventory.notify()
+                    link.changed("inventory")
                 return who
             UserService(session, console.now).authenticate(secret)  # 401: not a token at all
         raise Forbidden(f"only a Defender credential may call the Defender endpoints "
@@ -157,7 +175,7 @@ def check_stale(console: ConsoleState, link: LinkHub) -> bool:
     with console.sessions() as session:
         link.stale, changed = DefenderService(session, console.now).note_stale(link.stale)
     if changed:
-        link.inventory.notify()
+        link.changed("inventory")
     return changed
 
 
@@ -207,7 +225,7 @@ def post_inventory(report: InventoryReport, *, console: StateDep, link: HubDep,
     with console.sessions() as session:
         changed = DefenderService(session, console.now).put_inventory(who.defender_id, report)
     if changed:
-        link.inventory.notify()
+        link.changed("inventory")
     return Response(status_code=204)
 
 
@@ -216,9 +234,10 @@ def post_reports(batch: ReportBatch, *, console: StateDep, link: HubDep,
                  who: Defender) -> BatchAnswer:
     """Store a batch of flows and audits once (by ``batch_id``); 200 means stored."""
     with console.sessions() as session:
-        stored = DefenderService(session, console.now).store_batch(who, batch)
+        stored = DefenderService(session, console.now).store_batch(
+            who, batch, forward_to=link.forwarder.names if link.forwarder else ())
     link.metrics.batch(duplicate=stored.duplicate, flows=stored.flows, audits=stored.audits,
                        dropped=stored.dropped)
     if link.forwarder is not None and stored.audits:
-        link.forwarder.submit(stored.audits)  # after the commit; never blocks
+        link.forwarder.wake()  # queued in the store with the audits; sent by the lease holder
     return BatchAnswer(accepted=True, duplicate=stored.duplicate)

@@ -51,7 +51,7 @@ def revoke_defender(defender_id: DefenderId, *, request: Request, db: SessionDep
                     console: StateDep, _: Admin) -> Response:
     """Revoke a Defender's credential: every later call of it gets 401."""
     DefenderService(db, console.now).revoke(defender_id)
-    hub(request).inventory.notify()
+    hub(request).changed("inventory")
     return Response(status_code=204)
 
 

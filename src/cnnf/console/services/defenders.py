@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
@@ -422,8 +423,10 @@ class DefenderService:
 
     # --- reports ------------------------------------------------------------------
 
-    def store_batch(self, principal: DefenderPrincipal, batch: ReportBatch) -> StoredBatch:
-        """Store a batch once: its id, flows and audits in one transaction."""
+    def store_batch(self, principal: DefenderPrincipal, batch: ReportBatch,
+                    forward_to: Sequence[str] = ()) -> StoredBatch:
+        """Store a batch once: its id, flows and audits (queued for the forwarding
+        sinks ``forward_to``) in one transaction."""
         if not 1 <= len(batch.batch_id) <= 100:
             raise InvalidInput([FieldError("batch_id", "must be 1 to 100 characters")])
         flows, audits = _mapped(batch, principal.hostname)
@@ -436,7 +439,8 @@ class DefenderService:
                 dropped=min(max(batch.dropped, 0), 2**31 - 1)))
             self.session.flush()
             FlowService(self.session).record_many(flows, commit=False)
-            AuditService(self.session).insert_many(audits, commit=False)
+            AuditService(self.session).insert_many(audits, commit=False, forward_to=forward_to,
+                                                   queued=self.now())
             self.session.commit()
         except IntegrityError:
             # The same batch stored at this moment by a parallel delivery.

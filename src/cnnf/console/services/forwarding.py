@@ -1,11 +1,13 @@
 """Forwarding audits: syslog (RFC 5424 over UDP or TCP) and webhooks (JSON POST).
 
-Ingestion hands stored audits to :meth:`Forwarder.submit`, which never blocks:
-each sink has its own bounded queue and worker thread. When a sink cannot keep
-up (or is down for long) its queue fills and new batches for it are dropped and
-counted, instead of slowing the Defenders' report ingestion. A sink that fails
-is retried with exponential backoff; a batch that still fails is counted as
-failed.
+Durable and at least once: ingestion stores, with each audit, one outbox row
+per configured sink in the same transaction, and never waits for a sink. The
+:class:`Forwarder` of the one Console process holding the singleton lease
+(:mod:`cnnf.console.services.leases`) sends the outbox in batches and deletes
+what a sink took. A sink down for an hour, or a Console killed mid-batch,
+loses nothing: the rows wait (bounded by retention, which counts and logs what
+it prunes undelivered). Every message carries the audit's store id, the same
+on each delivery, so a receiver drops the repeats at-least-once allows.
 
 Syslog over TCP frames each message by octet counting (RFC 6587), over UDP one
 message per datagram. Each message carries the audit as structured data
@@ -19,19 +21,24 @@ import contextlib
 import hashlib
 import json
 import logging
-import queue
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from cnnf import __version__
-from cnnf.console.services.records import AuditRecord
+from cnnf.console.services.leases import Lease
+from cnnf.console.services.records import AuditRecord, StoredAudit, stored_audit
+from cnnf.console.store.models import AuditRow, OutboxRow
 from cnnf.errors import CnnfError
 
 log = logging.getLogger("cnnf.console.forwarding")
@@ -40,7 +47,6 @@ FACILITY_LOCAL0 = 16
 SEVERITY_WARNING = 4  # blocked connections
 SEVERITY_NOTICE = 5  # alerted connections
 SD_ID = "cnnf@32473"
-QUEUE_BATCHES = 1000  # per sink
 
 
 class ForwardError(CnnfError):
@@ -67,12 +73,14 @@ def _header_field(value: str, size: int) -> str:
 
 
 def syslog_message(audit: AuditRecord, app_name: str = "cnnf") -> bytes:
-    """One audit as an RFC 5424 message (no framing)."""
+    """One audit as an RFC 5424 message (no framing); a stored audit's ``id`` is the
+    first parameter, the same on every delivery (receivers drop repeats by it)."""
     severity = SEVERITY_WARNING if audit.blocked else SEVERITY_NOTICE
     pri = FACILITY_LOCAL0 * 8 + severity
     stamp = audit.time.isoformat().replace("+00:00", "Z")
     host = _header_field(audit.defender, 255)
-    params = {
+    params: dict[str, object] = {"id": audit.id} if isinstance(audit, StoredAudit) else {}
+    params |= {
         "type": audit.type, "effect": audit.effect.value,
         "blocked": "true" if audit.blocked else "false",
         "rule": audit.rule_name, "ruleId": audit.rule_id if audit.rule_id is not None else "",
@@ -192,99 +200,160 @@ class WebhookSink:
 
 @dataclass
 class SinkStats:
-    sent: int = 0  # audits delivered
-    failed: int = 0  # audits given up on after the retries
-    dropped: int = 0  # audits dropped because the sink's queue was full
-    retries: int = 0
+    sent: int = 0  # audits delivered (a repeat after a failure counts again)
+    failed: int = 0  # audits in batches that failed (kept in the outbox, tried again)
+    retries: int = 0  # failed attempts
 
 
 @dataclass
-class _Worker:
+class _Target:
     sink: Sink
-    queue: queue.Queue[list[AuditRecord] | None]
     stats: SinkStats = field(default_factory=SinkStats)
-    thread: threading.Thread | None = None
+    retry_at: float = 0.0  # monotonic; the sink is not tried before
+    delay: float = 0.0  # the next backoff after a failure
+
+
+def outbox_name(sink: Sink) -> str:
+    """The sink's key in the outbox (its name; a long one shortened, kept unique)."""
+    if len(sink.name) <= 200:
+        return sink.name
+    return sink.name[:180] + " (" + hashlib.sha256(sink.name.encode()).hexdigest()[:12] + ")"
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The undelivered audits of one sink, as the store has them."""
+
+    sink: str
+    audits: int
+    oldest_queued: datetime | None  # when the oldest undelivered audit was stored
+    oldest_audit: datetime | None  # the time of the oldest undelivered audit
+
+
+def backlog(session: Session) -> list[Backlog]:
+    rows = session.execute(
+        select(OutboxRow.sink, func.count(), func.min(OutboxRow.queued), func.min(AuditRow.time))
+        .join(AuditRow, AuditRow.id == OutboxRow.audit_id)
+        .group_by(OutboxRow.sink).order_by(OutboxRow.sink)).all()
+    return [Backlog(sink, count, _aware(queued), _aware(oldest))
+            for sink, count, queued, oldest in rows]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # min() over a UtcDateTime column comes back raw (naive on SQLite).
+    if value is None or isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC) if value else None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Forwarder:
-    """Bounded per-sink queues drained by one thread each, with retries and backoff."""
+    """Delivers the outbox: every stored audit to every sink, at least once.
+
+    Ingestion writes one outbox row per audit and sink in the transaction that
+    stores the audit (:meth:`AuditService.insert_many` with ``forward_to``). One
+    thread per process reads the oldest rows of each sink in batches, sends them
+    and deletes them once the sink took them, but only while this process holds
+    the ``lease`` (one process of all replicas forwards). A failing sink is
+    tried again with exponential backoff up to ``max_backoff``; its rows wait
+    in the store meanwhile (bounded by retention), and the other sinks go on.
+    """
 
     def __init__(
         self,
         sinks: Sequence[Sink],
+        sessions: sessionmaker[Session],
+        lease: Lease | None = None,
         *,
-        attempts: int = 5,
+        batch: int = 500,
+        interval: float = 0.5,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        queue_batches: int = QUEUE_BATCHES,
-        sleep: Callable[[float], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.attempts = attempts
+        self.sessions = sessions
+        self.lease = lease
+        self.batch = batch
+        self.interval = interval
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.monotonic = monotonic
+        self._targets = [_Target(sink, delay=backoff) for sink in sinks]
+        self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._sleep = sleep or self._wait
-        self._workers = [_Worker(sink, queue.Queue(queue_batches)) for sink in sinks]
-        for w in self._workers:
-            w.thread = threading.Thread(target=self._run, args=(w,), daemon=True,
-                                        name=f"cnnf-forward-{w.sink.name[:40]}")
-            w.thread.start()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="cnnf-forward")
+        self._thread.start()
 
-    def _wait(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The outbox keys of this process's sinks (ingestion queues audits for them)."""
+        return tuple(outbox_name(t.sink) for t in self._targets)
 
     @property
     def stats(self) -> dict[str, SinkStats]:
-        return {w.sink.name: w.stats for w in self._workers}
+        return {t.sink.name: t.stats for t in self._targets}
 
-    def submit(self, audits: Sequence[AuditRecord]) -> None:
-        """Queue a batch for every sink; never blocks (a full queue drops and counts)."""
+    def wake(self) -> None:
+        """Audits were stored: look at the outbox now rather than at the next round."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            busy = False
+            if self.lease is None or self.lease.ensure():
+                try:
+                    busy = self.deliver_round()
+                except SQLAlchemyError as exc:
+                    log.warning("forwarding: the store failed; trying again: %s", exc)
+            if not busy:
+                self._wake.wait(self.interval)
+                self._wake.clear()
+
+    def deliver_round(self) -> bool:
+        """One batch to each sink that is due; True if any batch was full (more wait)."""
+        more = False
+        for target in self._targets:
+            if self._stopping.is_set():
+                break
+            if self.monotonic() < target.retry_at:
+                continue
+            more |= self._deliver(target)
+        return more
+
+    def _deliver(self, target: _Target) -> bool:
+        name = outbox_name(target.sink)
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(AuditRow).join(OutboxRow, OutboxRow.audit_id == AuditRow.id)
+                .where(OutboxRow.sink == name).order_by(OutboxRow.audit_id)
+                .limit(self.batch)).all()
+            audits = [stored_audit(row) for row in rows]
         if not audits:
-            return
-        batch = list(audits)
-        for w in self._workers:
-            try:
-                w.queue.put_nowait(batch)
-            except queue.Full:
-                w.stats.dropped += len(batch)
-
-    def _run(self, w: _Worker) -> None:
-        while True:
-            batch = w.queue.get()
-            if batch is None:
-                return
-            self._deliver(w, batch)
-
-    def _deliver(self, w: _Worker, batch: list[AuditRecord]) -> None:
-        delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
-            try:
-                w.sink.send(batch)
-                w.stats.sent += len(batch)
-                return
-            except Exception as exc:  # a sink must never kill its worker
-                if attempt == self.attempts or self._stopping.is_set():
-                    log.error("forwarding failed; giving up on %d audits: %s", len(batch), exc)
-                    w.stats.failed += len(batch)
-                    return
-                log.warning("forwarding failed (attempt %d of %d); retrying in %.1f s: %s",
-                            attempt, self.attempts, delay, exc)
-                w.stats.retries += 1
-                self._sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+            return False
+        try:
+            target.sink.send(audits)
+        except Exception as exc:  # a sink must never kill the forwarder
+            target.stats.failed += len(audits)
+            target.stats.retries += 1
+            log.warning("forwarding to %s failed (%d audits kept; next try in %.1f s): %s",
+                        target.sink.name, len(audits), target.delay, exc)
+            target.retry_at = self.monotonic() + target.delay
+            target.delay = min(target.delay * 2, self.max_backoff)
+            return False
+        target.delay = self.backoff
+        with self.sessions() as session:
+            session.execute(delete(OutboxRow).where(
+                OutboxRow.sink == name, OutboxRow.audit_id.in_([a.id for a in audits])))
+            session.commit()
+        target.stats.sent += len(audits)
+        return len(audits) == self.batch
 
     def close(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued (within ``timeout``), then stop the threads."""
-        deadline = time.monotonic() + timeout
-        for w in self._workers:
-            with contextlib.suppress(queue.Full):
-                w.queue.put(None, timeout=max(deadline - time.monotonic(), 0.01))
-        for w in self._workers:
-            if w.thread is not None:
-                w.thread.join(max(deadline - time.monotonic(), 0.01))
+        """Stop the thread (what is undelivered stays in the outbox), close the sinks."""
         self._stopping.set()
-        for w in self._workers:
-            w.sink.close()
+        self._wake.set()
+        self._thread.join(timeout)
+        for t in self._targets:
+            t.sink.close()
 
 
 def build_sinks(syslog: Sequence[str], webhooks: Sequence[str]) -> list[Sink]:
@@ -299,6 +368,6 @@ def stats_as_rows(forwarder: Forwarder | None) -> list[tuple[str, str, int]]:
     if forwarder is None:
         return rows
     for name, s in forwarder.stats.items():
-        rows += [(name, "sent", s.sent), (name, "failed", s.failed), (name, "dropped", s.dropped)]
+        rows += [(name, "sent", s.sent), (name, "failed", s.failed)]
     return rows
 

@@ -6,8 +6,8 @@ import csv
 import hashlib
 import io
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from cnnf.console.store.models import AuditRow, FlowRow
+from cnnf.console.store.models import AuditRow, FlowRow, OutboxRow
 from cnnf.model import Effect
 from cnnf.model.records import AuditType
 from cnnf.model.rule import PolicyModel
@@ -186,7 +186,7 @@ def _audit_columns(record: AuditRecord) -> dict[str, Any]:
     return data
 
 
-def _stored_audit(row: AuditRow) -> StoredAudit:
+def stored_audit(row: AuditRow) -> StoredAudit:
     data = {c: getattr(row, c) for c in StoredAudit.model_fields}
     return StoredAudit.model_validate(data)
 
@@ -195,13 +195,26 @@ class AuditService:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def insert_many(self, records: Sequence[AuditRecord], *, commit: bool = True) -> int:
+    def insert_many(self, records: Sequence[AuditRecord], *, commit: bool = True,
+                    forward_to: Sequence[str] = (), queued: datetime | None = None) -> int:
         """Insert a batch in one transaction (one executemany); ``commit=False``
-        leaves the commit to a caller that stores more in the same transaction."""
+        leaves the commit to a caller that stores more in the same transaction.
+        ``forward_to`` names the forwarding sinks to queue each audit for, in the
+        same transaction (the outbox; see cnnf.console.services.forwarding)."""
         if not records:
             return 0
         try:
-            self.session.execute(insert(AuditRow), [_audit_columns(r) for r in records])
+            rows = [_audit_columns(r) for r in records]
+            if not forward_to:
+                self.session.execute(insert(AuditRow), rows)
+            else:
+                ids = self.session.scalars(
+                    insert(AuditRow).returning(AuditRow.id, sort_by_parameter_order=True),
+                    rows).all()
+                at = queued or datetime.now(UTC)
+                self.session.execute(insert(OutboxRow), [
+                    {"sink": sink, "audit_id": i, "queued": at}
+                    for i in ids for sink in forward_to])
             if commit:
                 self.session.commit()
         except BaseException:
@@ -219,7 +232,7 @@ class AuditService:
             self._select(f).order_by(AuditRow.time.desc(), AuditRow.id.desc())
             .limit(limit).offset(offset)
         )
-        return Page(total=total or 0, items=[_stored_audit(r) for r in rows])
+        return Page(total=total or 0, items=[stored_audit(r) for r in rows])
 
     def csv_lines(self, f: AuditFilter, max_rows: int) -> Iterator[str]:
         """The CSV export, streamed line by line (header first)."""
@@ -342,6 +355,8 @@ class FlowService:
 class Pruned:
     audits: int
     flows: int
+    # Deliveries to forwarding sinks given up with their audits (sink -> audits).
+    undelivered: dict[str, int] = field(default_factory=dict)
 
 
 def _rowcount(result: Result[Any]) -> int:
@@ -351,12 +366,20 @@ def _rowcount(result: Result[Any]) -> int:
 
 def prune(session: Session, cutoff: datetime) -> Pruned:
     """Delete audits from before ``cutoff`` and flows last seen before it, in one
-    transaction."""
+    transaction; the outbox rows of the audits pruned go with them, counted."""
     try:
+        old = select(AuditRow.id).where(AuditRow.time < cutoff)
+        undelivered: dict[str, int] = {}
+        for sink, count in session.execute(
+                select(OutboxRow.sink, func.count()).where(OutboxRow.audit_id.in_(old))
+                .group_by(OutboxRow.sink)):
+            undelivered[sink] = count
+        if undelivered:
+            session.execute(delete(OutboxRow).where(OutboxRow.audit_id.in_(old)))
         audits = _rowcount(session.execute(delete(AuditRow).where(AuditRow.time < cutoff)))
         flows = _rowcount(session.execute(delete(FlowRow).where(FlowRow.last_seen < cutoff)))
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return Pruned(audits=audits, flows=flows)
+    return Pruned(audits=audits, flows=flows, undelivered=undelivered)

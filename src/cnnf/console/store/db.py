@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -43,10 +43,17 @@ def connect(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# Replicas starting at once on one PostgreSQL migrate one after the other.
+MIGRATION_LOCK = 0x636E6E66  # "cnnf"
+
+
 def migrate(engine: Engine, target: str = "head") -> None:
     """Bring the database to ``target`` (an empty database included), in one transaction."""
     config = alembic_config()
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, target)
 

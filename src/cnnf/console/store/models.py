@@ -335,3 +335,30 @@ class ReportBatchRow(Base):
     flows: Mapped[int] = mapped_column(Integer, default=0)
     audits: Mapped[int] = mapped_column(Integer, default=0)
     dropped: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class OutboxRow(Base):
+    """An audit not yet delivered to one forwarding sink (syslog or webhook).
+
+    Written in the transaction that stores the audit, deleted once the sink took
+    it: a sink that is down, or a Console killed mid-batch, loses nothing. The
+    audit's id travels with it, so a receiver can drop the repeats that
+    at-least-once delivery allows."""
+
+    __tablename__ = "forward_outbox"
+
+    sink: Mapped[str] = mapped_column(String(200), primary_key=True)
+    audit_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True, index=True)
+    queued: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class LeaseRow(Base):
+    """Work that one Console process does at a time (forwarding, retention): held
+    by ``holder`` until ``expires`` unless renewed, then anyone may take it."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires: Mapped[datetime] = mapped_column(UtcDateTime)
