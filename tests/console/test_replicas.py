@@ -18,9 +18,9 @@ import re
 import signal
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,7 @@ def batch(defender: int, n: int) -> ReportBatch:
     dst = EndpointInfo(kind="container", address="10.0.9.9", image="shop/db",
                        container="db", host="node-9", namespace="shop")
     return ReportBatch(batch_id=f"d{defender}-b{n}", audits=[AuditEvent(
-        time=datetime(2026, 11, 30, 12, 0, tzinfo=UTC), type=RuleKind.CONTAINER,
+        time=time.time(), type=RuleKind.CONTAINER,
         effect=Effect.PREVENT, blocked=True, rule_id=1, rule_name="api-not-db", src=ep,
         dst=dst, port=5432, message=f"d{defender}-b{n}-a{i}", reporter=f"node-{defender}")
         for i in range(AUDITS_PER_BATCH)])
@@ -235,11 +235,13 @@ def test_kill_9_of_the_forwarding_replica_under_load(
             report(replicas, credentials[i], i, kill_at, failovers)
         except BaseException as exc:  # reported below
             errors.append(exc)
+            kill_at.set()
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(DEFENDERS)]
     for t in threads:
         t.start()
     assert kill_at.wait(120)
+    assert not errors, errors
     victim.kill(signal.SIGKILL)  # the forwarding replica, mid-load
     for t in threads:
         t.join(300)
