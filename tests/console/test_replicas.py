@@ -282,3 +282,52 @@ def test_kill_9_of_the_forwarding_replica_under_load(
     assert 'cnnf_console_lease_held{lease="singleton"} 1.0' in metrics
     assert re.search(r'cnnf_console_forward_backlog_audits\{sink="syslog:[^"]*"\} 0\.0',
                      metrics), metrics
+
+
+def notices(console: ConsoleProcess, token: str, topic: str) -> float:
+    text = httpx.get(f"{console.url}/metrics", timeout=30,
+                     headers={"Authorization": f"Bearer {token}"}).text
+    m = re.search(rf'cnnf_console_change_notices_total\{{topic="{topic}"\}} (\S+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_policy_change_through_one_replica_wakes_long_polls_on_the_others(
+        replicas: list[ConsoleProcess]) -> None:
+    """Defenders long-polling replicas B and C get a policy changed through A: the
+    change feed (LISTEN/NOTIFY) told B and C, as their metrics show."""
+    a, b, c = replicas
+    admin = login(a)
+    auth = {"Authorization": f"Bearer {admin}"}
+    credentials = {r.url: enroll(a, admin, f"node-{i}") for i, r in enumerate((b, c))}
+
+    def current(r: ConsoleProcess) -> int:
+        got = httpx.get(f"{r.url}{API}/defender/policy", timeout=30,
+                        headers={"Authorization": f"Bearer {credentials[r.url]}"})
+        assert got.status_code == 200, got.text
+        revision: int = got.json()["revision"]
+        return revision
+
+    start = current(b)
+    assert current(c) == start
+    before = {r.url: notices(r, admin, "policy") for r in (b, c)}
+    answers: dict[str, httpx.Response] = {}
+
+    def long_poll(r: ConsoleProcess) -> None:
+        answers[r.url] = httpx.get(
+            f"{r.url}{API}/defender/policy", params={"revision": start, "wait": 30},
+            headers={"Authorization": f"Bearer {credentials[r.url]}"}, timeout=60)
+
+    polls = [threading.Thread(target=long_poll, args=(r,)) for r in (b, c)]
+    for t in polls:
+        t.start()
+    r = httpx.post(f"{a.url}{API}/objects", headers=auth, timeout=30, json={
+        "kind": "subnet", "name": "lan", "cidrs": ["192.0.2.0/24"]})
+    assert r.status_code in (200, 201), r.text
+    for t in polls:
+        t.join(60)
+    for replica in (b, c):
+        got = answers[replica.url]
+        assert got.status_code == 200, got.text
+        assert got.json()["revision"] == start + 1
+        assert any(o["name"] == "lan" for o in got.json()["document"]["spec"]["objects"])
+        assert notices(replica, admin, "policy") > before[replica.url]

@@ -22,6 +22,8 @@ and traffic rates, so they are not public.
   ``cnnf_console_forward_oldest_undelivered_timestamp_seconds{sink}``: its time;
 - ``cnnf_console_forward_pruned_undelivered_total{sink}``: audits retention pruned
   before the sink took them (logged as errors too);
+- ``cnnf_console_change_notices_total{topic}``: policy and inventory changes this
+  replica heard of through the change feed (PostgreSQL LISTEN/NOTIFY);
 - ``cnnf_console_lease_held{lease}``: 1 in the one replica doing the singleton work
   (forwarding, retention);
 - ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.
@@ -151,6 +153,9 @@ class ConsoleMetrics:
         self.pruned_undelivered = Counter("cnnf_console_forward_pruned_undelivered",
                                           "Audits retention pruned before the sink took "
                                           "them", ["sink"], registry=self.registry)
+        self.notices = Counter("cnnf_console_change_notices", "Change notices heard from "
+                               "the change feed (PostgreSQL replicas), by topic", ["topic"],
+                               registry=self.registry)
         for verdict in ("allow", "alert", "prevent", "observed"):
             self.verdicts.labels(verdict)
         for blocked in ("true", "false"):

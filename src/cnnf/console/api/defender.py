@@ -74,6 +74,7 @@ class LinkHub:
 
     def heard(self, topic: str) -> None:
         """A change notice from the feed (any replica)."""
+        self.metrics.notices.labels(topic).inc()
         (self.policy if topic == "policy" else self.inventory).notify()
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
