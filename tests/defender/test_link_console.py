@@ -251,3 +251,41 @@ def test_an_inventory_the_console_refuses_does_not_hold_up_the_reports(
     assert console.flow_counts() == {7000: 1, 7001: 1}
     [defender] = console.admin.get("/api/v1/defenders").json()
     assert defender["hostname"] == "node-1" and defender["workloads"] == 0  # not stored
+
+
+def test_several_console_urls_fail_over_without_losing_or_repeating_a_batch(
+    console: RealConsole, tmp_path: Path
+) -> None:
+    """``--console A,B,C``: A refuses connections (dead), B stores the first batch
+    and dies before answering (the proxy withholds its answer), C is up. One
+    delivery moves from A to B to C at once: both spooled batches are stored, each
+    once (C recognises B's batch by its id), and nothing is left in the spool."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed when the block ends
+    proxy = AnswerLosingProxy(int(console.url.rsplit(":", 1)[1]))
+    link = enrolled(console, tmp_path / "state", f"{dead},{proxy.url},{console.url}")
+    assert link.url == dead
+    spool = Spool(tmp_path / "spool")
+    spool.put(flows_batch("b1", range(1000, 1003)))
+    spool.put(flows_batch("b2", range(2000, 2002)))
+    proxy.armed = True
+    try:
+        assert link.deliver(spool) == 2
+        assert proxy.lost  # B stored b1 and its answer never came
+        assert spool.pending() == []
+        assert link.url == console.url and link.failovers == 2
+    finally:
+        link.close()
+        proxy.close()
+    assert console.flow_counts() == {1000: 1, 1001: 1, 1002: 1, 2000: 1, 2001: 1}
+    metrics = console.admin.get("/metrics").text
+    assert 'cnnf_console_report_batches_total{result="duplicate"} 1.0' in metrics
+    assert 'cnnf_console_report_batches_total{result="stored"} 2.0' in metrics
+
+
+def test_a_console_list_with_a_url_that_is_not_http_is_refused() -> None:
+    from cnnf.defender.config import ConfigError, DefenderConfig
+
+    with pytest.raises(ConfigError, match="'ftp://b' is not an http:// or https:// URL"):
+        DefenderConfig(console="http://a:8080,ftp://b")

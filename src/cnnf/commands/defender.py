@@ -45,7 +45,9 @@ def run(  # noqa: PLR0917
     policy: str = typer.Option(None, "--policy", help="Standalone: policy document "
                                 "(YAML/JSON), reloaded when the file changes (a document "
                                 "without a revision gets the load count as its revision)."),
-    console: str = typer.Option(None, "--console", help="Managed: the Console URL."),
+    console: str = typer.Option(None, "--console", help=(
+                                "Managed: the Console URL (several replicas: URL,URL,...; "
+                                "the Defender moves to the next when one is unreachable).")),
     token: str = typer.Option(None, "--token", envvar="CNNF_ENROLLMENT_TOKEN",
                               help="Enrollment token (first start of a managed Defender)."),
     ca: str = typer.Option(None, "--ca", help="CA bundle to verify the Console with."),

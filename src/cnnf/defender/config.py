@@ -95,8 +95,12 @@ class DefenderConfig:
         if (self.policy_file is None) == (self.console is None):
             raise ConfigError("give exactly one of --policy FILE (standalone) "
                               "or --console URL (managed)")
-        if self.console is not None and not self.console.startswith(("http://", "https://")):
-            raise ConfigError(f"--console {self.console!r}: expected an http:// or https:// URL")
+        if self.console is not None:
+            urls = [u.strip() for u in self.console.split(",")]
+            for u in urls:
+                if not u.startswith(("http://", "https://")):
+                    raise ConfigError(f"--console {self.console!r}: {u!r} is not an http:// "
+                                      f"or https:// URL (several replicas: URL,URL,...)")
         if self.policy_file is not None and not self.policy_file.is_file():
             raise ConfigError(f"--policy {str(self.policy_file)!r}: no such file")
         if self.ca is not None and not self.ca.is_file():

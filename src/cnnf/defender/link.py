@@ -71,7 +71,12 @@ class ConsoleLink:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self.url = url.rstrip("/")
+        # Several Console replicas: "URL,URL,...". Calls go to one of them and move
+        # to the next when it cannot be reached (see _request).
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise LinkError(f"--console {url!r}: no Console URL")
+        self._current = 0
         self.state_dir = state_dir
         self.hostname = hostname
         self.enrollment_token = enrollment_token
@@ -79,12 +84,19 @@ class ConsoleLink:
         # A context, not the path: httpx deprecates verify=<path> (a warning today).
         verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(ca))
                                          if ca is not None else True)
-        self._http = httpx.Client(base_url=self.url, verify=verify, transport=transport,
-                                  timeout=timeout)
+        self._clients = [httpx.Client(base_url=u, verify=verify, transport=transport,
+                                      timeout=timeout) for u in self.urls]
+        self.failovers = 0
         self.credential: str | None = None
         self.defender_id: str | None = None
         self._enroll_lock = threading.Lock()
+        self._switch_lock = threading.Lock()
         self._read_credential()
+
+    @property
+    def url(self) -> str:
+        """The Console replica the link talks to now."""
+        return self.urls[self._current]
 
     # -- credentials -----------------------------------------------------------
 
@@ -145,11 +157,26 @@ class ConsoleLink:
         headers = dict(kw.pop("headers", {}))
         if auth:
             headers["Authorization"] = f"Bearer {self.enroll()}"
-        try:
-            resp = self._http.request(method, path, headers=headers,
-                                      timeout=timeout or self.timeout, **kw)
-        except httpx.HTTPError as exc:
-            raise LinkError(f"{method} {self.url}{path}: {type(exc).__name__}: {exc}") from exc
+        # Every call is safe to repeat (report batches are stored once by their id,
+        # inventories replace, long-polls read), so a replica that cannot be reached
+        # (or answers 502-504, a proxy in front of a dead one) is left for the next
+        # at once, each replica tried once per call.
+        for attempt in range(len(self.urls)):
+            current = self._current
+            try:
+                resp = self._clients[current].request(method, path, headers=headers,
+                                                      timeout=timeout or self.timeout, **kw)
+            except httpx.HTTPError as exc:
+                error = f"{method} {self.urls[current]}{path}: {type(exc).__name__}: {exc}"
+                if attempt + 1 == len(self.urls):
+                    self._next(current, error)
+                    raise LinkError(error) from exc
+                self._next(current, error)
+                continue
+            if resp.status_code in (502, 503, 504) and attempt + 1 < len(self.urls):
+                self._next(current, f"{method} {path}: answered {resp.status_code}")
+                continue
+            break
         if resp.status_code in (401, 403):
             raise AuthError(f"{method} {path}: the console refused "
                             f"{'the credential' if auth else 'the enrollment token'} "
@@ -157,6 +184,17 @@ class ConsoleLink:
         if resp.status_code >= 500:
             raise LinkError(f"{method} {path}: console error {resp.status_code}")
         return resp
+
+    def _next(self, failed: int, error: str) -> None:
+        if len(self.urls) == 1:
+            return
+        with self._switch_lock:
+            if self._current == failed:  # another thread may have moved on already
+                self._current = (failed + 1) % len(self.urls)
+                self.failovers += 1
+                log.warning("console replica unreachable; moving to the next",
+                            failed=self.urls[failed], next=self.urls[self._current],
+                            error=error)
 
     # -- the calls ---------------------------------------------------------------
 
@@ -272,7 +310,8 @@ class ConsoleLink:
             return None
 
     def close(self) -> None:
-        self._http.close()
+        for client in self._clients:
+            client.close()
 
 
 class LinkRunner:
