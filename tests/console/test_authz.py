@@ -15,6 +15,7 @@ from cnnf.console.services.users import UserService
 
 PUBLIC = {
     ("GET", "/healthz"),
+    ("GET", "/readyz"),  # Kubernetes readiness: can this replica serve
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/authenticate"),  # the original API's login
     ("GET", "/api/v1/_ping"),  # the original API's liveness check

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -234,3 +235,19 @@ def test_flows_stored_before_0006_keep_their_counts_and_gain_identities_after_it
         assert diff == [], f"models and migrations differ: {diff}"
     finally:
         engine.dispose()
+
+
+def test_readiness_means_the_store_answers_with_this_versions_schema(console: Any) -> None:
+    """/readyz: 200 on a store migrated to this version's head; 503 naming the
+    revision when the schema is another version's (a replica that must not serve)."""
+    anonymous = console.client()
+    r = anonymous.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert r.json()["schema"] == revision_heads()[0]
+    downgrade(console.engine, "0004")
+    r = anonymous.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["detail"] == (f"the store's schema is at revision 0004; this Console "
+                                  f"needs {revision_heads()[0]} (another version migrated it?)")
+    migrate(console.engine)
+    assert anonymous.get("/readyz").status_code == 200

@@ -227,3 +227,20 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
                           text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "cnnf-defender.service" not in proc.stderr, proc.stderr
+
+
+def test_console_on_postgres_runs_three_replicas_ready_when_they_can_serve() -> None:
+    docs = _documents(DEPLOY / "kubernetes" / "console-postgres.yaml")
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert dep["spec"]["replicas"] == 3
+    assert pdb["spec"]["minAvailable"] == 2
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= \
+        dep["spec"]["template"]["metadata"]["labels"].items()
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    from cnnf.console.app import create_app
+    from cnnf.console.config import ConsoleConfig
+
+    paths = create_app(ConsoleConfig(db_url="sqlite://")).openapi()["paths"]
+    assert {"/readyz", "/healthz"} <= paths.keys()  # the probes' paths exist

@@ -37,7 +37,12 @@ from cnnf.console.api import (
     rules,
     users,
 )
-from cnnf.console.api.contract import authenticate_first, document_errors, refuse_unknown_query
+from cnnf.console.api.contract import (
+    authenticate_first,
+    document_errors,
+    errors,
+    refuse_unknown_query,
+)
 from cnnf.console.api.defender import LinkHub, check_stale
 from cnnf.console.api.deps import ConsoleState, Reader
 from cnnf.console.config import ConsoleConfig
@@ -56,7 +61,7 @@ from cnnf.console.services.forwarding import Forwarder, backlog, build_sinks, st
 from cnnf.console.services.leases import SINGLETON, Lease
 from cnnf.console.services.policy import utcnow
 from cnnf.console.services.records import Pruned, prune
-from cnnf.console.store.db import connect, migrate
+from cnnf.console.store.db import connect, current_revision, migrate, revision_heads
 from cnnf.console.store.feed import ChangeFeed, libpq_url
 from cnnf.console.store.models import ChangeRow
 from cnnf.console.ui import mount_ui
@@ -411,6 +416,24 @@ def create_app(
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
+
+    heads = revision_heads()
+
+    @app.get("/readyz", tags=["health"], responses=errors(
+        503, s503="this Console cannot serve now (the body says why)"))
+    def readyz() -> dict[str, str]:
+        """Readiness: 200 when this Console can serve: the store answers and holds
+        the schema this version needs. No credentials needed."""
+        try:
+            revision = current_revision(engine)
+        except SQLAlchemyError as exc:
+            raise StarletteHTTPException(503, f"the store does not answer: "
+                                              f"{type(exc).__name__}") from exc
+        if revision not in heads:
+            raise StarletteHTTPException(
+                503, f"the store's schema is at revision {revision}; this Console needs "
+                     f"{', '.join(heads)} (another version migrated it?)")
+        return {"status": "ready", "version": __version__, "schema": revision}
 
     generate = app.openapi
 
