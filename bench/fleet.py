@@ -1,0 +1,241 @@
+"""A simulated fleet of Defenders against 1 and 3 Console replicas on one PostgreSQL.
+
+Each simulated Defender is a real HTTP client speaking the Defender link
+(enrolled with an enrollment token, long-polling ``GET
+/api/v1/defender/policy`` with its credential, posting report batches to
+``POST /api/v1/defender/reports``); the Consoles are real ``cnnf console``
+processes on one real PostgreSQL (Debian's, started here with its own
+defaults: fsync on). Defender ``i`` talks to replica ``i mod N``. The same run
+measures one replica and three:
+
+- policy change -> applied on every Defender: a change through replica 0
+  (a new network object), until every Defender's long-poll returned the new
+  revision; median and p99 over the Defenders of all rounds (goal <= 1 s);
+- report ingestion: records stored per second, batches of flows and audits
+  posted by the fleet's Defenders, spread over the replicas (goal: 3 replicas
+  >= 2x one);
+- Console memory per connected Defender: the replicas' resident memory with the
+  fleet long-polling, less before the fleet connected, over the Defenders.
+
+The simulated fleet runs in this one process (asyncio), on the same 2 cores as
+the Consoles and PostgreSQL: its own cost is part of every figure.
+
+    sudo .venv/bin/python bench/fleet.py [--defenders 1000] [--rounds 5] [--batches 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tests.e2e.managed import PASSWORD, ConsoleProcess  # noqa: E402
+
+import postgres  # noqa: E402
+
+API = "/api/v1"
+RECORDS_PER_BATCH = 100  # 80 flows, 20 audits
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def batch(defender: int, n: int) -> dict[str, Any]:
+    now = time.time()
+    src = {"kind": "container", "address": f"10.{defender // 250}.{defender % 250}.2",
+           "image": "shop/api", "container": "api", "host": f"node-{defender}"}
+    dst = {"kind": "container", "address": "10.250.0.9", "image": "shop/db",
+           "container": "db", "host": "node-db"}
+    flows = [{"src": src, "dst": dst, "port": 1000 + (n * 80 + i) % 5000, "effect": "allow",
+              "matched": False, "first_seen": now, "last_seen": now} for i in range(80)]
+    audits = [{"time": now, "type": "container", "effect": "prevent", "blocked": True,
+               "rule_id": 1, "rule_name": "api-not-db", "src": src, "dst": dst, "port": 5432,
+               "message": "blocked connection", "reporter": f"node-{defender}"}
+              for _ in range(20)]
+    return {"batch_id": f"d{defender}-b{n}", "flows": flows, "audits": audits}
+
+
+class Fleet:
+    def __init__(self, consoles: list[ConsoleProcess], defenders: int, admin: str) -> None:
+        self.consoles = consoles
+        self.n = defenders
+        self.admin = admin
+        limits = httpx.Limits(max_connections=defenders * 2 + 50,
+                              max_keepalive_connections=defenders * 2 + 50)
+        self.http = httpx.AsyncClient(timeout=120, limits=limits)
+        self.credentials: list[str] = []
+        self.seen: list[int] = [-1] * defenders
+        self.seen_at: list[float] = [0.0] * defenders
+        self.changed = asyncio.Event()
+        self.stop = False
+
+    def url(self, i: int) -> str:
+        return self.consoles[i % len(self.consoles)].url
+
+    async def enroll(self) -> None:
+        auth = {"Authorization": f"Bearer {self.admin}"}
+        r = await self.http.post(f"{self.url(0)}{API}/defenders/enrollment-tokens", json={},
+                                 headers=auth)
+        r.raise_for_status()
+        token = r.json()["token"]
+        sem = asyncio.Semaphore(20)
+
+        async def one(i: int) -> str:
+            async with sem:
+                r = await self.http.post(f"{self.url(i)}{API}/defenders/enroll", json={
+                    "enrollment_token": token, "hostname": f"node-{i}", "version": "bench"})
+                r.raise_for_status()
+                return str(r.json()["credential"])
+
+        self.credentials = list(await asyncio.gather(*(one(i) for i in range(self.n))))
+
+    async def long_poll(self, i: int) -> None:
+        headers = {"Authorization": f"Bearer {self.credentials[i]}"}
+        while not self.stop:
+            try:
+                r = await self.http.get(f"{self.url(i)}{API}/defender/policy", headers=headers,
+                                        params={"revision": self.seen[i], "wait": 25})
+            except httpx.TransportError:
+                await asyncio.sleep(0.5)
+                continue
+            if r.status_code == 200:
+                self.seen[i] = r.json()["revision"]
+                self.seen_at[i] = time.perf_counter()
+                self.changed.set()
+
+    async def until(self, revision: int, timeout: float) -> bool:
+        deadline = time.perf_counter() + timeout
+        while min(self.seen) < revision:
+            if time.perf_counter() > deadline:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), 1.0)
+        return True
+
+    async def change(self, k: int) -> float:
+        r = await self.http.post(f"{self.url(0)}{API}/objects", headers={
+            "Authorization": f"Bearer {self.admin}"}, json={
+            "kind": "subnet", "name": f"bench-{k}", "cidrs": [f"198.18.{k % 250}.0/24"]})
+        r.raise_for_status()
+        return time.perf_counter()
+
+    async def ingest(self, batches: int, concurrency: int) -> float:
+        """Records stored per second over ``batches`` batches."""
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(batches):
+            queue.put_nowait(n)
+
+        async def worker() -> None:
+            while True:
+                try:
+                    n = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                i = n % self.n
+                r = await self.http.post(
+                    f"{self.url(i)}{API}/defender/reports", json=batch(i, n),
+                    headers={"Authorization": f"Bearer {self.credentials[i]}"})
+                r.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return batches * RECORDS_PER_BATCH / (time.perf_counter() - started)
+
+
+async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace) -> dict[str, Any]:
+    r = httpx.post(f"{consoles[0].url}{API}/auth/login",
+                   json={"username": "admin", "password": PASSWORD}, timeout=30)
+    r.raise_for_status()
+    fleet = Fleet(consoles, args.defenders, r.json()["token"])
+    await fleet.enroll()
+    pids = [c.proc.pid for c in consoles if c.proc is not None]
+    before = sum(rss_kib(p) for p in pids)
+    polls = [asyncio.create_task(fleet.long_poll(i)) for i in range(args.defenders)]
+    assert await fleet.until(0, 120), "the fleet did not get the first policy"
+    await asyncio.sleep(2)  # every long-poll waiting again
+    during = sum(rss_kib(p) for p in pids)
+    latencies: list[float] = []
+    for k in range(args.rounds):
+        revision = max(fleet.seen)
+        t0 = await fleet.change(k)
+        assert await fleet.until(revision + 1, 60), "not every Defender got the change"
+        latencies += [at - t0 for at in fleet.seen_at]
+        await asyncio.sleep(0.5)
+    fleet.stop = True
+    rate = await fleet.ingest(args.batches, args.concurrency)
+    for task in polls:
+        task.cancel()
+    await asyncio.gather(*polls, return_exceptions=True)
+    await fleet.http.aclose()
+    latencies.sort()
+    return {"median": statistics.median(latencies),
+            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "rate": rate, "kib": (during - before) / args.defenders}
+
+
+def run(server: postgres.PostgresServer, replicas: int, args: argparse.Namespace,
+        workdir: Path) -> dict[str, Any]:
+    db = server.create_database().replace("postgresql+psycopg://", "postgresql://")
+    consoles = []
+    for i in range(replicas):
+        d = workdir / f"r{replicas}-{i}"
+        d.mkdir()
+        consoles.append(ConsoleProcess(d, db))
+    consoles[0].cli("create-user", "admin", "--password-stdin", stdin=PASSWORD + "\n")
+    try:
+        for c in consoles:
+            c.start()
+        return asyncio.run(measure(consoles, args))
+    finally:
+        for c in consoles:
+            if c.proc is not None and c.proc.poll() is None:
+                c.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--defenders", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=24)
+    args = parser.parse_args()
+    reason = postgres.available()
+    if reason:
+        raise SystemExit(f"fleet.py: {reason}")
+    results: dict[int, dict[str, Any]] = {}
+    with postgres.postgres_server(durable=True) as server, \
+            tempfile.TemporaryDirectory(prefix="cnnf-fleet-") as tmp:
+        for replicas in (1, 3):
+            results[replicas] = run(server, replicas, args, Path(tmp))
+    print(f"Defenders: {args.defenders} (simulated, real HTTP); rounds: {args.rounds}; "
+          f"batches: {args.batches} x {RECORDS_PER_BATCH} records")
+    print(f"{'':34}{'1 replica':>14}{'3 replicas':>14}")
+    one, three = results[1], results[3]
+    print(f"{'policy change -> all, median':34}{one['median'] * 1000:>11.0f} ms"
+          f"{three['median'] * 1000:>11.0f} ms")
+    print(f"{'policy change -> all, p99':34}{one['p99'] * 1000:>11.0f} ms"
+          f"{three['p99'] * 1000:>11.0f} ms")
+    print(f"{'report ingestion':34}{one['rate']:>9.0f} rec/s{three['rate']:>9.0f} rec/s"
+          f"  ({three['rate'] / one['rate']:.2f}x)")
+    print(f"{'Console memory per Defender':34}{one['kib']:>10.1f} KiB{three['kib']:>10.1f} KiB")
+
+
+if __name__ == "__main__":
+    main()
