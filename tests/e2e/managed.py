@@ -174,17 +174,29 @@ class ManagedDefender:
 
 
 class ManagedCluster:
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    """``replicas`` Console processes on the store ``db`` (one on SQLite by
+    default); the API client talks to the first, and the Defender of the i-th
+    host to the ``consoles(i)`` URLs (default: the first replica)."""
+
+    def __init__(self, lab: Lab, workdir: Path, *, db: str | None = None, replicas: int = 1,
+                 consoles: Callable[[int, list[str]], str] | None = None) -> None:
         self.lab = lab
         self.workdir = workdir
-        self.console = ConsoleProcess(workdir)
+        self.replicas = [ConsoleProcess(workdir if replicas == 1 else workdir / f"console-{i}",
+                                        db) for i in range(replicas)]
+        for r in self.replicas:
+            r.workdir.mkdir(exist_ok=True)
+        self.console = self.replicas[0]
         self.console.cli("create-user", "admin", "--password-stdin", stdin=PASSWORD + "\n")
-        self.console.start()
+        for r in self.replicas:
+            r.start()
         self.api = httpx.Client(base_url=self.console.url, timeout=30)
         self.login()
         token = self.console.cli("enrollment-token")
-        self.defenders = [ManagedDefender(lab, h, workdir, self.console.url, token)
-                          for h in HOSTS]
+        urls = [r.url for r in self.replicas]
+        self.defenders = [ManagedDefender(lab, h, workdir, consoles(i, urls) if consoles
+                                          else self.console.url, token)
+                          for i, h in enumerate(HOSTS)]
 
     def login(self) -> None:
         r = self.api.post("/api/v1/auth/login", json={"username": "admin", "password": PASSWORD})
@@ -201,8 +213,9 @@ class ManagedCluster:
     def stop(self) -> None:
         for d in self.defenders:
             d.stop()
-        if self.console.proc is not None:
-            self.console.kill(signal.SIGTERM)
+        for r in self.replicas:
+            if r.proc is not None:
+                r.kill(signal.SIGTERM)
         self.api.close()
 
     def revision(self) -> int:
