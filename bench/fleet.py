@@ -84,6 +84,7 @@ class Fleet:
         self.seen_at: list[float] = [0.0] * defenders
         self.changed = asyncio.Event()
         self.stop = False
+        self.errors: dict[int, int] = {}  # status -> answers other than 200 and 204
 
     def url(self, i: int) -> str:
         return self.consoles[i % len(self.consoles)].url
@@ -118,6 +119,9 @@ class Fleet:
                 self.seen[i] = r.json()["revision"]
                 self.seen_at[i] = time.perf_counter()
                 self.changed.set()
+            elif r.status_code != 204:
+                self.errors[r.status_code] = self.errors.get(r.status_code, 0) + 1
+                await asyncio.sleep(0.5)
 
     async def until(self, revision: int, timeout: float) -> bool:
         deadline = time.perf_counter() + timeout
@@ -168,7 +172,9 @@ async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace) -> d
     pids = [c.proc.pid for c in consoles if c.proc is not None]
     before = sum(rss_kib(p) for p in pids)
     polls = [asyncio.create_task(fleet.long_poll(i)) for i in range(args.defenders)]
-    assert await fleet.until(0, 120), "the fleet did not get the first policy"
+    assert await fleet.until(0, 300), (
+        f"{sum(1 for s in fleet.seen if s < 0)} Defenders did not get the first policy "
+        f"in 300 s; errors: {fleet.errors}")
     await asyncio.sleep(2)  # every long-poll waiting again
     during = sum(rss_kib(p) for p in pids)
     latencies: list[float] = []
@@ -187,7 +193,7 @@ async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace) -> d
     latencies.sort()
     return {"median": statistics.median(latencies),
             "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-            "rate": rate, "kib": (during - before) / args.defenders}
+            "rate": rate, "kib": (during - before) / args.defenders, "errors": fleet.errors}
 
 
 def run(server: postgres.PostgresServer, replicas: int, args: argparse.Namespace,
@@ -235,6 +241,8 @@ def main() -> None:
     print(f"{'report ingestion':34}{one['rate']:>9.0f} rec/s{three['rate']:>9.0f} rec/s"
           f"  ({three['rate'] / one['rate']:.2f}x)")
     print(f"{'Console memory per Defender':34}{one['kib']:>10.1f} KiB{three['kib']:>10.1f} KiB")
+    print(f"long-poll errors: 1 replica {one['errors'] or 'none'}; "
+          f"3 replicas {three['errors'] or 'none'}")
 
 
 if __name__ == "__main__":
