@@ -153,13 +153,22 @@ class Fleet:
                 except asyncio.QueueEmpty:
                     return
                 i = n % self.n
-                r = await self.http.post(
-                    f"{self.url(i)}{API}/defender/reports", json=batch(i, n),
-                    headers={"Authorization": f"Bearer {self.credentials[i]}"})
-                r.raise_for_status()
+                body = batch(i, n)
+                for _ in range(5):  # a keep-alive connection the server just closed
+                    try:
+                        r = await http.post(
+                            f"{self.url(i)}{API}/defender/reports", json=body,
+                            headers={"Authorization": f"Bearer {self.credentials[i]}"})
+                    except httpx.TransportError:
+                        continue  # the same batch id again: stored once
+                    r.raise_for_status()
+                    break
+                else:
+                    raise RuntimeError(f"batch {body['batch_id']} not stored")
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async with httpx.AsyncClient(timeout=120) as http:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
         return batches * RECORDS_PER_BATCH / (time.perf_counter() - started)
 
 
