@@ -10,6 +10,7 @@ import pytest
 
 from cnnf.console.radar import Overlay, RadarQuery, build_graph, compact_ports, verdict_class
 from cnnf.model.records import HostInfo, WorkloadInfo
+from cnnf.model import Policy
 from cnnf.policy.document import load_policy
 
 T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
@@ -320,3 +321,145 @@ def test_a_rule_over_many_nodes_is_cut_and_says_so() -> None:
     g = build_graph(policy, containers=many)
     assert len(g["edges"]) == 500
     assert g["truncatedRules"] == [9]
+
+
+# --- current verdicts and history ---------------------------------------------------
+
+def _with(**changes: Any) -> Any:
+    return POLICY.model_copy(update=changes)
+
+
+def _edge(policy: Any, flows: list[Flow], edge_id: str, **query: Any) -> dict[str, Any]:
+    g = build_graph(policy, hosts=HOSTS, containers=CONTAINERS, flows=flows,
+                    query=RadarQuery(**query))
+    return edges(g)[edge_id]
+
+
+def test_a_hole_that_a_rule_now_covers_takes_the_rules_verdict_and_keeps_its_history() -> None:
+    # web -> db 5432 was seen with no rule (grey); a prevent rule was added since.
+    doc = POLICY.model_dump(mode="json")
+    doc["containerRules"].append({"id": 9, "name": "no-web-db", "src": "web", "dst": "db",
+                                   "ports": [5432], "effect": "prevent"})
+    policy = Policy.model_validate(doc)
+    flows = [Flow("image:shop/web", "image:shop/db", 5432, count=4)]
+    e = _edge(policy, flows, "image:shop/web:1->image:shop/db:3")
+    assert (e["verdict"], e["hole"], e["label"], e["line"]) == ("blocked", False,
+                                                                "5432 blocked", "solid")
+    (port,) = e["ports"]
+    assert (port["verdict"], port["ruleId"], port["count"]) == ("blocked", 9, 4)
+    assert [(h["verdict"], h["count"], h["ruleId"]) for h in port["history"]] == [
+        ("observed", 4, None)]
+    assert e["rules"] == [9]
+    # Without the rule the same flows are a hole again.
+    e = _edge(POLICY, flows, "image:shop/web:1->image:shop/db:3")
+    assert (e["verdict"], e["hole"], e["label"]) == ("observed", True, "5432 observed")
+
+
+def test_one_port_seen_under_several_verdicts_is_one_port_with_its_history() -> None:
+    # api -> db 5432: alerted by rule 2 before, refused by a default "prevent" at
+    # some point, and seen as a hole: today rule 2 decides (alert).
+    flows = [Flow("image:shop/api", "image:shop/db", 5432, "alert", 2, "api-db", count=3),
+             Flow("image:shop/api", "image:shop/db", 5432, "prevent", 0, "", count=2,
+                  first_seen=datetime(2026, 1, 1, tzinfo=UTC)),
+             Flow("image:shop/api", "image:shop/db", 5432, count=1)]
+    e = _edge(POLICY, flows, "image:shop/api:2->image:shop/db:3")
+    (port,) = e["ports"]
+    assert (port["verdict"], port["ruleId"], port["count"]) == ("alert", 2, 6)
+    assert port["firstSeen"] == datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert sorted((h["verdict"], h["count"]) for h in port["history"]) == [
+        ("alert", 3), ("blocked", 2), ("observed", 1)]
+    assert (e["label"], e["verdict"], e["hole"]) == ("5432 alert", "alert", False)
+
+
+@pytest.mark.parametrize(("default", "verdict", "label"), [
+    ("allow", "observed", "9000 observed"),
+    ("alert", "alert", "9000 alert"),
+    ("prevent", "blocked", "9000 blocked"),
+])
+def test_a_port_no_rule_covers_follows_the_current_default_effect(
+        default: str, verdict: str, label: str) -> None:
+    # Recorded as alerted while the default was "alert"; the default is now `default`.
+    from cnnf.model.rule import Effect
+    flows = [Flow("image:shop/db", "image:shop/web", 9000, "alert", count=5)]
+    e = _edge(_with(default_effect=Effect(default)), flows,
+              "image:shop/db:3->image:shop/web:1")
+    assert (e["verdict"], e["label"], e["hole"]) == (verdict, label, True)
+    assert [h["verdict"] for h in e["ports"][0]["history"]] == ["alert"]
+
+
+def test_a_recorded_rule_that_no_longer_applies_is_not_drawn_on_the_edge() -> None:
+    # A flow recorded under rule 2 (api -> db 5432) on a port rule 2 does not cover.
+    flows = [Flow("image:shop/api", "image:shop/db", 6000, "alert", 2, "api-db")]
+    e = _edge(POLICY, flows, "image:shop/api:2->image:shop/db:3")
+    by_port = {p["port"]: p for p in e["ports"]}
+    assert (by_port["6000"]["verdict"], by_port["6000"]["ruleId"]) == ("observed", None)
+    assert by_port["6000"]["history"][0]["ruleId"] == 2
+    # Rule 2 is drawn on the edge (it covers 5432 there), not seen.
+    assert (by_port["5432"]["verdict"], by_port["5432"]["observed"]) == ("alert", False)
+    assert e["hole"]
+
+
+def test_the_verdict_filter_uses_current_verdicts() -> None:
+    flows = [Flow("image:shop/web", "image:shop/api", 8080, "prevent", 0, "", count=2)]
+    g = build_graph(POLICY, hosts=HOSTS, containers=CONTAINERS, flows=flows,
+                    query=RadarQuery(verdict="blocked"))
+    assert "image:shop/web:1->image:shop/api:2" not in edges(g)  # allowed by rule 1 now
+    g = build_graph(POLICY, hosts=HOSTS, containers=CONTAINERS, flows=flows,
+                    query=RadarQuery(verdict="allowed"))
+    assert edges(g)["image:shop/web:1->image:shop/api:2"]["ports"][0]["history"][0][
+        "verdict"] == "blocked"
+
+
+# --- node details -----------------------------------------------------------------------
+
+def test_the_internet_node_lists_the_addresses_and_names_seen() -> None:
+    flows = [Flow("image:shop/api", "addr:203.0.113.7", 443),
+             Flow("image:shop/web", "dns:other.example", 443),
+             Flow("image:shop/web", "addr:192.0.2.9", 443)]  # in "lan": not the internet
+    n = nodes(graph(flows))["internet"]
+    assert (n["seen"], n["seenCount"]) == (["203.0.113.7", "other.example"], 2)
+
+
+def test_an_image_node_drills_down_to_each_container() -> None:
+    containers = [*CONTAINERS,
+                  WorkloadInfo(address="10.88.0.9", image="shop/cache:7", name="cache-0",
+                               id="0123456789abcdef0123", namespace="shop", host="node-1"),
+                  WorkloadInfo(address="fd00::9", image="shop/cache:7", name="cache-0",
+                               id="0123456789abcdef0123", namespace="shop", host="node-1"),
+                  WorkloadInfo(address="10.88.0.10", image="shop/cache:7", name="cache",
+                               pod="cache-5d9", namespace="shop", host="node-2")]
+    g = build_graph(POLICY, hosts=HOSTS, containers=containers)
+    assert nodes(g)["image:shop/cache:7"]["workloads"] == [
+        {"name": "cache-0", "id": "0123456789ab", "pod": "", "namespace": "shop",
+         "host": "node-1", "addresses": ["10.88.0.9", "fd00::9"]},
+        {"name": "cache", "id": "", "pod": "cache-5d9", "namespace": "shop", "host": "node-2",
+         "addresses": ["10.88.0.10"]}]
+
+
+def test_nodes_name_the_objects_that_select_all_of_them_narrowest_first() -> None:
+    policy = load_policy({"apiVersion": "cnnf/v1", "kind": "Policy", "spec": {"objects": [
+        {"name": "api", "kind": "container", "selector": {"images": ["shop/api*"]}},
+        {"name": "shop", "kind": "container", "selector": {"namespaces": ["shop"]}},
+        {"name": "web-node-1", "kind": "container",  # selects only one of web's containers
+         "selector": {"images": ["shop/web*"], "hosts": ["node-1"]}},
+        {"name": "nodes", "kind": "host", "selector": {"hosts": ["node-*"]}},
+    ]}})
+    g = build_graph(policy, hosts=HOSTS, containers=CONTAINERS)
+    n = nodes(g)
+    assert n["image:shop/api:2"]["objects"] == [{"name": "api", "nodes": 1},
+                                                {"name": "shop", "nodes": 2}]
+    assert n["image:shop/web:1"]["objects"] == [{"name": "shop", "nodes": 2}]
+    assert n["image:shop/db:3"]["objects"] == []
+    h = nodes(build_graph(policy, hosts=HOSTS, containers=CONTAINERS,
+                          query=RadarQuery(view="host")))
+    assert h["host:node-1"]["objects"] == [{"name": "nodes", "nodes": 2}]
+
+
+@pytest.mark.parametrize(("view", "field", "on"), [
+    ("container", "container_enabled", True), ("container", "host_enabled", False),
+    ("host", "host_enabled", True), ("host", "container_enabled", False)])
+def test_the_graph_says_whether_its_view_is_enforced(view: str, field: str, on: bool) -> None:
+    g = build_graph(_with(**{field: True}), hosts=HOSTS, containers=CONTAINERS,
+                    query=RadarQuery(view=view))  # type: ignore[arg-type]
+    assert g["enforced"] is on
+    assert g["defaultEffect"] == "allow"

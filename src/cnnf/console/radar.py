@@ -24,6 +24,16 @@ verdict class, and the rules drawn on it:
 - ``allowed`` (allowed by a rule), ``alert``, ``blocked``, and ``observed``
   (seen, no rule matched: a hole in the policy);
 - ``observed`` edges (any flow) are drawn solid, rule-only edges dotted.
+
+An observed port's ``verdict`` is its *current* verdict: what the current
+policy decides for that port between the two nodes (the first enabled rule
+whose source object selects the source node, whose destination selects the
+destination node and whose ports hold the port; else the policy's default
+effect). What the stored flows recorded, under whatever policy was in force
+then, is the port's ``history`` (one entry per recorded verdict and rule, with
+counts and times). So a rule added for a hole turns the port's colour at once,
+and an edge's colour, its label and its "hole" flag follow the current policy,
+while the panel still shows what happened before.
 """
 
 from __future__ import annotations
@@ -68,6 +78,10 @@ LABEL_PORTS = 3
 RULE_EDGE_LIMIT = 500
 # Pods and container names listed on a node (the counts say how many in all).
 NAMES_LISTED = 50
+# Addresses and names listed on the internet node (``seenCount`` says how many in all).
+SEEN_LISTED = 100
+# Matching objects listed on an image or host node.
+OBJECTS_LISTED = 5
 
 
 class FlowLike(Protocol):
@@ -144,6 +158,7 @@ class _Node:
     containers: list[WorkloadInfo] = field(default_factory=list)
     host: HostInfo | None = None
     detail: str = ""  # cidrs / domains of external nodes
+    seen: set[str] = field(default_factory=set)  # internet: the addresses and names seen
 
     def namespaces(self) -> list[str]:
         return sorted({c.namespace for c in self.containers})
@@ -162,6 +177,7 @@ class _Port:
     last_seen: datetime | None = None
     rule_id: int = 0
     rule_name: str = ""
+    history: list[_Port] | None = None  # observed ports: what the stored flows recorded
 
 
 @dataclass(slots=True)
@@ -171,6 +187,11 @@ class _Edge:
     ports: dict[tuple[str, str, int], _Port] = field(default_factory=dict)  # port, verdict, rule
     rules: dict[int, Rule] = field(default_factory=dict)
 
+
+# The verdict class of a connection no rule matches, by the policy's default effect.
+_DEFAULT_CLASS: dict[Effect, VerdictClass] = {
+    Effect.ALLOW: "observed", Effect.ALERT: "alert", Effect.PREVENT: "blocked",
+}
 
 # verdict_class for the flows' verdicts that do not depend on the rule.
 _FLOW_CLASS: dict[str, VerdictClass] = {"prevent": "blocked", "alert": "alert",
@@ -225,6 +246,11 @@ class _Graph:
         self._identities: dict[str, list[ContainerIdentity]] | None = None
         self._endpoints: dict[str, str] = {}  # flow end key -> node id
         self.truncated_rules: list[int] = []
+        self._object_nodes: dict[str, list[str]] = {}
+        # Enabled rules in order, by source node: (rule, destination nodes), for
+        # the current verdict of an observed port.
+        self.rules_from: dict[str, list[tuple[Rule, set[str]]]] = defaultdict(list)
+        self.default_class: VerdictClass = _DEFAULT_CLASS[policy.default_effect]
         self.rules = {r.id: r for r in (policy.container_rules if query.view == "container"
                                         else policy.host_rules)}
         self.subnets = [(o, SubnetMatch(o)) for o in policy.objects
@@ -282,7 +308,7 @@ class _Graph:
             for dns, match in self.dns:
                 if match((value,)):
                     return f"dns:{dns.name}"
-            return self._node(INTERNET, "internet", "internet").id
+            return self._internet(value)
         address = value if prefix == "addr" else key
         owner = self.address_owner.get(address)
         if owner is not None:
@@ -290,7 +316,12 @@ class _Graph:
         for subnet, inside in self.subnets:
             if inside(address):
                 return f"subnet:{subnet.name}"
-        return self._node(INTERNET, "internet", "internet").id
+        return self._internet(address)
+
+    def _internet(self, seen: str) -> str:
+        node = self._node(INTERNET, "internet", "internet")
+        node.seen.add(seen)
+        return node.id
 
     def add_flow(self, flow: FlowLike) -> None:
         # Tens of thousands of flows over a few thousand ends: each end resolved once.
@@ -314,10 +345,8 @@ class _Graph:
                 have.first_seen = flow.first_seen
             if have.last_seen is None or flow.last_seen > have.last_seen:
                 have.last_seen = flow.last_seen
-        if flow.rule_id:
-            rule = self.rules.get(flow.rule_id)
-            if rule is not None:
-                edge.rules[rule.id] = rule
+        # The rule a flow recorded is history: the edge's rules are those that
+        # apply now (add_rules, and the current verdicts of its ports).
 
     # --- rules ---------------------------------------------------------------
 
@@ -332,6 +361,13 @@ class _Graph:
         return self._identities
 
     def object_nodes(self, name: str) -> list[str]:
+        """The nodes an object selects (any of a node's containers matching)."""
+        nodes = self._object_nodes.get(name)
+        if nodes is None:
+            nodes = self._object_nodes[name] = self._select(name)
+        return nodes
+
+    def _select(self, name: str) -> list[str]:
         obj = self.policy.object(name)
         if isinstance(obj, ContainerObject):
             match = ContainerMatch(obj.selector)
@@ -348,6 +384,28 @@ class _Graph:
             return [f"dns:{obj.name}"]
         return []
 
+    def node_objects(self) -> dict[str, list[tuple[str, int]]]:
+        """Per image or host node: the container or host objects that select all
+        of it (every container of an image node), with how many nodes each
+        selects, narrowest first: Radar proposes them for a rule before making
+        a new object."""
+        out: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for obj in self.policy.objects:
+            if isinstance(obj, ContainerObject) and self.query.view == "container":
+                selected = self.object_nodes(obj.name)
+                match = ContainerMatch(obj.selector)
+                identities = self.identities()
+                for node_id in selected:
+                    if all(match(i) for i in identities[node_id]):
+                        out[node_id].append((obj.name, len(selected)))
+            elif isinstance(obj, HostObject):
+                selected = self.object_nodes(obj.name)
+                for node_id in selected:
+                    out[node_id].append((obj.name, len(selected)))
+        for found in out.values():
+            found.sort(key=lambda o: (o[1], o[0]))
+        return out
+
     def add_rules(self) -> None:
         rules = (self.policy.container_rules if self.query.view == "container"
                  else self.policy.host_rules)
@@ -356,6 +414,9 @@ class _Graph:
                 continue
             sources = self.object_nodes(rule.src)
             targets = self.object_nodes(rule.dst)
+            target_set = set(targets)
+            for s in sources:
+                self.rules_from[s].append((rule, target_set))
             drawn = 0
             for s in sources:
                 for t in targets:
@@ -371,8 +432,38 @@ class _Graph:
 
     # --- output --------------------------------------------------------------
 
+    def current(self, source: str, target: str, port: int) -> tuple[VerdictClass, Rule | None]:
+        """What the current policy decides for ``port`` from ``source`` to ``target``."""
+        for rule, targets in self.rules_from.get(source, ()):
+            if target in targets and any(port in pr for pr in rule.ports):
+                return _EFFECT_CLASS[rule.effect], rule
+        return self.default_class, None
+
     def edge_ports(self, edge: _Edge) -> list[_Port]:
-        ports = list(edge.ports.values())
+        """One port per observed port number, with its current verdict and its
+        history, then the ports of the edge's rules that no flow shows."""
+        recorded = list(edge.ports.values())
+        by_port: dict[str, _Port] = {}
+        for h in recorded:
+            have = by_port.get(h.port)
+            if have is None:
+                verdict, rule = self.current(edge.source, edge.target, int(h.port))
+                by_port[h.port] = _Port(h.port, verdict, True, h.count, h.first_seen,
+                                        h.last_seen, rule.id if rule else 0,
+                                        rule.name if rule else "", [h])
+                if rule is not None:
+                    edge.rules[rule.id] = rule
+            else:
+                have.count += h.count
+                if h.first_seen is not None and (have.first_seen is None
+                                                 or h.first_seen < have.first_seen):
+                    have.first_seen = h.first_seen
+                if h.last_seen is not None and (have.last_seen is None
+                                                or h.last_seen > have.last_seen):
+                    have.last_seen = h.last_seen
+                assert have.history is not None
+                have.history.append(h)
+        ports = list(by_port.values())
         if not edge.rules:
             return ports
         seen_rules = {p.rule_id for p in ports}
@@ -426,6 +517,23 @@ def _host_counts(containers: Iterable[WorkloadInfo]) -> dict[str, tuple[int, int
     plain_on = Counter(host for host, _ in plain)
     pods_on = Counter(host for _, _, host in pods)
     return {h: (plain_on[h], pods_on[h]) for h in plain_on.keys() | pods_on.keys()}
+
+
+def _drill_down(containers: Iterable[WorkloadInfo]) -> list[dict[str, Any]]:
+    """The first workloads of a node, each once with all its addresses: a pod
+    (its containers share its addresses) or a container that runs in no pod."""
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
+    for c in containers:
+        key = (c.namespace, c.pod, c.host) if c.pod else (c.host, c.id or c.name or c.address)
+        have = out.get(key)
+        if have is None:
+            if len(out) >= NAMES_LISTED:
+                continue
+            have = out[key] = {"name": c.name, "id": c.id[:12], "pod": c.pod,
+                               "namespace": c.namespace, "host": c.host, "addresses": []}
+        if c.address not in have["addresses"]:
+            have["addresses"].append(c.address)
+    return sorted(out.values(), key=lambda w: (w["namespace"], w["pod"], w["name"], w["host"]))
 
 
 def _epoch_of(t: datetime) -> int:
@@ -492,7 +600,7 @@ def build_graph(
                 continue
             worst: str = p.verdict
             observed = p.observed
-            hole = worst == "observed"
+            hole = observed and not p.rule_id
             if observed:
                 count, first, last = p.count, p.first_seen, p.last_seen
             label = f"{p.port} {worst}"
@@ -501,10 +609,11 @@ def build_graph(
                 continue
             # One pass over the ports.
             observed = False
+            hole = False
             worst = ""
-            verdicts: set[str] = set()
             for p in ports:
-                verdicts.add(p.verdict)
+                if p.observed and not p.rule_id:
+                    hole = True
                 if not worst or _WORST_ORDER[p.verdict] > _WORST_ORDER[worst]:
                     worst = p.verdict
                 if p.observed:
@@ -514,7 +623,6 @@ def build_graph(
                         first = p.first_seen
                     if p.last_seen is not None and (last is None or p.last_seen > last):
                         last = p.last_seen
-            hole = "observed" in verdicts
             ports.sort(key=lambda p: (_port_sort_key(p.port), p.verdict))
             label = compact_ports((p.port, p.verdict) for p in ports)
         rules = edge.rules
@@ -542,7 +650,12 @@ def build_graph(
             "ports": [
                 {"port": p.port, "verdict": p.verdict, "observed": p.observed, "count": p.count,
                  "firstSeen": epoch(p.first_seen), "lastSeen": epoch(p.last_seen),
-                 "ruleId": p.rule_id or None}
+                 "ruleId": p.rule_id or None,
+                 "history": [
+                     {"verdict": h.verdict, "count": h.count, "firstSeen": epoch(h.first_seen),
+                      "lastSeen": epoch(h.last_seen), "ruleId": h.rule_id or None,
+                      "ruleName": h.rule_name}
+                     for h in p.history] if p.history else []}
                 for p in ports
             ],
             "rules": rule_ids,
@@ -576,6 +689,7 @@ def build_graph(
     primary = "image" if query.view == "container" else "host"
 
     nodes_out: list[dict[str, Any]] = []
+    node_objects = g.node_objects()
     host_counts: dict[str, tuple[int, int]] | None = None
     groups: dict[str, dict[str, Any]] = {}
     for node_id, node in g.nodes.items():
@@ -626,6 +740,7 @@ def build_graph(
             data["pods"] = [{"namespace": ns, "name": pod, "host": host,
                              "images": list(c.images) or [c.image]}
                             for (ns, pod, host), c in sorted(pods.items())[:NAMES_LISTED]]
+            data["workloads"] = _drill_down(node.containers)
             labels: dict[str, str] = {}
             for c in node.containers:
                 labels.update(c.labels)
@@ -636,10 +751,21 @@ def build_graph(
             if host_counts is None:
                 host_counts = _host_counts(containers)
             data["containers"], data["podCount"] = host_counts.get(node.label, (0, 0))
+        if node.kind in ("image", "host"):
+            data["objects"] = [{"name": name, "nodes": n}
+                               for name, n in node_objects.get(node_id, ())[:OBJECTS_LISTED]]
+        if node.kind == "internet":
+            seen = sorted(node.seen)
+            data["seen"] = seen[:SEEN_LISTED]
+            data["seenCount"] = len(seen)
         nodes_out.append(data)
 
     return {
         "view": query.view,
+        # Whether the policy is enforced for this view's workloads (else only observed).
+        "enforced": policy.container_enabled if query.view == "container"
+        else policy.host_enabled,
+        "defaultEffect": policy.default_effect.value,
         "group": query.group if query.view == "container" else "none",
         "groups": sorted(groups.values(), key=lambda x: x["id"]),
         "nodes": nodes_out,
