@@ -22,7 +22,7 @@ from cnnf.model.records import HostInfo, WorkloadInfo
 
 pytestmark = pytest.mark.browser
 
-GREY, YELLOW, ORANGE, GREEN = "#8d8d8d", "#f9c20a", "#ef6c00", "#2e7d32"
+GREY, YELLOW, ORANGE, GREEN = "#616161", "#f9c20a", "#b94a00", "#2e7d32"
 
 
 def rgb(hex_colour: str) -> str:
@@ -99,8 +99,9 @@ def test_container_view_nodes_edges_line_styles_and_port_colours(page: Any,
     }
     got = {k: (v["line"], v["label"], v["labelBg"]) for k, v in e.items()}
     assert got == {k: (line, label, rgb(c)) for k, (line, label, c) in expected.items()}
-    # A rule not seen yet is dotted in its effect's colour.
-    assert e["image:shop/web:1.4->image:shop/cache:7"]["lineColor"] == rgb(GREEN)
+    # Lines take the colour of the edge's worst current verdict, seen or not.
+    assert {k: v["lineColor"] for k, v in e.items()} == {k: rgb(c) for k, (_, _, c) in
+                                                         expected.items()}
 
 
 def test_group_by_host_and_host_view(page: Any, console: RadarConsole) -> None:
@@ -184,23 +185,31 @@ def test_create_rule_from_a_grey_edge(page: Any, console: RadarConsole) -> None:
     page.click("#create-rule")
     form = page.locator("#rule-form")
     assert form.locator("input[name=ports]").input_value() == "9100,9101"
-    assert form.locator("select[name=src]").input_value() == "image-monitoring-agent"
-    assert form.locator("select[name=dst]").input_value() == "image-shop-api"
+    # The existing "api" object selects shop/api: reused; no object selects the
+    # agent: a new one, named after the image.
+    assert form.locator("select[name=src]").input_value() == "agent"
+    assert form.locator("select[name=dst]").input_value() == "api"
+    assert form.locator("input[name=name]").input_value() == "agent-to-api-9100-9101"
     form.locator("button[value=allow]").click()
     page.wait_for_selector("#rule-created")
     with console.client() as api:
         rules = api.get("/api/v1/rules/container").json()
         objects = {o["name"]: o for o in api.get("/api/v1/objects").json()}
-    new = [r for r in rules if r["src"] == "image-monitoring-agent"]
+    new = [r for r in rules if r["src"] == "agent"]
     assert len(new) == 1
-    assert (new[0]["dst"], new[0]["ports"], new[0]["effect"]) == ("image-shop-api",
-                                                                  [9100, 9101], "allow")
-    selector = objects["image-monitoring-agent"]["selector"]
+    assert (new[0]["name"], new[0]["dst"], new[0]["ports"], new[0]["effect"]) == (
+        "agent-to-api-9100-9101", "api", [9100, 9101], "allow")
+    assert "image-shop-api" not in objects
+    selector = objects["agent"]["selector"]
     assert selector["images"] == ["monitoring/agent"]
     assert not any(v for k, v in selector.items() if k != "images")
-    # Radar shows the new rule on the edge.
+    # Radar shows the new rule on the edge, the ports allowed now, no hole left.
     page.wait_for_function(
         "(id) => window.cnnfRadar.cy.getElementById(id).data('rules').length === 1", arg=hole)
+    edge = graph_state(page)["edges"][hole]
+    assert (edge["label"], edge["hole"], edge["lineColor"]) == ("9100,9101 allowed", False,
+                                                                rgb(GREEN))
+    assert page.locator("#panel #create-rule").count() == 0
 
 
 def test_live_updates_show_new_edges_without_reload(page: Any, console: RadarConsole) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from cnnf.console.radar import Overlay, RadarQuery, build_graph, compact_ports, verdict_class
-from cnnf.model.records import HostInfo, WorkloadInfo
 from cnnf.model import Policy
+from cnnf.model.records import HostInfo, WorkloadInfo
 from cnnf.policy.document import load_policy
 
 T0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)

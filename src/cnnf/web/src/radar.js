@@ -8,16 +8,23 @@ import { clear, fmtTime, h, showFieldErrors } from "./dom.js";
 
 cytoscape.use(elk);
 
+// Label text on these backgrounds has a contrast of at least 4.5:1 (WCAG AA):
+// white on green 5.1, dark on yellow 10.3, white on orange 5.2, white on grey 6.2.
 export const VERDICT_COLORS = {
-  allowed: "#2e7d32", alert: "#f9c20a", blocked: "#ef6c00", observed: "#8d8d8d",
+  allowed: "#2e7d32", alert: "#f9c20a", blocked: "#b94a00", observed: "#616161",
 };
+// Lines are coloured by the edge's worst current verdict; the alarming ones
+// are drawn wider so that blocked lateral movement stands out.
+const VERDICT_WIDTH = { allowed: 2, observed: 2.5, alert: 3.5, blocked: 4.5 };
+// Fading every other element on hover restyles them all: above this many
+// elements only the neighbourhood is highlighted.
+const FADE_MAX_ELEMENTS = 3000;
 const VERDICT_TEXT = { allowed: "#ffffff", alert: "#1a1a1a", blocked: "#ffffff", observed: "#ffffff" };
 export const SEVERITY_COLORS = {
   critical: "#7f0000", high: "#d32f2f", medium: "#fb8c00", low: "#c0ca33", none: "#43a047",
   unknown: "#78909c",
 };
 const SEVERITY_ORDER = ["critical", "high", "medium", "low", "none", "unknown"];
-const EFFECT_COLORS = { allow: VERDICT_COLORS.allowed, alert: "#d4a200", prevent: VERDICT_COLORS.blocked, mixed: "#546e7a" };
 const VERDICT_ORDER = { blocked: 3, alert: 2, observed: 1, allowed: 0 };
 const WINDOWS = [["15m", 900], ["1h", 3600], ["24h", 86400], ["7d", 604800], ["all", 0]];
 // Above this many nodes, groups with more than COLLAPSE_MIN_CHILDREN start collapsed.
@@ -78,6 +85,15 @@ function imageName(image) {
   const slash = image.lastIndexOf("/");
   const colon = image.lastIndexOf(":");
   return colon > slash ? image.slice(0, colon) : image;
+}
+
+// "docker.io/library/nginx:1" and "nginx:1" name one image, as the Defenders report it.
+function normaliseImage(image) {
+  let name = String(image).trim();
+  for (const prefix of ["docker.io/library/", "docker.io/", "index.docker.io/library/", "index.docker.io/"]) {
+    if (name.startsWith(prefix)) { name = name.slice(prefix.length); break; }
+  }
+  return name;
 }
 
 export function compactPorts(ports) {
@@ -245,20 +261,22 @@ const STYLE = [
     "text-rotation": "none", "min-zoomed-font-size": 8, "source-distance-from-node": 2,
     "target-distance-from-node": 2,
   } },
-  { selector: 'edge[line = "dotted"]', style: {
-    width: 2.5,
-    "line-color": (e) => EFFECT_COLORS[e.data("effect")] || EFFECT_COLORS.mixed,
-    "target-arrow-color": (e) => EFFECT_COLORS[e.data("effect")] || EFFECT_COLORS.mixed,
-  } },
   ...Object.keys(VERDICT_COLORS).map((v) => ({ selector: `edge[verdict = "${v}"]`, style: {
     "text-background-color": VERDICT_COLORS[v], color: VERDICT_TEXT[v],
+    "line-color": VERDICT_COLORS[v], "target-arrow-color": VERDICT_COLORS[v],
+    width: VERDICT_WIDTH[v],
   } })),
   // Many edges: labels only when zoomed in (measuring thousands of labels
   // costs seconds) and on the selected edge.
   { selector: "edge.quiet", style: { label: "" } },
   { selector: "edge.big", style: { "curve-style": "straight", "arrow-scale": 0.8 } },
   { selector: "edge.quiet:selected", style: { label: "data(label)" } },
-  { selector: "edge:selected", style: { width: 4.5, "line-color": "#1565c0", "target-arrow-color": "#1565c0" } },
+  { selector: "edge:selected", style: { width: 5, "line-color": "#1565c0", "target-arrow-color": "#1565c0",
+    "text-background-color": "#1565c0", color: "#ffffff" } },
+  // Hover: the node, its edges and its neighbours stand out, the rest fades.
+  { selector: ".faded", style: { opacity: 0.15 } },
+  { selector: "node.hl", style: { "border-color": "#1565c0", "border-width": 3 } },
+  { selector: "edge.hl", style: { "z-index": 10 } },
 ];
 
 function legend() {
@@ -276,12 +294,11 @@ function legend() {
       swatch(VERDICT_COLORS.alert, "alert – allowed and audited"),
       swatch(VERDICT_COLORS.blocked, "blocked – prevented by a rule"),
       swatch(VERDICT_COLORS.observed, "observed – no rule matched (a hole)")),
-    h("strong", {}, "Lines"),
+    h("strong", {}, "Lines (worst current verdict)"),
     h("ul", {},
-      line("solid", "#607d8b", "solid – connections seen"),
-      line("dotted", EFFECT_COLORS.allow, "dotted – allow rule, not seen"),
-      line("dotted", EFFECT_COLORS.alert, "dotted – alert rule, not seen"),
-      line("dotted", EFFECT_COLORS.prevent, "dotted – prevent rule, not seen")),
+      line("solid", VERDICT_COLORS.blocked, "solid – connections seen"),
+      line("dotted", VERDICT_COLORS.blocked, "dotted – a rule, not seen"),
+      h("li", { class: "muted" }, "Colour: the worst verdict of the edge's ports under the current policy; what was recorded before is in the edge's history.")),
     h("strong", {}, "Nodes (worst vulnerability)"),
     h("ul", {},
       swatch(SEVERITY_COLORS.critical, "critical"), swatch(SEVERITY_COLORS.high, "high"),
@@ -419,8 +436,13 @@ function useDagre(elements) {
 }
 
 export async function renderRadar(main) {
-  const graphBox = h("div", { id: "graph", class: "graph", role: "img", "aria-label": "Radar graph" });
-  const panel = h("aside", { id: "panel", class: "panel", hidden: true });
+  const help = "Radar graph. Left and right arrows move between nodes, up and down between the edges of the node; Enter opens the details, Escape closes them.";
+  const graphBox = h("div", { id: "graph", class: "graph", tabindex: 0, role: "application",
+    "aria-roledescription": "network graph", "aria-label": help });
+  const panel = h("aside", { id: "panel", class: "panel", hidden: true, "aria-label": "Details" });
+  const empty = h("p", { id: "radar-empty", class: "radar-empty", hidden: true, role: "status" });
+  const note = h("p", { id: "enforcement-note", class: "radar-note", hidden: true, role: "note" });
+  const focusText = h("span", { id: "radar-focus", class: "visually-hidden", "aria-live": "polite" });
   const live = h("span", { id: "live", class: "live", "aria-live": "polite" }, "● loading…");
   const status = h("span", { id: "radar-status", class: "muted" });
   const input = (name, placeholder) => h("input", { name, placeholder, value: state[name],
@@ -447,7 +469,7 @@ export async function renderRadar(main) {
     pause);
   const statusBar = h("div", { class: "statusbar" }, live, status);
   clear(main).append(h("section", { class: "radar" }, toolbar, statusBar,
-    h("div", { class: "radar-body" }, graphBox, legend(), panel)));
+    h("div", { class: "radar-body" }, graphBox, legend(), empty, note, focusText, panel)));
 
   const cy = cytoscape({
     container: graphBox, style: STYLE, elements: [],
@@ -463,14 +485,84 @@ export async function renderRadar(main) {
   let inFlight = false;
   let lastChange = "";
 
-  cy.on("tap", "edge", (e) => showEdge(e.target.data()));
-  cy.on("tap", "node", (e) => showNode(e.target));
+  cy.on("tap", "edge", (e) => { focused = e.target; showEdge(e.target.data()); });
+  cy.on("tap", "node", (e) => { focused = e.target; showNode(e.target); });
   // Deferred: the handler must not remove the element its event is still on.
   cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => {
     const id = e.target.id();
     setTimeout(() => toggleGroup(id), 0);
   });
-  cy.on("tap", (e) => { if (e.target === cy) panel.hidden = true; });
+  cy.on("tap", (e) => { if (e.target === cy) closePanel(); });
+
+  // Hover: a node's edges and neighbours stand out.
+  cy.on("mouseover", "node", (e) => highlight(e.target));
+  cy.on("mouseout", "node", () => highlight(null));
+  function highlight(node) {
+    cy.batch(() => {
+      cy.elements(".hl").removeClass("hl");
+      cy.elements(".faded").removeClass("faded");
+      if (!node || node.data("kind") === "group") return;
+      const near = node.closedNeighborhood();
+      near.addClass("hl");
+      if (cy.elements().length <= FADE_MAX_ELEMENTS) {
+        cy.elements().difference(near).difference(near.parents()).addClass("faded");
+      }
+    });
+  }
+
+  // --- keyboard ------------------------------------------------------------------
+  let focused = null;
+  const byPlace = (a, b) => a.position("x") - b.position("x") || a.position("y") - b.position("y")
+    || a.id().localeCompare(b.id());
+  function describe(el) {
+    if (el.isEdge()) {
+      const d = el.data();
+      return `Edge ${nameOf(d.source)} to ${nameOf(d.target)}: ${d.label}`;
+    }
+    const d = el.data();
+    return `${d.kind === "collapsed" ? "collapsed group" : d.kind} ${String(d.label).replace(/\n/g, ", ")}`;
+  }
+  function focusOn(el) {
+    if (!el || el.empty()) return;
+    focused = el;
+    cy.elements(":selected").unselect();
+    el.select();
+    highlight(el.isNode() ? el : null);
+    const box = el.renderedBoundingBox();
+    if (box.x2 < 0 || box.y2 < 0 || box.x1 > cy.width() || box.y1 > cy.height()) cy.center(el);
+    focusText.textContent = describe(el);
+    graphBox.dataset.focused = el.id();
+  }
+  graphBox.addEventListener("keydown", (ev) => {
+    const nodes = cy.nodes().filter((n) => n.data("kind") !== "group").sort(byPlace);
+    if (!nodes.length) return;
+    const from = focused && focused.inside() ? focused : null;
+    const node = from ? (from.isEdge() ? from.source() : from) : null;
+    if (ev.key === "ArrowRight" || ev.key === "ArrowLeft") {
+      const i = node ? nodes.indexOf(node) : -1;
+      const step = ev.key === "ArrowRight" ? 1 : -1;
+      focusOn(nodes[(i + step + nodes.length) % nodes.length] || nodes[0]);
+    } else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+      const edges = (node ? node.connectedEdges() : cy.edges()).sort((a, b) =>
+        byPlace(a.source(), b.source()) || byPlace(a.target(), b.target()));
+      if (!edges.length) { focusText.textContent = `${describe(node)}: no edges`; ev.preventDefault(); return; }
+      const i = from && from.isEdge() ? edges.indexOf(from) : -1;
+      const step = ev.key === "ArrowDown" ? 1 : -1;
+      focusOn(edges[(i + step + edges.length) % edges.length] || edges[0]);
+    } else if ((ev.key === "Enter" || ev.key === " ") && from) {
+      if (from.isEdge()) showEdge(from.data());
+      else showNode(from);
+    } else {
+      return;
+    }
+    ev.preventDefault();
+  });
+  function onEscape(ev) {
+    if (ev.key !== "Escape" || panel.hidden) return;
+    closePanel();
+    if (focused && focused.inside()) graphBox.focus();
+  }
+  document.addEventListener("keydown", onEscape);
 
   function quietLabels() {
     const quiet = cy.edges().length > QUIET_EDGES && cy.zoom() < QUIET_ZOOM;
@@ -538,6 +630,16 @@ export async function renderRadar(main) {
     radar.timing.layoutMs = Math.round(t2 - t1);
     status.textContent = `${data.nodes.length} nodes · ${data.edges.length} edges` +
       (state.collapsed.size ? ` · ${state.collapsed.size} groups collapsed (double-click to expand)` : "");
+    const q = state.q.trim();
+    const filtered = q || state.namespace.trim() || state.host.trim() || state.verdict;
+    empty.hidden = data.nodes.length > 0;
+    empty.textContent = q ? `No node matches “${q}”${filtered !== q ? " with these filters" : ""}.`
+      : filtered ? "Nothing matches these filters."
+        : state.view === "host" ? "No hosts yet: a Defender reports its host when it connects."
+          : "Nothing to show yet: no running containers, rules or flows.";
+    const what = state.view === "host" ? "Host" : "Container";
+    note.hidden = data.enforced !== false;
+    note.textContent = `${what} enforcement is off: ${what.toLowerCase()} rules are drawn but not enforced, connections are only observed. Turn it on in Settings.`;
     return added;
   }
 
@@ -606,11 +708,28 @@ export async function renderRadar(main) {
 
   // --- side panel --------------------------------------------------------------
 
+  // The panel takes its width from the graph (never covers it): the graph is
+  // resized and fitted again, around the element shown when the graph is big.
   function openPanel(...content) {
     clear(panel).append(h("div", {},
-      h("button", { type: "button", class: "close", "aria-label": "Close", onclick: () => { panel.hidden = true; } }, "×"),
+      h("button", { type: "button", class: "close", "aria-label": "Close details (Escape)", onclick: closePanel }, "×"),
       ...content));
+    const wasHidden = panel.hidden;
     panel.hidden = false;
+    if (wasHidden) refit(true);
+  }
+
+  function closePanel() {
+    if (panel.hidden) return;
+    panel.hidden = true;
+    refit(false);
+  }
+
+  function refit(open) {
+    document.body.classList.toggle("panel-open", open);
+    cy.resize();
+    if (cy.edges().length <= DAGRE_MAX_EDGES) cy.fit(undefined, 30);
+    else if (focused && focused.inside()) cy.center(focused);
   }
 
   function auditList(queries) {
@@ -648,13 +767,23 @@ export async function renderRadar(main) {
   function showEdge(e) {
     const kind = state.view;
     const rules = e.rules.map(ruleOf).filter(Boolean);
+    const ruleLink = (id, name) => (id ? h("a", { href: `#/rules/${kind}?edit=${id}`, title: name || ruleOf(id)?.name || "" }, `#${id}`) : "no rule");
     const rows = e.ports.map((p) => h("tr", {},
       h("td", {}, p.port),
       h("td", {}, h("span", { class: `badge ${p.verdict}` }, p.verdict)),
       h("td", {}, p.observed ? "seen" : "rule"),
       h("td", { class: "num" }, p.observed ? p.count : "–"),
-      h("td", {}, p.ruleId ? h("a", { href: `#/rules/${kind}?edit=${p.ruleId}`, title: ruleOf(p.ruleId)?.name || "" }, `#${p.ruleId}`) : "no rule"),
+      h("td", {}, ruleLink(p.ruleId)),
       h("td", { class: "small nowrap" }, p.observed ? `${fmtTime(p.firstSeen).slice(5)} – ${fmtTime(p.lastSeen).slice(5)}` : "")));
+    // What the flows recorded, under the policy of their time.
+    const history = e.ports.flatMap((p) => (p.history || []).map((x) => ({ port: p.port, ...x })))
+      .sort((a, b) => (b.lastSeen || 0) - (a.lastSeen || 0));
+    const historyRows = history.map((x) => h("tr", {},
+      h("td", {}, x.port),
+      h("td", {}, h("span", { class: `badge ${x.verdict}` }, x.verdict)),
+      h("td", { class: "num" }, x.count),
+      h("td", {}, ruleLink(x.ruleId, x.ruleName)),
+      h("td", { class: "small nowrap" }, `${fmtTime(x.firstSeen).slice(5)} – ${fmtTime(x.lastSeen).slice(5)}`)));
     const src = cy.getElementById(e.source);
     const dst = cy.getElementById(e.target);
     // An edge is connections: its audits are the container and host ones (overload
@@ -674,15 +803,23 @@ export async function renderRadar(main) {
         h("span", { class: `badge ${e.verdict}` }, e.verdict), " ",
         e.observed ? "Connections seen (solid line)." : "A rule, no connection seen (dotted line).",
         e.merged ? ` ${e.members} edges of a collapsed group.` : ""),
-      h("table", { class: "ports" },
+      h("h3", {}, "Now (current policy)"),
+      h("table", { class: "ports", id: "ports-now" },
         h("thead", {}, h("tr", {}, ["Port", "Verdict", "", "Count", "Rule", "First – last seen"].map((t) => h("th", {}, t)))),
         h("tbody", {}, rows)),
+      history.length ? h("details", { id: "port-history", open: history.some((x) => !e.ports.some((p) => p.port === x.port && p.verdict === x.verdict)) },
+        h("summary", {}, `History: ${history.length} recorded verdict${history.length === 1 ? "" : "s"}`),
+        h("p", { class: "muted small" }, "What the connections got when they were made, under the policy of that time."),
+        h("table", { class: "ports" },
+          h("thead", {}, h("tr", {}, ["Port", "Verdict then", "Count", "Rule then", "First – last seen"].map((t) => h("th", {}, t)))),
+          h("tbody", {}, historyRows))) : null,
       h("p", {}, `Connections: ${e.count} · first seen ${fmtTime(e.firstSeen)} · last seen ${fmtTime(e.lastSeen)}`),
       rules.length ? h("div", {}, h("h3", {}, "Rules"), h("ul", {}, rules.map((r) => h("li", {},
         h("a", { href: `#/rules/${r.kind}?edit=${r.id}`, class: "rule-link" }, `#${r.id} ${r.name}`),
         ` – ${r.effect} ${r.src} → ${r.dst} ports ${r.ports.join(",")} `,
         h("a", { href: `#/rules/${r.kind}?edit=${r.id}` }, "edit"))))) : null,
-      e.hole && !e.merged ? h("button", { type: "button", id: "create-rule", onclick: () => ruleForm(e) }, "Create rule for this connection") : null,
+      e.hole && !e.merged ? h("button", { type: "button", id: "create-rule", onclick: () => ruleForm(e) }, "Create rule for this connection")
+        : e.observed && !e.merged ? h("p", { class: "muted small", id: "covered" }, "Every port seen here is covered by a rule now.") : null,
       h("h3", {}, "Recent audits"),
       auditQueries.length ? auditList(auditQueries) : h("p", { class: "muted" }, "No audits for external sources."));
   }
@@ -727,50 +864,156 @@ export async function renderRadar(main) {
       if (d.containers || !d.podCount) runtime.push(h("li", {}, `Containers: ${d.containers || 0}`));
     } else if (d.detail) {
       runtime.push(h("li", {}, d.kind === "dns" ? `Domains: ${d.detail}` : `CIDRs: ${d.detail}`));
+    } else if (d.kind === "internet") {
+      const seen = d.seen || [];
+      runtime.push(h("li", { id: "seen" }, `Addresses and names seen: ${d.seenCount || 0}`,
+        seen.length ? h("ul", {}, seen.map((a) => h("li", {}, h("code", {}, a))), more(seen.length, d.seenCount || 0)) : ""));
     }
     const labels = Object.entries(d.labels || {});
     if (labels.length) runtime.push(h("li", {}, "Labels: ", labels.map(([k, v]) => h("code", {}, `${k}=${v}`)), ""));
+    // Each container or pod of an image: where it runs and its addresses.
+    const drill = (d.workloads || []).length ? h("details", { id: "workloads" },
+      h("summary", {}, `Each workload (${d.workloads.length}${d.workloads.length < (d.podCount || 0) + (d.containers || 0) ? ` of ${(d.podCount || 0) + (d.containers || 0)}` : ""})`),
+      h("table", {}, h("thead", {}, h("tr", {}, ["Container", "Pod", "Namespace", "Host", "Addresses", "ID"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, d.workloads.map((w) => h("tr", {},
+          h("td", {}, w.name || "–"), h("td", {}, w.pod || "–"), h("td", {}, w.namespace || "–"),
+          h("td", {}, w.host || "–"), h("td", {}, w.addresses.join(", ")),
+          h("td", {}, w.id ? h("code", {}, w.id) : "–")))))) : null;
     const audits = d.kind === "image"
       ? auditList([{ src_image: `${imageName(d.name)}*` }, { dst_image: `${imageName(d.name)}*` }])
       : d.kind === "host" ? auditList([{ host: d.name }]) : h("p", { class: "muted" }, "–");
+    const scanned = d.kind === "image" || d.kind === "host";
     openPanel(
       h("h2", {}, d.name),
       h("p", { class: "muted" }, d.kind === "image" ? "Image" : d.kind),
-      h("h3", {}, "Vulnerabilities"),
-      vulns ? h("table", { id: "vulns" }, h("tbody", {}, sevRows),
-        h("caption", {}, "Worst: ", h("span", { class: "badge", style: `background:${SEVERITY_COLORS[d.severity]}` }, d.severity)))
-        : h("p", { class: "muted", id: "vulns" }, "No vulnerability report (POST a Trivy report to /api/v1/overlays)."),
-      h("h3", {}, "Compliance"),
-      d.compliance ? h("p", { id: "compliance" }, `${d.compliance.passed} passed · ${d.compliance.failed} failed`)
+      scanned ? h("h3", {}, "Vulnerabilities") : null,
+      !scanned ? null : vulns ? h("table", { id: "vulns" }, h("tbody", {}, sevRows),
+        h("caption", {}, "Worst: ", h("span", { class: `badge sev-${d.severity}` }, d.severity)))
+        : h("p", { class: "muted", id: "vulns" }, "No vulnerability report yet."),
+      vulns ? findings(d) : null,
+      scanned ? trivyUpload(d) : null,
+      scanned ? h("h3", {}, "Compliance") : null,
+      !scanned ? null : d.compliance ? h("p", { id: "compliance" }, `${d.compliance.passed} passed · ${d.compliance.failed} failed`)
         : h("p", { class: "muted", id: "compliance" }, "No compliance report."),
-      h("h3", {}, "Runtime"), h("ul", { id: "runtime" }, runtime),
+      h("h3", {}, "Runtime"), h("ul", { id: "runtime" }, runtime), drill,
       h("h3", {}, "Recent audits"), audits);
+  }
+
+  // The most severe findings of a node's report (the Console keeps the top 20).
+  function findings(d) {
+    const box = h("div", { id: "cves" }, h("p", { class: "muted small" }, "Loading the findings…"));
+    const path = `/overlays/${d.kind}/${d.name.split("/").map(encodeURIComponent).join("/")}`;
+    const show = (o) => {
+      clear(box).append(o.top.length ? h("table", {},
+        h("caption", { class: "small" }, `The ${o.top.length} most severe of ${Object.values(o.vulnerabilities).reduce((a, b) => a + b, 0)} (report ${o.source || o.name}, ${fmtTime(o.updated)})`),
+        h("thead", {}, h("tr", {}, ["CVE", "Severity", "Package", "Installed", "Fixed"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, o.top.map((f) => h("tr", {}, h("td", {}, f.id),
+          h("td", {}, h("span", { class: `badge sev-${f.severity}` }, f.severity)),
+          h("td", {}, f.package || "–"), h("td", {}, f.installed || "–"), h("td", {}, f.fixed || "–")))))
+        : h("p", { class: "muted small" }, "The report lists no vulnerabilities."));
+    };
+    // The graph matches an overlay by the image with or without its tag.
+    api("GET", path).catch((err) => {
+      if (d.kind === "image" && err.status === 404 && imageName(d.name) !== d.name) {
+        return api("GET", `/overlays/image/${imageName(d.name).split("/").map(encodeURIComponent).join("/")}`);
+      }
+      throw err;
+    }).then(show).catch((err) => { clear(box).append(h("p", { class: "error" }, err.message)); });
+    return box;
+  }
+
+  // Upload a Trivy JSON report for this image or host. A report names what it
+  // scanned (ArtifactName): one for another image is stored only when asked.
+  function trivyUpload(d) {
+    const message = h("p", { id: "trivy-message", role: "status" });
+    const file = h("input", { type: "file", name: "trivy", id: "trivy-file", accept: ".json,application/json",
+      "aria-label": `Trivy JSON report for ${d.name}` });
+    const form = h("form", { id: "trivy-form", class: "upload" },
+      h("label", { for: "trivy-file", class: "small" }, `Upload a Trivy report (trivy ${d.kind === "host" ? "rootfs" : "image"} -f json) for this ${d.kind}`),
+      file, h("button", { type: "submit", class: "secondary" }, "Upload"), message);
+    const store = async (report) => {
+      const info = await api("POST", `/overlays/${d.kind}/trivy`, { query: { name: d.name }, body: report });
+      await refresh(true);
+      const now = cy.getElementById(d.id);
+      if (now.nonempty()) showNode(now);
+      const shown = document.getElementById("trivy-message");
+      if (shown) {
+        shown.className = "ok";
+        shown.textContent = `Report stored for ${info.name}: ${Object.entries(info.vulnerabilities).filter(([, n]) => n).map(([s, n]) => `${n} ${s}`).join(", ") || "no vulnerabilities"}.`;
+      }
+    };
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      message.className = "";
+      message.textContent = "";
+      const chosen = file.files[0];
+      if (!chosen) { message.className = "error"; message.textContent = "Choose a Trivy JSON file first."; return; }
+      let report;
+      try {
+        report = JSON.parse(await chosen.text());
+      } catch (err) {
+        message.className = "error";
+        message.textContent = `${chosen.name} is not JSON: ${err.message}`;
+        return;
+      }
+      const artifact = report && typeof report === "object" ? String(report.ArtifactName || "") : "";
+      const same = (a, b) => imageName(normaliseImage(a)) === imageName(normaliseImage(b));
+      const matches = d.kind === "host" ? artifact === d.name || !artifact : !artifact || same(artifact, d.name);
+      try {
+        if (matches) {
+          await store(report);
+          return;
+        }
+        message.className = "error";
+        message.append(`This report scanned ${artifact}, not ${d.name}. `,
+          h("button", { type: "button", id: "trivy-confirm", class: "secondary", onclick: async () => {
+            try { await store(report); } catch (err) { message.className = "error"; message.textContent = err.message; }
+          } }, `Store it for ${d.name}`));
+      } catch (err) {
+        message.className = "error";
+        message.textContent = err instanceof ApiError && err.errors.length
+          ? err.errors.map((x) => (x.path ? `${x.path}: ${x.message}` : x.message)).join("; ") : err.message;
+      }
+    });
+    return form;
   }
 
   // --- from hole to rule -------------------------------------------------------
 
+  // The object a rule end should use: an existing object that selects exactly
+  // this node (every container of the image, no other node) is reused; else a
+  // new one, named as readably as is free ("cache", then "shop-cache").
+  // Broader objects that also select the node are offered in the list, never
+  // chosen for the user: a rule for one hole must not open it for others.
   function proposal(node, objects) {
     const d = node.data();
     const slug = (s) => s.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 150);
+    const existing = (name, why) => ({ name, existing: true, text: `${name} (existing${why ? `, ${why}` : ""})` });
+    const free = (names) => names.find((n) => n && !objects.some((o) => o.name === n));
+    const exact = (d.objects || []).find((o) => o.nodes === 1);
     let wanted;
     if (d.kind === "image") {
+      if (exact) return existing(exact.name, "selects this image");
       const name = imageName(d.name);
       const found = objects.find((o) => o.kind === "container" && o.selector.images?.length === 1
         && o.selector.images[0] === name && Object.keys(o.selector).every((k) => k === "images" || !o.selector[k]?.length));
-      if (found) return { name: found.name, existing: true, text: `${found.name} (existing)` };
-      wanted = { name: `image-${slug(name)}`, kind: "container", selector: { images: [name] },
-        description: "created from Radar" };
+      if (found) return existing(found.name, "selects this image");
+      const short = name.slice(name.lastIndexOf("/") + 1);
+      wanted = { name: free([slug(short), slug(name), `image-${slug(name)}`]), kind: "container",
+        selector: { images: [name] }, description: "created from Radar" };
     } else if (d.kind === "host") {
+      if (exact) return existing(exact.name, "selects this host");
       const found = objects.find((o) => o.kind === "host" && o.selector.hosts?.length === 1 && o.selector.hosts[0] === d.name);
-      if (found) return { name: found.name, existing: true, text: `${found.name} (existing)` };
-      wanted = { name: `host-${slug(d.name)}`, kind: "host", selector: { hosts: [d.name] }, description: "created from Radar" };
+      if (found) return existing(found.name, "selects this host");
+      wanted = { name: free([slug(d.name), `host-${slug(d.name)}`]), kind: "host", selector: { hosts: [d.name] }, description: "created from Radar" };
     } else if (d.kind === "subnet" || d.kind === "dns") {
-      return { name: d.name, existing: true, text: `${d.name} (existing)` };
+      return existing(d.name);
     } else {
       const found = objects.find((o) => o.name === "internet");
-      if (found) return { name: found.name, existing: true, text: `${found.name} (existing)` };
+      if (found) return existing(found.name);
       wanted = { name: "internet", kind: "subnet", cidrs: ["0.0.0.0/0", "::/0"], description: "created from Radar" };
     }
+    if (!wanted.name) wanted.name = `${wanted.kind}-${Date.now()}`;
     const exists = objects.some((o) => o.name === wanted.name);
     return { name: wanted.name, existing: exists, create: exists ? null : wanted,
       text: exists ? `${wanted.name} (existing)` : `${wanted.name} (new ${wanted.kind} object)` };
@@ -783,16 +1026,22 @@ export async function renderRadar(main) {
     const dst = proposal(cy.getElementById(e.target), objects);
     const srcKinds = kind === "container" ? ["container"] : ["host"];
     const dstKinds = kind === "container" ? ["container", "subnet", "dns"] : ["host", "subnet"];
-    const options = (p, kinds) => [h("option", { value: p.name, selected: true }, p.text),
-      ...objects.filter((o) => kinds.includes(o.kind) && o.name !== p.name)
-        .map((o) => h("option", { value: o.name }, `${o.name} (${o.kind})`))];
-    const holePorts = [...new Set(e.ports.filter((p) => p.verdict === "observed").map((p) => p.port))];
+    const selecting = (node) => new Map((node.data("objects") || []).map((o) => [o.name, o.nodes]));
+    const options = (p, kinds, node) => {
+      const near = selecting(node);
+      const rest = objects.filter((o) => kinds.includes(o.kind) && o.name !== p.name)
+        .sort((a, b) => (near.has(a.name) ? near.get(a.name) : 1e9) - (near.has(b.name) ? near.get(b.name) : 1e9));
+      return [h("option", { value: p.name, selected: true }, p.text),
+        ...rest.map((o) => h("option", { value: o.name }, near.has(o.name)
+          ? `${o.name} (${o.kind}, selects this and ${near.get(o.name) - 1} more)` : `${o.name} (${o.kind})`))];
+    };
+    const holePorts = [...new Set(e.ports.filter((p) => p.observed && !p.ruleId).map((p) => p.port))];
     const message = h("p", { class: "error", role: "alert", id: "rule-form-error" });
     const form = h("form", { id: "rule-form", class: "stack" },
       h("h3", {}, "Create a rule"),
       h("label", {}, "Name", h("input", { name: "name", value: `${src.name}-to-${dst.name}-${holePorts.join("-")}`.slice(0, 200), required: true })),
-      h("label", {}, "Source", h("select", { name: "src" }, options(src, srcKinds))),
-      h("label", {}, "Destination", h("select", { name: "dst" }, options(dst, dstKinds))),
+      h("label", {}, "Source", h("select", { name: "src" }, options(src, srcKinds, cy.getElementById(e.source)))),
+      h("label", {}, "Destination", h("select", { name: "dst" }, options(dst, dstKinds, cy.getElementById(e.target)))),
       h("label", {}, "Ports", h("input", { name: "ports", value: holePorts.join(","), placeholder: "80, 8000-8080 or *" })),
       h("fieldset", { class: "effects" }, h("legend", {}, "Effect (saves the rule)"),
         ["allow", "alert", "prevent"].map((effect) => h("button", { type: "submit", name: "effect", value: effect, class: `effect ${effect}` }, effect))),
@@ -834,6 +1083,8 @@ export async function renderRadar(main) {
   return () => {
     stopped = true;
     clearTimeout(timer);
+    document.removeEventListener("keydown", onEscape);
+    document.body.classList.remove("panel-open");
     cy.destroy();
     radar.cy = null;
     radar.ready = false;
