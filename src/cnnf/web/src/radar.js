@@ -486,7 +486,7 @@ export async function renderRadar(main) {
   let lastChange = "";
 
   cy.on("tap", "edge", (e) => { focused = e.target; showEdge(e.target.data()); });
-  cy.on("tap", "node", (e) => { focused = e.target; showNode(e.target); });
+  cy.on("tap", "node", (e) => { focused = e.target; anchor = e.target; showNode(e.target); });
   // Deferred: the handler must not remove the element its event is still on.
   cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => {
     const id = e.target.id();
@@ -497,6 +497,7 @@ export async function renderRadar(main) {
   // Hover: a node's edges and neighbours stand out.
   cy.on("mouseover", "node", (e) => highlight(e.target));
   cy.on("mouseout", "node", () => highlight(null));
+  graphBox.addEventListener("mouseleave", () => highlight(null));
   function highlight(node) {
     cy.batch(() => {
       cy.elements(".hl").removeClass("hl");
@@ -512,6 +513,7 @@ export async function renderRadar(main) {
 
   // --- keyboard ------------------------------------------------------------------
   let focused = null;
+  let anchor = null; // the node whose edges up and down walk through
   const byPlace = (a, b) => a.position("x") - b.position("x") || a.position("y") - b.position("y")
     || a.id().localeCompare(b.id());
   function describe(el) {
@@ -525,6 +527,7 @@ export async function renderRadar(main) {
   function focusOn(el) {
     if (!el || el.empty()) return;
     focused = el;
+    if (el.isNode()) anchor = el;
     cy.elements(":selected").unselect();
     el.select();
     highlight(el.isNode() ? el : null);
@@ -537,7 +540,7 @@ export async function renderRadar(main) {
     const nodes = cy.nodes().filter((n) => n.data("kind") !== "group").sort(byPlace);
     if (!nodes.length) return;
     const from = focused && focused.inside() ? focused : null;
-    const node = from ? (from.isEdge() ? from.source() : from) : null;
+    const node = anchor && anchor.inside() ? anchor : from && from.isEdge() ? from.source() : null;
     if (ev.key === "ArrowRight" || ev.key === "ArrowLeft") {
       const i = node ? nodes.indexOf(node) : -1;
       const step = ev.key === "ArrowRight" ? 1 : -1;
