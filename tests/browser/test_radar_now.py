@@ -361,3 +361,38 @@ def test_edge_labels_overlap_no_node_and_no_other_label(page: Any,
       });
       return out; }""")
     assert overlaps == []
+
+
+def test_rules_page_shows_hit_counts_from_the_stored_flows(page: Any,
+                                                          console: RadarConsole) -> None:
+    # Rule 1 (web-api) decided 1,200 seeded connections and 5 more now; rule 2
+    # 340; rule 4 (web-cache) none.
+    console.add_flows([_flow("image:shop/web", "image:shop/api", 8080, "allow", rule=1,
+                             count=5)])
+    sign_in(page, console, "#/rules/container")
+    page.wait_for_function("document.querySelector(\"#rules td.hits[data-rule='1']\")"
+                           ".textContent !== '…'")
+    hits = {c.get_attribute("data-rule"): c.text_content()
+            for c in page.locator("#rules td.hits").all()}
+    assert hits == {"1": "1,205", "2": "340", "3": "7", "4": "0"}
+    assert "recorded as decided by the rule" in page.text_content("#hits-note")
+
+
+def test_rules_reorder_by_keyboard(page: Any, console: RadarConsole) -> None:
+    sign_in(page, console, "#/rules/container")
+    page.wait_for_selector("#rules tbody tr[data-id='3']")
+    page.focus("#rules tr[data-id='3'] td.handle")
+    page.keyboard.press("ArrowUp")
+    page.wait_for_function("[...document.querySelectorAll('#rules tbody tr')]"
+                           ".map(r => r.dataset.id).join() === '1,3,2,4'")
+    # The handle keeps the focus: the rule moves on.
+    assert page.evaluate("document.activeElement.closest('tr').dataset.id") == "3"
+    page.keyboard.press("ArrowUp")
+    page.wait_for_function("[...document.querySelectorAll('#rules tbody tr')]"
+                           ".map(r => r.dataset.id).join() === '3,1,2,4'")
+    page.keyboard.press("ArrowUp")  # already first: nothing moves
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("[...document.querySelectorAll('#rules tbody tr')]"
+                           ".map(r => r.dataset.id).join() === '1,3,2,4'")
+    with console.client() as api:
+        assert [r["id"] for r in api.get("/api/v1/rules/container").json()] == [1, 3, 2, 4]

@@ -27,11 +27,12 @@ export async function renderRules(main, args, query) {
     h("nav", { class: "tabs" },
       h("a", { href: "#/rules/container", class: kind === "container" ? "active" : "" }, "Container rules"),
       h("a", { href: "#/rules/host", class: kind === "host" ? "active" : "" }, "Host rules")),
-    h("p", { class: "muted" }, "Rules are evaluated top to bottom; the first enabled match decides. Drag a row to reorder."),
+    h("p", { class: "muted" }, "Rules are evaluated top to bottom; the first enabled match decides. Drag a row to reorder, or focus its handle (⠿) and press the up or down arrow."),
+    h("p", { class: "muted small", id: "hits-note" }, "Hits: the connections the Defenders recorded as decided by the rule, from the stored flows (all time, as long as flows are kept); last: the newest of them."),
     h("button", { type: "button", id: "add-rule", onclick: () => edit(null) }, "Add rule"),
     message, editor,
     h("table", { class: "grid", id: "rules" },
-      h("thead", {}, h("tr", {}, ["", "#", "Id", "Name", "Source", "Destination", "Ports", "Effect", "State", ""].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["", "#", "Id", "Name", "Source", "Destination", "Ports", "Effect", "State", "Hits", ""].map((t) => h("th", {}, t)))),
       body)));
 
   let rules = [];
@@ -40,17 +41,62 @@ export async function renderRules(main, args, query) {
   async function load() {
     [rules, objects] = await Promise.all([api("GET", `/rules/${kind}`), api("GET", "/objects")]);
     clear(body).append(...rules.map((r) => row(r)));
-    if (!rules.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No rules yet.")));
+    if (!rules.length) body.append(h("tr", {}, h("td", { colspan: 11, class: "muted" }, "No rules yet.")));
+    loadHits();
+  }
+
+  // Hit counts from the stored flows, as Radar's graph aggregates them: every
+  // recorded verdict of a port names the rule that decided it then.
+  async function loadHits() {
+    try {
+      const graph = await api("GET", "/radar", { query: { view: kind, group: "none" } });
+      const hits = new Map();
+      for (const e of graph.edges) {
+        for (const p of e.ports) {
+          for (const x of p.history || []) {
+            if (!x.ruleId) continue;
+            const have = hits.get(x.ruleId) || { count: 0, last: 0 };
+            have.count += x.count;
+            have.last = Math.max(have.last, x.lastSeen || 0);
+            hits.set(x.ruleId, have);
+          }
+        }
+      }
+      for (const cell of body.querySelectorAll("td.hits")) {
+        const hit = hits.get(Number(cell.dataset.rule));
+        cell.textContent = hit ? hit.count.toLocaleString("en-US") : "0";
+        cell.title = hit ? `last ${fmtTime(hit.last)}` : "no connection recorded";
+      }
+    } catch (err) {
+      for (const cell of body.querySelectorAll("td.hits")) { cell.textContent = "?"; cell.title = err.message; }
+    }
+  }
+
+  async function move(r, position, focusAfter) {
+    try {
+      await api("POST", `/rules/${kind}/${r.id}/move`, { body: { position } });
+      message.textContent = "";
+      await load();
+      if (focusAfter) body.querySelector(`tr[data-id="${r.id}"] td.handle`)?.focus();
+    } catch (err) { fail(message, err); }
   }
 
   let dragged = null;
   function row(r) {
     const tr = h("tr", { draggable: "true", dataset: { id: r.id }, class: r.disabled ? "disabled" : "" },
-      h("td", { class: "handle", title: "Drag to reorder" }, "⠿"),
+      h("td", { class: "handle", title: "Drag to reorder, or press the up or down arrow", tabindex: 0, role: "button",
+        "aria-label": `Move rule #${r.id} ${r.name} (position ${r.position + 1}): up or down arrow`,
+        onkeydown: (e) => {
+          if (e.key !== "ArrowUp" && e.key !== "ArrowDown") return;
+          e.preventDefault();
+          const to = r.position + (e.key === "ArrowUp" ? -1 : 1);
+          if (to >= 0 && to < rules.length) move(r, to, true);
+        } }, "⠿"),
       h("td", {}, r.position + 1), h("td", {}, r.id), h("td", {}, r.name), h("td", {}, r.src),
       h("td", {}, r.dst), h("td", {}, r.ports.join(", ")),
       h("td", {}, h("span", { class: `badge ${r.effect}` }, r.effect)),
       h("td", {}, r.disabled ? "disabled" : "enabled"),
+      h("td", { class: "hits num", dataset: { rule: r.id } }, "…"),
       h("td", { class: "actions" },
         h("button", { type: "button", class: "secondary", onclick: () => edit(r) }, "Edit"),
         h("button", { type: "button", class: "danger", onclick: () => remove(r) }, "Delete")));
@@ -62,11 +108,7 @@ export async function renderRules(main, args, query) {
       e.preventDefault();
       tr.classList.remove("drop-target");
       if (!dragged || dragged.id === r.id) return;
-      try {
-        await api("POST", `/rules/${kind}/${dragged.id}/move`, { body: { position: r.position } });
-        message.textContent = "";
-        await load();
-      } catch (err) { fail(message, err); }
+      await move(dragged, r.position, false);
     });
     return tr;
   }
