@@ -110,20 +110,27 @@ def test_a_rule_created_from_a_grey_edge_is_enforced_by_the_lab(
         (rule["name"], "shop/worker:1.0", "shop/payments:1.4")}
     assert poll(lambda: flows(c, "prevent"), 30)
 
-    # Radar (live, no reload) shows the port blocked, in orange, on that edge: the
-    # refused connection itself (seen, counted, with the rule), not only the rule.
+    # Radar (live, no reload) shows the port blocked, in orange, on that edge (the
+    # current verdict), and the refused connection itself in the port's history
+    # (seen, counted, with the rule) beside the earlier hole.
     page.wait_for_function("""(id) => (window.cnnfRadar.cy.getElementById(id).data('ports')
-        || []).some(p => p.verdict === 'blocked' && p.observed && p.count > 0)""",
+        || []).some(p => (p.history || []).some(x => x.verdict === 'blocked' && x.count > 0))""",
                            arg=EDGE, timeout=30_000)
-    assert port_verdicts(page) == [(PORT, "blocked", True, rule["id"]),
-                                   (PORT, "observed", True, 0)]
+    assert port_verdicts(page) == [(PORT, "blocked", True, rule["id"])]
+    history = page.evaluate("(id) => window.cnnfRadar.cy.getElementById(id).data('ports')[0]"
+                            ".history.map(x => [x.verdict, x.ruleId || 0])", EDGE)
+    assert sorted(map(tuple, history)) == [("blocked", rule["id"]), ("observed", 0)]
     edge = graph_state(page)["edges"][EDGE]
     assert (edge["line"], edge["labelBg"]) == ("solid", rgb(ORANGE)), edge
     assert "blocked" in edge["label"], edge
     page.locator("#panel button.close").click()
     click_element(page, EDGE)
-    row = page.locator("#panel table.ports tbody tr", has_text="blocked").first
+    row = page.locator("#panel #ports-now tbody tr").first
     cells = [row.locator("td").nth(i).text_content() for i in range(5)]
-    assert cells == [str(PORT), "blocked", "seen", "1", f"#{rule['id']}"], cells
+    assert cells[:3] == [str(PORT), "blocked", "seen"], cells
+    assert cells[4] == f"#{rule['id']}", cells
+    then = page.locator("#panel #port-history tbody tr", has_text="blocked").first
+    then_cells = [then.locator("td").nth(i).text_content() for i in range(4)]
+    assert then_cells == [str(PORT), "blocked", "1", f"#{rule['id']}"], then_cells
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "radar_lab_blocked_edge.png"))
