@@ -370,8 +370,9 @@ def test_rules_page_shows_hit_counts_from_the_stored_flows(page: Any,
     console.add_flows([_flow("image:shop/web", "image:shop/api", 8080, "allow", rule=1,
                              count=5)])
     sign_in(page, console, "#/rules/container")
-    page.wait_for_function("document.querySelector(\"#rules td.hits[data-rule='1']\")"
-                           ".textContent !== '…'")
+    page.wait_for_selector("#rules td.hits[data-rule='4']")
+    page.wait_for_function("[...document.querySelectorAll('#rules td.hits')]"
+                           ".every(c => c.textContent !== '…')")
     hits = {c.get_attribute("data-rule"): c.text_content()
             for c in page.locator("#rules td.hits").all()}
     assert hits == {"1": "1,205", "2": "340", "3": "7", "4": "0"}
