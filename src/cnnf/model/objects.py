@@ -19,11 +19,43 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from cnnf.model.rule import PolicyModel
 
-ObjectName = Annotated[str, Field(min_length=1, max_length=200)]
+# An object's name is one path segment of its URL (``/objects/{name}``), sent
+# percent-encoded: any character goes, ``/`` included, but a name of only "." or
+# ".." would be read as a dot segment by every URL parser (encoded or not) and
+# reach another route, so those two are refused.
+DOT_SEGMENTS = (".", "..")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an object, or None (the one wording of the rule)."""
+    if name in DOT_SEGMENTS:
+        return f"{name!r} cannot be a name (it reads as a path step in URLs)"
+    return None
+
+
+def _not_a_dot_segment(name: str) -> str:
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+ObjectName = Annotated[
+    str,
+    Field(min_length=1, max_length=200, json_schema_extra={"not": {"enum": list(DOT_SEGMENTS)}}),
+    AfterValidator(_not_a_dot_segment),
+]
 
 _GLOB_CHARS = frozenset("*?[")
 

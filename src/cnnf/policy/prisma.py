@@ -56,8 +56,10 @@ from cnnf.model.objects import (
     CIDR_PATTERN,
     DOMAIN_MAX_LENGTH,
     DOMAIN_PATTERN,
+    DOT_SEGMENTS,
     GLOB_PATTERN,
     WS,
+    name_problem,
     normalise_cidr,
 )
 from cnnf.model.rule import MAX_PORT, MAX_RULE_ID, MIN_PORT
@@ -440,6 +442,10 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
         if not isinstance(name, str) or not name:
             errors.add(f"{path}.name", f"{show(name)} is not a name")
             continue
+        problem = name_problem(name)
+        if problem:
+            errors.add(f"{path}.name", problem)
+            continue
         if name in used_names:
             new_name = f"{name}-{ent_id}"
             unmapped.append(f"{path}.name: duplicate entity name {name!r} renamed to "
@@ -632,7 +638,8 @@ def original_format_schema(*, whole: bool) -> dict[str, Any]:
             **{key: patterns(item) for key, item in items.items()},
             "name": text, "description": text}}
     common = {"_id": {"type": "integer"},
-              "name": {"type": "string", "minLength": 1, "maxLength": 200},
+              "name": {"type": "string", "minLength": 1, "maxLength": 200,
+                       "not": {"enum": list(DOT_SEGMENTS)}},  # an object's name rule
               "description": {"type": "string"}}
     entity_kinds = [
         *({"properties": {"type": {"const": kind},

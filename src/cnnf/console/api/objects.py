@@ -11,6 +11,9 @@ from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer, policy_s
 from cnnf.model import NetworkObject
 
 router = APIRouter(prefix="/objects", tags=["objects"])
+# ``:path``: a name may hold ``/`` (``shop/api``, as collection names in the original
+# product often do); clients send it percent-encoded (``shop%2Fapi``) and the server
+# decodes it before routing, so the route must take the rest of the path.
 Name = Annotated[str, Path(min_length=1, max_length=200)]
 
 
@@ -26,20 +29,20 @@ def create_object(*, obj: Annotated[NetworkObject, Body()], db: SessionDep, cons
     return policy_service(db, console, who).create_object(obj)
 
 
-@router.get("/{name}", response_model=NetworkObject, responses=errors(404))
+@router.get("/{name:path}", response_model=NetworkObject, responses=errors(404))
 def get_object(*, name: Name, db: SessionDep, console: StateDep,
                who: Reader) -> NetworkObject:
     return policy_service(db, console, who).get_object(name)
 
 
-@router.put("/{name}", response_model=NetworkObject, responses=errors(404, 409))
+@router.put("/{name:path}", response_model=NetworkObject, responses=errors(404, 409))
 def update_object(*, name: Name, obj: Annotated[NetworkObject, Body()], db: SessionDep,
                   console: StateDep, who: Writer) -> NetworkObject:
     """Replace an object; a changed name is carried into the rules that use it."""
     return policy_service(db, console, who).update_object(name, obj)
 
 
-@router.delete("/{name}", status_code=204, responses=errors(404, 409))
+@router.delete("/{name:path}", status_code=204, responses=errors(404, 409))
 def delete_object(*, name: Name, db: SessionDep, console: StateDep,
                   who: Writer) -> None:
     """Delete an unused object; 409 names the rules that still use it."""
