@@ -45,12 +45,12 @@ AUDITS = [
     _audit(0),
     _audit(1, blocked=False, effect=Effect.ALERT, rule_name="web-alert", rule_id=4,
            src_image="shop/web:3", src_hostname="node-2", dst_image="shop/api:1.2",
-           port=8080),
+           port=8080, src_namespace="shop", src_pod="web-7d4b-x2k8p", dst_namespace="shop"),
     _audit(2, dst_image="", dst_container="", dst_hostname="", dst_subnet="0.0.0.0/0",
            dst_domain="api.partner.example", port=443, msg='quote " and, comma', count=7),
     _audit(3, type="host", src_image="", src_container="", dst_image="", dst_container="",
            rule_name="ssh", port=22),
-    _audit(90),
+    _audit(90, dst_namespace="data", dst_pod="db-0"),
 ]
 
 
@@ -72,6 +72,12 @@ FILTER_CASES: list[tuple[dict[str, str], list[int]]] = [
         ({"host": "node-1"}, [90, 3, 2, 0]),
         ({"rule": "ssh"}, [3]),
         ({"type": "host"}, [3]),
+        ({"rule": "api-*"}, [90, 2, 0]),  # rule names take globs like image names
+        ({"namespace": "data"}, [90]),  # source or destination namespace
+        ({"namespace": "sh*"}, [1]),
+        ({"pod": "web-*"}, [1]),  # source or destination pod
+        ({"pod": "db-0"}, [90]),
+        ({"pod": "db-0", "namespace": "shop"}, []),
         ({"since": "2026-01-02T00:01:00Z", "until": "2026-01-02T00:03:00Z"}, [2, 1]),
         ({"since": "2026-01-02T01:00:00+00:00"}, [90]),
         ({"src_image": "shop/api:1.2", "blocked": "true", "until": "2026-01-02T00:30:00Z"},

@@ -23,6 +23,8 @@ router = APIRouter(tags=["audits", "flows"])
 Since = Annotated[Timestamp | None, Query(description="at or after (ISO 8601)")]
 Until = Annotated[Timestamp | None, Query(description="before (ISO 8601)")]
 Pattern = Annotated[str | None, Query(max_length=300, description="exact, or * as wildcard")]
+EitherEnd = Annotated[str | None, Query(
+    max_length=300, description="the source's or the destination's: exact, or * as wildcard")]
 
 
 class AuditPage(PolicyModel):
@@ -47,12 +49,14 @@ def list_audits(
     src_image: Pattern = None, dst_image: Pattern = None, host: Pattern = None,
     blocked: bool | None = None, rule: Pattern = None,
     type: Annotated[AuditType | None, Query()] = None,
+    namespace: EitherEnd = None, pod: EitherEnd = None,
     limit: Limit = 100, offset: Offset = 0,
     _: Reader,
 ) -> AuditPage:
     """Audit events, newest first, filtered and paged."""
     f = AuditFilter(since=since, until=until, src_image=src_image, dst_image=dst_image,
-                    host=host, blocked=blocked, rule=rule, type=type and type.value)
+                    host=host, blocked=blocked, rule=rule, type=type and type.value,
+                    namespace=namespace, pod=pod)
     page = AuditService(db).query(f, limit, offset)
     return AuditPage(total=page.total, limit=limit, offset=offset, items=page.items)
 
@@ -65,11 +69,13 @@ def audits_csv(
     src_image: Pattern = None, dst_image: Pattern = None, host: Pattern = None,
     blocked: bool | None = None, rule: Pattern = None,
     type: Annotated[AuditType | None, Query()] = None,
+    namespace: EitherEnd = None, pod: EitherEnd = None,
     _: Reader,
 ) -> StreamingResponse:
     """The audits as CSV, with the original product's export columns."""
     f = AuditFilter(since=since, until=until, src_image=src_image, dst_image=dst_image,
-                    host=host, blocked=blocked, rule=rule, type=type and type.value)
+                    host=host, blocked=blocked, rule=rule, type=type and type.value,
+                    namespace=namespace, pod=pod)
     # Materialise before the session closes; bounded by csv_max_rows.
     lines = list(AuditService(db).csv_lines(f, console.config.csv_max_rows))
     return StreamingResponse(

@@ -126,6 +126,8 @@ class AuditFilter:
     blocked: bool | None = None
     rule: str | None = None  # rule name
     type: str | None = None  # container, host or overload
+    namespace: str | None = None  # source or destination namespace
+    pod: str | None = None  # source or destination pod
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,11 @@ def _audit_where(f: AuditFilter) -> list[ColumnElement[bool]]:
         where.append(_like(AuditRow.rule_name, f.rule))
     if f.type:
         where.append(AuditRow.type == f.type)
+    if f.namespace:
+        where.append(or_(_like(AuditRow.src_namespace, f.namespace),
+                         _like(AuditRow.dst_namespace, f.namespace)))
+    if f.pod:
+        where.append(or_(_like(AuditRow.src_pod, f.pod), _like(AuditRow.dst_pod, f.pod)))
     return where
 
 
