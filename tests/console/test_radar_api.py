@@ -202,26 +202,6 @@ def test_radar_needs_credentials(console: Console) -> None:
     assert console.client().get("/api/v1/radar").status_code == 401
 
 
-def test_a_built_ui_is_served_at_root_with_its_assets(tmp_path: Any) -> None:
-    built = tmp_path / "static"
-    built.mkdir()
-    (built / "index.html").write_text('<!doctype html><title>built</title><script src="app.js">'
-                                      "</script>")
-    (built / "app.js").write_text("window.cnnfBuilt = true;")
-    app = FastAPI()
-    mount_ui(app, built)
-    client = ApiClient(app)
-    try:
-        page = client.get("/")
-        assert page.status_code == 200 and "<title>built</title>" in page.text
-        assert "not built" not in page.text
-        script = client.get("/app.js")
-        assert script.status_code == 200 and script.text == "window.cnnfBuilt = true;"
-        assert "javascript" in script.headers["content-type"]
-    finally:
-        client.close()
-
-
 def test_without_a_build_root_says_how_to_build_it(tmp_path: Any) -> None:
     app = FastAPI()
     mount_ui(app, tmp_path / "no-build")

@@ -64,7 +64,7 @@ from cnnf.console.services.records import Pruned, prune
 from cnnf.console.store.db import connect, current_revision, migrate, revision_heads
 from cnnf.console.store.feed import ChangeFeed, libpq_url
 from cnnf.console.store.models import ChangeRow
-from cnnf.console.ui import mount_ui
+from cnnf.console.ui import add_docs, mount_ui
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import ObjectKind
 from cnnf.policy.document import translate_errors
@@ -396,8 +396,7 @@ def create_app(
         title="CNNF Console",
         version=__version__,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
-        swagger_ui_oauth2_redirect_url=f"{API_PREFIX}/docs/oauth2-redirect",
+        docs_url=None,  # served by add_docs from the Console's own files (no CDN)
         redoc_url=None,
         lifespan=_lifespan,
         dependencies=[Depends(refuse_unknown_query)],
@@ -443,6 +442,7 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    add_docs(app, f"{API_PREFIX}/docs", f"{API_PREFIX}/openapi.json")
     mount_ui(app)  # last: the UI's "/" mount must not shadow any route
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app
