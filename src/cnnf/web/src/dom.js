@@ -34,11 +34,26 @@ export function clear(el) {
   return el;
 }
 
-// ISO strings or UNIX seconds (the radar graph's times).
+// One time format everywhere: the browser's local time, ISO date order, seconds,
+// and the zone it is in ("2026-11-30 12:48:05 CET"), from ISO strings or UNIX
+// seconds (the radar graph's times).
+const pad = (n) => String(n).padStart(2, "0");
+
+export function zoneName(d = new Date()) {
+  const part = new Intl.DateTimeFormat("en-US", { timeZoneName: "short" })
+    .formatToParts(d).find((p) => p.type === "timeZoneName");
+  return part ? part.value : "";
+}
+
+export function fmtClock(d = new Date()) {
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${zoneName(d)}`;
+}
+
 export function fmtTime(iso) {
-  if (!iso) return "–";
+  if (iso === undefined || iso === null || iso === "") return "–";
   const d = typeof iso === "number" ? new Date(iso * 1000) : new Date(iso);
-  return d.toISOString().slice(0, 16).replace("T", " ");
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${fmtClock(d)}`;
 }
 
 // Field-level errors: a path like "selector.images[0]" or "ports[0].start" is

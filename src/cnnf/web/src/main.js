@@ -4,6 +4,7 @@ import { clear, h } from "./dom.js";
 import { renderRadar } from "./radar.js";
 import { renderLearn } from "./learn.js";
 import { renderAudits, renderObjects, renderRules, renderSettings, renderTransfer } from "./policy.js";
+import { renderChanges, renderDefenders, renderNotFound, renderUsers } from "./admin.js";
 
 const main = document.getElementById("main");
 const top = document.getElementById("top");
@@ -17,6 +18,9 @@ const PAGES = {
   transfer: renderTransfer,
   audits: renderAudits,
   learn: renderLearn,
+  changes: renderChanges,
+  defenders: renderDefenders,
+  users: renderUsers,
 };
 
 function route() {
@@ -30,10 +34,17 @@ async function show() {
   clear(main);
   if (!session.token) { renderLogin(); return; }
   const { page, args, query } = route();
-  const render = PAGES[page] || renderRadar;
   top.hidden = false;
+  if (!Object.hasOwn(PAGES, page)) {
+    document.body.dataset.page = "not-found";
+    for (const a of document.querySelectorAll("#nav a")) a.classList.remove("active");
+    renderNotFound(main, [page, ...args].join("/"));
+    return;
+  }
+  const render = PAGES[page];
   for (const a of document.querySelectorAll("#nav a")) {
     a.classList.toggle("active", a.dataset.page === page);
+    if (a.dataset.page === page) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   document.body.dataset.page = page;
   cleanup = (await render(main, args, query)) || null;

@@ -1,7 +1,7 @@
 // The policy pages: rules (container and host tabs), network objects,
 // settings, import / export, audits.
 import { api, ApiError, download } from "./api.js";
-import { clear, fmtTime, h, showFieldErrors } from "./dom.js";
+import { clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
 import { impactPreview } from "./learn.js";
 
 const list = (value) => String(value || "").split(",").map((s) => s.trim()).filter(Boolean);
@@ -340,7 +340,7 @@ export async function renderTransfer(main) {
     try {
       const result = await api("POST", "/policy/import", { body, query: { format: format.value, dry_run: dryRun ? "true" : "" },
         headers: { "Content-Type": isJson ? "application/json" : "application/yaml" } });
-      showResult(result);
+      await showResult(result);
       apply.disabled = !(dryRun && result.valid);
     } catch (err) {
       if (err instanceof ApiError && err.errors.length) showErrors(err.errors);
@@ -353,44 +353,87 @@ export async function renderTransfer(main) {
       h("ul", { class: "errors" }, errors.map((e) => h("li", {}, h("code", {}, e.path || "document"), ` ${e.message}`))));
   }
 
-  function showResult(r) {
+  // What the import does, in words: objects by name, rules as "rule #3 web-api"
+  // (names of rules being removed or changed come from the current policy; an added
+  // rule's from nowhere but its id), settings as "before → after".
+  async function showResult(r) {
     if (!r.valid) { showErrors(r.errors); message.textContent = "The document is not valid; nothing was changed."; return; }
-    const section = (title, d) => h("li", {}, h("strong", {}, title), ": ",
-      ["added", "removed", "changed"].map((k) => `${k} ${(d[k] || []).length ? d[k].join(", ") : "–"}`).join(" · "),
-      d.reordered ? " · reordered" : "");
-    const settings = Object.entries(r.diff.settings || {});
-    preview.append(h("h3", {}, r.applied ? `Applied: policy revision ${r.revision}` : "Changes this import would make"),
+    const current = {};
+    for (const kind of ["container", "host"]) {
+      try { current[kind] = new Map((await api("GET", `/rules/${kind}`)).map((x) => [x.id, x.name])); } catch { current[kind] = new Map(); }
+    }
+    const verb = r.applied ? { added: "added", removed: "removed", changed: "changed" } : { added: "adds", removed: "removes", changed: "changes" };
+    const part = (list, word, show) => (list && list.length ? `${word} ${list.map(show).join(", ")}` : null);
+    const objectLine = (d) => [part(d.added, verb.added, String), part(d.removed, verb.removed, String),
+      part(d.changed, verb.changed, String)].filter(Boolean);
+    const ruleLine = (d, kind) => {
+      const named = (id) => (current[kind].has(id) ? `#${id} ${current[kind].get(id)}` : `#${id}`);
+      const out = [part(d.added, `${verb.added} rule`, (id) => `#${id}`), part(d.removed, `${verb.removed} rule`, named),
+        part(d.changed, `${verb.changed} rule`, named)].filter(Boolean);
+      if (d.reordered) out.push(r.applied ? "reordered" : "reorders them");
+      return out;
+    };
+    const item = (title, parts) => h("li", { dataset: { section: title } }, h("strong", {}, title), ": ",
+      parts.length ? parts.join("; ") : "no change");
+    const settings = Object.entries((r.diff && r.diff.settings) || {});
+    const diff = r.diff || {};
+    preview.append(h("h3", {}, r.applied ? `Applied: the policy is now at revision ${r.revision}` : "What this import would do (nothing is changed yet)"),
       h("ul", { class: "diff" },
-        h("li", {}, h("strong", {}, "Settings"), ": ", settings.length ? settings.map(([k, v]) => `${k} ${v.before} → ${v.after}`).join(", ") : "unchanged"),
-        section("Objects", r.diff.objects || {}),
-        section("Container rules", r.diff.containerRules || {}),
-        section("Host rules", r.diff.hostRules || {})),
-      r.unmapped?.length ? h("p", { class: "muted" }, `Not carried over: ${r.unmapped.join("; ")}`) : null);
+        item("Settings", settings.map(([k, v]) => `${k} ${v.before} → ${v.after}`)),
+        item("Objects", objectLine(diff.objects || {})),
+        item("Container rules", ruleLine(diff.containerRules || {}, "container")),
+        item("Host rules", ruleLine(diff.hostRules || {}, "host"))),
+      r.unmapped && r.unmapped.length ? h("div", {}, h("p", { class: "muted" }, "Not carried over as is:"),
+        h("ul", { class: "small", id: "import-unmapped" }, r.unmapped.map((u) => h("li", {}, u)))) : null);
   }
 }
 
 // --- audits --------------------------------------------------------------------
 
+const AUDIT_REFRESH_MS = 10000;
+
+// Where an audit's ends are drawn on Radar (node ids as /api/v1/radar names them):
+// images in the container view, hosts in the host view; a destination outside
+// (subnet, domain, address) is left to the port to pick the edge.
+function radarLink(a) {
+  const q = new URLSearchParams();
+  if (a.type === "host") {
+    q.set("view", "host");
+    if (a.srcHostname) q.set("src", `host:${a.srcHostname}`);
+    if (a.dstHostname) q.set("dst", `host:${a.dstHostname}`);
+  } else {
+    q.set("view", "container");
+    if (a.srcImage) q.set("src", `image:${a.srcImage}`);
+    if (a.dstImage) q.set("dst", `image:${a.dstImage}`);
+  }
+  if (!q.get("src")) return null;
+  if (a.port) q.set("port", a.port);
+  return `#/radar?${q}`;
+}
+
 export async function renderAudits(main) {
   const PAGE = 50;
   let offset = 0;
+  let timer = null;
   const message = errorLine("audits-error");
   const body = h("tbody", {});
   const pager = h("span", { id: "audit-pager" });
+  const updated = h("span", { id: "audits-updated", class: "muted small", "aria-live": "polite" });
+  const glob = (name, label) => h("label", {}, `${label} `, h("input", { name, placeholder: "* wildcard" }));
+  const auto = h("input", { type: "checkbox", name: "auto", id: "audits-auto", checked: true, onchange: () => schedule() });
   const filters = h("form", { class: "toolbar", id: "audit-filters" },
-    h("label", {}, "Since ", h("input", { type: "datetime-local", name: "since" })),
-    h("label", {}, "Until ", h("input", { type: "datetime-local", name: "until" })),
-    h("label", {}, "Source image ", h("input", { name: "src_image", placeholder: "* wildcard" })),
-    h("label", {}, "Destination image ", h("input", { name: "dst_image" })),
-    h("label", {}, "Host ", h("input", { name: "host" })),
-    h("label", {}, "Rule ", h("input", { name: "rule" })),
+    h("label", {}, "Since ", h("input", { type: "datetime-local", step: 1, name: "since" })),
+    h("label", {}, "Until ", h("input", { type: "datetime-local", step: 1, name: "until" })),
+    glob("src_image", "Source image"), glob("dst_image", "Destination image"),
+    glob("namespace", "Namespace"), glob("pod", "Pod"), glob("host", "Host"), glob("rule", "Rule"),
     h("label", {}, "Blocked ", h("select", { name: "blocked" }, h("option", { value: "" }, "any"), h("option", { value: "true" }, "blocked"), h("option", { value: "false" }, "alerted"))),
     h("label", {}, "Type ", h("select", { name: "type" }, h("option", { value: "" }, "any"), h("option", { value: "container" }, "container"), h("option", { value: "host" }, "host"), h("option", { value: "overload" }, "overload"))),
     h("button", { type: "submit" }, "Filter"),
-    h("button", { type: "button", class: "secondary", id: "audits-csv", onclick: () => download("/audits/csv", params(), "cnnf-audits.csv").catch((e) => fail(message, e)) }, "Download CSV"));
+    h("button", { type: "button", class: "secondary", id: "audits-csv", onclick: () => download("/audits/csv", params(), "cnnf-audits.csv").catch((e) => fail(message, e)) }, "Download CSV"),
+    h("label", {}, auto, ` Refresh every ${AUDIT_REFRESH_MS / 1000} s`), updated);
   clear(main).append(h("section", { class: "page" }, h("h1", {}, "Audits"), filters, message,
     h("table", { class: "grid", id: "audits" },
-      h("thead", {}, h("tr", {}, ["Time", "Type", "Verdict", "Rule", "Source", "Destination", "Port", "Count", "Message"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Time", "Type", "Verdict", "Rule", "Source", "Destination", "Port", "Count", "Message", "Radar"].map((t) => h("th", { scope: "col" }, t)))),
       body),
     h("div", { class: "buttons" },
       h("button", { type: "button", class: "secondary", id: "audits-prev", onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }, "Previous"),
@@ -401,43 +444,65 @@ export async function renderAudits(main) {
     const d = new FormData(filters);
     const q = {};
     for (const [k, v] of d.entries()) {
-      if (!v) continue;
+      if (!v || k === "auto") continue;
       q[k] = k === "since" || k === "until" ? new Date(v).toISOString() : v;
     }
     return q;
   }
 
+  function schedule() {
+    clearTimeout(timer);
+    timer = auto.checked ? setTimeout(async () => { await load(); schedule(); }, AUDIT_REFRESH_MS) : null;
+  }
+
+  // "kube/web:1.0 (web-7d4b9c6f5-x2k8p in storefront) on node-1": a pod by its
+  // name (its container names repeat in every replica), other containers by theirs.
+  const who = (img, container, pod, ns, host, addr) => {
+    const name = pod ? [pod, ns && `in ${ns}`].filter(Boolean).join(" ") : [container, ns && `in ${ns}`].filter(Boolean).join(" ");
+    return [img, name && `(${name})`, host && `on ${host}`, !img && addr].filter(Boolean).join(" ");
+  };
+  // The far end outside the cluster: its domain and address ("api.pay.example (203.0.113.5)"),
+  // or the subnet it is in.
+  const outside = (a) => {
+    if (a.dstDomain) return [a.dstDomain, a.dstAddress && `(${a.dstAddress})`].filter(Boolean).join(" ");
+    return [a.dstAddress, a.dstSubnet && `in ${a.dstSubnet}`].filter(Boolean).join(" ");
+  };
+
   async function load() {
     try {
       const page = await api("GET", "/audits", { query: { ...params(), limit: PAGE, offset } });
       message.textContent = "";
-      // "kube/web:1.0 (web-7d4b9c6f5-x2k8p in storefront) on node-1": a pod by its
-      // name (its container names repeat in every replica), other containers by theirs.
-      const who = (img, container, pod, ns, host, addr) => {
-        const name = pod ? [pod, ns && `in ${ns}`].filter(Boolean).join(" ") : container;
-        return [img, name && `(${name})`, host && `on ${host}`, !img && addr].filter(Boolean).join(" ");
-      };
       // An overload audit: the admission limit dropped one source's SYNs on a host
       // (no rule, no port; its count is the SYNs dropped).
       clear(body).append(...page.items.map((a) => {
         const overload = a.type === "overload";
-        return h("tr", { class: overload ? "overload" : null },
-          h("td", {}, fmtTime(a.time)),
+        const ruleKind = a.type === "host" ? "host" : "container";
+        const link = overload ? null : radarLink(a);
+        return h("tr", { class: overload ? "overload" : null, dataset: { id: a.id } },
+          h("td", { class: "nowrap" }, fmtTime(a.time)),
           h("td", {}, overload ? h("span", { class: "badge overload" }, "overload") : a.type),
           h("td", {}, h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
-          h("td", {}, a.ruleName || (overload ? "admission limit" : "no rule")),
+          h("td", { class: "rule" }, a.ruleId
+            ? h("a", { href: `#/rules/${ruleKind}?edit=${a.ruleId}`, title: `Open ${ruleKind} rule #${a.ruleId}` }, `#${a.ruleId} ${a.ruleName}`)
+            : (a.ruleName || (overload ? "admission limit" : "no rule (default effect)"))),
           h("td", {}, who(a.srcImage, a.srcContainer, a.srcPod, a.srcNamespace, a.srcHostname, a.srcAddress)),
-          h("td", {}, overload ? `host ${a.dstHostname}` : who(a.dstImage, a.dstContainer, a.dstPod, a.dstNamespace, a.dstHostname, a.dstAddress || a.dstDomain || a.dstSubnet)),
+          h("td", {}, overload ? `host ${a.dstHostname}`
+            : (a.dstImage || a.dstContainer ? who(a.dstImage, a.dstContainer, a.dstPod, a.dstNamespace, a.dstHostname, a.dstAddress)
+              : (a.type === "host" && a.dstHostname ? `${a.dstHostname}${a.dstAddress ? ` (${a.dstAddress})` : ""}` : outside(a)))),
           h("td", {}, a.port === 0 ? "—" : a.port),
           h("td", { class: "num", title: overload ? "SYNs dropped" : "repeats folded into this audit" }, a.count.toLocaleString("en-US")),
-          h("td", { class: "small" }, a.msg));
+          h("td", { class: "small" }, a.msg),
+          h("td", { class: "nowrap" }, link ? h("a", { href: link, class: "radar-link", title: "Show this connection on Radar" }, "Radar") : ""));
       }));
-      if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No audits match.")));
+      if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No audits match.")));
       pager.textContent = page.total ? `${offset + 1}–${offset + page.items.length} of ${page.total}` : "0 of 0";
+      updated.textContent = `updated ${fmtClock()}`;
       document.getElementById("audits-prev").disabled = offset === 0;
       document.getElementById("audits-next").disabled = offset + page.items.length >= page.total;
     } catch (err) { fail(message, err); }
   }
   filters.addEventListener("submit", (e) => { e.preventDefault(); offset = 0; load(); });
   await load();
+  schedule();
+  return () => clearTimeout(timer);
 }

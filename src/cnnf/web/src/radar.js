@@ -4,7 +4,7 @@
 import cytoscape from "cytoscape";
 import elk from "cytoscape-elk";
 import { api, ApiError } from "./api.js";
-import { clear, fmtTime, h, showFieldErrors } from "./dom.js";
+import { clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
 
 cytoscape.use(elk);
 
@@ -435,7 +435,8 @@ function useDagre(elements) {
   return nodes <= DAGRE_MAX_NODES && edges <= DAGRE_MAX_EDGES;
 }
 
-export async function renderRadar(main) {
+export async function renderRadar(main, _args, link) {
+  if (link && ["container", "host"].includes(link.get("view"))) state.view = link.get("view");
   const help = "Radar graph. Left and right arrows move between nodes, up and down between the edges of the node; Enter opens the details, Escape closes them.";
   const graphBox = h("div", { id: "graph", class: "graph", tabindex: 0, role: "application",
     "aria-roledescription": "network graph", "aria-label": help });
@@ -657,7 +658,7 @@ export async function renderRadar(main) {
         headers: same ? { "If-None-Match": etag } : {} });
       if (stopped) return;
       if (response.status === 304) {
-        live.textContent = `● Live · checked ${new Date().toLocaleTimeString()}${lastChange ? ` · new data at ${lastChange}` : ""}`;
+        live.textContent = `● Live · checked ${fmtClock()}${lastChange ? ` · new data at ${lastChange}` : ""}`;
         live.dataset.updated = String(radar.renders);
         return;
       }
@@ -688,7 +689,8 @@ export async function renderRadar(main) {
       if (firstRender) radar.timing.firstRenderMs = radar.timing.totalMs;
       radar.renders += 1;
       radar.ready = true;
-      const now = new Date().toLocaleTimeString();
+      if (firstRender && link) focusLink(link);
+      const now = fmtClock();
       if (changed && !firstRender) lastChange = `${now}${added ? ` (+${added})` : ""}`;
       live.textContent = `● Live · checked ${now}${lastChange ? ` · new data at ${lastChange}` : ""}`;
       live.classList.toggle("fresh", changed && !firstRender);
@@ -765,6 +767,19 @@ export async function renderRadar(main) {
 
   function ruleOf(id) {
     return radar.data && radar.data.rules ? radar.data.rules[String(id)] : undefined;
+  }
+
+  // A link from an audit (#/radar?src=ID&dst=ID&port=N): open that edge, or the source node.
+  function focusLink(q) {
+    const src = q.get("src");
+    if (!src) return;
+    const dst = q.get("dst");
+    const port = Number(q.get("port"));
+    const edges = cy.edges().filter((e) => e.data("source") === src && (!dst || e.data("target") === dst)
+      && (!port || (e.data("ports") || []).some((p) => p.port === port)));
+    if (edges.length === 1) { cy.elements().unselect(); edges.select(); showEdge(edges.data()); return; }
+    const node = cy.getElementById(src);
+    if (node.nonempty()) { cy.elements().unselect(); node.select(); showNode(node); }
   }
 
   function showEdge(e) {
