@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,6 +27,7 @@ from cnnf.console.security import Role
 from cnnf.console.services.records import AuditRecord, AuditService, FlowRecord, FlowService
 from cnnf.console.services.users import UserService
 from cnnf.console.store.db import connect
+from cnnf.console.ui import STATIC
 from cnnf.model import Effect
 from cnnf.model.records import HostInfo, InventoryReport, WorkloadInfo
 
@@ -78,12 +79,18 @@ class RadarConsole:
 
 
 @contextmanager
-def serve(data_dir: Path) -> Iterator[RadarConsole]:
-    """Start the Console on a free loopback port; stop it on exit."""
+def serve(data_dir: Path, static: Path | None = STATIC,
+          mount: Callable[[Any], None] | None = None) -> Iterator[RadarConsole]:
+    """Start the Console on a free loopback port; stop it on exit. ``static`` names
+    the UI build to serve; ``mount`` (with ``static=None``) mounts another way
+    (bench/ui_load.py serves the previous build as it used to be served)."""
     db_url = f"sqlite:///{data_dir / 'console.db'}"
     engine = connect(db_url)
     app = create_app(ConsoleConfig(db_url=db_url, data_dir=data_dir,
-                                   max_body_bytes=64 * 1024 * 1024), engine=engine)
+                                   max_body_bytes=64 * 1024 * 1024), engine=engine,
+                     static=static)
+    if mount is not None:
+        mount(app)
     with Session(engine) as s:
         UserService(s).create_user(ADMIN[0], Role.ADMIN, ADMIN[1])
     port = free_port()

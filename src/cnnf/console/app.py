@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 from fastapi import Depends, FastAPI, Request
@@ -64,7 +65,7 @@ from cnnf.console.services.records import Pruned, prune
 from cnnf.console.store.db import connect, current_revision, migrate, revision_heads
 from cnnf.console.store.feed import ChangeFeed, libpq_url
 from cnnf.console.store.models import ChangeRow
-from cnnf.console.ui import add_docs, mount_ui
+from cnnf.console.ui import STATIC, add_docs, mount_ui
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import ObjectKind
 from cnnf.policy.document import translate_errors
@@ -381,8 +382,10 @@ def create_app(
     engine: Engine | None = None,
     now: Callable[[], datetime] = utcnow,
     monotonic: Callable[[], float] = time.monotonic,
+    static: Path | None = STATIC,
 ) -> FastAPI:
-    """Build the Console app: connect, migrate the store, mount the routers."""
+    """Build the Console app: connect, migrate the store, mount the routers; the web
+    UI from ``static`` (None: no UI, for a caller that mounts its own)."""
     engine = engine or connect(config.db_url)
     migrate(engine)
     console = ConsoleState(
@@ -442,7 +445,8 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    add_docs(app, f"{API_PREFIX}/docs", f"{API_PREFIX}/openapi.json")
-    mount_ui(app)  # last: the UI's "/" mount must not shadow any route
+    add_docs(app, f"{API_PREFIX}/docs", f"{API_PREFIX}/openapi.json", static or STATIC)
+    if static is not None:
+        mount_ui(app, static)  # last: the UI's "/" mount must not shadow any route
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app

@@ -42,9 +42,9 @@ export async function renderDefenders(main) {
     const defenders = await api("GET", "/defenders");
     clear(body).append(...defenders.map((d) => h("tr", { dataset: { id: d.id, host: d.hostname }, class: d.status === "revoked" ? "disabled" : "" },
       h("td", {}, d.hostname),
-      h("td", {}, d.version || "–"),
+      h("td", {}, d.version || "not reported"),
       h("td", {}, h("span", { class: `badge status-${d.status}` }, STATUS_TEXT[d.status] || d.status)),
-      h("td", {}, d.last_seen ? fmtTime(d.last_seen) : "never"),
+      h("td", {}, d.lastSeen ? fmtTime(d.lastSeen) : "never"),
       h("td", {}, fmtTime(d.enrolled)),
       h("td", { class: "num" }, d.workloads),
       h("td", { class: "num" }, d.protected),
@@ -143,7 +143,7 @@ function tokensCard(message) {
   const form = h("form", { id: "token-form", class: "stack" },
     h("h3", {}, "New API token"),
     h("label", {}, "Name", h("input", { name: "name", autocomplete: "off", required: true, placeholder: "what uses it, e.g. ci-pipeline" })),
-    h("label", {}, "Expires after (days, empty: never)", h("input", { name: "expires_in_days", type: "number", min: 1, max: 3650 })),
+    h("label", {}, "Expires after (days, empty: never)", h("input", { name: "expiresInDays", type: "number", min: 1, max: 3650 })),
     h("div", { class: "buttons" }, h("button", { type: "submit" }, "Create token")),
     formError, shown);
   const admin = isAdmin();
@@ -157,7 +157,7 @@ function tokensCard(message) {
     const tokens = (await api("GET", "/tokens", { query: admin ? { all: "true" } : {} })).filter((t) => t.kind === "api");
     clear(body).append(...tokens.map((t) => h("tr", { dataset: { id: t.id, name: t.name } },
       h("td", {}, t.id), h("td", {}, t.user), h("td", {}, t.name), h("td", {}, fmtTime(t.created)),
-      h("td", {}, t.expires ? fmtTime(t.expires) : "never"), h("td", {}, t.last_used ? fmtTime(t.last_used) : "never"),
+      h("td", {}, t.expires ? fmtTime(t.expires) : "never"), h("td", {}, t.lastUsed ? fmtTime(t.lastUsed) : "never"),
       h("td", { class: "actions" }, h("button", { type: "button", class: "danger", "aria-label": `Revoke token ${t.name}`, onclick: () => revoke(t) }, "Revoke")))));
     if (!tokens.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No API tokens.")));
   }
@@ -177,7 +177,7 @@ function tokensCard(message) {
     const d = new FormData(form);
     formError.textContent = "";
     const body = { name: d.get("name") };
-    if (d.get("expires_in_days")) body.expires_in_days = Number(d.get("expires_in_days"));
+    if (d.get("expiresInDays")) body.expiresInDays = Number(d.get("expiresInDays"));
     try {
       const created = await api("POST", "/tokens", { body });
       form.reset();

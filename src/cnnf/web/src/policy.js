@@ -311,8 +311,9 @@ export async function renderSettings(main) {
 export async function renderTransfer(main) {
   const message = errorLine("transfer-error");
   const preview = h("div", { id: "import-preview" });
-  const text = h("textarea", { name: "document", rows: 12, placeholder: "Paste a policy document (JSON or YAML), or choose a file" });
-  const file = h("input", { type: "file", name: "file", accept: ".json,.yaml,.yml,application/json", onchange: async () => {
+  const text = h("textarea", { name: "document", rows: 12, "aria-label": "Policy document",
+    placeholder: "Paste a policy document (JSON or YAML), or choose a file" });
+  const file = h("input", { type: "file", name: "file", "aria-label": "Policy document file", accept: ".json,.yaml,.yml,application/json", onchange: async () => {
     if (file.files[0]) text.value = await file.files[0].text();
   } });
   const format = h("select", { name: "format" }, h("option", { value: "native" }, "CNNF (cnnf/v1)"),
@@ -383,8 +384,9 @@ export async function renderTransfer(main) {
         item("Objects", objectLine(diff.objects || {})),
         item("Container rules", ruleLine(diff.containerRules || {}, "container")),
         item("Host rules", ruleLine(diff.hostRules || {}, "host"))),
-      r.unmapped && r.unmapped.length ? h("div", {}, h("p", { class: "muted" }, "Not carried over as is:"),
-        h("ul", { class: "small", id: "import-unmapped" }, r.unmapped.map((u) => h("li", {}, u)))) : null);
+      // (never append null: the DOM would print it)
+      ...(r.unmapped && r.unmapped.length ? [h("div", {}, h("p", { class: "muted" }, "Not carried over as is:"),
+        h("ul", { class: "small", id: "import-unmapped" }, r.unmapped.map((u) => h("li", {}, u))))] : []));
   }
 }
 

@@ -775,8 +775,14 @@ export async function renderRadar(main, _args, link) {
     if (!src) return;
     const dst = q.get("dst");
     const port = Number(q.get("port"));
+    // An edge's ports are strings: "5432", "8000-8080" or "*".
+    const covers = (p) => {
+      if (String(p.port) === "*") return true;
+      const [a, b = a] = String(p.port).split("-").map(Number);
+      return port >= a && port <= b;
+    };
     const edges = cy.edges().filter((e) => e.data("source") === src && (!dst || e.data("target") === dst)
-      && (!port || (e.data("ports") || []).some((p) => p.port === port)));
+      && (!port || (e.data("ports") || []).some(covers)));
     if (edges.length === 1) { cy.elements().unselect(); edges.select(); showEdge(edges.data()); return; }
     const node = cy.getElementById(src);
     if (node.nonempty()) { cy.elements().unselect(); node.select(); showNode(node); }
