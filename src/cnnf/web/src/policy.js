@@ -460,7 +460,7 @@ export async function renderAudits(main) {
   // "kube/web:1.0 (web-7d4b9c6f5-x2k8p in storefront) on node-1": a pod by its
   // name (its container names repeat in every replica), other containers by theirs.
   const who = (img, container, pod, ns, host, addr) => {
-    const name = pod ? [pod, ns && `in ${ns}`].filter(Boolean).join(" ") : [container, ns && `in ${ns}`].filter(Boolean).join(" ");
+    const name = pod ? [pod, ns && `in ${ns}`].filter(Boolean).join(" ") : container;
     return [img, name && `(${name})`, host && `on ${host}`, !img && addr].filter(Boolean).join(" ");
   };
   // The far end outside the cluster: its domain and address ("api.pay.example (203.0.113.5)"),
