@@ -27,6 +27,7 @@ from sqlalchemy.orm import sessionmaker
 from cnnf.console.app import create_app
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.security import Role
+from cnnf.console.services import forwarding
 from cnnf.console.services.forwarding import (
     Forwarder,
     SyslogSink,
@@ -251,6 +252,32 @@ def test_webhook_retries_with_backoff_until_it_succeeds(hook: _Hook, outbox: Out
     stats = forwarder.stats[sink.name]
     assert (stats.sent, stats.retries, stats.failed) == (2, 2, 4)
     assert poll(lambda: outbox.backlog() == {})  # delivered rows leave the outbox
+
+
+def test_a_round_that_fails_unexpectedly_does_not_end_forwarding(
+        hook: _Hook, outbox: Outbox, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A defect in a round (here: reading an outbox row fails once) is logged and
+    the next round delivers: the thread must live on, since this process keeps
+    the lease and no other replica would take forwarding over."""
+    hook.failures = 0
+    real = forwarding.stored_audit
+    calls = {"n": 0}
+
+    def flaky(row: AuditRow) -> StoredAudit:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a defect reading a row")
+        return real(row)
+
+    monkeypatch.setattr(forwarding, "stored_audit", flaky)
+    sink = WebhookSink(hook.url)
+    ids = outbox.store((sink.name,), record(1))
+    with caplog.at_level(logging.ERROR, logger=forwarding.log.name):
+        forwarder = outbox.forwarder(sink, interval=0.05)
+        assert poll(lambda: forwarder.stats[sink.name].sent == 1)
+    assert [a["id"] for a in hook.posts[-1]["audits"]] == ids
+    assert "a round failed" in caplog.text
 
 
 def test_a_sink_down_for_long_loses_nothing(outbox: Outbox) -> None:

@@ -273,9 +273,11 @@ def test_retention_prunes_old_audits_and_flows(console: Console, admin: ApiClien
 def test_retention_runs_at_start_and_then_every_hour(console: Console,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The Console's retention task: a prune at once, then one per
-    ``retention_interval_seconds`` (an hour by default). The task's sleeps are
-    played on the injected clock: each advances it by the interval asked for."""
+    ``retention_interval_seconds`` (an hour by default), in the process holding the
+    singleton lease (it looks every quarter lease ttl). The task's sleeps are played
+    on the injected clock, five minutes each."""
     state = console.app.state.console
+    link = console.app.state.link
     assert state.config.retention_interval_seconds == 3600.0
     now = console.clock.now()
     with console.session() as s:  # old at start; the second one 30 days and 30 minutes old
@@ -284,21 +286,22 @@ def test_retention_runs_at_start_and_then_every_hour(console: Console,
             _audit(0, time=now - timedelta(days=30) + timedelta(minutes=30)),
             _audit(0, time=now),
         ])
-    slept: list[float] = []
-    totals: list[int] = []
+    start = console.clock.mono
+    seen: list[tuple[float, int]] = []
 
     async def sleep(seconds: float) -> None:
+        assert seconds == link.lease.ttl / 4
         with console.session() as s:
-            totals.append(AuditService(s).query(AuditFilter(), limit=1, offset=0).total)
-        slept.append(seconds)
-        if len(slept) == 3:
+            total = AuditService(s).query(AuditFilter(), limit=1, offset=0).total
+        seen.append((console.clock.mono - start, total))
+        if console.clock.mono - start >= 2 * 3600:
             raise asyncio.CancelledError
-        console.clock.advance(seconds)
+        console.clock.advance(300)
 
     monkeypatch.setattr(app_module.asyncio, "sleep", sleep)
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(app_module._retention_loop(state))
-    assert slept == [3600.0, 3600.0, 3600.0]
-    # at start the 31-day-old audit went; an hour later the one that had turned
-    # 30 days old; today's stays
-    assert totals == [2, 1, 1]
+        asyncio.run(app_module._retention_loop(state, link))
+    # At start the 31-day-old audit went. The second turned 30 days old after half
+    # an hour, and went at the next hourly prune; today's stays.
+    assert [t for t, total in seen if total == 2] == [300.0 * i for i in range(12)]
+    assert [t for t, total in seen if total == 1] == [300.0 * i for i in range(12, 25)]

@@ -9,7 +9,7 @@ import pytest
 
 from cnnf.model import ConnectionAttempt, Effect, Policy, RuleKind
 from cnnf.policy.engine import compile_policy
-from cnnf.policy.learn import LearnOptions, Scope, learn
+from cnnf.policy.learn import REFUSED, LearnOptions, Scope, learn
 from cnnf.policy.simulate import simulate
 from tests.policy.shopflows import (
     API,
@@ -65,6 +65,19 @@ def test_empty_policy_learns_the_shop() -> None:
     assert api_db.evidence.edges == ["image:shop/api:1.0 -> image:shop/db:1.0:5432", "image:shop/api:1.0 -> image:shop/db:1.0:5433"]
     assert api_db.evidence.first_seen is not None and api_db.evidence.last_seen is not None
     assert api_db.replaces is None
+
+
+def test_a_connection_refused_when_recorded_is_not_learnt() -> None:
+    """Under default prevent, a workload's refused attempts (a lateral move, a
+    scan) are counted as skipped, never proposed as allowed."""
+    attempts = [flow(FRONTEND, DB, 5432, verdict="prevent", count=3),
+                *(flow(API, DB, port, verdict="prevent") for port in range(1, 40))]
+    proposal = learn(Policy(), [*SHOP, *attempts], LearnOptions(default_effect=Effect.PREVENT))
+    assert rules_of(proposal) == rules_of(learn(Policy(), SHOP, LearnOptions()))
+    assert proposal.skipped == {REFUSED: len(attempts)}
+    engine = compile_policy(proposal.policy)
+    v = engine.evaluate(ConnectionAttempt(attempts[0].src_ep, attempts[0].dst_ep, 5432))
+    assert v.effect is Effect.PREVENT and not v.matched
 
 
 def test_the_proposal_allows_what_was_seen_and_refuses_a_lateral_move() -> None:

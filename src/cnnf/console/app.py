@@ -275,16 +275,16 @@ def prune_expired(console: ConsoleState, metrics: ConsoleMetrics | None = None) 
 async def _retention_loop(console: ConsoleState, link: LinkHub) -> None:
     """Prune once per interval, in the one process holding the singleton lease
     (kept renewed here, and by the forwarder's thread)."""
-    loop = asyncio.get_running_loop()
-    due = loop.time()
+    clock = link.lease.monotonic
+    due = clock()
     while True:
         held = await run_in_threadpool(link.lease.ensure)
-        if held and loop.time() >= due:
+        if held and clock() >= due:
             try:
                 await run_in_threadpool(prune_expired, console, link.metrics)
             except SQLAlchemyError:
                 log.exception("retention: pruning failed; trying again next round")
-            due = loop.time() + console.config.retention_interval_seconds
+            due = clock() + console.config.retention_interval_seconds
         await asyncio.sleep(link.lease.ttl / 4)
 
 
@@ -329,7 +329,8 @@ def _install_link(app: FastAPI, console: ConsoleState,
 
     config = console.config
     sinks = build_sinks(config.syslog, config.webhooks)
-    lease = Lease(console.sessions, SINGLETON, ttl=config.lease_seconds)
+    lease = Lease(console.sessions, SINGLETON, ttl=config.lease_seconds, clock=console.now,
+                  monotonic=monotonic)
     link = LinkHub(metrics=ConsoleMetrics(clock=monotonic), lease=lease,
                    forwarder=Forwarder(sinks, console.sessions, lease) if sinks else None,
                    store_poll=config.link_store_poll_seconds)

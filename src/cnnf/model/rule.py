@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -31,6 +32,25 @@ def _json_integer(value: Any) -> Any:
         raise PydanticCustomError("int_type", "Input should be a valid integer")
     return value
 
+
+_RFC3339_TEXT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value: Any) -> Any:
+    # What the schema's date-time says, no more: a number, or a time without its
+    # offset (read as what zone?), is refused, not guessed.
+    if value is None or (isinstance(value, datetime) and value.tzinfo is not None):
+        return value
+    if not isinstance(value, str) or not _RFC3339_TEXT.match(value):
+        raise PydanticCustomError(
+            "rfc3339", "must be a date-time with its offset (RFC 3339, like "
+                       "2026-05-01T12:00:00Z; in a URL, write + as %2B)")
+    return value
+
+
+#: For a date-time field or parameter of a request: RFC 3339, offset included.
+RFC3339 = BeforeValidator(_rfc3339)
 
 #: For an integer field of a request: 3 or 3.0; not true, not "3". Put it after the
 #: field's constraints (``Annotated[int, Field(ge=1), JSON_INTEGER]``), so that the

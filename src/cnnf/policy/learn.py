@@ -64,6 +64,9 @@ from cnnf.policy.simulate import Evaluator, compiled
 
 MAX_EDGES = 20  # edges listed in one rule's evidence (the counts cover them all)
 
+#: Why refused flows are not learnt (a reason in the proposal's skipped counts).
+REFUSED = "refused when recorded: a refused connection is not learnt as allowed"
+
 
 @dataclass(frozen=True, slots=True)
 class Scope:
@@ -424,6 +427,12 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
                 c = covered[ck] = CoveredRule(verdict.rule_kind, verdict.rule_id,
                                               verdict.rule_name or "", verdict.effect, Evidence())
             c.evidence.add(flow)
+            continue
+        if flow.verdict == Effect.PREVENT.value:
+            # Refused when it was recorded (by the default effect, or by a rule since
+            # removed): a refused connection, perhaps an attacker's lateral move or
+            # scan, is never learnt as one to allow.
+            skipped[REFUSED] = skipped.get(REFUSED, 0) + flow.flows
             continue
         src = group(flow.src_ep, "src", kind)
         dst = group(flow.dst_ep, "dst", kind)

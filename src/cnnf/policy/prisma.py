@@ -693,8 +693,12 @@ def original_format_schema(*, whole: bool) -> dict[str, Any]:
     return {
         "type": "object", "title": "OriginalPolicy",
         "description": "the network firewall policy in the original product's shape",
-        "required": ["containerEnabled", "hostEnabled", *root_lists] if whole
-        else ["_id"],
+        "required": ["containerEnabled", "hostEnabled", *root_lists] if whole else [],
+        # How a document is recognised as one in this format (document.py
+        # looks_like_original_format): its _id, or entities and no apiVersion.
+        **({} if whole else {"anyOf": [
+            {"required": ["_id"]},
+            {"required": ["networkEntities"], "not": {"required": ["apiVersion"]}}]}),
         "properties": {
             "_id": {"const": ORIGINAL_FORMAT_ID},
             "containerEnabled": {"type": "boolean"},

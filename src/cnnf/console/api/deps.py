@@ -7,7 +7,6 @@ route cannot escape them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +15,6 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BeforeValidator
 from sqlalchemy.orm import Session, sessionmaker
 
 from cnnf.console.api.contract import Guard
@@ -25,24 +23,11 @@ from cnnf.console.security import LoginLimiter, Permission, allowed
 from cnnf.console.services.errors import Forbidden, Unauthorized
 from cnnf.console.services.policy import PolicyService
 from cnnf.console.services.users import Principal, UserService
+from cnnf.model.rule import RFC3339
 
 # Integers the store keeps in 32-bit columns (ids, positions); paging offsets too.
 MAX_INT = 2**31 - 1
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
-
-
-def _rfc3339(value: Any) -> Any:
-    # What the schema's date-time says, no more: a number or a time without its
-    # offset (read as what zone?) is refused, not guessed.
-    if isinstance(value, str) and not _RFC3339.match(value):
-        raise ValueError("must be a date-time with its offset "
-                         "(RFC 3339, like 2026-05-01T12:00:00Z)")
-    return value
-
-
-#: A date-time query parameter: RFC 3339, offset included.
-Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+Timestamp = Annotated[datetime, RFC3339]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 

@@ -138,7 +138,8 @@ IMPORT_SCHEMA: dict[str, Any] = {
 async def import_policy(
     *,
     request: Request, db: SessionDep, console: StateDep,
-    fmt: Annotated[Format, Query(alias="format")] = "native",
+    fmt: Annotated[Format, Query(alias="format", description=(
+        "kept for older clients: the document's own shape decides how it is read"))] = "native",
     dry_run: Annotated[bool, Query()] = False,
     who: Writer,
 ) -> ImportResult:
@@ -157,10 +158,10 @@ async def import_policy(
 
 def _import(raw: bytes, *, service: PolicyService, fmt: Format, dry_run: bool) -> ImportResult:
     revision = service.revision()
-    if fmt == "native":
-        fmt, loaded = formats.load_recognised(raw, source="import")
-    else:
-        loaded = formats.load_prisma(raw, source="import")
+    # What the document is decides how it is read (an original-format one by its
+    # _id, or its entities without apiVersion): ``format`` cannot make a native
+    # document read as an empty original one, which would replace the policy with none.
+    fmt, loaded = formats.load_recognised(raw, source="import")
     policy, unmapped = loaded.policy, loaded.unmapped
     diff, errors = service.preview(policy)
     if errors:

@@ -304,6 +304,11 @@ class Forwarder:
                     busy = self.deliver_round()
                 except SQLAlchemyError as exc:
                     log.warning("forwarding: the store failed; trying again: %s", exc)
+                except Exception:
+                    # A defect must not end the thread: this process keeps the lease
+                    # (its retention loop renews it), so no other replica would take
+                    # forwarding over. The rows stay in the outbox for the next round.
+                    log.exception("forwarding: a round failed; trying again")
             if not busy:
                 self._wake.wait(self.interval)
                 self._wake.clear()

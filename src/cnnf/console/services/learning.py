@@ -25,7 +25,7 @@ from cnnf.console.store.models import FlowRow, ProposalRow
 from cnnf.errors import FieldError, PolicyValidationError
 from cnnf.model import Effect, NetworkObject, Policy, Rule, RuleKind
 from cnnf.model.objects import WS, GlobList, check_glob
-from cnnf.model.rule import PolicyModel
+from cnnf.model.rule import RFC3339, PolicyModel
 from cnnf.policy.engine import compile_policy
 from cnnf.policy.learn import LearnOptions, Proposal, Scope, learn
 from cnnf.policy.observed import EndpointCache, ObservedFlow
@@ -41,9 +41,9 @@ Kind = Literal["container", "host"]
 
 class Window(PolicyModel):
     since: Annotated[datetime | None, Field(description=(
-        "flows last seen at or after (default: 24 hours before until)"))] = None
+        "flows last seen at or after (default: 24 hours before until)")), RFC3339] = None
     until: Annotated[datetime | None, Field(description=(
-        "flows first seen before (default: now)"))] = None
+        "flows first seen before (default: now)")), RFC3339] = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Window:
