@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from consoletest import Clock
 from sqlalchemy.orm import Session, sessionmaker
 
 from cnnf.console.services.leases import Lease
@@ -15,20 +16,8 @@ from cnnf.console.store.db import connect, migrate
 from cnnf.console.store.models import LeaseRow
 
 
-class Clocks:
-    def __init__(self) -> None:
-        self.wall = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-        self.mono = 100.0
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += timedelta(seconds=seconds)
-        self.mono += seconds
+def _clocks() -> Clock:
+    return Clock(wall=datetime(2026, 11, 30, 12, 0, tzinfo=UTC), mono=100.0)
 
 
 @pytest.fixture
@@ -41,7 +30,7 @@ def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
         engine.dispose()
 
 
-def lease(sessions: sessionmaker[Session], clocks: Clocks, holder: str) -> Lease:
+def lease(sessions: sessionmaker[Session], clocks: Clock, holder: str) -> Lease:
     return Lease(sessions, "singleton", holder=holder, ttl=10.0, clock=clocks.now,
                  monotonic=clocks.monotonic)
 
@@ -55,7 +44,7 @@ def row(sessions: sessionmaker[Session]) -> tuple[str, datetime]:
 
 def test_one_holder_renewing_and_a_takeover_after_the_expiry(
         sessions: sessionmaker[Session]) -> None:
-    clocks = Clocks()
+    clocks = _clocks()
     a, b = lease(sessions, clocks, "a"), lease(sessions, clocks, "b")
     assert a.renew() and a.held
     assert not b.renew() and not b.held
@@ -74,7 +63,7 @@ def test_one_holder_renewing_and_a_takeover_after_the_expiry(
 
 
 def test_a_clean_release_hands_the_lease_over_at_once(sessions: sessionmaker[Session]) -> None:
-    clocks = Clocks()
+    clocks = _clocks()
     a, b = lease(sessions, clocks, "a"), lease(sessions, clocks, "b")
     assert a.renew()
     a.release()

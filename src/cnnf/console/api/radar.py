@@ -20,12 +20,10 @@ flows do not make it read and validated again.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -42,6 +40,7 @@ from cnnf.console.services.defenders import (
     DefenderService,
     policy_revision,
 )
+from cnnf.console.services.learning import gc_paused
 from cnnf.console.services.overlays import OverlayService
 from cnnf.console.store.models import AuditRow, DefenderRow, FlowRow, OverlayRow
 from cnnf.model.records import ClusterInventory
@@ -98,7 +97,7 @@ def radar(
         inventory = cache.inventory(inventory_key,
                                     lambda: DefenderService(db, console.now).cluster_inventory())
         overlays = OverlayService(db, console.now).for_radar()
-        with _gc_paused():
+        with gc_paused():
             flows = _flows(db, view, since)
             graph = build_graph(policy, hosts=inventory.hosts, containers=inventory.containers,
                                 flows=flows, overlays=overlays, query=query)
@@ -255,16 +254,3 @@ def _flows(db: Session, view: str, since: datetime | None) -> list[Flow]:
             for k, s, d, p, v, rid, rn, c, f, la in rows]
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The flows and a large graph are tens of thousands of small acyclic
-    objects; the cyclic collector would scan the growing heap again and again
-    while they are made (about half the endpoint's time at 20,000 edges). Reference counting
-    still frees everything."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
