@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -55,6 +54,7 @@ from cnnf.policy.learn import learn
 from cnnf.policy.naive import NaiveEvaluator
 from cnnf.policy.observed import ObservedFlow, endpoint_of
 from cnnf.policy.simulate import simulate
+from console_ingest import postgres_engine  # the same store as the ingestion bench
 
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 WORKLOADS = 300
@@ -189,34 +189,6 @@ def sqlite_engine() -> Iterator[Engine]:
             engine.dispose()
 
 
-@contextmanager
-def postgres_engine(option: str) -> Iterator[Engine | None]:
-    if option == "none":
-        yield None
-        return
-    if option != "auto":
-        engine = connect(option)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-        return
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import postgres
-
-    reason = postgres.available()
-    if reason:
-        print(f"postgresql: skipped ({reason})")
-        yield None
-        return
-    with postgres.postgres_server() as server:
-        engine = connect(server.create_database())
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-
-
 def report(store: str, n: int, r: dict[str, Any]) -> None:
     print(f"{store:<11}{n:>10,}{r['learn']:>10.1f}{r['naive learn']:>13.0f}"
           f"{r['naive learn'] / r['learn']:>8.0f}x{r['simulate']:>11.1f}"
@@ -237,7 +209,7 @@ def main() -> None:
           f"{'simulate':>11}{'naive sim.':>13}{'':>9}{'rules':>8}{'changed':>11}")
     with sqlite_engine() as engine:
         report("sqlite", args.flows, measure(engine, args.flows, args.naive))
-    with postgres_engine(args.postgres) as pg:
+    with postgres_engine(args.postgres, durable=False) as pg:
         if pg is not None:
             report("postgresql", args.flows, measure(pg, args.flows, args.naive))
     print("learn: LearningService.propose from an empty policy (rules: proposed); simulate: "

@@ -5,7 +5,7 @@ Audits stored before this revision are not queued: they were forwarded (or
 dropped) by the in-memory forwarder of the version that stored them.
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-11-30
 """
 
