@@ -53,7 +53,15 @@ class Verdict:
     rule_id: int | None = None
     rule_name: str | None = None
     rule_kind: RuleKind | None = None
+    # What the policy with everything staged in force (staged rules, the staged
+    # default effect) decides, when that differs from this verdict: reported as
+    # a "would" verdict, never enforced. None when nothing staged changes it.
+    would: Verdict | None = None
 
     @property
     def blocked(self) -> bool:
         return self.effect.blocks
+
+    def differs(self, other: Verdict) -> bool:
+        """Whether ``other`` decides otherwise: another effect or another rule."""
+        return self.effect is not other.effect or self.rule_id != other.rule_id

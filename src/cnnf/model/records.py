@@ -72,11 +72,19 @@ class FlowRecord(_Record):
     effect: Effect
     matched: bool
     # "enforced": the Defender evaluated the SYN; "observed": seen through
-    # connection tracking with enforcement disabled (no verdict was applied).
+    # connection tracking with enforcement disabled (no verdict was applied:
+    # ``effect`` is what happened, allow, and ``would_*`` what the policy says).
     mode: Literal["enforced", "observed"] = "enforced"
     rule_id: int | None = None
     rule_name: str | None = None
     rule_kind: RuleKind | None = None
+    # The "would" verdict (see Verdict.would): what the policy with everything
+    # staged in force, and enforcement on, decides when that differs from what
+    # happened. Left out of the JSON when there is none (a Console of an earlier
+    # release refuses fields it does not know, and most flows have none).
+    would_effect: Effect | None = Field(default=None, exclude_if=lambda v: v is None)
+    would_rule_id: int | None = Field(default=None, exclude_if=lambda v: v is None)
+    would_rule_name: str | None = Field(default=None, exclude_if=lambda v: v is None)
     revision: int = 0
     count: int = 1
     first_seen: float
@@ -84,7 +92,8 @@ class FlowRecord(_Record):
     reporter: str = ""  # the Defender (host name) that saw it
 
     def key(self) -> tuple[object, ...]:
-        return (self.src.key(), self.dst.key(), self.port, self.effect, self.rule_id, self.mode)
+        return (self.src.key(), self.dst.key(), self.port, self.effect, self.rule_id, self.mode,
+                self.would_effect, self.would_rule_id)
 
 
 class AuditType(StrEnum):
@@ -119,10 +128,14 @@ class AuditEvent(_Record):
     count: int = 1
     revision: int = 0
     reporter: str = ""
+    # A "would" audit: what a staged rule or the staged default effect, or the
+    # policy while enforcement is off, would have done; nothing was enforced
+    # (``blocked`` is False, ``effect`` the effect that would have applied).
+    would: bool = Field(default=False, exclude_if=lambda v: not v)
 
     def key(self) -> tuple[object, ...]:
-        return (self.type, self.rule_id, self.blocked, self.src.key(), self.src.address,
-                self.dst.key(), self.dst.address, self.port)
+        return (self.type, self.rule_id, self.blocked, self.would, self.src.key(),
+                self.src.address, self.dst.key(), self.dst.address, self.port)
 
 
 def endpoint_name(e: EndpointInfo) -> str:
@@ -135,12 +148,20 @@ def endpoint_name(e: EndpointInfo) -> str:
     return e.domain or e.address or "?"
 
 
-def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: int) -> str:
-    """The human sentence of an audit, in one place."""
+def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: int,
+                  would: str = "") -> str:
+    """The human sentence of an audit, in one place. ``would``: why the verdict
+    was not enforced ("staged", "enforcement is off"), for a "would" audit."""
+    src_name, dst_name = endpoint_name(src), endpoint_name(dst)
+    if would:
+        action = "would block" if verdict.blocked else "would alert on"
+        why = (f"rule {verdict.rule_name!r}" if verdict.matched
+               else f"the default effect ({verdict.effect.value}); no rule matched")
+        return (f"{action} connection from {src_name} to {dst_name} port {port} by {why}"
+                f" (not enforced: {would})")
     action = "blocked" if verdict.blocked else "alerted on"
     why = (f"rule {verdict.rule_name!r}" if verdict.matched
            else f"the default effect ({verdict.effect.value}); no rule matched")
-    src_name, dst_name = endpoint_name(src), endpoint_name(dst)
     return f"{action} connection from {src_name} to {dst_name} port {port} by {why}"
 
 

@@ -156,6 +156,9 @@ class Rule(PolicyModel):
     ports: Annotated[tuple[PortRange, ...], Field(json_schema_extra={"minItems": 1})] = (ANY_PORT,)
     effect: Effect = Effect.ALLOW
     disabled: StrictBool = False
+    # Staged: evaluated as if in force, its verdicts reported as "would"
+    # verdicts, never enforced (see Verdict.would); promoting it clears the flag.
+    staged: StrictBool = False
     notes: str = ""
     owner: str = ""
     modified: datetime | None = None

@@ -33,6 +33,7 @@ and does no I/O.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ __all__ = [
     "compile_policy",
 ]
 
-Outcome = Literal["matched", "disabled", "no-match"]
+Outcome = Literal["matched", "disabled", "staged", "no-match"]
 
 DEFAULT_VERDICT_CACHE = 65536
 # Memoised masks are integers as wide as the rule list: bound the memo by
@@ -123,6 +124,11 @@ class Explanation:
         else:
             head = f"verdict: {v.effect} (no rule matched: default effect; revision {v.revision})"
         out = [head]
+        w = v.would
+        if w is not None:
+            by = (f"{w.rule_kind} rule {w.rule_id} '{w.rule_name}'" if w.matched
+                  else "the default effect")
+            out.append(f"would: {w.effect} by {by} (staged: reported, not enforced)")
         out.extend(f"  {step.line()}" for step in self.steps)
         if self.note:
             out.append(f"  note: {self.note}")
@@ -408,7 +414,9 @@ class _RuleTable:
     ) -> None:
         self.kind = kind
         self.rules = rules
-        enabled = [(pos, r) for pos, r in enumerate(rules) if not r.disabled]
+        # A staged rule is not in force: the snapshot of the policy with it
+        # promoted (CompiledPolicy._would) evaluates it.
+        enabled = [(pos, r) for pos, r in enumerate(rules) if not (r.disabled or r.staged)]
         n = len(enabled)
         self.width = n
         self.revision = revision
@@ -515,6 +523,7 @@ class CompiledPolicy:
     _host: _RuleTable
     _cache_limit: int
     _cache: dict[ConnectionAttempt, Verdict] | None
+    _would: CompiledPolicy | None
 
     __slots__ = (
         "_cache",
@@ -524,6 +533,7 @@ class CompiledPolicy:
         "_host",
         "_matchers",
         "_objects",
+        "_would",
         "policy",
         "revision",
     )
@@ -557,6 +567,12 @@ class CompiledPolicy:
         )
         init(self, "_cache_limit", verdict_cache)
         init(self, "_cache", {} if verdict_cache > 0 else None)
+        # Staging: a second snapshot, of the policy with everything staged in
+        # force, decides the "would" verdict. Built once here, so evaluation
+        # stays one lookup per snapshot, lock-free and I/O-free; without
+        # anything staged there is none and evaluation costs what it did.
+        init(self, "_would", CompiledPolicy(policy.in_force(), verdict_cache, identity_cache)
+             if policy.staging else None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"CompiledPolicy is immutable: cannot set {name!r}")
@@ -575,7 +591,7 @@ class CompiledPolicy:
         else:
             identity = src.host
             if identity is None:
-                return self._default
+                return self._address_only()
             table = self._host
         verdict = self._default
         m = table.src_memo.get(identity)
@@ -593,9 +609,26 @@ class CompiledPolicy:
                 if m:
                     bit = m.bit_length() - 1
                     verdict = table.verdicts[bit] or table.verdict(bit)
+        would = self._would
+        if would is not None:
+            staged = would.evaluate(attempt)
+            if verdict.differs(staged):
+                verdict = dataclasses.replace(verdict, would=staged)
         if cache is not None:
             _remember(cache, self._cache_limit, attempt, verdict)
         return verdict
+
+    def _address_only(self) -> Verdict:
+        """An address-only source: no rule list applies, the default decides."""
+        would = self._would
+        if would is not None and self._default.differs(would._default):
+            return dataclasses.replace(self._default, would=would._default)
+        return self._default
+
+    @property
+    def staged(self) -> CompiledPolicy | None:
+        """The snapshot with everything staged in force (None: nothing staged)."""
+        return self._would
 
     def explain(self, attempt: ConnectionAttempt) -> Explanation:
         """The verdict and, for each rule considered in order, why it matched or not.
@@ -612,13 +645,18 @@ class CompiledPolicy:
                 f"source {describe_endpoint(src)} is neither a container nor a host:"
                 f" no rule list applies; the default effect {self._default.effect} decides"
             )
-            return Explanation(self._default, (), note)
+            return Explanation(self._address_only(), (), note)
         kind = table.kind
         steps: list[RuleStep] = []
         bit = table.width
         for rule in table.rules:
             if rule.disabled:
                 steps.append(RuleStep(kind, rule.id, rule.name, "disabled", "rule is disabled"))
+                continue
+            if rule.staged:
+                steps.append(RuleStep(kind, rule.id, rule.name, "staged",
+                                      "rule is staged: not in force (its verdict is a "
+                                      "'would' verdict)"))
                 continue
             bit -= 1
             reason = _rule_mismatch(self._matcher, rule, src, dst, port)
@@ -631,13 +669,20 @@ class CompiledPolicy:
                 f" {describe_endpoint(dst)} matches '{rule.dst}', port {port} in {ports}"
             )
             steps.append(RuleStep(kind, rule.id, rule.name, "matched", reason))
-            return Explanation(table.verdict(bit), tuple(steps))
+            return Explanation(self._staged_too(table.verdict(bit), attempt), tuple(steps))
         effect = self._default.effect
         if table.rules:
             note = f"no enabled {kind} rule matched; the default effect {effect} decides"
         else:
             note = f"there are no {kind} rules; the default effect {effect} decides"
-        return Explanation(self._default, tuple(steps), note)
+        return Explanation(self._staged_too(self._default, attempt), tuple(steps), note)
+
+    def _staged_too(self, verdict: Verdict, attempt: ConnectionAttempt) -> Verdict:
+        would = self._would
+        if would is None:
+            return verdict
+        staged = would.evaluate(attempt)
+        return dataclasses.replace(verdict, would=staged) if verdict.differs(staged) else verdict
 
     def _matcher(self, name: str) -> ObjectMatch:
         match = self._matchers.get(name)

@@ -8,6 +8,8 @@ the benchmark can show what the index buys.
 
 from __future__ import annotations
 
+import dataclasses
+
 from cnnf.errors import PolicyValidationError
 from cnnf.model import ConnectionAttempt, Policy, RuleKind, Verdict
 from cnnf.policy.check import check_policy
@@ -28,7 +30,14 @@ class NaiveEvaluator:
         self._matchers = {name: ObjectMatch(obj) for name, obj in objects.items()}
 
     def evaluate(self, attempt: ConnectionAttempt) -> Verdict:
-        policy = self.policy
+        verdict = self._evaluate(self.policy, attempt, enforced=True)
+        if self.policy.staging:
+            would = self._evaluate(self.policy.in_force(), attempt, enforced=False)
+            if verdict.differs(would):
+                return dataclasses.replace(verdict, would=would)
+        return verdict
+
+    def _evaluate(self, policy: Policy, attempt: ConnectionAttempt, *, enforced: bool) -> Verdict:
         src, dst, port = attempt.src, attempt.dst, attempt.port
         if src.container is not None:
             kind, rules = RuleKind.CONTAINER, policy.container_rules
@@ -38,7 +47,7 @@ class NaiveEvaluator:
             rules = ()
         matchers = self._matchers
         for rule in rules:
-            if rule.disabled:
+            if rule.disabled or (enforced and rule.staged):
                 continue
             if not matchers[rule.src](src):
                 continue

@@ -83,9 +83,12 @@ COLLECTION_KEPT = frozenset({"name", "description"})
 ENTITY_KEYS = frozenset({"_id", "name", "type", "collections", "subnets", "domains",
                          "description"})
 RULE_KEYS = frozenset({"id", "name", "src", "dst", "ports", "effect", "disabled", "notes",
-                       "owner", "modified", "previousName"})
+                       "owner", "modified", "previousName", "staged"})
 ROOT_KEYS = frozenset({"_id", "containerEnabled", "hostEnabled", "containerRules", "hostRules",
-                       "networkEntities"})
+                       "networkEntities", "stagedDefaultEffect"})
+# Staging has no equivalent in the original format. A staged rule is written
+# disabled (the original product must not enforce it) with "staged": true, and
+# the staged default effect as "stagedDefaultEffect": keys CNNF reads back.
 
 
 @dataclass
@@ -497,7 +500,9 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
                 "dst": ends.get("dst", "?"),
                 "ports": ["*"] if ports is None else ports,
                 "effect": raw.get("effect", "allow"),
-                "disabled": raw.get("disabled", False),
+                # written disabled so the original product does not enforce it
+                "disabled": False if raw.get("staged") is True else raw.get("disabled", False),
+                "staged": raw.get("staged", False),
                 "notes": _text(raw, "notes", path, errors),
                 "owner": _text(raw, "owner", path, errors),
                 "modified": _text(raw, "modified", path, errors) or None,
@@ -506,11 +511,17 @@ def from_prisma(doc: Mapping[str, Any], *, source: str = "") -> Conversion[Polic
             if rule is not None and len(ends) == 2 and ports is not None:
                 lists[list_name].append(rule)
 
+    staged_default = doc.get("stagedDefaultEffect")
+    if staged_default is not None and staged_default not in {e.value for e in Effect}:
+        errors.add("stagedDefaultEffect", f"{show(staged_default)} is not allow, alert or "
+                   "prevent")
+        staged_default = None
     if errors.items:
         raise PolicyValidationError(errors.items, source)
     policy = Policy(
         container_enabled=settings["containerEnabled"],
         host_enabled=settings["hostEnabled"],
+        staged_default_effect=None if staged_default is None else Effect(staged_default),
         objects=tuple(objects),
         container_rules=tuple(lists["containerRules"]),
         host_rules=tuple(lists["hostRules"]),
@@ -544,6 +555,9 @@ def to_prisma(policy: Policy) -> Conversion[dict[str, Any]]:
     if policy.block_mode is not BlockMode.RESET:
         unmapped.append(f"blockMode: {policy.block_mode.value} has no equivalent (the "
                         "original product drops prevented connections silently)")
+    if policy.staged_default_effect is not None:
+        unmapped.append(f"stagedDefaultEffect: {policy.staged_default_effect.value} has no "
+                        "equivalent (kept as stagedDefaultEffect, which only CNNF reads)")
     ids: dict[str, int] = {}
     entities: list[dict[str, Any]] = []
     for i, obj in enumerate(policy.objects, start=1):
@@ -575,7 +589,7 @@ def to_prisma(policy: Policy) -> Conversion[dict[str, Any]]:
             unmapped.append(f"{list_name}: {len(items)} rules; the original product accepts "
                             f"at most {ORIGINAL_RULE_LIMIT}")
         out = []
-        for rule in items:
+        for i, rule in enumerate(items):
             raw: dict[str, Any] = {
                 "id": rule.id,
                 "name": rule.name,
@@ -583,8 +597,14 @@ def to_prisma(policy: Policy) -> Conversion[dict[str, Any]]:
                 "dst": ids[rule.dst],
                 "ports": [{"start": p.start, "end": p.end, "deny": False} for p in rule.ports],
                 "effect": rule.effect.value,
-                "disabled": rule.disabled,
+                "disabled": rule.disabled or rule.staged,
             }
+            if rule.staged:
+                raw["staged"] = True
+                unmapped.append(
+                    f"{list_name}[{i}] ({rule.name}): staged has no equivalent; written "
+                    "disabled with staged: true (CNNF reads it back staged"
+                    + ("; its own disabled flag is lost)" if rule.disabled else ")"))
             if rule.notes:
                 raw["notes"] = rule.notes
             if rule.owner:
@@ -602,6 +622,8 @@ def to_prisma(policy: Policy) -> Conversion[dict[str, Any]]:
         "hostRules": rules("hostRules", policy.host_rules),
         "networkEntities": entities,
     }
+    if policy.staged_default_effect is not None:
+        doc["stagedDefaultEffect"] = policy.staged_default_effect.value
     return Conversion(doc, unmapped)
 
 
