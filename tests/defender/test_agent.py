@@ -38,7 +38,6 @@ from cnnf.model import (
     ContainerSelector,
     DnsObject,
     Effect,
-    Endpoint,
     HostIdentity,
     Policy,
     Rule,
@@ -430,10 +429,11 @@ def test_a_port_scan_is_spooled_in_batches_the_console_accepts(tmp_path: Path) -
     pol.write_text("apiVersion: cnnf/v1\nkind: Policy\nspec: {}\n")
     a = Agent(DefenderConfig(policy_file=pol, state_dir=tmp_path / "s"))
     a.spool = Spool(tmp_path / "spool")
-    src, dst = Endpoint(address="10.1.0.2", container=WEB), Endpoint(address="10.1.0.9")
+    a.inventory = Inventory.build(a.node, [("10.1.0.2", WEB)])
+    decider = core.Decider(a.compiled, a.inventory)
     ports = range(1, 2 * MAX_BATCH_RECORDS + 2)
     for port in ports:  # one distinct flow per port
-        a.recorder.observe(src, dst, port, now=1.0)
+        a.recorder.observe(decider, "10.1.0.2", "10.1.0.9", port, now=1.0)
     a.spool.add_dropped(7)
     a.flush()
     batches = [a.spool.load(item) for item in a.spool.pending()]

@@ -9,7 +9,7 @@ Threads and processes::
                     cluster inventory file are watched; the status file written
     discovery       Docker API events: on_start protects a container at once
     link (managed)  policy and inventory long-polls, uplink (see link.py)
-    conntrack       observed connections when both modes are disabled
+    conntrack       observed connections while either mode is disabled
     workers         one process per queue; decide = :class:`VerdictDecide`
 
 The workers' ``decide`` is updated by broadcasting :class:`PolicyUpdate` and
@@ -183,22 +183,35 @@ def expand_networks(nets: tuple[str, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
-VerdictDetail = tuple[str, int, bool, "int | None", "str | None", "str | None", int, int]
+# A staged ("would") verdict: effect, matched, rule id, rule name, rule kind.
+WouldDetail = tuple[str, bool, "int | None", "str | None", "str | None"]
+VerdictDetail = tuple[str, int, bool, "int | None", "str | None", "str | None",
+                      "WouldDetail | None", int, int]
 
 
 def verdict_detail(v: Verdict, epoch: int = 0, generation: int = 0) -> VerdictDetail:
-    """The verdict as a tuple of plain values, the fast-path epoch and the
-    inventory generation it was decided under: it crosses from the worker to
-    the main process with every report, and plain tuples pickle several times
-    faster than the dataclasses (the attempt is rebuilt from the packet there,
-    with that generation's identities)."""
+    """The verdict as a tuple of plain values (its "would" part too), the
+    fast-path epoch and the inventory generation it was decided under: it
+    crosses from the worker to the main process with every report, and plain
+    tuples pickle several times faster than the dataclasses (the attempt is
+    rebuilt from the packet there, with that generation's identities). The
+    first seven values are the verdict (what a cached verdict keeps)."""
+    w = v.would
+    would: WouldDetail | None = None if w is None else (
+        w.effect.value, w.matched, w.rule_id, w.rule_name,
+        None if w.rule_kind is None else w.rule_kind.value)
     return (v.effect.value, v.revision, v.matched, v.rule_id, v.rule_name,
-            None if v.rule_kind is None else v.rule_kind.value, epoch, generation)
+            None if v.rule_kind is None else v.rule_kind.value, would, epoch, generation)
 
 
-def verdict_from_detail(d: VerdictDetail) -> Verdict:
+def verdict_from_detail(d: tuple[Any, ...]) -> Verdict:
+    w = d[6]
+    would = None if w is None else Verdict(
+        effect=Effect(w[0]), revision=d[1], matched=w[1], rule_id=w[2], rule_name=w[3],
+        rule_kind=None if w[4] is None else RuleKind(w[4]))
     return Verdict(effect=Effect(d[0]), revision=d[1], matched=d[2], rule_id=d[3],
-                   rule_name=d[4], rule_kind=None if d[5] is None else RuleKind(d[5]))
+                   rule_name=d[4], rule_kind=None if d[5] is None else RuleKind(d[5]),
+                   would=would)
 
 
 class VerdictDecide:
@@ -613,19 +626,21 @@ class Agent:
                 backend.set_addresses(which, addrs)
 
     def _apply_mode(self) -> None:
-        """Observe with conntrack exactly when nothing is enforced."""
+        """Observe with conntrack while anything is not enforced (either switch
+        off): connections of the unenforced kind are recorded from it."""
         if self.datapath is None:
             return
-        observe = not (self.policy.container_enabled or self.policy.host_enabled)
+        observe = not (self.policy.container_enabled and self.policy.host_enabled)
         if observe and self.observer is None:
+            # (kept running while one switch is on: the other kind's connections)
             self.observer = ConntrackObserver(self.observed.put, self.netns,
                                               ipv6=self.config.ipv6)
             self.observer.start()
-            log.info("enforcement disabled: observing connections (conntrack)")
+            log.info("enforcement off (containers or hosts): observing connections (conntrack)")
         elif not observe and self.observer is not None:
             self.observer.stop()
             self.observer = None
-            log.info("enforcement enabled: conntrack observation stopped")
+            log.info("enforcement on for containers and hosts: conntrack observation stopped")
 
     def _on_discovery_error(self, exc: Exception) -> None:
         with self._lock:
@@ -894,7 +909,7 @@ class Agent:
             p = r.packet
             verdict = verdict_from_detail(r.detail)
             # the identities it was decided with (the pod may be gone by now)
-            decided = self._inventories.get(r.detail[7], (inv, 0.0))[0]
+            decided = self._inventories.get(r.detail[8], (inv, 0.0))[0]
             attempt = ConnectionAttempt(decided.endpoint(p.src),
                                         decided.endpoint(p.dst, p.dst_domains), p.dport)
             action = (core.Action.ACCEPT if not verdict.blocked
@@ -907,28 +922,49 @@ class Agent:
                 # Compact: entries live for the TTL, and a scan makes thousands.
                 # The identities are looked up again when repeats are counted
                 # (a change of either end's identity removes the entry first).
-                detail = self._shared.setdefault(r.detail[:6], r.detail[:6])
+                detail = self._shared.setdefault(r.detail[:7], r.detail[:7])
                 key = (sys.intern(p.src), p.dport, sys.intern(p.dst))
                 # a verdict decided with DNS names ends when the first of them does
                 until = (self.datapath.dns_cache.expiry(p.dst, p.dst_domains)
                          if p.dst_domains else None)
-                offers.append((fast, key, (detail, p.dst_domains), r.detail[6], until))
+                offers.append((fast, key, (detail, p.dst_domains), r.detail[7], until))
         if offers and self.cache is not None:
             with self._lock:
                 self.cache.offer(offers, time.monotonic())
         self._record_fast()
+        self._collect_observed(inv, compiled)
+
+    def _collect_observed(self, inv: Inventory, compiled: CompiledPolicy) -> None:
+        """Connections conntrack saw with enforcement off for their kind -> flows,
+        evaluated against the policy (what it would do), each connection once in
+        the cluster: by the Defender of its source when that is a workload of
+        this node; by the Defender of its destination when the source is no
+        workload any Defender knows (an outside client). A connection the
+        datapath queued is left to the verdict loop, which recorded it."""
+        assert self.datapath is not None
+        decider: core.Decider | None = None
+        sets: dict[AddressSet, frozenset[str]] | None = None
+        node = self.node.addresses
         while True:
             try:
                 ev = self.observed.get_nowait()
             except queue.Empty:
                 break
-            src = inv.endpoint(ev.src)
-            if not (src.address in inv.containers or src.address in self.node.addresses):
-                continue  # only connections of this node's workloads
-            dst = inv.endpoint(ev.dst, self.datapath.domains_for(ev.dst))
-            if dst.address in inv.remote:
-                continue  # to another node: local or outbound to external only
-            self.recorder.observe(src, dst, ev.dport, ev.time)
+            if sets is None:
+                sets = self.wanted_sets()
+                decider = core.Decider(compiled, inv)
+            assert decider is not None
+            local, host, cluster = (sets[AddressSet.LOCAL], sets[AddressSet.HOST],
+                                    sets[AddressSet.CLUSTER])
+            if (ev.src in local or ev.src in host
+                    or ((ev.dst in local or ev.dst in host) and ev.src not in cluster)):
+                continue  # queued: decided and recorded by the verdict loop
+            src_here = ev.src in inv.containers or ev.src in node
+            dst_here = ev.dst in inv.containers or ev.dst in node
+            if not src_here and not (dst_here and inv.identity(ev.src) is None):
+                continue  # another node's workload: its Defender records it
+            self.recorder.observe(decider, ev.src, ev.dst, ev.dport, now=ev.time,
+                                  domains=self.datapath.domains_for(ev.dst))
 
     # -- the kernel fast path and the admission limit ------------------------------------
 

@@ -7,6 +7,7 @@ folds repeated audits. Time is passed in by the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,21 @@ class Decider:
         return Decision(action, verdict, attempt)
 
 
+def unenforced(verdict: Verdict) -> Verdict:
+    """The verdict on a connection that nothing enforced (its kind's enforcement
+    is off, so it was only observed): it was allowed. What the policy decides,
+    with everything staged in force, becomes the "would" verdict where it
+    differs; an allow verdict of the policy in force stays what happened (a
+    connection a rule allows is no hole in the policy)."""
+    full = verdict.would or verdict
+    if verdict.effect is Effect.ALLOW:
+        actual = dataclasses.replace(verdict, would=None)
+    else:
+        actual = Verdict(effect=Effect.ALLOW, revision=verdict.revision, matched=False,
+                         rule_kind=verdict.rule_kind)
+    return dataclasses.replace(actual, would=full if actual.differs(full) else None)
+
+
 def _rule_kind(attempt: ConnectionAttempt, verdict: Verdict) -> RuleKind:
     if verdict.rule_kind is not None:
         return verdict.rule_kind
@@ -133,28 +149,52 @@ class Recorder:
         return found
 
     def record(
-        self, decision: Decision, policy: CompiledPolicy, now: float, count: int = 1
+        self, decision: Decision, policy: CompiledPolicy, now: float, count: int = 1,
+        *, observed: bool = False,
     ) -> AuditEvent | None:
         """Record ``count`` attempts with one decision (more than one: repeats the
-        kernel's fast path answered); return the audit if it opened a new one."""
+        kernel's fast path answered); return the audit if it opened a new one.
+
+        ``observed``: the connection was seen with its kind's enforcement off
+        (pass the verdict through :func:`unenforced` first). A verdict's
+        ``would`` part is recorded on the flow and, when it would alert or
+        block, as a "would" audit beside any audit of what happened."""
         att, verdict = decision.attempt, decision.verdict
         src = self.info(att.src)
         dst = self.info(att.dst)
+        would = verdict.would
         self._flow(FlowRecord(
             src=src, dst=dst, port=att.port, effect=verdict.effect, matched=verdict.matched,
+            mode="observed" if observed else "enforced",
             rule_id=verdict.rule_id, rule_name=verdict.rule_name, rule_kind=verdict.rule_kind,
+            would_effect=None if would is None else would.effect,
+            would_rule_id=None if would is None else would.rule_id,
+            would_rule_name=None if would is None else would.rule_name,
             revision=verdict.revision, first_seen=now, last_seen=now, reporter=self.reporter,
             count=count,
         ))
-        if not verdict.effect.audits:
-            return None
+        opened = None
+        if verdict.effect.audits:
+            opened = self._audit(att, verdict, policy, src=src, dst=dst, now=now, count=count,
+                                 would="")
+        if would is not None and would.effect.audits:
+            reason = "enforcement is off" if observed else "staged"
+            opened = self._audit(att, would, policy, src=src, dst=dst, now=now, count=count,
+                                 would=reason) or opened
+        return opened
+
+    def _audit(
+        self, att: ConnectionAttempt, verdict: Verdict, policy: CompiledPolicy, *,
+        src: EndpointInfo, dst: EndpointInfo, now: float, count: int, would: str,
+    ) -> AuditEvent | None:
         subnet, domain = matched_subnet_and_domain(policy, verdict, att.dst)
         event = AuditEvent(
             time=now, type=AuditType.of(_rule_kind(att, verdict)), effect=verdict.effect,
-            blocked=verdict.blocked, rule_id=verdict.rule_id, rule_name=verdict.rule_name or "",
+            blocked=verdict.blocked and not would, rule_id=verdict.rule_id,
+            rule_name=verdict.rule_name or "",
             src=src, dst=dst, port=att.port, dst_subnet=subnet, dst_domain=domain,
-            message=audit_message(verdict, src, dst, att.port), revision=verdict.revision,
-            reporter=self.reporter, count=count,
+            message=audit_message(verdict, src, dst, att.port, would),
+            revision=verdict.revision, reporter=self.reporter, count=count, would=bool(would),
         )
         key = event.key()
         prev = self.open_audits.get(key)
@@ -171,13 +211,14 @@ class Recorder:
         next drain."""
         self.closed_audits.append(event)
 
-    def observe(self, src: Endpoint, dst: Endpoint, port: int, now: float) -> None:
-        """Record a connection seen (not evaluated) with enforcement disabled."""
-        self._flow(FlowRecord(
-            src=self.info(src), dst=self.info(dst), port=port,
-            effect=Effect.ALLOW, matched=False, mode="observed", first_seen=now, last_seen=now,
-            reporter=self.reporter,
-        ))
+    def observe(self, decider: Decider, src: str, dst: str, port: int, *, now: float,
+                domains: tuple[str, ...] | None = None) -> None:
+        """Record a connection seen with its kind's enforcement off: evaluated
+        against the policy (nothing enforced), what the policy would do recorded
+        as its "would" verdict, and audited as such."""
+        d = decider.decide(src, dst, port, domains)
+        self.record(Decision(Action.ACCEPT, unenforced(d.verdict), d.attempt), decider.policy,
+                    now, observed=True)
 
     def _flow(self, rec: FlowRecord) -> None:
         key = rec.key()
