@@ -10,6 +10,7 @@ from cnnf.commands import defender as defender_commands
 from cnnf.commands import demo as demo_commands
 from cnnf.commands import lab as lab_commands
 from cnnf.commands import policy as policy_commands
+from cnnf.commands import rules as rules_commands
 
 app = typer.Typer(
     name="cnnf",
@@ -39,6 +40,7 @@ app.add_typer(lab_commands.app, name="lab")
 app.add_typer(console_commands.app, name="console")
 app.add_typer(defender_commands.app, name="defender")
 app.add_typer(demo_commands.app, name="demo")
+app.add_typer(rules_commands.app, name="rules")
 
 
 def main() -> None:

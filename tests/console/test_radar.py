@@ -29,6 +29,9 @@ class Flow:
     kind: str = "container"
     first_seen: datetime = T0
     last_seen: datetime = T1
+    would: str = ""
+    would_rule_id: int = 0
+    mode: str = "enforced"
 
 
 POLICY = load_policy({

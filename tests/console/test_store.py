@@ -87,8 +87,8 @@ def test_audits_stored_before_0004_name_no_pod_after_it(db_url: str) -> None:
             table = Table("audits", MetaData(), autoload_with=connection)
             assert "src_pod" not in table.c
             connection.execute(insert(table), [old, {**old, "port": 443, "count": 1}])
-        migrate(engine, "0004")
-        assert current_revision(engine) == "0004"
+        migrate(engine)
+        assert current_revision(engine) == revision_heads()[0]
         indexes = {i["name"] for i in inspect(engine).get_indexes("audits")}
         assert {"ix_audits_src_image", "ix_audits_dst_image", "ix_audits_rule_name",
                 "ix_audits_time"} <= indexes
@@ -113,6 +113,42 @@ def test_audits_stored_before_0004_name_no_pod_after_it(db_url: str) -> None:
         with engine.connect() as connection:
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         assert diff == [], f"models and migrations differ: {diff}"
+    finally:
+        engine.dispose()
+
+
+def test_flows_stored_before_0008_stay_enforced_and_keep_aggregating(db_url: str) -> None:
+    """0008 adds the flows' mode and "would" verdict to their aggregation key:
+    rows stored before are enforced flows with no would verdict, and reports
+    after it still fold into them; a would verdict gets its own row. The
+    downgrade keeps the rows it can hold."""
+    engine = connect(db_url)
+    t0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    old = {"kind": "container", "src": "image:shop/api", "dst": "image:shop/db", "port": 5432,
+           "verdict": "observed", "rule_id": 0, "rule_name": "", "count": 2,
+           "first_seen": t0, "last_seen": t0}
+    try:
+        migrate(engine, "0007")
+        with engine.begin() as connection:
+            table = Table("flows", MetaData(), autoload_with=connection)
+            assert "would" not in table.c
+            connection.execute(insert(table), [old])
+        migrate(engine)
+        assert current_revision(engine) == revision_heads()[0]
+        same = FlowRecord(src="image:shop/api", dst="image:shop/db", port=5432,
+                          verdict="observed", count=3, first_seen=t0, last_seen=t0)
+        would = same.model_copy(update={"would": "prevent", "would_rule_id": 4,
+                                        "would_rule_name": "api-not-db"})
+        with Session(engine) as session:
+            FlowService(session).record_many([same, would])
+            items = FlowService(session).query(FlowFilter(), limit=10, offset=0).items
+        assert sorted((f.mode, f.would, f.would_rule_id, f.count) for f in items) == [
+            ("enforced", "", 0, 5), ("enforced", "prevent", 4, 3)]
+        downgrade(engine, "0007")
+        with engine.connect() as connection:
+            table = Table("flows", MetaData(), autoload_with=connection)
+            assert "would" not in table.c
+            assert [r.count for r in connection.execute(select(table))] == [5]
     finally:
         engine.dispose()
 

@@ -34,6 +34,15 @@ then, is the port's ``history`` (one entry per recorded verdict and rule, with
 counts and times). So a rule added for a hole turns the port's colour at once,
 and an edge's colour, its label and its "hole" flag follow the current policy,
 while the panel still shows what happened before.
+
+Staging adds a second opinion. Where the policy with every staged rule and the
+staged default effect in force would decide a port otherwise than its current
+verdict (another verdict class or another rule), the port says so: ``would``
+(same classes) and ``wouldRuleId`` (0/None: the staged default effect). The
+label says it ("5432 would prevent"), the line keeps the current verdict's
+colour, and a port a staged rule decides is no hole. A port also counts its
+connections seen with enforcement off (``unenforced``; ``enforced``: none
+was), and each history entry keeps the "would" verdict its flows recorded.
 """
 
 from __future__ import annotations
@@ -107,6 +116,12 @@ class FlowLike(Protocol):
     def first_seen(self) -> datetime: ...
     @property
     def last_seen(self) -> datetime: ...
+    @property
+    def would(self) -> str: ...  # "" | allow | alert | prevent | observed
+    @property
+    def would_rule_id(self) -> int: ...
+    @property
+    def mode(self) -> str: ...  # enforced | observed (enforcement off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +138,9 @@ class Flow:
     count: int
     first_seen: datetime
     last_seen: datetime
+    would: str = ""
+    would_rule_id: int = 0
+    mode: str = "enforced"
 
 
 @dataclass(frozen=True)
@@ -178,13 +196,36 @@ class _Port:
     rule_id: int = 0
     rule_name: str = ""
     history: list[_Port] | None = None  # observed ports: what the stored flows recorded
+    # What the policy with everything staged in force decides where that differs
+    # from ``verdict`` (history: what the flows recorded as their would verdict).
+    would: VerdictClass | None = None
+    would_rule_id: int = 0
+    unenforced: int = 0  # connections of ``count`` seen with enforcement off
+
+    @property
+    def hole(self) -> bool:
+        """Seen, and no rule decides it, in force or staged."""
+        return self.observed and not self.rule_id and not self.would_rule_id
+
+    @property
+    def label(self) -> str:
+        """How the edge label names this port's verdict class."""
+        if self.would is None:
+            return self.verdict
+        return f"would {_WOULD_WORD[self.would]}"
+
+
+# A port's label part when the policy with everything staged would decide otherwise.
+_WOULD_WORD: dict[str, str] = {"blocked": "prevent", "alert": "alert", "allowed": "allow",
+                               "observed": "allow"}
 
 
 @dataclass(slots=True)
 class _Edge:
     source: str
     target: str
-    ports: dict[tuple[str, str, int], _Port] = field(default_factory=dict)  # port, verdict, rule
+    # recorded: port, verdict, rule, would verdict, would rule
+    ports: dict[tuple[str, str, int, str, int], _Port] = field(default_factory=dict)
     rules: dict[int, Rule] = field(default_factory=dict)
 
 
@@ -209,14 +250,19 @@ def verdict_class(verdict: str, rule_id: int) -> VerdictClass:
     return "observed"
 
 
-def compact_ports(ports: Iterable[tuple[str, VerdictClass]]) -> str:
-    """``80,443 allowed · 22 blocked``; long lists end in ``+N``."""
-    by_verdict: dict[VerdictClass, list[str]] = defaultdict(list)
+def _label_order(label: str) -> int:
+    # "would ..." parts after the current verdicts
+    return _WORST_ORDER.get(label, -1)
+
+
+def compact_ports(ports: Iterable[tuple[str, str]]) -> str:
+    """``80,443 allowed · 22 blocked · 5432 would prevent``; long lists end in ``+N``."""
+    by_verdict: dict[str, list[str]] = defaultdict(list)
     for port, verdict in ports:
         if port not in by_verdict[verdict]:
             by_verdict[verdict].append(port)
     parts = []
-    for verdict in sorted(by_verdict, key=lambda v: -_WORST_ORDER[v]):
+    for verdict in sorted(by_verdict, key=lambda v: (-_label_order(v), v)):
         ps = sorted(by_verdict[verdict], key=_port_sort_key)
         shown = ",".join(ps[:LABEL_PORTS])
         if len(ps) > LABEL_PORTS:
@@ -251,6 +297,11 @@ class _Graph:
         # the current verdict of an observed port.
         self.rules_from: dict[str, list[tuple[Rule, set[str]]]] = defaultdict(list)
         self.default_class: VerdictClass = _DEFAULT_CLASS[policy.default_effect]
+        # Staging: staged rules are in rules_from too, skipped by current() and
+        # considered by staged(); the staged default effect replaces the default.
+        self.staging = policy.staging
+        self.staged_default_class: VerdictClass = _DEFAULT_CLASS[
+            policy.staged_default_effect or policy.default_effect]
         self.rules = {r.id: r for r in (policy.container_rules if query.view == "container"
                                         else policy.host_rules)}
         self.subnets = [(o, SubnetMatch(o)) for o in policy.objects
@@ -334,19 +385,25 @@ class _Graph:
             target = endpoints[flow.dst] = self.endpoint_node(flow.dst)
         edge = self._edge(source, target)
         verdict = _FLOW_CLASS.get(flow.verdict) or verdict_class(flow.verdict, flow.rule_id)
-        key = (str(flow.port), verdict, flow.rule_id)
+        would = (None if not flow.would
+                 else _FLOW_CLASS.get(flow.would) or verdict_class(flow.would, flow.would_rule_id))
+        key = (str(flow.port), verdict, flow.rule_id, would or "", flow.would_rule_id)
+        unenforced = flow.count if flow.mode == "observed" else 0
         have = edge.ports.get(key)
         if have is None:
             edge.ports[key] = _Port(str(flow.port), verdict, True, flow.count, flow.first_seen,
-                                    flow.last_seen, flow.rule_id, flow.rule_name)
+                                    flow.last_seen, flow.rule_id, flow.rule_name, None, would,
+                                    flow.would_rule_id, unenforced)
         else:
             have.count += flow.count
+            have.unenforced += unenforced
             if have.first_seen is None or flow.first_seen < have.first_seen:
                 have.first_seen = flow.first_seen
             if have.last_seen is None or flow.last_seen > have.last_seen:
                 have.last_seen = flow.last_seen
-        # The rule a flow recorded is history: the edge's rules are those that
-        # apply now (add_rules, and the current verdicts of its ports).
+        # The rules a flow recorded (in force or staged) are history: the edge's
+        # rules are those that apply now (add_rules, and the current and staged
+        # verdicts of its ports).
 
     # --- rules ---------------------------------------------------------------
 
@@ -433,11 +490,22 @@ class _Graph:
     # --- output --------------------------------------------------------------
 
     def current(self, source: str, target: str, port: int) -> tuple[VerdictClass, Rule | None]:
-        """What the current policy decides for ``port`` from ``source`` to ``target``."""
+        """What the current policy decides for ``port`` from ``source`` to ``target``
+        (the rules in force: a staged rule is not)."""
         for rule, targets in self.rules_from.get(source, ()):
+            if rule.staged:
+                continue
             if target in targets and any(port in pr for pr in rule.ports):
                 return _EFFECT_CLASS[rule.effect], rule
         return self.default_class, None
+
+    def staged(self, source: str, target: str, port: int) -> tuple[VerdictClass, Rule | None]:
+        """What the policy with every staged rule and the staged default effect in
+        force decides for ``port`` from ``source`` to ``target``."""
+        for rule, targets in self.rules_from.get(source, ()):
+            if target in targets and any(port in pr for pr in rule.ports):
+                return _EFFECT_CLASS[rule.effect], rule
+        return self.staged_default_class, None
 
     def edge_ports(self, edge: _Edge) -> list[_Port]:
         """One port per observed port number, with its current verdict and its
@@ -447,14 +515,24 @@ class _Graph:
         for h in recorded:
             have = by_port.get(h.port)
             if have is None:
-                verdict, rule = self.current(edge.source, edge.target, int(h.port))
-                by_port[h.port] = _Port(h.port, verdict, True, h.count, h.first_seen,
-                                        h.last_seen, rule.id if rule else 0,
-                                        rule.name if rule else "", [h])
+                number = int(h.port)
+                verdict, rule = self.current(edge.source, edge.target, number)
+                port = by_port[h.port] = _Port(h.port, verdict, True, h.count, h.first_seen,
+                                               h.last_seen, rule.id if rule else 0,
+                                               rule.name if rule else "", [h],
+                                               unenforced=h.unenforced)
                 if rule is not None:
                     edge.rules[rule.id] = rule
+                if self.staging:
+                    would, by = self.staged(edge.source, edge.target, number)
+                    if (would, by.id if by else 0) != (verdict, rule.id if rule else 0):
+                        port.would = would
+                        if by is not None:
+                            port.would_rule_id = by.id
+                            edge.rules[by.id] = by
             else:
                 have.count += h.count
+                have.unenforced += h.unenforced
                 if h.first_seen is not None and (have.first_seen is None
                                                  or h.first_seen < have.first_seen):
                     have.first_seen = h.first_seen
@@ -466,13 +544,16 @@ class _Graph:
         ports = list(by_port.values())
         if not edge.rules:
             return ports
-        seen_rules = {p.rule_id for p in ports}
+        seen_rules = {p.rule_id for p in ports} | {p.would_rule_id for p in ports}
         for rule in edge.rules.values():
             if rule.id in seen_rules:
                 continue  # observed: the flows carry its ports
+            # a staged rule: what it would do (not in force)
+            staged = _EFFECT_CLASS[rule.effect] if rule.staged else None
             for pr in rule.ports:
                 ports.append(_Port(str(pr), _EFFECT_CLASS[rule.effect], False,
-                                   rule_id=rule.id, rule_name=rule.name))
+                                   rule_id=rule.id, rule_name=rule.name, would=staged,
+                                   would_rule_id=rule.id if staged else 0))
         return ports
 
 
@@ -583,7 +664,8 @@ def build_graph(
         if out is None:
             out = rules_json[r.id] = {
                 "id": r.id, "kind": query.view, "name": r.name, "src": r.src, "dst": r.dst,
-                "effect": r.effect.value, "ports": [str(p) for p in r.ports]}
+                "effect": r.effect.value, "ports": [str(p) for p in r.ports],
+                "staged": r.staged}
         return out
 
     for (source, target), edge in g.edges.items():
@@ -600,10 +682,10 @@ def build_graph(
                 continue
             worst: str = p.verdict
             observed = p.observed
-            hole = observed and not p.rule_id
+            hole = p.hole
             if observed:
                 count, first, last = p.count, p.first_seen, p.last_seen
-            label = f"{p.port} {worst}"
+            label = f"{p.port} {p.label}"
         else:
             if query.verdict is not None and not any(p.verdict == query.verdict for p in ports):
                 continue
@@ -612,7 +694,7 @@ def build_graph(
             hole = False
             worst = ""
             for p in ports:
-                if p.observed and not p.rule_id:
+                if p.hole:
                     hole = True
                 if not worst or _WORST_ORDER[p.verdict] > _WORST_ORDER[worst]:
                     worst = p.verdict
@@ -624,7 +706,7 @@ def build_graph(
                     if p.last_seen is not None and (last is None or p.last_seen > last):
                         last = p.last_seen
             ports.sort(key=lambda p: (_port_sort_key(p.port), p.verdict))
-            label = compact_ports((p.port, p.verdict) for p in ports)
+            label = compact_ports((p.port, p.label) for p in ports)
         rules = edge.rules
         if not rules:
             effect = ""
@@ -650,11 +732,14 @@ def build_graph(
             "ports": [
                 {"port": p.port, "verdict": p.verdict, "observed": p.observed, "count": p.count,
                  "firstSeen": epoch(p.first_seen), "lastSeen": epoch(p.last_seen),
-                 "ruleId": p.rule_id or None,
+                 "ruleId": p.rule_id or None, "would": p.would,
+                 "wouldRuleId": p.would_rule_id or None, "enforced": not p.unenforced,
+                 "unenforced": p.unenforced,
                  "history": [
                      {"verdict": h.verdict, "count": h.count, "firstSeen": epoch(h.first_seen),
                       "lastSeen": epoch(h.last_seen), "ruleId": h.rule_id or None,
-                      "ruleName": h.rule_name}
+                      "ruleName": h.rule_name, "would": h.would,
+                      "wouldRuleId": h.would_rule_id or None, "unenforced": h.unenforced}
                      for h in p.history] if p.history else []}
                 for p in ports
             ],

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 from sqlalchemy import func, select
 
+from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import (
     Limit,
     Offset,
@@ -79,6 +80,14 @@ def get_settings(*, db: SessionDep, console: StateDep,
 def put_settings(*, body: Settings, db: SessionDep, console: StateDep,
                  who: Writer) -> Settings:
     return policy_service(db, console, who).put_settings(body)
+
+
+@router.post("/settings/promote", response_model=Settings,
+             responses=errors(409, s409="no default effect is staged"))
+def promote_default(*, db: SessionDep, console: StateDep, who: Writer) -> Settings:
+    """Make the staged default effect the default effect (``stagedDefaultEffect``
+    becomes ``defaultEffect``, then null): one change, one revision."""
+    return policy_service(db, console, who).promote_default()
 
 
 @router.get("/policy", response_model=Policy)

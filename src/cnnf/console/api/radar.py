@@ -81,6 +81,15 @@ def radar(
     - `containers`: the containers that run in no pod (Docker, Podman);
     - `containerNames` (image nodes): the first 50 of their names.
 
+    Each edge port has `verdict`, its current verdict (what the rules in force
+    decide now), and `history` (what the stored flows recorded). Where the
+    policy with every staged rule and the staged default effect in force would
+    decide otherwise, it has `would` (same classes) and `wouldRuleId` (null:
+    the staged default effect); its label then says so ("5432 would prevent").
+    `unenforced` counts its connections seen with enforcement off (`enforced`:
+    none was). History entries carry the `would`, `wouldRuleId` and
+    `unenforced` their flows recorded. Rules carry `staged`.
+
     Times are UNIX seconds."""
     cache = _cache(request)
     query = RadarQuery(view=view, group=group, namespace=namespace, host=host, verdict=verdict,
@@ -235,7 +244,8 @@ def _flows(db: Session, view: str, since: datetime | None) -> list[Flow]:
     last = type_coerce(FlowRow.last_seen, String) if sqlite else FlowRow.last_seen
     stmt = select(FlowRow.kind, FlowRow.src, FlowRow.dst, FlowRow.port, FlowRow.verdict,
                   FlowRow.rule_id, FlowRow.rule_name, FlowRow.count, first,
-                  last).where(FlowRow.kind == view)
+                  last, FlowRow.would, FlowRow.would_rule_id,
+                  FlowRow.mode).where(FlowRow.kind == view)
     if since is not None:
         stmt = stmt.where(FlowRow.last_seen >= since)
     rows: Any = db.execute(stmt)
@@ -250,7 +260,7 @@ def _flows(db: Session, view: str, since: datetime | None) -> list[Flow]:
             t = times[text] = datetime.fromisoformat(text).replace(tzinfo=UTC)
         return t
 
-    return [Flow(k, s, d, p, v, rid, rn, c, parse(f), parse(la))
-            for k, s, d, p, v, rid, rn, c, f, la in rows]
+    return [Flow(k, s, d, p, v, rid, rn, c, parse(f), parse(la), w, wid, m)
+            for k, s, d, p, v, rid, rn, c, f, la, w, wid, m in rows]
 
 

@@ -86,3 +86,14 @@ def move_rule(*, kind: Kind, rule_id: RuleId, body: Move, db: SessionDep, consol
     """Move a rule to ``position``; returns the list in its new order."""
     rules = policy_service(db, console, who).move_rule(kind, rule_id, body.position)
     return [_placed(i, r) for i, r in enumerate(rules)]
+
+
+@router.post("/{rule_id}/promote", response_model=PlacedRule,
+             responses=errors(404, 409, s409="the rule is not staged"))
+def promote_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDep,
+                 who: Writer) -> PlacedRule:
+    """Put a staged rule in force (its ``staged`` flag cleared): one change, one
+    revision; Defenders enforce it from that revision on."""
+    service = policy_service(db, console, who)
+    service.promote_rule(kind, rule_id)
+    return _placed(*service.get_rule(kind, rule_id))

@@ -53,7 +53,7 @@ from cnnf.model.records import (
     InventoryReport,
     ReportBatch,
 )
-from cnnf.model.rule import JSON_INTEGER, PolicyModel
+from cnnf.model.rule import JSON_INTEGER, Effect, PolicyModel
 from cnnf.policy.observed import identity_text
 
 ENROLLMENT_PREFIX = "cnnfe_"
@@ -178,9 +178,16 @@ def flow_record(flow: FlowRecord) -> StoredFlowRecord:
     else:
         kind = "container" if "container" in (flow.src.kind, flow.dst.kind) else "host"
     verdict = flow.effect.value if flow.matched or flow.effect.value != "allow" else "observed"
+    would: Literal["", "allow", "alert", "prevent", "observed"] = ""
+    if flow.would_effect is not None:
+        # the would verdict in the verdict column's terms: a default allow is observed
+        would = ("observed" if flow.would_effect is Effect.ALLOW and flow.would_rule_id is None
+                 else flow.would_effect.value)
     return StoredFlowRecord(
         kind=kind, src=endpoint_key(flow.src), dst=endpoint_key(flow.dst), port=flow.port,
         verdict=verdict, rule_id=flow.rule_id or 0, rule_name=_cut(flow.rule_name, 200),
+        mode=flow.mode, would=would, would_rule_id=flow.would_rule_id or 0,
+        would_rule_name=_cut(flow.would_rule_name, 200),
         count=min(max(flow.count, 1), 2**31 - 1),
         first_seen=_time(flow.first_seen), last_seen=_time(flow.last_seen),
         src_identity=identity_text(flow.src, address=False)[:4000],
@@ -205,7 +212,7 @@ def audit_record(event: AuditEvent, defender: str) -> AuditRecord:
         port=event.port, dst_subnet=_cut(event.dst_subnet, 64), dst_domain=_cut(event.dst_domain),
         msg=event.message, count=min(max(event.count, 1), 2**31 - 1),
         revision=max(event.revision, 0), defender=_cut(defender),
-        src_pod=_cut(src.pod), dst_pod=_cut(dst.pod),
+        src_pod=_cut(src.pod), dst_pod=_cut(dst.pod), would=event.would,
     )
 
 

@@ -48,6 +48,11 @@ class Settings(PolicyModel):
     host_enabled: StrictBool
     default_effect: Effect
     block_mode: BlockMode
+    staged_default_effect: Annotated[Effect | None, Field(description=(
+        "the default effect being tried out: for connections no rule matches, "
+        "Defenders report what it would do (\"would\" verdicts on flows and audits) "
+        "without enforcing it; null or absent: nothing staged. Promote it with "
+        "POST /settings/promote"))] = None
 
 
 # --- one serializer per resource: rows <-> policy model ------------------------------
@@ -78,6 +83,7 @@ def rule_from_row(row: RuleRow) -> Rule:
             "ports": row.ports,
             "effect": row.effect,
             "disabled": row.disabled,
+            "staged": row.staged,
             "notes": row.notes,
             "owner": row.owner,
             "modified": row.modified,
@@ -93,6 +99,7 @@ def _rule_columns(rule: Rule) -> dict[str, Any]:
         "ports": data["ports"],
         "effect": rule.effect.value,
         "disabled": rule.disabled,
+        "staged": rule.staged,
         "notes": rule.notes,
         "owner": rule.owner,
         "modified": rule.modified,
@@ -105,6 +112,7 @@ def settings_of(policy: Policy) -> Settings:
         host_enabled=policy.host_enabled,
         default_effect=policy.default_effect,
         block_mode=policy.block_mode,
+        staged_default_effect=policy.staged_default_effect,
     )
 
 
@@ -190,6 +198,8 @@ class PolicyService:
             host_enabled=settings.host_enabled,
             default_effect=Effect(settings.default_effect),
             block_mode=BlockMode(settings.block_mode),
+            staged_default_effect=(None if settings.staged_default_effect is None
+                                   else Effect(settings.staged_default_effect)),
             objects=tuple(object_from_row(r) for r in objects),
             container_rules=tuple(rule_from_row(r) for r in rules if r.kind == "container"),
             host_rules=tuple(rule_from_row(r) for r in rules if r.kind == "host"),
@@ -301,6 +311,8 @@ class PolicyService:
         settings.host_enabled = new.host_enabled
         settings.default_effect = new.default_effect.value
         settings.block_mode = new.block_mode.value
+        settings.staged_default_effect = (None if new.staged_default_effect is None
+                                          else new.staged_default_effect.value)
         self.session.flush()
 
     # --- objects ---------------------------------------------------------------------
@@ -421,6 +433,38 @@ class PolicyService:
             self._apply(_with_rules(old, kind, rules), "rule.move", f"rules/{kind}/{rule_id}",
                         {"position": index}, {"position": position})
         return rules
+
+    def promote_rule(self, kind: RuleKind, rule_id: int) -> Rule:
+        """Put a staged rule in force: one change, one revision. A rule that is
+        not staged is refused (409): promoting twice is a mistake worth naming."""
+        with self._transaction():
+            old = self.policy()
+            rules = list(_rules(old, kind))
+            index = _index(rules, kind, rule_id)
+            current = rules[index]
+            if not current.staged:
+                raise Conflict(f"{kind} rule {rule_id} ({current.name}) is not staged: "
+                               "it is in force already")
+            rule = current.model_copy(update={"staged": False, "modified": self.now()})
+            rules[index] = rule
+            self._apply(_with_rules(old, kind, rules), "rule.promote",
+                        f"rules/{kind}/{rule_id}", _json(current), _json(rule))
+        return rule
+
+    def promote_default(self) -> Settings:
+        """Make the staged default effect the default effect: one change, one
+        revision. Refused (409) when no default effect is staged."""
+        with self._transaction():
+            old = self.policy()
+            staged = old.staged_default_effect
+            if staged is None:
+                raise Conflict("no default effect is staged (settings.stagedDefaultEffect "
+                               "is null)")
+            new = old.model_copy(update={"default_effect": staged,
+                                         "staged_default_effect": None})
+            self._apply(new, "settings.promote", "settings", _json(settings_of(old)),
+                        _json(settings_of(new)))
+        return settings_of(new)
 
     # --- settings and the whole policy -----------------------------------------------
 

@@ -8,7 +8,7 @@ import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -68,6 +68,10 @@ class AuditRecord(PolicyModel):
         "repeats folded into this event; for an overload audit, the SYNs dropped"))] = 1
     revision: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     defender: Text = ""
+    would: Annotated[bool, Field(description=(
+        "a \"would\" audit: what a staged rule or the staged default effect, or the "
+        "policy while enforcement is off, would have done; nothing was enforced "
+        "(blocked is false, effect is the effect that would have applied)"))] = False
 
     @field_validator("port")
     @classmethod
@@ -91,9 +95,23 @@ class FlowRecord(PolicyModel):
     src: Annotated[str, Field(min_length=1, max_length=300)]
     dst: Annotated[str, Field(min_length=1, max_length=300)]
     port: Port
-    verdict: Annotated[str, Field(pattern="^(allow|alert|prevent|observed)$")]
+    verdict: Annotated[str, Field(pattern="^(allow|alert|prevent|observed)$", description=(
+        "what happened: allowed, alerted or prevented by rule ruleId, or observed "
+        "(no rule matched and the default effect allowed it)"))]
     rule_id: Int32 = 0
     rule_name: Text = ""
+    mode: Annotated[Literal["enforced", "observed"], Field(description=(
+        "enforced: the Defender decided the connection; observed: seen with "
+        "enforcement off for its kind, nothing enforced (wouldRuleId, would: what "
+        "the policy decides)"))] = "enforced"
+    would: Annotated[Literal["", "allow", "alert", "prevent", "observed"], Field(description=(
+        "what the policy with every staged rule and the staged default effect in force, "
+        "and enforcement on, decides where that differs from verdict (a \"would\" "
+        "verdict, not enforced); empty when it does not differ"))] = ""
+    would_rule_id: Annotated[Int32, Field(description=(
+        "the rule that decides the would verdict; 0: none matched (the default effect)"
+    ))] = 0
+    would_rule_name: Text = ""
     count: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
     first_seen: datetime
     last_seen: datetime
@@ -128,6 +146,7 @@ class AuditFilter:
     type: str | None = None  # container, host or overload
     namespace: str | None = None  # source or destination namespace
     pod: str | None = None  # source or destination pod
+    would: bool | None = None  # "would" audits only, or none of them
 
 
 @dataclass(frozen=True)
@@ -140,6 +159,8 @@ class FlowFilter:
     verdict: str | None = None
     rule: str | None = None
     kind: str | None = None
+    would: str | None = None  # a would verdict; "any": flows with one
+    mode: str | None = None
 
 
 T = TypeVar("T")
@@ -183,6 +204,8 @@ def _audit_where(f: AuditFilter) -> list[ColumnElement[bool]]:
                          _like(AuditRow.dst_namespace, f.namespace)))
     if f.pod:
         where.append(or_(_like(AuditRow.src_pod, f.pod), _like(AuditRow.dst_pod, f.pod)))
+    if f.would is not None:
+        where.append(AuditRow.would.is_(f.would))
     return where
 
 
@@ -273,7 +296,8 @@ def audit_csv_lines(rows: Iterable[AuditRow]) -> Iterator[str]:
         ))
 
 
-_FLOW_KEY = ("kind", "src", "dst", "port", "verdict", "rule_id", "ident")
+_FLOW_KEY = ("kind", "src", "dst", "port", "verdict", "rule_id", "mode", "would",
+             "would_rule_id", "ident")
 
 
 def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
@@ -294,6 +318,12 @@ def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
         where.append(_like(FlowRow.rule_name, f.rule))
     if f.kind:
         where.append(FlowRow.kind == f.kind)
+    if f.would == "any":
+        where.append(FlowRow.would != "")
+    elif f.would:
+        where.append(FlowRow.would == f.would)
+    if f.mode:
+        where.append(FlowRow.mode == f.mode)
     return where
 
 
@@ -318,6 +348,7 @@ class FlowService:
                 have["first_seen"] = min(have["first_seen"], data["first_seen"])
                 have["last_seen"] = max(have["last_seen"], data["last_seen"])
                 have["rule_name"] = data["rule_name"] or have["rule_name"]
+                have["would_rule_name"] = data["would_rule_name"] or have["would_rule_name"]
         if not merged:
             return 0
         dialect = self.session.get_bind().dialect.name
@@ -329,6 +360,7 @@ class FlowService:
             set_={
                 "count": FlowRow.count + excluded.count,
                 "rule_name": excluded.rule_name,
+                "would_rule_name": excluded.would_rule_name,
                 "first_seen": case((excluded.first_seen < FlowRow.first_seen,
                                     excluded.first_seen), else_=FlowRow.first_seen),
                 "last_seen": case((excluded.last_seen > FlowRow.last_seen,

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -78,6 +79,8 @@ class SettingsRow(Base):
     host_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     default_effect: Mapped[str] = mapped_column(String(16), default="allow")
     block_mode: Mapped[str] = mapped_column(String(16), default="reset")
+    # the default effect being tried out ("would" verdicts only); None: none
+    staged_default_effect: Mapped[str | None] = mapped_column(String(16), nullable=True)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
@@ -116,6 +119,7 @@ class RuleRow(Base):
     ports: Mapped[list[Any]] = mapped_column(JSON)
     effect: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    staged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     notes: Mapped[str] = mapped_column(Text, default="")
     owner: Mapped[str] = mapped_column(String(200), default="")
     modified: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -205,6 +209,9 @@ class AuditRow(Base):
     # which fills existing rows with "".
     src_pod: Mapped[str] = mapped_column(String(300), default="", server_default="")
     dst_pod: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    # what a staged rule or default, or the policy with enforcement off, would
+    # have done (nothing was enforced; blocked is False)
+    would: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class FlowRow(Base):
@@ -221,8 +228,8 @@ class FlowRow(Base):
 
     __tablename__ = "flows"
     __table_args__ = (
-        UniqueConstraint("kind", "src", "dst", "port", "verdict", "rule_id", "ident",
-                         name="uq_flows_key"),
+        UniqueConstraint("kind", "src", "dst", "port", "verdict", "rule_id", "mode", "would",
+                         "would_rule_id", "ident", name="uq_flows_key"),
         Index("ix_flows_last_seen", "last_seen"),
     )
 
@@ -234,6 +241,13 @@ class FlowRow(Base):
     verdict: Mapped[str] = mapped_column(String(16))  # effect, or "observed" (no rule)
     rule_id: Mapped[int] = mapped_column(Integer, default=0)
     rule_name: Mapped[str] = mapped_column(String(200), default="")
+    # "enforced", or "observed": seen with enforcement off (nothing enforced)
+    mode: Mapped[str] = mapped_column(String(16), default="enforced", server_default="enforced")
+    # what the policy with everything staged in force would decide, where that
+    # differs from ``verdict`` ("" otherwise): allow, alert, prevent or observed
+    would: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    would_rule_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    would_rule_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime)

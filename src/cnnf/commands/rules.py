@@ -1,0 +1,81 @@
+"""``cnnf rules``: a Console's rules from the command line: list them (staged
+ones marked), promote a staged rule, promote the staged default effect."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+
+from cnnf.model import RuleKind
+
+app = typer.Typer(
+    name="rules",
+    help="A Console's rules: list them, promote staged ones.",
+    no_args_is_help=True,
+)
+
+ConsoleOpt = typer.Option(..., "--console", help="The Console URL, e.g. https://console:8443")
+TokenOpt = typer.Option(..., "--token", envvar="CNNF_TOKEN",
+                        help="An API or session token (env CNNF_TOKEN).")
+CaOpt = typer.Option(None, "--ca", help="CA bundle to verify the Console with.")
+KindArg = Annotated[RuleKind, typer.Argument(help="container or host")]
+RuleIdArg = Annotated[int, typer.Argument(min=1, help="the staged rule's id")]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"cnnf rules: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _call(method: str, console: str, path: str, token: str, ca: str | None) -> Any:
+    url = console.rstrip("/") + "/api/v1" + path
+    try:
+        with httpx.Client(verify=ca if ca else True, timeout=30.0) as client:
+            answer = client.request(method, url, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        _fail(f"{method} {url}: {exc}")
+    if answer.status_code >= 400:
+        try:
+            detail = answer.json().get("detail", answer.text)
+        except ValueError:
+            detail = answer.text
+        _fail(f"{method} {path}: {answer.status_code}: {detail}")
+    return answer.json()
+
+
+@app.command("list")
+def list_rules(
+    kind: KindArg,
+    console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
+) -> None:
+    """The rules of one list in evaluation order; staged ones say so."""
+    for r in _call("GET", console, f"/rules/{kind.value}", token, ca):
+        flags = [f for f, on in (("staged", r.get("staged")), ("disabled", r.get("disabled")))
+                 if on]
+        extra = f" [{', '.join(flags)}]" if flags else ""
+        ports = ",".join(str(p) for p in r["ports"])
+        typer.echo(f"{r['id']:>4}  {r['effect']:<8} {r['name']}: {r['src']} -> {r['dst']} "
+                   f"ports {ports}{extra}")
+
+
+@app.command()
+def promote(
+    kind: KindArg,
+    rule_id: RuleIdArg,
+    console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
+) -> None:
+    """Put a staged rule in force (one change, one revision)."""
+    r = _call("POST", console, f"/rules/{kind.value}/{rule_id}/promote", token, ca)
+    typer.echo(f"promoted {kind.value} rule {r['id']} '{r['name']}': {r['effect']} "
+               f"{r['src']} -> {r['dst']} is in force")
+
+
+@app.command("promote-default")
+def promote_default(
+    console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
+) -> None:
+    """Make the staged default effect the default effect (one change, one revision)."""
+    s = _call("POST", console, "/settings/promote", token, ca)
+    typer.echo(f"default effect is now {s['defaultEffect']} (nothing staged)")
