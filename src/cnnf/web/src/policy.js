@@ -83,7 +83,7 @@ export async function renderRules(main, args, query) {
 
   let dragged = null;
   function row(r) {
-    const tr = h("tr", { draggable: "true", dataset: { id: r.id }, class: r.disabled ? "disabled" : "" },
+    const tr = h("tr", { draggable: "true", dataset: { id: r.id }, class: r.disabled ? "disabled" : r.staged ? "staged" : "" },
       h("td", { class: "handle", title: "Drag to reorder, or press the up or down arrow", tabindex: 0, role: "button",
         "aria-label": `Move rule #${r.id} ${r.name} (position ${r.position + 1}): up or down arrow`,
         onkeydown: (e) => {
@@ -95,9 +95,12 @@ export async function renderRules(main, args, query) {
       h("td", {}, r.position + 1), h("td", {}, r.id), h("td", {}, r.name), h("td", {}, r.src),
       h("td", {}, r.dst), h("td", {}, r.ports.join(", ")),
       h("td", {}, h("span", { class: `badge ${r.effect}` }, r.effect)),
-      h("td", {}, r.disabled ? "disabled" : "enabled"),
+      h("td", {}, r.disabled ? "disabled" : r.staged
+        ? h("span", { class: "badge staged", title: "Evaluated and reported as \"would\" verdicts on Radar and in the audits; not enforced" }, "staged")
+        : "enabled"),
       h("td", { class: "hits num", dataset: { rule: r.id } }, "…"),
       h("td", { class: "actions" },
+        r.staged ? h("button", { type: "button", class: "promote", onclick: () => promote(r) }, "Promote") : null,
         h("button", { type: "button", class: "secondary", onclick: () => edit(r) }, "Edit"),
         h("button", { type: "button", class: "danger", onclick: () => remove(r) }, "Delete")));
     tr.addEventListener("dragstart", (e) => { dragged = r; e.dataTransfer.effectAllowed = "move"; tr.classList.add("dragging"); });
@@ -111,6 +114,11 @@ export async function renderRules(main, args, query) {
       await move(dragged, r.position, false);
     });
     return tr;
+  }
+
+  async function promote(r) {
+    if (!window.confirm(`Put staged rule #${r.id} ${r.name} in force (${r.effect})?`)) return;
+    try { await api("POST", `/rules/${kind}/${r.id}/promote`); message.textContent = ""; await load(); } catch (err) { fail(message, err); }
   }
 
   async function remove(r) {
@@ -134,6 +142,8 @@ export async function renderRules(main, args, query) {
       h("label", {}, "Ports", h("input", { name: "ports", value: r ? r.ports.join(", ") : "*", placeholder: "80, 8000-8080 or *" })),
       h("label", {}, "Effect", h("select", { name: "effect" }, ["allow", "alert", "prevent"].map((e) => h("option", { value: e, selected: r?.effect === e }, e)))),
       h("label", { class: "inline" }, h("input", { type: "checkbox", name: "disabled", checked: !!r?.disabled }), " disabled"),
+      h("label", { class: "inline" }, h("input", { type: "checkbox", name: "staged", checked: !!r?.staged }),
+        " staged (report what it would do, do not enforce it)"),
       h("label", {}, "Notes", h("input", { name: "notes", value: r?.notes || "" })),
       h("label", {}, "Owner", h("input", { name: "owner", value: r?.owner || "" })),
       h("div", { class: "buttons" },
@@ -150,7 +160,7 @@ export async function renderRules(main, args, query) {
       const d = new FormData(form);
       return { name: d.get("name"), src: d.get("src"), dst: d.get("dst"),
         ports: list(d.get("ports")).map((p) => (/^\d+$/.test(p) ? Number(p) : p)),
-        effect: d.get("effect"), disabled: d.get("disabled") === "on", notes: d.get("notes"), owner: d.get("owner") };
+        effect: d.get("effect"), disabled: d.get("disabled") === "on", staged: d.get("staged") === "on", notes: d.get("notes"), owner: d.get("owner") };
     }
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
@@ -282,7 +292,31 @@ export async function renderSettings(main) {
   clear(main).append(h("section", { class: "page" }, h("h1", {}, "Settings"), form));
   let s;
   try { s = await api("GET", "/settings"); } catch (err) { fail(message, err); form.append(message); return; }
+  // Prevent rules do nothing while their kind's enforcement is off: say so where
+  // the switch is, as it is saved (not only after the next reload).
+  const warning = h("p", { id: "enforcement-warning", class: "warning", role: "status" });
+  function warn() {
+    const d = new FormData(form);
+    const off = [["containerEnabled", "container"], ["hostEnabled", "host"]].filter(([k]) => d.get(k) !== "on").map(([, t]) => t);
+    warning.hidden = !off.length;
+    warning.textContent = off.length
+      ? `Enforcement is off for ${off.join(" and ")} rules: their prevent rules and a prevent default are not enforced. Connections are only observed; Radar and the audits show what the policy would do ("would prevent").`
+      : "";
+  }
+  const promoteDefault = h("button", { type: "button", id: "promote-default", class: "promote", hidden: !s.stagedDefaultEffect,
+    onclick: async () => {
+      if (!window.confirm(`Make the staged default effect (${s.stagedDefaultEffect}) the default effect?`)) return;
+      try {
+        s = await api("POST", "/settings/promote");
+        form.elements.defaultEffect.value = s.defaultEffect;
+        form.elements.stagedDefaultEffect.value = "";
+        promoteDefault.hidden = true;
+        message.className = "ok";
+        message.textContent = `Default effect is now ${s.defaultEffect}.`;
+      } catch (err) { message.className = "error"; fail(message, err); }
+    } }, "Promote staged default");
   form.append(
+    warning,
     h("label", { class: "inline" }, h("input", { type: "checkbox", name: "containerEnabled", checked: s.containerEnabled }),
       " Enforce container rules (off: observe only)"),
     h("label", { class: "inline" }, h("input", { type: "checkbox", name: "hostEnabled", checked: s.hostEnabled }),
@@ -290,16 +324,25 @@ export async function renderSettings(main) {
     h("label", {}, "When no rule matches", h("select", { name: "defaultEffect" },
       [["allow", "allow (observe, grey on Radar)"], ["alert", "alert (allow and audit)"], ["prevent", "prevent (zero trust)"]]
         .map(([v, t]) => h("option", { value: v, selected: s.defaultEffect === v }, t)))),
+    h("label", {}, "Staged default effect (reported as \"would\" verdicts, not enforced)", h("select", { name: "stagedDefaultEffect" },
+      [["", "none"], ["allow", "allow"], ["alert", "alert"], ["prevent", "prevent"]]
+        .map(([v, t]) => h("option", { value: v, selected: (s.stagedDefaultEffect || "") === v }, t)))),
+    promoteDefault,
     h("label", {}, "Block mode", h("select", { name: "blockMode" },
       [["reset", "reset (TCP reset: clients fail at once)"], ["drop", "drop (silent: clients time out)"]]
         .map(([v, t]) => h("option", { value: v, selected: s.blockMode === v }, t)))),
     h("button", { type: "submit" }, "Save settings"), message);
+  form.addEventListener("change", warn);
+  warn();
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const d = new FormData(form);
     try {
       await api("PUT", "/settings", { body: { containerEnabled: d.get("containerEnabled") === "on",
-        hostEnabled: d.get("hostEnabled") === "on", defaultEffect: d.get("defaultEffect"), blockMode: d.get("blockMode") } });
+        hostEnabled: d.get("hostEnabled") === "on", defaultEffect: d.get("defaultEffect"), blockMode: d.get("blockMode"),
+        stagedDefaultEffect: d.get("stagedDefaultEffect") || null } });
+      s = await api("GET", "/settings");
+      promoteDefault.hidden = !s.stagedDefaultEffect;
       message.className = "ok";
       message.textContent = "Saved.";
     } catch (err) { message.className = "error"; fail(message, err); }
@@ -429,6 +472,7 @@ export async function renderAudits(main) {
     glob("src_image", "Source image"), glob("dst_image", "Destination image"),
     glob("namespace", "Namespace"), glob("pod", "Pod"), glob("host", "Host"), glob("rule", "Rule"),
     h("label", {}, "Blocked ", h("select", { name: "blocked" }, h("option", { value: "" }, "any"), h("option", { value: "true" }, "blocked"), h("option", { value: "false" }, "alerted"))),
+    h("label", {}, "Would ", h("select", { name: "would" }, h("option", { value: "" }, "any"), h("option", { value: "true" }, "would (not enforced)"), h("option", { value: "false" }, "enforced"))),
     h("label", {}, "Type ", h("select", { name: "type" }, h("option", { value: "" }, "any"), h("option", { value: "container" }, "container"), h("option", { value: "host" }, "host"), h("option", { value: "overload" }, "overload"))),
     h("button", { type: "submit" }, "Filter"),
     h("button", { type: "button", class: "secondary", id: "audits-csv", onclick: () => download("/audits/csv", params(), "cnnf-audits.csv").catch((e) => fail(message, e)) }, "Download CSV"),
@@ -483,7 +527,9 @@ export async function renderAudits(main) {
         return h("tr", { class: overload ? "overload" : null, dataset: { id: a.id } },
           h("td", { class: "nowrap" }, fmtTime(a.time)),
           h("td", {}, overload ? h("span", { class: "badge overload" }, "overload") : a.type),
-          h("td", {}, h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
+          h("td", {}, a.would
+            ? h("span", { class: "badge would", title: "not enforced: a staged rule or default, or enforcement off" }, a.effect === "prevent" ? "would prevent" : "would alert")
+            : h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
           h("td", { class: "rule" }, a.ruleId
             ? h("a", { href: `#/rules/${ruleKind}?edit=${a.ruleId}`, title: `Open ${ruleKind} rule #${a.ruleId}` }, `#${a.ruleId} ${a.ruleName}`)
             : (a.ruleName || (overload ? "admission limit" : "no rule (default effect)"))),

@@ -96,6 +96,9 @@ function normaliseImage(image) {
   return name;
 }
 
+// A "would" verdict's word ("would prevent"), by the verdict class it has.
+const WOULD_WORD = { blocked: "prevent", alert: "alert", allowed: "allow", observed: "allow" };
+
 export function compactPorts(ports) {
   const byVerdict = new Map();
   for (const p of ports) {
@@ -794,8 +797,11 @@ export async function renderRadar(main, _args, link) {
     const ruleLink = (id, name) => (id ? h("a", { href: `#/rules/${kind}?edit=${id}`, title: name || ruleOf(id)?.name || "" }, `#${id}`) : "no rule");
     const rows = e.ports.map((p) => h("tr", {},
       h("td", {}, p.port),
-      h("td", {}, h("span", { class: `badge ${p.verdict}` }, p.verdict)),
-      h("td", {}, p.observed ? "seen" : "rule"),
+      h("td", {}, h("span", { class: `badge ${p.verdict}` }, p.verdict),
+        // what the policy would do (a staged rule or default, or enforcement off): not enforced
+        p.would ? [" ", h("span", { class: "badge would", title: p.wouldRuleId ? `rule #${p.wouldRuleId}, not enforced` : "the default effect, not enforced" },
+          `would ${WOULD_WORD[p.would]}${p.wouldRuleId ? ` #${p.wouldRuleId}` : ""}`)] : null),
+      h("td", {}, p.observed ? (p.enforced === false ? "seen, not enforced" : "seen") : "rule"),
       h("td", { class: "num" }, p.observed ? p.count : "–"),
       h("td", {}, ruleLink(p.ruleId)),
       h("td", { class: "small nowrap" }, p.observed ? `${fmtTime(p.firstSeen).slice(5)} – ${fmtTime(p.lastSeen).slice(5)}` : "")));
@@ -1059,7 +1065,8 @@ export async function renderRadar(main, _args, link) {
         ...rest.map((o) => h("option", { value: o.name }, near.has(o.name)
           ? `${o.name} (${o.kind}, selects this and ${near.get(o.name) - 1} more)` : `${o.name} (${o.kind})`))];
     };
-    const holePorts = [...new Set(e.ports.filter((p) => p.observed && !p.ruleId).map((p) => p.port))];
+    // a port a rule covers, in force or staged, is no hole
+    const holePorts = [...new Set(e.ports.filter((p) => p.observed && !p.ruleId && !p.wouldRuleId).map((p) => p.port))];
     const message = h("p", { class: "error", role: "alert", id: "rule-form-error" });
     const form = h("form", { id: "rule-form", class: "stack" },
       h("h3", {}, "Create a rule"),
