@@ -919,6 +919,10 @@ class Agent:
             self.recorder.record(decision, compiled, r.time)
             fast = FAST_VERDICTS.get(r.decision)
             if fast is not None and self.cache is not None:
+                # The cached record is the whole verdict, its staged ("would")
+                # part too: every repeat the kernel answers is recorded with it,
+                # so would verdicts are counted as exactly as the others (a
+                # policy change, staging included, invalidates every entry first).
                 # Compact: entries live for the TTL, and a scan makes thousands.
                 # The identities are looked up again when repeats are counted
                 # (a change of either end's identity removes the entry first).
