@@ -330,3 +330,20 @@ def test_put_refuses_what_is_not_a_document(console: Console, admin: ApiClient) 
     assert admin.get(path).json() == before
     assert console.as_role(Role.AUDITOR).put(path, json=EXPORT).status_code == 403
     assert console.client().put(path, json=EXPORT).status_code == 401
+
+
+def test_would_audits_are_not_original_audits(console: Console, admin: ApiClient) -> None:
+    """A "would" audit (staged, or enforcement off) enforced nothing and has no
+    equivalent in the original product, where it would read as an alert."""
+    _audits(console.engine)
+    with Session(console.engine) as s:
+        AuditService(s).insert_many([AuditRecord(
+            time=datetime(2026, 1, 2, 5, 0, tzinfo=UTC), rule_id=9, rule_name="staged",
+            blocked=False, effect=Effect.PREVENT, would=True, src_image="shop/web:1",
+            port=5432, msg="would block")])
+    path = f"{API}/audits/firewall/network/container"
+    r = admin.get(path, params={"limit": 500})
+    assert r.headers["Total-Count"] == "120"
+    assert "would block" not in [a["msg"] for a in r.json()]
+    assert "would block" not in admin.get(f"{path}/download").text
+    assert admin.get(f"{API}/audits?would=true").json()["total"] == 1  # CNNF's own API has it

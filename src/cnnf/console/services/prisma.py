@@ -51,7 +51,9 @@ def _any(column: InstrumentedAttribute[str], patterns: Sequence[str]) -> ColumnE
 
 
 def _where(f: NetworkAuditFilter) -> ColumnElement[bool]:
-    where: list[ColumnElement[bool]] = [AuditRow.type == f.kind]
+    # "would" audits (staged, or enforcement off) have no equivalent in the
+    # original product: they would read as alerts there, so they are left out.
+    where: list[ColumnElement[bool]] = [AuditRow.type == f.kind, AuditRow.would.is_(False)]
     if f.since is not None:
         where.append(AuditRow.time >= f.since)
     if f.until is not None:
