@@ -12,10 +12,19 @@ with both ends named, as what happened (allowed) and what the policy would do.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.defender.lab.test_defender_lab import RULES, Cluster, poll, running_cluster
+from tests.defender.lab.test_defender_lab import (
+    RULES,
+    Cluster,
+    Defender,
+    console_process,
+    policy,
+    poll,
+    running_cluster,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -145,3 +154,75 @@ def test_enforcement_off_records_every_connection_and_what_would_happen(
                for a in records(c, "audit", rev, "frontend", "db", port=5432))
     apply(c)
     assert c.connect("frontend", "db", 5432).outcome == "refused"
+
+
+def test_enforcement_off_reaches_the_consoles_flows_and_radar(cluster: Cluster,
+                                                             tmp_path: Path) -> None:
+    """Issue 12's finding, end to end with a real Console and a managed Defender
+    per host (last in the module: the standalone Defenders stay stopped): with
+    container enforcement off, the connections of that window reach
+    /api/v1/flows with both ends, cross-host ones too, and Radar says what the
+    policy would do apart from what happened, with no hole where a rule applies."""
+    c = cluster
+    for d in c.defenders:
+        if d.proc is not None:
+            d.stop()
+    with console_process(tmp_path) as (url, token, http):
+        defenders = [Defender(c.lab, h, tmp_path, c.policy_file, c.cluster_file,
+                              console=(url, token)) for h in ("node-1", "node-2")]
+        try:
+            def apply(**spec: Any) -> int:
+                r = http.post("/api/v1/policy/import", json=policy(0, **spec))
+                assert r.status_code == 200 and r.json()["applied"], r.text
+                return int(r.json()["revision"])
+
+            revision = apply()
+            for d in defenders:
+                d.start()
+            for d in defenders:
+                d.wait_revision(revision)
+            assert poll(lambda: len(http.get("/api/v1/inventory").json()["containers"]) == 6
+                        and all((d.status() or {}).get("cluster_revision") for d in defenders),
+                        20)
+            assert c.connect("frontend", "db", 5432).outcome == "refused"  # enforced
+            revision = apply(containerEnabled=False)
+            for d in defenders:
+                d.wait_revision(revision)
+            connect_n(c, "frontend", "db", 5432, 3)  # lateral, across hosts
+            connect_n(c, "frontend", "api", 8080, 2)  # rule 1 allows
+            connect_n(c, "api", "db", 5432, 1)  # rule 5, across hosts
+            connect_n(c, "api", "payments", 9090, 1)  # rule 4 alerts, across hosts
+
+            def observed() -> dict[tuple[str, str, int], dict[str, Any]]:
+                items = http.get("/api/v1/flows", params={"mode": "observed",
+                                                          "limit": 500}).json()["items"]
+                return {(f["src"], f["dst"], f["port"]): f for f in items}
+
+            want = {("image:shop/frontend:1.0", "image:shop/db:13", 5432),
+                    ("image:shop/frontend:1.0", "image:shop/api:2.1", 8080),
+                    ("image:shop/api:2.1", "image:shop/db:13", 5432),
+                    ("image:shop/api:2.1", "image:shop/payments:1.4", 9090)}
+            assert poll(lambda: want <= set(observed()), 20), observed()
+            flows = observed()
+            lateral = flows[("image:shop/frontend:1.0", "image:shop/db:13", 5432)]
+            assert (lateral["verdict"], lateral["would"], lateral["count"]) == (
+                "observed", "prevent", 3)
+            allowed = flows[("image:shop/frontend:1.0", "image:shop/api:2.1", 8080)]
+            assert (allowed["verdict"], allowed["ruleId"], allowed["would"]) == ("allow", 1, "")
+            alert = flows[("image:shop/api:2.1", "image:shop/payments:1.4", 9090)]
+            assert (alert["verdict"], alert["would"], alert["wouldRuleId"]) == (
+                "observed", "alert", 4)
+            would = http.get("/api/v1/audits", params={"would": "true"}).json()["items"]
+            assert sum(a["count"] for a in would if a["port"] == 5432) == 3
+
+            edges = {e["id"]: e for e in http.get("/api/v1/radar").json()["edges"]}
+            db = edges["image:shop/frontend:1.0->image:shop/db:13"]
+            assert db["label"] == "5432 blocked · 5432 would prevent"
+            api = edges["image:shop/frontend:1.0->image:shop/api:2.1"]
+            assert api["hole"] is False and "observed" not in api["label"]
+        finally:
+            for d in defenders:
+                if d.proc is not None:
+                    d.stop()
+    for d in defenders:
+        assert d.kernel_state() == ("", "")
