@@ -151,7 +151,8 @@ def test_would_verdicts_reach_flows_audits_and_radar(console: Console, admin: Ap
     ports = {p["port"]: p for p in edge["ports"] if p["observed"]}
     assert (ports["5432"]["verdict"], ports["5432"]["would"], ports["5432"]["wouldRuleId"]) == (
         "observed", "blocked", 2)
-    assert (ports["6379"]["verdict"], ports["6379"]["enforced"]) == ("allowed", False)
+    assert (ports["6379"]["verdict"], ports["6379"]["enforced"], ports["6379"]["unenforced"]) == (
+        "allowed", False, 2)
     assert ports["8080"]["verdict"] == "observed" and ports["8080"]["would"] is None
     assert "5432 would prevent" in edge["label"]
     assert edge["hole"] is True  # 8080: no rule, in force or staged

@@ -99,16 +99,23 @@ function normaliseImage(image) {
 // A "would" verdict's word ("would prevent"), by the verdict class it has.
 const WOULD_WORD = { blocked: "prevent", alert: "alert", allowed: "allow", observed: "allow" };
 
+// A port's word on a label: its current verdict, or what the policy with
+// everything staged would do where that differs ("would prevent").
+const portWord = (p) => (p.would ? `would ${WOULD_WORD[p.would]}` : p.verdict);
+
 export function compactPorts(ports) {
   const byVerdict = new Map();
   for (const p of ports) {
-    if (!byVerdict.has(p.verdict)) byVerdict.set(p.verdict, []);
-    const list = byVerdict.get(p.verdict);
+    const word = portWord(p);
+    if (!byVerdict.has(word)) byVerdict.set(word, []);
+    const list = byVerdict.get(word);
     if (!list.includes(p.port)) list.push(p.port);
   }
   const num = (p) => (/^\d+/.test(p) ? parseInt(p, 10) : 70000);
+  // "would ..." parts after the current verdicts, as the Console writes labels
+  const order = (w) => VERDICT_ORDER[w] ?? -1;
   return [...byVerdict.entries()]
-    .sort((a, b) => VERDICT_ORDER[b[0]] - VERDICT_ORDER[a[0]])
+    .sort((a, b) => order(b[0]) - order(a[0]) || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
     .map(([verdict, list]) => {
       list.sort((a, b) => num(a) - num(b));
       const shown = list.slice(0, 3).join(",") + (list.length > 3 ? ` +${list.length - 3}` : "");
@@ -801,7 +808,8 @@ export async function renderRadar(main, _args, link) {
         // what the policy would do (a staged rule or default, or enforcement off): not enforced
         p.would ? [" ", h("span", { class: "badge would", title: p.wouldRuleId ? `rule #${p.wouldRuleId}, not enforced` : "the default effect, not enforced" },
           `would ${WOULD_WORD[p.would]}${p.wouldRuleId ? ` #${p.wouldRuleId}` : ""}`)] : null),
-      h("td", {}, p.observed ? (p.enforced === false ? "seen, not enforced" : "seen") : "rule"),
+      h("td", {}, !p.observed ? "rule" : !p.unenforced ? "seen"
+        : p.unenforced >= p.count ? "seen, not enforced" : `seen (${p.unenforced} not enforced)`),
       h("td", { class: "num" }, p.observed ? p.count : "–"),
       h("td", {}, ruleLink(p.ruleId)),
       h("td", { class: "small nowrap" }, p.observed ? `${fmtTime(p.firstSeen).slice(5)} – ${fmtTime(p.lastSeen).slice(5)}` : "")));
@@ -810,7 +818,11 @@ export async function renderRadar(main, _args, link) {
       .sort((a, b) => (b.lastSeen || 0) - (a.lastSeen || 0));
     const historyRows = history.map((x) => h("tr", {},
       h("td", {}, x.port),
-      h("td", {}, h("span", { class: `badge ${x.verdict}` }, x.verdict)),
+      h("td", {}, h("span", { class: `badge ${x.verdict}` }, x.verdict),
+        // the "would" verdict those connections recorded, and whether they were enforced
+        x.would ? [" ", h("span", { class: "badge would", title: x.wouldRuleId ? `rule #${x.wouldRuleId}, not enforced` : "the default effect, not enforced" },
+          `would ${WOULD_WORD[x.would]}${x.wouldRuleId ? ` #${x.wouldRuleId}` : ""}`)] : null,
+        x.unenforced ? h("span", { class: "muted small" }, x.unenforced >= x.count ? " not enforced" : ` (${x.unenforced} not enforced)`) : null),
       h("td", { class: "num" }, x.count),
       h("td", {}, ruleLink(x.ruleId, x.ruleName)),
       h("td", { class: "small nowrap" }, `${fmtTime(x.firstSeen).slice(5)} – ${fmtTime(x.lastSeen).slice(5)}`)));
@@ -849,7 +861,10 @@ export async function renderRadar(main, _args, link) {
         ` – ${r.effect} ${r.src} → ${r.dst} ports ${r.ports.join(",")} `,
         h("a", { href: `#/rules/${r.kind}?edit=${r.id}` }, "edit"))))) : null,
       e.hole && !e.merged ? h("button", { type: "button", id: "create-rule", onclick: () => ruleForm(e) }, "Create rule for this connection")
-        : e.observed && !e.merged ? h("p", { class: "muted small", id: "covered" }, "Every port seen here is covered by a rule now.") : null,
+        : e.observed && !e.merged ? h("p", { class: "muted small", id: "covered" },
+          e.ports.some((p) => p.observed && !p.ruleId && p.wouldRuleId)
+            ? "Every port seen here is covered by a rule now, some only by a staged rule (not enforced until it is promoted)."
+            : "Every port seen here is covered by a rule now.") : null,
       h("h3", {}, "Recent audits"),
       auditQueries.length ? auditList(auditQueries) : h("p", { class: "muted" }, "No audits for external sources."));
   }
