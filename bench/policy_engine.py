@@ -29,6 +29,10 @@ pass; all measured in this run on one core (CPU time):
 
 Before timing, the indexed engine's verdict on every attempt is checked
 against the linear scan's.
+
+``--staged``: every tenth rule staged and a staged default effect (prevent):
+each attempt is then decided twice, by the rules in force and by everything
+staged in force (its "would" verdict), by both evaluators alike.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def _container_selector(rng: random.Random) -> ContainerSelector:
     )
 
 
-def make_policy(n_rules: int, rng: random.Random) -> Policy:
+def make_policy(n_rules: int, rng: random.Random, *, staged: bool = False) -> Policy:
     objects: list[NetworkObject] = []
     n_cont = max(10, n_rules // 2)
     n_net = max(2, n_rules // 50)
@@ -150,6 +154,7 @@ def make_policy(n_rules: int, rng: random.Random) -> Policy:
                 ports=_ports(rng),
                 effect=rng.choice(effects),
                 disabled=rng.random() < 0.05,
+                staged=staged and i % 10 == 5,
             )
         )
     host_rules = [
@@ -165,6 +170,7 @@ def make_policy(n_rules: int, rng: random.Random) -> Policy:
     return Policy(
         container_enabled=True,
         default_effect=Effect.ALLOW,
+        staged_default_effect=Effect.PREVENT if staged else None,
         objects=tuple(objects),
         container_rules=tuple(container_rules),
         host_rules=tuple(host_rules),
@@ -332,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="up to 10,000 rules, shorter runs")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--staged", action="store_true",
+                        help="every tenth rule staged and a staged default effect")
     args = parser.parse_args(argv)
     sizes = (100, 1000, 10_000) if args.quick else (100, 1000, 10_000, 100_000)
     budget = 0.5 if args.quick else 1.5
@@ -340,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"policy engine, one core (CPU time); 10,000 workload identities;"
         f" python {sys.version.split()[0]}"
+        + ("; every tenth rule staged and a staged default (would verdicts)"
+           if args.staged else "")
     )
     print("every column runs on the same distinct attempts, whole passes; evaluations/s:")
     header = (
@@ -351,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("-" * len(header))
     for n in sizes:
         prng = random.Random(args.seed + n)
-        policy = make_policy(n, prng)
+        policy = make_policy(n, prng, staged=args.staged)
         attempts = make_attempts(attempts_for(n, args.quick), identities, policy, prng)
 
         gc.collect()

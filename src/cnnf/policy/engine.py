@@ -524,10 +524,12 @@ class CompiledPolicy:
     _cache_limit: int
     _cache: dict[ConnectionAttempt, Verdict] | None
     _would: CompiledPolicy | None
+    _combined: dict[tuple[int, int], Verdict]
 
     __slots__ = (
         "_cache",
         "_cache_limit",
+        "_combined",
         "_container",
         "_default",
         "_host",
@@ -573,6 +575,10 @@ class CompiledPolicy:
         # anything staged there is none and evaluation costs what it did.
         init(self, "_would", CompiledPolicy(policy.in_force(), verdict_cache, identity_cache)
              if policy.staging else None)
+        # (verdict in force, staged verdict) -> the verdict reported: both are
+        # the snapshots' shared per-rule (or default) objects, so there are few
+        # pairs, and each combined verdict is made once
+        init(self, "_combined", {})
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"CompiledPolicy is immutable: cannot set {name!r}")
@@ -612,18 +618,30 @@ class CompiledPolicy:
         would = self._would
         if would is not None:
             staged = would.evaluate(attempt)
-            if verdict.differs(staged):
-                verdict = dataclasses.replace(verdict, would=staged)
+            pair = (id(verdict), id(staged))
+            combined = self._combined.get(pair)
+            if combined is None:
+                combined = self._combine(pair, verdict, staged)
+            verdict = combined
         if cache is not None:
             _remember(cache, self._cache_limit, attempt, verdict)
         return verdict
 
+    def _combine(self, pair: tuple[int, int], verdict: Verdict, staged: Verdict) -> Verdict:
+        combined = (dataclasses.replace(verdict, would=staged) if verdict.differs(staged)
+                    else verdict)
+        if len(self._combined) >= _MEMO_MAX_ENTRIES:
+            self._combined.clear()
+        self._combined[pair] = combined
+        return combined
+
     def _address_only(self) -> Verdict:
         """An address-only source: no rule list applies, the default decides."""
         would = self._would
-        if would is not None and self._default.differs(would._default):
-            return dataclasses.replace(self._default, would=would._default)
-        return self._default
+        if would is None:
+            return self._default
+        pair = (id(self._default), id(would._default))
+        return self._combined.get(pair) or self._combine(pair, self._default, would._default)
 
     @property
     def staged(self) -> CompiledPolicy | None:
