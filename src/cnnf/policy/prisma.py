@@ -706,6 +706,10 @@ def original_format_schema(*, whole: bool) -> dict[str, Any]:
                       "description": "missing or empty: any port"},
             "effect": {"enum": [e.value for e in Effect]},
             "disabled": {"type": "boolean"},
+            "staged": {"type": "boolean", "description": (
+                "CNNF's own key (the original product has no staging): true, the rule "
+                "is staged, reported as \"would\" verdicts, not enforced; written "
+                "with disabled: true so the original product does not enforce it")},
             "notes": text, "owner": text,
             "modified": {"anyOf": [{"type": "string", "format": "date-time"},
                                    {"const": ""}, {"type": "null"}]},
@@ -728,5 +732,9 @@ def original_format_schema(*, whole: bool) -> dict[str, Any]:
             "containerRules": {"type": "array", "items": rule},
             "hostRules": {"type": "array", "items": rule},
             "networkEntities": {"type": "array", "items": entity},
+            "stagedDefaultEffect": {"enum": [*(e.value for e in Effect), None],
+                                    "description": (
+                "CNNF's own key: the default effect being tried out (\"would\" "
+                "verdicts, not enforced)")},
         },
     }
