@@ -402,6 +402,90 @@ def test_a_recorded_rule_that_no_longer_applies_is_not_drawn_on_the_edge() -> No
     assert e["hole"]
 
 
+# --- staging: "would" verdicts on top of the current ones ---------------------------
+
+def _staged(rule: dict[str, Any], **changes: Any) -> Policy:
+    doc = POLICY.model_dump(mode="json")
+    doc["containerRules"].insert(0, rule)
+    return Policy.model_validate({**doc, **changes})
+
+
+NO_WEB_DB = {"id": 9, "name": "no-web-db", "src": "web", "dst": "db", "ports": [5432],
+             "effect": "prevent", "staged": True}
+
+
+def test_a_hole_a_staged_rule_covers_says_what_it_would_do_and_is_no_hole() -> None:
+    flows = [Flow("image:shop/web", "image:shop/db", 5432, count=4)]
+    g = build_graph(_staged(NO_WEB_DB), hosts=HOSTS, containers=CONTAINERS, flows=flows)
+    e = edges(g)["image:shop/web:1->image:shop/db:3"]
+    (port,) = e["ports"]
+    # the current verdict stays what the rules in force decide (no rule: a hole's
+    # grey); the staged rule is the would verdict, and it covers the port
+    assert (port["verdict"], port["ruleId"], port["would"], port["wouldRuleId"]) == (
+        "observed", None, "blocked", 9)
+    assert (e["verdict"], e["label"], e["hole"], e["rules"]) == (
+        "observed", "5432 would prevent", False, [9])
+    assert g["rules"]["9"]["staged"] is True
+    assert [(h["verdict"], h["would"]) for h in port["history"]] == [("observed", None)]
+    # promoted: the same flows take the rule's verdict, nothing differs any more
+    promoted = _staged({**NO_WEB_DB, "staged": False})
+    e = _edge(promoted, flows, "image:shop/web:1->image:shop/db:3")
+    assert (e["label"], e["hole"], e["ports"][0]["would"]) == ("5432 blocked", False, None)
+
+
+def test_a_staged_default_effect_is_a_would_verdict_and_covers_nothing() -> None:
+    from cnnf.model.rule import Effect
+    flows = [Flow("image:shop/db", "image:shop/web", 9000, count=2),
+             Flow("image:shop/web", "image:shop/api", 8080, "allow", 1, "web-api")]
+    g = build_graph(_with(staged_default_effect=Effect.PREVENT), hosts=HOSTS,
+                    containers=CONTAINERS, flows=flows)
+    e = edges(g)["image:shop/db:3->image:shop/web:1"]
+    assert (e["ports"][0]["would"], e["ports"][0]["wouldRuleId"]) == ("blocked", None)
+    assert (e["label"], e["hole"]) == ("9000 would prevent", True)
+    # a port a rule in force decides: the staged default changes nothing there
+    e = edges(g)["image:shop/web:1->image:shop/api:2"]
+    assert (e["label"], e["ports"][0]["would"]) == ("8080 allowed", None)
+
+
+def test_a_staged_rule_no_flow_shows_is_drawn_as_what_it_would_do() -> None:
+    e = _edge(_staged(NO_WEB_DB), [], "image:shop/web:1->image:shop/db:3")
+    assert (e["line"], e["label"], e["hole"]) == ("dotted", "5432 would prevent", False)
+    assert [(p["verdict"], p["would"], p["wouldRuleId"], p["observed"]) for p in e["ports"]] == [
+        ("blocked", "blocked", 9, False)]
+
+
+def test_a_staged_rule_behind_a_rule_in_force_changes_nothing() -> None:
+    # rule 2 (in force, alert) decides api -> db 5432; a staged rule after it never would
+    doc = POLICY.model_dump(mode="json")
+    doc["containerRules"].append({"id": 9, "name": "later", "src": "api", "dst": "db",
+                                  "ports": [5432], "effect": "prevent", "staged": True})
+    flows = [Flow("image:shop/api", "image:shop/db", 5432, "alert", 2, "api-db")]
+    e = _edge(Policy.model_validate(doc), flows, "image:shop/api:2->image:shop/db:3")
+    assert (e["label"], [p["would"] for p in e["ports"]]) == ("5432 alert", [None])
+
+
+def test_connections_seen_with_enforcement_off_are_counted_and_kept_in_the_history() -> None:
+    # recorded while enforcement was off: allowed (nothing enforced), would prevent
+    # by the default; and later, enforced, refused by the default
+    flows = [Flow("image:shop/db", "image:shop/web", 9000, count=3, would="prevent",
+                  mode="observed"),
+             Flow("image:shop/db", "image:shop/web", 9000, "prevent", count=1)]
+    from cnnf.model.rule import Effect
+    e = _edge(_with(default_effect=Effect.PREVENT), flows, "image:shop/db:3->image:shop/web:1")
+    (port,) = e["ports"]
+    assert (port["verdict"], port["would"], port["count"], port["unenforced"],
+            port["enforced"]) == ("blocked", None, 4, 3, False)
+    assert sorted((h["verdict"], h["would"] or "", h["unenforced"])
+                  for h in port["history"]) == [("blocked", "", 0), ("observed", "blocked", 3)]
+    assert e["label"] == "9000 blocked"
+
+
+def test_compact_labels_put_would_verdicts_after_the_current_ones() -> None:
+    assert compact_ports([("22", "would prevent"), ("80", "allowed"), ("5432", "blocked"),
+                          ("9000", "would alert")]) == (
+        "5432 blocked · 80 allowed · 9000 would alert · 22 would prevent")
+
+
 def test_the_verdict_filter_uses_current_verdicts() -> None:
     flows = [Flow("image:shop/web", "image:shop/api", 8080, "prevent", 0, "", count=2)]
     g = build_graph(POLICY, hosts=HOSTS, containers=CONTAINERS, flows=flows,

@@ -545,12 +545,15 @@ class _Graph:
         if not edge.rules:
             return ports
         seen_rules = {p.rule_id for p in ports} | {p.would_rule_id for p in ports}
+        seen_ports = {p.port for p in ports}
         for rule in edge.rules.values():
             if rule.id in seen_rules:
                 continue  # observed: the flows carry its ports
             # a staged rule: what it would do (not in force)
             staged = _EFFECT_CLASS[rule.effect] if rule.staged else None
             for pr in rule.ports:
+                if staged is not None and str(pr) in seen_ports:
+                    continue  # the port seen says what the staged policy decides there
                 ports.append(_Port(str(pr), _EFFECT_CLASS[rule.effect], False,
                                    rule_id=rule.id, rule_name=rule.name, would=staged,
                                    would_rule_id=rule.id if staged else 0))

@@ -217,7 +217,16 @@ def test_enforcement_off_reaches_the_consoles_flows_and_radar(cluster: Cluster,
 
             edges = {e["id"]: e for e in http.get("/api/v1/radar").json()["edges"]}
             db = edges["image:shop/frontend:1.0->image:shop/db:13"]
-            assert db["label"] == "5432 blocked · 5432 would prevent"
+            # Radar shows the current verdict (the default prevents; the graph
+            # says container enforcement is off) and, as the port's history,
+            # the refused connection and the three only observed (would prevent)
+            assert db["label"] == "5432 blocked"
+            [port] = db["ports"]
+            assert (port["verdict"], port["count"], port["unenforced"], port["enforced"]) == (
+                "blocked", 4, 3, False)
+            assert sorted((h["verdict"], h["would"], h["unenforced"])
+                          for h in port["history"]) == [("blocked", None, 0),
+                                                        ("observed", "blocked", 3)]
             api = edges["image:shop/frontend:1.0->image:shop/api:2.1"]
             assert api["hole"] is False and "observed" not in api["label"]
         finally:
