@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 from radarpage import ARTIFACTS, sign_in, wait_radar
 from test_radar_ui import GREY, ORANGE, click_element, graph_state, rgb
-from tests.e2e.managed import PASSWORD, ManagedCluster, lab_ok, policy_spec, poll
-
-from cnnf.lab import Lab
+from tests.e2e.managed import PASSWORD, ManagedCluster, managed_shop, policy_spec, poll
 
 pytestmark = [pytest.mark.browser, pytest.mark.lab]
 
@@ -31,19 +29,8 @@ EDGE = "image:shop/worker:1.0->image:shop/payments:1.4"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedCluster]:
-    reason = lab_ok()
-    if reason:
-        pytest.fail(reason)
-    lab = Lab.up("shop", name=LAB)
-    c: ManagedCluster | None = None
-    try:
-        c = ManagedCluster(lab, tmp_path_factory.mktemp("radar-lab"))
-        c.start()
+    with managed_shop(LAB, tmp_path_factory.mktemp("radar-lab")) as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
-        Lab.down(LAB)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,25 @@ def lab_ok() -> str | None:
     if os.geteuid() != 0 or shutil.which("podman") is None:
         return "the lab needs root and podman"
     return None
+
+
+@contextmanager
+def managed_shop(name: str, workdir: Path, **cluster: Any) -> Iterator[ManagedCluster]:
+    """The shop lab ``name`` with a started ManagedCluster (``cluster`` passed to
+    it); the cluster stopped and the lab removed at the end, whatever happened.
+    Fails (never skips) where the lab cannot run: these tests are the proof."""
+    import pytest
+
+    reason = lab_ok()
+    if reason:
+        pytest.fail(f"cannot run: {reason}")
+    lab = Lab.up("shop", name=name)
+    c: ManagedCluster | None = None
+    try:
+        c = ManagedCluster(lab, workdir, **cluster)
+        c.start()
+        yield c
+    finally:
+        if c is not None:
+            c.stop()
+        Lab.down(name)

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from cnnf.lab import Lab
-from tests.e2e.managed import RULES, ManagedCluster, lab_ok, policy_spec, poll
+from tests.e2e.managed import RULES, ManagedCluster, managed_shop, policy_spec, poll
 
 pytestmark = pytest.mark.lab
 
@@ -23,19 +22,8 @@ LAB = "cnnfe2e"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedCluster]:
-    reason = lab_ok()
-    if reason:
-        pytest.skip(reason)
-    lab = Lab.up("shop", name=LAB)
-    c: ManagedCluster | None = None
-    try:
-        c = ManagedCluster(lab, tmp_path_factory.mktemp("e2e"))
-        c.start()
+    with managed_shop(LAB, tmp_path_factory.mktemp("e2e")) as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
-        Lab.down(LAB)
 
 
 def produced(c: ManagedCluster, src: str, dst: str, port: int) -> list[dict[str, Any]]:

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from cnnf.lab import Lab
 from cnnf.lab.traffic import Traffic
-from tests.e2e.managed import ManagedCluster, lab_ok, poll
+from tests.e2e.managed import ManagedCluster, managed_shop, poll
 
 pytestmark = pytest.mark.lab
 
@@ -28,19 +27,8 @@ EMPTY: dict[str, Any] = {"containerEnabled": True, "hostEnabled": False,
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedCluster]:
-    reason = lab_ok()
-    if reason:
-        pytest.skip(reason)
-    lab = Lab.up("shop", name=LAB)
-    c: ManagedCluster | None = None
-    try:
-        c = ManagedCluster(lab, tmp_path_factory.mktemp("learn"))
-        c.start()
+    with managed_shop(LAB, tmp_path_factory.mktemp("learn")) as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
-        Lab.down(LAB)
 
 
 def test_learn_apply_with_default_prevent_keeps_the_shop_and_refuses_a_lateral_move(

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cnnf.lab import Lab
 from tests import postgres
-from tests.e2e.managed import RULES, ManagedCluster, lab_ok, policy_spec, poll
+from tests.e2e.managed import RULES, ManagedCluster, managed_shop, policy_spec, poll
 
 pytestmark = [pytest.mark.lab, pytest.mark.postgres]
 
@@ -22,22 +21,14 @@ LAB = "cnnfrep"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedCluster]:
-    reason = lab_ok() or postgres.available()
+    reason = postgres.available()
     if reason:
         pytest.fail(f"cannot run: {reason}")
     with postgres.postgres_server() as server:
         db = server.create_database().replace("postgresql+psycopg://", "postgresql://")
-        lab = Lab.up("shop", name=LAB)
-        c: ManagedCluster | None = None
-        try:
-            c = ManagedCluster(lab, tmp_path_factory.mktemp("replicas"), db=db, replicas=3,
-                               consoles=lambda i, urls: f"{urls[i + 1]},{urls[0]}")
-            c.start()
+        with managed_shop(LAB, tmp_path_factory.mktemp("replicas"), db=db, replicas=3,
+                          consoles=lambda i, urls: f"{urls[i + 1]},{urls[0]}") as c:
             yield c
-        finally:
-            if c is not None:
-                c.stop()
-            Lab.down(LAB)
 
 
 def test_a_change_through_one_replica_is_enforced_by_defenders_on_the_others(
