@@ -7,9 +7,6 @@ Defenders report it); flows and audits through the Console's record services
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from sqlalchemy.orm import Session
+from tests.served import uvicorn_thread
 
 from cnnf.console.app import create_app
 from cnnf.console.config import ConsoleConfig
@@ -32,12 +29,6 @@ from cnnf.model import Effect
 from cnnf.model.records import HostInfo, InventoryReport, WorkloadInfo
 
 ADMIN = ("admin", "radar-test-password")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -93,26 +84,14 @@ def serve(data_dir: Path, static: Path | None = STATIC,
         mount(app)
     with Session(engine) as s:
         UserService(s).create_user(ADMIN[0], Role.ADMIN, ADMIN[1])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, name="console", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the Console did not start within 30 s")
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{port}"
-    login = httpx.post(f"{url}/api/v1/auth/login",
-                       json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=30)
-    login.raise_for_status()
-    console = RadarConsole(url=url, app=app, engine=engine, token=login.json()["token"])
     try:
-        yield console
+        with uvicorn_thread(app) as port:
+            url = f"http://127.0.0.1:{port}"
+            login = httpx.post(f"{url}/api/v1/auth/login",
+                               json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=30)
+            login.raise_for_status()
+            yield RadarConsole(url=url, app=app, engine=engine, token=login.json()["token"])
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         engine.dispose()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy.orm import Session
+from tests.served import free_port
 
 from cnnf.console.config import database_url
 from cnnf.console.services.records import AuditRecord, AuditService
@@ -29,13 +29,6 @@ CNNF = str(Path(sys.executable).with_name("cnnf"))
 PASSWORD = "correct horse battery"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _cnnf(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([CNNF, *args], input=stdin, capture_output=True, text=True,
                           timeout=60, check=False)
@@ -44,8 +37,8 @@ def _cnnf(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 @contextmanager
 def running_console(workdir: Path, *args: str, ca: Path | None = None) -> Iterator[str]:
     """``cnnf console ARGS`` on a free loopback port, up (``/healthz`` answers)
-    within 30 s; yields its base URL and stops it at the end."""
-    port = _free_port()
+    within 60 s; yields its base URL and stops it at the end."""
+    port = free_port()
     log_path = workdir / f"console-{port}.log"
     base = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
     with log_path.open("w") as log:
@@ -54,7 +47,7 @@ def running_console(workdir: Path, *args: str, ca: Path | None = None) -> Iterat
             stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
         )
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while True:
                 assert process.poll() is None, log_path.read_text()
                 try:
@@ -68,7 +61,7 @@ def running_console(workdir: Path, *args: str, ca: Path | None = None) -> Iterat
                         break
                 except httpx.TransportError:
                     pass
-                assert time.monotonic() < deadline, "the console did not come up in 30 s"
+                assert time.monotonic() < deadline, "the console did not come up in 60 s"
                 time.sleep(0.05)
             yield base
         finally:

@@ -11,9 +11,6 @@ import gc
 import io
 import json
 import logging
-import socket
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from consoletest import ApiClient, Console
 from prismacloud.api.pc_lib_api import PrismaCloudAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+from tests.served import uvicorn_thread
 
 from cnnf.console.app import create_app
 from cnnf.console.config import ConsoleConfig
@@ -91,23 +88,10 @@ def served(tmp_path: Path) -> Iterator[Served]:
         users.create_user("admin", Role.ADMIN, PASSWORD)
         users.create_user("auditor", Role.AUDITOR, PASSWORD)
     tls = ensure_self_signed(tmp_path / "tls", ["127.0.0.1", "localhost"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-        ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key), timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the Console did not start"
-        time.sleep(0.02)
     try:
-        yield Served(f"https://127.0.0.1:{port}", tls.ca_cert, engine, tmp_path)
+        with uvicorn_thread(app, ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key)) as port:
+            yield Served(f"https://127.0.0.1:{port}", tls.ca_cert, engine, tmp_path)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         engine.dispose()
         # asyncio leaves the server's end of a TLS connection to the collector when the
         # loop stops before the close_notify exchange ends; collect it here, so that its

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy.orm import Session
+from tests.served import uvicorn_thread
 
 from cnnf.console.app import create_app
 from cnnf.console.config import ConsoleConfig
@@ -62,28 +62,17 @@ def serve(tmp_path: Path) -> Iterator[RealConsole]:
                      engine=engine)
     with Session(engine) as s:
         UserService(s).create_user(ADMIN[0], Role.ADMIN, ADMIN[1])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the Console did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{port}"
-    token = httpx.post(f"{url}/api/v1/auth/login",
-                       json={"username": ADMIN[0], "password": ADMIN[1]}).json()["token"]
-    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    try:
-        yield RealConsole(url, admin)
-    finally:
-        admin.close()
-        server.should_exit = True
-        thread.join(timeout=30)
-        engine.dispose()
+    with uvicorn_thread(app) as port:
+        url = f"http://127.0.0.1:{port}"
+        token = httpx.post(f"{url}/api/v1/auth/login",
+                           json={"username": ADMIN[0], "password": ADMIN[1]}).json()["token"]
+        admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                             timeout=30)
+        try:
+            yield RealConsole(url, admin)
+        finally:
+            admin.close()
+    engine.dispose()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from cnnf.lab.topology import load_topology
+from tests.served import free_port
 
 pytestmark = pytest.mark.lab
 
@@ -29,12 +29,6 @@ SHOP = load_topology("shop")
 IMAGES = {c.image.rsplit(":", 1)[0] for c in SHOP.containers}
 # The lateral moves of the compromised frontend: destinations it probes.
 LATERAL = {"db", "payments", "cache"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _root_netfilter() -> set[str]:
@@ -91,7 +85,7 @@ def demo(tmp_path: Path, request: pytest.FixtureRequest,
          ) -> Iterator[tuple[subprocess.Popen[str], list[str], str, Path, set[str]]]:
     topology = getattr(request, "param", "shop")
     before = _root_netfilter()
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "demo"
     cnnf = Path(sys.executable).parent / "cnnf"
     argv = [str(cnnf), "demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 
 from cnnf.lab import Lab
+from tests.served import free_port
 
 CNNF = str(Path(sys.executable).with_name("cnnf"))
 PASSWORD = "correct horse battery"
@@ -37,13 +37,6 @@ def poll(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.1) ->
         if value or time.monotonic() > deadline:
             return value
         time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 OBJECTS: list[dict[str, Any]] = [
@@ -110,7 +103,7 @@ class ConsoleProcess:
             except httpx.HTTPError:
                 return False
 
-        assert poll(up, 30), self.log.read_text()[-2000:]
+        assert poll(up, 60), self.log.read_text()[-2000:]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.served import free_port
 
 from cnnf.lab import ConnectResult, Lab
 from cnnf.lab.lab import PROBE
@@ -679,12 +680,6 @@ def test_managed_defender_enrolls_follows_the_console_and_spools_when_it_is_down
 
 
 # ----------------------------------------------------------------- with the real Console
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
