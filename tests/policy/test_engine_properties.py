@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnf.model import Policy
+from cnnf.model import ConnectionAttempt, Effect, Policy
 from cnnf.policy import compile_policy
 from cnnf.policy.naive import NaiveEvaluator
 from tests.policy.strategies import attempts, policies
@@ -49,3 +51,28 @@ def test_explain_agrees_with_evaluate(data: st.DataObject, policy: Policy) -> No
         else:
             assert all(s.outcome != "matched" for s in explanation.steps)
             assert explanation.note
+
+
+@SETTINGS
+@given(data=st.data(), policy=policies())
+def test_flow_evaluator_agrees_with_naive_scan(data: st.DataObject, policy: Policy) -> None:
+    """The stored-flow evaluator (endpoints resolved once, remembered by object)
+    gives exactly the verdict of the naive scan, staged "would" verdicts
+    included, also when one endpoint object comes back with other partners and
+    ports and when equal endpoints come as distinct objects."""
+    staged = data.draw(st.sets(st.integers(0, 31)))
+    policy = policy.model_copy(update={
+        "container_rules": tuple(r.model_copy(update={"staged": i in staged})
+                                 for i, r in enumerate(policy.container_rules)),
+        "host_rules": tuple(r.model_copy(update={"staged": i + 16 in staged})
+                            for i, r in enumerate(policy.host_rules)),
+        "staged_default_effect": data.draw(st.sampled_from([None, *Effect]))})
+    naive = NaiveEvaluator(policy)
+    flows = compile_policy(policy, verdict_cache=0).flows()
+    drawn = data.draw(st.lists(attempts(policy), min_size=1, max_size=25))
+    ports = [a.port for a in drawn]
+    crossed = [(a.src, b.dst, port) for a, b, port in zip(drawn, drawn[::-1], ports[1:] + ports[:1],
+                                                          strict=True)]
+    copies = [(dataclasses.replace(a.src), dataclasses.replace(a.dst), a.port) for a in drawn]
+    for src, dst, port in [(a.src, a.dst, a.port) for a in drawn] + crossed + copies:
+        assert flows.verdict(src, dst, port) == naive.evaluate(ConnectionAttempt(src, dst, port))

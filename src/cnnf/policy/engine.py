@@ -74,6 +74,7 @@ from cnnf.policy.match import (
 __all__ = [
     "CompiledPolicy",
     "Explanation",
+    "FlowEvaluator",
     "RuleStep",
     "compile_policy",
 ]
@@ -627,6 +628,11 @@ class CompiledPolicy:
             _remember(cache, self._cache_limit, attempt, verdict)
         return verdict
 
+    def flows(self) -> FlowEvaluator:
+        """An evaluator for many stored flows whose endpoints repeat (see
+        :class:`FlowEvaluator`)."""
+        return FlowEvaluator(self)
+
     def _combine(self, pair: tuple[int, int], verdict: Verdict, staged: Verdict) -> Verdict:
         combined = (dataclasses.replace(verdict, would=staged) if verdict.differs(staged)
                     else verdict)
@@ -717,6 +723,72 @@ class CompiledPolicy:
             "host_sources": len(self._host.src_memo),
             "host_destinations": len(self._host.dst_memo),
         }
+
+
+class FlowEvaluator:
+    """Evaluates the stored flows of a window: ``verdict(src, dst, port)`` is
+    ``evaluate(ConnectionAttempt(src, dst, port))``, with each distinct source
+    and destination endpoint *object* resolved to its rule set once and
+    remembered by identity (no hashing of the endpoints' fields): a million
+    flows between a few thousand recorded identities then cost a few integer
+    operations each. The memo holds the endpoints, so an id is never reused
+    while remembered; it grows with the distinct endpoints given (one
+    evaluation's worth), it is not for the hot path."""
+
+    __slots__ = ("_default", "_dst", "_policy", "_src", "_would")
+
+    def __init__(self, policy: CompiledPolicy) -> None:
+        self._policy = policy
+        self._default = policy._default
+        self._src: dict[int, tuple[Endpoint, _RuleTable | None, int]] = {}
+        self._dst: dict[tuple[int, RuleKind], tuple[Endpoint, int]] = {}
+        self._would = policy._would.flows() if policy._would is not None else None
+
+    def _source(self, src: Endpoint) -> tuple[Endpoint, _RuleTable | None, int]:
+        policy = self._policy
+        identity: ContainerIdentity | HostIdentity | None = src.container
+        table: _RuleTable | None = None
+        if identity is not None:
+            table = policy._container
+        elif src.host is not None:
+            identity, table = src.host, policy._host
+        mask = 0
+        if table is not None and identity is not None:
+            memo = table.src_memo.get(identity)
+            mask = memo if memo is not None else table.src_mask(identity)
+        entry = self._src[id(src)] = (src, table, mask)
+        return entry
+
+    def _destination(self, table: _RuleTable, dst: Endpoint) -> int:
+        mask = table.dst_memo.get(dst)
+        if mask is None:
+            mask = table.dst_mask(dst)
+        self._dst[(id(dst), table.kind)] = (dst, mask)
+        return mask
+
+    def verdict(self, src: Endpoint, dst: Endpoint, port: int) -> Verdict:
+        found = self._src.get(id(src))
+        _, table, m = found if found is not None else self._source(src)
+        verdict = self._default
+        if m:
+            assert table is not None
+            m &= table.port_masks[port] if 0 <= port <= 65535 else 0
+            if m:
+                d = self._dst.get((id(dst), table.kind))
+                m &= d[1] if d is not None else self._destination(table, dst)
+                if m:
+                    bit = m.bit_length() - 1
+                    verdict = table.verdicts[bit] or table.verdict(bit)
+        would = self._would
+        if would is not None:
+            staged = would.verdict(src, dst, port)
+            policy = self._policy
+            pair = (id(verdict), id(staged))
+            combined = policy._combined.get(pair)
+            if combined is None:
+                combined = policy._combine(pair, verdict, staged)
+            verdict = combined
+        return verdict
 
 
 def _rule_mismatch(

@@ -22,10 +22,17 @@ host rules take no DNS object, so there a subnet), else by its own /32 or
 Rules: one per source object, destination object and list, with every port
 seen merged into ranges; sibling workloads (one workload name in several
 namespaces) that reach the same destinations on the same ports share one rule
-and one object. An existing enabled ``allow`` rule between the same two objects
-is widened instead of adding a rule (the proposal says which rule it
+and one object. A source that reached more than :data:`MAX_ADDRESSES` bare
+addresses (no DNS name, no declared subnet) gets rules for the first of them
+only; the rest are counted as skipped, with the reason. An existing enabled
+``allow`` rule in force (not staged) between the same two objects is widened
+instead of adding a rule (the proposal says which rule it
 replaces). Every proposed rule carries its evidence: flows, connections, first
 and last seen, and the edges behind it.
+
+Cost: each distinct pair of recorded identities is evaluated and grouped
+once (:func:`~cnnf.policy.simulate.flow_verdicts`); a flow then costs a few
+integer operations and its evidence.
 
 Pure: no store, no clock.
 """
@@ -39,7 +46,6 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 
 from cnnf.model import (
-    ConnectionAttempt,
     ContainerIdentity,
     ContainerObject,
     ContainerSelector,
@@ -60,12 +66,18 @@ from cnnf.model.identity import split_image
 from cnnf.policy.check import ALLOWED_KINDS
 from cnnf.policy.match import ObjectMatch
 from cnnf.policy.observed import ObservedFlow
-from cnnf.policy.simulate import Evaluator, compiled
+from cnnf.policy.simulate import Evaluator, compiled, flow_verdicts
 
 MAX_EDGES = 20  # edges listed in one rule's evidence (the counts cover them all)
 
 #: Why refused flows are not learnt (a reason in the proposal's skipped counts).
 REFUSED = "refused when recorded: a refused connection is not learnt as allowed"
+#: Addresses (no DNS name, no declared subnet) learnt from one source, one rule each.
+MAX_ADDRESSES = 100
+TOO_MANY_ADDRESSES = (f"the source reached more than {MAX_ADDRESSES} addresses without a DNS "
+                      "name or a declared subnet: only the first "
+                      f"{MAX_ADDRESSES} are learnt (declare a subnet object for the others "
+                      "and learn again)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,22 +365,29 @@ class _Objects:
         self.names = {o.name for o in policy.objects}
         self.new: list[NetworkObject] = []
         self.resolved: dict[_Group, ProposedObject] = {}
-        self.matchers = [(o, ObjectMatch(o)) for o in policy.objects]
+        # the objects that may stand for a group, by kind, in the policy's order
+        self.matchers: dict[ObjectKind, list[tuple[NetworkObject, ObjectMatch]]] = {}
+        for o in policy.objects:
+            if _names_workloads(o):
+                self.matchers.setdefault(o.kind, []).append((o, ObjectMatch(o)))
 
-    def _existing(self, g: _Group, members: Sequence[Endpoint]) -> str | None:
-        others = [ep for og, eps in self.observed.get(g.kind, {}).items() if og != g
-                  and not (set(og.namespaces) <= set(g.namespaces) and og.values == g.values)
-                  for ep in eps]
-        for obj, match in self.matchers:
-            if obj.kind is not g.kind or not members or not _names_workloads(obj):
-                continue
+    def existing(self, g: _Group, members: Sequence[Endpoint]) -> str | None:
+        if not members:
+            return None
+        others: list[Endpoint] | None = None  # every other observed one, when needed
+        for obj, match in self.matchers.get(g.kind, ()):
             if not all(match(ep) for ep in members):
                 continue
             # Addresses: a declared subnet or DNS object holding them is the
             # operator's name for them. Workloads and hosts: only an object that
             # selects no other observed one.
-            if g.kind in (ObjectKind.SUBNET, ObjectKind.DNS) or not any(
-                    match(ep) for ep in others):
+            if g.kind in (ObjectKind.SUBNET, ObjectKind.DNS):
+                return obj.name
+            if others is None:
+                others = [ep for og, eps in self.observed.get(g.kind, {}).items() if og != g
+                          and not (set(og.namespaces) <= set(g.namespaces)
+                                   and og.values == g.values) for ep in eps]
+            if not any(match(ep) for ep in others):
                 return obj.name
         return None
 
@@ -376,7 +395,7 @@ class _Objects:
         found = self.resolved.get(g)
         if found is not None:
             return found
-        name = self._existing(g, members)
+        name = self.existing(g, members)
         if name is not None:
             found = ProposedObject(name, g.kind, False, "existing")
         else:
@@ -392,34 +411,80 @@ class _Objects:
         return found
 
 
+def _cap_addresses(pairs: dict[tuple[object, ...], _Pair], objects: _Objects,
+                   observed: dict[ObjectKind, dict[_Group, list[Endpoint]]],
+                   skipped: dict[str, int]) -> None:
+    """A source that reached more than :data:`MAX_ADDRESSES` addresses that have
+    no DNS name and no declared subnet object holding them (a crawler, a scan,
+    a client of many peers): the first :data:`MAX_ADDRESSES` by address are
+    learnt one rule each, the flows to the others are counted as skipped
+    (:data:`TOO_MANY_ADDRESSES`), not turned into thousands of /32 rules."""
+    by_source: dict[tuple[object, ...], list[tuple[object, ...]]] = {}
+    for key, pair in pairs.items():
+        if pair.dst.basis == "subnet":
+            by_source.setdefault((pair.kind, pair.src), []).append(key)
+    subnets = observed.get(ObjectKind.SUBNET, {})
+    for keys in by_source.values():
+        if len(keys) <= MAX_ADDRESSES:
+            continue
+        new = [k for k in keys if objects.existing(pairs[k].dst, subnets.get(pairs[k].dst, ()))
+               is None]
+        new.sort(key=lambda k: ipaddress.ip_network(pairs[k].dst.values[0]))
+        for k in new[MAX_ADDRESSES:]:
+            pair = pairs.pop(k)
+            skipped[TOO_MANY_ADDRESSES] = (skipped.get(TOO_MANY_ADDRESSES, 0)
+                                           + sum(f.flows for f in pair.flows))
+
+
 def learn(current: Policy, flows: Iterable[ObservedFlow],
           options: LearnOptions = LearnOptions(), *,
           engine: Callable[[Policy], Evaluator] = compiled) -> Proposal:
     """Propose a policy that keeps ``current`` and allows every observed flow it
     does not decide (see the module's description). ``engine`` compiles a
     policy for evaluation (the real engine; the benchmark passes a naive one)."""
-    evaluator = engine(current)
+    evaluate = flow_verdicts(engine(current))
     covered: dict[tuple[RuleKind, int], CoveredRule] = {}
     pairs: dict[tuple[object, ...], _Pair] = {}
     skipped: dict[str, int] = {}
-    learnt: list[ObservedFlow] = []
     observed: dict[ObjectKind, dict[_Group, list[Endpoint]]] = {}
-    groups_of: dict[tuple[Endpoint, str, RuleKind], _Group | str] = {}
+    # by the endpoint object's id (the value holds the endpoint)
+    groups_of: dict[tuple[int, str, RuleKind], tuple[Endpoint, _Group | str]] = {}
+    members_seen: set[tuple[_Group, Endpoint]] = set()
 
     def group(ep: Endpoint, end: str, kind: RuleKind) -> _Group | str:
-        key = (ep, end, kind)
-        g = groups_of.get(key)
-        if g is None:
-            g = groups_of[key] = _group(ep, end, kind, options.label_key)
-            if isinstance(g, _Group):
-                members = observed.setdefault(g.kind, {}).setdefault(g, [])
-                if ep not in members:
-                    members.append(ep)
-        return g
+        key = (id(ep), end, kind)
+        found = groups_of.get(key)
+        if found is None:
+            g = _group(ep, end, kind, options.label_key)
+            found = groups_of[key] = (ep, g)
+            if isinstance(g, _Group) and (g, ep) not in members_seen:
+                members_seen.add((g, ep))
+                observed.setdefault(g.kind, {}).setdefault(g, []).append(ep)
+        return found[1]
+
+    # Per distinct (source, destination, list) of recorded identities: the
+    # pair the flow is learnt into, or why not (the endpoints' ids: the stored
+    # flows share one object per identity; the values hold the endpoints).
+    pair_of: dict[tuple[int, int, str], tuple[Endpoint, Endpoint, _Pair | str]] = {}
+
+    def pair_for(flow: ObservedFlow) -> _Pair | str:
+        pk = (id(flow.src_ep), id(flow.dst_ep), flow.kind)
+        found = pair_of.get(pk)
+        if found is None:
+            kind = RuleKind.HOST if flow.kind == "host" else RuleKind.CONTAINER
+            src = group(flow.src_ep, "src", kind)
+            dst = group(flow.dst_ep, "dst", kind)
+            target: _Pair | str
+            if isinstance(src, str) or isinstance(dst, str):
+                target = src if isinstance(src, str) else str(dst)
+            else:
+                target = pairs.get((kind, src, dst)) or pairs.setdefault(
+                    (kind, src, dst), _Pair(kind, src, dst))
+            found = pair_of[pk] = (flow.src_ep, flow.dst_ep, target)
+        return found[2]
 
     for flow in flows:
-        kind = RuleKind.HOST if flow.kind == "host" else RuleKind.CONTAINER
-        verdict = evaluator.evaluate(ConnectionAttempt(flow.src_ep, flow.dst_ep, flow.port))
+        verdict = evaluate(flow.src_ep, flow.dst_ep, flow.port)
         if verdict.matched and verdict.rule_id is not None and verdict.rule_kind is not None:
             ck = (verdict.rule_kind, verdict.rule_id)
             c = covered.get(ck)
@@ -428,28 +493,24 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
                                               verdict.rule_name or "", verdict.effect, Evidence())
             c.evidence.add(flow)
             continue
-        if flow.verdict == Effect.PREVENT.value:
+        if flow.verdict == "prevent":
             # Refused when it was recorded (by the default effect, or by a rule since
             # removed): a refused connection, perhaps an attacker's lateral move or
             # scan, is never learnt as one to allow.
             skipped[REFUSED] = skipped.get(REFUSED, 0) + flow.flows
             continue
-        src = group(flow.src_ep, "src", kind)
-        dst = group(flow.dst_ep, "dst", kind)
-        if isinstance(src, str) or isinstance(dst, str):
-            reason = src if isinstance(src, str) else str(dst)
-            skipped[reason] = skipped.get(reason, 0) + flow.flows
+        pair = pair_for(flow)
+        if isinstance(pair, str):
+            skipped[pair] = skipped.get(pair, 0) + flow.flows
             continue
-        key = (kind, src, dst)
-        pair = pairs.get(key)
-        if pair is None:
-            pair = pairs[key] = _Pair(kind, src, dst)
         pair.ports.add(flow.port)
         pair.flows.append(flow)
-        learnt.append(flow)
 
-    pairs = _merge_siblings(pairs)
+    pairs = {k: p for k, p in pairs.items() if p.flows}
     objects = _Objects(current, observed)
+    _cap_addresses(pairs, objects, observed, skipped)
+    learnt = [f for pair in pairs.values() for f in pair.flows]
+    pairs = _merge_siblings(pairs)
     members: dict[_Group, list[Endpoint]] = {}
     for kind_groups in observed.values():
         for g, eps in kind_groups.items():
@@ -466,16 +527,23 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
     rule_names = {k: {r.name for r in v} for k, v in rules.items()}
     next_id = {k: max((r.id for r in v), default=0) + 1 for k, v in rules.items()}
     proposed: list[ProposedRule] = []
-    by_rule: dict[tuple[RuleKind, str, str], ProposedRule] = {}
+    by_rule: dict[tuple[RuleKind, str, str], tuple[ProposedRule, int]] = {}
+    # the first enabled allow rule in force between two objects (one a
+    # proposed rule widens)
+    widenable: dict[tuple[RuleKind, str, str], int] = {}
+    for k, kind_rules in rules.items():
+        for i, r in enumerate(kind_rules):
+            if not r.disabled and not r.staged and r.effect is Effect.ALLOW:
+                widenable.setdefault((k, r.src, r.dst), i)
     resolved = [(pair, objects.resolve(pair.src, members[pair.src]),
                  objects.resolve(pair.dst, members[pair.dst])) for pair in pairs.values()]
     resolved.sort(key=lambda t: (t[0].kind.value, t[1].name, t[2].name, min(t[0].ports)))
     for pair, src_obj, dst_obj in resolved:
         rkey = (pair.kind, src_obj.name, dst_obj.name)
         kind_rules = rules[pair.kind]
-        have = by_rule.get(rkey)
-        if have is not None:  # two groups resolved to the same objects: one rule
-            at = kind_rules.index(have.rule)
+        found = by_rule.get(rkey)
+        if found is not None:  # two groups resolved to the same objects: one rule
+            have, at = found
             have.rule = kind_rules[at] = _widened(have.rule, pair.ports)
             for flow in pair.flows:
                 have.evidence.add(flow)
@@ -483,9 +551,7 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
         evidence = Evidence()
         for flow in pair.flows:
             evidence.add(flow)
-        existing = next((i for i, r in enumerate(kind_rules)
-                         if r.src == src_obj.name and r.dst == dst_obj.name and not r.disabled
-                         and r.effect is Effect.ALLOW), None)
+        existing = widenable.get(rkey)
         if existing is not None:
             old = kind_rules[existing]
             rule = kind_rules[existing] = _widened(old, pair.ports)
@@ -501,9 +567,10 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
                         ports=_port_ranges(pair.ports), effect=Effect.ALLOW,
                         notes="learnt from observed flows")
             next_id[pair.kind] += 1
+            existing = len(kind_rules)
             kind_rules.append(rule)
             item = ProposedRule(pair.kind, rule, evidence, src_obj.basis, dst_obj.basis)
-        by_rule[rkey] = item
+        by_rule[rkey] = (item, existing)
         proposed.append(item)
 
     for item in proposed:
@@ -529,11 +596,11 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
 
 
 def _unallowed(evaluator: Evaluator, flows: Iterable[ObservedFlow]) -> int:
-    """Learnt flows the proposal would still not allow by a rule."""
-    evaluate = evaluator.evaluate
+    """Learnt flows the proposal would still not allow by a rule (in force)."""
+    evaluate = flow_verdicts(evaluator)
     total = 0
     for f in flows:
-        v = evaluate(ConnectionAttempt(f.src_ep, f.dst_ep, f.port))
+        v = evaluate(f.src_ep, f.dst_ep, f.port)
         if not v.matched or v.effect is Effect.PREVENT:
             total += f.flows
     return total

@@ -10,9 +10,11 @@ effect or whether a rule matched changes (``allow -> prevent``,
 ``unmatched (allow) -> allow``); a flow decided by another rule with the same
 effect is not a change.
 
-Staging (rules evaluated as if in force, without enforcement) plugs in through
-:func:`in_force`: the policy a Defender would apply, which is where a staged
-rule will be taken as enforced.
+Staging: a staged rule or a staged default effect is not in force, so it
+never changes a verdict in force (the engine leaves it out, as Defenders do).
+What the draft's staged part would change once promoted is reported beside,
+in :attr:`Impact.staged`: the flows whose "would" verdict under the draft
+(everything staged in force) differs from the draft's verdict in force.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from cnnf.model import ConnectionAttempt, Effect, Policy, Verdict
+from cnnf.model import ConnectionAttempt, Effect, Endpoint, Policy, Verdict
 from cnnf.policy.engine import compile_policy
 from cnnf.policy.observed import ObservedFlow
 
@@ -36,9 +38,19 @@ def compiled(policy: Policy) -> Evaluator:
     return compile_policy(policy, verdict_cache=0)
 
 
-def in_force(policy: Policy) -> Policy:
-    """The policy as Defenders enforce it (today: the policy itself)."""
-    return policy
+FlowVerdict = Callable[[Endpoint, Endpoint, int], Verdict]
+
+
+def flow_verdicts(evaluator: Evaluator) -> FlowVerdict:
+    """``(src, dst, port) -> verdict`` for many stored flows: the engine's
+    :class:`~cnnf.policy.engine.FlowEvaluator` (each distinct recorded identity
+    resolved once), else one evaluation per call (the naive evaluator)."""
+    flows = getattr(evaluator, "flows", None)
+    if flows is not None:
+        verdict: FlowVerdict = flows().verdict
+        return verdict
+    evaluate = evaluator.evaluate
+    return lambda src, dst, port: evaluate(ConnectionAttempt(src, dst, port))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +119,55 @@ class Impact:
     transitions: dict[str, int] = field(default_factory=dict)  # transition -> flows
     edges: list[EdgeChange] = field(default_factory=list)
     rules: list[RuleImpact] = field(default_factory=list)
+    # What the draft's staged rules and staged default effect would change
+    # beyond what it enforces: before is the draft's verdict in force, after its
+    # "would" verdict (everything staged promoted). None in ``staged`` itself.
+    staged: Impact | None = None
+
+
+class _Changes:
+    """Changed flows grouped by edge and by the deciding rule after."""
+
+    __slots__ = ("edges", "impact", "rules")
+
+    def __init__(self) -> None:
+        self.impact = Impact()
+        self.edges: dict[tuple[object, ...], EdgeChange] = {}
+        self.rules: dict[tuple[object, ...], RuleImpact] = {}
+
+    def add(self, flow: ObservedFlow, before: Outcome, after: Outcome) -> None:
+        impact = self.impact
+        move = transition(before, after)
+        impact.changed_flows += flow.flows
+        impact.changed_count += flow.count
+        impact.transitions[move] = impact.transitions.get(move, 0) + flow.flows
+        key = (flow.kind, flow.src, flow.dst, flow.port, before, after)
+        edge = self.edges.get(key)
+        if edge is None:
+            edge = self.edges[key] = EdgeChange(flow.kind, flow.src, flow.dst, flow.port, before,
+                                                after, flow.verdict)
+        edge.flows += flow.flows
+        edge.count += flow.count
+        edge.first_seen = _earlier(edge.first_seen, flow.first_seen)
+        if edge.last_seen is None or flow.last_seen >= edge.last_seen:
+            edge.recorded = flow.verdict
+        edge.last_seen = _later(edge.last_seen, flow.last_seen)
+        rkey = (flow.kind, after.rule_id, after.effect)
+        rule = self.rules.get(rkey)
+        if rule is None:
+            rule = self.rules[rkey] = RuleImpact(flow.kind, after.rule_id, after.rule_name,
+                                                 after.effect)
+        rule.flows += flow.flows
+        rule.count += flow.count
+        rule.transitions[move] = rule.transitions.get(move, 0) + flow.flows
+
+    def close(self, flows: int, count: int) -> Impact:
+        impact = self.impact
+        impact.flows, impact.count = flows, count
+        impact.edges = sorted(self.edges.values(), key=lambda e: (-e.count, e.src, e.dst, e.port))
+        impact.rules = sorted(self.rules.values(),
+                              key=lambda r: (-r.count, r.kind, r.rule_id is None, r.rule_id or 0))
+        return impact
 
 
 def _earlier(a: datetime | None, b: datetime) -> datetime:
@@ -118,53 +179,39 @@ def _later(a: datetime | None, b: datetime) -> datetime:
 
 
 def simulate(current: Policy, draft: Policy, flows: Iterable[ObservedFlow], *,
-             view: Callable[[Policy], Policy] = in_force,
              engine: Callable[[Policy], Evaluator] = compiled) -> Impact:
-    """Evaluate ``flows`` under ``current`` and under ``draft`` (each as
-    ``view`` makes it enforced, each compiled by ``engine``) and report the
-    changed verdicts, grouped by edge and by the draft's deciding rule, largest
-    first."""
-    before_policy = engine(view(current))
-    after_policy = engine(view(draft))
-    before_eval, after_eval = before_policy.evaluate, after_policy.evaluate
+    """Evaluate ``flows`` under ``current`` and under ``draft`` (each compiled
+    by ``engine``) and report the flows whose verdict in force changes, grouped
+    by edge and by the draft's deciding rule, largest first; and, in
+    ``staged``, the flows whose verdict the draft's staged rules and staged
+    default effect would change if promoted (from the draft's verdict in force
+    to its "would" verdict). Staged rules of either policy never change a
+    verdict in force.
+
+    Each distinct recorded identity is resolved once per policy
+    (:func:`flow_verdicts`); a flow then costs a few integer operations."""
+    before_at, after_at = flow_verdicts(engine(current)), flow_verdicts(engine(draft))
     outcomes: dict[Verdict, Outcome] = {}
-    impact = Impact()
-    edges: dict[tuple[object, ...], EdgeChange] = {}
-    rules: dict[tuple[object, ...], RuleImpact] = {}
+
+    def outcome(v: Verdict) -> Outcome:
+        o = outcomes.get(v)
+        if o is None:
+            o = outcomes[v] = Outcome.of(v)
+        return o
+
+    changes, staged = _Changes(), _Changes()
+    total_flows = total_count = 0
     for flow in flows:
-        impact.flows += flow.flows
-        impact.count += flow.count
-        attempt = ConnectionAttempt(flow.src_ep, flow.dst_ep, flow.port)
-        b = before_eval(attempt)
-        a = after_eval(attempt)
-        if b.effect is a.effect and b.matched == a.matched:
-            continue
-        before = outcomes.get(b) or outcomes.setdefault(b, Outcome.of(b))
-        after = outcomes.get(a) or outcomes.setdefault(a, Outcome.of(a))
-        move = transition(before, after)
-        impact.changed_flows += flow.flows
-        impact.changed_count += flow.count
-        impact.transitions[move] = impact.transitions.get(move, 0) + flow.flows
-        key = (flow.kind, flow.src, flow.dst, flow.port, before, after)
-        edge = edges.get(key)
-        if edge is None:
-            edge = edges[key] = EdgeChange(flow.kind, flow.src, flow.dst, flow.port, before,
-                                           after, flow.verdict)
-        edge.flows += flow.flows
-        edge.count += flow.count
-        edge.first_seen = _earlier(edge.first_seen, flow.first_seen)
-        if edge.last_seen is None or flow.last_seen >= edge.last_seen:
-            edge.recorded = flow.verdict
-        edge.last_seen = _later(edge.last_seen, flow.last_seen)
-        rkey = (flow.kind, after.rule_id, after.effect)
-        rule = rules.get(rkey)
-        if rule is None:
-            rule = rules[rkey] = RuleImpact(flow.kind, after.rule_id, after.rule_name,
-                                            after.effect)
-        rule.flows += flow.flows
-        rule.count += flow.count
-        rule.transitions[move] = rule.transitions.get(move, 0) + flow.flows
-    impact.edges = sorted(edges.values(), key=lambda e: (-e.count, e.src, e.dst, e.port))
-    impact.rules = sorted(rules.values(),
-                          key=lambda r: (-r.count, r.kind, r.rule_id is None, r.rule_id or 0))
+        total_flows += flow.flows
+        total_count += flow.count
+        src, dst, port = flow.src_ep, flow.dst_ep, flow.port
+        b = before_at(src, dst, port)
+        a = after_at(src, dst, port)
+        if b.effect is not a.effect or b.matched != a.matched:
+            changes.add(flow, outcome(b), outcome(a))
+        w = a.would
+        if w is not None and (w.effect is not a.effect or w.matched != a.matched):
+            staged.add(flow, outcome(a), outcome(w))
+    impact = changes.close(total_flows, total_count)
+    impact.staged = staged.close(total_flows, total_count)
     return impact
