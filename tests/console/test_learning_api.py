@@ -223,3 +223,40 @@ def test_scope_namespace_and_images(console: Console, admin: ApiClient) -> None:
     p = learn(admin, images=["shop/frontend*"])
     assert [r["rule"]["src"] for r in p["proposed"]] == ["shop-web:app=frontend"]
     assert RuleKind.CONTAINER.value == p["proposed"][0]["kind"]
+
+
+def _fail_proposal_updates(console: Console) -> None:
+    """A store that refuses to mark a proposal applied (a trigger): the failure
+    comes after the new policy is written, in the middle of the apply."""
+    with console.engine.begin() as conn:
+        if console.engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("CREATE TRIGGER no_apply BEFORE UPDATE ON proposals "
+                                 "BEGIN SELECT RAISE(ABORT, 'proposals are read-only'); END")
+        else:
+            conn.exec_driver_sql("CREATE FUNCTION no_apply() RETURNS trigger LANGUAGE plpgsql "
+                                 "AS $$ BEGIN RAISE EXCEPTION 'proposals are read-only'; END $$")
+            conn.exec_driver_sql("CREATE TRIGGER no_apply BEFORE UPDATE ON proposals "
+                                 "FOR EACH ROW EXECUTE FUNCTION no_apply()")
+
+
+def test_apply_is_one_transaction_a_failure_midway_changes_nothing(
+        console: Console, admin: ApiClient) -> None:
+    report(console, admin, SHOP)
+    p = learn(admin, defaultEffect="prevent")
+    before = admin.get(f"{API}/policy").json()
+    _fail_proposal_updates(console)
+    r = admin.post(f"{API}/policy/proposals/{p['id']}/apply", json={})
+    assert r.status_code in (409, 500), r.text
+    assert "nothing was changed" in r.json()["detail"]
+    # The policy, its revision, the change log and the proposal: as before.
+    assert admin.get(f"{API}/policy").json() == before
+    assert admin.get(f"{API}/changes").json()["items"] == []
+    assert admin.get(f"{API}/policy/proposals/{p['id']}").json()["appliedRevision"] is None
+    # Once the store takes it, the same apply is one revision.
+    with console.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER no_apply" + (
+            "" if console.engine.dialect.name == "sqlite" else " ON proposals"))
+    r = admin.post(f"{API}/policy/proposals/{p['id']}/apply", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["revision"] == 1
+    assert admin.get(f"{API}/policy/proposals/{p['id']}").json()["appliedRevision"] == 1

@@ -449,11 +449,14 @@ class LearningService:
             "objects": tuple(objects), "container_rules": tuple(lists["container"]),
             "host_rules": tuple(lists["host"]), "default_effect": effect})
         summary = diff(current, new)
+
+        def mark_applied(stored: Policy) -> None:
+            self._row(proposal_id).applied_revision = stored.revision
+
+        # One transaction: the new policy, its revision and change record, and
+        # the proposal marked applied; a failure anywhere leaves all as it was.
         stored = self.policies.replace(new, action="policy.learn.apply",
-                                       expected_revision=row.base_revision)
-        row = self._row(proposal_id)
-        row.applied_revision = stored.revision
-        self.session.commit()
+                                       expected_revision=row.base_revision, also=mark_applied)
         return Applied(proposal=proposal_id, revision=stored.revision, rules=len(chosen),
                        objects=len([n for n in new_objects if n in used]), diff=summary)
 

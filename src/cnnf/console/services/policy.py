@@ -492,10 +492,13 @@ class PolicyService:
         return settings
 
     def replace(self, policy: Policy, action: str = "policy.replace", *,
-                expected_revision: int | None = None) -> Policy:
+                expected_revision: int | None = None,
+                also: Callable[[Policy], None] | None = None) -> Policy:
         """Replace everything (PUT policy, import) in one transaction; with
         ``expected_revision``, only if the stored policy is still at it (else
-        :class:`Conflict`, nothing written)."""
+        :class:`Conflict`, nothing written). ``also`` writes what belongs to the
+        same change (given the stored policy) in that transaction: if it fails,
+        nothing is written."""
         with self._transaction():
             old = self.policy()
             if expected_revision is not None and old.revision != expected_revision:
@@ -504,6 +507,9 @@ class PolicyService:
             new = policy.model_copy(update={"revision": old.revision})
             summary = diff(old, new)
             stored = self._apply(new, action, "policy", _json(old), summary, document=True)
+            if also is not None:
+                also(stored)
+                self.session.flush()
         return stored
 
     def preview(self, policy: Policy) -> tuple[dict[str, Any], list[FieldError]]:
