@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from sqlalchemy import String, func, select, type_coerce
+from sqlalchemy import TextClause, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from cnnf.console.services.errors import Conflict, InvalidInput, NotFound
 from cnnf.console.services.policy import PolicyService, diff
-from cnnf.console.store.models import FlowRow, ProposalRow
+from cnnf.console.store.models import ProposalRow, UtcDateTime
 from cnnf.errors import FieldError, PolicyValidationError
-from cnnf.model import Effect, NetworkObject, Policy, Rule, RuleKind
+from cnnf.model import Effect, Endpoint, NetworkObject, Policy, Rule, RuleKind
 from cnnf.model.objects import WS, GlobList, check_glob
 from cnnf.model.rule import RFC3339, PolicyModel
 from cnnf.policy.engine import compile_policy
@@ -263,37 +263,66 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_FLOWS = ("SELECT kind, src, dst, port, src_identity, dst_identity, verdict, rule_id, count, "
+          "first_seen, last_seen FROM flows{hint} "
+          "WHERE last_seen >= :since AND first_seen < :until")
+
+
+def _flows_query(session: Session, since: datetime, until: datetime) -> TextClause:
+    """The window's rows, only the columns learning and simulating read.
+
+    SQLite walks the last-seen index row by row, each row a random read of
+    the table: for a window holding a large part of the table a plain scan is
+    about twice as fast (measured: 11 s against 23 s for a million rows), so
+    the index is used only when the window holds under a quarter of the rows
+    (counted on the index itself). PostgreSQL's planner makes that choice."""
+    hint = ""
+    if session.get_bind().dialect.name == "sqlite":
+        at = {"since": since}
+        recent = session.execute(text("SELECT count(*) FROM flows WHERE last_seen >= :since")
+                                 .bindparams(bindparam("since", type_=UtcDateTime())), at).scalar()
+        total = session.execute(text("SELECT count(*) FROM flows")).scalar()
+        if (recent or 0) * 4 > (total or 0):
+            hint = " NOT INDEXED"
+    return text(_FLOWS.format(hint=hint)).bindparams(
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime()))
+
+
 def observed_flows(session: Session, since: datetime, until: datetime) -> Iterator[ObservedFlow]:
     """The stored flows seen in the window (last seen at or after ``since``,
-    first seen before ``until``), with their recorded identities."""
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    first = type_coerce(FlowRow.first_seen, String) if sqlite else FlowRow.first_seen
-    last = type_coerce(FlowRow.last_seen, String) if sqlite else FlowRow.last_seen
-    stmt = (select(FlowRow.kind, FlowRow.src, FlowRow.dst, FlowRow.port, FlowRow.src_identity,
-                   FlowRow.dst_identity, FlowRow.verdict, FlowRow.rule_id, FlowRow.count,
-                   first, last)
-            .where(FlowRow.last_seen >= since, FlowRow.first_seen < until)
-            .execution_options(yield_per=50000))
-    endpoint = EndpointCache()
+    first seen before ``until``), with their recorded identities: one shared
+    :class:`~cnnf.model.Endpoint` per distinct identity text (parsed once),
+    one datetime per distinct time value."""
+    stmt = _flows_query(session, since, until)
+    texts: dict[str, Endpoint] = {}
+    keys = EndpointCache()
     times: dict[Any, datetime] = {}
 
+    def endpoint(text_: str, key: str) -> Endpoint:
+        found = texts[text_] = keys(text_, key)
+        return found
+
     def parse(value: Any) -> datetime:
-        t = times.get(value)
-        if t is None:
-            if len(times) > 100000:
-                times.clear()
-            t = (datetime.fromisoformat(value).replace(tzinfo=UTC) if isinstance(value, str)
-                 else value.astimezone(UTC))
-            times[value] = t
+        if len(times) > 100000:
+            times.clear()
+        t = times[value] = (datetime.fromisoformat(value).replace(tzinfo=UTC)
+                            if isinstance(value, str) else value.astimezone(UTC))
         return t
 
-    # Core, not the ORM: a million plain rows. The cyclic collector would scan
-    # the growing heap of small acyclic objects again and again: paused.
-    rows = session.connection().execute(stmt)
+    # Core, not the ORM: a million plain rows, fetched in batches. The cyclic
+    # collector would scan the growing heap of small acyclic objects again and
+    # again: paused. A text stands for itself (it holds everything the key
+    # says): only rows without one are read from their key.
+    result = session.connection().execute(stmt, {"since": since, "until": until})
+    get_text, get_time = texts.get, times.get
+    flow = ObservedFlow
     with gc_paused():
-        for kind, src, dst, port, s_id, d_id, verdict, rule_id, count, f, la in rows:
-            yield ObservedFlow(kind, src, dst, port, endpoint(s_id, src), endpoint(d_id, dst),
-                               verdict, rule_id, 1, count, parse(f), parse(la))
+        while rows := result.fetchmany(20000):
+            for kind, src, dst, port, s_id, d_id, verdict, rule_id, count, f, la in rows:
+                src_ep = (get_text(s_id) or endpoint(s_id, src)) if s_id else keys(s_id, src)
+                dst_ep = (get_text(d_id) or endpoint(d_id, dst)) if d_id else keys(d_id, dst)
+                yield flow(kind, src, dst, port, src_ep, dst_ep, verdict, rule_id, 1, count,
+                           get_time(f) or parse(f), get_time(la) or parse(la))
 
 
 # --- answers from the pure results ---------------------------------------------------------
