@@ -260,3 +260,41 @@ def test_apply_is_one_transaction_a_failure_midway_changes_nothing(
     assert r.status_code == 200, r.text
     assert r.json()["revision"] == 1
     assert admin.get(f"{API}/policy/proposals/{p['id']}").json()["appliedRevision"] == 1
+
+
+def test_staged_rules_change_nothing_in_force_and_are_reported_as_would_changes(
+        console: Console, admin: ApiClient) -> None:
+    report(console, admin, SHOP)
+    p = learn(admin)
+    assert admin.post(f"{API}/policy/proposals/{p['id']}/apply", json={}).status_code == 200
+    current = admin.get(f"{API}/policy").json()
+    api_db = next(r for r in current["containerRules"] if r["dst"] == "shop-data:app=db")
+    partner = next(r for r in current["containerRules"]
+                   if r["dst"] == "dns=api.partner.example")
+    # A staged prevent rule first for api -> db, the partner's rule removed and a
+    # staged default prevent: in force, only the removed rule's flow changes
+    # (allow -> the default allow); staged, api -> db and the partner would be
+    # refused.
+    staged_rule = {**api_db, "id": 99, "name": "stop api -> db", "effect": "prevent",
+                   "staged": True}
+    draft = {**current, "stagedDefaultEffect": "prevent",
+             "containerRules": [staged_rule, *(r for r in current["containerRules"]
+                                               if r["id"] != partner["id"])]}
+    out = admin.post(f"{API}/policy/simulate", json={"policy": draft})
+    assert out.status_code == 200, out.text
+    result = out.json()
+    assert result["transitions"] == {"allow -> unmatched (allow)": 1}
+    assert [(e["dst"], e["port"]) for e in result["edges"]] == [("dns:api.partner.example", 443)]
+    staged = result["staged"]
+    assert staged["transitions"] == {"allow -> prevent": 1,
+                                     "unmatched (allow) -> unmatched (prevent)": 1}
+    assert staged["changedFlows"] == 2 and staged["changedConnections"] == 270
+    assert {(e["dst"], e["before"]["label"], e["after"]["label"]) for e in staged["edges"]} == {
+        ("image:shop/db:1.0", "allow", "prevent"),
+        ("dns:api.partner.example", "unmatched (allow)", "unmatched (prevent)")}
+    assert sorted((r["ruleId"] or 0, r["effect"]) for r in staged["rules"]) == [
+        (0, "prevent"), (99, "prevent")]
+    # Nothing staged: no would-changes.
+    same = admin.post(f"{API}/policy/simulate", json={"policy": current}).json()
+    assert same["staged"] == {"changedFlows": 0, "changedConnections": 0, "transitions": {},
+                              "edges": [], "edgesTotal": 0, "rules": []}

@@ -222,18 +222,38 @@ class RuleImpact(PolicyModel):
     transitions: dict[str, int]
 
 
-class SimulateResult(PolicyModel):
-    since: datetime
-    until: datetime
-    flows: int
-    connections: int
+class StagedChanges(PolicyModel):
+    """What the draft's staged rules and staged default effect would change if
+    promoted: per flow, from the draft's verdict in force (``before``) to its
+    "would" verdict (``after``: everything staged in force)."""
+
     changed_flows: int
     changed_connections: int
     transitions: dict[str, int] = Field(description="flows by change (allow -> prevent, ...)")
     edges: list[ChangedEdge] = Field(description=f"changed edges, busiest first (at most "
                                                  f"{MAX_EDGES})")
     edges_total: int
+    rules: list[RuleImpact] = Field(description=(
+        "by the staged rule (or the staged default effect: ruleId null) that would decide"))
+
+
+class SimulateResult(PolicyModel):
+    since: datetime
+    until: datetime
+    flows: int
+    connections: int
+    changed_flows: int = Field(description=(
+        "flows whose verdict in force changes (staged rules and a staged default effect "
+        "are not in force: they change nothing here, see staged)"))
+    changed_connections: int
+    transitions: dict[str, int] = Field(description="flows by change (allow -> prevent, ...)")
+    edges: list[ChangedEdge] = Field(description=f"changed edges, busiest first (at most "
+                                                 f"{MAX_EDGES})")
+    edges_total: int
     rules: list[RuleImpact]
+    staged: StagedChanges = Field(description=(
+        "would-changes: what the draft's staged rules and staged default effect would "
+        "change beyond the draft's verdicts in force, if promoted"))
 
 
 # --- reading the flows ---------------------------------------------------------------------
@@ -345,16 +365,22 @@ def _edge(e: EdgeChange) -> ChangedEdge:
                        first_seen=e.first_seen, last_seen=e.last_seen)
 
 
+def _changes(impact: Impact) -> dict[str, Any]:
+    return {
+        "changed_flows": impact.changed_flows, "changed_connections": impact.changed_count,
+        "transitions": impact.transitions, "edges": [_edge(e) for e in impact.edges[:MAX_EDGES]],
+        "edges_total": len(impact.edges),
+        "rules": [RuleImpact(kind="host" if r.kind == "host" else "container",
+                             rule_id=r.rule_id, rule_name=r.rule_name, effect=r.effect,
+                             flows=r.flows, connections=r.count, transitions=r.transitions)
+                  for r in impact.rules]}
+
+
 def impact_result(impact: Impact, since: datetime, until: datetime) -> SimulateResult:
-    return SimulateResult(
-        since=since, until=until, flows=impact.flows, connections=impact.count,
-        changed_flows=impact.changed_flows, changed_connections=impact.changed_count,
-        transitions=impact.transitions, edges=[_edge(e) for e in impact.edges[:MAX_EDGES]],
-        edges_total=len(impact.edges),
-        rules=[RuleImpact(kind="host" if r.kind == "host" else "container", rule_id=r.rule_id,
-                          rule_name=r.rule_name, effect=r.effect, flows=r.flows,
-                          connections=r.count, transitions=r.transitions)
-               for r in impact.rules])
+    staged = impact.staged if impact.staged is not None else Impact()
+    return SimulateResult(since=since, until=until, flows=impact.flows,
+                          connections=impact.count, **_changes(impact),
+                          staged=StagedChanges(**_changes(staged)))
 
 
 def _body(p: Proposal, current: Policy, request: ProposalRequest) -> dict[str, Any]:
