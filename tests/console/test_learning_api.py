@@ -4,6 +4,7 @@ recorded), proposals learnt, read, applied as one revision; drafts simulated."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -298,3 +299,24 @@ def test_staged_rules_change_nothing_in_force_and_are_reported_as_would_changes(
     same = admin.post(f"{API}/policy/simulate", json={"policy": current}).json()
     assert same["staged"] == {"changedFlows": 0, "changedConnections": 0, "transitions": {},
                               "edges": [], "edgesTotal": 0, "rules": []}
+
+
+def test_an_identity_too_long_to_record_is_kept_as_a_digest_and_not_learnt(
+        console: Console, admin: ApiClient) -> None:
+    """Cut at 4,000 characters, an identity used to read back as its image key
+    (a broader identity). Now it is stored as its digest, two such identities
+    stay two flows, and learning skips their flows saying why."""
+    many = {f"label-{i:03}": "v" * 20 for i in range(150)}
+    big_a = ep("api", "shop-web", "10.64.1.3", **many)
+    big_b = ep("api", "shop-web", "10.64.1.3", **{**many, "label-000": "w" * 20})
+    report(console, admin, [*SHOP, observed(big_a, DB, 5432, 5), observed(big_b, DB, 5432, 7)])
+    flows = admin.get(f"{API}/flows", params={"limit": 100}).json()["items"]
+    long_ones = [f for f in flows if '"too-long"' in f["srcIdentity"]]
+    assert len(long_ones) == 2
+    digests = {json.loads(f["srcIdentity"])["sha256"] for f in long_ones}
+    assert len(digests) == 2 and all(len(d) == 64 for d in digests)
+    assert all(json.loads(f["srcIdentity"])["length"] > 4000 for f in long_ones)
+    p = learn(admin)
+    assert p["learntFlows"] == 4
+    [(reason, skipped)] = p["skipped"].items()
+    assert skipped == 2 and "longer than 4,000 characters" in reason

@@ -65,13 +65,15 @@ from cnnf.model import (
 from cnnf.model.identity import split_image
 from cnnf.policy.check import ALLOWED_KINDS
 from cnnf.policy.match import ObjectMatch
-from cnnf.policy.observed import ObservedFlow
+from cnnf.policy.observed import MAX_IDENTITY, UNRECORDED, ObservedFlow
 from cnnf.policy.simulate import Evaluator, compiled, flow_verdicts
 
 MAX_EDGES = 20  # edges listed in one rule's evidence (the counts cover them all)
 
 #: Why refused flows are not learnt (a reason in the proposal's skipped counts).
 REFUSED = "refused when recorded: a refused connection is not learnt as allowed"
+TOO_LONG_IDENTITY = (f"an identity was longer than {MAX_IDENTITY:,} characters when recorded "
+                     "(kept as a digest): not learnt")
 #: Addresses (no DNS name, no declared subnet) learnt from one source, one rule each.
 MAX_ADDRESSES = 100
 TOO_MANY_ADDRESSES = (f"the source reached more than {MAX_ADDRESSES} addresses without a DNS "
@@ -472,9 +474,12 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
         found = pair_of.get(pk)
         if found is None:
             kind = RuleKind.HOST if flow.kind == "host" else RuleKind.CONTAINER
+            target: _Pair | str
+            if UNRECORDED in (flow.src_ep, flow.dst_ep):
+                found = pair_of[pk] = (flow.src_ep, flow.dst_ep, TOO_LONG_IDENTITY)
+                return TOO_LONG_IDENTITY
             src = group(flow.src_ep, "src", kind)
             dst = group(flow.dst_ep, "dst", kind)
-            target: _Pair | str
             if isinstance(src, str) or isinstance(dst, str):
                 target = src if isinstance(src, str) else str(dst)
             else:

@@ -15,6 +15,7 @@ were recorded.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,8 +72,32 @@ def identity_text(ep: EndpointInfo, *, address: bool = True) -> str:
                         option=orjson.OPT_SORT_KEYS).decode()
 
 
+#: The longest identity text kept with a flow; a longer one is replaced by
+#: :func:`too_long_text` (a digest), never cut (a cut text would read back as
+#: another, broader identity).
+MAX_IDENTITY = 4000
+TOO_LONG = "too-long"
+#: What a too-long identity reads back as: an endpoint no object selects (no
+#: container, host, name or valid address). Learning skips its flows, naming why.
+UNRECORDED = Endpoint(address="identity-too-long-to-record")
+
+
+def recorded_text(ep: EndpointInfo, *, address: bool = True) -> str:
+    """:func:`identity_text`, or when that is longer than :data:`MAX_IDENTITY`,
+    a short text naming its kind, length and SHA-256 digest: two different
+    too-long identities stay two flows, and neither becomes another identity."""
+    text = identity_text(ep, address=address)
+    if len(text) <= MAX_IDENTITY:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return orjson.dumps({"kind": TOO_LONG, "length": len(text), "sha256": digest},
+                        option=orjson.OPT_SORT_KEYS).decode()
+
+
 def _from_fields(data: Mapping[str, Any]) -> Endpoint:
     kind = data.get("kind")
+    if kind == TOO_LONG:
+        return UNRECORDED
     labels = make_labels(data.get("labels") or {})
     address = data.get("address") or None
     if kind == "container":

@@ -54,7 +54,7 @@ from cnnf.model.records import (
     ReportBatch,
 )
 from cnnf.model.rule import JSON_INTEGER, Effect, PolicyModel
-from cnnf.policy.observed import identity_text
+from cnnf.policy.observed import recorded_text
 
 ENROLLMENT_PREFIX = "cnnfe_"
 CREDENTIAL_PREFIX = "cnnfd_"
@@ -190,8 +190,8 @@ def flow_record(flow: FlowRecord) -> StoredFlowRecord:
         would_rule_name=_cut(flow.would_rule_name, 200),
         count=min(max(flow.count, 1), 2**31 - 1),
         first_seen=_time(flow.first_seen), last_seen=_time(flow.last_seen),
-        src_identity=identity_text(flow.src, address=False)[:4000],
-        dst_identity=identity_text(flow.dst)[:4000],
+        src_identity=recorded_text(flow.src, address=False),
+        dst_identity=recorded_text(flow.dst),
     )
 
 
