@@ -5,6 +5,7 @@ rule's impact before it is saved."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,3 +102,37 @@ def test_learn_review_preview_and_apply(page: Any, console: RadarConsole) -> Non
     assert "1 flow (240 connections) of the last 24 h would change" in impact
     assert "allow -> prevent: 1 flow" in impact
     assert _policy(console)["revision"] == 1  # previewing changed nothing
+
+
+def test_import_previews_its_impact_before_it_is_applied(page: Any,
+                                                         console: RadarConsole) -> None:
+    """The import page: after a dry run, "Preview impact" simulates the document
+    against the stored flows; a staged rule in it is reported apart, as what it
+    would change if promoted; nothing is changed until the import is applied."""
+    with console.client() as api:
+        document = api.get("/api/v1/policy/export").json()
+    spec = document["spec"]
+    spec["defaultEffect"] = "prevent"
+    spec["objects"] = [
+        {"kind": "container", "name": name, "selector": {"labels": [f"app={name}"]}}
+        for name in ("frontend", "api", "db")]
+    spec["containerRules"] = [
+        {"id": 1, "name": "frontend-api", "src": "frontend", "dst": "api", "ports": [8080]},
+        {"id": 2, "name": "api-db", "src": "api", "dst": "db", "ports": [5432],
+         "staged": True}]
+    sign_in(page, console, "#/transfer")
+    page.wait_for_selector("textarea[name=document]")
+    page.fill("textarea[name=document]", json.dumps(document))
+    page.click("#import-preview-button")
+    page.wait_for_selector("#import-impact-button")
+    page.click("#import-impact-button")
+    page.wait_for_selector("#import-impact .impact-summary")
+    impact = page.inner_text("#import-impact")
+    assert ("2 flows (360 connections) of the last 24 h would change, of 2 flows evaluated."
+            in impact)
+    assert "unmatched (allow) -> allow: 1 flow" in impact  # frontend -> api, by its rule
+    assert "unmatched (allow) -> unmatched (prevent): 1 flow" in impact  # api -> db
+    assert ("Staged (reported, not enforced): 1 flow (240 connections) would change if "
+            "promoted." in impact)
+    assert "unmatched (prevent) -> allow: 1 flow" in impact
+    assert _policy(console)["revision"] == 0  # previewing changed nothing

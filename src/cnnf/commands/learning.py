@@ -204,6 +204,13 @@ def print_impact(out: dict[str, Any]) -> None:
                 else f"default effect ({r['kind']})")
         typer.echo(f"  {name} -> {r['effect']}: {r['flows']:,} "
                    f"flow{'s' if r['flows'] != 1 else ''}, {r['connections']:,} connections")
+    staged = out.get("staged") or {}
+    if staged.get("changedFlows"):
+        # Not in force: what the draft's staged rules and staged default would change.
+        typer.echo(f"staged (reported, not enforced): {staged['changedFlows']:,} would change "
+                   f"if promoted ({staged['changedConnections']:,} connections)")
+        for move, n in sorted(staged["transitions"].items(), key=lambda kv: -kv[1]):
+            typer.echo(f"  {move}: {n:,} flow{'s' if n != 1 else ''}")
 
 
 def simulate(

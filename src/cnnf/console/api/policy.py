@@ -50,6 +50,9 @@ class ImportResult(PolicyModel):
     diff: dict[str, Any]
     errors: list[FieldProblem] = Field(description="always empty (kept for older clients)")
     unmapped: list[str]
+    policy: Policy = Field(description=(
+        "the policy as read from the document (what the import stores); to preview its "
+        "impact before applying, simulate it: POST /api/v1/policy/simulate {\"policy\": ...}"))
 
 
 class Change(PolicyModel):
@@ -177,10 +180,12 @@ def _import(raw: bytes, *, service: PolicyService, fmt: Format, dry_run: bool) -
         raise PolicyValidationError(errors, "import")
     if dry_run:
         return ImportResult(format=fmt, valid=True, applied=False, dry_run=True,
-                            revision=revision, diff=diff, errors=[], unmapped=unmapped)
+                            revision=revision, diff=diff, errors=[], unmapped=unmapped,
+                            policy=policy)
     stored = service.replace(policy, action=f"policy.import.{fmt}")
     return ImportResult(format=fmt, valid=True, applied=True, dry_run=False,
-                        revision=stored.revision, diff=diff, errors=[], unmapped=unmapped)
+                        revision=stored.revision, diff=diff, errors=[], unmapped=unmapped,
+                        policy=stored)
 
 
 @router.get("/changes", response_model=ChangePage)

@@ -35,7 +35,13 @@ function impactReport(r, hours) {
     r.changedFlows === 0
       ? `No verdict would change: ${plural(r.flows, "flow")} (${plural(r.connections, "connection")}) of the last ${hours} h evaluated.`
       : `${plural(r.changedFlows, "flow")} (${plural(r.changedConnections, "connection")}) of the last ${hours} h would change, of ${plural(r.flows, "flow")} evaluated.`);
-  if (r.changedFlows === 0) return [head];
+  // Staged rules and a staged default change nothing in force: their impact apart.
+  const staged = r.staged && r.staged.changedFlows > 0
+    ? h("div", { class: "impact-staged" },
+      h("p", {}, `Staged (reported, not enforced): ${plural(r.staged.changedFlows, "flow")} (${plural(r.staged.changedConnections, "connection")}) would change if promoted.`),
+      h("ul", {}, Object.entries(r.staged.transitions).map(([move, n]) => h("li", {}, `${move}: ${plural(n, "flow")}`))))
+    : null;
+  if (r.changedFlows === 0) return [head, staged];
   const moves = h("ul", { class: "impact-moves" },
     Object.entries(r.transitions).map(([move, n]) => h("li", {}, `${move}: ${plural(n, "flow")}`)));
   const edges = h("table", { class: "grid impact-edges" },
@@ -47,7 +53,7 @@ function impactReport(r, hours) {
       h("td", {}, e.after.ruleName || "default effect"),
       h("td", {}, e.connections.toLocaleString("en")), h("td", {}, fmtTime(e.lastSeen))))));
   const more = r.edgesTotal > 50 ? h("p", { class: "muted" }, `… and ${plural(r.edgesTotal - 50, "more edge")}.`) : null;
-  return [head, moves, edges, more];
+  return [head, moves, edges, more, staged];
 }
 
 export async function renderLearn(main, args) {

@@ -430,6 +430,12 @@ export async function renderTransfer(main) {
       // (never append null: the DOM would print it)
       ...(r.unmapped && r.unmapped.length ? [h("div", {}, h("p", { class: "muted" }, "Not carried over as is:"),
         h("ul", { class: "small", id: "import-unmapped" }, r.unmapped.map((u) => h("li", {}, u))))] : []));
+    if (!r.applied && r.policy) {
+      // Before applying: the imported policy against the flows of the last 24 h.
+      const impact = h("div", { id: "import-impact" });
+      preview.append(h("div", { class: "buttons" }, h("button", { type: "button", class: "secondary", id: "import-impact-button",
+        onclick: () => clear(impact).append(impactPreview({ policy: r.policy })) }, "Preview impact")), impact);
+    }
   }
 }
 
