@@ -9,7 +9,7 @@ import pytest
 
 from cnnf.model import ConnectionAttempt, Effect, Policy, RuleKind
 from cnnf.policy.engine import compile_policy
-from cnnf.policy.learn import REFUSED, LearnOptions, Scope, learn
+from cnnf.policy.learn import MAX_ADDRESSES, REFUSED, TOO_MANY_ADDRESSES, LearnOptions, Scope, learn
 from cnnf.policy.simulate import simulate
 from tests.policy.shopflows import (
     API,
@@ -184,3 +184,32 @@ SCOPES = [
 @pytest.mark.parametrize(("scope", "flows"), SCOPES)
 def test_scope(scope: Scope, flows: int) -> None:
     assert sum(1 for f in SHOP if scope.admits(f)) == flows
+
+
+def test_a_source_reaching_many_bare_addresses_gets_at_most_max_addresses_rules() -> None:
+    """A crawler or a scan: one rule per address for the first MAX_ADDRESSES (by
+    address), the flows to the rest skipped and counted, saying why."""
+    addresses = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(MAX_ADDRESSES + 50)]
+    flows = [flow(WORKER, external(a), 443) for a in reversed(addresses)]
+    proposal = learn(Policy(), [*flows, flow(API, DB, 5432)])
+    dsts = [r.rule.dst for r in proposal.rules if r.rule.src == "shop-data:image=shop.worker"]
+    assert len(dsts) == MAX_ADDRESSES
+    assert set(dsts) == {f"addr={a}" for a in addresses[:MAX_ADDRESSES]}
+    assert proposal.skipped == {TOO_MANY_ADDRESSES: 50}
+    assert proposal.learnt_flows == MAX_ADDRESSES + 1 and proposal.unallowed == 0
+    # A declared subnet holding them all: one rule, nothing skipped.
+    declared = Policy.model_validate({"objects": [
+        {"kind": "subnet", "name": "crawl-net", "cidrs": ["198.51.0.0/16"]}]})
+    proposal = learn(declared, flows)
+    assert rules_of(proposal) == [("container", "shop-data:image=shop.worker", "crawl-net", ["443"])]
+    assert proposal.skipped == {}
+
+
+def test_a_staged_allow_rule_is_not_widened() -> None:
+    """A staged rule is not in force: widening it would leave the flow refused
+    by the default; a rule in force is proposed instead."""
+    current = existing([{"src": "api", "dst": "db", "ports": [5432], "staged": True}])
+    proposal = learn(current, [flow(API, DB, 6432)])
+    assert [r.replaces for r in proposal.rules] == [None]
+    assert rules_of(proposal) == [("container", "api", "db", ["6432"])]
+    assert proposal.unallowed == 0
