@@ -304,8 +304,11 @@ def _flows_query(session: Session, since: datetime, until: datetime) -> TextClau
         total = session.execute(text("SELECT count(*) FROM flows")).scalar()
         if (recent or 0) * 4 > (total or 0):
             hint = " NOT INDEXED"
+    # yield_per: streamed in batches (a server-side cursor on PostgreSQL), not a
+    # million rows held at once.
     return text(_FLOWS.format(hint=hint)).bindparams(
-        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime()))
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
+    ).execution_options(yield_per=20000)
 
 
 def observed_flows(session: Session, since: datetime, until: datetime) -> Iterator[ObservedFlow]:
