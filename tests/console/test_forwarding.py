@@ -81,8 +81,14 @@ def test_rfc5424_message_fields_and_escaping() -> None:
     assert 'rule="db \\"only\\"\\]"' in sd
     assert 'blocked="true"' in sd and 'port="5432"' in sd and 'srcImage="shop/api"' in sd
     assert msg == "blocked connection"
+    assert 'would="false"' in sd
     alert = RFC5424.match(syslog_message(record(blocked=False)).decode())
     assert alert and int(alert.group(1)) == 16 * 8 + 5  # notice
+    # A "would" audit (a staged prevent rule: nothing enforced) is told apart from a
+    # real alert by its own parameter, not only by its free-text message.
+    would = record(blocked=False).model_copy(update={"effect": Effect.PREVENT, "would": True})
+    m = RFC5424.match(syslog_message(would).decode())
+    assert m and 'would="true"' in m.group(4) and 'blocked="false"' in m.group(4)
 
 
 @pytest.mark.parametrize("url, message", [

@@ -39,21 +39,24 @@ def test_verdicts_audits_ingestion_and_defenders(console: Console, admin: ApiCli
         td.flow(count=3),
         td.flow(port=80, count=2, effect=Effect.ALLOW, matched=False, rule_id=None,
                 rule_name=None, rule_kind=None),
-    ], audits=[td.audit(count=3), td.audit(port=5433, blocked=False, effect=Effect.ALERT)])
+    ], audits=[td.audit(count=3), td.audit(port=5433, blocked=False, effect=Effect.ALERT),
+               td.audit(port=5434, count=2, blocked=False, would=True)])
     td.post_batch(d1, batch)
     td.post_batch(d1, batch)  # a duplicate counts as such, nothing more
     text = console.as_role(Role.AUDITOR).get("/metrics").text
     assert value(text, "cnnf_console_verdicts_total", verdict="prevent") == 3
     assert value(text, "cnnf_console_verdicts_total", verdict="observed") == 2
     assert value(text, "cnnf_console_verdicts_total", verdict="allow") == 0
-    assert value(text, "cnnf_console_audits_total", blocked="true") == 3
-    assert value(text, "cnnf_console_audits_total", blocked="false") == 1
+    assert value(text, "cnnf_console_audits_total", blocked="true", would="false") == 3
+    # a real alert and a "would" audit (a staged prevent: nothing enforced) apart
+    assert value(text, "cnnf_console_audits_total", blocked="false", would="false") == 1
+    assert value(text, "cnnf_console_audits_total", blocked="false", would="true") == 2
     assert value(text, "cnnf_console_ingested_records_total", kind="flow") == 2
-    assert value(text, "cnnf_console_ingested_records_total", kind="audit") == 2
+    assert value(text, "cnnf_console_ingested_records_total", kind="audit") == 3
     assert value(text, "cnnf_console_report_batches_total", result="stored") == 1
     assert value(text, "cnnf_console_report_batches_total", result="duplicate") == 1
     assert value(text, "cnnf_console_defender_spool_dropped_total") == 4
-    assert value(text, "cnnf_console_ingestion_records_per_second") == 4 / 60
+    assert value(text, "cnnf_console_ingestion_records_per_second") == 5 / 60
     assert value(text, "cnnf_console_defenders", status="connected") == 2
     assert value(text, "cnnf_console_policy_revision") == 0
 

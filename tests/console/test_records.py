@@ -121,7 +121,7 @@ def test_audit_csv_columns(audits: Console, admin: ApiClient) -> None:
         "DstImageName", "DstContainerName", "Port", "DstSubnet", "DstDomain", "SrcHostname",
         "DstHostname", "Msg", "Count",
         # Ours, after the original product's columns (which keep their places).
-        "SrcNamespace", "DstNamespace", "SrcPod", "DstPod",
+        "SrcNamespace", "DstNamespace", "SrcPod", "DstPod", "Would",
     ]
     assert tuple(rows[0]) == CSV_COLUMNS
     assert len(rows) == 1 + 4
@@ -130,6 +130,7 @@ def test_audit_csv_columns(audits: Console, admin: ApiClient) -> None:
     assert partner["DstSubnet"] == "0.0.0.0/0" and partner["DstDomain"] == "api.partner.example"
     assert partner["Msg"] == 'quote " and, comma' and partner["Count"] == "7"
     assert partner["Block"] == "true" and partner["RuleName"] == "api-to-db"
+    assert {row["Would"] for row in by_port.values()} == {"false"}
     assert by_port["22"]["Type"] == "host"
 
 

@@ -4,6 +4,8 @@ that say what would have happened), Radar's ports, and the policy document."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
 
@@ -144,6 +146,8 @@ def test_would_verdicts_reach_flows_audits_and_radar(console: Console, admin: Ap
     assert audits["items"][0]["blocked"] is False
     assert admin.get(f"{API}/audits?would=false").json()["total"] == 0
     assert admin.get(f"{API}/audits?blocked=true").json()["total"] == 0  # nothing was blocked
+    rows = list(csv.DictReader(io.StringIO(admin.get(f"{API}/audits/csv").text)))
+    assert [(r["Block"], r["Would"]) for r in rows] == [("false", "true")]
 
     graph = admin.get(f"{API}/radar").json()
     [edge] = [e for e in graph["edges"] if e["source"] == "image:shop/api"
@@ -199,3 +203,56 @@ def test_flows_with_and_without_a_would_verdict_aggregate_apart(console: Console
                           ).status_code == 200
     rows = sorted((f["would"], f["count"]) for f in _flows(admin))
     assert rows == [("", 4), ("prevent", 4)]
+
+
+def test_an_update_that_leaves_staged_out_keeps_the_rule_staged(admin: ApiClient) -> None:
+    """A client written before staging existed sends a rule without ``staged``:
+    the rule stays staged (never put in force by accident); ``staged: false``
+    sent on purpose does put it in force."""
+    _seed(admin)
+    body = {"name": "api-not-db", "src": "api", "dst": "db", "ports": [5432],
+            "effect": "prevent"}
+    assert admin.post(f"{API}/rules/container", json={**body, "staged": True}).status_code == 201
+    r = admin.put(f"{API}/rules/container/1", json={**body, "notes": "edited"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["staged"], r.json()["notes"]) == (True, "edited")
+    assert admin.get(f"{API}/policy").json()["containerRules"][0]["staged"] is True
+    r = admin.put(f"{API}/rules/container/1", json={**body, "staged": False})
+    assert r.status_code == 200 and r.json()["staged"] is False
+    assert admin.get(f"{API}/policy").json()["containerRules"][0]["staged"] is False
+
+
+def test_settings_put_without_the_staged_default_keeps_it(admin: ApiClient) -> None:
+    switches = {"containerEnabled": True, "hostEnabled": False, "defaultEffect": "allow",
+                "blockMode": "reset"}
+    r = admin.put(f"{API}/settings", json={**switches, "stagedDefaultEffect": "prevent"})
+    assert r.status_code == 200, r.text
+    r = admin.put(f"{API}/settings", json={**switches, "blockMode": "drop"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["blockMode"], r.json()["stagedDefaultEffect"]) == ("drop", "prevent")
+    assert admin.get(f"{API}/policy").json()["stagedDefaultEffect"] == "prevent"
+    r = admin.put(f"{API}/settings", json={**switches, "stagedDefaultEffect": None})
+    assert r.status_code == 200 and r.json().get("stagedDefaultEffect") is None
+    assert admin.get(f"{API}/policy").json().get("stagedDefaultEffect") is None
+
+
+def test_the_prisma_compatible_get_and_put_round_trip_keeps_staging(admin: ApiClient) -> None:
+    """Scripts written for the original read the policy, change it and put it
+    back: a staged rule and the staged default survive that round trip."""
+    _seed(admin)
+    assert admin.post(f"{API}/rules/container", json={
+        "name": "api-not-db", "src": "api", "dst": "db", "ports": [5432], "effect": "prevent",
+        "staged": True}).status_code == 201
+    settings = admin.get(f"{API}/settings").json()
+    assert admin.put(f"{API}/settings", json={
+        **settings, "stagedDefaultEffect": "prevent"}).status_code == 200
+    doc = admin.get(f"{API}/policies/firewall/network").json()
+    rule = doc["containerRules"][0]
+    assert (rule["disabled"], rule["staged"]) == (True, True)  # the original never enforces it
+    assert doc["stagedDefaultEffect"] == "prevent"
+    r = admin.put(f"{API}/policies/firewall/network", json=doc)
+    assert r.status_code == 200, r.text
+    policy = admin.get(f"{API}/policy").json()
+    stored = policy["containerRules"][0]
+    assert (stored["staged"], stored["disabled"], stored["effect"]) == (True, False, "prevent")
+    assert policy["stagedDefaultEffect"] == "prevent"

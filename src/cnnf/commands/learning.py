@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, NoReturn
 import httpx
 import typer
 
+from cnnf.commands.consoleapi import console_client
 from cnnf.model import Effect, Policy
 from cnnf.policy.document import dump_policy
 
@@ -58,13 +59,7 @@ def window(since: str, until: str | None, now: datetime) -> tuple[datetime, date
 
 
 def _client(console: str, token: str | None, ca: Path | None) -> httpx.Client:
-    if not token:
-        _fail("no token: pass --token or set CNNF_TOKEN (cnnf needs an API or session "
-              "token to talk to the Console)", 2)
-    if ca is not None and not ca.is_file():
-        _fail(f"--ca: {ca} is not a readable file", 2)
-    return httpx.Client(base_url=console.rstrip("/"), verify=str(ca) if ca else True,
-                        headers={"Authorization": f"Bearer {token}"}, timeout=300)
+    return console_client(console, token, ca, timeout=300, fail=_fail)
 
 
 def _post(console: str, token: str | None, ca: Path | None, path: str,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 
+from cnnf.commands.consoleapi import console_client
 from cnnf.model import RuleKind
 
 app = typer.Typer(
@@ -24,18 +25,18 @@ KindArg = Annotated[RuleKind, typer.Argument(help="container or host")]
 RuleIdArg = Annotated[int, typer.Argument(min=1, help="the staged rule's id")]
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"cnnf rules: {message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _call(method: str, console: str, path: str, token: str, ca: str | None) -> Any:
     url = console.rstrip("/") + "/api/v1" + path
-    try:
-        with httpx.Client(verify=ca if ca else True, timeout=30.0) as client:
-            answer = client.request(method, url, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        _fail(f"{method} {url}: {exc}")
+    with console_client(console, token, ca, timeout=30.0, fail=_fail) as client:
+        try:
+            answer = client.request(method, "/api/v1" + path)
+        except httpx.HTTPError as exc:
+            _fail(f"{method} {url}: {exc}")
     if answer.status_code >= 400:
         try:
             detail = answer.json().get("detail", answer.text)
@@ -45,12 +46,32 @@ def _call(method: str, console: str, path: str, token: str, ca: str | None) -> A
     return answer.json()
 
 
+def _switch(settings: dict[str, Any], kind: RuleKind) -> bool:
+    return bool(settings["containerEnabled" if kind is RuleKind.CONTAINER else "hostEnabled"])
+
+
+def _not_enforced(settings: dict[str, Any], kind: RuleKind) -> str:
+    """What keeps rules of ``kind`` from being enforced, or ""."""
+    if _switch(settings, kind):
+        return ""
+    return f" (not enforced: enforcement of {kind.value} rules is off)"
+
+
+def _settings_line(s: dict[str, Any]) -> str:
+    staged = s.get("stagedDefaultEffect")
+    default = f"default {s['defaultEffect']}" + (f" (staged: {staged})" if staged else "")
+    on = {k: "on" if s[f"{k}Enabled"] else "off" for k in ("container", "host")}
+    return f"{default}; enforcement: container {on['container']}, host {on['host']}"
+
+
 @app.command("list")
 def list_rules(
     kind: KindArg,
     console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
 ) -> None:
-    """The rules of one list in evaluation order; staged ones say so."""
+    """The rules of one list in evaluation order; staged ones say so. The first
+    line says the default effect (and any staged one) and which kinds are enforced."""
+    typer.echo(_settings_line(_call("GET", console, "/settings", token, ca)))
     for r in _call("GET", console, f"/rules/{kind.value}", token, ca):
         flags = [f for f, on in (("staged", r.get("staged")), ("disabled", r.get("disabled")))
                  if on]
@@ -68,8 +89,13 @@ def promote(
 ) -> None:
     """Put a staged rule in force (one change, one revision)."""
     r = _call("POST", console, f"/rules/{kind.value}/{rule_id}/promote", token, ca)
+    settings = _call("GET", console, "/settings", token, ca)
+    if r.get("disabled"):
+        state = "is no longer staged, but it is disabled: not enforced until enabled"
+    else:
+        state = "is in force" + _not_enforced(settings, kind)
     typer.echo(f"promoted {kind.value} rule {r['id']} '{r['name']}': {r['effect']} "
-               f"{r['src']} -> {r['dst']} is in force")
+               f"{r['src']} -> {r['dst']} {state}")
 
 
 @app.command("promote-default")
@@ -78,4 +104,7 @@ def promote_default(
 ) -> None:
     """Make the staged default effect the default effect (one change, one revision)."""
     s = _call("POST", console, "/settings/promote", token, ca)
-    typer.echo(f"default effect is now {s['defaultEffect']} (nothing staged)")
+    off = [k for k in RuleKind if not _switch(s, k)]
+    note = "" if not off else (" (not enforced for " + " and ".join(
+        f"{k.value} rules" for k in off) + ": enforcement is off)")
+    typer.echo(f"default effect is now {s['defaultEffect']} (nothing staged){note}")

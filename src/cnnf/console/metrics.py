@@ -7,7 +7,8 @@ and traffic rates, so they are not public.
 
 - ``cnnf_console_verdicts_total{verdict}``: connections reported by Defenders,
   by verdict (allow, alert, prevent, observed);
-- ``cnnf_console_audits_total{blocked}``: audit events (folded repeats counted);
+- ``cnnf_console_audits_total{blocked,would}``: audit events (folded repeats
+  counted); ``would="true"``: "would" audits (nothing enforced);
 - ``cnnf_console_ingested_records_total{kind}``: flow and audit records stored
   (its ``rate()`` is the ingestion rate), and
   ``cnnf_console_ingestion_records_per_second``: the same over the last minute;
@@ -142,7 +143,9 @@ class ConsoleMetrics:
         self.verdicts = Counter("cnnf_console_verdicts", "Connections reported by Defenders, "
                                 "by verdict", ["verdict"], registry=self.registry)
         self.audits = Counter("cnnf_console_audits", "Audit events reported by Defenders "
-                              "(folded repeats counted)", ["blocked"], registry=self.registry)
+                              "(folded repeats counted); would: what a staged rule or "
+                              "enforcement off would have done, nothing enforced",
+                              ["blocked", "would"], registry=self.registry)
         self.ingested = Counter("cnnf_console_ingested_records", "Flow and audit records "
                                 "stored", ["kind"], registry=self.registry)
         self.batches = Counter("cnnf_console_report_batches", "Report batches received",
@@ -158,8 +161,8 @@ class ConsoleMetrics:
                                registry=self.registry)
         for verdict in ("allow", "alert", "prevent", "observed"):
             self.verdicts.labels(verdict)
-        for blocked in ("true", "false"):
-            self.audits.labels(blocked)
+        for blocked, would in (("true", "false"), ("false", "false"), ("false", "true")):
+            self.audits.labels(blocked, would)
         for kind in ("flow", "audit"):
             self.ingested.labels(kind)
         for result in ("stored", "duplicate"):
@@ -181,7 +184,8 @@ class ConsoleMetrics:
         for f in flows:
             self.verdicts.labels(f.verdict).inc(f.count)
         for a in audits:
-            self.audits.labels("true" if a.blocked else "false").inc(a.count)
+            self.audits.labels("true" if a.blocked else "false",
+                               "true" if a.would else "false").inc(a.count)
         self.ingested.labels("flow").inc(len(flows))
         self.ingested.labels("audit").inc(len(audits))
         if dropped > 0:

@@ -78,6 +78,9 @@ class NetworkRule(_Original):
     ports: list[Port]
     effect: Literal["allow", "alert", "prevent"]
     disabled: bool = False
+    staged: bool | None = Field(None, description=(
+        "CNNF only: true for a staged rule (written disabled, so that the original "
+        "never enforces it); read back staged by a PUT of this document"))
     notes: str | None = None
     owner: str | None = None
     modified: str | None = None
@@ -121,6 +124,8 @@ class NetworkPolicy(_Original):
     hostEnabled: bool
     hostRules: list[NetworkRule]
     networkEntities: list[NetworkEntity]
+    stagedDefaultEffect: Literal["allow", "alert", "prevent"] | None = Field(None, description=(
+        "CNNF only: the staged default effect, when one is staged; read back by a PUT"))
 
 
 class PolicyReplaced(_Original):

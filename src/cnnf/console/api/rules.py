@@ -93,7 +93,8 @@ def move_rule(*, kind: Kind, rule_id: RuleId, body: Move, db: SessionDep, consol
 def promote_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDep,
                  who: Writer) -> PlacedRule:
     """Put a staged rule in force (its ``staged`` flag cleared): one change, one
-    revision; Defenders enforce it from that revision on."""
+    revision; Defenders enforce it from that revision on, unless the rule is also
+    disabled or enforcement of its kind is off (the settings' switches)."""
     service = policy_service(db, console, who)
     service.promote_rule(kind, rule_id)
     return _placed(*service.get_rule(kind, rule_id))

@@ -83,6 +83,9 @@ def syslog_message(audit: AuditRecord, app_name: str = "cnnf") -> bytes:
     params |= {
         "type": audit.type, "effect": audit.effect.value,
         "blocked": "true" if audit.blocked else "false",
+        # A "would" audit (staged, or enforcement off) enforced nothing: said apart
+        # from a real alert, which has the same effect and blocked values.
+        "would": "true" if audit.would else "false",
         "rule": audit.rule_name, "ruleId": audit.rule_id if audit.rule_id is not None else "",
         "srcImage": audit.src_image, "srcContainer": audit.src_container,
         "srcHost": audit.src_hostname, "srcAddress": audit.src_address,

@@ -38,6 +38,11 @@ class RuleDraft(Rule):
     """A rule as a client sends it: the id may be left out (the next free one is used)."""
 
     id: Annotated[int | None, Field(ge=1, le=MAX_RULE_ID), JSON_INTEGER] = None  # type: ignore[assignment]
+    staged: Annotated[StrictBool, Field(description=(
+        "evaluated as if in force, its verdicts reported as \"would\" verdicts, never "
+        "enforced; promote it with POST /rules/{kind}/{id}/promote. Left out of an "
+        "update, the rule keeps its current value (a client that does not know the "
+        "field never puts a staged rule in force); left out of a new rule: false"))] = False
 
 
 class Settings(PolicyModel):
@@ -51,8 +56,9 @@ class Settings(PolicyModel):
     staged_default_effect: Annotated[Effect | None, Field(description=(
         "the default effect being tried out: for connections no rule matches, "
         "Defenders report what it would do (\"would\" verdicts on flows and audits) "
-        "without enforcing it; null or absent: nothing staged. Promote it with "
-        "POST /settings/promote"))] = None
+        "without enforcing it; null: nothing staged. Promote it with "
+        "POST /settings/promote. Left out of PUT /settings, the staged default "
+        "stays as it is (a client that does not know the field never drops it)"))] = None
 
 
 # --- one serializer per resource: rows <-> policy model ------------------------------
@@ -421,6 +427,8 @@ class PolicyService:
                 raise InvalidInput([FieldError("id", f"{draft.id} differs from the rule's "
                                                       f"id {rule_id} in the path")])
             current = rules[index]
+            if "staged" not in draft.model_fields_set:
+                draft = draft.model_copy(update={"staged": current.staged})
             rule = self._draft_to_rule(draft, rule_id)
             rules[index] = rule
             self._apply(
@@ -458,8 +466,10 @@ class PolicyService:
             index = _index(rules, kind, rule_id)
             current = rules[index]
             if not current.staged:
+                state = ("it is disabled (enable it to enforce it)" if current.disabled
+                         else "it is in force already")
                 raise Conflict(f"{kind} rule {rule_id} ({current.name}) is not staged: "
-                               "it is in force already")
+                               f"{state}")
             rule = current.model_copy(update={"staged": False, "modified": self.now()})
             rules[index] = rule
             self._apply(_with_rules(old, kind, rules), "rule.promote",
@@ -486,6 +496,9 @@ class PolicyService:
     def put_settings(self, settings: Settings) -> Settings:
         with self._transaction():
             old = self.policy()
+            if "staged_default_effect" not in settings.model_fields_set:
+                settings = settings.model_copy(
+                    update={"staged_default_effect": old.staged_default_effect})
             new = old.model_copy(update=settings.model_dump(by_alias=False))
             self._apply(new, "settings.update", "settings", _json(settings_of(old)),
                         _json(settings))

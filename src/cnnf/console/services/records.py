@@ -28,7 +28,7 @@ from cnnf.model.rule import PolicyModel
 CSV_COLUMNS = (
     "Time", "Type", "RuleName", "Block", "SrcImageName", "SrcContainerName", "DstImageName",
     "DstContainerName", "Port", "DstSubnet", "DstDomain", "SrcHostname", "DstHostname", "Msg",
-    "Count", "SrcNamespace", "DstNamespace", "SrcPod", "DstPod",
+    "Count", "SrcNamespace", "DstNamespace", "SrcPod", "DstPod", "Would",
 )
 Port = Annotated[int, Field(ge=1, le=65535)]
 Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]  # what the store's INTEGER columns hold
@@ -97,7 +97,9 @@ class FlowRecord(PolicyModel):
     port: Port
     verdict: Annotated[str, Field(pattern="^(allow|alert|prevent|observed)$", description=(
         "what happened: allowed, alerted or prevented by rule ruleId, or observed "
-        "(no rule matched and the default effect allowed it)"))]
+        "(no rule matched and the default effect allowed it; or, with enforcement "
+        "off, seen and not allowed by a rule: then ``would`` says what the policy "
+        "would have done)"))]
     rule_id: Int32 = 0
     rule_name: Text = ""
     mode: Annotated[Literal["enforced", "observed"], Field(description=(
@@ -293,6 +295,7 @@ def audit_csv_lines(rows: Iterable[AuditRow]) -> Iterator[str]:
             r.src_image, r.src_container, r.dst_image, r.dst_container, port,
             r.dst_subnet, r.dst_domain, r.src_hostname, r.dst_hostname, r.msg, r.count,
             r.src_namespace, r.dst_namespace, r.src_pod, r.dst_pod,
+            "true" if r.would else "false",
         ))
 
 

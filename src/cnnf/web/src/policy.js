@@ -477,7 +477,7 @@ export async function renderAudits(main) {
     h("label", {}, "Until ", h("input", { type: "datetime-local", step: 1, name: "until" })),
     glob("src_image", "Source image"), glob("dst_image", "Destination image"),
     glob("namespace", "Namespace"), glob("pod", "Pod"), glob("host", "Host"), glob("rule", "Rule"),
-    h("label", {}, "Blocked ", h("select", { name: "blocked" }, h("option", { value: "" }, "any"), h("option", { value: "true" }, "blocked"), h("option", { value: "false" }, "alerted"))),
+    h("label", {}, "Blocked ", h("select", { name: "blocked" }, h("option", { value: "" }, "any"), h("option", { value: "true" }, "blocked"), h("option", { value: "false" }, "not blocked"))),
     h("label", {}, "Would ", h("select", { name: "would" }, h("option", { value: "" }, "any"), h("option", { value: "true" }, "would (not enforced)"), h("option", { value: "false" }, "enforced"))),
     h("label", {}, "Type ", h("select", { name: "type" }, h("option", { value: "" }, "any"), h("option", { value: "container" }, "container"), h("option", { value: "host" }, "host"), h("option", { value: "overload" }, "overload"))),
     h("button", { type: "submit" }, "Filter"),

@@ -1,0 +1,35 @@
+"""The HTTP client the Console's command-line clients share (``cnnf rules``,
+``cnnf policy learn|simulate``): a token, the Console's CA, and a clear error
+(exit 2) for a missing token or a CA file that is not there or not a
+certificate, instead of a traceback."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import httpx
+
+Fail = Callable[[str, int], NoReturn]
+
+
+def console_client(console: str, token: str | None, ca: Path | str | None, *,
+                   timeout: float, fail: Fail) -> httpx.Client:
+    """An httpx client for ``console`` (its base URL) that sends ``token``
+    and trusts ``ca`` (else the system's CAs)."""
+    if not token:
+        fail("no token: pass --token or set CNNF_TOKEN (cnnf needs an API or session "
+             "token to talk to the Console)", 2)
+    verify: ssl.SSLContext | bool = True
+    if ca is not None and str(ca):
+        path = Path(ca)
+        if not path.is_file():
+            fail(f"--ca: {path} is not a readable file", 2)
+        try:
+            verify = ssl.create_default_context(cafile=str(path))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            fail(f"--ca: {path} holds no CA certificate (PEM) cnnf can read: {exc}", 2)
+    return httpx.Client(base_url=console.rstrip("/"), verify=verify,
+                        headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
