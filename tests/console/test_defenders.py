@@ -641,3 +641,31 @@ def test_a_defender_enrolled_under_an_existing_host_name_stands_for_it_when_seen
     assert node_1() == [("impostor", "10.1.0.9")]  # replaced, not merged
     push(first, "api", "10.1.0.2")
     assert node_1() == [("api", "10.1.0.2")]  # and back: whichever called last
+
+
+def test_only_the_lease_holder_checks_for_stale_defenders(
+    console: Console, admin: ApiClient
+) -> None:
+    """Replicas share the store: the process that does not hold the singleton lease
+    leaves the stale check to the one that does (no second revision move)."""
+    from cnnf.console.api.defender import check_stale
+    from cnnf.console.services.leases import Lease
+
+    _, d1 = enroll(console, admin, "node-1")
+    d1.post(f"{API}/defender/inventory", content=report(
+        "node-1", ("api", "10.1.0.2")).model_dump_json(),
+        headers={"Content-Type": "application/json"})
+    link, state = console.app.state.link, console.app.state.console
+    other = Lease(state.sessions, link.lease.name, holder="another-replica",
+                  ttl=link.lease.ttl, clock=console.clock.now,
+                  monotonic=console.clock.monotonic)
+    console.clock.advance(5 * 60 + 1)  # node-1 went stale
+    link.lease.release()
+    assert other.renew()  # another replica holds the lease
+    before = admin.get(f"{API}/inventory").json()["revision"]
+    assert check_stale(state, link) is None
+    assert admin.get(f"{API}/inventory").json()["revision"] == before
+    console.clock.advance(link.lease.ttl + 1)  # the other replica died: its lease expired
+    assert check_stale(state, link) is True  # this one took the lease and the work over
+    assert link.lease.held
+    assert admin.get(f"{API}/inventory").json()["revision"] == before + 1

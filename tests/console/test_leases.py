@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from consoletest import Clock
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from cnnf.console.services.leases import Lease
@@ -71,3 +72,33 @@ def test_a_clean_release_hands_the_lease_over_at_once(sessions: sessionmaker[Ses
     assert b.renew() and row(sessions)[0] == "b"
     a.release()  # not a's to release any more: changes nothing
     assert not a.renew() and row(sessions)[0] == "b"
+
+
+def test_a_process_not_holding_the_lease_tries_to_take_it_on_a_timer(
+        sessions: sessionmaker[Session]) -> None:
+    """The forwarder calls ensure() on every report batch: a replica that does not
+    hold the lease must not write to the store each time, only every ttl / 4."""
+    clocks = _clocks()
+    a, b = lease(sessions, clocks, "a"), lease(sessions, clocks, "b")
+    assert a.renew()
+    statements: list[str] = []
+    engine = sessions.kw["bind"]
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert not b.ensure()  # tries once
+        tried = len(statements)
+        assert tried > 0
+        for _ in range(100):  # a hundred report batches within the same quarter ttl
+            assert not b.ensure()
+        assert len(statements) == tried
+        clocks.advance(2.5)  # a quarter ttl later: one more try (a still holds it)
+        assert not b.ensure()
+        assert len(statements) > tried
+        clocks.advance(8.5)  # a died after its last renewal; b takes over on its timer
+        assert b.ensure() and row(sessions)[0] == "b"
+    finally:
+        event.remove(engine, "before_cursor_execute", count)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -44,7 +45,12 @@ from cnnf.console.api.contract import (
     errors,
     refuse_unknown_query,
 )
-from cnnf.console.api.defender import LinkHub, check_stale
+from cnnf.console.api.defender import (
+    SEEN_FLUSH_SECONDS,
+    LinkHub,
+    check_stale,
+    flush_seen,
+)
 from cnnf.console.api.deps import ConsoleState, Reader
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.metrics import ConsoleMetrics, LiveFigures
@@ -72,6 +78,8 @@ from cnnf.policy.document import translate_errors
 
 API_PREFIX = "/api/v1"
 STALE_CHECK_SECONDS = 15.0
+# /metrics reads the store (the outbox backlog, Defenders by status) at most this often.
+METRICS_STORE_SECONDS = 5.0
 log = logging.getLogger("cnnf.console")
 
 
@@ -288,6 +296,16 @@ async def _retention_loop(console: ConsoleState, link: LinkHub) -> None:
         await asyncio.sleep(link.lease.ttl / 4)
 
 
+async def _seen_loop(console: ConsoleState, link: LinkHub) -> None:
+    """Write the last_seen of Defenders whose long-polls returned (batched)."""
+    while True:
+        await asyncio.sleep(SEEN_FLUSH_SECONDS)
+        try:
+            await run_in_threadpool(flush_seen, console, link)
+        except SQLAlchemyError:
+            log.exception("Defenders' last seen: write failed; trying again next round")
+
+
 async def _stale_loop(console: ConsoleState, link: LinkHub) -> None:
     while True:
         try:
@@ -305,7 +323,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         link.feed = ChangeFeed(url, link.heard)
         link.store_poll = app.state.console.config.link_feed_poll_seconds
     tasks = [asyncio.create_task(_retention_loop(app.state.console, link)),
-             asyncio.create_task(_stale_loop(app.state.console, app.state.link))]
+             asyncio.create_task(_stale_loop(app.state.console, app.state.link)),
+             asyncio.create_task(_seen_loop(app.state.console, link))]
     try:
         yield
     finally:
@@ -334,6 +353,7 @@ def _install_link(app: FastAPI, console: ConsoleState,
     link = LinkHub(metrics=ConsoleMetrics(clock=monotonic), lease=lease,
                    forwarder=Forwarder(sinks, console.sessions, lease) if sinks else None,
                    store_poll=config.link_store_poll_seconds)
+    link.attach(console)
     app.state.link = link
 
     # Every policy change writes a change row; wake the Defenders' long-polls once
@@ -357,17 +377,26 @@ def _install_link(app: FastAPI, console: ConsoleState,
 
     app.state.radar_inventory = inventory
 
+    stored: list[tuple[float, LiveFigures]] = []  # (read at, figures): the last store read
+    stored_lock = threading.Lock()
+
     def figures() -> LiveFigures:
-        with console.sessions() as session:
-            service = DefenderService(session, console.now)
-            counts: dict[str, int] = {}
-            for d in service.list_defenders():
-                counts[d.status] = counts.get(d.status, 0) + 1
-            return LiveFigures(defenders=counts, forwarded=stats_as_rows(link.forwarder),
-                               policy_revision=policy_revision(session),
-                               inventory_revision=service.inventory_revision(),
-                               backlog=backlog(session), now=console.now(),
-                               leases={lease.name: lease.held})
+        # The store's share (Defenders by status, revisions, the outbox backlog: a
+        # grouped scan of the outbox) is read at most once per METRICS_STORE_SECONDS
+        # however often, and by however many, /metrics is scraped; the process's
+        # own counters are always current.
+        with stored_lock:
+            if not stored or monotonic() - stored[0][0] >= METRICS_STORE_SECONDS:
+                with console.sessions() as session:
+                    service = DefenderService(session, console.now)
+                    read = LiveFigures(defenders=service.status_counts(), forwarded=[],
+                                       policy_revision=policy_revision(session),
+                                       inventory_revision=service.inventory_revision(),
+                                       backlog=backlog(session), now=console.now())
+                stored[:] = [(monotonic(), read)]
+            cached = stored[0][1]
+        return replace(cached, forwarded=stats_as_rows(link.forwarder),
+                       leases={lease.name: lease.held})
 
     link.metrics.live(figures)
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
@@ -46,7 +48,52 @@ from cnnf.policy.document import policy_document
 log = logging.getLogger("cnnf.console.defender")
 router = APIRouter(prefix="/defender", tags=["defender"])
 MAX_WAIT = 30.0
+SEEN_FLUSH_SECONDS = 1.0
 T = TypeVar("T")
+Current = tuple[int, bytes]  # a revision and its answer's JSON body
+
+
+class SharedRead(Generic[T]):
+    """One store read shared by every long-poll of this process.
+
+    When a change wakes a thousand waiting long-polls, the first one to ask reads
+    the store (in a worker thread) and the others await that same read: one
+    read per change per process, not one per Defender. A value is reused while
+    the notifier's generation is the one read before it was fetched and it is
+    younger than ``max_age`` seconds (the store-poll backstop for changes no
+    notice told of)."""
+
+    def __init__(self, read: Callable[[], T], notifier: Notifier,
+                 max_age: Callable[[], float],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._read = read
+        self._notifier = notifier
+        self._max_age = max_age
+        self._monotonic = monotonic
+        self._value: tuple[int, float, T] | None = None  # (generation, read at, value)
+        self._pending: tuple[int, asyncio.Future[T]] | None = None
+        self.reads = 0  # store reads done (for tests and the bench)
+
+    async def get(self) -> T:
+        generation = self._notifier.generation
+        value = self._value
+        if (value is not None and value[0] == generation
+                and self._monotonic() - value[1] < self._max_age()):
+            return value[2]
+        pending = self._pending
+        if pending is None or pending[0] != generation or pending[1].done():
+            started = self._monotonic()
+            future = asyncio.ensure_future(run_in_threadpool(self._read))
+            pending = (generation, future)
+            self._pending = pending
+            self.reads += 1
+
+            def done(f: asyncio.Future[T], generation: int = generation) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    self._value = (generation, started, f.result())
+
+            future.add_done_callback(done)
+        return await asyncio.shield(pending[1])
 
 
 @dataclass
@@ -64,6 +111,16 @@ class LinkHub:
     feed: ChangeFeed | None = None  # PostgreSQL: change notices between replicas
     stale: frozenset[str] | None = None  # Defenders last found stale (None: not looked yet)
     _document: tuple[int, dict[str, Any]] | None = None
+    _policy_body: Current | None = None
+    _inventory_body: Current | None = None
+    monotonic: Callable[[], float] = time.monotonic
+    flushed: float = float("-inf")
+    seen_lock: threading.Lock = field(default_factory=threading.Lock)
+    current_policy: SharedRead[Current] = field(init=False)
+    current_inventory: SharedRead[Current] = field(init=False)
+    # Long-polls that returned since the last flush: their last_seen is written
+    # in one statement per second (not one write per long-poll).
+    seen: set[str] = field(default_factory=set)
 
     def changed(self, topic: str) -> None:
         """A change to ``topic`` (policy or inventory) committed: wake this process's
@@ -76,6 +133,38 @@ class LinkHub:
         """A change notice from the feed (any replica)."""
         self.metrics.notices.labels(topic).inc()
         (self.policy if topic == "policy" else self.inventory).notify()
+
+    def attach(self, console: ConsoleState) -> None:
+        """Build the shared reads of the current policy and inventory (create_app).
+        They age on the real monotonic clock, as the long-polls' waits do."""
+
+        def policy() -> Current:
+            with console.sessions() as session:
+                revision = policy_revision(session)
+                body = self._policy_body
+                if body is None or body[0] != revision:
+                    got, document = self.document(session)
+                    body = (got, PolicyAnswer(revision=got, document=document)
+                            .model_dump_json().encode())
+                    self._policy_body = body
+                return body
+
+        def inventory() -> Current:
+            with console.sessions() as session:
+                service = DefenderService(session, console.now)
+                revision = service.inventory_revision()
+                body = self._inventory_body
+                if body is None or body[0] != revision:
+                    got = service.cluster_inventory()
+                    body = (got.revision, got.model_dump_json().encode())
+                    self._inventory_body = body
+                return body
+
+        def max_age() -> float:
+            return self.store_poll
+
+        self.current_policy = SharedRead(policy, self.policy, max_age, self.monotonic)
+        self.current_inventory = SharedRead(inventory, self.inventory, max_age, self.monotonic)
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
         """The current policy as a native document, built once per revision."""
@@ -148,36 +237,62 @@ class BatchAnswer(_Wire):
     duplicate: bool
 
 
-async def _long_poll(read: Callable[[], T | None], notifier: Notifier, wait: float,
-                     store_poll: float) -> T | None:
-    """``read()`` until it gives something or ``wait`` seconds passed, waking on the
-    notifier or every ``store_poll`` seconds."""
+async def _long_poll(shared: SharedRead[Current], notifier: Notifier, revision: int,
+                     wait: float, store_poll: float) -> Current | None:
+    """The current (revision, body) once its revision is not ``revision``, waiting
+    up to ``wait`` seconds, waking on the notifier or every ``store_poll`` seconds;
+    None when nothing changed."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         generation = notifier.generation
-        got = await run_in_threadpool(read)
-        if got is not None:
-            return got
+        current = await shared.get()
+        if current[0] != revision:
+            return current
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
         await notifier.wait(generation, min(remaining, store_poll))
 
 
-def _touch(console: StateDep, who: DefenderPrincipal) -> None:
+def flush_seen(console: ConsoleState, link: LinkHub) -> int:
+    """Write last_seen of the Defenders whose long-polls returned since the last
+    flush, in one statement; how many."""
+    with link.seen_lock:
+        ids, link.seen = link.seen, set()
+        link.flushed = link.monotonic()
+    if ids:
+        with console.sessions() as session:
+            DefenderService(session, console.now).seen(ids)
+    return len(ids)
+
+
+async def _seen(console: ConsoleState, link: LinkHub, who: DefenderPrincipal) -> None:
     # A long-poll ends here; the next one starts at once, so last_seen stays fresh.
-    with console.sessions() as session:
-        DefenderService(session, console.now).touch(who.defender_id)
+    with link.seen_lock:
+        link.seen.add(who.defender_id)
+        due = link.monotonic() - link.flushed >= SEEN_FLUSH_SECONDS
+    if due:
+        await run_in_threadpool(flush_seen, console, link)
 
 
-def check_stale(console: ConsoleState, link: LinkHub) -> bool:
-    """Move the cluster inventory on when Defenders went stale (run periodically)."""
+def check_stale(console: ConsoleState, link: LinkHub) -> bool | None:
+    """Move the cluster inventory on when Defenders went stale (run periodically);
+    None when another process holds the singleton lease: the check is work for one
+    replica, not for each (every replica's check would read every Defender, and
+    each would move the revision for the same Defenders)."""
+    if not link.lease.ensure():
+        link.stale = None  # when this process takes the lease over, it looks afresh
+        return None
     with console.sessions() as session:
         link.stale, changed = DefenderService(session, console.now).note_stale(link.stale)
     if changed:
         link.changed("inventory")
     return changed
+
+
+def _json(current: Current) -> Response:
+    return Response(content=current[1], media_type="application/json")
 
 
 @router.get("/policy", response_model=PolicyAnswer,
@@ -186,18 +301,11 @@ async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
                      revision: Revision = -1, wait: Wait = 0) -> Any:
     """The policy as a native document when its revision is not ``revision``;
     else wait up to ``wait`` seconds for a change (204 when none came)."""
-    def read() -> PolicyAnswer | None:
-        with console.sessions() as session:
-            current = policy_revision(session)
-            if current == revision:
-                return None
-            got, document = link.document(session)
-            return PolicyAnswer(revision=got, document=document)
-
-    answer = await _long_poll(read, link.policy, wait, link.store_poll)
+    answer = await _long_poll(link.current_policy, link.policy, revision, wait,
+                              link.store_poll)
     if wait:
-        await run_in_threadpool(_touch, console, who)
-    return answer if answer is not None else Response(status_code=204)
+        await _seen(console, link, who)
+    return _json(answer) if answer is not None else Response(status_code=204)
 
 
 @router.get("/inventory", response_model=ClusterInventory,
@@ -206,17 +314,11 @@ async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
                         revision: Revision = -1, wait: Wait = 0) -> Any:
     """Every Defender's hosts and containers when the cluster inventory revision
     is not ``revision``; else wait up to ``wait`` seconds (204 when none came)."""
-    def read() -> ClusterInventory | None:
-        with console.sessions() as session:
-            service = DefenderService(session, console.now)
-            if service.inventory_revision() == revision:
-                return None
-            return service.cluster_inventory()
-
-    answer = await _long_poll(read, link.inventory, wait, link.store_poll)
+    answer = await _long_poll(link.current_inventory, link.inventory, revision, wait,
+                              link.store_poll)
     if wait:
-        await run_in_threadpool(_touch, console, who)
-    return answer if answer is not None else Response(status_code=204)
+        await _seen(console, link, who)
+    return _json(answer) if answer is not None else Response(status_code=204)
 
 
 @router.post("/inventory", status_code=204, response_class=Response)

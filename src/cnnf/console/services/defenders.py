@@ -21,13 +21,13 @@ import contextlib
 import ipaddress
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -317,6 +317,15 @@ class DefenderService:
             self._commit()
         return revived
 
+    def seen(self, defender_ids: Collection[str]) -> None:
+        """These Defenders called just now (their long-polls returned): last_seen,
+        in one statement (they were authenticated, and revived if stale, when the
+        long-poll began)."""
+        self.session.execute(update(DefenderRow).where(
+            DefenderRow.defender_id.in_(sorted(defender_ids)),
+            DefenderRow.revoked.is_(False)).values(last_seen=self.now()))
+        self._commit()
+
     @staticmethod
     def _stale(row: DefenderRow, now: datetime) -> bool:
         return row.last_seen is not None and now - _aware(row.last_seen) >= STALE_AFTER
@@ -349,6 +358,14 @@ class DefenderService:
         rows = self.session.scalars(select(DefenderRow).order_by(DefenderRow.hostname,
                                                                   DefenderRow.id))
         return [_info(r, now) for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        """Enrolled Defenders by status, counted by the store (no row loaded)."""
+        cutoff = self.now() - CONNECTED_WITHIN
+        status = case((DefenderRow.revoked.is_(True), "revoked"),
+                      (DefenderRow.last_seen > cutoff, "connected"), else_="disconnected")
+        rows = self.session.execute(select(status, func.count()).group_by(status)).all()
+        return {str(name): int(count) for name, count in rows}
 
     def connected(self) -> int:
         return sum(1 for d in self.list_defenders() if d.status == "connected")

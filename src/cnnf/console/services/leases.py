@@ -5,7 +5,8 @@ replicas serve the same PostgreSQL database. A process holds the lease named
 ``singleton`` by writing itself and an expiry into its row, and renews it every
 ``ttl / 4`` seconds (each worker needing it calls :meth:`Lease.ensure`); when
 the holder dies (or stops renewing), another process takes the row over once
-the expiry passed, so within ``ttl`` seconds. The
+the expiry passed: the others try every ``ttl / 4`` seconds, so within
+``1.25 ttl`` seconds. The
 holder stops counting itself the holder a quarter ``ttl`` before the row
 expires, so two processes never both believe they hold it unless the hosts'
 clocks differ by more than that (keep them in sync with NTP). Forwarding is
@@ -61,6 +62,7 @@ class Lease:
         self.monotonic = monotonic
         self._held_until = 0.0
         self._renewed = 0.0
+        self._tried = float("-inf")  # when a process not holding it last tried to take it
         self._lock = threading.Lock()
         self.taken = 0  # times this process took the lease (metric)
 
@@ -105,12 +107,20 @@ class Lease:
         return got
 
     def ensure(self) -> bool:
-        """Renew when a quarter ``ttl`` passed since the last renewal (or take the
-        lease when free); True while held. Each worker that needs the lease calls
-        this in its loop, so no thread of its own keeps it."""
+        """Renew when a quarter ``ttl`` passed since the last renewal; True while
+        held. A process not holding the lease tries to take it at most once per
+        quarter ``ttl`` however often this is called (the forwarder calls it on
+        every report batch; only the holder's calls may touch the store). Each
+        worker that needs the lease calls this in its loop, so no thread of its
+        own keeps it."""
         with self._lock:
-            if self.held and self.monotonic() - self._renewed < self.ttl / 4:
-                return True
+            now = self.monotonic()
+            if self.held:
+                if now - self._renewed < self.ttl / 4:
+                    return True
+            elif now - self._tried < self.ttl / 4:
+                return False
+            self._tried = now
             try:
                 return self.renew()
             except SQLAlchemyError as exc:  # the store is away: we cannot know we hold it
