@@ -491,3 +491,75 @@ def test_a_dead_webhook_does_not_hold_up_report_ingestion(tmp_path: Path) -> Non
                 assert re.search(r'cnnf_console_forward_backlog_audits\{sink="syslog:[^"]*"\} '
                                  r'0\.0', metrics), metrics
                 assert 'cnnf_console_lease_held{lease="singleton"} 1.0' in metrics
+
+
+def _replica(db_url: str, tmp_path: Path, name: str, syslog: tuple[str, ...],
+             webhooks: tuple[str, ...]) -> Console:
+    engine = connect(db_url)
+    config = ConsoleConfig(db_url=db_url, data_dir=tmp_path / name, syslog=syslog,
+                           webhooks=webhooks)
+    clock = Clock()
+    return Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
+                   clock=clock)
+
+
+def test_the_sinks_are_one_configuration_for_the_fleet(
+        db_url: str, tmp_path: Path, hook: _Hook, caplog: pytest.LogCaptureFixture) -> None:
+    """Replica A started with syslog only, replica B (started after it) with syslog
+    and a webhook: the store holds B's list, and audits stored through either
+    replica reach both sinks, delivered by A (the one forwarding) although A's
+    own options never named the webhook. A replica started later with syslog
+    only takes the webhook out of the fleet, with its undelivered audits (counted
+    in a log line)."""
+    import test_defenders as td
+
+    from cnnf.model.records import ReportBatch
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(("127.0.0.1", 0))
+        syslog.settimeout(10)
+        udp = (f"udp://127.0.0.1:{syslog.getsockname()[1]}",)
+        a = _replica(db_url, tmp_path, "a", udp, ())
+        b = _replica(db_url, tmp_path, "b", udp, (hook.url,))
+        replicas = [a, b]
+        try:
+            b.app.state.link.forwarder.close()  # only A forwards (it holds the lease)
+            token = a.add_user("admin-user", Role.ADMIN)
+            admin_a = a.client(token)
+            _, via_a = td.enroll(a, admin_a, "node-a")
+            _, via_b = td.enroll(b, b.client(token), "node-b")
+            for n, defender in enumerate((via_a, via_b)):
+                r = td.post_batch(defender, ReportBatch(batch_id=f"b-{n}",
+                                                        audits=[td.audit(port=1000 + n)]))
+                assert r.status_code == 200, r.text
+            ids = sorted(a["id"] for a in admin_a.get("/api/v1/audits").json()["items"])
+            assert len(ids) == 2
+            got = [re.search(rb' id="(\d+)"', syslog.recv(65535)) for _ in ids]
+            assert sorted(int(m.group(1)) for m in got if m) == ids
+            stats = a.app.state.link.forwarder.stats
+            assert poll(lambda: webhook_name(hook.url) in stats
+                        and stats[webhook_name(hook.url)].sent == 2)  # after two 500s
+            assert sorted(a["id"] for a in hook.posts[-1]["audits"]) == ids
+            hook.close()  # the webhook goes away: the next audit waits for it
+            r = td.post_batch(via_a, ReportBatch(batch_id="b-2", audits=[td.audit(port=1002)]))
+            assert r.status_code == 200
+            syslog.recv(65535)
+            with caplog.at_level(logging.WARNING, logger="cnnf.console"):
+                replicas.append(_replica(db_url, tmp_path, "c", udp, ()))
+            assert (f"{webhook_name(hook.url)} is no longer configured; 1 undelivered audits "
+                    f"for it dropped") in caplog.text
+            r = td.post_batch(via_b, ReportBatch(batch_id="b-3", audits=[td.audit(port=1003)]))
+            assert r.status_code == 200
+            syslog.recv(65535)
+
+            def queued() -> dict[str, int]:
+                with a.session() as s:
+                    return {b.sink: b.audits for b in backlog(s)}
+
+            assert poll(lambda: queued() == {}), queued()
+        finally:
+            for c in replicas:
+                for client in c.clients:
+                    client.close()
+                c.app.state.link.forwarder.close()
+                c.engine.dispose()

@@ -20,6 +20,7 @@ from cnnf.console.services.records import (
     FlowFilter,
     FlowRecord,
     FlowService,
+    prune,
 )
 from cnnf.console.store.db import (
     connect,
@@ -28,7 +29,7 @@ from cnnf.console.store.db import (
     migrate,
     revision_heads,
 )
-from cnnf.console.store.models import Base
+from cnnf.console.store.models import AuditRow, Base, OutboxRow
 from cnnf.model import (
     BlockMode,
     ContainerObject,
@@ -45,7 +46,8 @@ from cnnf.model import (
 
 TABLES = {"settings", "network_objects", "rules", "changes", "users", "tokens", "audits",
           "flows", "overlays", "enrollment_tokens", "defenders", "inventory_state",
-          "report_batches", "proposals", "forward_outbox", "leases", "alembic_version"}
+          "report_batches", "proposals", "forward_outbox", "forward_sinks", "leases",
+          "alembic_version"}
 
 
 def test_migrate_from_empty_database(db_url: str) -> None:
@@ -287,3 +289,36 @@ def test_readiness_means_the_store_answers_with_this_versions_schema(console: An
                                   f"needs {revision_heads()[0]} (another version migrated it?)")
     migrate(console.engine)
     assert anonymous.get("/readyz").status_code == 200
+
+
+def _audit(port: int) -> AuditRecord:
+    return AuditRecord(time=datetime(2026, 1, 2, 3, 0, tzinfo=UTC), blocked=True,
+                       effect=Effect.PREVENT, rule_id=1, rule_name="r", src_image="a",
+                       dst_image="b", port=port, msg="blocked connection", defender="node-1")
+
+
+def test_audit_ids_never_repeat_even_after_every_audit_was_pruned(db_url: str) -> None:
+    """Forwarded audits carry their id and receivers drop repeats by it: an id
+    handed out again after retention pruned everything would be dropped as a
+    repeat. The outbox of a store migrated to 0010 is kept (SQLite copies the
+    audits table, whose drop would cascade to it)."""
+    engine = connect(db_url)
+    try:
+        migrate(engine, "0008")
+        with Session(engine) as session:
+            AuditService(session).insert_many([_audit(1), _audit(2), _audit(3)],
+                                              forward_to=("syslog:udp://127.0.0.1:514",))
+            ids = list(session.scalars(select(AuditRow.id).order_by(AuditRow.id)))
+        migrate(engine)
+        with Session(engine) as session:
+            assert list(session.scalars(select(AuditRow.id).order_by(AuditRow.id))) == ids
+            queued = session.scalars(select(OutboxRow.audit_id).order_by(OutboxRow.audit_id))
+            assert list(queued) == ids  # the outbox survived the copy
+            pruned = prune(session, datetime(2030, 1, 1, tzinfo=UTC))
+            assert pruned.audits == 3
+            assert session.scalar(select(func.count()).select_from(AuditRow)) == 0
+            AuditService(session).insert_many([_audit(4)])
+            (again,) = session.scalars(select(AuditRow.id))
+        assert again > max(ids)
+    finally:
+        engine.dispose()

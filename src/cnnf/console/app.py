@@ -64,7 +64,12 @@ from cnnf.console.services.errors import (
     NotFound,
     Unauthorized,
 )
-from cnnf.console.services.forwarding import Forwarder, backlog, build_sinks, stats_as_rows
+from cnnf.console.services.forwarding import (
+    Forwarder,
+    backlog,
+    configure_sinks,
+    stats_as_rows,
+)
 from cnnf.console.services.leases import SINGLETON, Lease
 from cnnf.console.services.policy import utcnow
 from cnnf.console.services.records import Pruned, prune
@@ -347,11 +352,21 @@ def _install_link(app: FastAPI, console: ConsoleState,
     and the cluster inventory for Radar."""
 
     config = console.config
-    sinks = build_sinks(config.syslog, config.webhooks)
+    # The forwarding sinks are one configuration for the fleet, in the store: this
+    # Console's options replace it (the replica started last decides; give every
+    # replica the same options). Every replica queues each audit for each stored
+    # sink, and the lease holder delivers to each.
+    with console.sessions() as session:
+        sinks = configure_sinks(session, [*config.syslog, *config.webhooks], console.now())
+    for name, dropped in sinks.removed.items():
+        log.warning("forwarding: %s is no longer configured; %d undelivered audits for it "
+                    "dropped", name, dropped)
+    for name in sinks.added:
+        log.info("forwarding: audits now go to %s too (every replica)", name)
     lease = Lease(console.sessions, SINGLETON, ttl=config.lease_seconds, clock=console.now,
                   monotonic=monotonic)
     link = LinkHub(metrics=ConsoleMetrics(clock=monotonic), lease=lease,
-                   forwarder=Forwarder(sinks, console.sessions, lease) if sinks else None,
+                   forwarder=Forwarder([], console.sessions, lease, from_store=True),
                    store_poll=config.link_store_poll_seconds)
     link.attach(console)
     app.state.link = link

@@ -337,8 +337,9 @@ def post_reports(batch: ReportBatch, *, console: StateDep, link: HubDep,
                  who: Defender) -> BatchAnswer:
     """Store a batch of flows and audits once (by ``batch_id``); 200 means stored."""
     with console.sessions() as session:
-        stored = DefenderService(session, console.now).store_batch(
-            who, batch, forward_to=link.forwarder.names if link.forwarder else ())
+        # Queued for every sink of the fleet (the store's list), whichever replica
+        # stores it and whatever this one was started with.
+        stored = DefenderService(session, console.now).store_batch(who, batch)
     link.metrics.batch(duplicate=stored.duplicate, flows=stored.flows, audits=stored.audits,
                        dropped=stored.dropped)
     if link.forwarder is not None and stored.audits:

@@ -43,6 +43,7 @@ from cnnf.console.store.models import (
     InventoryStateRow,
     ReportBatchRow,
     SettingsRow,
+    SinkRow,
 )
 from cnnf.errors import FieldError
 from cnnf.model.records import (
@@ -448,9 +449,10 @@ class DefenderService:
     # --- reports ------------------------------------------------------------------
 
     def store_batch(self, principal: DefenderPrincipal, batch: ReportBatch,
-                    forward_to: Sequence[str] = ()) -> StoredBatch:
+                    forward_to: Sequence[str] | None = None) -> StoredBatch:
         """Store a batch once: its id, flows and audits (queued for the forwarding
-        sinks ``forward_to``) in one transaction."""
+        sinks ``forward_to``; None: the fleet's sinks in the store, read in this
+        transaction) in one transaction."""
         if not 1 <= len(batch.batch_id) <= 100:
             raise InvalidInput([FieldError("batch_id", "must be 1 to 100 characters")])
         flows, audits = _mapped(batch, principal.hostname)
@@ -462,6 +464,8 @@ class DefenderService:
                 flows=len(flows), audits=len(audits),
                 dropped=min(max(batch.dropped, 0), 2**31 - 1)))
             self.session.flush()
+            if forward_to is None:
+                forward_to = list(self.session.scalars(select(SinkRow.name))) if audits else []
             FlowService(self.session).record_many(flows, commit=False)
             AuditService(self.session).insert_many(audits, commit=False, forward_to=forward_to,
                                                    queued=self.now())

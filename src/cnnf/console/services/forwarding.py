@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cnnf import __version__
 from cnnf.console.services.leases import Lease
 from cnnf.console.services.records import AuditRecord, StoredAudit, stored_audit
-from cnnf.console.store.models import AuditRow, OutboxRow
+from cnnf.console.store.models import AuditRow, OutboxRow, SinkRow
 from cnnf.errors import CnnfError
 
 log = logging.getLogger("cnnf.console.forwarding")
@@ -267,6 +267,7 @@ class Forwarder:
         sessions: sessionmaker[Session],
         lease: Lease | None = None,
         *,
+        from_store: bool = False,
         batch: int = 500,
         interval: float = 0.5,
         backoff: float = 0.5,
@@ -281,6 +282,11 @@ class Forwarder:
         self.max_backoff = max_backoff
         self.monotonic = monotonic
         self._targets = [_Target(sink, delay=backoff) for sink in sinks]
+        # The fleet's sinks from the store (forward_sinks), looked up each round:
+        # a replica delivers to every sink any replica was configured with.
+        self.from_store = from_store
+        self._urls: dict[str, str] = {}
+        self._targets_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="cnnf-forward")
@@ -293,7 +299,30 @@ class Forwarder:
 
     @property
     def stats(self) -> dict[str, SinkStats]:
-        return {t.sink.name: t.stats for t in self._targets}
+        with self._targets_lock:
+            return {t.sink.name: t.stats for t in self._targets}
+
+    def _load(self) -> None:
+        """Follow the store's sinks: build the new ones, close the removed ones."""
+        with self.sessions() as session:
+            urls = stored_sinks(session)
+        if urls == self._urls:
+            return
+        with self._targets_lock:
+            kept = [t for t in self._targets if outbox_name(t.sink) in urls
+                    and self._urls.get(outbox_name(t.sink)) == urls[outbox_name(t.sink)]]
+            for t in self._targets:
+                if t not in kept:
+                    t.sink.close()
+            have = {outbox_name(t.sink) for t in kept}
+            for name, url in urls.items():
+                if name not in have:
+                    try:
+                        kept.append(_Target(build_sink(url), delay=self.backoff))
+                    except CnnfError as exc:  # written by another version, say
+                        log.error("forwarding: cannot use the stored sink %s: %s", name, exc)
+            self._targets = kept
+        self._urls = urls
 
     def wake(self) -> None:
         """Audits were stored: look at the outbox now rather than at the next round."""
@@ -318,8 +347,10 @@ class Forwarder:
 
     def deliver_round(self) -> bool:
         """One batch to each sink that is due; True if any batch was full (more wait)."""
+        if self.from_store:
+            self._load()
         more = False
-        for target in self._targets:
+        for target in list(self._targets):
             if self._stopping.is_set():
                 break
             if self.monotonic() < target.retry_at:
@@ -368,6 +399,68 @@ def build_sinks(syslog: Sequence[str], webhooks: Sequence[str]) -> list[Sink]:
     sinks: list[Sink] = [SyslogSink(url) for url in syslog]
     sinks += [WebhookSink(url) for url in webhooks]
     return sinks
+
+
+def build_sink(url: str) -> Sink:
+    """A sink from its URL: udp:// and tcp:// are syslog, http(s):// a webhook."""
+    if urlsplit(url).scheme in ("udp", "tcp"):
+        return SyslogSink(url)
+    return WebhookSink(url)
+
+
+def sink_name(url: str) -> str:
+    """The outbox key of the sink at ``url`` (what :func:`outbox_name` gives its sink)."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("udp", "tcp"):
+        transport, host, port = parse_syslog_url(url)
+        name = f"syslog:{transport}://{host}:{port}"
+    else:
+        name = webhook_name(check_webhook_url(url))
+    if len(name) <= 200:
+        return name
+    return name[:180] + " (" + hashlib.sha256(name.encode()).hexdigest()[:12] + ")"
+
+
+@dataclass(frozen=True)
+class SinksChanged:
+    added: tuple[str, ...]
+    removed: dict[str, int]  # sink -> undelivered audits dropped with it
+
+
+def configure_sinks(session: Session, urls: Sequence[str], now: datetime) -> SinksChanged:
+    """Make ``urls`` the fleet's forwarding sinks (every replica queues each audit
+    for each, whichever stored it). A sink no longer configured takes its
+    undelivered audits with it (counted: nothing is sent to a target the
+    operator removed)."""
+    wanted = {sink_name(url): url for url in urls}
+    try:
+        stored = {row.name: row for row in session.scalars(select(SinkRow))}
+        removed: dict[str, int] = {}
+        for name, row in stored.items():
+            if name not in wanted:
+                removed[name] = session.scalar(select(func.count()).select_from(OutboxRow)
+                                               .where(OutboxRow.sink == name)) or 0
+                session.execute(delete(OutboxRow).where(OutboxRow.sink == name))
+                session.delete(row)
+        added: list[str] = []
+        for name, url in wanted.items():
+            have = stored.get(name)
+            if have is None:
+                session.add(SinkRow(name=name, url=url, updated=now))
+                added.append(name)
+            elif have.url != url:
+                have.url, have.updated = url, now
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return SinksChanged(tuple(sorted(added)), removed)
+
+
+def stored_sinks(session: Session) -> dict[str, str]:
+    """The fleet's sinks: outbox key -> URL."""
+    rows = session.execute(select(SinkRow.name, SinkRow.url).order_by(SinkRow.name))
+    return {str(row.name): str(row.url) for row in rows}
 
 
 def stats_as_rows(forwarder: Forwarder | None) -> list[tuple[str, str, int]]:

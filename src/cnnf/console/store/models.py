@@ -179,6 +179,9 @@ class AuditRow(Base):
         Index("ix_audits_src_image", "src_image"),
         Index("ix_audits_dst_image", "dst_image"),
         Index("ix_audits_rule_name", "rule_name"),
+        # SQLite: ids never repeat, even after retention pruned every audit (0010);
+        # receivers drop forwarded repeats by id.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -365,6 +368,21 @@ class OutboxRow(Base):
     audit_id: Mapped[int] = mapped_column(
         BigId, ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True, index=True)
     queued: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Set when the sink rejected this audit on its own (a poison record): it is
+    # not sent again, and the rest of the sink's outbox goes on (0010).
+    parked: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class SinkRow(Base):
+    """A forwarding sink of the fleet (0010): every Console replica queues each
+    audit for every row here and the one forwarding delivers to each. Written at
+    start by each Console from its ``--syslog`` and ``--webhook`` options."""
+
+    __tablename__ = "forward_sinks"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    updated: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class LeaseRow(Base):
