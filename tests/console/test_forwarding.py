@@ -39,7 +39,7 @@ from cnnf.console.services.forwarding import (
 )
 from cnnf.console.services.records import AuditRecord, AuditService, StoredAudit
 from cnnf.console.store.db import connect, migrate
-from cnnf.console.store.models import AuditRow
+from cnnf.console.store.models import AuditRow, OutboxRow
 from cnnf.errors import CnnfError
 from cnnf.model import Effect
 
@@ -563,3 +563,83 @@ def test_the_sinks_are_one_configuration_for_the_fleet(
                     client.close()
                 c.app.state.link.forwarder.close()
                 c.engine.dispose()
+
+
+class _PickyHook:
+    """A loopback webhook that answers 400 to any batch holding an audit for port
+    6666 (a record it can never take), 204 to the others; or ``always`` to all."""
+
+    def __init__(self, always: int | None = None) -> None:
+        self.posts: list[tuple[int, list[int]]] = []  # (status, audit ids)
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                bad = any(a["port"] == 6666 for a in body["audits"])
+                code = always or (400 if bad else 204)
+                hook.posts.append((code, [a["id"] for a in body["audits"]]))
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self) -> list[int]:
+        return sorted(i for code, ids in self.posts if code == 204 for i in ids)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_record_the_sink_refuses_is_parked_and_the_rest_delivered(
+        outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """One poison audit (the webhook answers 400 to every batch holding it) must
+    not block the sink: the batch is halved until the record is found, which is
+    parked (a log line, a count, kept out of the backlog); everything else goes,
+    and audits stored later too."""
+    picky = _PickyHook()
+    try:
+        sink = WebhookSink(picky.url)
+        records = [record(i) for i in range(1, 8)]
+        records[4] = records[4].model_copy(update={"port": 6666})
+        ids = outbox.store((sink.name,), *records)
+        with caplog.at_level(logging.ERROR, logger="cnnf.console.forwarding"):
+            forwarder = outbox.forwarder(sink, backoff=0.05)
+            assert poll(lambda: picky.delivered() == sorted(set(ids) - {ids[4]}))
+        assert poll(lambda: outbox.backlog() == {})
+        assert forwarder.stats[sink.name].parked == 1
+        assert f"audit {ids[4]} parked: the sink refuses it on its own" in caplog.text
+        later = outbox.store((sink.name,), record(9))
+        forwarder.wake()
+        assert poll(lambda: later[0] in picky.delivered())
+        assert poll(lambda: outbox.backlog() == {})
+        assert all(ids[4] not in got for code, got in picky.posts if code == 204)
+        with outbox.sessions() as s:
+            parked = s.scalars(select(OutboxRow.audit_id).where(OutboxRow.parked.is_not(None)))
+            assert list(parked) == [ids[4]]  # kept in the store, for an operator to see
+    finally:
+        picky.close()
+
+
+def test_a_webhook_refusing_its_credentials_parks_nothing(outbox: Outbox) -> None:
+    """401 says the sink's configuration is wrong, not a record: nothing is parked,
+    the audits wait (and are retried) until the operator fixes it."""
+    refusing = _PickyHook(always=401)
+    try:
+        sink = WebhookSink(refusing.url)
+        outbox.store((sink.name,), record(1), record(2))
+        forwarder = outbox.forwarder(sink, backoff=0.01, max_backoff=0.02)
+        assert poll(lambda: forwarder.stats[sink.name].retries >= 3)
+        assert forwarder.stats[sink.name].parked == 0
+        assert all(len(ids) == 2 for _, ids in refusing.posts)  # never halved
+        assert outbox.backlog() == {sink.name: 2}
+    finally:
+        refusing.close()

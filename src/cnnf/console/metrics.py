@@ -16,7 +16,9 @@ and traffic rates, so they are not public.
 - ``cnnf_console_defender_spool_dropped_total``: records Defenders' spools dropped;
 - ``cnnf_console_defenders{status}``: Defenders connected, disconnected, revoked;
 - ``cnnf_console_forwarded_audits_total{sink,result}``: audits this process sent
-  (``sent``) or tried to send in batches that failed (``failed``: kept, tried again);
+  (``sent``) or tried to send in batches that failed (``failed``: kept, tried again),
+  or set aside because the sink refuses them on their own (``parked``: a poison
+  record, logged as an error, never sent again; the rest of the outbox goes on);
 - ``cnnf_console_forward_backlog_audits{sink}``: audits stored and not yet taken by
   the sink (the durable outbox, the same figure on every replica),
   ``cnnf_console_forward_lag_seconds{sink}``: how long the oldest of them waits,

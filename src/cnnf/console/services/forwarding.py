@@ -31,7 +31,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,7 +50,15 @@ SD_ID = "cnnf@32473"
 
 
 class ForwardError(CnnfError):
-    """A sink could not deliver a batch."""
+    """A sink could not deliver a batch. ``rejected``: the sink answered, and refused
+    this batch for what it holds (a webhook's 400, 413 or 422; not 401, 403 or
+    404, which say the sink's own configuration is wrong): sending
+    it again unchanged would be refused again, so the forwarder looks for the
+    record(s) it refuses instead of waiting for the sink to come back."""
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 class Sink(Protocol):
@@ -195,7 +203,8 @@ class WebhookSink:
         except httpx.HTTPError as exc:
             raise ForwardError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         if not 200 <= resp.status_code < 300:
-            raise ForwardError(f"{self.name}: answered {resp.status_code}")
+            rejected = resp.status_code in (400, 413, 422)
+            raise ForwardError(f"{self.name}: answered {resp.status_code}", rejected=rejected)
 
     def close(self) -> None:
         self._http.close()
@@ -206,6 +215,7 @@ class SinkStats:
     sent: int = 0  # audits delivered (a repeat after a failure counts again)
     failed: int = 0  # audits in batches that failed (kept in the outbox, tried again)
     retries: int = 0  # failed attempts
+    parked: int = 0  # audits the sink refused on their own, set aside (not sent again)
 
 
 @dataclass
@@ -236,7 +246,7 @@ class Backlog:
 def backlog(session: Session) -> list[Backlog]:
     rows = session.execute(
         select(OutboxRow.sink, func.count(), func.min(OutboxRow.queued), func.min(AuditRow.time))
-        .join(AuditRow, AuditRow.id == OutboxRow.audit_id)
+        .join(AuditRow, AuditRow.id == OutboxRow.audit_id).where(OutboxRow.parked.is_(None))
         .group_by(OutboxRow.sink).order_by(OutboxRow.sink)).all()
     return [Backlog(sink, count, _aware(queued), _aware(oldest))
             for sink, count, queued, oldest in rows]
@@ -363,28 +373,68 @@ class Forwarder:
         with self.sessions() as session:
             rows = session.scalars(
                 select(AuditRow).join(OutboxRow, OutboxRow.audit_id == AuditRow.id)
-                .where(OutboxRow.sink == name).order_by(OutboxRow.audit_id)
-                .limit(self.batch)).all()
+                .where(OutboxRow.sink == name, OutboxRow.parked.is_(None))
+                .order_by(OutboxRow.audit_id).limit(self.batch)).all()
             audits = [stored_audit(row) for row in rows]
         if not audits:
             return False
+        delivered: list[int] = []
+        parked: list[int] = []
         try:
-            target.sink.send(audits)
+            self._send(target, audits, delivered, parked)
         except Exception as exc:  # a sink must never kill the forwarder
-            target.stats.failed += len(audits)
+            undelivered = len(audits) - len(delivered) - len(parked)
+            target.stats.failed += undelivered
             target.stats.retries += 1
             log.warning("forwarding to %s failed (%d audits kept; next try in %.1f s): %s",
-                        target.sink.name, len(audits), target.delay, exc)
+                        target.sink.name, undelivered, target.delay, exc)
             target.retry_at = self.monotonic() + target.delay
             target.delay = min(target.delay * 2, self.max_backoff)
+            self._settle(name, delivered, parked)
+            target.stats.sent += len(delivered)
             return False
         target.delay = self.backoff
-        with self.sessions() as session:
-            session.execute(delete(OutboxRow).where(
-                OutboxRow.sink == name, OutboxRow.audit_id.in_([a.id for a in audits])))
-            session.commit()
-        target.stats.sent += len(audits)
+        self._settle(name, delivered, parked)
+        target.stats.sent += len(delivered)
         return len(audits) == self.batch
+
+    def _send(self, target: _Target, audits: Sequence[StoredAudit], delivered: list[int],
+              parked: list[int]) -> None:
+        """Send ``audits``; when the sink rejects the batch for its content, halve
+        it until the records it refuses on their own are found, park those (a
+        log line and the ``parked`` count each) and deliver the rest. A sink that
+        is down raises (what is not delivered yet stays queued)."""
+        try:
+            target.sink.send(audits)
+        except ForwardError as exc:
+            if not exc.rejected:
+                raise
+            if len(audits) == 1:
+                audit = audits[0]
+                parked.append(audit.id)
+                target.stats.parked += 1
+                log.error("forwarding to %s: audit %d parked: the sink refuses it on its own "
+                          "(%s); it is not sent again, the rest goes on", target.sink.name,
+                          audit.id, exc)
+                return
+            half = len(audits) // 2
+            self._send(target, audits[:half], delivered, parked)
+            self._send(target, audits[half:], delivered, parked)
+            return
+        delivered += [a.id for a in audits]
+
+    def _settle(self, name: str, delivered: Sequence[int], parked: Sequence[int]) -> None:
+        if not delivered and not parked:
+            return
+        with self.sessions() as session:
+            if delivered:
+                session.execute(delete(OutboxRow).where(
+                    OutboxRow.sink == name, OutboxRow.audit_id.in_(delivered)))
+            if parked:
+                session.execute(update(OutboxRow).where(
+                    OutboxRow.sink == name, OutboxRow.audit_id.in_(parked))
+                    .values(parked=datetime.now(UTC)))
+            session.commit()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread (what is undelivered stays in the outbox), close the sinks."""
@@ -469,6 +519,7 @@ def stats_as_rows(forwarder: Forwarder | None) -> list[tuple[str, str, int]]:
     if forwarder is None:
         return rows
     for name, s in forwarder.stats.items():
-        rows += [(name, "sent", s.sent), (name, "failed", s.failed)]
+        rows += [(name, "sent", s.sent), (name, "failed", s.failed),
+                 (name, "parked", s.parked)]
     return rows
 
