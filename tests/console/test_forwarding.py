@@ -643,3 +643,35 @@ def test_a_webhook_refusing_its_credentials_parks_nothing(outbox: Outbox) -> Non
         assert outbox.backlog() == {sink.name: 2}
     finally:
         refusing.close()
+
+
+def test_tcp_syslog_resends_a_batch_written_to_a_receiver_that_went_away(
+        outbox: Outbox) -> None:
+    """A TCP syslog receiver restarts between two batches: the first write into
+    the old connection would be accepted by the kernel and lost. The sink finds
+    the closed connection (or the unacknowledged bytes) and the batch is sent
+    again on a new one: every audit arrives, with its id."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(10)
+        port = server.getsockname()[1]
+        sink = SyslogSink(f"tcp://127.0.0.1:{port}")
+        first = outbox.store((sink.name,), record(1))
+        forwarder = outbox.forwarder(sink, backoff=0.05)
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(10)
+            got = _read_octet_counted(conn, 1)
+        # The receiver closed its end (a restart); the Console's socket is still open.
+        assert poll(lambda: forwarder.stats[sink.name].sent == 1)
+        second = outbox.store((sink.name,), record(2), record(3))
+        forwarder.wake()
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(10)
+            got += _read_octet_counted(conn, 2)
+        assert poll(lambda: outbox.backlog() == {})
+    ids = [int(m.group(1)) for m in (re.search(r' id="(\d+)"', g) for g in got) if m]
+    assert ids == first + second

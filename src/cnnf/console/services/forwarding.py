@@ -18,10 +18,15 @@ and the audit's sentence as the message.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import select as io_select
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -144,6 +149,43 @@ def webhook_name(url: str) -> str:
     return f"webhook:{parts.scheme}://{host}{port} ({digest})"
 
 
+def _peer_gone(sock: socket.socket) -> bool:
+    """True when the peer closed the connection (or reset it); a syslog receiver
+    never writes, so anything readable is its end of the stream."""
+    try:
+        readable, _, _ = io_select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _acknowledged(sock: socket.socket, timeout: float) -> None:
+    """Wait until the peer's TCP acknowledged everything written (the kernel's send
+    queue is empty), or raise: a reset connection, a closed peer, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
+        unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                                 b"\0\0\0\0"))[0]
+        if unacked == 0:
+            # Acknowledged: the receiver's kernel has it all (a reset arriving just
+            # now would have set the error read below).
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+            return
+        if time.monotonic() > deadline:
+            raise OSError(f"the receiver did not acknowledge {unacked} bytes "
+                          f"within {timeout:g} s")
+        time.sleep(0.002)
+
+
 class SyslogSink:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.transport, self.host, self.port = parse_syslog_url(url)
@@ -166,7 +208,14 @@ class SyslogSink:
         return self._sock
 
     def send(self, audits: Sequence[AuditRecord]) -> None:
+        """UDP: one datagram each. TCP: the batch counts as delivered only once the
+        receiver's TCP acknowledged every byte of it; a connection the receiver
+        closed meanwhile (a restart) is found before writing and replaced, and a
+        batch written into a connection that died is an error, so the batch stays
+        queued and is sent again (at least once; receivers drop repeats by id)."""
         try:
+            if self.transport == "tcp" and self._sock is not None and _peer_gone(self._sock):
+                self.close()  # the receiver closed it since the last batch
             sock = self._connect()
             for audit in audits:
                 message = syslog_message(audit)
@@ -174,6 +223,8 @@ class SyslogSink:
                     sock.send(message)
                 else:
                     sock.sendall(b"%d %s" % (len(message), message))
+            if self.transport == "tcp":
+                _acknowledged(sock, self.timeout)
         except OSError as exc:
             self.close()  # reconnect on the next try
             raise ForwardError(f"{self.name}: {exc}") from exc
