@@ -90,6 +90,7 @@ class AnswerLosingProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.armed = False
+        self.error: int | None = None  # answer every request with this status instead
         self.lost: list[bytes] = []  # the answers withheld
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -146,6 +147,11 @@ class AnswerLosingProxy:
                     self.armed = False
                     self.lost.append(answer)
                     return  # closes the Defender's connection without an answer
+                if self.error is not None:  # the Console did the work; its answer is lost
+                    self.lost.append(answer)
+                    body = b'{"detail": "store error; nothing was changed"}'
+                    answer = (b"HTTP/1.1 %d Error\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (self.error, len(body), body))
                 client.sendall(answer)
         finally:
             client.close()
@@ -264,6 +270,37 @@ def test_several_console_urls_fail_over_without_losing_or_repeating_a_batch(
         assert proxy.lost  # B stored b1 and its answer never came
         assert spool.pending() == []
         assert link.url == console.url and link.failovers == 2
+    finally:
+        link.close()
+        proxy.close()
+    assert console.flow_counts() == {1000: 1, 1001: 1, 1002: 1, 2000: 1, 2001: 1}
+    metrics = console.admin.get("/metrics").text
+    assert 'cnnf_console_report_batches_total{result="duplicate"} 1.0' in metrics
+    assert 'cnnf_console_report_batches_total{result="stored"} 2.0' in metrics
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_replica_answering_5xx_is_left_for_the_next_without_losing_or_repeating(
+    console: RealConsole, tmp_path: Path, status: int
+) -> None:
+    """``--console A,B``: A is a replica that stores what it is given and then
+    answers 500 (its store failed at the end) or 503 (not ready). The Defender
+    moves to B at once: the policy long-poll gets its answer there, and both
+    spooled batches are stored once each (B recognises A's batch by its id);
+    nothing is left in the spool."""
+    proxy = AnswerLosingProxy(int(console.url.rsplit(":", 1)[1]))
+    link = enrolled(console, tmp_path / "state", f"{proxy.url},{console.url}")
+    spool = Spool(tmp_path / "spool")
+    spool.put(flows_batch("b1", range(1000, 1003)))
+    spool.put(flows_batch("b2", range(2000, 2002)))
+    proxy.error = status
+    try:
+        assert link.deliver(spool) == 2
+        assert len(proxy.lost) == 1  # A stored b1; the Defender never saw that answer
+        assert spool.pending() == []
+        assert link.url == console.url and link.failovers == 1
+        got = link.fetch_policy(-1, 0)
+        assert got is not None and got[0] >= 0
     finally:
         link.close()
         proxy.close()

@@ -157,10 +157,11 @@ class ConsoleLink:
         headers = dict(kw.pop("headers", {}))
         if auth:
             headers["Authorization"] = f"Bearer {self.enroll()}"
-        # Every call is safe to repeat (report batches are stored once by their id,
-        # inventories replace, long-polls read), so a replica that cannot be reached
-        # (or answers 502-504, a proxy in front of a dead one) is left for the next
-        # at once, each replica tried once per call.
+        # Every call is safe to repeat (report batches are stored once by their id
+        # in the store all replicas share, inventories replace, long-polls read), so
+        # a replica that cannot be reached or answers 5xx (500: its store failed;
+        # 503: not ready; 502/504: a proxy in front of a dead one) is left for the
+        # next at once, each replica tried once per call.
         for attempt in range(len(self.urls)):
             current = self._current
             try:
@@ -173,7 +174,7 @@ class ConsoleLink:
                     raise LinkError(error) from exc
                 self._next(current, error)
                 continue
-            if resp.status_code in (502, 503, 504) and attempt + 1 < len(self.urls):
+            if resp.status_code >= 500 and attempt + 1 < len(self.urls):
                 self._next(current, f"{method} {path}: answered {resp.status_code}")
                 continue
             break
@@ -192,7 +193,7 @@ class ConsoleLink:
             if self._current == failed:  # another thread may have moved on already
                 self._current = (failed + 1) % len(self.urls)
                 self.failovers += 1
-                log.warning("console replica unreachable; moving to the next",
+                log.warning("console replica unreachable or failing; moving to the next",
                             failed=self.urls[failed], next=self.urls[self._current],
                             error=error)
 
