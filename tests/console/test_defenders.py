@@ -669,3 +669,36 @@ def test_only_the_lease_holder_checks_for_stale_defenders(
     assert check_stale(state, link) is True  # this one took the lease and the work over
     assert link.lease.held
     assert admin.get(f"{API}/inventory").json()["revision"] == before + 1
+
+
+def test_one_change_wakes_many_waiting_defenders_with_one_store_read(
+    console: Console, admin: ApiClient
+) -> None:
+    """Fan-out: thirty Defenders long-poll; one policy change answers all of them
+    from a single read of the store (not one read per Defender), each getting
+    the new revision and the same document."""
+    credentials = [_credential(enroll(console, admin, f"node-{i}")[1]) for i in range(30)]
+    link = console.app.state.link
+    link.store_poll = 3600  # only the notifier wakes them
+    admin_token = console.tokens[Role.ADMIN]
+
+    async def run() -> tuple[list[httpx.Response], int]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            polls = [asyncio.create_task(c.get(
+                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
+                params={"revision": 0, "wait": 20})) for cred in credentials]
+            await asyncio.sleep(0.5)  # every poll waiting
+            assert not any(p.done() for p in polls)
+            reads = link.current_policy.reads
+            r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                             json={"kind": "subnet", "name": "internet", "cidrs": ["0.0.0.0/0"]})
+            assert r.status_code == 201, r.text
+            answers = await asyncio.gather(*polls)
+            return answers, link.current_policy.reads - reads
+
+    answers, reads = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200] * 30
+    assert {a.json()["revision"] for a in answers} == {1}
+    assert len({a.content for a in answers}) == 1
+    assert reads == 1

@@ -134,6 +134,11 @@ class LinkHub:
         self.metrics.notices.labels(topic).inc()
         (self.policy if topic == "policy" else self.inventory).notify()
 
+    def saw(self, defender_id: str) -> None:
+        """A Defender called: its last_seen goes with the next batched write."""
+        with self.seen_lock:
+            self.seen.add(defender_id)
+
     def attach(self, console: ConsoleState) -> None:
         """Build the shared reads of the current policy and inventory (create_app).
         They age on the real monotonic clock, as the long-polls' waits do."""
@@ -201,7 +206,8 @@ class DefenderCaller(Guard):
         secret = credentials.credentials
         with console.sessions() as session:
             if secret.startswith(CREDENTIAL_PREFIX):
-                who, revived = DefenderService(session, console.now).authenticate(secret)
+                who, revived = DefenderService(session, console.now).authenticate(
+                    secret, later=link.saw)
                 if revived:
                     link.changed("inventory")
                 return who

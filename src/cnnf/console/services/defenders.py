@@ -21,7 +21,7 @@ import contextlib
 import ipaddress
 import secrets
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
@@ -64,6 +64,10 @@ CREDENTIAL_PREFIX = "cnnfd_"
 CONNECTED_WITHIN = timedelta(seconds=30)
 # Writing last_seen on every call would make every long-poll a write.
 LAST_SEEN_GRANULARITY = timedelta(seconds=5)
+# A Defender whose last_seen is younger than this is still connected well after a
+# batched write of it (about a second): its call is written with others. Older
+# (coming back, or revived from stale), it is written at once.
+WRITE_NOW_AFTER = CONNECTED_WITHIN - timedelta(seconds=3)
 # A Defender silent this long is gone (host down, Defender removed): its workloads
 # leave the cluster inventory until it calls again, so their addresses can be reused.
 STALE_AFTER = timedelta(minutes=5)
@@ -295,15 +299,25 @@ class DefenderService:
 
     # --- credentials --------------------------------------------------------------
 
-    def authenticate(self, secret: str) -> tuple[DefenderPrincipal, bool]:
+    def authenticate(self, secret: str, later: Callable[[str], None] | None = None,
+                     ) -> tuple[DefenderPrincipal, bool]:
         """The Defender holding ``secret`` (401 when unknown or revoked), and whether
-        it came back from stale; touches last_seen."""
+        it came back from stale; touches last_seen. ``later``: a Defender that is
+        not stale has its last_seen written later, in a batch (``later(id)``), not
+        by a write of its own on each call."""
         row = self.session.scalar(
             select(DefenderRow).where(DefenderRow.credential_hash == token_hash(secret)))
         if row is None or row.revoked:
             raise Unauthorized("invalid or revoked Defender credential")
-        revived = self._touch(row)
-        return DefenderPrincipal(defender_id=row.defender_id, hostname=row.hostname), revived
+        who = DefenderPrincipal(defender_id=row.defender_id, hostname=row.hostname)
+        if later is not None and row.last_seen is not None:
+            age = self.now() - _aware(row.last_seen)
+            if age < LAST_SEEN_GRANULARITY:
+                return who, False
+            if age < WRITE_NOW_AFTER:  # still connected: no status changes with this
+                later(row.defender_id)
+                return who, False
+        return who, self._touch(row)
 
     def _touch(self, row: DefenderRow) -> bool:
         """Update last_seen; True when a stale Defender came back (its workloads
