@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -47,6 +49,55 @@ import postgres  # noqa: E402
 
 API = "/api/v1"
 RECORDS_PER_BATCH = 100  # 80 flows, 20 audits
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids(server: postgres.PostgresServer) -> list[int]:
+    """The postmaster and its children (the backends serving the replicas)."""
+    master = int((server.data / "postmaster.pid").read_text().split()[0])
+    pids = [master]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == master:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds used, over one phase, by each Console, PostgreSQL and this
+    process (the simulated fleet): where the two cores went."""
+
+    def __init__(self, consoles: list[int], server: postgres.PostgresServer) -> None:
+        self.consoles = consoles
+        self.server = server
+        self.started = 0.0
+        self.before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        used = {f"console {i}": cpu_seconds(pid) for i, pid in enumerate(self.consoles)}
+        used["postgresql"] = sum(cpu_seconds(pid) for pid in postgres_pids(self.server))
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        used["fleet (clients)"] = own.ru_utime + own.ru_stime
+        return used
+
+    def start(self) -> None:
+        self.before = self._now()
+        self.started = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per process over the phase, and ``wall`` seconds."""
+        after = self._now()
+        used = {k: after[k] - self.before.get(k, 0.0) for k in after}
+        used["wall"] = time.perf_counter() - self.started
+        return used
 
 
 def rss_kib(pid: int) -> int:
@@ -76,9 +127,12 @@ class Fleet:
         self.consoles = consoles
         self.n = defenders
         self.admin = admin
-        limits = httpx.Limits(max_connections=defenders * 2 + 50,
-                              max_keepalive_connections=defenders * 2 + 50)
-        self.http = httpx.AsyncClient(timeout=120, limits=limits)
+        # One client per 50 Defenders: one httpx pool of a thousand connections
+        # spends its time searching itself (client CPU, not the Consoles').
+        limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
+        self.pools = [httpx.AsyncClient(timeout=120, limits=limits)
+                      for _ in range((defenders + 49) // 50)]
+        self.http = httpx.AsyncClient(timeout=120)
         self.credentials: list[str] = []
         self.seen: list[int] = [-1] * defenders
         self.seen_at: list[float] = [0.0] * defenders
@@ -110,8 +164,9 @@ class Fleet:
         headers = {"Authorization": f"Bearer {self.credentials[i]}"}
         while not self.stop:
             try:
-                r = await self.http.get(f"{self.url(i)}{API}/defender/policy", headers=headers,
-                                        params={"revision": self.seen[i], "wait": 25})
+                r = await self.pools[i // 50].get(
+                    f"{self.url(i)}{API}/defender/policy", headers=headers,
+                    params={"revision": self.seen[i], "wait": 25})
             except httpx.TransportError:
                 await asyncio.sleep(0.5)
                 continue
@@ -172,7 +227,8 @@ class Fleet:
         return batches * RECORDS_PER_BATCH / (time.perf_counter() - started)
 
 
-async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace) -> dict[str, Any]:
+async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace,
+                  server: postgres.PostgresServer) -> dict[str, Any]:
     r = httpx.post(f"{consoles[0].url}{API}/auth/login",
                    json={"username": "admin", "password": PASSWORD}, timeout=30)
     r.raise_for_status()
@@ -186,6 +242,8 @@ async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace) -> d
         f"in 300 s; errors: {fleet.errors}")
     await asyncio.sleep(2)  # every long-poll waiting again
     during = sum(rss_kib(p) for p in pids)
+    meter = CpuMeter(pids, server)
+    meter.start()
     latencies: list[float] = []
     for k in range(args.rounds):
         revision = max(fleet.seen)
@@ -193,16 +251,22 @@ async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace) -> d
         assert await fleet.until(revision + 1, 60), "not every Defender got the change"
         latencies += [at - t0 for at in fleet.seen_at]
         await asyncio.sleep(0.5)
+    cpu_changes = meter.stop()
     fleet.stop = True
+    meter.start()
     rate = await fleet.ingest(args.batches, args.concurrency)
+    cpu_ingest = meter.stop()
     for task in polls:
         task.cancel()
     await asyncio.gather(*polls, return_exceptions=True)
     await fleet.http.aclose()
+    for pool in fleet.pools:
+        await pool.aclose()
     latencies.sort()
     return {"median": statistics.median(latencies),
             "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-            "rate": rate, "kib": (during - before) / args.defenders, "errors": fleet.errors}
+            "rate": rate, "kib": (during - before) / args.defenders, "errors": fleet.errors,
+            "cpu_changes": cpu_changes, "cpu_ingest": cpu_ingest}
 
 
 def run(server: postgres.PostgresServer, replicas: int, args: argparse.Namespace,
@@ -217,7 +281,7 @@ def run(server: postgres.PostgresServer, replicas: int, args: argparse.Namespace
     try:
         for c in consoles:
             c.start()
-        return asyncio.run(measure(consoles, args))
+        return asyncio.run(measure(consoles, args, server))
     finally:
         for c in consoles:
             if c.proc is not None and c.proc.poll() is None:
@@ -225,6 +289,10 @@ def run(server: postgres.PostgresServer, replicas: int, args: argparse.Namespace
 
 
 def main() -> None:
+    # A thousand long-polls are a thousand sockets here and in each Console (which
+    # inherits the limit): the soft limit up to the hard one.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--defenders", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
@@ -252,6 +320,16 @@ def main() -> None:
     print(f"{'Console memory per Defender':34}{one['kib']:>10.1f} KiB{three['kib']:>10.1f} KiB")
     print(f"long-poll errors: 1 replica {one['errors'] or 'none'}; "
           f"3 replicas {three['errors'] or 'none'}")
+    for replicas, result in results.items():
+        for phase in ("changes", "ingest"):
+            used = result[f"cpu_{phase}"]
+            wall = used.pop("wall")
+            busy = sum(used.values())
+            name = "policy rounds" if phase == "changes" else "ingestion"
+            print(f"CPU, {replicas} replica(s), {name} ({wall:.1f} s wall, "
+                  f"{2 * wall:.1f} core-s on 2 cores): "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in used.items())
+                  + f"; total {busy:.1f} s ({busy / wall:.2f} cores)")
 
 
 if __name__ == "__main__":
