@@ -356,8 +356,15 @@ def _install_link(app: FastAPI, console: ConsoleState,
     # Console's options replace it (the replica started last decides; give every
     # replica the same options). Every replica queues each audit for each stored
     # sink, and the lease holder delivers to each.
-    with console.sessions() as session:
-        sinks = configure_sinks(session, [*config.syslog, *config.webhooks], console.now())
+    for attempt in (1, 2, 3):  # replicas starting together write the same rows at once
+        try:
+            with console.sessions() as session:
+                sinks = configure_sinks(session, [*config.syslog, *config.webhooks],
+                                        console.now())
+            break
+        except IntegrityError:
+            if attempt == 3:
+                raise
     for name, dropped in sinks.removed.items():
         log.warning("forwarding: %s is no longer configured; %d undelivered audits for it "
                     "dropped", name, dropped)
