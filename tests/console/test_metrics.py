@@ -7,6 +7,7 @@ import re
 
 import test_defenders as td
 from consoletest import ApiClient, Console
+from sqlalchemy import event
 
 from cnnf.console.metrics import IngestionRate
 from cnnf.console.security import Role
@@ -76,3 +77,32 @@ def test_ingestion_rate_over_a_sliding_window() -> None:
     assert rate.per_second() == 8
     now[0] = 10.5  # the first 50 left the window
     assert rate.per_second() == 3
+
+
+def test_scrapes_read_the_store_at_most_every_five_seconds(console: Console,
+                                                           admin: ApiClient) -> None:
+    """The outbox backlog is a grouped scan of the outbox: scrapes in quick
+    succession (several Prometheis, a scrape storm) share one read of it; the
+    process's own counters stay current in every scrape."""
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "forward_outbox" in statement:
+            statements.append(statement)
+
+    _, defender = td.enroll(console, admin)
+    event.listen(console.engine, "before_cursor_execute", count)
+    try:
+        first = admin.get("/metrics").text
+        assert len(statements) == 1
+        td.post_batch(defender, ReportBatch(batch_id="b-1", flows=[td.flow()]))
+        statements.clear()
+        second = admin.get("/metrics").text
+        assert statements == []  # the backlog from the first scrape's read
+        assert value(second, "cnnf_console_ingested_records_total", kind="flow") == \
+            value(first, "cnnf_console_ingested_records_total", kind="flow") + 1
+        console.clock.advance(5)
+        admin.get("/metrics")
+        assert len(statements) == 1
+    finally:
+        event.remove(console.engine, "before_cursor_execute", count)
