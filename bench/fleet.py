@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,11 +128,10 @@ class Fleet:
         self.consoles = consoles
         self.n = defenders
         self.admin = admin
-        # One client per 50 Defenders: one httpx pool of a thousand connections
-        # spends its time searching itself (client CPU, not the Consoles').
-        limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
-        self.pools = [httpx.AsyncClient(timeout=120, limits=limits)
-                      for _ in range((defenders + 49) // 50)]
+        # The long-polls go through aiohttp, one connection each: httpx's pool
+        # searches itself on every request, and at a thousand connections the
+        # simulated fleet used more CPU than the Consoles it measures.
+        self.polls: aiohttp.ClientSession | None = None
         self.http = httpx.AsyncClient(timeout=120)
         self.credentials: list[str] = []
         self.seen: list[int] = [-1] * defenders
@@ -161,21 +161,27 @@ class Fleet:
         self.credentials = list(await asyncio.gather(*(one(i) for i in range(self.n))))
 
     async def long_poll(self, i: int) -> None:
+        if self.polls is None:
+            self.polls = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),  # a connection per Defender
+                timeout=aiohttp.ClientTimeout(total=120))
         headers = {"Authorization": f"Bearer {self.credentials[i]}"}
         while not self.stop:
             try:
-                r = await self.pools[i // 50].get(
-                    f"{self.url(i)}{API}/defender/policy", headers=headers,
-                    params={"revision": self.seen[i], "wait": 25})
-            except httpx.TransportError:
+                async with self.polls.get(
+                        f"{self.url(i)}{API}/defender/policy", headers=headers,
+                        params={"revision": str(self.seen[i]), "wait": "25"}) as r:
+                    status = r.status
+                    body = await r.json() if status == 200 else None
+            except (aiohttp.ClientError, TimeoutError):
                 await asyncio.sleep(0.5)
                 continue
-            if r.status_code == 200:
-                self.seen[i] = r.json()["revision"]
+            if body is not None:
+                self.seen[i] = body["revision"]
                 self.seen_at[i] = time.perf_counter()
                 self.changed.set()
-            elif r.status_code != 204:
-                self.errors[r.status_code] = self.errors.get(r.status_code, 0) + 1
+            elif status != 204:
+                self.errors[status] = self.errors.get(status, 0) + 1
                 await asyncio.sleep(0.5)
 
     async def until(self, revision: int, timeout: float) -> bool:
@@ -260,8 +266,8 @@ async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace,
         task.cancel()
     await asyncio.gather(*polls, return_exceptions=True)
     await fleet.http.aclose()
-    for pool in fleet.pools:
-        await pool.aclose()
+    if fleet.polls is not None:
+        await fleet.polls.close()
     latencies.sort()
     return {"median": statistics.median(latencies),
             "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
