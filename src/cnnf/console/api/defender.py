@@ -4,7 +4,9 @@ The long-polls (policy, cluster inventory) answer at once when the caller's
 revision is not the current one; otherwise they wait on this process's
 :class:`~cnnf.console.services.defenders.Notifier` (policy changes and inventory
 changes signal it after their commit), and read the revision from the store at
-least every ``store_poll`` seconds. On PostgreSQL a change committed through any
+least every ``store_poll`` seconds. All the long-polls of a process share one
+read of the store per change (:class:`SharedRead`) and one JSON body per
+revision, so a change costs one read however many Defenders wait. On PostgreSQL a change committed through any
 replica wakes them on every replica through the change feed
 (:mod:`cnnf.console.store.feed`); the store poll is then only a backstop.
 """
@@ -81,7 +83,8 @@ class SharedRead(Generic[T]):
                 and self._monotonic() - value[1] < self._max_age()):
             return value[2]
         pending = self._pending
-        if pending is None or pending[0] != generation or pending[1].done():
+        if (pending is None or pending[0] != generation or pending[1].done()
+                or pending[1].get_loop() is not asyncio.get_running_loop()):
             started = self._monotonic()
             future = asyncio.ensure_future(run_in_threadpool(self._read))
             pending = (generation, future)
