@@ -6,9 +6,10 @@ revision is not the current one; otherwise they wait on this process's
 changes signal it after their commit), and read the revision from the store at
 least every ``store_poll`` seconds. All the long-polls of a process share one
 read of the store per change (:class:`SharedRead`) and one JSON body per
-revision, so a change costs one read however many Defenders wait. On PostgreSQL a change committed through any
-replica wakes them on every replica through the change feed
-(:mod:`cnnf.console.store.feed`); the store poll is then only a backstop.
+revision, so a change costs one read however many Defenders wait. On
+PostgreSQL a change committed through any replica wakes them on every replica
+through the change feed (:mod:`cnnf.console.store.feed`); the store poll is
+then only a backstop.
 """
 
 from __future__ import annotations
