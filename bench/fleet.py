@@ -52,13 +52,17 @@ API = "/api/v1"
 RECORDS_PER_BATCH = 100  # 80 flows, 20 audits
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process (0 once it is gone)."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User and system CPU time of a process (0 once it is gone); ``children``:
+    with that of its children that exited (PostgreSQL's backends come and go)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_pids(server: postgres.PostgresServer) -> list[int]:
@@ -84,7 +88,9 @@ class CpuMeter:
 
     def _now(self) -> dict[str, float]:
         used = {f"console {i}": cpu_seconds(pid) for i, pid in enumerate(self.consoles)}
-        used["postgresql"] = sum(cpu_seconds(pid) for pid in postgres_pids(self.server))
+        master, *backends = postgres_pids(self.server)
+        used["postgresql"] = cpu_seconds(master, children=True) + sum(
+            cpu_seconds(pid) for pid in backends)
         own = resource.getrusage(resource.RUSAGE_SELF)
         used["fleet (clients)"] = own.ru_utime + own.ru_stime
         return used
