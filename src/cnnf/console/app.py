@@ -365,9 +365,10 @@ def _install_link(app: FastAPI, console: ConsoleState,
         except IntegrityError:
             if attempt == 3:
                 raise
-    for name, dropped in sinks.removed.items():
-        log.warning("forwarding: %s is no longer configured; %d undelivered audits for it "
-                    "dropped", name, dropped)
+    for name, kept in sinks.removed.items():
+        log.warning("forwarding: %s is no longer configured; its %d undelivered audits are "
+                    "kept (sent if it is configured again, else pruned by retention)",
+                    name, kept)
     for name in sinks.added:
         log.info("forwarding: audits now go to %s too (every replica)", name)
     lease = Lease(console.sessions, SINGLETON, ttl=config.lease_seconds, clock=console.now,

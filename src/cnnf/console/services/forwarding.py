@@ -525,14 +525,15 @@ def sink_name(url: str) -> str:
 @dataclass(frozen=True)
 class SinksChanged:
     added: tuple[str, ...]
-    removed: dict[str, int]  # sink -> undelivered audits dropped with it
+    removed: dict[str, int]  # sink -> its undelivered audits, kept in the outbox
 
 
 def configure_sinks(session: Session, urls: Sequence[str], now: datetime) -> SinksChanged:
     """Make ``urls`` the fleet's forwarding sinks (every replica queues each audit
-    for each, whichever stored it). A sink no longer configured takes its
-    undelivered audits with it (counted: nothing is sent to a target the
-    operator removed)."""
+    for each, whichever stored it). A sink no longer configured keeps its
+    undelivered audits in the outbox (counted): a replica started with the wrong
+    options must not lose them; configured again, it gets them, and otherwise
+    retention prunes them (counted and logged as pruned undelivered)."""
     wanted = {sink_name(url): url for url in urls}
     try:
         stored = {row.name: row for row in session.scalars(select(SinkRow))}
@@ -541,7 +542,6 @@ def configure_sinks(session: Session, urls: Sequence[str], now: datetime) -> Sin
             if name not in wanted:
                 removed[name] = session.scalar(select(func.count()).select_from(OutboxRow)
                                                .where(OutboxRow.sink == name)) or 0
-                session.execute(delete(OutboxRow).where(OutboxRow.sink == name))
                 session.delete(row)
         added: list[str] = []
         for name, url in wanted.items():
