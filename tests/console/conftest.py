@@ -50,6 +50,7 @@ def console(db_url: str, tmp_path: Path) -> Iterator[Console]:
     finally:
         for client in c.clients:
             client.close()
+        c.app.state.link.forwarder.close()  # the lifespan closes it in a served Console
         engine.dispose()
 
 
