@@ -660,6 +660,7 @@ def test_only_the_lease_holder_checks_for_stale_defenders(
                   ttl=link.lease.ttl, clock=console.clock.now,
                   monotonic=console.clock.monotonic)
     console.clock.advance(5 * 60 + 1)  # node-1 went stale
+    link.forwarder.close()  # its thread would keep this process's lease renewed
     link.lease.release()
     assert other.renew()  # another replica holds the lease
     before = admin.get(f"{API}/inventory").json()["revision"]
