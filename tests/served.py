@@ -31,9 +31,13 @@ def uvicorn_thread(app: Any, **config: Any) -> Iterator[int]:
     """Serve ``app`` (``config``: more uvicorn.Config options, e.g. TLS files);
     yields the port."""
     port = free_port()
+    # loop="asyncio": the tests' own event loop in this thread, not uvloop (which
+    # `cnnf console` uses): uvloop's handles outlive a server stopped from another
+    # thread and surface as warnings in whichever test runs next.
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off",
-                                           timeout_graceful_shutdown=1, **config))
+                                           loop="asyncio", timeout_graceful_shutdown=1,
+                                           **config))
     thread = threading.Thread(target=server.run, name="console", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_WITHIN

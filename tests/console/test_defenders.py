@@ -258,9 +258,9 @@ def test_audits_name_the_pods_in_the_api_and_the_csv(console: Console, admin: Ap
     assert (items[22]["srcPod"], items[22]["dstPod"]) == ("", "")
 
     header, *rows = csv.reader(io.StringIO(admin.get(f"{API}/audits/csv").text))
-    assert header[-4:] == ["SrcNamespace", "DstNamespace", "SrcPod", "DstPod"]
+    assert header[-5:] == ["SrcNamespace", "DstNamespace", "SrcPod", "DstPod", "Would"]
     by_port = {row[header.index("Port")]: dict(zip(header, row, strict=True)) for row in rows}
-    assert {k: by_port["5432"][k] for k in header[-4:]} == {
+    assert {k: by_port["5432"][k] for k in header[-5:-1]} == {
         "SrcNamespace": "storefront", "DstNamespace": "data",
         "SrcPod": "web-7d4b9c6f5-x2k8p", "DstPod": "postgres-0"}
     assert (by_port["22"]["SrcPod"], by_port["22"]["DstPod"]) == ("", "")
@@ -380,7 +380,7 @@ def test_overload_audits_are_stored_listed_filtered_and_downloaded(
         "DstImageName": "", "DstContainerName": "", "Port": "", "DstSubnet": "",
         "DstDomain": "", "SrcHostname": "node-1", "DstHostname": "node-1",
         "Msg": FLOOD_MESSAGE, "Count": "52311", "SrcNamespace": "shop", "DstNamespace": "",
-        "SrcPod": "", "DstPod": ""}
+        "SrcPod": "", "DstPod": "", "Would": "false"}
     every = list(csv.reader(io.StringIO(admin.get(f"{API}/audits/csv").text)))
     assert sorted((row[1], row[8]) for row in every[1:]) == [
         ("container", "5432"), ("overload", ""), ("overload", "")]
