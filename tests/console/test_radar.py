@@ -471,13 +471,49 @@ def test_connections_seen_with_enforcement_off_are_counted_and_kept_in_the_histo
                   mode="observed"),
              Flow("image:shop/db", "image:shop/web", 9000, "prevent", count=1)]
     from cnnf.model.rule import Effect
-    e = _edge(_with(default_effect=Effect.PREVENT), flows, "image:shop/db:3->image:shop/web:1")
+    # enforcement is on now: the current verdict is what happens to the next one
+    e = _edge(_with(default_effect=Effect.PREVENT, container_enabled=True), flows,
+              "image:shop/db:3->image:shop/web:1")
     (port,) = e["ports"]
     assert (port["verdict"], port["would"], port["count"], port["unenforced"],
-            port["enforced"]) == ("blocked", None, 4, 3, False)
+            port["enforced"], port["seen"]) == ("blocked", None, 4, 3, False, False)
     assert sorted((h["verdict"], h["would"] or "", h["unenforced"])
                   for h in port["history"]) == [("blocked", "", 0), ("observed", "blocked", 3)]
     assert e["label"] == "9000 blocked"
+
+
+@pytest.mark.parametrize(("effect", "label"), [
+    ("prevent", "5432 seen, would prevent"), ("alert", "5432 seen, would alert")])
+def test_with_enforcement_off_a_port_says_it_was_seen_and_what_would_happen(
+        effect: str, label: str) -> None:
+    # Rule 7 refuses (or audits) web -> db; enforcement is off, so the three
+    # connections went through: the label says so, the colour stays the rule's.
+    doc = POLICY.model_dump(mode="json")
+    doc["containerEnabled"] = False
+    doc["containerRules"].insert(0, {"id": 7, "name": "web-not-db", "src": "web",
+                                     "dst": "db", "ports": [5432], "effect": effect})
+    flows = [Flow("image:shop/web", "image:shop/db", 5432, "allow", 7, "web-not-db", count=3,
+                  would=effect, would_rule_id=7, mode="observed")]
+    policy = Policy.model_validate(doc)
+    e = _edge(policy, flows, "image:shop/web:1->image:shop/db:3")
+    (port,) = e["ports"]
+    verdict = "blocked" if effect == "prevent" else "alert"
+    assert (e["label"], e["verdict"], e["hole"]) == (label, verdict, False)
+    assert (port["verdict"], port["seen"], port["unenforced"], port["ruleId"]) == (
+        verdict, True, 3, 7)
+    # the same flows with enforcement on now: the current verdict
+    doc["containerEnabled"] = True
+    e = _edge(Policy.model_validate(doc), flows, "image:shop/web:1->image:shop/db:3")
+    assert (e["label"], e["ports"][0]["seen"]) == (f"5432 {verdict}", False)
+    # connections that were all enforced keep what happened, enforcement off or not
+    enforced = [Flow("image:shop/web", "image:shop/db", 5432, effect, 7, "web-not-db", count=2)]
+    e = _edge(policy, enforced, "image:shop/web:1->image:shop/db:3")
+    assert (e["label"], e["ports"][0]["seen"]) == (f"5432 {verdict}", False)
+    # a port allowed by a rule, seen unenforced: nothing would differ
+    allowed = [Flow("image:shop/web", "image:shop/api", 8080, "allow", 1, "web-api",
+                    mode="observed")]
+    e = _edge(policy, allowed, "image:shop/web:1->image:shop/api:2")
+    assert (e["label"], e["ports"][0]["seen"]) == ("8080 allowed", False)
 
 
 def test_compact_labels_put_would_verdicts_after_the_current_ones() -> None:

@@ -43,6 +43,13 @@ label says it ("5432 would prevent"), the line keeps the current verdict's
 colour, and a port a staged rule decides is no hole. A port also counts its
 connections seen with enforcement off (``unenforced``; ``enforced``: none
 was), and each history entry keeps the "would" verdict its flows recorded.
+
+With the view's enforcement off, a port whose current verdict refuses or
+audits (``blocked``, ``alert``) but whose connections went through unenforced
+says what happened apart from what the policy would do: ``seen`` is true and
+the label reads "5432 seen, would prevent" (the line keeps the verdict's
+colour: lateral movement the policy forbids stands out). Ports whose
+connections were all enforced keep their verdict ("443 blocked").
 """
 
 from __future__ import annotations
@@ -201,6 +208,9 @@ class _Port:
     would: VerdictClass | None = None
     would_rule_id: int = 0
     unenforced: int = 0  # connections of ``count`` seen with enforcement off
+    # Enforcement is off and connections the policy would refuse or audit went
+    # through unenforced: what happened is "seen", ``verdict`` what would happen.
+    seen: bool = False
 
     @property
     def hole(self) -> bool:
@@ -210,6 +220,9 @@ class _Port:
     @property
     def label(self) -> str:
         """How the edge label names this port's verdict class."""
+        if self.seen:
+            staged = f" (staged: {_WOULD_WORD[self.would]})" if self.would is not None else ""
+            return f"seen, would {_WOULD_WORD[self.verdict]}{staged}"
         if self.would is None:
             return self.verdict
         return f"would {_WOULD_WORD[self.would]}"
@@ -297,6 +310,9 @@ class _Graph:
         # the current verdict of an observed port.
         self.rules_from: dict[str, list[tuple[Rule, set[str]]]] = defaultdict(list)
         self.default_class: VerdictClass = _DEFAULT_CLASS[policy.default_effect]
+        # Enforcement of this view's rules: off, connections are only observed.
+        self.enforced = (policy.container_enabled if query.view == "container"
+                         else policy.host_enabled)
         # Staging: staged rules are in rules_from too, skipped by current() and
         # considered by staged(); the staged default effect replaces the default.
         self.staging = policy.staging
@@ -542,6 +558,10 @@ class _Graph:
                 assert have.history is not None
                 have.history.append(h)
         ports = list(by_port.values())
+        if not self.enforced:
+            for port in ports:
+                # What happened (seen) apart from what the policy would do.
+                port.seen = bool(port.unenforced) and port.verdict in ("blocked", "alert")
         if not edge.rules:
             return ports
         seen_rules = {p.rule_id for p in ports} | {p.would_rule_id for p in ports}
@@ -737,7 +757,7 @@ def build_graph(
                  "firstSeen": epoch(p.first_seen), "lastSeen": epoch(p.last_seen),
                  "ruleId": p.rule_id or None, "would": p.would,
                  "wouldRuleId": p.would_rule_id or None, "enforced": not p.unenforced,
-                 "unenforced": p.unenforced,
+                 "unenforced": p.unenforced, "seen": p.seen,
                  "history": [
                      {"verdict": h.verdict, "count": h.count, "firstSeen": epoch(h.first_seen),
                       "lastSeen": epoch(h.last_seen), "ruleId": h.rule_id or None,

@@ -77,6 +77,7 @@ from cnnf.model import (
 )
 from cnnf.model.records import (
     ClusterInventory,
+    DatapathState,
     HostInfo,
     InventoryReport,
     WorkloadInfo,
@@ -162,6 +163,9 @@ MAX_BATCH_RECORDS = 1000
 OFFLINE_REPORT_INTERVAL = 30.0
 # Seconds between reads of the kernel's fast-path and admission counters.
 KERNEL_POLL_INTERVAL = 1.0
+# How often the datapath is checked (read only) for "datapath up" (the Console's
+# Defenders page); a change is reported at once. Repairs run on their own interval.
+DATAPATH_CHECK_INTERVAL = 2.0
 # A main loop that did not turn for this long stops the heartbeat (the kernel's
 # cached verdicts then lapse: nothing would invalidate or count them).
 LOOP_STALL_SECONDS = 10.0
@@ -405,6 +409,8 @@ class Agent:
         self.flows_out = 0
         self.audits_out = 0
         self.repairs = 0
+        # The datapath's problems at its last check (empty: up; None: not checked).
+        self.datapath_problems: list[str] | None = None
         self.started = 0.0
         self.output = JsonLinesOutput(config.output) if config.output else None
         self.datapath: Datapath | None = None
@@ -724,7 +730,30 @@ class Agent:
             containers=[WorkloadInfo.of(a, c.identity) for a, c in sorted(self.local.items())],
             version=__version__,
             protected=len(containers) + len(hosts),
+            datapath=None if self.datapath_problems is None else DatapathState(
+                up=not self.datapath_problems,
+                problems=[p[:300] for p in self.datapath_problems[:20]]),
         )
+
+    def check_datapath(self) -> None:
+        """Check the datapath's kernel state (changing nothing); a change of
+        "up" or of what is wrong goes to the Console with the next inventory."""
+        if self.datapath is None:
+            return
+        try:
+            problems = self.datapath.check()
+        except Exception as exc:
+            problems = [f"datapath check failed: {exc}"]
+        if problems == self.datapath_problems:
+            return
+        if problems:
+            log.error("datapath down", problems=problems)
+        elif self.datapath_problems:
+            log.info("datapath up again")
+        with self._lock:
+            self.datapath_problems = problems
+            if self.runner is not None:
+                self.runner.set_inventory(self.inventory_report())
 
     # -- start ----------------------------------------------------------------------
 
@@ -817,6 +846,7 @@ class Agent:
             log.info(note)
         self._apply_sets()
         self._apply_mode()
+        self.check_datapath()
         log.info("defender started", hostname=self.config.hostname, netns=self.config.netns,
                  queues=self.config.queues, fail_open=not self.config.fail_closed,
                  admission_rate=c.admission_rate or None,
@@ -870,6 +900,7 @@ class Agent:
         next_status = now
         next_watch = now + 0.5
         next_kernel = now + KERNEL_POLL_INTERVAL
+        next_check = now + DATAPATH_CHECK_INTERVAL
         while not self.stop_event.wait(0.05):
             self._loop_turned = time.monotonic()
             self.collect()
@@ -890,6 +921,10 @@ class Agent:
             if now >= next_repair:
                 next_repair = now + self.config.repair_interval
                 self.repair()
+                next_check = now  # what the repair left
+            if now >= next_check:
+                next_check = now + DATAPATH_CHECK_INTERVAL
+                self.check_datapath()
             if now >= next_status:
                 next_status = now + 1.0
                 self.write_status()
@@ -1213,6 +1248,8 @@ class Agent:
             "flows": self.flows_out,
             "audits": self.audits_out,
             "repairs": self.repairs,
+            "datapath": None if self.datapath_problems is None else {
+                "up": not self.datapath_problems, "problems": list(self.datapath_problems)},
             "start_to_protected_ms": {
                 "count": len(gaps),
                 "last": round(gaps[-1], 1) if gaps else None,

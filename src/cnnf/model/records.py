@@ -10,9 +10,9 @@ caller supplies them (no clock here).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from cnnf.model.attempt import Endpoint, Verdict
 from cnnf.model.identity import ContainerIdentity, make_labels, normalise_image
@@ -251,6 +251,17 @@ class HostInfo(_Record):
     cluster: str = ""
 
 
+class DatapathState(_Record):
+    """Whether a Defender's datapath is up, from its own check of the kernel:
+    every verdict worker running, each SYN queue bound (NFQUEUE), its
+    iptables chains, rules and ipsets in place. ``problems`` says what is not
+    (empty when up), at most 20 of them."""
+
+    up: bool
+    problems: list[Annotated[str, StringConstraints(max_length=300)]] = Field(
+        default_factory=list, max_length=20)
+
+
 class InventoryReport(_Record):
     """POST /api/v1/defender/inventory: what one Defender sees on its host
     (replaces that Defender's previous report whole)."""
@@ -259,6 +270,8 @@ class InventoryReport(_Record):
     containers: list[WorkloadInfo] = Field(default_factory=list)
     version: str = ""
     protected: int = 0  # workload addresses the Defender currently protects
+    # None: not checked yet, or a Defender too old to say
+    datapath: DatapathState | None = None
 
 
 class ClusterInventory(_Record):

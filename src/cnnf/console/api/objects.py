@@ -8,6 +8,8 @@ from fastapi import APIRouter, Body, Path
 
 from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import Reader, SessionDep, StateDep, Writer, policy_service
+from cnnf.console.services.defenders import DefenderService
+from cnnf.console.services.selection import Selection, SelectionPreview, preview
 from cnnf.model import NetworkObject
 
 router = APIRouter(prefix="/objects", tags=["objects"])
@@ -27,6 +29,15 @@ def list_objects(*, db: SessionDep, console: StateDep,
 def create_object(*, obj: Annotated[NetworkObject, Body()], db: SessionDep, console: StateDep,
                   who: Writer) -> NetworkObject:
     return policy_service(db, console, who).create_object(obj)
+
+
+@router.post("/preview", response_model=SelectionPreview)
+def preview_selection(*, selection: Annotated[Selection, Body()], db: SessionDep,
+                      console: StateDep, who: Reader) -> SelectionPreview:
+    """The known workloads (what the live Defenders report running now) a
+    container or host selector selects, matched as the policy engine matches:
+    the object editor's preview. Changes nothing."""
+    return preview(selection, DefenderService(db, console.now).cluster_inventory())
 
 
 @router.get("/{name:path}", response_model=NetworkObject, responses=errors(404))

@@ -115,6 +115,10 @@ class DefenderInfo(PolicyModel):
     last_seen: datetime | None
     protected: int  # workload addresses the Defender protects
     workloads: int  # containers it reported
+    # Its datapath (queues bound, chains and sets in place) as it last reported:
+    # None when it never did (not yet checked, or an older Defender).
+    datapath_up: bool | None = None
+    datapath_problems: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +153,9 @@ def _info(row: DefenderRow, now: datetime) -> DefenderInfo:
     workloads = len((row.inventory or {}).get("containers", []))
     return DefenderInfo(id=row.defender_id, hostname=row.hostname, version=row.version,
                         status=_status(row, now), enrolled=row.enrolled,
-                        last_seen=row.last_seen, protected=row.protected, workloads=workloads)
+                        last_seen=row.last_seen, protected=row.protected, workloads=workloads,
+                        datapath_up=row.datapath_up,
+                        datapath_problems=list(row.datapath_problems or []))
 
 
 # --- the wire records -> the store's records (one mapping each) ------------------------
@@ -430,9 +436,14 @@ class DefenderService:
             DefenderRow.defender_id == defender_id))
         if row is None or row.revoked:
             raise Unauthorized("invalid or revoked Defender credential")
-        data = report.model_dump(mode="json")
+        # The datapath's state is the Defender's own, not inventory: a change of
+        # it does not change the cluster inventory every Defender is sent.
+        data = report.model_dump(mode="json", exclude={"datapath"})
         changed = row.inventory != data
         row.protected = min(max(report.protected, 0), 2**31 - 1)
+        if report.datapath is not None:
+            row.datapath_up = report.datapath.up
+            row.datapath_problems = list(report.datapath.problems)
         if report.version:
             row.version = report.version[:64]
         row.last_seen = self.now()

@@ -329,6 +329,10 @@ class DefenderRow(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     protected: Mapped[int] = mapped_column(Integer, default=0)
     inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # "Datapath up" as the Defender last reported it (None: never reported) and
+    # what was wrong (0009).
+    datapath_up: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    datapath_problems: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class InventoryStateRow(Base):

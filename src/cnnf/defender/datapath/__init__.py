@@ -174,6 +174,21 @@ class Datapath:
             self.workers.dns_update(self.dns_cache.snapshot())  # reseed the new replicas
         return restarted + self.backend.check_and_repair()
 
+    def check(self) -> list[str]:
+        """Whether the datapath is up, from its own state: every verdict worker
+        running, each SYN queue bound in the kernel, the backend's rules, chains
+        and sets in place. Returns the problems (empty: up); changes nothing."""
+        problems = self.workers.dead()
+        bound = {q.queue for q in queue_stats(self.netns)}
+        problems += [f"queue {self.config.queue_num + i} not bound"
+                     for i in range(self.config.queues)
+                     if self.config.queue_num + i not in bound]
+        try:
+            problems += self.backend.check()
+        except DatapathError as exc:
+            problems.append(f"rules not readable: {exc}")
+        return problems
+
     def domains_for(self, address: str) -> tuple[str, ...]:
         return self.dns_cache.domains_for(address)
 

@@ -165,6 +165,11 @@ class FirewallBackend(Protocol):
         """Remove every tagged rule, chain and set; idempotent; returns what went."""
         ...
 
+    def check(self) -> list[str]:
+        """What is missing or altered now (rules, chains, sets), changing nothing;
+        empty: everything the backend installed is in place."""
+        ...
+
     def check_and_repair(self) -> list[str]:
         """Put back missing or altered rules and sets; returns what was repaired."""
         ...

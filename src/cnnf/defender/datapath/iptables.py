@@ -504,6 +504,39 @@ class IptablesBackend:
                             "until the next start or `cnnf defender cleanup`")
             return done
 
+    def check(self) -> list[str]:
+        """What is missing or altered now, without changing anything (the same
+        comparison ``check_and_repair`` makes before it repairs)."""
+        with self._lock:
+            if not self._expected:
+                return ["rules not installed"]
+            problems: list[str] = []
+            present = set(self._set_names())
+            missing_sets = [n for n in self._set_specs() if n not in present]
+            problems += [f"ipset {n} missing" for n in missing_sets]
+            for name in self._members:
+                if name in missing_sets:
+                    continue
+                lost = self._members[name] - self._set_members(name)
+                if lost:
+                    problems.append(f"ipset {name}: {len(lost)} member(s) missing")
+            if self._nft_reject and not self._nft_present():
+                problems.append(f"nft table {NFT_TABLE} (fail-closed reject) missing")
+            for family in self.config.families:
+                expected = self._expected.get(family, [])
+                saved = self._save(family)
+                current = _tagged_state(saved).get("filter", [])
+                gone = Counter(expected) - Counter(current)
+                extra = Counter(current) - Counter(expected)
+                problems += [f"ipv{family} missing: {ln}" for ln in gone.elements()]
+                problems += [f"ipv{family} unexpected: {ln}" for ln in extra.elements()]
+                problems += [
+                    f"ipv{family} jump to {CHAIN_PREFIX}{b} is not first in {b}"
+                    for b, rules in _builtin_rules(saved).items()
+                    if f"-A {b} -m comment --comment {TAG} -j {CHAIN_PREFIX}{b}" in rules
+                    and not rules[0].endswith(f"-j {CHAIN_PREFIX}{b}")]
+            return problems
+
     def check_and_repair(self) -> list[str]:
         with self._lock:
             if not self._expected:

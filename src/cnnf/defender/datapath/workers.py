@@ -268,6 +268,11 @@ class VerdictWorkers:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None]
 
+    def dead(self) -> list[str]:
+        """The workers that are not running (each one's queue is then unbound)."""
+        return [f"verdict worker for queue {self.config.queue_num + i} not running"
+                for i, proc in enumerate(self._procs) if proc is None or not proc.is_alive()]
+
     def restart_dead(self) -> list[str]:
         """Restart workers that died (e.g. killed); returns what was restarted."""
         restarted = []

@@ -25,16 +25,29 @@ function done(target, text) {
 
 const STATUS_TEXT = { connected: "connected", disconnected: "not connected", revoked: "revoked" };
 
+// "Datapath up" as the Defender last reported it; a Defender not connected may
+// have changed since, so its answer is marked as its last one.
+function datapathCell(d) {
+  if (d.datapathUp === null || d.datapathUp === undefined) {
+    return h("span", { class: "muted" }, d.status === "revoked" ? "–" : "not reported");
+  }
+  const last = d.status === "connected" ? "" : " (last report)";
+  if (d.datapathUp) return h("span", { class: "badge datapath-up" }, `up${last}`);
+  return [h("span", { class: "badge datapath-down" }, `down${last}`),
+    h("ul", { class: "small problems" }, d.datapathProblems.map((p) => h("li", {}, p)))];
+}
+
 export async function renderDefenders(main) {
   const message = messageLine("defenders-message");
   const body = h("tbody", {});
   clear(main).append(h("section", { class: "page" },
     h("h1", {}, "Defenders"),
     h("p", { class: "muted" }, "One Defender per host. Connected: it called the Console in the last 30 seconds. "
+      + "Datapath up: its own check found its verdict workers running, its SYN queues bound and its firewall chains and sets in place (checked every 2 seconds; what is wrong is listed). "
       + "Revoking refuses its credential from then on and removes its workloads from Radar."),
     message,
     h("table", { class: "grid", id: "defenders" },
-      h("thead", {}, h("tr", {}, ["Host", "Version", "Status", "Last report", "Enrolled", "Workloads", "Protected addresses", ""]
+      h("thead", {}, h("tr", {}, ["Host", "Version", "Status", "Datapath", "Last report", "Enrolled", "Workloads", "Protected addresses", ""]
         .map((t) => h("th", { scope: "col" }, t)))),
       body)));
 
@@ -44,6 +57,7 @@ export async function renderDefenders(main) {
       h("td", {}, d.hostname),
       h("td", {}, d.version || "not reported"),
       h("td", {}, h("span", { class: `badge status-${d.status}` }, STATUS_TEXT[d.status] || d.status)),
+      h("td", { class: "datapath" }, datapathCell(d)),
       h("td", {}, d.lastSeen ? fmtTime(d.lastSeen) : "never"),
       h("td", {}, fmtTime(d.enrolled)),
       h("td", { class: "num" }, d.workloads),
@@ -51,7 +65,7 @@ export async function renderDefenders(main) {
       h("td", { class: "actions" }, isAdmin() && d.status !== "revoked"
         ? h("button", { type: "button", class: "danger", "aria-label": `Revoke the Defender of ${d.hostname}`, onclick: () => revoke(d) }, "Revoke")
         : null))));
-    if (!defenders.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No Defender has enrolled yet.")));
+    if (!defenders.length) body.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No Defender has enrolled yet.")));
   }
 
   async function revoke(d) {

@@ -233,7 +233,9 @@ export async function renderObjects(main) {
   function edit(o) {
     const formError = errorLine("object-form-error");
     const fields = h("div", { class: "stack" });
-    const kindSelect = h("select", { name: "kind", disabled: !!o, onchange: () => kindFields(kindSelect.value) },
+    // What the selector selects among the running workloads, as it is typed.
+    const matches = h("div", { id: "object-preview", class: "preview", role: "status", "aria-live": "polite" });
+    const kindSelect = h("select", { name: "kind", disabled: !!o, onchange: () => { kindFields(kindSelect.value); showMatches(); } },
       ["container", "host", "subnet", "dns"].map((k) => h("option", { value: k, selected: o?.kind === k }, k)));
     function kindFields(kind) {
       clear(fields);
@@ -242,8 +244,40 @@ export async function renderObjects(main) {
       else {
         for (const f of SELECTOR_FIELDS[kind]) {
           fields.append(h("label", {}, `${f} (comma separated globs${f === "labels" ? ", key=value" : ""})`,
-            h("input", { name: f, value: joined(o?.selector?.[f]) })));
+            h("input", { name: f, value: joined(o?.selector?.[f]), oninput: previewSoon })));
         }
+      }
+    }
+    let asked = 0;
+    let timer = null;
+    function previewSoon() { clearTimeout(timer); timer = setTimeout(showMatches, 250); }
+    async function showMatches() {
+      const kind = kindSelect.value;
+      const ask = ++asked;
+      if (!SELECTOR_FIELDS[kind]) { clear(matches); matches.hidden = true; return; }
+      matches.hidden = false;
+      const d = new FormData(form);
+      const selector = Object.fromEntries(SELECTOR_FIELDS[kind].map((f) => [f, list(d.get(f))]).filter(([, v]) => v.length));
+      if (!Object.keys(selector).length) {
+        clear(matches).append(h("p", { class: "muted" }, "Type a selector to see which running workloads it selects."));
+        return;
+      }
+      try {
+        const r = await api("POST", "/objects/preview", { body: { kind, selector } });
+        if (ask !== asked) return; // a later keystroke asked again
+        const noun = kind === "container" ? "container" : "host";
+        const shown = r.matches.map((m) => h("li", {}, kind === "container"
+          ? `${m.namespace ? `${m.namespace}/` : ""}${m.pod || m.name} · ${m.image} · ${m.host} · ${m.address}`
+          : `${m.name}${m.address ? ` · ${m.address}` : ""}`));
+        clear(matches).append(
+          h("p", { id: "object-preview-count" }, `Selects ${r.total} of ${r.known} running ${noun}${r.known === 1 ? "" : "s"}${r.total > r.matches.length ? ` (first ${r.matches.length} listed)` : ""}.`),
+          shown.length ? h("ul", { class: "small" }, shown) : null);
+      } catch (err) {
+        if (ask !== asked) return;
+        // a selector half typed (an invalid glob): say what is wrong, not a failure
+        const detail = err instanceof ApiError && err.errors.length
+          ? err.errors.map((x) => `${x.path.replace(/^selector\./, "")}: ${x.message}`).join("; ") : String(err.message || err);
+        clear(matches).append(h("p", { class: "error" }, `No preview: ${detail}`));
       }
     }
     const form = h("form", { id: "object-form", class: "card stack" },
@@ -251,11 +285,13 @@ export async function renderObjects(main) {
       h("label", {}, "Name", h("input", { name: "name", value: o?.name || "" })),
       h("label", {}, "Kind", kindSelect),
       fields,
+      matches,
       h("label", {}, "Description", h("input", { name: "description", value: o?.description || "" })),
       h("div", { class: "buttons" }, h("button", { type: "submit" }, "Save"),
         h("button", { type: "button", class: "secondary", onclick: () => clear(editor) }, "Cancel")),
       formError);
     kindFields(o?.kind || "container");
+    showMatches();
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const d = new FormData(form);

@@ -100,8 +100,12 @@ function normaliseImage(image) {
 const WOULD_WORD = { blocked: "prevent", alert: "alert", allowed: "allow", observed: "allow" };
 
 // A port's word on a label: its current verdict, or what the policy with
-// everything staged would do where that differs ("would prevent").
-const portWord = (p) => (p.would ? `would ${WOULD_WORD[p.would]}` : p.verdict);
+// everything staged would do where that differs ("would prevent"); with
+// enforcement off, what happened apart from what would ("seen, would prevent"),
+// as the Console writes labels.
+const portWord = (p) => (p.seen
+  ? `seen, would ${WOULD_WORD[p.verdict]}${p.would ? ` (staged: ${WOULD_WORD[p.would]})` : ""}`
+  : p.would ? `would ${WOULD_WORD[p.would]}` : p.verdict);
 
 export function compactPorts(ports) {
   const byVerdict = new Map();
@@ -304,7 +308,8 @@ function legend() {
       swatch(VERDICT_COLORS.alert, "alert – allowed and audited"),
       swatch(VERDICT_COLORS.blocked, "blocked – prevented by a rule"),
       swatch(VERDICT_COLORS.observed, "observed – no rule matched (a hole)"),
-      h("li", { class: "would-legend" }, "“would prevent”, “would alert” – what the policy would do with its staged rules and staged default in force, where that differs from the current verdict (not enforced)")),
+      h("li", { class: "would-legend" }, "“would prevent”, “would alert” – what the policy would do with its staged rules and staged default in force, where that differs from the current verdict (not enforced)"),
+      h("li", { class: "would-legend" }, "“seen, would prevent” – enforcement is off: the connections went through; the colour is what the policy would do")),
     h("strong", {}, "Lines (worst current verdict)"),
     h("ul", {},
       line("solid", VERDICT_COLORS.blocked, "solid – connections seen"),
@@ -805,7 +810,12 @@ export async function renderRadar(main, _args, link) {
     const ruleLink = (id, name) => (id ? h("a", { href: `#/rules/${kind}?edit=${id}`, title: name || ruleOf(id)?.name || "" }, `#${id}`) : "no rule");
     const rows = e.ports.map((p) => h("tr", {},
       h("td", {}, p.port),
-      h("td", {}, h("span", { class: `badge ${p.verdict}` }, p.verdict),
+      h("td", {}, p.seen
+        // enforcement off: the connections went through; the rule's verdict is what would happen
+        ? [h("span", { class: "badge observed" }, "seen"), " ", h("span", { class: "badge would",
+          title: `${p.ruleId ? `rule #${p.ruleId}` : "the default effect"}, not enforced: enforcement is off` },
+          `would ${WOULD_WORD[p.verdict]}${p.ruleId ? ` #${p.ruleId}` : ""}`)]
+        : h("span", { class: `badge ${p.verdict}` }, p.verdict),
         // what the policy would do (a staged rule or default, or enforcement off): not enforced
         p.would ? [" ", h("span", { class: "badge would", title: p.wouldRuleId ? `rule #${p.wouldRuleId}, not enforced` : "the default effect, not enforced" },
           `would ${WOULD_WORD[p.would]}${p.wouldRuleId ? ` #${p.wouldRuleId}` : ""}`)] : null),
@@ -845,6 +855,8 @@ export async function renderRadar(main, _args, link) {
       h("p", { id: "edge-summary" },
         h("span", { class: `badge ${e.verdict}` }, e.verdict), " ",
         e.observed ? "Connections seen (solid line)." : "A rule, no connection seen (dotted line).",
+        e.ports.some((p) => p.seen) ? h("span", { id: "edge-not-enforced" },
+          ` Enforcement is off: connections the policy would ${e.ports.some((p) => p.seen && p.verdict === "blocked") ? "prevent" : "audit"} went through, not enforced. Turn it on in Settings.`) : null,
         e.merged ? ` ${e.members} edges of a collapsed group.` : ""),
       h("h3", {}, "Now (current policy)"),
       h("table", { class: "ports", id: "ports-now" },
