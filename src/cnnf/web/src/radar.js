@@ -1,12 +1,9 @@
-// Radar: the network topology drawn with Cytoscape.js and ELK's layered layout
-// (sources left, destinations right; groups as compound nodes kept apart). The page state is exposed as
+// Radar: the network topology drawn with Cytoscape.js and a layered layout of
+// its own (sources left, destinations right; groups as compound nodes in bands). The page state is exposed as
 // window.cnnfRadar (cy, data, timing) for tests and the benchmark.
 import cytoscape from "cytoscape";
-import elk from "cytoscape-elk";
 import { api, ApiError } from "./api.js";
 import { clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
-
-cytoscape.use(elk);
 
 // Label text on these backgrounds has a contrast of at least 4.5:1 (WCAG AA):
 // white on green 5.1, dark on yellow 10.3, white on orange 5.2, white on grey 6.2.
@@ -30,20 +27,14 @@ const WINDOWS = [["15m", 900], ["1h", 3600], ["24h", 86400], ["7d", 604800], ["a
 // Above this many nodes, groups with more than COLLAPSE_MIN_CHILDREN start collapsed.
 const BIG_GRAPH = 300;
 const COLLAPSE_MIN_CHILDREN = 8;
-// A full layered layout's crossing reduction grows fast with edges (dagre took
-// minutes for 100 nodes and 3,000 edges here): beyond these, the linear-time
-// layered placement is used.
-const DAGRE_MAX_NODES = 400;
-// Wide layers and tall gaps leave room for the port labels mid-edge.
-const ELK_SPACING = {
-  "elk.layered.spacing.nodeNodeBetweenLayers": 160, "elk.spacing.nodeNode": 55,
-  "elk.layered.spacing.edgeNodeBetweenLayers": 30, "elk.spacing.edgeEdge": 20,
-  "elk.spacing.edgeNode": 30, "elk.padding": "[top=40,left=30,bottom=30,right=30]",
-};
+// Up to these, the banded layered layout with crossing reduction and label
+// placement (bandedPositions); beyond, the linear-time layered placement
+// (layeredPositions) with quiet labels.
+const SMALL_MAX_NODES = 400;
 // With more edges than this, edge labels show only from this zoom level up.
 const QUIET_EDGES = 1000;
 const QUIET_ZOOM = 0.6;
-const DAGRE_MAX_EDGES = 600;
+const SMALL_MAX_EDGES = 600;
 
 const state = {
   view: "container",
@@ -370,6 +361,156 @@ export function layeredPositions(elements) {
   return positions;
 }
 
+// The layered layout for graphs up to SMALL_MAX_NODES (ELK's layered layout
+// took 1 to 2 s here for the demo's dozen nodes, most of the first render):
+// sources left, destinations right, each group a horizontal band, computed in
+// milliseconds on the plain elements before they are added.
+// - rank: longest path from the sources (edges that close a cycle left out);
+// - bands: one per group (ungrouped nodes share one, last), ordered so that
+//   connected groups sit next to each other;
+// - order within a band's column: barycentre sweeps over the neighbours;
+// - columns wide enough for the widest node name and edge label, rows for
+//   the tallest node with its label; a column's nodes centred in their band.
+const FONT_W = 6.4; // px per character of an 11 px label, a little generous
+const NODE_LABEL_MAX = 180; // the node style's text-max-width
+function labelSize(text, max) {
+  const lines = String(text || "").split("\n");
+  let width = 0;
+  let rows = 0;
+  for (const line of lines) {
+    const w = line.length * FONT_W;
+    width = Math.max(width, Math.min(w, max));
+    rows += Math.max(1, Math.ceil(w / max));
+  }
+  return { width, rows };
+}
+
+export function bandedPositions(elements) {
+  const groups = new Set();
+  for (const el of elements) if (el.group === "nodes" && el.data.kind === "group") groups.add(el.data.id);
+  const leaves = elements.filter((el) => el.group === "nodes" && el.data.kind !== "group");
+  const ids = leaves.map((el) => el.data.id);
+  const byId = new Map(leaves.map((el) => [el.data.id, el]));
+  const out = new Map(ids.map((id) => [id, []]));
+  const inn = new Map(ids.map((id) => [id, []]));
+  let labelW = 0;
+  for (const el of elements) {
+    if (el.group !== "edges") continue;
+    const { source, target } = el.data;
+    if (source === target || !out.has(source) || !inn.has(target)) continue;
+    out.get(source).push(target);
+    inn.get(target).push(source);
+    labelW = Math.max(labelW, String(el.data.label || "").length * 5.9);
+  }
+  // Cycles: depth-first, an edge to a node on the current path is left out of the ranking.
+  const state = new Map();
+  const back = new Set();
+  for (const root of [...ids].sort((a, b) => inn.get(a).length - inn.get(b).length || a.localeCompare(b))) {
+    if (state.has(root)) continue;
+    const stack = [[root, 0]];
+    state.set(root, 1);
+    while (stack.length) {
+      const top = stack[stack.length - 1];
+      const next = out.get(top[0])[top[1]++];
+      if (next === undefined) { state.set(top[0], 2); stack.pop(); continue; }
+      if (state.get(next) === 1) back.add(`${top[0]}\u0000${next}`);
+      else if (!state.has(next)) { state.set(next, 1); stack.push([next, 0]); }
+    }
+  }
+  const rank = new Map();
+  const pending = new Map(ids.map((id) => [id, inn.get(id).filter((u) => !back.has(`${u}\u0000${id}`)).length]));
+  const queue = ids.filter((id) => pending.get(id) === 0);
+  for (const id of queue) rank.set(id, 0);
+  for (let i = 0; i < queue.length; i += 1) {
+    const u = queue[i];
+    for (const v of out.get(u)) {
+      if (back.has(`${u}\u0000${v}`)) continue;
+      rank.set(v, Math.max(rank.get(v) || 0, rank.get(u) + 1));
+      pending.set(v, pending.get(v) - 1);
+      if (pending.get(v) === 0) queue.push(v);
+    }
+  }
+  // A node that only receives sits one column right of its furthest source:
+  // longest-path ranking already does; a node with no edge stays in column 0.
+  const bandOf = (id) => {
+    const p = byId.get(id).data.parent;
+    return p && groups.has(p) ? p : "";
+  };
+  // Bands: groups by name, then ordered by the bands they connect to (two sweeps).
+  let bands = [...groups].sort();
+  if (ids.some((id) => !bandOf(id))) bands.push("");
+  for (let sweep = 0; sweep < 2 && bands.length > 2; sweep += 1) {
+    const index = new Map(bands.map((b, i) => [b, i]));
+    const pull = new Map(bands.map((b) => [b, [0, 0]]));
+    for (const u of ids) {
+      for (const v of out.get(u)) {
+        const a = bandOf(u);
+        const b = bandOf(v);
+        if (a === b) continue;
+        pull.get(a)[0] += index.get(b); pull.get(a)[1] += 1;
+        pull.get(b)[0] += index.get(a); pull.get(b)[1] += 1;
+      }
+    }
+    const key = (b) => {
+      const [sum, n] = pull.get(b);
+      return n ? (sum / n + index.get(b)) / 2 : index.get(b);
+    };
+    bands = bands.filter((b) => b).sort((a, b) => key(a) - key(b) || a.localeCompare(b))
+      .concat(bands.includes("") ? [""] : []);
+  }
+  // Cells: (band, rank) -> nodes, ordered by barycentre sweeps.
+  const cells = new Map();
+  for (const id of [...ids].sort()) {
+    const k = `${bandOf(id)}\u0000${rank.get(id) || 0}`;
+    if (!cells.has(k)) cells.set(k, []);
+    cells.get(k).push(id);
+  }
+  const order = new Map();
+  const renumber = () => {
+    let i = 0;
+    for (const b of bands) {
+      for (const [k, list] of cells) if (k.startsWith(`${b}\u0000`)) list.forEach((id, j) => order.set(id, i * 10000 + j));
+      i += 1;
+    }
+  };
+  renumber();
+  for (let sweep = 0; sweep < 4; sweep += 1) {
+    for (const list of cells.values()) {
+      const bary = new Map(list.map((id) => {
+        const near = [...out.get(id), ...inn.get(id)].map((n) => order.get(n));
+        return [id, near.length ? near.reduce((a, b) => a + b, 0) / near.length : order.get(id)];
+      }));
+      list.sort((a, b) => bary.get(a) - bary.get(b) || a.localeCompare(b));
+    }
+    renumber();
+  }
+  // Sizes: the widest node label sets the column width, with room for edge labels.
+  let nodeW = 60;
+  let rowH = 60;
+  for (const el of leaves) {
+    const { width, rows } = labelSize(el.data.label, NODE_LABEL_MAX);
+    nodeW = Math.max(nodeW, width);
+    rowH = Math.max(rowH, 56 + rows * 14);
+  }
+  const colW = nodeW + Math.min(Math.max(labelW, 120), 320) + 60;
+  const ranks = Math.max(0, ...[...rank.values()]) + 1;
+  const positions = new Map();
+  let top = 0;
+  for (const b of bands) {
+    let tallest = 0;
+    for (let r = 0; r < ranks; r += 1) tallest = Math.max(tallest, (cells.get(`${b}\u0000${r}`) || []).length);
+    if (!tallest) continue;
+    const height = tallest * rowH;
+    for (let r = 0; r < ranks; r += 1) {
+      const list = cells.get(`${b}\u0000${r}`) || [];
+      const start = top + (height - list.length * rowH) / 2;
+      list.forEach((id, i) => positions.set(id, { x: r * colW, y: start + i * rowH + rowH / 2 }));
+    }
+    top += height + (b ? 70 : 40); // a group's padding and title, then the next band
+  }
+  return positions;
+}
+
 // Fit the view to the placed nodes: cy.fit() would compute every edge's
 // geometry first, which costs a second with thousands of edges.
 function fitToNodes(cy, elements) {
@@ -389,9 +530,48 @@ function fitToNodes(cy, elements) {
 // the layered layout passes the nodes of that layer, and its label could cover
 // a node's name ("kube/cart:2.3" read "kube/cart:2.3 blocked"). Each label slides
 // along its edge (text margins) to the nearest place clear of the nodes, their
-// labels and the edge labels placed before it; it stays mid-edge when none is.
+// labels and the edge labels placed before it, and, where one is in reach, of
+// the other edges' lines too (a line through a label hides its words); it
+// stays mid-edge when no place is clear.
 const LABEL_STEP = 8;
 const LABEL_GAP = 3;
+
+// An edge's drawn path as a polyline: a straight edge is its two endpoints; a
+// bezier (two edges between one pair of nodes) is sampled.
+export function edgePath(e) {
+  const a = e.sourceEndpoint();
+  const b = e.targetEndpoint();
+  const ctrl = e.controlPoints() || e.segmentPoints();
+  if (!ctrl || !ctrl.length) return [a, b];
+  if (e.segmentPoints()) return [a, ...ctrl, b];
+  const out = [a];
+  // cytoscape joins control points with quadratic pieces through their midpoints
+  const pts = [a, ...ctrl, b];
+  for (let i = 1; i < pts.length - 1; i += 1) {
+    const p0 = i === 1 ? pts[0] : { x: (pts[i - 1].x + pts[i].x) / 2, y: (pts[i - 1].y + pts[i].y) / 2 };
+    const p2 = i === pts.length - 2 ? pts[i + 1] : { x: (pts[i].x + pts[i + 1].x) / 2, y: (pts[i].y + pts[i + 1].y) / 2 };
+    for (let k = 1; k <= 8; k += 1) {
+      const t = k / 8;
+      out.push({ x: (1 - t) ** 2 * p0.x + 2 * (1 - t) * t * pts[i].x + t * t * p2.x,
+        y: (1 - t) ** 2 * p0.y + 2 * (1 - t) * t * pts[i].y + t * t * p2.y });
+    }
+  }
+  return out;
+}
+
+// Whether the segment p-q passes through the box (Liang-Barsky clipping).
+export function segmentHitsBox(p, q, box) {
+  let t0 = 0;
+  let t1 = 1;
+  const dx = q.x - p.x;
+  const dy = q.y - p.y;
+  for (const [num, den] of [[p.x - box.x1, -dx], [box.x2 - p.x, dx], [p.y - box.y1, -dy], [box.y2 - p.y, dy]]) {
+    if (den === 0) { if (num < 0) return false; continue; }
+    const t = num / den;
+    if (den < 0) { if (t > t1) return false; if (t > t0) t0 = t; } else { if (t < t0) return false; if (t < t1) t1 = t; }
+  }
+  return true;
+}
 
 export function placeEdgeLabels(cy) {
   const overlaps = (a, b) => a.x1 < b.x2 + LABEL_GAP && b.x1 < a.x2 + LABEL_GAP &&
@@ -403,6 +583,9 @@ export function placeEdgeLabels(cy) {
       : n.boundingBox({ includeLabels: true, includeOverlays: false }));
   });
   cy.edges().removeStyle("text-margin-x text-margin-y");
+  const paths = cy.edges().map((e) => [e.id(), edgePath(e)]);
+  const crossed = (id, box) => paths.some(([other, pts]) => other !== id &&
+    pts.some((p, i) => i > 0 && segmentHitsBox(pts[i - 1], p, box)));
   const moves = [];
   cy.edges().forEach((e) => {
     if (!e.data("label") || e.hasClass("quiet") || e.source().same(e.target())) return;
@@ -415,18 +598,19 @@ export function placeEdgeLabels(cy) {
     const uy = (b.y - a.y) / length;
     // How far the label may slide and stay clear of the arrow and the ends.
     const reach = length / 2 - (Math.abs(ux) * box.w + Math.abs(uy) * box.h) / 2 - 12;
-    let place = null;
+    let place = null; // clear of nodes and labels, and of lines if it can be
+    let fallback = null; // clear of nodes and labels only
     for (let i = 0; place === null && i * LABEL_STEP <= Math.max(reach, 0); i += 1) {
       for (const t of i === 0 ? [0] : [i * LABEL_STEP, -i * LABEL_STEP]) {
         const dx = ux * t;
         const dy = uy * t;
         const moved = { x1: box.x1 + dx, x2: box.x2 + dx, y1: box.y1 + dy, y2: box.y2 + dy };
-        if (!taken.some((o) => overlaps(moved, o))) {
-          place = { dx, dy, moved };
-          break;
-        }
+        if (taken.some((o) => overlaps(moved, o))) continue;
+        if (!crossed(e.id(), moved)) { place = { dx, dy, moved }; break; }
+        fallback ||= { dx, dy, moved };
       }
     }
+    place ||= fallback;
     taken.push(place ? place.moved : box);
     if (place && (place.dx || place.dy)) moves.push([e, place]);
   });
@@ -441,14 +625,14 @@ function countEdges(elements) {
   return n;
 }
 
-function useDagre(elements) {
+function isSmall(elements) {
   let nodes = 0;
   let edges = 0;
   for (const el of elements) {
     if (el.group === "edges") edges += 1;
     else if (el.data.kind !== "group") nodes += 1;
   }
-  return nodes <= DAGRE_MAX_NODES && edges <= DAGRE_MAX_EDGES;
+  return nodes <= SMALL_MAX_NODES && edges <= SMALL_MAX_EDGES;
 }
 
 export async function renderRadar(main, _args, link) {
@@ -591,7 +775,7 @@ export async function renderRadar(main, _args, link) {
     else if (!quiet && edges.some((e) => e.hasClass("quiet"))) edges.removeClass("quiet");
   }
   cy.on("zoom", debounce(quietLabels, 150));
-  cy.on("dragfree", "node", () => { if (cy.edges().length <= DAGRE_MAX_EDGES) placeEdgeLabels(cy); });
+  cy.on("dragfree", "node", () => { if (cy.edges().length <= SMALL_MAX_EDGES) placeEdgeLabels(cy); });
 
   function toggleGroup(id) {
     if (state.collapsed.has(id)) state.collapsed.delete(id);
@@ -606,11 +790,11 @@ export async function renderRadar(main, _args, link) {
     const same = cy.elements().length === ids.size && cy.elements().every((el) => ids.has(el.id()));
     let added = 0;
     const layout = !same || relayout;
-    const dagreLayout = layout && useDagre(elements);
-    if (layout && !dagreLayout) {
-      // Big graphs: positions and quiet labels go in with the elements, so
-      // nothing is measured or moved twice.
-      const positions = layeredPositions(elements);
+    const small = layout && isSmall(elements);
+    if (layout) {
+      // Positions (and, for big graphs, quiet labels) go in with the elements,
+      // so nothing is measured or moved twice.
+      const positions = small ? bandedPositions(elements) : layeredPositions(elements);
       for (const el of elements) {
         if (positions.has(el.data.id)) el.position = positions.get(el.data.id);
       }
@@ -630,21 +814,10 @@ export async function renderRadar(main, _args, link) {
     });
     const t1 = performance.now();
     cy.resize(); // the container may have moved: refresh the cached geometry for clicks
-    if (dagreLayout) {
-      const run = cy.layout({ name: "elk", nodeDimensionsIncludeLabels: true, fit: true,
-        padding: 30, animate: false,
-        elk: { algorithm: "layered", "elk.direction": "RIGHT",
-          "elk.hierarchyHandling": "INCLUDE_CHILDREN", ...ELK_SPACING },
-        // ELK takes spacing from each node's parent: groups need it too.
-        nodeLayoutOptions: (n) => (n.isParent() ? { ...ELK_SPACING } : undefined) });
-      const done = run.promiseOn("layoutstop");
-      run.run();
-      await done;
-    } else if (layout) {
-      fitToNodes(cy, elements);
-    }
+    if (small) cy.fit(undefined, 30);
+    else if (layout) fitToNodes(cy, elements);
     quietLabels();
-    if (countEdges(elements) <= DAGRE_MAX_EDGES) placeEdgeLabels(cy);
+    if (countEdges(elements) <= SMALL_MAX_EDGES) placeEdgeLabels(cy);
     const t2 = performance.now();
     radar.timing.buildMs = Math.round(t1 - t0);
     radar.timing.layoutMs = Math.round(t2 - t1);
@@ -749,7 +922,7 @@ export async function renderRadar(main, _args, link) {
   function refit(open) {
     document.body.classList.toggle("panel-open", open);
     cy.resize();
-    if (cy.edges().length <= DAGRE_MAX_EDGES) cy.fit(undefined, 30);
+    if (cy.edges().length <= SMALL_MAX_EDGES) cy.fit(undefined, 30);
     else if (focused && focused.inside()) cy.center(focused);
   }
 
