@@ -265,12 +265,12 @@ export async function renderObjects(main) {
       try {
         const r = await api("POST", "/objects/preview", { body: { kind, selector } });
         if (ask !== asked) return; // a later keystroke asked again
-        const noun = kind === "container" ? "container" : "host";
+        const noun = kind === "container" ? "running container" : "known host";
         const shown = r.matches.map((m) => h("li", {}, kind === "container"
           ? `${m.namespace ? `${m.namespace}/` : ""}${m.pod || m.name} · ${m.image} · ${m.host} · ${m.address}`
           : `${m.name}${m.address ? ` · ${m.address}` : ""}`));
         clear(matches).append(
-          h("p", { id: "object-preview-count" }, `Selects ${r.total} of ${r.known} running ${noun}${r.known === 1 ? "" : "s"}${r.total > r.matches.length ? ` (first ${r.matches.length} listed)` : ""}.`),
+          h("p", { id: "object-preview-count" }, `Selects ${r.total} of ${r.known} ${noun}${r.known === 1 ? "" : "s"}${r.total > r.matches.length ? ` (first ${r.matches.length} listed)` : ""}.`),
           shown.length ? h("ul", { class: "small" }, shown) : null);
       } catch (err) {
         if (ask !== asked) return;

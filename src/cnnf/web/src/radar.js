@@ -535,6 +535,7 @@ function fitToNodes(cy, elements) {
 // stays mid-edge when no place is clear.
 const LABEL_STEP = 8;
 const LABEL_GAP = 3;
+const LINE_AVOID_MAX = 250;
 
 // An edge's drawn path as a polyline: a straight edge is its two endpoints; a
 // bezier (two edges between one pair of nodes) is sampled.
@@ -583,9 +584,22 @@ export function placeEdgeLabels(cy) {
       : n.boundingBox({ includeLabels: true, includeOverlays: false }));
   });
   cy.edges().removeStyle("text-margin-x text-margin-y");
-  const paths = cy.edges().map((e) => [e.id(), edgePath(e)]);
-  const crossed = (id, box) => paths.some(([other, pts]) => other !== id &&
-    pts.some((p, i) => i > 0 && segmentHitsBox(pts[i - 1], p, box)));
+  // Each other edge's segments with their boxes (a quick miss before the clip);
+  // none beyond LINE_AVOID_MAX edges, where it would cost more than it shows.
+  const segments = [];
+  if (cy.edges().length <= LINE_AVOID_MAX) {
+    cy.edges().forEach((e) => {
+      const pts = edgePath(e);
+      for (let i = 1; i < pts.length; i += 1) {
+        const p = pts[i - 1];
+        const q = pts[i];
+        segments.push({ id: e.id(), p, q, x1: Math.min(p.x, q.x), x2: Math.max(p.x, q.x),
+          y1: Math.min(p.y, q.y), y2: Math.max(p.y, q.y) });
+      }
+    });
+  }
+  const crossed = (id, box) => segments.some((sg) => sg.id !== id && sg.x1 <= box.x2 &&
+    box.x1 <= sg.x2 && sg.y1 <= box.y2 && box.y1 <= sg.y2 && segmentHitsBox(sg.p, sg.q, box));
   const moves = [];
   cy.edges().forEach((e) => {
     if (!e.data("label") || e.hasClass("quiet") || e.source().same(e.target())) return;
