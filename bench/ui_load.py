@@ -55,7 +55,11 @@ def build_old(rev: str, into: Path) -> Path:
         target.write_bytes(subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{name}"],
                                           check=True, capture_output=True).stdout)
     web = into / "src" / "cnnf" / "web"
-    (web / "node_modules").symlink_to(WEB / "node_modules")
+    if (web / "package-lock.json").read_bytes() == (WEB / "package-lock.json").read_bytes():
+        (web / "node_modules").symlink_to(WEB / "node_modules")
+    else:  # its own packages (e.g. ELK, which this build no longer has), from npm's cache
+        subprocess.run(["npm", "ci", "--prefer-offline", "--no-audit", "--no-fund",
+                        "--loglevel=error"], cwd=web, check=True, capture_output=True)
     subprocess.run(["node", "build.mjs"], cwd=web, check=True, capture_output=True,
                    env={**os.environ, "CNNF_WEB_DEBUG": ""})
     return into / "src" / "cnnf" / "console" / "static"

@@ -100,9 +100,10 @@ def test_long_observe_mode_labels_are_placed_clear_too(page: Any,
                    rule_id=5, rule_name="web-not-db", would="prevent", would_rule_id=5,
                    mode="observed", count=2, **seen) for port in (5432, 5433)
     ] + [
-        FlowRecord(src="image:shop/cache", dst="image:shop/db", port=5432, count=1, **seen),
-        FlowRecord(src="image:monitoring/agent", dst="image:shop/db", port=9187, count=4,
-                   **seen),
+        FlowRecord(src="image:shop/cache", dst="image:shop/db", port=5432, verdict="observed",
+                   count=1, **seen),
+        FlowRecord(src="image:monitoring/agent", dst="image:shop/db", port=9187,
+                   verdict="observed", count=4, **seen),
     ])
     sign_in(page, console)
     wait_radar(page)
