@@ -56,6 +56,7 @@ def test_with_enforcement_off_a_prevented_port_reads_seen_would_prevent(
     assert cells == ["5432", "seen would prevent #5", "seen, not enforced", "3"]
     assert row.locator(".badge.would").get_attribute("title") == (
         "rule #5, not enforced: enforcement is off")
+    assert panel.locator("#edge-summary .badge").all_text_contents() == ["seen", "would prevent"]
     assert "Enforcement is off: connections the policy would prevent went through" in (
         panel.locator("#edge-not-enforced").text_content() or "")
     assert panel.locator("#create-rule").count() == 0  # rule 5 covers it
@@ -78,6 +79,7 @@ def test_with_enforcement_on_again_the_port_reads_its_current_verdict(
     row = panel.locator("#ports-now tbody tr").first
     assert row.locator("td").nth(1).text_content() == "blocked"
     assert panel.locator("#edge-not-enforced").count() == 0
+    assert panel.locator("#edge-summary .badge").all_text_contents() == ["blocked"]
     # what the three connections got then stays in the history
     history = panel.locator("#port-history tbody tr").first
     assert "not enforced" in (history.text_content() or "")

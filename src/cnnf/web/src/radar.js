@@ -1040,7 +1040,10 @@ export async function renderRadar(main, _args, link) {
     openPanel(
       h("h2", {}, `${nameOf(e.source)} → ${nameOf(e.target)}`),
       h("p", { id: "edge-summary" },
-        h("span", { class: `badge ${e.verdict}` }, e.verdict), " ",
+        // enforcement off and the worst port went through: what happened, then what would
+        e.ports.some((p) => p.seen && p.verdict === e.verdict)
+          ? [h("span", { class: "badge observed" }, "seen"), " ", h("span", { class: "badge would" }, `would ${WOULD_WORD[e.verdict]}`)]
+          : h("span", { class: `badge ${e.verdict}` }, e.verdict), " ",
         e.observed ? "Connections seen (solid line)." : "A rule, no connection seen (dotted line).",
         e.ports.some((p) => p.seen) ? h("span", { id: "edge-not-enforced" },
           ` Enforcement is off: connections the policy would ${e.ports.some((p) => p.seen && p.verdict === "blocked") ? "prevent" : "audit"} went through, not enforced. Turn it on in Settings.`) : null,
