@@ -139,7 +139,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         old_static = build_old(args.old, Path(tmp) / "old")
-        sizes = {"old": (old_static / "app.js").stat().st_size}
+        # a build before content hashing wrote app.js; later ones assets/app-HASH.js
+        old_js = old_static / "app.js"
+        if not old_js.exists():
+            old_js = next(p for p in (old_static / "assets").glob("app-*.js"))
+        sizes = {"old": old_js.stat().st_size}
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for graph, seed in graphs:
             for build in ("old", "this"):
