@@ -14,7 +14,7 @@ one configuration in the store, and parked outbox rows.
   time, instead of blocking the sink forever.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-11-30
 """
 
@@ -26,7 +26,7 @@ from alembic import op
 from cnnf.console.store.models import UtcDateTime
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
