@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.served, as the tests import it
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
 from radarpage import CHROMIUM, CHROMIUM_ARGS, sign_in, wait_radar  # noqa: E402

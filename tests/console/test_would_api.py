@@ -178,11 +178,11 @@ def test_a_port_a_staged_or_unenforced_rule_covers_is_no_hole(console: Console,
     graph = admin.get(f"{API}/radar").json()
     [edge] = [e for e in graph["edges"]
               if e["source"] == "image:shop/api" and e["target"] == "image:shop/db"]
-    # Radar shows the current verdict (rule 1 prevents; the graph says that
-    # container enforcement is off), nothing staged changes it; what the flows
+    # Enforcement off: Radar says what happened (seen, nothing enforced) and what
+    # the policy would do (rule 1 would prevent), never "blocked"; what the flows
     # recorded is the port's history: allowed, no rule, would prevent by rule 1
     assert graph["enforced"] is False
-    assert edge["label"] == "5432 blocked"
+    assert edge["label"] == "5432 seen, would prevent"
     assert edge["hole"] is False  # no "Create rule": rule 1 covers it
     [port] = edge["ports"]
     assert (port["verdict"], port["ruleId"], port["would"], port["enforced"],
