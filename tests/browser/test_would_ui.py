@@ -58,6 +58,11 @@ def test_radar_shows_would_verdicts_apart_from_what_happened(page: Any,
     assert row.locator(".badge.would").get_attribute("title") == "rule #5, not enforced"
     assert panel.locator("#create-rule").count() == 0  # a staged rule covers it
     assert "#5 web-not-db" in panel.locator("a.rule-link").all_text_contents()
+    # its audit in the panel: what would have happened, not an "alert"
+    badge = panel.locator(".audit-list li .badge").first
+    badge.wait_for()
+    assert (badge.text_content(), badge.get_attribute("class")) == ("would prevent",
+                                                                    "badge would")
     # seen with enforcement off, allowed by rule 1: no grey port, no "Create rule"
     page.keyboard.press("Escape")
     click_element(page, "image:shop/web:1.4->image:shop/api:2.0")

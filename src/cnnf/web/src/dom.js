@@ -92,3 +92,13 @@ export function showFieldErrors(form, errors, fallback) {
   }
   if (fallback) fallback.textContent = loose.join("; ");
 }
+
+/** An audit's outcome as a badge: blocked, alert, or, when nothing was enforced
+ * (a staged rule or default, or enforcement off), "would prevent" / "would alert". */
+export function auditBadge(a) {
+  if (a.would) {
+    return h("span", { class: "badge would", title: "not enforced: a staged rule or default, or enforcement off" },
+      a.effect === "prevent" ? "would prevent" : "would alert");
+  }
+  return h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert");
+}

@@ -1,7 +1,7 @@
 // The policy pages: rules (container and host tabs), network objects,
 // settings, import / export, audits.
 import { api, ApiError, download } from "./api.js";
-import { clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
+import { auditBadge, clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
 import { impactPreview } from "./learn.js";
 
 const list = (value) => String(value || "").split(",").map((s) => s.trim()).filter(Boolean);
@@ -569,9 +569,7 @@ export async function renderAudits(main) {
         return h("tr", { class: overload ? "overload" : null, dataset: { id: a.id } },
           h("td", { class: "nowrap" }, fmtTime(a.time)),
           h("td", {}, overload ? h("span", { class: "badge overload" }, "overload") : a.type),
-          h("td", {}, a.would
-            ? h("span", { class: "badge would", title: "not enforced: a staged rule or default, or enforcement off" }, a.effect === "prevent" ? "would prevent" : "would alert")
-            : h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert")),
+          h("td", {}, auditBadge(a)),
           h("td", { class: "rule" }, a.ruleId
             ? h("a", { href: `#/rules/${ruleKind}?edit=${a.ruleId}`, title: `Open ${ruleKind} rule #${a.ruleId}` }, `#${a.ruleId} ${a.ruleName}`)
             : (a.ruleName || (overload ? "admission limit" : "no rule (default effect)"))),

@@ -3,7 +3,7 @@
 // window.cnnfRadar (cy, data, timing) for tests and the benchmark.
 import cytoscape from "cytoscape";
 import { api, ApiError } from "./api.js";
-import { clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
+import { auditBadge, clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
 
 // Label text on these backgrounds has a contrast of at least 4.5:1 (WCAG AA):
 // white on green 5.1, dark on yellow 10.3, white on orange 5.2, white on grey 6.2.
@@ -954,7 +954,7 @@ export async function renderRadar(main, _args, link) {
               ` ${fmtTime(a.time)} · ${a.count.toLocaleString("en-US")} SYNs dropped on ${a.dstHostname}`,
               h("div", { class: "muted small" }, a.msg))
             : h("li", {},
-              h("span", { class: `badge ${a.blocked ? "blocked" : "alert"}` }, a.blocked ? "blocked" : "alert"),
+              auditBadge(a),
               ` ${fmtTime(a.time)} · port ${a.port} · ${a.ruleName || "no rule"} ×${a.count}`,
               h("div", { class: "muted small" }, a.msg)))))
           : h("p", { class: "muted" }, "No audits."));
