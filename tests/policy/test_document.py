@@ -364,3 +364,48 @@ def test_schema_rejects_what_the_loader_rejects(spec: dict[str, Any]) -> None:
     assert not validator.is_valid(_doc(spec))
     with pytest.raises(PolicyValidationError):
         load_policy(_doc(spec))
+
+
+# The schema of the native document as shipped before staging (the commit before
+# a rule's `staged` and the policy's `stagedDefaultEffect`): what a Defender of
+# that release accepts; its model refuses any field it does not know.
+BEFORE_STAGING = json.loads(
+    (Path(__file__).parent / "data" / "policy-v1-before-staging.json").read_text())
+
+
+def _keys(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value).union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
+    return set()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policies())
+def test_a_document_with_nothing_staged_is_what_a_defender_before_staging_accepts(
+        policy: Policy) -> None:
+    """The Console serves its Defenders policy_document(policy): with nothing
+    staged it has no `staged` nor `stagedDefaultEffect` anywhere, so Defenders not
+    yet upgraded keep taking new policy (they refused every one, keeping a stale one)."""
+    plain = policy.in_force()  # everything staged promoted: nothing staged
+    doc = policy_document(plain)
+    assert not _keys(doc) & {"staged", "stagedDefaultEffect"}
+    jsonschema.validate(doc, BEFORE_STAGING)
+    assert load_policy(json.dumps(doc)) == plain
+    assert '"staged"' not in dump_policy(plain, "json")
+
+
+def test_what_is_staged_is_still_written_and_refused_by_a_defender_before_staging() -> None:
+    spec = copy.deepcopy(GOOD_SPEC)
+    spec["containerRules"][0]["staged"] = True
+    spec["stagedDefaultEffect"] = "prevent"
+    policy = load_policy(json.dumps(_doc(spec)))
+    doc = policy_document(policy)
+    assert doc["spec"]["containerRules"][0]["staged"] is True
+    assert doc["spec"]["stagedDefaultEffect"] == "prevent"
+    assert [r.get("staged") for r in doc["spec"]["containerRules"][1:]] == [None] * (
+        len(doc["spec"]["containerRules"]) - 1)
+    assert load_policy(json.dumps(doc)) == policy
+    with pytest.raises(jsonschema.ValidationError, match="staged"):
+        jsonschema.validate(doc, BEFORE_STAGING)

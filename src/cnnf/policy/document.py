@@ -351,8 +351,17 @@ def _prune(value: Any) -> Any:
 
 
 def policy_document(policy: Policy) -> dict[str, Any]:
-    """The native document for ``policy`` as plain data (what :func:`dump_policy` writes)."""
+    """The native document for ``policy`` as plain data (what :func:`dump_policy` writes,
+    and what the Console serves its Defenders). A rule's ``staged`` is left out when
+    false (and ``stagedDefaultEffect`` when unset, with every other empty value):
+    with nothing staged the document is exactly what a Defender of a release before
+    staging accepts (its model refuses fields it does not know), so Defenders not yet
+    upgraded keep taking new policy."""
     spec = _prune(policy.model_dump(mode="json", by_alias=True))
+    for kind in ("containerRules", "hostRules"):
+        for rule in spec.get(kind, ()):
+            if rule.get("staged") is False:
+                del rule["staged"]
     return {"apiVersion": API_VERSION, "kind": KIND, "spec": spec}
 
 
