@@ -166,6 +166,14 @@ KERNEL_POLL_INTERVAL = 1.0
 # How often the datapath is checked (read only) for "datapath up" (the Console's
 # Defenders page); a change is reported at once. Repairs run on their own interval.
 DATAPATH_CHECK_INTERVAL = 2.0
+# Observation (conntrack, enforcement off for a kind) must never starve
+# enforcement: the events waiting are bounded (a flood's excess is dropped and
+# counted), and each main-loop turn evaluates at most this many of them, for at
+# most this long; the rest wait for the next turn.
+OBSERVED_QUEUE_MAX = 20_000
+OBSERVED_BATCH_MAX = 2_000
+OBSERVED_BATCH_SECONDS = 0.02
+OBSERVED_DROP_LOG_SECONDS = 60.0  # dropped observations are logged at most this often
 # A main loop that did not turn for this long stops the heartbeat (the kernel's
 # cached verdicts then lapse: nothing would invalidate or count them).
 LOOP_STALL_SECONDS = 10.0
@@ -396,7 +404,10 @@ class Agent:
         self.cluster: ClusterInventory | None = None
         self.inventory = Inventory.build(self.node)
         self.recorder = core.Recorder(reporter=config.hostname, fold_window=config.audit_window)
-        self.observed: queue.SimpleQueue[ObservedConnection] = queue.SimpleQueue()
+        self.observed: queue.Queue[ObservedConnection] = queue.Queue(OBSERVED_QUEUE_MAX)
+        self.observed_dropped = 0  # observed connections dropped, the queue full
+        self._observed_logged = (0.0, 0)  # (when, the count then) of the last drop log
+        self._observed_lock = threading.Lock()
         self.gaps_ms: deque[float] = deque(maxlen=1000)
         self.container_nets: tuple[str, ...] = ()
         # Unnamed container addresses are held back only while discovery works,
@@ -639,7 +650,7 @@ class Agent:
         observe = not (self.policy.container_enabled and self.policy.host_enabled)
         if observe and self.observer is None:
             # (kept running while one switch is on: the other kind's connections)
-            self.observer = ConntrackObserver(self.observed.put, self.netns,
+            self.observer = ConntrackObserver(self._on_observed, self.netns,
                                               ipv6=self.config.ipv6)
             self.observer.start()
             log.info("enforcement off (containers or hosts): observing connections (conntrack)")
@@ -973,37 +984,71 @@ class Agent:
         self._record_fast()
         self._collect_observed(inv, compiled)
 
-    def _collect_observed(self, inv: Inventory, compiled: CompiledPolicy) -> None:
+    def _on_observed(self, ev: ObservedConnection) -> None:
+        """A new connection conntrack saw (from its reader threads). Never blocks:
+        with the queue full (a flood observation cannot keep up with) the event
+        is dropped and counted, logged at most once a minute."""
+        try:
+            self.observed.put_nowait(ev)
+            return
+        except queue.Full:
+            pass
+        now = time.monotonic()
+        with self._observed_lock:
+            self.observed_dropped += 1
+            when, then = self._observed_logged
+            if when and now - when < OBSERVED_DROP_LOG_SECONDS:
+                return
+            self._observed_logged = (now, self.observed_dropped)
+            dropped = self.observed_dropped - then
+        log.warning("observed connections dropped: more than observation keeps up with "
+                    "(not recorded; enforcement is not affected)", dropped=dropped,
+                    total=self.observed_dropped, waiting=OBSERVED_QUEUE_MAX)
+
+    def _collect_observed(self, inv: Inventory, compiled: CompiledPolicy, *,
+                          budget: float = OBSERVED_BATCH_SECONDS,
+                          limit: int = OBSERVED_BATCH_MAX) -> int:
         """Connections conntrack saw with enforcement off for their kind -> flows,
         evaluated against the policy (what it would do), each connection once in
         the cluster: by the Defender of its source when that is a workload of
         this node; by the Defender of its destination when the source is no
-        workload any Defender knows (an outside client). A connection the
-        datapath queued is left to the verdict loop, which recorded it."""
+        workload any Defender knows (an outside client). A connection a
+        datapath queued (this node's or another's: either end a protected
+        workload of an enforced kind anywhere) is left to that verdict loop,
+        which recorded it. At most ``limit`` events, for at most ``budget``
+        seconds, per call: the rest wait for the next turn of the main loop, so
+        a flood of observed connections cannot stall enforcement's reports, the
+        flushes to the Console or the status. Returns how many were taken."""
         assert self.datapath is not None
         decider: core.Decider | None = None
-        sets: dict[AddressSet, frozenset[str]] | None = None
+        cluster: frozenset[str] | None = None
         node = self.node.addresses
-        while True:
+        deadline = time.monotonic() + budget
+        taken = 0
+        while taken < limit:
             try:
                 ev = self.observed.get_nowait()
             except queue.Empty:
                 break
-            if sets is None:
-                sets = self.wanted_sets()
+            taken += 1
+            if cluster is None:
+                cluster = self.wanted_sets()[AddressSet.CLUSTER]
                 decider = core.Decider(compiled, inv)
             assert decider is not None
-            local, host, cluster = (sets[AddressSet.LOCAL], sets[AddressSet.HOST],
-                                    sets[AddressSet.CLUSTER])
-            if (ev.src in local or ev.src in host
-                    or ((ev.dst in local or ev.dst in host) and ev.src not in cluster)):
-                continue  # queued: decided and recorded by the verdict loop
-            src_here = ev.src in inv.containers or ev.src in node
-            dst_here = ev.dst in inv.containers or ev.dst in node
-            if not src_here and not (dst_here and inv.identity(ev.src) is None):
-                continue  # another node's workload: its Defender records it
-            self.recorder.observe(decider, ev.src, ev.dst, ev.dport, now=ev.time,
-                                  domains=self.datapath.domains_for(ev.dst))
+            # Queued somewhere: a SYN from a protected workload (of an enforced
+            # kind) by its own node, one to it from outside CLUSTER by its node.
+            if ev.src in cluster or ev.dst in cluster:
+                pass  # decided and recorded by that datapath's verdict loop
+            else:
+                src_here = ev.src in inv.containers or ev.src in node
+                dst_here = ev.dst in inv.containers or ev.dst in node
+                if src_here or (dst_here and inv.identity(ev.src) is None):
+                    self.recorder.observe(decider, ev.src, ev.dst, ev.dport, now=ev.time,
+                                          domains=self.datapath.domains_for(ev.dst))
+                # else another node's workload: its Defender records it
+            if time.monotonic() >= deadline:
+                break
+        return taken
 
     # -- the kernel fast path and the admission limit ------------------------------------
 
@@ -1266,6 +1311,12 @@ class Agent:
                 "entries": len(self.cache), "ttl": self.config.fastpath_ttl,
                 "hits": self._fast_hit_counts(),
             },
+            # conntrack observation (either enforcement switch off): events
+            # waiting, and those dropped because observation could not keep up
+            "observation": {
+                "running": self.observer is not None,
+                "waiting": self.observed.qsize(), "dropped": self.observed_dropped,
+            },
             "admission": {
                 "rate": self.config.admission_rate, "dropped": self.overload.total,
                 "overload": self.overload.active,
@@ -1316,6 +1367,8 @@ class Agent:
             admission_dropped=self.overload.total,
             admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
             overload=int(self.overload.active),
+            observed_waiting=self.observed.qsize(),
+            observed_dropped=self.observed_dropped,
         )
 
     def _fast_hit_counts(self) -> dict[str, int]:

@@ -38,6 +38,8 @@ class Figures:
     # the top sources: (address, name, SYNs dropped)
     admission_top: list[tuple[str, str, int]] = field(default_factory=list)
     overload: int = 0  # 1 while an overload episode lasts
+    observed_waiting: int = 0  # observed connections (conntrack) not evaluated yet
+    observed_dropped: int = 0  # observed connections dropped: more than observation keeps up with
 
 
 class DefenderCollector(Collector):
@@ -73,6 +75,8 @@ class DefenderCollector(Collector):
             ("console_connected", "1 while the console link is up", f.console_connected),
             ("fastpath_entries", "verdicts cached in the kernel", f.fastpath_entries),
             ("overload", "1 while the admission limit is dropping SYNs", f.overload),
+            ("observed_waiting", "observed connections (enforcement off) waiting to be "
+             "recorded", f.observed_waiting),
             ("engine_up", "1 while the container engine answers", f.engine_up),
             ("engine_outage_seconds", "length of the current container engine outage "
              "(0 while up)", f.engine_outage_seconds),
@@ -88,6 +92,8 @@ class DefenderCollector(Collector):
              f.admission_dropped),
             ("unidentified_dropped", "SYNs of containers not named yet, dropped once",
              f.unidentified_dropped),
+            ("observed_dropped", "observed connections (enforcement off) dropped "
+             "unrecorded: more than observation keeps up with", f.observed_dropped),
             ("engine_outages", "times the container engine became unreachable or "
              "unresponsive", f.engine_outages),
         ):
