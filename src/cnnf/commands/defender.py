@@ -234,6 +234,11 @@ def status(
                        f"{adm['dropped']} SYNs dropped"
                        + (" (overloaded now)" if adm["overload"] else "")
                        + (f"; top sources: {top}" if top else ""))
+        obs = data.get("observation") or {}
+        if obs.get("running"):
+            typer.echo(f"observation (conntrack, enforcement off for a kind): "
+                       f"{obs['waiting']} connection(s) waiting to be recorded, "
+                       f"{obs['dropped']} dropped unrecorded (more than it keeps up with)")
         gap = data["start_to_protected_ms"]
         if gap["count"]:
             typer.echo(f"start to protected: last {gap['last']} ms, max {gap['max']} ms "
