@@ -217,13 +217,14 @@ def test_enforcement_off_reaches_the_consoles_flows_and_radar(cluster: Cluster,
 
             edges = {e["id"]: e for e in http.get("/api/v1/radar").json()["edges"]}
             db = edges["image:shop/frontend:1.0->image:shop/db:13"]
-            # Radar shows the current verdict (the default prevents; the graph
-            # says container enforcement is off) and, as the port's history,
-            # the refused connection and the three only observed (would prevent)
-            assert db["label"] == "5432 blocked"
+            # Enforcement off: Radar says what happened (seen: three connections
+            # went through unenforced) apart from what the policy would do (the
+            # default prevents), and keeps as the port's history the refused
+            # connection and the three only observed (would prevent)
+            assert db["label"] == "5432 seen, would prevent"
             [port] = db["ports"]
-            assert (port["verdict"], port["count"], port["unenforced"], port["enforced"]) == (
-                "blocked", 4, 3, False)
+            assert (port["verdict"], port["seen"], port["count"], port["unenforced"],
+                    port["enforced"]) == ("blocked", True, 4, 3, False)
             assert sorted((h["verdict"], h["would"], h["unenforced"])
                           for h in port["history"]) == [("blocked", None, 0),
                                                         ("observed", "blocked", 3)]
