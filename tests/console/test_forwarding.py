@@ -7,15 +7,12 @@ the Defender endpoint arriving at syslog with their stable ids."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ import pytest
 from consoletest import Clock, Console
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
+from tests.webhook import Webhook
 
 from cnnf.console.app import create_app
 from cnnf.console.config import ConsoleConfig
@@ -149,39 +147,25 @@ def test_syslog_over_tcp_with_octet_counting() -> None:
     assert messages[0].endswith("first\nline two")  # framing keeps newlines inside
 
 
-class _Hook:
-    """A loopback webhook that answers 500 to the first ``failures`` posts."""
+class _Failing:
+    """A webhook's answer: 500 to the first ``failures`` posts (a test may change
+    it: 0 is "back up"), then 204."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
-        self.posts: list[dict[str, Any]] = []
-        hook = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
+    def __call__(self, body: dict[str, Any], n: int) -> int:
+        return 500 if n <= self.failures else 204
 
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hook.posts.append(body)
-                code = 500 if len(hook.posts) <= hook.failures else 204
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _hook(failures: int) -> Webhook:
+    """A loopback webhook that answers 500 to the first ``failures`` posts."""
+    return Webhook(_Failing(failures))
 
 
 @pytest.fixture
-def hook() -> Iterator[_Hook]:
-    h = _Hook(failures=2)
+def hook() -> Iterator[Webhook]:
+    h = _hook(failures=2)
     try:
         yield h
     finally:
@@ -245,7 +229,7 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
         o.close()
 
 
-def test_webhook_retries_with_backoff_until_it_succeeds(hook: _Hook, outbox: Outbox) -> None:
+def test_webhook_retries_with_backoff_until_it_succeeds(hook: Webhook, outbox: Outbox) -> None:
     sink = WebhookSink(hook.url)
     ids = outbox.store((sink.name,), record(1), record(2))
     forwarder = outbox.forwarder(sink, backoff=0.05)
@@ -261,7 +245,7 @@ def test_webhook_retries_with_backoff_until_it_succeeds(hook: _Hook, outbox: Out
 
 
 def test_a_round_that_fails_unexpectedly_does_not_end_forwarding(
-        hook: _Hook, outbox: Outbox, monkeypatch: pytest.MonkeyPatch,
+        hook: Webhook, outbox: Outbox, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """A defect in a round (here: reading an outbox row fails once) is logged and
     the next round delivers: the thread must live on, since this process keeps
@@ -290,7 +274,8 @@ def test_a_sink_down_for_long_loses_nothing(outbox: Outbox) -> None:
     """A webhook that fails every post (for as long as it is down) keeps its audits
     in the outbox, while a healthy syslog sink gets them at once; once the webhook
     answers again it gets every audit, each with its id, in order."""
-    h = _Hook(failures=10**9)
+    down = _Failing(10**9)
+    h = Webhook(down)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
             server.bind(("127.0.0.1", 0))
@@ -305,7 +290,7 @@ def test_a_sink_down_for_long_loses_nothing(outbox: Outbox) -> None:
                     for g in got] == ids
             assert poll(lambda: len(h.posts) >= 5)  # tried again and again
             assert outbox.backlog() == {webhook.name: 7}
-            h.failures = 0  # back up
+            down.failures = 0  # back up
             assert poll(lambda: outbox.backlog() == {})
             delivered = [a["id"] for post in h.posts[-3:] for a in post["audits"]]
             assert delivered == ids  # batches of 3, 3 and 1, in id order
@@ -406,7 +391,7 @@ def _forwarded(tmp_path: Path, audit: Any) -> tuple[re.Match[str], dict[str, Any
 
     from cnnf.model.records import ReportBatch
 
-    hook = _Hook(failures=0)
+    hook = _hook(failures=0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         server.settimeout(10)
@@ -504,7 +489,7 @@ def _replica(db_url: str, tmp_path: Path, name: str, syslog: tuple[str, ...],
 
 
 def test_the_sinks_are_one_configuration_for_the_fleet(
-        db_url: str, tmp_path: Path, hook: _Hook, caplog: pytest.LogCaptureFixture) -> None:
+        db_url: str, tmp_path: Path, hook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
     """Replica A started with syslog only, replica B (started after it) with syslog
     and a webhook: the store holds B's list, and audits stored through either
     replica reach both sinks, delivered by A (the one forwarding) although A's
@@ -566,38 +551,11 @@ def test_the_sinks_are_one_configuration_for_the_fleet(
                 c.engine.dispose()
 
 
-class _PickyHook:
+def _picky_hook(always: int | None = None) -> Webhook:
     """A loopback webhook that answers 400 to any batch holding an audit for port
     6666 (a record it can never take), 204 to the others; or ``always`` to all."""
-
-    def __init__(self, always: int | None = None) -> None:
-        self.posts: list[tuple[int, list[int]]] = []  # (status, audit ids)
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                bad = any(a["port"] == 6666 for a in body["audits"])
-                code = always or (400 if bad else 204)
-                hook.posts.append((code, [a["id"] for a in body["audits"]]))
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def delivered(self) -> list[int]:
-        return sorted(i for code, ids in self.posts if code == 204 for i in ids)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return Webhook(lambda body, n: always or (
+        400 if any(a["port"] == 6666 for a in body["audits"]) else 204))
 
 
 def test_a_record_the_sink_refuses_is_parked_and_the_rest_delivered(
@@ -606,7 +564,7 @@ def test_a_record_the_sink_refuses_is_parked_and_the_rest_delivered(
     not block the sink: the batch is halved until the record is found, which is
     parked (a log line, a count, kept out of the backlog); everything else goes,
     and audits stored later too."""
-    picky = _PickyHook()
+    picky = _picky_hook()
     try:
         sink = WebhookSink(picky.url)
         records = [record(i) for i in range(1, 8)]
@@ -622,7 +580,7 @@ def test_a_record_the_sink_refuses_is_parked_and_the_rest_delivered(
         forwarder.wake()
         assert poll(lambda: later[0] in picky.delivered())
         assert poll(lambda: outbox.backlog() == {})
-        assert all(ids[4] not in got for code, got in picky.posts if code == 204)
+        assert all(ids[4] not in got for code, got in picky.batches() if code == 204)
         with outbox.sessions() as s:
             parked = s.scalars(select(OutboxRow.audit_id).where(OutboxRow.parked.is_not(None)))
             assert list(parked) == [ids[4]]  # kept in the store, for an operator to see
@@ -633,14 +591,14 @@ def test_a_record_the_sink_refuses_is_parked_and_the_rest_delivered(
 def test_a_webhook_refusing_its_credentials_parks_nothing(outbox: Outbox) -> None:
     """401 says the sink's configuration is wrong, not a record: nothing is parked,
     the audits wait (and are retried) until the operator fixes it."""
-    refusing = _PickyHook(always=401)
+    refusing = _picky_hook(always=401)
     try:
         sink = WebhookSink(refusing.url)
         outbox.store((sink.name,), record(1), record(2))
         forwarder = outbox.forwarder(sink, backoff=0.01, max_backoff=0.02)
         assert poll(lambda: forwarder.stats[sink.name].retries >= 3)
         assert forwarder.stats[sink.name].parked == 0
-        assert all(len(ids) == 2 for _, ids in refusing.posts)  # never halved
+        assert all(len(ids) == 2 for _, ids in refusing.batches())  # never halved
         assert outbox.backlog() == {sink.name: 2}
     finally:
         refusing.close()

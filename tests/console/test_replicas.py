@@ -13,7 +13,6 @@ by the kill are allowed, being at-least-once, and bounded by one batch).
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import signal
 import socket
@@ -21,7 +20,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import httpx
 import psycopg
 import pytest
 from tests.e2e.managed import PASSWORD, ConsoleProcess, poll
+from tests.webhook import Webhook
 
 from cnnf.model import Effect
 from cnnf.model.records import AuditEvent, EndpointInfo, ReportBatch
@@ -92,35 +91,9 @@ class SyslogListener:
             conn.close()
 
 
-class WebhookReceiver:
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.ids += [a["id"] for a in body["audits"]]
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def sinks() -> Iterator[tuple[SyslogListener, WebhookReceiver]]:
-    syslog, hook = SyslogListener(), WebhookReceiver()
+def sinks() -> Iterator[tuple[SyslogListener, Webhook]]:
+    syslog, hook = SyslogListener(), Webhook()
     try:
         yield syslog, hook
     finally:
@@ -130,7 +103,7 @@ def sinks() -> Iterator[tuple[SyslogListener, WebhookReceiver]]:
 
 @pytest.fixture
 def replicas(pg_server: Any, tmp_path: Path,
-             sinks: tuple[SyslogListener, WebhookReceiver]) -> Iterator[list[ConsoleProcess]]:
+             sinks: tuple[SyslogListener, Webhook]) -> Iterator[list[ConsoleProcess]]:
     db = pg_server.create_database().replace("postgresql+psycopg://", "postgresql://")
     syslog, hook = sinks
     consoles = []
@@ -215,7 +188,7 @@ def report(consoles: list[ConsoleProcess], credential: str, defender: int,
 
 
 def test_kill_9_of_the_forwarding_replica_under_load(
-        replicas: list[ConsoleProcess], sinks: tuple[SyslogListener, WebhookReceiver]) -> None:
+        replicas: list[ConsoleProcess], sinks: tuple[SyslogListener, Webhook]) -> None:
     syslog, hook = sinks
     db = replicas[0].db
     admin = login(replicas[0])
@@ -264,12 +237,13 @@ def test_kill_9_of_the_forwarding_replica_under_load(
 
     # Every stored audit reached both sinks, by id; repeats only from the kill.
     def delivered() -> bool:
-        return set(syslog.ids) >= stored and set(hook.ids) >= stored
+        return set(syslog.ids) >= stored and set(hook.delivered()) >= stored
 
-    assert poll(delivered, 120), (len(stored - set(syslog.ids)), len(stored - set(hook.ids)))
+    assert poll(delivered, 120), (len(stored - set(syslog.ids)),
+                                  len(stored - set(hook.delivered())))
     with psycopg.connect(db, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM forward_outbox").fetchone() == (0,)
-    for name, ids in (("syslog", syslog.ids), ("webhook", hook.ids)):
+    for name, ids in (("syslog", syslog.ids), ("webhook", hook.delivered())):
         assert set(ids) == stored, name
         repeats = len(ids) - len(set(ids))
         print(f"{name}: {len(set(ids))} audits, {repeats} repeated after the kill")
