@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import resource
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -604,12 +605,54 @@ def test_a_webhook_refusing_its_credentials_parks_nothing(outbox: Outbox) -> Non
         refusing.close()
 
 
+def test_a_webhook_refusing_every_audit_parks_none(outbox: Outbox) -> None:
+    """A sink that answers 400 to everything (say, a receiver refusing a new field
+    of every audit) is not refusing records: nothing is parked, every audit stays
+    queued and counted in the backlog, retried with backoff; once the sink takes
+    them again they are all delivered."""
+    answer = {"status": 400}
+    refusing = Webhook(lambda body, n: answer["status"])
+    try:
+        sink = WebhookSink(refusing.url)
+        ids = outbox.store((sink.name,), *(record(i) for i in range(1, 6)))
+        forwarder = outbox.forwarder(sink, backoff=0.01, max_backoff=0.02)
+        assert poll(lambda: forwarder.stats[sink.name].retries >= 3)
+        assert forwarder.stats[sink.name].parked == 0
+        assert outbox.backlog() == {sink.name: 5}
+        assert max(len(ids) for _, ids in refusing.batches()) == 5  # bisected, then kept
+        answer["status"] = 204  # the receiver takes them again
+        assert poll(lambda: outbox.backlog() == {})
+        assert refusing.delivered() == ids and forwarder.stats[sink.name].parked == 0
+        with outbox.sessions() as s:
+            assert list(s.scalars(select(OutboxRow.audit_id).where(
+                OutboxRow.parked.is_not(None)))) == []
+    finally:
+        refusing.close()
+
+
+@pytest.mark.parametrize("high_fd", [False, True], ids=["low-fd", "fd-over-1024"])
 def test_tcp_syslog_resends_a_batch_written_to_a_receiver_that_went_away(
-        outbox: Outbox) -> None:
+        outbox: Outbox, high_fd: bool) -> None:
     """A TCP syslog receiver restarts between two batches: the first write into
     the old connection would be accepted by the kernel and lost. The sink finds
     the closed connection (or the unacknowledged bytes) and the batch is sent
-    again on a new one: every audit arrives, with its id."""
+    again on a new one: every audit arrives, with its id. The same with the
+    sink's socket numbered above 1024, as on a replica holding thousands of
+    long-polls (select() refuses those)."""
+    with contextlib.ExitStack() as spare:
+        if high_fd:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft < 2048:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+                spare.callback(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+            for _ in range(1100):
+                spare.enter_context(socket.socket())
+        got, ids_stored = _tcp_receiver_restarts(outbox, high_fd)
+    ids = [int(m.group(1)) for m in (re.search(r' id="(\d+)"', g) for g in got) if m]
+    assert ids == ids_stored
+
+
+def _tcp_receiver_restarts(outbox: Outbox, high_fd: bool) -> tuple[list[str], list[int]]:
     with socket.socket() as server:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("127.0.0.1", 0))
@@ -623,6 +666,7 @@ def test_tcp_syslog_resends_a_batch_written_to_a_receiver_that_went_away(
         with conn:
             conn.settimeout(10)
             got = _read_octet_counted(conn, 1)
+        assert sink._sock is not None and (sink._sock.fileno() >= 1024) == high_fd
         # The receiver closed its end (a restart); the Console's socket is still open.
         assert poll(lambda: forwarder.stats[sink.name].sent == 1)
         # One message: all written before the receiver's reset could come back.
@@ -633,5 +677,4 @@ def test_tcp_syslog_resends_a_batch_written_to_a_receiver_that_went_away(
             conn.settimeout(10)
             got += _read_octet_counted(conn, 1)
         assert poll(lambda: outbox.backlog() == {})
-    ids = [int(m.group(1)) for m in (re.search(r' id="(\d+)"', g) for g in got) if m]
-    assert ids == first + second
+    return got, first + second

@@ -142,7 +142,9 @@ def test_the_real_build_is_hashed_minified_and_precompressed() -> None:
             assert (STATIC / f"{path}.br").stat().st_size < size / 3
             assert (STATIC / f"{path}.gz").stat().st_size < size / 2
     app = (STATIC / files["app.js"]).read_text()
-    assert len(app) / (app.count("\n") + 1) > 2000  # minified: long lines, not the sources
+    # Minified: long lines, not the sources (whose lines are under 200 characters);
+    # template literals keep their newlines, so a few hundred remain.
+    assert len(app) / (app.count("\n") + 1) > 1000
 
 
 def test_the_console_serves_its_docs_and_ui(console: Console) -> None:

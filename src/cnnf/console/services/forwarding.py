@@ -152,9 +152,12 @@ def webhook_name(url: str) -> str:
 def _peer_gone(sock: socket.socket) -> bool:
     """True when the peer closed the connection (or reset it); a syslog receiver
     never writes, so anything readable is its end of the stream."""
+    # poll(), not select(): select() refuses descriptors of 1024 and more, which a
+    # replica holding thousands of long-polls hands out.
     try:
-        readable, _, _ = io_select.select([sock], [], [], 0)
-        if not readable:
+        poller = io_select.poll()
+        poller.register(sock, io_select.POLLIN)
+        if not poller.poll(0):
             return False
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
@@ -432,7 +435,21 @@ class Forwarder:
         delivered: list[int] = []
         parked: list[int] = []
         try:
-            self._send(target, audits, delivered, parked)
+            refused: dict[int, str] = {}
+            self._send(target, audits, delivered, refused)
+            if refused and not delivered:
+                # Refused one by one, and nothing else delivered: that says more about
+                # the sink (a format it no longer takes) than about these records.
+                # None is parked; they stay queued and are tried again, with backoff.
+                raise ForwardError(f"{target.sink.name} refused each of the "
+                                   f"{len(refused)} audits of the batch on its own "
+                                   f"({next(iter(refused.values()))}); none is parked")
+            for audit_id, why in refused.items():
+                parked.append(audit_id)
+                target.stats.parked += 1
+                log.error("forwarding to %s: audit %d parked: the sink refuses it on its "
+                          "own (%s) while it takes the others; it is not sent again, the "
+                          "rest goes on", target.sink.name, audit_id, why)
         except Exception as exc:  # a sink must never kill the forwarder
             undelivered = len(audits) - len(delivered) - len(parked)
             target.stats.failed += undelivered
@@ -450,27 +467,23 @@ class Forwarder:
         return len(audits) == self.batch
 
     def _send(self, target: _Target, audits: Sequence[StoredAudit], delivered: list[int],
-              parked: list[int]) -> None:
+              refused: dict[int, str]) -> None:
         """Send ``audits``; when the sink rejects the batch for its content, halve
-        it until the records it refuses on their own are found, park those (a
-        log line and the ``parked`` count each) and deliver the rest. A sink that
-        is down raises (what is not delivered yet stays queued)."""
+        it until the records it refuses on their own are found (``refused``: id ->
+        the sink's answer; the caller parks them when the sink took others) and
+        deliver the rest. A sink that is down raises (what is not delivered yet
+        stays queued)."""
         try:
             target.sink.send(audits)
         except ForwardError as exc:
             if not exc.rejected:
                 raise
             if len(audits) == 1:
-                audit = audits[0]
-                parked.append(audit.id)
-                target.stats.parked += 1
-                log.error("forwarding to %s: audit %d parked: the sink refuses it on its own "
-                          "(%s); it is not sent again, the rest goes on", target.sink.name,
-                          audit.id, exc)
+                refused[audits[0].id] = str(exc)
                 return
             half = len(audits) // 2
-            self._send(target, audits[:half], delivered, parked)
-            self._send(target, audits[half:], delivered, parked)
+            self._send(target, audits[:half], delivered, refused)
+            self._send(target, audits[half:], delivered, refused)
             return
         delivered += [a.id for a in audits]
 
