@@ -205,6 +205,17 @@ def test_a_source_reaching_many_bare_addresses_gets_at_most_max_addresses_rules(
     assert proposal.skipped == {}
 
 
+def test_the_address_cap_orders_ipv4_before_ipv6() -> None:
+    """IPv4 and IPv6 addresses do not compare: a source reaching both, over the
+    cap, keeps the IPv4 ones first instead of failing the whole learn."""
+    v4 = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(MAX_ADDRESSES)]
+    v6 = ["2001:db8::1", "2001:db8::2"]
+    proposal = learn(Policy(), [flow(WORKER, external(a), 443) for a in [*v6, *v4]])
+    dsts = {r.rule.dst for r in proposal.rules}
+    assert dsts == {f"addr={a}" for a in v4}
+    assert proposal.skipped == {TOO_MANY_ADDRESSES: 2}
+
+
 def test_a_staged_allow_rule_is_not_widened() -> None:
     """A staged rule is not in force: widening it would leave the flow refused
     by the default; a rule in force is proposed instead."""

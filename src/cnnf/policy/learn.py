@@ -431,7 +431,9 @@ def _cap_addresses(pairs: dict[tuple[object, ...], _Pair], objects: _Objects,
             continue
         new = [k for k in keys if objects.existing(pairs[k].dst, subnets.get(pairs[k].dst, ()))
                is None]
-        new.sort(key=lambda k: ipaddress.ip_network(pairs[k].dst.values[0]))
+        # IPv4 before IPv6 (two versions do not compare), then by address.
+        new.sort(key=lambda k: ipaddress.get_mixed_type_key(
+            ipaddress.ip_network(pairs[k].dst.values[0])))
         for k in new[MAX_ADDRESSES:]:
             pair = pairs.pop(k)
             skipped[TOO_MANY_ADDRESSES] = (skipped.get(TOO_MANY_ADDRESSES, 0)
