@@ -7,15 +7,14 @@ deps:
 	@scripts/bootstrap.sh
 
 # The whole suite: unit, lab (root, namespaces, containers), PostgreSQL and browser tests.
-# The pure tests run on two processes; then the lab and root tests one at a time (they
-# share fixed lab names and time what the machine does) while the PostgreSQL and
-# browser tests that need no lab run beside them (scripts/test-services.sh).
+# The pure tests run on two processes; the others one at a time (they share labs,
+# namespaces and servers, and time what the machine does).
 PURE := not lab and not root and not postgres and not browser
 test: deps
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest -n 2 -m "$(PURE)"
-	scripts/test-services.sh
+	$(PY) -m pytest -m "not ($(PURE))"
 
 # Only the pure, fast tests (no root, no lab, no services).
 test-unit: deps

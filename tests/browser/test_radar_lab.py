@@ -107,10 +107,12 @@ def test_a_rule_created_from_a_grey_edge_is_enforced_by_the_lab(
     history = page.evaluate("(id) => window.cnnfRadar.cy.getElementById(id).data('ports')[0]"
                             ".history.map(x => [x.verdict, x.ruleId || 0])", EDGE)
     assert sorted(map(tuple, history)) == [("blocked", rule["id"]), ("observed", 0)]
+    # (closed first: a chosen edge is drawn in the selection's blue)
+    page.locator("#panel button.close").click()
+    page.wait_for_selector("#panel", state="hidden")
     edge = graph_state(page)["edges"][EDGE]
     assert (edge["line"], edge["labelBg"]) == ("solid", rgb(ORANGE)), edge
     assert "blocked" in edge["label"], edge
-    page.locator("#panel button.close").click()
     click_element(page, EDGE)
     row = page.locator("#panel #ports-now tbody tr").first
     cells = [row.locator("td").nth(i).text_content() for i in range(5)]
