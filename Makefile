@@ -7,14 +7,18 @@ deps:
 	@scripts/bootstrap.sh
 
 # The whole suite: unit, lab (root, namespaces, containers), PostgreSQL and browser tests.
-# The pure tests run on two processes; the others one at a time (they share labs,
-# namespaces and servers, and time what the machine does).
+# The pure tests run on two processes, then the PostgreSQL and browser tests on two
+# (each process starts its own server), then the lab and root tests one at a time
+# (they share labs, namespaces and the kernel's tables). The stages never overlap:
+# the lab tests do not tolerate two busy cores beside them. Each prints its slowest tests.
 PURE := not lab and not root and not postgres and not browser
+SERVICES := (postgres or browser) and not lab and not root
 test: deps
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
-	$(PY) -m pytest -n 2 -m "$(PURE)"
-	$(PY) -m pytest -m "not ($(PURE))"
+	$(PY) -m pytest -n 2 --durations=15 -m "$(PURE)"
+	$(PY) -m pytest -n 2 --durations=15 -m "$(SERVICES)"
+	$(PY) -m pytest --durations=25 -m "lab or root"
 
 # Only the pure, fast tests (no root, no lab, no services).
 test-unit: deps
