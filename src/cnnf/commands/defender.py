@@ -236,9 +236,14 @@ def status(
                        + (f"; top sources: {top}" if top else ""))
         obs = data.get("observation") or {}
         if obs.get("running"):
+            top = ", ".join(f"{t['name']} ({t['address']}) {t['dropped']}" if t["name"]
+                            else f"{t['address']} {t['dropped']}" for t in obs.get("top") or ())
             typer.echo(f"observation (conntrack, enforcement off for a kind): "
                        f"{obs['waiting']} connection(s) waiting to be recorded, "
-                       f"{obs['dropped']} dropped unrecorded (more than it keeps up with)")
+                       f"{obs['dropped']} dropped unrecorded (more than it keeps up with)"
+                       + (f"; top sources: {top}" if top else "")
+                       + (f"; {obs['overruns']} kernel overrun(s)" if obs.get("overruns") else "")
+                       + (f"; restarted {obs['restarts']} time(s)" if obs.get("restarts") else ""))
         gap = data["start_to_protected_ms"]
         if gap["count"]:
             typer.echo(f"start to protected: last {gap['last']} ms, max {gap['max']} ms "

@@ -26,7 +26,6 @@ import functools
 import ipaddress
 import json
 import os
-import queue
 import sys
 import threading
 import time
@@ -61,6 +60,7 @@ from cnnf.defender.discovery.runtime import make_discovery
 from cnnf.defender.fastpath import FastPathTable
 from cnnf.defender.inventory import Identity, Inventory
 from cnnf.defender.metrics import Figures, serve_metrics
+from cnnf.defender.observation import OUTSIDE, ObservationQueue, ObservationScope
 from cnnf.defender.outputs import JsonLinesOutput
 from cnnf.defender.overload import OverloadReport, OverloadTracker
 from cnnf.defender.verdictcache import VerdictCache
@@ -169,8 +169,13 @@ DATAPATH_CHECK_INTERVAL = 2.0
 # Observation (conntrack, enforcement off for a kind) must never starve
 # enforcement: the events waiting are bounded (a flood's excess is dropped and
 # counted), and each main-loop turn evaluates at most this many of them, for at
-# most this long; the rest wait for the next turn.
+# most this long; the rest wait for the next turn. Repeats of a connection
+# waiting are folded into it (not bounded), and one source may hold at most
+# OBSERVED_SOURCE_MAX distinct connections waiting: a flooding workload cannot
+# push the others' connections out (see cnnf.defender.observation).
 OBSERVED_QUEUE_MAX = 20_000
+OBSERVED_SOURCE_MAX = 2_000
+OBSERVED_TAKE_CHUNK = 64  # entries taken between two looks at the clock
 OBSERVED_BATCH_MAX = 2_000
 OBSERVED_BATCH_SECONDS = 0.02
 OBSERVED_DROP_LOG_SECONDS = 60.0  # dropped observations are logged at most this often
@@ -404,9 +409,9 @@ class Agent:
         self.cluster: ClusterInventory | None = None
         self.inventory = Inventory.build(self.node)
         self.recorder = core.Recorder(reporter=config.hostname, fold_window=config.audit_window)
-        self.observed: queue.Queue[ObservedConnection] = queue.Queue(OBSERVED_QUEUE_MAX)
-        self.observed_dropped = 0  # observed connections dropped, the queue full
+        self.observed = ObservationQueue(OBSERVED_QUEUE_MAX, OBSERVED_SOURCE_MAX)
         self._observed_logged = (0.0, 0)  # (when, the count then) of the last drop log
+        self.observer_restarts = 0  # conntrack processes found ended and started again
         self._observed_lock = threading.Lock()
         self.gaps_ms: deque[float] = deque(maxlen=1000)
         self.container_nets: tuple[str, ...] = ()
@@ -474,6 +479,9 @@ class Agent:
             epoch = self.cache.invalidate_all(before) if self.cache is not None else 0
             self._shared.clear()
             self._broadcast(PolicyUpdate(eff, epoch))
+            # Observation starts before the sets shrink (enforcement turned
+            # off): no connection is then neither queued nor observed.
+            self._apply_mode(start_only=True)
             self._apply_sets()
             self._apply_mode()
         log.info("policy applied", source=source, revision=policy.revision,
@@ -635,19 +643,26 @@ class Agent:
         return frozenset(out)
 
     def _apply_sets(self) -> None:
-        if self.datapath is None:
-            return
-        backend = self.datapath.backend
-        for which, addrs in self.wanted_sets().items():
-            if backend.addresses(which) != addrs:
-                backend.set_addresses(which, addrs)
+        # (taken before the kernel changes: an observed connection is classified
+        # by the sets, identities and policy in force when it happened)
+        since = time.time()
+        wanted = self.wanted_sets()
+        if self.datapath is not None:
+            backend = self.datapath.backend
+            for which, addrs in wanted.items():
+                if backend.addresses(which) != addrs:
+                    backend.set_addresses(which, addrs)
+        self.observed.set_scope(ObservationScope(wanted[AddressSet.CLUSTER], self.inventory,
+                                                 self.compiled, since))
 
-    def _apply_mode(self) -> None:
+    def _apply_mode(self, *, start_only: bool = False) -> None:
         """Observe with conntrack while anything is not enforced (either switch
         off): connections of the unenforced kind are recorded from it."""
         if self.datapath is None:
             return
         observe = not (self.policy.container_enabled and self.policy.host_enabled)
+        if start_only and not observe:
+            return
         if observe and self.observer is None:
             # (kept running while one switch is on: the other kind's connections)
             self.observer = ConntrackObserver(self._on_observed, self.netns,
@@ -658,6 +673,22 @@ class Agent:
             self.observer.stop()
             self.observer = None
             log.info("enforcement on for containers and hosts: conntrack observation stopped")
+
+    def _repair_observer(self) -> None:
+        """A conntrack process that ended (killed, or failed under a flood) is
+        started again: observation must not stop for good, unnoticed."""
+        with self._lock:
+            observer = self.observer
+            if observer is None or observer.running:
+                return
+            codes = observer.exit_codes()
+            observer.stop()
+            self.observer = None
+            self.observer_restarts += 1
+            log.warning("conntrack observation had stopped: started again (connections "
+                        "made meanwhile were not observed)", exit_codes=codes,
+                        restarts=self.observer_restarts)
+            self._apply_mode()
 
     def _on_discovery_error(self, exc: Exception) -> None:
         with self._lock:
@@ -982,70 +1013,63 @@ class Agent:
             with self._lock:
                 self.cache.offer(offers, time.monotonic())
         self._record_fast()
-        self._collect_observed(inv, compiled)
+        self._collect_observed()
 
     def _on_observed(self, ev: ObservedConnection) -> None:
-        """A new connection conntrack saw (from its reader threads). Never blocks:
-        with the queue full (a flood observation cannot keep up with) the event
-        is dropped and counted, logged at most once a minute."""
-        try:
-            self.observed.put_nowait(ev)
+        """A new connection conntrack saw (from its reader threads). Never blocks.
+        Classified at once, with the sets, identities and policy in force when it
+        happened: one that is not this Defender's to record (a verdict loop queued
+        it, another Defender records it) is not queued; a repeat of one waiting
+        is folded into it; over a bound (in all, or for its source) it is
+        dropped and counted, logged at most once a minute with the source."""
+        source = self.observed.offer(ev)
+        if source is None:
             return
-        except queue.Full:
-            pass
         now = time.monotonic()
         with self._observed_lock:
-            self.observed_dropped += 1
+            dropped_total = self.observed.stats.dropped
             when, then = self._observed_logged
             if when and now - when < OBSERVED_DROP_LOG_SECONDS:
                 return
-            self._observed_logged = (now, self.observed_dropped)
-            dropped = self.observed_dropped - then
+            self._observed_logged = (now, dropped_total)
         log.warning("observed connections dropped: more than observation keeps up with "
-                    "(not recorded; enforcement is not affected)", dropped=dropped,
-                    total=self.observed_dropped, waiting=OBSERVED_QUEUE_MAX)
+                    "(not recorded; enforcement is not affected)",
+                    dropped=dropped_total - then, total=dropped_total, source=source,
+                    from_source=self.observed.stats.dropped_by.get(source, 0),
+                    waiting=len(self.observed), limit=OBSERVED_QUEUE_MAX,
+                    per_source=OBSERVED_SOURCE_MAX)
 
-    def _collect_observed(self, inv: Inventory, compiled: CompiledPolicy, *,
-                          budget: float = OBSERVED_BATCH_SECONDS,
+    @property
+    def observed_dropped(self) -> int:
+        return self.observed.stats.dropped
+
+    def _collect_observed(self, *, budget: float = OBSERVED_BATCH_SECONDS,
                           limit: int = OBSERVED_BATCH_MAX) -> int:
         """Connections conntrack saw with enforcement off for their kind -> flows,
-        evaluated against the policy (what it would do), each connection once in
-        the cluster: by the Defender of its source when that is a workload of
-        this node; by the Defender of its destination when the source is no
-        workload any Defender knows (an outside client). A connection a
-        datapath queued (this node's or another's: either end a protected
-        workload of an enforced kind anywhere) is left to that verdict loop,
-        which recorded it. At most ``limit`` events, for at most ``budget``
-        seconds, per call: the rest wait for the next turn of the main loop, so
-        a flood of observed connections cannot stall enforcement's reports, the
-        flushes to the Console or the status. Returns how many were taken."""
+        evaluated against the policy and named with the identities in force when
+        they happened (what it would do), each connection once in the cluster
+        (see :meth:`ObservationScope.owner`; the others were never queued). At
+        most ``limit`` entries (a connection and its repeats), one source after
+        the other, for at most ``budget`` seconds, per call: the rest wait for
+        the next turn of the main loop, so a flood of observed connections
+        cannot stall enforcement's reports, the flushes to the Console or the
+        status. Returns how many entries were taken."""
         assert self.datapath is not None
-        decider: core.Decider | None = None
-        cluster: frozenset[str] | None = None
-        node = self.node.addresses
+        deciders: dict[int, core.Decider] = {}
         deadline = time.monotonic() + budget
         taken = 0
         while taken < limit:
-            try:
-                ev = self.observed.get_nowait()
-            except queue.Empty:
+            batch = self.observed.take(min(OBSERVED_TAKE_CHUNK, limit - taken))
+            if not batch:
                 break
-            taken += 1
-            if cluster is None:
-                cluster = self.wanted_sets()[AddressSet.CLUSTER]
-                decider = core.Decider(compiled, inv)
-            assert decider is not None
-            # Queued somewhere: a SYN from a protected workload (of an enforced
-            # kind) by its own node, one to it from outside CLUSTER by its node.
-            if ev.src in cluster or ev.dst in cluster:
-                pass  # decided and recorded by that datapath's verdict loop
-            else:
-                src_here = ev.src in inv.containers or ev.src in node
-                dst_here = ev.dst in inv.containers or ev.dst in node
-                if src_here or (dst_here and inv.identity(ev.src) is None):
-                    self.recorder.observe(decider, ev.src, ev.dst, ev.dport, now=ev.time,
-                                          domains=self.datapath.domains_for(ev.dst))
-                # else another node's workload: its Defender records it
+            taken += len(batch)
+            for p in batch:
+                decider = deciders.get(id(p.scope))
+                if decider is None:
+                    decider = deciders[id(p.scope)] = core.Decider(p.scope.policy,
+                                                                   p.scope.inventory)
+                self.recorder.observe(decider, p.src, p.dst, p.port, now=p.last, first=p.first,
+                                      count=p.count, domains=self.datapath.domains_for(p.dst))
             if time.monotonic() >= deadline:
                 break
         return taken
@@ -1227,6 +1251,7 @@ class Agent:
         assert self.datapath is not None
         self._refresh_container_networks()
         self._remind_engine_down()
+        self._repair_observer()
         try:
             repaired = self.datapath.check_and_repair()
         except Exception as exc:
@@ -1311,11 +1336,17 @@ class Agent:
                 "entries": len(self.cache), "ttl": self.config.fastpath_ttl,
                 "hits": self._fast_hit_counts(),
             },
-            # conntrack observation (either enforcement switch off): events
-            # waiting, and those dropped because observation could not keep up
+            # conntrack observation (either enforcement switch off): connections
+            # waiting, those dropped because observation could not keep up, and
+            # the sources that lost the most ("outside": clients no Defender knows)
             "observation": {
-                "running": self.observer is not None,
-                "waiting": self.observed.qsize(), "dropped": self.observed_dropped,
+                "running": self.observer is not None and self.observer.running,
+                "waiting": self.observed.waiting, "dropped": self.observed_dropped,
+                # kernel-side losses (bursts over the event buffer) and restarts
+                "overruns": self.observer.overruns if self.observer is not None else 0,
+                "restarts": self.observer_restarts,
+                "top": [{"address": a, "name": self._source_label(a) if a != OUTSIDE else "",
+                         "dropped": n} for a, n in self.observed.top()],
             },
             "admission": {
                 "rate": self.config.admission_rate, "dropped": self.overload.total,
@@ -1367,7 +1398,7 @@ class Agent:
             admission_dropped=self.overload.total,
             admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
             overload=int(self.overload.active),
-            observed_waiting=self.observed.qsize(),
+            observed_waiting=self.observed.waiting,
             observed_dropped=self.observed_dropped,
         )
 

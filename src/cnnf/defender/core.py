@@ -212,13 +212,18 @@ class Recorder:
         self.closed_audits.append(event)
 
     def observe(self, decider: Decider, src: str, dst: str, port: int, *, now: float,
-                domains: tuple[str, ...] | None = None) -> None:
-        """Record a connection seen with its kind's enforcement off: evaluated
-        against the policy (nothing enforced), what the policy would do recorded
-        as its "would" verdict, and audited as such."""
+                domains: tuple[str, ...] | None = None, count: int = 1,
+                first: float | None = None) -> None:
+        """Record ``count`` connections seen with their kind's enforcement off
+        (the first at ``first``, the last at ``now``): evaluated against the
+        policy (nothing enforced), what the policy would do recorded as their
+        "would" verdict, and audited as such."""
         d = decider.decide(src, dst, port, domains)
-        self.record(Decision(Action.ACCEPT, unenforced(d.verdict), d.attempt), decider.policy,
-                    now, observed=True)
+        decision = Decision(Action.ACCEPT, unenforced(d.verdict), d.attempt)
+        if count > 1 and first is not None and first < now:
+            self.record(decision, decider.policy, first, observed=True)
+            count -= 1
+        self.record(decision, decider.policy, now, count, observed=True)
 
     def _flow(self, rec: FlowRecord) -> None:
         key = rec.key()

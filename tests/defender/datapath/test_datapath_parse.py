@@ -187,8 +187,13 @@ def test_parse_conntrack_event() -> None:
         "dport=43568\n"
     )
     assert parse_event(line) == ObservedConnection(
-        "10.77.0.2", "10.77.0.3", 43568, 8080, 1795945427.61317
+        "10.77.0.2", "10.77.0.3", 43568, 8080, 1795945427.61317, "10.77.0.2"
     )
+    # masqueraded: the far end sees the host's address (the reply's destination)
+    masq = parse_event(
+        "[1.5]  [NEW] tcp      6 120 SYN_SENT src=10.1.0.2 dst=10.0.0.2 sport=5 dport=80 "
+        "[UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=80 dport=61000\n")
+    assert masq is not None and (masq.src, masq.reply_dst) == ("10.1.0.2", "10.0.0.1")
     assert parse_event(
         "    [NEW] tcp      6 120 SYN_SENT src=fd77::2 dst=fd77::3 sport=1 dport=2 [UNREPLIED]",
         now=5.0,

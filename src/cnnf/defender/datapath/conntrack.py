@@ -21,11 +21,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from cnnf.defender.datapath.netns import DatapathError, NetnsRef
+
+log = structlog.get_logger(__name__)
+
+# The event socket's receive buffer: a burst of new connections larger than it
+# (while the reader is busy) is lost in the kernel (ENOBUFS). 16 MiB holds
+# about 100,000 NEW events.
+BUFFER_BYTES = 16 * 1024 * 1024
 
 _EVENT = re.compile(
     r"^(?:\[(?P<ts>\d+\.\d+)\]\s+)?\s*\[NEW\]\s+tcp\s+\d+\s+\d+\s+\S+\s+"
     r"src=(?P<src>\S+) dst=(?P<dst>\S+) sport=(?P<sport>\d+) dport=(?P<dport>\d+)"
+    r"(?:\s+\[UNREPLIED\])?(?:\s+src=\S+ dst=(?P<rdst>\S+))?"
 )
 
 
@@ -38,6 +48,9 @@ class ObservedConnection:
     sport: int
     dport: int
     time: float  # seconds since the epoch (the kernel event's timestamp)
+    # The reply direction's destination: the source as the far end sees it
+    # (the host's address when the source is masqueraded); "" if not reported.
+    reply_dst: str = ""
 
 
 def parse_event(line: str, now: float = 0.0) -> ObservedConnection | None:
@@ -46,7 +59,8 @@ def parse_event(line: str, now: float = 0.0) -> ObservedConnection | None:
     if m is None:
         return None
     ts = float(m["ts"]) if m["ts"] else now
-    return ObservedConnection(m["src"], m["dst"], int(m["sport"]), int(m["dport"]), ts)
+    return ObservedConnection(m["src"], m["dst"], int(m["sport"]), int(m["dport"]), ts,
+                              m["rdst"] or "")
 
 
 class ConntrackObserver:
@@ -66,11 +80,15 @@ class ConntrackObserver:
         self.clock = clock
         self._procs: list[subprocess.Popen[str]] = []
         self._threads: list[threading.Thread] = []
+        # Times the kernel dropped events (the tool's ENOBUFS warnings): how many
+        # connections went unobserved is not known, only that some did.
+        self.overruns = 0
 
     def start(self) -> None:
         for family in self.families:
             argv = self.netns.argv(
-                "conntrack", "-E", "-f", family, "-e", "NEW", "-p", "tcp", "-o", "timestamp"
+                "conntrack", "-E", "-f", family, "-e", "NEW", "-p", "tcp", "-o", "timestamp",
+                "-b", str(BUFFER_BYTES),
             )
             try:
                 proc = subprocess.Popen(
@@ -80,11 +98,13 @@ class ConntrackObserver:
                 self.stop()
                 raise DatapathError("conntrack: command not found (install conntrack)") from exc
             self._procs.append(proc)
-            thread = threading.Thread(
-                target=self._read, args=(proc,), name=f"cnnf-conntrack-{family}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            for target, what in ((self._read, ""), (self._read_errors, "-errors")):
+                thread = threading.Thread(
+                    target=target, args=(proc,), name=f"cnnf-conntrack-{family}{what}",
+                    daemon=True,
+                )
+                thread.start()
+                self._threads.append(thread)
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -93,9 +113,29 @@ class ConntrackObserver:
             if event is not None:
                 self.on_connection(event)
 
+    def _read_errors(self, proc: subprocess.Popen[str]) -> None:
+        """The tool's warnings, read as they come: unread, they would fill the
+        pipe and stop the tool (a flood makes one per overrun)."""
+        assert proc.stderr is not None
+        logged = 0.0
+        for line in proc.stderr:
+            if "ENOBUFS" in line:
+                self.overruns += 1
+                now = time.monotonic()
+                if now - logged >= 60.0:
+                    logged = now
+                    log.warning("conntrack events lost in the kernel (a burst larger than "
+                                "its buffer): some connections were not observed",
+                                overruns=self.overruns)
+            elif line.strip():
+                log.warning("conntrack", message=line.strip())
+
     @property
     def running(self) -> bool:
         return bool(self._procs) and all(p.poll() is None for p in self._procs)
+
+    def exit_codes(self) -> list[int | None]:
+        return [p.poll() for p in self._procs]
 
     def stop(self) -> None:
         for proc in self._procs:

@@ -1,0 +1,188 @@
+"""Observed connections (conntrack, an enforcement switch off) on their way to
+the recorder: which Defender records each one, and a bounded, fair queue.
+
+Pure: no I/O and no clock; the agent feeds it events from conntrack's reader
+threads and takes batches from its main loop.
+
+Each connection is recorded once in the cluster (:meth:`ObservationScope.owner`):
+
+- a SYN some datapath queues is recorded by that verdict loop, not here: one
+  from a protected workload (of an enforced kind) by its own node; one to a
+  protected workload by the destination's node when the source *as that node
+  sees it* is no protected workload. The source it sees is the reply tuple's
+  destination: a container masqueraded to its host's address arrives as the
+  host, which the destination's node does not queue when hosts are enforced;
+- otherwise by the Defender of its source when that is a workload of this
+  node (with the source's own identity, not the address it was masqueraded to);
+- by the Defender of its destination when the source is no workload any
+  Defender knows (an outside client).
+
+Events classified as someone else's are never queued. The queue folds repeats
+of one connection (same ends and port, same scope) into one entry with a count,
+so a SYN flood at one port is one entry whatever its rate, and counts stay
+exact. Distinct entries are bounded per source (one workload cannot take the
+whole queue) and in all; batches are taken round robin across sources, so a
+flooding workload cannot push the others' connections out or back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from cnnf.defender.datapath.conntrack import ObservedConnection
+from cnnf.defender.inventory import Inventory
+from cnnf.policy.engine import CompiledPolicy
+
+OUTSIDE = "outside"  # the bucket of connections from sources no Defender knows
+# Scopes kept to classify events by the one in force when they happened (the
+# reader lags the kernel): at least this many, for this many seconds.
+SCOPE_HISTORY = 8
+SCOPE_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ObservationScope:
+    """The address sets as installed, the identities and the policy from
+    ``since`` (epoch seconds) on: what an observed connection is classified,
+    named and evaluated with."""
+
+    cluster: frozenset[str]  # the datapath's CLUSTER set (protected, enforced kinds)
+    inventory: Inventory
+    policy: CompiledPolicy
+    since: float = 0.0
+
+    def here(self, address: str) -> bool:
+        return address in self.inventory.containers or address in self.inventory.node.addresses
+
+    def owner(self, ev: ObservedConnection) -> str | None:
+        """The bucket (fairness key) to record ``ev`` under, or None when it is
+        not this Defender's to record (another one records it, or a verdict loop
+        queued it)."""
+        cluster = self.cluster
+        if ev.src in cluster:
+            return None  # queued by the source's own datapath
+        seen = ev.reply_dst or ev.src  # the source the destination's node sees
+        if ev.dst in cluster and seen not in cluster:
+            return None  # queued by the destination's datapath
+        if self.here(ev.src):
+            return ev.src
+        if self.here(ev.dst) and self.inventory.identity(ev.src) is None:
+            return OUTSIDE
+        return None  # another node's workload: its Defender records it
+
+
+@dataclass(slots=True)
+class Pending:
+    """Connections with the same ends and port, seen under one scope."""
+
+    scope: ObservationScope
+    src: str
+    dst: str
+    port: int
+    first: float
+    last: float
+    count: int = 1
+
+
+@dataclass(slots=True)
+class Offered:
+    """What :meth:`ObservationQueue.offer` did with an event."""
+
+    queued: int = 0  # new entries
+    folded: int = 0  # repeats added to an entry waiting
+    skipped: int = 0  # someone else's to record (never queued)
+    dropped: int = 0  # over a bound: lost, counted
+    dropped_by: dict[str, int] = field(default_factory=dict)  # bucket -> dropped
+
+
+class ObservationQueue:
+    """Thread-safe: ``offer`` from the conntrack readers, ``take`` from the main loop."""
+
+    def __init__(self, max_entries: int, max_per_source: int) -> None:
+        self.max_entries = max_entries
+        self.max_per_source = max_per_source
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[int, str, str, int], Pending] = {}
+        self._buckets: OrderedDict[str, deque[tuple[int, str, str, int]]] = OrderedDict()
+        self._scopes: list[ObservationScope] = []
+        self.waiting = 0  # connections waiting (repeats included)
+        self.stats = Offered()
+
+    def set_scope(self, scope: ObservationScope) -> None:
+        """The scope from ``scope.since`` on; earlier ones are kept a while for
+        events that happened under them and are read late."""
+        with self._lock:
+            scopes = [s for s in self._scopes if s.since <= scope.since]
+            scopes.append(scope)
+            cut = scope.since - SCOPE_SECONDS
+            while len(scopes) > SCOPE_HISTORY and scopes[1].since <= cut:
+                scopes.pop(0)
+            self._scopes = scopes
+
+    def scope_at(self, when: float) -> ObservationScope | None:
+        scopes = self._scopes
+        for s in reversed(scopes):
+            if s.since <= when:
+                return s
+        return scopes[0] if scopes else None
+
+    def offer(self, ev: ObservedConnection) -> str | None:
+        """Classify ``ev`` with the scope in force when it happened and queue it
+        if it is this Defender's to record. Returns the bucket it was dropped
+        from (over a bound), else None."""
+        with self._lock:
+            scope = self.scope_at(ev.time)
+            bucket = scope.owner(ev) if scope is not None else None
+            stats = self.stats
+            if scope is None or bucket is None:
+                stats.skipped += 1
+                return None
+            key = (id(scope), ev.src, ev.dst, ev.dport)
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.count += 1
+                entry.first = min(entry.first, ev.time)
+                entry.last = max(entry.last, ev.time)
+                stats.folded += 1
+                self.waiting += 1
+                return None
+            keys = self._buckets.get(bucket)
+            if (len(self._entries) >= self.max_entries
+                    or (keys is not None and len(keys) >= self.max_per_source)):
+                stats.dropped += 1
+                stats.dropped_by[bucket] = stats.dropped_by.get(bucket, 0) + 1
+                return bucket
+            if keys is None:
+                keys = self._buckets[bucket] = deque()
+            keys.append(key)
+            self._entries[key] = Pending(scope, ev.src, ev.dst, ev.dport, ev.time, ev.time)
+            stats.queued += 1
+            self.waiting += 1
+            return None
+
+    def take(self, limit: int) -> list[Pending]:
+        """Up to ``limit`` entries, one per source in turn (round robin)."""
+        out: list[Pending] = []
+        with self._lock:
+            buckets = self._buckets
+            while buckets and len(out) < limit:
+                bucket, keys = next(iter(buckets.items()))
+                entry = self._entries.pop(keys.popleft())
+                self.waiting -= entry.count
+                out.append(entry)
+                if keys:
+                    buckets.move_to_end(bucket)
+                else:
+                    del buckets[bucket]
+        return out
+
+    def top(self, n: int = 5) -> list[tuple[str, int]]:
+        """The sources (buckets) that lost the most connections, most first."""
+        with self._lock:
+            items = list(self.stats.dropped_by.items())
+        return sorted(items, key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    def __len__(self) -> int:
+        return len(self._entries)
