@@ -1400,6 +1400,10 @@ class Agent:
             overload=int(self.overload.active),
             observed_waiting=self.observed.waiting,
             observed_dropped=self.observed_dropped,
+            observed_top=[(a, self._source_label(a) if a != OUTSIDE else "", n)
+                          for a, n in self.observed.top(10)],
+            observed_overruns=self.observer.overruns if self.observer is not None else 0,
+            observed_restarts=self.observer_restarts,
         )
 
     def _fast_hit_counts(self) -> dict[str, int]:

@@ -40,6 +40,9 @@ class Figures:
     overload: int = 0  # 1 while an overload episode lasts
     observed_waiting: int = 0  # observed connections (conntrack) not evaluated yet
     observed_dropped: int = 0  # observed connections dropped: more than observation keeps up with
+    observed_top: list[tuple[str, str, int]] = field(default_factory=list)  # by source
+    observed_overruns: int = 0  # times the kernel lost conntrack events (ENOBUFS)
+    observed_restarts: int = 0  # conntrack processes found ended and started again
 
 
 class DefenderCollector(Collector):
@@ -64,6 +67,13 @@ class DefenderCollector(Collector):
         for address, name, n in f.admission_top:
             top.add_metric([address, name], n)
         yield top
+        obs = GaugeMetricFamily("cnnf_defender_observed_dropped_by_source", "observed "
+                                "connections dropped unrecorded, top sources (all time; "
+                                "'outside': clients no Defender knows)",
+                                labels=["source", "name"])
+        for address, name, n in f.observed_top:
+            obs.add_metric([address, name], n)
+        yield obs
         for name, doc, value in (
             ("protected_workloads", "addresses in the protected sets", f.protected),
             ("policy_revision", "revision of the enforced policy", f.policy_revision),
@@ -94,6 +104,10 @@ class DefenderCollector(Collector):
              f.unidentified_dropped),
             ("observed_dropped", "observed connections (enforcement off) dropped "
              "unrecorded: more than observation keeps up with", f.observed_dropped),
+            ("observed_overruns", "times the kernel lost observed connections "
+             "(conntrack event buffer overrun)", f.observed_overruns),
+            ("observed_restarts", "conntrack observation processes found ended and "
+             "started again", f.observed_restarts),
             ("engine_outages", "times the container engine became unreachable or "
              "unresponsive", f.engine_outages),
         ):

@@ -156,7 +156,8 @@ class Defender:
     def records(self, kind: str) -> list[dict[str, Any]]:
         if not self.output.exists():
             return []
-        lines = self.output.read_text().splitlines()
+        # complete lines only: the Defender may be writing the last one
+        lines = self.output.read_text().split("\n")[:-1]
         return [r for r in map(json.loads, lines) if r["record"] == kind]
 
     def wait_revision(self, revision: int) -> None:

@@ -4,11 +4,23 @@ one observed through conntrack and evaluated) does not stall the Defender: its
 status keeps being written and the containers' blocked connections made during
 the flood get their audits; and a host's connection to another host's container
 is recorded once, by the Defender that queued and blocked it, not also as
-observed and "not enforced" by the source's Defender."""
+observed and "not enforced" by the source's Defender.
+
+With hosts enforced and containers observed, a container's connection
+masqueraded to its host's address on the way to another host is recorded once,
+by its own Defender, with the container's identity (the other host's datapath
+sees a protected host and does not queue it). A container flooding observation
+(a port scan: every SYN a distinct connection) cannot push another container's
+connections out: they are recorded, and the flood's excess is dropped, counted
+against the flooder and logged. A conntrack process that dies is started again.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -69,7 +81,7 @@ def test_a_flood_of_observed_connections_starves_no_enforced_audit(cluster: Clus
     flooded = [f for f in d2.records("flow") if f["port"] == 9 and f["mode"] == "observed"]
     assert sum(f["count"] for f in flooded) > 0
     obs = (d2.status() or {})["observation"]
-    assert set(obs) == {"running", "waiting", "dropped"}, obs
+    assert set(obs) == {"running", "waiting", "dropped", "overruns", "restarts", "top"}, obs
     # and what was taken was recorded: nothing is left waiting once it is over
     assert poll(lambda: ((d2.status() or {})["observation"])["waiting"] == 0, 30)
     out = subprocess.run([CNNF, "defender", "status", "--netns", d2.netns, "--state-dir",
@@ -101,3 +113,111 @@ def test_a_hosts_connection_to_another_hosts_container_is_recorded_once(
     time.sleep(2)  # a second record (node-2's, "observed") would be out by now
     assert [(h, m) for h, m, _ in recorded("flow")] == [("node-1", "enforced")]
     assert [(h, b) for h, _, b in recorded("audit")] == [("node-1", True)]
+
+
+def flows_from(c: Cluster, src: str, dst_address: str, port: int) -> list[dict[str, Any]]:
+    return [f for d in c.defenders for f in d.records("flow")
+            if f["src"].get("container") == src and f["dst"].get("address") == dst_address
+            and f["port"] == port]
+
+
+def test_a_masqueraded_containers_connection_is_recorded_once_with_its_identity(
+        cluster: Cluster) -> None:
+    c = cluster
+    rev = c.apply(containerEnabled=False, hostEnabled=True)  # mixed: hosts enforced
+    c.share_inventory()
+    n1, n2 = c.lab.address_of("node-1"), c.lab.address_of("node-2")
+    frontend = c.lab.address_of("frontend")
+    assert n1 and n2 and frontend
+    node1 = ["nsenter", f"--net={c.lab.netns('node-1')}", "iptables", "-w", "-t", "nat"]
+    masq = ["POSTROUTING", "-s", frontend, "-d", n2, "-p", "tcp", "-m", "comment",
+            "--comment", "cnnf-test masquerade", "-j", "MASQUERADE"]
+    subprocess.run([*node1, "-I", *masq[:1], "1", *masq[1:]], check=True)
+    try:
+        for i in range(3):  # frontend -> node-2's host; node-2 sees node-1's address
+            with subprocess.Popen(["nsenter", f"--net={c.lab.netns('node-2')}",
+                                   sys.executable, PROBE, "listen", "7001", "--timeout", "5"],
+                                  stdout=subprocess.PIPE, text=True) as server:
+                assert server.stdout is not None
+                assert json.loads(server.stdout.readline())["listening"] == 7001
+                assert c.connect("frontend", "node-2", 7001).ok, i
+                peer = json.loads(server.stdout.readline())
+            assert n1 in json.dumps(peer), peer  # masqueraded
+    finally:
+        subprocess.run([*node1, "-D", *masq], check=True)
+    # recorded by node-1's Defender (its source's), as the frontend, three times
+    assert poll(lambda: sum(f["count"] for f in flows_from(c, "frontend", n2, 7001)) >= 3, 15)
+    time.sleep(2)  # a second record (node-2's) would be out by now
+    flows = flows_from(c, "frontend", n2, 7001)
+    assert sum(f["count"] for f in flows) == 3, flows
+    assert {(f["reporter"], f["mode"], f["revision"], f["src"]["image"], f["dst"]["host"],
+             f["would_effect"]) for f in flows} == {
+        ("node-1", "observed", rev, "shop/frontend:1.0", "node-2", "prevent")}
+    # and nowhere as node-1's host
+    assert not [r for d in c.defenders for r in d.records("flow")
+                if r["src"].get("address") == n1 and r["port"] == 7001]
+
+
+def test_a_flooding_container_cannot_push_out_another_ones_observed_connections(
+        cluster: Cluster) -> None:
+    import urllib.request
+
+    c = cluster
+    rev = c.apply(containerEnabled=False, hostEnabled=False)
+    d1 = c.d1
+    cache, frontend = c.lab.address_of("cache"), c.lab.address_of("frontend")
+    assert cache and frontend
+    flood_seconds = 8
+    # frontend scans cache (a distinct connection per SYN) at 10,000 a second
+    flood = subprocess.Popen(["nsenter", f"--net=/proc/{c.lab.container_pid('frontend')}/ns/net",
+                              "timeout", str(flood_seconds), "hping3", "-S", "-p", "++1",
+                              "-i", "u100", cache],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        for i in range(5):  # api's real connections, while the flood goes on
+            assert c.connect("api", "cache", 6379).ok, i
+        assert flood.poll() is None  # (the flood was on all along)
+    finally:
+        flood.wait(flood_seconds + 10)
+
+    def api_cache() -> list[dict[str, Any]]:
+        return [f for f in d1.records("flow") if f["revision"] == rev
+                and f["src"].get("container") == "api" and f["dst"].get("container") == "cache"
+                and f["port"] == 6379]
+    # every one recorded, with what the policy would do (rule 2 alerts)
+    assert poll(lambda: sum(f["count"] for f in api_cache()) == 5, 30), api_cache()
+    assert {(f["mode"], f["would_effect"], f["would_rule_id"]) for f in api_cache()} == {
+        ("observed", "alert", 2)}
+    # the flood's excess dropped, counted against the frontend and logged
+    obs = (d1.status() or {})["observation"]
+    assert obs["dropped"] > 0, obs
+    assert obs["top"][0]["address"] == frontend and obs["top"][0]["dropped"] > 0, obs
+    logged = [e for e in map(json.loads, re.findall(r"^\{.*\}$", d1.log.read_text(), re.M))
+              if e.get("event", "").startswith("observed connections dropped")]
+    assert logged and logged[0]["source"] == frontend and logged[0]["dropped"] > 0, logged
+    with urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics",
+                                timeout=5) as resp:
+        metrics = resp.read().decode()
+    m = re.search(r"^cnnf_defender_observed_dropped_total ([0-9.e+]+)$", metrics, re.M)
+    assert m and float(m[1]) > 0, metrics
+    # and what was taken was recorded: nothing is left waiting once it is over
+    assert poll(lambda: ((d1.status() or {})["observation"])["waiting"] == 0, 30)
+
+
+def test_a_conntrack_process_that_dies_is_started_again(cluster: Cluster) -> None:
+    c = cluster
+    rev = c.apply(containerEnabled=False, hostEnabled=False)
+    d1 = c.d1
+    assert d1.proc is not None
+    pids = subprocess.run(["pgrep", "-P", str(d1.proc.pid), "-x", "conntrack"],
+                          capture_output=True, text=True, check=False).stdout.split()
+    assert pids, "no conntrack process under the Defender"
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+    assert poll(lambda: (d1.status() or {})["observation"]["restarts"] >= 1
+                and (d1.status() or {})["observation"]["running"], 15), d1.status()
+    assert "conntrack observation had stopped: started again" in d1.log.read_text()
+    assert c.connect("api", "cache", 6379).ok
+    assert poll(lambda: [f for f in d1.records("flow") if f["revision"] == rev
+                         and f["src"].get("container") == "api" and f["port"] == 6379], 15)
