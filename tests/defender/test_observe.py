@@ -239,3 +239,36 @@ def test_mixed_mode_cross_host_is_not_also_recorded_as_not_enforced(tmp_path: Pa
     flows, audits = n2.recorder.drain(time.time() + 100)
     assert [(f.dst.address, f.mode) for f in flows] == [(OUTSIDE, "observed")]
     assert audits == []
+
+
+def test_turning_enforcement_off_observes_before_the_sets_shrink(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No connection between the two: queued by nobody and not yet observed."""
+    a = make_agent(tmp_path, "node-1", Policy(container_enabled=True, host_enabled=True))
+    steps: list[str] = []
+    sets = dict(a.wanted_sets())
+    assert sets[AddressSet.LOCAL] == {"10.1.0.2"}
+
+    def set_addresses(which: AddressSet, addresses: frozenset[str]) -> None:
+        steps.append(f"set {which.name} {sorted(addresses)}")
+        sets[which] = addresses
+
+    a.datapath.backend = SimpleNamespace(addresses=sets.get, set_addresses=set_addresses)
+
+    class Observer:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.running = True
+
+        def start(self) -> None:
+            steps.append("observe")
+
+        def stop(self) -> None:
+            steps.append("stop observing")
+
+    monkeypatch.setattr(agent_mod, "ConntrackObserver", Observer)
+    a.set_policy(Policy(container_enabled=False, host_enabled=True))
+    assert steps[0] == "observe" and "set LOCAL []" in steps, steps
+    # and back on: the sets are filled before observation stops
+    steps.clear()
+    a.set_policy(Policy(container_enabled=True, host_enabled=True))
+    assert steps[-1] == "stop observing" and "set LOCAL ['10.1.0.2']" in steps, steps
