@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cnnf.defender import agent as agent_mod
+from cnnf.defender import observation
 from cnnf.defender.agent import Agent
 from cnnf.defender.config import DefenderConfig
 from cnnf.defender.datapath import AddressSet, DatapathStats
@@ -272,3 +273,14 @@ def test_turning_enforcement_off_observes_before_the_sets_shrink(
     steps.clear()
     a.set_policy(Policy(container_enabled=True, host_enabled=True))
     assert steps[-1] == "stop observing" and "set LOCAL ['10.1.0.2']" in steps, steps
+
+
+def test_the_scopes_kept_are_bounded(tmp_path: Path) -> None:
+    a = make_agent(tmp_path, "node-1", Policy(host_enabled=True))
+    for _ in range(1000):  # inventory changes in a burst: all within the 10 s kept
+        a._publish_inventory()
+    assert len(a.observed._scopes) == observation.SCOPE_MAX
+    # an event of now is classified with the newest
+    a._on_observed(observed("10.1.0.2", "10.2.0.5", 5432))
+    [p] = a.observed.take(10)
+    assert p.scope is a.observed._scopes[-1]

@@ -40,6 +40,7 @@ OUTSIDE = "outside"  # the bucket of connections from sources no Defender knows
 # reader lags the kernel): at least this many, for this many seconds.
 SCOPE_HISTORY = 8
 SCOPE_SECONDS = 10.0
+SCOPE_MAX = 256  # and never more (containers started and stopped in a loop)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -117,7 +118,8 @@ class ObservationQueue:
             scopes = [s for s in self._scopes if s.since <= scope.since]
             scopes.append(scope)
             cut = scope.since - SCOPE_SECONDS
-            while len(scopes) > SCOPE_HISTORY and scopes[1].since <= cut:
+            while len(scopes) > SCOPE_HISTORY and (scopes[1].since <= cut
+                                                   or len(scopes) > SCOPE_MAX):
                 scopes.pop(0)
             self._scopes = scopes
 
