@@ -81,6 +81,7 @@ def test_a_flood_is_taken_in_bounded_batches_and_its_excess_dropped_and_counted(
     assert len(warned) == 1 and warned[0]["dropped"] == 1 and warned[0]["source"] == "outside"
     assert a.status()["observation"] == {
         "running": False, "waiting": size, "dropped": 30, "overruns": 0, "restarts": 0,
+        "unparsed": 0,
         "top": [{"address": "outside", "name": "", "dropped": 30}]}
     f = a.figures()
     assert (f.observed_waiting, f.observed_dropped) == (size, 30)

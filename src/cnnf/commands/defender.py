@@ -243,7 +243,9 @@ def status(
                        f"{obs['dropped']} dropped unrecorded (more than it keeps up with)"
                        + (f"; top sources: {top}" if top else "")
                        + (f"; {obs['overruns']} kernel overrun(s)" if obs.get("overruns") else "")
-                       + (f"; restarted {obs['restarts']} time(s)" if obs.get("restarts") else ""))
+                       + (f"; restarted {obs['restarts']} time(s)" if obs.get("restarts") else "")
+                       + (f"; {obs['unparsed']} line(s) of conntrack output not understood"
+                          if obs.get("unparsed") else ""))
         gap = data["start_to_protected_ms"]
         if gap["count"]:
             typer.echo(f"start to protected: last {gap['last']} ms, max {gap['max']} ms "

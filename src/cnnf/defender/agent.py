@@ -1345,6 +1345,8 @@ class Agent:
                 # kernel-side losses (bursts over the event buffer) and restarts
                 "overruns": self.observer.overruns if self.observer is not None else 0,
                 "restarts": self.observer_restarts,
+                # lines of conntrack's output not understood (connections lost)
+                "unparsed": self.observer.unparsed if self.observer is not None else 0,
                 "top": [{"address": a, "name": self._source_label(a) if a != OUTSIDE else "",
                          "dropped": n} for a, n in self.observed.top()],
             },
@@ -1404,6 +1406,7 @@ class Agent:
                           for a, n in self.observed.top(10)],
             observed_overruns=self.observer.overruns if self.observer is not None else 0,
             observed_restarts=self.observer_restarts,
+            observed_unparsed=self.observer.unparsed if self.observer is not None else 0,
         )
 
     def _fast_hit_counts(self) -> dict[str, int]:

@@ -43,6 +43,7 @@ class Figures:
     observed_top: list[tuple[str, str, int]] = field(default_factory=list)  # by source
     observed_overruns: int = 0  # times the kernel lost conntrack events (ENOBUFS)
     observed_restarts: int = 0  # conntrack processes found ended and started again
+    observed_unparsed: int = 0  # lines of conntrack's output not understood
 
 
 class DefenderCollector(Collector):
@@ -108,6 +109,8 @@ class DefenderCollector(Collector):
              "(conntrack event buffer overrun)", f.observed_overruns),
             ("observed_restarts", "conntrack observation processes found ended and "
              "started again", f.observed_restarts),
+            ("observed_unparsed", "lines of conntrack's event output not understood "
+             "(connections not observed)", f.observed_unparsed),
             ("engine_outages", "times the container engine became unreachable or "
              "unresponsive", f.engine_outages),
         ):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 
 import dns.message
 import dns.rrset
 import pytest
+from structlog.testing import capture_logs
 
 from cnnf.defender.datapath import (
     AddressSet,
@@ -21,7 +23,7 @@ from cnnf.defender.datapath import (
     parse_packet,
     parse_queue_stats,
 )
-from cnnf.defender.datapath.conntrack import ObservedConnection, parse_event
+from cnnf.defender.datapath.conntrack import ConntrackObserver, ObservedConnection, parse_event
 from cnnf.defender.datapath.iptables import (
     _builtin_rules,
     _fast_counters,
@@ -199,6 +201,53 @@ def test_parse_conntrack_event() -> None:
         now=5.0,
     ) == ObservedConnection("fd77::2", "fd77::3", 1, 2, 5.0)
     assert parse_event("[1.0] [NEW] udp 17 30 src=1.1.1.1 dst=2.2.2.2 sport=1 dport=2") is None
+
+
+EVENT = ("[NEW] tcp      6 120 SYN_SENT src=10.77.0.2 dst=10.77.0.3 sport=43568 dport=8080 "
+         "[UNREPLIED] src=10.77.0.3 dst=10.77.0.2 sport=8080 dport=43568\n")
+
+
+@pytest.mark.parametrize(
+    ("stamp", "when"),
+    [
+        # conntrack-tools: printf("[%-8ld.%-6ld]\t", tv.tv_sec, tv.tv_usec): the
+        # microseconds left-aligned, padded with spaces (not zeros) to 6 digits
+        ("[1795945427.613170]", 1795945427.613170),
+        ("[1795945427.61317 ]", 1795945427.061317),
+        ("[1795945427.5     ]", 1795945427.000005),
+        ("[1795945427.0     ]", 1795945427.0),
+        ("[1795945427.999999]", 1795945427.999999),
+        ("[12345   .42    ]", 12345.000042),  # seconds padded too (%-8ld)
+    ],
+)
+def test_parse_conntrack_timestamp_microseconds_space_padded(stamp: str, when: float) -> None:
+    ev = parse_event(f"{stamp}\t    {EVENT}")
+    assert ev is not None and ev.time == pytest.approx(when, abs=1e-7)
+    assert (ev.src, ev.dst, ev.dport) == ("10.77.0.2", "10.77.0.3", 8080)
+
+
+def test_conntrack_reader_counts_and_throttles_lines_not_understood() -> None:
+    """The reader, fed by a real process: a line that is no event is counted and
+    logged once (not once per line), and the events around it still arrive."""
+    seen: list[ObservedConnection] = []
+    observer = ConntrackObserver(seen.append, None, ipv6=False)
+    text = (f"[1795945427.61317 ]\t{EVENT}"
+            + "[NEW] something conntrack never printed before\n" * 50
+            + "\n"  # blank lines are no loss
+            + f"[1795945428.7     ]\t{EVENT}")
+    proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(text)
+    proc.stdin.close()
+    with capture_logs() as logs:
+        observer._read(proc)
+    proc.wait()
+    proc.stdout.close()
+    assert [e.time for e in seen] == [pytest.approx(1795945427.061317),
+                                      pytest.approx(1795945428.000007)]
+    assert observer.unparsed == 50
+    warned = [e for e in logs if e["event"].startswith("conntrack output not understood")]
+    assert len(warned) == 1 and warned[0]["line"].startswith("[NEW] something")
 
 
 def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:

@@ -81,7 +81,8 @@ def test_a_flood_of_observed_connections_starves_no_enforced_audit(cluster: Clus
     flooded = [f for f in d2.records("flow") if f["port"] == 9 and f["mode"] == "observed"]
     assert sum(f["count"] for f in flooded) > 0
     obs = (d2.status() or {})["observation"]
-    assert set(obs) == {"running", "waiting", "dropped", "overruns", "restarts", "top"}, obs
+    assert set(obs) == {"running", "waiting", "dropped", "overruns", "restarts", "unparsed",
+                        "top"}, obs
     # and what was taken was recorded: nothing is left waiting once it is over
     assert poll(lambda: ((d2.status() or {})["observation"])["waiting"] == 0, 30)
     out = subprocess.run([CNNF, "defender", "status", "--netns", d2.netns, "--state-dir",

@@ -31,9 +31,13 @@ log = structlog.get_logger(__name__)
 # (while the reader is busy) is lost in the kernel (ENOBUFS). 16 MiB holds
 # about 100,000 NEW events.
 BUFFER_BYTES = 16 * 1024 * 1024
+LOG_SECONDS = 60.0  # the tool's warnings and unparsed lines: logged at most this often
 
+# conntrack prints the timestamp as printf("[%-8ld.%-6ld]\t", tv_sec, tv_usec):
+# the microseconds left-aligned, padded with trailing spaces, not zeros
+# ("[1795945427.61317 ]" is 61,317 microseconds past the second).
 _EVENT = re.compile(
-    r"^(?:\[(?P<ts>\d+\.\d+)\]\s+)?\s*\[NEW\]\s+tcp\s+\d+\s+\d+\s+\S+\s+"
+    r"^(?:\[\s*(?P<sec>\d+)\s*\.(?P<usec>\d+)\s*\]\s+)?\s*\[NEW\]\s+tcp\s+\d+\s+\d+\s+\S+\s+"
     r"src=(?P<src>\S+) dst=(?P<dst>\S+) sport=(?P<sport>\d+) dport=(?P<dport>\d+)"
     r"(?:\s+\[UNREPLIED\])?(?:\s+src=\S+ dst=(?P<rdst>\S+))?"
 )
@@ -47,7 +51,12 @@ class ObservedConnection:
     dst: str
     sport: int
     dport: int
-    time: float  # seconds since the epoch (the kernel event's timestamp)
+    # Seconds since the epoch when conntrack read the event (its -o timestamp
+    # is gettimeofday() at print, not the kernel's time): late by the backlog
+    # in the event socket's buffer (at most BUFFER_BYTES, about 100,000 events,
+    # beyond it events are lost) and the pipe to the reader; the reader drains
+    # about 100,000 a second, so at most about a second under a flood.
+    time: float
     # The reply direction's destination: the source as the far end sees it
     # (the host's address when the source is masqueraded); "" if not reported.
     reply_dst: str = ""
@@ -58,7 +67,7 @@ def parse_event(line: str, now: float = 0.0) -> ObservedConnection | None:
     m = _EVENT.match(line)
     if m is None:
         return None
-    ts = float(m["ts"]) if m["ts"] else now
+    ts = int(m["sec"]) + int(m["usec"]) / 1e6 if m["sec"] else now
     return ObservedConnection(m["src"], m["dst"], int(m["sport"]), int(m["dport"]), ts,
                               m["rdst"] or "")
 
@@ -83,6 +92,10 @@ class ConntrackObserver:
         # Times the kernel dropped events (the tool's ENOBUFS warnings): how many
         # connections went unobserved is not known, only that some did.
         self.overruns = 0
+        # Lines of the tool's output that are no TCP NEW event (it is asked for
+        # nothing else): a format this parser does not know; counted, logged
+        # at most once a minute.
+        self.unparsed = 0
 
     def start(self) -> None:
         for family in self.families:
@@ -108,10 +121,18 @@ class ConntrackObserver:
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
+        logged = 0.0
         for line in proc.stdout:
             event = parse_event(line, self.clock())
             if event is not None:
                 self.on_connection(event)
+            elif line.strip():
+                self.unparsed += 1
+                now = time.monotonic()
+                if self.unparsed == 1 or now - logged >= LOG_SECONDS:
+                    logged = now
+                    log.warning("conntrack output not understood: connections not observed",
+                                line=line.strip()[:200], unparsed=self.unparsed)
 
     def _read_errors(self, proc: subprocess.Popen[str]) -> None:
         """The tool's warnings, read as they come: unread, they would fill the
@@ -122,7 +143,7 @@ class ConntrackObserver:
             if "ENOBUFS" in line:
                 self.overruns += 1
                 now = time.monotonic()
-                if now - logged >= 60.0:
+                if now - logged >= LOG_SECONDS:
                     logged = now
                     log.warning("conntrack events lost in the kernel (a burst larger than "
                                 "its buffer): some connections were not observed",
