@@ -78,11 +78,11 @@ def test_a_flood_is_taken_in_bounded_batches_and_its_excess_dropped_and_counted(
     assert len(a.observed) == a.observed.waiting == size and a.observed_dropped == 30
     # logged once for the burst, not once per dropped event, naming the source
     warned = [e for e in logs if e["event"].startswith("observed connections dropped")]
-    assert len(warned) == 1 and warned[0]["dropped"] == 1 and warned[0]["source"] == "outside"
+    assert len(warned) == 1 and warned[0]["dropped"] == 1 and warned[0]["source"] == "192.0.2.0/24"
     assert a.status()["observation"] == {
         "running": False, "waiting": size, "dropped": 30, "overruns": 0, "restarts": 0,
         "unparsed": 0,
-        "top": [{"address": "outside", "name": "", "dropped": 30}]}
+        "top": [{"address": "192.0.2.0/24", "name": "", "dropped": 30}]}
     f = a.figures()
     assert (f.observed_waiting, f.observed_dropped) == (size, 30)
 

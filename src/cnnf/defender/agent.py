@@ -60,7 +60,7 @@ from cnnf.defender.discovery.runtime import make_discovery
 from cnnf.defender.fastpath import FastPathTable
 from cnnf.defender.inventory import Identity, Inventory
 from cnnf.defender.metrics import Figures, serve_metrics
-from cnnf.defender.observation import OUTSIDE, ObservationQueue, ObservationScope
+from cnnf.defender.observation import ObservationQueue, ObservationScope, is_outside
 from cnnf.defender.outputs import JsonLinesOutput
 from cnnf.defender.overload import OverloadReport, OverloadTracker
 from cnnf.defender.verdictcache import VerdictCache
@@ -170,9 +170,10 @@ DATAPATH_CHECK_INTERVAL = 2.0
 # enforcement: the events waiting are bounded (a flood's excess is dropped and
 # counted), and each main-loop turn evaluates at most this many of them, for at
 # most this long; the rest wait for the next turn. Repeats of a connection
-# waiting are folded into it (not bounded), and one source may hold at most
-# OBSERVED_SOURCE_MAX distinct connections waiting: a flooding workload cannot
-# push the others' connections out (see cnnf.defender.observation).
+# waiting are folded into it (not bounded), one source may hold at most
+# OBSERVED_SOURCE_MAX distinct connections waiting, and a full queue makes room
+# for a newcomer at the largest source's expense: flooding sources cannot push
+# the others' connections out (see cnnf.defender.observation).
 OBSERVED_QUEUE_MAX = 20_000
 OBSERVED_SOURCE_MAX = 2_000
 OBSERVED_TAKE_CHUNK = 64  # entries taken between two looks at the clock
@@ -1338,7 +1339,8 @@ class Agent:
             },
             # conntrack observation (either enforcement switch off): connections
             # waiting, those dropped because observation could not keep up, and
-            # the sources that lost the most ("outside": clients no Defender knows)
+            # the sources that lost the most (outside clients, no Defender knows
+            # them: by /24 or /64 prefix, "outside" for those beyond 256 prefixes)
             "observation": {
                 "running": self.observer is not None and self.observer.running,
                 "waiting": self.observed.waiting, "dropped": self.observed_dropped,
@@ -1347,7 +1349,7 @@ class Agent:
                 "restarts": self.observer_restarts,
                 # lines of conntrack's output not understood (connections lost)
                 "unparsed": self.observer.unparsed if self.observer is not None else 0,
-                "top": [{"address": a, "name": self._source_label(a) if a != OUTSIDE else "",
+                "top": [{"address": a, "name": self._source_label(a) if not is_outside(a) else "",
                          "dropped": n} for a, n in self.observed.top()],
             },
             "admission": {
@@ -1402,7 +1404,7 @@ class Agent:
             overload=int(self.overload.active),
             observed_waiting=self.observed.waiting,
             observed_dropped=self.observed_dropped,
-            observed_top=[(a, self._source_label(a) if a != OUTSIDE else "", n)
+            observed_top=[(a, self._source_label(a) if not is_outside(a) else "", n)
                           for a, n in self.observed.top(10)],
             observed_overruns=self.observer.overruns if self.observer is not None else 0,
             observed_restarts=self.observer_restarts,

@@ -20,13 +20,20 @@ Each connection is recorded once in the cluster (:meth:`ObservationScope.owner`)
 Events classified as someone else's are never queued. The queue folds repeats
 of one connection (same ends and port, same scope) into one entry with a count,
 so a SYN flood at one port is one entry whatever its rate, and counts stay
-exact. Distinct entries are bounded per source (one workload cannot take the
-whole queue) and in all; batches are taken round robin across sources, so a
-flooding workload cannot push the others' connections out or back.
+exact. Distinct entries are bounded per source and in all; when the queue is
+full, a newcomer pushes out the newest entry of the largest source (it is
+dropped itself only when its own source is the largest), so several flooding
+sources cannot shut the others out either, and the drops are counted against
+the sources that flooded. Clients no Defender knows are bucketed by source
+prefix (/24, /64; at most OUTSIDE_PREFIXES of them, the rest share OUTSIDE),
+so one outside flooder does not silence every other outside client. Batches
+are taken round robin across sources, so a flooding source cannot push the
+others' connections back either.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -35,7 +42,11 @@ from cnnf.defender.datapath.conntrack import ObservedConnection
 from cnnf.defender.inventory import Inventory
 from cnnf.policy.engine import CompiledPolicy
 
-OUTSIDE = "outside"  # the bucket of connections from sources no Defender knows
+OUTSIDE = "outside"  # the bucket of outside clients beyond OUTSIDE_PREFIXES
+# Clients no Defender knows are bucketed by their /24 (IPv4) or /64 (IPv6), at
+# most this many prefixes at a time; the rest share OUTSIDE.
+OUTSIDE_PREFIXES = 256
+DROPPED_BY_MAX = 1024  # sources remembered in the drop counts (then: OUTSIDE)
 # Scopes kept to classify events by the one in force when they happened (the
 # reader lags the kernel): at least this many, for this many seconds.
 SCOPE_HISTORY = 8
@@ -98,6 +109,19 @@ class Offered:
     dropped_by: dict[str, int] = field(default_factory=dict)  # bucket -> dropped
 
 
+def outside_prefix(address: str) -> str:
+    """The bucket of an outside client: its /24 (IPv4) or /64 (IPv6)."""
+    if ":" not in address:
+        head, _, _ = address.rpartition(".")
+        return f"{head}.0/24"
+    return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+
+
+def is_outside(bucket: str) -> bool:
+    """Whether a bucket holds outside clients (a prefix or OUTSIDE), not a workload."""
+    return bucket == OUTSIDE or "/" in bucket
+
+
 class ObservationQueue:
     """Thread-safe: ``offer`` from the conntrack readers, ``take`` from the main loop."""
 
@@ -109,6 +133,11 @@ class ObservationQueue:
         self._buckets: OrderedDict[str, deque[tuple[int, str, str, int]]] = OrderedDict()
         self._scopes: list[ObservationScope] = []
         self.waiting = 0  # connections waiting (repeats included)
+        self._prefixes = 0  # buckets of outside prefixes (at most OUTSIDE_PREFIXES)
+        # buckets by their number of entries, and the largest number: the
+        # source that makes room is found in O(1) (a flood offers every event)
+        self._by_size: dict[int, dict[str, None]] = {}
+        self._largest = 0
         self.stats = Offered()
 
     def set_scope(self, scope: ObservationScope) -> None:
@@ -132,8 +161,9 @@ class ObservationQueue:
 
     def offer(self, ev: ObservedConnection) -> str | None:
         """Classify ``ev`` with the scope in force when it happened and queue it
-        if it is this Defender's to record. Returns the bucket it was dropped
-        from (over a bound), else None."""
+        if it is this Defender's to record. Returns the bucket a connection
+        was dropped from (this one's, over a bound, or the largest's, pushed
+        out to make room for it), else None."""
         with self._lock:
             scope = self.scope_at(ev.time)
             bucket = scope.owner(ev) if scope is not None else None
@@ -141,6 +171,10 @@ class ObservationQueue:
             if scope is None or bucket is None:
                 stats.skipped += 1
                 return None
+            if bucket == OUTSIDE:
+                prefix = outside_prefix(ev.src)
+                if prefix in self._buckets or self._prefixes < OUTSIDE_PREFIXES:
+                    bucket = prefix
             key = (id(scope), ev.src, ev.dst, ev.dport)
             entry = self._entries.get(key)
             if entry is not None:
@@ -151,18 +185,65 @@ class ObservationQueue:
                 self.waiting += 1
                 return None
             keys = self._buckets.get(bucket)
-            if (len(self._entries) >= self.max_entries
-                    or (keys is not None and len(keys) >= self.max_per_source)):
-                stats.dropped += 1
-                stats.dropped_by[bucket] = stats.dropped_by.get(bucket, 0) + 1
+            size = len(keys) if keys is not None else 0
+            if size >= self.max_per_source:
+                self._count_drop(bucket, 1)
                 return bucket
+            if len(self._entries) >= self.max_entries:
+                # full: the largest source makes room, unless it is this one
+                sizes = self._by_size.get(self._largest)
+                largest = next(iter(sizes)) if sizes else bucket
+                its = self._buckets.get(largest)
+                if its is None or len(its) <= size:
+                    self._count_drop(bucket, 1)
+                    return bucket
+                evicted = self._entries.pop(its.pop())
+                self._resize(largest, len(its) + 1)
+                self.waiting -= evicted.count
+                self._count_drop(largest, evicted.count)
+                if not its:  # it had one entry (as many sources as room)
+                    self._drop_bucket(largest)
+                dropped_from: str | None = largest
+            else:
+                dropped_from = None
             if keys is None:
                 keys = self._buckets[bucket] = deque()
+                if "/" in bucket:
+                    self._prefixes += 1
             keys.append(key)
+            self._resize(bucket, size)
             self._entries[key] = Pending(scope, ev.src, ev.dst, ev.dport, ev.time, ev.time)
             stats.queued += 1
             self.waiting += 1
-            return None
+            return dropped_from
+
+    def _count_drop(self, bucket: str, n: int) -> None:
+        by = self.stats.dropped_by
+        if bucket not in by and len(by) >= DROPPED_BY_MAX and "/" in bucket:
+            bucket = OUTSIDE  # spoofed prefixes without end: counted together
+        self.stats.dropped += n
+        by[bucket] = by.get(bucket, 0) + n
+
+    def _resize(self, bucket: str, was: int) -> None:
+        """Move ``bucket`` from size ``was`` to its size now (one more or less)."""
+        now = len(self._buckets[bucket])
+        by = self._by_size
+        if was:
+            sizes = by[was]
+            del sizes[bucket]
+            if not sizes:
+                del by[was]
+        if now:
+            by.setdefault(now, {})[bucket] = None
+        if now > self._largest:
+            self._largest = now
+        elif self._largest not in by:  # the largest shrank by one
+            self._largest = self._largest - 1 if by else 0
+
+    def _drop_bucket(self, bucket: str) -> None:
+        del self._buckets[bucket]
+        if "/" in bucket:
+            self._prefixes -= 1
 
     def take(self, limit: int) -> list[Pending]:
         """Up to ``limit`` entries, one per source in turn (round robin)."""
@@ -172,12 +253,13 @@ class ObservationQueue:
             while buckets and len(out) < limit:
                 bucket, keys = next(iter(buckets.items()))
                 entry = self._entries.pop(keys.popleft())
+                self._resize(bucket, len(keys) + 1)
                 self.waiting -= entry.count
                 out.append(entry)
                 if keys:
                     buckets.move_to_end(bucket)
                 else:
-                    del buckets[bucket]
+                    self._drop_bucket(bucket)
         return out
 
     def top(self, n: int = 5) -> list[tuple[str, int]]:
