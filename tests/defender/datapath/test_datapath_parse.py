@@ -246,8 +246,42 @@ def test_conntrack_reader_counts_and_throttles_lines_not_understood() -> None:
     assert [e.time for e in seen] == [pytest.approx(1795945427.061317),
                                       pytest.approx(1795945428.000007)]
     assert observer.unparsed == 50
+    # the first logged, the rest summed up once at the end (not once per line)
     warned = [e for e in logs if e["event"].startswith("conntrack output not understood")]
-    assert len(warned) == 1 and warned[0]["line"].startswith("[NEW] something")
+    assert len(warned) == 2 and warned[0]["line"].startswith("[NEW] something")
+    assert (warned[0]["since_last"], warned[1]["since_last"], warned[1]["total"]) == (1, 49, 50)
+
+
+# conntrack-tools' ENOBUFS warning (src/conntrack.c), three lines each time
+ENOBUFS = ("WARNING: We have hit ENOBUFS! We are losing events.\n"
+           "This message means that the current netlink socket buffer size is too small.\n"
+           "Please, check --buffer-size in conntrack(8) manpage.\n")
+
+
+def test_conntrack_warnings_are_counted_and_logged_throttled() -> None:
+    """A flood of overruns (and of any other warning) from a real process: each
+    counted, logged once and summed up at the end, not once per line."""
+    observer = ConntrackObserver(lambda ev: None, None, ipv6=False)
+    text = ("NOTICE: Netlink socket buffer size has been set to 33554432 bytes.\n"
+            + ENOBUFS * 200 + "something else went wrong\n" * 30)
+    proc = subprocess.Popen(["sh", "-c", "cat >&2"], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(text)
+    proc.stdin.close()
+    with capture_logs() as logs:
+        observer._read_errors(proc)
+    proc.wait()
+    proc.stderr.close()
+    assert observer.overruns == 200
+    warned = [(e["event"][:25], e.get("since_last"), e.get("message")) for e in logs
+              if e["log_level"] == "warning"]
+    assert warned == [
+        ("conntrack events lost in ", 1, None),
+        ("conntrack", 1, "something else went wrong"),
+        ("conntrack events lost in ", 199, None),
+        ("conntrack", 29, None),
+    ]
 
 
 def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:

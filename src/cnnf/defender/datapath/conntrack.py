@@ -43,6 +43,39 @@ _EVENT = re.compile(
 )
 
 
+class _Throttled:
+    """A warning that may come once per event of a flood: logged the first time,
+    then at most once per LOG_SECONDS with how many came since (and once more at
+    the end, by :meth:`close`, for those not logged yet)."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self.count = 0
+        self._since = 0  # since the last log line
+        self._logged: float | None = None
+
+    def hit(self, **fields: object) -> None:
+        self.count += 1
+        self._since += 1
+        now = time.monotonic()
+        if self._logged is None or now - self._logged >= LOG_SECONDS:
+            self._logged = now
+            self._log(**fields)
+
+    def close(self) -> None:
+        if self._since:
+            self._log()
+
+    def _log(self, **fields: object) -> None:
+        log.warning(self.event, total=self.count, since_last=self._since, **fields)
+        self._since = 0
+
+
+# conntrack's ENOBUFS warning is three lines; only the first says ENOBUFS.
+_ENOBUFS_MORE = ("This message means that the current netlink socket buffer size",
+                 "Please, check --buffer-size")
+
+
 @dataclass(frozen=True, slots=True)
 class ObservedConnection:
     """A new TCP connection seen by connection tracking (original direction)."""
@@ -121,35 +154,36 @@ class ConntrackObserver:
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
-        logged = 0.0
+        unparsed = _Throttled("conntrack output not understood: connections not observed")
         for line in proc.stdout:
             event = parse_event(line, self.clock())
             if event is not None:
                 self.on_connection(event)
             elif line.strip():
                 self.unparsed += 1
-                now = time.monotonic()
-                if self.unparsed == 1 or now - logged >= LOG_SECONDS:
-                    logged = now
-                    log.warning("conntrack output not understood: connections not observed",
-                                line=line.strip()[:200], unparsed=self.unparsed)
+                unparsed.hit(line=line.strip()[:200])
+        unparsed.close()
 
     def _read_errors(self, proc: subprocess.Popen[str]) -> None:
         """The tool's warnings, read as they come: unread, they would fill the
         pipe and stop the tool (a flood makes one per overrun)."""
         assert proc.stderr is not None
-        logged = 0.0
+        overruns = _Throttled("conntrack events lost in the kernel (a burst larger than "
+                              "its buffer): some connections were not observed")
+        other = _Throttled("conntrack")
         for line in proc.stderr:
-            if "ENOBUFS" in line:
+            text = line.strip()
+            if "ENOBUFS" in text:
                 self.overruns += 1
-                now = time.monotonic()
-                if now - logged >= LOG_SECONDS:
-                    logged = now
-                    log.warning("conntrack events lost in the kernel (a burst larger than "
-                                "its buffer): some connections were not observed",
-                                overruns=self.overruns)
-            elif line.strip():
-                log.warning("conntrack", message=line.strip())
+                overruns.hit()
+            elif not text or text.startswith(_ENOBUFS_MORE):
+                continue  # the rest of the ENOBUFS warning
+            elif text.startswith("NOTICE: Netlink socket buffer size"):
+                log.debug("conntrack", message=text)  # -b taken, once per start
+            else:
+                other.hit(message=text[:200])
+        overruns.close()
+        other.close()
 
     @property
     def running(self) -> bool:
