@@ -2,7 +2,7 @@
 // Run by scripts/bootstrap.sh (npm ci && npm run build); no bundle is committed.
 //
 // static/index.html          the page (served with Cache-Control: no-cache)
-// static/assets/NAME-HASH.EXT the bundle, the style sheet and Swagger UI's assets
+// static/assets/NAME-HASH.EXT the bundle, the boot script, the style sheet and Swagger UI's assets
 //                             (from the swagger-ui-dist package), named by their
 //                             content, each with .gz and .br beside it: served
 //                             compressed and cached for a year
@@ -44,7 +44,9 @@ function hashed(logical, source) {
 }
 
 const result = await build({
-  entryPoints: { app: join(here, "src", "main.js") },
+  // boot: a few hundred bytes in the page's head that start Radar's first
+  // request while app (the UI, Cytoscape.js) downloads and compiles.
+  entryPoints: { app: join(here, "src", "main.js"), boot: join(here, "src", "boot.js") },
   bundle: true,
   minify: !debug,
   sourcemap: "linked",
@@ -58,7 +60,7 @@ const result = await build({
 });
 for (const [path, info] of Object.entries(result.metafile.outputs)) {
   const name = basename(path);
-  if (info.entryPoint) manifest["app.js"] = `assets/${name}`;
+  if (info.entryPoint) manifest[`${basename(info.entryPoint) === "boot.js" ? "boot" : "app"}.js`] = `assets/${name}`;
   if (name.endsWith(".js") || name.endsWith(".txt")) {
     compressed(join(assets, name), readFileSync(join(assets, name)));
   }
@@ -73,8 +75,9 @@ hashed("swagger-favicon.png", join(swagger, "favicon-32x32.png"));
 
 const page = readFileSync(join(here, "index.html"), "utf8")
   .replace('href="style.css"', `href="${manifest["style.css"]}"`)
-  .replace('src="app.js"', `src="${manifest["app.js"]}"`);
-if (page.includes('"app.js"') || page.includes('"style.css"')) throw new Error("index.html: asset references not replaced");
+  .replace('src="app.js"', `src="${manifest["app.js"]}"`)
+  .replace('src="boot.js"', `src="${manifest["boot.js"]}"`);
+if (['"app.js"', '"style.css"', '"boot.js"'].some((ref) => page.includes(ref))) throw new Error("index.html: asset references not replaced");
 writeFileSync(join(out, "index.html"), page);
 writeFileSync(join(out, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
 // The licence of Swagger UI travels with its files.

@@ -19,7 +19,9 @@ export const session = {
   onExpired: () => {},
 };
 
-export async function api(method, path, { body, query, raw, headers } = {}) {
+// The request api() sends: the URL and fetch options (the boot script starts
+// Radar's first request with it before the bundle has loaded).
+export function apiRequest(method, path, { body, query, headers } = {}) {
   const url = new URL(`/api/v1${path}`, location.origin);
   for (const [k, v] of Object.entries(query || {})) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
@@ -36,7 +38,17 @@ export async function api(method, path, { body, query, raw, headers } = {}) {
       init.headers["Content-Type"] = "application/json";
     }
   }
-  const response = await fetch(url, init);
+  return { url: url.href, init };
+}
+
+export async function api(method, path, options = {}) {
+  const { url, init } = apiRequest(method, path, options);
+  return apiAnswer(path, await fetch(url, init), options);
+}
+
+// A response as api() returns it: the session ends on a 401, an error
+// status throws an ApiError with the API's detail and field list.
+export async function apiAnswer(path, response, { raw } = {}) {
   if (response.status === 401 && path !== "/auth/login") {
     session.token = null;
     session.onExpired();

@@ -1,10 +1,13 @@
 // The Console UI: sign-in, Radar, and the policy pages, routed by the URL hash.
 import { api, ApiError, session } from "./api.js";
 import { clear, h } from "./dom.js";
+import { route } from "./route.js";
 import { renderRadar } from "./radar.js";
 import { renderLearn } from "./learn.js";
 import { renderAudits, renderObjects, renderRules, renderSettings, renderTransfer } from "./policy.js";
 import { renderChanges, renderDefenders, renderNotFound, renderUsers } from "./admin.js";
+
+performance.mark("cnnf:script"); // the bundle compiled and run up to here
 
 const main = document.getElementById("main");
 const top = document.getElementById("top");
@@ -23,11 +26,6 @@ const PAGES = {
   users: renderUsers,
 };
 
-function route() {
-  const [path, queryString] = location.hash.replace(/^#\/?/, "").split("?");
-  const [page, ...rest] = path.split("/");
-  return { page: page || "radar", args: rest, query: new URLSearchParams(queryString || "") };
-}
 
 async function show() {
   if (cleanup) { cleanup(); cleanup = null; }

@@ -2,7 +2,8 @@
 // its own (sources left, destinations right; groups as compound nodes in bands). The page state is exposed as
 // window.cnnfRadar (cy, data, timing) for tests and the benchmark.
 import cytoscape from "cytoscape";
-import { api, ApiError } from "./api.js";
+import { api, apiAnswer, ApiError, apiRequest } from "./api.js";
+import { applyLink, query, state, WINDOWS } from "./radarquery.js";
 import { auditBadge, clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
 
 // Label text on these backgrounds has a contrast of at least 4.5:1 (WCAG AA):
@@ -23,7 +24,6 @@ export const SEVERITY_COLORS = {
 };
 const SEVERITY_ORDER = ["critical", "high", "medium", "low", "none", "unknown"];
 const VERDICT_ORDER = { blocked: 3, alert: 2, observed: 1, allowed: 0 };
-const WINDOWS = [["15m", 900], ["1h", 3600], ["24h", 86400], ["7d", 604800], ["all", 0]];
 // Above this many nodes, groups with more than COLLAPSE_MIN_CHILDREN start collapsed.
 const BIG_GRAPH = 300;
 const COLLAPSE_MIN_CHILDREN = 8;
@@ -36,18 +36,6 @@ const QUIET_EDGES = 1000;
 const QUIET_ZOOM = 0.6;
 const SMALL_MAX_EDGES = 600;
 
-const state = {
-  view: "container",
-  group: "namespace",
-  namespace: "",
-  host: "",
-  verdict: "",
-  window: "all",
-  q: "",
-  paused: false,
-  collapsed: new Set(),
-  autoCollapsedFor: "",
-};
 
 const radar = { cy: null, data: null, timing: {}, renders: 0, ready: false, errors: [] };
 window.cnnfRadar = radar;
@@ -57,18 +45,6 @@ function pollMs() {
   return Number(fromUrl || localStorage.getItem("cnnf.pollMs") || 5000);
 }
 
-function query() {
-  const seconds = Object.fromEntries(WINDOWS)[state.window];
-  return {
-    view: state.view,
-    group: state.group,
-    namespace: state.namespace.trim(),
-    host: state.host.trim(),
-    verdict: state.verdict,
-    q: state.q.trim(),
-    since: seconds ? new Date(Date.now() - seconds * 1000).toISOString() : "",
-  };
-}
 
 function imageName(image) {
   const at = image.indexOf("@");
@@ -649,8 +625,27 @@ function isSmall(elements) {
   return nodes <= SMALL_MAX_NODES && edges <= SMALL_MAX_EDGES;
 }
 
+// The boot script's /radar request (see boot.js), taken once: used if it asked
+// for the URL the page would ask for now.
+function bootAnswer(url) {
+  const boot = window.cnnfBoot;
+  delete window.cnnfBoot;
+  return boot && boot.url === url ? boot : null;
+}
+
+// The first /radar request: the boot script's, or one started now, before
+// Cytoscape is set up (which forces the page's first layout).
+function firstRequest() {
+  const { url, init } = apiRequest("GET", "/radar", { query: query() });
+  const boot = bootAnswer(url);
+  if (boot) return boot;
+  performance.mark("cnnf:radar-request");
+  return { url, at: performance.now(), answer: fetch(url, init).then((response) => ({ response }), (error) => ({ error })) };
+}
+
 export async function renderRadar(main, _args, link) {
-  if (link && ["container", "host"].includes(link.get("view"))) state.view = link.get("view");
+  applyLink(link);
+  let first = firstRequest();
   const help = "Radar graph. Left and right arrows move between nodes, up and down between the edges of the node; Enter opens the details, Escape closes them.";
   const graphBox = h("div", { id: "graph", class: "graph", tabindex: 0, role: "application",
     "aria-roledescription": "network graph", "aria-label": help });
@@ -687,7 +682,7 @@ export async function renderRadar(main, _args, link) {
     h("div", { class: "radar-body" }, graphBox, legend(), empty, note, focusText, panel)));
 
   const cy = cytoscape({
-    container: graphBox, style: STYLE, elements: [],
+    container: graphBox, style: STYLE, elements: [], layout: { name: "preset" },
     minZoom: 0.02, maxZoom: 3, textureOnViewport: true, hideEdgesOnViewport: false,
   });
   radar.cy = cy;
@@ -699,6 +694,7 @@ export async function renderRadar(main, _args, link) {
   let stopped = false;
   let inFlight = false;
   let lastChange = "";
+  let firstData = true;
 
   cy.on("tap", "edge", (e) => { focused = e.target; showEdge(e.target.data()); });
   cy.on("tap", "node", (e) => { focused = e.target; anchor = e.target; showNode(e.target); });
@@ -853,12 +849,22 @@ export async function renderRadar(main, _args, link) {
   async function refresh(relayout) {
     if (stopped || inFlight) return;
     inFlight = true;
-    const t0 = performance.now();
+    let t0 = performance.now();
     try {
       const q = query();
       const same = JSON.stringify(q) === lastQuery && etag && !relayout;
-      const response = await api("GET", "/radar", { query: q, raw: true,
-        headers: same ? { "If-None-Match": etag } : {} });
+      let response;
+      if (first) {
+        const { at, answer } = first;
+        first = null;
+        t0 = at;
+        const { response: r, error } = await answer;
+        if (error) throw error;
+        response = await apiAnswer("/radar", r, { raw: true });
+      } else {
+        response = await api("GET", "/radar", { query: q, raw: true,
+          headers: same ? { "If-None-Match": etag } : {} });
+      }
       if (stopped) return;
       if (response.status === 304) {
         live.textContent = `● Live · checked ${fmtClock()}${lastChange ? ` · new data at ${lastChange}` : ""}`;
@@ -869,6 +875,7 @@ export async function renderRadar(main, _args, link) {
       etag = response.headers.get("ETag");
       lastQuery = JSON.stringify(q);
       const t1 = performance.now();
+      if (firstData) { performance.mark("cnnf:radar-data"); firstData = false; }
       const key = `${state.view}/${state.group}`;
       if (key !== lastKey) {
         lastKey = key;
@@ -889,7 +896,12 @@ export async function renderRadar(main, _args, link) {
       const t2 = performance.now();
       radar.timing.fetchMs = Math.round(t1 - t0);
       radar.timing.totalMs = Math.round(t2 - t0);
-      if (firstRender) radar.timing.firstRenderMs = radar.timing.totalMs;
+      if (firstRender) {
+        radar.timing.firstRenderMs = radar.timing.totalMs;
+        // From navigation start: the whole wait of a page opened on Radar.
+        performance.mark("cnnf:radar-painted");
+        radar.timing.sincePageMs = Math.round(t2);
+      }
       radar.renders += 1;
       radar.ready = true;
       if (firstRender && link) focusLink(link);
