@@ -13,6 +13,7 @@ import pytest
 import yaml
 from radarpage import ARTIFACTS, sign_in, wait_radar
 from radarserver import RadarConsole, serve
+from test_radar_geometry_ui import assert_clear, geometry
 from test_radar_ui import click_element
 
 from cnnf.console.services.records import FlowRecord
@@ -97,6 +98,18 @@ def test_nodes_count_pods_and_the_panel_lists_them(page: Any, console: RadarCons
     click_element(page, "image:kube/cart:2.3")
     page.locator("#runtime #pods li:has-text('cart-5f6d8b7c9-q4w2z')").wait_for()
     assert runtime.locator("#pods li").all_text_contents() == ["cart-5f6d8b7c9-q4w2z"]
+
+
+@pytest.mark.parametrize("size", [(1500, 900), (1600, 1000), (1280, 800)])
+def test_no_edge_label_covers_a_node_another_label_or_a_title(
+        page: Any, console: RadarConsole, size: tuple[int, int]) -> None:
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    sign_in(page, console)
+    wait_radar(page)
+    g = geometry(page, f"radar-kube-{size[0]}")
+    # (a line through a label is avoided where a place is in reach, not always)
+    assert_clear(g, lines=False)
+    assert len(g["titles"]) == 4  # storefront, data, payments, monitoring
 
 
 def test_no_edge_label_covers_a_node_or_another_label(page: Any, console: RadarConsole) -> None:

@@ -6,14 +6,18 @@ groups do not overlap."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from radarpage import ARTIFACTS, sign_in, wait_radar
-from radarserver import RadarConsole
+from radarserver import RadarConsole, serve
 
 from cnnf.console.services.records import FlowRecord
+from cnnf.model.records import HostInfo, WorkloadInfo
 
 pytestmark = pytest.mark.browser
 
@@ -61,15 +65,42 @@ GEOMETRY = """() => {
   parents.forEach(([id, box], i) => {
     for (const [o, b] of parents.slice(i + 1)) if (hit(box, b)) out.groups.push(`${id} ${o}`);
   });
+  // A group's title: its label, drawn above its box (text-valign top).
+  out.titles = cy.nodes().filter(n => n.isParent()).map(n => {
+    const body = n.boundingBox({includeLabels: false});
+    const t = n.boundingBox({includeNodes: false, includeEdges: false, includeLabels: true,
+                             includeOverlays: false});
+    return {id: n.id(), text: n.data('label'), x1: t.x1, x2: t.x2, y1: t.y1, y2: t.y2,
+            bodyTop: body.y1, bodyX: (body.x1 + body.x2) / 2};
+  });
+  out.titleCovers = [];
+  labels.forEach(([id, box]) => {
+    for (const t of out.titles) if (hit(box, t)) out.titleCovers.push(`${id} covers ${t.text}`);
+  });
   return out;
 }"""
 
 
-def _geometry(page: Any, name: str) -> dict[str, Any]:
+def geometry(page: Any, name: str) -> dict[str, Any]:
     found: dict[str, Any] = page.evaluate(GEOMETRY)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    # the title boxes are the titles: text wide, above the group's box, centred on it
+    for t in found["titles"]:
+        assert t["x2"] - t["x1"] > 3 * len(t["text"]), t
+        assert t["y1"] < t["y2"] <= t["bodyTop"] + 1, t
+        assert abs((t["x1"] + t["x2"]) / 2 - t["bodyX"]) < 2, t
     return found
+
+
+def assert_clear(g: dict[str, Any], lines: bool = True) -> None:
+    """No edge label covers a node, a label or a group's title; groups apart;
+    with ``lines``, no other edge's line runs through a label."""
+    assert g["covers"] == []
+    assert g["titleCovers"] == []
+    assert g["groups"] == []
+    if lines:
+        assert g["lines"] == []
 
 
 @pytest.mark.parametrize("size", [(1600, 1000), (1280, 800)])
@@ -78,10 +109,10 @@ def test_the_shop_is_drawn_with_no_label_covered_or_crossed(
     page.set_viewport_size({"width": size[0], "height": size[1]})
     sign_in(page, console)
     wait_radar(page)
-    g = _geometry(page, f"radar-geometry-{size[0]}")
-    assert g["covers"] == []
-    assert g["lines"] == []
-    assert g["groups"] == []
+    g = geometry(page, f"radar-geometry-{size[0]}")
+    assert_clear(g)
+    assert {t["text"] for t in g["titles"]} == {"namespace: shop", "namespace: data",
+                                                "namespace: monitoring"}
     # the shop has no cycle: every edge runs left to right
     assert g["backwards"] == []
 
@@ -109,7 +140,65 @@ def test_long_observe_mode_labels_are_placed_clear_too(page: Any,
     wait_radar(page)
     labels = page.evaluate("() => window.cnnfRadar.cy.edges().map(e => e.data('label'))")
     assert "5432,5433 seen, would prevent" in labels
-    g = _geometry(page, "radar-geometry-observe")
-    assert g["covers"] == []
-    assert g["lines"] == []
-    assert g["groups"] == []
+    g = geometry(page, "radar-geometry-observe")
+    assert_clear(g)
+
+
+DEMO_POLICY = Path(__file__).resolve().parents[2] / "examples/demo-policy.yaml"
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[RadarConsole]:
+    """The picture of `make demo` (docs/radar-demo.png): its starter policy, the
+    shop-web and shop-data namespaces and the flows its traffic makes. There,
+    api -> db's "5432 allowed" covered the title "namespace: shop-data"."""
+    (tmp_path / "demo").mkdir()
+    with serve(tmp_path / "demo") as c:  # beside the page fixture's Console
+        with c.client() as api:
+            api.post("/api/v1/policy/import",
+                     json=yaml.safe_load(DEMO_POLICY.read_text())).raise_for_status()
+        pods = [("frontend", "shop-web", "node-1"), ("api", "shop-web", "node-1"),
+                ("worker", "shop-data", "node-2"), ("cache", "shop-data", "node-2"),
+                ("db", "shop-data", "node-2"), ("payments", "shop-data", "node-2")]
+        c.report_inventory(
+            hosts=[HostInfo(name="node-1", addresses=["10.10.0.1"]),
+                   HostInfo(name="node-2", addresses=["10.10.0.2"])],
+            containers=[WorkloadInfo(address=f"10.88.0.{i + 2}", image=f"shop/{app}:1.0",
+                                     name=app, namespace=ns, host=host, labels={"app": app})
+                        for i, (app, ns, host) in enumerate(pods)])
+        now = datetime.now(UTC)
+
+        def flow(src: str, dst: str, port: int, verdict: str = "observed",
+                 rule: tuple[int, str] = (0, "")) -> FlowRecord:
+            return FlowRecord(src=f"image:shop/{src}", dst=dst if ":" in dst else
+                              f"image:shop/{dst}", port=port, verdict=verdict,
+                              rule_id=rule[0], rule_name=rule[1], count=10,
+                              first_seen=now - timedelta(minutes=10),
+                              last_seen=now - timedelta(minutes=1))
+
+        lateral = (5, "frontend-to-data")
+        c.add_flows([
+            flow("frontend", "api", 8080, "allow", (1, "frontend-to-api")),
+            flow("api", "payments", 9090, "allow", (2, "api-to-payments")),
+            flow("api", "db", 5432, "allow", (3, "api-to-db")),
+            flow("api", "cache", 6379),
+            flow("worker", "db", 5432),
+            flow("worker", "addr:93.184.216.34", 80, "alert", (4, "worker-to-internet")),
+            flow("payments", "addr:198.51.100.7", 443),
+            flow("frontend", "cache", 6379, "prevent", lateral),
+            flow("frontend", "db", 5432, "prevent", lateral),
+            flow("frontend", "payments", 22, "prevent", lateral),
+        ])
+        yield c
+
+
+@pytest.mark.parametrize("size", [(1600, 1000), (1280, 800), (1500, 900)])
+def test_the_demo_is_drawn_with_no_label_over_a_group_title(
+        page: Any, demo: RadarConsole, size: tuple[int, int]) -> None:
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    sign_in(page, demo)
+    wait_radar(page)
+    g = geometry(page, f"radar-geometry-demo-{size[0]}")
+    assert {t["text"] for t in g["titles"]} == {"namespace: shop-web",
+                                                "namespace: shop-data"}
+    assert_clear(g, lines=False)

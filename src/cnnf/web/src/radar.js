@@ -555,8 +555,13 @@ export function placeEdgeLabels(cy) {
     a.y1 < b.y2 + LABEL_GAP && b.y1 < a.y2 + LABEL_GAP;
   const taken = [];
   cy.nodes().forEach((n) => {
-    // A group's body holds its members and their edges: only its title is in the way.
-    taken.push(n.isParent() ? n.boundingBox({ includeNodes: false, includeLabels: true })
+    // A group's body holds its members and their edges: only its title is in
+    // the way. Without includeOverlays: false its box was the whole body (the
+    // overlay's), no place inside a group was ever clear, and a label there
+    // stayed mid-edge, on the title if the edge crossed it (the demo's
+    // "5432 allowed" over "namespace: shop-data").
+    taken.push(n.isParent() ? n.boundingBox({ includeNodes: false, includeEdges: false,
+      includeLabels: true, includeOverlays: false, includeUnderlays: false })
       : n.boundingBox({ includeLabels: true, includeOverlays: false }));
   });
   cy.edges().removeStyle("text-margin-x text-margin-y");
