@@ -4,8 +4,9 @@ chromium with 5,000 nodes and 20,000 edges, beside a small graph in the same run
 Starts a Console on loopback (SQLite in a temporary directory), seeds images,
 flows, rules and overlays, then times ``GET /api/v1/radar`` (cold: the first
 request after a change, the graph built; warm: a repeated poll, cached) and the page's
-first render (``window.cnnfRadar.timing``: fetch, build, layout, paint) in
-Debian's chromium. Targets: endpoint at most 500 ms, first render at most 3 s.
+first render (``window.cnnfRadar.timing``: fetch, build, layout, paint; from the
+first /radar request, which the page sends before setting Cytoscape up, to the
+painted frame) in Debian's chromium. Targets: endpoint at most 500 ms, first render at most 3 s.
 
     .venv/bin/python bench/radar_render.py [--nodes 5000] [--edges 20000] [--api-only]
 """
