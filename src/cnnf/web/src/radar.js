@@ -36,7 +36,6 @@ const QUIET_EDGES = 1000;
 const QUIET_ZOOM = 0.6;
 const SMALL_MAX_EDGES = 600;
 
-
 const radar = { cy: null, data: null, timing: {}, renders: 0, ready: false, errors: [] };
 window.cnnfRadar = radar;
 
@@ -44,7 +43,6 @@ function pollMs() {
   const fromUrl = new URLSearchParams(location.search).get("poll");
   return Number(fromUrl || localStorage.getItem("cnnf.pollMs") || 5000);
 }
-
 
 function imageName(image) {
   const at = image.indexOf("@");
