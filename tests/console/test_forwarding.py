@@ -188,7 +188,25 @@ def test_webhook_names_in_logs_and_metrics_hide_the_secret(url: str, shown: str,
     name = webhook_name(url)
     assert name.startswith(shown) and secret not in name
     assert WebhookSink(url).name == name
-    assert webhook_name(url + "2") != name  # two webhooks on one host stay apart
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("https://user:s3cret@hooks.example/x", "https://user:n3w@hooks.example/x"),
+    ("http://127.0.0.1:8081/hook?token=s3cret", "http://127.0.0.1:8081/hook?token=n3w"),
+    ("https://hooks.example/x", "https://hooks.example:443/x"),
+])
+def test_a_webhook_is_named_by_its_receiver_not_its_secret(old: str, new: str) -> None:
+    assert webhook_name(old) == webhook_name(new)
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("https://hooks.example/a", "https://hooks.example/b"),
+    ("https://hooks.example/a", "http://hooks.example/a"),
+    ("https://hooks.example/a", "https://hooks.example:8443/a"),
+    ("https://hooks.example/a", "https://other.example/a"),
+])
+def test_two_receivers_on_one_host_have_two_names(one: str, other: str) -> None:
+    assert webhook_name(one) != webhook_name(other)
 
 
 class Outbox:
@@ -209,6 +227,7 @@ class Outbox:
     def forwarder(self, *sinks: Any, **kw: Any) -> Forwarder:
         f = Forwarder(list(sinks), self.sessions, **kw)
         self.forwarders.append(f)
+        f.start()
         return f
 
     def backlog(self) -> dict[str, int]:
@@ -348,6 +367,7 @@ def _forwarding_console(tmp_path: Path, syslog_port: int,
                            syslog=(f"udp://127.0.0.1:{syslog_port}",), webhooks=webhooks)
     c = Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
                 clock=clock)
+    c.app.state.link.forwarder.start()  # what the lifespan does in a served Console
     try:
         admin = c.client(c.add_user("admin-user", Role.ADMIN))
         _, defender = td.enroll(c, admin)
@@ -479,24 +499,29 @@ def test_a_dead_webhook_does_not_hold_up_report_ingestion(tmp_path: Path) -> Non
                 assert 'cnnf_console_lease_held{lease="singleton"} 1.0' in metrics
 
 
-def _replica(db_url: str, tmp_path: Path, name: str, syslog: tuple[str, ...],
-             webhooks: tuple[str, ...]) -> Console:
+def _replica(db_url: str, tmp_path: Path, name: str, syslog: tuple[str, ...] = (),
+             webhooks: tuple[str, ...] = (), *, replace_sinks: bool = False) -> Console:
     engine = connect(db_url)
     config = ConsoleConfig(db_url=db_url, data_dir=tmp_path / name, syslog=syslog,
-                           webhooks=webhooks)
+                           webhooks=webhooks, replace_sinks=replace_sinks)
     clock = Clock()
-    return Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
-                   clock=clock)
+    c = Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
+                clock=clock)
+    c.app.state.link.forwarder.start()  # what the lifespan does in a served Console
+    return c
 
 
 def test_the_sinks_are_one_configuration_for_the_fleet(
         db_url: str, tmp_path: Path, hook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
     """Replica A started with syslog only, replica B (started after it) with syslog
-    and a webhook: the store holds B's list, and audits stored through either
+    and a webhook: the store holds both, and audits stored through either
     replica reach both sinks, delivered by A (the one forwarding) although A's
-    own options never named the webhook. A replica started later with syslog
-    only takes the webhook out of the fleet; its undelivered audits are kept
-    (counted in a log line), and no more are queued for it."""
+    own options never named the webhook. A replica started later without any
+    forwarding option (a forgotten flag) changes nothing: it says what is in
+    force, and audits are still queued for both. Only a replica started with
+    --replace-sinks and syslog takes the webhook out of the fleet; its
+    undelivered audits are kept (counted in a log line), and no more are queued
+    for it."""
     import test_defenders as td
 
     from cnnf.model.records import ReportBatch
@@ -530,10 +555,13 @@ def test_the_sinks_are_one_configuration_for_the_fleet(
             r = td.post_batch(via_a, ReportBatch(batch_id="b-2", audits=[td.audit(port=1002)]))
             assert r.status_code == 200
             syslog.recv(65535)
-            with caplog.at_level(logging.WARNING, logger="cnnf.console"):
-                replicas.append(_replica(db_url, tmp_path, "c", udp, ()))
-            assert (f"{webhook_name(hook.url)} is no longer configured; its 1 undelivered "
-                    f"audits are kept") in caplog.text
+            hook_name = webhook_name(hook.url)
+            with caplog.at_level(logging.INFO, logger="cnnf.console"):
+                replicas.append(_replica(db_url, tmp_path, "c"))  # no forwarding options
+            assert (f"forwarding: audits go to 2 sinks (the fleet's list, in the store): "
+                    f"syslog:udp://127.0.0.1:{syslog.getsockname()[1]}, {hook_name}"
+                    in caplog.text), caplog.text
+            assert "no longer configured" not in caplog.text
             r = td.post_batch(via_b, ReportBatch(batch_id="b-3", audits=[td.audit(port=1003)]))
             assert r.status_code == 200
             syslog.recv(65535)
@@ -542,8 +570,18 @@ def test_the_sinks_are_one_configuration_for_the_fleet(
                 with a.session() as s:
                     return {b.sink: b.audits for b in backlog(s)}
 
-            # b-3 went to syslog only; b-2 waits for the webhook, should it come back.
-            assert poll(lambda: queued() == {webhook_name(hook.url): 1}), queued()
+            assert poll(lambda: queued() == {hook_name: 2}), queued()  # b-2 and b-3
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="cnnf.console"):
+                replicas.append(_replica(db_url, tmp_path, "d", udp, replace_sinks=True))
+            assert (f"{hook_name} is no longer configured (--replace-sinks); its 2 "
+                    f"undelivered audits are kept") in caplog.text
+            r = td.post_batch(via_b, ReportBatch(batch_id="b-4", audits=[td.audit(port=1004)]))
+            assert r.status_code == 200
+            syslog.recv(65535)
+            # b-4 went to syslog only; b-2 and b-3 wait for the webhook, should it
+            # come back.
+            assert poll(lambda: queued() == {hook_name: 2}), queued()
         finally:
             for c in replicas:
                 for client in c.clients:
