@@ -716,3 +716,86 @@ def _tcp_receiver_restarts(outbox: Outbox, high_fd: bool) -> tuple[list[str], li
             got += _read_octet_counted(conn, 1)
         assert poll(lambda: outbox.backlog() == {})
     return got, first + second
+
+
+def test_a_rotated_webhook_secret_keeps_the_backlog_and_delivers_it_with_the_new_one(
+        db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The receiver takes only the new credentials (password and query token): the
+    audits queued while the fleet had the old ones wait (401 parks nothing); a
+    replica started with the new URL updates the stored sink, the same sink by
+    name, and the forwarding replica delivers the whole backlog with the new
+    secret. Nothing is left queued under another name."""
+    import base64
+
+    import test_defenders as td
+
+    from cnnf.model.records import ReportBatch
+
+    new_auth = "Basic " + base64.b64encode(b"user:n3w").decode()
+    hook: Webhook = Webhook(lambda body, n: 204 if hook.requests[-1] == (
+        "/hook?token=n3w", new_auth) else 401)
+    old_url = hook.url.replace("http://", "http://user:0ld@") + "?token=0ld"
+    new_url = hook.url.replace("http://", "http://user:n3w@") + "?token=n3w"
+    name = webhook_name(old_url)
+    assert webhook_name(new_url) == name
+    a = _replica(db_url, tmp_path, "a", webhooks=(old_url,))
+    replicas = [a]
+    try:
+        token = a.add_user("admin-user", Role.ADMIN)
+        _, defender = td.enroll(a, a.client(token))
+        for n in range(3):
+            r = td.post_batch(defender, ReportBatch(batch_id=f"b-{n}",
+                                                    audits=[td.audit(port=1000 + n)]))
+            assert r.status_code == 200
+        assert poll(lambda: len(hook.requests) >= 1)
+        assert hook.delivered() == []
+        with caplog.at_level(logging.INFO, logger="cnnf.console"):
+            b = _replica(db_url, tmp_path, "b", webhooks=(new_url,))
+            replicas.append(b)
+        b.app.state.link.forwarder.close()  # A forwards (it holds the lease)
+        assert f"forwarding: {name} has a new URL (credentials); its backlog is kept" \
+            in caplog.text
+        ids = sorted(x["id"] for x in a.client(token).get("/api/v1/audits").json()["items"])
+        assert len(ids) == 3
+        assert poll(lambda: hook.delivered() == ids, 40), hook.batches()
+        assert hook.requests[-1] == ("/hook?token=n3w", new_auth)
+        with a.session() as s:
+            assert backlog(s) == []
+        assert "0ld" not in caplog.text and "n3w" not in caplog.text
+    finally:
+        hook.close()
+        for c in replicas:
+            for client in c.clients:
+                client.close()
+            c.app.state.link.forwarder.close()
+            c.engine.dispose()
+
+
+def test_the_forwarder_runs_with_the_app_and_stops_with_it(tmp_path: Path) -> None:
+    """create_app starts no thread (an app never served leaves nothing running
+    after its store is gone); serving it (the lifespan) starts the forwarder, and
+    the end of serving stops it."""
+    import asyncio
+    import threading
+
+    def forwarders() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "cnnf-forward"]
+
+    before = forwarders()
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    engine = connect(url)
+    started: list[threading.Thread] = []
+
+    async def serve(app: Any) -> None:
+        async with app.router.lifespan_context(app):  # what uvicorn runs around serving
+            started.extend(t for t in forwarders() if t not in before)
+            assert [t.is_alive() for t in started] == [True]
+
+    try:
+        app = create_app(ConsoleConfig(db_url=url, data_dir=tmp_path), engine=engine)
+        assert forwarders() == before
+        asyncio.run(serve(app))
+        assert not started[0].is_alive()
+        assert forwarders() == before
+    finally:
+        engine.dispose()
