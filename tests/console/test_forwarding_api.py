@@ -94,8 +94,8 @@ def _parked(admin: ApiClient, **params: Any) -> list[dict[str, Any]]:
     return found
 
 
-def test_parked_audits_are_listed_and_requeued_through_the_api(db_url: str,
-                                                               tmp_path: Path) -> None:
+def test_parked_audits_are_listed_and_requeued_through_the_api(
+        db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     picky = Picky()
     hook = Webhook(picky)
     name = webhook_name(hook.url)
@@ -134,9 +134,12 @@ def test_parked_audits_are_listed_and_requeued_through_the_api(db_url: str,
             # Requeued while the receiver still refuses it: alone in its batch it is
             # not parked again (that says more about the sink), it waits queued and
             # is retried with backoff; the receiver fixed, it is delivered.
-            r = admin.post(f"{API}/forwarding/parked/requeue",
-                           json={"sink": name, "ids": [poison["auditId"]]})
+            with caplog.at_level(logging.INFO, logger="cnnf.console"):
+                r = admin.post(f"{API}/forwarding/parked/requeue",
+                               json={"sink": name, "ids": [poison["auditId"]]})
             assert r.status_code == 200 and r.json() == {"sink": name, "requeued": 1}
+            assert (f"forwarding: admin-user requeued 1 parked audits of {name} "
+                    f"(ids {poison['auditId']})") in caplog.text
             assert poll(lambda: sum(1 for code, got in hook.batches()
                                     if poison["auditId"] in got) >= 2)
             assert admin.get(f"{API}/forwarding/sinks").json() == [

@@ -52,6 +52,8 @@ def requeue(body: Requeue, *, db: SessionDep, who: Admin) -> Requeued:
     the sink still refuses waits queued, retried with backoff (parked again only
     when the sink takes others in the same round)."""
     done = requeue_parked(db, body)
+    shown = sorted(set(body.ids or ()))
     log.warning("forwarding: %s requeued %d parked audits of %s%s", who.name, done.requeued,
-                done.sink, "" if body.ids is None else f" (ids {sorted(set(body.ids))})")
+                done.sink, f" (ids {', '.join(map(str, shown[:20]))}"
+                           f"{', ...' if len(shown) > 20 else ''})" if shown else "")
     return done
