@@ -129,6 +129,19 @@ def test_parked_audits_are_listed_and_requeued_through_the_api(
             assert r.status_code == 422 and r.json()["errors"][0]["path"] == "ids"
             r = admin.get(f"{API}/forwarding/parked", params={"limit": 0})
             assert r.status_code == 422
+            with console.session() as s:  # parked for a sink no longer configured
+                s.execute(OutboxRow.__table__.insert().values(
+                    sink="webhook:gone", audit_id=poison["auditId"],
+                    queued=datetime.now(UTC), parked=datetime.now(UTC)))
+                s.commit()
+            r = admin.post(f"{API}/forwarding/parked/requeue", json={"sink": "webhook:gone"})
+            assert r.status_code == 409 and "no longer configured" in r.json()["detail"]
+            assert admin.get(f"{API}/forwarding/sinks").json() == [  # by name
+                {"name": "webhook:gone", "configured": False, "queued": 0, "parked": 1},
+                {"name": name, "configured": True, "queued": 0, "parked": 1}]
+            with console.session() as s:
+                s.execute(OutboxRow.__table__.delete().where(OutboxRow.sink == "webhook:gone"))
+                s.commit()
             assert len(_parked(admin)) == 1
 
             # Requeued while the receiver still refuses it: alone in its batch it is

@@ -44,8 +44,10 @@ def list_parked(*, db: SessionDep, _: Reader, sink: SinkName = None,
 
 
 @router.post("/parked/requeue", response_model=Requeued, responses=errors(
-    404, s404="the sink has no parked audits, or the ids named are not parked for it; "
-              "nothing was requeued"))
+    404, 409, s404="the sink has no parked audits, or the ids named are not parked for "
+                   "it; nothing was requeued",
+    s409="the sink is no longer configured (requeued audits would wait for it); "
+         "nothing was requeued"))
 def requeue(body: Requeue, *, db: SessionDep, who: Admin) -> Requeued:
     """Send parked audits of one sink again (all of them, or the ``ids`` given):
     they go at the forwarder's next round, in id order with the sink's backlog. One

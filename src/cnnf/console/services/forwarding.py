@@ -42,7 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cnnf import __version__
-from cnnf.console.services.errors import NotFound
+from cnnf.console.services.errors import Conflict, NotFound
 from cnnf.console.services.leases import Lease
 from cnnf.console.services.records import AuditRecord, StoredAudit, stored_audit
 from cnnf.console.store.models import AuditRow, OutboxRow, SinkRow
@@ -708,7 +708,8 @@ def requeue_parked(session: Session, request: Requeue) -> Requeued:
     """Queue parked audits of one sink again (all, or ``request.ids``): the
     forwarder sends them at its next round, in id order with the rest. A sink
     with no parked audit, or ids not parked for it, are refused (NotFound,
-    naming them) and nothing changes."""
+    naming them), a sink no longer configured too (Conflict), and nothing
+    changes."""
     where = [OutboxRow.sink == request.sink, OutboxRow.parked.is_not(None)]
     try:
         if request.ids is not None:
@@ -726,6 +727,10 @@ def requeue_parked(session: Session, request: Requeue) -> Requeued:
         if not count:
             raise NotFound(f"sink {request.sink!r} has no parked audits; nothing was "
                            "requeued (GET /api/v1/forwarding/sinks lists the sinks)")
+        if session.get(SinkRow, request.sink) is None:
+            raise Conflict(f"sink {request.sink!r} is no longer configured: requeued "
+                           "audits would wait for it; nothing was requeued (configure "
+                           "it again with --syslog or --webhook first)")
         session.execute(update(OutboxRow).where(*where).values(parked=None))
         session.commit()
     except BaseException:
