@@ -16,6 +16,9 @@ Answer = Callable[[dict[str, Any], int], int]
 class Webhook:
     def __init__(self, answer: Answer = lambda body, n: 204) -> None:
         self.received: list[tuple[int, dict[str, Any]]] = []  # (status, body)
+        # (path with its query, Authorization header) of every post, recorded before
+        # ``answer`` runs (which may read the last one to judge credentials)
+        self.requests: list[tuple[str, str]] = []
         hook = self
         lock = threading.Lock()
 
@@ -26,6 +29,7 @@ class Webhook:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
+                    hook.requests.append((self.path, self.headers.get("Authorization", "")))
                     code = answer(body, len(hook.received) + 1)
                     hook.received.append((code, body))
                 self.send_response(code)

@@ -8,6 +8,7 @@ from cnnf import __version__
 from cnnf.commands import console as console_commands
 from cnnf.commands import defender as defender_commands
 from cnnf.commands import demo as demo_commands
+from cnnf.commands import forwarding as forwarding_commands
 from cnnf.commands import lab as lab_commands
 from cnnf.commands import policy as policy_commands
 from cnnf.commands import rules as rules_commands
@@ -41,6 +42,7 @@ app.add_typer(console_commands.app, name="console")
 app.add_typer(defender_commands.app, name="defender")
 app.add_typer(demo_commands.app, name="demo")
 app.add_typer(rules_commands.app, name="rules")
+app.add_typer(forwarding_commands.app, name="forwarding")
 
 
 def main() -> None:

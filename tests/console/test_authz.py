@@ -34,13 +34,13 @@ EXPECTED = {
 
 
 def _intended(method: str, path: str) -> Permission:
-    """The access model in one place: users are admin business; one's own session
-    and tokens are anyone's; reading is for every role; every other write changes
-    policy or settings."""
+    """The access model in one place: users, Defenders and forwarding are admin
+    business; one's own session and tokens are anyone's; reading is for every role;
+    every other write changes policy or settings."""
     if path.startswith("/api/v1/defender/"):
         return Permission.DEFENDER
     if path.startswith("/api/v1/users") or (
-            path.startswith("/api/v1/defenders") and method != "GET"):
+            path.startswith(("/api/v1/defenders", "/api/v1/forwarding")) and method != "GET"):
         return Permission.ADMIN
     if path.startswith(("/api/v1/auth/", "/api/v1/tokens")):
         return Permission.SELF

@@ -188,7 +188,25 @@ def test_webhook_names_in_logs_and_metrics_hide_the_secret(url: str, shown: str,
     name = webhook_name(url)
     assert name.startswith(shown) and secret not in name
     assert WebhookSink(url).name == name
-    assert webhook_name(url + "2") != name  # two webhooks on one host stay apart
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("https://user:s3cret@hooks.example/x", "https://user:n3w@hooks.example/x"),
+    ("http://127.0.0.1:8081/hook?token=s3cret", "http://127.0.0.1:8081/hook?token=n3w"),
+    ("https://hooks.example/x", "https://hooks.example:443/x"),
+])
+def test_a_webhook_is_named_by_its_receiver_not_its_secret(old: str, new: str) -> None:
+    assert webhook_name(old) == webhook_name(new)
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("https://hooks.example/a", "https://hooks.example/b"),
+    ("https://hooks.example/a", "http://hooks.example/a"),
+    ("https://hooks.example/a", "https://hooks.example:8443/a"),
+    ("https://hooks.example/a", "https://other.example/a"),
+])
+def test_two_receivers_on_one_host_have_two_names(one: str, other: str) -> None:
+    assert webhook_name(one) != webhook_name(other)
 
 
 class Outbox:
@@ -209,6 +227,7 @@ class Outbox:
     def forwarder(self, *sinks: Any, **kw: Any) -> Forwarder:
         f = Forwarder(list(sinks), self.sessions, **kw)
         self.forwarders.append(f)
+        f.start()
         return f
 
     def backlog(self) -> dict[str, int]:
@@ -348,6 +367,7 @@ def _forwarding_console(tmp_path: Path, syslog_port: int,
                            syslog=(f"udp://127.0.0.1:{syslog_port}",), webhooks=webhooks)
     c = Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
                 clock=clock)
+    c.app.state.link.forwarder.start()  # what the lifespan does in a served Console
     try:
         admin = c.client(c.add_user("admin-user", Role.ADMIN))
         _, defender = td.enroll(c, admin)
@@ -479,24 +499,29 @@ def test_a_dead_webhook_does_not_hold_up_report_ingestion(tmp_path: Path) -> Non
                 assert 'cnnf_console_lease_held{lease="singleton"} 1.0' in metrics
 
 
-def _replica(db_url: str, tmp_path: Path, name: str, syslog: tuple[str, ...],
-             webhooks: tuple[str, ...]) -> Console:
+def _replica(db_url: str, tmp_path: Path, name: str, syslog: tuple[str, ...] = (),
+             webhooks: tuple[str, ...] = (), *, replace_sinks: bool = False) -> Console:
     engine = connect(db_url)
     config = ConsoleConfig(db_url=db_url, data_dir=tmp_path / name, syslog=syslog,
-                           webhooks=webhooks)
+                           webhooks=webhooks, replace_sinks=replace_sinks)
     clock = Clock()
-    return Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
-                   clock=clock)
+    c = Console(app=create_app(config, engine=engine, now=clock.now), engine=engine,
+                clock=clock)
+    c.app.state.link.forwarder.start()  # what the lifespan does in a served Console
+    return c
 
 
 def test_the_sinks_are_one_configuration_for_the_fleet(
         db_url: str, tmp_path: Path, hook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
     """Replica A started with syslog only, replica B (started after it) with syslog
-    and a webhook: the store holds B's list, and audits stored through either
+    and a webhook: the store holds both, and audits stored through either
     replica reach both sinks, delivered by A (the one forwarding) although A's
-    own options never named the webhook. A replica started later with syslog
-    only takes the webhook out of the fleet; its undelivered audits are kept
-    (counted in a log line), and no more are queued for it."""
+    own options never named the webhook. A replica started later without any
+    forwarding option (a forgotten flag) changes nothing: it says what is in
+    force, and audits are still queued for both. Only a replica started with
+    --replace-sinks and syslog takes the webhook out of the fleet; its
+    undelivered audits are kept (counted in a log line), and no more are queued
+    for it."""
     import test_defenders as td
 
     from cnnf.model.records import ReportBatch
@@ -530,10 +555,13 @@ def test_the_sinks_are_one_configuration_for_the_fleet(
             r = td.post_batch(via_a, ReportBatch(batch_id="b-2", audits=[td.audit(port=1002)]))
             assert r.status_code == 200
             syslog.recv(65535)
-            with caplog.at_level(logging.WARNING, logger="cnnf.console"):
-                replicas.append(_replica(db_url, tmp_path, "c", udp, ()))
-            assert (f"{webhook_name(hook.url)} is no longer configured; its 1 undelivered "
-                    f"audits are kept") in caplog.text
+            hook_name = webhook_name(hook.url)
+            with caplog.at_level(logging.INFO, logger="cnnf.console"):
+                replicas.append(_replica(db_url, tmp_path, "c"))  # no forwarding options
+            assert (f"forwarding: audits go to 2 sinks (the fleet's list, in the store): "
+                    f"syslog:udp://127.0.0.1:{syslog.getsockname()[1]}, {hook_name}"
+                    in caplog.text), caplog.text
+            assert "no longer configured" not in caplog.text
             r = td.post_batch(via_b, ReportBatch(batch_id="b-3", audits=[td.audit(port=1003)]))
             assert r.status_code == 200
             syslog.recv(65535)
@@ -542,8 +570,18 @@ def test_the_sinks_are_one_configuration_for_the_fleet(
                 with a.session() as s:
                     return {b.sink: b.audits for b in backlog(s)}
 
-            # b-3 went to syslog only; b-2 waits for the webhook, should it come back.
-            assert poll(lambda: queued() == {webhook_name(hook.url): 1}), queued()
+            assert poll(lambda: queued() == {hook_name: 2}), queued()  # b-2 and b-3
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="cnnf.console"):
+                replicas.append(_replica(db_url, tmp_path, "d", udp, replace_sinks=True))
+            assert (f"{hook_name} is no longer configured (--replace-sinks); its 2 "
+                    f"undelivered audits are kept") in caplog.text
+            r = td.post_batch(via_b, ReportBatch(batch_id="b-4", audits=[td.audit(port=1004)]))
+            assert r.status_code == 200
+            syslog.recv(65535)
+            # b-4 went to syslog only; b-2 and b-3 wait for the webhook, should it
+            # come back.
+            assert poll(lambda: queued() == {hook_name: 2}), queued()
         finally:
             for c in replicas:
                 for client in c.clients:
@@ -678,3 +716,86 @@ def _tcp_receiver_restarts(outbox: Outbox, high_fd: bool) -> tuple[list[str], li
             got += _read_octet_counted(conn, 1)
         assert poll(lambda: outbox.backlog() == {})
     return got, first + second
+
+
+def test_a_rotated_webhook_secret_keeps_the_backlog_and_delivers_it_with_the_new_one(
+        db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The receiver takes only the new credentials (password and query token): the
+    audits queued while the fleet had the old ones wait (401 parks nothing); a
+    replica started with the new URL updates the stored sink, the same sink by
+    name, and the forwarding replica delivers the whole backlog with the new
+    secret. Nothing is left queued under another name."""
+    import base64
+
+    import test_defenders as td
+
+    from cnnf.model.records import ReportBatch
+
+    new_auth = "Basic " + base64.b64encode(b"user:n3w").decode()
+    hook: Webhook = Webhook(lambda body, n: 204 if hook.requests[-1] == (
+        "/hook?token=n3w", new_auth) else 401)
+    old_url = hook.url.replace("http://", "http://user:0ld@") + "?token=0ld"
+    new_url = hook.url.replace("http://", "http://user:n3w@") + "?token=n3w"
+    name = webhook_name(old_url)
+    assert webhook_name(new_url) == name
+    a = _replica(db_url, tmp_path, "a", webhooks=(old_url,))
+    replicas = [a]
+    try:
+        token = a.add_user("admin-user", Role.ADMIN)
+        _, defender = td.enroll(a, a.client(token))
+        for n in range(3):
+            r = td.post_batch(defender, ReportBatch(batch_id=f"b-{n}",
+                                                    audits=[td.audit(port=1000 + n)]))
+            assert r.status_code == 200
+        assert poll(lambda: len(hook.requests) >= 1)
+        assert hook.delivered() == []
+        with caplog.at_level(logging.INFO, logger="cnnf.console"):
+            b = _replica(db_url, tmp_path, "b", webhooks=(new_url,))
+            replicas.append(b)
+        b.app.state.link.forwarder.close()  # A forwards (it holds the lease)
+        assert f"forwarding: {name} has a new URL (credentials); its backlog is kept" \
+            in caplog.text
+        ids = sorted(x["id"] for x in a.client(token).get("/api/v1/audits").json()["items"])
+        assert len(ids) == 3
+        assert poll(lambda: hook.delivered() == ids, 40), hook.batches()
+        assert hook.requests[-1] == ("/hook?token=n3w", new_auth)
+        with a.session() as s:
+            assert backlog(s) == []
+        assert "0ld" not in caplog.text and "n3w" not in caplog.text
+    finally:
+        hook.close()
+        for c in replicas:
+            for client in c.clients:
+                client.close()
+            c.app.state.link.forwarder.close()
+            c.engine.dispose()
+
+
+def test_the_forwarder_runs_with_the_app_and_stops_with_it(tmp_path: Path) -> None:
+    """create_app starts no thread (an app never served leaves nothing running
+    after its store is gone); serving it (the lifespan) starts the forwarder, and
+    the end of serving stops it."""
+    import asyncio
+    import threading
+
+    def forwarders() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "cnnf-forward"]
+
+    before = forwarders()
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    engine = connect(url)
+    started: list[threading.Thread] = []
+
+    async def serve(app: Any) -> None:
+        async with app.router.lifespan_context(app):  # what uvicorn runs around serving
+            started.extend(t for t in forwarders() if t not in before)
+            assert [t.is_alive() for t in started] == [True]
+
+    try:
+        app = create_app(ConsoleConfig(db_url=url, data_dir=tmp_path), engine=engine)
+        assert forwarders() == before
+        asyncio.run(serve(app))
+        assert not started[0].is_alive()
+        assert forwarders() == before
+    finally:
+        engine.dispose()

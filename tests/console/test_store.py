@@ -322,3 +322,98 @@ def test_audit_ids_never_repeat_even_after_every_audit_was_pruned(db_url: str) -
         assert again > max(ids)
     finally:
         engine.dispose()
+
+
+def _ids(session: Session) -> list[int]:
+    return list(session.scalars(select(AuditRow.id).order_by(AuditRow.id)))
+
+
+def test_audit_ids_never_repeat_across_a_downgrade_of_0010(db_url: str) -> None:
+    """Upgrade, downgrade below 0010 (SQLite loses AUTOINCREMENT, and with it its
+    record of the ids handed out), every audit pruned meanwhile, upgrade again:
+    the next audit's id is still above every id handed out before."""
+    engine = connect(db_url)
+    try:
+        migrate(engine)
+        with Session(engine) as session:
+            AuditService(session).insert_many([_audit(1), _audit(2), _audit(3)])
+            before = _ids(session)
+            prune(session, datetime(2030, 1, 1, tzinfo=UTC))  # all gone, at head
+        downgrade(engine, "0009")
+        with Session(engine) as session:
+            assert _ids(session) == []
+        migrate(engine)
+        assert "cnnf_kept_audit_ids" not in inspect(engine).get_table_names()
+        with Session(engine) as session:
+            AuditService(session).insert_many([_audit(4)])
+            (again,) = _ids(session)
+        assert again > max(before)
+    finally:
+        engine.dispose()
+
+
+def test_a_downgrade_of_0010_keeps_parked_audits_out_of_delivery(db_url: str) -> None:
+    """Below 0010 the outbox has no ``parked`` column: every row in it is delivered.
+    The downgrade sets the parked rows aside (the queued ones stay queued), and the
+    upgrade puts them back, parked, with the time they were parked; a parked row
+    whose audit was pruned meanwhile is not put back."""
+    engine = connect(db_url)
+    sink = "webhook:http://127.0.0.1:9 (00000000)"
+    parked_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    try:
+        migrate(engine)
+        with Session(engine) as session:
+            AuditService(session).insert_many([_audit(1), _audit(2), _audit(3)],
+                                              forward_to=(sink,))
+            one, two, three = _ids(session)
+            session.execute(OutboxRow.__table__.update()
+                            .where(OutboxRow.audit_id.in_([one, three]))
+                            .values(parked=parked_at))
+            session.commit()
+        downgrade(engine, "0009")
+        with engine.connect() as c:
+            # What a Console of 0009 delivers: the queued audit only.
+            assert [tuple(r) for r in c.exec_driver_sql(
+                "SELECT sink, audit_id FROM forward_outbox")] == [(sink, two)]
+            c.exec_driver_sql(f"DELETE FROM audits WHERE id = {three}")  # pruned meanwhile
+            c.commit()
+        migrate(engine)
+        with Session(engine) as session:
+            rows = session.execute(select(OutboxRow.audit_id, OutboxRow.parked)
+                                   .order_by(OutboxRow.audit_id)).all()
+            assert [(i, p.astimezone(UTC) if p else None) for i, p in rows] == [
+                (one, parked_at), (two, None)]
+        assert "cnnf_kept_parked" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_0011_keys_webhooks_by_their_receiver_keeping_their_backlog(db_url: str) -> None:
+    """Stores of 0010 keyed a webhook by a hash of its whole URL (its secret
+    included). 0011 renames the stored sink and its outbox rows to the receiver's
+    key (what the forwarder uses now); the downgrade renames them back."""
+    from cnnf.console.services.forwarding import webhook_name
+
+    url = "https://user:s3cret@hooks.example/in?token=abc"
+    old = "webhook:https://hooks.example (" + __import__("hashlib").sha256(
+        url.encode()).hexdigest()[:8] + ")"
+    engine = connect(db_url)
+    try:
+        migrate(engine, "0010")
+        with Session(engine) as session:
+            session.execute(insert(Table("forward_sinks", MetaData(), autoload_with=engine)),
+                            [{"name": old, "url": url, "updated": datetime.now(UTC)}])
+            AuditService(session).insert_many([_audit(1), _audit(2)], forward_to=(old,))
+            ids = _ids(session)
+        migrate(engine)
+        with Session(engine) as session:
+            assert session.execute(select(OutboxRow.sink, OutboxRow.audit_id).order_by(
+                OutboxRow.audit_id)).all() == [(webhook_name(url), i) for i in ids]
+        with engine.connect() as c:
+            assert [tuple(r) for r in c.exec_driver_sql(
+                "SELECT name, url FROM forward_sinks")] == [(webhook_name(url), url)]
+        downgrade(engine, "0010")
+        with Session(engine) as session:
+            assert set(session.scalars(select(OutboxRow.sink))) == {old}
+    finally:
+        engine.dispose()

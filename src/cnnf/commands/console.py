@@ -64,6 +64,11 @@ def serve(
                          "tcp://HOST:PORT (repeatable)")] = None,
     webhook: Annotated[list[str] | None, typer.Option(
         "--webhook", help="POST audits as JSON to this URL, with retries (repeatable)")] = None,
+    replace_sinks: Annotated[bool, typer.Option(
+        "--replace-sinks", help="Make --syslog and --webhook the fleet's whole list of "
+                                "sinks (without them: stop forwarding for the fleet). "
+                                "Without this flag they are added to the stored list, "
+                                "and a Console started without them keeps it")] = False,
 ) -> None:
     """Serve the Console API on --listen (migrating the store first)."""
     ctx.obj = {"db": db, "data_dir": data_dir}
@@ -78,7 +83,8 @@ def serve(
         config = ConsoleConfig.from_options(listen=listen, db=db, data_dir=data_dir,
                                             retention_days=retention_days,
                                             syslog=tuple(syslog or ()),
-                                            webhooks=tuple(webhook or ()))
+                                            webhooks=tuple(webhook or ()),
+                                            replace_sinks=replace_sinks)
         if (tls_cert is None) != (tls_key is None):
             raise CnnfError("--tls-cert and --tls-key go together")
         if tls and tls_cert is None:

@@ -29,6 +29,7 @@ from cnnf.console.api import (
     auth,
     defender,
     defenders,
+    forwarding,
     learning,
     objects,
     overlays,
@@ -65,10 +66,12 @@ from cnnf.console.services.errors import (
     Unauthorized,
 )
 from cnnf.console.services.forwarding import (
+    Backlog,
     Forwarder,
     backlog,
     configure_sinks,
     stats_as_rows,
+    stored_sinks,
 )
 from cnnf.console.services.leases import SINGLETON, Lease
 from cnnf.console.services.policy import utcnow
@@ -330,6 +333,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(_retention_loop(app.state.console, link)),
              asyncio.create_task(_stale_loop(app.state.console, app.state.link)),
              asyncio.create_task(_seen_loop(app.state.console, link))]
+    if link.forwarder is not None:
+        link.forwarder.start()
     try:
         yield
     finally:
@@ -346,31 +351,49 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await run_in_threadpool(link.lease.release)  # a survivor takes over at once
 
 
+def _fleet_backlog(session: Session) -> list[Backlog]:
+    """Every sink's backlog, the fleet's sinks with none included (0): each replica
+    reports them all, whichever forwards."""
+    found = backlog(session)
+    have = {b.sink for b in found}
+    return found + [Backlog(name, 0, None, None) for name in stored_sinks(session)
+                    if name not in have]
+
+
 def _install_link(app: FastAPI, console: ConsoleState,
                   monotonic: Callable[[], float]) -> None:
     """The Defender link: notifiers woken after policy commits, forwarding, metrics,
     and the cluster inventory for Radar."""
 
     config = console.config
-    # The forwarding sinks are one configuration for the fleet, in the store: this
-    # Console's options replace it (the replica started last decides; give every
-    # replica the same options). Every replica queues each audit for each stored
-    # sink, and the lease holder delivers to each.
+    # The forwarding sinks are one configuration for the fleet, in the store. This
+    # Console's options add to it (or, with replace_sinks, replace it): a replica
+    # started without them, or with some forgotten, removes nothing. Every replica
+    # queues each audit for each stored sink, and the lease holder delivers to each.
     for attempt in (1, 2, 3):  # replicas starting together write the same rows at once
         try:
             with console.sessions() as session:
                 sinks = configure_sinks(session, [*config.syslog, *config.webhooks],
-                                        console.now())
+                                        console.now(), replace=config.replace_sinks)
+                in_force = sorted(stored_sinks(session))
             break
         except IntegrityError:
             if attempt == 3:
                 raise
     for name, kept in sinks.removed.items():
-        log.warning("forwarding: %s is no longer configured; its %d undelivered audits are "
-                    "kept (sent if it is configured again, else pruned by retention)",
-                    name, kept)
+        log.warning("forwarding: %s is no longer configured (--replace-sinks); its %d "
+                    "undelivered audits are kept (sent if it is configured again, else "
+                    "pruned by retention)", name, kept)
     for name in sinks.added:
         log.info("forwarding: audits now go to %s too (every replica)", name)
+    for name in sinks.rotated:
+        log.info("forwarding: %s has a new URL (credentials); its backlog is kept", name)
+    if in_force:
+        log.info("forwarding: audits go to %d sinks (the fleet's list, in the store): %s",
+                 len(in_force), ", ".join(in_force))
+    else:
+        log.info("forwarding: no sinks configured (--syslog, --webhook add one for the "
+                 "fleet)")
     lease = Lease(console.sessions, SINGLETON, ttl=config.lease_seconds, clock=console.now,
                   monotonic=monotonic)
     link = LinkHub(metrics=ConsoleMetrics(clock=monotonic), lease=lease,
@@ -415,7 +438,8 @@ def _install_link(app: FastAPI, console: ConsoleState,
                     read = LiveFigures(defenders=service.status_counts(), forwarded=[],
                                        policy_revision=policy_revision(session),
                                        inventory_revision=service.inventory_revision(),
-                                       backlog=backlog(session), now=console.now())
+                                       backlog=_fleet_backlog(session),
+                                       now=console.now())
                 stored[:] = [(monotonic(), read)]
             cached = stored[0][1]
         return replace(cached, forwarded=stats_as_rows(link.forwarder),
@@ -461,7 +485,7 @@ def create_app(
     app.state.engine = engine
     _install_handlers(app)
     for module in (auth, users, objects, rules, policy, learning, records, overlays, radar,
-                   defenders, defender, prisma):
+                   defenders, defender, prisma, forwarding):
         app.include_router(module.router, prefix=API_PREFIX)
     _install_link(app, console, monotonic)
 

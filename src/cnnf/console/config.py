@@ -63,6 +63,9 @@ class ConsoleConfig:
     # Audit forwarding: udp://HOST:PORT or tcp://HOST:PORT; http(s) webhook URLs.
     syslog: tuple[str, ...] = ()
     webhooks: tuple[str, ...] = ()
+    # False: syslog and webhooks are added to the fleet's sinks in the store (none
+    # given: the stored list stays in force). True: they replace it (none: clear).
+    replace_sinks: bool = False
     # Defender long-polls read the store's revisions this often (other Console processes).
     link_store_poll_seconds: float = 1.0
     # ... and this often on PostgreSQL, where the change feed (LISTEN/NOTIFY) tells
@@ -77,6 +80,7 @@ class ConsoleConfig:
         cls, *, listen: str = "127.0.0.1:8080", db: str | None = None,
         data_dir: Path | None = None, retention_days: int = 30,
         syslog: tuple[str, ...] = (), webhooks: tuple[str, ...] = (),
+        replace_sinks: bool = False,
     ) -> ConsoleConfig:
         directory = data_dir if data_dir is not None else default_data_dir()
         host, port = parse_listen(listen)
@@ -91,4 +95,4 @@ class ConsoleConfig:
             check_webhook_url(target)
         return cls(db_url=url, data_dir=directory, host=host, port=port,
                    retention_days=retention_days, syslog=tuple(syslog),
-                   webhooks=tuple(webhooks))
+                   webhooks=tuple(webhooks), replace_sinks=replace_sinks)

@@ -84,6 +84,14 @@ class SharedRead(Generic[T]):
                 and self._monotonic() - value[1] < self._max_age()):
             return value[2]
         pending = self._pending
+        if (pending is not None and pending[0] == generation and pending[1].done()
+                and pending[1].get_loop() is asyncio.get_running_loop()
+                and not pending[1].cancelled() and pending[1].exception() is None
+                and (value is None or value[2] is not pending[1].result())):
+            # Read, and its done() below not run yet (callbacks go through the loop's
+            # queue, behind polls woken earlier): that read, not a second one. (Once
+            # done() ran, the value ages as any: max_age applies.)
+            return pending[1].result()
         if (pending is None or pending[0] != generation or pending[1].done()
                 or pending[1].get_loop() is not asyncio.get_running_loop()):
             started = self._monotonic()

@@ -32,19 +32,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Annotated, Protocol
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import Field
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cnnf import __version__
+from cnnf.console.services.errors import Conflict, NotFound
 from cnnf.console.services.leases import Lease
 from cnnf.console.services.records import AuditRecord, StoredAudit, stored_audit
 from cnnf.console.store.models import AuditRow, OutboxRow, SinkRow
 from cnnf.errors import CnnfError
+from cnnf.model.rule import PolicyModel
 
 log = logging.getLogger("cnnf.console.forwarding")
 
@@ -115,38 +118,82 @@ def syslog_message(audit: AuditRecord, app_name: str = "cnnf") -> bytes:
     return text.encode("utf-8")
 
 
+def shown_url(url: str) -> str:
+    """``url`` as logs, error messages and metric labels may show it: scheme, host
+    and port; no user, password, path or query (webhook URLs carry their secret in
+    any of those: ``user:token@``, ``/services/T0/B0/TOKEN``, ``?token=``)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = parts.port
+    except ValueError:
+        return "(an unparsable URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    rest = "/..." if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{rest}"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an exception's message) with every secret-bearing part of ``url``
+    replaced by ``...``: a library's message may quote the URL it was given."""
+    parts = urlsplit(url)
+    secrets = {url, parts.netloc, parts.username or "", parts.password or "",
+               parts.path, parts.query, parts.path + ("?" + parts.query if parts.query else "")}
+    for secret in sorted((s for s in secrets if len(s) > 1), key=len, reverse=True):
+        text = text.replace(secret, "...")
+    return text
+
+
 def parse_syslog_url(url: str) -> tuple[str, str, int]:
     """``udp://host:port`` or ``tcp://host:port`` -> (transport, host, port)."""
     parts = urlsplit(url)
+    shown = shown_url(url)
     if parts.scheme not in ("udp", "tcp"):
-        raise CnnfError(f"--syslog {url!r}: expected udp://HOST:PORT or tcp://HOST:PORT")
+        raise CnnfError(f"--syslog {shown}: expected udp://HOST:PORT or tcp://HOST:PORT")
     try:
         port = parts.port
     except ValueError:
-        raise CnnfError(f"--syslog {url!r}: the port is not a number from 1 to 65535") from None
+        raise CnnfError(f"--syslog {shown}: the port is not a number from 1 to 65535") from None
     if not parts.hostname or not port:
-        raise CnnfError(f"--syslog {url!r}: expected udp://HOST:PORT or tcp://HOST:PORT")
+        raise CnnfError(f"--syslog {shown}: expected udp://HOST:PORT or tcp://HOST:PORT")
     return parts.scheme, parts.hostname, port
 
 
 def check_webhook_url(url: str) -> str:
     parts = urlsplit(url)
+    shown = shown_url(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CnnfError(f"--webhook {url!r}: expected an http:// or https:// URL")
+        raise CnnfError(f"--webhook {shown}: expected an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 (raises for a port that is not a number in range)
+    except ValueError:
+        raise CnnfError(f"--webhook {shown}: the port is not a number from 1 to 65535"
+                        ) from None
     return url
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def webhook_name(url: str) -> str:
-    """A webhook's name for logs and metric labels: scheme, host and port only.
-    Webhook URLs often carry their secret (user:password, a token in the path or
-    the query); a short hash of the whole URL tells two webhooks apart instead."""
+    """A webhook's name: its key in the store (the outbox, the fleet's sinks), in
+    logs and in metric labels. Scheme, host and port, and a short hash of what
+    identifies the receiver (scheme, host, port and path) that tells two webhooks
+    on one host apart. The credentials (user and password, the query) are not part
+    of it: a rotated secret names the same sink, which keeps its backlog and
+    delivers it with the new secret. The path is hashed, not shown: services such
+    as Slack carry the secret in it."""
     parts = urlsplit(url)
+    scheme = parts.scheme.lower()
     host = parts.hostname or "?"
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    digest = hashlib.sha256(url.encode()).hexdigest()[:8]
-    return f"webhook:{parts.scheme}://{host}{port} ({digest})"
+    port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    shown_port = "" if port == _DEFAULT_PORTS.get(scheme) else f":{port}"
+    receiver = f"{scheme}://{host}:{port}{parts.path or '/'}"
+    digest = hashlib.sha256(receiver.encode()).hexdigest()[:8]
+    return f"webhook:{scheme}://{host}{shown_port} ({digest})"
 
 
 def _peer_gone(sock: socket.socket) -> bool:
@@ -255,7 +302,8 @@ class WebhookSink:
             resp = self._http.post(self.url, content=json.dumps(body),
                                    headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
-            raise ForwardError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise ForwardError(f"{self.name}: {type(exc).__name__}: "
+                               f"{scrub(str(exc), self.url)}") from exc
         if not 200 <= resp.status_code < 300:
             rejected = resp.status_code in (400, 413, 422)
             raise ForwardError(f"{self.name}: answered {resp.status_code}", rejected=rejected)
@@ -354,7 +402,13 @@ class Forwarder:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="cnnf-forward")
-        self._thread.start()
+
+    def start(self) -> None:
+        """Start delivering (a thread). The Console starts it when it starts serving
+        (its lifespan) and stops it with :meth:`close` when it stops, so no thread
+        outlives the app or its store."""
+        if not self._thread.is_alive() and not self._stopping.is_set():
+            self._thread.start()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -381,6 +435,9 @@ class Forwarder:
             have = {outbox_name(t.sink) for t in kept}
             for name, url in urls.items():
                 if name not in have:
+                    if name in self._urls:
+                        log.info("forwarding: %s has new credentials; its backlog goes "
+                                 "with them", name)
                     try:
                         kept.append(_Target(build_sink(url), delay=self.backoff))
                     except CnnfError as exc:  # written by another version, say
@@ -504,9 +561,11 @@ class Forwarder:
         """Stop the thread (what is undelivered stays in the outbox), close the sinks."""
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout)
-        for t in self._targets:
-            t.sink.close()
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
+        with self._targets_lock:
+            for t in self._targets:
+                t.sink.close()
 
 
 def build_sinks(syslog: Sequence[str], webhooks: Sequence[str]) -> list[Sink]:
@@ -539,24 +598,32 @@ def sink_name(url: str) -> str:
 class SinksChanged:
     added: tuple[str, ...]
     removed: dict[str, int]  # sink -> its undelivered audits, kept in the outbox
+    rotated: tuple[str, ...] = ()  # same receiver, new URL (credentials): backlog kept
 
 
-def configure_sinks(session: Session, urls: Sequence[str], now: datetime) -> SinksChanged:
-    """Make ``urls`` the fleet's forwarding sinks (every replica queues each audit
-    for each, whichever stored it). A sink no longer configured keeps its
-    undelivered audits in the outbox (counted): a replica started with the wrong
-    options must not lose them; configured again, it gets them, and otherwise
-    retention prunes them (counted and logged as pruned undelivered)."""
+def configure_sinks(session: Session, urls: Sequence[str], now: datetime, *,
+                    replace: bool = False) -> SinksChanged:
+    """Add ``urls`` to the fleet's forwarding sinks (every replica queues each audit
+    for each, whichever stored it); with ``replace``, make them the whole list
+    (none: no forwarding for the fleet). Without ``replace`` nothing is removed: a
+    replica started with a forgotten option must not stop the fleet's forwarding.
+    A sink is keyed by its receiver (:func:`sink_name`), so a URL with new
+    credentials updates the stored one and keeps its backlog. A sink removed keeps
+    its undelivered audits in the outbox (counted): configured again, it gets
+    them, and otherwise retention prunes them (counted and logged)."""
     wanted = {sink_name(url): url for url in urls}
     try:
         stored = {row.name: row for row in session.scalars(select(SinkRow))}
         removed: dict[str, int] = {}
-        for name, row in stored.items():
-            if name not in wanted:
-                removed[name] = session.scalar(select(func.count()).select_from(OutboxRow)
-                                               .where(OutboxRow.sink == name)) or 0
-                session.delete(row)
+        if replace:
+            for name, row in stored.items():
+                if name not in wanted:
+                    removed[name] = session.scalar(
+                        select(func.count()).select_from(OutboxRow)
+                        .where(OutboxRow.sink == name, OutboxRow.parked.is_(None))) or 0
+                    session.delete(row)
         added: list[str] = []
+        rotated: list[str] = []
         for name, url in wanted.items():
             have = stored.get(name)
             if have is None:
@@ -564,11 +631,112 @@ def configure_sinks(session: Session, urls: Sequence[str], now: datetime) -> Sin
                 added.append(name)
             elif have.url != url:
                 have.url, have.updated = url, now
+                rotated.append(name)
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return SinksChanged(tuple(sorted(added)), removed)
+    return SinksChanged(tuple(sorted(added)), removed, tuple(sorted(rotated)))
+
+
+class SinkSummary(PolicyModel):
+    """A forwarding sink as operators see it (its URL, which may hold a secret, is
+    never shown)."""
+
+    name: str = Field(description="the sink's name (scheme, host, port; for a webhook "
+                                  "a hash of its receiver): its key and metric label")
+    configured: bool = Field(description="in the fleet's list (false: removed, with "
+                                         "audits still waiting or parked)")
+    queued: int = Field(description="audits waiting to be delivered")
+    parked: int = Field(description="audits the sink refused on their own, set aside")
+
+
+class ParkedAudit(PolicyModel):
+    sink: str
+    audit_id: int
+    parked: datetime = Field(description="when the sink refused it")
+    queued: datetime = Field(description="when it was stored and queued")
+    audit: StoredAudit
+
+
+class Requeue(PolicyModel):
+    """Which parked audits of one sink to send again."""
+
+    sink: str = Field(min_length=1, max_length=200, description="the sink's name")
+    ids: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, min_length=1, max_length=10_000,
+        description="the audit ids to requeue; omitted or null: every parked audit "
+                    "of the sink")
+
+
+class Requeued(PolicyModel):
+    sink: str
+    requeued: int = Field(description="parked audits queued again (sent at the next round)")
+
+
+def sink_summaries(session: Session) -> list[SinkSummary]:
+    """The fleet's sinks, and any sink no longer configured that still has rows."""
+    configured = set(session.scalars(select(SinkRow.name)))
+    counts: dict[str, list[int]] = {name: [0, 0] for name in configured}
+    for name, is_parked, count in session.execute(
+            select(OutboxRow.sink, OutboxRow.parked.is_not(None), func.count())
+            .group_by(OutboxRow.sink, OutboxRow.parked.is_not(None))):
+        counts.setdefault(name, [0, 0])[1 if is_parked else 0] += count
+    return [SinkSummary(name=name, configured=name in configured, queued=q, parked=p)
+            for name, (q, p) in sorted(counts.items())]
+
+
+def parked_audits(session: Session, sink: str | None, limit: int) -> list[ParkedAudit]:
+    """The first ``limit`` parked audits (of one sink, or of all), oldest first."""
+    query = (select(OutboxRow, AuditRow).join(AuditRow, AuditRow.id == OutboxRow.audit_id)
+             .where(OutboxRow.parked.is_not(None))
+             .order_by(OutboxRow.audit_id, OutboxRow.sink).limit(limit))
+    if sink is not None:
+        query = query.where(OutboxRow.sink == sink)
+    return [ParkedAudit(sink=row.sink, audit_id=row.audit_id, parked=_when(row.parked),
+                        queued=_when(row.queued), audit=stored_audit(audit))
+            for row, audit in session.execute(query).all()]
+
+
+def _when(value: datetime | None) -> datetime:
+    aware = _aware(value)
+    assert aware is not None  # the query selects rows where it is set
+    return aware
+
+
+def requeue_parked(session: Session, request: Requeue) -> Requeued:
+    """Queue parked audits of one sink again (all, or ``request.ids``): the
+    forwarder sends them at its next round, in id order with the rest. A sink
+    with no parked audit, or ids not parked for it, are refused (NotFound,
+    naming them), a sink no longer configured too (Conflict), and nothing
+    changes."""
+    where = [OutboxRow.sink == request.sink, OutboxRow.parked.is_not(None)]
+    try:
+        if request.ids is not None:
+            wanted = sorted(set(request.ids))
+            found = set(session.scalars(select(OutboxRow.audit_id).where(
+                *where, OutboxRow.audit_id.in_(wanted))))
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                shown = ", ".join(str(i) for i in missing[:20])
+                more = f" (and {len(missing) - 20} more)" if len(missing) > 20 else ""
+                raise NotFound(f"audits {shown}{more} are not parked for sink "
+                               f"{request.sink!r}; nothing was requeued")
+            where.append(OutboxRow.audit_id.in_(wanted))
+        count = session.scalar(select(func.count()).select_from(OutboxRow).where(*where)) or 0
+        if not count:
+            raise NotFound(f"sink {request.sink!r} has no parked audits; nothing was "
+                           "requeued (GET /api/v1/forwarding/sinks lists the sinks)")
+        if session.get(SinkRow, request.sink) is None:
+            raise Conflict(f"sink {request.sink!r} is no longer configured: requeued "
+                           "audits would wait for it; nothing was requeued (configure "
+                           "it again with --syslog or --webhook first)")
+        session.execute(update(OutboxRow).where(*where).values(parked=None))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return Requeued(sink=request.sink, requeued=count)
 
 
 def stored_sinks(session: Session) -> dict[str, str]:

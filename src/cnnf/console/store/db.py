@@ -32,15 +32,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def connect(url: str) -> Engine:
-    """An engine for ``url``; for SQLite, the parent directory is created."""
+    """An engine for ``url``; for SQLite, the parent directory is created. Its
+    errors do not quote the statement's parameters: the Console logs store errors,
+    and parameters carry secrets (a webhook's URL, a token's hash)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False},
+                               hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 # Replicas starting at once on one PostgreSQL migrate one after the other.

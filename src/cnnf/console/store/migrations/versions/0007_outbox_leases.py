@@ -46,6 +46,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # What a downgrade of 0010 kept aside for forwarding (see migrations.kept) has
+    # no use without forwarding.
+    from cnnf.console.store.migrations.kept import KEPT_AUDIT_IDS, KEPT_PARKED, tables
+
+    for kept in {KEPT_PARKED, KEPT_AUDIT_IDS} & tables():
+        op.drop_table(kept)
     op.drop_table("leases")
     op.drop_index(op.f("ix_forward_outbox_audit_id"), table_name="forward_outbox")
     op.drop_table("forward_outbox")

@@ -1,0 +1,91 @@
+"""``cnnf forwarding``: a Console's audit forwarding from the command line: the
+fleet's sinks with their backlog, the audits a sink refused on their own
+(parked), and requeueing them once the sink or the record's cause is fixed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+
+from cnnf.commands.consoleapi import console_client
+
+app = typer.Typer(
+    name="forwarding",
+    help="A Console's audit forwarding: sinks, parked audits, requeueing them.",
+    no_args_is_help=True,
+)
+
+ConsoleOpt = typer.Option(..., "--console", help="The Console URL, e.g. https://console:8443")
+TokenOpt = typer.Option(..., "--token", envvar="CNNF_TOKEN",
+                        help="An API or session token (env CNNF_TOKEN).")
+CaOpt = typer.Option(None, "--ca", help="CA bundle to verify the Console with.")
+SinkArg = Annotated[str, typer.Argument(help="the sink's name, as `cnnf forwarding sinks` "
+                                             "prints it")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"cnnf forwarding: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _call(method: str, console: str, path: str, token: str, ca: str | None,
+          **kwargs: Any) -> Any:
+    with console_client(console, token, ca, timeout=30.0, fail=_fail) as client:
+        try:
+            answer = client.request(method, "/api/v1" + path, **kwargs)
+        except httpx.HTTPError as exc:
+            _fail(f"{method} {console.rstrip('/')}/api/v1{path}: {exc}")
+    if answer.status_code >= 400:
+        try:
+            detail = answer.json().get("detail", answer.text)
+        except ValueError:
+            detail = answer.text
+        _fail(f"{method} {path}: {answer.status_code}: {detail}")
+    return answer.json()
+
+
+@app.command()
+def sinks(console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt) -> None:
+    """The fleet's sinks (and removed ones still holding audits): audits waiting
+    and audits parked."""
+    found = _call("GET", console, "/forwarding/sinks", token, ca)
+    if not found:
+        typer.echo("no forwarding sinks (start a Console with --syslog or --webhook)")
+    for s in found:
+        note = "" if s["configured"] else "  (no longer configured)"
+        typer.echo(f"{s['name']}: {s['queued']} queued, {s['parked']} parked{note}")
+
+
+@app.command()
+def parked(
+    sink: Annotated[str | None, typer.Option("--sink", help="only this sink's")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
+) -> None:
+    """Audits a sink refused on their own, oldest first (not sent again unless
+    requeued)."""
+    params: dict[str, Any] = {"limit": limit} | ({"sink": sink} if sink else {})
+    found = _call("GET", console, "/forwarding/parked", token, ca, params=params)
+    if not found:
+        typer.echo("no parked audits" + (f" for {sink}" if sink else ""))
+    for p in found:
+        a = p["audit"]
+        typer.echo(f"audit {p['auditId']} parked {p['parked']} for {p['sink']}: "
+                   f"{a['time']} {a['msg']}")
+
+
+@app.command()
+def requeue(
+    sink: SinkArg,
+    ids: Annotated[list[int] | None, typer.Argument(
+        min=1, help="audit ids to requeue (none: every parked audit of the sink)")] = None,
+    console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
+) -> None:
+    """Send parked audits of one sink again (all, or the ids given); one the sink
+    still refuses waits queued, retried with backoff."""
+    body: dict[str, Any] = {"sink": sink} | ({"ids": ids} if ids else {})
+    done = _call("POST", console, "/forwarding/parked/requeue", token, ca, json=body)
+    typer.echo(f"requeued {done['requeued']} parked audits of {done['sink']} "
+               "(sent at the forwarder's next round)")
