@@ -9,6 +9,8 @@ import asyncio
 import csv
 import io
 import re
+import time
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -703,3 +705,143 @@ def test_one_change_wakes_many_waiting_defenders_with_one_store_read(
     assert {a.json()["revision"] for a in answers} == {1}
     assert len({a.content for a in answers}) == 1
     assert reads == 1
+
+
+# --- the verified-credential cache ---------------------------------------------------------
+
+
+def test_a_verified_credential_is_not_read_from_the_store_again(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    cache = console.app.state.link.verified
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    misses, hits = cache.misses, cache.hits
+    for _ in range(3):
+        assert defender.get(f"{API}/defender/policy").status_code == 200
+    assert (cache.misses, cache.hits) == (misses, hits + 3)
+    assert len(cache) == 1
+
+
+def test_a_revoked_credential_is_refused_on_its_next_call_despite_the_cache(
+    console: Console, admin: ApiClient
+) -> None:
+    defender_id, defender = enroll(console, admin, "node-1")
+    _, other = enroll(console, admin, "node-2")
+    console.app.state.link.store_poll = 3600  # no store-poll backstop: the revocation tells
+    for d in (defender, other):
+        assert d.get(f"{API}/defender/policy").status_code == 200
+        assert d.get(f"{API}/defender/policy").status_code == 200  # cached now
+    assert admin.delete(f"{API}/defenders/{defender_id}").status_code == 204
+    r = defender.get(f"{API}/defender/policy")
+    assert r.status_code == 401, r.text
+    assert r.json()["detail"] == "invalid or revoked Defender credential"
+    assert other.get(f"{API}/defender/policy").status_code == 200  # the others still served
+    assert defender.get(f"{API}/defender/policy").status_code == 401  # and never re-cached
+
+
+def test_a_revocation_by_another_console_process_is_honoured_within_the_store_poll(
+    console: Console, admin: ApiClient
+) -> None:
+    """Another process revoked it (no notice reached this one): the cached credential
+    is refused once the store poll's interval has passed, not later."""
+    defender_id, defender = enroll(console, admin)
+    link = console.app.state.link
+    link.store_poll = 0.2
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    with console.session() as s:  # straight to the store: this process was told nothing
+        s.execute(update(DefenderRow).where(DefenderRow.defender_id == defender_id)
+                  .values(revoked=True))
+        s.commit()
+    deadline = time.monotonic() + 10  # the shared read ages on the real clock
+    while (status := defender.get(f"{API}/defender/policy").status_code) == 200:
+        assert time.monotonic() < deadline, "the revoked credential was still served"
+        time.sleep(0.05)
+    assert status == 401
+
+
+def test_a_revocation_heard_from_the_change_feed_empties_the_cache(
+    console: Console, admin: ApiClient
+) -> None:
+    defender_id, defender = enroll(console, admin)
+    link = console.app.state.link
+    link.store_poll = 3600
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    with console.session() as s:  # another replica's revocation ...
+        s.execute(update(DefenderRow).where(DefenderRow.defender_id == defender_id)
+                  .values(revoked=True))
+        s.commit()
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # (not told yet)
+    link.heard("credentials")  # ... and its notice
+    assert defender.get(f"{API}/defender/policy").status_code == 401
+
+
+def test_a_cached_defender_keeps_its_last_seen_and_a_stale_one_comes_back(
+    console: Console, admin: ApiClient
+) -> None:
+    """The cache does not skip last_seen: a call 5 s after the last write queues one
+    (batched), and a Defender silent past the write-now age goes to the store,
+    which brings its workloads back if it went stale."""
+    from cnnf.console.api.defender import check_stale, flush_seen
+
+    defender_id, defender = enroll(console, admin, "node-1")
+    defender.post(f"{API}/defender/inventory", content=report(
+        "node-1", ("api", "10.1.0.2")).model_dump_json(),
+        headers={"Content-Type": "application/json"})
+    link, state = console.app.state.link, console.app.state.console
+
+    def last_seen() -> Any:
+        with console.session() as s:
+            return s.scalar(select(DefenderRow.last_seen).where(
+                DefenderRow.defender_id == defender_id))
+
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # verified, cached
+    console.clock.advance(10)
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # a cache hit
+    flush_seen(state, link)
+    seen = last_seen()
+    seen = seen if seen.tzinfo else seen.replace(tzinfo=UTC)
+    assert seen == console.clock.now()
+    console.clock.advance(5 * 60 + 1)  # silent: stale
+    before = admin.get(f"{API}/inventory").json()["revision"]
+    assert check_stale(state, link) is True
+    assert [h["name"] for h in admin.get(f"{API}/inventory").json()["hosts"]] == []
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # not from the cache
+    inv = admin.get(f"{API}/inventory").json()
+    assert (inv["revision"], [h["name"] for h in inv["hosts"]]) == (before + 2, ["node-1"])
+
+
+def test_a_policy_change_while_waiting_reaches_cached_defenders_with_the_same_bytes(
+    console: Console, admin: ApiClient
+) -> None:
+    """Cached credentials, long-polls waiting: one change answers every one of them
+    with the one serialized document of the new revision."""
+    credentials = [_credential(enroll(console, admin, f"node-{i}")[1]) for i in range(5)]
+    link = console.app.state.link
+    link.store_poll = 3600
+    admin_token = console.tokens[Role.ADMIN]
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            for cred in credentials:  # verified once: the long-polls below are cache hits
+                r = await c.get(f"{API}/defender/policy",
+                                headers={"Authorization": f"Bearer {cred}"})
+                assert r.status_code == 200
+            hits = link.verified.hits
+            polls = [asyncio.create_task(c.get(
+                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
+                params={"revision": 0, "wait": 20})) for cred in credentials]
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in polls)
+            assert link.verified.hits == hits + 5
+            r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                             json={"kind": "subnet", "name": "internet", "cidrs": ["0.0.0.0/0"]})
+            assert r.status_code == 201, r.text
+            return list(await asyncio.gather(*polls))
+
+    answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200] * 5
+    assert len({a.content for a in answers}) == 1
+    assert answers[0].json()["revision"] == 1

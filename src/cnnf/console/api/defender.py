@@ -31,13 +31,15 @@ from sqlalchemy.orm import Session
 from cnnf.console.api.contract import Guard
 from cnnf.console.api.deps import ConsoleState, StateDep, _bearer, state
 from cnnf.console.metrics import ConsoleMetrics
-from cnnf.console.security import Permission
+from cnnf.console.security import Permission, token_hash
 from cnnf.console.services.defenders import (
     CREDENTIAL_PREFIX,
+    CredentialCache,
     DefenderPrincipal,
     DefenderService,
     Notifier,
     policy_revision,
+    revocations,
 )
 from cnnf.console.services.errors import Forbidden, Unauthorized
 from cnnf.console.services.forwarding import Forwarder
@@ -109,6 +111,10 @@ class LinkHub:
     forwarder: Forwarder | None = None
     policy: Notifier = field(default_factory=Notifier)
     inventory: Notifier = field(default_factory=Notifier)
+    # Revocations (through this process, or told of by the change feed): the
+    # verified-credential cache is checked against the store at once after one.
+    credentials: Notifier = field(default_factory=Notifier)
+    verified: CredentialCache = field(default_factory=CredentialCache)
     # Read the store's revision this often while waiting (another Console process;
     # a backstop when the change feed tells of them).
     store_poll: float = 1.0
@@ -122,21 +128,27 @@ class LinkHub:
     seen_lock: threading.Lock = field(default_factory=threading.Lock)
     current_policy: SharedRead[Current] = field(init=False)
     current_inventory: SharedRead[Current] = field(init=False)
+    current_revocations: SharedRead[int] = field(init=False)
     # Long-polls that returned since the last flush: their last_seen is written
     # in one statement per second (not one write per long-poll).
     seen: set[str] = field(default_factory=set)
 
+    def notifier(self, topic: str) -> Notifier:
+        return {"policy": self.policy, "inventory": self.inventory,
+                "credentials": self.credentials}[topic]
+
     def changed(self, topic: str) -> None:
-        """A change to ``topic`` (policy or inventory) committed: wake this process's
-        long-polls, and every other replica's through the change feed."""
-        (self.policy if topic == "policy" else self.inventory).notify()
+        """A change to ``topic`` (policy, inventory or credentials) committed: wake
+        this process's long-polls (or recheck its cached credentials), and every
+        other replica's through the change feed."""
+        self.notifier(topic).notify()
         if self.feed is not None:
             self.feed.publish(topic)
 
     def heard(self, topic: str) -> None:
         """A change notice from the feed (any replica)."""
         self.metrics.notices.labels(topic).inc()
-        (self.policy if topic == "policy" else self.inventory).notify()
+        self.notifier(topic).notify()
 
     def saw(self, defender_id: str) -> None:
         """A Defender called: its last_seen goes with the next batched write."""
@@ -169,11 +181,17 @@ class LinkHub:
                     self._inventory_body = body
                 return body
 
+        def revoked() -> int:
+            with console.sessions() as session:
+                return revocations(session)
+
         def max_age() -> float:
             return self.store_poll
 
         self.current_policy = SharedRead(policy, self.policy, max_age, self.monotonic)
         self.current_inventory = SharedRead(inventory, self.inventory, max_age, self.monotonic)
+        self.current_revocations = SharedRead(revoked, self.credentials, max_age,
+                                              self.monotonic)
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
         """The current policy as a native document, built once per revision."""
@@ -196,9 +214,15 @@ HubDep = Annotated[LinkHub, Depends(hub)]
 
 
 class DefenderCaller(Guard):
-    """The calling Defender. A user's token is refused with 403 (valid) or 401."""
+    """The calling Defender. A user's token is refused with 403 (valid) or 401.
 
-    def __call__(
+    A credential verified before is taken from the process's
+    :class:`CredentialCache` without a store read (on the event loop, no worker
+    thread): the cache is checked against the store's count of revoked
+    Defenders, read once per process at once after a revocation and at least
+    every store-poll interval."""
+
+    async def __call__(
         self,
         console: StateDep,
         link: HubDep,
@@ -208,20 +232,34 @@ class DefenderCaller(Guard):
             raise Unauthorized(
                 "authentication required: send 'Authorization: Bearer <credential>'")
         secret = credentials.credentials
-        with console.sessions() as session:
-            if secret.startswith(CREDENTIAL_PREFIX):
-                who, revived = DefenderService(session, console.now).authenticate(
-                    secret, later=link.saw)
-                if revived:
-                    link.changed("inventory")
-                return who
-            UserService(session, console.now).authenticate(secret)  # 401: not a token at all
+        if secret.startswith(CREDENTIAL_PREFIX):
+            digest = token_hash(secret)
+            epoch = await link.current_revocations.get()
+            who = link.verified.lookup(digest, epoch, console.now(), link.saw)
+            if who is None:
+                who = await run_in_threadpool(self._defender, console, link, secret)
+                link.verified.remember(digest, who, epoch, console.now())
+            return who
+        await run_in_threadpool(self._user, console, secret)
         raise Forbidden(f"only a Defender credential may call the Defender endpoints "
                         f"(needs {Permission.DEFENDER.value!r})")
 
+    @staticmethod
+    def _defender(console: ConsoleState, link: LinkHub, secret: str) -> DefenderPrincipal:
+        with console.sessions() as session:
+            who, revived = DefenderService(session, console.now).authenticate(
+                secret, later=link.saw)
+        if revived:
+            link.changed("inventory")
+        return who
+
+    @staticmethod
+    def _user(console: ConsoleState, secret: str) -> None:
+        with console.sessions() as session:
+            UserService(session, console.now).authenticate(secret)  # 401: not a token at all
+
     async def check(self, request: Request) -> None:
-        credentials = await _bearer(request)
-        await run_in_threadpool(self, state(request), hub(request), credentials)
+        await self(state(request), hub(request), await _bearer(request))
 
 
 defender_caller = DefenderCaller()
@@ -274,6 +312,7 @@ def flush_seen(console: ConsoleState, link: LinkHub) -> int:
     if ids:
         with console.sessions() as session:
             DefenderService(session, console.now).seen(ids)
+    link.verified.prune(console.now())
     return len(ids)
 
 

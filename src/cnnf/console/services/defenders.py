@@ -262,6 +262,85 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def revocations(session: Session) -> int:
+    """How many Defenders are revoked: it moves with every revocation (a Defender
+    is never un-revoked nor removed), so a cache of verified credentials is good
+    while it stays the same."""
+    return session.scalar(select(func.count()).select_from(DefenderRow)
+                          .where(DefenderRow.revoked.is_(True))) or 0
+
+
+@dataclass(slots=True)
+class _Verified:
+    who: DefenderPrincipal
+    seen: datetime  # its last_seen as this process last wrote it or queued it
+
+
+class CredentialCache:
+    """Defender credentials this process verified, by their hash, so that a
+    Defender's calls (a long-poll every few seconds, a thousand of them at once
+    after a policy change) are not each a store read.
+
+    An entry is good while the number of revoked Defenders (``epoch``, read from
+    the store by the caller: at once after a revocation through this process or
+    a change notice from another, else at most every store-poll interval) is the
+    one it was verified under; any revocation empties the cache, so a revoked
+    credential is refused on its next call. An entry whose Defender was not seen
+    for :data:`WRITE_NOW_AFTER` is not used: that call goes to the store, which
+    writes last_seen at once and brings a stale Defender's workloads back.
+    Only credentials the store accepted are kept (a flood of bad ones adds
+    nothing), and only their hashes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._verified: dict[str, _Verified] = {}
+        self._epoch: int | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, digest: str, epoch: int, now: datetime,
+               later: Callable[[str], None]) -> DefenderPrincipal | None:
+        """The Defender of the credential hashed ``digest`` if verified under
+        ``epoch``; ``later(id)`` queues its last_seen for the next batched write
+        when the last one is older than :data:`LAST_SEEN_GRANULARITY`."""
+        with self._lock:
+            if epoch != self._epoch:
+                self._verified.clear()
+                self._epoch = epoch
+            entry = self._verified.get(digest)
+            if entry is None or now - entry.seen >= WRITE_NOW_AFTER:
+                self.misses += 1
+                return None
+            self.hits += 1
+            if now - entry.seen >= LAST_SEEN_GRANULARITY:
+                entry.seen = now
+                queue = True
+            else:
+                queue = False
+        if queue:
+            later(entry.who.defender_id)
+        return entry.who
+
+    def remember(self, digest: str, who: DefenderPrincipal, epoch: int,
+                 now: datetime) -> None:
+        """The store accepted ``digest`` for ``who`` (read after ``epoch`` was)."""
+        with self._lock:
+            if epoch == self._epoch:
+                self._verified[digest] = _Verified(who, now)
+
+    def prune(self, now: datetime) -> int:
+        """Forget Defenders not seen for :data:`WRITE_NOW_AFTER` (their next call
+        goes to the store anyway); how many."""
+        with self._lock:
+            gone = [k for k, v in self._verified.items() if now - v.seen >= WRITE_NOW_AFTER]
+            for key in gone:
+                del self._verified[key]
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._verified)
+
+
 def policy_revision(session: Session) -> int:
     """The policy revision, read cheaply (one indexed row)."""
     return session.scalar(select(SettingsRow.revision).where(SettingsRow.id == 1)) or 0
