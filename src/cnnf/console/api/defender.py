@@ -210,7 +210,11 @@ def hub(request: Request) -> LinkHub:
     return link
 
 
-HubDep = Annotated[LinkHub, Depends(hub)]
+async def _hub(request: Request) -> LinkHub:
+    return hub(request)  # async: no worker thread (see deps._state)
+
+
+HubDep = Annotated[LinkHub, Depends(_hub)]
 
 
 class DefenderCaller(Guard):

@@ -609,9 +609,14 @@ class Notifier:
         with self._lock:
             self.generation += 1
             waiters = list(self._waiters)
+        # One call into each event loop wakes all of its waiters: a thousand
+        # long-polls are one wakeup of the loop per change, not a thousand.
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for loop, future in waiters:
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed
-                loop.call_soon_threadsafe(_wake, future)
+                loop.call_soon_threadsafe(_wake, futures)
 
     async def wait(self, generation: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a notification after ``generation``; True if one came."""
@@ -632,7 +637,8 @@ class Notifier:
                 self._waiters.discard(entry)
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _wake(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
