@@ -24,10 +24,12 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import Table, case, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -560,14 +562,19 @@ class DefenderService:
         if not 1 <= len(batch.batch_id) <= 100:
             raise InvalidInput([FieldError("batch_id", "must be 1 to 100 characters")])
         flows, audits = _mapped(batch, principal.hostname)
-        if self.session.get(ReportBatchRow, batch.batch_id) is not None:
-            return StoredBatch(duplicate=True, flows=[], audits=[])
+        table = cast(Table, ReportBatchRow.__table__)
+        dialect = self.session.get_bind().dialect.name
+        claim = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
         try:
-            self.session.add(ReportBatchRow(
+            # The batch id first, in one statement: taken already (stored before, or
+            # by a parallel delivery now committing), it is a duplicate.
+            claimed = cast(CursorResult[Any], self.session.execute(claim.values(
                 batch_id=batch.batch_id, defender_id=principal.defender_id, received=self.now(),
                 flows=len(flows), audits=len(audits),
-                dropped=min(max(batch.dropped, 0), 2**31 - 1)))
-            self.session.flush()
+                dropped=min(max(batch.dropped, 0), 2**31 - 1)).on_conflict_do_nothing()))
+            if claimed.rowcount == 0:
+                self.session.rollback()
+                return StoredBatch(duplicate=True, flows=[], audits=[])
             if forward_to is None:
                 forward_to = list(self.session.scalars(select(SinkRow.name))) if audits else []
             FlowService(self.session).record_many(flows, commit=False)
