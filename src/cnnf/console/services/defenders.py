@@ -24,12 +24,11 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -568,11 +567,12 @@ class DefenderService:
         try:
             # The batch id first, in one statement: taken already (stored before, or
             # by a parallel delivery now committing), it is a duplicate.
-            claimed = cast(CursorResult[Any], self.session.execute(claim.values(
+            claimed = self.session.scalar(claim.values(
                 batch_id=batch.batch_id, defender_id=principal.defender_id, received=self.now(),
                 flows=len(flows), audits=len(audits),
-                dropped=min(max(batch.dropped, 0), 2**31 - 1)).on_conflict_do_nothing()))
-            if claimed.rowcount == 0:
+                dropped=min(max(batch.dropped, 0), 2**31 - 1)).on_conflict_do_nothing()
+                .returning(table.c.batch_id))
+            if claimed is None:
                 self.session.rollback()
                 return StoredBatch(duplicate=True, flows=[], audits=[])
             if forward_to is None:
