@@ -590,6 +590,31 @@ async def test_the_notifier_wakes_a_wait_that_starts_after_the_change() -> None:
     assert not await notifier.wait(notifier.generation, 0.01)
 
 
+async def test_one_notice_wakes_every_waiter_of_a_loop_with_one_call_into_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A policy change with a thousand long-polls waiting is one wakeup of the event
+    loop, not one per long-poll."""
+    from cnnf.console.services import defenders
+
+    loop = asyncio.get_running_loop()
+    wakes: list[int] = []
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any, **kw: Any) -> Any:
+        if callback is defenders._wake:
+            wakes.append(len(args[0]))
+        return original(callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    notifier = Notifier()
+    waits = [asyncio.create_task(notifier.wait(0, 60)) for _ in range(50)]
+    await asyncio.sleep(0.01)  # every one waiting
+    await asyncio.to_thread(notifier.notify)  # from another thread, as a commit does
+    assert await asyncio.gather(*waits) == [True] * 50
+    assert wakes == [50]
+
+
 def test_a_silent_defender_leaves_the_cluster_inventory_until_it_calls_again(
     console: Console, admin: ApiClient
 ) -> None:
