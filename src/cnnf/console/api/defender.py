@@ -324,7 +324,10 @@ async def _seen(console: ConsoleState, link: LinkHub, who: DefenderPrincipal) ->
     # A long-poll ends here; the next one starts at once, so last_seen stays fresh.
     with link.seen_lock:
         link.seen.add(who.defender_id)
-        due = link.monotonic() - link.flushed >= SEEN_FLUSH_SECONDS
+        now = link.monotonic()
+        due = now - link.flushed >= SEEN_FLUSH_SECONDS
+        if due:  # this long-poll writes them; the others of this second do not queue up
+            link.flushed = now
     if due:
         await run_in_threadpool(flush_seen, console, link)
 
