@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from consoletest import ApiClient, Console
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from cnnf.console.security import Role
 from cnnf.console.services.defenders import Notifier
-from cnnf.console.store.models import DefenderRow, SettingsRow
+from cnnf.console.store.models import DefenderRow, ReportBatchRow, SettingsRow
 from cnnf.model import Effect
 from cnnf.model.records import (
     AuditEvent,
@@ -800,6 +800,54 @@ def test_a_revocation_heard_from_the_change_feed_empties_the_cache(
     assert defender.get(f"{API}/defender/policy").status_code == 200  # (not told yet)
     link.heard("credentials")  # ... and its notice
     assert defender.get(f"{API}/defender/policy").status_code == 401
+
+
+def test_a_revoked_defender_s_writes_are_refused_though_the_cache_was_not_told(
+    console: Console, admin: ApiClient
+) -> None:
+    """Revoked in the store by another process whose notice never came: the cache
+    still holds the credential, but its report and inventory are refused (401)
+    and nothing of them is stored; the refusal makes the cache look again."""
+    defender_id, defender = enroll(console, admin)
+    link = console.app.state.link
+    link.store_poll = 3600  # no store-poll backstop, no notice: only the write's check
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # cached
+    with console.session() as s:
+        s.execute(update(DefenderRow).where(DefenderRow.defender_id == defender_id)
+                  .values(revoked=True))
+        s.commit()
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # the cache's view
+    hits = link.verified.hits
+    r = post_batch(defender, ReportBatch(batch_id="b-1", flows=[flow()], audits=[audit()]))
+    assert r.status_code == 401, r.text
+    assert r.json()["detail"] == "invalid or revoked Defender credential"
+    assert link.verified.hits == hits + 1  # the credential came from the cache
+    with console.session() as s:
+        assert s.scalar(select(func.count()).select_from(ReportBatchRow)) == 0
+    assert admin.get(f"{API}/audits").json()["total"] == 0
+    assert admin.get(f"{API}/flows").json()["items"] == []
+    # The refusal told the cache: the credential is looked up again, and refused.
+    assert defender.get(f"{API}/defender/policy").status_code == 401
+
+
+def test_a_revoked_defender_s_inventory_is_refused_though_the_cache_was_not_told(
+    console: Console, admin: ApiClient
+) -> None:
+    defender_id, defender = enroll(console, admin)
+    console.app.state.link.store_poll = 3600
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    with console.session() as s:
+        s.execute(update(DefenderRow).where(DefenderRow.defender_id == defender_id)
+                  .values(revoked=True))
+        s.commit()
+    r = defender.post(f"{API}/defender/inventory", content=report(
+        "node-1", ("api", "10.1.0.2")).model_dump_json(),
+        headers={"Content-Type": "application/json"})
+    assert r.status_code == 401, r.text
+    with console.session() as s:
+        assert s.scalar(select(DefenderRow.inventory).where(
+            DefenderRow.defender_id == defender_id)) is None
 
 
 def test_a_cached_defender_keeps_its_last_seen_and_a_stale_one_comes_back(

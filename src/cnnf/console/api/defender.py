@@ -15,10 +15,11 @@ then only a backstop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -224,7 +225,10 @@ class DefenderCaller(Guard):
     :class:`CredentialCache` without a store read (on the event loop, no worker
     thread): the cache is checked against the store's count of revoked
     Defenders, read once per process at once after a revocation and at least
-    every store-poll interval."""
+    every store-poll interval. The cache serves the long-polls (reads); every
+    write of a Defender (reports, inventory) checks in its own transaction that
+    the store has not revoked it, so a revocation whose notice was lost still
+    stops its writes at once."""
 
     async def __call__(
         self,
@@ -377,11 +381,23 @@ async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
     return _json(answer) if answer is not None else Response(status_code=204)
 
 
+@contextlib.contextmanager
+def _refused(link: LinkHub) -> Iterator[None]:
+    """A write the store refused for a revoked Defender (401) that this process's
+    credential cache let through (its revocation notice was lost or is late):
+    the cache re-reads the count of revoked Defenders at once."""
+    try:
+        yield
+    except Unauthorized:
+        link.credentials.notify()
+        raise
+
+
 @router.post("/inventory", status_code=204, response_class=Response)
 def post_inventory(report: InventoryReport, *, console: StateDep, link: HubDep,
                    who: Defender) -> Response:
     """Replace this Defender's inventory (the cluster revision moves if it changed)."""
-    with console.sessions() as session:
+    with console.sessions() as session, _refused(link):
         changed = DefenderService(session, console.now).put_inventory(who.defender_id, report)
     if changed:
         link.changed("inventory")
@@ -392,9 +408,10 @@ def post_inventory(report: InventoryReport, *, console: StateDep, link: HubDep,
 def post_reports(batch: ReportBatch, *, console: StateDep, link: HubDep,
                  who: Defender) -> BatchAnswer:
     """Store a batch of flows and audits once (by ``batch_id``); 200 means stored."""
-    with console.sessions() as session:
+    with console.sessions() as session, _refused(link):
         # Queued for every sink of the fleet (the store's list), whichever replica
-        # stores it and whatever this one was started with.
+        # stores it and whatever this one was started with. A Defender revoked in
+        # the store is refused here (401) whatever this process's cache says.
         stored = DefenderService(session, console.now).store_batch(who, batch)
     link.metrics.batch(duplicate=stored.duplicate, flows=stored.flows, audits=stored.audits,
                        dropped=stored.dropped)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Table, case, delete, func, select, update
+from sqlalchemy import Table, case, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -564,16 +564,28 @@ class DefenderService:
         table = cast(Table, ReportBatchRow.__table__)
         dialect = self.session.get_bind().dialect.name
         claim = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
+        c = table.c
+        # Only from a Defender the store has not revoked: the caller's credential
+        # may have been taken from a process's cache that has not heard of the
+        # revocation yet (a lost notice), and a revoked Defender stores nothing.
+        claimant = select(
+            literal(batch.batch_id, c.batch_id.type), DefenderRow.defender_id,
+            literal(self.now(), c.received.type), literal(len(flows), c.flows.type),
+            literal(len(audits), c.audits.type),
+            literal(min(max(batch.dropped, 0), 2**31 - 1), c.dropped.type),
+        ).where(DefenderRow.defender_id == principal.defender_id,
+                DefenderRow.revoked.is_(False))
         try:
             # The batch id first, in one statement: taken already (stored before, or
             # by a parallel delivery now committing), it is a duplicate.
-            claimed = self.session.scalar(claim.values(
-                batch_id=batch.batch_id, defender_id=principal.defender_id, received=self.now(),
-                flows=len(flows), audits=len(audits),
-                dropped=min(max(batch.dropped, 0), 2**31 - 1)).on_conflict_do_nothing()
-                .returning(table.c.batch_id))
+            claimed = self.session.scalar(claim.from_select(
+                [c.batch_id, c.defender_id, c.received, c.flows, c.audits, c.dropped],
+                claimant).on_conflict_do_nothing().returning(c.batch_id))
             if claimed is None:
+                active = self._active(principal.defender_id)
                 self.session.rollback()
+                if not active:
+                    raise Unauthorized("invalid or revoked Defender credential")
                 return StoredBatch(duplicate=True, flows=[], audits=[])
             if forward_to is None:
                 forward_to = list(self.session.scalars(select(SinkRow.name))) if audits else []
@@ -591,6 +603,12 @@ class DefenderService:
             self.session.rollback()
             raise
         return StoredBatch(duplicate=False, flows=flows, audits=audits, dropped=batch.dropped)
+
+    def _active(self, defender_id: str) -> bool:
+        """Whether the Defender is enrolled and not revoked (one row, in the
+        current transaction)."""
+        return self.session.scalar(select(DefenderRow.id).where(
+            DefenderRow.defender_id == defender_id, DefenderRow.revoked.is_(False))) is not None
 
     def prune_batches(self, cutoff: datetime) -> None:
         """Forget batch ids received before ``cutoff`` (redeliveries come much sooner)."""
