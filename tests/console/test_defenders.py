@@ -850,6 +850,50 @@ def test_a_revoked_defender_s_inventory_is_refused_though_the_cache_was_not_told
             DefenderRow.defender_id == defender_id)) is None
 
 
+def test_a_waiting_inventory_long_poll_of_a_defender_revoked_meanwhile_gets_401(
+    console: Console, admin: ApiClient
+) -> None:
+    """Its revocation moves the cluster inventory and wakes every waiting long-poll:
+    the revoked Defender's gets 401, not the inventory its revocation produced;
+    the others get it, with one read of the revoked ids between them."""
+    revoked_id, revoked = enroll(console, admin, "node-1")
+    others = [enroll(console, admin, f"node-{i}")[1] for i in (2, 3)]
+    for d, host in ((revoked, "node-1"), (others[0], "node-2"), (others[1], "node-3")):
+        r = d.post(f"{API}/defender/inventory", content=report(
+            host, ("api", f"10.1.0.{len(host)}{host[-1]}")).model_dump_json(),
+            headers={"Content-Type": "application/json"})
+        assert r.status_code == 204, r.text
+    link = console.app.state.link
+    link.store_poll = 3600
+    revision = admin.get(f"{API}/inventory").json()["revision"]
+    credentials = [_credential(d) for d in (revoked, *others)]
+    admin_token = console.tokens[Role.ADMIN]
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            polls = [asyncio.create_task(c.get(
+                f"{API}/defender/inventory", headers={"Authorization": f"Bearer {cred}"},
+                params={"revision": revision, "wait": 20})) for cred in credentials]
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in polls)
+            reads = link.current_revoked.reads
+            r = await c.delete(f"{API}/defenders/{revoked_id}",
+                               headers={"Authorization": f"Bearer {admin_token}"})
+            assert r.status_code == 204, r.text
+            answers = list(await asyncio.gather(*polls))
+            assert link.current_revoked.reads == reads + 1
+            return answers
+
+    first, *rest = asyncio.run(run())
+    assert first.status_code == 401, first.text
+    assert first.json()["detail"] == "invalid or revoked Defender credential"
+    for answer in rest:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["revision"] == revision + 1
+        assert [h["name"] for h in answer.json()["hosts"]] == ["node-2", "node-3"]
+
+
 def test_a_cached_defender_keeps_its_last_seen_and_a_stale_one_comes_back(
     console: Console, admin: ApiClient
 ) -> None:

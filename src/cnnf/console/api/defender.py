@@ -41,6 +41,7 @@ from cnnf.console.services.defenders import (
     Notifier,
     policy_revision,
     revocations,
+    revoked_ids,
 )
 from cnnf.console.services.errors import Forbidden, Unauthorized
 from cnnf.console.services.forwarding import Forwarder
@@ -130,6 +131,7 @@ class LinkHub:
     current_policy: SharedRead[Current] = field(init=False)
     current_inventory: SharedRead[Current] = field(init=False)
     current_revocations: SharedRead[int] = field(init=False)
+    current_revoked: SharedRead[frozenset[str]] = field(init=False)
     # Long-polls that returned since the last flush: their last_seen is written
     # in one statement per second (not one write per long-poll).
     seen: set[str] = field(default_factory=set)
@@ -186,6 +188,10 @@ class LinkHub:
             with console.sessions() as session:
                 return revocations(session)
 
+        def revoked_now() -> frozenset[str]:
+            with console.sessions() as session:
+                return revoked_ids(session)
+
         def max_age() -> float:
             return self.store_poll
 
@@ -193,6 +199,8 @@ class LinkHub:
         self.current_inventory = SharedRead(inventory, self.inventory, max_age, self.monotonic)
         self.current_revocations = SharedRead(revoked, self.credentials, max_age,
                                               self.monotonic)
+        self.current_revoked = SharedRead(revoked_now, self.credentials, max_age,
+                                          self.monotonic)
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
         """The current policy as a native document, built once per revision."""
@@ -311,6 +319,18 @@ async def _long_poll(shared: SharedRead[Current], notifier: Notifier, revision: 
         await notifier.wait(generation, min(remaining, store_poll))
 
 
+async def _answer(link: LinkHub, who: DefenderPrincipal, epoch: int,
+                  answer: Current | None) -> Response:
+    """A long-poll's answer, unless its Defender was revoked while it waited (the
+    count of revoked Defenders moved since ``epoch``, read before the wait): then
+    401, not the inventory its own revocation produced. The revoked ids are one
+    shared store read per revocation, however many long-polls ended with it."""
+    if (await link.current_revocations.get() != epoch
+            and who.defender_id in await link.current_revoked.get()):
+        raise Unauthorized("invalid or revoked Defender credential")
+    return _json(answer) if answer is not None else Response(status_code=204)
+
+
 def flush_seen(console: ConsoleState, link: LinkHub) -> int:
     """Write last_seen of the Defenders whose long-polls returned since the last
     flush, in one statement; how many."""
@@ -361,11 +381,12 @@ async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
                      revision: Revision = -1, wait: Wait = 0) -> Any:
     """The policy as a native document when its revision is not ``revision``;
     else wait up to ``wait`` seconds for a change (204 when none came)."""
+    epoch = await link.current_revocations.get()  # as the credential was checked
     answer = await _long_poll(link.current_policy, link.policy, revision, wait,
                               link.store_poll)
     if wait:
         await _seen(console, link, who)
-    return _json(answer) if answer is not None else Response(status_code=204)
+    return await _answer(link, who, epoch, answer)
 
 
 @router.get("/inventory", response_model=ClusterInventory,
@@ -374,11 +395,12 @@ async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
                         revision: Revision = -1, wait: Wait = 0) -> Any:
     """Every Defender's hosts and containers when the cluster inventory revision
     is not ``revision``; else wait up to ``wait`` seconds (204 when none came)."""
+    epoch = await link.current_revocations.get()  # as the credential was checked
     answer = await _long_poll(link.current_inventory, link.inventory, revision, wait,
                               link.store_poll)
     if wait:
         await _seen(console, link, who)
-    return _json(answer) if answer is not None else Response(status_code=204)
+    return await _answer(link, who, epoch, answer)
 
 
 @contextlib.contextmanager

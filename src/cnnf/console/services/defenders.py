@@ -271,6 +271,12 @@ def revocations(session: Session) -> int:
                           .where(DefenderRow.revoked.is_(True))) or 0
 
 
+def revoked_ids(session: Session) -> frozenset[str]:
+    """The ids of the revoked Defenders."""
+    return frozenset(session.scalars(select(DefenderRow.defender_id)
+                                     .where(DefenderRow.revoked.is_(True))))
+
+
 @dataclass(slots=True)
 class _Verified:
     who: DefenderPrincipal
