@@ -9,8 +9,9 @@ import asyncio
 import csv
 import io
 import re
+import threading
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,8 +19,9 @@ import pytest
 from consoletest import ApiClient, Console
 from sqlalchemy import func, select, update
 
+from cnnf.console.api.defender import SharedRead
 from cnnf.console.security import Role
-from cnnf.console.services.defenders import Notifier
+from cnnf.console.services.defenders import CredentialCache, DefenderPrincipal, Notifier
 from cnnf.console.store.models import DefenderRow, ReportBatchRow, SettingsRow
 from cnnf.model import Effect
 from cnnf.model.records import (
@@ -892,6 +894,49 @@ def test_a_waiting_inventory_long_poll_of_a_defender_revoked_meanwhile_gets_401(
         assert answer.status_code == 200, answer.text
         assert answer.json()["revision"] == revision + 1
         assert [h["name"] for h in answer.json()["hosts"]] == ["node-2", "node-3"]
+
+
+def test_an_older_revocation_count_read_late_neither_empties_nor_feeds_the_cache() -> None:
+    """Two reads of the count finishing out of order: the older count (E after
+    E+1) is a miss that leaves the cache as it is, and a credential verified under
+    it (before the revocation E+1 counts) is not kept."""
+    cache = CredentialCache()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    a, b = DefenderPrincipal("a", "node-1"), DefenderPrincipal("b", "node-2")
+    assert cache.lookup("da", 4, now, lambda _: None) is None
+    cache.remember("da", a, 4, now)
+    assert cache.lookup("db", 5, now, lambda _: None) is None  # a revocation: emptied
+    cache.remember("db", b, 5, now)
+    assert cache.lookup("da", 4, now, lambda _: None) is None  # the late, older read
+    cache.remember("da", a, 4, now)  # verified before the revocation: not kept
+    assert cache.lookup("da", 5, now, lambda _: None) is None
+    assert cache.lookup("db", 5, now, lambda _: None) == b  # not emptied by the old read
+    assert len(cache) == 1
+
+
+async def test_a_shared_read_keeps_the_newer_value_when_reads_finish_out_of_order() -> None:
+    notifier = Notifier()
+    release_old = threading.Event()
+    started_old = threading.Event()
+    counts = iter([4, 5])
+
+    def read() -> int:
+        count = next(counts)
+        if count == 4:
+            started_old.set()
+            release_old.wait(10)
+        return count
+
+    shared: SharedRead[int] = SharedRead(read, notifier, lambda: 3600.0)
+    old = asyncio.ensure_future(shared.get())
+    await asyncio.to_thread(started_old.wait, 10)
+    notifier.notify()  # a revocation: a new read, which finishes first
+    assert await shared.get() == 5
+    release_old.set()
+    assert await old == 4  # its own caller gets what it read ...
+    await asyncio.sleep(0)
+    assert await shared.get() == 5  # ... but the shared value stays the newer one
+    assert shared.reads == 2
 
 
 def test_a_cached_defender_keeps_its_last_seen_and_a_stale_one_comes_back(

@@ -97,7 +97,11 @@ class SharedRead(Generic[T]):
             self.reads += 1
 
             def done(f: asyncio.Future[T], generation: int = generation) -> None:
-                if not f.cancelled() and f.exception() is None:
+                # Reads can finish out of order: one that began before the value
+                # kept now (an older generation) does not replace it.
+                kept = self._value
+                if (not f.cancelled() and f.exception() is None
+                        and (kept is None or (generation, started) >= kept[:2])):
                     self._value = (generation, started, f.result())
 
             future.add_done_callback(done)

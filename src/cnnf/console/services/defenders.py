@@ -311,6 +311,11 @@ class CredentialCache:
         ``epoch``; ``later(id)`` queues its last_seen for the next batched write
         when the last one is older than :data:`LAST_SEEN_GRANULARITY`."""
         with self._lock:
+            if self._epoch is not None and epoch < self._epoch:
+                # An older read of the count that finished late (the count only
+                # grows): its caller goes to the store; the cache stays as it is.
+                self.misses += 1
+                return None
             if epoch != self._epoch:
                 self._verified.clear()
                 self._epoch = epoch
@@ -330,7 +335,8 @@ class CredentialCache:
 
     def remember(self, digest: str, who: DefenderPrincipal, epoch: int,
                  now: datetime) -> None:
-        """The store accepted ``digest`` for ``who`` (read after ``epoch`` was)."""
+        """The store accepted ``digest`` for ``who`` (read after ``epoch`` was);
+        kept only while ``epoch`` is the newest count this cache was given."""
         with self._lock:
             if epoch == self._epoch:
                 self._verified[digest] = _Verified(who, now)
