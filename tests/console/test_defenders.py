@@ -1007,3 +1007,121 @@ def test_a_policy_change_while_waiting_reaches_cached_defenders_with_the_same_by
     assert [a.status_code for a in answers] == [200] * 5
     assert len({a.content for a in answers}) == 1
     assert answers[0].json()["revision"] == 1
+
+
+# --- parallel deliveries, batched last-seen ------------------------------------------------
+
+
+def test_two_deliveries_of_a_batch_at_once_store_it_once(
+    console: Console, admin: ApiClient
+) -> None:
+    """The same batch delivered twice at the same moment (a retry racing its
+    original, or two replicas): one stores it, the other is a duplicate, and its
+    audits and their outbox rows are written once. Real sessions in threads,
+    released together by a barrier, several times over."""
+    from cnnf.console.services.defenders import DefenderService
+    from cnnf.console.store.models import AuditRow, OutboxRow
+
+    defender_id, _ = enroll(console, admin)
+    who = DefenderPrincipal(defender_id, "node-1")
+    rounds = 8
+    barrier = threading.Barrier(2)
+    results: list[tuple[int, bool]] = []
+    failures: list[BaseException] = []
+
+    def deliver(batch: ReportBatch, i: int) -> None:
+        try:
+            with console.session() as s:
+                service = DefenderService(s, console.clock.now)
+                barrier.wait(10)
+                stored = service.store_batch(who, batch, forward_to=["syslog-a", "hook-b"])
+                results.append((i, stored.duplicate))
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    for i in range(rounds):
+        batch = ReportBatch(batch_id=f"race-{i}", flows=[flow(count=2)],
+                            audits=[audit(port=1000 + i), audit(port=2000 + i)])
+        threads = [threading.Thread(target=deliver, args=(batch, i)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not failures, failures
+    for i in range(rounds):
+        assert sorted(d for r, d in results if r == i) == [False, True], results
+    with console.session() as s:
+        assert s.scalar(select(func.count()).select_from(ReportBatchRow)) == rounds
+        assert s.scalar(select(func.count()).select_from(AuditRow)) == 2 * rounds
+        assert s.scalar(select(func.count()).select_from(OutboxRow)) == 2 * 2 * rounds
+    [f] = admin.get(f"{API}/flows").json()["items"]
+    assert f["count"] == 2 * rounds
+
+
+def test_many_long_polls_ending_in_one_second_write_last_seen_once(
+    console: Console, admin: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change answers every waiting long-poll at once: the first to return writes
+    the batched last-seen times, the others of that second add theirs to the next
+    write (one UPDATE of the Defenders, not one per long-poll)."""
+    from sqlalchemy import event
+
+    from cnnf.console.api import defender as link_api
+    from cnnf.console.api.defender import flush_seen
+
+    flushes: list[int] = []
+
+    def counted(*args: Any) -> int:  # the real flush, counted (each is a worker thread hop)
+        n = flush_seen(*args)
+        flushes.append(n)
+        return n
+
+    monkeypatch.setattr(link_api, "flush_seen", counted)
+
+    ids_and_clients = [enroll(console, admin, f"node-{i}") for i in range(8)]
+    credentials = [_credential(d) for _, d in ids_and_clients]
+    link, state = console.app.state.link, console.app.state.console
+    link.store_poll = 3600
+    admin_token = console.tokens[Role.ADMIN]
+    updates: list[str] = []
+    console.clock.advance(2)  # last_seen written now differs from the enrollment's
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE DEFENDERS"):
+            updates.append(statement)
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            polls = [asyncio.create_task(c.get(
+                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
+                params={"revision": 0, "wait": 20})) for cred in credentials]
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in polls)
+            event.listen(console.engine, "before_cursor_execute", count)
+            r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                             json={"kind": "subnet", "name": "internet", "cidrs": ["0.0.0.0/0"]})
+            assert r.status_code == 201, r.text
+            return list(await asyncio.gather(*polls))
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        event.remove(console.engine, "before_cursor_execute", count)
+    assert [a.status_code for a in answers] == [200] * len(credentials)
+    assert len(flushes) == 1, flushes  # one flush for the second they all returned in
+    assert len(updates) == 1, updates  # and one write
+
+    def written() -> int:
+        with console.session() as s:
+            return sum(1 for t in s.scalars(select(DefenderRow.last_seen))
+                       if (t if t.tzinfo else t.replace(tzinfo=UTC)) == console.clock.now())
+
+    # Those that returned before that write began are in it; the others wait in
+    # the set for the next one: none is lost, none written twice.
+    rest = len(link.seen)
+    assert written() >= 1
+    assert written() + rest == len(credentials)
+    console.clock.advance(1)
+    assert flush_seen(state, link) == rest
+    assert written() == rest
