@@ -159,10 +159,20 @@ class Fleet:
 
         async def one(i: int) -> str:
             async with sem:
-                r = await self.http.post(f"{self.url(i)}{API}/defenders/enroll", json={
-                    "enrollment_token": token, "hostname": f"node-{i}", "version": "bench"})
-                r.raise_for_status()
-                return str(r.json()["credential"])
+                for attempt in range(5):
+                    try:
+                        r = await self.http.post(f"{self.url(i)}{API}/defenders/enroll", json={
+                            "enrollment_token": token, "hostname": f"node-{i}",
+                            "version": "bench"})
+                    except httpx.TransportError:
+                        # A keep-alive connection the server closed as it was reused
+                        # (seen once under load): enrolling again is harmless here.
+                        if attempt == 4:
+                            raise
+                        continue
+                    r.raise_for_status()
+                    return str(r.json()["credential"])
+                raise AssertionError("unreachable")
 
         self.credentials = list(await asyncio.gather(*(one(i) for i in range(self.n))))
 

@@ -9,16 +9,20 @@ import asyncio
 import csv
 import io
 import re
+import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from consoletest import ApiClient, Console
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from cnnf.console.api.defender import SharedRead
 from cnnf.console.security import Role
-from cnnf.console.services.defenders import Notifier
-from cnnf.console.store.models import DefenderRow, SettingsRow
+from cnnf.console.services.defenders import CredentialCache, DefenderPrincipal, Notifier
+from cnnf.console.store.models import DefenderRow, ReportBatchRow, SettingsRow
 from cnnf.model import Effect
 from cnnf.model.records import (
     AuditEvent,
@@ -588,6 +592,31 @@ async def test_the_notifier_wakes_a_wait_that_starts_after_the_change() -> None:
     assert not await notifier.wait(notifier.generation, 0.01)
 
 
+async def test_one_notice_wakes_every_waiter_of_a_loop_with_one_call_into_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A policy change with a thousand long-polls waiting is one wakeup of the event
+    loop, not one per long-poll."""
+    from cnnf.console.services import defenders
+
+    loop = asyncio.get_running_loop()
+    wakes: list[int] = []
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any, **kw: Any) -> Any:
+        if callback is defenders._wake:
+            wakes.append(len(args[0]))
+        return original(callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    notifier = Notifier()
+    waits = [asyncio.create_task(notifier.wait(0, 60)) for _ in range(50)]
+    await asyncio.sleep(0.01)  # every one waiting
+    await asyncio.to_thread(notifier.notify)  # from another thread, as a commit does
+    assert await asyncio.gather(*waits) == [True] * 50
+    assert wakes == [50]
+
+
 def test_a_silent_defender_leaves_the_cluster_inventory_until_it_calls_again(
     console: Console, admin: ApiClient
 ) -> None:
@@ -703,3 +732,396 @@ def test_one_change_wakes_many_waiting_defenders_with_one_store_read(
     assert {a.json()["revision"] for a in answers} == {1}
     assert len({a.content for a in answers}) == 1
     assert reads == 1
+
+
+# --- the verified-credential cache ---------------------------------------------------------
+
+
+def test_a_verified_credential_is_not_read_from_the_store_again(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    cache = console.app.state.link.verified
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    misses, hits = cache.misses, cache.hits
+    for _ in range(3):
+        assert defender.get(f"{API}/defender/policy").status_code == 200
+    assert (cache.misses, cache.hits) == (misses, hits + 3)
+    assert len(cache) == 1
+
+
+def test_a_revoked_credential_is_refused_on_its_next_call_despite_the_cache(
+    console: Console, admin: ApiClient
+) -> None:
+    defender_id, defender = enroll(console, admin, "node-1")
+    _, other = enroll(console, admin, "node-2")
+    console.app.state.link.store_poll = 3600  # no store-poll backstop: the revocation tells
+    for d in (defender, other):
+        assert d.get(f"{API}/defender/policy").status_code == 200
+        assert d.get(f"{API}/defender/policy").status_code == 200  # cached now
+    assert admin.delete(f"{API}/defenders/{defender_id}").status_code == 204
+    r = defender.get(f"{API}/defender/policy")
+    assert r.status_code == 401, r.text
+    assert r.json()["detail"] == "invalid or revoked Defender credential"
+    assert other.get(f"{API}/defender/policy").status_code == 200  # the others still served
+    assert defender.get(f"{API}/defender/policy").status_code == 401  # and never re-cached
+
+
+def test_a_revocation_by_another_console_process_is_honoured_within_the_store_poll(
+    console: Console, admin: ApiClient
+) -> None:
+    """Another process revoked it (no notice reached this one): the cached credential
+    is refused once the store poll's interval has passed, not later."""
+    defender_id, defender = enroll(console, admin)
+    link = console.app.state.link
+    link.store_poll = 0.2
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    with console.session() as s:  # straight to the store: this process was told nothing
+        s.execute(update(DefenderRow).where(DefenderRow.defender_id == defender_id)
+                  .values(revoked=True))
+        s.commit()
+    deadline = time.monotonic() + 10  # the shared read ages on the real clock
+    while (status := defender.get(f"{API}/defender/policy").status_code) == 200:
+        assert time.monotonic() < deadline, "the revoked credential was still served"
+        time.sleep(0.05)
+    assert status == 401
+
+
+def test_a_revocation_heard_from_the_change_feed_empties_the_cache(
+    console: Console, admin: ApiClient
+) -> None:
+    defender_id, defender = enroll(console, admin)
+    link = console.app.state.link
+    link.store_poll = 3600
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    with console.session() as s:  # another replica's revocation ...
+        s.execute(update(DefenderRow).where(DefenderRow.defender_id == defender_id)
+                  .values(revoked=True))
+        s.commit()
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # (not told yet)
+    link.heard("credentials")  # ... and its notice
+    assert defender.get(f"{API}/defender/policy").status_code == 401
+
+
+def test_a_revoked_defender_s_writes_are_refused_though_the_cache_was_not_told(
+    console: Console, admin: ApiClient
+) -> None:
+    """Revoked in the store by another process whose notice never came: the cache
+    still holds the credential, but its report and inventory are refused (401)
+    and nothing of them is stored; the refusal makes the cache look again."""
+    defender_id, defender = enroll(console, admin)
+    link = console.app.state.link
+    link.store_poll = 3600  # no store-poll backstop, no notice: only the write's check
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # cached
+    with console.session() as s:
+        s.execute(update(DefenderRow).where(DefenderRow.defender_id == defender_id)
+                  .values(revoked=True))
+        s.commit()
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # the cache's view
+    hits = link.verified.hits
+    r = post_batch(defender, ReportBatch(batch_id="b-1", flows=[flow()], audits=[audit()]))
+    assert r.status_code == 401, r.text
+    assert r.json()["detail"] == "invalid or revoked Defender credential"
+    assert link.verified.hits == hits + 1  # the credential came from the cache
+    with console.session() as s:
+        assert s.scalar(select(func.count()).select_from(ReportBatchRow)) == 0
+    assert admin.get(f"{API}/audits").json()["total"] == 0
+    assert admin.get(f"{API}/flows").json()["items"] == []
+    # The refusal told the cache: the credential is looked up again, and refused.
+    assert defender.get(f"{API}/defender/policy").status_code == 401
+
+
+def test_a_revoked_defender_s_inventory_is_refused_though_the_cache_was_not_told(
+    console: Console, admin: ApiClient
+) -> None:
+    defender_id, defender = enroll(console, admin)
+    console.app.state.link.store_poll = 3600
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    with console.session() as s:
+        s.execute(update(DefenderRow).where(DefenderRow.defender_id == defender_id)
+                  .values(revoked=True))
+        s.commit()
+    r = defender.post(f"{API}/defender/inventory", content=report(
+        "node-1", ("api", "10.1.0.2")).model_dump_json(),
+        headers={"Content-Type": "application/json"})
+    assert r.status_code == 401, r.text
+    with console.session() as s:
+        assert s.scalar(select(DefenderRow.inventory).where(
+            DefenderRow.defender_id == defender_id)) is None
+
+
+def test_a_waiting_inventory_long_poll_of_a_defender_revoked_meanwhile_gets_401(
+    console: Console, admin: ApiClient
+) -> None:
+    """Its revocation moves the cluster inventory and wakes every waiting long-poll:
+    the revoked Defender's gets 401, not the inventory its revocation produced;
+    the others get it, with one read of the revoked ids between them."""
+    revoked_id, revoked = enroll(console, admin, "node-1")
+    others = [enroll(console, admin, f"node-{i}")[1] for i in (2, 3)]
+    for d, host in ((revoked, "node-1"), (others[0], "node-2"), (others[1], "node-3")):
+        r = d.post(f"{API}/defender/inventory", content=report(
+            host, ("api", f"10.1.0.{len(host)}{host[-1]}")).model_dump_json(),
+            headers={"Content-Type": "application/json"})
+        assert r.status_code == 204, r.text
+    link = console.app.state.link
+    link.store_poll = 3600
+    revision = admin.get(f"{API}/inventory").json()["revision"]
+    credentials = [_credential(d) for d in (revoked, *others)]
+    admin_token = console.tokens[Role.ADMIN]
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            polls = [asyncio.create_task(c.get(
+                f"{API}/defender/inventory", headers={"Authorization": f"Bearer {cred}"},
+                params={"revision": revision, "wait": 20})) for cred in credentials]
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in polls)
+            reads = link.current_revoked.reads
+            r = await c.delete(f"{API}/defenders/{revoked_id}",
+                               headers={"Authorization": f"Bearer {admin_token}"})
+            assert r.status_code == 204, r.text
+            answers = list(await asyncio.gather(*polls))
+            assert link.current_revoked.reads == reads + 1
+            return answers
+
+    first, *rest = asyncio.run(run())
+    assert first.status_code == 401, first.text
+    assert first.json()["detail"] == "invalid or revoked Defender credential"
+    for answer in rest:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["revision"] == revision + 1
+        assert [h["name"] for h in answer.json()["hosts"]] == ["node-2", "node-3"]
+
+
+def test_an_older_revocation_count_read_late_neither_empties_nor_feeds_the_cache() -> None:
+    """Two reads of the count finishing out of order: the older count (E after
+    E+1) is a miss that leaves the cache as it is, and a credential verified under
+    it (before the revocation E+1 counts) is not kept."""
+    cache = CredentialCache()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    a, b = DefenderPrincipal("a", "node-1"), DefenderPrincipal("b", "node-2")
+    assert cache.lookup("da", 4, now, lambda _: None) is None
+    cache.remember("da", a, 4, now)
+    assert cache.lookup("db", 5, now, lambda _: None) is None  # a revocation: emptied
+    cache.remember("db", b, 5, now)
+    assert cache.lookup("da", 4, now, lambda _: None) is None  # the late, older read
+    cache.remember("da", a, 4, now)  # verified before the revocation: not kept
+    assert cache.lookup("da", 5, now, lambda _: None) is None
+    assert cache.lookup("db", 5, now, lambda _: None) == b  # not emptied by the old read
+    assert len(cache) == 1
+
+
+async def test_a_shared_read_keeps_the_newer_value_when_reads_finish_out_of_order() -> None:
+    notifier = Notifier()
+    release_old = threading.Event()
+    started_old = threading.Event()
+    counts = iter([4, 5])
+
+    def read() -> int:
+        count = next(counts)
+        if count == 4:
+            started_old.set()
+            release_old.wait(10)
+        return count
+
+    shared: SharedRead[int] = SharedRead(read, notifier, lambda: 3600.0)
+    old = asyncio.ensure_future(shared.get())
+    await asyncio.to_thread(started_old.wait, 10)
+    notifier.notify()  # a revocation: a new read, which finishes first
+    assert await shared.get() == 5
+    release_old.set()
+    assert await old == 4  # its own caller gets what it read ...
+    await asyncio.sleep(0)
+    assert await shared.get() == 5  # ... but the shared value stays the newer one
+    assert shared.reads == 2
+
+
+def test_a_cached_defender_keeps_its_last_seen_and_a_stale_one_comes_back(
+    console: Console, admin: ApiClient
+) -> None:
+    """The cache does not skip last_seen: a call 5 s after the last write queues one
+    (batched), and a Defender silent past the write-now age goes to the store,
+    which brings its workloads back if it went stale."""
+    from cnnf.console.api.defender import check_stale, flush_seen
+
+    defender_id, defender = enroll(console, admin, "node-1")
+    defender.post(f"{API}/defender/inventory", content=report(
+        "node-1", ("api", "10.1.0.2")).model_dump_json(),
+        headers={"Content-Type": "application/json"})
+    link, state = console.app.state.link, console.app.state.console
+
+    def last_seen() -> Any:
+        with console.session() as s:
+            return s.scalar(select(DefenderRow.last_seen).where(
+                DefenderRow.defender_id == defender_id))
+
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # verified, cached
+    console.clock.advance(10)
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # a cache hit
+    flush_seen(state, link)
+    seen = last_seen()
+    seen = seen if seen.tzinfo else seen.replace(tzinfo=UTC)
+    assert seen == console.clock.now()
+    console.clock.advance(5 * 60 + 1)  # silent: stale
+    before = admin.get(f"{API}/inventory").json()["revision"]
+    assert check_stale(state, link) is True
+    assert [h["name"] for h in admin.get(f"{API}/inventory").json()["hosts"]] == []
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # not from the cache
+    inv = admin.get(f"{API}/inventory").json()
+    assert (inv["revision"], [h["name"] for h in inv["hosts"]]) == (before + 2, ["node-1"])
+
+
+def test_a_policy_change_while_waiting_reaches_cached_defenders_with_the_same_bytes(
+    console: Console, admin: ApiClient
+) -> None:
+    """Cached credentials, long-polls waiting: one change answers every one of them
+    with the one serialized document of the new revision."""
+    credentials = [_credential(enroll(console, admin, f"node-{i}")[1]) for i in range(5)]
+    link = console.app.state.link
+    link.store_poll = 3600
+    admin_token = console.tokens[Role.ADMIN]
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            for cred in credentials:  # verified once: the long-polls below are cache hits
+                r = await c.get(f"{API}/defender/policy",
+                                headers={"Authorization": f"Bearer {cred}"})
+                assert r.status_code == 200
+            hits = link.verified.hits
+            polls = [asyncio.create_task(c.get(
+                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
+                params={"revision": 0, "wait": 20})) for cred in credentials]
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in polls)
+            assert link.verified.hits == hits + 5
+            r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                             json={"kind": "subnet", "name": "internet", "cidrs": ["0.0.0.0/0"]})
+            assert r.status_code == 201, r.text
+            return list(await asyncio.gather(*polls))
+
+    answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200] * 5
+    assert len({a.content for a in answers}) == 1
+    assert answers[0].json()["revision"] == 1
+
+
+# --- parallel deliveries, batched last-seen ------------------------------------------------
+
+
+def test_two_deliveries_of_a_batch_at_once_store_it_once(
+    console: Console, admin: ApiClient
+) -> None:
+    """The same batch delivered twice at the same moment (a retry racing its
+    original, or two replicas): one stores it, the other is a duplicate, and its
+    audits and their outbox rows are written once. Real sessions in threads,
+    released together by a barrier, several times over."""
+    from cnnf.console.services.defenders import DefenderService
+    from cnnf.console.store.models import AuditRow, OutboxRow
+
+    defender_id, _ = enroll(console, admin)
+    who = DefenderPrincipal(defender_id, "node-1")
+    rounds = 8
+    barrier = threading.Barrier(2)
+    results: list[tuple[int, bool]] = []
+    failures: list[BaseException] = []
+
+    def deliver(batch: ReportBatch, i: int) -> None:
+        try:
+            with console.session() as s:
+                service = DefenderService(s, console.clock.now)
+                barrier.wait(10)
+                stored = service.store_batch(who, batch, forward_to=["syslog-a", "hook-b"])
+                results.append((i, stored.duplicate))
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    for i in range(rounds):
+        batch = ReportBatch(batch_id=f"race-{i}", flows=[flow(count=2)],
+                            audits=[audit(port=1000 + i), audit(port=2000 + i)])
+        threads = [threading.Thread(target=deliver, args=(batch, i)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not failures, failures
+    for i in range(rounds):
+        assert sorted(d for r, d in results if r == i) == [False, True], results
+    with console.session() as s:
+        assert s.scalar(select(func.count()).select_from(ReportBatchRow)) == rounds
+        assert s.scalar(select(func.count()).select_from(AuditRow)) == 2 * rounds
+        assert s.scalar(select(func.count()).select_from(OutboxRow)) == 2 * 2 * rounds
+    [f] = admin.get(f"{API}/flows").json()["items"]
+    assert f["count"] == 2 * rounds
+
+
+def test_many_long_polls_ending_in_one_second_write_last_seen_once(
+    console: Console, admin: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change answers every waiting long-poll at once: the first to return writes
+    the batched last-seen times, the others of that second add theirs to the next
+    write (one UPDATE of the Defenders, not one per long-poll)."""
+    from sqlalchemy import event
+
+    from cnnf.console.api import defender as link_api
+    from cnnf.console.api.defender import flush_seen
+
+    flushes: list[int] = []
+
+    def counted(*args: Any) -> int:  # the real flush, counted (each is a worker thread hop)
+        n = flush_seen(*args)
+        flushes.append(n)
+        return n
+
+    monkeypatch.setattr(link_api, "flush_seen", counted)
+
+    ids_and_clients = [enroll(console, admin, f"node-{i}") for i in range(8)]
+    credentials = [_credential(d) for _, d in ids_and_clients]
+    link, state = console.app.state.link, console.app.state.console
+    link.store_poll = 3600
+    admin_token = console.tokens[Role.ADMIN]
+    updates: list[str] = []
+    console.clock.advance(2)  # last_seen written now differs from the enrollment's
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE DEFENDERS"):
+            updates.append(statement)
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            polls = [asyncio.create_task(c.get(
+                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
+                params={"revision": 0, "wait": 20})) for cred in credentials]
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in polls)
+            event.listen(console.engine, "before_cursor_execute", count)
+            r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                             json={"kind": "subnet", "name": "internet", "cidrs": ["0.0.0.0/0"]})
+            assert r.status_code == 201, r.text
+            return list(await asyncio.gather(*polls))
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        event.remove(console.engine, "before_cursor_execute", count)
+    assert [a.status_code for a in answers] == [200] * len(credentials)
+    assert len(flushes) == 1, flushes  # one flush for the second they all returned in
+    assert len(updates) == 1, updates  # and one write
+
+    def written() -> int:
+        with console.session() as s:
+            return sum(1 for t in s.scalars(select(DefenderRow.last_seen))
+                       if (t if t.tzinfo else t.replace(tzinfo=UTC)) == console.clock.now())
+
+    # Those that returned before that write began are in it; the others wait in
+    # the set for the next one: none is lost, none written twice.
+    rest = len(link.seen)
+    assert written() >= 1
+    assert written() + rest == len(credentials)
+    console.clock.advance(1)
+    assert flush_seen(state, link) == rest
+    assert written() == rest

@@ -417,3 +417,24 @@ def test_0011_keys_webhooks_by_their_receiver_keeping_their_backlog(db_url: str)
             assert set(session.scalars(select(OutboxRow.sink))) == {old}
     finally:
         engine.dispose()
+
+
+def test_the_readme_s_postgresql_connection_sizing_is_the_pool_s() -> None:
+    """The README's sizing (20 pooled connections and the change feed's two per
+    replica; four replicas within PostgreSQL's default) is what connect() builds."""
+    from pathlib import Path
+
+    from cnnf.console.store.db import connect
+
+    engine = connect("postgresql+psycopg://cnnf@localhost.invalid/cnnf")  # opens nothing
+    pool: Any = engine.pool
+    kept, burst = pool.size(), pool._max_overflow
+    text = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert f"connection pool ({kept} kept open, {burst} more in bursts: at most " \
+           f"{kept + burst})" in text
+    per_replica = kept + burst + 2  # the change feed: one listening, one notifying
+    assert f"at most {per_replica} per replica" in text
+    assert (f"of 100 (3 of them kept for superusers) holds four replicas, "
+            f"{4 * per_replica} connections") in text
+    assert 4 * per_replica <= 100 - 3 < 5 * per_replica
+    engine.dispose()

@@ -25,8 +25,9 @@ and traffic rates, so they are not public.
   ``cnnf_console_forward_oldest_undelivered_timestamp_seconds{sink}``: its time;
 - ``cnnf_console_forward_pruned_undelivered_total{sink}``: audits retention pruned
   before the sink took them (logged as errors too);
-- ``cnnf_console_change_notices_total{topic}``: policy and inventory changes this
-  replica heard of through the change feed (PostgreSQL LISTEN/NOTIFY);
+- ``cnnf_console_change_notices_total{topic}``: policy and inventory changes and
+  Defender revocations (``credentials``) this replica heard of through the change
+  feed (PostgreSQL LISTEN/NOTIFY);
 - ``cnnf_console_lease_held{lease}``: 1 in the one replica doing the singleton work
   (forwarding, retention);
 - ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.

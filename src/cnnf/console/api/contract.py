@@ -122,9 +122,10 @@ def _query_names(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
     return known
 
 
-def refuse_unknown_query(request: Request) -> None:
+async def refuse_unknown_query(request: Request) -> None:
     """App-level dependency: refuse query parameters the operation does not have,
-    and a parameter of one value given several times (which one would count?)."""
+    and a parameter of one value given several times (which one would count?).
+    async: it runs on the event loop for every request, not in a worker thread."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return

@@ -15,10 +15,11 @@ then only a backstop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -31,13 +32,16 @@ from sqlalchemy.orm import Session
 from cnnf.console.api.contract import Guard
 from cnnf.console.api.deps import ConsoleState, StateDep, _bearer, state
 from cnnf.console.metrics import ConsoleMetrics
-from cnnf.console.security import Permission
+from cnnf.console.security import Permission, token_hash
 from cnnf.console.services.defenders import (
     CREDENTIAL_PREFIX,
+    CredentialCache,
     DefenderPrincipal,
     DefenderService,
     Notifier,
     policy_revision,
+    revocations,
+    revoked_ids,
 )
 from cnnf.console.services.errors import Forbidden, Unauthorized
 from cnnf.console.services.forwarding import Forwarder
@@ -101,7 +105,11 @@ class SharedRead(Generic[T]):
             self.reads += 1
 
             def done(f: asyncio.Future[T], generation: int = generation) -> None:
-                if not f.cancelled() and f.exception() is None:
+                # Reads can finish out of order: one that began before the value
+                # kept now (an older generation) does not replace it.
+                kept = self._value
+                if (not f.cancelled() and f.exception() is None
+                        and (kept is None or (generation, started) >= kept[:2])):
                     self._value = (generation, started, f.result())
 
             future.add_done_callback(done)
@@ -117,6 +125,10 @@ class LinkHub:
     forwarder: Forwarder | None = None
     policy: Notifier = field(default_factory=Notifier)
     inventory: Notifier = field(default_factory=Notifier)
+    # Revocations (through this process, or told of by the change feed): the
+    # verified-credential cache is checked against the store at once after one.
+    credentials: Notifier = field(default_factory=Notifier)
+    verified: CredentialCache = field(default_factory=CredentialCache)
     # Read the store's revision this often while waiting (another Console process;
     # a backstop when the change feed tells of them).
     store_poll: float = 1.0
@@ -130,21 +142,28 @@ class LinkHub:
     seen_lock: threading.Lock = field(default_factory=threading.Lock)
     current_policy: SharedRead[Current] = field(init=False)
     current_inventory: SharedRead[Current] = field(init=False)
+    current_revocations: SharedRead[int] = field(init=False)
+    current_revoked: SharedRead[frozenset[str]] = field(init=False)
     # Long-polls that returned since the last flush: their last_seen is written
     # in one statement per second (not one write per long-poll).
     seen: set[str] = field(default_factory=set)
 
+    def notifier(self, topic: str) -> Notifier:
+        return {"policy": self.policy, "inventory": self.inventory,
+                "credentials": self.credentials}[topic]
+
     def changed(self, topic: str) -> None:
-        """A change to ``topic`` (policy or inventory) committed: wake this process's
-        long-polls, and every other replica's through the change feed."""
-        (self.policy if topic == "policy" else self.inventory).notify()
+        """A change to ``topic`` (policy, inventory or credentials) committed: wake
+        this process's long-polls (or recheck its cached credentials), and every
+        other replica's through the change feed."""
+        self.notifier(topic).notify()
         if self.feed is not None:
             self.feed.publish(topic)
 
     def heard(self, topic: str) -> None:
         """A change notice from the feed (any replica)."""
         self.metrics.notices.labels(topic).inc()
-        (self.policy if topic == "policy" else self.inventory).notify()
+        self.notifier(topic).notify()
 
     def saw(self, defender_id: str) -> None:
         """A Defender called: its last_seen goes with the next batched write."""
@@ -177,11 +196,23 @@ class LinkHub:
                     self._inventory_body = body
                 return body
 
+        def revoked() -> int:
+            with console.sessions() as session:
+                return revocations(session)
+
+        def revoked_now() -> frozenset[str]:
+            with console.sessions() as session:
+                return revoked_ids(session)
+
         def max_age() -> float:
             return self.store_poll
 
         self.current_policy = SharedRead(policy, self.policy, max_age, self.monotonic)
         self.current_inventory = SharedRead(inventory, self.inventory, max_age, self.monotonic)
+        self.current_revocations = SharedRead(revoked, self.credentials, max_age,
+                                              self.monotonic)
+        self.current_revoked = SharedRead(revoked_now, self.credentials, max_age,
+                                          self.monotonic)
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
         """The current policy as a native document, built once per revision."""
@@ -200,13 +231,26 @@ def hub(request: Request) -> LinkHub:
     return link
 
 
-HubDep = Annotated[LinkHub, Depends(hub)]
+async def _hub(request: Request) -> LinkHub:
+    return hub(request)  # async: no worker thread (see deps._state)
+
+
+HubDep = Annotated[LinkHub, Depends(_hub)]
 
 
 class DefenderCaller(Guard):
-    """The calling Defender. A user's token is refused with 403 (valid) or 401."""
+    """The calling Defender. A user's token is refused with 403 (valid) or 401.
 
-    def __call__(
+    A credential verified before is taken from the process's
+    :class:`CredentialCache` without a store read (on the event loop, no worker
+    thread): the cache is checked against the store's count of revoked
+    Defenders, read once per process at once after a revocation and at least
+    every store-poll interval. The cache serves the long-polls (reads); every
+    write of a Defender (reports, inventory) checks in its own transaction that
+    the store has not revoked it, so a revocation whose notice was lost still
+    stops its writes at once."""
+
+    async def __call__(
         self,
         console: StateDep,
         link: HubDep,
@@ -216,20 +260,34 @@ class DefenderCaller(Guard):
             raise Unauthorized(
                 "authentication required: send 'Authorization: Bearer <credential>'")
         secret = credentials.credentials
-        with console.sessions() as session:
-            if secret.startswith(CREDENTIAL_PREFIX):
-                who, revived = DefenderService(session, console.now).authenticate(
-                    secret, later=link.saw)
-                if revived:
-                    link.changed("inventory")
-                return who
-            UserService(session, console.now).authenticate(secret)  # 401: not a token at all
+        if secret.startswith(CREDENTIAL_PREFIX):
+            digest = token_hash(secret)
+            epoch = await link.current_revocations.get()
+            who = link.verified.lookup(digest, epoch, console.now(), link.saw)
+            if who is None:
+                who = await run_in_threadpool(self._defender, console, link, secret)
+                link.verified.remember(digest, who, epoch, console.now())
+            return who
+        await run_in_threadpool(self._user, console, secret)
         raise Forbidden(f"only a Defender credential may call the Defender endpoints "
                         f"(needs {Permission.DEFENDER.value!r})")
 
+    @staticmethod
+    def _defender(console: ConsoleState, link: LinkHub, secret: str) -> DefenderPrincipal:
+        with console.sessions() as session:
+            who, revived = DefenderService(session, console.now).authenticate(
+                secret, later=link.saw)
+        if revived:
+            link.changed("inventory")
+        return who
+
+    @staticmethod
+    def _user(console: ConsoleState, secret: str) -> None:
+        with console.sessions() as session:
+            UserService(session, console.now).authenticate(secret)  # 401: not a token at all
+
     async def check(self, request: Request) -> None:
-        credentials = await _bearer(request)
-        await run_in_threadpool(self, state(request), hub(request), credentials)
+        await self(state(request), hub(request), await _bearer(request))
 
 
 defender_caller = DefenderCaller()
@@ -273,6 +331,18 @@ async def _long_poll(shared: SharedRead[Current], notifier: Notifier, revision: 
         await notifier.wait(generation, min(remaining, store_poll))
 
 
+async def _answer(link: LinkHub, who: DefenderPrincipal, epoch: int,
+                  answer: Current | None) -> Response:
+    """A long-poll's answer, unless its Defender was revoked while it waited (the
+    count of revoked Defenders moved since ``epoch``, read before the wait): then
+    401, not the inventory its own revocation produced. The revoked ids are one
+    shared store read per revocation, however many long-polls ended with it."""
+    if (await link.current_revocations.get() != epoch
+            and who.defender_id in await link.current_revoked.get()):
+        raise Unauthorized("invalid or revoked Defender credential")
+    return _json(answer) if answer is not None else Response(status_code=204)
+
+
 def flush_seen(console: ConsoleState, link: LinkHub) -> int:
     """Write last_seen of the Defenders whose long-polls returned since the last
     flush, in one statement; how many."""
@@ -282,6 +352,7 @@ def flush_seen(console: ConsoleState, link: LinkHub) -> int:
     if ids:
         with console.sessions() as session:
             DefenderService(session, console.now).seen(ids)
+    link.verified.prune(console.now())
     return len(ids)
 
 
@@ -289,7 +360,10 @@ async def _seen(console: ConsoleState, link: LinkHub, who: DefenderPrincipal) ->
     # A long-poll ends here; the next one starts at once, so last_seen stays fresh.
     with link.seen_lock:
         link.seen.add(who.defender_id)
-        due = link.monotonic() - link.flushed >= SEEN_FLUSH_SECONDS
+        now = link.monotonic()
+        due = now - link.flushed >= SEEN_FLUSH_SECONDS
+        if due:  # this long-poll writes them; the others of this second do not queue up
+            link.flushed = now
     if due:
         await run_in_threadpool(flush_seen, console, link)
 
@@ -319,11 +393,12 @@ async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
                      revision: Revision = -1, wait: Wait = 0) -> Any:
     """The policy as a native document when its revision is not ``revision``;
     else wait up to ``wait`` seconds for a change (204 when none came)."""
+    epoch = await link.current_revocations.get()  # as the credential was checked
     answer = await _long_poll(link.current_policy, link.policy, revision, wait,
                               link.store_poll)
     if wait:
         await _seen(console, link, who)
-    return _json(answer) if answer is not None else Response(status_code=204)
+    return await _answer(link, who, epoch, answer)
 
 
 @router.get("/inventory", response_model=ClusterInventory,
@@ -332,18 +407,31 @@ async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
                         revision: Revision = -1, wait: Wait = 0) -> Any:
     """Every Defender's hosts and containers when the cluster inventory revision
     is not ``revision``; else wait up to ``wait`` seconds (204 when none came)."""
+    epoch = await link.current_revocations.get()  # as the credential was checked
     answer = await _long_poll(link.current_inventory, link.inventory, revision, wait,
                               link.store_poll)
     if wait:
         await _seen(console, link, who)
-    return _json(answer) if answer is not None else Response(status_code=204)
+    return await _answer(link, who, epoch, answer)
+
+
+@contextlib.contextmanager
+def _refused(link: LinkHub) -> Iterator[None]:
+    """A write the store refused for a revoked Defender (401) that this process's
+    credential cache let through (its revocation notice was lost or is late):
+    the cache re-reads the count of revoked Defenders at once."""
+    try:
+        yield
+    except Unauthorized:
+        link.credentials.notify()
+        raise
 
 
 @router.post("/inventory", status_code=204, response_class=Response)
 def post_inventory(report: InventoryReport, *, console: StateDep, link: HubDep,
                    who: Defender) -> Response:
     """Replace this Defender's inventory (the cluster revision moves if it changed)."""
-    with console.sessions() as session:
+    with console.sessions() as session, _refused(link):
         changed = DefenderService(session, console.now).put_inventory(who.defender_id, report)
     if changed:
         link.changed("inventory")
@@ -354,9 +442,10 @@ def post_inventory(report: InventoryReport, *, console: StateDep, link: HubDep,
 def post_reports(batch: ReportBatch, *, console: StateDep, link: HubDep,
                  who: Defender) -> BatchAnswer:
     """Store a batch of flows and audits once (by ``batch_id``); 200 means stored."""
-    with console.sessions() as session:
+    with console.sessions() as session, _refused(link):
         # Queued for every sink of the fleet (the store's list), whichever replica
-        # stores it and whatever this one was started with.
+        # stores it and whatever this one was started with. A Defender revoked in
+        # the store is refused here (401) whatever this process's cache says.
         stored = DefenderService(session, console.now).store_batch(who, batch)
     link.metrics.batch(duplicate=stored.duplicate, flows=stored.flows, audits=stored.audits,
                        dropped=stored.dropped)

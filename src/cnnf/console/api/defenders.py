@@ -51,7 +51,9 @@ def revoke_defender(defender_id: DefenderId, *, request: Request, db: SessionDep
                     console: StateDep, _: Admin) -> Response:
     """Revoke a Defender's credential: every later call of it gets 401."""
     DefenderService(db, console.now).revoke(defender_id)
-    hub(request).changed("inventory")
+    link = hub(request)
+    link.changed("credentials")  # every replica rechecks its cached credentials first
+    link.changed("inventory")
     return Response(status_code=204)
 
 

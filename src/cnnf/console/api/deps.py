@@ -47,7 +47,14 @@ def state(request: Request) -> ConsoleState:
     return console
 
 
-StateDep = Annotated[ConsoleState, Depends(state)]
+async def _state(request: Request) -> ConsoleState:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, a thread
+    # hop per request for an attribute read (costly on the Defender link's
+    # thousands of long-polls)
+    return state(request)
+
+
+StateDep = Annotated[ConsoleState, Depends(_state)]
 
 
 def session(console: StateDep) -> Iterator[Session]:

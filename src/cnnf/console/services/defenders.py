@@ -24,10 +24,11 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import Table, case, delete, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -262,6 +263,97 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def revocations(session: Session) -> int:
+    """How many Defenders are revoked: it moves with every revocation (a Defender
+    is never un-revoked nor removed), so a cache of verified credentials is good
+    while it stays the same."""
+    return session.scalar(select(func.count()).select_from(DefenderRow)
+                          .where(DefenderRow.revoked.is_(True))) or 0
+
+
+def revoked_ids(session: Session) -> frozenset[str]:
+    """The ids of the revoked Defenders."""
+    return frozenset(session.scalars(select(DefenderRow.defender_id)
+                                     .where(DefenderRow.revoked.is_(True))))
+
+
+@dataclass(slots=True)
+class _Verified:
+    who: DefenderPrincipal
+    seen: datetime  # its last_seen as this process last wrote it or queued it
+
+
+class CredentialCache:
+    """Defender credentials this process verified, by their hash, so that a
+    Defender's calls (a long-poll every few seconds, a thousand of them at once
+    after a policy change) are not each a store read.
+
+    An entry is good while the number of revoked Defenders (``epoch``, read from
+    the store by the caller: at once after a revocation through this process or
+    a change notice from another, else at most every store-poll interval) is the
+    one it was verified under; any revocation empties the cache, so a revoked
+    credential is refused on its next call. An entry whose Defender was not seen
+    for :data:`WRITE_NOW_AFTER` is not used: that call goes to the store, which
+    writes last_seen at once and brings a stale Defender's workloads back.
+    Only credentials the store accepted are kept (a flood of bad ones adds
+    nothing), and only their hashes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._verified: dict[str, _Verified] = {}
+        self._epoch: int | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, digest: str, epoch: int, now: datetime,
+               later: Callable[[str], None]) -> DefenderPrincipal | None:
+        """The Defender of the credential hashed ``digest`` if verified under
+        ``epoch``; ``later(id)`` queues its last_seen for the next batched write
+        when the last one is older than :data:`LAST_SEEN_GRANULARITY`."""
+        with self._lock:
+            if self._epoch is not None and epoch < self._epoch:
+                # An older read of the count that finished late (the count only
+                # grows): its caller goes to the store; the cache stays as it is.
+                self.misses += 1
+                return None
+            if epoch != self._epoch:
+                self._verified.clear()
+                self._epoch = epoch
+            entry = self._verified.get(digest)
+            if entry is None or now - entry.seen >= WRITE_NOW_AFTER:
+                self.misses += 1
+                return None
+            self.hits += 1
+            if now - entry.seen >= LAST_SEEN_GRANULARITY:
+                entry.seen = now
+                queue = True
+            else:
+                queue = False
+        if queue:
+            later(entry.who.defender_id)
+        return entry.who
+
+    def remember(self, digest: str, who: DefenderPrincipal, epoch: int,
+                 now: datetime) -> None:
+        """The store accepted ``digest`` for ``who`` (read after ``epoch`` was);
+        kept only while ``epoch`` is the newest count this cache was given."""
+        with self._lock:
+            if epoch == self._epoch:
+                self._verified[digest] = _Verified(who, now)
+
+    def prune(self, now: datetime) -> int:
+        """Forget Defenders not seen for :data:`WRITE_NOW_AFTER` (their next call
+        goes to the store anyway); how many."""
+        with self._lock:
+            gone = [k for k, v in self._verified.items() if now - v.seen >= WRITE_NOW_AFTER]
+            for key in gone:
+                del self._verified[key]
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._verified)
+
+
 def policy_revision(session: Session) -> int:
     """The policy revision, read cheaply (one indexed row)."""
     return session.scalar(select(SettingsRow.revision).where(SettingsRow.id == 1)) or 0
@@ -481,14 +573,32 @@ class DefenderService:
         if not 1 <= len(batch.batch_id) <= 100:
             raise InvalidInput([FieldError("batch_id", "must be 1 to 100 characters")])
         flows, audits = _mapped(batch, principal.hostname)
-        if self.session.get(ReportBatchRow, batch.batch_id) is not None:
-            return StoredBatch(duplicate=True, flows=[], audits=[])
+        table = cast(Table, ReportBatchRow.__table__)
+        dialect = self.session.get_bind().dialect.name
+        claim = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
+        c = table.c
+        # Only from a Defender the store has not revoked: the caller's credential
+        # may have been taken from a process's cache that has not heard of the
+        # revocation yet (a lost notice), and a revoked Defender stores nothing.
+        claimant = select(
+            literal(batch.batch_id, c.batch_id.type), DefenderRow.defender_id,
+            literal(self.now(), c.received.type), literal(len(flows), c.flows.type),
+            literal(len(audits), c.audits.type),
+            literal(min(max(batch.dropped, 0), 2**31 - 1), c.dropped.type),
+        ).where(DefenderRow.defender_id == principal.defender_id,
+                DefenderRow.revoked.is_(False))
         try:
-            self.session.add(ReportBatchRow(
-                batch_id=batch.batch_id, defender_id=principal.defender_id, received=self.now(),
-                flows=len(flows), audits=len(audits),
-                dropped=min(max(batch.dropped, 0), 2**31 - 1)))
-            self.session.flush()
+            # The batch id first, in one statement: taken already (stored before, or
+            # by a parallel delivery now committing), it is a duplicate.
+            claimed = self.session.scalar(claim.from_select(
+                [c.batch_id, c.defender_id, c.received, c.flows, c.audits, c.dropped],
+                claimant).on_conflict_do_nothing().returning(c.batch_id))
+            if claimed is None:
+                active = self._active(principal.defender_id)
+                self.session.rollback()
+                if not active:
+                    raise Unauthorized("invalid or revoked Defender credential")
+                return StoredBatch(duplicate=True, flows=[], audits=[])
             if forward_to is None:
                 forward_to = list(self.session.scalars(select(SinkRow.name))) if audits else []
             FlowService(self.session).record_many(flows, commit=False)
@@ -505,6 +615,12 @@ class DefenderService:
             self.session.rollback()
             raise
         return StoredBatch(duplicate=False, flows=flows, audits=audits, dropped=batch.dropped)
+
+    def _active(self, defender_id: str) -> bool:
+        """Whether the Defender is enrolled and not revoked (one row, in the
+        current transaction)."""
+        return self.session.scalar(select(DefenderRow.id).where(
+            DefenderRow.defender_id == defender_id, DefenderRow.revoked.is_(False))) is not None
 
     def prune_batches(self, cutoff: datetime) -> None:
         """Forget batch ids received before ``cutoff`` (redeliveries come much sooner)."""
@@ -530,9 +646,14 @@ class Notifier:
         with self._lock:
             self.generation += 1
             waiters = list(self._waiters)
+        # One call into each event loop wakes all of its waiters: a thousand
+        # long-polls are one wakeup of the loop per change, not a thousand.
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for loop, future in waiters:
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed
-                loop.call_soon_threadsafe(_wake, future)
+                loop.call_soon_threadsafe(_wake, futures)
 
     async def wait(self, generation: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a notification after ``generation``; True if one came."""
@@ -553,7 +674,8 @@ class Notifier:
                 self._waiters.discard(entry)
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _wake(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 

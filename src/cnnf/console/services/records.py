@@ -8,11 +8,11 @@ import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import ColumnElement, Select, and_, case, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, Select, Table, and_, case, delete, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -237,14 +237,17 @@ class AuditService:
             return 0
         try:
             rows = [_audit_columns(r) for r in records]
+            # Core inserts of the tables (one executemany each), not the ORM's
+            # bulk path: no per-row ORM bookkeeping on the ingestion path.
+            table = cast(Table, AuditRow.__table__)
             if not forward_to:
-                self.session.execute(insert(AuditRow), rows)
+                self.session.execute(insert(table), rows)
             else:
                 ids = self.session.scalars(
-                    insert(AuditRow).returning(AuditRow.id, sort_by_parameter_order=True),
+                    insert(table).returning(table.c.id, sort_by_parameter_order=True),
                     rows).all()
                 at = queued or datetime.now(UTC)
-                self.session.execute(insert(OutboxRow), [
+                self.session.execute(insert(cast(Table, OutboxRow.__table__)), [
                     {"sink": sink, "audit_id": i, "queued": at}
                     for i in ids for sink in forward_to])
             if commit:
@@ -355,19 +358,20 @@ class FlowService:
         if not merged:
             return 0
         dialect = self.session.get_bind().dialect.name
-        stmt = (postgresql.insert(FlowRow) if dialect == "postgresql"
-                else sqlite.insert(FlowRow))
-        excluded = stmt.excluded
+        table = cast(Table, FlowRow.__table__)  # a Core upsert: no ORM bookkeeping per row
+        stmt = (postgresql.insert(table) if dialect == "postgresql"
+                else sqlite.insert(table))
+        excluded, c = stmt.excluded, table.c
         stmt = stmt.on_conflict_do_update(
             index_elements=list(_FLOW_KEY),
             set_={
-                "count": FlowRow.count + excluded.count,
+                "count": c.count + excluded.count,
                 "rule_name": excluded.rule_name,
                 "would_rule_name": excluded.would_rule_name,
-                "first_seen": case((excluded.first_seen < FlowRow.first_seen,
-                                    excluded.first_seen), else_=FlowRow.first_seen),
-                "last_seen": case((excluded.last_seen > FlowRow.last_seen,
-                                   excluded.last_seen), else_=FlowRow.last_seen),
+                "first_seen": case((excluded.first_seen < c.first_seen,
+                                    excluded.first_seen), else_=c.first_seen),
+                "last_seen": case((excluded.last_seen > c.last_seen,
+                                   excluded.last_seen), else_=c.last_seen),
             },
         )
         try:

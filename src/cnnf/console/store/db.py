@@ -43,7 +43,12 @@ def connect(url: str) -> Engine:
                                hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    # Ten connections kept open, ten more for bursts: with the default five, a
+    # Console ingesting reports from a few dozen Defenders at once opened and closed
+    # a PostgreSQL connection (a backend process) for most batches. At most 20 per
+    # replica, plus two for the change feed (PostgreSQL allows 100 by default).
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
+                         hide_parameters=True)
 
 
 # Replicas starting at once on one PostgreSQL migrate one after the other.

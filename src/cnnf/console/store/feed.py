@@ -2,13 +2,13 @@
 
 Each Console replica waits for Defenders' long-polls on in-process notifiers.
 A change committed through one replica must wake the long-polls waiting on all
-the others: after its commit, the replica publishes the topic (``policy`` or
-``inventory``) on the channel ``cnnf_changes``, and every replica's listener
-thread (one connection each, LISTENing) wakes its own notifiers. A listener
-that lost its connection reconnects and then wakes everything once, since it
-may have missed notices meanwhile; the long-polls' store poll (slower when the
-feed runs) remains a backstop for a publisher killed between its commit and its
-notice.
+the others: after its commit, the replica publishes the topic (``policy``,
+``inventory``, or ``credentials`` for a revocation) on the channel
+``cnnf_changes``, and every replica's listener thread (one connection each,
+LISTENing) wakes its own notifiers. A listener that lost its connection
+reconnects and then wakes everything once, since it may have missed notices
+meanwhile; the long-polls' store poll (slower when the feed runs) remains a
+backstop for a publisher killed between its commit and its notice.
 
 SQLite runs one Console process: no feed, only the in-process notifiers.
 """
@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 log = logging.getLogger("cnnf.console.feed")
 CHANNEL = "cnnf_changes"
-TOPICS = ("policy", "inventory")
+TOPICS = ("policy", "inventory", "credentials")
 
 
 def libpq_url(engine: Engine) -> str | None:
