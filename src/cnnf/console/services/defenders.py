@@ -569,7 +569,8 @@ class DefenderService:
                     forward_to: Sequence[str] | None = None) -> StoredBatch:
         """Store a batch once: its id, flows and audits (queued for the forwarding
         sinks ``forward_to``; None: the fleet's sinks in the store, read in this
-        transaction) in one transaction."""
+        transaction) in one transaction. A Defender the store has revoked stores
+        nothing (401), whatever credential cache let its call through."""
         if not 1 <= len(batch.batch_id) <= 100:
             raise InvalidInput([FieldError("batch_id", "must be 1 to 100 characters")])
         flows, audits = _mapped(batch, principal.hostname)
