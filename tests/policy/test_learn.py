@@ -9,7 +9,15 @@ import pytest
 
 from cnnf.model import ConnectionAttempt, Effect, Policy, RuleKind
 from cnnf.policy.engine import compile_policy
-from cnnf.policy.learn import MAX_ADDRESSES, REFUSED, TOO_MANY_ADDRESSES, LearnOptions, Scope, learn
+from cnnf.policy.learn import (
+    MAX_ADDRESSES,
+    PORT_ZERO,
+    REFUSED,
+    TOO_MANY_ADDRESSES,
+    LearnOptions,
+    Scope,
+    learn,
+)
 from cnnf.policy.simulate import simulate
 from tests.policy.shopflows import (
     API,
@@ -203,6 +211,27 @@ def test_a_source_reaching_many_bare_addresses_gets_at_most_max_addresses_rules(
     proposal = learn(declared, flows)
     assert rules_of(proposal) == [("container", "shop-data:image=shop.worker", "crawl-net", ["443"])]
     assert proposal.skipped == {}
+
+
+def test_a_flow_to_port_0_is_skipped_saying_why_and_the_rest_is_learnt() -> None:
+    """Port 0 is no port a rule can name (1-65535): a proposal with a rule for it
+    could not be valid. Its flows are skipped with the reason; the others learnt."""
+    proposal = learn(Policy(), [flow(API, DB, 0), flow(API, DB, 0, verdict="alert"),
+                                flow(API, DB, 5432)])
+    assert rules_of(proposal) == [("container", "shop-web:app=api", "shop-data:app=db", ["5432"])]
+    assert proposal.skipped == {PORT_ZERO: 2}
+    assert PORT_ZERO.startswith("destination port 0 ")
+    assert proposal.learnt_flows == 1 and proposal.unallowed == 0
+    # only port 0 seen: nothing proposed, nothing fails
+    alone = learn(Policy(), [flow(WORKER, external("198.51.100.7"), 0)])
+    assert (alone.rules, alone.skipped) == ([], {PORT_ZERO: 1})
+
+
+def test_the_cap_says_what_was_capped_and_what_to_do() -> None:
+    assert TOO_MANY_ADDRESSES.startswith(f"capped: the source reached more than {MAX_ADDRESSES} "
+                                         "addresses")
+    assert "the flows to the others were not learnt" in TOO_MANY_ADDRESSES
+    assert "add a subnet object holding those addresses and learn again" in TOO_MANY_ADDRESSES
 
 
 def test_the_address_cap_orders_ipv4_before_ipv6() -> None:

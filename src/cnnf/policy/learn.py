@@ -24,7 +24,8 @@ seen merged into ranges; sibling workloads (one workload name in several
 namespaces) that reach the same destinations on the same ports share one rule
 and one object. A source that reached more than :data:`MAX_ADDRESSES` bare
 addresses (no DNS name, no declared subnet) gets rules for the first of them
-only; the rest are counted as skipped, with the reason. An existing enabled
+only; the rest are counted as skipped, with the reason. Flows to port 0 (no
+rule can name it) are skipped too, saying so. An existing enabled
 ``allow`` rule in force (not staged) between the same two objects is widened
 instead of adding a rule (the proposal says which rule it
 replaces). Every proposed rule carries its evidence: flows, connections, first
@@ -76,10 +77,16 @@ TOO_LONG_IDENTITY = (f"an identity was longer than {MAX_IDENTITY:,} characters w
                      "(kept as a digest): not learnt")
 #: Addresses (no DNS name, no declared subnet) learnt from one source, one rule each.
 MAX_ADDRESSES = 100
-TOO_MANY_ADDRESSES = (f"the source reached more than {MAX_ADDRESSES} addresses without a DNS "
-                      "name or a declared subnet: only the first "
-                      f"{MAX_ADDRESSES} are learnt (declare a subnet object for the others "
-                      "and learn again)")
+TOO_MANY_ADDRESSES = (f"capped: the source reached more than {MAX_ADDRESSES} addresses that "
+                      "have no DNS name and no subnet object; rules were proposed for the "
+                      f"first {MAX_ADDRESSES} of them in address order (IPv4 first) only, and "
+                      "the flows to the others were not learnt. Check whether the source "
+                      "scans; if the traffic is wanted, add a subnet object holding those "
+                      "addresses and learn again")
+#: A destination port 0: no rule can name it (ports are 1-65535), it is never
+#: a service's port (a scan or a malformed packet).
+PORT_ZERO = ("destination port 0 (no rule can name it: a scan or a malformed packet): "
+             "not learnt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,6 +512,9 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
             # removed): a refused connection, perhaps an attacker's lateral move or
             # scan, is never learnt as one to allow.
             skipped[REFUSED] = skipped.get(REFUSED, 0) + flow.flows
+            continue
+        if flow.port < 1:
+            skipped[PORT_ZERO] = skipped.get(PORT_ZERO, 0) + flow.flows
             continue
         pair = pair_for(flow)
         if isinstance(pair, str):
