@@ -10,11 +10,12 @@ and a few of 40 external DNS names, with up to 10 replicas of each source and
 5 addresses of each destination, so one edge is many rows. Then, timed:
 
 - learn: the Console's service (``LearningService.propose``) over the whole
-  window, from an empty policy: one query of the needed columns (a plain scan
-  on SQLite when the window holds most rows), one endpoint per distinct
-  identity text, each distinct identity resolved by the compiled engine once
-  (``CompiledPolicy.flows()``), groups and pairs memoised per identity pair,
-  and the proposal stored;
+  window, from an empty policy: the rows folded in the store by one grouped
+  query (``grouped_flows``: per edge, recorded verdict and identity pair, the
+  replicas' container names left out; a plain scan on SQLite when the window
+  holds most rows): about 100,000 groups here, one endpoint per distinct
+  identity, each resolved by the compiled engine once
+  (``CompiledPolicy.flows()``), and the proposal stored;
 - simulate: ``LearningService.simulate`` of a draft (the learnt policy with a
   tenth of its rules turned to ``prevent`` and the default ``prevent``)
   against the learnt policy in force, over the whole window.

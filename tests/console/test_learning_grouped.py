@@ -152,12 +152,14 @@ def _fill(engine: Engine, flows: list[dict[str, Any]]) -> None:
 
 #: Replicas api-1 and api-2 of one workload, one of them named by an object.
 API_1, API_2, DB = CONTAINERS[0], CONTAINERS[2], CONTAINERS[8]
-REPLICAS = [row(API_1, DB, 5432), row(API_2, DB, 5432),
+REPLICAS = [row(API_1, DB, 5432, count=2, first=T0 - timedelta(minutes=1)),
+            row(API_2, DB, 5432, count=3, last=T0 + timedelta(minutes=1)),
             row(API_2, DB, 5432, verdict="prevent", rule_id=1)]
 
 
 @example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app")
 @example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app")
+@example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app")
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(flows=FLOW_SETS, current=st.sampled_from(POLICIES), draft=st.sampled_from(POLICIES),
