@@ -551,13 +551,21 @@ def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
         raw.create_aggregate("cnnf_fold", 11, None)
     keys = EndpointCache()
     texts = classes.texts
+    times: dict[Any, datetime] = {}  # times repeat: each text parsed once
+
+    def utc(value: Any) -> datetime:
+        found = times.get(value)
+        if found is None:
+            found = times[value] = _utc(value)
+        return found
+
     flow = ObservedFlow
     with gc_paused():
         for (kind, src, dst, port, verdict, rule_id, s_id, d_id), group in groups.items():
             (s_text, s_key), (d_text, d_key) = texts[s_id], texts[d_id]
             yield flow(kind, src, dst, port, keys(s_text, s_key or src),
                        keys(d_text, d_key or dst), verdict, rule_id, group[0], group[1],
-                       _utc(group[2]), _utc(group[3]))
+                       utc(group[2]), utc(group[3]))
 
 
 # --- answers from the pure results ---------------------------------------------------------
