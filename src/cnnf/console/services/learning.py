@@ -479,17 +479,9 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
            else ("src_identity", "dst_identity"))
     stmt = text(_GROUPED.format(src_id=ids[0], dst_id=ids[1])).bindparams(
         bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime()))
-    connection = session.connection()
     try:
-        # A hash aggregate in memory: the planner otherwise sorts the window's
-        # rows (a million rows of two identity texts: over a gigabyte, on disk).
-        # For this transaction only (SET LOCAL), reset once the rows are read.
-        connection.execute(text("SET LOCAL work_mem = '256MB'"))
-        connection.execute(text("SET LOCAL enable_sort = off"))
-        result = connection.execute(stmt, {"since": since, "until": until})
-        rows = result.all()
-        connection.execute(text("RESET work_mem"))
-        connection.execute(text("RESET enable_sort"))
+        result = session.connection().execute(stmt, {"since": since, "until": until})
+        rows = result.fetchmany(20000)
     except DBAPIError:
         if not erase_names:
             raise
@@ -499,9 +491,11 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
     keys = EndpointCache()
     flow = ObservedFlow
     with gc_paused():
-        for kind, src, dst, port, verdict, rule_id, s_id, d_id, n, count, f, la in rows:
-            yield flow(kind, src, dst, port, keys(s_id, src), keys(d_id, dst), verdict,
-                       rule_id, n, count, _utc(f), _utc(la))
+        while rows:
+            for kind, src, dst, port, verdict, rule_id, s_id, d_id, n, count, f, la in rows:
+                yield flow(kind, src, dst, port, keys(s_id, src), keys(d_id, dst), verdict,
+                           rule_id, n, count, _utc(f), _utc(la))
+            rows = result.fetchmany(20000)
 
 
 def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
