@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, insert
 from sqlalchemy.orm import Session
 
+from cnnf.console.services import learning
 from cnnf.console.services.learning import grouped_flows, names_containers, observed_flows
 from cnnf.console.services.records import flow_ident
 from cnnf.console.store.db import connect, migrate
@@ -220,3 +222,34 @@ def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Eng
         reference = learn(Policy(), observed_flows(s, SINCE, UNTIL))
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=True)) == reference
         assert reference.learnt_flows == 3 and len(reference.rules) == 1
+
+
+def _scan(n: int) -> list[dict[str, Any]]:
+    """``n`` rows that do not fold (a scan: one distinct destination each)."""
+    return [row(API_1, EndpointInfo(kind="address", address=f"203.0.{i // 250}.{i % 250 + 1}"),
+                1 + i % 1000, first=T0 + timedelta(seconds=i % 60)) for i in range(n)]
+
+
+def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows that do not fold (more groups than half the rows at a check) are
+    read one by one, streamed (:func:`observed_flows`), not held as a group
+    per row: two replicas' rows after the scan stay two flows, as the rows."""
+    monkeypatch.setattr(learning, "FOLD_CHECK", 50)
+    engine = connect(f"sqlite:///{tmp_path / 'console.db'}")
+    try:
+        migrate(engine)
+        _fill(engine, [*_scan(200), *REPLICAS[:2]])
+        with Session(engine) as s:
+            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+            assert len(folded) == 202 and {f.flows for f in folded} == {1}
+            assert learn(Policy(), iter(folded)) == learn(Policy(),
+                                                          observed_flows(s, SINCE, UNTIL))
+        # Rows that fold are folded still: at the check, 50 groups of 4 rows.
+        _fill(engine, [{**r, "ident": f"{r['ident']}-{copy}", "count": copy + 1}
+                       for r in _scan(60) for copy in range(4)])
+        with Session(engine) as s:
+            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+            assert len(folded) == 60 and {(f.flows, f.count) for f in folded} == {(4, 10)}
+    finally:
+        engine.dispose()

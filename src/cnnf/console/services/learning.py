@@ -471,7 +471,9 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
     no hash aggregate (its ``GROUP BY`` sorts the million rows): there an
     aggregate function folds the rows as the scan passes them (each identity
     text parsed once, :class:`_Classes`), twice as fast as grouping by
-    integers it gives each text (measured)."""
+    integers it gives each text (measured). Rows that do not fold (a scan:
+    more groups than half the rows, checked every :data:`FOLD_CHECK` groups)
+    stop that fold: they are read one by one, streamed."""
     if session.get_bind().dialect.name == "sqlite":
         yield from _folded_sqlite(session, since, until, erase_names=erase_names)
         return
@@ -498,11 +500,27 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
             rows = result.fetchmany(20000)
 
 
+#: The SQLite fold is checked each time it holds this many more groups: when
+#: they are more than half the rows folded so far (rows that do not fold: a scan
+#: reaching a distinct address or port per row), it stops and the rows are read
+#: one by one (:func:`observed_flows`, streamed): a fold of unfoldable rows holds
+#: a group per row before yielding the first (about 0.5 GB per million rows)
+#: and is slower than that read (measured: ``bench/learn_simulate.py``).
+FOLD_CHECK = 10_000
+
+
+class _Unfoldable(Exception):
+    """The SQLite fold stops: the rows do not fold (:data:`FOLD_CHECK`)."""
+
+
 def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
                    erase_names: bool) -> Iterator[ObservedFlow]:
     classes = _Classes(erase_names=erase_names)
     by_text = classes.by_text
     groups: dict[tuple[Any, ...], _Group] = {}
+    check = FOLD_CHECK
+    stopped: list[bool] = []  # the fold stopped: the rows do not fold
+    rows = 0
 
     class Fold:
         """The rows' fold, into ``groups`` (SQLite calls ``step`` per row)."""
@@ -510,6 +528,8 @@ def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
         def step(  # noqa: PLR0917  (SQLite passes the row's columns, in order)
                 self, kind: str, src: str, dst: str, port: int, verdict: str, rule_id: int,
                 count: int, first: Any, last: Any, s_text: str, d_text: str) -> None:
+            nonlocal rows
+            rows += 1
             s_id = by_text.get(s_text)
             if s_id is None:
                 s_id = classes(s_text, src)
@@ -520,6 +540,9 @@ def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
             group = groups.get(key)
             if group is None:
                 groups[key] = [1, count, first, last]
+                if len(groups) % check == 0 and 2 * len(groups) > rows:
+                    stopped.append(True)
+                    raise _Unfoldable
                 return
             group[0] += 1
             group[1] += count
@@ -541,8 +564,15 @@ def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
     try:
         with gc_paused():
             session.connection().execute(stmt, {"since": since, "until": until}).all()
+    except DBAPIError:
+        if not stopped:  # (SQLite says only that the step raised)
+            raise
     finally:
         raw.create_aggregate("cnnf_fold", 11, None)
+    if stopped:
+        groups.clear()
+        yield from observed_flows(session, since, until)
+        return
     keys = EndpointCache()
     texts = classes.texts
     times: dict[Any, datetime] = {}  # times repeat: each text parsed once
