@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Engine, delete, insert, text
 from sqlalchemy.orm import Session
 
 from cnnf.console.services import learning
@@ -253,3 +253,16 @@ def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
             assert len(folded) == 60 and {(f.flows, f.count) for f in folded} == {(4, 10)}
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) -> None:
+    """PostgreSQL's groups are fetched in batches from a server-side cursor
+    (open in the session while the flows are read), not all held client-side."""
+    _fill(store, _scan(300))
+    with Session(store) as s:
+        flows = grouped_flows(s, SINCE, UNTIL, erase_names=True)
+        next(flows)
+        assert s.execute(text("SELECT count(*) FROM pg_cursors")).scalar_one() == 1
+        assert 1 + sum(1 for _ in flows) == 300

@@ -479,8 +479,11 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
         return
     ids = ((_unnamed("src_identity"), _unnamed("dst_identity")) if erase_names
            else ("src_identity", "dst_identity"))
+    # yield_per: a server-side cursor, the groups fetched in batches (psycopg
+    # would hold every group client-side).
     stmt = text(_GROUPED.format(src_id=ids[0], dst_id=ids[1])).bindparams(
-        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime()))
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
+    ).execution_options(yield_per=20000)
     try:
         result = session.connection().execute(stmt, {"since": since, "until": until})
         rows = result.fetchmany(20000)
