@@ -275,6 +275,10 @@ def test_promote_with_an_expected_revision_is_refused_once_the_policy_moved_on(
         assert stale.status_code == 409, stale.text
         assert stale.json() == {"detail": f"the policy is at revision {seen}, not {seen - 1}: it "
                                           "changed meanwhile (review it and try again)"}
+        ahead = admin.post(f"{API}{path}", params={"expectedRevision": seen + 97})
+        assert ahead.status_code == 409, ahead.text
+        assert ahead.json() == {"detail": f"revision {seen + 97} does not exist (the policy is "
+                                          f"at {seen})"}
         for bad in ("-1", "x", str(2**63)):
             r = admin.post(f"{API}{path}", params={"expectedRevision": bad})
             assert r.status_code == 422 and r.json()["errors"][0]["path"] == (

@@ -183,7 +183,11 @@ def diff_is_empty(d: dict[str, Any]) -> bool:
 
 def _expect(policy: Policy, expected_revision: int | None) -> None:
     """A write made against what its caller saw at ``expected_revision``:
-    refused (409, nothing written) when the policy has moved on since."""
+    refused (409, nothing written) when the policy has moved on since, or when
+    that revision was never reached (a mistyped one)."""
+    if expected_revision is not None and expected_revision > policy.revision:
+        raise Conflict(f"revision {expected_revision} does not exist (the policy is at "
+                       f"{policy.revision})")
     if expected_revision is not None and policy.revision != expected_revision:
         raise Conflict(f"the policy is at revision {policy.revision}, not "
                        f"{expected_revision}: it changed meanwhile (review it and try again)")
