@@ -2,6 +2,7 @@
 SQLite and PostgreSQL, beside a naive implementation in the same run.
 
     python bench/learn_simulate.py [--flows N] [--naive N] [--postgres auto|none|URL]
+                                   [--unique N]
 
 Each store is migrated and filled with ``--flows`` distinct flow rows as the
 Console keeps them (identities recorded with each end): 300 workloads in 30
@@ -10,14 +11,22 @@ and a few of 40 external DNS names, with up to 10 replicas of each source and
 5 addresses of each destination, so one edge is many rows. Then, timed:
 
 - learn: the Console's service (``LearningService.propose``) over the whole
-  window, from an empty policy: one query of the needed columns (a plain scan
-  on SQLite when the window holds most rows), one endpoint per distinct
-  identity text, each distinct identity resolved by the compiled engine once
-  (``CompiledPolicy.flows()``), groups and pairs memoised per identity pair,
-  and the proposal stored;
+  window, from an empty policy: the rows folded in the store by one grouped
+  query (``grouped_flows``: per edge, recorded verdict and identity pair, the
+  replicas' container names left out; a plain scan on SQLite when the window
+  holds most rows): about 100,000 groups here, one endpoint per distinct
+  identity, each resolved by the compiled engine once
+  (``CompiledPolicy.flows()``), and the proposal stored;
 - simulate: ``LearningService.simulate`` of a draft (the learnt policy with a
   tenth of its rules turned to ``prevent`` and the default ``prevent``)
   against the learnt policy in force, over the whole window.
+
+Then, on SQLite unless ``--unique 0``: a store of ``--unique`` rows that do not fold (a
+scan: one source reaching a distinct address and port per row), read by
+``grouped_flows`` (which stops folding them and reads the rows one by one) and
+by the reference read (``observed_flows``), each consumed by the simulator:
+seconds, then the peak of memory allocated during a second run of each
+(``tracemalloc``, which slows it).
 
 The naive implementation does the same work the obvious way: ORM objects for
 every row, each row's identity JSON parsed on its own, and the reference
@@ -34,7 +43,8 @@ import json
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +57,8 @@ from cnnf.console.services.learning import (
     LearningService,
     ProposalRequest,
     SimulateRequest,
+    grouped_flows,
+    observed_flows,
 )
 from cnnf.console.services.policy import PolicyService
 from cnnf.console.services.records import flow_ident
@@ -182,6 +194,61 @@ def measure(engine: Engine, n: int, naive: int) -> dict[str, Any]:
     return out
 
 
+def scan_rows(n: int) -> Iterator[dict[str, Any]]:
+    """``n`` rows that do not fold: one source, a distinct address and port each."""
+    src = _canon({"kind": "container", "image": "tools/scan:1", "name": "scan-1",
+                  "namespace": "ops", "host": "node-1", "labels": {"app": "scan"}})
+    for i in range(n):
+        address = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+        dst = _canon({"kind": "address", "address": address})
+        at = NOW - timedelta(hours=2, seconds=i % 3600)
+        yield {"kind": "container", "src": "image:tools/scan:1", "dst": f"addr:{address}",
+               "port": 1 + i % 65535, "verdict": "observed", "rule_id": 0, "rule_name": "",
+               "count": 1, "first_seen": at, "last_seen": at, "src_identity": src,
+               "dst_identity": dst, "ident": flow_ident(src, dst)}
+
+
+def measure_unique(engine: Engine, n: int) -> dict[str, tuple[float, float]]:
+    """Seconds and peak MB allocated, simulating over ``n`` unfoldable rows read
+    by ``grouped_flows`` and by the reference read."""
+    migrate(engine)
+    with Session(engine) as s:
+        batch: list[dict[str, Any]] = []
+        for row in scan_rows(n):
+            batch.append(row)
+            if len(batch) == 20000:
+                s.execute(insert(FlowRow), batch)
+                batch = []
+        if batch:
+            s.execute(insert(FlowRow), batch)
+        s.commit()
+    since = NOW - timedelta(days=1)
+    draft = Policy(default_effect=Effect.PREVENT)
+    reads: dict[str, Callable[[Session], Iterator[ObservedFlow]]] = {
+        "reference": lambda s: observed_flows(s, since, NOW),
+        "grouped": lambda s: grouped_flows(s, since, NOW, erase_names=True)}
+    out = {}
+    for name, read in reads.items():
+        with Session(engine) as s:
+            start = time.perf_counter()
+            impact = simulate(Policy(), draft, read(s))
+            seconds = time.perf_counter() - start
+            assert impact.flows == n, (name, impact.flows)
+        with Session(engine) as s:
+            tracemalloc.start()
+            simulate(Policy(), draft, read(s))
+            peak = tracemalloc.get_traced_memory()[1] / 1e6
+            tracemalloc.stop()
+        out[name] = (seconds, peak)
+    return out
+
+
+def report_unique(store: str, n: int, r: dict[str, tuple[float, float]]) -> None:
+    print(f"{store:<11}{n:>10,} unfoldable rows, simulate: grouped_flows "
+          f"{r['grouped'][0]:.1f} s / peak {r['grouped'][1]:.0f} MB, reference read "
+          f"{r['reference'][0]:.1f} s / peak {r['reference'][1]:.0f} MB", flush=True)
+
+
 @contextmanager
 def sqlite_engine() -> Iterator[Engine]:
     with tempfile.TemporaryDirectory(prefix="cnnf-bench-") as tmp:
@@ -207,6 +274,8 @@ def main() -> None:
     parser.add_argument("--postgres", default="auto", help="auto, none, or a database URL")
     parser.add_argument("--no-sqlite", action="store_true",
                         help="PostgreSQL only (run the stores one at a time)")
+    parser.add_argument("--unique", type=int, default=300_000,
+                        help="rows that do not fold, in their own SQLite store (0: none)")
     args = parser.parse_args()
     print(f"seconds for {args.flows:,} stored flows; naive: measured on the first "
           f"{args.naive:,} rows and extrapolated to all")
@@ -215,6 +284,9 @@ def main() -> None:
     if not args.no_sqlite:
         with sqlite_engine() as engine:
             report("sqlite", args.flows, measure(engine, args.flows, args.naive))
+        if args.unique:
+            with sqlite_engine() as engine:
+                report_unique("sqlite", args.unique, measure_unique(engine, args.unique))
     with postgres_engine(args.postgres, durable=False) as pg:
         if pg is not None:
             report("postgresql", args.flows, measure(pg, args.flows, args.naive))

@@ -83,7 +83,24 @@ def test_a_staged_rule_is_marked_and_promoted_from_the_rules_page(
     staged.locator(".badge.staged").wait_for()
     assert "staged" in (staged.get_attribute("class") or "")
     assert page.locator("#rules tr[data-id='1'] button.promote").count() == 0
+    # the policy changes after the page was read: the promote is refused,
+    # saying why, and the page shows the policy as it is now
+    with console.client() as api:
+        revision = api.get("/api/v1/policy").json()["revision"]
+        api.put("/api/v1/rules/container/5", json={
+            "name": "web-not-db", "src": "web", "dst": "db", "ports": [5432, 5433],
+            "effect": "prevent", "staged": True}).raise_for_status()
     staged.locator("button.promote").click()
+    error = page.locator("#rules-error")
+    error.wait_for(state="visible")
+    assert error.text_content() == (f"the policy is at revision {revision + 1}, not "
+                                    f"{revision}: it changed meanwhile (review it and try "
+                                    "again)")
+    page.wait_for_function(
+        "document.querySelector(\"#rules tr[data-id='5']\").textContent.includes('5433')")
+    with console.client() as api:
+        assert api.get("/api/v1/rules/container/5").json()["staged"] is True
+    page.locator("#rules tr[data-id='5'] button.promote").click()
     page.wait_for_function(
         "!document.querySelector(\"#rules tr[data-id='5'] .badge.staged\")")
     assert page.locator("#rules tr[data-id='5'] td").nth(8).text_content() == "enabled"

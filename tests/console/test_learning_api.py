@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 from consoletest import ApiClient, Console
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from cnnf.console.security import Role
+from cnnf.console.store.models import FlowRow
 from cnnf.model import Effect, RuleKind
 from cnnf.model.records import EndpointInfo, FlowRecord, ReportBatch
+from cnnf.policy.learn import PORT_ZERO
 
 API = "/api/v1"
 T0 = 1_767_322_800.0  # 2026-01-02 03:00:00 UTC, an hour before the console's clock
@@ -320,3 +324,28 @@ def test_an_identity_too_long_to_record_is_kept_as_a_digest_and_not_learnt(
     assert p["learntFlows"] == 4
     [(reason, skipped)] = p["skipped"].items()
     assert skipped == 2 and "longer than 4,000 characters" in reason
+
+
+def test_port_0_is_refused_at_ingestion_and_a_stored_one_is_skipped_saying_why(
+        console: Console, admin: ApiClient) -> None:
+    """A Defender's flow to port 0 is refused with the batch (naming it, nothing
+    stored). A flow to port 0 already in the store (written before that check,
+    or by another path) no longer fails learning: skipped, with the reason."""
+    token = admin.post(f"{API}/defenders/enrollment-tokens", json={}).json()["token"]
+    r = console.client().post(f"{API}/defenders/enroll", json={
+        "enrollment_token": token, "hostname": "node-1", "version": "0.1.0"})
+    defender = console.client(r.json()["credential"])
+    bad = ReportBatch(batch_id="b0", flows=[*SHOP, observed(API_EP, DB, 0, 3)])
+    r = defender.post(f"{API}/defender/reports", content=bad.model_dump_json(),
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert [e["path"] for e in r.json()["errors"]] == ["flows[4].port"]
+    assert admin.get(f"{API}/flows").json()["total"] == 0
+    report(console, admin, SHOP, batch="b1")
+    with Session(console.engine) as s:
+        s.execute(update(FlowRow).where(FlowRow.port == 6379).values(port=0))
+        s.commit()
+    p = learn(admin)
+    assert p["skipped"] == {PORT_ZERO: 1}
+    assert p["learntFlows"] == 3 and p["unallowed"] == 0
+    assert all(r["rule"]["dst"] != "shop-data:app=cache" for r in p["proposed"])

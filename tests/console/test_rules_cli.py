@@ -50,16 +50,26 @@ def test_list_promote_and_promote_default_say_what_is_and_is_not_enforced(
                        ).status_code == 200
         at = ("--console", url, "--ca", str(ca))
 
+        revision = api.get("/policy").json()["revision"]
         r = _rules(token, "list", "container", *at)
         assert r.returncode == 0, r.stderr
         assert r.stdout.splitlines() == [
-            "default allow (staged: prevent); enforcement: container on, host off",
+            f"policy revision {revision}; default allow (staged: prevent); enforcement: "
+            "container on, host off",
             "   1  allow    api-to-db: api -> db ports 5432",
             "   2  prevent  no-ssh: api -> db ports 22 [staged]",
             "   3  prevent  off: api -> db ports 23 [staged, disabled]",
         ]
 
-        r = _rules(token, "promote", "container", "2", *at)
+        # reviewed at an older revision: refused, nothing changed
+        stale = _rules(token, "promote", "container", "2", "--revision", str(revision - 1), *at)
+        assert stale.returncode == 1 and stale.stdout == ""
+        assert stale.stderr.strip() == (
+            f"cnnf rules: POST /rules/container/2/promote: 409: the policy is at revision "
+            f"{revision}, not {revision - 1}: it changed meanwhile (review it and try again)")
+        assert api.get("/rules/container/2").json()["staged"] is True
+        assert api.get("/policy").json()["revision"] == revision
+        r = _rules(token, "promote", "container", "2", "--revision", str(revision), *at)
         assert (r.returncode, r.stdout.strip()) == (
             0, "promoted container rule 2 'no-ssh': prevent api -> db is in force"), r.stderr
         again = _rules(token, "promote", "container", "2", *at)
@@ -81,7 +91,10 @@ def test_list_promote_and_promote_default_say_what_is_and_is_not_enforced(
         settings = api.get("/settings").json()
         assert api.put("/settings", json={**settings, "containerEnabled": False}
                        ).status_code == 200
-        r = _rules(token, "promote-default", *at)
+        revision = api.get("/policy").json()["revision"]
+        stale = _rules(token, "promote-default", "--revision", str(revision - 1), *at)
+        assert stale.returncode == 1 and ": 409: the policy is at revision" in stale.stderr
+        r = _rules(token, "promote-default", "--revision", str(revision), *at)
         assert (r.returncode, r.stdout.strip()) == (
             0, "default effect is now prevent (nothing staged) (not enforced for container "
                "rules and host rules: enforcement is off)"), r.stderr

@@ -256,3 +256,37 @@ def test_the_prisma_compatible_get_and_put_round_trip_keeps_staging(admin: ApiCl
     stored = policy["containerRules"][0]
     assert (stored["staged"], stored["disabled"], stored["effect"]) == (True, False, "prevent")
     assert policy["stagedDefaultEffect"] == "prevent"
+
+
+def test_promote_with_an_expected_revision_is_refused_once_the_policy_moved_on(
+        admin: ApiClient) -> None:
+    """Promoting what was reviewed at revision N: refused (409, nothing changed)
+    when the policy is at another revision; a bad revision is refused (422)."""
+    _seed(admin)
+    assert admin.post(f"{API}/rules/container", json={
+        "name": "api-not-db", "src": "api", "dst": "db", "ports": [5432],
+        "effect": "prevent", "staged": True}).status_code == 201
+    settings = admin.get(f"{API}/settings").json()
+    assert admin.put(f"{API}/settings", json={**settings, "stagedDefaultEffect": "prevent"}
+                     ).status_code == 200
+    seen = _revision(admin)
+    for path in ("/rules/container/1/promote", "/settings/promote"):
+        stale = admin.post(f"{API}{path}", params={"expectedRevision": seen - 1})
+        assert stale.status_code == 409, stale.text
+        assert stale.json() == {"detail": f"the policy is at revision {seen}, not {seen - 1}: it "
+                                          "changed meanwhile (review it and try again)"}
+        ahead = admin.post(f"{API}{path}", params={"expectedRevision": seen + 97})
+        assert ahead.status_code == 409, ahead.text
+        assert ahead.json() == {"detail": f"revision {seen + 97} does not exist (the policy is "
+                                          f"at {seen})"}
+        for bad in ("-1", "x", str(2**63)):
+            r = admin.post(f"{API}{path}", params={"expectedRevision": bad})
+            assert r.status_code == 422 and r.json()["errors"][0]["path"] == (
+                "expectedRevision"), r.text
+    assert _revision(admin) == seen
+    assert admin.get(f"{API}/rules/container/1").json()["staged"] is True
+    r = admin.post(f"{API}/rules/container/1/promote", params={"expectedRevision": seen})
+    assert r.status_code == 200 and r.json()["staged"] is False
+    r = admin.post(f"{API}/settings/promote", params={"expectedRevision": seen + 1})
+    assert r.status_code == 200 and r.json()["defaultEffect"] == "prevent"
+    assert _revision(admin) == seen + 2

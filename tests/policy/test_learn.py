@@ -9,7 +9,15 @@ import pytest
 
 from cnnf.model import ConnectionAttempt, Effect, Policy, RuleKind
 from cnnf.policy.engine import compile_policy
-from cnnf.policy.learn import MAX_ADDRESSES, REFUSED, TOO_MANY_ADDRESSES, LearnOptions, Scope, learn
+from cnnf.policy.learn import (
+    MAX_ADDRESSES,
+    PORT_ZERO,
+    REFUSED,
+    LearnOptions,
+    Scope,
+    learn,
+    too_many_addresses,
+)
 from cnnf.policy.simulate import simulate
 from tests.policy.shopflows import (
     API,
@@ -195,7 +203,8 @@ def test_a_source_reaching_many_bare_addresses_gets_at_most_max_addresses_rules(
     dsts = [r.rule.dst for r in proposal.rules if r.rule.src == "shop-data:image=shop.worker"]
     assert len(dsts) == MAX_ADDRESSES
     assert set(dsts) == {f"addr={a}" for a in addresses[:MAX_ADDRESSES]}
-    assert proposal.skipped == {TOO_MANY_ADDRESSES: 50}
+    assert proposal.skipped == {too_many_addresses("image shop/worker in shop-data", 150,
+                                                   "198.51.0.1", "198.51.0.100"): 50}
     assert proposal.learnt_flows == MAX_ADDRESSES + 1 and proposal.unallowed == 0
     # A declared subnet holding them all: one rule, nothing skipped.
     declared = Policy.model_validate({"objects": [
@@ -203,6 +212,39 @@ def test_a_source_reaching_many_bare_addresses_gets_at_most_max_addresses_rules(
     proposal = learn(declared, flows)
     assert rules_of(proposal) == [("container", "shop-data:image=shop.worker", "crawl-net", ["443"])]
     assert proposal.skipped == {}
+
+
+def test_a_flow_to_port_0_is_skipped_saying_why_and_the_rest_is_learnt() -> None:
+    """Port 0 is no port a rule can name (1-65535): a proposal with a rule for it
+    could not be valid. Its flows are skipped with the reason; the others learnt."""
+    proposal = learn(Policy(), [flow(API, DB, 0), flow(API, DB, 0, verdict="alert"),
+                                flow(API, DB, 5432)])
+    assert rules_of(proposal) == [("container", "shop-web:app=api", "shop-data:app=db", ["5432"])]
+    assert proposal.skipped == {PORT_ZERO: 2}
+    assert PORT_ZERO.startswith("destination port 0 ")
+    assert proposal.learnt_flows == 1 and proposal.unallowed == 0
+    # only port 0 seen: nothing proposed, nothing fails
+    alone = learn(Policy(), [flow(WORKER, external("198.51.100.7"), 0)])
+    assert (alone.rules, alone.skipped) == ([], {PORT_ZERO: 1})
+
+
+def test_the_cap_says_per_source_what_was_capped_what_was_kept_and_what_to_do() -> None:
+    """Two sources over the cap: one reason each, naming the source and the
+    addresses kept."""
+    many = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(MAX_ADDRESSES + 30)]
+    proposal = learn(Policy(), [*(flow(WORKER, external(a), 443) for a in many),
+                                *(flow(API, external(a), 80) for a in many[:MAX_ADDRESSES + 5])])
+    (worker, w_n), (api, a_n) = sorted(proposal.skipped.items(), key=lambda kv: -kv[1])
+    assert (w_n, a_n) == (30, 5)
+    assert worker.startswith("capped: the source image shop/worker in shop-data reached 130 "
+                             f"addresses that have no DNS name and no subnet object (more than "
+                             f"{MAX_ADDRESSES}); rules were proposed for the first "
+                             f"{MAX_ADDRESSES} of them in address order (IPv4 first) only, "
+                             "198.51.0.1 to 198.51.0.100, and the flows to the other 30 were "
+                             "not learnt. ")
+    assert worker.endswith("add a subnet object holding those addresses and learn again")
+    assert api.startswith("capped: the source label app=api in shop-web reached 105 addresses")
+    assert "198.51.0.1 to 198.51.0.100, and the flows to the other 5 were not learnt" in api
 
 
 def test_the_address_cap_orders_ipv4_before_ipv6() -> None:
@@ -213,7 +255,8 @@ def test_the_address_cap_orders_ipv4_before_ipv6() -> None:
     proposal = learn(Policy(), [flow(WORKER, external(a), 443) for a in [*v6, *v4]])
     dsts = {r.rule.dst for r in proposal.rules}
     assert dsts == {f"addr={a}" for a in v4}
-    assert proposal.skipped == {TOO_MANY_ADDRESSES: 2}
+    assert proposal.skipped == {too_many_addresses(
+        "image shop/worker in shop-data", MAX_ADDRESSES + 2, v4[0], v4[-1]): 2}
 
 
 def test_a_staged_allow_rule_is_not_widened() -> None:

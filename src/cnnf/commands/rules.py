@@ -23,6 +23,10 @@ TokenOpt = typer.Option(..., "--token", envvar="CNNF_TOKEN",
 CaOpt = typer.Option(None, "--ca", help="CA bundle to verify the Console with.")
 KindArg = Annotated[RuleKind, typer.Argument(help="container or host")]
 RuleIdArg = Annotated[int, typer.Argument(min=1, help="the staged rule's id")]
+RevisionOpt = typer.Option(
+    None, "--revision", min=0,
+    help="The policy revision you reviewed (the first line of `cnnf rules list`): "
+         "refused if the policy changed since (left out: no check).")
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -30,11 +34,12 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _call(method: str, console: str, path: str, token: str, ca: str | None) -> Any:
+def _call(method: str, console: str, path: str, token: str, ca: str | None, *,
+          params: dict[str, Any] | None = None) -> Any:
     url = console.rstrip("/") + "/api/v1" + path
     with console_client(console, token, ca, timeout=30.0, fail=_fail) as client:
         try:
-            answer = client.request(method, "/api/v1" + path)
+            answer = client.request(method, "/api/v1" + path, params=params)
         except httpx.HTTPError as exc:
             _fail(f"{method} {url}: {exc}")
     if answer.status_code >= 400:
@@ -70,8 +75,11 @@ def list_rules(
     console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
 ) -> None:
     """The rules of one list in evaluation order; staged ones say so. The first
-    line says the default effect (and any staged one) and which kinds are enforced."""
-    typer.echo(_settings_line(_call("GET", console, "/settings", token, ca)))
+    line says the policy revision, the default effect (and any staged one) and
+    which kinds are enforced."""
+    revision = _call("GET", console, "/policy", token, ca)["revision"]
+    typer.echo(f"policy revision {revision}; "
+               + _settings_line(_call("GET", console, "/settings", token, ca)))
     for r in _call("GET", console, f"/rules/{kind.value}", token, ca):
         flags = [f for f, on in (("staged", r.get("staged")), ("disabled", r.get("disabled")))
                  if on]
@@ -82,13 +90,17 @@ def list_rules(
 
 
 @app.command()
-def promote(
+def promote(  # noqa: PLR0917  (typer: arguments and options are parameters)
     kind: KindArg,
     rule_id: RuleIdArg,
+    revision: int | None = RevisionOpt,
     console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
 ) -> None:
-    """Put a staged rule in force (one change, one revision)."""
-    r = _call("POST", console, f"/rules/{kind.value}/{rule_id}/promote", token, ca)
+    """Put a staged rule in force (one change, one revision); with --revision,
+    only if the policy is still at the revision you reviewed."""
+    params = {"expectedRevision": revision} if revision is not None else None
+    r = _call("POST", console, f"/rules/{kind.value}/{rule_id}/promote", token, ca,
+              params=params)
     settings = _call("GET", console, "/settings", token, ca)
     if r.get("disabled"):
         state = "is no longer staged, but it is disabled: not enforced until enabled"
@@ -100,10 +112,13 @@ def promote(
 
 @app.command("promote-default")
 def promote_default(
+    revision: int | None = RevisionOpt,
     console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
 ) -> None:
-    """Make the staged default effect the default effect (one change, one revision)."""
-    s = _call("POST", console, "/settings/promote", token, ca)
+    """Make the staged default effect the default effect (one change, one
+    revision), only if the policy is still at --revision when given."""
+    params = {"expectedRevision": revision} if revision is not None else None
+    s = _call("POST", console, "/settings/promote", token, ca, params=params)
     off = [k for k in RuleKind if not _switch(s, k)]
     note = "" if not off else (" (not enforced for " + " and ".join(
         f"{k.value} rules" for k in off) + ": enforcement is off)")

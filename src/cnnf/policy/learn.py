@@ -24,7 +24,8 @@ seen merged into ranges; sibling workloads (one workload name in several
 namespaces) that reach the same destinations on the same ports share one rule
 and one object. A source that reached more than :data:`MAX_ADDRESSES` bare
 addresses (no DNS name, no declared subnet) gets rules for the first of them
-only; the rest are counted as skipped, with the reason. An existing enabled
+only; the rest are counted as skipped, with the reason. Flows to port 0 (no
+rule can name it) are skipped too, saying so. An existing enabled
 ``allow`` rule in force (not staged) between the same two objects is widened
 instead of adding a rule (the proposal says which rule it
 replaces). Every proposed rule carries its evidence: flows, connections, first
@@ -76,10 +77,25 @@ TOO_LONG_IDENTITY = (f"an identity was longer than {MAX_IDENTITY:,} characters w
                      "(kept as a digest): not learnt")
 #: Addresses (no DNS name, no declared subnet) learnt from one source, one rule each.
 MAX_ADDRESSES = 100
-TOO_MANY_ADDRESSES = (f"the source reached more than {MAX_ADDRESSES} addresses without a DNS "
-                      "name or a declared subnet: only the first "
-                      f"{MAX_ADDRESSES} are learnt (declare a subnet object for the others "
-                      "and learn again)")
+
+
+def too_many_addresses(source: str, reached: int, first: str, last: str) -> str:
+    """Why a source's flows to bare addresses past :data:`MAX_ADDRESSES` are not
+    learnt (one reason per source): ``source`` names it (its object's basis:
+    ``image shop/worker in shop-data``), ``first`` and ``last``: the range of
+    addresses kept."""
+    return (f"capped: the source {source} reached {reached} addresses that have no DNS "
+            f"name and no subnet object (more than {MAX_ADDRESSES}); rules were proposed "
+            f"for the first {MAX_ADDRESSES} of them in address order (IPv4 first) only, "
+            f"{first} to {last}, and the flows to the other {reached - MAX_ADDRESSES} were "
+            "not learnt. Check whether the source scans; if the traffic is wanted, add a "
+            "subnet object holding those addresses and learn again")
+
+
+#: A destination port 0: no rule can name it (ports are 1-65535), it is never
+#: a service's port (a scan or a malformed packet).
+PORT_ZERO = ("destination port 0 (no rule can name it: a scan or a malformed packet): "
+             "not learnt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +436,8 @@ def _cap_addresses(pairs: dict[tuple[object, ...], _Pair], objects: _Objects,
     no DNS name and no declared subnet object holding them (a crawler, a scan,
     a client of many peers): the first :data:`MAX_ADDRESSES` by address are
     learnt one rule each, the flows to the others are counted as skipped
-    (:data:`TOO_MANY_ADDRESSES`), not turned into thousands of /32 rules."""
+    (:func:`too_many_addresses`: one reason per source, naming it), not turned
+    into thousands of /32 rules."""
     by_source: dict[tuple[object, ...], list[tuple[object, ...]]] = {}
     for key, pair in pairs.items():
         if pair.dst.basis == "subnet":
@@ -434,10 +451,14 @@ def _cap_addresses(pairs: dict[tuple[object, ...], _Pair], objects: _Objects,
         # IPv4 before IPv6 (two versions do not compare), then by address.
         new.sort(key=lambda k: ipaddress.get_mixed_type_key(
             ipaddress.ip_network(pairs[k].dst.values[0])))
+        if len(new) <= MAX_ADDRESSES:
+            continue
+        kept = [pairs[k].dst.values[0].split("/")[0] for k in new[:MAX_ADDRESSES]]
+        reason = too_many_addresses(_basis_text(pairs[new[0]].src), len(new), kept[0],
+                                    kept[-1])
         for k in new[MAX_ADDRESSES:]:
             pair = pairs.pop(k)
-            skipped[TOO_MANY_ADDRESSES] = (skipped.get(TOO_MANY_ADDRESSES, 0)
-                                           + sum(f.flows for f in pair.flows))
+            skipped[reason] = skipped.get(reason, 0) + sum(f.flows for f in pair.flows)
 
 
 def learn(current: Policy, flows: Iterable[ObservedFlow],
@@ -505,6 +526,9 @@ def learn(current: Policy, flows: Iterable[ObservedFlow],
             # removed): a refused connection, perhaps an attacker's lateral move or
             # scan, is never learnt as one to allow.
             skipped[REFUSED] = skipped.get(REFUSED, 0) + flow.flows
+            continue
+        if flow.port < 1:
+            skipped[PORT_ZERO] = skipped.get(PORT_ZERO, 0) + flow.flows
             continue
         pair = pair_for(flow)
         if isinstance(pair, str):

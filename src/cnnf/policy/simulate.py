@@ -149,7 +149,10 @@ class _Changes:
         edge.flows += flow.flows
         edge.count += flow.count
         edge.first_seen = _earlier(edge.first_seen, flow.first_seen)
-        if edge.last_seen is None or flow.last_seen >= edge.last_seen:
+        # The latest flow's verdict; between flows last seen at the same time,
+        # the greatest verdict name (whatever order the flows come in).
+        if (edge.last_seen is None or flow.last_seen > edge.last_seen
+                or (flow.last_seen == edge.last_seen and flow.verdict > edge.recorded)):
             edge.recorded = flow.verdict
         edge.last_seen = _later(edge.last_seen, flow.last_seen)
         rkey = (flow.kind, after.rule_id, after.effect)
@@ -164,10 +167,16 @@ class _Changes:
     def close(self, flows: int, count: int) -> Impact:
         impact = self.impact
         impact.flows, impact.count = flows, count
-        impact.edges = sorted(self.edges.values(), key=lambda e: (-e.count, e.src, e.dst, e.port))
-        impact.rules = sorted(self.rules.values(),
-                              key=lambda r: (-r.count, r.kind, r.rule_id is None, r.rule_id or 0))
+        # Total orders: the same report whatever order the flows come in.
+        impact.edges = sorted(self.edges.values(), key=lambda e: (
+            -e.count, e.src, e.dst, e.port, e.kind, _order(e.before), _order(e.after)))
+        impact.rules = sorted(self.rules.values(), key=lambda r: (
+            -r.count, r.kind, r.rule_id is None, r.rule_id or 0, r.effect.value))
         return impact
+
+
+def _order(o: Outcome) -> tuple[str, bool, bool, int, str]:
+    return (o.effect.value, o.matched, o.rule_id is None, o.rule_id or 0, o.rule_name or "")
 
 
 def _earlier(a: datetime | None, b: datetime) -> datetime:

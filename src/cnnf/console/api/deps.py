@@ -29,6 +29,10 @@ from cnnf.model.rule import RFC3339
 MAX_INT = 2**31 - 1
 Timestamp = Annotated[datetime, RFC3339]
 Limit = Annotated[int, Query(ge=1, le=1000)]
+ExpectedRevision = Annotated[int | None, Query(
+    alias="expectedRevision", ge=0, le=2**63 - 1, description=(
+        "the policy revision the caller reviewed (GET /policy: revision); when given, "
+        "refused with 409 unless the policy is still at it"))]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 
 

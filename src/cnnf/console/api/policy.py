@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import (
+    ExpectedRevision,
     Limit,
     Offset,
     Reader,
@@ -86,11 +87,15 @@ def put_settings(*, body: Settings, db: SessionDep, console: StateDep,
 
 
 @router.post("/settings/promote", response_model=Settings,
-             responses=errors(409, s409="no default effect is staged"))
-def promote_default(*, db: SessionDep, console: StateDep, who: Writer) -> Settings:
+             responses=errors(409, s409=(
+                 "no default effect is staged, or the policy is not at expectedRevision")))
+def promote_default(*, db: SessionDep, console: StateDep,
+                    expected_revision: ExpectedRevision = None, who: Writer) -> Settings:
     """Make the staged default effect the default effect (``stagedDefaultEffect``
-    becomes ``defaultEffect``, then null): one change, one revision."""
-    return policy_service(db, console, who).promote_default()
+    becomes ``defaultEffect``, then null): one change, one revision. With
+    ``expectedRevision``, only if the policy is still at that revision (else 409,
+    nothing changed)."""
+    return policy_service(db, console, who).promote_default(expected_revision)
 
 
 @router.get("/policy", response_model=Policy)

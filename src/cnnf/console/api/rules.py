@@ -8,7 +8,15 @@ from fastapi import APIRouter, Body, Path, Query
 from pydantic import Field
 
 from cnnf.console.api.contract import errors
-from cnnf.console.api.deps import MAX_INT, Reader, SessionDep, StateDep, Writer, policy_service
+from cnnf.console.api.deps import (
+    MAX_INT,
+    ExpectedRevision,
+    Reader,
+    SessionDep,
+    StateDep,
+    Writer,
+    policy_service,
+)
 from cnnf.console.services.policy import RuleDraft
 from cnnf.model import Rule, RuleKind
 from cnnf.model.rule import JSON_INTEGER, PolicyModel
@@ -89,12 +97,15 @@ def move_rule(*, kind: Kind, rule_id: RuleId, body: Move, db: SessionDep, consol
 
 
 @router.post("/{rule_id}/promote", response_model=PlacedRule,
-             responses=errors(404, 409, s409="the rule is not staged"))
+             responses=errors(404, 409, s409=(
+                 "the rule is not staged, or the policy is not at expectedRevision")))
 def promote_rule(*, kind: Kind, rule_id: RuleId, db: SessionDep, console: StateDep,
-                 who: Writer) -> PlacedRule:
+                 expected_revision: ExpectedRevision = None, who: Writer) -> PlacedRule:
     """Put a staged rule in force (its ``staged`` flag cleared): one change, one
     revision; Defenders enforce it from that revision on, unless the rule is also
-    disabled or enforcement of its kind is off (the settings' switches)."""
+    disabled or enforcement of its kind is off (the settings' switches). With
+    ``expectedRevision``, only if the policy is still at that revision (else 409,
+    nothing changed): what was reviewed is what is promoted."""
     service = policy_service(db, console, who)
-    service.promote_rule(kind, rule_id)
+    service.promote_rule(kind, rule_id, expected_revision)
     return _placed(*service.get_rule(kind, rule_id))

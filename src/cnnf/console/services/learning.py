@@ -1,10 +1,12 @@
 """Learn and simulate over the stored flows: proposals (learnt, stored, applied
 as one change) and what-if simulations of draft policies.
 
-The flows of a window are read as plain rows in one query (a million rows:
-ORM objects would load several times slower), each identity text parsed once,
-then handed to the pure :mod:`cnnf.policy.learn` and
-:mod:`cnnf.policy.simulate`.
+The flows of a window are folded in the store (one query grouping the rows by
+edge, recorded verdict and identities, replicas' container names left out when
+no object selects by name: :func:`grouped_flows`), each identity text parsed
+once, then handed to the pure :mod:`cnnf.policy.learn` and
+:mod:`cnnf.policy.simulate`, which give the same results for folded flows as
+for the rows (:func:`observed_flows`, the reference read).
 """
 
 from __future__ import annotations
@@ -15,15 +17,25 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy import TextClause, bindparam, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from cnnf.console.services.errors import Conflict, InvalidInput, NotFound
 from cnnf.console.services.policy import PolicyService, diff
 from cnnf.console.store.models import ProposalRow, UtcDateTime
 from cnnf.errors import FieldError, PolicyValidationError
-from cnnf.model import Effect, Endpoint, NetworkObject, Policy, Rule, RuleKind
+from cnnf.model import (
+    ContainerObject,
+    Effect,
+    Endpoint,
+    NetworkObject,
+    Policy,
+    Rule,
+    RuleKind,
+)
 from cnnf.model.objects import WS, GlobList, check_glob
 from cnnf.model.rule import RFC3339, PolicyModel
 from cnnf.policy.engine import compile_policy
@@ -288,34 +300,39 @@ _FLOWS = ("SELECT kind, src, dst, port, src_identity, dst_identity, verdict, rul
           "WHERE last_seen >= :since AND first_seen < :until")
 
 
-def _flows_query(session: Session, since: datetime, until: datetime) -> TextClause:
-    """The window's rows, only the columns learning and simulating read.
+def _scan_hint(session: Session, since: datetime) -> str:
+    """How to read the window's rows on SQLite.
 
     SQLite walks the last-seen index row by row, each row a random read of
     the table: for a window holding a large part of the table a plain scan is
     about twice as fast (measured: 11 s against 23 s for a million rows), so
     the index is used only when the window holds under a quarter of the rows
     (counted on the index itself). PostgreSQL's planner makes that choice."""
-    hint = ""
-    if session.get_bind().dialect.name == "sqlite":
-        at = {"since": since}
-        recent = session.execute(text("SELECT count(*) FROM flows WHERE last_seen >= :since")
-                                 .bindparams(bindparam("since", type_=UtcDateTime())), at).scalar()
-        total = session.execute(text("SELECT count(*) FROM flows")).scalar()
-        if (recent or 0) * 4 > (total or 0):
-            hint = " NOT INDEXED"
+    if session.get_bind().dialect.name != "sqlite":
+        return ""
+    at = {"since": since}
+    recent = session.execute(text("SELECT count(*) FROM flows WHERE last_seen >= :since")
+                             .bindparams(bindparam("since", type_=UtcDateTime())), at).scalar()
+    total = session.execute(text("SELECT count(*) FROM flows")).scalar()
+    return " NOT INDEXED" if (recent or 0) * 4 > (total or 0) else ""
+
+
+def _flows_query(session: Session, since: datetime, until: datetime) -> TextClause:
+    """The window's rows, only the columns learning and simulating read."""
     # yield_per: streamed in batches (a server-side cursor on PostgreSQL), not a
     # million rows held at once.
-    return text(_FLOWS.format(hint=hint)).bindparams(
+    return text(_FLOWS.format(hint=_scan_hint(session, since))).bindparams(
         bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
     ).execution_options(yield_per=20000)
 
 
 def observed_flows(session: Session, since: datetime, until: datetime) -> Iterator[ObservedFlow]:
     """The stored flows seen in the window (last seen at or after ``since``,
-    first seen before ``until``), with their recorded identities: one shared
-    :class:`~cnnf.model.Endpoint` per distinct identity text (parsed once),
-    one datetime per distinct time value."""
+    first seen before ``until``), one per row, with their recorded identities:
+    one shared :class:`~cnnf.model.Endpoint` per distinct identity text (parsed
+    once), one datetime per distinct time value. The reference read (the
+    learner and the simulator read :func:`grouped_flows`; the tests compare the
+    two)."""
     stmt = _flows_query(session, since, until)
     texts: dict[str, Endpoint] = {}
     keys = EndpointCache()
@@ -328,8 +345,7 @@ def observed_flows(session: Session, since: datetime, until: datetime) -> Iterat
     def parse(value: Any) -> datetime:
         if len(times) > 100000:
             times.clear()
-        t = times[value] = (datetime.fromisoformat(value).replace(tzinfo=UTC)
-                            if isinstance(value, str) else value.astimezone(UTC))
+        t = times[value] = _utc(value)
         return t
 
     # Core, not the ORM: a million plain rows, fetched in batches. The cyclic
@@ -346,6 +362,237 @@ def observed_flows(session: Session, since: datetime, until: datetime) -> Iterat
                 dst_ep = (get_text(d_id) or endpoint(d_id, dst)) if d_id else keys(d_id, dst)
                 yield flow(kind, src, dst, port, src_ep, dst_ep, verdict, rule_id, 1, count,
                            get_time(f) or parse(f), get_time(la) or parse(la))
+
+
+def _utc(value: Any) -> datetime:
+    """A time as the store returns it: an aware datetime (PostgreSQL), or
+    SQLite's fixed-width text in UTC (what ``min`` and ``max`` give there)."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    if not isinstance(value, datetime):
+        raise TypeError(f"not a time: {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def names_containers(*policies: Policy) -> bool:
+    """Whether an object of one of ``policies`` selects containers by name: only
+    then can a container's name (one per replica) change a verdict or an
+    object's reuse. Learnt objects never select by name."""
+    return any(isinstance(o, ContainerObject) and o.selector.containers
+               for p in policies for o in p.objects)
+
+
+class _Classes:
+    """Identity texts (with the row's identity key) as small integers, for the
+    SQLite fold: texts equal once the container name is left out
+    (``erase_names``) share one; ``texts`` gives back, per integer, a text and
+    key that read as that identity. A text that is not a JSON object (or
+    empty) is read from its key, as :func:`endpoint_of` does. ``by_text``:
+    the texts already numbered (read from themselves)."""
+
+    __slots__ = ("_by_key", "_ids", "_keyed", "by_text", "erase_names", "texts")
+
+    def __init__(self, *, erase_names: bool) -> None:
+        self.erase_names = erase_names
+        self.by_text: dict[str, int] = {}
+        self._keyed: set[str] = set()  # texts read from their key
+        self._by_key: dict[str, int] = {}
+        self._ids: dict[tuple[str, str], int] = {}
+        self.texts: list[tuple[str, str]] = []
+
+    def _id(self, text_: str, key: str) -> int:
+        found = self._ids.get((text_, key))
+        if found is None:
+            found = self._ids[(text_, key)] = len(self.texts)
+            self.texts.append((text_, key))
+        return found
+
+    def __call__(self, text_: str, key: str) -> int:
+        found = self.by_text.get(text_)
+        if found is not None:
+            return found
+        if text_ and text_ not in self._keyed:
+            try:
+                data = orjson.loads(text_)
+            except orjson.JSONDecodeError:
+                data = None
+            if isinstance(data, dict):
+                if self.erase_names:
+                    data.pop("name", None)
+                canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+                found = self.by_text[text_] = self._id(canonical, "")
+                return found
+            self._keyed.add(text_)
+        by_key = self._by_key.get(key)
+        if by_key is None:
+            by_key = self._by_key[key] = self._id("", key)
+        return by_key
+
+
+def _unnamed(column: str) -> str:
+    """SQL (PostgreSQL): the identity text ``column`` without its container
+    name (``name``, top level), for grouping; ``jsonb`` normalises the text (it
+    is parsed back, not compared with others). A text that is not a JSON
+    object fails the query (the caller reads the rows one by one instead):
+    every text the Console stores is one, or empty."""
+    return f"CASE WHEN {column} = '' THEN {column} ELSE ({column}::jsonb - 'name')::text END"
+
+
+_GROUPED = ("SELECT kind, src, dst, port, verdict, rule_id, {src_id}, {dst_id}, "
+            "count(*), CAST(sum(count) AS BIGINT), min(first_seen), max(last_seen) "
+            "FROM flows WHERE last_seen >= :since AND first_seen < :until "
+            "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
+_FOLD = ("SELECT cnnf_fold(kind, src, dst, port, verdict, rule_id, count, first_seen, "
+         "last_seen, src_identity, dst_identity) "
+         "FROM flows{hint} WHERE last_seen >= :since AND first_seen < :until")
+
+#: A folded group: rows, connections, first seen, last seen (as the store gives them)
+_Group = list[Any]
+
+
+def grouped_flows(session: Session, since: datetime, until: datetime, *,
+                  erase_names: bool) -> Iterator[ObservedFlow]:
+    """The window's flows as :func:`observed_flows` reads them, folded in the
+    store: one :class:`ObservedFlow` per edge (kind, source and destination
+    keys, port), recorded verdict and rule, and pair of identities, with the
+    number of rows (``flows``), the sum of their connections and the earliest
+    and latest times. Learning and simulating add those up per flow and
+    evaluate each by its identities and port, so the folded flows give the
+    same results as the rows, from a hundred thousand groups instead of a
+    million rows (the benchmark's).
+
+    ``erase_names``: group identities that differ only in the container name
+    (replicas: ``api-1``, ``api-2``); right when no object selects by name
+    (:func:`names_containers`), and then the largest fold.
+
+    PostgreSQL groups with ``GROUP BY`` over the texts (``jsonb`` leaves the
+    name out; a stored text that is not a JSON object, never written by the
+    Console, fails that query: then the rows are read one by one). SQLite has
+    no hash aggregate (its ``GROUP BY`` sorts the million rows): there an
+    aggregate function folds the rows as the scan passes them (each identity
+    text parsed once, :class:`_Classes`), twice as fast as grouping by
+    integers it gives each text (measured). Rows that do not fold (a scan:
+    more groups than half the rows, checked every :data:`FOLD_CHECK` groups)
+    stop that fold: they are read one by one, streamed."""
+    if session.get_bind().dialect.name == "sqlite":
+        yield from _folded_sqlite(session, since, until, erase_names=erase_names)
+        return
+    ids = ((_unnamed("src_identity"), _unnamed("dst_identity")) if erase_names
+           else ("src_identity", "dst_identity"))
+    # yield_per: a server-side cursor, the groups fetched in batches (psycopg
+    # would hold every group client-side).
+    stmt = text(_GROUPED.format(src_id=ids[0], dst_id=ids[1])).bindparams(
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
+    ).execution_options(yield_per=20000)
+    try:
+        result = session.connection().execute(stmt, {"since": since, "until": until})
+        rows = result.fetchmany(20000)
+    except DBAPIError:
+        if not erase_names:
+            raise
+        session.rollback()
+        yield from observed_flows(session, since, until)
+        return
+    keys = EndpointCache()
+    flow = ObservedFlow
+    with gc_paused():
+        while rows:
+            for kind, src, dst, port, verdict, rule_id, s_id, d_id, n, count, f, la in rows:
+                yield flow(kind, src, dst, port, keys(s_id, src), keys(d_id, dst), verdict,
+                           rule_id, n, count, _utc(f), _utc(la))
+            rows = result.fetchmany(20000)
+
+
+#: The SQLite fold is checked each time it holds this many more groups: when
+#: they are more than half the rows folded so far (rows that do not fold: a scan
+#: reaching a distinct address or port per row), it stops and the rows are read
+#: one by one (:func:`observed_flows`, streamed): a fold of unfoldable rows holds
+#: a group per row before yielding the first (about 0.5 GB per million rows)
+#: and is slower than that read (measured: ``bench/learn_simulate.py``).
+FOLD_CHECK = 10_000
+
+
+class _Unfoldable(Exception):
+    """The SQLite fold stops: the rows do not fold (:data:`FOLD_CHECK`)."""
+
+
+def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
+                   erase_names: bool) -> Iterator[ObservedFlow]:
+    classes = _Classes(erase_names=erase_names)
+    by_text = classes.by_text
+    groups: dict[tuple[Any, ...], _Group] = {}
+    check = FOLD_CHECK
+    stopped: list[bool] = []  # the fold stopped: the rows do not fold
+    rows = 0
+
+    class Fold:
+        """The rows' fold, into ``groups`` (SQLite calls ``step`` per row)."""
+
+        def step(  # noqa: PLR0917  (SQLite passes the row's columns, in order)
+                self, kind: str, src: str, dst: str, port: int, verdict: str, rule_id: int,
+                count: int, first: Any, last: Any, s_text: str, d_text: str) -> None:
+            nonlocal rows
+            rows += 1
+            s_id = by_text.get(s_text)
+            if s_id is None:
+                s_id = classes(s_text, src)
+            d_id = by_text.get(d_text)
+            if d_id is None:
+                d_id = classes(d_text, dst)
+            key = (kind, src, dst, port, verdict, rule_id, s_id, d_id)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [1, count, first, last]
+                if len(groups) % check == 0 and 2 * len(groups) > rows:
+                    stopped.append(True)
+                    raise _Unfoldable
+                return
+            group[0] += 1
+            group[1] += count
+            # (no min()/max() calls: a million rows)
+            if first < group[2]:  # noqa: PLR1730
+                group[2] = first
+            if last > group[3]:  # noqa: PLR1730
+                group[3] = last
+
+        def finalize(self) -> int:
+            return len(groups)
+
+    raw = session.connection().connection.driver_connection
+    if raw is None:
+        raise RuntimeError("no SQLite connection to fold the flows on")
+    stmt = text(_FOLD.format(hint=_scan_hint(session, since))).bindparams(
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime()))
+    raw.create_aggregate("cnnf_fold", 11, Fold)
+    try:
+        with gc_paused():
+            session.connection().execute(stmt, {"since": since, "until": until}).all()
+    except DBAPIError:
+        if not stopped:  # (SQLite says only that the step raised)
+            raise
+    finally:
+        raw.create_aggregate("cnnf_fold", 11, None)
+    if stopped:
+        groups.clear()
+        yield from observed_flows(session, since, until)
+        return
+    keys = EndpointCache()
+    texts = classes.texts
+    times: dict[Any, datetime] = {}  # times repeat: each text parsed once
+
+    def utc(value: Any) -> datetime:
+        found = times.get(value)
+        if found is None:
+            found = times[value] = _utc(value)
+        return found
+
+    flow = ObservedFlow
+    with gc_paused():
+        for (kind, src, dst, port, verdict, rule_id, s_id, d_id), group in groups.items():
+            (s_text, s_key), (d_text, d_key) = texts[s_id], texts[d_id]
+            yield flow(kind, src, dst, port, keys(s_text, s_key or src),
+                       keys(d_text, d_key or dst), verdict, rule_id, group[0], group[1],
+                       utc(group[2]), utc(group[3]))
 
 
 # --- answers from the pure results ---------------------------------------------------------
@@ -436,7 +683,8 @@ class LearningService:
         self.session.rollback()  # no read snapshot held through the long read below
         scope = Scope(namespace=request.namespace, host=request.host,
                       images=tuple(request.images))
-        flows = observed_flows(self.session, since, until)
+        flows = grouped_flows(self.session, since, until,
+                              erase_names=not names_containers(current))
         if scope != Scope():
             flows = (f for f in flows if scope.admits(f))
         proposal = learn(current, flows, LearnOptions(label_key=request.label_key,
@@ -541,7 +789,9 @@ class LearningService:
             errors = [FieldError(f"changes: {e.path}", e.message) for e in exc.errors]
             raise Conflict("the changes do not fit the current policy: "
                            + "; ".join(str(e) for e in errors), errors) from None
-        impact = simulate(current, draft, observed_flows(self.session, since, until))
+        flows = grouped_flows(self.session, since, until,
+                              erase_names=not names_containers(current, draft))
+        impact = simulate(current, draft, flows)
         return impact_result(impact, since, until)
 
 

@@ -181,6 +181,18 @@ def diff_is_empty(d: dict[str, Any]) -> bool:
     )
 
 
+def _expect(policy: Policy, expected_revision: int | None) -> None:
+    """A write made against what its caller saw at ``expected_revision``:
+    refused (409, nothing written) when the policy has moved on since, or when
+    that revision was never reached (a mistyped one)."""
+    if expected_revision is not None and expected_revision > policy.revision:
+        raise Conflict(f"revision {expected_revision} does not exist (the policy is at "
+                       f"{policy.revision})")
+    if expected_revision is not None and policy.revision != expected_revision:
+        raise Conflict(f"the policy is at revision {policy.revision}, not "
+                       f"{expected_revision}: it changed meanwhile (review it and try again)")
+
+
 class PolicyService:
     def __init__(self, session: Session, actor: str = "system", now: Now = utcnow) -> None:
         self.session = session
@@ -457,11 +469,15 @@ class PolicyService:
                         {"position": index}, {"position": position})
         return rules
 
-    def promote_rule(self, kind: RuleKind, rule_id: int) -> Rule:
+    def promote_rule(self, kind: RuleKind, rule_id: int,
+                     expected_revision: int | None = None) -> Rule:
         """Put a staged rule in force: one change, one revision. A rule that is
-        not staged is refused (409): promoting twice is a mistake worth naming."""
+        not staged is refused (409): promoting twice is a mistake worth naming.
+        With ``expected_revision``, refused (409) unless the policy is still at
+        it: the rule was reviewed at that revision."""
         with self._transaction():
             old = self.policy()
+            _expect(old, expected_revision)
             rules = list(_rules(old, kind))
             index = _index(rules, kind, rule_id)
             current = rules[index]
@@ -476,11 +492,13 @@ class PolicyService:
                         f"rules/{kind}/{rule_id}", _json(current), _json(rule))
         return rule
 
-    def promote_default(self) -> Settings:
+    def promote_default(self, expected_revision: int | None = None) -> Settings:
         """Make the staged default effect the default effect: one change, one
-        revision. Refused (409) when no default effect is staged."""
+        revision. Refused (409) when no default effect is staged, or with
+        ``expected_revision`` when the policy is no longer at it."""
         with self._transaction():
             old = self.policy()
+            _expect(old, expected_revision)
             staged = old.staged_default_effect
             if staged is None:
                 raise Conflict("no default effect is staged (settings.stagedDefaultEffect "
@@ -514,9 +532,7 @@ class PolicyService:
         nothing is written."""
         with self._transaction():
             old = self.policy()
-            if expected_revision is not None and old.revision != expected_revision:
-                raise Conflict(f"the policy is at revision {old.revision}, not "
-                               f"{expected_revision}: it changed meanwhile")
+            _expect(old, expected_revision)
             new = policy.model_copy(update={"revision": old.revision})
             summary = diff(old, new)
             stored = self._apply(new, action, "policy", _json(old), summary, document=True)

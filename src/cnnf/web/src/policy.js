@@ -37,8 +37,12 @@ export async function renderRules(main, args, query) {
 
   let rules = [];
   let objects = [];
+  let revision = null; // the policy revision the rules shown were read at (or later)
 
   async function load() {
+    // The revision first: a change landing before the rules are read makes a
+    // promote refused (409), never one of a rule not seen as shown.
+    revision = (await api("GET", "/policy")).revision;
     [rules, objects] = await Promise.all([api("GET", `/rules/${kind}`), api("GET", "/objects")]);
     clear(body).append(...rules.map((r) => row(r)));
     if (!rules.length) body.append(h("tr", {}, h("td", { colspan: 11, class: "muted" }, "No rules yet.")));
@@ -118,7 +122,14 @@ export async function renderRules(main, args, query) {
 
   async function promote(r) {
     if (!window.confirm(`Put staged rule #${r.id} ${r.name} in force (${r.effect})?`)) return;
-    try { await api("POST", `/rules/${kind}/${r.id}/promote`); message.textContent = ""; await load(); } catch (err) { fail(message, err); }
+    try {
+      await api("POST", `/rules/${kind}/${r.id}/promote`, { query: { expectedRevision: revision } });
+      message.textContent = "";
+      await load();
+    } catch (err) {
+      fail(message, err);
+      if (err.status === 409) { try { await load(); } catch { /* the message above stands */ } }
+    }
   }
 
   async function remove(r) {
