@@ -158,7 +158,19 @@ REPLICAS = [row(API_1, DB, 5432, count=2, first=T0 - timedelta(minutes=1)),
             row(API_2, DB, 5432, count=3, last=T0 + timedelta(minutes=1)),
             row(API_2, DB, 5432, verdict="prevent", rule_id=1)]
 
+#: Three replicas reaching 160 bare addresses (IPv4 and IPv6), some on port 0:
+#: over the address cap (MAX_ADDRESSES), one source.
+SCAN_ADDRESSES = [*(f"198.51.100.{i + 1}" for i in range(80)),
+                  *(f"2001:db8::{i + 1:x}" for i in range(80))]
+CAPPED = [row(EndpointInfo(kind="container", image="shop/api:1.0", container=f"api-{r}",
+                           namespace="a", host="n1", labels={"app": "api"}),
+              EndpointInfo(kind="address", address=a), 0 if i % 40 == 0 else 443 + r,
+              count=r + 1, first=T0 - timedelta(minutes=r))
+          for r in range(3) for i, a in enumerate(SCAN_ADDRESSES)]
 
+
+@example(flows=CAPPED, current=POLICIES[0], draft=POLICIES[1], label_key="app")
+@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="")
 @example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app")
 @example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app")
 @example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app")
