@@ -278,3 +278,20 @@ def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) 
         next(flows)
         assert s.execute(text("SELECT count(*) FROM pg_cursors")).scalar_one() == 1
         assert 1 + sum(1 for _ in flows) == 300
+
+
+def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path) -> None:
+    """An error inside the fold (a row SQLite's dynamic typing let through: a
+    time stored as a number) reaches the caller as itself, not as SQLite's
+    "user-defined aggregate's 'step' method raised error"."""
+    engine = connect(f"sqlite:///{tmp_path / 'console.db'}")
+    try:
+        migrate(engine)
+        _fill(engine, REPLICAS[:2])
+        with Session(engine) as s:
+            s.execute(text("UPDATE flows SET first_seen = 12 WHERE id = "
+                           "(SELECT min(id) FROM flows)"))
+            with pytest.raises(TypeError, match="'<' not supported"):
+                list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+    finally:
+        engine.dispose()
