@@ -143,6 +143,20 @@ def test_settings_warn_while_enforcement_is_off_and_promote_the_staged_default(
         s = api.get("/api/v1/settings").json()
     assert (s["containerEnabled"], s["hostEnabled"], s["defaultEffect"],
             s["stagedDefaultEffect"]) == (True, True, "allow", "prevent")
+    # the policy changes after the page was read: the promote is refused (it
+    # sends the revision the settings were read at), saying why
+    with console.client() as api:
+        revision = api.get("/api/v1/policy").json()["revision"]
+        api.put("/api/v1/settings", json={**s, "blockMode": "drop"}).raise_for_status()
+    page.click("#promote-default")
+    page.wait_for_selector("#settings-message:has-text('changed meanwhile')")
+    assert page.text_content("#settings-message") == (
+        f"the policy is at revision {revision + 1}, not {revision}: it changed meanwhile "
+        "(review it and try again)")
+    page.wait_for_function(
+        "document.querySelector('#settings select[name=blockMode]').value === 'drop'")
+    with console.client() as api:
+        assert api.get("/api/v1/settings").json()["stagedDefaultEffect"] == "prevent"
     page.click("#promote-default")
     page.wait_for_selector("#settings-message:has-text('Default effect is now prevent')")
     assert page.input_value("#settings select[name=defaultEffect]") == "prevent"

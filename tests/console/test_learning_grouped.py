@@ -158,7 +158,19 @@ REPLICAS = [row(API_1, DB, 5432, count=2, first=T0 - timedelta(minutes=1)),
             row(API_2, DB, 5432, count=3, last=T0 + timedelta(minutes=1)),
             row(API_2, DB, 5432, verdict="prevent", rule_id=1)]
 
+#: Three replicas reaching 160 bare addresses (IPv4 and IPv6), some on port 0:
+#: over the address cap (MAX_ADDRESSES), one source.
+SCAN_ADDRESSES = [*(f"198.51.100.{i + 1}" for i in range(80)),
+                  *(f"2001:db8::{i + 1:x}" for i in range(80))]
+CAPPED = [row(EndpointInfo(kind="container", image="shop/api:1.0", container=f"api-{r}",
+                           namespace="a", host="n1", labels={"app": "api"}),
+              EndpointInfo(kind="address", address=a), 0 if i % 40 == 0 else 443 + r,
+              count=r + 1, first=T0 - timedelta(minutes=r))
+          for r in range(3) for i, a in enumerate(SCAN_ADDRESSES)]
 
+
+@example(flows=CAPPED, current=POLICIES[0], draft=POLICIES[1], label_key="app")
+@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="")
 @example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app")
 @example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app")
 @example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app")
@@ -266,3 +278,20 @@ def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) 
         next(flows)
         assert s.execute(text("SELECT count(*) FROM pg_cursors")).scalar_one() == 1
         assert 1 + sum(1 for _ in flows) == 300
+
+
+def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path) -> None:
+    """An error inside the fold (a row SQLite's dynamic typing let through: a
+    time stored as a number) reaches the caller as itself, not as SQLite's
+    "user-defined aggregate's 'step' method raised error"."""
+    engine = connect(f"sqlite:///{tmp_path / 'console.db'}")
+    try:
+        migrate(engine)
+        _fill(engine, REPLICAS[:2])
+        with Session(engine) as s:
+            s.execute(text("UPDATE flows SET first_seen = 12 WHERE id = "
+                           "(SELECT min(id) FROM flows)"))
+            with pytest.raises(TypeError, match="'<' not supported"):
+                list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+    finally:
+        engine.dispose()

@@ -522,7 +522,7 @@ def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
     by_text = classes.by_text
     groups: dict[tuple[Any, ...], _Group] = {}
     check = FOLD_CHECK
-    stopped: list[bool] = []  # the fold stopped: the rows do not fold
+    failed: list[BaseException] = []  # what step raised (_Unfoldable: rows that do not fold)
     rows = 0
 
     class Fold:
@@ -533,27 +533,30 @@ def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
                 count: int, first: Any, last: Any, s_text: str, d_text: str) -> None:
             nonlocal rows
             rows += 1
-            s_id = by_text.get(s_text)
-            if s_id is None:
-                s_id = classes(s_text, src)
-            d_id = by_text.get(d_text)
-            if d_id is None:
-                d_id = classes(d_text, dst)
-            key = (kind, src, dst, port, verdict, rule_id, s_id, d_id)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [1, count, first, last]
-                if len(groups) % check == 0 and 2 * len(groups) > rows:
-                    stopped.append(True)
-                    raise _Unfoldable
-                return
-            group[0] += 1
-            group[1] += count
-            # (no min()/max() calls: a million rows)
-            if first < group[2]:  # noqa: PLR1730
-                group[2] = first
-            if last > group[3]:  # noqa: PLR1730
-                group[3] = last
+            try:
+                s_id = by_text.get(s_text)
+                if s_id is None:
+                    s_id = classes(s_text, src)
+                d_id = by_text.get(d_text)
+                if d_id is None:
+                    d_id = classes(d_text, dst)
+                key = (kind, src, dst, port, verdict, rule_id, s_id, d_id)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [1, count, first, last]
+                    if len(groups) % check == 0 and 2 * len(groups) > rows:
+                        raise _Unfoldable
+                    return
+                group[0] += 1
+                group[1] += count
+                # (no min()/max() calls: a million rows)
+                if first < group[2]:  # noqa: PLR1730
+                    group[2] = first
+                if last > group[3]:  # noqa: PLR1730
+                    group[3] = last
+            except BaseException as err:
+                failed.append(err)  # SQLite's own error names none
+                raise
 
         def finalize(self) -> int:
             return len(groups)
@@ -567,12 +570,15 @@ def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
     try:
         with gc_paused():
             session.connection().execute(stmt, {"since": since, "until": until}).all()
-    except DBAPIError:
-        if not stopped:  # (SQLite says only that the step raised)
+    except DBAPIError as err:
+        # SQLite says only "user-defined aggregate's 'step' method raised error".
+        if not failed:
             raise
+        if not isinstance(failed[0], _Unfoldable):
+            raise failed[0] from err
     finally:
         raw.create_aggregate("cnnf_fold", 11, None)
-    if stopped:
+    if failed:
         groups.clear()
         yield from observed_flows(session, since, until)
         return

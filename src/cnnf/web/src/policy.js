@@ -338,7 +338,14 @@ export async function renderSettings(main) {
   const form = h("form", { id: "settings", class: "card stack" });
   clear(main).append(h("section", { class: "page" }, h("h1", {}, "Settings"), form));
   let s;
-  try { s = await api("GET", "/settings"); } catch (err) { fail(message, err); form.append(message); return; }
+  let revision = null; // the policy revision the settings shown were read at (or later)
+  async function read() {
+    // The revision first: a change landing before the settings are read makes a
+    // promote refused (409), never one of a staged default not seen as shown.
+    revision = (await api("GET", "/policy")).revision;
+    s = await api("GET", "/settings");
+  }
+  try { await read(); } catch (err) { fail(message, err); form.append(message); return; }
   // Prevent rules do nothing while their kind's enforcement is off: say so where
   // the switch is, as it is saved (not only after the next reload).
   const warning = h("p", { id: "enforcement-warning", class: "warning", role: "status" });
@@ -354,13 +361,31 @@ export async function renderSettings(main) {
     onclick: async () => {
       if (!window.confirm(`Make the staged default effect (${s.stagedDefaultEffect}) the default effect?`)) return;
       try {
-        s = await api("POST", "/settings/promote");
+        s = await api("POST", "/settings/promote", { query: { expectedRevision: revision } });
+        revision = (await api("GET", "/policy")).revision;
         form.elements.defaultEffect.value = s.defaultEffect;
         form.elements.stagedDefaultEffect.value = "";
         promoteDefault.hidden = true;
         message.className = "ok";
         message.textContent = `Default effect is now ${s.defaultEffect}.`;
-      } catch (err) { message.className = "error"; fail(message, err); }
+      } catch (err) {
+        message.className = "error";
+        fail(message, err);
+        if (err.status === 409) {
+          // Show the settings as they are now (the message above stands).
+          try {
+            await read();
+            const f = form.elements;
+            f.containerEnabled.checked = s.containerEnabled;
+            f.hostEnabled.checked = s.hostEnabled;
+            f.defaultEffect.value = s.defaultEffect;
+            f.stagedDefaultEffect.value = s.stagedDefaultEffect || "";
+            f.blockMode.value = s.blockMode;
+            promoteDefault.hidden = !s.stagedDefaultEffect;
+            warn();
+          } catch { /* the message above stands */ }
+        }
+      }
     } }, "Promote staged default");
   form.append(
     warning,
@@ -388,7 +413,7 @@ export async function renderSettings(main) {
       await api("PUT", "/settings", { body: { containerEnabled: d.get("containerEnabled") === "on",
         hostEnabled: d.get("hostEnabled") === "on", defaultEffect: d.get("defaultEffect"), blockMode: d.get("blockMode"),
         stagedDefaultEffect: d.get("stagedDefaultEffect") || null } });
-      s = await api("GET", "/settings");
+      await read();
       promoteDefault.hidden = !s.stagedDefaultEffect;
       message.className = "ok";
       message.textContent = "Saved.";
