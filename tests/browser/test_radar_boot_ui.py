@@ -1,0 +1,94 @@
+"""The boot script (assets/boot-HASH.js): Radar's first /radar request sent from
+the page's head before the bundle has loaded, and when Radar takes its answer.
+
+Every test signs in, then loads the page again (a first visit, signed in), with
+the bundle (assets/app-HASH.js) held back where the test changes something
+before it runs; the /radar requests the browser sends are counted.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from radarpage import sign_in, wait_radar
+from radarserver import RadarConsole
+
+pytestmark = pytest.mark.browser
+
+BUNDLE = re.compile(r"/assets/app-[^/]+\.js$")
+
+
+class Requests:
+    """The /api/v1/radar requests the page sends: (query, Authorization)."""
+
+    def __init__(self, page: Any) -> None:
+        self.sent: list[tuple[dict[str, list[str]], str | None]] = []
+        page.on("request", self._on)
+
+    def _on(self, request: Any) -> None:
+        if urlsplit(request.url).path == "/api/v1/radar":
+            self.sent.append((parse_qs(urlsplit(request.url).query),
+                              request.headers.get("authorization")))
+
+
+def signed_in(page: Any, console: RadarConsole, poll_ms: int = 60_000) -> str:
+    """Signed in on Radar (polling every poll_ms); the page's token."""
+    sign_in(page, console, "#/radar", f"?poll={poll_ms}")
+    wait_radar(page)
+    token: str = page.evaluate("sessionStorage.getItem('cnnf.token')")
+    return token
+
+
+def load_held(page: Any, hash_: str = "#/radar") -> Any:
+    """Load the page again on hash_ with the bundle held back once the boot script
+    has sent its request; returns the held bundle request (route.continue_() it)."""
+    held: list[Any] = []
+    page.route(BUNDLE, held.append)
+    page.evaluate("(h) => { location.hash = h; }", hash_)
+    page.reload(wait_until="commit")
+    page.wait_for_function("window.cnnfBoot !== undefined", polling=50)
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the bundle was not requested"
+    return held[0]
+
+
+def release(page: Any, bundle: Any) -> None:
+    bundle.continue_()
+    page.unroute(BUNDLE)
+
+
+def live(page: Any) -> str:
+    text: str = page.text_content("#live") or ""
+    return text
+
+
+def test_first_visit_takes_the_boot_answer(page: Any, console: RadarConsole) -> None:
+    signed_in(page, console)
+    requests = Requests(page)
+    page.reload()
+    wait_radar(page)
+    assert len(requests.sent) == 1  # the boot script's, taken by Radar
+    marks = page.evaluate("""() => Object.fromEntries(['cnnf:radar-request', 'cnnf:script']
+      .map(n => [n, performance.getEntriesByName(n).map(e => e.startTime)]))""")
+    assert len(marks["cnnf:radar-request"]) == 1
+    assert marks["cnnf:radar-request"][0] < marks["cnnf:script"][0]  # sent before the bundle ran
+    assert page.evaluate("window.cnnfBoot") is None
+    assert live(page).startswith("● Live")
+
+
+def test_a_link_changed_before_the_bundle_ran_asks_again(page: Any,
+                                                          console: RadarConsole) -> None:
+    signed_in(page, console)
+    requests = Requests(page)
+    bundle = load_held(page)
+    page.evaluate("location.hash = '#/radar?view=host'")  # not what the boot script asked
+    release(page, bundle)
+    wait_radar(page)
+    assert [q["view"] for q, _ in requests.sent] == [["container"], ["host"]]
+    assert page.eval_on_selector("select[name=view]", "s => s.value") == "host"
