@@ -15,11 +15,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from radarpage import sign_in, wait_radar
-from radarserver import RadarConsole
+from radarserver import ADMIN, RadarConsole
 
 pytestmark = pytest.mark.browser
 
 BUNDLE = re.compile(r"/assets/app-[^/]+\.js$")
+# Counts each time the login form is drawn (set before the page's scripts run).
+COUNT_LOGINS = """window.cnnfLogins = 0;
+new MutationObserver((ms) => { for (const m of ms) for (const n of m.addedNodes)
+  if (n.id === 'login') window.cnnfLogins += 1; })
+  .observe(document, {childList: true, subtree: true});"""
 
 
 class Requests:
@@ -92,3 +97,30 @@ def test_a_link_changed_before_the_bundle_ran_asks_again(page: Any,
     wait_radar(page)
     assert [q["view"] for q, _ in requests.sent] == [["container"], ["host"]]
     assert page.eval_on_selector("select[name=view]", "s => s.value") == "host"
+
+
+def test_an_expired_session_shows_the_login_once_then_radar_loads_fresh(
+        page: Any, console: RadarConsole) -> None:
+    old = signed_in(page, console, poll_ms=1000)
+    with console.client(old) as api:  # the session ends (as if expired)
+        api.post("/api/v1/auth/logout").raise_for_status()
+    page.add_init_script(COUNT_LOGINS)
+    requests = Requests(page)
+    page.reload()
+    page.wait_for_selector("#login-error:has-text('Your session ended')")
+    page.fill("input[name=username]", "adm")
+    page.wait_for_timeout(2500)  # 2.5 polls: Radar does not poll without a session
+    assert page.evaluate("window.cnnfLogins") == 1
+    assert page.input_value("input[name=username]") == "adm"
+    assert len(requests.sent) == 1  # the boot script's, answered 401
+    page.fill("input[name=username]", ADMIN[0])
+    page.fill("input[name=password]", ADMIN[1])
+    page.click("form#login button[type=submit]")
+    page.wait_for_function("window.cnnfRadar && window.cnnfRadar.ready")
+    new = page.evaluate("sessionStorage.getItem('cnnf.token')")
+    assert new and new != old
+    assert [auth for _, auth in requests.sent[:2]] == [f"Bearer {old}", f"Bearer {new}"]
+    assert live(page).startswith("● Live")
+    page.wait_for_timeout(1500)
+    assert page.evaluate("document.body.dataset.page") == "radar"
+    assert page.evaluate("window.cnnfLogins") == 1

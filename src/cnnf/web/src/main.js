@@ -89,7 +89,13 @@ document.getElementById("logout").addEventListener("click", async () => {
   session.token = null;
   show();
 });
-session.onExpired = () => { if (cleanup) { cleanup(); cleanup = null; } renderLogin("Your session ended; sign in again."); };
+// A 401: the login is shown once (a second 401, from a request already under
+// way, leaves the form and what is typed in it alone).
+session.onExpired = () => {
+  if (cleanup) { cleanup(); cleanup = null; }
+  if (document.body.dataset.page === "login") return;
+  renderLogin("Your session ended; sign in again.");
+};
 window.addEventListener("hashchange", show);
 if (session.token) whoAmI();
 show();
