@@ -124,3 +124,58 @@ def test_an_expired_session_shows_the_login_once_then_radar_loads_fresh(
     page.wait_for_timeout(1500)
     assert page.evaluate("document.body.dataset.page") == "radar"
     assert page.evaluate("window.cnnfLogins") == 1
+
+
+def test_radar_opened_after_another_page_asks_afresh(page: Any, console: RadarConsole) -> None:
+    signed_in(page, console)
+    requests = Requests(page)
+    bundle = load_held(page)
+    page.evaluate("location.hash = '#/audits'")  # the first page shown is not Radar
+    release(page, bundle)
+    page.wait_for_selector("body[data-page=audits]")
+    assert page.evaluate("window.cnnfBoot") is None
+    page.click("#nav a[data-page=radar]")
+    wait_radar(page)
+    assert len(requests.sent) == 2  # the boot script's answer was not taken
+
+
+def test_radar_after_signing_in_again_does_not_replay_the_boot_401(
+        page: Any, console: RadarConsole) -> None:
+    old = signed_in(page, console)
+    with console.client(old) as api:
+        api.post("/api/v1/auth/logout").raise_for_status()
+    requests = Requests(page)
+    bundle = load_held(page)
+    page.evaluate("location.hash = '#/audits'")
+    release(page, bundle)
+    page.wait_for_selector("#login-error:has-text('Your session ended')")
+    page.fill("input[name=username]", ADMIN[0])
+    page.fill("input[name=password]", ADMIN[1])
+    page.click("form#login button[type=submit]")
+    page.wait_for_selector("body[data-page=audits]")
+    page.click("#nav a[data-page=radar]")
+    wait_radar(page)
+    assert page.evaluate("document.body.dataset.page") == "radar"
+    assert live(page).startswith("● Live")
+    assert len(requests.sent) == 2
+
+
+def test_a_boot_answer_for_another_token_or_too_old_is_not_taken(
+        page: Any, console: RadarConsole) -> None:
+    signed_in(page, console)
+    requests = Requests(page)
+    bundle = load_held(page)
+    # Signed in again (another session) before the bundle ran.
+    page.evaluate("(t) => sessionStorage.setItem('cnnf.token', t)", console.token)
+    release(page, bundle)
+    wait_radar(page)
+    assert [auth for _, auth in requests.sent][1:] == [f"Bearer {console.token}"]
+    assert len(requests.sent) == 2
+
+    requests.sent.clear()
+    bundle = load_held(page)
+    page.wait_for_timeout(5500)  # older than the 5 s Radar takes
+    release(page, bundle)
+    wait_radar(page)
+    assert len(requests.sent) == 2
+    assert live(page).startswith("● Live")

@@ -27,7 +27,16 @@ const PAGES = {
 };
 
 
+// The boot script's /radar answer (boot.js) is for the first page shown only
+// (Radar takes it as it starts): dropped once that page has started, whatever
+// it is, so Radar opened later, or after signing in again, asks afresh.
 async function show() {
+  const shown = showPage();
+  delete window.cnnfBoot;
+  await shown;
+}
+
+async function showPage() {
   if (cleanup) { cleanup(); cleanup = null; }
   clear(main);
   if (!session.token) { renderLogin(); return; }

@@ -629,11 +629,15 @@ function isSmall(elements) {
 }
 
 // The boot script's /radar request (see boot.js), taken once: used if it asked
-// for the URL the page would ask for now.
+// for the URL the page would ask for now, with the token signed in now, and is
+// young (an older answer is no longer "live"; main.js drops it after the first
+// page shown in any case).
+const BOOT_MAX_AGE_MS = 5000;
 function bootAnswer(url) {
   const boot = window.cnnfBoot;
   delete window.cnnfBoot;
-  return boot && boot.url === url ? boot : null;
+  return boot && boot.url === url && boot.token === session.token &&
+    performance.now() - boot.at <= BOOT_MAX_AGE_MS ? boot : null;
 }
 
 // The first /radar request: the boot script's, or one started now, before
