@@ -52,7 +52,11 @@ def load_held(page: Any, hash_: str = "#/radar") -> Any:
     """Load the page again on hash_ with the bundle held back once the boot script
     has sent its request; returns the held bundle request (route.continue_() it)."""
     held: list[Any] = []
-    page.route(BUNDLE, held.append)
+
+    def hold(route: Any) -> None:  # a bound builtin (held.append) is refused by Playwright
+        held.append(route)
+
+    page.route(BUNDLE, hold)
     page.evaluate("(h) => { location.hash = h; }", hash_)
     page.reload(wait_until="commit")
     page.wait_for_function("window.cnnfBoot !== undefined", polling=50)
