@@ -27,7 +27,16 @@ const PAGES = {
 };
 
 
+// The boot script's /radar answer (boot.js) is for the first page shown only
+// (Radar takes it as it starts): dropped once that page has started, whatever
+// it is, so Radar opened later, or after signing in again, asks afresh.
 async function show() {
+  const shown = showPage();
+  delete window.cnnfBoot;
+  await shown;
+}
+
+async function showPage() {
   if (cleanup) { cleanup(); cleanup = null; }
   clear(main);
   if (!session.token) { renderLogin(); return; }
@@ -89,7 +98,13 @@ document.getElementById("logout").addEventListener("click", async () => {
   session.token = null;
   show();
 });
-session.onExpired = () => { if (cleanup) { cleanup(); cleanup = null; } renderLogin("Your session ended; sign in again."); };
+// A 401: the login is shown once (a second 401, from a request already under
+// way, leaves the form and what is typed in it alone).
+session.onExpired = () => {
+  if (cleanup) { cleanup(); cleanup = null; }
+  if (document.body.dataset.page === "login") return;
+  renderLogin("Your session ended; sign in again.");
+};
 window.addEventListener("hashchange", show);
 if (session.token) whoAmI();
 show();

@@ -2,7 +2,7 @@
 // its own (sources left, destinations right; groups as compound nodes in bands). The page state is exposed as
 // window.cnnfRadar (cy, data, timing) for tests and the benchmark.
 import cytoscape from "cytoscape";
-import { api, apiAnswer, ApiError, apiRequest } from "./api.js";
+import { api, apiAnswer, ApiError, apiRequest, session } from "./api.js";
 import { applyLink, query, state, WINDOWS } from "./radarquery.js";
 import { auditBadge, clear, fmtClock, fmtTime, h, showFieldErrors } from "./dom.js";
 
@@ -629,11 +629,15 @@ function isSmall(elements) {
 }
 
 // The boot script's /radar request (see boot.js), taken once: used if it asked
-// for the URL the page would ask for now.
+// for the URL the page would ask for now, with the token signed in now, and is
+// young (an older answer is no longer "live"; main.js drops it after the first
+// page shown in any case).
+const BOOT_MAX_AGE_MS = 5000;
 function bootAnswer(url) {
   const boot = window.cnnfBoot;
   delete window.cnnfBoot;
-  return boot && boot.url === url ? boot : null;
+  return boot && boot.url === url && boot.token === session.token &&
+    performance.now() - boot.at <= BOOT_MAX_AGE_MS ? boot : null;
 }
 
 // The first /radar request: the boot script's, or one started now, before
@@ -925,7 +929,7 @@ export async function renderRadar(main, _args, link) {
   function schedule() {
     timer = setTimeout(async () => {
       if (!state.paused && !document.hidden) await refresh(false);
-      if (!stopped) schedule();
+      if (!stopped && session.token) schedule();
     }, pollMs());
   }
 
@@ -1342,9 +1346,7 @@ export async function renderRadar(main, _args, link) {
     form.scrollIntoView({ block: "nearest" });
   }
 
-  await refresh(true);
-  schedule();
-  return () => {
+  const stop = () => {
     stopped = true;
     clearTimeout(timer);
     document.removeEventListener("keydown", onEscape);
@@ -1353,6 +1355,11 @@ export async function renderRadar(main, _args, link) {
     radar.cy = null;
     radar.ready = false;
   };
+  await refresh(true);
+  // The session ended on the first answer (401): the login is shown, no polling.
+  if (!session.token) { stop(); return null; }
+  schedule();
+  return stop;
 }
 
 function debounce(fn, ms) {
