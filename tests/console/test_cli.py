@@ -198,3 +198,18 @@ def test_an_unreachable_store_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     r = _cnnf("console", "--listen", "nowhere")
     assert r.returncode == 1 and "expected HOST:PORT" in r.stderr
+
+
+def test_console_refuses_two_webhooks_that_differ_only_in_credentials(tmp_path: Path) -> None:
+    """User, password and query are credentials: they do not tell receivers apart.
+    Two such URLs in one start would share one sink (one silently dropped, or two
+    tenants' backlogs merged): refused, naming both, before anything is stored."""
+    db = tmp_path / "console.db"
+    done = _cnnf("console", "--data-dir", str(tmp_path), "--db", f"sqlite:///{db}",
+                 "--webhook", "http://h:1/in?channel=ops",
+                 "--webhook", "http://h:1/in?channel=sec")
+    assert done.returncode != 0
+    assert "--webhook #1 and --webhook #2 name one sink" in done.stderr
+    assert "distinct paths or hosts" in done.stderr
+    assert "ops" not in done.stderr and "sec" not in done.stderr.replace("seconds", "")
+    assert not db.exists()

@@ -387,7 +387,8 @@ def _install_link(app: FastAPI, console: ConsoleState,
     for name in sinks.added:
         log.info("forwarding: audits now go to %s too (every replica)", name)
     for name in sinks.rotated:
-        log.info("forwarding: %s has a new URL (credentials); its backlog is kept", name)
+        log.warning("forwarding: %s has a new URL (its credentials: user, password or "
+                    "query); its backlog is kept and goes to the new URL", name)
     if in_force:
         log.info("forwarding: audits go to %d sinks (the fleet's list, in the store): %s",
                  len(in_force), ", ".join(in_force))

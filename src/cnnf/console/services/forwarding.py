@@ -326,6 +326,13 @@ class _Target:
     stats: SinkStats = field(default_factory=SinkStats)
     retry_at: float = 0.0  # monotonic; the sink is not tried before
     delay: float = 0.0  # the next backoff after a failure
+    stored_as: str = ""  # its key in the store ("": the sink's own outbox_name)
+
+    @property
+    def key(self) -> str:
+        """Its key in the outbox: the stored sink's name (0011 kept the old key of
+        two stored URLs that would have shared one), else :func:`outbox_name`."""
+        return self.stored_as or outbox_name(self.sink)
 
 
 def outbox_name(sink: Sink) -> str:
@@ -413,12 +420,12 @@ class Forwarder:
     @property
     def names(self) -> tuple[str, ...]:
         """The outbox keys of this process's sinks (ingestion queues audits for them)."""
-        return tuple(outbox_name(t.sink) for t in self._targets)
+        return tuple(t.key for t in self._targets)
 
     @property
     def stats(self) -> dict[str, SinkStats]:
         with self._targets_lock:
-            return {t.sink.name: t.stats for t in self._targets}
+            return {t.key: t.stats for t in self._targets}
 
     def _load(self) -> None:
         """Follow the store's sinks: build the new ones, close the removed ones."""
@@ -427,19 +434,20 @@ class Forwarder:
         if urls == self._urls:
             return
         with self._targets_lock:
-            kept = [t for t in self._targets if outbox_name(t.sink) in urls
-                    and self._urls.get(outbox_name(t.sink)) == urls[outbox_name(t.sink)]]
+            kept = [t for t in self._targets if t.key in urls
+                    and self._urls.get(t.key) == urls[t.key]]
             for t in self._targets:
                 if t not in kept:
                     t.sink.close()
-            have = {outbox_name(t.sink) for t in kept}
+            have = {t.key for t in kept}
             for name, url in urls.items():
                 if name not in have:
                     if name in self._urls:
                         log.info("forwarding: %s has new credentials; its backlog goes "
                                  "with them", name)
                     try:
-                        kept.append(_Target(build_sink(url), delay=self.backoff))
+                        kept.append(_Target(build_sink(url), delay=self.backoff,
+                                            stored_as=name))
                     except CnnfError as exc:  # written by another version, say
                         log.error("forwarding: cannot use the stored sink %s: %s", name, exc)
             self._targets = kept
@@ -480,7 +488,7 @@ class Forwarder:
         return more
 
     def _deliver(self, target: _Target) -> bool:
-        name = outbox_name(target.sink)
+        name = target.key
         with self.sessions() as session:
             rows = session.scalars(
                 select(AuditRow).join(OutboxRow, OutboxRow.audit_id == AuditRow.id)
@@ -581,6 +589,25 @@ def build_sink(url: str) -> Sink:
     return WebhookSink(url)
 
 
+def same_named_sinks(urls: Sequence[str], option: str = "sink URL") -> None:
+    """Refuse two URLs of one configuration that name one sink (:func:`sink_name`
+    leaves out the user, password and query: credentials, so they cannot tell two
+    receivers apart). One would silently win, and two receivers (two channels, two
+    tenants' API keys) would share one backlog. Raises CnnfError naming both
+    (``option`` and position: their secrets are not shown)."""
+    seen: dict[str, int] = {}
+    for position, url in enumerate(urls, 1):
+        name = sink_name(url)
+        if name in seen:
+            raise CnnfError(
+                f"{option} #{seen[name]} and {option} #{position} name one sink, "
+                f"{name}: they "
+                "differ only in user, password or query, which are credentials and do "
+                "not tell receivers apart; use distinct paths or hosts (nothing was "
+                "changed)")
+        seen[name] = position
+
+
 def sink_name(url: str) -> str:
     """The outbox key of the sink at ``url`` (what :func:`outbox_name` gives its sink)."""
     scheme = urlsplit(url).scheme
@@ -611,9 +638,13 @@ def configure_sinks(session: Session, urls: Sequence[str], now: datetime, *,
     credentials updates the stored one and keeps its backlog. A sink removed keeps
     its undelivered audits in the outbox (counted): configured again, it gets
     them, and otherwise retention prunes them (counted and logged)."""
-    wanted = {sink_name(url): url for url in urls}
     try:
         stored = {row.name: row for row in session.scalars(select(SinkRow))}
+        # A URL stored as it is keeps its key (0011 kept the old key of two stored
+        # URLs that would have shared one); any other is keyed by its receiver.
+        by_url = {row.url: name for name, row in stored.items()}
+        same_named_sinks([url for url in urls if url not in by_url])
+        wanted = {by_url.get(url) or sink_name(url): url for url in urls}
         removed: dict[str, int] = {}
         if replace:
             for name, row in stored.items():
