@@ -150,7 +150,7 @@ def test_parked_audits_are_listed_and_requeued_through_the_api(
             with caplog.at_level(logging.INFO, logger="cnnf.console"):
                 r = admin.post(f"{API}/forwarding/parked/requeue",
                                json={"sink": name, "ids": [poison["auditId"]]})
-            assert r.status_code == 200 and r.json() == {"sink": name, "requeued": 1}
+            assert r.status_code == 200 and r.json() == {"sink": name, "requeued": 1, "left": 0}
             assert (f"forwarding: admin-user requeued 1 parked audits of {name} "
                     f"(ids {poison['auditId']})") in caplog.text
             assert poll(lambda: sum(1 for code, got in hook.batches()

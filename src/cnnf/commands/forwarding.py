@@ -80,12 +80,13 @@ def parked(
 def requeue(
     sink: SinkArg,
     ids: Annotated[list[int] | None, typer.Argument(
-        min=1, help="audit ids to requeue (none: every parked audit of the sink)")] = None,
+        min=1, help="audit ids to requeue (none: the sink's oldest 1000 parked)")] = None,
     console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
 ) -> None:
-    """Send parked audits of one sink again (all, or the ids given); one the sink
-    still refuses waits queued, retried with backoff."""
+    """Send parked audits of one sink again (the oldest 1000, or the ids given);
+    one the sink still refuses is parked again, and the rest goes on."""
     body: dict[str, Any] = {"sink": sink} | ({"ids": ids} if ids else {})
     done = _call("POST", console, "/forwarding/parked/requeue", token, ca, json=body)
+    left = f"; {done['left']} still parked" if done.get("left") else ""
     typer.echo(f"requeued {done['requeued']} parked audits of {done['sink']} "
-               "(sent at the forwarder's next round)")
+               f"(sent at the forwarder's next round){left}")

@@ -49,10 +49,10 @@ def list_parked(*, db: SessionDep, _: Reader, sink: SinkName = None,
     s409="the sink is no longer configured (requeued audits would wait for it); "
          "nothing was requeued"))
 def requeue(body: Requeue, *, db: SessionDep, who: Admin) -> Requeued:
-    """Send parked audits of one sink again (all of them, or the ``ids`` given):
-    they go at the forwarder's next round, in id order with the sink's backlog. One
-    the sink still refuses waits queued, retried with backoff (parked again only
-    when the sink takes others in the same round)."""
+    """Send parked audits of one sink again (the oldest 1000, or the ``ids``
+    given, at most 1000; ``left`` counts those still parked): they go at the
+    forwarder's next round, in id order with the sink's backlog. One the sink
+    still refuses is parked again, and the audits behind it go on."""
     done = requeue_parked(db, body)
     shown = sorted(set(body.ids or ()))
     log.warning("forwarding: %s requeued %d parked audits of %s%s", who.name, done.requeued,

@@ -490,11 +490,13 @@ class Forwarder:
     def _deliver(self, target: _Target) -> bool:
         name = target.key
         with self.sessions() as session:
-            rows = session.scalars(
-                select(AuditRow).join(OutboxRow, OutboxRow.audit_id == AuditRow.id)
+            rows = session.execute(
+                select(AuditRow, OutboxRow.requeued)
+                .join(OutboxRow, OutboxRow.audit_id == AuditRow.id)
                 .where(OutboxRow.sink == name, OutboxRow.parked.is_(None))
                 .order_by(OutboxRow.audit_id).limit(self.batch)).all()
-            audits = [stored_audit(row) for row in rows]
+            audits = [stored_audit(row) for row, _ in rows]
+            requeued = {row.id for row, when in rows if when is not None}
         if not audits:
             return False
         delivered: list[int] = []
@@ -502,6 +504,15 @@ class Forwarder:
         try:
             refused: dict[int, str] = {}
             self._send(target, audits, delivered, refused)
+            for audit_id in [i for i in refused if i in requeued]:
+                # Requeued by an operator and refused again: parked again at once,
+                # whatever else the sink took (requeued audits are the oldest: kept
+                # queued, they would make up every batch and hold up the sink).
+                parked.append(audit_id)
+                target.stats.parked += 1
+                log.error("forwarding to %s: audit %d parked again: requeued, the sink "
+                          "still refuses it (%s)", target.sink.name, audit_id,
+                          refused.pop(audit_id))
             if refused and not delivered:
                 # Refused one by one, and nothing else delivered: that says more about
                 # the sink (a format it no longer takes) than about these records.
@@ -562,7 +573,7 @@ class Forwarder:
             if parked:
                 session.execute(update(OutboxRow).where(
                     OutboxRow.sink == name, OutboxRow.audit_id.in_(parked))
-                    .values(parked=datetime.now(UTC)))
+                    .values(parked=datetime.now(UTC), requeued=None))
             session.commit()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -690,19 +701,24 @@ class ParkedAudit(PolicyModel):
     audit: StoredAudit
 
 
+MAX_REQUEUE = 1000  # parked audits one requeue queues again (the oldest first)
+
+
 class Requeue(PolicyModel):
     """Which parked audits of one sink to send again."""
 
     sink: str = Field(min_length=1, max_length=200, description="the sink's name")
     ids: list[Annotated[int, Field(ge=1)]] | None = Field(
-        default=None, min_length=1, max_length=10_000,
-        description="the audit ids to requeue; omitted or null: every parked audit "
-                    "of the sink")
+        default=None, min_length=1, max_length=MAX_REQUEUE,
+        description=f"the audit ids to requeue; omitted or null: the sink's parked "
+                    f"audits, the oldest {MAX_REQUEUE} (requeue again for more)")
 
 
 class Requeued(PolicyModel):
     sink: str
     requeued: int = Field(description="parked audits queued again (sent at the next round)")
+    left: int = Field(default=0, description="the sink's audits still parked (one "
+                                             f"requeue takes at most {MAX_REQUEUE})")
 
 
 def sink_summaries(session: Session) -> list[SinkSummary]:
@@ -754,6 +770,11 @@ def requeue_parked(session: Session, request: Requeue) -> Requeued:
                 raise NotFound(f"audits {shown}{more} are not parked for sink "
                                f"{request.sink!r}; nothing was requeued")
             where.append(OutboxRow.audit_id.in_(wanted))
+        else:  # all: the oldest MAX_REQUEUE (a requeue refused again costs 2N-1 sends)
+            oldest = list(session.scalars(select(OutboxRow.audit_id).where(*where)
+                                          .order_by(OutboxRow.audit_id)
+                                          .limit(MAX_REQUEUE)))
+            where.append(OutboxRow.audit_id.in_(oldest))
         count = session.scalar(select(func.count()).select_from(OutboxRow).where(*where)) or 0
         if not count:
             raise NotFound(f"sink {request.sink!r} has no parked audits; nothing was "
@@ -762,12 +783,15 @@ def requeue_parked(session: Session, request: Requeue) -> Requeued:
             raise Conflict(f"sink {request.sink!r} is no longer configured: requeued "
                            "audits would wait for it; nothing was requeued (configure "
                            "it again with --syslog or --webhook first)")
-        session.execute(update(OutboxRow).where(*where).values(parked=None))
+        session.execute(update(OutboxRow).where(*where).values(
+            parked=None, requeued=datetime.now(UTC)))
+        left = session.scalar(select(func.count()).select_from(OutboxRow).where(
+            OutboxRow.sink == request.sink, OutboxRow.parked.is_not(None))) or 0
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return Requeued(sink=request.sink, requeued=count)
+    return Requeued(sink=request.sink, requeued=count, left=left)
 
 
 def stored_sinks(session: Session) -> dict[str, str]:
