@@ -575,7 +575,7 @@ def test_the_sinks_are_one_configuration_for_the_fleet(
             with caplog.at_level(logging.WARNING, logger="cnnf.console"):
                 replicas.append(_replica(db_url, tmp_path, "d", udp, replace_sinks=True))
             assert (f"{hook_name} is no longer configured (--replace-sinks); its 2 "
-                    f"undelivered audits are kept") in caplog.text
+                    f"queued and 0 parked audits are kept") in caplog.text
             r = td.post_batch(via_b, ReportBatch(batch_id="b-4", audits=[td.audit(port=1004)]))
             assert r.status_code == 200
             syslog.recv(65535)
@@ -683,6 +683,24 @@ def test_one_requeue_takes_the_oldest_thousand_parked(outbox: Outbox) -> None:
         assert (done.requeued, done.left) == (MAX_REQUEUE, 5)
         assert list(s.scalars(select(OutboxRow.audit_id).where(
             OutboxRow.parked.is_not(None)).order_by(OutboxRow.audit_id))) == ids[-5:]
+
+
+def test_a_removed_sink_counts_its_queued_and_its_parked_audits(outbox: Outbox) -> None:
+    """--replace-sinks without a sink keeps its rows: the warning counts both the
+    queued and the parked ones (a sink with only parked audits is not "0")."""
+    from cnnf.console.services.forwarding import configure_sinks
+    from cnnf.console.store.models import SinkRow
+
+    with outbox.sessions() as s:
+        s.add(SinkRow(name="sink", url="http://127.0.0.1:9/", updated=datetime.now(UTC)))
+        s.commit()
+    ids = outbox.store(("sink",), *(record(i) for i in range(1, 5)))
+    with outbox.sessions() as s:
+        s.execute(OutboxRow.__table__.update().where(OutboxRow.audit_id.in_(ids[:3]))
+                  .values(parked=datetime.now(UTC)))
+        s.commit()
+        assert configure_sinks(s, [], datetime.now(UTC), replace=True).removed == {
+            "sink": (1, 3)}
 
 
 def test_a_webhook_refusing_its_credentials_parks_nothing(outbox: Outbox) -> None:

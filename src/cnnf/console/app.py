@@ -380,10 +380,10 @@ def _install_link(app: FastAPI, console: ConsoleState,
         except IntegrityError:
             if attempt == 3:
                 raise
-    for name, kept in sinks.removed.items():
+    for name, (queued, parked) in sinks.removed.items():
         log.warning("forwarding: %s is no longer configured (--replace-sinks); its %d "
-                    "undelivered audits are kept (sent if it is configured again, else "
-                    "pruned by retention)", name, kept)
+                    "queued and %d parked audits are kept (queued ones are sent if it is "
+                    "configured again, else pruned by retention)", name, queued, parked)
     for name in sinks.added:
         log.info("forwarding: audits now go to %s too (every replica)", name)
     for name in sinks.rotated:

@@ -635,7 +635,7 @@ def sink_name(url: str) -> str:
 @dataclass(frozen=True)
 class SinksChanged:
     added: tuple[str, ...]
-    removed: dict[str, int]  # sink -> its undelivered audits, kept in the outbox
+    removed: dict[str, tuple[int, int]]  # sink -> its (queued, parked) audits, kept
     rotated: tuple[str, ...] = ()  # same receiver, new URL (credentials): backlog kept
 
 
@@ -656,13 +656,16 @@ def configure_sinks(session: Session, urls: Sequence[str], now: datetime, *,
         by_url = {row.url: name for name, row in stored.items()}
         same_named_sinks([url for url in urls if url not in by_url])
         wanted = {by_url.get(url) or sink_name(url): url for url in urls}
-        removed: dict[str, int] = {}
+        removed: dict[str, tuple[int, int]] = {}
         if replace:
             for name, row in stored.items():
                 if name not in wanted:
-                    removed[name] = session.scalar(
-                        select(func.count()).select_from(OutboxRow)
-                        .where(OutboxRow.sink == name, OutboxRow.parked.is_(None))) or 0
+                    counts: dict[bool, int] = {
+                        bool(is_parked): int(n) for is_parked, n in session.execute(
+                            select(OutboxRow.parked.is_not(None), func.count())
+                            .where(OutboxRow.sink == name)
+                            .group_by(OutboxRow.parked.is_not(None)))}
+                    removed[name] = (counts.get(False, 0), counts.get(True, 0))
                     session.delete(row)
         added: list[str] = []
         rotated: list[str] = []
