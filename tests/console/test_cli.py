@@ -213,3 +213,26 @@ def test_console_refuses_two_webhooks_that_differ_only_in_credentials(tmp_path: 
     assert "distinct paths or hosts" in done.stderr
     assert "ops" not in done.stderr and "sec" not in done.stderr.replace("seconds", "")
     assert not db.exists()
+
+
+def test_console_prints_the_sinks_in_force_with_time_and_level(tmp_path: Path) -> None:
+    """The Console's own log lines reach stderr with time and level: the startup
+    summary of the fleet's sinks (INFO) and a rotation (WARNING)."""
+    import re
+
+    db = f"sqlite:///{tmp_path / 'console.db'}"
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    with running_console(tmp_path, "--log-level", "info", "--db", db, "--data-dir",
+                         str(tmp_path), "--webhook", "http://127.0.0.1:9/in?k=old"):
+        pass
+    with running_console(tmp_path, "--log-level", "info", "--db", db, "--data-dir",
+                         str(tmp_path), "--webhook", "http://127.0.0.1:9/in?k=new"):
+        pass
+    first, second = (p.read_text() for p in sorted(
+        tmp_path.glob("console-*.log"), key=lambda p: p.stat().st_mtime))
+    assert re.search(stamp + r" INFO cnnf\.console: forwarding: audits go to 1 sinks "
+                     r"\(the fleet's list, in the store\): webhook:http://127\.0\.0\.1:9 ",
+                     first), first
+    assert re.search(stamp + r" WARNING cnnf\.console: forwarding: webhook:http://"
+                     r"127\.0\.0\.1:9 \(\w+\) has a new URL", second), second
+    assert "k=old" not in first + second and "k=new" not in first + second
