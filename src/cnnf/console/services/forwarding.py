@@ -736,8 +736,27 @@ def sink_summaries(session: Session) -> list[SinkSummary]:
             for name, (q, p) in sorted(counts.items())]
 
 
+def _check_sink(session: Session, sink: str) -> None:
+    """NotFound unless ``sink`` is configured or still holds outbox rows."""
+    if session.get(SinkRow, sink) is None and session.scalar(
+            select(OutboxRow.audit_id).where(OutboxRow.sink == sink).limit(1)) is None:
+        raise NotFound(f"no sink named {sink!r} (GET /api/v1/forwarding/sinks, or cnnf "
+                       "forwarding sinks, lists them)")
+
+
+def parked_count(session: Session, sink: str | None) -> int:
+    """How many audits are parked (for one sink, or for all)."""
+    query = select(func.count()).select_from(OutboxRow).where(OutboxRow.parked.is_not(None))
+    if sink is not None:
+        query = query.where(OutboxRow.sink == sink)
+    return session.scalar(query) or 0
+
+
 def parked_audits(session: Session, sink: str | None, limit: int) -> list[ParkedAudit]:
-    """The first ``limit`` parked audits (of one sink, or of all), oldest first."""
+    """The first ``limit`` parked audits (of one sink, or of all), oldest first; a
+    sink that does not exist is NotFound."""
+    if sink is not None:
+        _check_sink(session, sink)
     query = (select(OutboxRow, AuditRow).join(AuditRow, AuditRow.id == OutboxRow.audit_id)
              .where(OutboxRow.parked.is_not(None))
              .order_by(OutboxRow.audit_id, OutboxRow.sink).limit(limit))
@@ -762,6 +781,7 @@ def requeue_parked(session: Session, request: Requeue) -> Requeued:
     changes."""
     where = [OutboxRow.sink == request.sink, OutboxRow.parked.is_not(None)]
     try:
+        _check_sink(session, request.sink)
         if request.ids is not None:
             wanted = sorted(set(request.ids))
             found = set(session.scalars(select(OutboxRow.audit_id).where(
