@@ -198,3 +198,41 @@ def test_an_unreachable_store_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     r = _cnnf("console", "--listen", "nowhere")
     assert r.returncode == 1 and "expected HOST:PORT" in r.stderr
+
+
+def test_console_refuses_two_webhooks_that_differ_only_in_credentials(tmp_path: Path) -> None:
+    """User, password and query are credentials: they do not tell receivers apart.
+    Two such URLs in one start would share one sink (one silently dropped, or two
+    tenants' backlogs merged): refused, naming both, before anything is stored."""
+    db = tmp_path / "console.db"
+    done = _cnnf("console", "--data-dir", str(tmp_path), "--db", f"sqlite:///{db}",
+                 "--webhook", "http://h:1/in?channel=ops",
+                 "--webhook", "http://h:1/in?channel=sec")
+    assert done.returncode != 0
+    assert "--webhook #1 and --webhook #2 name one sink" in done.stderr
+    assert "distinct paths or hosts" in done.stderr
+    assert "ops" not in done.stderr and "sec" not in done.stderr.replace("seconds", "")
+    assert not db.exists()
+
+
+def test_console_prints_the_sinks_in_force_with_time_and_level(tmp_path: Path) -> None:
+    """The Console's own log lines reach stderr with time and level: the startup
+    summary of the fleet's sinks (INFO) and a rotation (WARNING)."""
+    import re
+
+    db = f"sqlite:///{tmp_path / 'console.db'}"
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    with running_console(tmp_path, "--log-level", "info", "--db", db, "--data-dir",
+                         str(tmp_path), "--webhook", "http://127.0.0.1:9/in?k=old"):
+        pass
+    with running_console(tmp_path, "--log-level", "info", "--db", db, "--data-dir",
+                         str(tmp_path), "--webhook", "http://127.0.0.1:9/in?k=new"):
+        pass
+    first, second = (p.read_text() for p in sorted(
+        tmp_path.glob("console-*.log"), key=lambda p: p.stat().st_mtime))
+    assert re.search(stamp + r" INFO cnnf\.console: forwarding: audits go to 1 sinks "
+                     r"\(the fleet's list, in the store\): webhook:http://127\.0\.0\.1:9 ",
+                     first), first
+    assert re.search(stamp + r" WARNING cnnf\.console: forwarding: webhook:http://"
+                     r"127\.0\.0\.1:9 \(\w+\) has a new URL", second), second
+    assert "k=old" not in first + second and "k=new" not in first + second

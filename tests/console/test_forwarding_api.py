@@ -111,7 +111,11 @@ def test_parked_audits_are_listed_and_requeued_through_the_api(
             assert poison["audit"]["id"] == poison["auditId"]
             assert admin.get(f"{API}/forwarding/sinks").json() == [
                 {"name": name, "configured": True, "queued": 0, "parked": 1}]
-            assert _parked(admin, sink="syslog:udp://127.0.0.1:9") == []
+            r = admin.get(f"{API}/forwarding/parked", params={"sink": "syslog:udp://h:9"})
+            assert r.status_code == 404
+            assert r.json()["detail"].startswith("no sink named 'syslog:udp://h:9'")
+            r = admin.get(f"{API}/forwarding/parked", params={"limit": 1})
+            assert r.headers["Total-Count"] == "1"
 
             # Refusals name what is wrong and change nothing.
             auditor = console.as_role(Role.AUDITOR)
@@ -124,7 +128,8 @@ def test_parked_audits_are_listed_and_requeued_through_the_api(
             assert r.json()["detail"] == (f"audits 999999 are not parked for sink {name!r}; "
                                           "nothing was requeued")
             r = admin.post(f"{API}/forwarding/parked/requeue", json={"sink": "nope"})
-            assert r.status_code == 404 and "'nope' has no parked audits" in r.json()["detail"]
+            assert r.status_code == 404 and r.json()["detail"].startswith(
+                "no sink named 'nope'")
             r = admin.post(f"{API}/forwarding/parked/requeue", json={"sink": name, "ids": []})
             assert r.status_code == 422 and r.json()["errors"][0]["path"] == "ids"
             r = admin.get(f"{API}/forwarding/parked", params={"limit": 0})
@@ -144,20 +149,22 @@ def test_parked_audits_are_listed_and_requeued_through_the_api(
                 s.commit()
             assert len(_parked(admin)) == 1
 
-            # Requeued while the receiver still refuses it: alone in its batch it is
-            # not parked again (that says more about the sink), it waits queued and
-            # is retried with backoff; the receiver fixed, it is delivered.
+            # Requeued while the receiver still refuses it: parked again (it does not
+            # hold up the sink); requeued once the receiver is fixed, it is delivered.
             with caplog.at_level(logging.INFO, logger="cnnf.console"):
                 r = admin.post(f"{API}/forwarding/parked/requeue",
                                json={"sink": name, "ids": [poison["auditId"]]})
-            assert r.status_code == 200 and r.json() == {"sink": name, "requeued": 1}
+            assert r.status_code == 200 and r.json() == {"sink": name, "requeued": 1, "left": 0}
             assert (f"forwarding: admin-user requeued 1 parked audits of {name} "
                     f"(ids {poison['auditId']})") in caplog.text
+            sent = sum(1 for code, got in hook.batches() if poison["auditId"] in got)
             assert poll(lambda: sum(1 for code, got in hook.batches()
-                                    if poison["auditId"] in got) >= 2)
-            assert admin.get(f"{API}/forwarding/sinks").json() == [
-                {"name": name, "configured": True, "queued": 1, "parked": 0}]
+                                    if poison["auditId"] in got) > sent)
+            assert poll(lambda: admin.get(f"{API}/forwarding/sinks").json() == [
+                {"name": name, "configured": True, "queued": 0, "parked": 1}])
             picky.fixed = True
+            r = admin.post(f"{API}/forwarding/parked/requeue", json={"sink": name})
+            assert r.status_code == 200
             assert poll(lambda: hook.delivered() == ids, 30)
             assert _parked(admin) == []
             assert admin.get(f"{API}/forwarding/sinks").json() == [
@@ -263,6 +270,34 @@ def test_the_forwarding_command_lists_and_requeues_parked_audits(tmp_path: Path)
             assert r.returncode == 0, r.stderr
             assert re.fullmatch(rf"audit {audit_id} parked \S+Z for {re.escape(name)}: "
                                 r"\S+Z blocked connection\n", r.stdout), r.stdout
+            r = _forwarding(token, "parked", "--sink", "nosuch", *at)
+            assert r.returncode == 1 and r.stdout == ""
+            assert "404: no sink named 'nosuch'" in r.stderr
+            r = _forwarding(token, "requeue", "nosuch", *at)
+            assert r.returncode == 1 and "404: no sink named 'nosuch'" in r.stderr
+            # A second parked audit, its message with control characters (a
+            # Defender's string): escaped; --limit 1 says what it left out.
+            engine = connect(f"sqlite:///{(data / 'console.db').resolve()}")
+            try:
+                with Session(engine) as s:
+                    AuditService(s).insert_many([AuditRecord(
+                        time=datetime.now(UTC).replace(microsecond=0), blocked=True,
+                        effect=Effect.PREVENT, rule_id=1, rule_name="r", src_image="a",
+                        dst_image="b", port=POISON, msg="x\x1b[2J\nforged", defender="n")],
+                        forward_to=(name,), queued=datetime.now(UTC))
+                    s.execute(OutboxRow.__table__.update().values(parked=datetime.now(UTC)))
+                    s.commit()
+                r = _forwarding(token, "parked", *at)
+                assert r.returncode == 0 and r.stdout.count("\n") == 2, r.stdout
+                assert r.stdout.endswith(" x\\x1b[2J\\nforged\n"), r.stdout
+                r = _forwarding(token, "parked", "--limit", "1", *at)
+                assert r.stdout.endswith("\n1 of 2 shown (--limit)\n"), r.stdout
+                with Session(engine) as s:
+                    s.execute(OutboxRow.__table__.delete().where(
+                        OutboxRow.audit_id != audit_id))
+                    s.commit()
+            finally:
+                engine.dispose()
             r = _forwarding(token, "requeue", name, str(audit_id + 1), *at)
             assert r.returncode == 1 and r.stdout == ""
             assert r.stderr == (f"cnnf forwarding: POST /forwarding/parked/requeue: 404: "

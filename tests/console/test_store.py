@@ -438,3 +438,40 @@ def test_the_readme_s_postgresql_connection_sizing_is_the_pool_s() -> None:
             f"{4 * per_replica} connections") in text
     assert 4 * per_replica <= 100 - 3 < 5 * per_replica
     engine.dispose()
+
+
+def test_0011_keeps_two_stored_urls_of_one_receiver_apart(db_url: str) -> None:
+    """Two stored URLs differing only in their query (two tenants' API keys) would
+    get one key: 0011 does not merge them (A's backlog must not go to B). The
+    first gets the new key, the other keeps its old one and its own backlog; the
+    Console started with both keeps both, adding and removing nothing."""
+    from cnnf.console.services.forwarding import configure_sinks, stored_sinks, webhook_name
+
+    def old_name(url: str) -> str:
+        return "webhook:https://hooks.example (" + __import__("hashlib").sha256(
+            url.encode()).hexdigest()[:8] + ")"
+
+    a, b = ("https://hooks.example/in?dd-api-key=ORG_A",
+            "https://hooks.example/in?dd-api-key=ORG_B")
+    engine = connect(db_url)
+    try:
+        migrate(engine, "0010")
+        with Session(engine) as session:
+            table = Table("forward_sinks", MetaData(), autoload_with=engine)
+            session.execute(insert(table), [
+                {"name": old_name(a), "url": a, "updated": datetime(2026, 1, 1, tzinfo=UTC)},
+                {"name": old_name(b), "url": b, "updated": datetime(2026, 1, 2, tzinfo=UTC)}])
+            AuditService(session).insert_many([_audit(1)], forward_to=(old_name(a),))
+            AuditService(session).insert_many([_audit(2)], forward_to=(old_name(b),))
+            ids = _ids(session)
+        migrate(engine)
+        with Session(engine) as session:
+            assert stored_sinks(session) == {webhook_name(a): a, old_name(b): b}
+            assert session.execute(select(OutboxRow.sink, OutboxRow.audit_id).order_by(
+                OutboxRow.audit_id)).all() == [(webhook_name(a), ids[0]),
+                                               (old_name(b), ids[1])]
+            changed = configure_sinks(session, [a, b], datetime.now(UTC), replace=True)
+            assert (changed.added, changed.removed, changed.rotated) == ((), {}, ())
+            assert stored_sinks(session) == {webhook_name(a): a, old_name(b): b}
+    finally:
+        engine.dispose()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +23,24 @@ app = typer.Typer(
 
 DB_HELP = "SQLite file path or postgresql:// URL (default: console.db in the data directory)"
 DATA_HELP = "Data directory (default: $CNNF_DATA_DIR or ./var/console)"
+
+
+def _configure_logging(level: str) -> None:
+    """The Console's own lines (``cnnf.*``: the sinks in force, rotations,
+    removals, forwarding errors) on stderr with UTC time and level, at the
+    --log-level uvicorn is given. Without this, Python drops their INFO lines and
+    prints the warnings bare. Added once (a second call changes only the level)."""
+    logger = logging.getLogger("cnnf")
+    logger.setLevel(getattr(logging, level.upper(), logging.INFO))
+    if any(getattr(h, "cnnf_console", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: "
+                                  "%(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    handler.cnnf_console = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -79,6 +99,7 @@ def serve(
     from cnnf.console.app import create_app
     from cnnf.console.tls import ensure_self_signed, server_names
 
+    _configure_logging(log_level)
     try:
         config = ConsoleConfig.from_options(listen=listen, db=db, data_dir=data_dir,
                                             retention_days=retention_days,

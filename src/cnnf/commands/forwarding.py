@@ -30,8 +30,15 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _call(method: str, console: str, path: str, token: str, ca: str | None,
-          **kwargs: Any) -> Any:
+def _shown(text: str) -> str:
+    """A Defender-supplied string as one printable line: control characters
+    escaped (an audit's message must not move the cursor or forge lines)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def _answer(method: str, console: str, path: str, token: str, ca: str | None,
+            **kwargs: Any) -> httpx.Response:
     with console_client(console, token, ca, timeout=30.0, fail=_fail) as client:
         try:
             answer = client.request(method, "/api/v1" + path, **kwargs)
@@ -43,7 +50,12 @@ def _call(method: str, console: str, path: str, token: str, ca: str | None,
         except ValueError:
             detail = answer.text
         _fail(f"{method} {path}: {answer.status_code}: {detail}")
-    return answer.json()
+    return answer
+
+
+def _call(method: str, console: str, path: str, token: str, ca: str | None,
+          **kwargs: Any) -> Any:
+    return _answer(method, console, path, token, ca, **kwargs).json()
 
 
 @app.command()
@@ -67,25 +79,30 @@ def parked(
     """Audits a sink refused on their own, oldest first (not sent again unless
     requeued)."""
     params: dict[str, Any] = {"limit": limit} | ({"sink": sink} if sink else {})
-    found = _call("GET", console, "/forwarding/parked", token, ca, params=params)
+    answer = _answer("GET", console, "/forwarding/parked", token, ca, params=params)
+    found = answer.json()
     if not found:
         typer.echo("no parked audits" + (f" for {sink}" if sink else ""))
     for p in found:
         a = p["audit"]
         typer.echo(f"audit {p['auditId']} parked {p['parked']} for {p['sink']}: "
-                   f"{a['time']} {a['msg']}")
+                   f"{a['time']} {_shown(a['msg'])}")
+    total = int(answer.headers.get("Total-Count", len(found)))
+    if total > len(found):
+        typer.echo(f"{len(found)} of {total} shown (--limit)")
 
 
 @app.command()
 def requeue(
     sink: SinkArg,
     ids: Annotated[list[int] | None, typer.Argument(
-        min=1, help="audit ids to requeue (none: every parked audit of the sink)")] = None,
+        min=1, help="audit ids to requeue (none: the sink's oldest 1000 parked)")] = None,
     console: str = ConsoleOpt, token: str = TokenOpt, ca: str = CaOpt,
 ) -> None:
-    """Send parked audits of one sink again (all, or the ids given); one the sink
-    still refuses waits queued, retried with backoff."""
+    """Send parked audits of one sink again (the oldest 1000, or the ids given);
+    one the sink still refuses is parked again, and the rest goes on."""
     body: dict[str, Any] = {"sink": sink} | ({"ids": ids} if ids else {})
     done = _call("POST", console, "/forwarding/parked/requeue", token, ca, json=body)
+    left = f"; {done['left']} still parked" if done.get("left") else ""
     typer.echo(f"requeued {done['requeued']} parked audits of {done['sink']} "
-               "(sent at the forwarder's next round)")
+               f"(sent at the forwarder's next round){left}")

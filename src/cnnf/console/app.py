@@ -380,14 +380,15 @@ def _install_link(app: FastAPI, console: ConsoleState,
         except IntegrityError:
             if attempt == 3:
                 raise
-    for name, kept in sinks.removed.items():
+    for name, (queued, parked) in sinks.removed.items():
         log.warning("forwarding: %s is no longer configured (--replace-sinks); its %d "
-                    "undelivered audits are kept (sent if it is configured again, else "
-                    "pruned by retention)", name, kept)
+                    "queued and %d parked audits are kept (queued ones are sent if it is "
+                    "configured again, else pruned by retention)", name, queued, parked)
     for name in sinks.added:
         log.info("forwarding: audits now go to %s too (every replica)", name)
     for name in sinks.rotated:
-        log.info("forwarding: %s has a new URL (credentials); its backlog is kept", name)
+        log.warning("forwarding: %s has a new URL (its credentials: user, password or "
+                    "query); its backlog is kept and goes to the new URL", name)
     if in_force:
         log.info("forwarding: audits go to %d sinks (the fleet's list, in the store): %s",
                  len(in_force), ", ".join(in_force))

@@ -87,12 +87,18 @@ class ConsoleConfig:
         url = database_url(db, directory)
         if retention_days < 0:
             raise CnnfError(f"--retention-days {retention_days}: must be 0 (keep) or more")
-        from cnnf.console.services.forwarding import check_webhook_url, parse_syslog_url
+        from cnnf.console.services.forwarding import (
+            check_webhook_url,
+            parse_syslog_url,
+            same_named_sinks,
+        )
 
         for target in syslog:
             parse_syslog_url(target)
         for target in webhooks:
             check_webhook_url(target)
+        same_named_sinks(syslog, "--syslog")
+        same_named_sinks(webhooks, "--webhook")
         return cls(db_url=url, data_dir=directory, host=host, port=port,
                    retention_days=retention_days, syslog=tuple(syslog),
                    webhooks=tuple(webhooks), replace_sinks=replace_sinks)

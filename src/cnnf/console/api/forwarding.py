@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from cnnf.console.api.contract import errors
 from cnnf.console.api.deps import Admin, Reader, SessionDep
@@ -17,6 +17,7 @@ from cnnf.console.services.forwarding import (
     Requeued,
     SinkSummary,
     parked_audits,
+    parked_count,
     requeue_parked,
     sink_summaries,
 )
@@ -35,24 +36,31 @@ def list_sinks(*, db: SessionDep, _: Reader) -> list[SinkSummary]:
     return sink_summaries(db)
 
 
-@router.get("/parked", response_model=list[ParkedAudit])
-def list_parked(*, db: SessionDep, _: Reader, sink: SinkName = None,
+@router.get("/parked", response_model=list[ParkedAudit], responses={
+    **errors(404, s404="no sink of that name"),
+    200: {"headers": {"Total-Count": {"description": "parked audits (of the sink), "
+                                                     "beyond the limit too",
+                                      "schema": {"type": "integer"}}}}})
+def list_parked(*, response: Response, db: SessionDep, _: Reader, sink: SinkName = None,
                 limit: ParkedLimit = 100) -> list[ParkedAudit]:
     """Audits a sink refused on their own (a webhook's 400, 413 or 422 for them
-    while it took the rest), oldest first; they are not sent again unless requeued."""
-    return parked_audits(db, sink, limit)
+    while it took the rest), oldest first; they are not sent again unless requeued.
+    ``Total-Count`` holds how many are parked in all."""
+    found = parked_audits(db, sink, limit)
+    response.headers["Total-Count"] = str(parked_count(db, sink))
+    return found
 
 
 @router.post("/parked/requeue", response_model=Requeued, responses=errors(
-    404, 409, s404="the sink has no parked audits, or the ids named are not parked for "
-                   "it; nothing was requeued",
+    404, 409, s404="no sink of that name, or it has no parked audits, or the ids "
+                   "named are not parked for it; nothing was requeued",
     s409="the sink is no longer configured (requeued audits would wait for it); "
          "nothing was requeued"))
 def requeue(body: Requeue, *, db: SessionDep, who: Admin) -> Requeued:
-    """Send parked audits of one sink again (all of them, or the ``ids`` given):
-    they go at the forwarder's next round, in id order with the sink's backlog. One
-    the sink still refuses waits queued, retried with backoff (parked again only
-    when the sink takes others in the same round)."""
+    """Send parked audits of one sink again (the oldest 1000, or the ``ids``
+    given, at most 1000; ``left`` counts those still parked): they go at the
+    forwarder's next round, in id order with the sink's backlog. One the sink
+    still refuses is parked again, and the audits behind it go on."""
     done = requeue_parked(db, body)
     shown = sorted(set(body.ids or ()))
     log.warning("forwarding: %s requeued %d parked audits of %s%s", who.name, done.requeued,

@@ -326,6 +326,13 @@ class _Target:
     stats: SinkStats = field(default_factory=SinkStats)
     retry_at: float = 0.0  # monotonic; the sink is not tried before
     delay: float = 0.0  # the next backoff after a failure
+    stored_as: str = ""  # its key in the store ("": the sink's own outbox_name)
+
+    @property
+    def key(self) -> str:
+        """Its key in the outbox: the stored sink's name (0011 kept the old key of
+        two stored URLs that would have shared one), else :func:`outbox_name`."""
+        return self.stored_as or outbox_name(self.sink)
 
 
 def outbox_name(sink: Sink) -> str:
@@ -413,12 +420,12 @@ class Forwarder:
     @property
     def names(self) -> tuple[str, ...]:
         """The outbox keys of this process's sinks (ingestion queues audits for them)."""
-        return tuple(outbox_name(t.sink) for t in self._targets)
+        return tuple(t.key for t in self._targets)
 
     @property
     def stats(self) -> dict[str, SinkStats]:
         with self._targets_lock:
-            return {t.sink.name: t.stats for t in self._targets}
+            return {t.key: t.stats for t in self._targets}
 
     def _load(self) -> None:
         """Follow the store's sinks: build the new ones, close the removed ones."""
@@ -427,19 +434,20 @@ class Forwarder:
         if urls == self._urls:
             return
         with self._targets_lock:
-            kept = [t for t in self._targets if outbox_name(t.sink) in urls
-                    and self._urls.get(outbox_name(t.sink)) == urls[outbox_name(t.sink)]]
+            kept = [t for t in self._targets if t.key in urls
+                    and self._urls.get(t.key) == urls[t.key]]
             for t in self._targets:
                 if t not in kept:
                     t.sink.close()
-            have = {outbox_name(t.sink) for t in kept}
+            have = {t.key for t in kept}
             for name, url in urls.items():
                 if name not in have:
                     if name in self._urls:
                         log.info("forwarding: %s has new credentials; its backlog goes "
                                  "with them", name)
                     try:
-                        kept.append(_Target(build_sink(url), delay=self.backoff))
+                        kept.append(_Target(build_sink(url), delay=self.backoff,
+                                            stored_as=name))
                     except CnnfError as exc:  # written by another version, say
                         log.error("forwarding: cannot use the stored sink %s: %s", name, exc)
             self._targets = kept
@@ -480,13 +488,15 @@ class Forwarder:
         return more
 
     def _deliver(self, target: _Target) -> bool:
-        name = outbox_name(target.sink)
+        name = target.key
         with self.sessions() as session:
-            rows = session.scalars(
-                select(AuditRow).join(OutboxRow, OutboxRow.audit_id == AuditRow.id)
+            rows = session.execute(
+                select(AuditRow, OutboxRow.requeued)
+                .join(OutboxRow, OutboxRow.audit_id == AuditRow.id)
                 .where(OutboxRow.sink == name, OutboxRow.parked.is_(None))
                 .order_by(OutboxRow.audit_id).limit(self.batch)).all()
-            audits = [stored_audit(row) for row in rows]
+            audits = [stored_audit(row) for row, _ in rows]
+            requeued = {row.id for row, when in rows if when is not None}
         if not audits:
             return False
         delivered: list[int] = []
@@ -494,6 +504,15 @@ class Forwarder:
         try:
             refused: dict[int, str] = {}
             self._send(target, audits, delivered, refused)
+            for audit_id in [i for i in refused if i in requeued]:
+                # Requeued by an operator and refused again: parked again at once,
+                # whatever else the sink took (requeued audits are the oldest: kept
+                # queued, they would make up every batch and hold up the sink).
+                parked.append(audit_id)
+                target.stats.parked += 1
+                log.error("forwarding to %s: audit %d parked again: requeued, the sink "
+                          "still refuses it (%s)", target.sink.name, audit_id,
+                          refused.pop(audit_id))
             if refused and not delivered:
                 # Refused one by one, and nothing else delivered: that says more about
                 # the sink (a format it no longer takes) than about these records.
@@ -554,7 +573,7 @@ class Forwarder:
             if parked:
                 session.execute(update(OutboxRow).where(
                     OutboxRow.sink == name, OutboxRow.audit_id.in_(parked))
-                    .values(parked=datetime.now(UTC)))
+                    .values(parked=datetime.now(UTC), requeued=None))
             session.commit()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -581,6 +600,25 @@ def build_sink(url: str) -> Sink:
     return WebhookSink(url)
 
 
+def same_named_sinks(urls: Sequence[str], option: str = "sink URL") -> None:
+    """Refuse two URLs of one configuration that name one sink (:func:`sink_name`
+    leaves out the user, password and query: credentials, so they cannot tell two
+    receivers apart). One would silently win, and two receivers (two channels, two
+    tenants' API keys) would share one backlog. Raises CnnfError naming both
+    (``option`` and position: their secrets are not shown)."""
+    seen: dict[str, int] = {}
+    for position, url in enumerate(urls, 1):
+        name = sink_name(url)
+        if name in seen:
+            raise CnnfError(
+                f"{option} #{seen[name]} and {option} #{position} name one sink, "
+                f"{name}: they "
+                "differ only in user, password or query, which are credentials and do "
+                "not tell receivers apart; use distinct paths or hosts (nothing was "
+                "changed)")
+        seen[name] = position
+
+
 def sink_name(url: str) -> str:
     """The outbox key of the sink at ``url`` (what :func:`outbox_name` gives its sink)."""
     scheme = urlsplit(url).scheme
@@ -597,7 +635,7 @@ def sink_name(url: str) -> str:
 @dataclass(frozen=True)
 class SinksChanged:
     added: tuple[str, ...]
-    removed: dict[str, int]  # sink -> its undelivered audits, kept in the outbox
+    removed: dict[str, tuple[int, int]]  # sink -> its (queued, parked) audits, kept
     rotated: tuple[str, ...] = ()  # same receiver, new URL (credentials): backlog kept
 
 
@@ -611,16 +649,23 @@ def configure_sinks(session: Session, urls: Sequence[str], now: datetime, *,
     credentials updates the stored one and keeps its backlog. A sink removed keeps
     its undelivered audits in the outbox (counted): configured again, it gets
     them, and otherwise retention prunes them (counted and logged)."""
-    wanted = {sink_name(url): url for url in urls}
     try:
         stored = {row.name: row for row in session.scalars(select(SinkRow))}
-        removed: dict[str, int] = {}
+        # A URL stored as it is keeps its key (0011 kept the old key of two stored
+        # URLs that would have shared one); any other is keyed by its receiver.
+        by_url = {row.url: name for name, row in stored.items()}
+        same_named_sinks([url for url in urls if url not in by_url])
+        wanted = {by_url.get(url) or sink_name(url): url for url in urls}
+        removed: dict[str, tuple[int, int]] = {}
         if replace:
             for name, row in stored.items():
                 if name not in wanted:
-                    removed[name] = session.scalar(
-                        select(func.count()).select_from(OutboxRow)
-                        .where(OutboxRow.sink == name, OutboxRow.parked.is_(None))) or 0
+                    counts: dict[bool, int] = {
+                        bool(is_parked): int(n) for is_parked, n in session.execute(
+                            select(OutboxRow.parked.is_not(None), func.count())
+                            .where(OutboxRow.sink == name)
+                            .group_by(OutboxRow.parked.is_not(None)))}
+                    removed[name] = (counts.get(False, 0), counts.get(True, 0))
                     session.delete(row)
         added: list[str] = []
         rotated: list[str] = []
@@ -659,19 +704,24 @@ class ParkedAudit(PolicyModel):
     audit: StoredAudit
 
 
+MAX_REQUEUE = 1000  # parked audits one requeue queues again (the oldest first)
+
+
 class Requeue(PolicyModel):
     """Which parked audits of one sink to send again."""
 
     sink: str = Field(min_length=1, max_length=200, description="the sink's name")
     ids: list[Annotated[int, Field(ge=1)]] | None = Field(
-        default=None, min_length=1, max_length=10_000,
-        description="the audit ids to requeue; omitted or null: every parked audit "
-                    "of the sink")
+        default=None, min_length=1, max_length=MAX_REQUEUE,
+        description=f"the audit ids to requeue; omitted or null: the sink's parked "
+                    f"audits, the oldest {MAX_REQUEUE} (requeue again for more)")
 
 
 class Requeued(PolicyModel):
     sink: str
     requeued: int = Field(description="parked audits queued again (sent at the next round)")
+    left: int = Field(default=0, description="the sink's audits still parked (one "
+                                             f"requeue takes at most {MAX_REQUEUE})")
 
 
 def sink_summaries(session: Session) -> list[SinkSummary]:
@@ -686,8 +736,27 @@ def sink_summaries(session: Session) -> list[SinkSummary]:
             for name, (q, p) in sorted(counts.items())]
 
 
+def _check_sink(session: Session, sink: str) -> None:
+    """NotFound unless ``sink`` is configured or still holds outbox rows."""
+    if session.get(SinkRow, sink) is None and session.scalar(
+            select(OutboxRow.audit_id).where(OutboxRow.sink == sink).limit(1)) is None:
+        raise NotFound(f"no sink named {sink!r} (GET /api/v1/forwarding/sinks, or cnnf "
+                       "forwarding sinks, lists them)")
+
+
+def parked_count(session: Session, sink: str | None) -> int:
+    """How many audits are parked (for one sink, or for all)."""
+    query = select(func.count()).select_from(OutboxRow).where(OutboxRow.parked.is_not(None))
+    if sink is not None:
+        query = query.where(OutboxRow.sink == sink)
+    return session.scalar(query) or 0
+
+
 def parked_audits(session: Session, sink: str | None, limit: int) -> list[ParkedAudit]:
-    """The first ``limit`` parked audits (of one sink, or of all), oldest first."""
+    """The first ``limit`` parked audits (of one sink, or of all), oldest first; a
+    sink that does not exist is NotFound."""
+    if sink is not None:
+        _check_sink(session, sink)
     query = (select(OutboxRow, AuditRow).join(AuditRow, AuditRow.id == OutboxRow.audit_id)
              .where(OutboxRow.parked.is_not(None))
              .order_by(OutboxRow.audit_id, OutboxRow.sink).limit(limit))
@@ -712,6 +781,7 @@ def requeue_parked(session: Session, request: Requeue) -> Requeued:
     changes."""
     where = [OutboxRow.sink == request.sink, OutboxRow.parked.is_not(None)]
     try:
+        _check_sink(session, request.sink)
         if request.ids is not None:
             wanted = sorted(set(request.ids))
             found = set(session.scalars(select(OutboxRow.audit_id).where(
@@ -723,6 +793,11 @@ def requeue_parked(session: Session, request: Requeue) -> Requeued:
                 raise NotFound(f"audits {shown}{more} are not parked for sink "
                                f"{request.sink!r}; nothing was requeued")
             where.append(OutboxRow.audit_id.in_(wanted))
+        else:  # all: the oldest MAX_REQUEUE (a requeue refused again costs 2N-1 sends)
+            oldest = list(session.scalars(select(OutboxRow.audit_id).where(*where)
+                                          .order_by(OutboxRow.audit_id)
+                                          .limit(MAX_REQUEUE)))
+            where.append(OutboxRow.audit_id.in_(oldest))
         count = session.scalar(select(func.count()).select_from(OutboxRow).where(*where)) or 0
         if not count:
             raise NotFound(f"sink {request.sink!r} has no parked audits; nothing was "
@@ -731,12 +806,15 @@ def requeue_parked(session: Session, request: Requeue) -> Requeued:
             raise Conflict(f"sink {request.sink!r} is no longer configured: requeued "
                            "audits would wait for it; nothing was requeued (configure "
                            "it again with --syslog or --webhook first)")
-        session.execute(update(OutboxRow).where(*where).values(parked=None))
+        session.execute(update(OutboxRow).where(*where).values(
+            parked=None, requeued=datetime.now(UTC)))
+        left = session.scalar(select(func.count()).select_from(OutboxRow).where(
+            OutboxRow.sink == request.sink, OutboxRow.parked.is_not(None))) or 0
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return Requeued(sink=request.sink, requeued=count)
+    return Requeued(sink=request.sink, requeued=count, left=left)
 
 
 def stored_sinks(session: Session) -> dict[str, str]:

@@ -375,6 +375,10 @@ class OutboxRow(Base):
     # Set when the sink rejected this audit on its own (a poison record): it is
     # not sent again, and the rest of the sink's outbox goes on (0010).
     parked: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # Set when an operator requeued it (0012): refused again, it is parked again
+    # at once, even when the sink took nothing else of the batch (requeued audits
+    # are the oldest, so they would otherwise hold up the sink for good).
+    requeued: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class SinkRow(Base):

@@ -4,9 +4,12 @@
   whole URL, so a rotated secret (a new password or query token) named a new
   sink and orphaned the old one's undelivered audits. It is now a hash of what
   identifies the receiver: scheme, host, port and path. Stored sinks and their
-  outbox rows are renamed; two stored URLs of one receiver become one sink (the
-  one written last keeps its URL), their backlogs merged. Outbox rows of sinks
-  no longer configured keep their old key (their URL is not stored).
+  outbox rows are renamed. Two stored URLs that would get one key (they differ
+  only in user, password or query: two tenants' API keys, two channels) are not
+  merged: the first keeps the new key, the others keep their old key and their
+  own backlog, with a warning (the Console matches a stored URL to its stored
+  key). Outbox rows of sinks no longer configured keep their old key (their URL
+  is not stored).
 - On SQLite, ``audits``' AUTOINCREMENT counter starts after the highest audit id
   the store holds any record of (0010 started it from the audits left, none if
   retention had pruned them all).
@@ -19,6 +22,7 @@ Create Date: 2026-11-30
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -33,6 +37,8 @@ branch_labels = None
 depends_on = None
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+log = logging.getLogger("cnnf.console.store")
 
 
 def _short(name: str) -> str:
@@ -78,13 +84,16 @@ def _rename(key: Callable[[str], str]) -> None:
             continue
         taken = bind.execute(sa.text("SELECT count(*) FROM forward_sinks WHERE name = :n"),
                              {"n": new}).scalar()
-        if taken:  # the same receiver twice: the row written later wins (rows in order)
-            bind.execute(sa.text("UPDATE forward_sinks SET url = :u WHERE name = :n"),
-                         {"u": url, "n": new})
-            bind.execute(sa.text("DELETE FROM forward_sinks WHERE name = :o"), {"o": name})
-        else:
-            bind.execute(sa.text("UPDATE forward_sinks SET name = :n WHERE name = :o"),
-                         {"n": new, "o": name})
+        if taken:  # another stored URL has this key: two receivers, never merged
+            log.warning("forwarding sink %s keeps its key: another stored URL of the "
+                        "same scheme, host, port and path (differing in user, password "
+                        "or query) is %s; both stay distinct, with their own backlogs "
+                        "(both are delivered; a Console started with both URLs refuses "
+                        "them: give the receivers distinct paths or hosts)",
+                        name, new)
+            continue
+        bind.execute(sa.text("UPDATE forward_sinks SET name = :n WHERE name = :o"),
+                     {"n": new, "o": name})
         bind.execute(sa.text(
             "UPDATE forward_outbox SET sink = :n WHERE sink = :o AND NOT EXISTS "
             "(SELECT 1 FROM forward_outbox other WHERE other.sink = :n "
