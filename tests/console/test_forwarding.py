@@ -11,8 +11,7 @@ import logging
 import re
 import resource
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from consoletest import Clock, Console
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
+from tests.polling import poll
 from tests.webhook import Webhook
 
 from cnnf.console.app import create_app
@@ -45,15 +45,6 @@ from cnnf.model import Effect
 # <PRI>1 TIMESTAMP HOSTNAME APP PROCID MSGID [SD] MSG
 RFC5424 = re.compile(r'^<(\d+)>1 (\S+) (\S+) cnnf - audit (\[cnnf@32473 (?:[^\]\\]|\\.)*\]) (.*)$',
                      re.DOTALL)
-
-
-def poll(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 def record(i: int = 1, blocked: bool = True, msg: str = "blocked connection") -> AuditRecord:

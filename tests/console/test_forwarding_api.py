@@ -10,8 +10,7 @@ import logging
 import os
 import re
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from consoletest import ApiClient, Clock, Console
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_cli import CNNF, PASSWORD, _cnnf, running_console
+from tests.polling import poll
 from tests.served import free_port
 from tests.webhook import Webhook
 
@@ -38,15 +38,6 @@ from cnnf.model.records import ReportBatch
 
 API = "/api/v1"
 POISON = 6666  # the port of the audit the picky webhook refuses
-
-
-def poll(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 class Picky:

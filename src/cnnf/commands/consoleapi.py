@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import NoReturn
 
 import httpx
+import typer
 
 Fail = Callable[[str, int], NoReturn]
+
+# The options every such command takes (the project's CLI convention).
+ConsoleOpt = typer.Option(..., "--console", help="The Console URL, e.g. https://console:8443")
+TokenOpt = typer.Option(..., "--token", envvar="CNNF_TOKEN",
+                        help="An API or session token (env CNNF_TOKEN).")
+CaOpt = typer.Option(None, "--ca", help="CA bundle to verify the Console with.")
 
 
 def console_client(console: str, token: str | None, ca: Path | str | None, *,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 
-from cnnf.commands.consoleapi import console_client
+from cnnf.commands.consoleapi import CaOpt, ConsoleOpt, TokenOpt, console_client
 from cnnf.model import RuleKind
 
 app = typer.Typer(
@@ -17,10 +17,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ConsoleOpt = typer.Option(..., "--console", help="The Console URL, e.g. https://console:8443")
-TokenOpt = typer.Option(..., "--token", envvar="CNNF_TOKEN",
-                        help="An API or session token (env CNNF_TOKEN).")
-CaOpt = typer.Option(None, "--ca", help="CA bundle to verify the Console with.")
 KindArg = Annotated[RuleKind, typer.Argument(help="container or host")]
 RuleIdArg = Annotated[int, typer.Argument(min=1, help="the staged rule's id")]
 RevisionOpt = typer.Option(
