@@ -8,7 +8,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -40,3 +40,21 @@ def console_client(console: str, token: str | None, ca: Path | str | None, *,
             fail(f"--ca: {path} holds no CA certificate (PEM) cnnf can read: {exc}", 2)
     return httpx.Client(base_url=console.rstrip("/"), verify=verify,
                         headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+
+def console_request(method: str, console: str, path: str, token: str | None,
+                    ca: Path | str | None, *, fail: Fail, **kwargs: Any) -> httpx.Response:
+    """One call to the Console's API (``path`` below ``/api/v1``): a connection
+    error or an error answer is one clear line through ``fail`` (exit 1)."""
+    with console_client(console, token, ca, timeout=30.0, fail=fail) as client:
+        try:
+            answer = client.request(method, "/api/v1" + path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(f"{method} {console.rstrip('/')}/api/v1{path}: {exc}", 1)
+    if answer.status_code >= 400:
+        try:
+            detail = answer.json().get("detail", answer.text)
+        except ValueError:
+            detail = answer.text
+        fail(f"{method} {path}: {answer.status_code}: {detail}", 1)
+    return answer

@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 
-from cnnf.commands.consoleapi import CaOpt, ConsoleOpt, TokenOpt, console_client
+from cnnf.commands.consoleapi import CaOpt, ConsoleOpt, TokenOpt, console_request
 
 app = typer.Typer(
     name="forwarding",
@@ -35,18 +35,7 @@ def _shown(text: str) -> str:
 
 def _answer(method: str, console: str, path: str, token: str, ca: str | None,
             **kwargs: Any) -> httpx.Response:
-    with console_client(console, token, ca, timeout=30.0, fail=_fail) as client:
-        try:
-            answer = client.request(method, "/api/v1" + path, **kwargs)
-        except httpx.HTTPError as exc:
-            _fail(f"{method} {console.rstrip('/')}/api/v1{path}: {exc}")
-    if answer.status_code >= 400:
-        try:
-            detail = answer.json().get("detail", answer.text)
-        except ValueError:
-            detail = answer.text
-        _fail(f"{method} {path}: {answer.status_code}: {detail}")
-    return answer
+    return console_request(method, console, path, token, ca, fail=_fail, **kwargs)
 
 
 def _call(method: str, console: str, path: str, token: str, ca: str | None,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NoReturn
 
-import httpx
 import typer
 
-from cnnf.commands.consoleapi import CaOpt, ConsoleOpt, TokenOpt, console_client
+from cnnf.commands.consoleapi import CaOpt, ConsoleOpt, TokenOpt, console_request
 from cnnf.model import RuleKind
 
 app = typer.Typer(
@@ -32,19 +31,8 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _call(method: str, console: str, path: str, token: str, ca: str | None, *,
           params: dict[str, Any] | None = None) -> Any:
-    url = console.rstrip("/") + "/api/v1" + path
-    with console_client(console, token, ca, timeout=30.0, fail=_fail) as client:
-        try:
-            answer = client.request(method, "/api/v1" + path, params=params)
-        except httpx.HTTPError as exc:
-            _fail(f"{method} {url}: {exc}")
-    if answer.status_code >= 400:
-        try:
-            detail = answer.json().get("detail", answer.text)
-        except ValueError:
-            detail = answer.text
-        _fail(f"{method} {path}: {answer.status_code}: {detail}")
-    return answer.json()
+    return console_request(method, console, path, token, ca, fail=_fail,
+                           params=params).json()
 
 
 def _switch(settings: dict[str, Any], kind: RuleKind) -> bool:
