@@ -53,3 +53,19 @@ def test_the_lock_ends_with_the_window_and_old_keys_are_forgotten() -> None:
     assert limiter.retry_after("alice", "c1") == pytest.approx(29.0)
     clock.now = 90.0
     assert limiter.retry_after("alice", "c1") == 0
+
+
+def test_the_unknown_user_hash_is_made_by_the_console_not_by_every_command() -> None:
+    """An argon2 hash costs about half a second of CPU: a ``cnnf`` command does not
+    make it at import; a Console makes it as it builds its limiter, before any
+    login, so the first login for an unknown user is as slow as the rest."""
+    import subprocess
+    import sys
+
+    code = ("import cnnf.cli, cnnf.console.security as s\n"
+            "before = s._dummy_hash.cache_info().currsize\n"
+            "s.LoginLimiter()\n"
+            "print(before, s._dummy_hash.cache_info().currsize)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert out.split() == ["0", "1"]
