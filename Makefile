@@ -14,17 +14,20 @@ deps:
 	@scripts/bootstrap.sh
 
 # The whole suite: unit, lab (root, namespaces, containers), PostgreSQL and browser tests.
-# Two stages that never overlap (the lab tests do not tolerate two busy cores beside
-# them). First everything that needs no lab or root on two processes: the pure tests
-# with the PostgreSQL and browser ones (each process starts its own server and browser
-# when it first needs one); --dist worksteal: a process that runs out of tests takes
-# some of the other's, so a few long tests (schemathesis, the import killed midway)
-# do not leave one core idle at the end. Then the lab and root tests one at a time
-# (they share labs, namespaces and the kernel's tables). Each prints its slowest tests.
+# The pure tests run on two processes, then the PostgreSQL and browser tests on two
+# (each process starts its own PostgreSQL server once, and a browser for each browser
+# test module it runs), then the lab and root tests one at a time (they share labs,
+# namespaces and the kernel's tables). The stages never overlap: the lab tests do not
+# tolerate two busy cores beside them. --dist worksteal: a process that runs out of
+# tests takes some of the other's, so one long test (schemathesis, the import killed
+# midway) does not leave a core idle at the end of a stage. Each prints its slowest tests.
+PURE := not lab and not root and not postgres and not browser
+SERVICES := (postgres or browser) and not lab and not root
 test: deps
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
-	$(PY) -m pytest -n 2 --dist worksteal --durations=25 -m "not lab and not root"
+	$(PY) -m pytest -n 2 --dist worksteal --durations=15 -m "$(PURE)"
+	$(PY) -m pytest -n 2 --dist worksteal --durations=15 -m "$(SERVICES)"
 	$(PY) -m pytest --durations=25 -m "lab or root"
 
 # Only the pure, fast tests (no root, no lab, no services).
@@ -54,4 +57,5 @@ image: deps
 	deploy/build-image.sh $(if $(OCI_ARCHIVE),--oci-archive $(OCI_ARCHIVE))
 
 clean:
-	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
+	find src tests bench -name __pycache__ -prune -exec rm -rf {} +
