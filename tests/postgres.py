@@ -77,7 +77,9 @@ class PostgresServer:
 
     def create_database(self, template: str | None = None) -> str:
         """A new database, empty or a copy of ``template`` (a URL this method
-        returned; its other sessions are ended first); returns its SQLAlchemy URL."""
+        returned, that nobody uses any more: the sessions of a client that just
+        stopped may take a moment to end, so this waits up to 10 s for them, then
+        fails naming them); returns its SQLAlchemy URL."""
         import psycopg
 
         self._databases += 1
@@ -88,8 +90,13 @@ class PostgresServer:
                 conn.execute(f'CREATE DATABASE "{name}"')
             else:
                 source = template.rsplit("/", 1)[1]
-                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = %s", (source,))
+                deadline = time.monotonic() + 10
+                while sessions := conn.execute(
+                        "SELECT pid, application_name, state FROM pg_stat_activity "
+                        "WHERE datname = %s", (source,)).fetchall():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"database {source} is still in use: {sessions}")
+                    time.sleep(0.05)
                 conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
         return self.url(name)
 
