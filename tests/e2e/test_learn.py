@@ -1,10 +1,9 @@
 """End to end in the lab: learn the shop's policy from its own traffic, then
-enforce it with default prevent. The shop runs for a minute under an empty
-policy (enforcement on, default allow: every SYN evaluated and recorded with
-its identities) until each normal pattern connected a few times (not a fixed
-minute: the slowest pattern makes one connection every 2 s); the Console learns
-from that window; the proposal is applied
-with default effect prevent (one revision); the shop's normal patterns keep
+enforce it with default prevent. The shop runs under an empty policy
+(enforcement on, default allow: every SYN evaluated and recorded with its
+identities) until each normal pattern connected 5 times (at most a minute; the
+slowest makes one connection every 2 s); the Console learns from that window;
+the proposal is applied with default effect prevent (one revision); the shop's normal patterns keep
 working (nothing refused), while a connection never seen in the window (a
 lateral move) is refused and audited."""
 
@@ -30,20 +29,11 @@ EMPTY: dict[str, Any] = {"containerEnabled": True, "hostEnabled": False,
 TIMES = 5  # connections of each normal pattern in each phase
 
 
-def run_until_each_connected(c: ManagedCluster, patterns: list[Any], limit: float = 60
-                             ) -> dict[str, Any]:
-    """The patterns' traffic until every one of them connected ``TIMES`` times
-    (or ``limit`` seconds passed); what each got, refusals and timeouts too."""
-    traffic = Traffic(c.lab, patterns)
-    traffic.start()
-    deadline = time.monotonic() + limit
-    try:
-        while time.monotonic() < deadline and any(
-                traffic.counts[p.label]["connected"] < TIMES for p in patterns):
-            traffic.poll(0.5)
-    finally:
-        traffic.stop()
-    return traffic.counts
+def run_until_each_connected(c: ManagedCluster, patterns: list[Any]) -> dict[str, Any]:
+    """The patterns' traffic until every one of them connected ``TIMES`` times (at
+    most a minute); what each got, refusals and timeouts too."""
+    return Traffic(c.lab, patterns).run(60, until=lambda t: all(
+        t.counts[p.label]["connected"] >= TIMES for p in patterns))
 
 
 @pytest.fixture(scope="module")

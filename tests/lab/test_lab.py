@@ -184,6 +184,13 @@ def test_traffic_patterns_run_from_the_containers(shop: Lab) -> None:
     assert len(reports) >= 2
 
 
+def test_traffic_stops_once_the_caller_has_what_it_waits_for(shop: Lab) -> None:
+    start = time.monotonic()
+    counts = Traffic(shop).run(60, until=lambda t: t.counts["frontend->api:8080"]["connected"] >= 3)
+    assert counts["frontend->api:8080"]["connected"] >= 3
+    assert time.monotonic() - start < 30  # 2 a second: not the whole minute
+
+
 def test_cli_status_and_connect(shop: Lab) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["lab", "status", "--name", LAB, "--json"])

@@ -109,8 +109,10 @@ class Traffic:
         *,
         every: float = 1.0,
         report: Callable[[Traffic], None] | None = None,
+        until: Callable[[Traffic], bool] | None = None,
     ) -> dict[str, Counter[str]]:
-        """Run for ``duration`` seconds (None: until interrupted), reporting every ``every`` s."""
+        """Run for ``duration`` seconds (None: until interrupted), reporting every ``every`` s;
+        stop earlier once ``until(self)`` is true (checked as results arrive)."""
         if duration is not None and not duration > 0:
             raise LabError(f"bad duration {duration}: must be a number of seconds above 0")
         if not every > 0:  # 0 would report in a busy loop
@@ -123,7 +125,8 @@ class Traffic:
             while end is None or self.clock() < end:
                 now = self.clock()
                 wait = min(next_report, end if end is not None else next_report) - now
-                self.poll(max(0.0, wait))
+                if self.poll(max(0.0, wait)) and until is not None and until(self):
+                    break
                 if report and self.clock() >= next_report and (end is None or self.clock() < end):
                     report(self)
                     next_report += every
