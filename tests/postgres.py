@@ -75,15 +75,29 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A new, empty database; returns its SQLAlchemy URL."""
+    def create_database(self, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template`` (a URL this method
+        returned, that nobody uses any more: the sessions of a client that just
+        stopped may take a moment to end, so this waits up to 10 s for them, then
+        fails naming them); returns its SQLAlchemy URL."""
         import psycopg
 
         self._databases += 1
         name = f"cnnf_test_{os.getpid()}_{self._databases}_{int(time.time() * 1000) % 100000}"
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
                              autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            if template is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            else:
+                source = template.rsplit("/", 1)[1]
+                deadline = time.monotonic() + 10
+                while sessions := conn.execute(
+                        "SELECT pid, application_name, state FROM pg_stat_activity "
+                        "WHERE datname = %s", (source,)).fetchall():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"database {source} is still in use: {sessions}")
+                    time.sleep(0.05)
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
         return self.url(name)
 
 

@@ -718,7 +718,12 @@ def test_one_change_wakes_many_waiting_defenders_with_one_store_read(
             polls = [asyncio.create_task(c.get(
                 f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
                 params={"revision": 0, "wait": 20})) for cred in credentials]
-            await asyncio.sleep(0.5)  # every poll waiting
+            # every poll waiting (its first read done): a fixed half second was not
+            # always enough on a loaded machine (a late poll's own read counted)
+            deadline = time.monotonic() + 30
+            while len(link.policy._waiters) < 30 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(link.policy._waiters) == 30
             assert not any(p.done() for p in polls)
             reads = link.current_policy.reads
             r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},

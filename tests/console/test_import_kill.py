@@ -6,7 +6,8 @@ started by the fixture). It holds policy A; an import of a large policy B
 socket, and the Console is SIGKILLed at several points while that request is in
 flight. Restarted on the same store, the Console must hold exactly A or exactly
 B (the exported documents compared whole, the change history agreeing), and the
-store must open cleanly.
+store must open cleanly. (Each run starts on a copy of one store that holds A:
+the user and A are made once.)
 
 Kill points: right after the request body was sent; as soon as the store shows
 the import's write transaction open (another connection is refused the write
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,23 +160,37 @@ def answer(s: socket.socket, timeout: float) -> bytes:
 
 
 @pytest.fixture
-def new_store(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], str]:
-    """A fresh, empty store on the backend ``db_url`` is on, each call."""
+def new_store(db_url: str, tmp_path: Path,
+              request: pytest.FixtureRequest) -> Callable[[str | None], str]:
+    """A new store on the backend ``db_url`` is on, each call: empty, or a copy of
+    the store ``of`` (one no Console holds open). The store is the whole state these
+    Consoles need: users, policy and history (no CA or secret of the data directory
+    is used over plain HTTP)."""
+    if not db_url.startswith("sqlite"):
+        server = request.getfixturevalue("pg_server")
+        return server.create_database  # type: ignore[no-any-return]
     count = iter(range(1000))
-    if db_url.startswith("sqlite"):
-        return lambda: f"sqlite:///{tmp_path / f'store-{next(count)}.db'}"
-    server = request.getfixturevalue("pg_server")
-    return server.create_database  # type: ignore[no-any-return]
+
+    def make(of: str | None = None) -> str:
+        path = tmp_path / f"store-{next(count)}.db"
+        if of is not None:
+            with closing(sqlite3.connect(of.removeprefix("sqlite:///"))) as source, \
+                    closing(sqlite3.connect(path)) as copy:
+                source.backup(copy)
+        return f"sqlite:///{path}"
+
+    return make
 
 
 class Store:
     """One store with its Console process (restartable) and an admin token."""
 
-    def __init__(self, db: str, workdir: Path) -> None:
+    def __init__(self, db: str, workdir: Path, *, copied: bool = False) -> None:
         workdir.mkdir()
         self.db = db
         self.console = ConsoleProcess(workdir, db)
-        self.console.cli("create-user", "admin", "--password-stdin", stdin=PASSWORD + "\n")
+        if not copied:  # a copy has the admin already
+            self.console.cli("create-user", "admin", "--password-stdin", stdin=PASSWORD + "\n")
         self.token = ""
 
     def start(self) -> None:
@@ -204,11 +221,16 @@ class Store:
 
 
 @pytest.fixture
-def stores(new_store: Callable[[], str], tmp_path: Path) -> Iterator[Callable[[], Store]]:
+def stores(new_store: Callable[[str | None], str],
+           tmp_path: Path) -> Iterator[Callable[[Store | None], Store]]:
+    """A new store with its Console (not started) each call: empty but for the admin,
+    or a copy of a stopped ``Store``."""
     made: list[Store] = []
 
-    def make() -> Store:
-        store = Store(new_store(), tmp_path / f"console-{len(made)}")
+    def make(of: Store | None = None) -> Store:
+        assert of is None or of.console.proc is None, "copy a store no Console holds open"
+        store = Store(new_store(None if of is None else of.db),
+                      tmp_path / f"console-{len(made)}", copied=of is not None)
         made.append(store)
         return store
 
@@ -228,18 +250,32 @@ def opens_cleanly(store: Store) -> None:
 
 
 def test_a_console_killed_halfway_through_an_import_leaves_the_previous_policy_whole(
-    stores: Callable[[], Store],
+    stores: Callable[[Store | None], Store],
 ) -> None:
     big = policy_b()
     a_actions = ["policy.import.native"]
     b_actions = a_actions * 2
 
-    # B applied without a kill (then killed after the answer): what "exactly B" is.
-    store = stores()
-    store.start()
-    with store.api() as api:
+    # The store holding A, made once; each run below starts on a copy of it.
+    holding_a = stores(None)
+    holding_a.start()
+    with holding_a.api() as api:
         assert api.post("/api/v1/policy/import", json=policy_a()).status_code == 200
-    a_export = store.export()
+    a_export = holding_a.export()
+    assert holding_a.actions() == a_actions
+    process = holding_a.console.proc
+    assert process is not None
+    process.send_signal(signal.SIGTERM)  # stopped, not killed midway: no crash of its own
+    assert process.wait(30) in (0, -signal.SIGTERM), holding_a.console.log.read_text()[-2000:]
+    holding_a.console.proc = None
+    if holding_a.db.startswith("sqlite:///"):
+        with closing(sqlite3.connect(holding_a.db.removeprefix("sqlite:///"))) as db:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+    # B applied without a kill (then killed after the answer): what "exactly B" is.
+    store = stores(holding_a)
+    store.start()
+    assert store.export() == a_export
     sock = send_import(store.console.port, store.token, big)
     reply = answer(sock, 120)
     sock.close()
@@ -261,12 +297,10 @@ def test_a_console_killed_halfway_through_an_import_leaves_the_previous_policy_w
         ("3 s after sending", lambda probe: time.sleep(3.0) or False),
     ]
     for name, wait in kill_points:
-        store = stores()
+        store = stores(holding_a)
         store.start()
-        with store.api() as api:
-            assert api.post("/api/v1/policy/import", json=policy_a()).status_code == 200
-        assert without_revision(store.export()) == without_revision(a_export)
         before = store.export()
+        assert before == a_export
         probe = WriteProbe(store.db)
         try:
             sock = send_import(store.console.port, store.token, big)

@@ -53,3 +53,29 @@ def test_the_lock_ends_with_the_window_and_old_keys_are_forgotten() -> None:
     assert limiter.retry_after("alice", "c1") == pytest.approx(29.0)
     clock.now = 90.0
     assert limiter.retry_after("alice", "c1") == 0
+
+
+def test_the_unknown_user_hash_is_made_by_the_console_not_by_every_command() -> None:
+    """An argon2 hash costs about half a second of CPU: importing the ``cnnf``
+    command makes none; a Console makes one as it builds its limiter, before any
+    login, so the first login for an unknown user is as slow as the rest; a second
+    limiter and the logins reuse it. (A fresh interpreter: this one imported the
+    Console long ago.)"""
+    import subprocess
+    import sys
+
+    code = ("import argon2\n"
+            "made = []\n"
+            "hash_ = argon2.PasswordHasher.hash\n"
+            "argon2.PasswordHasher.hash = lambda self, p, **k: made.append(p) or hash_(self, p)\n"
+            "import cnnf.cli\n"
+            "from cnnf.console.security import LoginLimiter, burn_password_check\n"
+            "print(len(made))\n"
+            "LoginLimiter()\n"
+            "print(len(made))\n"
+            "LoginLimiter()\n"
+            "burn_password_check('guess')\n"
+            "print(len(made))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert out.split() == ["0", "1", "1"]

@@ -184,6 +184,15 @@ def test_traffic_patterns_run_from_the_containers(shop: Lab) -> None:
     assert len(reports) >= 2
 
 
+def test_traffic_stops_once_the_caller_has_what_it_waits_for(shop: Lab) -> None:
+    # 2 a second: a whole minute would be about 120 (a few more come as the workers stop)
+    counts = Traffic(shop).run(60, until=lambda t: t.counts["frontend->api:8080"]["connected"] >= 3)
+    assert 3 <= counts["frontend->api:8080"]["connected"] <= 20, counts
+    # true from the start: no poll at all, only what the workers sent as they stopped
+    counts = Traffic(shop).run(60, until=lambda t: True)
+    assert counts["frontend->api:8080"]["connected"] <= 10, counts
+
+
 def test_cli_status_and_connect(shop: Lab) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["lab", "status", "--name", LAB, "--json"])

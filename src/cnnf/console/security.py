@@ -7,6 +7,7 @@ brute-force the preimage, and lookup by hash stays one indexed query.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import threading
@@ -65,12 +66,17 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-# Verifying against this keeps a login for an unknown user as slow as a real one.
-_DUMMY_HASH = _hasher.hash("cnnf-no-such-user")
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this keeps a login for an unknown user as slow as a real
+    one. Made once per process when first asked (every Console asks as it builds
+    its LoginLimiter, before it serves a login), not at import: an argon2 hash costs
+    about half a second of CPU, which every ``cnnf`` command paid."""
+    return _hasher.hash("cnnf-no-such-user")
 
 
 def burn_password_check(password: str) -> None:
-    verify_password(_DUMMY_HASH, password)
+    verify_password(_dummy_hash(), password)
 
 
 def password_problem(password: str) -> str | None:
@@ -101,6 +107,7 @@ class LoginLimiter:
     _ANY_USER = "\0any"  # the per-client key (no user name holds a NUL)
 
     def __init__(self, allowed: int = 5, window: float = 60.0, clock: Clock = time.monotonic):
+        _dummy_hash()  # made now, so the first unknown user's login is no quicker
         self.allowed = allowed
         self.window = window
         self.clock = clock

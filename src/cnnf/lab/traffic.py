@@ -109,8 +109,11 @@ class Traffic:
         *,
         every: float = 1.0,
         report: Callable[[Traffic], None] | None = None,
+        until: Callable[[Traffic], bool] | None = None,
     ) -> dict[str, Counter[str]]:
-        """Run for ``duration`` seconds (None: until interrupted), reporting every ``every`` s."""
+        """Run for ``duration`` seconds (None: until interrupted), reporting every ``every`` s;
+        stop earlier once ``until(self)`` is true (checked first, then after each batch of
+        results)."""
         if duration is not None and not duration > 0:
             raise LabError(f"bad duration {duration}: must be a number of seconds above 0")
         if not every > 0:  # 0 would report in a busy loop
@@ -120,7 +123,7 @@ class Traffic:
         end = None if duration is None else self.clock() + duration
         next_report = self.clock() + every
         try:
-            while end is None or self.clock() < end:
+            while (end is None or self.clock() < end) and not (until is not None and until(self)):
                 now = self.clock()
                 wait = min(next_report, end if end is not None else next_report) - now
                 self.poll(max(0.0, wait))
