@@ -223,8 +223,7 @@ def test_replicas_fold_into_one_group_unless_an_object_selects_by_name(store: En
 
 def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Engine) -> None:
     """Texts the Console never writes (not JSON, a JSON scalar): read from the
-    key as the reference read does (on PostgreSQL the grouped query fails on
-    them and the rows are read one by one)."""
+    key as the reference read does (their class is empty), names erased or kept."""
     flows = [{"kind": "container", "src": "image:shop/api:1", "dst": "addr:203.0.113.9",
               "port": 443, "verdict": "observed", "rule_id": 0, "rule_name": "", "count": 2,
               "first_seen": T0, "last_seen": T0, "src_identity": text, "dst_identity": "",
@@ -233,6 +232,7 @@ def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Eng
     with Session(store) as s:
         reference = learn(Policy(), observed_flows(s, SINCE, UNTIL))
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=True)) == reference
+        assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=False)) == reference
         assert reference.learnt_flows == 3 and len(reference.rules) == 1
 
 
@@ -244,7 +244,8 @@ def _scan(n: int) -> list[dict[str, Any]]:
 
 def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows that do not fold (more groups than half the rows at a check) are
+    """With the container names kept (SQLite's fold in an aggregate function),
+    rows that do not fold (more groups than half the rows at a check) are
     read one by one, streamed (:func:`observed_flows`), not held as a group
     per row: two replicas' rows after the scan stay two flows, as the rows."""
     monkeypatch.setattr(learning, "FOLD_CHECK", 50)
@@ -253,7 +254,7 @@ def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
         migrate(engine)
         _fill(engine, [*_scan(200), *REPLICAS[:2]])
         with Session(engine) as s:
-            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=False))
             assert len(folded) == 202 and {f.flows for f in folded} == {1}
             assert learn(Policy(), iter(folded)) == learn(Policy(),
                                                           observed_flows(s, SINCE, UNTIL))
@@ -261,7 +262,7 @@ def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
         _fill(engine, [{**r, "ident": f"{r['ident']}-{copy}", "count": copy + 1}
                        for r in _scan(60) for copy in range(4)])
         with Session(engine) as s:
-            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=False))
             assert len(folded) == 60 and {(f.flows, f.count) for f in folded} == {(4, 10)}
     finally:
         engine.dispose()
@@ -281,17 +282,18 @@ def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) 
 
 
 def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path) -> None:
-    """An error inside the fold (a row SQLite's dynamic typing let through: a
+    """An error inside the fold with the names kept (a row SQLite's dynamic typing let through: a
     time stored as a number) reaches the caller as itself, not as SQLite's
     "user-defined aggregate's 'step' method raised error"."""
     engine = connect(f"sqlite:///{tmp_path / 'console.db'}")
     try:
         migrate(engine)
-        _fill(engine, REPLICAS[:2])
+        # two rows of one group: one seen with enforcement off
+        _fill(engine, [REPLICAS[0], {**REPLICAS[0], "mode": "observed"}])
         with Session(engine) as s:
             s.execute(text("UPDATE flows SET first_seen = 12 WHERE id = "
                            "(SELECT min(id) FROM flows)"))
             with pytest.raises(TypeError, match="'<' not supported"):
-                list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+                list(grouped_flows(s, SINCE, UNTIL, erase_names=False))
     finally:
         engine.dispose()

@@ -40,7 +40,7 @@ from cnnf.model.objects import WS, GlobList, check_glob
 from cnnf.model.rule import RFC3339, PolicyModel
 from cnnf.policy.engine import compile_policy
 from cnnf.policy.learn import LearnOptions, Proposal, Scope, learn
-from cnnf.policy.observed import EndpointCache, ObservedFlow
+from cnnf.policy.observed import EndpointCache, ObservedFlow, unnamed_endpoint
 from cnnf.policy.simulate import EdgeChange, Impact, Outcome, simulate
 
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -429,15 +429,6 @@ class _Classes:
         return by_key
 
 
-def _unnamed(column: str) -> str:
-    """SQL (PostgreSQL): the identity text ``column`` without its container
-    name (``name``, top level), for grouping; ``jsonb`` normalises the text (it
-    is parsed back, not compared with others). A text that is not a JSON
-    object fails the query (the caller reads the rows one by one instead):
-    every text the Console stores is one, or empty."""
-    return f"CASE WHEN {column} = '' THEN {column} ELSE ({column}::jsonb - 'name')::text END"
-
-
 _GROUPED = ("SELECT kind, src, dst, port, verdict, rule_id, {src_id}, {dst_id}, "
             "count(*), CAST(sum(count) AS BIGINT), min(first_seen), max(last_seen) "
             "FROM flows WHERE last_seen >= :since AND first_seen < :until "
@@ -463,44 +454,106 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
 
     ``erase_names``: group identities that differ only in the container name
     (replicas: ``api-1``, ``api-2``); right when no object selects by name
-    (:func:`names_containers`), and then the largest fold.
+    (:func:`names_containers`), and then the largest fold. Each stored flow
+    carries the class of both its identities, their digest without the name
+    (``src_class``, ``dst_class``, computed when it was stored): both stores
+    group by those short texts, no JSON parsed per row (:func:`_by_class`).
 
-    PostgreSQL groups with ``GROUP BY`` over the texts (``jsonb`` leaves the
-    name out; a stored text that is not a JSON object, never written by the
-    Console, fails that query: then the rows are read one by one). SQLite has
-    no hash aggregate (its ``GROUP BY`` sorts the million rows): there an
-    aggregate function folds the rows as the scan passes them (each identity
-    text parsed once, :class:`_Classes`), twice as fast as grouping by
-    integers it gives each text (measured). Rows that do not fold (a scan:
-    more groups than half the rows, checked every :data:`FOLD_CHECK` groups)
-    stop that fold: they are read one by one, streamed."""
+    With the names kept, PostgreSQL groups with ``GROUP BY`` over the texts
+    and SQLite (which has no hash aggregate: its ``GROUP BY`` sorts the
+    million rows) folds the rows as the scan passes them, in an aggregate
+    function (:func:`_folded_sqlite`)."""
+    if erase_names:
+        yield from _by_class(session, since, until)
+        return
     if session.get_bind().dialect.name == "sqlite":
         yield from _folded_sqlite(session, since, until, erase_names=erase_names)
         return
-    ids = ((_unnamed("src_identity"), _unnamed("dst_identity")) if erase_names
-           else ("src_identity", "dst_identity"))
     # yield_per: a server-side cursor, the groups fetched in batches (psycopg
     # would hold every group client-side).
-    stmt = text(_GROUPED.format(src_id=ids[0], dst_id=ids[1])).bindparams(
+    stmt = text(_GROUPED.format(src_id="src_identity", dst_id="dst_identity")).bindparams(
         bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
     ).execution_options(yield_per=20000)
-    try:
-        result = session.connection().execute(stmt, {"since": since, "until": until})
-        rows = result.fetchmany(20000)
-    except DBAPIError:
-        if not erase_names:
-            raise
-        session.rollback()
-        yield from observed_flows(session, since, until)
-        return
+    result = session.connection().execute(stmt, {"since": since, "until": until})
     keys = EndpointCache()
     flow = ObservedFlow
     with gc_paused():
-        while rows:
+        while rows := result.fetchmany(20000):
             for kind, src, dst, port, verdict, rule_id, s_id, d_id, n, count, f, la in rows:
                 yield flow(kind, src, dst, port, keys(s_id, src), keys(d_id, dst), verdict,
                            rule_id, n, count, _utc(f), _utc(la))
-            rows = result.fetchmany(20000)
+
+
+_BY_CLASS = ("SELECT kind, src, dst, port, verdict, rule_id, src_class, dst_class, count(*), "
+             "CAST(sum(count) AS BIGINT), min(first_seen), max(last_seen), min(id) "
+             "FROM flows{hint} WHERE last_seen >= :since AND first_seen < :until "
+             "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
+_TEXTS = "SELECT id, src_identity, dst_identity FROM flows WHERE id IN :ids"
+
+
+def _class_hint(session: Session, since: datetime) -> str:
+    """On SQLite, the index to read: the grouping index (every column the query
+    reads, in the group's order: one pass, no sort) when the window holds a
+    large part of the rows, else the last-seen index (the window's rows, then
+    a sort of those). PostgreSQL's planner makes that choice."""
+    if session.get_bind().dialect.name != "sqlite":
+        return ""
+    wide = _scan_hint(session, since) == " NOT INDEXED"
+    return f" INDEXED BY {'ix_flows_fold' if wide else 'ix_flows_last_seen'}"
+
+
+def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[ObservedFlow]:
+    """The window grouped by the identities' classes (``erase_names``). Each
+    group names one of its rows (its smallest id); a class's identity is read
+    from the first such row (each class's text read and parsed once, without
+    the container name: :func:`~cnnf.policy.observed.unnamed_endpoint`), a
+    few hundred rows for a million (the benchmark's); a class ``""`` (no
+    recorded identity) reads from the flow's key, as the reference does."""
+    stmt = text(_BY_CLASS.format(hint=_class_hint(session, since))).bindparams(
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
+    ).execution_options(yield_per=20000)
+    texts = text(_TEXTS).bindparams(bindparam("ids", expanding=True))
+    connection = session.connection()
+    result = connection.execute(stmt, {"since": since, "until": until})
+    classes: dict[str, Endpoint] = {}
+    keys: dict[str, Endpoint] = {}
+    times: dict[Any, datetime] = {}  # times repeat: each parsed once
+
+    def utc(value: Any) -> datetime:
+        found = times.get(value)
+        if found is None:
+            if len(times) > 100000:
+                times.clear()
+            found = times[value] = _utc(value)
+        return found
+
+    def by_key(key: str) -> Endpoint:
+        found = keys.get(key)
+        if found is None:
+            found = keys[key] = unnamed_endpoint("", key)
+        return found
+
+    flow = ObservedFlow
+    with gc_paused():
+        while rows := result.fetchmany(20000):
+            wanted: dict[int, list[tuple[int, str, str]]] = {}
+            asked: set[str] = set()
+            for row in rows:
+                for end, cls in ((0, row[6]), (1, row[7])):
+                    if cls and cls not in classes and cls not in asked:
+                        asked.add(cls)
+                        wanted.setdefault(row[12], []).append((end, cls, row[1 + end]))
+            ids = list(wanted)
+            for at in range(0, len(ids), 500):
+                for row_id, s_text, d_text in connection.execute(
+                        texts, {"ids": ids[at:at + 500]}):
+                    for end, cls, key in wanted[row_id]:
+                        classes[cls] = unnamed_endpoint(d_text if end else s_text, key)
+            for kind, src, dst, port, verdict, rule_id, s_cls, d_cls, n, count, f, la, _ in rows:
+                yield flow(kind, src, dst, port,
+                           classes[s_cls] if s_cls else by_key(src),
+                           classes[d_cls] if d_cls else by_key(dst), verdict, rule_id, n,
+                           count, utc(f), utc(la))
 
 
 #: The SQLite fold is checked each time it holds this many more groups: when

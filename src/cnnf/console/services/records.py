@@ -21,6 +21,7 @@ from cnnf.console.store.models import AuditRow, FlowRow, OutboxRow
 from cnnf.model import Effect
 from cnnf.model.records import AuditType
 from cnnf.model.rule import PolicyModel
+from cnnf.policy.observed import identity_class
 
 # The original product's audit export columns, in its order, then ours at the end
 # (so that a reader of the original's files finds every column where it was): the
@@ -342,9 +343,16 @@ class FlowService:
         window widens). Returns the number of distinct keys touched. ``commit=False``
         leaves the commit to the caller (see :meth:`AuditService.insert_many`)."""
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        classes: dict[str, str] = {}  # a batch's texts repeat: each class computed once
         for record in records:
             data = record.model_dump(by_alias=False)
             data["ident"] = flow_ident(record.src_identity, record.dst_identity)
+            for end in ("src", "dst"):
+                text_ = data[f"{end}_identity"]
+                found = classes.get(text_)
+                if found is None:
+                    found = classes[text_] = identity_class(text_)
+                data[f"{end}_class"] = found
             key = tuple(data[k] for k in _FLOW_KEY)
             have = merged.get(key)
             if have is None:

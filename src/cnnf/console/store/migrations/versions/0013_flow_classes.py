@@ -1,0 +1,83 @@
+"""Flows keep each end's identity class (``src_class``, ``dst_class``: the
+identity's digest without the container name), and the index learning and
+simulating group the flows by (``ix_flows_fold``).
+
+The rows stored before this revision get their classes here, computed from
+their identity texts as the Console computes them when it stores a flow, a
+batch of rows at a time (each distinct text parsed once). The downgrade drops
+the index and the columns; the rows stay.
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from cnnf.policy.observed import identity_class
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+_FOLD_INDEX = ["kind", "src", "dst", "port", "verdict", "rule_id", "src_class", "dst_class",
+               "last_seen", "first_seen", "count"]
+BATCH = 20000
+
+
+def backfill(connection: sa.Connection) -> int:
+    """Every row's classes from its identity texts, by id range; returns the
+    rows given a class (rows without identities keep ``""``)."""
+    flows = sa.table("flows", sa.column("id", sa.BigInteger()),
+                     sa.column("src_identity", sa.Text()), sa.column("dst_identity", sa.Text()),
+                     sa.column("src_class", sa.String()), sa.column("dst_class", sa.String()))
+    classes: dict[str, str] = {}
+
+    def class_of(text: str) -> str:
+        found = classes.get(text)
+        if found is None:
+            if len(classes) > 100000:  # distinct texts by the million (a scan): bounded
+                classes.clear()
+            found = classes[text] = identity_class(text)
+        return found
+
+    update = (sa.update(flows).where(flows.c.id == sa.bindparam("row_id"))
+              .values(src_class=sa.bindparam("s"), dst_class=sa.bindparam("d")))
+    last, done = None, 0
+    while True:
+        query = (sa.select(flows.c.id, flows.c.src_identity, flows.c.dst_identity)
+                 .where(sa.or_(flows.c.src_identity != "", flows.c.dst_identity != ""))
+                 .order_by(flows.c.id).limit(BATCH))
+        if last is not None:
+            query = query.where(flows.c.id > last)
+        rows = connection.execute(query).all()
+        if not rows:
+            return done
+        changes = [{"row_id": i, "s": class_of(s), "d": class_of(d)} for i, s, d in rows]
+        changes = [c for c in changes if c["s"] or c["d"]]
+        if changes:
+            connection.execute(update, changes)
+        done += len(changes)
+        last = rows[-1][0]
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("flows", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("src_class", sa.String(length=32), nullable=False,
+                                      server_default=""))
+        batch_op.add_column(sa.Column("dst_class", sa.String(length=32), nullable=False,
+                                      server_default=""))
+    backfill(op.get_bind())
+    with op.batch_alter_table("flows", schema=None) as batch_op:
+        batch_op.create_index("ix_flows_fold", _FOLD_INDEX, unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("flows", schema=None) as batch_op:
+        batch_op.drop_index("ix_flows_fold")
+        batch_op.drop_column("dst_class")
+        batch_op.drop_column("src_class")
