@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, insert, text
+from sqlalchemy import Engine, MetaData, Table, delete, insert, text
 from sqlalchemy.orm import Session
 
 from cnnf.console.services import learning
 from cnnf.console.services.learning import grouped_flows, names_containers, observed_flows
 from cnnf.console.services.records import flow_ident
-from cnnf.console.store.db import connect, migrate
+from cnnf.console.store.db import connect, downgrade, migrate
 from cnnf.console.store.models import FlowRow
 from cnnf.model import Effect, Policy
 from cnnf.model.records import EndpointInfo
@@ -144,7 +144,20 @@ def store(db_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _fill(engine: Engine, flows: list[dict[str, Any]]) -> None:
+def _fill(engine: Engine, flows: list[dict[str, Any]], *, before_0013: bool = False) -> None:
+    """The store holds ``flows`` only: stored by the Console as it is, or
+    (``before_0013``) as it was before migration 0013, without identity
+    classes, then migrated (the classes backfilled)."""
+    if before_0013:
+        downgrade(engine, "0012")
+        with engine.begin() as connection:
+            table = Table("flows", MetaData(), autoload_with=connection)
+            assert "src_class" not in table.c
+            connection.execute(delete(table))
+            if flows:
+                connection.execute(insert(table), flows)
+        migrate(engine)
+        return
     with Session(engine) as s:
         s.execute(delete(FlowRow))
         if flows:
@@ -169,19 +182,28 @@ CAPPED = [row(EndpointInfo(kind="container", image="shop/api:1.0", container=f"a
           for r in range(3) for i, a in enumerate(SCAN_ADDRESSES)]
 
 
-@example(flows=CAPPED, current=POLICIES[0], draft=POLICIES[1], label_key="app")
-@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="")
-@example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app")
-@example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app")
-@example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app")
+@example(flows=CAPPED, current=POLICIES[0], draft=POLICIES[1], label_key="app",
+         before_0013=False)
+@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="", before_0013=False)
+@example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app",
+         before_0013=False)
+@example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app",
+         before_0013=False)
+@example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app",
+         before_0013=False)
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[1], label_key="app",
+         before_0013=True)
+@example(flows=CAPPED, current=POLICIES[1], draft=POLICIES[0], label_key="app",
+         before_0013=True)
 @given(flows=FLOW_SETS, current=st.sampled_from(POLICIES), draft=st.sampled_from(POLICIES),
-       label_key=st.sampled_from(["app", ""]))
+       label_key=st.sampled_from(["app", ""]), before_0013=st.booleans())
 def test_grouped_flows_learn_and_simulate_as_the_rows_do(
         store: Engine, flows: list[dict[str, Any]], current: Policy, draft: Policy,
-        label_key: str) -> None:
-    _fill(store, flows)
+        label_key: str, before_0013: bool) -> None:
+    """Also over rows stored before migration 0013 (their classes backfilled)."""
+    _fill(store, flows, before_0013=before_0013)
     options = LearnOptions(label_key=label_key, default_effect=Effect.PREVENT)
     with Session(store) as s:
         reference = learn(current, observed_flows(s, SINCE, UNTIL), options)
