@@ -199,7 +199,7 @@ CAPPED = [row(EndpointInfo(kind="container", image="shop/api:1.0", container=f"a
          before_0013=True)
 @given(flows=FLOW_SETS, current=st.sampled_from(POLICIES), draft=st.sampled_from(POLICIES),
        label_key=st.sampled_from(["app", ""]), before_0013=st.booleans())
-def test_grouped_flows_learn_and_simulate_as_the_rows_do(
+def test_grouped_flows_learn_and_simulate_as_the_rows_do(  # noqa: PLR0917
         store: Engine, flows: list[dict[str, Any]], current: Policy, draft: Policy,
         label_key: str, before_0013: bool) -> None:
     """Also over rows stored before migration 0013 (their classes backfilled)."""
