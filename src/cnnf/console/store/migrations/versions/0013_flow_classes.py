@@ -14,6 +14,8 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -45,6 +47,8 @@ def backfill(connection: sa.Connection) -> int:
             found = classes[text] = identity_class(text)
         return found
 
+    if connection.dialect.name == "sqlite":
+        return _backfill_sqlite(connection, class_of)
     postgresql = connection.dialect.name == "postgresql"
     update = (sa.update(flows).where(flows.c.id == sa.bindparam("row_id"))
               .values(src_class=sa.bindparam("s"), dst_class=sa.bindparam("d")))
@@ -73,6 +77,28 @@ def backfill(connection: sa.Connection) -> int:
             connection.execute(update, changes)
         done += len(changes)
         last = rows[-1][0]
+
+
+def _backfill_sqlite(connection: sa.Connection, class_of: Callable[[str], str]) -> int:
+    """SQLite: one UPDATE per range of ids, the classes computed by a function
+    SQLite calls per text (about ten times faster than an UPDATE per row)."""
+    raw = connection.connection.driver_connection
+    if raw is None:
+        raise RuntimeError("no SQLite connection to backfill the flows on")
+    raw.create_function("cnnf_identity_class", 1, class_of, deterministic=True)
+    update = sa.text(
+        "UPDATE flows SET src_class = cnnf_identity_class(src_identity), "
+        "dst_class = cnnf_identity_class(dst_identity) "
+        "WHERE id > :low AND id <= :high AND (src_identity != '' OR dst_identity != '')")
+    done = 0
+    try:
+        top = connection.scalar(sa.text("SELECT max(id) FROM flows")) or 0
+        for low in range(0, top, BATCH):
+            result = connection.execute(update, {"low": low, "high": low + BATCH})
+            done += result.rowcount
+    finally:
+        raw.create_function("cnnf_identity_class", 1, None)
+    return done
 
 
 def upgrade() -> None:
