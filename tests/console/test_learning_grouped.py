@@ -264,10 +264,12 @@ def _scan(n: int) -> list[dict[str, Any]]:
                 1 + i % 1000, first=T0 + timedelta(seconds=i % 60)) for i in range(n)]
 
 
+@pytest.mark.parametrize("erase_names", [True, False])
 def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the container names kept (SQLite's fold in an aggregate function),
-    rows that do not fold (more groups than half the rows at a check) are
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    erase_names: bool) -> None:
+    """SQLite folds in an aggregate function (by the identities' classes, or
+    with the names kept by their texts): rows that do not fold (more groups than half the rows at a check) are
     read one by one, streamed (:func:`observed_flows`), not held as a group
     per row: two replicas' rows after the scan stay two flows, as the rows."""
     monkeypatch.setattr(learning, "FOLD_CHECK", 50)
@@ -276,7 +278,7 @@ def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
         migrate(engine)
         _fill(engine, [*_scan(200), *REPLICAS[:2]])
         with Session(engine) as s:
-            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=False))
+            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=erase_names))
             assert len(folded) == 202 and {f.flows for f in folded} == {1}
             assert learn(Policy(), iter(folded)) == learn(Policy(),
                                                           observed_flows(s, SINCE, UNTIL))
@@ -284,7 +286,7 @@ def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
         _fill(engine, [{**r, "ident": f"{r['ident']}-{copy}", "count": copy + 1}
                        for r in _scan(60) for copy in range(4)])
         with Session(engine) as s:
-            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=False))
+            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=erase_names))
             assert len(folded) == 60 and {(f.flows, f.count) for f in folded} == {(4, 10)}
     finally:
         engine.dispose()
@@ -303,8 +305,9 @@ def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) 
         assert 1 + sum(1 for _ in flows) == 300
 
 
-def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path) -> None:
-    """An error inside the fold with the names kept (a row SQLite's dynamic typing let through: a
+@pytest.mark.parametrize("erase_names", [True, False])
+def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path, erase_names: bool) -> None:
+    """An error inside the fold (a row SQLite's dynamic typing let through: a
     time stored as a number) reaches the caller as itself, not as SQLite's
     "user-defined aggregate's 'step' method raised error"."""
     engine = connect(f"sqlite:///{tmp_path / 'console.db'}")
@@ -316,6 +319,6 @@ def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path) -> None:
             s.execute(text("UPDATE flows SET first_seen = 12 WHERE id = "
                            "(SELECT min(id) FROM flows)"))
             with pytest.raises(TypeError, match="'<' not supported"):
-                list(grouped_flows(s, SINCE, UNTIL, erase_names=False))
+                list(grouped_flows(s, SINCE, UNTIL, erase_names=erase_names))
     finally:
         engine.dispose()

@@ -463,10 +463,12 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
     and SQLite (which has no hash aggregate: its ``GROUP BY`` sorts the
     million rows) folds the rows as the scan passes them, in an aggregate
     function (:func:`_folded_sqlite`)."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
     if erase_names:
-        yield from _by_class(session, since, until)
+        yield from (_folded_sqlite_classes(session, since, until) if sqlite
+                    else _by_class(session, since, until))
         return
-    if session.get_bind().dialect.name == "sqlite":
+    if sqlite:
         yield from _folded_sqlite(session, since, until, erase_names=erase_names)
         return
     # yield_per: a server-side cursor, the groups fetched in batches (psycopg
@@ -486,20 +488,9 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
 
 _BY_CLASS = ("SELECT kind, src, dst, port, verdict, rule_id, src_class, dst_class, count(*), "
              "CAST(sum(count) AS BIGINT), min(first_seen), max(last_seen), min(id) "
-             "FROM flows{hint} WHERE last_seen >= :since AND first_seen < :until "
+             "FROM flows WHERE last_seen >= :since AND first_seen < :until "
              "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
 _TEXTS = "SELECT id, src_identity, dst_identity FROM flows WHERE id IN :ids"
-
-
-def _class_hint(session: Session, since: datetime) -> str:
-    """On SQLite, the index to read: the grouping index (every column the query
-    reads, in the group's order: one pass, no sort) when the window holds a
-    large part of the rows, else the last-seen index (the window's rows, then
-    a sort of those). PostgreSQL's planner makes that choice."""
-    if session.get_bind().dialect.name != "sqlite":
-        return ""
-    wide = _scan_hint(session, since) == " NOT INDEXED"
-    return f" INDEXED BY {'ix_flows_fold' if wide else 'ix_flows_last_seen'}"
 
 
 def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[ObservedFlow]:
@@ -509,12 +500,10 @@ def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[Ob
     the container name: :func:`~cnnf.policy.observed.unnamed_endpoint`), a
     few hundred rows for a million (the benchmark's); a class ``""`` (no
     recorded identity) reads from the flow's key, as the reference does."""
-    stmt = text(_BY_CLASS.format(hint=_class_hint(session, since))).bindparams(
+    stmt = text(_BY_CLASS).bindparams(
         bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
     ).execution_options(yield_per=20000)
-    texts = text(_TEXTS).bindparams(bindparam("ids", expanding=True))
-    connection = session.connection()
-    result = connection.execute(stmt, {"since": since, "until": until})
+    result = session.connection().execute(stmt, {"since": since, "until": until})
     classes: dict[str, Endpoint] = {}
     keys: dict[str, Endpoint] = {}
     times: dict[Any, datetime] = {}  # times repeat: each parsed once
@@ -533,7 +522,7 @@ def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[Ob
             found = keys[key] = unnamed_endpoint("", key)
         return found
 
-    flow = ObservedFlow
+    flow, get_time = ObservedFlow, times.get
     with gc_paused():
         while rows := result.fetchmany(20000):
             wanted: dict[int, list[tuple[int, str, str]]] = {}
@@ -543,17 +532,12 @@ def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[Ob
                     if cls and cls not in classes and cls not in asked:
                         asked.add(cls)
                         wanted.setdefault(row[12], []).append((end, cls, row[1 + end]))
-            ids = list(wanted)
-            for at in range(0, len(ids), 500):
-                for row_id, s_text, d_text in connection.execute(
-                        texts, {"ids": ids[at:at + 500]}):
-                    for end, cls, key in wanted[row_id]:
-                        classes[cls] = unnamed_endpoint(d_text if end else s_text, key)
+            _class_endpoints(session, wanted, classes)
             for kind, src, dst, port, verdict, rule_id, s_cls, d_cls, n, count, f, la, _ in rows:
                 yield flow(kind, src, dst, port,
                            classes[s_cls] if s_cls else by_key(src),
                            classes[d_cls] if d_cls else by_key(dst), verdict, rule_id, n,
-                           count, utc(f), utc(la))
+                           count, get_time(f) or utc(f), get_time(la) or utc(la))
 
 
 #: The SQLite fold is checked each time it holds this many more groups: when
@@ -567,6 +551,123 @@ FOLD_CHECK = 10_000
 
 class _Unfoldable(Exception):
     """The SQLite fold stops: the rows do not fold (:data:`FOLD_CHECK`)."""
+
+
+def _fold(session: Session, since: datetime, until: datetime, *, sql: str, arguments: int,
+          fold: type, failed: list[BaseException]) -> bool:
+    """Run the SQLite fold ``sql`` (``cnnf_fold``: ``fold`` as an aggregate
+    function of ``arguments`` columns) over the window; False when it stopped
+    on rows that do not fold (``failed`` holds what its step raised)."""
+    raw = session.connection().connection.driver_connection
+    if raw is None:
+        raise RuntimeError("no SQLite connection to fold the flows on")
+    stmt = text(sql.format(hint=_scan_hint(session, since))).bindparams(
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime()))
+    raw.create_aggregate("cnnf_fold", arguments, fold)
+    try:
+        with gc_paused():
+            session.connection().execute(stmt, {"since": since, "until": until}).all()
+    except DBAPIError as err:
+        # SQLite says only "user-defined aggregate's 'step' method raised error".
+        if not failed:
+            raise
+        if not isinstance(failed[0], _Unfoldable):
+            raise failed[0] from err
+    finally:
+        raw.create_aggregate("cnnf_fold", arguments, None)
+    return not failed
+
+
+_FOLD_CLASSES = ("SELECT cnnf_fold(kind, src, dst, port, verdict, rule_id, count, first_seen, "
+                 "last_seen, src_class, dst_class, id) "
+                 "FROM flows{hint} WHERE last_seen >= :since AND first_seen < :until")
+
+
+def _folded_sqlite_classes(session: Session, since: datetime,
+                           until: datetime) -> Iterator[ObservedFlow]:
+    """SQLite, names erased: the rows folded by their identities' classes as the
+    scan passes them (an aggregate function: SQLite has no hash aggregate, its
+    ``GROUP BY`` sorts the million rows), no JSON parsed per row. Rows that do
+    not fold stop it as in :func:`_folded_sqlite`."""
+    groups: dict[tuple[Any, ...], _Group] = {}
+    check = FOLD_CHECK
+    failed: list[BaseException] = []
+    rows = 0
+
+    class Fold:
+        def step(  # noqa: PLR0917  (SQLite passes the row's columns, in order)
+                self, kind: str, src: str, dst: str, port: int, verdict: str, rule_id: int,
+                count: int, first: Any, last: Any, s_cls: str, d_cls: str, row_id: int) -> None:
+            nonlocal rows
+            rows += 1
+            try:
+                key = (kind, src, dst, port, verdict, rule_id, s_cls, d_cls)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [1, count, first, last, row_id]
+                    if len(groups) % check == 0 and 2 * len(groups) > rows:
+                        raise _Unfoldable
+                    return
+                group[0] += 1
+                group[1] += count
+                if first < group[2]:  # noqa: PLR1730
+                    group[2] = first
+                if last > group[3]:  # noqa: PLR1730
+                    group[3] = last
+            except BaseException as err:
+                failed.append(err)
+                raise
+
+        def finalize(self) -> int:
+            return len(groups)
+
+    if not _fold(session, since, until, sql=_FOLD_CLASSES, arguments=12, fold=Fold,
+                 failed=failed):
+        groups.clear()
+        yield from observed_flows(session, since, until)
+        return
+    wanted: dict[int, list[tuple[int, str, str]]] = {}
+    asked: set[str] = set()
+    for (_, src, dst, *_rest, s_cls, d_cls), group in groups.items():
+        for end, cls, key in ((0, s_cls, src), (1, d_cls, dst)):
+            if cls and cls not in asked:
+                asked.add(cls)
+                wanted.setdefault(group[4], []).append((end, cls, key))
+    classes: dict[str, Endpoint] = {}
+    _class_endpoints(session, wanted, classes)
+    keys: dict[str, Endpoint] = {}
+    times: dict[Any, datetime] = {}
+    flow, get_time = ObservedFlow, times.get
+
+    def utc(value: Any) -> datetime:
+        found = times[value] = _utc(value)
+        return found
+
+    def by_key(key: str) -> Endpoint:
+        found = keys.get(key)
+        if found is None:
+            found = keys[key] = unnamed_endpoint("", key)
+        return found
+
+    with gc_paused():
+        for (kind, src, dst, port, verdict, rule_id, s_cls, d_cls), g in groups.items():
+            yield flow(kind, src, dst, port, classes[s_cls] if s_cls else by_key(src),
+                       classes[d_cls] if d_cls else by_key(dst), verdict, rule_id, g[0], g[1],
+                       get_time(g[2]) or utc(g[2]), get_time(g[3]) or utc(g[3]))
+
+
+def _class_endpoints(session: Session, wanted: dict[int, list[tuple[int, str, str]]],
+                     classes: dict[str, Endpoint]) -> None:
+    """Into ``classes``, the endpoint of each class ``wanted`` names: per row
+    id, the classes to read from that row's source (end 0) or destination
+    (end 1) identity text, with the end's key."""
+    texts = text(_TEXTS).bindparams(bindparam("ids", expanding=True))
+    ids = list(wanted)
+    for at in range(0, len(ids), 500):
+        for row_id, s_text, d_text in session.connection().execute(
+                texts, {"ids": ids[at:at + 500]}):
+            for end, cls, key in wanted[row_id]:
+                classes[cls] = unnamed_endpoint(d_text if end else s_text, key)
 
 
 def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
@@ -614,24 +715,7 @@ def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
         def finalize(self) -> int:
             return len(groups)
 
-    raw = session.connection().connection.driver_connection
-    if raw is None:
-        raise RuntimeError("no SQLite connection to fold the flows on")
-    stmt = text(_FOLD.format(hint=_scan_hint(session, since))).bindparams(
-        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime()))
-    raw.create_aggregate("cnnf_fold", 11, Fold)
-    try:
-        with gc_paused():
-            session.connection().execute(stmt, {"since": since, "until": until}).all()
-    except DBAPIError as err:
-        # SQLite says only "user-defined aggregate's 'step' method raised error".
-        if not failed:
-            raise
-        if not isinstance(failed[0], _Unfoldable):
-            raise failed[0] from err
-    finally:
-        raw.create_aggregate("cnnf_fold", 11, None)
-    if failed:
+    if not _fold(session, since, until, sql=_FOLD, arguments=11, fold=Fold, failed=failed):
         groups.clear()
         yield from observed_flows(session, since, until)
         return

@@ -334,6 +334,13 @@ def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
     return where
 
 
+#: Identity texts repeat from batch to batch (the same workloads): each one's
+#: class (:func:`identity_class`) is computed once, kept for the next batches
+#: (at most this many: about 5 MB).
+MAX_CLASSES = 10_000
+_CLASSES: dict[str, str] = {}
+
+
 class FlowService:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -343,7 +350,9 @@ class FlowService:
         window widens). Returns the number of distinct keys touched. ``commit=False``
         leaves the commit to the caller (see :meth:`AuditService.insert_many`)."""
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-        classes: dict[str, str] = {}  # a batch's texts repeat: each class computed once
+        classes = _CLASSES
+        if len(classes) > MAX_CLASSES:
+            classes.clear()
         for record in records:
             data = record.model_dump(by_alias=False)
             data["ident"] = flow_ident(record.src_identity, record.dst_identity)

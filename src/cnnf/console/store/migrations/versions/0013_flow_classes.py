@@ -1,11 +1,11 @@
 """Flows keep each end's identity class (``src_class``, ``dst_class``: the
-identity's digest without the container name), and the index learning and
-simulating group the flows by (``ix_flows_fold``).
+identity's digest without the container name), what learning and simulating
+group the flows by.
 
 The rows stored before this revision get their classes here, computed from
 their identity texts as the Console computes them when it stores a flow, a
 batch of rows at a time (each distinct text parsed once). The downgrade drops
-the index and the columns; the rows stay.
+the columns; the rows stay.
 
 Revision ID: 0013
 Revises: 0012
@@ -26,8 +26,6 @@ down_revision = "0012"
 branch_labels = None
 depends_on = None
 
-_FOLD_INDEX = ["kind", "src", "dst", "port", "verdict", "rule_id", "src_class", "dst_class",
-               "last_seen", "first_seen", "count"]
 BATCH = 20000
 
 
@@ -108,8 +106,6 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("dst_class", sa.String(length=32), nullable=False,
                                       server_default=""))
     backfill(op.get_bind())
-    with op.batch_alter_table("flows", schema=None) as batch_op:
-        batch_op.create_index("ix_flows_fold", _FOLD_INDEX, unique=False)
     if op.get_bind().dialect.name == "postgresql":
         # The planner's statistics for the new columns now, not at autovacuum's
         # next pass: it estimates the groups of the grouped query from them.
@@ -118,6 +114,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("flows", schema=None) as batch_op:
-        batch_op.drop_index("ix_flows_fold")
         batch_op.drop_column("dst_class")
         batch_op.drop_column("src_class")
