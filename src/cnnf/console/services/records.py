@@ -336,8 +336,9 @@ def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
 
 #: Identity texts repeat from batch to batch (the same workloads): each one's
 #: class (:func:`identity_class`) is computed once, kept for the next batches
-#: (at most this many: about 5 MB).
-MAX_CLASSES = 10_000
+#: (at most this many, emptied when full: at most 16 MB of the longest texts a
+#: Defender may send, a few hundred bytes each as a rule).
+MAX_CLASSES = 4096
 _CLASSES: dict[str, str] = {}
 
 
