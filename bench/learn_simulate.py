@@ -16,8 +16,8 @@ what upgrading a Console with a million stored flows takes). Then, timed:
 - learn: the Console's service (``LearningService.propose``) over the whole
   window, from an empty policy: the rows folded in the store by one grouped
   query (``grouped_flows``: per edge, recorded verdict and pair of identity
-  classes, the replicas' container names left out; on SQLite one pass of the
-  grouping index when the window holds most rows): about 100,000 groups
+  classes, the replicas' container names left out; on SQLite an aggregate
+  function folding the rows as a plain scan passes them): about 100,000 groups
   here, one endpoint per distinct identity, each resolved by the compiled engine once
   (``CompiledPolicy.flows()``), and the proposal stored;
 - simulate: ``LearningService.simulate`` of a draft (the learnt policy with a
