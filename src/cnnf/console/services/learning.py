@@ -486,6 +486,9 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
                            rule_id, n, count, _utc(f), _utc(la))
 
 
+#: PostgreSQL's memory for grouping the window (``work_mem``, this query only)
+GROUPING_MEMORY = "64MB"
+
 _BY_CLASS = ("SELECT kind, src, dst, port, verdict, rule_id, src_class, dst_class, count(*), "
              "CAST(sum(count) AS BIGINT), min(first_seen), max(last_seen), min(id) "
              "FROM flows WHERE last_seen >= :since AND first_seen < :until "
@@ -503,6 +506,12 @@ def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[Ob
     stmt = text(_BY_CLASS).bindparams(
         bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
     ).execution_options(yield_per=20000)
+    # With PostgreSQL's default work_mem (4 MB) the planner sorts the window
+    # (spilled to disk) to group it; with room for the groups in memory it
+    # hashes them in one pass of the table: 1.5 s against 4.8 to 5.8 s for
+    # the bench's million rows and 100,000 groups (52 MB; EXPLAIN ANALYZE, load
+    # about 6). For this transaction only; a larger window spills to disk.
+    session.execute(text(f"SET LOCAL work_mem = '{GROUPING_MEMORY}'"))
     result = session.connection().execute(stmt, {"since": since, "until": until})
     classes: dict[str, Endpoint] = {}
     keys: dict[str, Endpoint] = {}
