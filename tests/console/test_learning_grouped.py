@@ -144,11 +144,20 @@ def store(db_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _fill(engine: Engine, flows: list[dict[str, Any]], *, before_0013: bool = False) -> None:
-    """The store holds ``flows`` only: stored by the Console as it is, or
-    (``before_0013``) as it was before migration 0013, without identity
-    classes, then migrated (the classes backfilled)."""
-    if before_0013:
+def _fill(engine: Engine, flows: list[dict[str, Any]], *, stored: str = "now") -> None:
+    """The store holds ``flows`` only: stored by the Console as it is
+    (``now``), or as it was before migration 0013, without identity classes,
+    then migrated (``before_0013``: the classes backfilled), or after the
+    migration by a writer that does not compute classes (``unclassed``: a
+    replica of the previous version during an upgrade)."""
+    if stored == "unclassed":
+        with engine.begin() as connection:
+            connection.execute(delete(FlowRow))
+            if flows:
+                connection.execute(insert(FlowRow), [
+                    {**f, "src_class": "", "dst_class": ""} for f in flows])
+        return
+    if stored == "before_0013":
         downgrade(engine, "0012")
         with engine.begin() as connection:
             table = Table("flows", MetaData(), autoload_with=connection)
@@ -183,27 +192,31 @@ CAPPED = [row(EndpointInfo(kind="container", image="shop/api:1.0", container=f"a
 
 
 @example(flows=CAPPED, current=POLICIES[0], draft=POLICIES[1], label_key="app",
-         before_0013=False)
-@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="", before_0013=False)
+         stored="now")
+@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="", stored="now")
 @example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app",
-         before_0013=False)
+         stored="now")
 @example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app",
-         before_0013=False)
+         stored="now")
 @example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app",
-         before_0013=False)
+         stored="now")
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[1], label_key="app",
-         before_0013=True)
+         stored="before_0013")
 @example(flows=CAPPED, current=POLICIES[1], draft=POLICIES[0], label_key="app",
-         before_0013=True)
+         stored="before_0013")
+@example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[3], label_key="app",
+         stored="unclassed")
 @given(flows=FLOW_SETS, current=st.sampled_from(POLICIES), draft=st.sampled_from(POLICIES),
-       label_key=st.sampled_from(["app", ""]), before_0013=st.booleans())
+       label_key=st.sampled_from(["app", ""]),
+       stored=st.sampled_from(["now", "before_0013", "unclassed"]))
 def test_grouped_flows_learn_and_simulate_as_the_rows_do(  # noqa: PLR0917
         store: Engine, flows: list[dict[str, Any]], current: Policy, draft: Policy,
-        label_key: str, before_0013: bool) -> None:
-    """Also over rows stored before migration 0013 (their classes backfilled)."""
-    _fill(store, flows, before_0013=before_0013)
+        label_key: str, stored: str) -> None:
+    """Also over rows stored before migration 0013 (their classes backfilled)
+    and rows stored after it without classes (read from their texts)."""
+    _fill(store, flows, stored=stored)
     options = LearnOptions(label_key=label_key, default_effect=Effect.PREVENT)
     with Session(store) as s:
         reference = learn(current, observed_flows(s, SINCE, UNTIL), options)
@@ -256,6 +269,32 @@ def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Eng
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=True)) == reference
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=False)) == reference
         assert reference.learnt_flows == 3 and len(reference.rules) == 1
+
+
+def test_a_row_deleted_while_the_window_is_read_is_no_error(
+        store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention may delete rows between the grouping and the read of the
+    identity texts of each group's first row: a class still held by another
+    row is read from it; a group whose rows are all gone is left out (a read
+    after the deletion would not see it either)."""
+    lone = row(API_1, EndpointInfo(kind="address", address="203.0.113.77"), 443)
+    _fill(store, [*REPLICAS[:2], lone])
+    read = learning._Ends.read
+
+    def deleted_first(self: Any) -> None:
+        with store.begin() as other:  # another connection, as retention's
+            other.execute(text("DELETE FROM flows WHERE id = (SELECT min(id) FROM flows) "
+                               "OR dst = 'addr:203.0.113.77'"))
+        monkeypatch.setattr(learning._Ends, "read", read)
+        read(self)
+
+    monkeypatch.setattr(learning._Ends, "read", deleted_first)
+    with Session(store) as s:
+        (folded,) = grouped_flows(s, SINCE, UNTIL, erase_names=True)
+        expected = learning.unnamed_endpoint(REPLICAS[1]["src_identity"], REPLICAS[1]["src"])
+        assert folded.src_ep == expected and folded.src_ep.container is not None
+        assert folded.src_ep.container.namespace == "a"
+        assert (folded.dst, folded.flows) == ("image:shop/db:1", 2)
 
 
 def _scan(n: int) -> list[dict[str, Any]]:

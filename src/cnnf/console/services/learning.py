@@ -489,11 +489,75 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
 #: PostgreSQL's memory for grouping the window (``work_mem``, this query only)
 GROUPING_MEMORY = "64MB"
 
-_BY_CLASS = ("SELECT kind, src, dst, port, verdict, rule_id, src_class, dst_class, count(*), "
+#: What a group's identity class reads as, when a row holds an identity text
+#: but no class (stored by a writer that does not compute it: a replica of the
+#: previous version during an upgrade): the text itself, after this prefix (a
+#: class is 32 hex digits), grouped by the whole text (finer: still exact).
+UNCLASSED = "text:"
+
+
+def _class_sql(end: str) -> str:
+    return (f"CASE WHEN {end}_class = '' AND {end}_identity <> '' "
+            f"THEN '{UNCLASSED}' || {end}_identity ELSE {end}_class END")
+
+
+_BY_CLASS = (f"SELECT kind, src, dst, port, verdict, rule_id, {_class_sql('src')}, "
+             f"{_class_sql('dst')}, count(*), "
              "CAST(sum(count) AS BIGINT), min(first_seen), max(last_seen), min(id) "
              "FROM flows WHERE last_seen >= :since AND first_seen < :until "
              "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
 _TEXTS = "SELECT id, src_identity, dst_identity FROM flows WHERE id IN :ids"
+_BY_CLASS_TEXT = ("SELECT src_identity FROM flows WHERE src_class = :cls "
+                  "UNION ALL SELECT dst_identity FROM flows WHERE dst_class = :cls")
+
+
+class _Ends:
+    """The endpoints of the identity classes of grouped flows: ``""`` reads
+    from the flow's key, an :data:`UNCLASSED` text from itself, a class from
+    the identity text of a row that holds it (the group's first row, read by
+    id, a few hundred rows for a million: :meth:`read`), each without the
+    container name (:func:`~cnnf.policy.observed.unnamed_endpoint`)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.classes: dict[str, Endpoint | None] = {}
+        self.keyed: dict[tuple[str, str], Endpoint] = {}
+        self.wanted: dict[int, list[tuple[int, str, str]]] = {}
+
+    def want(self, row_id: int, end: int, cls: str, key: str) -> None:
+        """``cls`` of the source (``end`` 0) or destination (1) of row ``row_id``."""
+        if cls and not cls.startswith(UNCLASSED) and cls not in self.classes:
+            self.classes[cls] = None
+            self.wanted.setdefault(row_id, []).append((end, cls, key))
+
+    def read(self) -> None:
+        """The wanted classes' texts. A row gone since it was grouped (retention
+        pruned it) leaves its classes to any other row holding them; a class no
+        row holds any more stays None: its groups are left out (a read after
+        the deletion would not see them either)."""
+        texts = text(_TEXTS).bindparams(bindparam("ids", expanding=True))
+        ids, wanted = list(self.wanted), self.wanted
+        self.wanted = {}
+        for at in range(0, len(ids), 500):
+            for row_id, s_text, d_text in self.session.connection().execute(
+                    texts, {"ids": ids[at:at + 500]}):
+                for end, cls, key in wanted.pop(row_id):
+                    self.classes[cls] = unnamed_endpoint(d_text if end else s_text, key)
+        for gone in wanted.values():
+            for _end, cls, key in gone:
+                if self.classes.get(cls) is None:
+                    found = self.session.connection().execute(
+                        text(_BY_CLASS_TEXT), {"cls": cls}).first()
+                    if found is not None:
+                        self.classes[cls] = unnamed_endpoint(found[0], key)
+
+    def __call__(self, cls: str, key: str) -> Endpoint | None:
+        if cls and not cls.startswith(UNCLASSED):
+            return self.classes.get(cls)
+        found = self.keyed.get((cls, key))
+        if found is None:
+            found = self.keyed[(cls, key)] = unnamed_endpoint(cls[len(UNCLASSED):], key)
+        return found
 
 
 def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[ObservedFlow]:
@@ -513,8 +577,7 @@ def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[Ob
     # about 6). For this transaction only; a larger window spills to disk.
     session.execute(text(f"SET LOCAL work_mem = '{GROUPING_MEMORY}'"))
     result = session.connection().execute(stmt, {"since": since, "until": until})
-    classes: dict[str, Endpoint] = {}
-    keys: dict[str, Endpoint] = {}
+    ends = _Ends(session)
     times: dict[Any, datetime] = {}  # times repeat: each parsed once
 
     def utc(value: Any) -> datetime:
@@ -525,28 +588,18 @@ def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[Ob
             found = times[value] = _utc(value)
         return found
 
-    def by_key(key: str) -> Endpoint:
-        found = keys.get(key)
-        if found is None:
-            found = keys[key] = unnamed_endpoint("", key)
-        return found
-
     flow, get_time = ObservedFlow, times.get
     with gc_paused():
         while rows := result.fetchmany(20000):
-            wanted: dict[int, list[tuple[int, str, str]]] = {}
-            asked: set[str] = set()
             for row in rows:
-                for end, cls in ((0, row[6]), (1, row[7])):
-                    if cls and cls not in classes and cls not in asked:
-                        asked.add(cls)
-                        wanted.setdefault(row[12], []).append((end, cls, row[1 + end]))
-            _class_endpoints(session, wanted, classes)
+                ends.want(row[12], 0, row[6], row[1])
+                ends.want(row[12], 1, row[7], row[2])
+            ends.read()
             for kind, src, dst, port, verdict, rule_id, s_cls, d_cls, n, count, f, la, _ in rows:
-                yield flow(kind, src, dst, port,
-                           classes[s_cls] if s_cls else by_key(src),
-                           classes[d_cls] if d_cls else by_key(dst), verdict, rule_id, n,
-                           count, get_time(f) or utc(f), get_time(la) or utc(la))
+                s_ep, d_ep = ends(s_cls, src), ends(d_cls, dst)
+                if s_ep is not None and d_ep is not None:
+                    yield flow(kind, src, dst, port, s_ep, d_ep, verdict, rule_id, n, count,
+                               get_time(f) or utc(f), get_time(la) or utc(la))
 
 
 #: The SQLite fold is checked each time it holds this many more groups: when
@@ -588,7 +641,7 @@ def _fold(session: Session, since: datetime, until: datetime, *, sql: str, argum
 
 
 _FOLD_CLASSES = ("SELECT cnnf_fold(kind, src, dst, port, verdict, rule_id, count, first_seen, "
-                 "last_seen, src_class, dst_class, id) "
+                 f"last_seen, {_class_sql('src')}, {_class_sql('dst')}, id) "
                  "FROM flows{hint} WHERE last_seen >= :since AND first_seen < :until")
 
 
@@ -635,16 +688,11 @@ def _folded_sqlite_classes(session: Session, since: datetime,
         groups.clear()
         yield from observed_flows(session, since, until)
         return
-    wanted: dict[int, list[tuple[int, str, str]]] = {}
-    asked: set[str] = set()
+    ends = _Ends(session)
     for (_, src, dst, *_rest, s_cls, d_cls), group in groups.items():
-        for end, cls, key in ((0, s_cls, src), (1, d_cls, dst)):
-            if cls and cls not in asked:
-                asked.add(cls)
-                wanted.setdefault(group[4], []).append((end, cls, key))
-    classes: dict[str, Endpoint] = {}
-    _class_endpoints(session, wanted, classes)
-    keys: dict[str, Endpoint] = {}
+        ends.want(group[4], 0, s_cls, src)
+        ends.want(group[4], 1, d_cls, dst)
+    ends.read()
     times: dict[Any, datetime] = {}
     flow, get_time = ObservedFlow, times.get
 
@@ -652,31 +700,12 @@ def _folded_sqlite_classes(session: Session, since: datetime,
         found = times[value] = _utc(value)
         return found
 
-    def by_key(key: str) -> Endpoint:
-        found = keys.get(key)
-        if found is None:
-            found = keys[key] = unnamed_endpoint("", key)
-        return found
-
     with gc_paused():
         for (kind, src, dst, port, verdict, rule_id, s_cls, d_cls), g in groups.items():
-            yield flow(kind, src, dst, port, classes[s_cls] if s_cls else by_key(src),
-                       classes[d_cls] if d_cls else by_key(dst), verdict, rule_id, g[0], g[1],
-                       get_time(g[2]) or utc(g[2]), get_time(g[3]) or utc(g[3]))
-
-
-def _class_endpoints(session: Session, wanted: dict[int, list[tuple[int, str, str]]],
-                     classes: dict[str, Endpoint]) -> None:
-    """Into ``classes``, the endpoint of each class ``wanted`` names: per row
-    id, the classes to read from that row's source (end 0) or destination
-    (end 1) identity text, with the end's key."""
-    texts = text(_TEXTS).bindparams(bindparam("ids", expanding=True))
-    ids = list(wanted)
-    for at in range(0, len(ids), 500):
-        for row_id, s_text, d_text in session.connection().execute(
-                texts, {"ids": ids[at:at + 500]}):
-            for end, cls, key in wanted[row_id]:
-                classes[cls] = unnamed_endpoint(d_text if end else s_text, key)
+            s_ep, d_ep = ends(s_cls, src), ends(d_cls, dst)
+            if s_ep is not None and d_ep is not None:
+                yield flow(kind, src, dst, port, s_ep, d_ep, verdict, rule_id, g[0], g[1],
+                           get_time(g[2]) or utc(g[2]), get_time(g[3]) or utc(g[3]))
 
 
 def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
