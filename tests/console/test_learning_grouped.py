@@ -308,9 +308,10 @@ def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     erase_names: bool) -> None:
     """SQLite folds in an aggregate function (by the identities' classes, or
-    with the names kept by their texts): rows that do not fold (more groups than half the rows at a check) are
-    read one by one, streamed (:func:`observed_flows`), not held as a group
-    per row: two replicas' rows after the scan stay two flows, as the rows."""
+    with the names kept by their texts): rows that do not fold (more groups
+    than half the rows at a check) are read one by one, streamed
+    (:func:`observed_flows`), not held as a group per row: two replicas' rows
+    after the scan stay two flows, as the rows."""
     monkeypatch.setattr(learning, "FOLD_CHECK", 50)
     engine = connect(f"sqlite:///{tmp_path / 'console.db'}")
     try:

@@ -384,16 +384,15 @@ def names_containers(*policies: Policy) -> bool:
 
 class _Classes:
     """Identity texts (with the row's identity key) as small integers, for the
-    SQLite fold: texts equal once the container name is left out
-    (``erase_names``) share one; ``texts`` gives back, per integer, a text and
-    key that read as that identity. A text that is not a JSON object (or
+    SQLite fold with the names kept: equal identities (texts equal as JSON)
+    share one; ``texts`` gives back, per integer, a text and key that read as
+    that identity. A text that is not a JSON object (or
     empty) is read from its key, as :func:`endpoint_of` does. ``by_text``:
     the texts already numbered (read from themselves)."""
 
-    __slots__ = ("_by_key", "_ids", "_keyed", "by_text", "erase_names", "texts")
+    __slots__ = ("_by_key", "_ids", "_keyed", "by_text", "texts")
 
-    def __init__(self, *, erase_names: bool) -> None:
-        self.erase_names = erase_names
+    def __init__(self) -> None:
         self.by_text: dict[str, int] = {}
         self._keyed: set[str] = set()  # texts read from their key
         self._by_key: dict[str, int] = {}
@@ -417,8 +416,6 @@ class _Classes:
             except orjson.JSONDecodeError:
                 data = None
             if isinstance(data, dict):
-                if self.erase_names:
-                    data.pop("name", None)
                 canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
                 found = self.by_text[text_] = self._id(canonical, "")
                 return found
@@ -469,7 +466,7 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
                     else _by_class(session, since, until))
         return
     if sqlite:
-        yield from _folded_sqlite(session, since, until, erase_names=erase_names)
+        yield from _folded_sqlite(session, since, until)
         return
     # yield_per: a server-side cursor, the groups fetched in batches (psycopg
     # would hold every group client-side).
@@ -708,9 +705,11 @@ def _folded_sqlite_classes(session: Session, since: datetime,
                            get_time(g[2]) or utc(g[2]), get_time(g[3]) or utc(g[3]))
 
 
-def _folded_sqlite(session: Session, since: datetime, until: datetime, *,
-                   erase_names: bool) -> Iterator[ObservedFlow]:
-    classes = _Classes(erase_names=erase_names)
+def _folded_sqlite(session: Session, since: datetime,
+                   until: datetime) -> Iterator[ObservedFlow]:
+    """SQLite, names kept: the rows folded by their identity texts as the scan
+    passes them (each text parsed once, :class:`_Classes`)."""
+    classes = _Classes()
     by_text = classes.by_text
     groups: dict[tuple[Any, ...], _Group] = {}
     check = FOLD_CHECK
@@ -862,7 +861,11 @@ class LearningService:
         # The learner's objects (a hundred thousand flows' indexes, evidence per
         # rule) and the proposal's answer hold no cycles to collect, and the
         # collector's passes over that heap cost seconds (measured: about a
-        # tenth of a million flows' proposal).
+        # tenth of a million flows' proposal). The pause is process-wide: other
+        # requests' threads run without the cyclic collector for these seconds
+        # (reference counting still frees their garbage; cycles wait for the
+        # next collection), and overlapping calls may end each other's pause
+        # early (slower, not wrong).
         with gc_paused():
             return self._propose(request)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 from collections.abc import Iterable, Iterator, Sequence
@@ -335,11 +336,10 @@ def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
 
 
 #: Identity texts repeat from batch to batch (the same workloads): each one's
-#: class (:func:`identity_class`) is computed once, kept for the next batches
-#: (at most this many, emptied when full: at most 16 MB of the longest texts a
-#: Defender may send, a few hundred bytes each as a rule).
-MAX_CLASSES = 4096
-_CLASSES: dict[str, str] = {}
+#: class (:func:`identity_class`) is computed once, the most recently used
+#: kept for the next batches (at most 16 MB of the longest texts a Defender
+#: may send, a few hundred bytes each as a rule).
+_identity_class = functools.lru_cache(maxsize=4096)(identity_class)
 
 
 class FlowService:
@@ -351,18 +351,11 @@ class FlowService:
         window widens). Returns the number of distinct keys touched. ``commit=False``
         leaves the commit to the caller (see :meth:`AuditService.insert_many`)."""
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-        classes = _CLASSES
-        if len(classes) > MAX_CLASSES:
-            classes.clear()
         for record in records:
             data = record.model_dump(by_alias=False)
             data["ident"] = flow_ident(record.src_identity, record.dst_identity)
-            for end in ("src", "dst"):
-                text_ = data[f"{end}_identity"]
-                found = classes.get(text_)
-                if found is None:
-                    found = classes[text_] = identity_class(text_)
-                data[f"{end}_class"] = found
+            data["src_class"] = _identity_class(record.src_identity)
+            data["dst_class"] = _identity_class(record.dst_identity)
             key = tuple(data[k] for k in _FLOW_KEY)
             have = merged.get(key)
             if have is None:

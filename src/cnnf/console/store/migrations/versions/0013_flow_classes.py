@@ -27,6 +27,10 @@ branch_labels = None
 depends_on = None
 
 BATCH = 20000
+#: The identity texts whose classes are kept while backfilling, in characters
+#: (about 32 MB): workloads choose how many distinct texts there are (every
+#: DNS name and address they reach is a destination identity).
+MAX_HELD = 32_000_000
 
 
 def backfill(connection: sa.Connection) -> int:
@@ -36,13 +40,17 @@ def backfill(connection: sa.Connection) -> int:
                      sa.column("src_identity", sa.Text()), sa.column("dst_identity", sa.Text()),
                      sa.column("src_class", sa.String()), sa.column("dst_class", sa.String()))
     classes: dict[str, str] = {}
+    held = 0  # characters of the texts held
 
     def class_of(text: str) -> str:
+        nonlocal held
         found = classes.get(text)
         if found is None:
-            if len(classes) > 100000:  # distinct texts by the million (a scan): bounded
+            if held > MAX_HELD:  # distinct texts by the million (a scan): bounded
                 classes.clear()
+                held = 0
             found = classes[text] = identity_class(text)
+            held += len(text)
         return found
 
     if connection.dialect.name == "sqlite":
