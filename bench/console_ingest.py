@@ -1,7 +1,7 @@
 """Console ingestion speed: audit and flow records stored per second.
 
     python bench/console_ingest.py [--records N] [--batch N] [--postgres auto|none|URL]
-                                   [--fast-postgres]
+                                   [--fast-postgres] [--identities]
 
 On SQLite (a file in a temporary directory, with the Console's own settings:
 WAL, ``synchronous=NORMAL``) and on PostgreSQL (a throw-away server with
@@ -10,7 +10,9 @@ PostgreSQL's durable defaults -- ``fsync``, ``synchronous_commit`` and
 as the tests do, and says so), each on a freshly migrated store, it prints
 records per second for audits (``AuditService.insert_many``) and flows
 (``FlowService.record_many``, folding into 2,000 distinct (src, dst, port,
-verdict, rule) keys, so most records update an existing row), each stored
+verdict, rule) keys, so most records update an existing row; with
+``--identities`` each record carries both ends' identities as Defenders report
+them, 10 replicas a side, so 20,000 keys), each stored
 two ways through the same call:
 
 - per row: one record per call, so one transaction each (the baseline), on a
@@ -41,6 +43,8 @@ from sqlalchemy.orm import Session
 from cnnf.console.services.records import AuditRecord, AuditService, FlowRecord, FlowService
 from cnnf.console.store.db import connect, migrate
 from cnnf.model import Effect
+from cnnf.model.records import EndpointInfo
+from cnnf.policy.observed import recorded_text
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 IMAGES = [f"shop/svc-{i}:1.{i % 7}" for i in range(200)]
@@ -62,16 +66,37 @@ def audits(n: int, rng: random.Random) -> list[AuditRecord]:
     return out
 
 
-def flows(n: int, rng: random.Random) -> list[FlowRecord]:
+def _identity(image: str, replica: int, *, address: bool) -> str:
+    """An end's identity as a Defender records it (one of 10 replicas)."""
+    at, app = IMAGES.index(image), image.removeprefix("shop/").partition(":")[0]
+    return recorded_text(EndpointInfo(
+        kind="container", image=image, container=f"{app}-{replica}",
+        namespace=f"team-{at % 20}", host=f"node-{at % 20}",
+        labels={"app": app, "tier": "backend"},
+        address=f"10.{at}.0.{replica + 1}" if address else None), address=address)
+
+
+def flows(n: int, rng: random.Random, *, identities: bool = False) -> list[FlowRecord]:
+    """``n`` flow records over 2,000 keys; ``identities``: each with the
+    identities of both ends, as Defenders report them (10 replicas a side)."""
     keys = [(rng.choice(IMAGES), rng.choice(IMAGES), rng.choice((80, 443, 5432, 8080)))
             for _ in range(2000)]
+    texts: dict[tuple[str, int, bool], str] = {}
     out = []
     for i in range(n):
         src, dst, port = rng.choice(keys)
         at = T0 + timedelta(milliseconds=i)
+        s_text = d_text = ""
+        if identities:
+            s_key, d_key = (src, rng.randrange(10), False), (dst, rng.randrange(10), True)
+            s_text = texts.get(s_key) or texts.setdefault(s_key, _identity(*s_key[:2],
+                                                                           address=False))
+            d_text = texts.get(d_key) or texts.setdefault(d_key, _identity(*d_key[:2],
+                                                                           address=True))
         out.append(FlowRecord(src=f"image:{src}", dst=f"image:{dst}", port=port,
                               verdict="observed", count=rng.randint(1, 10),
-                              first_seen=at, last_seen=at))
+                              first_seen=at, last_seen=at, src_identity=s_text,
+                              dst_identity=d_text))
     return out
 
 
@@ -81,11 +106,12 @@ def rate(n: int, run: Callable[[], None]) -> float:
     return n / (time.perf_counter() - start)
 
 
-def measure(engine: Engine, records: int, batch: int) -> dict[str, float]:
+def measure(engine: Engine, records: int, batch: int, *,
+            identities: bool = False) -> dict[str, float]:
     rng = random.Random(7)
     migrate(engine)
     sample = audits(records, rng)
-    flow_sample = flows(records, rng)
+    flow_sample = flows(records, rng, identities=identities)
     few = max(records // 10, 1)
 
     def stored(service: Any, store: Callable[..., Any], rows: list[Any], size: int) -> None:
@@ -99,7 +125,8 @@ def measure(engine: Engine, records: int, batch: int) -> dict[str, float]:
             return rate(len(rows), lambda: stored(service, store, rows, size))
 
     # warm-up: connections, statement caches, the tables' first pages; untimed
-    warm_a, warm_f = audits(2 * batch, random.Random(8)), flows(2 * batch, random.Random(9))
+    warm_a = audits(2 * batch, random.Random(8))
+    warm_f = flows(2 * batch, random.Random(9), identities=identities)
     for kind, rows in (("audits", warm_a), ("flows", warm_f)):
         timed(kind, rows[:20], 1)
         timed(kind, rows, batch)
@@ -164,6 +191,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--postgres", default="auto", help="auto, none, or a database URL")
+    parser.add_argument("--identities", action="store_true",
+                        help="flows with both ends' identities, as Defenders report them "
+                             "(10 replicas a side: 20,000 keys)")
     parser.add_argument("--fast-postgres", action="store_true",
                         help="the throw-away server without fsync (not durable)")
     args = parser.parse_args()
@@ -171,10 +201,12 @@ def main() -> None:
           f"(1 a call); records/s")
     print(f"{'store':<12}" + "".join(f"{c:>16}" for c in COLUMNS) + f"{'audits':>10}{'flows':>9}")
     with sqlite_engine() as engine:
-        print(row("sqlite", measure(engine, args.records, args.batch)), flush=True)
+        print(row("sqlite", measure(engine, args.records, args.batch,
+                                    identities=args.identities)), flush=True)
     with postgres_engine(args.postgres, durable=not args.fast_postgres) as pg:
         if pg is not None:
-            print(row("postgresql", measure(pg, args.records, args.batch)))
+            print(row("postgresql", measure(pg, args.records, args.batch,
+                                            identities=args.identities)))
             if args.postgres == "auto":
                 print("postgresql: NOT DURABLE: fsync, synchronous_commit and full_page_writes "
                       "off (--fast-postgres)" if args.fast_postgres else

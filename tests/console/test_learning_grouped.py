@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, insert, text
+from sqlalchemy import Engine, MetaData, Table, delete, insert, text
 from sqlalchemy.orm import Session
 
 from cnnf.console.services import learning
 from cnnf.console.services.learning import grouped_flows, names_containers, observed_flows
 from cnnf.console.services.records import flow_ident
-from cnnf.console.store.db import connect, migrate
+from cnnf.console.store.db import connect, downgrade, migrate
 from cnnf.console.store.models import FlowRow
 from cnnf.model import Effect, Policy
 from cnnf.model.records import EndpointInfo
@@ -144,7 +144,29 @@ def store(db_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _fill(engine: Engine, flows: list[dict[str, Any]]) -> None:
+def _fill(engine: Engine, flows: list[dict[str, Any]], *, stored: str = "now") -> None:
+    """The store holds ``flows`` only: stored by the Console as it is
+    (``now``), or as it was before migration 0013, without identity classes,
+    then migrated (``before_0013``: the classes backfilled), or after the
+    migration by a writer that does not compute classes (``unclassed``: a
+    replica of the previous version during an upgrade)."""
+    if stored == "unclassed":
+        with engine.begin() as connection:
+            connection.execute(delete(FlowRow))
+            if flows:
+                connection.execute(insert(FlowRow), [
+                    {**f, "src_class": "", "dst_class": ""} for f in flows])
+        return
+    if stored == "before_0013":
+        downgrade(engine, "0012")
+        with engine.begin() as connection:
+            table = Table("flows", MetaData(), autoload_with=connection)
+            assert "src_class" not in table.c
+            connection.execute(delete(table))
+            if flows:
+                connection.execute(insert(table), flows)
+        migrate(engine)
+        return
     with Session(engine) as s:
         s.execute(delete(FlowRow))
         if flows:
@@ -169,19 +191,32 @@ CAPPED = [row(EndpointInfo(kind="container", image="shop/api:1.0", container=f"a
           for r in range(3) for i, a in enumerate(SCAN_ADDRESSES)]
 
 
-@example(flows=CAPPED, current=POLICIES[0], draft=POLICIES[1], label_key="app")
-@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="")
-@example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app")
-@example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app")
-@example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app")
+@example(flows=CAPPED, current=POLICIES[0], draft=POLICIES[1], label_key="app",
+         stored="now")
+@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="", stored="now")
+@example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app",
+         stored="now")
+@example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app",
+         stored="now")
+@example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app",
+         stored="now")
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[1], label_key="app",
+         stored="before_0013")
+@example(flows=CAPPED, current=POLICIES[1], draft=POLICIES[0], label_key="app",
+         stored="before_0013")
+@example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[3], label_key="app",
+         stored="unclassed")
 @given(flows=FLOW_SETS, current=st.sampled_from(POLICIES), draft=st.sampled_from(POLICIES),
-       label_key=st.sampled_from(["app", ""]))
-def test_grouped_flows_learn_and_simulate_as_the_rows_do(
+       label_key=st.sampled_from(["app", ""]),
+       stored=st.sampled_from(["now", "before_0013", "unclassed"]))
+def test_grouped_flows_learn_and_simulate_as_the_rows_do(  # noqa: PLR0917
         store: Engine, flows: list[dict[str, Any]], current: Policy, draft: Policy,
-        label_key: str) -> None:
-    _fill(store, flows)
+        label_key: str, stored: str) -> None:
+    """Also over rows stored before migration 0013 (their classes backfilled)
+    and rows stored after it without classes (read from their texts)."""
+    _fill(store, flows, stored=stored)
     options = LearnOptions(label_key=label_key, default_effect=Effect.PREVENT)
     with Session(store) as s:
         reference = learn(current, observed_flows(s, SINCE, UNTIL), options)
@@ -223,8 +258,7 @@ def test_replicas_fold_into_one_group_unless_an_object_selects_by_name(store: En
 
 def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Engine) -> None:
     """Texts the Console never writes (not JSON, a JSON scalar): read from the
-    key as the reference read does (on PostgreSQL the grouped query fails on
-    them and the rows are read one by one)."""
+    key as the reference read does (their class is empty), names erased or kept."""
     flows = [{"kind": "container", "src": "image:shop/api:1", "dst": "addr:203.0.113.9",
               "port": 443, "verdict": "observed", "rule_id": 0, "rule_name": "", "count": 2,
               "first_seen": T0, "last_seen": T0, "src_identity": text, "dst_identity": "",
@@ -233,7 +267,34 @@ def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Eng
     with Session(store) as s:
         reference = learn(Policy(), observed_flows(s, SINCE, UNTIL))
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=True)) == reference
+        assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=False)) == reference
         assert reference.learnt_flows == 3 and len(reference.rules) == 1
+
+
+def test_a_row_deleted_while_the_window_is_read_is_no_error(
+        store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention may delete rows between the grouping and the read of the
+    identity texts of each group's first row: a class still held by another
+    row is read from it; a group whose rows are all gone is left out (a read
+    after the deletion would not see it either)."""
+    lone = row(API_1, EndpointInfo(kind="address", address="203.0.113.77"), 443)
+    _fill(store, [*REPLICAS[:2], lone])
+    read = learning._Ends.read
+
+    def deleted_first(self: Any) -> None:
+        with store.begin() as other:  # another connection, as retention's
+            other.execute(text("DELETE FROM flows WHERE id = (SELECT min(id) FROM flows) "
+                               "OR dst = 'addr:203.0.113.77'"))
+        monkeypatch.setattr(learning._Ends, "read", read)
+        read(self)
+
+    monkeypatch.setattr(learning._Ends, "read", deleted_first)
+    with Session(store) as s:
+        (folded,) = grouped_flows(s, SINCE, UNTIL, erase_names=True)
+        expected = learning.unnamed_endpoint(REPLICAS[1]["src_identity"], REPLICAS[1]["src"])
+        assert folded.src_ep == expected and folded.src_ep.container is not None
+        assert folded.src_ep.container.namespace == "a"
+        assert (folded.dst, folded.flows) == ("image:shop/db:1", 2)
 
 
 def _scan(n: int) -> list[dict[str, Any]]:
@@ -242,18 +303,22 @@ def _scan(n: int) -> list[dict[str, Any]]:
                 1 + i % 1000, first=T0 + timedelta(seconds=i % 60)) for i in range(n)]
 
 
+@pytest.mark.parametrize("erase_names", [True, False])
 def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows that do not fold (more groups than half the rows at a check) are
-    read one by one, streamed (:func:`observed_flows`), not held as a group
-    per row: two replicas' rows after the scan stay two flows, as the rows."""
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    erase_names: bool) -> None:
+    """SQLite folds in an aggregate function (by the identities' classes, or
+    with the names kept by their texts): rows that do not fold (more groups
+    than half the rows at a check) are read one by one, streamed
+    (:func:`observed_flows`), not held as a group per row: two replicas' rows
+    after the scan stay two flows, as the rows."""
     monkeypatch.setattr(learning, "FOLD_CHECK", 50)
     engine = connect(f"sqlite:///{tmp_path / 'console.db'}")
     try:
         migrate(engine)
         _fill(engine, [*_scan(200), *REPLICAS[:2]])
         with Session(engine) as s:
-            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=erase_names))
             assert len(folded) == 202 and {f.flows for f in folded} == {1}
             assert learn(Policy(), iter(folded)) == learn(Policy(),
                                                           observed_flows(s, SINCE, UNTIL))
@@ -261,7 +326,7 @@ def test_sqlite_stops_folding_rows_that_do_not_fold(tmp_path: Path,
         _fill(engine, [{**r, "ident": f"{r['ident']}-{copy}", "count": copy + 1}
                        for r in _scan(60) for copy in range(4)])
         with Session(engine) as s:
-            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+            folded = list(grouped_flows(s, SINCE, UNTIL, erase_names=erase_names))
             assert len(folded) == 60 and {(f.flows, f.count) for f in folded} == {(4, 10)}
     finally:
         engine.dispose()
@@ -280,18 +345,20 @@ def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) 
         assert 1 + sum(1 for _ in flows) == 300
 
 
-def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path) -> None:
+@pytest.mark.parametrize("erase_names", [True, False])
+def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path, erase_names: bool) -> None:
     """An error inside the fold (a row SQLite's dynamic typing let through: a
     time stored as a number) reaches the caller as itself, not as SQLite's
     "user-defined aggregate's 'step' method raised error"."""
     engine = connect(f"sqlite:///{tmp_path / 'console.db'}")
     try:
         migrate(engine)
-        _fill(engine, REPLICAS[:2])
+        # two rows of one group: one seen with enforcement off
+        _fill(engine, [REPLICAS[0], {**REPLICAS[0], "mode": "observed"}])
         with Session(engine) as s:
             s.execute(text("UPDATE flows SET first_seen = 12 WHERE id = "
                            "(SELECT min(id) FROM flows)"))
             with pytest.raises(TypeError, match="'<' not supported"):
-                list(grouped_flows(s, SINCE, UNTIL, erase_names=True))
+                list(grouped_flows(s, SINCE, UNTIL, erase_names=erase_names))
     finally:
         engine.dispose()

@@ -3,15 +3,18 @@ policy serializer round trip."""
 
 from __future__ import annotations
 
+import importlib
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, Table, func, insert, inspect, select
+from sqlalchemy import MetaData, Table, func, insert, inspect, select, text
 from sqlalchemy.orm import Session
 
+from cnnf.console.services.learning import grouped_flows
 from cnnf.console.services.policy import PolicyService, RuleDraft
 from cnnf.console.services.records import (
     AuditFilter,
@@ -20,6 +23,7 @@ from cnnf.console.services.records import (
     FlowFilter,
     FlowRecord,
     FlowService,
+    flow_ident,
     prune,
 )
 from cnnf.console.store.db import (
@@ -43,6 +47,8 @@ from cnnf.model import (
     RuleKind,
     SubnetObject,
 )
+from cnnf.model.records import EndpointInfo
+from cnnf.policy.observed import identity_class, recorded_text
 
 TABLES = {"settings", "network_objects", "rules", "changes", "users", "tokens", "audits",
           "flows", "overlays", "enrollment_tokens", "defenders", "inventory_state",
@@ -151,6 +157,63 @@ def test_flows_stored_before_0008_stay_enforced_and_keep_aggregating(db_url: str
             table = Table("flows", MetaData(), autoload_with=connection)
             assert "would" not in table.c
             assert [r.count for r in connection.execute(select(table))] == [5]
+    finally:
+        engine.dispose()
+
+
+def test_flows_stored_before_0013_get_their_identity_classes(db_url: str) -> None:
+    """0013 gives every flow stored before it the classes of its identities, as
+    the Console computes them when it stores a flow (replicas share one, a text
+    read from the key has none), in batches; flows stored after it fold with
+    them; the downgrade drops the columns, the rows stay."""
+    engine = connect(db_url)
+    t0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    api = [EndpointInfo(kind="container", image="shop/api:1", container=f"api-{i}",
+                        namespace="a", labels={"app": "api"}) for i in range(3)]
+    db = recorded_text(EndpointInfo(kind="container", image="shop/db:1", container="db-0",
+                                    namespace="a", address="10.0.0.2"))
+    texts = [recorded_text(ep, address=False) for ep in api]
+    old = [{"kind": "container", "src": "image:shop/api:1", "dst": "image:shop/db:1",
+            "port": 5432 + i, "verdict": "observed", "rule_id": 0, "rule_name": "",
+            "count": 1, "first_seen": t0, "last_seen": t0, "src_identity": s_text,
+            "dst_identity": d_text, "ident": flow_ident(s_text, d_text)}
+           for i, (s_text, d_text) in enumerate([*((t, db) for t in texts), ("", ""),
+                                                 ("not json", db)])]
+    try:
+        migrate(engine, "0012")
+        with engine.begin() as connection:
+            table = Table("flows", MetaData(), autoload_with=connection)
+            assert "src_class" not in table.c
+            connection.execute(insert(table), old)
+        migration = importlib.import_module(
+            "cnnf.console.store.migrations.versions.0013_flow_classes")
+        # three batches of rows with identities; the texts' classes forgotten
+        # after each (the bound on what the backfill holds)
+        with patch.object(migration, "BATCH", 2), patch.object(migration, "MAX_HELD", 1):
+            migrate(engine)
+        with engine.connect() as connection:
+            classes = connection.execute(text(
+                "SELECT src_class, dst_class FROM flows ORDER BY port")).all()
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert diff == [], f"models and migrations differ: {diff}"
+        api_class, db_class = identity_class(texts[0]), identity_class(db)
+        assert api_class and db_class and api_class != db_class
+        assert classes == [(api_class, db_class)] * 3 + [("", ""), ("", db_class)]
+        with Session(engine) as session:
+            FlowService(session).record_many([FlowRecord(
+                src="image:shop/api:1", dst="image:shop/db:1", port=5432, verdict="observed",
+                count=1, first_seen=t0, last_seen=t0, src_identity=recorded_text(
+                    EndpointInfo(kind="container", image="shop/api:1", container="api-9",
+                                 namespace="a", labels={"app": "api"}), address=False),
+                dst_identity=db)])
+            (folded,) = [f for f in grouped_flows(session, t0, t0 + timedelta(hours=1),
+                                                  erase_names=True) if f.port == 5432]
+            assert (folded.flows, folded.count) == (2, 2)
+        downgrade(engine, "0012")
+        with engine.connect() as connection:
+            table = Table("flows", MetaData(), autoload_with=connection)
+            assert "src_class" not in table.c and "dst_class" not in table.c
+            assert connection.scalar(select(func.count()).select_from(table)) == 6
     finally:
         engine.dispose()
 

@@ -136,6 +136,48 @@ def endpoint_of(text: str, key: str) -> Endpoint:
     return _from_key(key)
 
 
+def _unnamed(text: str) -> dict[str, Any] | None:
+    """The identity ``text`` stands for, without its container name; None when
+    it is read from the flow's key (empty, not JSON, not a JSON object)."""
+    if not text:
+        return None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    data.pop("name", None)
+    return data
+
+
+def identity_class(text: str) -> str:
+    """The class of a recorded identity text: equal for texts that stand for the
+    same identity once the container name is left out (replicas ``api-1`` and
+    ``api-2`` of one workload), different otherwise; ``""`` for a text read
+    from the flow's key (:func:`endpoint_of`). A 128-bit BLAKE2b digest of the
+    canonical JSON: short, so that the store groups a million flows by it
+    without parsing any JSON, and too wide for anyone to make two identities
+    share one (a workload chooses the DNS names and addresses it reaches, so a
+    64-bit digest could be collided on purpose). The Console stores it with
+    each flow (``src_class``, ``dst_class``) when the flow is first stored."""
+    data = _unnamed(text)
+    if data is None:
+        return ""
+    try:
+        canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # parsed but not written back: the text is its own class
+        canonical = b"raw:" + text.encode()
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+def unnamed_endpoint(text: str, key: str) -> Endpoint:
+    """:func:`endpoint_of` with the container name left out: what every text of
+    one :func:`identity_class` reads as when no object selects by name."""
+    data = _unnamed(text)
+    return _from_key(key) if data is None else _from_fields(data)
+
+
 class EndpointCache:
     """Identity texts repeat (a few hundred workloads over a million flows):
     each is parsed once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +22,7 @@ from cnnf.console.store.models import AuditRow, FlowRow, OutboxRow
 from cnnf.model import Effect
 from cnnf.model.records import AuditType
 from cnnf.model.rule import PolicyModel
+from cnnf.policy.observed import identity_class
 
 # The original product's audit export columns, in its order, then ours at the end
 # (so that a reader of the original's files finds every column where it was): the
@@ -333,6 +335,13 @@ def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
     return where
 
 
+#: Identity texts repeat from batch to batch (the same workloads): each one's
+#: class (:func:`identity_class`) is computed once, the most recently used
+#: kept for the next batches (at most 16 MB of the longest texts a Defender
+#: may send, a few hundred bytes each as a rule).
+_identity_class = functools.lru_cache(maxsize=4096)(identity_class)
+
+
 class FlowService:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -345,6 +354,8 @@ class FlowService:
         for record in records:
             data = record.model_dump(by_alias=False)
             data["ident"] = flow_ident(record.src_identity, record.dst_identity)
+            data["src_class"] = _identity_class(record.src_identity)
+            data["dst_class"] = _identity_class(record.dst_identity)
             key = tuple(data[k] for k in _FLOW_KEY)
             have = merged.get(key)
             if have is None:

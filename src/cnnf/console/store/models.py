@@ -8,6 +8,7 @@ tables sized for batch inserts from Defenders.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,10 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from cnnf.policy.observed import identity_class
 
 # Stable constraint names, so migrations can refer to them on every database.
 NAMING = {
@@ -217,6 +221,15 @@ class AuditRow(Base):
     would: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+def _class_of(column: str) -> Callable[[DefaultExecutionContext], str]:
+    """A flow's identity class from its identity text, for every insert that
+    does not give it (the Console's own ingestion computes it per batch)."""
+    def default(context: DefaultExecutionContext) -> str:
+        parameters = context.get_current_parameters()  # type: ignore[no-untyped-call]
+        return identity_class(parameters.get(column) or "")
+    return default
+
+
 class FlowRow(Base):
     """Observed connections aggregated by (src, dst, port, verdict, rule, identities).
 
@@ -227,6 +240,13 @@ class FlowRow(Base):
     evaluate; ``ident`` is their digest, part of the key so that one image in
     two namespaces stays two flows. Added by migration 0006: flows stored
     before it have empty identities (read back from the key).
+
+    ``src_class``/``dst_class``: each identity's class, its digest without the
+    container name (:func:`~cnnf.policy.observed.identity_class`), what
+    learning and simulating group the window's flows by. No index: one on the
+    grouping's columns made SQLite's grouping twice as fast and its ingestion
+    of new flows half as fast (measured). Added by migration 0013, which
+    computes them for the rows stored before it.
     """
 
     __tablename__ = "flows"
@@ -257,6 +277,10 @@ class FlowRow(Base):
     src_identity: Mapped[str] = mapped_column(Text, default="", server_default="")
     dst_identity: Mapped[str] = mapped_column(Text, default="", server_default="")
     ident: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    src_class: Mapped[str] = mapped_column(String(32), default=_class_of("src_identity"),
+                                           server_default="")
+    dst_class: Mapped[str] = mapped_column(String(32), default=_class_of("dst_identity"),
+                                           server_default="")
 
 
 class ProposalRow(Base):
