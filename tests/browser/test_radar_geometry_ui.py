@@ -36,21 +36,23 @@ GEOMETRY = """() => {
     }
     return true;
   };
-  // the line as drawn: straight, or quadratic pieces through the control points
-  // midpoints (a pair of edges, or an edge bent to clear its label), sampled
+  // the line as the renderer strokes it: its points (rscratch.allpts), joined
+  // by straight pieces or by quadratic curves (a pair of edges, a bent edge),
+  // as Cytoscape's drawEdgePath does; the curves sampled
   const path = (e) => {
-    const a = e.sourceEndpoint(), b = e.targetEndpoint(), c = e.controlPoints();
-    if (!c) return [a, ...(e.segmentPoints() || []), b];
-    const pts = [a, ...c, b], out = [a];
-    const mid = (p, q) => ({x: (p.x + q.x) / 2, y: (p.y + q.y) / 2});
-    for (let i = 1; i < pts.length - 1; i++) {
-      const p0 = i === 1 ? pts[0] : mid(pts[i - 1], pts[i]);
-      const p2 = i === pts.length - 2 ? pts[i + 1] : mid(pts[i], pts[i + 1]);
-      for (let k = 1; k <= 16; k++) {
-        const t = k / 16, u = 1 - t;
-        out.push({x: u * u * p0.x + 2 * u * t * pts[i].x + t * t * p2.x,
-                  y: u * u * p0.y + 2 * u * t * pts[i].y + t * t * p2.y});
+    const rs = e._private.rscratch, a = rs.allpts, at = (i) => ({x: a[i], y: a[i + 1]});
+    const out = [at(0)];
+    if (['bezier', 'self', 'compound', 'multibezier'].includes(rs.edgeType)) {
+      for (let i = 2; i + 3 < a.length; i += 4) {
+        const p0 = out[out.length - 1], c = at(i), p2 = at(i + 2);
+        for (let k = 1; k <= 16; k++) {
+          const t = k / 16, u = 1 - t;
+          out.push({x: u * u * p0.x + 2 * u * t * c.x + t * t * p2.x,
+                    y: u * u * p0.y + 2 * u * t * c.y + t * t * p2.y});
+        }
       }
+    } else {
+      for (let i = 2; i + 1 < a.length; i += 2) out.push(at(i));
     }
     return out;
   };
@@ -58,14 +60,14 @@ GEOMETRY = """() => {
     n.boundingBox({includeLabels: true, includeOverlays: false})]);
   const labels = cy.edges().filter(e => e.data('label')).map(e => [e.id(),
     e.boundingBox({includeNodes: false, includeEdges: false, includeLabels: true})]);
-  const out = {covers: [], lines: [], backwards: [], groups: [], curved: 0};
+  const out = {covers: [], lines: [], backwards: [], groups: [],
+               curved: cy.edges().filter(e => e.controlPoints()).length};
   labels.forEach(([id, box], i) => {
     for (const [n, b] of nodes) if (hit(box, b)) out.covers.push(`${id} covers ${n}`);
     for (const [o, b] of labels.slice(i + 1)) if (hit(box, b)) out.covers.push(`${id} covers ${o}`);
     cy.edges().forEach(e => {
       if (e.id() === id) return;
       const pts = path(e);
-      if (e.controlPoints()) out.curved += 1;
       if (pts.some((p, k) => k > 0 && crosses(pts[k - 1], p, box))) {
         out.lines.push(`${e.id()} runs through the label of ${id}`);
       }

@@ -208,7 +208,7 @@ const STYLE = [
     "background-color": SEVERITY_COLORS.unknown,
   } },
   ...Object.keys(SEVERITY_COLORS).map((sev) => ({
-    selector: `node[kind != "group"][severity = "${sev}"]`,
+    selector: ["image", "host", "collapsed"].map((k) => `node[kind = "${k}"][severity = "${sev}"]`).join(", "),
     style: { "background-color": SEVERITY_COLORS[sev] } })),
   { selector: 'node[kind = "image"]', style: { shape: "round-rectangle" } },
   { selector: 'node[kind = "host"]', style: { shape: "rectangle", width: 44, height: 30 } },
@@ -284,6 +284,7 @@ function legend() {
     h("ul", {},
       line("solid", VERDICT_COLORS.blocked, "solid – connections seen"),
       line("dotted", VERDICT_COLORS.blocked, "dotted – a rule, not seen"),
+      h("li", { class: "muted" }, "A line curves where two edges join one pair of nodes, or where a straight line would run through another edge's label."),
       h("li", { class: "muted" }, "Colour: the worst verdict of the edge's ports under the current policy; what was recorded before is in the edge's history.")),
     h("strong", {}, "Nodes (worst vulnerability)"),
     h("ul", {},
@@ -520,7 +521,9 @@ function fitToNodes(cy, elements) {
 const LABEL_STEP = 4;
 const LABEL_GAP = 3;
 const LINE_AVOID_MAX = 250;
-// Edges bent at most, and how far from the straight line (model px), nearest first.
+// A label's places are measured until this many are clear of every line.
+const FREE_ENOUGH = 8;
+// Edges tried for a bend at most, and how far from the straight line (model px), nearest first.
 const BEND_MAX = 20;
 const BENDS = [30, -30, 60, -60, 90, -90, 120, -120, 160, -160];
 // Where a label may sit along a bent edge (curve parameter), middle first.
@@ -616,6 +619,7 @@ export function placeEdgeLabels(cy) {
     // How far the label may slide and stay clear of the arrow and the ends.
     const reach = length / 2 - (Math.abs(ux) * box.w + Math.abs(uy) * box.h) / 2 - 12;
     const places = [];
+    let free = 0;
     for (let i = 0; i * LABEL_STEP <= Math.max(reach, 0); i += 1) {
       for (const t of i === 0 ? [0] : [i * LABEL_STEP, -i * LABEL_STEP]) {
         const dx = ux * t;
@@ -623,10 +627,14 @@ export function placeEdgeLabels(cy) {
         const moved = { x1: box.x1 + dx, x2: box.x2 + dx, y1: box.y1 + dy, y2: box.y2 + dy };
         if (fixed.some((o) => overlaps(moved, o))) continue;
         const margin = { x1: moved.x1 - 2, x2: moved.x2 + 2, y1: moved.y1 - 2, y2: moved.y2 + 2 };
-        places.push({ dx, dy, moved, lines: crossings(e.id(), margin) });
+        const lines = crossings(e.id(), margin);
+        places.push({ dx, dy, moved, lines });
+        if (!lines) free += 1;
       }
+      // enough clear places to choose from: the rest are not measured
+      if (free >= FREE_ENOUGH) break;
     }
-    jobs.push({ e, box, places, free: places.filter((p) => !p.lines).length });
+    jobs.push({ e, box, places, free });
   });
   // The labels with the fewest places clear of every line choose first (a
   // label with no place at all stays mid-edge, and goes before them, so that
@@ -662,11 +670,14 @@ export function placeEdgeLabels(cy) {
     ({ id: n.id(), box: n.boundingBox({ includeLabels: true, includeOverlays: false }) }));
   const pathHits = (pts, box) => pts.some((q, k) => k > 0 && segmentHitsBox(pts[k - 1], q, box));
   const margin = (b) => ({ x1: b.x1 - 2, x2: b.x2 + 2, y1: b.y1 - 2, y2: b.y2 + 2 });
-  let bent = 0;
+  let tries = 0;
   const bend = (entry) => {
     const { job, best, index } = entry;
     const e = job.e;
-    if (entry.bent || bent >= BEND_MAX || e.controlPoints() || e.segmentPoints()) return false; // a pair of edges is curved already
+    // each edge is tried once, BEND_MAX edges at most (a pair of edges is curved already)
+    if (entry.tried || tries >= BEND_MAX || e.controlPoints() || e.segmentPoints()) return false;
+    entry.tried = true;
+    tries += 1;
     const ends = [e.source().id(), e.target().id()];
     for (const d of BENDS) {
       e.style({ "curve-style": "unbundled-bezier", "control-point-distances": d,
@@ -693,8 +704,6 @@ export function placeEdgeLabels(cy) {
         placed[index] = moved;
         for (let i = segments.length - 1; i >= 0; i -= 1) if (segments[i].id === e.id()) segments.splice(i, 1);
         addSegments(e);
-        entry.bent = true;
-        bent += 1;
         return true;
       }
     }
@@ -798,7 +807,7 @@ export async function renderRadar(main, _args, link) {
   });
   radar.cy = cy;
   radar.ready = false;
-  performance.mark("cnnf:cytoscape");
+  if (!performance.getEntriesByName("cnnf:cytoscape").length) performance.mark("cnnf:cytoscape");
   let etag = null;
   let lastQuery = "";
   let lastKey = "";
@@ -897,7 +906,18 @@ export async function renderRadar(main, _args, link) {
     else if (!quiet && edges.some((e) => e.hasClass("quiet"))) edges.removeClass("quiet");
   }
   cy.on("zoom", debounce(quietLabels, 150));
-  cy.on("dragfree", "node", () => { if (cy.edges().length <= SMALL_MAX_EDGES) placeEdgeLabels(cy); });
+  // Labels are placed again only when a label or a node's place changed (a poll
+  // that brings the same picture, a node dropped where it was, costs nothing).
+  let placedFor = "";
+  function placeLabels() {
+    if (cy.edges().length > SMALL_MAX_EDGES) return;
+    const key = cy.elements().map((el) => (el.isEdge() ? `${el.id()}\t${el.data("label")}`
+      : `${el.id()}\t${el.data("label")}\t${Math.round(el.position("x"))},${Math.round(el.position("y"))}`)).join("\n");
+    if (key === placedFor) return;
+    placedFor = key;
+    placeEdgeLabels(cy);
+  }
+  cy.on("dragfree", "node", placeLabels);
 
   function toggleGroup(id) {
     if (state.collapsed.has(id)) state.collapsed.delete(id);
@@ -931,6 +951,7 @@ export async function renderRadar(main, _args, link) {
         const before = new Set(cy.elements().map((el) => el.id()));
         cy.elements().remove();
         cy.add(elements);
+        placedFor = ""; // new elements: no label placed yet
         added = elements.filter((el) => !before.has(el.data.id)).length;
       }
     });
@@ -939,7 +960,7 @@ export async function renderRadar(main, _args, link) {
     if (small) cy.fit(undefined, 30);
     else if (layout) fitToNodes(cy, elements);
     quietLabels();
-    if (countEdges(elements) <= SMALL_MAX_EDGES) placeEdgeLabels(cy);
+    placeLabels();
     const t2 = performance.now();
     radar.timing.buildMs = Math.round(t1 - t0);
     radar.timing.layoutMs = Math.round(t2 - t1);
