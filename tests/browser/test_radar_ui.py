@@ -76,7 +76,7 @@ def test_login_refuses_a_bad_password_then_shows_radar(page: Any, console: Radar
 def test_signing_out_then_in_as_another_user_never_shows_the_first(
         page: Any, console: RadarConsole) -> None:
     with console.client() as api:
-        api.post("/api/v1/users", json={"name": "ops", "role": "viewer",
+        api.post("/api/v1/users", json={"name": "ops", "role": "auditor",
                                         "password": "a-long-enough-password"}).raise_for_status()
     sign_in(page, console)
     wait_radar(page)
@@ -85,10 +85,10 @@ def test_signing_out_then_in_as_another_user_never_shows_the_first(
     assert page.text_content("#who") == ""
     sign_in(page, console, credentials=("ops", "a-long-enough-password"))
     page.wait_for_selector("#top:not([hidden])")
-    assert page.text_content("#who") == "ops (viewer)"
+    assert page.text_content("#who") == "ops (auditor)"
     wait_radar(page)
     page.wait_for_load_state("networkidle")
-    assert page.text_content("#who") == "ops (viewer)"
+    assert page.text_content("#who") == "ops (auditor)"
 
 
 def test_container_view_nodes_edges_line_styles_and_port_colours(page: Any,
