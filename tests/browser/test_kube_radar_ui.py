@@ -101,14 +101,13 @@ def test_nodes_count_pods_and_the_panel_lists_them(page: Any, console: RadarCons
 
 
 @pytest.mark.parametrize("size", [(1500, 900), (1600, 1000), (1280, 800)])
-def test_no_edge_label_covers_a_node_another_label_or_a_title(
+def test_no_edge_label_covers_a_node_another_label_a_title_or_a_line(
         page: Any, console: RadarConsole, size: tuple[int, int]) -> None:
     page.set_viewport_size({"width": size[0], "height": size[1]})
     sign_in(page, console)
     wait_radar(page)
     g = geometry(page, f"radar-kube-{size[0]}")
-    # (a line through a label is avoided where a place is in reach, not always)
-    assert_clear(g, lines=False)
+    assert_clear(g)
     assert len(g["titles"]) == 4  # storefront, data, payments, monitoring
 
 

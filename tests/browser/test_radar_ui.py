@@ -65,8 +65,30 @@ def test_login_refuses_a_bad_password_then_shows_radar(page: Any, console: Radar
     page.wait_for_selector("#login-error:has-text('wrong user name or password')")
     sign_in(page, console)
     wait_radar(page)
+    # confirmed by /auth/me once Radar is drawn (a request started first held up
+    # its first render); shown from the sign-in until then
+    assert page.text_content("#who") == "admin (admin)"
+    page.wait_for_load_state("networkidle")
     assert page.text_content("#who") == "admin (admin)"
     assert page.is_visible("#legend")
+
+
+def test_signing_out_then_in_as_another_user_never_shows_the_first(
+        page: Any, console: RadarConsole) -> None:
+    with console.client() as api:
+        api.post("/api/v1/users", json={"name": "ops", "role": "auditor",
+                                        "password": "a-long-enough-password"}).raise_for_status()
+    sign_in(page, console)
+    wait_radar(page)
+    page.click("#logout")
+    page.wait_for_selector("form#login")
+    assert page.text_content("#who") == ""
+    sign_in(page, console, credentials=("ops", "a-long-enough-password"))
+    page.wait_for_selector("#top:not([hidden])")
+    assert page.text_content("#who") == "ops (auditor)"
+    wait_radar(page)
+    page.wait_for_load_state("networkidle")
+    assert page.text_content("#who") == "ops (auditor)"
 
 
 def test_container_view_nodes_edges_line_styles_and_port_colours(page: Any,

@@ -12,5 +12,5 @@ if (session.token && page === "radar") {
   applyLink(link);
   const { url, init } = apiRequest("GET", "/radar", { query: query() });
   performance.mark("cnnf:radar-request");
-  window.cnnfBoot = { url, token: session.token, at: performance.now(), answer: fetch(url, init).then((response) => ({ response }), (error) => ({ error })) };
+  window.cnnfBoot = { url, token: session.token, at: performance.now(), answer: fetch(url, init).then((response) => { performance.mark("cnnf:radar-answer"); return { response }; }, (error) => ({ error })) };
 }

@@ -202,9 +202,14 @@ const STYLE = [
     "text-background-padding": 1, width: 34, height: 34, "border-width": 2,
     "border-color": "#ffffff", "min-zoomed-font-size": 7,
   } },
+  // One rule per severity, not a function: a function's value is computed for
+  // each element on every style pass, a rule's once.
   { selector: 'node[kind = "image"], node[kind = "host"], node[kind = "collapsed"]', style: {
-    "background-color": (n) => SEVERITY_COLORS[n.data("severity")] || SEVERITY_COLORS.unknown,
+    "background-color": SEVERITY_COLORS.unknown,
   } },
+  ...Object.keys(SEVERITY_COLORS).map((sev) => ({
+    selector: ["image", "host", "collapsed"].map((k) => `node[kind = "${k}"][severity = "${sev}"]`).join(", "),
+    style: { "background-color": SEVERITY_COLORS[sev] } })),
   { selector: 'node[kind = "image"]', style: { shape: "round-rectangle" } },
   { selector: 'node[kind = "host"]', style: { shape: "rectangle", width: 44, height: 30 } },
   { selector: "node[?running]", style: {} },
@@ -279,6 +284,7 @@ function legend() {
     h("ul", {},
       line("solid", VERDICT_COLORS.blocked, "solid – connections seen"),
       line("dotted", VERDICT_COLORS.blocked, "dotted – a rule, not seen"),
+      h("li", { class: "muted" }, "A line curves where two edges join one pair of nodes, or where a straight line would run through another edge's label."),
       h("li", { class: "muted" }, "Colour: the worst verdict of the edge's ports under the current policy; what was recorded before is in the edge's history.")),
     h("strong", {}, "Nodes (worst vulnerability)"),
     h("ul", {},
@@ -287,6 +293,11 @@ function legend() {
       swatch(SEVERITY_COLORS.none, "none"), swatch(SEVERITY_COLORS.unknown, "no report"),
       swatch("#90caf9", "subnet ⬡ · DNS ◆ · internet ●", "swatch ext")));
 }
+
+// Ids compared by code unit: the layouts' tie-breaks need an order, not a
+// language's. localeCompare's first call loads the ICU collator, which cost
+// ~150 ms of the demo's first render here (a third of it).
+const byText = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
 
 // Linear-time layered placement for big graphs, on the plain elements before
 // they are added: rank = breadth-first distance from the sources (cycles
@@ -324,8 +335,8 @@ export function layeredPositions(elements) {
   }
   const positions = new Map();
   for (const [r, list] of columns) {
-    list.sort((a, b) => String(a.data.parent || "").localeCompare(String(b.data.parent || ""))
-      || a.data.id.localeCompare(b.data.id));
+    list.sort((a, b) => byText(String(a.data.parent || ""), String(b.data.parent || ""))
+      || byText(a.data.id, b.data.id));
     const perColumn = Math.ceil(Math.sqrt(list.length / 2)) || 1;
     const height = Math.ceil(list.length / perColumn);
     list.forEach((el, i) => {
@@ -379,7 +390,7 @@ export function bandedPositions(elements) {
   // Cycles: depth-first, an edge to a node on the current path is left out of the ranking.
   const state = new Map();
   const back = new Set();
-  for (const root of [...ids].sort((a, b) => inn.get(a).length - inn.get(b).length || a.localeCompare(b))) {
+  for (const root of [...ids].sort((a, b) => inn.get(a).length - inn.get(b).length || byText(a, b))) {
     if (state.has(root)) continue;
     const stack = [[root, 0]];
     state.set(root, 1);
@@ -429,7 +440,7 @@ export function bandedPositions(elements) {
       const [sum, n] = pull.get(b);
       return n ? (sum / n + index.get(b)) / 2 : index.get(b);
     };
-    bands = bands.filter((b) => b).sort((a, b) => key(a) - key(b) || a.localeCompare(b))
+    bands = bands.filter((b) => b).sort((a, b) => key(a) - key(b) || byText(a, b))
       .concat(bands.includes("") ? [""] : []);
   }
   // Cells: (band, rank) -> nodes, ordered by barycentre sweeps.
@@ -454,7 +465,7 @@ export function bandedPositions(elements) {
         const near = [...out.get(id), ...inn.get(id)].map((n) => order.get(n));
         return [id, near.length ? near.reduce((a, b) => a + b, 0) / near.length : order.get(id)];
       }));
-      list.sort((a, b) => bary.get(a) - bary.get(b) || a.localeCompare(b));
+      list.sort((a, b) => bary.get(a) - bary.get(b) || byText(a, b));
     }
     renumber();
   }
@@ -464,7 +475,7 @@ export function bandedPositions(elements) {
   for (const el of leaves) {
     const { width, rows } = labelSize(el.data.label, NODE_LABEL_MAX);
     nodeW = Math.max(nodeW, width);
-    rowH = Math.max(rowH, 56 + rows * 14);
+    rowH = Math.max(rowH, 86 + rows * 14);
   }
   const colW = nodeW + Math.min(Math.max(labelW, 120), 320) + 60;
   const ranks = Math.max(0, ...[...rank.values()]) + 1;
@@ -504,12 +515,19 @@ function fitToNodes(cy, elements) {
 // the layered layout passes the nodes of that layer, and its label could cover
 // a node's name ("kube/cart:2.3" read "kube/cart:2.3 blocked"). Each label slides
 // along its edge (text margins) to the nearest place clear of the nodes, their
-// labels and the edge labels placed before it, and, where one is in reach, of
-// the other edges' lines too (a line through a label hides its words); it
-// stays mid-edge when no place is clear.
-const LABEL_STEP = 8;
+// labels, the group titles and the other edge labels, and, where one is in
+// reach, of the other edges' lines too (a line through a label hides its
+// words); it stays mid-edge when no place is clear.
+const LABEL_STEP = 4;
 const LABEL_GAP = 3;
 const LINE_AVOID_MAX = 250;
+// A label's places are measured until this many are clear of every line.
+const FREE_ENOUGH = 8;
+// Edges tried for a bend at most, and how far from the straight line (model px), nearest first.
+const BEND_MAX = 20;
+const BENDS = [30, -30, 60, -60, 90, -90, 120, -120, 160, -160];
+// Where a label may sit along a bent edge (curve parameter), middle first.
+const BEND_SLIDES = [0.5, 0.45, 0.55, 0.4, 0.6, 0.35, 0.65, 0.3, 0.7, 0.25, 0.75];
 
 // An edge's drawn path as a polyline: a straight edge is its two endpoints; a
 // bezier (two edges between one pair of nodes) is sampled.
@@ -551,35 +569,44 @@ export function segmentHitsBox(p, q, box) {
 export function placeEdgeLabels(cy) {
   const overlaps = (a, b) => a.x1 < b.x2 + LABEL_GAP && b.x1 < a.x2 + LABEL_GAP &&
     a.y1 < b.y2 + LABEL_GAP && b.y1 < a.y2 + LABEL_GAP;
-  const taken = [];
+  const fixed = [];
   cy.nodes().forEach((n) => {
     // A group's body holds its members and their edges: only its title is in
     // the way. Without includeOverlays: false its box was the whole body (the
     // overlay's), no place inside a group was ever clear, and a label there
     // stayed mid-edge, on the title if the edge crossed it (the demo's
     // "5432 allowed" over "namespace: shop-data").
-    taken.push(n.isParent() ? n.boundingBox({ includeNodes: false, includeEdges: false,
+    fixed.push(n.isParent() ? n.boundingBox({ includeNodes: false, includeEdges: false,
       includeLabels: true, includeOverlays: false, includeUnderlays: false })
       : n.boundingBox({ includeLabels: true, includeOverlays: false }));
   });
-  cy.edges().removeStyle("text-margin-x text-margin-y");
+  cy.edges().removeStyle("text-margin-x text-margin-y curve-style control-point-distances control-point-weights");
   // Each other edge's segments with their boxes (a quick miss before the clip);
   // none beyond LINE_AVOID_MAX edges, where it would cost more than it shows.
   const segments = [];
-  if (cy.edges().length <= LINE_AVOID_MAX) {
-    cy.edges().forEach((e) => {
-      const pts = edgePath(e);
-      for (let i = 1; i < pts.length; i += 1) {
-        const p = pts[i - 1];
-        const q = pts[i];
-        segments.push({ id: e.id(), p, q, x1: Math.min(p.x, q.x), x2: Math.max(p.x, q.x),
-          y1: Math.min(p.y, q.y), y2: Math.max(p.y, q.y) });
-      }
-    });
-  }
-  const crossed = (id, box) => segments.some((sg) => sg.id !== id && sg.x1 <= box.x2 &&
-    box.x1 <= sg.x2 && sg.y1 <= box.y2 && box.y1 <= sg.y2 && segmentHitsBox(sg.p, sg.q, box));
-  const moves = [];
+  const addSegments = (e) => {
+    const pts = edgePath(e);
+    for (let i = 1; i < pts.length; i += 1) {
+      const p = pts[i - 1];
+      const q = pts[i];
+      segments.push({ id: e.id(), p, q, x1: Math.min(p.x, q.x), x2: Math.max(p.x, q.x),
+        y1: Math.min(p.y, q.y), y2: Math.max(p.y, q.y) });
+    }
+  };
+  if (cy.edges().length <= LINE_AVOID_MAX) cy.edges().forEach(addSegments);
+  // How many other edges' lines run through a box.
+  const crossings = (id, box) => {
+    const through = new Set();
+    for (const sg of segments) {
+      if (sg.id === id || through.has(sg.id) || sg.x1 > box.x2 || box.x1 > sg.x2 ||
+          sg.y1 > box.y2 || box.y1 > sg.y2) continue;
+      if (segmentHitsBox(sg.p, sg.q, box)) through.add(sg.id);
+    }
+    return through.size;
+  };
+  // Each label's places along its edge, nearest the middle first, clear of
+  // the nodes, their labels and the group titles, with the lines each crosses.
+  const jobs = [];
   cy.edges().forEach((e) => {
     if (!e.data("label") || e.hasClass("quiet") || e.source().same(e.target())) return;
     const box = e.boundingBox({ includeNodes: false, includeEdges: false, includeLabels: true });
@@ -591,25 +618,111 @@ export function placeEdgeLabels(cy) {
     const uy = (b.y - a.y) / length;
     // How far the label may slide and stay clear of the arrow and the ends.
     const reach = length / 2 - (Math.abs(ux) * box.w + Math.abs(uy) * box.h) / 2 - 12;
-    let place = null; // clear of nodes and labels, and of lines if it can be
-    let fallback = null; // clear of nodes and labels only
-    for (let i = 0; place === null && i * LABEL_STEP <= Math.max(reach, 0); i += 1) {
+    const places = [];
+    let free = 0;
+    for (let i = 0; i * LABEL_STEP <= Math.max(reach, 0); i += 1) {
       for (const t of i === 0 ? [0] : [i * LABEL_STEP, -i * LABEL_STEP]) {
         const dx = ux * t;
         const dy = uy * t;
         const moved = { x1: box.x1 + dx, x2: box.x2 + dx, y1: box.y1 + dy, y2: box.y2 + dy };
-        if (taken.some((o) => overlaps(moved, o))) continue;
-        if (!crossed(e.id(), moved)) { place = { dx, dy, moved }; break; }
-        fallback ||= { dx, dy, moved };
+        if (fixed.some((o) => overlaps(moved, o))) continue;
+        const margin = { x1: moved.x1 - 2, x2: moved.x2 + 2, y1: moved.y1 - 2, y2: moved.y2 + 2 };
+        const lines = crossings(e.id(), margin);
+        places.push({ dx, dy, moved, lines });
+        if (!lines) free += 1;
+      }
+      // enough clear places to choose from: the rest are not measured
+      if (free >= FREE_ENOUGH) break;
+    }
+    jobs.push({ e, box, places, free });
+  });
+  // The labels with the fewest places clear of every line choose first (a
+  // label with no place at all stays mid-edge, and goes before them, so that
+  // they keep clear of it); those no line spares choose last, the place with
+  // the fewest lines through it. In edge order, the demo's "9090 allowed" found
+  // its one clear place taken by "5432 allowed" and sat on "5432 blocked"'s line.
+  const rank = (j) => (!j.places.length ? -1 : j.free || 1e9);
+  jobs.sort((x, y) => rank(x) - rank(y));
+  const placed = [];
+  const chosen = [];
+  for (const job of jobs) {
+    let best = null;
+    for (const p of job.places) {
+      if (best && p.lines >= best.lines) continue;
+      if (!placed.some((o) => overlaps(p.moved, o))) best = p;
+      if (best && !best.lines) break;
+    }
+    chosen.push({ job, best, index: placed.length });
+    placed.push(best ? best.moved : job.box);
+  }
+  cy.batch(() => {
+    for (const { job, best } of chosen) {
+      if (best && (best.dx || best.dy)) job.e.style({ "text-margin-x": best.dx, "text-margin-y": best.dy });
+    }
+  });
+  if (!segments.length) return;
+  // A label that no place along its straight edge spares (the demo's "9090
+  // allowed" between api -> db's line and the lines that cross api -> payments):
+  // its edge bends (a curve through a control point beside the straight line,
+  // the label at the curve's middle) where the label sits clear of every line,
+  // node and label, and the bent line crosses no other label and no node.
+  const nodeBoxes = cy.nodes().filter((n) => !n.isParent()).map((n) =>
+    ({ id: n.id(), box: n.boundingBox({ includeLabels: true, includeOverlays: false }) }));
+  const pathHits = (pts, box) => pts.some((q, k) => k > 0 && segmentHitsBox(pts[k - 1], q, box));
+  const margin = (b) => ({ x1: b.x1 - 2, x2: b.x2 + 2, y1: b.y1 - 2, y2: b.y2 + 2 });
+  let tries = 0;
+  const bend = (entry) => {
+    const { job, best, index } = entry;
+    const e = job.e;
+    // each edge is tried once, BEND_MAX edges at most (a pair of edges is curved already)
+    if (entry.tried || tries >= BEND_MAX || e.controlPoints() || e.segmentPoints()) return false;
+    entry.tried = true;
+    tries += 1;
+    const ends = [e.source().id(), e.target().id()];
+    for (const d of BENDS) {
+      e.style({ "curve-style": "unbundled-bezier", "control-point-distances": d,
+        "control-point-weights": 0.5, "text-margin-x": 0, "text-margin-y": 0 });
+      const pts = edgePath(e);
+      if (placed.some((o, i) => i !== index && pathHits(pts, o)) ||
+          nodeBoxes.some((n) => !ends.includes(n.id) && pathHits(pts, n.box))) continue;
+      // the label at the curve's middle, or slid along the curve
+      const box = e.boundingBox({ includeNodes: false, includeEdges: false, includeLabels: true });
+      const a = e.sourceEndpoint();
+      const b = e.targetEndpoint();
+      const c = e.controlPoints()[0];
+      const at = (t) => ({ x: (1 - t) ** 2 * a.x + 2 * (1 - t) * t * c.x + t * t * b.x,
+        y: (1 - t) ** 2 * a.y + 2 * (1 - t) * t * c.y + t * t * b.y });
+      const middle = at(0.5);
+      for (const t of BEND_SLIDES) {
+        const p = at(t);
+        const dx = p.x - middle.x;
+        const dy = p.y - middle.y;
+        const moved = { x1: box.x1 + dx, x2: box.x2 + dx, y1: box.y1 + dy, y2: box.y2 + dy };
+        if (fixed.some((o) => overlaps(moved, o)) || placed.some((o, i) => i !== index && overlaps(moved, o)) ||
+            crossings(e.id(), margin(moved))) continue;
+        if (dx || dy) e.style({ "text-margin-x": dx, "text-margin-y": dy });
+        placed[index] = moved;
+        for (let i = segments.length - 1; i >= 0; i -= 1) if (segments[i].id === e.id()) segments.splice(i, 1);
+        addSegments(e);
+        return true;
       }
     }
-    place ||= fallback;
-    taken.push(place ? place.moved : box);
-    if (place && (place.dx || place.dy)) moves.push([e, place]);
-  });
-  cy.batch(() => {
-    for (const [e, { dx, dy }] of moves) e.style({ "text-margin-x": dx, "text-margin-y": dy });
-  });
+    e.removeStyle("curve-style control-point-distances control-point-weights");
+    e.style({ "text-margin-x": best ? best.dx : 0, "text-margin-y": best ? best.dy : 0 });
+    return false;
+  };
+  const byEdge = new Map(chosen.map((entry) => [entry.job.e.id(), entry]));
+  for (const entry of chosen) {
+    if (!entry.best || !crossings(entry.job.e.id(), margin(placed[entry.index]))) continue;
+    if (bend(entry)) continue;
+    // Or bend the edges whose lines cross it (their labels clear too).
+    for (const sg of [...segments]) {
+      const other = byEdge.get(sg.id);
+      if (sg.id === entry.job.e.id() || !other || !segmentHitsBox(sg.p, sg.q, margin(placed[entry.index]))) continue;
+      bend(other);
+      if (!crossings(entry.job.e.id(), margin(placed[entry.index]))) break;
+    }
+  }
 }
 
 function countEdges(elements) {
@@ -647,7 +760,7 @@ function firstRequest() {
   const boot = bootAnswer(url);
   if (boot) return boot;
   performance.mark("cnnf:radar-request");
-  return { url, at: performance.now(), answer: fetch(url, init).then((response) => ({ response }), (error) => ({ error })) };
+  return { url, at: performance.now(), answer: fetch(url, init).then((response) => { performance.mark("cnnf:radar-answer"); return { response }; }, (error) => ({ error })) };
 }
 
 export async function renderRadar(main, _args, link) {
@@ -694,6 +807,7 @@ export async function renderRadar(main, _args, link) {
   });
   radar.cy = cy;
   radar.ready = false;
+  if (!performance.getEntriesByName("cnnf:cytoscape").length) performance.mark("cnnf:cytoscape");
   let etag = null;
   let lastQuery = "";
   let lastKey = "";
@@ -733,7 +847,7 @@ export async function renderRadar(main, _args, link) {
   let focused = null;
   let anchor = null; // the node whose edges up and down walk through
   const byPlace = (a, b) => a.position("x") - b.position("x") || a.position("y") - b.position("y")
-    || a.id().localeCompare(b.id());
+    || byText(a.id(), b.id());
   function describe(el) {
     if (el.isEdge()) {
       const d = el.data();
@@ -792,7 +906,18 @@ export async function renderRadar(main, _args, link) {
     else if (!quiet && edges.some((e) => e.hasClass("quiet"))) edges.removeClass("quiet");
   }
   cy.on("zoom", debounce(quietLabels, 150));
-  cy.on("dragfree", "node", () => { if (cy.edges().length <= SMALL_MAX_EDGES) placeEdgeLabels(cy); });
+  // Labels are placed again only when a label or a node's place changed (a poll
+  // that brings the same picture, a node dropped where it was, costs nothing).
+  let placedFor = "";
+  function placeLabels() {
+    if (cy.edges().length > SMALL_MAX_EDGES) return;
+    const key = cy.elements().map((el) => (el.isEdge() ? `${el.id()}\t${el.data("label")}`
+      : `${el.id()}\t${el.data("label")}\t${Math.round(el.position("x"))},${Math.round(el.position("y"))}`)).join("\n");
+    if (key === placedFor) return;
+    placedFor = key;
+    placeEdgeLabels(cy);
+  }
+  cy.on("dragfree", "node", placeLabels);
 
   function toggleGroup(id) {
     if (state.collapsed.has(id)) state.collapsed.delete(id);
@@ -826,6 +951,7 @@ export async function renderRadar(main, _args, link) {
         const before = new Set(cy.elements().map((el) => el.id()));
         cy.elements().remove();
         cy.add(elements);
+        placedFor = ""; // new elements: no label placed yet
         added = elements.filter((el) => !before.has(el.data.id)).length;
       }
     });
@@ -834,7 +960,7 @@ export async function renderRadar(main, _args, link) {
     if (small) cy.fit(undefined, 30);
     else if (layout) fitToNodes(cy, elements);
     quietLabels();
-    if (countEdges(elements) <= SMALL_MAX_EDGES) placeEdgeLabels(cy);
+    placeLabels();
     const t2 = performance.now();
     radar.timing.buildMs = Math.round(t1 - t0);
     radar.timing.layoutMs = Math.round(t2 - t1);
@@ -898,6 +1024,7 @@ export async function renderRadar(main, _args, link) {
       const previous = radar.data;
       radar.data = data;
       const added = await draw(data, relayout || !previous);
+      if (firstRender) performance.mark("cnnf:radar-drawn");
       // Wait for the frame to be painted before taking the time.
       await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
       const t2 = performance.now();
