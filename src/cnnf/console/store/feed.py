@@ -10,6 +10,12 @@ reconnects and then wakes everything once, since it may have missed notices
 meanwhile; the long-polls' store poll (slower when the feed runs) remains a
 backstop for a publisher killed between its commit and its notice.
 
+A process has woken its own long-polls before it publishes, so its listener
+drops the notices its own publishing connection sent (by that connection's
+backend pid, unique on the server while it is open): heard again, each change
+woke every long-poll of the publishing replica a second time, and read the
+store again, for nothing.
+
 SQLite runs one Console process: no feed, only the in-process notifiers.
 """
 
@@ -37,8 +43,9 @@ def libpq_url(engine: Engine) -> str | None:
 
 
 class ChangeFeed:
-    """Publishes change topics and calls ``on_change(topic)`` for every topic any
-    process published (this one included), from a listener thread."""
+    """Publishes change topics and calls ``on_change(topic)`` for every topic
+    another process published, from a listener thread (the publisher has told
+    its own process)."""
 
     def __init__(self, url: str, on_change: Callable[[str], None],
                  retry_seconds: float = 1.0) -> None:
@@ -50,6 +57,8 @@ class ChangeFeed:
         self._listening = threading.Event()
         self._publish_lock = threading.Lock()
         self._publisher: psycopg.Connection[tuple[object, ...]] | None = None
+        # The backend pid of the open publishing connection: its notices are ours.
+        self._own_pid: int | None = None
         self.received = 0
         self._thread = threading.Thread(target=self._listen, daemon=True, name="cnnf-feed")
         self._thread.start()
@@ -63,11 +72,14 @@ class ChangeFeed:
             for attempt in (1, 2):
                 try:
                     if self._publisher is None or self._publisher.closed:
+                        self._own_pid = None
                         self._publisher = psycopg.connect(self.url, autocommit=True,
                                                           connect_timeout=5)
+                        self._own_pid = self._publisher.info.backend_pid
                     self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
                     return
                 except psycopg.Error as exc:
+                    self._own_pid = None
                     if self._publisher is not None:
                         self._publisher.close()
                     self._publisher = None
@@ -87,6 +99,8 @@ class ChangeFeed:
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.5):
                             self.received += 1
+                            if notice.pid == self._own_pid:
+                                continue  # ours: this process was told before it published
                             if notice.payload in TOPICS:
                                 self.on_change(notice.payload)
             except psycopg.Error as exc:
@@ -100,6 +114,7 @@ class ChangeFeed:
         self._stop.set()
         self._thread.join(5)
         with self._publish_lock:
+            self._own_pid = None
             if self._publisher is not None:
                 self._publisher.close()
                 self._publisher = None
