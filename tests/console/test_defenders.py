@@ -617,6 +617,45 @@ async def test_one_notice_wakes_every_waiter_of_a_loop_with_one_call_into_it(
     assert wakes == [50]
 
 
+async def test_a_change_starts_the_shared_read_and_wakes_the_waiters_with_it_at_hand() -> None:
+    """With the shared read as ``before_wake``, a notice starts the one read at once
+    and the waiters resume after it: each finds the new value without awaiting
+    (no second resumption per long-poll), and a thousand waiters are one read."""
+    notifier = Notifier()
+    values = iter([1, 2])
+    shared: SharedRead[int] = SharedRead(lambda: next(values), notifier, lambda: 3600.0)
+    notifier.before_wake = shared.get
+    assert await shared.get() == 1
+    found: list[int] = []
+
+    async def long_poll() -> None:
+        assert await notifier.wait(notifier.generation, 60)
+        step = shared.get()  # a coroutine that finishes at its first step: no await
+        with pytest.raises(StopIteration) as done:
+            step.send(None)
+        found.append(done.value.value)
+
+    waits = [asyncio.create_task(long_poll()) for _ in range(1000)]
+    await asyncio.sleep(0.01)  # every one waiting
+    await asyncio.to_thread(notifier.notify)  # from another thread, as a commit does
+    await asyncio.gather(*waits)
+    assert found == [2] * 1000
+    assert shared.reads == 2
+
+
+async def test_a_failed_read_before_the_wake_still_wakes_the_waiters() -> None:
+    notifier = Notifier()
+
+    async def failing() -> None:
+        raise RuntimeError("store down")
+
+    notifier.before_wake = failing
+    waits = [asyncio.create_task(notifier.wait(0, 60)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    notifier.notify()
+    assert await asyncio.gather(*waits) == [True] * 3
+
+
 def test_a_silent_defender_leaves_the_cluster_inventory_until_it_calls_again(
     console: Console, admin: ApiClient
 ) -> None:

@@ -213,6 +213,10 @@ class LinkHub:
                                               self.monotonic)
         self.current_revoked = SharedRead(revoked_now, self.credentials, max_age,
                                           self.monotonic)
+        # A change's notice starts the one read at once; the waiting long-polls are
+        # woken when it is done (each resumes once, with the answer at hand).
+        self.policy.before_wake = self.current_policy.get
+        self.inventory.before_wake = self.current_inventory.get
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
         """The current policy as a native document, built once per revision."""

@@ -21,7 +21,7 @@ import contextlib
 import ipaddress
 import secrets
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, cast
@@ -636,12 +636,19 @@ class DefenderService:
 class Notifier:
     """Wakes coroutines waiting (on any event loop) when :meth:`notify` is called
     from any thread. ``generation`` read before checking the store closes the gap
-    between the check and the wait: a change in between wakes at once."""
+    between the check and the wait: a change in between wakes at once.
+
+    ``before_wake``, when set, runs on each waiting loop before its waiters are
+    woken: the long-polls' shared store read. The read starts at once, and each
+    waiting long-poll resumes once, with the new value already at hand (woken
+    first, a thousand long-polls each resumed only to await the read, and the
+    read itself waited behind all of them in the loop's queue)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self.generation = 0
+        self.before_wake: Callable[[], Awaitable[object]] | None = None
 
     def notify(self) -> None:
         with self._lock:
@@ -654,7 +661,7 @@ class Notifier:
             by_loop.setdefault(loop, []).append(future)
         for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed
-                loop.call_soon_threadsafe(_wake, futures)
+                loop.call_soon_threadsafe(_wake, futures, self.before_wake)
 
     async def wait(self, generation: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a notification after ``generation``; True if one came."""
@@ -675,7 +682,32 @@ class Notifier:
                 self._waiters.discard(entry)
 
 
-def _wake(futures: list[asyncio.Future[None]]) -> None:
+_PREPARING: set[asyncio.Task[None]] = set()  # before_wake tasks running (kept referenced)
+
+
+def _wake(futures: list[asyncio.Future[None]],
+          before: Callable[[], Awaitable[object]] | None = None) -> None:
+    """On the waiters' loop: wake them, after ``before`` when given."""
+    if before is None:
+        _set(futures)
+        return
+    task = asyncio.ensure_future(_prepared(futures, before))
+    _PREPARING.add(task)
+    task.add_done_callback(_PREPARING.discard)
+
+
+async def _prepared(futures: list[asyncio.Future[None]],
+                    before: Callable[[], Awaitable[object]]) -> None:
+    try:
+        # A failed read wakes them all the same: each reads again, and answers
+        # with that read's error.
+        with contextlib.suppress(Exception):
+            await before()
+    finally:
+        _set(futures)
+
+
+def _set(futures: list[asyncio.Future[None]]) -> None:
     for future in futures:
         if not future.done():
             future.set_result(None)
