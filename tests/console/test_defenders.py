@@ -525,6 +525,17 @@ async def _poll_while_async(console: Console, credential: str, path: str, revisi
         return await poll
 
 
+def _answered(console: Console, topic: str) -> tuple[float, float]:
+    """How many long-polls answered with a change they were notified of, and how
+    many of those took over 5 s (cnnf_console_long_poll_answer_seconds)."""
+    registry = console.app.state.link.metrics.registry
+    count = registry.get_sample_value("cnnf_console_long_poll_answer_seconds_count",
+                                      {"topic": topic}) or 0.0
+    within = registry.get_sample_value("cnnf_console_long_poll_answer_seconds_bucket",
+                                       {"topic": topic, "le": "5.0"}) or 0.0
+    return count, count - within
+
+
 def _credential(defender: ApiClient) -> str:
     return defender._client.headers["Authorization"].removeprefix("Bearer ")
 
@@ -545,6 +556,8 @@ def test_a_policy_change_wakes_a_waiting_defender(
     assert r.status_code == 200
     assert r.json()["revision"] == 1
     assert [o.name for o in load_policy(r.json()["document"]).objects] == ["internet"]
+    # The Console's share of propagation, from the commit's notice to the answer.
+    assert _answered(console, "policy") == (1, 0)
 
 
 def test_an_inventory_change_wakes_a_waiting_defender(
@@ -565,6 +578,7 @@ def test_an_inventory_change_wakes_a_waiting_defender(
     r = _poll_while(console, _credential(d1), "inventory", start, change)
     assert r.status_code == 200
     assert r.json()["revision"] == start + 1
+    assert _answered(console, "inventory") == (1, 0)
 
 
 def test_a_change_by_another_console_process_is_found_in_the_store(
@@ -582,6 +596,7 @@ def test_a_change_by_another_console_process_is_found_in_the_store(
     r = _poll_while(console, _credential(defender), "policy", 0, change)
     assert r.status_code == 200
     assert r.json()["revision"] == 1
+    assert _answered(console, "policy") == (0, 0)  # no notice: not the Console's share
 
 
 async def test_the_notifier_wakes_a_wait_that_starts_after_the_change() -> None:

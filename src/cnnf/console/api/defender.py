@@ -318,21 +318,32 @@ class BatchAnswer(_Wire):
 
 
 async def _long_poll(shared: SharedRead[Current], notifier: Notifier, revision: int,
-                     wait: float, store_poll: float) -> Current | None:
+                     wait: float, store_poll: float) -> tuple[Current | None, float | None]:
     """The current (revision, body) once its revision is not ``revision``, waiting
     up to ``wait`` seconds, waking on the notifier or every ``store_poll`` seconds;
-    None when nothing changed."""
+    None when nothing changed. Second: when the answer came with a notice while it
+    waited, when this process was notified (``time.monotonic()``), else None."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    began = None
     while True:
         generation = notifier.generation
         current = await shared.get()
         if current[0] != revision:
-            return current
+            noticed = notifier.notified_at
+            return current, (noticed if began is not None and noticed >= began else None)
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return None
+            return None, None
+        if began is None:
+            began = time.monotonic()
         await notifier.wait(generation, min(remaining, store_poll))
+
+
+def _answered(link: LinkHub, topic: str, noticed: float | None) -> None:
+    """The Console's share of propagation: from the notice to this answer."""
+    if noticed is not None:
+        link.metrics.answered.labels(topic).observe(time.monotonic() - noticed)
 
 
 async def _answer(link: LinkHub, who: DefenderPrincipal, epoch: int,
@@ -398,11 +409,13 @@ async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
     """The policy as a native document when its revision is not ``revision``;
     else wait up to ``wait`` seconds for a change (204 when none came)."""
     epoch = await link.current_revocations.get()  # as the credential was checked
-    answer = await _long_poll(link.current_policy, link.policy, revision, wait,
-                              link.store_poll)
+    answer, noticed = await _long_poll(link.current_policy, link.policy, revision, wait,
+                                       link.store_poll)
     if wait:
         await _seen(console, link, who)
-    return await _answer(link, who, epoch, answer)
+    response = await _answer(link, who, epoch, answer)
+    _answered(link, "policy", noticed)
+    return response
 
 
 @router.get("/inventory", response_model=ClusterInventory,
@@ -412,11 +425,13 @@ async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
     """Every Defender's hosts and containers when the cluster inventory revision
     is not ``revision``; else wait up to ``wait`` seconds (204 when none came)."""
     epoch = await link.current_revocations.get()  # as the credential was checked
-    answer = await _long_poll(link.current_inventory, link.inventory, revision, wait,
-                              link.store_poll)
+    answer, noticed = await _long_poll(link.current_inventory, link.inventory, revision, wait,
+                                       link.store_poll)
     if wait:
         await _seen(console, link, who)
-    return await _answer(link, who, epoch, answer)
+    response = await _answer(link, who, epoch, answer)
+    _answered(link, "inventory", noticed)
+    return response
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import secrets
 import threading
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -649,10 +650,12 @@ class Notifier:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self.generation = 0
         self.before_wake: Callable[[], Awaitable[object]] | None = None
+        self.notified_at = float("-inf")  # time.monotonic() of the last notify
 
     def notify(self) -> None:
         with self._lock:
             self.generation += 1
+            self.notified_at = time.monotonic()
             waiters = list(self._waiters)
         # One call into each event loop wakes all of its waiters: a thousand
         # long-polls are one wakeup of the loop per change, not a thousand.
