@@ -195,11 +195,20 @@ class ConsoleMetrics:
             self.batches.labels("duplicate").inc()
             return
         self.batches.labels("stored").inc()
+        # Summed here first: one increment per label, not one per record (each is a
+        # label lookup and a lock).
+        verdicts: dict[str, int] = {}
         for f in flows:
-            self.verdicts.labels(f.verdict).inc(f.count)
+            verdicts[f.verdict] = verdicts.get(f.verdict, 0) + f.count
+        for verdict, count in verdicts.items():
+            self.verdicts.labels(verdict).inc(count)
+        folded: dict[tuple[bool, bool], int] = {}
         for a in audits:
-            self.audits.labels("true" if a.blocked else "false",
-                               "true" if a.would else "false").inc(a.count)
+            key = (a.blocked, a.would)
+            folded[key] = folded.get(key, 0) + a.count
+        for (blocked, would), count in folded.items():
+            self.audits.labels("true" if blocked else "false",
+                               "true" if would else "false").inc(count)
         self.ingested.labels("flow").inc(len(flows))
         self.ingested.labels("audit").inc(len(audits))
         if dropped > 0:
