@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from tests.polling import poll
 
-from cnnf.console.store.feed import TOPICS, ChangeFeed
+from cnnf.console.store.feed import CHANNEL, TOPICS, ChangeFeed
 
 pytestmark = pytest.mark.postgres
 
@@ -96,3 +96,28 @@ def test_a_listener_whose_connection_was_killed_reconnects_and_wakes_everything(
     assert a.wait_listening(10) and b.wait_listening(10)
     a.publish("credentials")
     assert poll(lambda: heard_b.count("credentials") == 2, 10)
+
+
+def test_a_notice_of_another_process_sent_on_the_same_backend_is_heard(
+        url: str, feeds: tuple[ChangeFeed, Heard, ChangeFeed, Heard]) -> None:
+    """Two replicas' notices sent through one server backend (a pooler in
+    transaction mode; or, after a server restart, another replica's connection
+    given the pid this one's had): each process still hears the other's, since
+    its own are told apart by a token of the process, not by the backend."""
+    a, heard_a, b, heard_b = feeds
+    a.publish("inventory")  # opens a's publishing connection
+    assert poll(lambda: heard_b.count("inventory") == 1, 10)
+    assert a._publisher is not None
+    # b's revocation notice, sent from a's backend.
+    a._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"credentials {b.origin}"))
+    assert poll(lambda: heard_a.count("credentials") == 1, 10), heard_a.topics
+    assert poll(lambda: b.received == 2, 10)
+    assert heard_b.count("credentials") == 0  # b's own, dropped by b
+
+
+def test_a_bare_topic_from_a_replica_of_an_earlier_version_is_heard_by_all(
+        url: str, feeds: tuple[ChangeFeed, Heard, ChangeFeed, Heard]) -> None:
+    _, heard_a, _, heard_b = feeds
+    with psycopg.connect(url, autocommit=True) as old:
+        old.execute("SELECT pg_notify(%s, 'policy')", (CHANNEL,))
+    assert poll(lambda: heard_a.count("policy") == 1 and heard_b.count("policy") == 1, 10)

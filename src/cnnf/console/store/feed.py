@@ -11,10 +11,14 @@ meanwhile; the long-polls' store poll (slower when the feed runs) remains a
 backstop for a publisher killed between its commit and its notice.
 
 A process has woken its own long-polls before it publishes, so its listener
-drops the notices its own publishing connection sent (by that connection's
-backend pid, unique on the server while it is open): heard again, each change
-woke every long-poll of the publishing replica a second time, and read the
-store again, for nothing.
+drops its own notices: heard again, each change woke every long-poll of the
+publishing replica a second time, and read the store again, for nothing. A
+notice's payload is ``<topic> <origin>``, the origin a random token of the
+publishing process (not its connection's backend pid: a server restart or a
+pooler gives another replica's connection the same pid, and its notices,
+revocations included, would be dropped). A bare ``<topic>`` (a replica of an
+earlier version) is heard as before; such a replica ignores the new payloads
+and learns of other replicas' changes by its store poll until it is upgraded.
 
 SQLite runs one Console process: no feed, only the in-process notifiers.
 """
@@ -22,6 +26,7 @@ SQLite runs one Console process: no feed, only the in-process notifiers.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 
@@ -57,8 +62,7 @@ class ChangeFeed:
         self._listening = threading.Event()
         self._publish_lock = threading.Lock()
         self._publisher: psycopg.Connection[tuple[object, ...]] | None = None
-        # The backend pid of the open publishing connection: its notices are ours.
-        self._own_pid: int | None = None
+        self.origin = secrets.token_hex(8)  # this process, in its notices' payloads
         self.received = 0
         self._thread = threading.Thread(target=self._listen, daemon=True, name="cnnf-feed")
         self._thread.start()
@@ -72,14 +76,12 @@ class ChangeFeed:
             for attempt in (1, 2):
                 try:
                     if self._publisher is None or self._publisher.closed:
-                        self._own_pid = None
                         self._publisher = psycopg.connect(self.url, autocommit=True,
                                                           connect_timeout=5)
-                        self._own_pid = self._publisher.info.backend_pid
-                    self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
+                    self._publisher.execute("SELECT pg_notify(%s, %s)",
+                                            (CHANNEL, f"{topic} {self.origin}"))
                     return
                 except psycopg.Error as exc:
-                    self._own_pid = None
                     if self._publisher is not None:
                         self._publisher.close()
                     self._publisher = None
@@ -99,10 +101,11 @@ class ChangeFeed:
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.5):
                             self.received += 1
-                            if notice.pid == self._own_pid:
+                            topic, _, origin = notice.payload.partition(" ")
+                            if origin == self.origin:
                                 continue  # ours: this process was told before it published
-                            if notice.payload in TOPICS:
-                                self.on_change(notice.payload)
+                            if topic in TOPICS:
+                                self.on_change(topic)
             except psycopg.Error as exc:
                 self._listening.clear()
                 missed = True
@@ -114,7 +117,6 @@ class ChangeFeed:
         self._stop.set()
         self._thread.join(5)
         with self._publish_lock:
-            self._own_pid = None
             if self._publisher is not None:
                 self._publisher.close()
                 self._publisher = None
