@@ -560,6 +560,47 @@ def test_a_policy_change_wakes_a_waiting_defender(
     assert _answered(console, "policy") == (1, 0)
 
 
+def test_a_defender_has_one_waiting_long_poll_per_topic_a_newer_one_ends_the_older(
+    console: Console, admin: ApiClient
+) -> None:
+    """One credential cannot keep thousands of long-polls waiting (each woken and
+    answered on every change): a newer long-poll of the same Defender and topic
+    ends the older at once with 204; another Defender's is not touched."""
+    _, d1 = enroll(console, admin, "node-1")
+    _, d2 = enroll(console, admin, "node-2")
+    console.app.state.link.store_poll = 3600
+    admin_token = console.tokens[Role.ADMIN]
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c.test") as c:
+            def poll(d: ApiClient, topic: str = "policy") -> asyncio.Task[httpx.Response]:
+                return asyncio.create_task(c.get(
+                    f"{API}/defender/{topic}", params={"revision": 0, "wait": 20},
+                    headers={"Authorization": f"Bearer {_credential(d)}"}))
+
+            other = poll(d2)
+            inventory = poll(d1, "inventory")
+            polls = []
+            for _ in range(50):
+                polls.append(poll(d1))
+                await asyncio.sleep(0.02)  # each one waiting before the next comes
+            done, _pending = await asyncio.wait(polls[:-1], timeout=10)
+            assert len(done) == 49  # ended at once, not after their 20 s
+            assert not polls[-1].done() and not other.done() and not inventory.done()
+            r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                             json={"kind": "subnet", "name": "lan", "cidrs": ["10.0.0.0/8"]})
+            assert r.status_code == 201, r.text
+            answers = [await p for p in polls] + [await other]
+            inventory.cancel()
+            return answers
+
+    answers = asyncio.run(scenario())
+    assert [r.status_code for r in answers[:-2]] == [204] * 49
+    assert [(r.status_code, r.json()["revision"]) for r in answers[-2:]] == [(200, 1), (200, 1)]
+    assert console.app.state.link.waiting == {}
+
+
 def test_an_inventory_change_wakes_a_waiting_defender(
     console: Console, admin: ApiClient
 ) -> None:

@@ -117,6 +117,39 @@ class SharedRead(Generic[T]):
 
 
 @dataclass
+class Waiting:
+    """A Defender's waiting long-poll of one topic in this process. A newer one of
+    the same Defender and topic ends it at once (204): one credential cannot keep
+    thousands of long-polls waiting, each to be woken and answered on every change,
+    and a Defender whose connection died half-open does not leave its old poll
+    behind."""
+
+    ended: bool = False
+    future: asyncio.Future[None] | None = None  # the wait in progress
+
+    def end(self) -> None:
+        self.ended = True
+        future = self.future
+        if future is None or future.done():
+            return
+        loop = future.get_loop()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            future.set_result(None)
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_end, future)
+
+
+def _end(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass
 class LinkHub:
     """The Defender link's per-process state, built once by ``create_app``."""
 
@@ -147,6 +180,8 @@ class LinkHub:
     # Long-polls that returned since the last flush: their last_seen is written
     # in one statement per second (not one write per long-poll).
     seen: set[str] = field(default_factory=set)
+    # The one waiting long-poll of each (Defender, topic) in this process.
+    waiting: dict[tuple[str, str], Waiting] = field(default_factory=dict)
 
     def notifier(self, topic: str) -> Notifier:
         return {"policy": self.policy, "inventory": self.inventory,
@@ -318,11 +353,13 @@ class BatchAnswer(_Wire):
 
 
 async def _long_poll(shared: SharedRead[Current], notifier: Notifier, revision: int,
-                     wait: float, store_poll: float) -> tuple[Current | None, float | None]:
+                     wait: float, store_poll: float, *, waiting: Waiting | None = None,
+                     ) -> tuple[Current | None, float | None]:
     """The current (revision, body) once its revision is not ``revision``, waiting
     up to ``wait`` seconds, waking on the notifier or every ``store_poll`` seconds;
-    None when nothing changed. Second: when the answer came with a notice while it
-    waited, when this process was notified (``time.monotonic()``), else None."""
+    None when nothing changed, or when a newer long-poll ended ``waiting``. Second:
+    when the answer came with a notice while it waited, when this process was
+    notified (``time.monotonic()``), else None."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     began = None
@@ -333,11 +370,36 @@ async def _long_poll(shared: SharedRead[Current], notifier: Notifier, revision: 
             noticed = notifier.notified_at
             return current, (noticed if began is not None and noticed >= began else None)
         remaining = deadline - loop.time()
-        if remaining <= 0:
+        if remaining <= 0 or (waiting is not None and waiting.ended):
             return None, None
         if began is None:
             began = time.monotonic()
-        await notifier.wait(generation, min(remaining, store_poll))
+        future: asyncio.Future[None] | None = None
+        if waiting is not None:
+            future = waiting.future = loop.create_future()
+        await notifier.wait(generation, min(remaining, store_poll), future)
+        if waiting is not None and waiting.ended:
+            return None, None
+
+
+@contextlib.contextmanager
+def _only_one(link: LinkHub, who: DefenderPrincipal, topic: str, wait: float,
+              ) -> Iterator[Waiting | None]:
+    """This long-poll as its Defender's one waiting on ``topic``: an older one ends."""
+    if not wait:
+        yield None
+        return
+    key = (who.defender_id, topic)
+    older = link.waiting.get(key)
+    if older is not None:
+        older.end()
+    mine = Waiting()
+    link.waiting[key] = mine
+    try:
+        yield mine
+    finally:
+        if link.waiting.get(key) is mine:
+            del link.waiting[key]
 
 
 def _answered(link: LinkHub, topic: str, noticed: float | None) -> None:
@@ -403,14 +465,17 @@ def _json(current: Current) -> Response:
 
 
 @router.get("/policy", response_model=PolicyAnswer,
-            responses={204: {"description": "no change within the wait"}})
+            responses={204: {"description": "no change within the wait, or a newer "
+                                       "long-poll of this Defender replaced this one"}})
 async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
                      revision: Revision = -1, wait: Wait = 0) -> Any:
     """The policy as a native document when its revision is not ``revision``;
-    else wait up to ``wait`` seconds for a change (204 when none came)."""
+    else wait up to ``wait`` seconds for a change (204 when none came, or at once
+    when a newer long-poll of this Defender replaced this one)."""
     epoch = await link.current_revocations.get()  # as the credential was checked
-    answer, noticed = await _long_poll(link.current_policy, link.policy, revision, wait,
-                                       link.store_poll)
+    with _only_one(link, who, "policy", wait) as waiting:
+        answer, noticed = await _long_poll(link.current_policy, link.policy, revision, wait,
+                                           link.store_poll, waiting=waiting)
     if wait:
         await _seen(console, link, who)
     response = await _answer(link, who, epoch, answer)
@@ -419,14 +484,17 @@ async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
 
 
 @router.get("/inventory", response_model=ClusterInventory,
-            responses={204: {"description": "no change within the wait"}})
+            responses={204: {"description": "no change within the wait, or a newer "
+                                       "long-poll of this Defender replaced this one"}})
 async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
                         revision: Revision = -1, wait: Wait = 0) -> Any:
     """Every Defender's hosts and containers when the cluster inventory revision
-    is not ``revision``; else wait up to ``wait`` seconds (204 when none came)."""
+    is not ``revision``; else wait up to ``wait`` seconds (204 when none came, or at
+    once when a newer long-poll of this Defender replaced this one)."""
     epoch = await link.current_revocations.get()  # as the credential was checked
-    answer, noticed = await _long_poll(link.current_inventory, link.inventory, revision, wait,
-                                       link.store_poll)
+    with _only_one(link, who, "inventory", wait) as waiting:
+        answer, noticed = await _long_poll(link.current_inventory, link.inventory, revision, wait,
+                                           link.store_poll, waiting=waiting)
     if wait:
         await _seen(console, link, who)
     response = await _answer(link, who, epoch, answer)

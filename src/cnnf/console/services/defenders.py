@@ -683,10 +683,13 @@ class Notifier:
             with contextlib.suppress(RuntimeError):  # that loop is closed
                 loop.call_soon_threadsafe(_wake, futures, self.before_wake)
 
-    async def wait(self, generation: int, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a notification after ``generation``; True if one came."""
+    async def wait(self, generation: int, timeout: float,
+                   future: asyncio.Future[None] | None = None) -> bool:
+        """Wait up to ``timeout`` s for a notification after ``generation``; True if one
+        came (or ``future``, given by the caller, got a result from elsewhere)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        if future is None:
+            future = loop.create_future()
         entry = (loop, future)
         with self._lock:
             if self.generation != generation:
