@@ -161,9 +161,10 @@ def answered_buckets(consoles: list[ConsoleProcess], admin: str) -> list[dict[fl
 def bucket_quantile(before: list[dict[float, float]], after: list[dict[float, float]],
                     q: float) -> str:
     """The bucket bound under which a ``q`` share of the answers (all replicas) came."""
+    bounds = {le for buckets in after for le in buckets}  # a replica may have none yet
     total = {le: sum(a.get(le, 0.0) - b.get(le, 0.0) for a, b in zip(after, before,
                                                                         strict=True))
-             for le in after[0]}
+             for le in bounds}
     count = total.get(float("inf"), 0.0)
     if not count:
         return "none"

@@ -699,7 +699,9 @@ async def test_a_change_starts_the_shared_read_and_wakes_the_waiters_with_it_at_
     assert shared.reads == 2
 
 
-async def test_a_failed_read_before_the_wake_still_wakes_the_waiters() -> None:
+async def test_a_failed_read_before_the_wake_still_wakes_the_waiters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     notifier = Notifier()
 
     async def failing() -> None:
@@ -710,6 +712,8 @@ async def test_a_failed_read_before_the_wake_still_wakes_the_waiters() -> None:
     await asyncio.sleep(0.01)
     notifier.notify()
     assert await asyncio.gather(*waits) == [True] * 3
+    assert [r.getMessage() for r in caplog.records if r.name == "cnnf.console.defenders"] == [
+        "Defender link: the store read before waking 3 long-polls failed: store down"]
 
 
 def test_a_silent_defender_leaves_the_cluster_inventory_until_it_calls_again(

@@ -362,22 +362,20 @@ async def _long_poll(shared: SharedRead[Current], notifier: Notifier, revision: 
     notified (``time.monotonic()``), else None."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    began = None
+    noticed = None  # when the notice that woke this long-poll came
     while True:
         generation = notifier.generation
         current = await shared.get()
         if current[0] != revision:
-            noticed = notifier.notified_at
-            return current, (noticed if began is not None and noticed >= began else None)
+            return current, noticed
         remaining = deadline - loop.time()
         if remaining <= 0 or (waiting is not None and waiting.ended):
             return None, None
-        if began is None:
-            began = time.monotonic()
         future: asyncio.Future[None] | None = None
         if waiting is not None:
             future = waiting.future = loop.create_future()
-        await notifier.wait(generation, min(remaining, store_poll), future)
+        if await notifier.wait(generation, min(remaining, store_poll), future):
+            noticed = notifier.notified_at if generation != notifier.generation else None
         if waiting is not None and waiting.ended:
             return None, None
 
@@ -403,7 +401,8 @@ def _only_one(link: LinkHub, who: DefenderPrincipal, topic: str, wait: float,
 
 
 def _answered(link: LinkHub, topic: str, noticed: float | None) -> None:
-    """The Console's share of propagation: from the notice to this answer."""
+    """The Console's share of propagation: from the notice that woke the long-poll
+    to its answer handed to the server (the write of the body is not in it)."""
     if noticed is not None:
         link.metrics.answered.labels(topic).observe(time.monotonic() - noticed)
 

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Table, bindparam, case, delete, func, select, update
+from sqlalchemy import Insert, Table, bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -59,6 +61,7 @@ from cnnf.model.records import (
 from cnnf.model.rule import JSON_INTEGER, Effect, PolicyModel
 from cnnf.policy.observed import recorded_text
 
+log = logging.getLogger("cnnf.console.defenders")
 ENROLLMENT_PREFIX = "cnnfe_"
 CREDENTIAL_PREFIX = "cnnfd_"
 # A Defender calls at least every long-poll wait (25 s by default) and its
@@ -264,33 +267,27 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-_CLAIMS: dict[str, Any] = {}
-
-
-def _claim(dialect: str) -> Any:
+@functools.cache
+def _claim(dialect: str) -> Insert:
     """A batch id's claim: INSERT .. SELECT .. ON CONFLICT DO NOTHING RETURNING,
     only from a Defender the store has not revoked (the caller's credential may
     have been taken from a process's cache that has not heard of the revocation
     yet: a revoked Defender stores nothing). Built once per dialect, its values
     bound at each call: built per batch, the statement and its cache key were
     about a millisecond of CPU a batch."""
-    stmt = _CLAIMS.get(dialect)
-    if stmt is None:
-        table = cast(Table, ReportBatchRow.__table__)
-        c = table.c
-        insert_ = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-        claimant = select(
-            bindparam("batch_id", type_=c.batch_id.type), DefenderRow.defender_id,
-            bindparam("received", type_=c.received.type),
-            bindparam("flows", type_=c.flows.type), bindparam("audits", type_=c.audits.type),
-            bindparam("dropped", type_=c.dropped.type),
-        ).where(DefenderRow.defender_id == bindparam("defender_id"),
-                DefenderRow.revoked.is_(False))
-        stmt = insert_.from_select(
-            [c.batch_id, c.defender_id, c.received, c.flows, c.audits, c.dropped],
-            claimant).on_conflict_do_nothing().returning(c.batch_id)
-        _CLAIMS[dialect] = stmt
-    return stmt
+    table = cast(Table, ReportBatchRow.__table__)
+    c = table.c
+    insert_ = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    claimant = select(
+        bindparam("batch_id", type_=c.batch_id.type), DefenderRow.defender_id,
+        bindparam("received", type_=c.received.type),
+        bindparam("flows", type_=c.flows.type), bindparam("audits", type_=c.audits.type),
+        bindparam("dropped", type_=c.dropped.type),
+    ).where(DefenderRow.defender_id == bindparam("defender_id"),
+            DefenderRow.revoked.is_(False))
+    return insert_.from_select(
+        [c.batch_id, c.defender_id, c.received, c.flows, c.audits, c.dropped],
+        claimant).on_conflict_do_nothing().returning(c.batch_id)
 
 
 def revocations(session: Session) -> int:
@@ -722,10 +719,12 @@ def _wake(futures: list[asyncio.Future[None]],
 async def _prepared(futures: list[asyncio.Future[None]],
                     before: Callable[[], Awaitable[object]]) -> None:
     try:
+        await before()
+    except Exception as exc:
         # A failed read wakes them all the same: each reads again, and answers
         # with that read's error.
-        with contextlib.suppress(Exception):
-            await before()
+        log.warning("Defender link: the store read before waking %d long-polls failed: %s",
+                    len(futures), exc)
     finally:
         _set(futures)
 

@@ -13,7 +13,19 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import ColumnElement, Select, Table, and_, case, delete, func, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -308,32 +320,26 @@ _FLOW_KEY = ("kind", "src", "dst", "port", "verdict", "rule_id", "mode", "would"
              "would_rule_id", "ident")
 
 
-_UPSERTS: dict[str, Any] = {}
-
-
-def _flow_upsert(dialect: str) -> Any:
+@functools.cache
+def _flow_upsert(dialect: str) -> Insert:
     """The flows' upsert (a Core statement: no ORM bookkeeping per row), built once
     per dialect: built for every batch, it and its cache key cost about a
     millisecond of the ingestion path's CPU per batch."""
-    stmt = _UPSERTS.get(dialect)
-    if stmt is None:
-        table = cast(Table, FlowRow.__table__)
-        insert_ = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-        excluded, c = insert_.excluded, table.c
-        stmt = insert_.on_conflict_do_update(
-            index_elements=list(_FLOW_KEY),
-            set_={
-                "count": c.count + excluded.count,
-                "rule_name": excluded.rule_name,
-                "would_rule_name": excluded.would_rule_name,
-                "first_seen": case((excluded.first_seen < c.first_seen,
-                                    excluded.first_seen), else_=c.first_seen),
-                "last_seen": case((excluded.last_seen > c.last_seen,
-                                   excluded.last_seen), else_=c.last_seen),
-            },
-        )
-        _UPSERTS[dialect] = stmt
-    return stmt
+    table = cast(Table, FlowRow.__table__)
+    insert_ = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    excluded, c = insert_.excluded, table.c
+    return insert_.on_conflict_do_update(
+        index_elements=list(_FLOW_KEY),
+        set_={
+            "count": c.count + excluded.count,
+            "rule_name": excluded.rule_name,
+            "would_rule_name": excluded.would_rule_name,
+            "first_seen": case((excluded.first_seen < c.first_seen,
+                                excluded.first_seen), else_=c.first_seen),
+            "last_seen": case((excluded.last_seen > c.last_seen,
+                               excluded.last_seen), else_=c.last_seen),
+        },
+    )
 
 
 def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
