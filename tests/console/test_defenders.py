@@ -208,6 +208,26 @@ def test_a_revoked_defender_gets_401_on_every_call(console: Console, admin: ApiC
 # --- reports ---------------------------------------------------------------------------
 
 
+def test_a_batch_id_another_defender_stored_is_refused_with_409_not_called_a_duplicate(
+    console: Console, admin: ApiClient
+) -> None:
+    """A duplicate is the same Defender's batch again; another Defender's id (a
+    cloned state directory, a buggy Defender) is 409 and stores nothing, instead of
+    an answer that makes the Defender drop its records without a trace."""
+    _, d1 = enroll(console, admin, "node-1")
+    _, d2 = enroll(console, admin, "node-2")
+    assert post_batch(d1, ReportBatch(batch_id="b-1", audits=[audit(count=2)])).json() == {
+        "accepted": True, "duplicate": False}
+    r = post_batch(d2, ReportBatch(batch_id="b-1", audits=[audit(count=5)],
+                                   flows=[flow(count=9)]))
+    assert r.status_code == 409, r.text
+    assert "'b-1' was stored by another Defender" in r.json()["detail"]
+    assert admin.get(f"{API}/audits").json()["total"] == 1
+    assert admin.get(f"{API}/flows").json()["total"] == 0
+    again = post_batch(d1, ReportBatch(batch_id="b-1", audits=[audit(count=2)]))
+    assert again.json() == {"accepted": True, "duplicate": True}  # its own: a duplicate
+
+
 def test_a_batch_is_stored_once_flows_merged_and_audits_folded(
     console: Console, admin: ApiClient
 ) -> None:

@@ -221,6 +221,29 @@ def test_a_batch_the_console_refuses_as_too_large_is_dropped_and_counted(
     assert console.flow_counts() == {1: 1, 2: 1, 3: 1, 4: 1}
 
 
+def test_a_batch_id_another_defender_stored_is_dropped_and_counted_not_retried_for_good(
+    console: RealConsole, tmp_path: Path
+) -> None:
+    """Two Defenders with one batch id (a cloned state directory): the Console
+    answers 409 to the second; its Defender counts the batch's records as dropped
+    (reported next) rather than taking it for stored, or retrying it for ever."""
+    first = enrolled(console, tmp_path / "state-1")
+    second = enrolled(console, tmp_path / "state-2")
+    spool_1, spool_2 = Spool(tmp_path / "spool-1"), Spool(tmp_path / "spool-2")
+    spool_1.put(flows_batch("same", range(1, 3)))
+    for batch in (flows_batch("same", range(10, 13)), flows_batch("own", range(20, 21))):
+        spool_2.put(batch)
+    try:
+        assert first.deliver(spool_1) == 1
+        assert second.deliver(spool_2) == 2  # both handled: one refused, one stored
+    finally:
+        first.close()
+        second.close()
+    assert spool_2.pending() == []
+    assert spool_2.take_dropped() == 3
+    assert console.flow_counts() == {1: 1, 2: 1, 20: 1}
+
+
 def test_an_inventory_the_console_refuses_does_not_hold_up_the_reports(
     console: RealConsole, tmp_path: Path
 ) -> None:

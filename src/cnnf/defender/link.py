@@ -56,7 +56,8 @@ class BatchRefused(LinkError):
 
 
 # Answers to a report batch that no retry can change.
-_REFUSED = frozenset({400, 413, 422})
+# 409: its batch id is another Defender's (kept, it would be refused for good).
+_REFUSED = frozenset({400, 409, 413, 422})
 
 
 class ConsoleLink:

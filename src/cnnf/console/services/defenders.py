@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from cnnf.console.security import token_hash
 from cnnf.console.services import commit
-from cnnf.console.services.errors import InvalidInput, NotFound, Unauthorized
+from cnnf.console.services.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from cnnf.console.services.policy import Now, utcnow
 from cnnf.console.services.records import AuditRecord, AuditService, FlowService
 from cnnf.console.services.records import FlowRecord as StoredFlowRecord
@@ -611,10 +611,11 @@ class DefenderService:
                 "dropped": min(max(batch.dropped, 0), 2**31 - 1)})
             if claimed is None:
                 active = self._active(principal.defender_id)
+                owner = self._owner(batch.batch_id)
                 self.session.rollback()
                 if not active:
                     raise Unauthorized("invalid or revoked Defender credential")
-                return StoredBatch(duplicate=True, flows=[], audits=[])
+                return self._duplicate(principal, batch.batch_id, owner)
             if forward_to is None:
                 forward_to = list(self.session.scalars(select(SinkRow.name))) if audits else []
             FlowService(self.session).record_many(flows, commit=False)
@@ -624,13 +625,32 @@ class DefenderService:
         except IntegrityError:
             # The same batch stored at this moment by a parallel delivery.
             self.session.rollback()
-            if self.session.get(ReportBatchRow, batch.batch_id) is not None:
-                return StoredBatch(duplicate=True, flows=[], audits=[])
+            owner = self._owner(batch.batch_id)
+            self.session.rollback()
+            if owner is not None:
+                return self._duplicate(principal, batch.batch_id, owner)
             raise
         except BaseException:
             self.session.rollback()
             raise
         return StoredBatch(duplicate=False, flows=flows, audits=audits, dropped=batch.dropped)
+
+    def _owner(self, batch_id: str) -> str | None:
+        """The Defender that stored batch ``batch_id``, if one did."""
+        return self.session.scalar(select(ReportBatchRow.defender_id).where(
+            ReportBatchRow.batch_id == batch_id))
+
+    @staticmethod
+    def _duplicate(principal: DefenderPrincipal, batch_id: str,
+                   owner: str | None) -> StoredBatch:
+        """A batch id already stored: this Defender's own batch again (a duplicate,
+        stored once), or another Defender's id (a cloned state directory, a buggy
+        Defender): 409, not "stored", so that its records are not dropped silently."""
+        if owner is not None and owner != principal.defender_id:
+            raise Conflict(f"batch_id {batch_id!r} was stored by another Defender: these "
+                           "records are not stored (a Defender's batch ids must be unique)",
+                           [FieldError("batch_id", "stored by another Defender")])
+        return StoredBatch(duplicate=True, flows=[], audits=[])
 
     def _active(self, defender_id: str) -> bool:
         """Whether the Defender is enrolled and not revoked (one row, in the
