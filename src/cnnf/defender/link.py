@@ -56,8 +56,7 @@ class BatchRefused(LinkError):
 
 
 # Answers to a report batch that no retry can change.
-# 409: its batch id is another Defender's (kept, it would be refused for good).
-_REFUSED = frozenset({400, 409, 413, 422})
+_REFUSED = frozenset({400, 413, 422})
 
 
 class ConsoleLink:

@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from cnnf.console.api.contract import Guard, errors
+from cnnf.console.api.contract import Guard
 from cnnf.console.api.deps import ConsoleState, StateDep, _bearer, state
 from cnnf.console.metrics import ConsoleMetrics
 from cnnf.console.security import Permission, token_hash
@@ -524,8 +524,7 @@ def post_inventory(report: InventoryReport, *, console: StateDep, link: HubDep,
     return Response(status_code=204)
 
 
-@router.post("/reports", response_model=BatchAnswer, responses=errors(
-    409, s409="batch_id already stored by another Defender (nothing stored)"))
+@router.post("/reports", response_model=BatchAnswer)
 def post_reports(batch: ReportBatch, *, console: StateDep, link: HubDep,
                  who: Defender) -> BatchAnswer:
     """Store a batch of flows and audits once (by ``batch_id``); 200 means stored."""

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from cnnf.console.security import token_hash
 from cnnf.console.services import commit
-from cnnf.console.services.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from cnnf.console.services.errors import InvalidInput, NotFound, Unauthorized
 from cnnf.console.services.policy import Now, utcnow
 from cnnf.console.services.records import AuditRecord, AuditService, FlowService
 from cnnf.console.services.records import FlowRecord as StoredFlowRecord
@@ -269,7 +269,8 @@ def _is_ip(text: str) -> bool:
 
 @functools.cache
 def _claim(dialect: str) -> Insert:
-    """A batch id's claim: INSERT .. SELECT .. ON CONFLICT DO NOTHING RETURNING,
+    """A batch id's claim (ids are per Defender: the table's key is the batch id
+    and the Defender's): INSERT .. SELECT .. ON CONFLICT DO NOTHING RETURNING,
     only from a Defender the store has not revoked (the caller's credential may
     have been taken from a process's cache that has not heard of the revocation
     yet: a revoked Defender stores nothing). Built once per dialect, its values
@@ -611,11 +612,10 @@ class DefenderService:
                 "dropped": min(max(batch.dropped, 0), 2**31 - 1)})
             if claimed is None:
                 active = self._active(principal.defender_id)
-                owner = self._owner(batch.batch_id)
                 self.session.rollback()
                 if not active:
                     raise Unauthorized("invalid or revoked Defender credential")
-                return self._duplicate(principal, batch.batch_id, owner)
+                return StoredBatch(duplicate=True, flows=[], audits=[])
             if forward_to is None:
                 forward_to = list(self.session.scalars(select(SinkRow.name))) if audits else []
             FlowService(self.session).record_many(flows, commit=False)
@@ -625,32 +625,14 @@ class DefenderService:
         except IntegrityError:
             # The same batch stored at this moment by a parallel delivery.
             self.session.rollback()
-            owner = self._owner(batch.batch_id)
-            self.session.rollback()
-            if owner is not None:
-                return self._duplicate(principal, batch.batch_id, owner)
+            if self.session.get(ReportBatchRow, (batch.batch_id,
+                                                 principal.defender_id)) is not None:
+                return StoredBatch(duplicate=True, flows=[], audits=[])
             raise
         except BaseException:
             self.session.rollback()
             raise
         return StoredBatch(duplicate=False, flows=flows, audits=audits, dropped=batch.dropped)
-
-    def _owner(self, batch_id: str) -> str | None:
-        """The Defender that stored batch ``batch_id``, if one did."""
-        return self.session.scalar(select(ReportBatchRow.defender_id).where(
-            ReportBatchRow.batch_id == batch_id))
-
-    @staticmethod
-    def _duplicate(principal: DefenderPrincipal, batch_id: str,
-                   owner: str | None) -> StoredBatch:
-        """A batch id already stored: this Defender's own batch again (a duplicate,
-        stored once), or another Defender's id (a cloned state directory, a buggy
-        Defender): 409, not "stored", so that its records are not dropped silently."""
-        if owner is not None and owner != principal.defender_id:
-            raise Conflict(f"batch_id {batch_id!r} was stored by another Defender: these "
-                           "records are not stored (a Defender's batch ids must be unique)",
-                           [FieldError("batch_id", "stored by another Defender")])
-        return StoredBatch(duplicate=True, flows=[], audits=[])
 
     def _active(self, defender_id: str) -> bool:
         """Whether the Defender is enrolled and not revoked (one row, in the
