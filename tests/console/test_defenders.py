@@ -584,7 +584,7 @@ def test_a_policy_change_wakes_a_waiting_defender(
 
 
 def test_a_defender_has_one_waiting_long_poll_per_topic_a_newer_one_ends_the_older(
-    console: Console, admin: ApiClient
+    console: Console, admin: ApiClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One credential cannot keep thousands of long-polls waiting (each woken and
     answered on every change): a newer long-poll of the same Defender and topic
@@ -622,6 +622,9 @@ def test_a_defender_has_one_waiting_long_poll_per_topic_a_newer_one_ends_the_old
     assert [r.status_code for r in answers[:-2]] == [204] * 49
     assert [(r.status_code, r.json()["revision"]) for r in answers[-2:]] == [(200, 1), (200, 1)]
     assert console.app.state.link.waiting == {}
+    # Said once (not 49 times): two processes sharing one credential end each other's.
+    [line] = [r.getMessage() for r in caplog.records if r.name == "cnnf.console.defender"]
+    assert "a new policy long-poll replaced one still waiting" in line
 
 
 def test_an_inventory_change_wakes_a_waiting_defender(

@@ -31,8 +31,8 @@ and traffic rates, so they are not public.
 - ``cnnf_console_long_poll_answer_seconds{topic}``: a histogram of the time from
   this process learning of a policy or inventory change (its own commit, or
   another replica's notice) to each waiting Defender long-poll woken by it
-  handing its answer to the HTTP server (the write itself not included): the
-  Console's share of propagation;
+  having written its answer to the connection: the Console's share of
+  propagation;
 - ``cnnf_console_lease_held{lease}``: 1 in the one replica doing the singleton work
   (forwarding, retention);
 - ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.

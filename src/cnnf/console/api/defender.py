@@ -28,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
 from cnnf.console.api.contract import Guard
 from cnnf.console.api.deps import ConsoleState, StateDep, _bearer, state
@@ -56,6 +57,7 @@ log = logging.getLogger("cnnf.console.defender")
 router = APIRouter(prefix="/defender", tags=["defender"])
 MAX_WAIT = 30.0
 SEEN_FLUSH_SECONDS = 1.0
+REPLACED_LOG_SECONDS = 60.0
 T = TypeVar("T")
 Current = tuple[int, bytes]  # a revision and its answer's JSON body
 
@@ -182,6 +184,7 @@ class LinkHub:
     seen: set[str] = field(default_factory=set)
     # The one waiting long-poll of each (Defender, topic) in this process.
     waiting: dict[tuple[str, str], Waiting] = field(default_factory=dict)
+    replaced: dict[str, float] = field(default_factory=dict)  # last logged, per Defender
 
     def notifier(self, topic: str) -> Notifier:
         return {"policy": self.policy, "inventory": self.inventory,
@@ -391,6 +394,13 @@ def _only_one(link: LinkHub, who: DefenderPrincipal, topic: str, wait: float,
     older = link.waiting.get(key)
     if older is not None:
         older.end()
+        now = time.monotonic()
+        if now - link.replaced.get(who.defender_id, float("-inf")) >= REPLACED_LOG_SECONDS:
+            link.replaced[who.defender_id] = now  # at most one line a minute per Defender
+            log.warning("Defender %s (%s): a new %s long-poll replaced one still waiting "
+                        "(204); two processes with one credential end each other's "
+                        "(a state directory copied to another node?)",
+                        who.defender_id, who.hostname, topic)
     mine = Waiting()
     link.waiting[key] = mine
     try:
@@ -400,11 +410,11 @@ def _only_one(link: LinkHub, who: DefenderPrincipal, topic: str, wait: float,
             del link.waiting[key]
 
 
-def _answered(link: LinkHub, topic: str, noticed: float | None) -> None:
+def _answered(link: LinkHub, topic: str, noticed: float) -> None:
     """The Console's share of propagation: from the notice that woke the long-poll
-    to its answer handed to the server (the write of the body is not in it)."""
-    if noticed is not None:
-        link.metrics.answered.labels(topic).observe(time.monotonic() - noticed)
+    to its answer written to the connection (run as the response's background
+    task, after its body was sent)."""
+    link.metrics.answered.labels(topic).observe(time.monotonic() - noticed)
 
 
 async def _answer(link: LinkHub, who: DefenderPrincipal, epoch: int,
@@ -478,7 +488,8 @@ async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
     if wait:
         await _seen(console, link, who)
     response = await _answer(link, who, epoch, answer)
-    _answered(link, "policy", noticed)
+    if noticed is not None:  # measured once the answer is written (a background task)
+        response.background = BackgroundTask(_answered, link, "policy", noticed)
     return response
 
 
@@ -497,7 +508,8 @@ async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
     if wait:
         await _seen(console, link, who)
     response = await _answer(link, who, epoch, answer)
-    _answered(link, "inventory", noticed)
+    if noticed is not None:  # measured once the answer is written (a background task)
+        response.background = BackgroundTask(_answered, link, "inventory", noticed)
     return response
 
 
