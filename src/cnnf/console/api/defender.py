@@ -410,10 +410,10 @@ def _only_one(link: LinkHub, who: DefenderPrincipal, topic: str, wait: float,
             del link.waiting[key]
 
 
-def _answered(link: LinkHub, topic: str, noticed: float) -> None:
+async def _answered(link: LinkHub, topic: str, noticed: float) -> None:
     """The Console's share of propagation: from the notice that woke the long-poll
     to its answer written to the connection (run as the response's background
-    task, after its body was sent)."""
+    task, after its body was sent; async: on the event loop, no worker thread)."""
     link.metrics.answered.labels(topic).observe(time.monotonic() - noticed)
 
 
