@@ -195,7 +195,7 @@ class NoticeClock:
             for notice in self.conn.notifies(timeout=0.2):
                 now = time.perf_counter()
                 with self._lock:
-                    if notice.payload == "policy" and self._heard is None:
+                    if notice.payload.partition(" ")[0] == "policy" and self._heard is None:
                         self._heard = now
 
     def mark(self) -> None:
