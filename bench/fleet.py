@@ -11,6 +11,13 @@ measures one replica and three:
 - policy change -> applied on every Defender: a change through replica 0
   (a new network object), until every Defender's long-poll returned the new
   revision; median and p99 over the Defenders of all rounds (goal <= 1 s);
+  beside it, the Consoles' own share (each replica's histogram
+  ``cnnf_console_long_poll_answer_seconds``: from the replica learning of the
+  change to each long-poll answering, as bucket bounds), per replica the
+  spread of its Defenders' times, and when the bench's own LISTEN connection
+  heard the change feed's notice (negative: before the change's HTTP answer
+  reached the bench): where the time goes, PostgreSQL, the replicas or the
+  simulated clients;
 - report ingestion: records stored per second, batches of flows and audits
   posted by the fleet's Defenders, spread over the replicas (goal: 3 replicas
   >= 2x one);
@@ -33,12 +40,15 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -127,6 +137,79 @@ def batch(defender: int, n: int) -> dict[str, Any]:
                "message": "blocked connection", "reporter": f"node-{defender}"}
               for _ in range(20)]
     return {"batch_id": f"d{defender}-b{n}", "flows": flows, "audits": audits}
+
+
+ANSWERED = "cnnf_console_long_poll_answer_seconds_bucket"
+
+
+def answered_buckets(consoles: list[ConsoleProcess], admin: str) -> list[dict[float, float]]:
+    """Each replica's histogram of its own share of propagation (policy): from the
+    replica learning of the change to each long-poll answering with it."""
+    found: list[dict[float, float]] = []
+    for console in consoles:
+        text = httpx.get(f"{console.url}/metrics", timeout=30,
+                         headers={"Authorization": f"Bearer {admin}"}).text
+        buckets: dict[float, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == ANSWERED and sample.labels.get("topic") == "policy":
+                    buckets[float(sample.labels["le"])] = sample.value
+        found.append(buckets)
+    return found
+
+
+def bucket_quantile(before: list[dict[float, float]], after: list[dict[float, float]],
+                    q: float) -> str:
+    """The bucket bound under which a ``q`` share of the answers (all replicas) came."""
+    bounds = {le for buckets in after for le in buckets}  # a replica may have none yet
+    total = {le: sum(a.get(le, 0.0) - b.get(le, 0.0) for a, b in zip(after, before,
+                                                                        strict=True))
+             for le in bounds}
+    count = total.get(float("inf"), 0.0)
+    if not count:
+        return "none"
+    for le in sorted(total):
+        if total[le] >= q * count:
+            return f"<= {le * 1000:.0f} ms" if le != float("inf") else "> 10 s"
+    return "?"
+
+
+class NoticeClock:
+    """The bench's own LISTEN connection on the Consoles' change feed: when the
+    first ``policy`` notice after :meth:`mark` reached a client of PostgreSQL (a
+    listener that does nothing else), to tell PostgreSQL's delivery from a
+    replica's wake."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute("LISTEN cnnf_changes")
+        self._lock = threading.Lock()
+        self._marked = 0.0
+        self._heard: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for notice in self.conn.notifies(timeout=0.2):
+                now = time.perf_counter()
+                with self._lock:
+                    if notice.payload.partition(" ")[0] == "policy" and self._heard is None:
+                        self._heard = now
+
+    def mark(self) -> None:
+        with self._lock:
+            self._marked, self._heard = time.perf_counter(), None
+
+    def heard_at(self) -> float | None:
+        with self._lock:
+            return self._heard
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.conn.close()
 
 
 class Fleet:
@@ -250,7 +333,7 @@ class Fleet:
 
 
 async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace,
-                  server: postgres.PostgresServer) -> dict[str, Any]:
+                  server: postgres.PostgresServer, server_url: str) -> dict[str, Any]:
     r = httpx.post(f"{consoles[0].url}{API}/auth/login",
                    json={"username": "admin", "password": PASSWORD}, timeout=30)
     r.raise_for_status()
@@ -267,13 +350,27 @@ async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace,
     meter = CpuMeter(pids, server)
     meter.start()
     latencies: list[float] = []
-    for k in range(args.rounds):
-        revision = max(fleet.seen)
-        t0 = await fleet.change(k)
-        assert await fleet.until(revision + 1, 60), "not every Defender got the change"
-        latencies += [at - t0 for at in fleet.seen_at]
-        await asyncio.sleep(0.5)
+    by_replica: list[list[float]] = [[] for _ in consoles]
+    heard: list[float] = []  # change -> the bench's own LISTEN connection heard it
+    listener = NoticeClock(server_url)
+    buckets_before = answered_buckets(consoles, fleet.admin)
+    try:
+        for k in range(args.rounds):
+            revision = max(fleet.seen)
+            listener.mark()
+            t0 = await fleet.change(k)
+            assert await fleet.until(revision + 1, 60), "not every Defender got the change"
+            latencies += [at - t0 for at in fleet.seen_at]
+            for i, at in enumerate(fleet.seen_at):
+                by_replica[i % len(consoles)].append(at - t0)
+            got = listener.heard_at()
+            if got is not None:
+                heard.append(got - t0)
+            await asyncio.sleep(0.5)
+    finally:
+        listener.close()
     cpu_changes = meter.stop()
+    buckets_after = answered_buckets(consoles, fleet.admin)
     fleet.stop = True
     meter.start()
     rate = await fleet.ingest(args.batches, args.concurrency)
@@ -286,6 +383,10 @@ async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace,
         await fleet.polls.close()
     latencies.sort()
     return {"median": statistics.median(latencies),
+            "replicas": [(min(v), statistics.median(v), max(v)) for v in by_replica],
+            "heard": heard,
+            "console_median": bucket_quantile(buckets_before, buckets_after, 0.5),
+            "console_p99": bucket_quantile(buckets_before, buckets_after, 0.99),
             "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "rate": rate, "kib": (during - before) / args.defenders, "errors": fleet.errors,
             "cpu_changes": cpu_changes, "cpu_ingest": cpu_ingest}
@@ -303,7 +404,7 @@ def run(server: postgres.PostgresServer, replicas: int, args: argparse.Namespace
     try:
         for c in consoles:
             c.start()
-        return asyncio.run(measure(consoles, args, server))
+        return asyncio.run(measure(consoles, args, server, db))
     finally:
         for c in consoles:
             if c.proc is not None and c.proc.poll() is None:
@@ -337,11 +438,21 @@ def main() -> None:
           f"{three['median'] * 1000:>11.0f} ms")
     print(f"{'policy change -> all, p99':34}{one['p99'] * 1000:>11.0f} ms"
           f"{three['p99'] * 1000:>11.0f} ms")
+    print(f"{'  in the Consoles, median':34}{one['console_median']:>14}"
+          f"{three['console_median']:>14}")
+    print(f"{'  in the Consoles, p99':34}{one['console_p99']:>14}"
+          f"{three['console_p99']:>14}")
     print(f"{'report ingestion':34}{one['rate']:>9.0f} rec/s{three['rate']:>9.0f} rec/s"
           f"  ({three['rate'] / one['rate']:.2f}x)")
     print(f"{'Console memory per Defender':34}{one['kib']:>10.1f} KiB{three['kib']:>10.1f} KiB")
     print(f"long-poll errors: 1 replica {one['errors'] or 'none'}; "
           f"3 replicas {three['errors'] or 'none'}")
+    for replicas, result in results.items():
+        print(f"{replicas} replica(s): change -> the bench's LISTEN heard it: "
+              + ", ".join(f"{h * 1000:.0f}" for h in result["heard"]) + " ms")
+        for r, (low, mid, high) in enumerate(result["replicas"]):
+            print(f"  Defenders of replica {r}: change -> applied min {low * 1000:.0f} ms, "
+                  f"median {mid * 1000:.0f} ms, max {high * 1000:.0f} ms")
     for replicas, result in results.items():
         for phase in ("changes", "ingest"):
             used = result[f"cpu_{phase}"]

@@ -208,6 +208,29 @@ def test_a_revoked_defender_gets_401_on_every_call(console: Console, admin: ApiC
 # --- reports ---------------------------------------------------------------------------
 
 
+def test_batch_ids_are_per_defender_another_defenders_id_is_stored_not_a_duplicate(
+    console: Console, admin: ApiClient
+) -> None:
+    """A duplicate is the same Defender's batch again; two Defenders sending one id
+    (a state directory copied to another node) each get theirs stored, where the
+    second was taken for a duplicate and its records dropped without a trace."""
+    _, d1 = enroll(console, admin, "node-1")
+    _, d2 = enroll(console, admin, "node-2")
+    assert post_batch(d1, ReportBatch(batch_id="b-1", audits=[audit(count=2)])).json() == {
+        "accepted": True, "duplicate": False}
+    r = post_batch(d2, ReportBatch(batch_id="b-1", audits=[audit(count=5)],
+                                   flows=[flow(count=9)]))
+    assert r.json() == {"accepted": True, "duplicate": False}, r.text
+    audits = admin.get(f"{API}/audits").json()["items"]
+    assert sorted((a["defender"], a["count"]) for a in audits) == [("node-1", 2), ("node-2", 5)]
+    [f] = admin.get(f"{API}/flows").json()["items"]
+    assert f["count"] == 9
+    for d in (d1, d2):  # each one's own redelivery: a duplicate, stored once
+        again = post_batch(d, ReportBatch(batch_id="b-1", audits=[audit(count=7)]))
+        assert again.json() == {"accepted": True, "duplicate": True}
+    assert admin.get(f"{API}/audits").json()["total"] == 2
+
+
 def test_a_batch_is_stored_once_flows_merged_and_audits_folded(
     console: Console, admin: ApiClient
 ) -> None:
@@ -525,6 +548,17 @@ async def _poll_while_async(console: Console, credential: str, path: str, revisi
         return await poll
 
 
+def _answered(console: Console, topic: str) -> tuple[float, float]:
+    """How many long-polls answered with a change they were notified of, and how
+    many of those took over 5 s (cnnf_console_long_poll_answer_seconds)."""
+    registry = console.app.state.link.metrics.registry
+    count = registry.get_sample_value("cnnf_console_long_poll_answer_seconds_count",
+                                      {"topic": topic}) or 0.0
+    within = registry.get_sample_value("cnnf_console_long_poll_answer_seconds_bucket",
+                                       {"topic": topic, "le": "5.0"}) or 0.0
+    return count, count - within
+
+
 def _credential(defender: ApiClient) -> str:
     return defender._client.headers["Authorization"].removeprefix("Bearer ")
 
@@ -545,6 +579,52 @@ def test_a_policy_change_wakes_a_waiting_defender(
     assert r.status_code == 200
     assert r.json()["revision"] == 1
     assert [o.name for o in load_policy(r.json()["document"]).objects] == ["internet"]
+    # The Console's share of propagation, from the commit's notice to the answer.
+    assert _answered(console, "policy") == (1, 0)
+
+
+def test_a_defender_has_one_waiting_long_poll_per_topic_a_newer_one_ends_the_older(
+    console: Console, admin: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One credential cannot keep thousands of long-polls waiting (each woken and
+    answered on every change): a newer long-poll of the same Defender and topic
+    ends the older at once with 204; another Defender's is not touched."""
+    _, d1 = enroll(console, admin, "node-1")
+    _, d2 = enroll(console, admin, "node-2")
+    console.app.state.link.store_poll = 3600
+    admin_token = console.tokens[Role.ADMIN]
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c.test") as c:
+            def poll(d: ApiClient, topic: str = "policy") -> asyncio.Task[httpx.Response]:
+                return asyncio.create_task(c.get(
+                    f"{API}/defender/{topic}", params={"revision": 0, "wait": 20},
+                    headers={"Authorization": f"Bearer {_credential(d)}"}))
+
+            other = poll(d2)
+            inventory = poll(d1, "inventory")
+            polls = []
+            for _ in range(50):
+                polls.append(poll(d1))
+                await asyncio.sleep(0.02)  # each one waiting before the next comes
+            done, _pending = await asyncio.wait(polls[:-1], timeout=10)
+            assert len(done) == 49  # ended at once, not after their 20 s
+            assert not polls[-1].done() and not other.done() and not inventory.done()
+            r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                             json={"kind": "subnet", "name": "lan", "cidrs": ["10.0.0.0/8"]})
+            assert r.status_code == 201, r.text
+            answers = [await p for p in polls] + [await other]
+            inventory.cancel()
+            return answers
+
+    answers = asyncio.run(scenario())
+    assert [r.status_code for r in answers[:-2]] == [204] * 49
+    assert [(r.status_code, r.json()["revision"]) for r in answers[-2:]] == [(200, 1), (200, 1)]
+    assert console.app.state.link.waiting == {}
+    # Said once (not 49 times): two processes sharing one credential end each other's.
+    [line] = [r.getMessage() for r in caplog.records if r.name == "cnnf.console.defender"]
+    assert "a new policy long-poll replaced one still waiting" in line
 
 
 def test_an_inventory_change_wakes_a_waiting_defender(
@@ -565,6 +645,7 @@ def test_an_inventory_change_wakes_a_waiting_defender(
     r = _poll_while(console, _credential(d1), "inventory", start, change)
     assert r.status_code == 200
     assert r.json()["revision"] == start + 1
+    assert _answered(console, "inventory") == (1, 0)
 
 
 def test_a_change_by_another_console_process_is_found_in_the_store(
@@ -582,6 +663,7 @@ def test_a_change_by_another_console_process_is_found_in_the_store(
     r = _poll_while(console, _credential(defender), "policy", 0, change)
     assert r.status_code == 200
     assert r.json()["revision"] == 1
+    assert _answered(console, "policy") == (0, 0)  # no notice: not the Console's share
 
 
 async def test_the_notifier_wakes_a_wait_that_starts_after_the_change() -> None:
@@ -615,6 +697,49 @@ async def test_one_notice_wakes_every_waiter_of_a_loop_with_one_call_into_it(
     await asyncio.to_thread(notifier.notify)  # from another thread, as a commit does
     assert await asyncio.gather(*waits) == [True] * 50
     assert wakes == [50]
+
+
+async def test_a_change_starts_the_shared_read_and_wakes_the_waiters_with_it_at_hand() -> None:
+    """With the shared read as ``before_wake``, a notice starts the one read at once
+    and the waiters resume after it: each finds the new value without awaiting
+    (no second resumption per long-poll), and a thousand waiters are one read."""
+    notifier = Notifier()
+    values = iter([1, 2])
+    shared: SharedRead[int] = SharedRead(lambda: next(values), notifier, lambda: 3600.0)
+    notifier.before_wake = shared.get
+    assert await shared.get() == 1
+    found: list[int] = []
+
+    async def long_poll() -> None:
+        assert await notifier.wait(notifier.generation, 60)
+        step = shared.get()  # a coroutine that finishes at its first step: no await
+        with pytest.raises(StopIteration) as done:
+            step.send(None)
+        found.append(done.value.value)
+
+    waits = [asyncio.create_task(long_poll()) for _ in range(1000)]
+    await asyncio.sleep(0.01)  # every one waiting
+    await asyncio.to_thread(notifier.notify)  # from another thread, as a commit does
+    await asyncio.gather(*waits)
+    assert found == [2] * 1000
+    assert shared.reads == 2
+
+
+async def test_a_failed_read_before_the_wake_still_wakes_the_waiters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = Notifier()
+
+    async def failing() -> None:
+        raise RuntimeError("store down")
+
+    notifier.before_wake = failing
+    waits = [asyncio.create_task(notifier.wait(0, 60)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    notifier.notify()
+    assert await asyncio.gather(*waits) == [True] * 3
+    assert [r.getMessage() for r in caplog.records if r.name == "cnnf.console.defenders"] == [
+        "Defender link: the store read before waking 3 long-polls failed: store down"]
 
 
 def test_a_silent_defender_leaves_the_cluster_inventory_until_it_calls_again(

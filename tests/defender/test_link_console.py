@@ -221,6 +221,27 @@ def test_a_batch_the_console_refuses_as_too_large_is_dropped_and_counted(
     assert console.flow_counts() == {1: 1, 2: 1, 3: 1, 4: 1}
 
 
+def test_two_defenders_sending_one_batch_id_both_get_it_stored(
+    console: RealConsole, tmp_path: Path
+) -> None:
+    """Two Defenders with one batch id (a cloned state directory): batch ids are per
+    Defender in the Console, so each one's records are stored, none dropped."""
+    first = enrolled(console, tmp_path / "state-1")
+    second = enrolled(console, tmp_path / "state-2")
+    spool_1, spool_2 = Spool(tmp_path / "spool-1"), Spool(tmp_path / "spool-2")
+    spool_1.put(flows_batch("same", range(1, 3)))
+    spool_2.put(flows_batch("same", range(10, 13)))
+    try:
+        assert first.deliver(spool_1) == 1
+        assert second.deliver(spool_2) == 1
+    finally:
+        first.close()
+        second.close()
+    assert spool_2.pending() == []
+    assert spool_2.take_dropped() == 0
+    assert console.flow_counts() == {1: 1, 2: 1, 10: 1, 11: 1, 12: 1}
+
+
 def test_an_inventory_the_console_refuses_does_not_hold_up_the_reports(
     console: RealConsole, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -119,6 +120,11 @@ def serve(
         raise _fail(str(exc)) from None
     except (SQLAlchemyError, OSError) as exc:
         raise _fail(_store_problem(config.db_url, exc)) from None
+    # What start-up built lives as long as the process (modules, the app, the
+    # store's metadata, the policy engine): out of the cyclic collector's scans,
+    # which otherwise walk it all on every full collection under request load.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         application, host=config.host, port=config.port, log_level=log_level,
         ssl_certfile=str(tls_cert) if tls_cert else None,

@@ -26,8 +26,13 @@ and traffic rates, so they are not public.
 - ``cnnf_console_forward_pruned_undelivered_total{sink}``: audits retention pruned
   before the sink took them (logged as errors too);
 - ``cnnf_console_change_notices_total{topic}``: policy and inventory changes and
-  Defender revocations (``credentials``) this replica heard of through the change
-  feed (PostgreSQL LISTEN/NOTIFY);
+  Defender revocations (``credentials``) this replica heard of from other replicas
+  through the change feed (PostgreSQL LISTEN/NOTIFY; its own are not counted);
+- ``cnnf_console_long_poll_answer_seconds{topic}``: a histogram of the time from
+  this process learning of a policy or inventory change (its own commit, or
+  another replica's notice) to each waiting Defender long-poll woken by it
+  having written its answer to the connection: the Console's share of
+  propagation;
 - ``cnnf_console_lease_held{lease}``: 1 in the one replica doing the singleton work
   (forwarding, retention);
 - ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.
@@ -42,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -160,8 +165,15 @@ class ConsoleMetrics:
                                           "Audits retention pruned before the sink took "
                                           "them", ["sink"], registry=self.registry)
         self.notices = Counter("cnnf_console_change_notices", "Change notices heard from "
-                               "the change feed (PostgreSQL replicas), by topic", ["topic"],
+                               "other replicas through the change feed (PostgreSQL), by "
+                               "topic", ["topic"],
                                registry=self.registry)
+        self.answered = Histogram(
+            "cnnf_console_long_poll_answer_seconds", "From this process learning of a "
+            "change (its own commit, or another replica's notice) to a waiting Defender "
+            "long-poll answering with it, by topic", ["topic"], registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+                     10.0))
         for verdict in ("allow", "alert", "prevent", "observed"):
             self.verdicts.labels(verdict)
         for blocked, would in (("true", "false"), ("false", "false"), ("false", "true")):
@@ -184,11 +196,20 @@ class ConsoleMetrics:
             self.batches.labels("duplicate").inc()
             return
         self.batches.labels("stored").inc()
+        # Summed here first: one increment per label, not one per record (each is a
+        # label lookup and a lock).
+        verdicts: dict[str, int] = {}
         for f in flows:
-            self.verdicts.labels(f.verdict).inc(f.count)
+            verdicts[f.verdict] = verdicts.get(f.verdict, 0) + f.count
+        for verdict, count in verdicts.items():
+            self.verdicts.labels(verdict).inc(count)
+        folded: dict[tuple[bool, bool], int] = {}
         for a in audits:
-            self.audits.labels("true" if a.blocked else "false",
-                               "true" if a.would else "false").inc(a.count)
+            key = (a.blocked, a.would)
+            folded[key] = folded.get(key, 0) + a.count
+        for (blocked, would), count in folded.items():
+            self.audits.labels("true" if blocked else "false",
+                               "true" if would else "false").inc(count)
         self.ingested.labels("flow").inc(len(flows))
         self.ingested.labels("audit").inc(len(audits))
         if dropped > 0:

@@ -28,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
 from cnnf.console.api.contract import Guard
 from cnnf.console.api.deps import ConsoleState, StateDep, _bearer, state
@@ -56,6 +57,7 @@ log = logging.getLogger("cnnf.console.defender")
 router = APIRouter(prefix="/defender", tags=["defender"])
 MAX_WAIT = 30.0
 SEEN_FLUSH_SECONDS = 1.0
+REPLACED_LOG_SECONDS = 60.0
 T = TypeVar("T")
 Current = tuple[int, bytes]  # a revision and its answer's JSON body
 
@@ -117,6 +119,39 @@ class SharedRead(Generic[T]):
 
 
 @dataclass
+class Waiting:
+    """A Defender's waiting long-poll of one topic in this process. A newer one of
+    the same Defender and topic ends it at once (204): one credential cannot keep
+    thousands of long-polls waiting, each to be woken and answered on every change,
+    and a Defender whose connection died half-open does not leave its old poll
+    behind."""
+
+    ended: bool = False
+    future: asyncio.Future[None] | None = None  # the wait in progress
+
+    def end(self) -> None:
+        self.ended = True
+        future = self.future
+        if future is None or future.done():
+            return
+        loop = future.get_loop()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            future.set_result(None)
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_end, future)
+
+
+def _end(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass
 class LinkHub:
     """The Defender link's per-process state, built once by ``create_app``."""
 
@@ -147,6 +182,9 @@ class LinkHub:
     # Long-polls that returned since the last flush: their last_seen is written
     # in one statement per second (not one write per long-poll).
     seen: set[str] = field(default_factory=set)
+    # The one waiting long-poll of each (Defender, topic) in this process.
+    waiting: dict[tuple[str, str], Waiting] = field(default_factory=dict)
+    replaced: dict[str, float] = field(default_factory=dict)  # last logged, per Defender
 
     def notifier(self, topic: str) -> Notifier:
         return {"policy": self.policy, "inventory": self.inventory,
@@ -213,6 +251,10 @@ class LinkHub:
                                               self.monotonic)
         self.current_revoked = SharedRead(revoked_now, self.credentials, max_age,
                                           self.monotonic)
+        # A change's notice starts the one read at once; the waiting long-polls are
+        # woken when it is done (each resumes once, with the answer at hand).
+        self.policy.before_wake = self.current_policy.get
+        self.inventory.before_wake = self.current_inventory.get
 
     def document(self, session: Session) -> tuple[int, dict[str, Any]]:
         """The current policy as a native document, built once per revision."""
@@ -314,21 +356,65 @@ class BatchAnswer(_Wire):
 
 
 async def _long_poll(shared: SharedRead[Current], notifier: Notifier, revision: int,
-                     wait: float, store_poll: float) -> Current | None:
+                     wait: float, store_poll: float, *, waiting: Waiting | None = None,
+                     ) -> tuple[Current | None, float | None]:
     """The current (revision, body) once its revision is not ``revision``, waiting
     up to ``wait`` seconds, waking on the notifier or every ``store_poll`` seconds;
-    None when nothing changed."""
+    None when nothing changed, or when a newer long-poll ended ``waiting``. Second:
+    when the answer came with a notice while it waited, when this process was
+    notified (``time.monotonic()``), else None."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    noticed = None  # when the notice that woke this long-poll came
     while True:
         generation = notifier.generation
         current = await shared.get()
         if current[0] != revision:
-            return current
+            return current, noticed
         remaining = deadline - loop.time()
-        if remaining <= 0:
-            return None
-        await notifier.wait(generation, min(remaining, store_poll))
+        if remaining <= 0 or (waiting is not None and waiting.ended):
+            return None, None
+        future: asyncio.Future[None] | None = None
+        if waiting is not None:
+            future = waiting.future = loop.create_future()
+        if await notifier.wait(generation, min(remaining, store_poll), future):
+            noticed = notifier.notified_at if generation != notifier.generation else None
+        if waiting is not None and waiting.ended:
+            return None, None
+
+
+@contextlib.contextmanager
+def _only_one(link: LinkHub, who: DefenderPrincipal, topic: str, wait: float,
+              ) -> Iterator[Waiting | None]:
+    """This long-poll as its Defender's one waiting on ``topic``: an older one ends."""
+    if not wait:
+        yield None
+        return
+    key = (who.defender_id, topic)
+    older = link.waiting.get(key)
+    if older is not None:
+        older.end()
+        now = time.monotonic()
+        if now - link.replaced.get(who.defender_id, float("-inf")) >= REPLACED_LOG_SECONDS:
+            link.replaced[who.defender_id] = now  # at most one line a minute per Defender
+            log.warning("Defender %s (%s): a new %s long-poll replaced one still waiting "
+                        "(204); two processes with one credential end each other's "
+                        "(a state directory copied to another node?)",
+                        who.defender_id, who.hostname, topic)
+    mine = Waiting()
+    link.waiting[key] = mine
+    try:
+        yield mine
+    finally:
+        if link.waiting.get(key) is mine:
+            del link.waiting[key]
+
+
+async def _answered(link: LinkHub, topic: str, noticed: float) -> None:
+    """The Console's share of propagation: from the notice that woke the long-poll
+    to its answer written to the connection (run as the response's background
+    task, after its body was sent; async: on the event loop, no worker thread)."""
+    link.metrics.answered.labels(topic).observe(time.monotonic() - noticed)
 
 
 async def _answer(link: LinkHub, who: DefenderPrincipal, epoch: int,
@@ -388,31 +474,43 @@ def _json(current: Current) -> Response:
 
 
 @router.get("/policy", response_model=PolicyAnswer,
-            responses={204: {"description": "no change within the wait"}})
+            responses={204: {"description": "no change within the wait, or a newer "
+                                       "long-poll of this Defender replaced this one"}})
 async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
                      revision: Revision = -1, wait: Wait = 0) -> Any:
     """The policy as a native document when its revision is not ``revision``;
-    else wait up to ``wait`` seconds for a change (204 when none came)."""
+    else wait up to ``wait`` seconds for a change (204 when none came, or at once
+    when a newer long-poll of this Defender replaced this one)."""
     epoch = await link.current_revocations.get()  # as the credential was checked
-    answer = await _long_poll(link.current_policy, link.policy, revision, wait,
-                              link.store_poll)
+    with _only_one(link, who, "policy", wait) as waiting:
+        answer, noticed = await _long_poll(link.current_policy, link.policy, revision, wait,
+                                           link.store_poll, waiting=waiting)
     if wait:
         await _seen(console, link, who)
-    return await _answer(link, who, epoch, answer)
+    response = await _answer(link, who, epoch, answer)
+    if noticed is not None:  # measured once the answer is written (a background task)
+        response.background = BackgroundTask(_answered, link, "policy", noticed)
+    return response
 
 
 @router.get("/inventory", response_model=ClusterInventory,
-            responses={204: {"description": "no change within the wait"}})
+            responses={204: {"description": "no change within the wait, or a newer "
+                                       "long-poll of this Defender replaced this one"}})
 async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
                         revision: Revision = -1, wait: Wait = 0) -> Any:
     """Every Defender's hosts and containers when the cluster inventory revision
-    is not ``revision``; else wait up to ``wait`` seconds (204 when none came)."""
+    is not ``revision``; else wait up to ``wait`` seconds (204 when none came, or at
+    once when a newer long-poll of this Defender replaced this one)."""
     epoch = await link.current_revocations.get()  # as the credential was checked
-    answer = await _long_poll(link.current_inventory, link.inventory, revision, wait,
-                              link.store_poll)
+    with _only_one(link, who, "inventory", wait) as waiting:
+        answer, noticed = await _long_poll(link.current_inventory, link.inventory, revision, wait,
+                                           link.store_poll, waiting=waiting)
     if wait:
         await _seen(console, link, who)
-    return await _answer(link, who, epoch, answer)
+    response = await _answer(link, who, epoch, answer)
+    if noticed is not None:  # measured once the answer is written (a background task)
+        response.background = BackgroundTask(_answered, link, "inventory", noticed)
+    return response
 
 
 @contextlib.contextmanager

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
+import logging
 import secrets
 import threading
-from collections.abc import Callable, Collection, Sequence
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Table, case, delete, func, literal, select, update
+from sqlalchemy import Insert, Table, bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -58,6 +61,7 @@ from cnnf.model.records import (
 from cnnf.model.rule import JSON_INTEGER, Effect, PolicyModel
 from cnnf.policy.observed import recorded_text
 
+log = logging.getLogger("cnnf.console.defenders")
 ENROLLMENT_PREFIX = "cnnfe_"
 CREDENTIAL_PREFIX = "cnnfd_"
 # A Defender calls at least every long-poll wait (25 s by default) and its
@@ -261,6 +265,30 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@functools.cache
+def _claim(dialect: str) -> Insert:
+    """A batch id's claim (ids are per Defender: the table's key is the batch id
+    and the Defender's): INSERT .. SELECT .. ON CONFLICT DO NOTHING RETURNING,
+    only from a Defender the store has not revoked (the caller's credential may
+    have been taken from a process's cache that has not heard of the revocation
+    yet: a revoked Defender stores nothing). Built once per dialect, its values
+    bound at each call: built per batch, the statement and its cache key were
+    about a millisecond of CPU a batch."""
+    table = cast(Table, ReportBatchRow.__table__)
+    c = table.c
+    insert_ = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    claimant = select(
+        bindparam("batch_id", type_=c.batch_id.type), DefenderRow.defender_id,
+        bindparam("received", type_=c.received.type),
+        bindparam("flows", type_=c.flows.type), bindparam("audits", type_=c.audits.type),
+        bindparam("dropped", type_=c.dropped.type),
+    ).where(DefenderRow.defender_id == bindparam("defender_id"),
+            DefenderRow.revoked.is_(False))
+    return insert_.from_select(
+        [c.batch_id, c.defender_id, c.received, c.flows, c.audits, c.dropped],
+        claimant).on_conflict_do_nothing().returning(c.batch_id)
 
 
 def revocations(session: Session) -> int:
@@ -574,26 +602,14 @@ class DefenderService:
         if not 1 <= len(batch.batch_id) <= 100:
             raise InvalidInput([FieldError("batch_id", "must be 1 to 100 characters")])
         flows, audits = _mapped(batch, principal.hostname)
-        table = cast(Table, ReportBatchRow.__table__)
-        dialect = self.session.get_bind().dialect.name
-        claim = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
-        c = table.c
-        # Only from a Defender the store has not revoked: the caller's credential
-        # may have been taken from a process's cache that has not heard of the
-        # revocation yet (a lost notice), and a revoked Defender stores nothing.
-        claimant = select(
-            literal(batch.batch_id, c.batch_id.type), DefenderRow.defender_id,
-            literal(self.now(), c.received.type), literal(len(flows), c.flows.type),
-            literal(len(audits), c.audits.type),
-            literal(min(max(batch.dropped, 0), 2**31 - 1), c.dropped.type),
-        ).where(DefenderRow.defender_id == principal.defender_id,
-                DefenderRow.revoked.is_(False))
+        claim = _claim(self.session.get_bind().dialect.name)
         try:
             # The batch id first, in one statement: taken already (stored before, or
             # by a parallel delivery now committing), it is a duplicate.
-            claimed = self.session.scalar(claim.from_select(
-                [c.batch_id, c.defender_id, c.received, c.flows, c.audits, c.dropped],
-                claimant).on_conflict_do_nothing().returning(c.batch_id))
+            claimed = self.session.scalar(claim, {
+                "batch_id": batch.batch_id, "defender_id": principal.defender_id,
+                "received": self.now(), "flows": len(flows), "audits": len(audits),
+                "dropped": min(max(batch.dropped, 0), 2**31 - 1)})
             if claimed is None:
                 active = self._active(principal.defender_id)
                 self.session.rollback()
@@ -609,7 +625,8 @@ class DefenderService:
         except IntegrityError:
             # The same batch stored at this moment by a parallel delivery.
             self.session.rollback()
-            if self.session.get(ReportBatchRow, batch.batch_id) is not None:
+            if self.session.get(ReportBatchRow, (batch.batch_id,
+                                                 principal.defender_id)) is not None:
                 return StoredBatch(duplicate=True, flows=[], audits=[])
             raise
         except BaseException:
@@ -636,16 +653,25 @@ class DefenderService:
 class Notifier:
     """Wakes coroutines waiting (on any event loop) when :meth:`notify` is called
     from any thread. ``generation`` read before checking the store closes the gap
-    between the check and the wait: a change in between wakes at once."""
+    between the check and the wait: a change in between wakes at once.
+
+    ``before_wake``, when set, runs on each waiting loop before its waiters are
+    woken: the long-polls' shared store read. The read starts at once, and each
+    waiting long-poll resumes once, with the new value already at hand (woken
+    first, a thousand long-polls each resumed only to await the read, and the
+    read itself waited behind all of them in the loop's queue)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self.generation = 0
+        self.before_wake: Callable[[], Awaitable[object]] | None = None
+        self.notified_at = float("-inf")  # time.monotonic() of the last notify
 
     def notify(self) -> None:
         with self._lock:
             self.generation += 1
+            self.notified_at = time.monotonic()
             waiters = list(self._waiters)
         # One call into each event loop wakes all of its waiters: a thousand
         # long-polls are one wakeup of the loop per change, not a thousand.
@@ -654,12 +680,15 @@ class Notifier:
             by_loop.setdefault(loop, []).append(future)
         for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed
-                loop.call_soon_threadsafe(_wake, futures)
+                loop.call_soon_threadsafe(_wake, futures, self.before_wake)
 
-    async def wait(self, generation: int, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a notification after ``generation``; True if one came."""
+    async def wait(self, generation: int, timeout: float,
+                   future: asyncio.Future[None] | None = None) -> bool:
+        """Wait up to ``timeout`` s for a notification after ``generation``; True if one
+        came (or ``future``, given by the caller, got a result from elsewhere)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        if future is None:
+            future = loop.create_future()
         entry = (loop, future)
         with self._lock:
             if self.generation != generation:
@@ -675,7 +704,34 @@ class Notifier:
                 self._waiters.discard(entry)
 
 
-def _wake(futures: list[asyncio.Future[None]]) -> None:
+_PREPARING: set[asyncio.Task[None]] = set()  # before_wake tasks running (kept referenced)
+
+
+def _wake(futures: list[asyncio.Future[None]],
+          before: Callable[[], Awaitable[object]] | None = None) -> None:
+    """On the waiters' loop: wake them, after ``before`` when given."""
+    if before is None:
+        _set(futures)
+        return
+    task = asyncio.ensure_future(_prepared(futures, before))
+    _PREPARING.add(task)
+    task.add_done_callback(_PREPARING.discard)
+
+
+async def _prepared(futures: list[asyncio.Future[None]],
+                    before: Callable[[], Awaitable[object]]) -> None:
+    try:
+        await before()
+    except Exception as exc:
+        # A failed read wakes them all the same: each reads again, and answers
+        # with that read's error.
+        log.warning("Defender link: the store read before waking %d long-polls failed: %s",
+                    len(futures), exc)
+    finally:
+        _set(futures)
+
+
+def _set(futures: list[asyncio.Future[None]]) -> None:
     for future in futures:
         if not future.done():
             future.set_result(None)

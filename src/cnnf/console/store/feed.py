@@ -10,12 +10,23 @@ reconnects and then wakes everything once, since it may have missed notices
 meanwhile; the long-polls' store poll (slower when the feed runs) remains a
 backstop for a publisher killed between its commit and its notice.
 
+A process has woken its own long-polls before it publishes, so its listener
+drops its own notices: heard again, each change woke every long-poll of the
+publishing replica a second time, and read the store again, for nothing. A
+notice's payload is ``<topic> <origin>``, the origin a random token of the
+publishing process (not its connection's backend pid: a server restart or a
+pooler gives another replica's connection the same pid, and its notices,
+revocations included, would be dropped). A bare ``<topic>`` (a replica of an
+earlier version) is heard as before; such a replica ignores the new payloads
+and learns of other replicas' changes by its store poll until it is upgraded.
+
 SQLite runs one Console process: no feed, only the in-process notifiers.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 
@@ -37,8 +48,9 @@ def libpq_url(engine: Engine) -> str | None:
 
 
 class ChangeFeed:
-    """Publishes change topics and calls ``on_change(topic)`` for every topic any
-    process published (this one included), from a listener thread."""
+    """Publishes change topics and calls ``on_change(topic)`` for every topic
+    another process published, from a listener thread (the publisher has told
+    its own process)."""
 
     def __init__(self, url: str, on_change: Callable[[str], None],
                  retry_seconds: float = 1.0) -> None:
@@ -50,6 +62,7 @@ class ChangeFeed:
         self._listening = threading.Event()
         self._publish_lock = threading.Lock()
         self._publisher: psycopg.Connection[tuple[object, ...]] | None = None
+        self.origin = secrets.token_hex(8)  # this process, in its notices' payloads
         self.received = 0
         self._thread = threading.Thread(target=self._listen, daemon=True, name="cnnf-feed")
         self._thread.start()
@@ -65,7 +78,8 @@ class ChangeFeed:
                     if self._publisher is None or self._publisher.closed:
                         self._publisher = psycopg.connect(self.url, autocommit=True,
                                                           connect_timeout=5)
-                    self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
+                    self._publisher.execute("SELECT pg_notify(%s, %s)",
+                                            (CHANNEL, f"{topic} {self.origin}"))
                     return
                 except psycopg.Error as exc:
                     if self._publisher is not None:
@@ -87,8 +101,11 @@ class ChangeFeed:
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.5):
                             self.received += 1
-                            if notice.payload in TOPICS:
-                                self.on_change(notice.payload)
+                            topic, _, origin = notice.payload.partition(" ")
+                            if origin == self.origin:
+                                continue  # ours: this process was told before it published
+                            if topic in TOPICS:
+                                self.on_change(topic)
             except psycopg.Error as exc:
                 self._listening.clear()
                 missed = True

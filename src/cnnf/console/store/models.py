@@ -370,12 +370,12 @@ class InventoryStateRow(Base):
 
 class ReportBatchRow(Base):
     """A report batch already stored, so a redelivered one is acknowledged, not
-    stored twice."""
+    stored twice. Ids are per Defender (two Defenders may send one id)."""
 
     __tablename__ = "report_batches"
 
     batch_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    defender_id: Mapped[str] = mapped_column(String(64))
+    defender_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     received: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     flows: Mapped[int] = mapped_column(Integer, default=0)
     audits: Mapped[int] = mapped_column(Integer, default=0)
