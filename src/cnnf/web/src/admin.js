@@ -21,6 +21,19 @@ function done(target, text) {
   target.textContent = text;
 }
 
+// After a change: the list is reloaded first, then the message says what was
+// done, so the page never says "Revoked" beside a row that still reads
+// "connected". A list that cannot be reloaded is said too, beside what was done.
+async function doneThenReload(target, text, load) {
+  try {
+    await load();
+  } catch (err) {
+    fail(target, `${text} The list could not be reloaded: ${err instanceof Error ? err.message : String(err)}`);
+    return;
+  }
+  done(target, text);
+}
+
 // --- Defenders -------------------------------------------------------------------
 
 const STATUS_TEXT = { connected: "connected", disconnected: "not connected", revoked: "revoked" };
@@ -72,8 +85,7 @@ export async function renderDefenders(main) {
     if (!window.confirm(`Revoke the Defender of ${d.hostname}? It can no longer report or fetch policy.`)) return;
     try {
       await api("DELETE", `/defenders/${encodeURIComponent(d.id)}`);
-      done(message, `Revoked the Defender of ${d.hostname}.`);
-      await load();
+      await doneThenReload(message, `Revoked the Defender of ${d.hostname}.`, load);
     } catch (err) { fail(message, err); }
   }
 
@@ -117,8 +129,7 @@ function usersCard(message) {
   async function toggle(u) {
     try {
       await api("PATCH", `/users/${encodeURIComponent(u.name)}`, { body: { disabled: !u.disabled } });
-      done(message, `${u.disabled ? "Enabled" : "Disabled"} ${u.name}.`);
-      await load();
+      await doneThenReload(message, `${u.disabled ? "Enabled" : "Disabled"} ${u.name}.`, load);
     } catch (err) { fail(message, err); }
   }
 
@@ -126,8 +137,7 @@ function usersCard(message) {
     if (!window.confirm(`Delete user ${u.name} and their API tokens?`)) return;
     try {
       await api("DELETE", `/users/${encodeURIComponent(u.name)}`);
-      done(message, `Deleted user ${u.name}.`);
-      await load();
+      await doneThenReload(message, `Deleted user ${u.name}.`, load);
     } catch (err) { fail(message, err); }
   }
 
@@ -139,8 +149,7 @@ function usersCard(message) {
       const u = await api("POST", "/users", { body: { name: d.get("name"), role: d.get("role"), password: d.get("password") } });
       form.reset();
       showFieldErrors(form, [], null);
-      done(message, `Created user ${u.name} (${u.role}).`);
-      await load();
+      await doneThenReload(message, `Created user ${u.name} (${u.role}).`, load);
     } catch (err) {
       if (err instanceof ApiError && err.errors.length) showFieldErrors(form, err.errors, formError);
       else fail(formError, err);
