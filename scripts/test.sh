@@ -18,6 +18,8 @@
 # the stage ends, then a summary. Exit status: 0 only if every stage passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Python writes its bytecode caches whatever the environment says (see the Makefile).
+unset PYTHONDONTWRITEBYTECODE
 
 PY=${PY:-.venv/bin/python}
 LOGS=test-artifacts/stages
