@@ -38,6 +38,8 @@ start=$SECONDS
 stage() {
   local name=$1 began=$SECONDS rc
   shift
+  { flock 9; printf '===== stage %s started (its log: %s)\n' "$name" "$LOGS/$name.log"; } \
+    9>"$LOGS/.print"
   "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
   {
@@ -56,8 +58,7 @@ stage() {
 # (and so would pytest): DEFAULT_INT gives it back, so that Ctrl-C, or a SIGTERM to
 # this script passed on as SIGINT, lets pytest tear its labs down instead of
 # leaving them behind.
-DEFAULT_INT=(-c 'import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+DEFAULT_INT=(-c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);
 os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
 stage lab "$PY" "${DEFAULT_INT[@]}" -m pytest --durations=25 -m "$LAB" &
 lab=$!
