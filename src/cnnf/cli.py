@@ -8,8 +8,8 @@ process would otherwise import the Console's store, the lab and the demo (about
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -26,23 +26,25 @@ GROUPS = {
     "rules": "rules",
     "forwarding": "forwarding",
 }
+_loaded: dict[str, TyperGroup] = {}
 
 
 class LazyGroups(TyperGroup):
-    """The root group: a sub-command group is built from its module on first use."""
+    """The root group: a sub-command group is built from its module on first use.
+    (``ctx`` is typer's Click context.)"""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         return list(GROUPS)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Any, cmd_name: str) -> TyperGroup | None:
         if cmd_name not in GROUPS:
             return None
-        if cmd_name not in self.commands:
+        if cmd_name not in _loaded:
             module = importlib.import_module(f"cnnf.commands.{GROUPS[cmd_name]}")
-            command = typer.main.get_group(module.app)
-            command.name = cmd_name
-            self.commands[cmd_name] = command
-        return self.commands[cmd_name]
+            group = typer.main.get_group(module.app)
+            group.name = cmd_name
+            _loaded[cmd_name] = group
+        return _loaded[cmd_name]
 
 
 app = typer.Typer(
