@@ -9,13 +9,17 @@
 #   pure:     the tests that need no root, lab, PostgreSQL or browser, on two processes;
 #   services: the PostgreSQL and browser tests (not lab, not root), on two processes.
 #
+# CNNF_TEST_SERIAL=1 runs the lab stage after the others instead, alone (for a lab
+# test that fails only with the other stages beside it).
+#
 # The lab stage is mostly waiting (for containers, Consoles, Defenders, timeouts):
 # alone it kept the 2 cores about half idle. The stages beside it share nothing
 # with it but the CPU: PostgreSQL servers and Consoles listen on free loopback
 # ports, temporary directories are their own, and only lab and root tests make
 # namespaces or netfilter rules. Every stage runs whatever the others did; each
-# stage's output is kept in test-artifacts/stages/NAME.log and printed whole when
-# the stage ends, then a summary. Exit status: 0 only if every stage passed.
+# stage's output is kept in test-artifacts/stages/NAME.log (tail -f it to follow
+# a stage) and printed whole when the stage ends; every minute a line says where
+# the running stages are; then a summary. Exit status: 0 only if every stage passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # Python writes its bytecode caches whatever the environment says (see the Makefile).
@@ -26,61 +30,104 @@ LOGS=test-artifacts/stages
 PURE="not lab and not root and not postgres and not browser"
 SERVICES="(postgres or browser) and not lab and not root"
 LAB="lab or root"
+SERIAL=${CNNF_TEST_SERIAL:-0}
 # Beside the lab stage, the other stages yield the CPU to it.
 NICE=(nice -n "${CNNF_TEST_NICE:-10}")
+((SERIAL)) && NICE=()
+# Each stage runs in the background of this script (so that a signal reaches the
+# script at once, not when the stage ends), and a background job of a script
+# ignores SIGINT, and so would its pytest: DEFAULT_INT gives it back, so that
+# Ctrl-C, or a SIGTERM to this script passed on as SIGINT, lets pytest tear its
+# labs and servers down instead of leaving them behind.
+DEFAULT_INT=(-c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
 
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
 start=$SECONDS
 
-# Runs one stage: its output to its log, then the log printed whole (one stage at
-# a time: the lab stage may end while another prints) and its result recorded.
+say() {  # one message at a time: stages may end together
+  { flock 9; printf "$@"; } 9>"$LOGS/.print"
+}
+
+# Runs one stage: its output to its log, then the log printed whole and its result
+# recorded.
 stage() {
   local name=$1 began=$SECONDS rc
   shift
-  { flock 9; printf '===== stage %s started (its log: %s)\n' "$name" "$LOGS/$name.log"; } \
-    9>"$LOGS/.print"
+  say '===== stage %s started (follow it: tail -f %s)\n' "$name" "$LOGS/$name.log"
+  : >"$LOGS/$name.running"
   "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
-  {
-    flock 9
-    printf '\n===== stage %s: %s (exit %d) in %d s: %s\n' "$name" \
-      "$( ((rc == 0)) && echo passed || echo FAILED)" "$rc" "$((SECONDS - began))" "${*@Q}"
-    cat "$LOGS/$name.log"
-    printf '===== end of stage %s\n' "$name"
-  } 9>"$LOGS/.print"
+  rm -f "$LOGS/$name.running"
+  say '\n===== stage %s: %s (exit %d) in %d s: %s\n%s\n===== end of stage %s\n' "$name" \
+    "$( ((rc == 0)) && echo passed || echo FAILED)" "$rc" "$((SECONDS - began))" "${*@Q}" \
+    "$(cat "$LOGS/$name.log")" "$name"
   printf '%s %d %d %d\n' "$name" "$rc" "$((began - start))" "$((SECONDS - began))" \
     >"$LOGS/$name.result"
   return "$rc"
 }
 
-# The lab stage in the background. A background job of a script ignores SIGINT
-# (and so would pytest): DEFAULT_INT gives it back, so that Ctrl-C, or a SIGTERM to
-# this script passed on as SIGINT, lets pytest tear its labs down instead of
-# leaving them behind.
-DEFAULT_INT=(-c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);
-os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
-stage lab "$PY" "${DEFAULT_INT[@]}" -m pytest --durations=25 -m "$LAB" &
-lab=$!
-trap 'wait "$lab"; exit 130' INT
-trap 'pkill -INT -P "$lab"; wait "$lab"; exit 143' TERM
+# Every minute: each running stage and the last line of its log (pytest's progress).
+heartbeat() {
+  local f name last n=0
+  while [ ! -e "$LOGS/.done" ]; do
+    sleep 1
+    (( ++n % 60 == 0 )) || continue
+    for f in "$LOGS"/*.running; do
+      [ -e "$f" ] || continue
+      name=$(basename "$f" .running)
+      last=$(grep -v '^\s*$' "$LOGS/$name.log" 2>/dev/null | tail -n 1 | cut -c1-100)
+      say '[%4d s] %s running: %s\n' "$((SECONDS - start))" "$name" "$last"
+    done
+  done
+}
 
-stage lint "${NICE[@]}" "$PY" -m ruff check src tests bench
-stage types "${NICE[@]}" "$PY" -m mypy
-stage pure "${NICE[@]}" "$PY" -m pytest -n 2 --dist worksteal --durations=15 -m "$PURE"
-stage services "${NICE[@]}" "$PY" -m pytest -n 2 --dist worksteal --durations=15 \
-  -m "$SERVICES"
-wait "$lab"
+pids=()
+# Ctrl-C reaches every process of the terminal's group, the stages' pytest too; a
+# SIGTERM to this script is passed on to them as SIGINT.
+stop() {  # $1: the signal received
+  [ "$1" = INT ] || for p in "${pids[@]}"; do pkill -INT -P "$p"; done
+  wait "${pids[@]}"
+  : >"$LOGS/.done"
+  wait "$beat"
+  if [ "$1" = INT ]; then exit 130; else exit 143; fi
+}
+trap 'stop INT' INT
+trap 'stop TERM' TERM
+
+heartbeat &
+beat=$!
+run_lab() {
+  stage lab "$PY" "${DEFAULT_INT[@]}" -m pytest --durations=25 -m "$LAB" &
+  pids+=($!)
+}
+run_stage() {  # one stage in the background, waited for
+  stage "$@" &
+  pids+=($!)
+  wait "$!"
+}
+((SERIAL)) || run_lab
+run_stage lint "${NICE[@]}" "$PY" "${DEFAULT_INT[@]}" -m ruff check src tests bench
+run_stage types "${NICE[@]}" "$PY" "${DEFAULT_INT[@]}" -m mypy
+run_stage pure "${NICE[@]}" "$PY" "${DEFAULT_INT[@]}" -m pytest -n 2 --dist worksteal --durations=15 \
+  -m "$PURE"
+run_stage services "${NICE[@]}" "$PY" "${DEFAULT_INT[@]}" -m pytest -n 2 --dist worksteal \
+  --durations=15 -m "$SERVICES"
+((SERIAL)) && run_lab
+wait "${pids[@]}"
+: >"$LOGS/.done"
+wait "$beat"
 
 failed=0
-printf '\n%-9s %-7s %8s %8s  %s\n' stage result "start s" "wall s" "pytest's summary"
+say '\n%-9s %-7s %8s %8s  %s\n' stage result "start s" "wall s" "summary"
 for name in lint types pure services lab; do
   read -r _ rc began took <"$LOGS/$name.result" 2>/dev/null || { rc=1 began=- took=-; }
   ((rc == 0)) || failed=1
-  summary=$(grep -E '^=+ .*(passed|failed|error|no tests ran).* in [0-9.]+s' \
+  summary=$(grep -E '^=+ .*(passed|failed|error|no tests ran).* in [0-9.]+s|^All checks passed|^Found [0-9]+ error|^Success: no issues' \
     "$LOGS/$name.log" 2>/dev/null | tail -n 1 | tr -d '=' | sed 's/^ *//;s/ *$//')
-  printf '%-9s %-7s %8s %8s  %s\n' "$name" "$( ((rc == 0)) && echo passed || echo FAILED)" \
+  say '%-9s %-7s %8s %8s  %s\n' "$name" "$( ((rc == 0)) && echo passed || echo FAILED)" \
     "$began" "$took" "$summary"
 done
-printf 'all stages: %d s\n' "$((SECONDS - start))"
+say 'all stages: %d s%s\n' "$((SECONDS - start))" "$( ((SERIAL)) && echo ' (serial)')"
 exit "$failed"
