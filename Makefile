@@ -23,8 +23,10 @@ deps:
 # long test (schemathesis, the import killed midway) does not leave a core idle at the
 # end of a stage. Each stage prints its output whole when it ends (also kept in
 # test-artifacts/stages/), its slowest tests, then a summary; any failed stage fails.
+# SERIAL=1: the lab stage alone, after the others (for a lab test that fails only with
+# the other stages beside it).
 test: deps
-	PY=$(PY) scripts/test.sh
+	PY=$(PY) CNNF_TEST_SERIAL=$(if $(SERIAL),1,0) scripts/test.sh
 
 # Only the pure, fast tests (no root, no lab, no services).
 test-unit: deps

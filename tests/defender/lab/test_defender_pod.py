@@ -26,7 +26,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,15 +61,7 @@ def daemonset() -> dict[str, Any]:
 # ----------------------------------------------------------------- the image
 
 
-@pytest.fixture(scope="module")
-def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The image the manifest names, built from this checkout by the one
-    command, as an OCI archive."""
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("podman", "mmdebstrap",
-                                                               "containerd")):
-        pytest.fail("the Defender pod test needs root, podman, mmdebstrap and containerd "
-                    "(make deps)")
-    work = tmp_path_factory.mktemp("image")
+def _build_image(work: Path) -> Path:
     (container,) = daemonset()["spec"]["template"]["spec"]["containers"]
     archive = work / "cnnf.tar"
     proc = subprocess.run(
@@ -79,6 +71,21 @@ def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True, text=True, check=False, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return archive
+
+
+@pytest.fixture(scope="module")
+def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[Path]]:
+    """The image the manifest names, built from this checkout by the one
+    command, as an OCI archive: built in the background while the lab and the
+    Console come up (the build is most of this module's setup, about a minute).
+    A build still running when the module ends (the lab failed to come up, say)
+    is waited for: the failure is reported once the build ends."""
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("podman", "mmdebstrap",
+                                                               "containerd")):
+        pytest.fail("the Defender pod test needs root, podman, mmdebstrap and containerd "
+                    "(make deps)")
+    with ThreadPoolExecutor(1) as build:  # leaving it waits for a build still running
+        yield build.submit(_build_image, tmp_path_factory.mktemp("image"))
 
 
 # ----------------------------------------------------------------- a kubelet
@@ -305,19 +312,19 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def deployed(image_archive: Path, tmp_path_factory: pytest.TempPathFactory
+def deployed(image_archive: Future[Path], tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Deployed]:
     work = tmp_path_factory.mktemp("pod")
     lab = Lab.up("kube", name=LAB)
     console: Console | None = None
     pod: RunningPod | None = None
     try:
-        # As the README says: the archive imported into the node's containerd.
-        subprocess.run(["ctr", "--address", lab.cri_socket(NODE).removeprefix("unix://"),
-                        "-n", "k8s.io", "images", "import", str(image_archive)],
-                       check=True, capture_output=True, timeout=300)
         url = _console_url()
         console = Console(lab, CONSOLE_NODE, work, int(url.port or 80))
+        # As the README says: the archive imported into the node's containerd.
+        subprocess.run(["ctr", "--address", lab.cri_socket(NODE).removeprefix("unix://"),
+                        "-n", "k8s.io", "images", "import", str(image_archive.result())],
+                       check=True, capture_output=True, timeout=300)
         etc_hosts = work / "etc-hosts"
         etc_hosts.write_text(f"{Path('/etc/hosts').read_text()}{console.address}\t{url.host}\n")
         state = work / "node-state"
