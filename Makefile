@@ -26,7 +26,7 @@ deps:
 # SERIAL=1: the lab stage alone, after the others (for a lab test that fails only with
 # the other stages beside it).
 test: deps
-	PY=$(PY) CNNF_TEST_SERIAL=$(if $(SERIAL),1,0) scripts/test.sh
+	PY=$(PY) CNNF_TEST_SERIAL=$(if $(filter 1 yes true,$(SERIAL)),1,0) scripts/test.sh
 
 # Only the pure, fast tests (no root, no lab, no services).
 test-unit: deps

@@ -57,7 +57,8 @@ stage() {
   shift
   say '===== stage %s started (follow it: tail -f %s)\n' "$name" "$LOGS/$name.log"
   : >"$LOGS/$name.running"
-  "$@" >"$LOGS/$name.log" 2>&1
+  # In a session of its own: a Ctrl-C reaches it once, passed on by stop().
+  setsid "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
   rm -f "$LOGS/$name.running"
   say '\n===== stage %s: %s (exit %d) in %d s: %s\n%s\n===== end of stage %s\n' "$name" \
@@ -84,10 +85,14 @@ heartbeat() {
 }
 
 pids=()
-# Ctrl-C reaches every process of the terminal's group, the stages' pytest too; a
-# SIGTERM to this script is passed on to them as SIGINT.
+# Ctrl-C, or SIGINT or SIGTERM to this script, is passed on once as SIGINT to each
+# running stage's process group (pytest, its xdist workers, what they started), as
+# a terminal's Ctrl-C would be: pytest then tears its labs and servers down.
 stop() {  # $1: the signal received
-  [ "$1" = INT ] || for p in "${pids[@]}"; do pkill -INT -P "$p"; done
+  local p leader
+  for p in "${pids[@]}"; do
+    for leader in $(pgrep -P "$p"); do kill -INT -- "-$leader" 2>/dev/null; done
+  done
   wait "${pids[@]}"
   : >"$LOGS/.done"
   wait "$beat"
@@ -98,8 +103,11 @@ trap 'stop TERM' TERM
 
 heartbeat &
 beat=$!
+# The lab stage keeps pytest's cache (--lf, --ff) apart: pytest writes its cache
+# when a session ends, and two sessions at once would each overwrite the other's.
 run_lab() {
-  stage lab "$PY" "${DEFAULT_INT[@]}" -m pytest --durations=25 -m "$LAB" &
+  stage lab "$PY" "${DEFAULT_INT[@]}" -m pytest -o cache_dir=.pytest_cache/lab \
+    --durations=25 -m "$LAB" &
   pids+=($!)
 }
 run_stage() {  # one stage in the background, waited for
