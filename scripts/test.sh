@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 unset PYTHONDONTWRITEBYTECODE
 
 PY=${PY:-.venv/bin/python}
-LOGS=test-artifacts/stages
+LOGS=${CNNF_TEST_LOGS:-test-artifacts/stages}  # tests/test_stages.py runs it elsewhere
 PURE="not lab and not root and not postgres and not browser"
 SERVICES="(postgres or browser) and not lab and not root"
 LAB="lab or root"
