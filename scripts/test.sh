@@ -42,6 +42,16 @@ NICE=(nice -n "${CNNF_TEST_NICE:-10}")
 DEFAULT_INT=(-c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);
 os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
 
+# One run at a time in a checkout (the lab stages would share lab names and kernel
+# tables): the lock is held by the stages too, so that stages left running by a
+# script that was killed keep a second run out.
+mkdir -p "$(dirname "$LOGS")"
+exec 8>"$LOGS.lock"
+if ! flock -n 8; then
+  echo "test.sh: another run of the stages holds $LOGS.lock:" \
+    "$(fuser "$LOGS.lock" 2>/dev/null | xargs)" >&2
+  exit 1
+fi
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
 start=$SECONDS
@@ -71,15 +81,22 @@ stage() {
 
 # Every minute: each running stage and the last line of its log (pytest's progress).
 heartbeat() {
-  local f name last n=0
+  local f name progress pct file failed n=0
   while [ ! -e "$LOGS/.done" ]; do
     sleep 1
     (( ++n % 60 == 0 )) || continue
     for f in "$LOGS"/*.running; do
       [ -e "$f" ] || continue
       name=$(basename "$f" .running)
-      last=$(grep -v '^\s*$' "$LOGS/$name.log" 2>/dev/null | tail -n 1 | cut -c1-100)
-      say '[%4d s] %s running: %s\n' "$((SECONDS - start))" "$name" "$last"
+      # pytest's progress: the last percentage, the test file, failures so far.
+      progress=$(grep -E '^(tests/[^ ]+ )?[.FEsxX]+ *(\[ *[0-9]+%\])?$' "$LOGS/$name.log" \
+        2>/dev/null)
+      pct=$(grep -oE '\[ *[0-9]+%\]' <<<"$progress" | tail -n 1 | tr -d '[] ')
+      file=$(grep -oE '^tests/[^ ]+' <<<"$progress" | tail -n 1)
+      failed=$(sed -E 's/^tests\/[^ ]+ //; s/\[ *[0-9]+%\]$//' <<<"$progress" | tr -cd 'FE' \
+        | wc -c)
+      say '[%4d s] %s running: %s done%s, %d failed so far\n' "$((SECONDS - start))" "$name" \
+        "${pct:-0%}" "${file:+, in $file}" "$failed"
     done
   done
 }
@@ -96,10 +113,11 @@ stop() {  # $1: the signal received
   wait "${pids[@]}"
   : >"$LOGS/.done"
   wait "$beat"
-  if [ "$1" = INT ]; then exit 130; else exit 143; fi
+  case $1 in INT) exit 130 ;; HUP) exit 129 ;; *) exit 143 ;; esac
 }
 trap 'stop INT' INT
 trap 'stop TERM' TERM
+trap 'stop HUP' HUP  # the stages, in sessions of their own, would not get it
 
 heartbeat &
 beat=$!

@@ -129,3 +129,28 @@ def test_make_serial_takes_only_a_yes() -> None:
     assert serial("SERIAL=0") == "CNNF_TEST_SERIAL=0"
     assert serial("SERIAL=1") == "CNNF_TEST_SERIAL=1"
     assert serial("SERIAL=yes") == "CNNF_TEST_SERIAL=1"
+
+
+def test_sighup_to_the_script_interrupts_every_running_stage_once(tmp_path: Path) -> None:
+    code, out, logs = interrupted(tmp_path, signal.SIGHUP)
+    assert code == 129, out
+    assert (logs / "lab.log").read_text() == "lab torn down\n"
+    assert (logs / "pure.log").read_text() == "pure torn down\n"
+
+
+def test_a_second_run_beside_a_running_one_is_refused_and_touches_nothing(
+        tmp_path: Path) -> None:
+    first, logs = start(tmp_path, lab=60, pure=60)
+    try:
+        deadline = time.monotonic() + 60
+        while not (logs / "pure.running").exists():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        second, _ = start(tmp_path)
+        out, _ = second.communicate(timeout=60)
+        assert second.returncode == 1
+        assert out.startswith(f"test.sh: another run of the stages holds {logs}.lock:"), out
+        assert (logs / "pure.running").exists() and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=50)
