@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -61,31 +62,60 @@ def daemonset() -> dict[str, Any]:
 # ----------------------------------------------------------------- the image
 
 
-def _build_image(work: Path) -> Path:
-    (container,) = daemonset()["spec"]["template"]["spec"]["containers"]
-    archive = work / "cnnf.tar"
-    proc = subprocess.run(
-        [str(ROOT / "deploy" / "build-image.sh"), "--tag", container["image"],
-         "--oci-archive", str(archive)],
-        env={**os.environ, "CNNF_BUILD_DIR": str(work / "build")},
-        capture_output=True, text=True, check=False, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return archive
+class ImageBuild:
+    """``deploy/build-image.sh`` run in the background (a process group of its own,
+    so that it can be stopped whole); ``result()`` waits for the archive."""
+
+    def __init__(self, work: Path) -> None:
+        (container,) = daemonset()["spec"]["template"]["spec"]["containers"]
+        self.archive = work / "cnnf.tar"
+        self.proc = subprocess.Popen(
+            [str(ROOT / "deploy" / "build-image.sh"), "--tag", container["image"],
+             "--oci-archive", str(self.archive)],
+            env={**os.environ, "CNNF_BUILD_DIR": str(work / "build")},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        self.waiter = ThreadPoolExecutor(1)
+        self.done: Future[str] = self.waiter.submit(self._wait)
+
+    def _wait(self) -> str:
+        _, err = self.proc.communicate(timeout=1800)
+        return err
+
+    def result(self) -> Path:
+        err = self.done.result()
+        assert self.proc.returncode == 0, err[-4000:]
+        return self.archive
+
+    def stop(self) -> None:
+        """A build still running (the lab failed to come up, say) is stopped, not
+        waited for; a failed build is said, even if no test asked for the image."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            err = self.done.result(timeout=60)
+        except TimeoutError:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            err = self.done.result()
+        self.waiter.shutdown()
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            print(f"the image build failed ({self.proc.returncode}): {err[-2000:]}")
 
 
 @pytest.fixture(scope="module")
-def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[Path]]:
+def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageBuild]:
     """The image the manifest names, built from this checkout by the one
     command, as an OCI archive: built in the background while the lab and the
-    Console come up (the build is most of this module's setup, about a minute).
-    A build still running when the module ends (the lab failed to come up, say)
-    is waited for: the failure is reported once the build ends."""
+    Console come up (the build is most of this module's setup, about a minute)."""
     if os.geteuid() != 0 or not all(shutil.which(t) for t in ("podman", "mmdebstrap",
                                                                "containerd")):
         pytest.fail("the Defender pod test needs root, podman, mmdebstrap and containerd "
                     "(make deps)")
-    with ThreadPoolExecutor(1) as build:  # leaving it waits for a build still running
-        yield build.submit(_build_image, tmp_path_factory.mktemp("image"))
+    build = ImageBuild(tmp_path_factory.mktemp("image"))
+    try:
+        yield build
+    finally:
+        build.stop()
 
 
 # ----------------------------------------------------------------- a kubelet
@@ -312,7 +342,7 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def deployed(image_archive: Future[Path], tmp_path_factory: pytest.TempPathFactory
+def deployed(image_archive: ImageBuild, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Deployed]:
     work = tmp_path_factory.mktemp("pod")
     lab = Lab.up("kube", name=LAB)
