@@ -13,22 +13,20 @@ unexport PYTHONDONTWRITEBYTECODE
 deps:
 	@scripts/bootstrap.sh
 
-# The whole suite: unit, lab (root, namespaces, containers), PostgreSQL and browser tests.
-# The pure tests run on two processes, then the PostgreSQL and browser tests on two
-# (each process starts its own PostgreSQL server once, and a browser for each browser
-# test module it runs), then the lab and root tests one at a time (they share labs,
-# namespaces and the kernel's tables). The stages never overlap: the lab tests do not
-# tolerate two busy cores beside them. --dist worksteal: a process that runs out of
-# tests takes some of the other's, so one long test (schemathesis, the import killed
-# midway) does not leave a core idle at the end of a stage. Each prints its slowest tests.
-PURE := not lab and not root and not postgres and not browser
-SERVICES := (postgres or browser) and not lab and not root
+# The whole suite: ruff, mypy, unit, lab (root, namespaces, containers), PostgreSQL and
+# browser tests, in stages (scripts/test.sh): the lab and root tests one at a time, in
+# the background from the start (they share labs, namespaces and the kernel's tables,
+# and are mostly waiting); beside them, at nice 10, ruff, mypy, the pure tests on two
+# processes, then the PostgreSQL and browser tests on two (each process starts its own
+# PostgreSQL server once, and a browser for each browser test module it runs).
+# --dist worksteal: a process that runs out of tests takes some of the other's, so one
+# long test (schemathesis, the import killed midway) does not leave a core idle at the
+# end of a stage. Each stage prints its output whole when it ends (also kept in
+# test-artifacts/stages/), its slowest tests, then a summary; any failed stage fails.
+# SERIAL=1: the lab stage alone, after the others (for a lab test that fails only with
+# the other stages beside it).
 test: deps
-	$(PY) -m ruff check src tests bench
-	$(PY) -m mypy
-	$(PY) -m pytest -n 2 --dist worksteal --durations=15 -m "$(PURE)"
-	$(PY) -m pytest -n 2 --dist worksteal --durations=15 -m "$(SERVICES)"
-	$(PY) -m pytest --durations=25 -m "lab or root"
+	PY=$(PY) CNNF_TEST_SERIAL=$(if $(filter 1 yes true,$(SERIAL)),1,0) scripts/test.sh
 
 # Only the pure, fast tests (no root, no lab, no services).
 test-unit: deps

@@ -59,11 +59,23 @@ class PostgresServer:
         shutil.chown(self.root, "postgres", "postgres")
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", *(() if self.durable else ("--no-sync",)))
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        if not self.durable:
-            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
-                  "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+        # The port is free when chosen, but another process (another test stream
+        # beside this one) may take it before the server listens: then another.
+        for attempt in range(5):
+            options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+            if not self.durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            try:
+                self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
+                          "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+                return
+            except RuntimeError:
+                log = self.root / "server.log"
+                if attempt == 4 or "Address already in use" not in (
+                        log.read_text() if log.exists() else ""):
+                    raise
+                log.unlink()
+                self.port = _free_port()
 
     def stop(self) -> None:
         try:

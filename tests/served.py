@@ -29,8 +29,13 @@ def free_port() -> int:
 @contextmanager
 def uvicorn_thread(app: Any, **config: Any) -> Iterator[int]:
     """Serve ``app`` (``config``: more uvicorn.Config options, e.g. TLS files);
-    yields the port."""
-    port = free_port()
+    yields the port. The listening socket is made here and handed to uvicorn, so
+    no other process (another test stream's server) can take the port between
+    choosing it and listening on it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
     # loop="asyncio": the tests' own event loop in this thread, not uvloop (which
     # `cnnf console` uses): uvloop's handles outlive a server stopped from another
     # thread and surface as warnings in whichever test runs next.
@@ -38,15 +43,17 @@ def uvicorn_thread(app: Any, **config: Any) -> Iterator[int]:
                                            log_level="warning", lifespan="off",
                                            loop="asyncio", timeout_graceful_shutdown=1,
                                            **config))
-    thread = threading.Thread(target=server.run, name="console", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="console",
+                              daemon=True)
     thread.start()
-    deadline = time.monotonic() + START_WITHIN
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise AssertionError(f"the Console did not start within {START_WITHIN} s")
-        time.sleep(0.02)
     try:
+        deadline = time.monotonic() + START_WITHIN
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise AssertionError(f"the Console did not start within {START_WITHIN} s")
+            time.sleep(0.02)
         yield port
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        sock.close()

@@ -64,7 +64,7 @@ def serve(tmp_path: Path) -> Iterator[RealConsole]:
         UserService(s).create_user(ADMIN[0], Role.ADMIN, ADMIN[1])
     with uvicorn_thread(app) as port:
         url = f"http://127.0.0.1:{port}"
-        token = httpx.post(f"{url}/api/v1/auth/login",
+        token = httpx.post(f"{url}/api/v1/auth/login", timeout=30,  # a loaded machine
                            json={"username": ADMIN[0], "password": ADMIN[1]}).json()["token"]
         admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
                              timeout=30)

@@ -22,11 +22,12 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,24 +62,60 @@ def daemonset() -> dict[str, Any]:
 # ----------------------------------------------------------------- the image
 
 
+class ImageBuild:
+    """``deploy/build-image.sh`` run in the background (a process group of its own,
+    so that it can be stopped whole); ``result()`` waits for the archive."""
+
+    def __init__(self, work: Path) -> None:
+        (container,) = daemonset()["spec"]["template"]["spec"]["containers"]
+        self.archive = work / "cnnf.tar"
+        self.proc = subprocess.Popen(
+            [str(ROOT / "deploy" / "build-image.sh"), "--tag", container["image"],
+             "--oci-archive", str(self.archive)],
+            env={**os.environ, "CNNF_BUILD_DIR": str(work / "build")},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        self.waiter = ThreadPoolExecutor(1)
+        self.done: Future[str] = self.waiter.submit(self._wait)
+
+    def _wait(self) -> str:
+        _, err = self.proc.communicate(timeout=1800)
+        return err
+
+    def result(self) -> Path:
+        err = self.done.result()
+        assert self.proc.returncode == 0, err[-4000:]
+        return self.archive
+
+    def stop(self) -> None:
+        """A build still running (the lab failed to come up, say) is stopped, not
+        waited for; a failed build is said, even if no test asked for the image."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            err = self.done.result(timeout=60)
+        except TimeoutError:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            err = self.done.result()
+        self.waiter.shutdown()
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            print(f"the image build failed ({self.proc.returncode}): {err[-2000:]}")
+
+
 @pytest.fixture(scope="module")
-def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageBuild]:
     """The image the manifest names, built from this checkout by the one
-    command, as an OCI archive."""
+    command, as an OCI archive: built in the background while the lab and the
+    Console come up (the build is most of this module's setup, about a minute)."""
     if os.geteuid() != 0 or not all(shutil.which(t) for t in ("podman", "mmdebstrap",
                                                                "containerd")):
         pytest.fail("the Defender pod test needs root, podman, mmdebstrap and containerd "
                     "(make deps)")
-    work = tmp_path_factory.mktemp("image")
-    (container,) = daemonset()["spec"]["template"]["spec"]["containers"]
-    archive = work / "cnnf.tar"
-    proc = subprocess.run(
-        [str(ROOT / "deploy" / "build-image.sh"), "--tag", container["image"],
-         "--oci-archive", str(archive)],
-        env={**os.environ, "CNNF_BUILD_DIR": str(work / "build")},
-        capture_output=True, text=True, check=False, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return archive
+    build = ImageBuild(tmp_path_factory.mktemp("image"))
+    try:
+        yield build
+    finally:
+        build.stop()
 
 
 # ----------------------------------------------------------------- a kubelet
@@ -305,19 +342,19 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def deployed(image_archive: Path, tmp_path_factory: pytest.TempPathFactory
+def deployed(image_archive: ImageBuild, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Deployed]:
     work = tmp_path_factory.mktemp("pod")
     lab = Lab.up("kube", name=LAB)
     console: Console | None = None
     pod: RunningPod | None = None
     try:
-        # As the README says: the archive imported into the node's containerd.
-        subprocess.run(["ctr", "--address", lab.cri_socket(NODE).removeprefix("unix://"),
-                        "-n", "k8s.io", "images", "import", str(image_archive)],
-                       check=True, capture_output=True, timeout=300)
         url = _console_url()
         console = Console(lab, CONSOLE_NODE, work, int(url.port or 80))
+        # As the README says: the archive imported into the node's containerd.
+        subprocess.run(["ctr", "--address", lab.cri_socket(NODE).removeprefix("unix://"),
+                        "-n", "k8s.io", "images", "import", str(image_archive.result())],
+                       check=True, capture_output=True, timeout=300)
         etc_hosts = work / "etc-hosts"
         etc_hosts.write_text(f"{Path('/etc/hosts').read_text()}{console.address}\t{url.host}\n")
         state = work / "node-state"
