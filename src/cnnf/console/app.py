@@ -53,6 +53,7 @@ from cnnf.console.api.defender import (
     flush_seen,
 )
 from cnnf.console.api.deps import ConsoleState, Reader
+from cnnf.console.api.fastpath import DefenderFastPath
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.metrics import ConsoleMetrics, LiveFigures
 from cnnf.console.security import LoginLimiter
@@ -527,4 +528,7 @@ def create_app(
     if static is not None:
         mount_ui(app, static)  # last: the UI's "/" mount must not shadow any route
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    # Outermost: the Defender link's plain long-polls and report batches skip the
+    # router and its dependencies (the rest goes on to the routes).
+    app.add_middleware(DefenderFastPath, owner=app)
     return app
