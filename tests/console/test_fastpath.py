@@ -1,0 +1,234 @@
+"""The Defender link's fast path (cnnf.console.api.fastpath), on SQLite and
+PostgreSQL: which requests it takes (counted by its metric), that what it
+answers is what the OpenAPI document says (status documented, body valid against
+the documented schema) and what the route answers, that a revoked Defender's
+waiting long-poll still gets 401, and that everything else goes on to the routes
+(their 400, 401, 403, 422) with nothing stored."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+from consoletest import ApiClient, Console
+from sqlalchemy import func, select
+from test_defenders import _credential, audit, enroll, flow, report
+
+from cnnf.console.api.fastpath import _query
+from cnnf.console.security import Role
+from cnnf.console.store.models import AuditRow, ReportBatchRow
+from cnnf.model.records import ReportBatch
+
+API = "/api/v1"
+
+
+def fast(console: Console, request: str) -> float:
+    value = console.app.state.link.metrics.registry.get_sample_value(
+        "cnnf_console_link_fast_path_total", {"request": request})
+    return float(value or 0.0)
+
+
+def conforms(console: Console, method: str, path: str, response: httpx.Response) -> None:
+    """The answer's status is documented for the operation, and its JSON body (if
+    any) is valid against the documented schema."""
+    document = console.client().get(f"{API}/openapi.json").json()
+    operation = document["paths"][path][method]
+    status = str(response.status_code)
+    assert status in operation["responses"], (method, path, status)
+    documented = operation["responses"][status]
+    if response.status_code == 204:
+        assert response.content == b""
+        return
+    assert response.headers["content-type"] == "application/json"
+    schema = documented["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator(
+        {**schema, "components": document["components"]}).validate(response.json())
+
+
+@pytest.mark.parametrize("topic", ["policy", "inventory"])
+def test_a_cached_defender_s_long_poll_takes_the_fast_path_and_answers_as_documented(
+    console: Console, admin: ApiClient, topic: str
+) -> None:
+    """The first call verifies the credential through the route; the next ones are
+    the fast path's, with the same answer, byte for byte, each as the document says."""
+    _, reporter = enroll(console, admin)
+    r = reporter.post(f"{API}/defender/inventory", content=report(
+        "node-1", ("api", "10.1.0.2")).model_dump_json(),
+        headers={"Content-Type": "application/json"})
+    assert r.status_code == 204, r.text
+    _, defender = enroll(console, admin, "node-2")
+    before = fast(console, topic)
+    routed = defender.get(f"{API}/defender/{topic}")
+    assert fast(console, topic) == before  # verified by the route's guard
+    taken = defender.get(f"{API}/defender/{topic}")
+    assert fast(console, topic) == before + 1
+    assert (taken.status_code, taken.content, taken.headers["content-type"]) == (
+        routed.status_code, routed.content, routed.headers["content-type"])
+    assert int(taken.headers["content-length"]) == len(taken.content)
+    conforms(console, "get", f"{API}/defender/{topic}", taken)
+    revision = taken.json()["revision"]
+    unchanged = defender.get(f"{API}/defender/{topic}",
+                             params={"revision": revision, "wait": "0.05"})
+    assert unchanged.status_code == 204
+    assert fast(console, topic) == before + 2
+    conforms(console, "get", f"{API}/defender/{topic}", unchanged)
+
+
+def test_a_defender_revoked_while_its_fast_long_poll_waits_gets_401_as_documented(
+    console: Console, admin: ApiClient
+) -> None:
+    revoked_id, revoked = enroll(console, admin, "node-1")
+    _, other = enroll(console, admin, "node-2")
+    credentials = [_credential(revoked), _credential(other)]
+    link = console.app.state.link
+    link.store_poll = 3600
+    admin_token = console.tokens[Role.ADMIN]
+    for d in (revoked, other):  # verified once: the long-polls below are the fast path's
+        assert d.get(f"{API}/defender/policy").status_code == 200
+    before = fast(console, "policy")
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            polls = [asyncio.create_task(c.get(
+                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
+                params={"revision": 0, "wait": 20})) for cred in credentials]
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in polls)
+            r = await c.delete(f"{API}/defenders/{revoked_id}",
+                               headers={"Authorization": f"Bearer {admin_token}"})
+            assert r.status_code == 204, r.text
+            # The revocation alone moves no policy: a change wakes both.
+            r = await c.post(f"{API}/objects", headers={"Authorization": f"Bearer {admin_token}"},
+                             json={"kind": "subnet", "name": "internet", "cidrs": ["0.0.0.0/0"]})
+            assert r.status_code == 201, r.text
+            return list(await asyncio.gather(*polls))
+
+    gone, kept = asyncio.run(run())
+    assert fast(console, "policy") == before + 2
+    assert gone.status_code == 401, gone.text
+    assert gone.json() == {"detail": "invalid or revoked Defender credential"}
+    assert gone.headers["www-authenticate"] == "Bearer"
+    conforms(console, "get", f"{API}/defender/policy", gone)
+    assert kept.status_code == 200
+    assert kept.json()["revision"] == 1
+    conforms(console, "get", f"{API}/defender/policy", kept)
+    # And its next call is refused by the route's guard (the store says revoked).
+    assert revoked.get(f"{API}/defender/policy").status_code == 401
+
+
+@pytest.mark.parametrize(("query", "status"), [
+    ("revision=abc", 422), ("wait=31", 422), ("wait=-1", 422), ("revision=-2", 422),
+    ("revision=1&revision=2", 400), ("rev=1", 400), ("revision=%31", 200),
+    ("revision=+1", 200), ("wait=1e-3", 200),
+])
+def test_what_the_fast_path_does_not_take_the_route_judges(
+    console: Console, admin: ApiClient, query: str, status: int
+) -> None:
+    _, defender = enroll(console, admin)
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # cached now
+    before = fast(console, "policy")
+    r = defender.get(f"{API}/defender/policy?{query}")
+    assert r.status_code == status, r.text
+    assert fast(console, "policy") == before
+    conforms(console, "get", f"{API}/defender/policy", r)
+
+
+def test_a_user_token_a_missing_or_unknown_credential_go_to_the_route(
+    console: Console, admin: ApiClient
+) -> None:
+    before = fast(console, "policy")
+    assert admin.get(f"{API}/defender/policy").status_code == 403
+    assert console.client().get(f"{API}/defender/policy").status_code == 401
+    assert console.client("cnnfd_" + "x" * 40).get(f"{API}/defender/policy").status_code == 401
+    assert fast(console, "policy") == before
+
+
+def test_a_cached_defender_s_batch_is_stored_once_by_the_fast_path(
+    console: Console, admin: ApiClient
+) -> None:
+    _, defender = enroll(console, admin)
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # cached now
+    body = ReportBatch(batch_id="b1", flows=[flow()], audits=[audit()]).model_dump_json()
+    headers = {"Content-Type": "application/json"}
+    before = fast(console, "reports")
+    first = defender.post(f"{API}/defender/reports", content=body, headers=headers)
+    again = defender.post(f"{API}/defender/reports", content=body, headers=headers)
+    assert fast(console, "reports") == before + 2
+    assert first.json() == {"accepted": True, "duplicate": False}
+    assert again.json() == {"accepted": True, "duplicate": True}
+    for answer in (first, again):
+        conforms(console, "post", f"{API}/defender/reports", answer)
+    with console.session() as s:
+        assert s.scalar(select(func.count()).select_from(AuditRow)) == 1
+        assert s.scalar(select(func.count()).select_from(ReportBatchRow)) == 1
+
+
+@pytest.mark.parametrize(("body", "status", "path"), [
+    (b'{"batch_id": "b2", "flows": [{"port": 70000}]}', 422, "flows[0]"),
+    (b'{"batch_id": "b2", "flows": [', 422, "body"),
+    (b'{"batch_id": ""}', 422, "batch_id"),
+    (b'{"batch_id": "b2", "surprise": 1}', 422, "surprise"),
+])
+def test_a_bad_batch_is_refused_by_the_route_naming_what_is_wrong_and_nothing_is_stored(
+    console: Console, admin: ApiClient, body: bytes, status: int, path: str
+) -> None:
+    _, defender = enroll(console, admin)
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    before = fast(console, "reports")
+    r = defender.post(f"{API}/defender/reports", content=body,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert any(e["path"].startswith(path) for e in r.json()["errors"]), r.json()
+    conforms(console, "post", f"{API}/defender/reports", r)
+    with console.session() as s:
+        assert s.scalar(select(func.count()).select_from(ReportBatchRow)) == 0
+    # "batch_id": "" passes the model and is refused by the store's check: still
+    # the fast path's, answered by the app's own handler; the others the route's.
+    assert fast(console, "reports") == before + (1 if path == "batch_id" else 0)
+
+
+def test_a_revoked_defender_s_batch_is_refused_by_the_store_on_the_fast_path(
+    console: Console, admin: ApiClient
+) -> None:
+    """The cache did not hear of the revocation (another replica, notice lost): the
+    fast path takes the call, the store's check refuses it, nothing is stored."""
+    defender_id, defender = enroll(console, admin)
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    with console.session() as s:
+        from cnnf.console.store.models import DefenderRow
+        row = s.scalars(select(DefenderRow).where(DefenderRow.defender_id == defender_id)).one()
+        row.revoked = True
+        s.commit()
+    before = fast(console, "reports")
+    r = defender.post(f"{API}/defender/reports", content=ReportBatch(
+        batch_id="b3", audits=[audit()]).model_dump_json(),
+        headers={"Content-Type": "application/json"})
+    assert fast(console, "reports") == before + 1
+    assert r.status_code == 401, r.text
+    conforms(console, "post", f"{API}/defender/reports", r)
+    with console.session() as s:
+        assert s.scalar(select(func.count()).select_from(AuditRow)) == 0
+
+
+@pytest.mark.parametrize(("raw", "parsed"), [
+    (b"", (-1, 0.0)),
+    (b"revision=5&wait=25", (5, 25.0)),
+    (b"wait=0.5&revision=-1", (-1, 0.5)),
+    (b"revision=9223372036854775807", (2**63 - 1, 0.0)),
+    (b"revision=9223372036854775808", None),
+    (b"wait=30", (-1, 30.0)),
+    (b"wait=30.000001", None),
+    (b"wait=99", None),
+    (b"revision=05", None),
+    (b"revision=-0", None),
+    (b"revision=1&revision=1", None),
+    (b"revision", None),
+    (b"revision=1&", None),
+    (b"other=1", None),
+])
+def test_the_query_the_fast_path_takes_as_is(raw: bytes, parsed: Any) -> None:
+    assert _query(raw) == parsed
