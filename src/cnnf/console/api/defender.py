@@ -10,6 +10,11 @@ revision, so a change costs one read however many Defenders wait. On
 PostgreSQL a change committed through any replica wakes them on every replica
 through the change feed (:mod:`cnnf.console.store.feed`); the store poll is
 then only a backstop.
+
+A cached Defender's plain long-polls and report batches do not come through
+these routes: :mod:`cnnf.console.api.fastpath` answers them in front of the
+app with the same code (:func:`serve`, :func:`store_reports`); these routes
+answer the rest, and define the API document for both.
 """
 
 from __future__ import annotations
