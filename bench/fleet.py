@@ -299,7 +299,8 @@ class Clients:
     async def ingest(self, bodies: list[tuple[str, str, str, bytes]],
                      concurrency: int) -> dict[str, float]:
         """Post pre-serialized batches (URL, credential, batch id, body)."""
-        assert self.http is not None
+        http = self.http
+        assert http is not None
         queue = list(reversed(bodies))
 
         async def worker() -> None:
@@ -309,8 +310,8 @@ class Clients:
                            "Content-Type": "application/json"}
                 for _ in range(5):  # a keep-alive connection the server just closed
                     try:
-                        async with self.http.post(f"{url}{API}/defender/reports",  # type: ignore[union-attr]
-                                                  data=body, headers=headers) as r:
+                        async with http.post(f"{url}{API}/defender/reports",
+                                             data=body, headers=headers) as r:
                             await r.read()
                             r.raise_for_status()
                             break
@@ -451,8 +452,8 @@ class Fleet:
         for pipe, share in zip(self.pipes, shares, strict=True):
             pipe.send(("ingest", share, each))
         answers = await asyncio.gather(*(asyncio.to_thread(p.recv) for p in self.pipes))
-        started = min(a["started"] for a in answers)
-        ended = max(a["ended"] for a in answers)
+        started = float(min(a["started"] for a in answers))
+        ended = float(max(a["ended"] for a in answers))
         return batches * RECORDS_PER_BATCH / (ended - started)
 
     async def close(self) -> None:
