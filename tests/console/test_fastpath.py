@@ -19,7 +19,7 @@ from test_defenders import _credential, audit, enroll, flow, report
 
 from cnnf.console.api.fastpath import _query
 from cnnf.console.security import Role
-from cnnf.console.store.models import AuditRow, ReportBatchRow
+from cnnf.console.store.models import AuditRow, DefenderRow, ReportBatchRow
 from cnnf.model.records import ReportBatch
 
 API = "/api/v1"
@@ -199,7 +199,6 @@ def test_a_revoked_defender_s_batch_is_refused_by_the_store_on_the_fast_path(
     defender_id, defender = enroll(console, admin)
     assert defender.get(f"{API}/defender/policy").status_code == 200
     with console.session() as s:
-        from cnnf.console.store.models import DefenderRow
         row = s.scalars(select(DefenderRow).where(DefenderRow.defender_id == defender_id)).one()
         row.revoked = True
         s.commit()
@@ -232,3 +231,34 @@ def test_a_revoked_defender_s_batch_is_refused_by_the_store_on_the_fast_path(
 ])
 def test_the_query_the_fast_path_takes_as_is(raw: bytes, parsed: Any) -> None:
     assert _query(raw) == parsed
+
+
+@pytest.mark.parametrize("query", ["revision=-1", "revision=%2D1"], ids=["fast", "routed"])
+def test_a_revocation_between_the_credential_check_and_the_answer_gets_401(
+    console: Console, admin: ApiClient, query: str
+) -> None:
+    """The long-poll is judged under the count of revoked Defenders its credential
+    was checked with, not one read after: a revocation landing right after the
+    check (here: inside the cache lookup) is seen, through the fast path and
+    through the route alike."""
+    defender_id, defender = enroll(console, admin)
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # cached now
+    link = console.app.state.link
+    lookup = link.verified.lookup
+
+    def revoking(*args: Any, **kwargs: Any) -> Any:
+        who = lookup(*args, **kwargs)  # checked under the count before the revocation
+        with console.session() as s:
+            row = s.scalars(select(DefenderRow).where(
+                DefenderRow.defender_id == defender_id)).one()
+            row.revoked = True
+            s.commit()
+        link.credentials.notify()  # as a revocation through this process does
+        return who
+
+    link.verified.lookup = revoking
+    before = fast(console, "policy")
+    r = defender.get(f"{API}/defender/policy?{query}")
+    assert fast(console, "policy") == before + (1 if query == "revision=-1" else 0)
+    assert r.status_code == 401, r.text
+    assert r.json() == {"detail": "invalid or revoked Defender credential"}

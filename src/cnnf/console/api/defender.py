@@ -299,10 +299,14 @@ class DefenderCaller(Guard):
 
     async def __call__(
         self,
+        request: Request,
         console: StateDep,
         link: HubDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> DefenderPrincipal:
+        """The Defender; the count of revoked Defenders its credential was checked
+        under is kept in ``request.state.revocations`` (a long-poll answers 401 if
+        it moved and the Defender is among the revoked)."""
         if credentials is None:
             raise Unauthorized(
                 "authentication required: send 'Authorization: Bearer <credential>'")
@@ -310,6 +314,7 @@ class DefenderCaller(Guard):
         if secret.startswith(CREDENTIAL_PREFIX):
             digest = token_hash(secret)
             epoch = await link.current_revocations.get()
+            request.state.revocations = epoch
             who = link.verified.lookup(digest, epoch, console.now(), link.saw)
             if who is None:
                 who = await run_in_threadpool(self._defender, console, link, secret)
@@ -334,7 +339,7 @@ class DefenderCaller(Guard):
             UserService(session, console.now).authenticate(secret)  # 401: not a token at all
 
     async def check(self, request: Request) -> None:
-        await self(state(request), hub(request), await _bearer(request))
+        await self(request, state(request), hub(request), await _bearer(request))
 
 
 defender_caller = DefenderCaller()
@@ -477,14 +482,17 @@ def _json(current: Current) -> Response:
 
 
 async def serve(console: ConsoleState, link: LinkHub, who: DefenderPrincipal, topic: str,
-                *, revision: int, wait: float) -> tuple[Current | None, float | None]:
-    """One long-poll of ``topic`` (policy, inventory) for ``who``, authenticated:
-    the current (revision, body) when its revision is not ``revision``, waiting up
-    to ``wait`` seconds (None: no change, or a newer long-poll replaced this one),
-    and when the notice that woke it came (for the answer histogram). Raises
-    Unauthorized when the Defender was revoked while it waited. Shared by the
-    FastAPI routes and the fast path (:mod:`cnnf.console.api.fastpath`)."""
-    epoch = await link.current_revocations.get()  # as the credential was checked
+                *, revision: int, wait: float, epoch: int,
+                ) -> tuple[Current | None, float | None]:
+    """One long-poll of ``topic`` (policy, inventory) for ``who``, authenticated
+    under ``epoch`` (the count of revoked Defenders its credential was checked
+    with; not read again here: a revocation between the check and this read
+    would go unseen): the current (revision, body) when its revision is not
+    ``revision``, waiting up to ``wait`` seconds (None: no change, or a newer
+    long-poll replaced this one), and when the notice that woke it came (for the
+    answer histogram). Raises Unauthorized when the Defender was revoked since
+    ``epoch``. Shared by the FastAPI routes and the fast path
+    (:mod:`cnnf.console.api.fastpath`)."""
     shared, notifier = ((link.current_policy, link.policy) if topic == "policy"
                         else (link.current_inventory, link.inventory))
     with _only_one(link, who, topic, wait) as waiting:
@@ -496,9 +504,10 @@ async def serve(console: ConsoleState, link: LinkHub, who: DefenderPrincipal, to
     return answer, noticed
 
 
-async def _routed(console: ConsoleState, link: LinkHub, who: DefenderPrincipal, topic: str,
+async def _routed(request: Request, link: LinkHub, who: DefenderPrincipal, topic: str,
                   *, revision: int, wait: float) -> Response:
-    answer, noticed = await serve(console, link, who, topic, revision=revision, wait=wait)
+    answer, noticed = await serve(state(request), link, who, topic, revision=revision,
+                                  wait=wait, epoch=request.state.revocations)
     response = _json(answer) if answer is not None else Response(status_code=204)
     if noticed is not None:  # measured once the answer is written (a background task)
         response.background = BackgroundTask(answered, link, topic, noticed)
@@ -508,23 +517,23 @@ async def _routed(console: ConsoleState, link: LinkHub, who: DefenderPrincipal, 
 @router.get("/policy", response_model=PolicyAnswer,
             responses={204: {"description": "no change within the wait, or a newer "
                                        "long-poll of this Defender replaced this one"}})
-async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
+async def get_policy(*, request: Request, link: HubDep, who: Defender,
                      revision: Revision = -1, wait: Wait = 0) -> Any:
     """The policy as a native document when its revision is not ``revision``;
     else wait up to ``wait`` seconds for a change (204 when none came, or at once
     when a newer long-poll of this Defender replaced this one)."""
-    return await _routed(console, link, who, "policy", revision=revision, wait=wait)
+    return await _routed(request, link, who, "policy", revision=revision, wait=wait)
 
 
 @router.get("/inventory", response_model=ClusterInventory,
             responses={204: {"description": "no change within the wait, or a newer "
                                        "long-poll of this Defender replaced this one"}})
-async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
+async def get_inventory(*, request: Request, link: HubDep, who: Defender,
                         revision: Revision = -1, wait: Wait = 0) -> Any:
     """Every Defender's hosts and containers when the cluster inventory revision
     is not ``revision``; else wait up to ``wait`` seconds (204 when none came, or at
     once when a newer long-poll of this Defender replaced this one)."""
-    return await _routed(console, link, who, "inventory", revision=revision, wait=wait)
+    return await _routed(request, link, who, "inventory", revision=revision, wait=wait)
 
 
 @contextlib.contextmanager

@@ -89,9 +89,11 @@ class DefenderFastPath:
         await self.app(scope, receive, send)
 
     async def _who(self, link: LinkHub, console: ConsoleState,
-                   headers: Sequence[tuple[bytes, bytes]]) -> DefenderPrincipal | None:
+                   headers: Sequence[tuple[bytes, bytes]],
+                   ) -> tuple[DefenderPrincipal, int] | None:
         """The calling Defender if its credential is one this process verified
-        (no store read), else None (the route's guard decides)."""
+        (no store read), with the count of revoked Defenders it was checked
+        under; else None (the route's guard decides)."""
         found = [v for k, v in headers if k == b"authorization"]
         if len(found) != 1:
             return None
@@ -102,8 +104,9 @@ class DefenderFastPath:
             epoch = await link.current_revocations.get()
         except Exception:  # the store: the route's guard reads it again and answers
             return None
-        return link.verified.lookup(token_hash(secret.decode("latin-1")), epoch,
-                                    console.now(), link.saw)
+        who = link.verified.lookup(token_hash(secret.decode("latin-1")), epoch,
+                                   console.now(), link.saw)
+        return None if who is None else (who, epoch)
 
     async def _long_poll(self, scope: Scope, receive: Receive, send: Send,
                          topic: str) -> bool:
@@ -114,13 +117,13 @@ class DefenderFastPath:
             return False
         link: LinkHub = self.owner.state.link
         console: ConsoleState = self.owner.state.console
-        who = await self._who(link, console, headers)
-        if who is None:
+        caller = await self._who(link, console, headers)
+        if caller is None:
             return False
         link.metrics.fast.labels(topic).inc()
         try:
-            answer, noticed = await serve(console, link, who, topic,
-                                          revision=query[0], wait=query[1])
+            answer, noticed = await serve(console, link, caller[0], topic, revision=query[0],
+                                          wait=query[1], epoch=caller[1])
         except Exception as exc:  # answered as the route's would be
             await self._failed(scope, receive, send, exc)
             return True
@@ -149,8 +152,8 @@ class DefenderFastPath:
                 or types != [b"application/json"]
                 or any(k == b"transfer-encoding" for k, _ in headers)):
             return receive
-        who = await self._who(link, console, headers)
-        if who is None:
+        caller = await self._who(link, console, headers)
+        if caller is None:
             return receive
         messages: list[Message] = []
         chunks: list[bytes] = []
@@ -171,7 +174,7 @@ class DefenderFastPath:
             return _replay(messages, receive)  # the route names what is wrong (422)
         link.metrics.fast.labels("reports").inc()
         try:
-            answer = await run_in_threadpool(store_reports, console, link, who, batch)
+            answer = await run_in_threadpool(store_reports, console, link, caller[0], batch)
         except Exception as exc:
             await self._failed(scope, _replay([], receive), send, exc)
             return None
