@@ -262,3 +262,13 @@ def test_a_revocation_between_the_credential_check_and_the_answer_gets_401(
     assert fast(console, "policy") == before + (1 if query == "revision=-1" else 0)
     assert r.status_code == 401, r.text
     assert r.json() == {"detail": "invalid or revoked Defender credential"}
+
+
+def test_the_fast_path_sits_inside_every_other_middleware(console: Console) -> None:
+    """What is added around the app (the body limit, and any middleware added
+    later, after it) applies to the Defender link's fast path too."""
+    from cnnf.console.api.fastpath import DefenderFastPath
+    from cnnf.console.app import BodyLimit
+
+    order = [m.cls for m in console.app.user_middleware]
+    assert order == [BodyLimit, DefenderFastPath]  # outermost first

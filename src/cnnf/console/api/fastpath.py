@@ -161,22 +161,22 @@ class DefenderFastPath:
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":
-                return _replay(messages, receive)
+                return replayed(messages, receive)
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
         if len(body) != int(lengths[0]):
-            return _replay(messages, receive)
+            return replayed(messages, receive)
         try:
             batch = ReportBatch.model_validate_json(body)
         except ValidationError:
-            return _replay(messages, receive)  # the route names what is wrong (422)
+            return replayed(messages, receive)  # the route names what is wrong (422)
         link.metrics.fast.labels("reports").inc()
         try:
             answer = await run_in_threadpool(store_reports, console, link, caller[0], batch)
         except Exception as exc:
-            await self._failed(scope, _replay([], receive), send, exc)
+            await self._failed(scope, replayed([], receive), send, exc)
             return None
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_JSON, (b"content-length", str(len(answer)).encode())]})
@@ -224,7 +224,10 @@ def _query(raw: bytes) -> tuple[int, float] | None:
     return revision, wait
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replayed(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives ``messages`` (a body read already) first, then
+    what ``receive`` gives."""
+
     async def replay() -> Message:
         return messages.pop(0) if messages else await receive()
 

@@ -186,14 +186,16 @@ def endpoint_key(ep: EndpointInfo) -> str:
 
 
 _Ends = dict[tuple[object, ...], tuple[str, str, str]]
+_END_FIELDS = tuple(EndpointInfo.model_fields)
 
 
 def _end(ep: EndpointInfo, memo: _Ends | None) -> tuple[str, str, str]:
     """An end's flow key and its identity text without and with the address,
     reused for the same end within a batch (its flows mostly share their ends:
     the texts were a third of a batch's mapping)."""
-    key = (ep.kind, ep.address, ep.image, ep.container, ep.container_id, ep.namespace,
-           ep.pod, ep.cluster, ep.host, ep.domain, tuple(ep.labels.items()))
+    # Every field of the end, whatever fields it gains later (a dict as its items).
+    key = tuple(tuple(v.items()) if isinstance(v, dict) else v
+                for v in map(ep.__dict__.__getitem__, _END_FIELDS))
     found = memo.get(key) if memo is not None else None
     if found is None:
         found = (endpoint_key(ep), recorded_text(ep, address=False), recorded_text(ep))
