@@ -8,6 +8,7 @@ waiting long-poll still gets 401, and that everything else goes on to the routes
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from consoletest import ApiClient, Console
 from sqlalchemy import func, select
 from test_defenders import _credential, audit, enroll, flow, report
 
+from cnnf.console.api import fastpath
 from cnnf.console.api.fastpath import _query
 from cnnf.console.security import Role
 from cnnf.console.store.models import AuditRow, DefenderRow, ReportBatchRow
@@ -25,10 +27,12 @@ from cnnf.model.records import ReportBatch
 API = "/api/v1"
 
 
-def fast(console: Console, request: str) -> float:
-    value = console.app.state.link.metrics.registry.get_sample_value(
-        "cnnf_console_link_fast_path_total", {"request": request})
-    return float(value or 0.0)
+def fast(console: Console, request: str, *statuses: str) -> float:
+    """Requests of this kind the fast path answered (with these statuses; any)."""
+    registry = console.app.state.link.metrics.registry
+    return sum(registry.get_sample_value("cnnf_console_link_fast_path_total",
+                                         {"request": request, "status": status}) or 0.0
+               for status in statuses or ("200", "204", "401", "403", "422", "500"))
 
 
 def conforms(console: Console, method: str, path: str, response: httpx.Response) -> None:
@@ -167,28 +171,64 @@ def test_a_cached_defender_s_batch_is_stored_once_by_the_fast_path(
         assert s.scalar(select(func.count()).select_from(ReportBatchRow)) == 1
 
 
-@pytest.mark.parametrize(("body", "status", "path"), [
-    (b'{"batch_id": "b2", "flows": [{"port": 70000}]}', 422, "flows[0]"),
-    (b'{"batch_id": "b2", "flows": [', 422, "body"),
-    (b'{"batch_id": ""}', 422, "batch_id"),
-    (b'{"batch_id": "b2", "surprise": 1}', 422, "surprise"),
+@pytest.mark.parametrize(("body", "path", "taken"), [
+    (b'{"batch_id": "b2", "flows": [{"port": 70000}]}', "flows[0]", True),
+    (b'{"batch_id": "b2", "flows": [', "body", False),  # not JSON: the route's
+    (b'{"batch_id": ""}', "batch_id", True),
+    (b'{"batch_id": "b2", "surprise": 1}', "surprise", True),
+    (b'{"batch_id": "b2", "audits": [' + b",".join([b"{}"] * 1001) + b"]}", "audits", True),
 ])
-def test_a_bad_batch_is_refused_by_the_route_naming_what_is_wrong_and_nothing_is_stored(
-    console: Console, admin: ApiClient, body: bytes, status: int, path: str
+def test_a_bad_batch_is_refused_as_the_route_refuses_it_and_nothing_is_stored(
+    console: Console, admin: ApiClient, body: bytes, path: str, taken: bool
 ) -> None:
+    """422 naming what is wrong, the same bytes as the route's answer (which a
+    Content-Type with a charset gets: the fast path leaves that to the route);
+    the fast path answers it itself unless the body is not JSON at all."""
     _, defender = enroll(console, admin)
     assert defender.get(f"{API}/defender/policy").status_code == 200
     before = fast(console, "reports")
     r = defender.post(f"{API}/defender/reports", content=body,
                       headers={"Content-Type": "application/json"})
-    assert r.status_code == status, r.text
+    assert fast(console, "reports") == before + (1 if taken else 0)
+    assert fast(console, "reports", "422") == (1 if taken else 0)
+    routed = defender.post(f"{API}/defender/reports", content=body,
+                           headers={"Content-Type": "application/json; charset=utf-8"})
+    assert fast(console, "reports") == before + (1 if taken else 0)
+    assert r.status_code == routed.status_code == 422, r.text
+    assert r.content == routed.content
     assert any(e["path"].startswith(path) for e in r.json()["errors"]), r.json()
     conforms(console, "post", f"{API}/defender/reports", r)
     with console.session() as s:
         assert s.scalar(select(func.count()).select_from(ReportBatchRow)) == 0
-    # "batch_id": "" passes the model and is refused by the store's check: still
-    # the fast path's, answered by the app's own handler; the others the route's.
-    assert fast(console, "reports") == before + (1 if path == "batch_id" else 0)
+
+
+def test_the_document_says_how_many_records_a_batch_may_hold(console: Console) -> None:
+    document = console.client().get(f"{API}/openapi.json").json()
+    batch = document["components"]["schemas"]["ReportBatch"]["properties"]
+    assert batch["flows"]["maxItems"] == batch["audits"]["maxItems"] == 1000
+
+
+def test_a_batch_is_validated_and_stored_off_the_event_loop(
+    console: Console, admin: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large batch's validation (up to the body limit) does not hold the event
+    loop, and with it every waiting long-poll's answer: it runs in a worker thread."""
+    _, defender = enroll(console, admin)
+    assert defender.get(f"{API}/defender/policy").status_code == 200
+    threads: list[str] = []
+    take = fastpath._take
+
+    def recorded(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return take(*args)
+
+    monkeypatch.setattr(fastpath, "_take", recorded)
+    r = defender.post(f"{API}/defender/reports", content=ReportBatch(
+        batch_id="b4", flows=[flow()] * 200).model_dump_json(),
+        headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert len(threads) == 1
+    assert threads[0] != threading.main_thread().name
 
 
 def test_a_revoked_defender_s_batch_is_refused_by_the_store_on_the_fast_path(
@@ -202,11 +242,11 @@ def test_a_revoked_defender_s_batch_is_refused_by_the_store_on_the_fast_path(
         row = s.scalars(select(DefenderRow).where(DefenderRow.defender_id == defender_id)).one()
         row.revoked = True
         s.commit()
-    before = fast(console, "reports")
+    before = fast(console, "reports", "401")
     r = defender.post(f"{API}/defender/reports", content=ReportBatch(
         batch_id="b3", audits=[audit()]).model_dump_json(),
         headers={"Content-Type": "application/json"})
-    assert fast(console, "reports") == before + 1
+    assert fast(console, "reports", "401") == before + 1
     assert r.status_code == 401, r.text
     conforms(console, "post", f"{API}/defender/reports", r)
     with console.session() as s:

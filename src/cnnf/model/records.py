@@ -282,12 +282,17 @@ class ClusterInventory(_Record):
     containers: list[WorkloadInfo] = Field(default_factory=list)
 
 
+# Flows, and audits, per report batch at most: a Defender sends them in batches of
+# this many; the Console refuses more (one request's validation stays short).
+MAX_BATCH_RECORDS = 1000
+
+
 class ReportBatch(_Record):
     """POST /api/v1/defender/reports: flows and audits. ``batch_id`` makes
     redelivery (after a lost answer or a Console restart) idempotent; ``dropped``
     counts records the Defender's bounded spool had to discard."""
 
     batch_id: str
-    flows: list[FlowRecord] = Field(default_factory=list)
-    audits: list[AuditEvent] = Field(default_factory=list)
+    flows: list[FlowRecord] = Field(default_factory=list, max_length=MAX_BATCH_RECORDS)
+    audits: list[AuditEvent] = Field(default_factory=list, max_length=MAX_BATCH_RECORDS)
     dropped: int = 0

@@ -31,12 +31,14 @@ as the same bytes to every waiting Defender.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -120,21 +122,22 @@ class DefenderFastPath:
         caller = await self._who(link, console, headers)
         if caller is None:
             return False
-        link.metrics.fast.labels(topic).inc()
         try:
             answer, noticed = await serve(console, link, caller[0], topic, revision=query[0],
                                           wait=query[1], epoch=caller[1])
         except Exception as exc:  # answered as the route's would be
-            await self._failed(scope, receive, send, exc)
+            await self._failed(scope, receive, send, exc, topic)
             return True
         if answer is None:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
+            link.metrics.fast.labels(topic, "204").inc()
             return True
         body = answer[1]
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+        link.metrics.fast.labels(topic, "200").inc()
         if noticed is not None:
             await answered(link, topic, noticed)
         return True
@@ -169,22 +172,25 @@ class DefenderFastPath:
         if len(body) != int(lengths[0]):
             return replayed(messages, receive)
         try:
-            batch = ReportBatch.model_validate_json(body)
-        except ValidationError:
-            return replayed(messages, receive)  # the route names what is wrong (422)
-        link.metrics.fast.labels("reports").inc()
-        try:
-            answer = await run_in_threadpool(store_reports, console, link, caller[0], batch)
+            # Validation and storing in a worker thread: a large batch's validation
+            # does not hold the event loop (and every waiting long-poll's answer).
+            result = await run_in_threadpool(_take, console, link, caller[0], body)
         except Exception as exc:
-            await self._failed(scope, replayed([], receive), send, exc)
+            await self._failed(scope, replayed([], receive), send, exc, "reports")
+            return None
+        if result is None:
+            return replayed(messages, receive)  # not JSON: the route answers it
+        if isinstance(result, RequestValidationError):
+            await self._failed(scope, replayed([], receive), send, result, "reports")
             return None
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_JSON, (b"content-length", str(len(answer)).encode())]})
-        await send({"type": "http.response.body", "body": answer})
+                    "headers": [*_JSON, (b"content-length", str(len(result)).encode())]})
+        await send({"type": "http.response.body", "body": result})
+        link.metrics.fast.labels("reports", "200").inc()
         return None
 
     async def _failed(self, scope: Scope, receive: Receive, send: Send,
-                      exc: Exception) -> None:
+                      exc: Exception, request: str) -> None:
         """Answer ``exc`` with the app's own handler for it (401, 422, 500, ...)."""
         handlers = self.owner.exception_handlers
         for cls in type(exc).__mro__:
@@ -196,8 +202,35 @@ class DefenderFastPath:
                 if inspect.isawaitable(response):
                     response = await response
                 await response(scope, receive, send)
+                self.owner.state.link.metrics.fast.labels(
+                    request, str(response.status_code)).inc()
                 return
         raise exc
+
+
+def _take(console: ConsoleState, link: LinkHub, who: DefenderPrincipal,
+          body: bytes) -> bytes | RequestValidationError | None:
+    """In a worker thread: the batch validated from its JSON bytes and stored (the
+    answer's body); else the route's own refusal of it (the parsed JSON validated
+    as the route validates it, its errors under ``body``), or None when the body
+    is not JSON (the route answers it)."""
+    try:
+        batch = ReportBatch.model_validate_json(body)
+    except ValidationError:
+        pass
+    else:
+        return store_reports(console, link, who, batch)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    try:
+        ReportBatch.model_validate(data, from_attributes=True)
+    except ValidationError as exc:
+        return RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)],
+            body=data)
+    return None  # taken from Python, refused from JSON: the route judges it
 
 
 def _query(raw: bytes) -> tuple[int, float] | None:
