@@ -6,7 +6,9 @@ Each simulated Defender is a real HTTP client speaking the Defender link
 ``POST /api/v1/defender/reports``); the Consoles are real ``cnnf console``
 processes on one real PostgreSQL (Debian's, started here with its own
 defaults: fsync on). Defender ``i`` talks to replica ``i mod N``. The same run
-measures one replica and three:
+measures one replica and three, and one replica started with
+``--no-link-fast-path`` (every Defender request through the API's router) as
+the baseline of the fast path (``--no-routed`` leaves it out):
 
 - policy change -> applied on every Defender: a change through replica 0
   (a new network object), until every Defender's long-poll returned the new
@@ -37,6 +39,7 @@ process and phase). A change's time is taken with ``time.perf_counter()``
 (CLOCK_MONOTONIC, one clock for every process of the machine).
 
     sudo .venv/bin/python bench/fleet.py [--defenders 1000] [--rounds 5] [--batches 400]
+                                         [--clients 4] [--no-routed]
 """
 
 from __future__ import annotations
@@ -530,13 +533,15 @@ async def measure(consoles: list[ConsoleProcess], args: argparse.Namespace,
 
 
 def run(server: postgres.PostgresServer, replicas: int, args: argparse.Namespace,
-        workdir: Path) -> dict[str, Any]:
+        workdir: Path, *, routed: bool = False) -> dict[str, Any]:
+    """One configuration on a fresh database; ``routed``: the Consoles run with
+    ``--no-link-fast-path`` (every Defender request through the API's router)."""
     db = server.create_database().replace("postgresql+psycopg://", "postgresql://")
     consoles = []
     for i in range(replicas):
-        d = workdir / f"r{replicas}-{i}"
+        d = workdir / f"r{replicas}{'-routed' if routed else ''}-{i}"
         d.mkdir()
-        consoles.append(ConsoleProcess(d, db))
+        consoles.append(ConsoleProcess(d, db, ("--no-link-fast-path",) if routed else ()))
     consoles[0].cli("create-user", "admin", "--password-stdin", stdin=PASSWORD + "\n")
     try:
         for c in consoles:
@@ -561,57 +566,73 @@ def main() -> None:
                         help="report batches in flight, over all client processes")
     parser.add_argument("--clients", type=int, default=4,
                         help="client processes playing the fleet, each with its share")
+    parser.add_argument("--no-routed", action="store_true",
+                        help="leave out the baseline: one replica through the API's router")
     args = parser.parse_args()
     reason = postgres.available()
     if reason:
         raise SystemExit(f"fleet.py: {reason}")
-    results: dict[int, dict[str, Any]] = {}
+    # (label, replicas, routed): the fast path with 1 and 3 replicas, and one
+    # replica through the API's router as the baseline, in the same run.
+    configs = [("1 replica", 1, False), ("3 replicas", 3, False)]
+    if not args.no_routed:
+        configs.append(("1, routed", 1, True))
+    results: dict[str, dict[str, Any]] = {}
     with postgres.postgres_server(durable=True) as server, \
             tempfile.TemporaryDirectory(prefix="cnnf-fleet-") as tmp:
-        for replicas in (1, 3):
-            results[replicas] = run(server, replicas, args, Path(tmp))
-    print(f"Defenders: {args.defenders} (simulated, real HTTP); rounds: {args.rounds}; "
-          f"batches: {args.batches} x {RECORDS_PER_BATCH} records")
-    print(f"{'':34}{'1 replica':>14}{'3 replicas':>14}")
-    one, three = results[1], results[3]
-    print(f"{'policy change -> all, median':34}{one['median'] * 1000:>11.0f} ms"
-          f"{three['median'] * 1000:>11.0f} ms")
-    print(f"{'policy change -> all, p99':34}{one['p99'] * 1000:>11.0f} ms"
-          f"{three['p99'] * 1000:>11.0f} ms")
-    print(f"{'  in the Consoles, median':34}{one['console_median']:>14}"
-          f"{three['console_median']:>14}")
-    print(f"{'  in the Consoles, p99':34}{one['console_p99']:>14}"
-          f"{three['console_p99']:>14}")
-    print(f"{'report ingestion':34}{one['rate']:>9.0f} rec/s{three['rate']:>9.0f} rec/s"
-          f"  ({three['rate'] / one['rate']:.2f}x)")
-    print(f"{'Console memory per Defender':34}{one['kib']:>10.1f} KiB{three['kib']:>10.1f} KiB")
-    print(f"long-poll errors: 1 replica {one['errors'] or 'none'}; "
-          f"3 replicas {three['errors'] or 'none'}")
-    print(f"long-polls answered by the fast path during the rounds: "
-          f"1 replica {one['fast']:.0f}, 3 replicas {three['fast']:.0f} "
-          f"(changes applied: {one['answers']}, {three['answers']})")
-    for replicas, result in results.items():
-        print(f"{replicas} replica(s): change -> the bench's LISTEN heard it: "
+        for label, replicas, routed in configs:
+            results[label] = run(server, replicas, args, Path(tmp), routed=routed)
+    report(args, configs, results)
+
+
+def report(args: argparse.Namespace, configs: list[tuple[str, int, bool]],
+           results: dict[str, dict[str, Any]]) -> None:
+    print(f"Defenders: {args.defenders} (simulated, real HTTP, {args.clients} client "
+          f"processes); rounds: {args.rounds}; batches: {args.batches} x "
+          f"{RECORDS_PER_BATCH} records; 'routed': --no-link-fast-path")
+    columns = [results[label] for label, _, _ in configs]
+
+    def row(name: str, cells: list[str]) -> None:
+        print(f"{name:34}" + "".join(f"{c:>14}" for c in cells))
+
+    row("", [label for label, _, _ in configs])
+    row("policy change -> all, median", [f"{r['median'] * 1000:.0f} ms" for r in columns])
+    row("policy change -> all, p99", [f"{r['p99'] * 1000:.0f} ms" for r in columns])
+    row("  in the Consoles, median", [r["console_median"] for r in columns])
+    row("  in the Consoles, p99", [r["console_p99"] for r in columns])
+    row("report ingestion", [f"{r['rate']:.0f} rec/s" for r in columns])
+    one, three = results["1 replica"], results["3 replicas"]
+    print(f"{'':34}3 replicas / 1 replica: {three['rate'] / one['rate']:.2f}x")
+    row("Console CPU per Defender, change", [
+        f"{_console_cpu(r, 'changes') / r['answers'] * 1000:.2f} ms" for r in columns])
+    row("Console CPU per record", [
+        f"{_console_cpu(r, 'ingest') / r['records'] * 1000:.3f} ms" for r in columns])
+    row("Console memory per Defender", [f"{r['kib']:.1f} KiB" for r in columns])
+    row("answered by the fast path", [f"{r['fast']:.0f}/{r['answers']}" for r in columns])
+    print("long-poll errors: " + "; ".join(
+        f"{label} {results[label]['errors'] or 'none'}" for label, _, _ in configs))
+    for label, _, _ in configs:
+        result = results[label]
+        print(f"{label}: change -> the bench's LISTEN heard it: "
               + ", ".join(f"{h * 1000:.0f}" for h in result["heard"]) + " ms")
         for r, (low, mid, high) in enumerate(result["replicas"]):
             print(f"  Defenders of replica {r}: change -> applied min {low * 1000:.0f} ms, "
                   f"median {mid * 1000:.0f} ms, max {high * 1000:.0f} ms")
-    for replicas, result in results.items():
+    for label, _, _ in configs:
         for phase in ("changes", "ingest"):
-            used = result[f"cpu_{phase}"]
+            used = dict(results[label][f"cpu_{phase}"])
             wall = used.pop("wall")
             busy = sum(used.values())
             name = "policy rounds" if phase == "changes" else "ingestion"
-            print(f"CPU, {replicas} replica(s), {name} ({wall:.1f} s wall, "
+            print(f"CPU, {label}, {name} ({wall:.1f} s wall, "
                   f"{2 * wall:.1f} core-s on 2 cores): "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in used.items())
                   + f"; total {busy:.1f} s ({busy / wall:.2f} cores)")
-        consoles = sum(v for k, v in result["cpu_ingest"].items() if k.startswith("console"))
-        print(f"Console CPU per ingested record, {replicas} replica(s): "
-              f"{consoles / result['records'] * 1000:.3f} ms (all replicas together)")
-        consoles = sum(v for k, v in result["cpu_changes"].items() if k.startswith("console"))
-        print(f"Console CPU per Defender per change, {replicas} replica(s): "
-              f"{consoles / result['answers'] * 1000:.2f} ms (all replicas together)")
+
+
+def _console_cpu(result: dict[str, Any], phase: str) -> float:
+    """CPU seconds of all the Console processes over one phase."""
+    return float(sum(v for k, v in result[f"cpu_{phase}"].items() if k.startswith("console")))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ waiting long-poll still gets 401, and that everything else goes on to the routes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,10 +19,13 @@ import jsonschema
 import pytest
 from consoletest import ApiClient, Console
 from sqlalchemy import func, select
+from test_cli import CNNF, running_console
 from test_defenders import _credential, audit, enroll, flow, report
+from tests.e2e.managed import PASSWORD
 
 from cnnf.console.api import fastpath
-from cnnf.console.api.fastpath import _query
+from cnnf.console.api.fastpath import DefenderFastPath, _query
+from cnnf.console.app import BodyLimit, create_app
 from cnnf.console.security import Role
 from cnnf.console.store.models import AuditRow, DefenderRow, ReportBatchRow
 from cnnf.model.records import ReportBatch
@@ -307,8 +313,67 @@ def test_a_revocation_between_the_credential_check_and_the_answer_gets_401(
 def test_the_fast_path_sits_inside_every_other_middleware(console: Console) -> None:
     """What is added around the app (the body limit, and any middleware added
     later, after it) applies to the Defender link's fast path too."""
-    from cnnf.console.api.fastpath import DefenderFastPath
-    from cnnf.console.app import BodyLimit
-
     order = [m.cls for m in console.app.user_middleware]
     assert order == [BodyLimit, DefenderFastPath]  # outermost first
+
+
+def test_without_the_fast_path_the_routes_answer_the_same(
+    console: Console, admin: ApiClient
+) -> None:
+    """``cnnf console --no-link-fast-path`` (for comparison and diagnosis): the
+    same store, every Defender request through the routes, the same answers."""
+    _, defender = enroll(console, admin)
+    assert defender.get(f"{API}/defender/policy").status_code == 200  # cached now
+    fast_answer = defender.get(f"{API}/defender/policy")
+    config = dataclasses.replace(console.app.state.console.config, link_fast_path=False)
+    routed_app = create_app(config, engine=console.engine, now=console.clock.now,
+                            monotonic=console.clock.monotonic)
+    try:
+        assert [m.cls for m in routed_app.user_middleware] == [BodyLimit]
+        routed = ApiClient(routed_app, _credential(defender))
+        answers = [routed.get(f"{API}/defender/policy") for _ in range(2)]  # then cached
+        assert [a.content for a in answers] == [fast_answer.content] * 2
+        stored = routed.post(f"{API}/defender/reports", content=ReportBatch(
+            batch_id="b5", audits=[audit()]).model_dump_json(),
+            headers={"Content-Type": "application/json"})
+        assert stored.json() == {"accepted": True, "duplicate": False}
+        registry = routed_app.state.link.metrics.registry
+        assert sum(registry.get_sample_value("cnnf_console_link_fast_path_total", {
+            "request": r, "status": s}) or 0 for r in ("policy", "reports")
+            for s in ("200", "204")) == 0
+        routed.close()
+    finally:
+        routed_app.state.link.forwarder.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("flag", [(), ("--no-link-fast-path",)], ids=["fast", "off"])
+def test_the_console_command_runs_with_the_fast_path_or_without(
+    db_url: str, tmp_path: Path, flag: tuple[str, ...]
+) -> None:
+    """A served ``cnnf console``: a Defender's second long-poll (its credential
+    cached) is the fast path's, unless ``--no-link-fast-path``."""
+    created = subprocess.run([CNNF, "console", "create-user", "admin", "--password-stdin",
+                              "--db", db_url], input=PASSWORD + "\n", capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert created.returncode == 0, created.stderr
+    with running_console(tmp_path, "--db", db_url, *flag) as base, \
+            httpx.Client(base_url=base, timeout=30) as http:
+        token = http.post(f"{API}/auth/login", json={
+            "username": "admin", "password": PASSWORD}).json()["token"]
+        admin = {"Authorization": f"Bearer {token}"}
+        enrollment = http.post(f"{API}/defenders/enrollment-tokens", json={},
+                               headers=admin).json()["token"]
+        credential = http.post(f"{API}/defenders/enroll", json={
+            "enrollment_token": enrollment, "hostname": "node-1",
+            "version": "0.1.0"}).json()["credential"]
+        answers = [http.get(f"{API}/defender/policy",
+                            headers={"Authorization": f"Bearer {credential}"})
+                   for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 200]
+        assert answers[0].content == answers[1].content
+        metrics = http.get("/metrics", headers=admin).text
+    taken = [line for line in metrics.splitlines() if line.startswith(
+        'cnnf_console_link_fast_path_total{request="policy",status="200"}')]
+    assert taken == [f'cnnf_console_link_fast_path_total{{request="policy",status="200"}} '
+                     f'{0.0 if flag else 1.0}']

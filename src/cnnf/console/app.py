@@ -527,6 +527,7 @@ def create_app(
     # The Defender link's plain long-polls and report batches skip the router and
     # its dependencies (the rest goes on to the routes). Inside every other
     # middleware: what is added here (after it) applies to its requests too.
-    app.add_middleware(DefenderFastPath, owner=app)
+    if config.link_fast_path:
+        app.add_middleware(DefenderFastPath, owner=app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app
