@@ -41,6 +41,14 @@ def fast(console: Console, request: str, *statuses: str) -> float:
                for status in statuses or ("200", "204", "401", "403", "422", "500"))
 
 
+async def waiting(link: Any, keys: set[tuple[str, str]], timeout: float = 10.0) -> None:
+    """Until these (Defender, topic) long-polls wait in the process (polled)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not keys <= set(link.waiting):
+        assert asyncio.get_running_loop().time() < deadline, set(link.waiting)
+        await asyncio.sleep(0.01)
+
+
 def conforms(console: Console, method: str, path: str, response: httpx.Response) -> None:
     """The answer's status is documented for the operation, and its JSON body (if
     any) is valid against the documented schema."""
@@ -91,7 +99,7 @@ def test_a_defender_revoked_while_its_fast_long_poll_waits_gets_401_as_documente
     console: Console, admin: ApiClient
 ) -> None:
     revoked_id, revoked = enroll(console, admin, "node-1")
-    _, other = enroll(console, admin, "node-2")
+    other_id, other = enroll(console, admin, "node-2")
     credentials = [_credential(revoked), _credential(other)]
     link = console.app.state.link
     link.store_poll = 3600
@@ -106,7 +114,7 @@ def test_a_defender_revoked_while_its_fast_long_poll_waits_gets_401_as_documente
             polls = [asyncio.create_task(c.get(
                 f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
                 params={"revision": 0, "wait": 20})) for cred in credentials]
-            await asyncio.sleep(0.3)
+            await waiting(link, {(revoked_id, "policy"), (other_id, "policy")})
             assert not any(p.done() for p in polls)
             r = await c.delete(f"{API}/defenders/{revoked_id}",
                                headers={"Authorization": f"Bearer {admin_token}"})
