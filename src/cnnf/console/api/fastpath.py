@@ -13,19 +13,25 @@ answers the requests whose every part it can judge with a few comparisons:
   (the :class:`~cnnf.console.services.defenders.CredentialCache` lookup the
   route's guard does: a hash and a dictionary read);
 - ``POST /api/v1/defender/reports`` with no query, ``Content-Type:
-  application/json``, a declared length within the body limit, such a
-  credential, and a body that :class:`~cnnf.model.records.ReportBatch`
-  validates from its JSON bytes (no dict in between).
+  application/json``, a declared length within the body limit and such a
+  credential: the body is validated from its JSON bytes
+  (``ReportBatch.model_validate_json``, no dict in between) and stored in one
+  worker thread (a large batch's validation does not hold the event loop and
+  every waiting long-poll's answer); a body the model refuses is validated
+  again as the route validates it (the parsed JSON) and answered with the
+  route's own 422, byte for byte.
 
 Everything else (a first call whose credential the store must verify, a user's
-token, a bad or unknown parameter, a body the model refuses) goes on to the
+token, a bad or unknown parameter, a body that is not JSON) goes on to the
 FastAPI routes unchanged (a read body replayed), which answer it as the OpenAPI
 document says: the fast path answers only what the route would answer the same
 way, through the same code (:func:`~cnnf.console.api.defender.serve`,
 :func:`~cnnf.console.api.defender.store_reports`), with the app's own exception
-handlers for its errors (401 for a Defender revoked while it waited, 500 for the
-store). The answer body of a revision is serialized once per process and sent
-as the same bytes to every waiting Defender.
+handlers for its errors (401 for a Defender revoked while it waited, 422, 500
+for the store). The answer body of a revision is serialized once per process
+and sent as the same bytes to every waiting Defender. It sits inside the app's
+other middleware (the body limit). ``cnnf console --no-link-fast-path`` leaves
+it out (every request through the routes: for comparison and diagnosis).
 """
 
 from __future__ import annotations
