@@ -14,7 +14,6 @@ from consoletest import Console
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import positive_data_acceptance
 
 from cnnf.console.security import Role
 from cnnf.console.services.users import UserService
@@ -131,13 +130,6 @@ def _run_as_defender(operation: Any, mode: GenerationMode, credential: str) -> N
         query = case.query or {}
         if mode is GenerationMode.POSITIVE and isinstance(query.get("wait"), float | int):
             query["wait"] = min(query["wait"], 0.1)
-        # Every check but one: the report models (shared with the Defender, which
-        # builds them from what it sees: a SYN to port 0 included) leave the
-        # store's limits to its mapping, which refuses them with 422 naming the
-        # field: ports, times and rule ids out of the store's ranges, and an
-        # end's identity text over 4,000 characters (from its labels together,
-        # which no schema keyword states). "Schema-valid data is accepted" fails
-        # on those, through the route as through the fast path.
-        case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])
+        case.call_and_validate(headers=headers)
 
     check()
