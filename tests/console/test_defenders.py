@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 
 from cnnf.console.api.defender import SharedRead
 from cnnf.console.security import Role
+from cnnf.console.services import defenders
 from cnnf.console.services.defenders import CredentialCache, DefenderPrincipal, Notifier
 from cnnf.console.store.models import DefenderRow, ReportBatchRow, SettingsRow
 from cnnf.model import Effect
@@ -1255,3 +1256,20 @@ def test_many_long_polls_ending_in_one_second_write_last_seen_once(
     console.clock.advance(1)
     assert flush_seen(state, link) == rest
     assert written() == rest
+
+
+@pytest.mark.parametrize("name", list(EndpointInfo.model_fields))
+def test_a_batch_maps_two_ends_differing_in_any_field_apart(name: str) -> None:
+    """The ends mapped once per batch are told apart by every field they have
+    (one added later included): two ends that differ in one field only are
+    never given one cached identity text."""
+    base = EndpointInfo(kind="container", address="10.1.0.2", image="shop/api",
+                        container="api", container_id="c1", namespace="shop", pod="api-1",
+                        cluster="k1", host="node-1", labels={"app": "api"}, domain="api.shop")
+    other = {"kind": "host", "address": "10.1.0.3", "labels": {"app": "db"}}.get(name, "x")
+    variant = base.model_copy(update={name: other})
+    flows = [flow().model_copy(update={"src": end, "dst": end}) for end in (base, variant)]
+    memo: dict[Any, Any] = {}
+    mapped = [defenders.flow_record(f, memo) for f in flows]
+    assert len(memo) == 2
+    assert mapped == [defenders.flow_record(f) for f in flows]  # as without the memo

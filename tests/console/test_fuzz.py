@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from cnnf.console.security import Role
 from cnnf.console.services.users import UserService
 
 EXAMPLES_PER_OPERATION = 8
@@ -76,3 +77,59 @@ def test_schemathesis_finds_no_failure(console: Console, as_admin: bool) -> None
                 continue
             ran += 1
     assert ran >= 80
+
+FAST_PATH = {"GET /api/v1/defender/policy", "GET /api/v1/defender/inventory",
+             "POST /api/v1/defender/reports"}
+
+
+def _defender_credential(console: Console) -> str:
+    """An enrolled Defender's credential, verified once (cached: its calls below
+    are the fast path's where it takes them, cnnf.console.api.fastpath)."""
+    admin = console.as_role(Role.ADMIN)
+    token = admin.post("/api/v1/defenders/enrollment-tokens", json={}).json()["token"]
+    r = console.client().post("/api/v1/defenders/enroll", json={
+        "enrollment_token": token, "hostname": "node-fuzz", "version": "0.1.0"})
+    credential = str(r.json()["credential"])
+    assert console.client(credential).get("/api/v1/defender/policy").status_code == 200
+    return credential
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_schemathesis_as_a_defender_finds_no_failure(console: Console) -> None:
+    """The Defender endpoints with a Defender's own (cached) credential: what the
+    fast path answers is checked against the document as the routes' answers are.
+    A long-poll's wait is kept short (a valid value still: the answer is the same,
+    only sooner)."""
+    credential = _defender_credential(console)
+    console.app.state.link.store_poll = 0.05
+    # The operations the fast path takes (POST /defender/inventory is the route's
+    # alone).
+    operations = [op for op in _operations(console)
+                  if f"{op.method.upper()} {op.path}" in FAST_PATH]
+    assert len(operations) == len(FAST_PATH)
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            _run_as_defender(operation, mode, credential)
+    registry = console.app.state.link.metrics.registry
+    taken = [sum(registry.get_sample_value("cnnf_console_link_fast_path_total",
+                                           {"request": r, "status": status}) or 0
+                 for status in ("200", "204", "401", "422", "500"))
+             for r in ("policy", "inventory", "reports")]
+    assert all(taken), taken  # the fast path's answers were among those checked
+
+
+def _run_as_defender(operation: Any, mode: GenerationMode, credential: str) -> None:
+    @settings(max_examples=EXAMPLES_PER_OPERATION * 3, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def check(case: Any) -> None:
+        sent = {k.lower() for k in case.headers or {}}
+        headers = {}
+        if "authorization" in sent:  # a negative case that left it out stays so
+            headers["Authorization"] = f"Bearer {credential}"
+        query = case.query or {}
+        if mode is GenerationMode.POSITIVE and isinstance(query.get("wait"), float | int):
+            query["wait"] = min(query["wait"], 0.1)
+        case.call_and_validate(headers=headers)
+
+    check()

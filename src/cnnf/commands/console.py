@@ -90,6 +90,10 @@ def serve(
                                 "sinks (without them: stop forwarding for the fleet). "
                                 "Without this flag they are added to the stored list, "
                                 "and a Console started without them keeps it")] = False,
+    no_link_fast_path: Annotated[bool, typer.Option(
+        "--no-link-fast-path", help="Answer every Defender request through the API's "
+                                    "router, not the Defender link's fast path (slower: "
+                                    "for comparison and diagnosis)")] = False,
 ) -> None:
     """Serve the Console API on --listen (migrating the store first)."""
     ctx.obj = {"db": db, "data_dir": data_dir}
@@ -106,7 +110,8 @@ def serve(
                                             retention_days=retention_days,
                                             syslog=tuple(syslog or ()),
                                             webhooks=tuple(webhook or ()),
-                                            replace_sinks=replace_sinks)
+                                            replace_sinks=replace_sinks,
+                                            link_fast_path=not no_link_fast_path)
         if (tls_cert is None) != (tls_key is None):
             raise CnnfError("--tls-cert and --tls-key go together")
         if tls and tls_cert is None:

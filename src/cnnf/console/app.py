@@ -53,6 +53,7 @@ from cnnf.console.api.defender import (
     flush_seen,
 )
 from cnnf.console.api.deps import ConsoleState, Reader
+from cnnf.console.api.fastpath import DefenderFastPath, replayed
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.metrics import ConsoleMetrics, LiveFigures
 from cnnf.console.security import LoginLimiter
@@ -121,10 +122,7 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
 
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replayed(messages, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
@@ -526,5 +524,10 @@ def create_app(
     add_docs(app, f"{API_PREFIX}/docs", f"{API_PREFIX}/openapi.json", static or STATIC)
     if static is not None:
         mount_ui(app, static)  # last: the UI's "/" mount must not shadow any route
+    # The Defender link's plain long-polls and report batches skip the router and
+    # its dependencies (the rest goes on to the routes). Inside every other
+    # middleware: what is added here (after it) applies to its requests too.
+    if config.link_fast_path:
+        app.add_middleware(DefenderFastPath, owner=app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app

@@ -74,13 +74,16 @@ class ConsoleConfig:
     # Forwarding and retention run in the one process holding this lease (replicas
     # on one PostgreSQL); a dead holder's work is taken over within this many seconds.
     lease_seconds: float = 10.0
+    # The Defender link's fast path (cnnf.console.api.fastpath); False: every
+    # Defender request through the API's router (for comparison and diagnosis).
+    link_fast_path: bool = True
 
     @classmethod
     def from_options(
         cls, *, listen: str = "127.0.0.1:8080", db: str | None = None,
         data_dir: Path | None = None, retention_days: int = 30,
         syslog: tuple[str, ...] = (), webhooks: tuple[str, ...] = (),
-        replace_sinks: bool = False,
+        replace_sinks: bool = False, link_fast_path: bool = True,
     ) -> ConsoleConfig:
         directory = data_dir if data_dir is not None else default_data_dir()
         host, port = parse_listen(listen)
@@ -101,4 +104,5 @@ class ConsoleConfig:
         same_named_sinks(webhooks, "--webhook")
         return cls(db_url=url, data_dir=directory, host=host, port=port,
                    retention_days=retention_days, syslog=tuple(syslog),
-                   webhooks=tuple(webhooks), replace_sinks=replace_sinks)
+                   webhooks=tuple(webhooks), replace_sinks=replace_sinks,
+                   link_fast_path=link_fast_path)

@@ -168,6 +168,10 @@ class ConsoleMetrics:
                                "other replicas through the change feed (PostgreSQL), by "
                                "topic", ["topic"],
                                registry=self.registry)
+        self.fast = Counter("cnnf_console_link_fast_path", "Defender link requests "
+                            "answered by the fast path (before the API's router), by "
+                            "request (policy, inventory: long-polls; reports) and status",
+                            ["request", "status"], registry=self.registry)
         self.answered = Histogram(
             "cnnf_console_long_poll_answer_seconds", "From this process learning of a "
             "change (its own commit, or another replica's notice) to a waiting Defender "
@@ -182,6 +186,9 @@ class ConsoleMetrics:
             self.ingested.labels(kind)
         for result in ("stored", "duplicate"):
             self.batches.labels(result)
+        for request, status in (("policy", "200"), ("policy", "204"), ("inventory", "200"),
+                                ("inventory", "204"), ("reports", "200")):
+            self.fast.labels(request, status)
         self._live: _Live | None = None
 
     def live(self, read: Callable[[], LiveFigures]) -> None:

@@ -75,6 +75,7 @@ from cnnf.model import (
     Verdict,
     make_labels,
 )
+from cnnf.model.records import MAX_BATCH_RECORDS as BATCH_RECORDS_LIMIT
 from cnnf.model.records import (
     ClusterInventory,
     DatapathState,
@@ -155,9 +156,10 @@ ENGINE_REMINDER_SECONDS = 60.0  # an engine outage is logged again this often
 INVENTORY_HISTORY_MIN = 16
 INVENTORY_HISTORY_MAX = 4096
 MAX_EXPANDED_PREFIX = 16  # container networks larger than a /16 are not pre-queued
-# Records per report batch: a port scan yields thousands of distinct flows in one
-# flush, and one batch must stay well below the Console's body limit (4 MiB).
-MAX_BATCH_RECORDS = 1000
+# Records per report batch (flows, and audits: the Console refuses more): a port
+# scan yields thousands of distinct flows in one flush, and one batch must stay
+# well below the Console's body limit (4 MiB).
+MAX_BATCH_RECORDS = BATCH_RECORDS_LIMIT
 # With the Console away, one batch per this many seconds: the spool's 1,000
 # batches then hold over eight hours instead of 17 minutes of reports.
 OFFLINE_REPORT_INTERVAL = 30.0

@@ -10,7 +10,7 @@ caller supplies them (no clock here).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -62,20 +62,33 @@ class EndpointInfo(_Record):
         return ("address", self.address or "", self.domain)
 
 
+# What the Console's store holds, stated in the API document for the report
+# batch. Only stated, not checked here: the Defender builds these records from
+# what it sees (a SYN to port 0 included), and the Console's mapping refuses a
+# value out of range with 422 naming it.
+_INT32 = 2**31 - 1
+_TIME_MIN = -62135596800.0  # 0001-01-01T00:00:00Z
+_TIME_MAX = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+def _stored(low: float, high: float) -> dict[str, Any]:
+    return {"minimum": low, "maximum": high}
+
+
 class FlowRecord(_Record):
     """Connections from one source to one destination port with one verdict,
     aggregated: how many, first and last seen."""
 
     src: EndpointInfo
     dst: EndpointInfo
-    port: int
+    port: int = Field(json_schema_extra=_stored(1, 65535))
     effect: Effect
     matched: bool
     # "enforced": the Defender evaluated the SYN; "observed": seen through
     # connection tracking with enforcement disabled (no verdict was applied:
     # ``effect`` is what happened, allow, and ``would_*`` what the policy says).
     mode: Literal["enforced", "observed"] = "enforced"
-    rule_id: int | None = None
+    rule_id: int | None = Field(default=None, json_schema_extra=_stored(0, _INT32))
     rule_name: str | None = None
     rule_kind: RuleKind | None = None
     # The "would" verdict (see Verdict.would): what the policy with everything
@@ -83,12 +96,13 @@ class FlowRecord(_Record):
     # happened. Left out of the JSON when there is none (a Console of an earlier
     # release refuses fields it does not know, and most flows have none).
     would_effect: Effect | None = Field(default=None, exclude_if=lambda v: v is None)
-    would_rule_id: int | None = Field(default=None, exclude_if=lambda v: v is None)
+    would_rule_id: int | None = Field(default=None, exclude_if=lambda v: v is None,
+                                      json_schema_extra=_stored(0, _INT32))
     would_rule_name: str | None = Field(default=None, exclude_if=lambda v: v is None)
     revision: int = 0
     count: int = 1
-    first_seen: float
-    last_seen: float
+    first_seen: float = Field(json_schema_extra=_stored(_TIME_MIN, _TIME_MAX))
+    last_seen: float = Field(json_schema_extra=_stored(_TIME_MIN, _TIME_MAX))
     reporter: str = ""  # the Defender (host name) that saw it
 
     def key(self) -> tuple[object, ...]:
@@ -113,20 +127,25 @@ class AuditEvent(_Record):
     """One alerted or blocked connection (repeats folded with ``count``), or one
     overload report (see :func:`overload_audit`)."""
 
-    time: float
+    # Port 0 only for an overload audit (no destination port decided it).
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra={
+        "if": {"properties": {"type": {"not": {"const": "overload"}}}},
+        "then": {"properties": {"port": {"minimum": 1}}}})
+
+    time: float = Field(json_schema_extra=_stored(_TIME_MIN, _TIME_MAX))
     type: AuditType  # container or host firewall, or overload
     effect: Effect
     blocked: bool
-    rule_id: int | None = None
+    rule_id: int | None = Field(default=None, json_schema_extra=_stored(0, _INT32))
     rule_name: str = ""
     src: EndpointInfo
     dst: EndpointInfo
-    port: int
+    port: int = Field(json_schema_extra=_stored(0, 65535))  # 0: an overload audit only
     dst_subnet: str = ""
     dst_domain: str = ""
     message: str
     count: int = 1
-    revision: int = 0
+    revision: int = Field(default=0, json_schema_extra={"maximum": 2**63 - 1})
     reporter: str = ""
     # A "would" audit: what a staged rule or the staged default effect, or the
     # policy while enforcement is off, would have done; nothing was enforced
@@ -282,12 +301,17 @@ class ClusterInventory(_Record):
     containers: list[WorkloadInfo] = Field(default_factory=list)
 
 
+# Flows, and audits, per report batch at most: a Defender sends them in batches of
+# this many; the Console refuses more (one request's validation stays short).
+MAX_BATCH_RECORDS = 1000
+
+
 class ReportBatch(_Record):
     """POST /api/v1/defender/reports: flows and audits. ``batch_id`` makes
     redelivery (after a lost answer or a Console restart) idempotent; ``dropped``
     counts records the Defender's bounded spool had to discard."""
 
     batch_id: str
-    flows: list[FlowRecord] = Field(default_factory=list)
-    audits: list[AuditEvent] = Field(default_factory=list)
+    flows: list[FlowRecord] = Field(default_factory=list, max_length=MAX_BATCH_RECORDS)
+    audits: list[AuditEvent] = Field(default_factory=list, max_length=MAX_BATCH_RECORDS)
     dropped: int = 0

@@ -10,6 +10,11 @@ revision, so a change costs one read however many Defenders wait. On
 PostgreSQL a change committed through any replica wakes them on every replica
 through the change feed (:mod:`cnnf.console.store.feed`); the store poll is
 then only a backstop.
+
+A cached Defender's plain long-polls and report batches do not come through
+these routes: :mod:`cnnf.console.api.fastpath` answers them in front of the
+app with the same code (:func:`serve`, :func:`store_reports`); these routes
+answer the rest, and define the API document for both.
 """
 
 from __future__ import annotations
@@ -294,10 +299,14 @@ class DefenderCaller(Guard):
 
     async def __call__(
         self,
+        request: Request,
         console: StateDep,
         link: HubDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> DefenderPrincipal:
+        """The Defender; the count of revoked Defenders its credential was checked
+        under is kept in ``request.state.revocations`` (a long-poll answers 401 if
+        it moved and the Defender is among the revoked)."""
         if credentials is None:
             raise Unauthorized(
                 "authentication required: send 'Authorization: Bearer <credential>'")
@@ -305,6 +314,7 @@ class DefenderCaller(Guard):
         if secret.startswith(CREDENTIAL_PREFIX):
             digest = token_hash(secret)
             epoch = await link.current_revocations.get()
+            request.state.revocations = epoch
             who = link.verified.lookup(digest, epoch, console.now(), link.saw)
             if who is None:
                 who = await run_in_threadpool(self._defender, console, link, secret)
@@ -329,7 +339,7 @@ class DefenderCaller(Guard):
             UserService(session, console.now).authenticate(secret)  # 401: not a token at all
 
     async def check(self, request: Request) -> None:
-        await self(state(request), hub(request), await _bearer(request))
+        await self(request, state(request), hub(request), await _bearer(request))
 
 
 defender_caller = DefenderCaller()
@@ -410,23 +420,21 @@ def _only_one(link: LinkHub, who: DefenderPrincipal, topic: str, wait: float,
             del link.waiting[key]
 
 
-async def _answered(link: LinkHub, topic: str, noticed: float) -> None:
+async def answered(link: LinkHub, topic: str, noticed: float) -> None:
     """The Console's share of propagation: from the notice that woke the long-poll
-    to its answer written to the connection (run as the response's background
-    task, after its body was sent; async: on the event loop, no worker thread)."""
+    to its answer written to the connection (run after its body was sent; async:
+    on the event loop, no worker thread)."""
     link.metrics.answered.labels(topic).observe(time.monotonic() - noticed)
 
 
-async def _answer(link: LinkHub, who: DefenderPrincipal, epoch: int,
-                  answer: Current | None) -> Response:
-    """A long-poll's answer, unless its Defender was revoked while it waited (the
-    count of revoked Defenders moved since ``epoch``, read before the wait): then
-    401, not the inventory its own revocation produced. The revoked ids are one
-    shared store read per revocation, however many long-polls ended with it."""
+async def _check_revoked(link: LinkHub, who: DefenderPrincipal, epoch: int) -> None:
+    """Unauthorized when the Defender was revoked while its long-poll waited (the
+    count of revoked Defenders moved since ``epoch``, read before the wait): 401,
+    not the inventory its own revocation produced. The revoked ids are one shared
+    store read per revocation, however many long-polls ended with it."""
     if (await link.current_revocations.get() != epoch
             and who.defender_id in await link.current_revoked.get()):
         raise Unauthorized("invalid or revoked Defender credential")
-    return _json(answer) if answer is not None else Response(status_code=204)
 
 
 def flush_seen(console: ConsoleState, link: LinkHub) -> int:
@@ -473,44 +481,59 @@ def _json(current: Current) -> Response:
     return Response(content=current[1], media_type="application/json")
 
 
+async def serve(console: ConsoleState, link: LinkHub, who: DefenderPrincipal, topic: str,
+                *, revision: int, wait: float, epoch: int,
+                ) -> tuple[Current | None, float | None]:
+    """One long-poll of ``topic`` (policy, inventory) for ``who``, authenticated
+    under ``epoch`` (the count of revoked Defenders its credential was checked
+    with; not read again here: a revocation between the check and this read
+    would go unseen): the current (revision, body) when its revision is not
+    ``revision``, waiting up to ``wait`` seconds (None: no change, or a newer
+    long-poll replaced this one), and when the notice that woke it came (for the
+    answer histogram). Raises Unauthorized when the Defender was revoked since
+    ``epoch``. Shared by the FastAPI routes and the fast path
+    (:mod:`cnnf.console.api.fastpath`)."""
+    shared, notifier = ((link.current_policy, link.policy) if topic == "policy"
+                        else (link.current_inventory, link.inventory))
+    with _only_one(link, who, topic, wait) as waiting:
+        answer, noticed = await _long_poll(shared, notifier, revision, wait,
+                                           link.store_poll, waiting=waiting)
+    if wait:
+        await _seen(console, link, who)
+    await _check_revoked(link, who, epoch)
+    return answer, noticed
+
+
+async def _routed(request: Request, link: LinkHub, who: DefenderPrincipal, topic: str,
+                  *, revision: int, wait: float) -> Response:
+    answer, noticed = await serve(state(request), link, who, topic, revision=revision,
+                                  wait=wait, epoch=request.state.revocations)
+    response = _json(answer) if answer is not None else Response(status_code=204)
+    if noticed is not None:  # measured once the answer is written (a background task)
+        response.background = BackgroundTask(answered, link, topic, noticed)
+    return response
+
+
 @router.get("/policy", response_model=PolicyAnswer,
             responses={204: {"description": "no change within the wait, or a newer "
                                        "long-poll of this Defender replaced this one"}})
-async def get_policy(*, console: StateDep, link: HubDep, who: Defender,
+async def get_policy(*, request: Request, link: HubDep, who: Defender,
                      revision: Revision = -1, wait: Wait = 0) -> Any:
     """The policy as a native document when its revision is not ``revision``;
     else wait up to ``wait`` seconds for a change (204 when none came, or at once
     when a newer long-poll of this Defender replaced this one)."""
-    epoch = await link.current_revocations.get()  # as the credential was checked
-    with _only_one(link, who, "policy", wait) as waiting:
-        answer, noticed = await _long_poll(link.current_policy, link.policy, revision, wait,
-                                           link.store_poll, waiting=waiting)
-    if wait:
-        await _seen(console, link, who)
-    response = await _answer(link, who, epoch, answer)
-    if noticed is not None:  # measured once the answer is written (a background task)
-        response.background = BackgroundTask(_answered, link, "policy", noticed)
-    return response
+    return await _routed(request, link, who, "policy", revision=revision, wait=wait)
 
 
 @router.get("/inventory", response_model=ClusterInventory,
             responses={204: {"description": "no change within the wait, or a newer "
                                        "long-poll of this Defender replaced this one"}})
-async def get_inventory(*, console: StateDep, link: HubDep, who: Defender,
+async def get_inventory(*, request: Request, link: HubDep, who: Defender,
                         revision: Revision = -1, wait: Wait = 0) -> Any:
     """Every Defender's hosts and containers when the cluster inventory revision
     is not ``revision``; else wait up to ``wait`` seconds (204 when none came, or at
     once when a newer long-poll of this Defender replaced this one)."""
-    epoch = await link.current_revocations.get()  # as the credential was checked
-    with _only_one(link, who, "inventory", wait) as waiting:
-        answer, noticed = await _long_poll(link.current_inventory, link.inventory, revision, wait,
-                                           link.store_poll, waiting=waiting)
-    if wait:
-        await _seen(console, link, who)
-    response = await _answer(link, who, epoch, answer)
-    if noticed is not None:  # measured once the answer is written (a background task)
-        response.background = BackgroundTask(_answered, link, "inventory", noticed)
-    return response
+    return await _routed(request, link, who, "inventory", revision=revision, wait=wait)
 
 
 @contextlib.contextmanager
@@ -536,10 +559,10 @@ def post_inventory(report: InventoryReport, *, console: StateDep, link: HubDep,
     return Response(status_code=204)
 
 
-@router.post("/reports", response_model=BatchAnswer)
-def post_reports(batch: ReportBatch, *, console: StateDep, link: HubDep,
-                 who: Defender) -> BatchAnswer:
-    """Store a batch of flows and audits once (by ``batch_id``); 200 means stored."""
+def store_reports(console: ConsoleState, link: LinkHub, who: DefenderPrincipal,
+                  batch: ReportBatch) -> bytes:
+    """Store a batch for ``who`` (in a worker thread); the answer's JSON body.
+    Shared by the FastAPI route and the fast path."""
     with console.sessions() as session, _refused(link):
         # Queued for every sink of the fleet (the store's list), whichever replica
         # stores it and whatever this one was started with. A Defender revoked in
@@ -549,4 +572,16 @@ def post_reports(batch: ReportBatch, *, console: StateDep, link: HubDep,
                        dropped=stored.dropped)
     if link.forwarder is not None and stored.audits:
         link.forwarder.wake()  # queued in the store with the audits; sent by the lease holder
-    return BatchAnswer(accepted=True, duplicate=stored.duplicate)
+    return _DUPLICATE if stored.duplicate else _STORED
+
+
+_STORED = BatchAnswer(accepted=True, duplicate=False).model_dump_json().encode()
+_DUPLICATE = BatchAnswer(accepted=True, duplicate=True).model_dump_json().encode()
+
+
+@router.post("/reports", response_model=BatchAnswer)
+def post_reports(batch: ReportBatch, *, console: StateDep, link: HubDep,
+                 who: Defender) -> Response:
+    """Store a batch of flows and audits once (by ``batch_id``); 200 means stored."""
+    return Response(content=store_reports(console, link, who, batch),
+                    media_type="application/json")

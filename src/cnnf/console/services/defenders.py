@@ -185,10 +185,29 @@ def endpoint_key(ep: EndpointInfo) -> str:
     return _cut(f"addr:{ep.address or '?'}")
 
 
-def flow_record(flow: FlowRecord) -> StoredFlowRecord:
+_Ends = dict[tuple[object, ...], tuple[str, str, str]]
+_END_FIELDS = tuple(EndpointInfo.model_fields)
+
+
+def _end(ep: EndpointInfo, memo: _Ends | None) -> tuple[str, str, str]:
+    """An end's flow key and its identity text without and with the address,
+    reused for the same end within a batch (its flows mostly share their ends:
+    the texts were a third of a batch's mapping)."""
+    # Every field of the end, whatever fields it gains later (a dict as its items).
+    key = tuple(tuple(v.items()) if isinstance(v, dict) else v
+                for v in map(ep.__dict__.__getitem__, _END_FIELDS))
+    found = memo.get(key) if memo is not None else None
+    if found is None:
+        found = (endpoint_key(ep), recorded_text(ep, address=False), recorded_text(ep))
+        if memo is not None:
+            memo[key] = found
+    return found
+
+
+def flow_record(flow: FlowRecord, memo: _Ends | None = None) -> StoredFlowRecord:
     """A Defender's flow as the aggregated flow table keeps it. No rule matched:
     ``observed`` (grey in Radar) when the default let it through, else the
-    default's effect."""
+    default's effect. ``memo``: the ends mapped before in this batch."""
     if flow.rule_kind is not None:
         kind = flow.rule_kind.value
     else:
@@ -199,15 +218,15 @@ def flow_record(flow: FlowRecord) -> StoredFlowRecord:
         # the would verdict in the verdict column's terms: a default allow is observed
         would = ("observed" if flow.would_effect is Effect.ALLOW and flow.would_rule_id is None
                  else flow.would_effect.value)
+    src, dst = _end(flow.src, memo), _end(flow.dst, memo)
     return StoredFlowRecord(
-        kind=kind, src=endpoint_key(flow.src), dst=endpoint_key(flow.dst), port=flow.port,
+        kind=kind, src=src[0], dst=dst[0], port=flow.port,
         verdict=verdict, rule_id=flow.rule_id or 0, rule_name=_cut(flow.rule_name, 200),
         mode=flow.mode, would=would, would_rule_id=flow.would_rule_id or 0,
         would_rule_name=_cut(flow.would_rule_name, 200),
         count=min(max(flow.count, 1), 2**31 - 1),
         first_seen=_time(flow.first_seen), last_seen=_time(flow.last_seen),
-        src_identity=recorded_text(flow.src, address=False),
-        dst_identity=recorded_text(flow.dst),
+        src_identity=src[1], dst_identity=dst[2],
     )
 
 
@@ -244,9 +263,10 @@ def _mapped(batch: ReportBatch, defender: str) -> tuple[list[StoredFlowRecord], 
     errors: list[FieldError] = []
     flows: list[StoredFlowRecord] = []
     audits: list[AuditRecord] = []
+    ends: _Ends = {}
     for i, flow in enumerate(batch.flows):
         try:
-            flows.append(flow_record(flow))
+            flows.append(flow_record(flow, ends))
         except (ValidationError, OverflowError, ValueError, OSError) as exc:
             errors += _field_errors(f"flows[{i}]", exc)
     for i, event in enumerate(batch.audits):
