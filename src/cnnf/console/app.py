@@ -56,6 +56,7 @@ from cnnf.console.api.deps import ConsoleState, Reader
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.metrics import ConsoleMetrics, LiveFigures
 from cnnf.console.security import LoginLimiter
+from cnnf.console.services import classes
 from cnnf.console.services.defenders import DefenderService, policy_revision
 from cnnf.console.services.errors import (
     BadRequest,
@@ -304,6 +305,86 @@ async def _retention_loop(console: ConsoleState, link: LinkHub) -> None:
         await asyncio.sleep(link.lease.ttl / 4)
 
 
+#: Seconds between two batches of the identity-class backfill: the store serves
+#: ingestion and requests between them (each batch a few milliseconds to a
+#: tenth of a second of writes).
+CLASS_BACKFILL_PAUSE = 0.05
+#: Seconds between two progress lines of the backfill in the log.
+CLASS_BACKFILL_LOG_SECONDS = 10.0
+
+
+class ClassBackfiller:
+    """Gives the flows stored before migration 0013 their identity classes, one
+    committed batch per :meth:`step` (:mod:`cnnf.console.services.classes`),
+    logging progress and counting it in the metrics
+    (``cnnf_console_flow_classes_backfill_progress``)."""
+
+    def __init__(self, sessions: sessionmaker[Session], metrics: ConsoleMetrics | None,
+                 batch: int = classes.BATCH) -> None:
+        self.sessions, self.metrics, self.batch = sessions, metrics, batch
+        self.walk: classes.ClassBackfill | None = None
+        self.logged = 0.0
+
+    def start(self) -> bool:
+        """True when there are rows to walk (logged)."""
+        with self.sessions() as session:
+            self.walk = classes.start(session)
+        if self.walk is None:
+            if self.metrics is not None:
+                self.metrics.class_backfill.set(1.0)
+            return False
+        log.info("flow classes: giving identity classes to the flows stored before "
+                 "migration 0013 (ids %d to %d), %d ids per batch, in the background; "
+                 "until then learning groups them by their identity texts (same results)",
+                 self.walk.first, self.walk.top, self.batch)
+        self.logged = time.monotonic()
+        return True
+
+    def step(self) -> bool:
+        """One batch; True when the walk is done (logged)."""
+        walk = self.walk
+        assert walk is not None, "start() first"
+        with self.sessions() as session:
+            given = classes.step(session, walk, self.batch)
+            if walk.done and session.get_bind().dialect.name == "postgresql":
+                # The planner's statistics for the classes now, not at
+                # autovacuum's next pass: it estimates learning's groups from them.
+                session.execute(text("ANALYZE flows"))
+                session.commit()
+        if self.metrics is not None:
+            self.metrics.class_backfilled.inc(given)
+            self.metrics.class_backfill.set(walk.progress)
+        if walk.done:
+            log.info("flow classes: done, %d rows given classes", walk.given)
+        elif time.monotonic() - self.logged >= CLASS_BACKFILL_LOG_SECONDS:
+            self.logged = time.monotonic()
+            log.info("flow classes: %.0f%% (ids up to %d of %d), %d rows given classes",
+                     100 * walk.progress, walk.next_id - 1, walk.top, walk.given)
+        return walk.done
+
+
+async def _class_loop(console: ConsoleState, link: LinkHub) -> None:
+    """The identity-class backfill, once per start, in the process holding the
+    singleton lease; retried after a store error."""
+    backfill = ClassBackfiller(console.sessions, link.metrics)
+    started = False
+    while True:
+        try:
+            if not await run_in_threadpool(link.lease.ensure):
+                await asyncio.sleep(link.lease.ttl / 4)
+                continue
+            if not started:
+                started = True
+                if not await run_in_threadpool(backfill.start):
+                    return
+            if await run_in_threadpool(backfill.step):
+                return
+            await asyncio.sleep(CLASS_BACKFILL_PAUSE)
+        except SQLAlchemyError:
+            log.exception("flow classes: a batch failed; trying again in a minute")
+            await asyncio.sleep(60)
+
+
 async def _seen_loop(console: ConsoleState, link: LinkHub) -> None:
     """Write the last_seen of Defenders whose long-polls returned (batched)."""
     while True:
@@ -332,7 +413,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         link.store_poll = app.state.console.config.link_feed_poll_seconds
     tasks = [asyncio.create_task(_retention_loop(app.state.console, link)),
              asyncio.create_task(_stale_loop(app.state.console, app.state.link)),
-             asyncio.create_task(_seen_loop(app.state.console, link))]
+             asyncio.create_task(_seen_loop(app.state.console, link)),
+             asyncio.create_task(_class_loop(app.state.console, link))]
     if link.forwarder is not None:
         link.forwarder.start()
     try:

@@ -35,6 +35,11 @@ and traffic rates, so they are not public.
   propagation;
 - ``cnnf_console_lease_held{lease}``: 1 in the one replica doing the singleton work
   (forwarding, retention);
+- ``cnnf_console_flow_classes_backfilled_total``: flows stored before migration
+  0013 given their identity classes in the background by this process, and
+  ``cnnf_console_flow_classes_backfill_progress``: the part of them walked (0 to 1;
+  1 when done or when there was nothing to do; 0 in a replica that leaves the walk
+  to the lease holder);
 - ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.
 """
 
@@ -47,7 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -174,6 +179,13 @@ class ConsoleMetrics:
             "long-poll answering with it, by topic", ["topic"], registry=self.registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
                      10.0))
+        self.class_backfilled = Counter(
+            "cnnf_console_flow_classes_backfilled", "Flows stored before migration 0013 "
+            "given their identity classes by this process", registry=self.registry)
+        self.class_backfill = Gauge(
+            "cnnf_console_flow_classes_backfill_progress", "The part of the flows stored "
+            "before migration 0013 that this process walked giving them identity classes "
+            "(0 to 1; 1: done or nothing to do)", registry=self.registry)
         for verdict in ("allow", "alert", "prevent", "observed"):
             self.verdicts.labels(verdict)
         for blocked, would in (("true", "false"), ("false", "false"), ("false", "true")):

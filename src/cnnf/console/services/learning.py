@@ -487,9 +487,11 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
 GROUPING_MEMORY = "64MB"
 
 #: What a group's identity class reads as, when a row holds an identity text
-#: but no class (stored by a writer that does not compute it: a replica of the
-#: previous version during an upgrade): the text itself, after this prefix (a
-#: class is 32 hex digits), grouped by the whole text (finer: still exact).
+#: but no class (stored before migration 0013 and not yet given its class by
+#: the Console's background walk, :mod:`cnnf.console.services.classes`, or
+#: stored by a writer that does not compute it: a replica of the previous
+#: version during an upgrade): the text itself, after this prefix (a class is
+#: 32 hex digits), grouped by the whole text (finer: still exact).
 UNCLASSED = "text:"
 
 

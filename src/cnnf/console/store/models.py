@@ -245,8 +245,9 @@ class FlowRow(Base):
     container name (:func:`~cnnf.policy.observed.identity_class`), what
     learning and simulating group the window's flows by. No index: one on the
     grouping's columns made SQLite's grouping twice as fast and its ingestion
-    of new flows half as fast (measured). Added by migration 0013, which
-    computes them for the rows stored before it.
+    of new flows half as fast (measured). Added by migration 0013 (empty for
+    the rows stored before it: the Console gives them their classes in the
+    background, :mod:`cnnf.console.services.classes`).
     """
 
     __tablename__ = "flows"

@@ -1,0 +1,135 @@
+"""The identity classes of flows stored before migration 0013, given by the
+Console in the background (:mod:`cnnf.console.services.classes`), in real
+SQLite and PostgreSQL stores: the migration rewrites no row, ingestion goes on
+between the walk's committed batches, and learning and simulating give the
+reference's results at every point of the walk."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from sqlalchemy import MetaData, Table, insert, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from cnnf.console.app import ClassBackfiller
+from cnnf.console.metrics import ConsoleMetrics
+from cnnf.console.services.learning import grouped_flows, observed_flows
+from cnnf.console.services.records import FlowRecord, FlowService, flow_ident
+from cnnf.console.store.db import connect, migrate
+from cnnf.model import Effect, Policy
+from cnnf.model.records import EndpointInfo
+from cnnf.policy.learn import LearnOptions, learn
+from cnnf.policy.observed import identity_class, recorded_text
+from cnnf.policy.simulate import simulate
+
+T0 = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+SINCE, UNTIL = T0 - timedelta(hours=1), T0 + timedelta(hours=1)
+
+
+def _api(i: int, replica: int) -> EndpointInfo:
+    j = i % 4
+    return EndpointInfo(kind="container", image=f"shop/api-{j}:1", container=f"api-{replica}",
+                        namespace=f"ns-{j % 3}", labels={"app": f"api-{j}"})
+
+
+def _db(i: int) -> EndpointInfo:
+    return EndpointInfo(kind="container", image="shop/db:1", container=f"db-{i}",
+                        namespace="data", address=f"10.0.0.{i + 1}")
+
+
+def _record(src: EndpointInfo, dst: EndpointInfo, port: int, count: int = 1) -> FlowRecord:
+    return FlowRecord(src=f"image:{src.image}", dst=f"image:{dst.image}", port=port,
+                      verdict="observed", count=count, first_seen=T0, last_seen=T0,
+                      src_identity=recorded_text(src, address=False),
+                      dst_identity=recorded_text(dst))
+
+
+def _old_rows() -> list[dict[str, Any]]:
+    """120 flows as the Console stored them before 0013: 4 workloads' replicas to 3
+    database replicas on 2 ports, 4 of them without recorded identities."""
+    out = []
+    for i in range(4):
+        for replica in range(5):
+            for d in range(3):
+                for port in (5432, 6432):
+                    recorded = not (replica == 4 and d == 0 and port == 5432)
+                    s_text = recorded_text(_api(i, replica), address=False) if recorded else ""
+                    d_text = recorded_text(_db(d)) if recorded else ""
+                    out.append({"kind": "container", "src": f"image:{_api(i, 0).image}",
+                                "dst": "image:shop/db:1", "port": port, "verdict": "observed",
+                                "rule_id": 0, "rule_name": "", "count": 1 + replica,
+                                "first_seen": T0 - timedelta(minutes=replica),
+                                "last_seen": T0, "src_identity": s_text,
+                                "dst_identity": d_text, "ident": flow_ident(s_text, d_text)})
+    return out
+
+
+def _results(session: Session) -> tuple[Any, Any, Any, Any]:
+    """Learnt and simulated over the grouped read and over the reference read."""
+    options = LearnOptions(default_effect=Effect.PREVENT)
+    draft = Policy(default_effect=Effect.PREVENT)
+    return (learn(Policy(), grouped_flows(session, SINCE, UNTIL, erase_names=True), options),
+            learn(Policy(), observed_flows(session, SINCE, UNTIL), options),
+            simulate(Policy(), draft, grouped_flows(session, SINCE, UNTIL, erase_names=True)),
+            simulate(Policy(), draft, observed_flows(session, SINCE, UNTIL)))
+
+
+def test_flows_from_before_0013_get_classes_while_ingestion_goes_on(
+        db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    engine = connect(db_url)
+    old = _old_rows()
+    try:
+        migrate(engine, "0012")
+        with engine.begin() as connection:
+            connection.execute(insert(Table("flows", MetaData(), autoload_with=connection)), old)
+        migrate(engine)
+        with engine.connect() as connection:
+            assert connection.execute(text(
+                "SELECT count(*) FROM flows WHERE src_class <> '' OR dst_class <> ''")
+            ).scalar() == 0  # the migration rewrote no row: it held the table for moments
+        metrics = ConsoleMetrics()
+        caplog.set_level(logging.INFO)
+        backfill = ClassBackfiller(sessionmaker(engine), metrics, batch=16)
+        assert backfill.start()
+        steps = 0
+        with Session(engine) as session:
+            done = False
+            while not done:
+                done = backfill.step()
+                steps += 1
+                # A Defender's batch between two of the walk's batches: new
+                # replicas' flows and repeats of the old ones (upserts), committed.
+                FlowService(session).record_many([
+                    _record(_api(steps, 10 + steps), _db(0), 5432),
+                    _record(_api(steps, steps % 5), _db(steps % 3), 6432, count=2)])
+                if steps % 3 == 1:
+                    grouped, reference, impact, reference_impact = _results(session)
+                    assert grouped == reference
+                    assert impact == reference_impact
+                    session.rollback()
+        assert steps == 8  # 120 ids, 16 a batch: ingestion went on between all of them
+        with engine.connect() as connection:
+            rows = connection.execute(text(
+                "SELECT src_identity, dst_identity, src_class, dst_class FROM flows")).all()
+        assert len(rows) == 120 + steps  # the repeats folded into the old rows
+        assert all((sc, dc) == (identity_class(s), identity_class(d)) for s, d, sc, dc in rows)
+        with Session(engine) as session:
+            grouped, reference, impact, reference_impact = _results(session)
+            assert grouped == reference and impact == reference_impact
+            folded = list(grouped_flows(session, SINCE, UNTIL, erase_names=True))
+            # replicas fold: per workload, port and (recorded or not) identity pair
+            assert sum(f.flows for f in folded) == 120 + steps and len(folded) < 40
+        scraped = generate_latest(metrics.registry).decode()
+        assert "cnnf_console_flow_classes_backfilled_total 116.0" in scraped
+        assert "cnnf_console_flow_classes_backfill_progress 1.0" in scraped
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("flow classes: giving identity classes to the flows stored "
+                                "before migration 0013 (ids 1 to 120)") for m in messages)
+        assert "flow classes: done, 116 rows given classes" in messages
+        assert not ClassBackfiller(sessionmaker(engine), metrics).start()  # nothing left
+    finally:
+        engine.dispose()
