@@ -43,24 +43,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, insert, select
+from sqlalchemy import Engine, MetaData, Table, insert, select, text
 from sqlalchemy.orm import Session
 
+from cnnf.console.services import classes
 from cnnf.console.services.learning import (
     LearningService,
     ProposalRequest,
     SimulateRequest,
     grouped_flows,
+    names_containers,
     observed_flows,
 )
 from cnnf.console.services.policy import PolicyService
@@ -131,10 +135,11 @@ def rows(n: int, rng: random.Random) -> Iterator[dict[str, Any]]:
                         return
 
 
-def fill(engine: Engine, n: int) -> tuple[float, float]:
+def fill(engine: Engine, n: int) -> tuple[float, float, float]:
     """The rows stored as the Console before migration 0013 stored them (no
-    identity classes), then the migration to the head, which gives them their
-    classes: seconds for each."""
+    identity classes), then the migration to the head (the columns only), then
+    the Console's background walk giving them their classes (run to the end
+    here, without its pauses): seconds for each."""
     migrate(engine, "0012")
     start = time.perf_counter()
     batch: list[dict[str, Any]] = []
@@ -151,7 +156,14 @@ def fill(engine: Engine, n: int) -> tuple[float, float]:
     filled = time.perf_counter() - start
     start = time.perf_counter()
     migrate(engine)
-    return filled, time.perf_counter() - start
+    migrated = time.perf_counter() - start
+    start = time.perf_counter()
+    with Session(engine) as s:
+        classes.run(s)
+        if engine.dialect.name == "postgresql":
+            s.execute(text("ANALYZE flows"))  # as the Console does at the walk's end
+            s.commit()
+    return filled, migrated, time.perf_counter() - start
 
 
 def naive_flows(session: Session, limit: int) -> list[ObservedFlow]:
@@ -165,16 +177,105 @@ def naive_flows(session: Session, limit: int) -> list[ObservedFlow]:
     return out
 
 
+@dataclass
+class Phase:
+    """Seconds of one timed phase: wall, this process's CPU time and time
+    waiting for a CPU (run queue: the machine's other work), and the same for
+    the PostgreSQL server's processes (None on SQLite)."""
+
+    wall: float
+    cpu: float
+    runq: float
+    server_cpu: float | None = None
+    server_runq: float | None = None
+
+    @property
+    def rest(self) -> float:
+        """Wall time neither process spent on a CPU or waiting for one: I/O,
+        locks, sleeping (negative when the server ran parallel workers)."""
+        return (self.wall - self.cpu - self.runq - (self.server_cpu or 0.0)
+                - (self.server_runq or 0.0))
+
+
+def _sched(pid: int | str) -> tuple[float, float]:
+    """CPU seconds and seconds waiting for a CPU of every thread of ``pid``
+    (``/proc/PID/task/*/schedstat``: nanoseconds on a CPU, on a run queue)."""
+    cpu = runq = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on, waiting, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue  # the thread ended
+        cpu, runq = cpu + int(on), runq + int(waiting)
+    return cpu / 1e9, runq / 1e9
+
+
+def _server_sched(postmaster: int) -> tuple[float, float]:
+    """The PostgreSQL server's CPU seconds and run-queue seconds: its live
+    processes' (schedstat), plus the CPU of the processes it reaped (parallel
+    workers: ``cutime``/``cstime`` of the postmaster; their waiting is lost)."""
+    cpu, runq = _sched(postmaster)
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu += (int(fields[13]) + int(fields[14])) / tick  # cutime, cstime
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == postmaster:
+            c, r = _sched(proc.name)
+            cpu, runq = cpu + c, runq + r
+    return cpu, runq
+
+
+def _postmaster(session: Session) -> int | None:
+    """The local PostgreSQL server's main process (None: SQLite, or not on this
+    machine)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    backend = session.execute(text("SELECT pg_backend_pid()")).scalar()
+    try:
+        stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(stat[1])
+
+
+@contextmanager
+def phase(out: dict[str, Any], name: str, postmaster: int | None) -> Iterator[None]:
+    start, (cpu, runq) = time.perf_counter(), _sched("self")
+    server = _server_sched(postmaster) if postmaster else None
+    yield
+    wall, (cpu2, runq2) = time.perf_counter() - start, _sched("self")
+    out[name] = wall
+    after = _server_sched(postmaster) if postmaster and server else None
+    out.setdefault("phases", {})[name] = Phase(
+        wall, cpu2 - cpu, runq2 - runq,
+        after[0] - server[0] if after and server else None,
+        after[1] - server[1] if after and server else None)
+
+
+#: Container objects selecting by name (a pinned replica, one service's
+#: replicas): learning and simulating then keep the names (``erase_names``
+#: False), the slower reads.
+BY_NAME = [{"kind": "container", "name": "svc-7-first", "selector": {"containers": ["svc-7-0"]}},
+           {"kind": "container", "name": "svc-8-all", "selector": {"containers": ["svc-8-*"]}}]
+
+
 def measure(engine: Engine, n: int, naive: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    out["fill"], out["migrate"] = fill(engine, n)
+    out["fill"], out["migrate"], out["backfill"] = fill(engine, n)
     since = NOW - timedelta(days=1)
     with Session(engine) as s:
+        postmaster = _postmaster(s)
+        s.rollback()
         policies = PolicyService(s, actor="bench", now=lambda: NOW)
         service = LearningService(s, policies)
-        start = time.perf_counter()
-        proposal = service.propose(ProposalRequest(since=since, until=NOW))
-        out["learn"] = time.perf_counter() - start
+        with phase(out, "learn", postmaster):
+            proposal = service.propose(ProposalRequest(since=since, until=NOW))
         out["rules"] = len(proposal.proposed)
         out["learnt"] = proposal.learnt_flows
         learnt = proposal.policy
@@ -185,11 +286,28 @@ def measure(engine: Engine, n: int, naive: int) -> dict[str, Any]:
             "default_effect": Effect.PREVENT,
             "container_rules": tuple(r.model_copy(update={"effect": Effect.PREVENT}) if i < cut
                                      else r for i, r in enumerate(current.container_rules))})
-        start = time.perf_counter()
-        result = service.simulate(SimulateRequest(since=since, until=NOW, policy=draft))
-        out["simulate"] = time.perf_counter() - start
+        with phase(out, "simulate", postmaster):
+            result = service.simulate(SimulateRequest(since=since, until=NOW, policy=draft))
         out["changed"] = result.changed_flows
         out["evaluated"] = result.flows
+
+        # Names kept: a policy whose objects select container names (no rules),
+        # learnt from, then the proposal simulated as the draft against it.
+        named = Policy.model_validate({"objects": BY_NAME})
+        policies.replace(named)
+        assert names_containers(policies.policy())
+        with phase(out, "learn named", postmaster):
+            named_proposal = service.propose(ProposalRequest(since=since, until=NOW))
+        out["named rules"] = len(named_proposal.proposed)
+        named_draft = named_proposal.policy.model_copy(update={
+            "default_effect": Effect.PREVENT,
+            "container_rules": tuple(r.model_copy(update={"effect": Effect.PREVENT}) if i < cut
+                                     else r for i, r in
+                                     enumerate(named_proposal.policy.container_rules))})
+        with phase(out, "simulate named", postmaster):
+            named_result = service.simulate(SimulateRequest(since=since, until=NOW,
+                                                            policy=named_draft))
+        out["named changed"] = named_result.changed_flows
 
         start = time.perf_counter()
         sample = naive_flows(s, naive)
@@ -275,7 +393,20 @@ def report(store: str, n: int, r: dict[str, Any]) -> None:
           f"{r['naive learn'] / r['learn']:>8.0f}x{r['simulate']:>11.1f}"
           f"{r['naive simulate']:>13.0f}{r['naive simulate'] / r['simulate']:>8.0f}x"
           f"{r['rules']:>8,}{r['changed']:>11,}   (filled in {r['fill']:.0f} s, "
-          f"migration 0013 over them {r['migrate']:.1f} s)", flush=True)
+          f"migration 0013 {r['migrate']:.1f} s, classes given in the background "
+          f"{r['backfill']:.1f} s)", flush=True)
+    print(f"{'':<11}{'names kept':>10}{r['learn named']:>10.1f}{'':>21}"
+          f"{r['simulate named']:>11.1f}{'':>21}{r['named rules']:>8,}"
+          f"{r['named changed']:>11,}   (objects selecting container names)", flush=True)
+    print(f"{'':<11}{'phase':<16}{'wall':>7}{'CPU':>7}{'run queue':>11}"
+          f"{'server CPU':>12}{'server run queue':>18}{'rest':>7}")
+    for name, p in r["phases"].items():
+        server = ("" if p.server_cpu is None else
+                  f"{p.server_cpu:>12.1f}{p.server_runq:>18.1f}")
+        print(f"{'':<11}{name:<16}{p.wall:>7.1f}{p.cpu:>7.1f}{p.runq:>11.1f}"
+              f"{server:>30}{p.rest:>7.1f}", flush=True)
+    print(f"{'':<11}(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})",
+          flush=True)
 
 
 def main() -> None:
@@ -304,7 +435,10 @@ def main() -> None:
             report("postgresql", args.flows, measure(pg, args.flows, args.naive))
     print("learn: LearningService.propose from an empty policy (rules: proposed); simulate: "
           "LearningService.simulate of a draft (changed: flows whose verdict changes); "
-          "naive: ORM rows, JSON parsed per row, the reference linear-scan evaluator")
+          "names kept: the same with objects selecting container names in the policy; "
+          "naive: ORM rows, JSON parsed per row, the reference linear-scan evaluator; "
+          "phases: seconds of wall time, CPU time and waiting for a CPU (this process, "
+          "the PostgreSQL server's processes), rest: neither (I/O, locks)")
 
 
 if __name__ == "__main__":
