@@ -233,12 +233,14 @@ def test_grouped_flows_learn_and_simulate_as_the_rows_do(  # noqa: PLR0917
     with Session(store) as s:
         reference = learn(current, observed_flows(s, SINCE, UNTIL), options)
         grouped = learn(current, grouped_flows(s, SINCE, UNTIL,
-                                               erase_names=not names_containers(current)),
+                                               erase_names=not names_containers(current),
+                                               policies=(current,)),
                         options)
         assert grouped == reference
         reference_impact = simulate(current, draft, observed_flows(s, SINCE, UNTIL))
         impact = simulate(current, draft, grouped_flows(
-            s, SINCE, UNTIL, erase_names=not names_containers(current, draft)))
+            s, SINCE, UNTIL, erase_names=not names_containers(current, draft),
+            policies=(current, draft)))
         assert impact == reference_impact
     in_window = [r for r in flows if r["last_seen"] >= SINCE and r["first_seen"] < UNTIL]
     assert reference_impact.flows == len(in_window)
@@ -266,6 +268,19 @@ def test_replicas_fold_into_one_group_unless_an_object_selects_by_name(store: En
         kept = list(grouped_flows(s, SINCE, UNTIL, erase_names=False))
         assert sorted(f.src_ep.container.name for f in kept if f.src_ep.container) == sorted(
             r.container for r in replicas)
+        # An object naming api-1 and one naming api-[5-9]: three groups of
+        # names (api-1; api-5 to api-9; the rest), each evaluated as one of them.
+        named = Policy.model_validate({"objects": [
+            {"kind": "container", "name": "one", "selector": {"containers": ["api-1"]}},
+            {"kind": "container", "name": "late", "selector": {"containers": ["api-[5-9]"]}}]})
+        by_class = sorted((f.flows, f.count, f.src_ep.container.name)
+                          for f in grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                                 policies=(named,)) if f.src_ep.container)
+        assert [(n, count) for n, count, _ in by_class] == [
+            (1, 2), (4, 1 + 3 + 4 + 5), (5, 6 + 7 + 8 + 9 + 10)]
+        assert by_class[0][2] == "api-1"
+        assert by_class[1][2] in {"api-0", "api-2", "api-3", "api-4"}
+        assert by_class[2][2] in {f"api-{i}" for i in range(5, 10)}
 
 
 def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Engine) -> None:
