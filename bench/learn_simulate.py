@@ -54,11 +54,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from sqlalchemy import Engine, MetaData, Table, insert, select, text
 from sqlalchemy.orm import Session
 
-from cnnf.console.services import classes
+from cnnf.console.services import classes, learning
 from cnnf.console.services.learning import (
     LearningService,
     ProposalRequest,
@@ -265,7 +266,7 @@ BY_NAME = [{"kind": "container", "name": "svc-7-first", "selector": {"containers
            {"kind": "container", "name": "svc-8-all", "selector": {"containers": ["svc-8-*"]}}]
 
 
-def measure(engine: Engine, n: int, naive: int) -> dict[str, Any]:
+def measure(engine: Engine, n: int, naive: int, before: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["fill"], out["migrate"], out["backfill"] = fill(engine, n)
     since = NOW - timedelta(days=1)
@@ -308,6 +309,17 @@ def measure(engine: Engine, n: int, naive: int) -> dict[str, Any]:
             named_result = service.simulate(SimulateRequest(since=since, until=NOW,
                                                             policy=named_draft))
         out["named changed"] = named_result.changed_flows
+
+        if before:
+            # The same, read as before name classes: grouped by the whole texts.
+            with patch.object(learning, "MAX_TEXT_CLASSES", 0), \
+                    patch.object(learning, "name_classes", lambda *_: lambda name: name):
+                policies.replace(named)
+                with phase(out, "learn named, by texts", postmaster):
+                    service.propose(ProposalRequest(since=since, until=NOW))
+                with phase(out, "simulate named, by texts", postmaster):
+                    service.simulate(SimulateRequest(since=since, until=NOW,
+                                                     policy=named_draft))
 
         start = time.perf_counter()
         sample = naive_flows(s, naive)
@@ -398,12 +410,12 @@ def report(store: str, n: int, r: dict[str, Any]) -> None:
     print(f"{'':<11}{'names kept':>10}{r['learn named']:>10.1f}{'':>21}"
           f"{r['simulate named']:>11.1f}{'':>21}{r['named rules']:>8,}"
           f"{r['named changed']:>11,}   (objects selecting container names)", flush=True)
-    print(f"{'':<11}{'phase':<16}{'wall':>7}{'CPU':>7}{'run queue':>11}"
+    print(f"{'':<11}{'phase':<26}{'wall':>7}{'CPU':>7}{'run queue':>11}"
           f"{'server CPU':>12}{'server run queue':>18}{'rest':>7}")
     for name, p in r["phases"].items():
         server = ("" if p.server_cpu is None else
                   f"{p.server_cpu:>12.1f}{p.server_runq:>18.1f}")
-        print(f"{'':<11}{name:<16}{p.wall:>7.1f}{p.cpu:>7.1f}{p.runq:>11.1f}"
+        print(f"{'':<11}{name:<26}{p.wall:>7.1f}{p.cpu:>7.1f}{p.runq:>11.1f}"
               f"{server:>30}{p.rest:>7.1f}", flush=True)
     print(f"{'':<11}(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})",
           flush=True)
@@ -417,6 +429,9 @@ def main() -> None:
     parser.add_argument("--postgres", default="auto", help="auto, none, or a database URL")
     parser.add_argument("--no-sqlite", action="store_true",
                         help="PostgreSQL only (run the stores one at a time)")
+    parser.add_argument("--names-before", action="store_true",
+                        help="also time the names-kept case read as before name classes "
+                             "(grouped by the whole identity texts)")
     parser.add_argument("--unique", type=int, default=300_000,
                         help="rows that do not fold, in their own SQLite store (0: none)")
     args = parser.parse_args()
@@ -426,13 +441,15 @@ def main() -> None:
           f"{'simulate':>11}{'naive sim.':>13}{'':>9}{'rules':>8}{'changed':>11}")
     if not args.no_sqlite:
         with sqlite_engine() as engine:
-            report("sqlite", args.flows, measure(engine, args.flows, args.naive))
+            report("sqlite", args.flows, measure(engine, args.flows, args.naive,
+                                                     args.names_before))
         if args.unique:
             with sqlite_engine() as engine:
                 report_unique("sqlite", args.unique, measure_unique(engine, args.unique))
     with postgres_engine(args.postgres, durable=False) as pg:
         if pg is not None:
-            report("postgresql", args.flows, measure(pg, args.flows, args.naive))
+            report("postgresql", args.flows, measure(pg, args.flows, args.naive,
+                                                         args.names_before))
     print("learn: LearningService.propose from an empty policy (rules: proposed); simulate: "
           "LearningService.simulate of a draft (changed: flows whose verdict changes); "
           "names kept: the same with objects selecting container names in the policy; "

@@ -295,6 +295,8 @@ def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Eng
         reference = learn(Policy(), observed_flows(s, SINCE, UNTIL))
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=True)) == reference
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=False)) == reference
+        assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                             policies=(POLICIES[2],))) == reference
         assert reference.learnt_flows == 3 and len(reference.rules) == 1
 
 
@@ -370,6 +372,27 @@ def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) 
         next(flows)
         assert s.execute(text("SELECT count(*) FROM pg_cursors")).scalar_one() == 1
         assert 1 + sum(1 for _ in flows) == 300
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_postgresql_names_kept_groups_by_the_texts_when_they_are_too_many(
+        store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names kept, PostgreSQL gives each distinct identity text of the window an
+    integer to group by; past MAX_TEXT_CLASSES texts it groups by the texts
+    themselves: the same flows either way."""
+    _fill(store, [*_scan(120), *REPLICAS])
+    with Session(store) as s:
+        reference = learn(POLICIES[2], observed_flows(s, SINCE, UNTIL))
+        by_integers = list(grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                         policies=(POLICIES[2],)))
+        s.rollback()
+        monkeypatch.setattr(learning, "MAX_TEXT_CLASSES", 50)
+        by_texts = list(grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                      policies=(POLICIES[2],)))
+        assert len(by_texts) == len(by_integers) == 123
+        assert learn(POLICIES[2], iter(by_integers)) == reference
+        assert learn(POLICIES[2], iter(by_texts)) == reference
 
 
 @pytest.mark.parametrize("erase_names", [True, False])

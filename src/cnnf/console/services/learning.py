@@ -566,6 +566,8 @@ def _by_text_class(session: Session, since: datetime, until: datetime,
     the texts, no JSON parsed per row); texts read from the key are ``-1``
     (the key is in the group). None when the window holds more than
     :data:`MAX_TEXT_CLASSES` distinct texts (then grouped by the texts)."""
+    if MAX_TEXT_CLASSES <= 0:
+        return None
     window = {"since": since, "until": until}
     distinct = text(_DISTINCT_TEXTS).bindparams(
         bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
