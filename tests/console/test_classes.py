@@ -6,8 +6,10 @@ reference's results at every point of the walk."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,8 @@ from prometheus_client import generate_latest
 from sqlalchemy import MetaData, Table, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from cnnf.console.app import ClassBackfiller
+from cnnf.console.app import ClassBackfiller, create_app
+from cnnf.console.config import ConsoleConfig
 from cnnf.console.metrics import ConsoleMetrics
 from cnnf.console.services.learning import grouped_flows, observed_flows
 from cnnf.console.services.records import FlowRecord, FlowService, flow_ident
@@ -131,5 +134,45 @@ def test_flows_from_before_0013_get_classes_while_ingestion_goes_on(
                                 "before migration 0013 (ids 1 to 120)") for m in messages)
         assert "flow classes: done, 116 rows given classes" in messages
         assert not ClassBackfiller(sessionmaker(engine), metrics).start()  # nothing left
+    finally:
+        engine.dispose()
+
+
+def test_the_console_gives_the_classes_in_the_background_at_its_start(
+        db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The Console's start migrates a store of flows from before 0013 (the
+    columns only), serves, and gives the classes in the background: the walk's
+    metrics and log lines say where it is."""
+    engine = connect(db_url)
+    try:
+        migrate(engine, "0012")
+        with engine.begin() as connection:
+            connection.execute(insert(Table("flows", MetaData(), autoload_with=connection)),
+                               _old_rows())
+        caplog.set_level(logging.INFO)
+        app = create_app(ConsoleConfig(db_url=db_url, data_dir=tmp_path), engine=engine)
+        with engine.connect() as connection:  # migrated, not walked yet
+            assert connection.execute(text(
+                "SELECT count(*) FROM flows WHERE src_class = ''")).scalar() == 120
+
+        def unclassed() -> int:
+            with engine.connect() as connection:
+                return int(connection.execute(text(
+                    "SELECT count(*) FROM flows WHERE src_class = '' "
+                    "AND src_identity <> ''")).scalar() or 0)
+
+        async def serve() -> str:
+            async with app.router.lifespan_context(app):  # what uvicorn runs around serving
+                for _ in range(3000):  # the event loop runs the background walk meanwhile
+                    if unclassed() == 0 and "flow classes: done, 116 rows given classes" in [
+                            r.getMessage() for r in caplog.records]:
+                        break
+                    await asyncio.sleep(0.02)
+                return generate_latest(app.state.link.metrics.registry).decode()
+
+        scraped = asyncio.run(serve())
+        assert unclassed() == 0
+        app.state.link.forwarder.close()
+        assert "cnnf_console_flow_classes_backfilled_total 116.0" in scraped
     finally:
         engine.dispose()
