@@ -2,7 +2,7 @@
 SQLite and PostgreSQL, beside a naive implementation in the same run.
 
     python bench/learn_simulate.py [--flows N] [--naive N] [--postgres auto|none|URL]
-                                   [--unique N]
+                                   [--unique N] [--names-before]
 
 Each store is migrated and filled with ``--flows`` distinct flow rows as the
 Console keeps them (identities recorded with each end): 300 workloads in 30
@@ -10,8 +10,10 @@ namespaces (two in three carry an ``app`` label), each reaching a few others
 and a few of 40 external DNS names, with up to 10 replicas of each source and
 5 addresses of each destination, so one edge is many rows. The rows are stored
 as the Console stored them before migration 0013 (no identity classes), then
-the store is migrated to the head, which computes every row's classes (timed:
-what upgrading a Console with a million stored flows takes). Then, timed:
+the store is migrated to the head (timed: 0013 only adds the columns), then
+the Console's background walk gives every row its classes
+(:func:`cnnf.console.services.classes.run`, timed: how long after an upgrade
+learning folds the old rows fully). Then, timed:
 
 - learn: the Console's service (``LearningService.propose``) over the whole
   window, from an empty policy: the rows folded in the store by one grouped
@@ -22,7 +24,18 @@ what upgrading a Console with a million stored flows takes). Then, timed:
   (``CompiledPolicy.flows()``), and the proposal stored;
 - simulate: ``LearningService.simulate`` of a draft (the learnt policy with a
   tenth of its rules turned to ``prevent`` and the default ``prevent``)
-  against the learnt policy in force, over the whole window.
+  against the learnt policy in force, over the whole window;
+- names kept: the same two with objects selecting container names in the
+  policy (a pinned replica ``svc-7-0``, one service's replicas ``svc-8-*``),
+  so the names are kept: identities fold when their names match the same of
+  those globs (``--names-before``: also as read before that, grouped by the
+  whole identity texts, in the same run).
+
+Each phase's wall time is split into this process's CPU time and time spent
+waiting for a CPU (``/proc/self/task/*/schedstat``: starved by the machine's
+other work), and on PostgreSQL the same for the server's processes (the bench
+starts its own server; parallel workers' CPU counted once they exit, their
+waiting not); the rest is neither (I/O, locks).
 
 Then, on SQLite unless ``--unique 0``: a store of ``--unique`` rows that do not fold (a
 scan: one source reaching a distinct address and port per row), read by

@@ -376,18 +376,20 @@ def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("limit", [("MAX_TEXT_CLASSES", 50), ("MAX_TEXT_CHARS", 5000)])
 def test_postgresql_names_kept_groups_by_the_texts_when_they_are_too_many(
-        store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: Engine, monkeypatch: pytest.MonkeyPatch, limit: tuple[str, int]) -> None:
     """Names kept, PostgreSQL gives each distinct identity text of the window an
-    integer to group by; past MAX_TEXT_CLASSES texts it groups by the texts
-    themselves: the same flows either way."""
+    integer to group by; past MAX_TEXT_CLASSES texts or MAX_TEXT_CHARS
+    characters of them it groups by the texts themselves: the same flows either
+    way."""
     _fill(store, [*_scan(120), *REPLICAS])
     with Session(store) as s:
         reference = learn(POLICIES[2], observed_flows(s, SINCE, UNTIL))
         by_integers = list(grouped_flows(s, SINCE, UNTIL, erase_names=False,
                                          policies=(POLICIES[2],)))
         s.rollback()
-        monkeypatch.setattr(learning, "MAX_TEXT_CLASSES", 50)
+        monkeypatch.setattr(learning, *limit)
         by_texts = list(grouped_flows(s, SINCE, UNTIL, erase_names=False,
                                       policies=(POLICIES[2],)))
         assert len(by_texts) == len(by_integers) == 123

@@ -15,6 +15,7 @@ an ingestion batch updating the same rows waits for a few milliseconds at most.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import cast
 
@@ -22,9 +23,13 @@ from sqlalchemy import Table, bindparam, text, update
 from sqlalchemy.orm import Session
 
 from cnnf.console.store.models import FlowRow
-from cnnf.policy.observed import identity_class
+from cnnf.policy.observed import identity_class as _identity_class
 
 FLOWS = cast(Table, FlowRow.__table__)
+
+#: Replicas' texts repeat across the rows: each distinct one's class computed
+#: once while it is among the most recent (bounded: a few MB of texts).
+identity_class = functools.lru_cache(maxsize=4096)(_identity_class)
 
 #: ids walked per transaction (rows given classes per commit, at most)
 BATCH = 5000

@@ -541,9 +541,12 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
                            rule_id, n, count, _utc(f), _utc(la))
 
 
-#: Distinct identity texts in a window beyond which PostgreSQL, names kept,
-#: groups by the texts themselves (each text's integer sent with the query).
+#: Distinct identity texts in a window (and their characters) beyond which
+#: PostgreSQL, names kept, groups by the texts themselves: each text is sent
+#: with the query, beside its integer, and workloads choose how many there are
+#: (every DNS name and address they reach is a destination identity).
 MAX_TEXT_CLASSES = 200_000
+MAX_TEXT_CHARS = 32_000_000
 
 _DISTINCT_TEXTS = ("SELECT src_identity FROM flows WHERE last_seen >= :since AND "
                    "first_seen < :until UNION SELECT dst_identity FROM flows WHERE "
@@ -565,7 +568,8 @@ def _by_text_class(session: Session, since: datetime, until: datetime,
     ``name_class``), then the rows grouped by those integers (a hash join on
     the texts, no JSON parsed per row); texts read from the key are ``-1``
     (the key is in the group). None when the window holds more than
-    :data:`MAX_TEXT_CLASSES` distinct texts (then grouped by the texts)."""
+    :data:`MAX_TEXT_CLASSES` distinct texts or :data:`MAX_TEXT_CHARS`
+    characters of them (then grouped by the texts)."""
     if MAX_TEXT_CLASSES <= 0:
         return None
     window = {"since": since, "until": until}
@@ -576,6 +580,7 @@ def _by_text_class(session: Session, since: datetime, until: datetime,
     classes = _Classes(name_class)
     texts: list[str] = []
     ids: list[int] = []
+    chars = 0
     result = session.connection().execute(distinct, window)
     while batch := result.fetchmany(20000):
         for (text_,) in batch:
@@ -583,7 +588,8 @@ def _by_text_class(session: Session, since: datetime, until: datetime,
             if found is not None:
                 texts.append(text_)
                 ids.append(found)
-        if len(texts) > MAX_TEXT_CLASSES:
+                chars += len(text_)
+        if len(texts) > MAX_TEXT_CLASSES or chars > MAX_TEXT_CHARS:
             result.close()
             return None
     return _text_class_flows(session, window, classes, texts, ids)
