@@ -150,7 +150,9 @@ def test_the_console_gives_the_classes_in_the_background_at_its_start(
             connection.execute(insert(Table("flows", MetaData(), autoload_with=connection)),
                                _old_rows())
         caplog.set_level(logging.INFO)
-        app = create_app(ConsoleConfig(db_url=db_url, data_dir=tmp_path), engine=engine)
+        # retention off: the flows' times are of January
+        app = create_app(ConsoleConfig(db_url=db_url, data_dir=tmp_path, retention_days=0),
+                         engine=engine)
         with engine.connect() as connection:  # migrated, not walked yet
             assert connection.execute(text(
                 "SELECT count(*) FROM flows WHERE src_class = ''")).scalar() == 120

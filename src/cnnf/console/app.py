@@ -309,6 +309,8 @@ async def _retention_loop(console: ConsoleState, link: LinkHub) -> None:
 #: ingestion and requests between them (each batch a few milliseconds to a
 #: tenth of a second of writes).
 CLASS_BACKFILL_PAUSE = 0.05
+#: Seconds before a batch of the backfill that failed is tried again.
+CLASS_BACKFILL_RETRY = 10
 #: Seconds between two progress lines of the backfill in the log.
 CLASS_BACKFILL_LOG_SECONDS = 10.0
 
@@ -381,8 +383,9 @@ async def _class_loop(console: ConsoleState, link: LinkHub) -> None:
                 return
             await asyncio.sleep(CLASS_BACKFILL_PAUSE)
         except SQLAlchemyError:
-            log.exception("flow classes: a batch failed; trying again in a minute")
-            await asyncio.sleep(60)
+            log.exception("flow classes: a batch failed; trying again in %d s",
+                          CLASS_BACKFILL_RETRY)
+            await asyncio.sleep(CLASS_BACKFILL_RETRY)
 
 
 async def _seen_loop(console: ConsoleState, link: LinkHub) -> None:

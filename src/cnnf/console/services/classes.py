@@ -85,6 +85,11 @@ def step(session: Session, walk: ClassBackfill, batch: int = BATCH) -> int:
     low, high = walk.next_id, min(walk.next_id + batch, walk.top + 1)
     try:
         rows = session.execute(text(_ROWS), {"low": low, "high": high}).all()
+        # The read's transaction ends before the write's begins: SQLite refuses
+        # at once (no busy wait) to turn a read into a write once another
+        # connection has written since (an ingestion batch, a lease renewal).
+        # The texts never change, so the classes read stay right.
+        session.rollback()
         computed = ((row_id, identity_class(s), identity_class(d), sc, dc)
                     for row_id, s, d, sc, dc in rows)
         # rows whose texts have no class (read from the key) stay as they are
