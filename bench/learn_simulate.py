@@ -279,7 +279,8 @@ BY_NAME = [{"kind": "container", "name": "svc-7-first", "selector": {"containers
            {"kind": "container", "name": "svc-8-all", "selector": {"containers": ["svc-8-*"]}}]
 
 
-def measure(engine: Engine, n: int, naive: int, before: bool = False) -> dict[str, Any]:
+def measure(engine: Engine, n: int, naive: int, before: bool = False,
+            parallel: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["fill"], out["migrate"], out["backfill"] = fill(engine, n)
     since = NOW - timedelta(days=1)
@@ -323,6 +324,20 @@ def measure(engine: Engine, n: int, naive: int, before: bool = False) -> dict[st
                                                             policy=named_draft))
         out["named changed"] = named_result.changed_flows
 
+        if parallel is not None and postmaster:
+            # The same two, PostgreSQL's parallel workers for the grouping set.
+            with patch.object(learning, "PARALLEL_WORKERS", parallel):
+                policies.replace(current)
+                with phase(out, f"learn, {parallel} workers", postmaster):
+                    service.propose(ProposalRequest(since=since, until=NOW))
+                with phase(out, f"simulate, {parallel} workers", postmaster):
+                    service.simulate(SimulateRequest(since=since, until=NOW, policy=draft))
+            # and again with the server's setting, right after (a warm store both)
+            with phase(out, "learn, again", postmaster):
+                service.propose(ProposalRequest(since=since, until=NOW))
+            with phase(out, "simulate, again", postmaster):
+                service.simulate(SimulateRequest(since=since, until=NOW, policy=draft))
+            policies.replace(named)
         if before:
             # The same, read as before name classes: grouped by the whole texts.
             with patch.object(learning, "MAX_TEXT_CLASSES", 0), \
@@ -445,6 +460,9 @@ def main() -> None:
     parser.add_argument("--names-before", action="store_true",
                         help="also time the names-kept case read as before name classes "
                              "(grouped by the whole identity texts)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="PostgreSQL: also time learning and simulating with this many "
+                             "parallel workers for the grouping (0: none), in the same run")
     parser.add_argument("--unique", type=int, default=300_000,
                         help="rows that do not fold, in their own SQLite store (0: none)")
     args = parser.parse_args()
@@ -462,7 +480,7 @@ def main() -> None:
     with postgres_engine(args.postgres, durable=False) as pg:
         if pg is not None:
             report("postgresql", args.flows, measure(pg, args.flows, args.naive,
-                                                         args.names_before))
+                                                         args.names_before, args.workers))
     print("learn: LearningService.propose from an empty policy (rules: proposed); simulate: "
           "LearningService.simulate of a draft (changed: flows whose verdict changes); "
           "names kept: the same with objects selecting container names in the policy; "

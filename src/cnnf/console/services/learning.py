@@ -576,7 +576,7 @@ def _by_text_class(session: Session, since: datetime, until: datetime,
     distinct = text(_DISTINCT_TEXTS).bindparams(
         bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
     ).execution_options(yield_per=20000)
-    session.execute(text(f"SET LOCAL work_mem = '{GROUPING_MEMORY}'"))
+    _grouping_settings(session)
     classes = _Classes(name_class)
     texts: list[str] = []
     ids: list[int] = []
@@ -623,6 +623,18 @@ def _text_class_flows(session: Session, window: dict[str, datetime], classes: _C
 
 #: PostgreSQL's memory for grouping the window (``work_mem``, this query only)
 GROUPING_MEMORY = "64MB"
+
+#: PostgreSQL's parallel workers for grouping the window (None: the server's
+#: setting, ``max_parallel_workers_per_gather``, 2 by default)
+PARALLEL_WORKERS: int | None = None
+
+
+def _grouping_settings(session: Session) -> None:
+    """PostgreSQL's settings for grouping the window, this transaction only."""
+    session.execute(text(f"SET LOCAL work_mem = '{GROUPING_MEMORY}'"))
+    if PARALLEL_WORKERS is not None:
+        session.execute(text(f"SET LOCAL max_parallel_workers_per_gather = {PARALLEL_WORKERS:d}"))
+
 
 #: What a group's identity class reads as, when a row holds an identity text
 #: but no class (stored before migration 0013 and not yet given its class by
@@ -712,7 +724,7 @@ def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[Ob
     # hashes them in one pass of the table: 1.5 s against 4.8 to 5.8 s for
     # the bench's million rows and 100,000 groups (52 MB; EXPLAIN ANALYZE, load
     # about 6). For this transaction only; a larger window spills to disk.
-    session.execute(text(f"SET LOCAL work_mem = '{GROUPING_MEMORY}'"))
+    _grouping_settings(session)
     result = session.connection().execute(stmt, {"since": since, "until": until})
     ends = _Ends(session)
     times: dict[Any, datetime] = {}  # times repeat: each parsed once
