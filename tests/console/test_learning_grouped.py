@@ -397,6 +397,36 @@ def test_postgresql_names_kept_groups_by_the_texts_when_they_are_too_many(
         assert learn(POLICIES[2], iter(by_texts)) == reference
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_postgresql_names_kept_reads_a_text_stored_between_its_two_queries(
+        store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names kept, PostgreSQL reads the window's distinct texts, then groups the
+    rows by them: a flow stored in between (each statement sees the store as
+    it is then) has a text without an integer, and is grouped by its text,
+    read as the rows read it, not from its key."""
+    _fill(store, REPLICAS[:2])
+    late = row(CONTAINERS[3], DB, 5432, count=4)  # api-2 in namespace b: a new text
+    grouping = learning._text_class_flows
+
+    def store_one_first(*args: Any) -> Iterator[Any]:
+        with store.begin() as connection:
+            connection.execute(insert(FlowRow), [late])
+        return grouping(*args)
+
+    monkeypatch.setattr(learning, "_text_class_flows", store_one_first)
+    with Session(store) as s:
+        grouped = list(grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                     policies=(POLICIES[2],)))
+        s.rollback()
+        reference = list(observed_flows(s, SINCE, UNTIL))
+    assert len(reference) == 3
+    assert learn(POLICIES[2], iter(grouped)) == learn(POLICIES[2], iter(reference))
+    (added,) = [f for f in grouped if f.count == 4]
+    assert added.src_ep.container is not None
+    assert (added.src_ep.container.name, added.src_ep.container.namespace) == ("api-2", "b")
+
+
 @pytest.mark.parametrize("erase_names", [True, False])
 def test_sqlite_fold_raises_the_error_its_step_met(tmp_path: Path, erase_names: bool) -> None:
     """An error inside the fold (a row SQLite's dynamic typing let through: a

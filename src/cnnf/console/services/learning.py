@@ -552,13 +552,14 @@ _DISTINCT_TEXTS = ("SELECT src_identity FROM flows WHERE last_seen >= :since AND
                    "first_seen < :until UNION SELECT dst_identity FROM flows WHERE "
                    "last_seen >= :since AND first_seen < :until")
 _BY_TEXT_CLASS = (
-    "SELECT kind, src, dst, port, verdict, rule_id, COALESCE(s.i, -1), COALESCE(d.i, -1), "
+    "SELECT kind, src, dst, port, verdict, rule_id, s.i, d.i, "
+    "CASE WHEN s.i IS NULL THEN src_identity END, CASE WHEN d.i IS NULL THEN dst_identity END, "
     "count(*), CAST(sum(count) AS BIGINT), min(first_seen), max(last_seen) FROM flows "
     "LEFT JOIN unnest(CAST(:texts AS text[]), CAST(:ids AS integer[])) AS s(t, i) "
     "ON s.t = flows.src_identity "
     "LEFT JOIN unnest(CAST(:texts AS text[]), CAST(:ids AS integer[])) AS d(t, i) "
     "ON d.t = flows.dst_identity "
-    "WHERE last_seen >= :since AND first_seen < :until GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
+    "WHERE last_seen >= :since AND first_seen < :until GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10")
 
 
 def _by_text_class(session: Session, since: datetime, until: datetime,
@@ -566,8 +567,9 @@ def _by_text_class(session: Session, since: datetime, until: datetime,
     """PostgreSQL, names kept: the window's distinct identity texts, each given
     an integer (:class:`_Classes`: equal but for names of one
     ``name_class``), then the rows grouped by those integers (a hash join on
-    the texts, no JSON parsed per row); texts read from the key are ``-1``
-    (the key is in the group). None when the window holds more than
+    the texts, no JSON parsed per row). A text without an integer (read from
+    the key, or stored after the texts were read: each statement reads the
+    store as it is then) is grouped by itself. None when the window holds more than
     :data:`MAX_TEXT_CLASSES` distinct texts or :data:`MAX_TEXT_CHARS`
     characters of them (then grouped by the texts)."""
     if MAX_TEXT_CLASSES <= 0:
@@ -614,9 +616,10 @@ def _text_class_flows(session: Session, window: dict[str, datetime], classes: _C
 
     with gc_paused():
         while rows := result.fetchmany(20000):
-            for kind, src, dst, port, verdict, rule_id, s_id, d_id, n, count, f, la in rows:
-                s_ep = keys(represented[s_id][0], src) if s_id >= 0 else keys("", src)
-                d_ep = keys(represented[d_id][0], dst) if d_id >= 0 else keys("", dst)
+            for (kind, src, dst, port, verdict, rule_id, s_id, d_id, s_text, d_text, n, count,
+                 f, la) in rows:
+                s_ep = keys(represented[s_id][0], src) if s_id is not None else keys(s_text, src)
+                d_ep = keys(represented[d_id][0], dst) if d_id is not None else keys(d_text, dst)
                 yield flow(kind, src, dst, port, s_ep, d_ep, verdict, rule_id, n, count,
                            get_time(f) or utc(f), get_time(la) or utc(la))
 
