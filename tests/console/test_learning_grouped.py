@@ -73,7 +73,7 @@ CONTAINERS = [
                                    ("shop/api:2.0", {"app": "api"}, None),
                                    ("shop/db:1", {}, "10.0.0.2"),
                                    ("shop/db:1", {"app": "db", "tier": "x"}, "10.0.1.2"))
-    for name in ("api-1", "api-2")
+    for name in ("api-1", "api-2", "api-3")  # POLICIES[2] names api-1: api-2 and -3 fold
     for ns, host in (("a", "n1"), ("b", "n2"))
 ]
 OTHERS = [
@@ -182,7 +182,7 @@ def _fill(engine: Engine, flows: list[dict[str, Any]], *, stored: str = "now",
 
 
 #: Replicas api-1 and api-2 of one workload, one of them named by an object.
-API_1, API_2, DB = CONTAINERS[0], CONTAINERS[2], CONTAINERS[8]
+API_1, API_2, DB = CONTAINERS[0], CONTAINERS[2], CONTAINERS[12]
 REPLICAS = [row(API_1, DB, 5432, count=2, first=T0 - timedelta(minutes=1)),
             row(API_2, DB, 5432, count=3, last=T0 + timedelta(minutes=1)),
             row(API_2, DB, 5432, verdict="prevent", rule_id=1)]
@@ -278,6 +278,16 @@ def test_replicas_fold_into_one_group_unless_an_object_selects_by_name(store: En
                                                  policies=(named,)) if f.src_ep.container)
         assert [(n, count) for n, count, _ in by_class] == [
             (1, 2), (4, 1 + 3 + 4 + 5), (5, 6 + 7 + 8 + 9 + 10)]
+        assert learn(named, grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                          policies=(named,))) == learn(
+            named, observed_flows(s, SINCE, UNTIL))
+        draft = Policy.model_validate({"objects": [
+            o.model_dump(mode="json", by_alias=True) for o in named.objects],
+            "default_effect": "prevent", "container_rules": [
+                {"id": 1, "name": "late", "src": "late", "dst": "one", "ports": "*"}]})
+        assert simulate(named, draft, grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                                    policies=(named, draft))) == simulate(
+            named, draft, observed_flows(s, SINCE, UNTIL))
         assert by_class[0][2] == "api-1"
         assert by_class[1][2] in {"api-0", "api-2", "api-3", "api-4"}
         assert by_class[2][2] in {f"api-{i}" for i in range(5, 10)}
