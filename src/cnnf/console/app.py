@@ -310,15 +310,20 @@ async def _retention_loop(console: ConsoleState, link: LinkHub) -> None:
 #: tenth of a second of writes).
 CLASS_BACKFILL_PAUSE = 0.05
 #: Seconds before a batch of the backfill that failed is tried again.
-CLASS_BACKFILL_RETRY = 10
+CLASS_BACKFILL_RETRY = 10.0
+#: Seconds between two looks for flows stored without classes since the last
+#: walk (by a replica still running the version before 0013, during a rolling
+#: upgrade): only the flows stored since are read.
+CLASS_BACKFILL_RECHECK = 600.0
 #: Seconds between two progress lines of the backfill in the log.
 CLASS_BACKFILL_LOG_SECONDS = 10.0
 
 
 class ClassBackfiller:
-    """Gives the flows stored before migration 0013 their identity classes, one
-    committed batch per :meth:`step` (:mod:`cnnf.console.services.classes`),
-    logging progress and counting it in the metrics
+    """Gives the flows stored without identity classes (before migration 0013,
+    or since by a replica of the previous version) their classes, one committed
+    batch per :meth:`step` (:mod:`cnnf.console.services.classes`), logging
+    progress once it gives any and setting the metrics
     (``cnnf_console_flow_classes_backfill_progress``)."""
 
     def __init__(self, sessions: sessionmaker[Session], metrics: ConsoleMetrics | None,
@@ -326,65 +331,87 @@ class ClassBackfiller:
         self.sessions, self.metrics, self.batch = sessions, metrics, batch
         self.walk: classes.ClassBackfill | None = None
         self.logged = 0.0
+        self.started = 0.0
+        self.announced = False
+
+    def _progress(self, value: float | None) -> None:
+        if self.metrics is not None:
+            self.metrics.class_backfill_progress = value
 
     def start(self) -> bool:
-        """True when there are rows to walk (logged)."""
+        """True when there are flows to walk (those stored since the last walk)."""
         with self.sessions() as session:
             self.walk = classes.start(session)
-        if self.walk is None:
-            if self.metrics is not None:
-                self.metrics.class_backfill.set(1.0)
-            return False
-        log.info("flow classes: giving identity classes to the flows stored before "
-                 "migration 0013 (ids %d to %d), %d ids per batch, in the background; "
-                 "until then learning groups them by their identity texts (same results)",
-                 self.walk.first, self.walk.top, self.batch)
-        self.logged = time.monotonic()
-        return True
+        self.started = self.logged = time.monotonic()
+        self.announced = False
+        self._progress(1.0 if self.walk is None else 0.0)
+        return self.walk is not None
 
     def step(self) -> bool:
-        """One batch; True when the walk is done (logged)."""
+        """One batch; True when the walk is done."""
         walk = self.walk
-        assert walk is not None, "start() first"
+        if walk is None:
+            return True
         with self.sessions() as session:
             given = classes.step(session, walk, self.batch)
-            if walk.done and session.get_bind().dialect.name == "postgresql":
+            if walk.done and walk.given and session.get_bind().dialect.name == "postgresql":
                 # The planner's statistics for the classes now, not at
                 # autovacuum's next pass: it estimates learning's groups from them.
                 session.execute(text("ANALYZE flows"))
                 session.commit()
         if self.metrics is not None:
             self.metrics.class_backfilled.inc(given)
-            self.metrics.class_backfill.set(walk.progress)
+        self._progress(walk.progress)
+        if given and not self.announced:
+            self.announced = True
+            log.info("flow classes: giving identity classes to the flows stored without "
+                     "them (before migration 0013, or by a replica of the previous version), "
+                     "ids %d to %d, %d ids per batch, in the background; until then learning "
+                     "and simulating group those flows by their identity texts: the same "
+                     "results, slower", walk.first, walk.top, self.batch)
         if walk.done:
-            log.info("flow classes: done, %d rows given classes", walk.given)
-        elif time.monotonic() - self.logged >= CLASS_BACKFILL_LOG_SECONDS:
+            if self.announced:
+                log.info("flow classes: done, %d rows given classes in %.0f s", walk.given,
+                         time.monotonic() - self.started)
+        elif self.announced and time.monotonic() - self.logged >= CLASS_BACKFILL_LOG_SECONDS:
             self.logged = time.monotonic()
             log.info("flow classes: %.0f%% (ids up to %d of %d), %d rows given classes",
                      100 * walk.progress, walk.next_id - 1, walk.top, walk.given)
         return walk.done
 
+    def stop(self) -> None:
+        """This process no longer walks (the lease went to another replica): its
+        progress is not exported any more (the walking replica's is)."""
+        self.walk = None
+        self._progress(None)
+
 
 async def _class_loop(console: ConsoleState, link: LinkHub) -> None:
-    """The identity-class backfill, once per start, in the process holding the
-    singleton lease; retried after a store error."""
+    """The identity-class backfill, in the process holding the singleton lease:
+    a walk at start, then a look every :data:`CLASS_BACKFILL_RECHECK` seconds;
+    a failed batch is tried again after :data:`CLASS_BACKFILL_RETRY` seconds,
+    from where the walk stands in the store."""
     backfill = ClassBackfiller(console.sessions, link.metrics)
-    started = False
+    walking = False
     while True:
         try:
             if not await run_in_threadpool(link.lease.ensure):
+                if walking:
+                    backfill.stop()
+                walking = False
                 await asyncio.sleep(link.lease.ttl / 4)
                 continue
-            if not started:
-                started = True
-                if not await run_in_threadpool(backfill.start):
-                    return
-            if await run_in_threadpool(backfill.step):
-                return
-            await asyncio.sleep(CLASS_BACKFILL_PAUSE)
+            if not walking:
+                walking = await run_in_threadpool(backfill.start)
+            if walking and not await run_in_threadpool(backfill.step):
+                await asyncio.sleep(CLASS_BACKFILL_PAUSE)
+                continue
+            walking = False
+            await asyncio.sleep(CLASS_BACKFILL_RECHECK)
         except SQLAlchemyError:
-            log.exception("flow classes: a batch failed; trying again in %d s",
+            log.exception("flow classes: a batch failed; trying again in %.0f s",
                           CLASS_BACKFILL_RETRY)
+            walking = False
             await asyncio.sleep(CLASS_BACKFILL_RETRY)
 
 

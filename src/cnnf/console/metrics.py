@@ -38,8 +38,8 @@ and traffic rates, so they are not public.
 - ``cnnf_console_flow_classes_backfilled_total``: flows stored before migration
   0013 given their identity classes in the background by this process, and
   ``cnnf_console_flow_classes_backfill_progress``: the part of them walked (0 to 1;
-  1 when done or when there was nothing to do; 0 in a replica that leaves the walk
-  to the lease holder);
+  1 when done or when there was nothing to do), exported only by the replica
+  walking (the one holding the lease: ``cnnf_console_lease_held``);
 - ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.
 """
 
@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -147,6 +147,20 @@ class _Live(Collector):
                                 value=self.rate.per_second())
 
 
+class _ClassProgress(Collector):
+    def __init__(self, metrics: ConsoleMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        value = self.metrics.class_backfill_progress
+        if value is not None:
+            yield GaugeMetricFamily(
+                "cnnf_console_flow_classes_backfill_progress", "The part of the flows "
+                "stored without identity classes that this process has walked giving them "
+                "classes (0 to 1; 1: done or nothing to do); only on the replica walking",
+                value=value)
+
+
 class ConsoleMetrics:
     """One registry per Console app (tests build many apps in one process)."""
 
@@ -182,10 +196,10 @@ class ConsoleMetrics:
         self.class_backfilled = Counter(
             "cnnf_console_flow_classes_backfilled", "Flows stored before migration 0013 "
             "given their identity classes by this process", registry=self.registry)
-        self.class_backfill = Gauge(
-            "cnnf_console_flow_classes_backfill_progress", "The part of the flows stored "
-            "before migration 0013 that this process walked giving them identity classes "
-            "(0 to 1; 1: done or nothing to do)", registry=self.registry)
+        #: the walk's progress, exported only while this process walks or has
+        #: looked (None: another replica holds the lease, or not looked yet)
+        self.class_backfill_progress: float | None = None
+        self.registry.register(_ClassProgress(self))
         for verdict in ("allow", "alert", "prevent", "observed"):
             self.verdicts.labels(verdict)
         for blocked, would in (("true", "false"), ("false", "false"), ("false", "true")):

@@ -5,42 +5,51 @@ committed batches (:data:`BATCH` ids per transaction) and gives each row that
 holds an identity text but no class the classes the Console computes when it
 stores a flow (:func:`~cnnf.policy.observed.identity_class`).
 
+How far the walk went is kept in the store (``settings.classes_walked_to``,
+written with each batch): a start resumes there, and a later walk (the
+Console looks again every few minutes, for flows stored by a replica still
+running the previous version during a rolling upgrade) reads only the flows
+stored since, never the whole table again.
+
 Until a row has its classes, learning and simulating group it by its own
 identity text (:data:`cnnf.console.services.learning.UNCLASSED`): the same
 results, fewer rows folded together. A row's identity texts never change once
-stored (they are part of its key), so giving a class twice (two replicas, or a
-restart mid-walk) writes the same value: no lock beyond the batch's rows, which
-an ingestion batch updating the same rows waits for a few milliseconds at most.
+stored (they are part of its key), so giving a class twice writes the same
+value. On PostgreSQL a batch locks its rows in id order and waits at most
+:data:`LOCK_WAIT` for a row an ingestion batch holds (then it gives up and is
+tried again): ingestion never waits behind it for long, and never deadlocks
+with it.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Table, bindparam, text, update
+from sqlalchemy import CursorResult, Table, bindparam, text, update
 from sqlalchemy.orm import Session
 
+from cnnf.console.services.records import cached_identity_class as identity_class
 from cnnf.console.store.models import FlowRow
-from cnnf.policy.observed import identity_class as _identity_class
 
 FLOWS = cast(Table, FlowRow.__table__)
 
-#: Replicas' texts repeat across the rows: each distinct one's class computed
-#: once while it is among the most recent (bounded: a few MB of texts).
-identity_class = functools.lru_cache(maxsize=4096)(_identity_class)
-
 #: ids walked per transaction (rows given classes per commit, at most)
 BATCH = 5000
+#: PostgreSQL: how long a batch waits for a row lock before it gives up
+LOCK_WAIT = "100ms"
 
 _UNCLASSED = ("((src_class = '' AND src_identity <> '') "
               "OR (dst_class = '' AND dst_identity <> ''))")
-_FIRST = f"SELECT min(id) FROM flows WHERE {_UNCLASSED}"
+_WALKED = "SELECT classes_walked_to FROM settings WHERE id = 1"
 _TOP = "SELECT max(id) FROM flows"
 _ROWS = (f"SELECT id, src_identity, dst_identity, src_class, dst_class FROM flows "
          f"WHERE id >= :low AND id < :high AND {_UNCLASSED}")
-# PostgreSQL: one statement per batch (arrays), not a statement per row.
+_MARK = ("UPDATE settings SET classes_walked_to = :walked "
+         "WHERE id = 1 AND classes_walked_to < :walked")
+# PostgreSQL: the rows locked in id order first (ingestion's upserts lock rows
+# too: one order for the walk), then one statement per batch (arrays).
+_PG_LOCK = "SELECT id FROM flows WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE"
 _PG_UPDATE = ("UPDATE flows SET src_class = v.s, dst_class = v.d FROM unnest("
               "CAST(:ids AS bigint[]), CAST(:ss AS varchar[]), CAST(:ds AS varchar[])) "
               "AS v(id, s, d) WHERE flows.id = v.id")
@@ -67,22 +76,23 @@ class ClassBackfill:
 
 
 def start(session: Session) -> ClassBackfill | None:
-    """The walk over the rows without classes; None when every row has them
-    (one scan of the table, once per Console start)."""
-    first = session.execute(text(_FIRST)).scalar()
+    """The walk over the flows stored since the last walk's end (all of them
+    after the upgrade to 0013); None when there are none."""
+    walked = int(session.execute(text(_WALKED)).scalar() or 0)
     top = session.execute(text(_TOP)).scalar()
     session.rollback()
-    if first is None or top is None:
+    if top is None or int(top) <= walked:
         return None
-    return ClassBackfill(first=int(first), next_id=int(first), top=int(top))
+    return ClassBackfill(first=walked + 1, next_id=walked + 1, top=int(top))
 
 
 def step(session: Session, walk: ClassBackfill, batch: int = BATCH) -> int:
-    """Give the rows of the next ``batch`` ids their classes, committed; returns
-    how many rows were given classes."""
+    """Give the rows of the next ``batch`` ids their classes, committed with how
+    far the walk went; returns how many rows were given classes."""
     if walk.done:
         return 0
     low, high = walk.next_id, min(walk.next_id + batch, walk.top + 1)
+    postgresql = session.get_bind().dialect.name == "postgresql"
     try:
         rows = session.execute(text(_ROWS), {"low": low, "high": high}).all()
         # The read's transaction ends before the write's begins: SQLite refuses
@@ -94,22 +104,29 @@ def step(session: Session, walk: ClassBackfill, batch: int = BATCH) -> int:
                     for row_id, s, d, sc, dc in rows)
         # rows whose texts have no class (read from the key) stay as they are
         changes = [(i, s, d) for i, s, d, sc, dc in computed if (s, d) != (sc, dc)]
-        if changes and session.get_bind().dialect.name == "postgresql":
-            session.execute(text(_PG_UPDATE), {"ids": [c[0] for c in changes],
-                                               "ss": [c[1] for c in changes],
-                                               "ds": [c[2] for c in changes]})
+        given = 0
+        if postgresql:
+            session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+        if changes and postgresql:
+            ids = [c[0] for c in changes]
+            session.execute(text(_PG_LOCK), {"ids": ids})
+            result = session.execute(text(_PG_UPDATE), {
+                "ids": ids, "ss": [c[1] for c in changes], "ds": [c[2] for c in changes]})
+            given = cast(CursorResult[None], result).rowcount
         elif changes:
-            session.execute(
+            result = session.execute(
                 update(FLOWS).where(FLOWS.c.id == bindparam("row_id"))
                 .values(src_class=bindparam("s"), dst_class=bindparam("d")),
                 [{"row_id": i, "s": s, "d": d} for i, s, d in changes])
+            given = cast(CursorResult[None], result).rowcount
+        session.execute(text(_MARK), {"walked": high - 1})
         session.commit()
     except BaseException:
         session.rollback()
         raise
     walk.next_id = high
-    walk.given += len(changes)
-    return len(changes)
+    walk.given += max(given, 0)  # rows retention pruned meanwhile are not counted
+    return max(given, 0)
 
 
 def run(session: Session, batch: int = BATCH) -> int:

@@ -340,8 +340,12 @@ def observed_flows(session: Session, since: datetime, until: datetime) -> Iterat
     keys = EndpointCache()
     times: dict[Any, datetime] = {}
 
+    unreadable = keys.unreadable
+
     def endpoint(text_: str, key: str) -> Endpoint:
-        found = texts[text_] = keys(text_, key)
+        found = keys(text_, key)
+        if text_ not in unreadable:  # a text that is no JSON object reads as its key
+            texts[text_] = found
         return found
 
     def parse(value: Any) -> datetime:

@@ -86,6 +86,9 @@ class SettingsRow(Base):
     # the default effect being tried out ("would" verdicts only); None: none
     staged_default_effect: Mapped[str | None] = mapped_column(String(16), nullable=True)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    # every flow with an id up to this was walked by the background walk giving
+    # flows their identity classes (cnnf.console.services.classes); migration 0015
+    classes_walked_to: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ObjectRow(Base):
