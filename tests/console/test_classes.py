@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
-from sqlalchemy import MetaData, Table, insert, text
+from sqlalchemy import Engine, MetaData, Table, insert, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cnnf.console import app as app_module
 from cnnf.console.app import ClassBackfiller, create_app
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.metrics import ConsoleMetrics
+from cnnf.console.services import classes
 from cnnf.console.services.learning import grouped_flows, observed_flows
 from cnnf.console.services.records import FlowRecord, FlowService, flow_ident
 from cnnf.console.store.db import connect, migrate
@@ -188,5 +192,130 @@ def test_the_console_gives_the_classes_in_the_background_at_its_start(
         assert unclassed() == 0
         app.state.link.forwarder.close()
         assert "cnnf_console_flow_classes_backfilled_total 116.0" in scraped
+    finally:
+        engine.dispose()
+
+
+def _pre_0013_store(db_url: str) -> Engine:
+    engine = connect(db_url)
+    migrate(engine, "0012")
+    with engine.begin() as connection:
+        connection.execute(insert(Table("flows", MetaData(), autoload_with=connection)),
+                           _old_rows())
+    migrate(engine)
+    return engine
+
+
+def _unclassed(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text(
+            "SELECT count(*) FROM flows WHERE src_class = '' "
+            "AND src_identity NOT IN ('', 'not json')")).scalar() or 0)
+
+
+def test_a_start_that_fails_is_tried_again(db_url: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk's first look at the store fails (the store away a moment at the
+    Console's start): it is tried again, and the walk is done, not given up."""
+    engine = _pre_0013_store(db_url)
+    try:
+        looks: list[str] = []
+        first_look = classes.start
+
+        def away_once(session: Session) -> Any:
+            looks.append("look")
+            if len(looks) == 1:
+                raise OperationalError("SELECT classes_walked_to", {}, Exception("away"))
+            return first_look(session)
+
+        monkeypatch.setattr(classes, "start", away_once)
+        monkeypatch.setattr(app_module, "CLASS_BACKFILL_RETRY", 0.01)
+        app = create_app(ConsoleConfig(db_url=db_url, data_dir=tmp_path, retention_days=0),
+                         engine=engine)
+
+        async def serve() -> None:
+            async with app.router.lifespan_context(app):
+                for _ in range(3000):
+                    if _unclassed(engine) == 0:
+                        break
+                    await asyncio.sleep(0.02)
+
+        asyncio.run(serve())
+        app.state.link.forwarder.close()
+        assert len(looks) >= 2 and _unclassed(engine) == 0
+    finally:
+        engine.dispose()
+
+
+def test_the_walk_and_ingestion_at_once_in_two_threads(db_url: str) -> None:
+    """The walk in one thread, a Defender's repeats of the walked flows (upserts
+    of the same rows) in another, at the same time: neither fails (on
+    PostgreSQL the walk locks its rows in id order and gives up after a short
+    wait; SQLite serialises the writes), every row ends with its classes, and
+    no connection is lost."""
+    engine = _pre_0013_store(db_url)
+    repeats = [_record(_api(i, replica), _db(d), port)
+               for i in range(4) for replica in range(3) for d in range(3)
+               for port in (5432, 6432)]
+    errors: list[BaseException] = []
+    walking = threading.Event()
+
+    def walk() -> None:
+        try:
+            backfill = ClassBackfiller(sessionmaker(engine), None, batch=4)
+            assert backfill.start()
+            walking.set()
+            done = False
+            while not done:
+                try:
+                    done = backfill.step()
+                except OperationalError:  # gave up waiting for a row: tried again
+                    continue
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            walking.set()
+
+    try:
+        thread = threading.Thread(target=walk)
+        thread.start()
+        walking.wait(30)
+        rounds = 0
+        with Session(engine) as session:
+            while thread.is_alive() or rounds < 3:
+                FlowService(session).record_many(repeats)  # raises if it fails
+                rounds += 1
+        thread.join(60)
+        assert not errors
+        assert _unclassed(engine) == 0
+        with engine.connect() as connection:
+            total = connection.execute(text("SELECT sum(count) FROM flows")).scalar()
+        old = sum(r["count"] for r in _old_rows())
+        assert total == old + rounds * len(repeats) and rounds >= 3
+    finally:
+        engine.dispose()
+
+
+def test_the_progress_is_exported_by_the_replica_walking_only(db_url: str) -> None:
+    """No progress sample before this process looked at the store, nor after it
+    gave the walk to another replica (the lease lost): only the walking replica
+    says where the walk is."""
+    engine = _pre_0013_store(db_url)
+    try:
+        metrics = ConsoleMetrics()
+
+        def progress() -> str | None:
+            for line in generate_latest(metrics.registry).decode().splitlines():
+                if line.startswith("cnnf_console_flow_classes_backfill_progress "):
+                    return line.split()[1]
+            return None
+
+        backfill = ClassBackfiller(sessionmaker(engine), metrics, batch=60)
+        assert progress() is None
+        assert backfill.start() and progress() == "0.0"
+        assert not backfill.step() and progress() == "0.5"
+        backfill.stop()
+        assert progress() is None
+        assert backfill.start() and backfill.step() and progress() == "1.0"
     finally:
         engine.dispose()
