@@ -149,11 +149,12 @@ def rows(n: int, rng: random.Random) -> Iterator[dict[str, Any]]:
                         return
 
 
-def fill(engine: Engine, n: int) -> tuple[float, float, float]:
+def fill(engine: Engine, n: int) -> tuple[float, float, float, float]:
     """The rows stored as the Console before migration 0013 stored them (no
     identity classes), then the migration to the head (the columns only), then
     the Console's background walk giving them their classes (run to the end
-    here, without its pauses): seconds for each."""
+    here, without its pauses): seconds for each, and for learning over the
+    window between the migration and the walk (rows without classes)."""
     migrate(engine, "0012")
     start = time.perf_counter()
     batch: list[dict[str, Any]] = []
@@ -171,13 +172,21 @@ def fill(engine: Engine, n: int) -> tuple[float, float, float]:
     start = time.perf_counter()
     migrate(engine)
     migrated = time.perf_counter() - start
+    # Learning right after the upgrade, before the walk (no row has classes:
+    # each grouped by its identity text).
+    with Session(engine) as s:
+        policies = PolicyService(s, actor="bench", now=lambda: NOW)
+        start = time.perf_counter()
+        LearningService(s, policies).propose(ProposalRequest(since=NOW - timedelta(days=1),
+                                                             until=NOW))
+        before_walk = time.perf_counter() - start
     start = time.perf_counter()
     with Session(engine) as s:
         classes.run(s)
         if engine.dialect.name == "postgresql":
             s.execute(text("ANALYZE flows"))  # as the Console does at the walk's end
             s.commit()
-    return filled, migrated, time.perf_counter() - start
+    return filled, migrated, time.perf_counter() - start, before_walk
 
 
 def naive_flows(session: Session, limit: int) -> list[ObservedFlow]:
@@ -282,7 +291,7 @@ BY_NAME = [{"kind": "container", "name": "svc-7-first", "selector": {"containers
 def measure(engine: Engine, n: int, naive: int, before: bool = False,
             parallel: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    out["fill"], out["migrate"], out["backfill"] = fill(engine, n)
+    out["fill"], out["migrate"], out["backfill"], out["learn before walk"] = fill(engine, n)
     since = NOW - timedelta(days=1)
     with Session(engine) as s:
         postmaster = _postmaster(s)
@@ -434,7 +443,8 @@ def report(store: str, n: int, r: dict[str, Any]) -> None:
           f"{r['naive simulate']:>13.0f}{r['naive simulate'] / r['simulate']:>8.0f}x"
           f"{r['rules']:>8,}{r['changed']:>11,}   (filled in {r['fill']:.0f} s, "
           f"migration 0013 {r['migrate']:.1f} s, classes given in the background "
-          f"{r['backfill']:.1f} s)", flush=True)
+          f"{r['backfill']:.1f} s; learning before it {r['learn before walk']:.1f} s)",
+          flush=True)
     print(f"{'':<11}{'names kept':>10}{r['learn named']:>10.1f}{'':>21}"
           f"{r['simulate named']:>11.1f}{'':>21}{r['named rules']:>8,}"
           f"{r['named changed']:>11,}   (objects selecting container names)", flush=True)
