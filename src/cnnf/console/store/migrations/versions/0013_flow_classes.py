@@ -11,6 +11,10 @@ the background, in small committed batches
 group each by its own identity text (the same results). The downgrade drops
 the columns; the rows stay.
 
+An earlier form of this revision computed the classes here, holding the
+table: stores migrated by it have them already (the background walk then
+finds nothing to give).
+
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-11-30
