@@ -27,6 +27,7 @@ from cnnf.console.services import classes
 from cnnf.console.services.learning import grouped_flows, observed_flows
 from cnnf.console.services.records import FlowRecord, FlowService, flow_ident
 from cnnf.console.store.db import connect, migrate
+from cnnf.console.store.models import FlowRow
 from cnnf.model import Effect, Policy
 from cnnf.model.records import EndpointInfo
 from cnnf.policy.learn import LearnOptions, learn
@@ -149,6 +150,14 @@ def test_flows_from_before_0013_get_classes_while_ingestion_goes_on(
         assert (again.walk.first, again.walk.top) == (121, 120 + steps)
         assert again.step() and again.walk.given == 0
         assert not ClassBackfiller(sessionmaker(engine), metrics).start()
+        # A replica of the previous version stores a flow without classes: the
+        # next look walks it alone and gives it its classes.
+        late = {**_old_rows()[0], "port": 7000, "src_class": "", "dst_class": ""}
+        with engine.begin() as connection:
+            connection.execute(insert(FlowRow), [late])
+        look = ClassBackfiller(sessionmaker(engine), metrics)
+        assert look.start() and look.walk is not None and look.walk.first == 121 + steps
+        assert look.step() and look.walk.given == 1 and _unclassed(engine) == 0
     finally:
         engine.dispose()
 
@@ -317,5 +326,30 @@ def test_the_progress_is_exported_by_the_replica_walking_only(db_url: str) -> No
         backfill.stop()
         assert progress() is None
         assert backfill.start() and backfill.step() and progress() == "1.0"
+    finally:
+        engine.dispose()
+
+
+def test_a_row_pruned_between_the_read_and_the_write_is_not_counted(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention prunes a row after the batch read it: the batch's count (the
+    metric, the log line) says the rows written, not the rows read."""
+    engine = _pre_0013_store(db_url)
+    try:
+        computed = classes.identity_class
+        pruned: list[int] = []
+
+        def prune_first(text_: str) -> str:
+            if not pruned:
+                pruned.append(1)
+                with engine.begin() as connection:
+                    connection.execute(text("DELETE FROM flows WHERE id = 1"))
+            return computed(text_)
+
+        monkeypatch.setattr(classes, "identity_class", prune_first)
+        with Session(engine) as session:
+            walk = classes.start(session)
+            assert walk is not None
+            assert classes.step(session, walk, batch=10) == 9 and walk.given == 9
     finally:
         engine.dispose()
