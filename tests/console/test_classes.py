@@ -223,7 +223,8 @@ def _unclassed(engine: Engine) -> int:
 
 
 def test_a_start_that_fails_is_tried_again(db_url: str, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
     """The walk's first look at the store fails (the store away a moment at the
     Console's start): it is tried again, and the walk is done, not given up."""
     engine = _pre_0013_store(db_url)
@@ -252,6 +253,8 @@ def test_a_start_that_fails_is_tried_again(db_url: str, tmp_path: Path,
         asyncio.run(serve())
         app.state.link.forwarder.close()
         assert len(looks) >= 2 and _unclassed(engine) == 0
+        assert any(r.getMessage().startswith("flow classes: a batch was not written (")
+                   and r.levelname == "WARNING" for r in caplog.records)
     finally:
         engine.dispose()
 

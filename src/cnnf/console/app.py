@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -408,6 +408,11 @@ async def _class_loop(console: ConsoleState, link: LinkHub) -> None:
                 continue
             walking = False
             await asyncio.sleep(CLASS_BACKFILL_RECHECK)
+        except OperationalError as exc:  # rows in use past LOCK_WAIT, the store away
+            log.warning("flow classes: a batch was not written (%s); trying again in %.0f s",
+                        str(exc).splitlines()[0][:200], CLASS_BACKFILL_RETRY)
+            walking = False
+            await asyncio.sleep(CLASS_BACKFILL_RETRY)
         except SQLAlchemyError:
             log.exception("flow classes: a batch failed; trying again in %.0f s",
                           CLASS_BACKFILL_RETRY)
