@@ -147,7 +147,7 @@ def test_flows_from_before_0013_get_classes_while_ingestion_goes_on(
         # flows stored since (with their classes: nothing given), then none
         again = ClassBackfiller(sessionmaker(engine), metrics)
         assert again.start() and again.walk is not None
-        assert (again.walk.first, again.walk.top) == (121, 120 + steps)
+        assert (again.walk.first, again.walk.top) == (max(121 - classes.MARGIN, 1), 120 + steps)
         assert again.step() and again.walk.given == 0
         assert not ClassBackfiller(sessionmaker(engine), metrics).start()
         # A replica of the previous version stores a flow without classes: the
@@ -156,7 +156,8 @@ def test_flows_from_before_0013_get_classes_while_ingestion_goes_on(
         with engine.begin() as connection:
             connection.execute(insert(FlowRow), [late])
         look = ClassBackfiller(sessionmaker(engine), metrics)
-        assert look.start() and look.walk is not None and look.walk.first == 121 + steps
+        assert look.start() and look.walk is not None
+        assert look.walk.first == max(121 + steps - classes.MARGIN, 1)
         assert look.step() and look.walk.given == 1 and _unclassed(engine) == 0
     finally:
         engine.dispose()
@@ -328,7 +329,10 @@ def test_the_progress_is_exported_by_the_replica_walking_only(db_url: str) -> No
         assert not backfill.step() and progress() == "0.5"
         backfill.stop()
         assert progress() is None
-        assert backfill.start() and backfill.step() and progress() == "1.0"
+        assert backfill.start() and progress() == "0.0"  # resumed (the last MARGIN ids too)
+        while not backfill.step():
+            pass
+        assert progress() == "1.0"
     finally:
         engine.dispose()
 
@@ -354,5 +358,107 @@ def test_a_row_pruned_between_the_read_and_the_write_is_not_counted(
             walk = classes.start(session)
             assert walk is not None
             assert classes.step(session, walk, batch=10) == 9 and walk.given == 9
+    finally:
+        engine.dispose()
+
+
+def test_a_row_given_a_pruned_rows_id_keeps_its_own_class(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a batch's read and its write, retention prunes the last row and a
+    new flow is stored (SQLite gives it the pruned row's id): the batch does not
+    stamp the classes it computed for the pruned row's texts on the new row."""
+    engine = _pre_0013_store(db_url)
+    try:
+        computed = classes.identity_class
+        swapped: list[int] = []
+        newcomer = {**_old_rows()[0], "port": 9000, "src_class": "", "dst_class": "",
+                    "src_identity": recorded_text(_api(2, 7), address=False),
+                    "ident": "newcomer"}
+
+        def swap_last(text_: str) -> str:
+            if not swapped:
+                with engine.begin() as connection:
+                    connection.execute(text("DELETE FROM flows WHERE id = 120"))
+                    swapped.append(int(connection.execute(insert(FlowRow).values(
+                        **newcomer).returning(FlowRow.id)).scalar_one()))
+            return computed(text_)
+
+        monkeypatch.setattr(classes, "identity_class", swap_last)
+        with Session(engine) as session:
+            walk = classes.start(session)
+            assert walk is not None
+            while not walk.done:
+                classes.step(session, walk, batch=200)
+        with engine.connect() as connection:
+            got = connection.execute(text(
+                "SELECT src_class, dst_class FROM flows WHERE id = :id"), {"id": swapped[0]}
+            ).one()
+        if db_url.startswith("sqlite"):
+            assert swapped == [120]  # the pruned row's id, given again
+        # its own classes (given by this walk, which reads it after the swap) or
+        # none yet: never the pruned row's
+        pruned_class = identity_class(_old_rows()[119]["src_identity"])
+        assert got[0] in ("", identity_class(newcomer["src_identity"]))
+        assert got[0] != pruned_class
+    finally:
+        engine.dispose()
+
+
+def test_a_row_committed_late_below_the_walks_end_is_walked_at_the_next_look(
+        db_url: str) -> None:
+    """On PostgreSQL a row's id is taken at its insert and the row is seen at its
+    commit: a previous-version replica's flow may appear below where the walk
+    ended. The next look (once a flow was stored since) walks the last MARGIN
+    ids again and gives it its classes."""
+    engine = _pre_0013_store(db_url)
+    try:
+        with Session(engine) as session:
+            assert classes.run(session) == 116
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM flows WHERE id = 60"))
+            connection.execute(insert(FlowRow), [
+                {**_old_rows()[59], "id": 60, "src_class": "", "dst_class": ""}])
+            connection.execute(insert(FlowRow), [
+                {**_old_rows()[0], "port": 7100, "src_class": "", "dst_class": ""}])
+        with Session(engine) as session:
+            assert classes.run(session) == 2
+        assert _unclassed(engine) == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_batch_that_raises_something_else_is_tried_again(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Not a store error (a defect, an error the driver did not wrap): logged,
+    tried again, and the walk is done, not ended silently."""
+    engine = _pre_0013_store(db_url)
+    try:
+        batch = classes.step
+        raised: list[int] = []
+
+        def odd_once(*args: Any, **kwargs: Any) -> int:
+            if not raised:
+                raised.append(1)
+                raise ValueError("an odd legacy text")
+            return batch(*args, **kwargs)
+
+        monkeypatch.setattr(classes, "step", odd_once)
+        monkeypatch.setattr(app_module, "CLASS_BACKFILL_RETRY", 0.01)
+        app = create_app(ConsoleConfig(db_url=db_url, data_dir=tmp_path, retention_days=0),
+                         engine=engine)
+
+        async def serve() -> None:
+            async with app.router.lifespan_context(app):
+                for _ in range(3000):
+                    if _unclassed(engine) == 0:
+                        break
+                    await asyncio.sleep(0.02)
+
+        asyncio.run(serve())
+        app.state.link.forwarder.close()
+        assert raised and _unclassed(engine) == 0
+        assert any(r.getMessage().startswith("flow classes: a batch failed (ids from ")
+                   for r in caplog.records)
     finally:
         engine.dispose()

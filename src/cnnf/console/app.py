@@ -309,8 +309,10 @@ async def _retention_loop(console: ConsoleState, link: LinkHub) -> None:
 #: ingestion and requests between them (each batch a few milliseconds to a
 #: tenth of a second of writes).
 CLASS_BACKFILL_PAUSE = 0.05
-#: Seconds before a batch of the backfill that failed is tried again.
+#: Seconds before a batch of the backfill that failed is tried again, and one
+#: that was not written (rows in use, the store away: OperationalError).
 CLASS_BACKFILL_RETRY = 10.0
+CLASS_BACKFILL_BUSY = 1.0
 #: Seconds between two looks for flows stored without classes since the last
 #: walk (by a replica still running the version before 0013, during a rolling
 #: upgrade): only the flows stored since are read.
@@ -375,8 +377,11 @@ class ClassBackfiller:
                          time.monotonic() - self.started)
         elif self.announced and time.monotonic() - self.logged >= CLASS_BACKFILL_LOG_SECONDS:
             self.logged = time.monotonic()
-            log.info("flow classes: %.0f%% (ids up to %d of %d), %d rows given classes",
-                     100 * walk.progress, walk.next_id - 1, walk.top, walk.given)
+            elapsed = time.monotonic() - self.started
+            left = elapsed * (1 - walk.progress) / walk.progress if walk.progress else 0.0
+            log.info("flow classes: %.0f%% (ids up to %d of %d), %d rows given classes, "
+                     "about %.0f s left", 100 * walk.progress, walk.next_id - 1, walk.top,
+                     walk.given, left)
         return walk.done
 
     def stop(self) -> None:
@@ -393,6 +398,7 @@ async def _class_loop(console: ConsoleState, link: LinkHub) -> None:
     from where the walk stands in the store."""
     backfill = ClassBackfiller(console.sessions, link.metrics)
     walking = False
+    busy_logged = float("-inf")
     while True:
         try:
             if not await run_in_threadpool(link.lease.ensure):
@@ -409,12 +415,17 @@ async def _class_loop(console: ConsoleState, link: LinkHub) -> None:
             walking = False
             await asyncio.sleep(CLASS_BACKFILL_RECHECK)
         except OperationalError as exc:  # rows in use past LOCK_WAIT, the store away
-            log.warning("flow classes: a batch was not written (%s); trying again in %.0f s",
-                        str(exc).splitlines()[0][:200], CLASS_BACKFILL_RETRY)
+            now = time.monotonic()
+            if now - busy_logged >= 60:  # at most a line a minute
+                busy_logged = now
+                log.warning("flow classes: a batch was not written (rows in use by ingestion "
+                            "or a policy change, or the store away: %s); trying again in "
+                            "%.0f s", str(exc).splitlines()[0][:200], CLASS_BACKFILL_BUSY)
             walking = False
-            await asyncio.sleep(CLASS_BACKFILL_RETRY)
-        except SQLAlchemyError:
-            log.exception("flow classes: a batch failed; trying again in %.0f s",
+            await asyncio.sleep(CLASS_BACKFILL_BUSY)
+        except Exception:  # a defect, or an error the driver did not wrap: the walk goes on
+            log.exception("flow classes: a batch failed (ids from %s); trying again in %.0f s",
+                          backfill.walk.next_id if backfill.walk else "the start",
                           CLASS_BACKFILL_RETRY)
             walking = False
             await asyncio.sleep(CLASS_BACKFILL_RETRY)

@@ -194,8 +194,9 @@ class ConsoleMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
                      10.0))
         self.class_backfilled = Counter(
-            "cnnf_console_flow_classes_backfilled", "Flows stored before migration 0013 "
-            "given their identity classes by this process", registry=self.registry)
+            "cnnf_console_flow_classes_backfilled", "Flows stored without identity classes "
+            "(before migration 0013, or by a previous-version replica) given them by this "
+            "process", registry=self.registry)
         #: the walk's progress, exported only while this process walks or has
         #: looked (None: another replica holds the lease, or not looked yet)
         self.class_backfill_progress: float | None = None
