@@ -384,6 +384,11 @@ class ClassBackfiller:
                      walk.given, left)
         return walk.done
 
+    @property
+    def walking(self) -> bool:
+        """A walk is under way (its next batch is where it failed, if it did)."""
+        return self.walk is not None and not self.walk.done
+
     def stop(self) -> None:
         """This process no longer walks (the lease went to another replica): its
         progress is not exported any more (the walking replica's is)."""
@@ -421,13 +426,13 @@ async def _class_loop(console: ConsoleState, link: LinkHub) -> None:
                 log.warning("flow classes: a batch was not written (rows in use by ingestion "
                             "or a policy change, or the store away: %s); trying again in "
                             "%.0f s", str(exc).splitlines()[0][:200], CLASS_BACKFILL_BUSY)
-            walking = False
+            walking = backfill.walking  # the same batch again (its start, if it failed)
             await asyncio.sleep(CLASS_BACKFILL_BUSY)
         except Exception:  # a defect, or an error the driver did not wrap: the walk goes on
             log.exception("flow classes: a batch failed (ids from %s); trying again in %.0f s",
                           backfill.walk.next_id if backfill.walk else "the start",
                           CLASS_BACKFILL_RETRY)
-            walking = False
+            walking = backfill.walking
             await asyncio.sleep(CLASS_BACKFILL_RETRY)
 
 
