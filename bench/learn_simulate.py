@@ -2,7 +2,7 @@
 SQLite and PostgreSQL, beside a naive implementation in the same run.
 
     python bench/learn_simulate.py [--flows N] [--naive N] [--postgres auto|none|URL]
-                                   [--unique N]
+                                   [--unique N] [--names-before]
 
 Each store is migrated and filled with ``--flows`` distinct flow rows as the
 Console keeps them (identities recorded with each end): 300 workloads in 30
@@ -10,8 +10,10 @@ namespaces (two in three carry an ``app`` label), each reaching a few others
 and a few of 40 external DNS names, with up to 10 replicas of each source and
 5 addresses of each destination, so one edge is many rows. The rows are stored
 as the Console stored them before migration 0013 (no identity classes), then
-the store is migrated to the head, which computes every row's classes (timed:
-what upgrading a Console with a million stored flows takes). Then, timed:
+the store is migrated to the head (timed: 0013 only adds the columns), then
+the Console's background walk gives every row its classes
+(:func:`cnnf.console.services.classes.run`, timed: how long after an upgrade
+learning folds the old rows fully). Then, timed:
 
 - learn: the Console's service (``LearningService.propose``) over the whole
   window, from an empty policy: the rows folded in the store by one grouped
@@ -22,7 +24,18 @@ what upgrading a Console with a million stored flows takes). Then, timed:
   (``CompiledPolicy.flows()``), and the proposal stored;
 - simulate: ``LearningService.simulate`` of a draft (the learnt policy with a
   tenth of its rules turned to ``prevent`` and the default ``prevent``)
-  against the learnt policy in force, over the whole window.
+  against the learnt policy in force, over the whole window;
+- names kept: the same two with objects selecting container names in the
+  policy (a pinned replica ``svc-7-0``, one service's replicas ``svc-8-*``),
+  so the names are kept: identities fold when their names match the same of
+  those globs (``--names-before``: also as read before that, grouped by the
+  whole identity texts, in the same run).
+
+Each phase's wall time is split into this process's CPU time and time spent
+waiting for a CPU (``/proc/self/task/*/schedstat``: starved by the machine's
+other work), and on PostgreSQL the same for the server's processes (the bench
+starts its own server; parallel workers' CPU counted once they exit, their
+waiting not); the rest is neither (I/O, locks).
 
 Then, on SQLite unless ``--unique 0``: a store of ``--unique`` rows that do not fold (a
 scan: one source reaching a distinct address and port per row), read by
@@ -43,24 +56,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
-from sqlalchemy import Engine, MetaData, Table, insert, select
+from sqlalchemy import Engine, MetaData, Table, insert, select, text
 from sqlalchemy.orm import Session
 
+from cnnf.console.services import classes, learning
 from cnnf.console.services.learning import (
     LearningService,
     ProposalRequest,
     SimulateRequest,
     grouped_flows,
+    names_containers,
     observed_flows,
 )
 from cnnf.console.services.policy import PolicyService
@@ -131,10 +149,12 @@ def rows(n: int, rng: random.Random) -> Iterator[dict[str, Any]]:
                         return
 
 
-def fill(engine: Engine, n: int) -> tuple[float, float]:
+def fill(engine: Engine, n: int) -> tuple[float, float, float, float]:
     """The rows stored as the Console before migration 0013 stored them (no
-    identity classes), then the migration to the head, which gives them their
-    classes: seconds for each."""
+    identity classes), then the migration to the head (the columns only), then
+    the Console's background walk giving them their classes (run to the end
+    here, without its pauses): seconds for each, and for learning over the
+    window between the migration and the walk (rows without classes)."""
     migrate(engine, "0012")
     start = time.perf_counter()
     batch: list[dict[str, Any]] = []
@@ -151,7 +171,22 @@ def fill(engine: Engine, n: int) -> tuple[float, float]:
     filled = time.perf_counter() - start
     start = time.perf_counter()
     migrate(engine)
-    return filled, time.perf_counter() - start
+    migrated = time.perf_counter() - start
+    # Learning right after the upgrade, before the walk (no row has classes:
+    # each grouped by its identity text).
+    with Session(engine) as s:
+        policies = PolicyService(s, actor="bench", now=lambda: NOW)
+        start = time.perf_counter()
+        LearningService(s, policies).propose(ProposalRequest(since=NOW - timedelta(days=1),
+                                                             until=NOW))
+        before_walk = time.perf_counter() - start
+    start = time.perf_counter()
+    with Session(engine) as s:
+        classes.run(s)
+        if engine.dialect.name == "postgresql":
+            s.execute(text("ANALYZE flows"))  # as the Console does at the walk's end
+            s.commit()
+    return filled, migrated, time.perf_counter() - start, before_walk
 
 
 def naive_flows(session: Session, limit: int) -> list[ObservedFlow]:
@@ -165,16 +200,106 @@ def naive_flows(session: Session, limit: int) -> list[ObservedFlow]:
     return out
 
 
-def measure(engine: Engine, n: int, naive: int) -> dict[str, Any]:
+@dataclass
+class Phase:
+    """Seconds of one timed phase: wall, this process's CPU time and time
+    waiting for a CPU (run queue: the machine's other work), and the same for
+    the PostgreSQL server's processes (None on SQLite)."""
+
+    wall: float
+    cpu: float
+    runq: float
+    server_cpu: float | None = None
+    server_runq: float | None = None
+
+    @property
+    def rest(self) -> float:
+        """Wall time neither process spent on a CPU or waiting for one: I/O,
+        locks, sleeping (negative when the server ran parallel workers)."""
+        return (self.wall - self.cpu - self.runq - (self.server_cpu or 0.0)
+                - (self.server_runq or 0.0))
+
+
+def _sched(pid: int | str) -> tuple[float, float]:
+    """CPU seconds and seconds waiting for a CPU of every thread of ``pid``
+    (``/proc/PID/task/*/schedstat``: nanoseconds on a CPU, on a run queue)."""
+    cpu = runq = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on, waiting, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue  # the thread ended
+        cpu, runq = cpu + int(on), runq + int(waiting)
+    return cpu / 1e9, runq / 1e9
+
+
+def _server_sched(postmaster: int) -> tuple[float, float]:
+    """The PostgreSQL server's CPU seconds and run-queue seconds: its live
+    processes' (schedstat), plus the CPU of the processes it reaped (parallel
+    workers: ``cutime``/``cstime`` of the postmaster; their waiting is lost)."""
+    cpu, runq = _sched(postmaster)
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu += (int(fields[13]) + int(fields[14])) / tick  # cutime, cstime
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == postmaster:
+            c, r = _sched(proc.name)
+            cpu, runq = cpu + c, runq + r
+    return cpu, runq
+
+
+def _postmaster(session: Session) -> int | None:
+    """The local PostgreSQL server's main process (None: SQLite, or not on this
+    machine)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    backend = session.execute(text("SELECT pg_backend_pid()")).scalar()
+    try:
+        stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(stat[1])
+
+
+@contextmanager
+def phase(out: dict[str, Any], name: str, postmaster: int | None) -> Iterator[None]:
+    start, (cpu, runq) = time.perf_counter(), _sched("self")
+    server = _server_sched(postmaster) if postmaster else None
+    yield
+    wall, (cpu2, runq2) = time.perf_counter() - start, _sched("self")
+    out[name] = wall
+    after = _server_sched(postmaster) if postmaster and server else None
+    out.setdefault("phases", {})[name] = Phase(
+        wall, cpu2 - cpu, runq2 - runq,
+        after[0] - server[0] if after and server else None,
+        after[1] - server[1] if after and server else None)
+
+
+#: Container objects selecting by name (a pinned replica, one service's
+#: replicas): learning and simulating then keep the names (``erase_names``
+#: False), the slower reads.
+BY_NAME = [{"kind": "container", "name": "svc-7-first", "selector": {"containers": ["svc-7-0"]}},
+           {"kind": "container", "name": "svc-8-all", "selector": {"containers": ["svc-8-*"]}}]
+
+
+def measure(engine: Engine, n: int, naive: int, before: bool = False,
+            parallel: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    out["fill"], out["migrate"] = fill(engine, n)
+    out["fill"], out["migrate"], out["backfill"], out["learn before walk"] = fill(engine, n)
     since = NOW - timedelta(days=1)
     with Session(engine) as s:
+        postmaster = _postmaster(s)
+        s.rollback()
         policies = PolicyService(s, actor="bench", now=lambda: NOW)
         service = LearningService(s, policies)
-        start = time.perf_counter()
-        proposal = service.propose(ProposalRequest(since=since, until=NOW))
-        out["learn"] = time.perf_counter() - start
+        with phase(out, "learn", postmaster):
+            proposal = service.propose(ProposalRequest(since=since, until=NOW))
         out["rules"] = len(proposal.proposed)
         out["learnt"] = proposal.learnt_flows
         learnt = proposal.policy
@@ -185,11 +310,53 @@ def measure(engine: Engine, n: int, naive: int) -> dict[str, Any]:
             "default_effect": Effect.PREVENT,
             "container_rules": tuple(r.model_copy(update={"effect": Effect.PREVENT}) if i < cut
                                      else r for i, r in enumerate(current.container_rules))})
-        start = time.perf_counter()
-        result = service.simulate(SimulateRequest(since=since, until=NOW, policy=draft))
-        out["simulate"] = time.perf_counter() - start
+        with phase(out, "simulate", postmaster):
+            result = service.simulate(SimulateRequest(since=since, until=NOW, policy=draft))
         out["changed"] = result.changed_flows
         out["evaluated"] = result.flows
+
+        # Names kept: a policy whose objects select container names (no rules),
+        # learnt from, then the proposal simulated as the draft against it.
+        named = Policy.model_validate({"objects": BY_NAME})
+        policies.replace(named)
+        assert names_containers(policies.policy())
+        with phase(out, "learn named", postmaster):
+            named_proposal = service.propose(ProposalRequest(since=since, until=NOW))
+        out["named rules"] = len(named_proposal.proposed)
+        named_draft = named_proposal.policy.model_copy(update={
+            "default_effect": Effect.PREVENT,
+            "container_rules": tuple(r.model_copy(update={"effect": Effect.PREVENT}) if i < cut
+                                     else r for i, r in
+                                     enumerate(named_proposal.policy.container_rules))})
+        with phase(out, "simulate named", postmaster):
+            named_result = service.simulate(SimulateRequest(since=since, until=NOW,
+                                                            policy=named_draft))
+        out["named changed"] = named_result.changed_flows
+
+        if parallel is not None and postmaster:
+            # The same two, PostgreSQL's parallel workers for the grouping set.
+            with patch.object(learning, "PARALLEL_WORKERS", parallel):
+                policies.replace(current)
+                with phase(out, f"learn, {parallel} workers", postmaster):
+                    service.propose(ProposalRequest(since=since, until=NOW))
+                with phase(out, f"simulate, {parallel} workers", postmaster):
+                    service.simulate(SimulateRequest(since=since, until=NOW, policy=draft))
+            # and again with the server's setting, right after (a warm store both)
+            with phase(out, "learn, again", postmaster):
+                service.propose(ProposalRequest(since=since, until=NOW))
+            with phase(out, "simulate, again", postmaster):
+                service.simulate(SimulateRequest(since=since, until=NOW, policy=draft))
+            policies.replace(named)
+        if before:
+            # The same, read as before name classes: grouped by the whole texts.
+            with patch.object(learning, "MAX_TEXT_CLASSES", 0), \
+                    patch.object(learning, "name_classes", lambda *_: lambda name: name):
+                policies.replace(named)
+                with phase(out, "learn named, by texts", postmaster):
+                    service.propose(ProposalRequest(since=since, until=NOW))
+                with phase(out, "simulate named, by texts", postmaster):
+                    service.simulate(SimulateRequest(since=since, until=NOW,
+                                                     policy=named_draft))
 
         start = time.perf_counter()
         sample = naive_flows(s, naive)
@@ -275,7 +442,21 @@ def report(store: str, n: int, r: dict[str, Any]) -> None:
           f"{r['naive learn'] / r['learn']:>8.0f}x{r['simulate']:>11.1f}"
           f"{r['naive simulate']:>13.0f}{r['naive simulate'] / r['simulate']:>8.0f}x"
           f"{r['rules']:>8,}{r['changed']:>11,}   (filled in {r['fill']:.0f} s, "
-          f"migration 0013 over them {r['migrate']:.1f} s)", flush=True)
+          f"migration 0013 {r['migrate']:.1f} s, classes given in the background "
+          f"{r['backfill']:.1f} s; learning before it {r['learn before walk']:.1f} s)",
+          flush=True)
+    print(f"{'':<11}{'names kept':>10}{r['learn named']:>10.1f}{'':>21}"
+          f"{r['simulate named']:>11.1f}{'':>21}{r['named rules']:>8,}"
+          f"{r['named changed']:>11,}   (objects selecting container names)", flush=True)
+    print(f"{'':<11}{'phase':<26}{'wall':>7}{'CPU':>7}{'run queue':>11}"
+          f"{'server CPU':>12}{'server run queue':>18}{'rest':>7}")
+    for name, p in r["phases"].items():
+        server = ("" if p.server_cpu is None else
+                  f"{p.server_cpu:>12.1f}{p.server_runq:>18.1f}")
+        print(f"{'':<11}{name:<26}{p.wall:>7.1f}{p.cpu:>7.1f}{p.runq:>11.1f}"
+              f"{server:>30}{p.rest:>7.1f}", flush=True)
+    print(f"{'':<11}(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})",
+          flush=True)
 
 
 def main() -> None:
@@ -286,6 +467,12 @@ def main() -> None:
     parser.add_argument("--postgres", default="auto", help="auto, none, or a database URL")
     parser.add_argument("--no-sqlite", action="store_true",
                         help="PostgreSQL only (run the stores one at a time)")
+    parser.add_argument("--names-before", action="store_true",
+                        help="also time the names-kept case read as before name classes "
+                             "(grouped by the whole identity texts)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="PostgreSQL: also time learning and simulating with this many "
+                             "parallel workers for the grouping (0: none), in the same run")
     parser.add_argument("--unique", type=int, default=300_000,
                         help="rows that do not fold, in their own SQLite store (0: none)")
     args = parser.parse_args()
@@ -295,16 +482,21 @@ def main() -> None:
           f"{'simulate':>11}{'naive sim.':>13}{'':>9}{'rules':>8}{'changed':>11}")
     if not args.no_sqlite:
         with sqlite_engine() as engine:
-            report("sqlite", args.flows, measure(engine, args.flows, args.naive))
+            report("sqlite", args.flows, measure(engine, args.flows, args.naive,
+                                                     args.names_before))
         if args.unique:
             with sqlite_engine() as engine:
                 report_unique("sqlite", args.unique, measure_unique(engine, args.unique))
     with postgres_engine(args.postgres, durable=False) as pg:
         if pg is not None:
-            report("postgresql", args.flows, measure(pg, args.flows, args.naive))
+            report("postgresql", args.flows, measure(pg, args.flows, args.naive,
+                                                         args.names_before, args.workers))
     print("learn: LearningService.propose from an empty policy (rules: proposed); simulate: "
           "LearningService.simulate of a draft (changed: flows whose verdict changes); "
-          "naive: ORM rows, JSON parsed per row, the reference linear-scan evaluator")
+          "names kept: the same with objects selecting container names in the policy; "
+          "naive: ORM rows, JSON parsed per row, the reference linear-scan evaluator; "
+          "phases: seconds of wall time, CPU time and waiting for a CPU (this process, "
+          "the PostgreSQL server's processes), rest: neither (I/O, locks)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, MetaData, Table, delete, insert, text
 from sqlalchemy.orm import Session
 
-from cnnf.console.services import learning
+from cnnf.console.services import classes, learning
 from cnnf.console.services.learning import grouped_flows, names_containers, observed_flows
 from cnnf.console.services.records import flow_ident
 from cnnf.console.store.db import connect, downgrade, migrate
@@ -73,7 +73,7 @@ CONTAINERS = [
                                    ("shop/api:2.0", {"app": "api"}, None),
                                    ("shop/db:1", {}, "10.0.0.2"),
                                    ("shop/db:1", {"app": "db", "tier": "x"}, "10.0.1.2"))
-    for name in ("api-1", "api-2")
+    for name in ("api-1", "api-2", "api-3")  # POLICIES[2] names api-1: api-2 and -3 fold
     for ns, host in (("a", "n1"), ("b", "n2"))
 ]
 OTHERS = [
@@ -144,12 +144,15 @@ def store(db_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _fill(engine: Engine, flows: list[dict[str, Any]], *, stored: str = "now") -> None:
+def _fill(engine: Engine, flows: list[dict[str, Any]], *, stored: str = "now",
+          walked: int = 0) -> None:
     """The store holds ``flows`` only: stored by the Console as it is
     (``now``), or as it was before migration 0013, without identity classes,
-    then migrated (``before_0013``: the classes backfilled), or after the
-    migration by a writer that does not compute classes (``unclassed``: a
-    replica of the previous version during an upgrade)."""
+    then migrated (``before_0013``: the columns added, the classes left to the
+    Console's background walk, which has walked the first ``walked`` ids, in
+    batches of 3), or after the migration by a writer that does not compute
+    classes (``unclassed``: a replica of the previous version during an
+    upgrade)."""
     if stored == "unclassed":
         with engine.begin() as connection:
             connection.execute(delete(FlowRow))
@@ -166,6 +169,10 @@ def _fill(engine: Engine, flows: list[dict[str, Any]], *, stored: str = "now") -
             if flows:
                 connection.execute(insert(table), flows)
         migrate(engine)
+        with Session(engine) as s:
+            walk = classes.start(s)
+            while walk is not None and not walk.done and walk.next_id - walk.first < walked:
+                classes.step(s, walk, batch=min(3, walked - (walk.next_id - walk.first)))
         return
     with Session(engine) as s:
         s.execute(delete(FlowRow))
@@ -175,7 +182,7 @@ def _fill(engine: Engine, flows: list[dict[str, Any]], *, stored: str = "now") -
 
 
 #: Replicas api-1 and api-2 of one workload, one of them named by an object.
-API_1, API_2, DB = CONTAINERS[0], CONTAINERS[2], CONTAINERS[8]
+API_1, API_2, DB = CONTAINERS[0], CONTAINERS[2], CONTAINERS[12]
 REPLICAS = [row(API_1, DB, 5432, count=2, first=T0 - timedelta(minutes=1)),
             row(API_2, DB, 5432, count=3, last=T0 + timedelta(minutes=1)),
             row(API_2, DB, 5432, verdict="prevent", rule_id=1)]
@@ -192,41 +199,48 @@ CAPPED = [row(EndpointInfo(kind="container", image="shop/api:1.0", container=f"a
 
 
 @example(flows=CAPPED, current=POLICIES[0], draft=POLICIES[1], label_key="app",
-         stored="now")
-@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="", stored="now")
+         stored="now", walked=0)
+@example(flows=CAPPED, current=POLICIES[2], draft=POLICIES[3], label_key="", stored="now",
+         walked=0)
 @example(flows=REPLICAS, current=POLICIES[2], draft=POLICIES[1], label_key="app",
-         stored="now")
+         stored="now", walked=0)
 @example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[2], label_key="app",
-         stored="now")
+         stored="now", walked=0)
 @example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app",
-         stored="now")
+         stored="now", walked=0)
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[1], label_key="app",
-         stored="before_0013")
+         stored="before_0013", walked=0)
 @example(flows=CAPPED, current=POLICIES[1], draft=POLICIES[0], label_key="app",
-         stored="before_0013")
+         stored="before_0013", walked=1000)
+@example(flows=REPLICAS, current=POLICIES[0], draft=POLICIES[3], label_key="app",
+         stored="before_0013", walked=1)  # replicas api-1 (classed) and api-2 (not yet)
 @example(flows=REPLICAS, current=POLICIES[1], draft=POLICIES[3], label_key="app",
-         stored="unclassed")
+         stored="unclassed", walked=0)
 @given(flows=FLOW_SETS, current=st.sampled_from(POLICIES), draft=st.sampled_from(POLICIES),
        label_key=st.sampled_from(["app", ""]),
-       stored=st.sampled_from(["now", "before_0013", "unclassed"]))
+       stored=st.sampled_from(["now", "before_0013", "unclassed"]),
+       walked=st.integers(0, 70))
 def test_grouped_flows_learn_and_simulate_as_the_rows_do(  # noqa: PLR0917
         store: Engine, flows: list[dict[str, Any]], current: Policy, draft: Policy,
-        label_key: str, stored: str) -> None:
-    """Also over rows stored before migration 0013 (their classes backfilled)
-    and rows stored after it without classes (read from their texts)."""
-    _fill(store, flows, stored=stored)
+        label_key: str, stored: str, walked: int) -> None:
+    """Also over rows stored before migration 0013 (none, some or all of them
+    given their classes by the background walk) and rows stored after it
+    without classes (read from their texts)."""
+    _fill(store, flows, stored=stored, walked=walked)
     options = LearnOptions(label_key=label_key, default_effect=Effect.PREVENT)
     with Session(store) as s:
         reference = learn(current, observed_flows(s, SINCE, UNTIL), options)
         grouped = learn(current, grouped_flows(s, SINCE, UNTIL,
-                                               erase_names=not names_containers(current)),
+                                               erase_names=not names_containers(current),
+                                               policies=(current,)),
                         options)
         assert grouped == reference
         reference_impact = simulate(current, draft, observed_flows(s, SINCE, UNTIL))
         impact = simulate(current, draft, grouped_flows(
-            s, SINCE, UNTIL, erase_names=not names_containers(current, draft)))
+            s, SINCE, UNTIL, erase_names=not names_containers(current, draft),
+            policies=(current, draft)))
         assert impact == reference_impact
     in_window = [r for r in flows if r["last_seen"] >= SINCE and r["first_seen"] < UNTIL]
     assert reference_impact.flows == len(in_window)
@@ -254,6 +268,29 @@ def test_replicas_fold_into_one_group_unless_an_object_selects_by_name(store: En
         kept = list(grouped_flows(s, SINCE, UNTIL, erase_names=False))
         assert sorted(f.src_ep.container.name for f in kept if f.src_ep.container) == sorted(
             r.container for r in replicas)
+        # An object naming api-1 and one naming api-[5-9]: three groups of
+        # names (api-1; api-5 to api-9; the rest), each evaluated as one of them.
+        named = Policy.model_validate({"objects": [
+            {"kind": "container", "name": "one", "selector": {"containers": ["api-1"]}},
+            {"kind": "container", "name": "late", "selector": {"containers": ["api-[5-9]"]}}]})
+        by_class = sorted((f.flows, f.count, f.src_ep.container.name)
+                          for f in grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                                 policies=(named,)) if f.src_ep.container)
+        assert [(n, count) for n, count, _ in by_class] == [
+            (1, 2), (4, 1 + 3 + 4 + 5), (5, 6 + 7 + 8 + 9 + 10)]
+        assert learn(named, grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                          policies=(named,))) == learn(
+            named, observed_flows(s, SINCE, UNTIL))
+        draft = Policy.model_validate({"objects": [
+            o.model_dump(mode="json", by_alias=True) for o in named.objects],
+            "default_effect": "prevent", "container_rules": [
+                {"id": 1, "name": "late", "src": "late", "dst": "one", "ports": "*"}]})
+        assert simulate(named, draft, grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                                    policies=(named, draft))) == simulate(
+            named, draft, observed_flows(s, SINCE, UNTIL))
+        assert by_class[0][2] == "api-1"
+        assert by_class[1][2] in {"api-0", "api-2", "api-3", "api-4"}
+        assert by_class[2][2] in {f"api-{i}" for i in range(5, 10)}
 
 
 def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Engine) -> None:
@@ -268,6 +305,8 @@ def test_a_stored_text_that_is_no_json_object_is_read_as_the_rows_are(store: Eng
         reference = learn(Policy(), observed_flows(s, SINCE, UNTIL))
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=True)) == reference
         assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=False)) == reference
+        assert learn(Policy(), grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                             policies=(POLICIES[2],))) == reference
         assert reference.learnt_flows == 3 and len(reference.rules) == 1
 
 
@@ -343,6 +382,59 @@ def test_postgresql_streams_the_groups_from_a_server_side_cursor(store: Engine) 
         next(flows)
         assert s.execute(text("SELECT count(*) FROM pg_cursors")).scalar_one() == 1
         assert 1 + sum(1 for _ in flows) == 300
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("limit", [("MAX_TEXT_CLASSES", 50), ("MAX_TEXT_CHARS", 5000)])
+def test_postgresql_names_kept_groups_by_the_texts_when_they_are_too_many(
+        store: Engine, monkeypatch: pytest.MonkeyPatch, limit: tuple[str, int]) -> None:
+    """Names kept, PostgreSQL gives each distinct identity text of the window an
+    integer to group by; past MAX_TEXT_CLASSES texts or MAX_TEXT_CHARS
+    characters of them it groups by the texts themselves: the same flows either
+    way."""
+    _fill(store, [*_scan(120), *REPLICAS])
+    with Session(store) as s:
+        reference = learn(POLICIES[2], observed_flows(s, SINCE, UNTIL))
+        by_integers = list(grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                         policies=(POLICIES[2],)))
+        s.rollback()
+        monkeypatch.setattr(learning, *limit)
+        by_texts = list(grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                      policies=(POLICIES[2],)))
+        assert len(by_texts) == len(by_integers) == 123
+        assert learn(POLICIES[2], iter(by_integers)) == reference
+        assert learn(POLICIES[2], iter(by_texts)) == reference
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_postgresql_names_kept_reads_a_text_stored_between_its_two_queries(
+        store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names kept, PostgreSQL reads the window's distinct texts, then groups the
+    rows by them: a flow stored in between (each statement sees the store as
+    it is then) has a text without an integer, and is grouped by its text,
+    read as the rows read it, not from its key."""
+    _fill(store, REPLICAS[:2])
+    late = row(CONTAINERS[3], DB, 5432, count=4)  # api-2 in namespace b: a new text
+    grouping = learning._text_class_flows
+
+    def store_one_first(*args: Any) -> Iterator[Any]:
+        with store.begin() as connection:
+            connection.execute(insert(FlowRow), [late])
+        return grouping(*args)
+
+    monkeypatch.setattr(learning, "_text_class_flows", store_one_first)
+    with Session(store) as s:
+        grouped = list(grouped_flows(s, SINCE, UNTIL, erase_names=False,
+                                     policies=(POLICIES[2],)))
+        s.rollback()
+        reference = list(observed_flows(s, SINCE, UNTIL))
+    assert len(reference) == 3
+    assert learn(POLICIES[2], iter(grouped)) == learn(POLICIES[2], iter(reference))
+    (added,) = [f for f in grouped if f.count == 4]
+    assert added.src_ep.container is not None
+    assert (added.src_ep.container.name, added.src_ep.container.namespace) == ("api-2", "b")
 
 
 @pytest.mark.parametrize("erase_names", [True, False])

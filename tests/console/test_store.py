@@ -3,17 +3,16 @@ policy serializer round trip."""
 
 from __future__ import annotations
 
-import importlib
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from unittest.mock import patch
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, Table, func, insert, inspect, select, text
 from sqlalchemy.orm import Session
 
+from cnnf.console.services import classes
 from cnnf.console.services.learning import grouped_flows
 from cnnf.console.services.policy import PolicyService, RuleDraft
 from cnnf.console.services.records import (
@@ -162,10 +161,12 @@ def test_flows_stored_before_0008_stay_enforced_and_keep_aggregating(db_url: str
 
 
 def test_flows_stored_before_0013_get_their_identity_classes(db_url: str) -> None:
-    """0013 gives every flow stored before it the classes of its identities, as
-    the Console computes them when it stores a flow (replicas share one, a text
-    read from the key has none), in batches; flows stored after it fold with
-    them; the downgrade drops the columns, the rows stay."""
+    """0013 only adds the class columns (no row rewritten: the table is not held
+    for a backfill); the Console's background walk then gives every flow stored
+    before it the classes of its identities, as the Console computes them when
+    it stores a flow (replicas share one, a text read from the key has none), in
+    small committed batches; flows stored after it fold with them; the
+    downgrade drops the columns, the rows stay."""
     engine = connect(db_url)
     t0 = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
     api = [EndpointInfo(kind="container", image="shop/api:1", container=f"api-{i}",
@@ -185,20 +186,27 @@ def test_flows_stored_before_0013_get_their_identity_classes(db_url: str) -> Non
             table = Table("flows", MetaData(), autoload_with=connection)
             assert "src_class" not in table.c
             connection.execute(insert(table), old)
-        migration = importlib.import_module(
-            "cnnf.console.store.migrations.versions.0013_flow_classes")
-        # three batches of rows with identities; the texts' classes forgotten
-        # after each (the bound on what the backfill holds)
-        with patch.object(migration, "BATCH", 2), patch.object(migration, "MAX_HELD", 1):
-            migrate(engine)
+        migrate(engine)
         with engine.connect() as connection:
-            classes = connection.execute(text(
+            unclassed = connection.execute(text(
                 "SELECT src_class, dst_class FROM flows ORDER BY port")).all()
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         assert diff == [], f"models and migrations differ: {diff}"
+        assert unclassed == [("", "")] * 5  # the migration rewrote no row
+        with Session(engine) as session:
+            walk = classes.start(session)
+            assert walk is not None
+            given = [classes.step(session, walk, batch=2) for _ in range(3)]
+            assert walk.done and given == [2, 1, 1]  # ids 1-2, 3-4, 5: committed each
+            # the store keeps how far it went: nothing to walk at the next start
+            # (the row whose source text has no class is not read again)
+            assert classes.start(session) is None
+        with engine.connect() as connection:
+            got = connection.execute(text(
+                "SELECT src_class, dst_class FROM flows ORDER BY port")).all()
         api_class, db_class = identity_class(texts[0]), identity_class(db)
         assert api_class and db_class and api_class != db_class
-        assert classes == [(api_class, db_class)] * 3 + [("", ""), ("", db_class)]
+        assert got == [(api_class, db_class)] * 3 + [("", ""), ("", db_class)]
         with Session(engine) as session:
             FlowService(session).record_many([FlowRecord(
                 src="image:shop/api:1", dst="image:shop/db:1", port=5432, verdict="observed",

@@ -11,6 +11,7 @@ import pytest
 from cnnf.model import ContainerIdentity, Endpoint, HostIdentity, make_labels
 from cnnf.model.records import EndpointInfo
 from cnnf.policy.observed import (
+    EndpointCache,
     endpoint_of,
     identity_class,
     recorded_text,
@@ -65,3 +66,16 @@ def test_texts_read_from_the_key_have_the_empty_class(text: str) -> None:
     assert identity_class(text) == ""
     assert unnamed_endpoint(text, "host:n1") == Endpoint(host=HostIdentity(name="n1"))
     assert unnamed_endpoint(text, "host:n1") == endpoint_of(text, "host:n1")
+
+
+@pytest.mark.parametrize("text", ["not json", '"a string"', "[1]", ""])
+def test_the_cache_reads_a_text_that_is_no_json_object_from_each_flows_key(text: str) -> None:
+    """Such a text beside two keys is two endpoints, each its key's, as
+    :func:`endpoint_of` reads them (the cache once gave every key the endpoint
+    of the first it met), and a JSON text stands for itself whatever the key."""
+    cache = EndpointCache()
+    for key in ("image:shop/api:1", "image:shop/db:1", "image:shop/api:1"):
+        assert cache(text, key) == endpoint_of(text, key)
+    whole = recorded_text(API[0], address=False)
+    assert cache(whole, "image:other") == cache(whole, "image:shop/api:1") == endpoint_of(
+        whole, "image:shop/api:1")

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -57,6 +57,7 @@ from cnnf.console.api.fastpath import DefenderFastPath, replayed
 from cnnf.console.config import ConsoleConfig
 from cnnf.console.metrics import ConsoleMetrics, LiveFigures
 from cnnf.console.security import LoginLimiter
+from cnnf.console.services import classes
 from cnnf.console.services.defenders import DefenderService, policy_revision
 from cnnf.console.services.errors import (
     BadRequest,
@@ -302,6 +303,137 @@ async def _retention_loop(console: ConsoleState, link: LinkHub) -> None:
         await asyncio.sleep(link.lease.ttl / 4)
 
 
+#: Seconds between two batches of the identity-class backfill: the store serves
+#: ingestion and requests between them (each batch a few milliseconds to a
+#: tenth of a second of writes).
+CLASS_BACKFILL_PAUSE = 0.05
+#: Seconds before a batch of the backfill that failed is tried again, and one
+#: that was not written (rows in use, the store away: OperationalError).
+CLASS_BACKFILL_RETRY = 10.0
+CLASS_BACKFILL_BUSY = 1.0
+#: Seconds between two looks for flows stored without classes since the last
+#: walk (by a replica still running the version before 0013, during a rolling
+#: upgrade): only the flows stored since are read.
+CLASS_BACKFILL_RECHECK = 600.0
+#: Seconds between two progress lines of the backfill in the log.
+CLASS_BACKFILL_LOG_SECONDS = 10.0
+
+
+class ClassBackfiller:
+    """Gives the flows stored without identity classes (before migration 0013,
+    or since by a replica of the previous version) their classes, one committed
+    batch per :meth:`step` (:mod:`cnnf.console.services.classes`), logging
+    progress once it gives any and setting the metrics
+    (``cnnf_console_flow_classes_backfill_progress``)."""
+
+    def __init__(self, sessions: sessionmaker[Session], metrics: ConsoleMetrics | None,
+                 batch: int = classes.BATCH) -> None:
+        self.sessions, self.metrics, self.batch = sessions, metrics, batch
+        self.walk: classes.ClassBackfill | None = None
+        self.logged = 0.0
+        self.started = 0.0
+        self.announced = False
+
+    def _progress(self, value: float | None) -> None:
+        if self.metrics is not None:
+            self.metrics.class_backfill_progress = value
+
+    def start(self) -> bool:
+        """True when there are flows to walk (those stored since the last walk)."""
+        with self.sessions() as session:
+            self.walk = classes.start(session)
+        self.started = self.logged = time.monotonic()
+        self.announced = False
+        self._progress(1.0 if self.walk is None else 0.0)
+        return self.walk is not None
+
+    def step(self) -> bool:
+        """One batch; True when the walk is done."""
+        walk = self.walk
+        if walk is None:
+            return True
+        with self.sessions() as session:
+            given = classes.step(session, walk, self.batch)
+            if walk.done and walk.given and session.get_bind().dialect.name == "postgresql":
+                # The planner's statistics for the classes now, not at
+                # autovacuum's next pass: it estimates learning's groups from them.
+                session.execute(text("ANALYZE flows"))
+                session.commit()
+        if self.metrics is not None:
+            self.metrics.class_backfilled.inc(given)
+        self._progress(walk.progress)
+        if given and not self.announced:
+            self.announced = True
+            log.info("flow classes: giving identity classes to the flows stored without "
+                     "them (before migration 0013, or by a replica of the previous version), "
+                     "ids %d to %d, %d ids per batch, in the background; until then learning "
+                     "and simulating group those flows by their identity texts: the same "
+                     "results, slower", walk.first, walk.top, self.batch)
+        if walk.done:
+            if self.announced:
+                log.info("flow classes: done, %d rows given classes in %.0f s", walk.given,
+                         time.monotonic() - self.started)
+        elif self.announced and time.monotonic() - self.logged >= CLASS_BACKFILL_LOG_SECONDS:
+            self.logged = time.monotonic()
+            elapsed = time.monotonic() - self.started
+            left = elapsed * (1 - walk.progress) / walk.progress if walk.progress else 0.0
+            log.info("flow classes: %.0f%% (ids up to %d of %d), %d rows given classes, "
+                     "about %.0f s left", 100 * walk.progress, walk.next_id - 1, walk.top,
+                     walk.given, left)
+        return walk.done
+
+    @property
+    def walking(self) -> bool:
+        """A walk is under way (its next batch is where it failed, if it did)."""
+        return self.walk is not None and not self.walk.done
+
+    def stop(self) -> None:
+        """This process no longer walks (the lease went to another replica): its
+        progress is not exported any more (the walking replica's is)."""
+        self.walk = None
+        self._progress(None)
+
+
+async def _class_loop(console: ConsoleState, link: LinkHub) -> None:
+    """The identity-class backfill, in the process holding the singleton lease:
+    a walk at start, then a look every :data:`CLASS_BACKFILL_RECHECK` seconds;
+    a failed batch is tried again after :data:`CLASS_BACKFILL_RETRY` seconds,
+    from where the walk stands in the store."""
+    backfill = ClassBackfiller(console.sessions, link.metrics)
+    walking = False
+    busy_logged = float("-inf")
+    while True:
+        try:
+            if not await run_in_threadpool(link.lease.ensure):
+                if walking:
+                    backfill.stop()
+                walking = False
+                await asyncio.sleep(link.lease.ttl / 4)
+                continue
+            if not walking:
+                walking = await run_in_threadpool(backfill.start)
+            if walking and not await run_in_threadpool(backfill.step):
+                await asyncio.sleep(CLASS_BACKFILL_PAUSE)
+                continue
+            walking = False
+            await asyncio.sleep(CLASS_BACKFILL_RECHECK)
+        except OperationalError as exc:  # rows in use past LOCK_WAIT, the store away
+            now = time.monotonic()
+            if now - busy_logged >= 60:  # at most a line a minute
+                busy_logged = now
+                log.warning("flow classes: a batch was not written (rows in use by ingestion "
+                            "or a policy change, or the store away: %s); trying again in "
+                            "%.0f s", str(exc).splitlines()[0][:200], CLASS_BACKFILL_BUSY)
+            walking = backfill.walking  # the same batch again (its start, if it failed)
+            await asyncio.sleep(CLASS_BACKFILL_BUSY)
+        except Exception:  # a defect, or an error the driver did not wrap: the walk goes on
+            log.exception("flow classes: a batch failed (ids from %s); trying again in %.0f s",
+                          backfill.walk.next_id if backfill.walk else "the start",
+                          CLASS_BACKFILL_RETRY)
+            walking = backfill.walking
+            await asyncio.sleep(CLASS_BACKFILL_RETRY)
+
+
 async def _seen_loop(console: ConsoleState, link: LinkHub) -> None:
     """Write the last_seen of Defenders whose long-polls returned (batched)."""
     while True:
@@ -330,7 +462,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         link.store_poll = app.state.console.config.link_feed_poll_seconds
     tasks = [asyncio.create_task(_retention_loop(app.state.console, link)),
              asyncio.create_task(_stale_loop(app.state.console, app.state.link)),
-             asyncio.create_task(_seen_loop(app.state.console, link))]
+             asyncio.create_task(_seen_loop(app.state.console, link)),
+             asyncio.create_task(_class_loop(app.state.console, link))]
     if link.forwarder is not None:
         link.forwarder.start()
     try:

@@ -35,6 +35,11 @@ and traffic rates, so they are not public.
   propagation;
 - ``cnnf_console_lease_held{lease}``: 1 in the one replica doing the singleton work
   (forwarding, retention);
+- ``cnnf_console_flow_classes_backfilled_total``: flows stored before migration
+  0013 given their identity classes in the background by this process, and
+  ``cnnf_console_flow_classes_backfill_progress``: the part of them walked (0 to 1;
+  1 when done or when there was nothing to do), exported only by the replica
+  walking (the one holding the lease: ``cnnf_console_lease_held``);
 - ``cnnf_console_policy_revision``, ``cnnf_console_inventory_revision``.
 """
 
@@ -142,6 +147,20 @@ class _Live(Collector):
                                 value=self.rate.per_second())
 
 
+class _ClassProgress(Collector):
+    def __init__(self, metrics: ConsoleMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        value = self.metrics.class_backfill_progress
+        if value is not None:
+            yield GaugeMetricFamily(
+                "cnnf_console_flow_classes_backfill_progress", "The part of the flows "
+                "stored without identity classes that this process has walked giving them "
+                "classes (0 to 1; 1: done or nothing to do); only on the replica walking",
+                value=value)
+
+
 class ConsoleMetrics:
     """One registry per Console app (tests build many apps in one process)."""
 
@@ -178,6 +197,14 @@ class ConsoleMetrics:
             "long-poll answering with it, by topic", ["topic"], registry=self.registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
                      10.0))
+        self.class_backfilled = Counter(
+            "cnnf_console_flow_classes_backfilled", "Flows stored without identity classes "
+            "(before migration 0013, or by a previous-version replica) given them by this "
+            "process", registry=self.registry)
+        #: the walk's progress, exported only while this process walks or has
+        #: looked (None: another replica holds the lease, or not looked yet)
+        self.class_backfill_progress: float | None = None
+        self.registry.register(_ClassProgress(self))
         for verdict in ("allow", "alert", "prevent", "observed"):
             self.verdicts.labels(verdict)
         for blocked, would in (("true", "false"), ("false", "false"), ("false", "true")):

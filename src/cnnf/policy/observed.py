@@ -182,20 +182,40 @@ class EndpointCache:
     """Identity texts repeat (a few hundred workloads over a million flows):
     each is parsed once."""
 
-    __slots__ = ("_keys", "_texts")
+    __slots__ = ("_keys", "_texts", "unreadable")
 
     def __init__(self) -> None:
         self._texts: dict[str, Endpoint] = {}
         self._keys: dict[str, Endpoint] = {}
+        #: texts read from the key (not a JSON object): one per key, not per text
+        self.unreadable: set[str] = set()
 
     def __call__(self, text: str, key: str) -> Endpoint:
         # A text stands for itself (it holds everything the key says); only
-        # flows without one are read from their key.
-        seen = self._texts if text else self._keys
-        found = seen.get(text or key)
+        # flows without one, or with one that is no JSON object, are read from
+        # their key (the same unreadable text beside two keys is two endpoints).
+        if text and text not in self.unreadable:
+            found = self._texts.get(text)
+            if found is not None:
+                return found
+            data = _unnamed_or_whole(text)
+            if data is not None:
+                found = self._texts[text] = _from_fields(data)
+                return found
+            self.unreadable.add(text)
+        found = self._keys.get(key)
         if found is None:
-            found = seen[text or key] = endpoint_of(text, key)
+            found = self._keys[key] = _from_key(key)
         return found
+
+
+def _unnamed_or_whole(text: str) -> dict[str, Any] | None:
+    """The JSON object ``text`` holds; None when it holds none."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True, slots=True)

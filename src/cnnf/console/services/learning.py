@@ -12,9 +12,10 @@ for the rows (:func:`observed_flows`, the reference read).
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -40,6 +41,7 @@ from cnnf.model.objects import WS, GlobList, check_glob
 from cnnf.model.rule import RFC3339, PolicyModel
 from cnnf.policy.engine import compile_policy
 from cnnf.policy.learn import LearnOptions, Proposal, Scope, learn
+from cnnf.policy.match import compile_globs
 from cnnf.policy.observed import EndpointCache, ObservedFlow, unnamed_endpoint
 from cnnf.policy.simulate import EdgeChange, Impact, Outcome, simulate
 
@@ -338,8 +340,12 @@ def observed_flows(session: Session, since: datetime, until: datetime) -> Iterat
     keys = EndpointCache()
     times: dict[Any, datetime] = {}
 
+    unreadable = keys.unreadable
+
     def endpoint(text_: str, key: str) -> Endpoint:
-        found = texts[text_] = keys(text_, key)
+        found = keys(text_, key)
+        if text_ not in unreadable:  # a text that is no JSON object reads as its key
+            texts[text_] = found
         return found
 
     def parse(value: Any) -> datetime:
@@ -382,21 +388,48 @@ def names_containers(*policies: Policy) -> bool:
                for p in policies for o in p.objects)
 
 
+#: What a container name reads as for the policies involved: the objects'
+#: name globs it matches (:func:`name_classes`).
+NameClass = Callable[[str], Hashable]
+
+
+def name_classes(*policies: Policy) -> NameClass:
+    """What a container name can change under ``policies``: which of their
+    objects' ``containers`` globs it matches, one answer per object selecting
+    by name (a ``*`` there matches every name: no answer). Two identities
+    equal but for names that match the same of those globs match the same
+    objects, so decide the same and are learnt the same: they fold together
+    with the names kept (replicas ``api-2`` ... ``api-9`` of a policy naming
+    only ``api-1``)."""
+    matchers = [compile_globs(o.selector.containers) for p in policies for o in p.objects
+                if isinstance(o, ContainerObject) and o.selector.containers
+                and "*" not in o.selector.containers]
+
+    @lru_cache(maxsize=65536)
+    def name_class(name: str) -> Hashable:
+        return tuple(m(name) for m in matchers)
+
+    return name_class
+
+
 class _Classes:
     """Identity texts (with the row's identity key) as small integers, for the
-    SQLite fold with the names kept: equal identities (texts equal as JSON)
-    share one; ``texts`` gives back, per integer, a text and key that read as
-    that identity. A text that is not a JSON object (or
-    empty) is read from its key, as :func:`endpoint_of` does. ``by_text``:
-    the texts already numbered (read from themselves)."""
+    folds with the names kept: identities equal as JSON but for container
+    names of one ``name_class`` (:func:`name_classes`; None: the names
+    themselves) share one; ``texts`` gives back, per integer, a text (the
+    first seen) and key that read as that identity. A text that is not a JSON
+    object (or empty) is read from its key, as :func:`endpoint_of` does.
+    ``by_text``: the texts already numbered (read from themselves)."""
 
-    __slots__ = ("_by_key", "_ids", "_keyed", "by_text", "texts")
+    __slots__ = ("_by_key", "_groups", "_ids", "_keyed", "_name_class", "by_text", "texts")
 
-    def __init__(self) -> None:
+    def __init__(self, name_class: NameClass | None = None) -> None:
         self.by_text: dict[str, int] = {}
         self._keyed: set[str] = set()  # texts read from their key
         self._by_key: dict[str, int] = {}
         self._ids: dict[tuple[str, str], int] = {}
+        self._groups: dict[tuple[str, Hashable], int] = {}
+        self._name_class = name_class
         self.texts: list[tuple[str, str]] = []
 
     def _id(self, text_: str, key: str) -> int:
@@ -406,20 +439,40 @@ class _Classes:
             self.texts.append((text_, key))
         return found
 
-    def __call__(self, text_: str, key: str) -> int:
+    def readable(self, text_: str) -> int | None:
+        """The integer of a text read from itself; None for one read from its key."""
         found = self.by_text.get(text_)
+        if found is not None or not text_ or text_ in self._keyed:
+            return found
+        try:
+            data = orjson.loads(text_)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            self._keyed.add(text_)
+            return None
+        try:
+            canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONEncodeError:  # parsed but not written back: its own group
+            found = self.by_text[text_] = self._id(text_, "")
+            return found
+        if self._name_class is None:
+            found = self.by_text[text_] = self._id(canonical, "")
+            return found
+        # what the endpoint reads the name as (endpoint_of), then without it
+        name = self._name_class(str(data.get("name", "")))
+        data.pop("name", None)
+        group = (orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode(), name)
+        found = self._groups.get(group)
+        if found is None:
+            found = self._groups[group] = self._id(canonical, "")
+        self.by_text[text_] = found
+        return found
+
+    def __call__(self, text_: str, key: str) -> int:
+        found = self.readable(text_)
         if found is not None:
             return found
-        if text_ and text_ not in self._keyed:
-            try:
-                data = orjson.loads(text_)
-            except orjson.JSONDecodeError:
-                data = None
-            if isinstance(data, dict):
-                canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
-                found = self.by_text[text_] = self._id(canonical, "")
-                return found
-            self._keyed.add(text_)
         by_key = self._by_key.get(key)
         if by_key is None:
             by_key = self._by_key[key] = self._id("", key)
@@ -439,7 +492,7 @@ _Group = list[Any]
 
 
 def grouped_flows(session: Session, since: datetime, until: datetime, *,
-                  erase_names: bool) -> Iterator[ObservedFlow]:
+                  erase_names: bool, policies: Sequence[Policy] = ()) -> Iterator[ObservedFlow]:
     """The window's flows as :func:`observed_flows` reads them, folded in the
     store: one :class:`ObservedFlow` per edge (kind, source and destination
     keys, port), recorded verdict and rule, and pair of identities, with the
@@ -456,18 +509,27 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
     (``src_class``, ``dst_class``, computed when it was stored): both stores
     group by those short texts, no JSON parsed per row (:func:`_by_class`).
 
-    With the names kept, PostgreSQL groups with ``GROUP BY`` over the texts
-    and SQLite (which has no hash aggregate: its ``GROUP BY`` sorts the
-    million rows) folds the rows as the scan passes them, in an aggregate
-    function (:func:`_folded_sqlite`)."""
+    With the names kept, identities fold when they differ only in names that
+    match the same of ``policies``' name globs (:func:`name_classes`; the
+    policies the flows will be evaluated under, none: names must be equal):
+    PostgreSQL groups with ``GROUP BY`` over integers its distinct identity
+    texts are given (:func:`_by_text_class`), SQLite (which has no hash
+    aggregate: its ``GROUP BY`` sorts the million rows) folds the rows as
+    the scan passes them, in an aggregate function (:func:`_folded_sqlite`)."""
     sqlite = session.get_bind().dialect.name == "sqlite"
     if erase_names:
         yield from (_folded_sqlite_classes(session, since, until) if sqlite
                     else _by_class(session, since, until))
         return
+    name_class = name_classes(*policies) if policies else None
     if sqlite:
-        yield from _folded_sqlite(session, since, until)
+        yield from _folded_sqlite(session, since, until, name_class)
         return
+    if name_class is not None:
+        folded = _by_text_class(session, since, until, name_class)
+        if folded is not None:
+            yield from folded
+            return
     # yield_per: a server-side cursor, the groups fetched in batches (psycopg
     # would hold every group client-side).
     stmt = text(_GROUPED.format(src_id="src_identity", dst_id="dst_identity")).bindparams(
@@ -483,13 +545,110 @@ def grouped_flows(session: Session, since: datetime, until: datetime, *,
                            rule_id, n, count, _utc(f), _utc(la))
 
 
+#: Distinct identity texts in a window (and their characters) beyond which
+#: PostgreSQL, names kept, groups by the texts themselves: each text is sent
+#: with the query, beside its integer, and workloads choose how many there are
+#: (every DNS name and address they reach is a destination identity).
+MAX_TEXT_CLASSES = 200_000
+MAX_TEXT_CHARS = 32_000_000
+
+_DISTINCT_TEXTS = ("SELECT src_identity FROM flows WHERE last_seen >= :since AND "
+                   "first_seen < :until UNION SELECT dst_identity FROM flows WHERE "
+                   "last_seen >= :since AND first_seen < :until")
+_BY_TEXT_CLASS = (
+    "SELECT kind, src, dst, port, verdict, rule_id, s.i, d.i, "
+    "CASE WHEN s.i IS NULL THEN src_identity END, CASE WHEN d.i IS NULL THEN dst_identity END, "
+    "count(*), CAST(sum(count) AS BIGINT), min(first_seen), max(last_seen) FROM flows "
+    "LEFT JOIN unnest(CAST(:texts AS text[]), CAST(:ids AS integer[])) AS s(t, i) "
+    "ON s.t = flows.src_identity "
+    "LEFT JOIN unnest(CAST(:texts AS text[]), CAST(:ids AS integer[])) AS d(t, i) "
+    "ON d.t = flows.dst_identity "
+    "WHERE last_seen >= :since AND first_seen < :until GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10")
+
+
+def _by_text_class(session: Session, since: datetime, until: datetime,
+                   name_class: NameClass) -> Iterator[ObservedFlow] | None:
+    """PostgreSQL, names kept: the window's distinct identity texts, each given
+    an integer (:class:`_Classes`: equal but for names of one
+    ``name_class``), then the rows grouped by those integers (a hash join on
+    the texts, no JSON parsed per row). A text without an integer (read from
+    the key, or stored after the texts were read: each statement reads the
+    store as it is then) is grouped by itself. None when the window holds more than
+    :data:`MAX_TEXT_CLASSES` distinct texts or :data:`MAX_TEXT_CHARS`
+    characters of them (then grouped by the texts)."""
+    if MAX_TEXT_CLASSES <= 0:
+        return None
+    window = {"since": since, "until": until}
+    distinct = text(_DISTINCT_TEXTS).bindparams(
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
+    ).execution_options(yield_per=20000)
+    _grouping_settings(session)
+    classes = _Classes(name_class)
+    texts: list[str] = []
+    ids: list[int] = []
+    chars = 0
+    result = session.connection().execute(distinct, window)
+    while batch := result.fetchmany(20000):
+        for (text_,) in batch:
+            found = classes.readable(text_)
+            if found is not None:
+                texts.append(text_)
+                ids.append(found)
+                chars += len(text_)
+        if len(texts) > MAX_TEXT_CLASSES or chars > MAX_TEXT_CHARS:
+            result.close()
+            return None
+    return _text_class_flows(session, window, classes, texts, ids)
+
+
+def _text_class_flows(session: Session, window: dict[str, datetime], classes: _Classes,
+                      texts: list[str], ids: list[int]) -> Iterator[ObservedFlow]:
+    stmt = text(_BY_TEXT_CLASS).bindparams(
+        bindparam("since", type_=UtcDateTime()), bindparam("until", type_=UtcDateTime())
+    ).execution_options(yield_per=20000)
+    result = session.connection().execute(stmt, {**window, "texts": texts, "ids": ids})
+    keys = EndpointCache()
+    represented = classes.texts
+    times: dict[Any, datetime] = {}
+    flow, get_time = ObservedFlow, times.get
+
+    def utc(value: Any) -> datetime:
+        if len(times) > 100000:
+            times.clear()
+        found = times[value] = _utc(value)
+        return found
+
+    with gc_paused():
+        while rows := result.fetchmany(20000):
+            for (kind, src, dst, port, verdict, rule_id, s_id, d_id, s_text, d_text, n, count,
+                 f, la) in rows:
+                s_ep = keys(represented[s_id][0], src) if s_id is not None else keys(s_text, src)
+                d_ep = keys(represented[d_id][0], dst) if d_id is not None else keys(d_text, dst)
+                yield flow(kind, src, dst, port, s_ep, d_ep, verdict, rule_id, n, count,
+                           get_time(f) or utc(f), get_time(la) or utc(la))
+
+
 #: PostgreSQL's memory for grouping the window (``work_mem``, this query only)
 GROUPING_MEMORY = "64MB"
 
+#: PostgreSQL's parallel workers for grouping the window (None: the server's
+#: setting, ``max_parallel_workers_per_gather``, 2 by default)
+PARALLEL_WORKERS: int | None = None
+
+
+def _grouping_settings(session: Session) -> None:
+    """PostgreSQL's settings for grouping the window, this transaction only."""
+    session.execute(text(f"SET LOCAL work_mem = '{GROUPING_MEMORY}'"))
+    if PARALLEL_WORKERS is not None:
+        session.execute(text(f"SET LOCAL max_parallel_workers_per_gather = {PARALLEL_WORKERS:d}"))
+
+
 #: What a group's identity class reads as, when a row holds an identity text
-#: but no class (stored by a writer that does not compute it: a replica of the
-#: previous version during an upgrade): the text itself, after this prefix (a
-#: class is 32 hex digits), grouped by the whole text (finer: still exact).
+#: but no class (stored before migration 0013 and not yet given its class by
+#: the Console's background walk, :mod:`cnnf.console.services.classes`, or
+#: stored by a writer that does not compute it: a replica of the previous
+#: version during an upgrade): the text itself, after this prefix (a class is
+#: 32 hex digits), grouped by the whole text (finer: still exact).
 UNCLASSED = "text:"
 
 
@@ -572,7 +731,7 @@ def _by_class(session: Session, since: datetime, until: datetime) -> Iterator[Ob
     # hashes them in one pass of the table: 1.5 s against 4.8 to 5.8 s for
     # the bench's million rows and 100,000 groups (52 MB; EXPLAIN ANALYZE, load
     # about 6). For this transaction only; a larger window spills to disk.
-    session.execute(text(f"SET LOCAL work_mem = '{GROUPING_MEMORY}'"))
+    _grouping_settings(session)
     result = session.connection().execute(stmt, {"since": since, "until": until})
     ends = _Ends(session)
     times: dict[Any, datetime] = {}  # times repeat: each parsed once
@@ -705,11 +864,12 @@ def _folded_sqlite_classes(session: Session, since: datetime,
                            get_time(g[2]) or utc(g[2]), get_time(g[3]) or utc(g[3]))
 
 
-def _folded_sqlite(session: Session, since: datetime,
-                   until: datetime) -> Iterator[ObservedFlow]:
+def _folded_sqlite(session: Session, since: datetime, until: datetime,
+                   name_class: NameClass | None = None) -> Iterator[ObservedFlow]:
     """SQLite, names kept: the rows folded by their identity texts as the scan
-    passes them (each text parsed once, :class:`_Classes`)."""
-    classes = _Classes()
+    passes them (each text parsed once, :class:`_Classes`), names by
+    ``name_class``."""
+    classes = _Classes(name_class)
     by_text = classes.by_text
     groups: dict[tuple[Any, ...], _Group] = {}
     check = FOLD_CHECK
@@ -876,7 +1036,7 @@ class LearningService:
         scope = Scope(namespace=request.namespace, host=request.host,
                       images=tuple(request.images))
         flows = grouped_flows(self.session, since, until,
-                              erase_names=not names_containers(current))
+                              erase_names=not names_containers(current), policies=(current,))
         if scope != Scope():
             flows = (f for f in flows if scope.admits(f))
         proposal = learn(current, flows, LearnOptions(label_key=request.label_key,
@@ -986,7 +1146,8 @@ class LearningService:
             raise Conflict("the changes do not fit the current policy: "
                            + "; ".join(str(e) for e in errors), errors) from None
         flows = grouped_flows(self.session, since, until,
-                              erase_names=not names_containers(current, draft))
+                              erase_names=not names_containers(current, draft),
+                              policies=(current, draft))
         impact = simulate(current, draft, flows)
         return impact_result(impact, since, until)
 

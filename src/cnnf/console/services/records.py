@@ -373,7 +373,7 @@ def _flow_where(f: FlowFilter) -> list[ColumnElement[bool]]:
 #: class (:func:`identity_class`) is computed once, the most recently used
 #: kept for the next batches (at most 16 MB of the longest texts a Defender
 #: may send, a few hundred bytes each as a rule).
-_identity_class = functools.lru_cache(maxsize=4096)(identity_class)
+cached_identity_class = functools.lru_cache(maxsize=4096)(identity_class)
 
 
 class FlowService:
@@ -388,8 +388,8 @@ class FlowService:
         for record in records:
             data = record.model_dump(by_alias=False)
             data["ident"] = flow_ident(record.src_identity, record.dst_identity)
-            data["src_class"] = _identity_class(record.src_identity)
-            data["dst_class"] = _identity_class(record.dst_identity)
+            data["src_class"] = cached_identity_class(record.src_identity)
+            data["dst_class"] = cached_identity_class(record.dst_identity)
             key = tuple(data[k] for k in _FLOW_KEY)
             have = merged.get(key)
             if have is None:

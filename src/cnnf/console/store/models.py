@@ -86,6 +86,9 @@ class SettingsRow(Base):
     # the default effect being tried out ("would" verdicts only); None: none
     staged_default_effect: Mapped[str | None] = mapped_column(String(16), nullable=True)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    # every flow with an id up to this was walked by the background walk giving
+    # flows their identity classes (cnnf.console.services.classes); migration 0015
+    classes_walked_to: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ObjectRow(Base):
@@ -245,8 +248,9 @@ class FlowRow(Base):
     container name (:func:`~cnnf.policy.observed.identity_class`), what
     learning and simulating group the window's flows by. No index: one on the
     grouping's columns made SQLite's grouping twice as fast and its ingestion
-    of new flows half as fast (measured). Added by migration 0013, which
-    computes them for the rows stored before it.
+    of new flows half as fast (measured). Added by migration 0013 (empty for
+    the rows stored before it: the Console gives them their classes in the
+    background, :mod:`cnnf.console.services.classes`).
     """
 
     __tablename__ = "flows"
