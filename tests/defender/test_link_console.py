@@ -27,6 +27,8 @@ from cnnf.defender.link import ConsoleLink, LinkError, LinkRunner
 from cnnf.defender.spool import Spool
 from cnnf.model import Effect
 from cnnf.model.records import (
+    AuditEvent,
+    AuditType,
     EndpointInfo,
     FlowRecord,
     HostInfo,
@@ -336,3 +338,32 @@ def test_a_console_list_with_a_url_that_is_not_http_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="'ftp://b' is not an http:// or https:// URL"):
         DefenderConfig(console="http://a:8080,ftp://b")
+
+
+def test_a_batch_refused_for_some_records_is_sent_again_without_them(
+    console: RealConsole, tmp_path: Path
+) -> None:
+    """A workload's SYN to port 0 becomes a flow and an audit the Console's store
+    cannot hold (422 naming them): the batch is sent once more without those two
+    records, so the audit beside them is stored, not dropped with them."""
+    link = enrolled(console, tmp_path / "state")
+    spool = Spool(tmp_path / "spool")
+    src = EndpointInfo(kind="address", address="10.0.0.1")
+    dst = EndpointInfo(kind="address", address="10.0.0.2")
+
+    def audit(port: int) -> AuditEvent:
+        return AuditEvent(time=time.time(), type=AuditType.CONTAINER, effect=Effect.PREVENT,
+                          blocked=True, rule_id=None, src=src, dst=dst, port=port,
+                          message=f"blocked to port {port}")
+
+    batch = flows_batch("b1", range(0, 3))  # ports 0, 1 and 2
+    spool.put(batch.model_copy(update={"audits": [audit(0), audit(22)]}))
+    try:
+        assert link.deliver(spool) == 1
+    finally:
+        link.close()
+    assert spool.pending() == []
+    assert spool.take_dropped() == 2  # the port-0 flow and audit, counted
+    assert console.flow_counts() == {1: 1, 2: 1}
+    audits = console.admin.get("/api/v1/audits", params={"limit": 100}).json()["items"]
+    assert [a["port"] for a in audits] == [22]

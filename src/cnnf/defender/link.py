@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 import threading
 from collections.abc import Callable
@@ -52,7 +53,33 @@ class AuthError(LinkError):
 
 class BatchRefused(LinkError):
     """The Console refused a report batch or an inventory itself (400, 413, 422):
-    sending it again cannot succeed, so it must not hold up what comes after it."""
+    sending it again cannot succeed, so it must not hold up what comes after it.
+    ``records``: the records a 422 names (("flows" or "audits", index)), if any."""
+
+    def __init__(self, message: str, records: frozenset[tuple[str, int]] = frozenset()) -> None:
+        super().__init__(message)
+        self.records = records
+
+
+# A 422's error path naming one record of a batch: "flows[3].port" (the Console's
+# mapping) or "body.flows.3.port" (request validation).
+_RECORD_PATH = re.compile(r"(?:^|\.)(flows|audits)(?:\[(\d+)\]|\.(\d+))(?:\.|$)")
+
+
+def _named_records(resp: httpx.Response) -> frozenset[tuple[str, int]]:
+    """The records a 422 answer's ``errors`` name; empty when it names none."""
+    try:
+        errors = resp.json().get("errors") or []
+        paths = [str(e["path"]) for e in errors]
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return frozenset()
+    named = set()
+    for path in paths:
+        m = _RECORD_PATH.search(path)
+        if m is None:
+            return frozenset()  # an error about the batch itself: nothing to salvage
+        named.add((m.group(1), int(m.group(2) or m.group(3))))
+    return frozenset(named)
 
 
 # Answers to a report batch that no retry can change.
@@ -247,7 +274,8 @@ class ConsoleLink:
                              headers={"Content-Type": "application/json"})
         if resp.status_code in _REFUSED:
             raise BatchRefused(f"POST reports: the console refused batch {batch.batch_id} "
-                               f"({resp.status_code}): {resp.text[:200]}")
+                               f"({resp.status_code}): {resp.text[:200]}",
+                               _named_records(resp) if resp.status_code == 422 else frozenset())
         if resp.status_code != 200:
             raise LinkError(f"POST reports: unexpected answer {resp.status_code}")
         return True
@@ -255,9 +283,12 @@ class ConsoleLink:
     def deliver(self, spool: Spool) -> int:
         """Send spooled batches oldest first; stop at the first failure (raised).
 
-        A batch the Console refuses (:class:`BatchRefused`) is removed, logged and
-        its records counted as dropped (reported in the next batch), instead of
-        blocking every later batch for good."""
+        A batch the Console refuses (:class:`BatchRefused`) is not sent again as it
+        is: when the refusal names records (a 422 naming ``flows[i]``/``audits[i]``),
+        the batch is sent once more without them (:meth:`_salvage`), so one record
+        the Console cannot hold (a workload's SYN to port 0, say) does not cost the
+        audits beside it; what cannot be sent is removed, logged and counted as
+        dropped (reported in the next batch), instead of blocking every later batch."""
         sent = 0
         for item in spool.pending():
             batch = spool.load(item)
@@ -265,13 +296,38 @@ class ConsoleLink:
                 try:
                     self.push_batch(batch)
                 except BatchRefused as exc:
-                    lost = len(batch.flows) + len(batch.audits) + batch.dropped
-                    log.error("report batch refused by the console; dropped",
-                              batch_id=batch.batch_id, records=lost, error=str(exc))
-                    spool.add_dropped(lost)
+                    self._salvage(batch, exc, spool)
             spool.remove(item)
             sent += 1
         return sent
+
+    def _salvage(self, batch: ReportBatch, refused: BatchRefused, spool: Spool) -> None:
+        """The refused batch without the records the Console named, under a batch id
+        derived from the original's (a Defender restarted before the spool forgot
+        the original makes the same one, which the Console then recognises)."""
+        flows = [f for i, f in enumerate(batch.flows) if ("flows", i) not in refused.records]
+        audits = [a for i, a in enumerate(batch.audits) if ("audits", i) not in refused.records]
+        named = len(batch.flows) - len(flows) + len(batch.audits) - len(audits)
+        if named == 0 or not (flows or audits):
+            lost = len(batch.flows) + len(batch.audits) + batch.dropped
+            log.error("report batch refused by the console; dropped",
+                      batch_id=batch.batch_id, records=lost, error=str(refused))
+            spool.add_dropped(lost)
+            return
+        log.error("report batch refused by the console for some of its records; "
+                  "those are dropped, the rest sent again", batch_id=batch.batch_id,
+                  records=named, error=str(refused))
+        rest = batch.model_copy(update={"batch_id": f"{batch.batch_id}-rest",
+                                        "flows": flows, "audits": audits})
+        try:
+            self.push_batch(rest)
+        except BatchRefused as exc:
+            lost = len(flows) + len(audits) + batch.dropped
+            log.error("report batch refused again without the named records; dropped",
+                      batch_id=rest.batch_id, records=lost, error=str(exc))
+            spool.add_dropped(lost + named)
+            return
+        spool.add_dropped(named)
 
     # -- the persisted policy ------------------------------------------------------
 
