@@ -107,6 +107,40 @@ def test_overload_audit_refuses_nonsense(dropped: int, seconds: float, rate: int
                        rate=rate, reporter="node-1")
 
 
+@pytest.mark.parametrize(
+    ("dropped", "shed", "rate", "message"),
+    [
+        (40, 40, 1000, "overload: the verdict loop (beyond the source's fair share) dropped "
+         "40 SYNs from shop/frontend:1.0 (frontend) in 20 s"),
+        (40, 40, 0, "overload: the verdict loop (beyond the source's fair share) dropped "
+         "40 SYNs from shop/frontend:1.0 (frontend) in 20 s"),
+        (5040, 40, 1000, "overload: 5,040 SYNs dropped from shop/frontend:1.0 (frontend) in "
+         "20 s: 5,000 by the admission limit (1000 new connections/s per source), 40 by the "
+         "verdict loop (beyond the source's fair share)"),
+    ],
+)
+def test_overload_message_says_who_dropped_what(dropped: int, shed: int, rate: int,
+                                                message: str) -> None:
+    event = overload_audit(T0, FRONTEND, host="node-1", dropped=dropped, seconds=20.0,
+                           rate=rate, reporter="node-1", shed=shed)
+    assert (event.message, event.count) == (message, dropped)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "shed", "rate", "message"),
+    [
+        (10, 11, 1000, r"shed: 11 is not a count of SYNs within dropped \(10\)"),
+        (10, -1, 1000, "shed: -1 is not a count"),
+        (10, 5, 0, "rate: 0 is not a positive rate"),  # the limit is off: it dropped none
+    ],
+)
+def test_overload_audit_refuses_a_shed_count_that_cannot_be(dropped: int, shed: int,
+                                                            rate: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        overload_audit(T0, FRONTEND, host="node-1", dropped=dropped, seconds=20.0,
+                       rate=rate, reporter="node-1", shed=shed)
+
+
 def test_overload_audits_of_two_sources_do_not_fold_into_one() -> None:
     a = overload_audit(T0, FRONTEND, host="node-1", dropped=10, seconds=20, rate=1000,
                        reporter="node-1")

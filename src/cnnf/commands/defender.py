@@ -227,11 +227,14 @@ def status(
                        "repeats answered in the kernel: "
                        + ", ".join(f"{k} {v}" for k, v in fp["hits"].items()))
         adm = data.get("admission") or {}
-        if adm.get("rate"):
+        if adm.get("rate") or adm.get("dropped"):
             top = ", ".join(f"{t['name'] or t['address']} ({t['address']}) {t['dropped']}"
                             for t in adm["top"])
-            typer.echo(f"admission: {adm['rate']} new connections/s per source; "
-                       f"{adm['dropped']} SYNs dropped"
+            by_loop = adm.get("by_verdict_loop") or 0
+            typer.echo(f"admission: {adm['rate'] or 'no limit of'} new connections/s per "
+                       f"source; {adm['dropped']} SYNs dropped"
+                       + (f" ({by_loop} of them by the verdict loop, beyond their source's "
+                          "fair share)" if by_loop else "")
                        + (" (overloaded now)" if adm["overload"] else "")
                        + (f"; top sources: {top}" if top else ""))
         obs = data.get("observation") or {}

@@ -454,6 +454,9 @@ class Agent:
         self._inventories: dict[int, tuple[Inventory, float]] = {}
         self._sent_nets: tuple[str, ...] = ()
         self.overload = OverloadTracker()
+        # SYNs the verdict workers dropped beyond a source's fair share, per
+        # source, not yet fed to the overload tracker
+        self._shed: dict[str, int] = {}
         self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
         self.link: Any = None
         self.runner: Any = None
@@ -1013,6 +1016,8 @@ class Agent:
         if offers and self.cache is not None:
             with self._lock:
                 self.cache.offer(offers, time.monotonic())
+        for source, n in self.datapath.workers.shed().items():
+            self._shed[source] = self._shed.get(source, 0) + n
         self._record_fast()
         self._collect_observed()
 
@@ -1121,9 +1126,11 @@ class Agent:
                 with self._lock:
                     self.cache.apply(reading, self._context())
                     self.cache.expire(now, self._context())
+            counters = backend.overload_counters() if self.config.admission_rate else {}
+            shed, self._shed = self._shed, {}
+            for report in self.overload.update(counters, now, shed):
+                self._on_overload(report)
             if self.config.admission_rate:
-                for report in self.overload.update(backend.overload_counters(), now):
-                    self._on_overload(report)
                 idle = self.overload.idle_sources(now)
                 if idle:
                     backend.overload_forget(idle)
@@ -1174,18 +1181,24 @@ class Agent:
             log.warning("overload ended", lasted_s=round(time.monotonic() - report.started, 1),
                         dropped=report.episode, top_sources=self._named(self.overload.top()))
         elif report.first:
-            log.warning("overload: the admission limit is dropping new connections",
-                        limit_per_source=rate, dropped=report.total, top_sources=top)
+            by_loop = sum(report.shed.values())
+            log.warning("overload: the admission limit is dropping new connections"
+                        if by_loop < report.total else
+                        "overload: the verdict loop is dropping new connections beyond "
+                        "their source's fair share",
+                        limit_per_source=rate, dropped=report.total,
+                        by_verdict_loop=by_loop, top_sources=top)
         else:
             log.warning("overload continues", seconds=round(report.seconds, 1),
-                        dropped=report.total, top_sources=top)
+                        dropped=report.total, by_verdict_loop=sum(report.shed.values()),
+                        top_sources=top)
         now = self.clock()
         for address, n in report.dropped.items():
             src = self.recorder.info(self.inventory.endpoint(address))
             self.recorder.add_audit(overload_audit(
                 now, src, host=self.config.hostname, dropped=n,
                 seconds=max(report.seconds, KERNEL_POLL_INTERVAL), rate=rate,
-                reporter=self.config.hostname))
+                reporter=self.config.hostname, shed=report.shed.get(address, 0)))
 
     def _on_unidentified(self, p: PacketInfo) -> None:
         self.unidentified += 1
@@ -1314,7 +1327,7 @@ class Agent:
             "counters": {
                 "accepted": total.accepted, "audited": total.audited,
                 "rejected": total.rejected, "dropped": total.dropped, "errors": total.errors,
-                "reports_lost": total.reports_lost,
+                "reports_lost": total.reports_lost, "shed": total.shed,
             },
             "flows": self.flows_out,
             "audits": self.audits_out,
@@ -1354,6 +1367,7 @@ class Agent:
             },
             "admission": {
                 "rate": self.config.admission_rate, "dropped": self.overload.total,
+                "by_verdict_loop": self.overload.shed_total,
                 "overload": self.overload.active,
                 "top": [{"address": a, "name": self._source_label(a), "dropped": n}
                         for a, n in self.overload.top()],
@@ -1400,6 +1414,7 @@ class Agent:
             fastpath_entries=len(self.cache) if self.cache is not None else 0,
             fastpath_hits=self._fast_hit_counts(),
             admission_dropped=self.overload.total,
+            verdict_shed=t.shed,
             admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
             overload=int(self.overload.active),
             observed_waiting=self.observed.waiting,

@@ -34,7 +34,10 @@ class Figures:
     queue_user_dropped: int = 0  # the verdict loop's socket buffer overflowed
     fastpath_entries: int = 0  # cached verdicts in the kernel
     fastpath_hits: dict[str, int] = field(default_factory=dict)  # verdict -> repeats answered
-    admission_dropped: int = 0  # SYNs the per-source admission limit dropped, all sources
+    # SYNs dropped as overload, all sources: by the per-source admission limit,
+    # and by the verdict loop beyond a source's fair share (that part: verdict_shed)
+    admission_dropped: int = 0
+    verdict_shed: int = 0
     # the top sources: (address, name, SYNs dropped)
     admission_top: list[tuple[str, str, int]] = field(default_factory=list)
     overload: int = 0  # 1 while an overload episode lasts
@@ -63,7 +66,8 @@ class DefenderCollector(Collector):
             fp.add_metric([verdict], n)
         yield fp
         top = GaugeMetricFamily("cnnf_defender_admission_dropped_by_source", "SYNs the "
-                                "admission limit dropped, top sources (all time)",
+                                "admission limit or the verdict loop dropped as overload, "
+                                "top sources (all time)",
                                 labels=["source", "name"])
         for address, name, n in f.admission_top:
             top.add_metric([address, name], n)
@@ -85,7 +89,8 @@ class DefenderCollector(Collector):
             ("spool_batches", "report batches waiting for the console", f.spool_batches),
             ("console_connected", "1 while the console link is up", f.console_connected),
             ("fastpath_entries", "verdicts cached in the kernel", f.fastpath_entries),
-            ("overload", "1 while the admission limit is dropping SYNs", f.overload),
+            ("overload", "1 while the admission limit or the verdict loop is dropping "
+             "SYNs as overload", f.overload),
             ("observed_waiting", "observed connections (enforcement off) waiting to be "
              "recorded", f.observed_waiting),
             ("engine_up", "1 while the container engine answers", f.engine_up),
@@ -99,8 +104,11 @@ class DefenderCollector(Collector):
             ("repairs", "kernel state repairs", f.repairs),
             ("queue_user_dropped", "SYNs lost because the verdict loop's socket buffer "
              "was full", f.queue_user_dropped),
-            ("admission_dropped", "SYNs the per-source admission limit dropped",
+            ("admission_dropped", "SYNs dropped as overload: by the per-source admission "
+             "limit, or by the verdict loop beyond their source's fair share",
              f.admission_dropped),
+            ("verdict_shed", "SYNs the verdict loop dropped undecided: beyond their "
+             "source's fair share, or waiting over 1 s", f.verdict_shed),
             ("unidentified_dropped", "SYNs of containers not named yet, dropped once",
              f.unidentified_dropped),
             ("observed_dropped", "observed connections (enforcement off) dropped "

@@ -165,23 +165,37 @@ def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: 
     return f"{action} connection from {src_name} to {dst_name} port {port} by {why}"
 
 
-def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int) -> str:
-    """The human sentence of an overload audit."""
+def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int,
+                     shed: int = 0) -> str:
+    """The human sentence of an overload audit. ``shed``: how many of the
+    ``dropped`` the verdict loop dropped (more of the source's SYNs waiting
+    than its fair share of the loop), the rest being the admission limit's."""
     syns = "SYN" if dropped == 1 else "SYNs"
-    return (f"overload: the admission limit ({rate} new connections/s per source) dropped "
-            f"{dropped:,} {syns} from {endpoint_name(src)} in {round(seconds, 1):g} s")
+    when = f"from {endpoint_name(src)} in {round(seconds, 1):g} s"
+    limit = f"the admission limit ({rate} new connections/s per source)"
+    share = "the verdict loop (beyond the source's fair share)"
+    if not shed:
+        return f"overload: {limit} dropped {dropped:,} {syns} {when}"
+    if shed >= dropped:
+        return f"overload: {share} dropped {dropped:,} {syns} {when}"
+    return (f"overload: {dropped:,} SYNs dropped {when}: {dropped - shed:,} by {limit}, "
+            f"{shed:,} by {share}")
 
 
 def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seconds: float,
-                   rate: int, reporter: str) -> AuditEvent:
+                   rate: int, reporter: str, shed: int = 0) -> AuditEvent:
     """The audit of one flooding source: ``dropped`` SYNs from ``src`` that the
     per-source admission limit (``rate`` new connections per second) dropped on
-    ``host`` in the last ``seconds``. No rule and no destination port decided
-    it, so ``rule_id`` is None and ``port`` 0; the destination is the host.
-    The numbers are keyword-only: three counts in a row are easy to swap."""
+    ``host`` in the last ``seconds``, ``shed`` of them dropped by the verdict
+    loop instead (beyond the source's fair share). No rule and no destination
+    port decided it, so ``rule_id`` is None and ``port`` 0; the destination is
+    the host. The numbers are keyword-only: three counts in a row are easy to
+    swap."""
     if dropped < 1:
         raise ValueError(f"dropped: {dropped} is not a positive count of SYNs")
-    if rate < 1:
+    if not 0 <= shed <= dropped:
+        raise ValueError(f"shed: {shed} is not a count of SYNs within dropped ({dropped})")
+    if rate < 1 and shed < dropped:  # the admission limit is off: only the loop drops
         raise ValueError(f"rate: {rate} is not a positive rate")
     if not seconds > 0:
         raise ValueError(f"seconds: {seconds} is not a positive window")
@@ -189,7 +203,7 @@ def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, s
         time=time, type=AuditType.OVERLOAD, effect=Effect.PREVENT, blocked=True,
         rule_id=None, rule_name="", src=src,
         dst=EndpointInfo(kind="host", host=host, address=None), port=0,
-        message=overload_message(src, dropped, seconds, rate), count=dropped,
+        message=overload_message(src, dropped, seconds, rate, shed), count=dropped,
         reporter=reporter,
     )
 

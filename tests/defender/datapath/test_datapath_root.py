@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import cpulimit  # tests/cpulimit.py
 import netns
 from cnnf.defender.datapath import (
     HEARTBEAT_TIMEOUT,
@@ -630,6 +631,77 @@ def test_a_flooding_source_is_limited_in_the_kernel_and_others_get_through(
     assert all(q.dropped == 0 for q in c.queues)  # the queue itself never filled
     dp.backend.overload_forget([t.C1])
     assert t.C1 not in dp.backend.overload_counters()
+
+
+SCAN = 20000  # the flooder's first port: hping3 -p ++20000 (a new port each SYN)
+
+
+def prevent_the_scan(packet: PacketInfo) -> Outcome:
+    """The flooder's ports are prevented (dropped: hping3 gets no answer)."""
+    if packet.dport >= SCAN:
+        return Outcome(Decision.DROP, detail="scan")
+    return decide_by_port(packet)
+
+
+@pytest.mark.parametrize("fail_open", [True, False], ids=["fail-open", "fail-closed"])
+def test_a_flooding_source_starves_no_one_when_the_verdict_loop_is_short_of_cpu(
+    h: Harness, servers: None, fail_open: bool
+) -> None:
+    """c1 scans c2 (a new port each SYN, so the admission limit lets 1,000 a
+    second of them into the queue) while the verdict worker runs under a CPU
+    quota (10 % of a core: about what deciding 1,000 a second takes), and c2
+    keeps connecting to remote. c2's connections all get through in time; none
+    of c1's prevented SYNs reaches c2; what c1 lost beyond its share is counted
+    against c1 alone. Without the fair waiting room the kernel queue fills with
+    c1's SYNs and c2's wait behind them (or are dropped with them): timeouts."""
+    t = h.topo
+    dp = h.start(DatapathConfig(dns=False, fail_open=fail_open), prevent_the_scan)
+    beating = threading.Event()  # the Defender's heartbeat keeps the limit on
+
+    def beat() -> None:
+        while not beating.wait(0.5):
+            dp.backend.heartbeat()
+
+    threading.Thread(target=beat, daemon=True).start()
+    # Count c1's scan SYNs that reach c2 (in c2's own namespace): all prevented.
+    counter = ["INPUT", "-s", t.C1, "-p", "tcp", "--syn", "--dport", f"{SCAN}:65535"]
+    t.c2.run("iptables", "-I", *counter)
+    try:
+        with cpulimit.cpu_quota(dp.workers.pids, 0.1) as group:
+            flood = subprocess.Popen(
+                t.c1.argv("timeout", "8", "hping3", "-S", "-p", f"++{SCAN}", "--flood", t.C2),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                # the scan is on: the limit drops its excess before the queue
+                assert poll(lambda: dp.backend.overload_counters().get(t.C1, 0) > 1000, 5)
+                prober = probing(t.c2, t.REMOTE, ALLOW, 5)
+                seen: dict[str, object] = {**outcomes(prober)}
+                seen["queue"] = queue_stats(dp.netns)  # the kernel's: waiting, dropped
+                held_back = cpulimit.throttled_us(group)
+            finally:
+                flood.wait(15)
+        reached = t.c2.run("iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
+    finally:
+        beating.set()
+        t.c2.run("iptables", "-D", *counter)
+    assert held_back > 0  # the quota did bite
+    ok, timeout = int(seen.get("ok", 0)), int(seen.get("timeout", 0))  # type: ignore[call-overload]
+    assert ok >= 100 and "refused" not in seen, seen
+    assert timeout * 100 <= ok, seen  # at least 99 % through
+    assert [int(ln.split()[0]) for ln in reached.splitlines()
+            if f"dpts:{SCAN}:65535" in ln] == [0], reached
+    # c1's SYNs beyond its share were dropped by the loop, counted against c1 only
+    shed: dict[str, int] = {}
+
+    def all_shed_reported() -> bool:
+        dp.workers.reports()
+        for source, n in dp.workers.shed().items():
+            shed[source] = shed.get(source, 0) + n
+        return sum(shed.values()) == dp.stats().total.shed
+
+    assert poll(all_shed_reported)
+    assert shed.get(t.C1, 0) > 0 and set(shed) == {t.C1}, shed
+    assert dp.stats().total.errors == 0
 
 
 def test_fail_closed_never_lets_a_prevented_syn_through_across_kill_and_restart(

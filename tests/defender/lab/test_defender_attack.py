@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_defender_lab import RULES, Cluster, Defender, poll, running_cluster
 
+import cpulimit  # tests/cpulimit.py
 import netns  # tests/netns.py
 from cnnf.lab.topology import Container
 
@@ -158,12 +159,48 @@ def rss_total(d: Defender) -> int:
     return rss_kib(d.proc.pid) + sum(map(rss_kib, (d.status() or {}).get("worker_pids", [])))
 
 
+# The verdict workers' CPU during the floods: a quota far below what deciding
+# the 1,000 SYNs a second the admission limit lets in from the flooder takes,
+# so the tests do not depend on how loaded the machine happens to be.
+VERDICT_CPU = 0.1
+SCAN_RULE = ["INPUT", "-p", "tcp", "--syn", "!", "--dport", "8080", "-m", "comment",
+             "--comment", "cnnft-scan"]
+
+
+def scan_syns_reaching_api(c: Cluster) -> int:
+    """SYNs from the frontend that reached api on a port other than 8080 (all
+    prevented), counted by a rule in api's own namespace (scan_counter)."""
+    out = subprocess.run(["nsenter", f"--net={in_container(c, 'api')}", "iptables", "-L",
+                          "INPUT", "-v", "-x", "-n"], capture_output=True, text=True,
+                         check=True).stdout
+    (count,) = [int(ln.split()[0]) for ln in out.splitlines() if "cnnft-scan" in ln]
+    return count
+
+
 def flood_while_probing(c: Cluster, hping_port: list[str], seconds: int) -> dict[str, Any]:
     """hping3 from the frontend at api (bounded by ``seconds``) while the frontend
-    keeps trying the data tier and api keeps using cache."""
+    keeps trying the data tier and api keeps using cache; the Defender's verdict
+    workers run under a CPU quota (VERDICT_CPU of a core) meanwhile."""
     frontend, api_ns = in_container(c, "frontend"), in_container(c, "api")
     db, cache, api, payments = (c.lab.address_of(n) or ""
                                 for n in ("db", "cache", "api", "payments"))
+    frontend_ip = c.lab.address_of("frontend") or ""
+    rule = ["nsenter", f"--net={api_ns}", "iptables"]
+    subprocess.run([*rule, "-I", *SCAN_RULE[:1], "-s", frontend_ip, *SCAN_RULE[1:]], check=True)
+    try:
+        with cpulimit.cpu_quota((c.d1.status() or {})["worker_pids"], VERDICT_CPU) as group:
+            seen = _flood(frontend, api_ns, (db, cache, api, payments), hping_port, seconds)
+            seen["throttled_us"] = cpulimit.throttled_us(group)
+        seen["scan_reached_api"] = scan_syns_reaching_api(c)
+    finally:
+        subprocess.run([*rule, "-D", *SCAN_RULE[:1], "-s", frontend_ip, *SCAN_RULE[1:]],
+                       check=True)
+    return seen
+
+
+def _flood(frontend: str, api_ns: str, targets: tuple[str, str, str, str],
+           hping_port: list[str], seconds: int) -> dict[str, Any]:
+    db, cache, api, payments = targets
     flood = subprocess.Popen(["nsenter", f"--net={frontend}", "timeout", str(seconds),
                               "hping3", "-S", *hping_port, "--flood", api],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -183,7 +220,10 @@ def flood_while_probing(c: Cluster, hping_port: list[str], seconds: int) -> dict
 
 
 def assert_held(seen: dict[str, Any]) -> None:
-    """0 prevented connections connected; at least 99 % of the allowed ones did."""
+    """0 prevented connections connected, none of the scan's SYNs reached api; at
+    least 99 % of the allowed ones connected, with the verdict loop held back."""
+    assert seen["throttled_us"] > 0, seen  # the quota did bite
+    assert seen["scan_reached_api"] == 0, seen
     assert seen["frontend->db"].get("ok", 0) == 0, seen
     assert seen["frontend->cache"].get("ok", 0) == 0, seen
     bad = seen["api->payments:22"]

@@ -40,6 +40,7 @@ class VerdictCounters:
     dropped: int = 0
     errors: int = 0
     reports_lost: int = 0  # reports dropped because nobody read them
+    shed: int = 0  # dropped undecided: beyond a source's fair share (fairqueue)
 
     @property
     def total(self) -> int:
@@ -53,4 +54,5 @@ class VerdictCounters:
             self.dropped + other.dropped,
             self.errors + other.errors,
             self.reports_lost + other.reports_lost,
+            self.shed + other.shed,
         )

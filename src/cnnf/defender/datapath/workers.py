@@ -7,6 +7,17 @@ names from its replica :class:`DnsCache`), calls ``decide(packet)`` and issues t
 kernel verdict. Nothing else happens on that path: counters live in shared
 memory and reports are sent in batches.
 
+Fairness. A worker does not decide SYNs in the kernel queue's order: it reads
+the queue first (cheap: the source address is all it looks at) into a
+:class:`~cnnf.defender.datapath.fairqueue.FairQueue`, one bounded FIFO per
+source, and decides round robin over the sources, a few SYNs per turn between
+reads. So a source flooding new connections (a port scan: the admission limit
+lets 1,000 a second of them in) cannot push another source's SYN out of the
+kernel queue or make it wait behind its own, however little CPU the worker
+gets; its SYNs beyond its share are dropped (never accepted, in either failure
+mode: overload is not "no Defender"), counted in the ``shed`` slot and per
+source (:meth:`VerdictWorkers.shed`), which the Defender reports as overload.
+
 Control: :meth:`VerdictWorkers.broadcast` sends a message to every worker; DNS
 records update the replica cache, any other message is passed to
 ``decide.update(message)`` if ``decide`` has that method (e.g. a new compiled
@@ -21,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import ipaddress
 import multiprocessing
 import queue
 import select
@@ -34,15 +46,28 @@ from typing import Any
 
 from cnnf.defender.datapath.backend import DatapathConfig
 from cnnf.defender.datapath.dns import DnsCache, DnsRecord
+from cnnf.defender.datapath.fairqueue import FairQueue
 from cnnf.defender.datapath.netns import DatapathError, NetnsRef
 from cnnf.defender.datapath.nfqueue import NF_ACCEPT, NF_DROP, NF_REPEAT, QueueBusyError, QueueLoop
 from cnnf.defender.datapath.packet import TCP, Decision, Outcome, PacketInfo, parse_packet
 from cnnf.defender.datapath.stats import VerdictCounters
 
 Decide = Callable[[PacketInfo], Decision | Outcome]
-_SLOTS = 6  # accepted, audited, rejected, dropped, errors, reports lost
+_SLOTS = 7  # accepted, audited, rejected, dropped, errors, reports lost, shed
 _ERRORS = 4
 _LOST = 5
+_SHED = 6
+# Per turn of a worker's loop: read up to READ_BATCH queued SYNs (all that wait,
+# usually), then decide up to DECIDE_BATCH of those waiting, round robin. Reading
+# costs a fraction of deciding, so the kernel queue stays short even when the
+# worker gets less CPU than the admitted SYNs need.
+READ_BATCH = 256
+DECIDE_BATCH = 32
+# SYNs waiting in the worker, per source and in all: a SYN held here still
+# counts against the kernel queue's length (``queue_maxlen``), so the room is
+# kept below it (half of it, at most 2,048).
+PER_SOURCE = 128
+MAX_WAIT = 1.0  # seconds: a SYN older than its client's first retry is dropped
 _PR_SET_PDEATHSIG = 1
 
 
@@ -93,6 +118,11 @@ class _Worker:
         self.reject_mark = self.config.reject_mark
         self.reset = self.config.block_mode == "reset"
         self.running = True
+        total = max(1, min(2048, self.config.queue_maxlen // 2))
+        self.room: FairQueue[tuple[int, bytes, int]] = FairQueue(
+            per_source=min(PER_SOURCE, total), total=total, max_wait=MAX_WAIT)
+        self.shed: dict[bytes, int] = {}  # source -> SYNs dropped undecided, not yet sent
+        self.loop: QueueLoop | None = None
 
     def apply(self, message: Any) -> None:
         if message is None:
@@ -157,15 +187,54 @@ class _Worker:
             return NF_REPEAT, mark | self.reject_mark
         return NF_DROP, None
 
+    def receive(self, packet_id: int, payload: bytes, mark: int) -> None:
+        """A SYN read from the kernel queue: it waits in the room, by source."""
+        version = payload[0] >> 4 if payload else 0
+        source = payload[12:16] if version == 4 else payload[8:24] if version == 6 else b""
+        for src, (pid, _, _) in self.room.push(source, (packet_id, payload, mark),
+                                               time.monotonic()):
+            self._shed(src, pid)
+
+    def _shed(self, source: bytes, packet_id: int) -> None:
+        assert self.loop is not None
+        self.loop.verdict(packet_id, NF_DROP)
+        self.pool._counters[self.base + _SHED] += 1
+        self.shed[source] = self.shed.get(source, 0) + 1
+
+    def decide_some(self, n: int) -> None:
+        """Decide up to ``n`` waiting SYNs, one source after the other."""
+        loop = self.loop
+        assert loop is not None
+        room = self.room
+        for _ in range(n):
+            item, stale = room.pop(time.monotonic())
+            for src, (pid, _, _) in stale:
+                self._shed(src, pid)
+            if item is None:
+                return
+            packet_id, payload, mark = item
+            try:
+                verdict, new_mark = self.handle(payload, mark)
+            except Exception:  # never leave a packet without a verdict
+                self.pool._counters[self.base + _ERRORS] += 1
+                verdict, new_mark = NF_DROP, None
+            loop.verdict(packet_id, verdict, new_mark)
+
     def flush(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.pending and (force or len(self.pending) >= 256 or now - self.last_flush > 0.02):
+        if (self.pending or self.shed) and (
+                force or len(self.pending) >= 256 or now - self.last_flush > 0.02):
             try:
-                self.pool._reports.put_nowait(self.pending)
+                self.pool._reports.put_nowait((self.pending, self.shed))
             except queue.Full:
-                # Nobody reads the reports: lose them rather than stall verdicts.
+                # Nobody reads the reports: lose them rather than stall verdicts
+                # (the shed counts wait for the next batch).
                 self.pool._counters[self.base + _LOST] += len(self.pending)
+                self.pending = []
+                self.last_flush = now
+                return
             self.pending = []
+            self.shed = {}
             self.last_flush = now
 
     def run(self, status: Connection) -> None:
@@ -173,24 +242,31 @@ class _Worker:
             self.pool.netns.enter()
             loop = QueueLoop(
                 self.config.queue_num + self.index,
-                self.handle,
+                None,
+                defer=self.receive,
                 error_verdict=NF_DROP,
                 maxlen=self.config.queue_maxlen,
             )
         except DatapathError as exc:
             status.send((type(exc).__name__, str(exc)))
             return
+        self.loop = loop
         status.send(("ok", ""))
         fds = [loop.fileno(), self.control.fileno()]
+        room = self.room
         try:
             while self.running:
-                ready, _, _ = select.select(fds, [], [], 0.05)
+                ready, _, _ = select.select(fds, [], [], 0 if len(room) else 0.05)
                 if self.control.fileno() in ready:
                     self.drain_control()
                 if fds[0] in ready:
-                    loop.process()
-                self.flush(force=not ready)
+                    loop.process(READ_BATCH)
+                if len(room):
+                    self.decide_some(DECIDE_BATCH)
+                self.flush(force=not ready and not len(room))
         finally:
+            for src, (pid, _, _) in room.drain():  # not decided: dropped, never accepted
+                self._shed(src, pid)
             self.flush(force=True)
             loop.close()
 
@@ -223,6 +299,7 @@ class VerdictWorkers:
         self._procs: list[Any] = [None] * config.queues
         self._controls: list[Connection | None] = [None] * config.queues
         self._lock = threading.Lock()
+        self._shed_by_source: dict[bytes, int] = {}
 
     def _spawn(self, index: int) -> None:
         recv_end, send_end = self._ctx.Pipe(duplex=False)
@@ -312,13 +389,31 @@ class VerdictWorkers:
         ]
 
     def reports(self) -> list[Report]:
-        """Reports sent so far by the workers (batched every 20 ms or 256 reports)."""
+        """Reports sent so far by the workers (batched every 20 ms or 256 reports).
+        The SYNs they dropped undecided come along: :meth:`shed`."""
         out: list[Report] = []
         while True:
             try:
-                out.extend(self._reports.get_nowait())
+                reports, shed = self._reports.get_nowait()
             except queue.Empty:
                 return out
+            out.extend(reports)
+            for source, n in shed.items():
+                self._shed_by_source[source] = self._shed_by_source.get(source, 0) + n
+
+    def shed(self) -> dict[str, int]:
+        """Source address -> SYNs the workers dropped undecided (more waiting
+        than the source's share, or waiting too long) since the last call, as
+        far as :meth:`reports` has read their batches."""
+        out: dict[str, int] = {}
+        for raw, n in self._shed_by_source.items():
+            try:
+                address = str(ipaddress.ip_address(raw))
+            except ValueError:
+                address = "unknown"  # not IP: cannot happen for queued SYNs
+            out[address] = out.get(address, 0) + n
+        self._shed_by_source = {}
+        return out
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the workers (their queues are unbound when they exit)."""
