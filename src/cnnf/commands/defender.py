@@ -235,6 +235,8 @@ def status(
                        f"source; {adm['dropped']} SYNs dropped"
                        + (f" ({by_loop} of them by the verdict loop, beyond their source's "
                           "fair share)" if by_loop else "")
+                       + (f" (tightened to {adm.get('tightened_rate')}/s per source now: the "
+                          "verdict loop is behind)" if adm.get("tightened") else "")
                        + (" (overloaded now)" if adm["overload"] else "")
                        + (f"; top sources: {top}" if top else ""))
         obs = data.get("observation") or {}

@@ -163,6 +163,10 @@ MAX_BATCH_RECORDS = 1000
 OFFLINE_REPORT_INTERVAL = 30.0
 # Seconds between reads of the kernel's fast-path and admission counters.
 KERNEL_POLL_INTERVAL = 1.0
+# SYNs waiting in the kernel queues that mean the verdict loop is behind (the
+# workers read the queue into their fair waiting room as SYNs come: a backlog
+# means they cannot even read in time).
+BUSY_BACKLOG = 512
 # How often the datapath is checked (read only) for "datapath up" (the Console's
 # Defenders page); a change is reported at once. Repairs run on their own interval.
 DATAPATH_CHECK_INTERVAL = 2.0
@@ -457,6 +461,8 @@ class Agent:
         # SYNs the verdict workers dropped beyond a source's fair share, per
         # source, not yet fed to the overload tracker
         self._shed: dict[str, int] = {}
+        self._shed_seen = 0  # the workers' shed counter at the last kernel poll
+        self.busy = False  # the admission limit is tightened: the verdict loop is behind
         self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
         self.link: Any = None
         self.runner: Any = None
@@ -1131,12 +1137,42 @@ class Agent:
             for report in self.overload.update(counters, now, shed):
                 self._on_overload(report)
             if self.config.admission_rate:
+                self._tighten_if_behind()
                 idle = self.overload.idle_sources(now)
                 if idle:
                     backend.overload_forget(idle)
                     self.overload.forget(idle)  # only once they left the kernel set
         except Exception as exc:  # a bad reading must not stop the main loop
             log.error("kernel counters not read", error=str(exc))
+
+    def _tighten_if_behind(self) -> None:
+        """While the verdict loop is behind (it dropped SYNs beyond a source's
+        fair share, or the kernel queue holds a backlog), the kernel admits a
+        tenth of the admission rate per source: what the workers cannot read in
+        time is then dropped before the queue, so a Defender short of CPU still
+        serves the other sources. It stays tightened while the overload episode
+        lasts (the flood goes on) and is renewed every poll; a stalled main loop
+        lets it lapse within BUSY_TIMEOUT."""
+        assert self.datapath is not None
+        stats = self.datapath.stats()
+        ours = {self.config.queue_num + i for i in range(self.config.queues)}
+        backlog = sum(q.waiting for q in stats.queues if q.queue in ours)
+        shed = stats.total.shed
+        behind = shed > self._shed_seen or backlog >= BUSY_BACKLOG
+        self._shed_seen = shed
+        backend = self.datapath.backend
+        if behind and not self.busy:
+            self.busy = True
+            log.warning("overload: the verdict loop is behind; the admission limit is "
+                        "tightened", limit_per_source=self.datapath.config.busy_rate,
+                        backlog=backlog, dropped_by_verdict_loop=shed)
+        elif self.busy and not behind and not self.overload.active:
+            self.busy = False
+            backend.busy(False)
+            log.warning("overload: the verdict loop caught up; the admission limit is "
+                        "back", limit_per_source=self.config.admission_rate)
+        if self.busy:
+            backend.busy(True)
 
     def _heartbeat(self) -> None:
         """Keep the kernel's cached verdicts and admission limit on while this
@@ -1368,6 +1404,8 @@ class Agent:
             "admission": {
                 "rate": self.config.admission_rate, "dropped": self.overload.total,
                 "by_verdict_loop": self.overload.shed_total,
+                "tightened": self.busy,
+                "tightened_rate": self.datapath.config.busy_rate,
                 "overload": self.overload.active,
                 "top": [{"address": a, "name": self._source_label(a), "dropped": n}
                         for a, n in self.overload.top()],
@@ -1417,6 +1455,7 @@ class Agent:
             verdict_shed=t.shed,
             admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
             overload=int(self.overload.active),
+            admission_tightened=int(self.busy),
             observed_waiting=self.observed.waiting,
             observed_dropped=self.observed_dropped,
             observed_top=[(a, self._source_label(a) if not is_outside(a) else "", n)

@@ -41,6 +41,7 @@ class Figures:
     # the top sources: (address, name, SYNs dropped)
     admission_top: list[tuple[str, str, int]] = field(default_factory=list)
     overload: int = 0  # 1 while an overload episode lasts
+    admission_tightened: int = 0  # 1 while the limit is a tenth: the verdict loop is behind
     observed_waiting: int = 0  # observed connections (conntrack) not evaluated yet
     observed_dropped: int = 0  # observed connections dropped: more than observation keeps up with
     observed_top: list[tuple[str, str, int]] = field(default_factory=list)  # by source
@@ -91,6 +92,8 @@ class DefenderCollector(Collector):
             ("fastpath_entries", "verdicts cached in the kernel", f.fastpath_entries),
             ("overload", "1 while the admission limit or the verdict loop is dropping "
              "SYNs as overload", f.overload),
+            ("admission_tightened", "1 while the admission limit is tightened to a tenth "
+             "because the verdict loop is behind", f.admission_tightened),
             ("observed_waiting", "observed connections (enforcement off) waiting to be "
              "recorded", f.observed_waiting),
             ("engine_up", "1 while the container engine answers", f.engine_up),

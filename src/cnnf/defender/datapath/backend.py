@@ -61,7 +61,11 @@ class DatapathConfig:
     ``admission_rate``: SYNs per second and source address that the fast path
     does not answer, let into the queue (``hashlimit``, burst
     ``admission_burst``); above it they are dropped in the kernel and counted
-    per source. 0 turns the limit off.
+    per source. 0 turns the limit off. While the Defender signals that its
+    verdict loop is behind (``busy(True)``: SYNs dropped beyond a source's fair
+    share, or a backlog in the kernel queue), the limit is ``busy_rate``
+    (a tenth, burst twice that) instead: a flood is then mostly dropped in the
+    kernel, before the queue, whatever CPU the loop gets.
 
     ``fastpath``: decided (source, destination port, destination) triples are
     kept in kernel sets (accept, reject, drop) with packet counters, so repeats
@@ -116,6 +120,11 @@ class DatapathConfig:
     def families(self) -> tuple[int, ...]:
         return (4, 6) if self.ipv6 else (4,)
 
+    @property
+    def busy_rate(self) -> int:
+        """The per-source admission limit while the verdict loop is behind."""
+        return max(1, self.admission_rate // 10)
+
 
 @dataclass(slots=True)
 class InstallReport:
@@ -144,6 +153,17 @@ FastEntry = tuple[FastVerdict, str, int, str]
 def alive_set(family: int) -> str:
     """Holds the whole address space while the Defender's heartbeat is fresh."""
     return f"{SET_PREFIX}alive{family}"
+
+
+def busy_set(family: int) -> str:
+    """Holds the whole address space while the Defender says its verdict loop is
+    behind: the admission limit is then ``DatapathConfig.busy_rate``."""
+    return f"{SET_PREFIX}busy{family}"
+
+
+# A busy signal lasts this long unless renewed (the Defender renews it every
+# second while its verdict loop is behind and the flood goes on).
+BUSY_TIMEOUT = 5
 
 
 def overload_set(family: int) -> str:
@@ -218,6 +238,11 @@ class FirewallBackend(Protocol):
     def heartbeat(self) -> None:
         """Keep the fast path and the admission limit on for another
         ``HEARTBEAT_TIMEOUT`` seconds."""
+        ...
+
+    def busy(self, on: bool) -> None:
+        """The verdict loop is behind (on): tighten the admission limit to
+        ``busy_rate`` for ``BUSY_TIMEOUT`` seconds; off: back to the rate now."""
         ...
 
     def heartbeat_stop(self) -> None:

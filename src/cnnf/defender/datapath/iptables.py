@@ -16,7 +16,9 @@ SYN = ``-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED``)::
     CNNF-QUEUE    while the heartbeat set cnnf-alive is fresh: the fast path,
                   (src, dport, dst) in cnnf-fpa -> ACCEPT,
                   in cnnf-fpr -> REJECT tcp-reset, in cnnf-fpd -> DROP;
-                  then admission: above the per-source hashlimit -> CNNF-OVERLOAD;
+                  then admission: above the per-source hashlimit -> CNNF-OVERLOAD,
+                  and while cnnf-busy is fresh (the verdict loop is behind) above
+                  a tenth of it -> CNNF-OVERLOAD;
                   (fail-closed) set the pending mark; NFQUEUE --queue-bypass
     CNNF-OVERLOAD add the source to cnnf-over (packet counters); DROP
 
@@ -44,6 +46,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from cnnf.defender.datapath.backend import (
+    BUSY_TIMEOUT,
     CHAIN_PREFIX,
     FASTPATH_GRACE,
     HEARTBEAT_TIMEOUT,
@@ -55,6 +58,7 @@ from cnnf.defender.datapath.backend import (
     FastVerdict,
     InstallReport,
     alive_set,
+    busy_set,
     overload_set,
 )
 from cnnf.defender.datapath.netns import DatapathError, NetnsRef
@@ -235,6 +239,13 @@ class IptablesBackend:
                 f"--hashlimit-mode srcip --hashlimit-name {self._hashlimit_name(family)} "
                 "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536 "
                 f"-j {OVERLOAD_CHAIN}",
+                # While the Defender says its verdict loop is behind: a tenth.
+                f"-A {QUEUE_CHAIN} {alive} -m set --match-set {busy_set(family)} src "
+                f"-m hashlimit --hashlimit-above {c.busy_rate}/sec --hashlimit-burst "
+                f"{2 * c.busy_rate} --hashlimit-mode srcip "
+                f"--hashlimit-name {self._hashlimit_name(family, busy=True)} "
+                "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536 "
+                f"-j {OVERLOAD_CHAIN}",
                 # Count per source: the add counts the first packet too (the
                 # reader subtracts it); an existing entry is left as it is.
                 f"-A {OVERLOAD_CHAIN} -j SET --add-set {over} src",
@@ -248,10 +259,13 @@ class IptablesBackend:
         lines += [f"-I {b} 1 -m comment --comment {TAG} -j {CHAIN_PREFIX}{b}" for b in BUILTIN]
         return lines
 
-    def _hashlimit_name(self, family: int) -> str:
+    def _hashlimit_name(self, family: int, busy: bool = False) -> str:
         """Named after its settings: a rule replaced in place keeps its table's
         settings from creation, so other settings need another table."""
         c = self.config
+        if busy:
+            digest = zlib.crc32(f"busy {c.busy_rate}".encode())
+            return f"cnnfb{family}-{digest:08x}"  # at most 15 characters
         digest = zlib.crc32(f"{c.admission_rate}/{c.admission_burst}".encode())
         return f"cnnf{family}-{digest:08x}"  # at most 15 characters
 
@@ -350,6 +364,7 @@ class IptablesBackend:
             specs[alive_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
             if c.admission_rate:
                 specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
+                specs[busy_set(family)] = f"hash:net family {fam} timeout {BUSY_TIMEOUT}"
         return specs
 
     def _set_names(self) -> list[str]:
@@ -483,6 +498,17 @@ class IptablesBackend:
         halves = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
         lines = [f"add {alive_set(f)} {net} timeout {HEARTBEAT_TIMEOUT} -exist"
                  for f in self.config.families for net in halves[f]]
+        self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
+
+    def busy(self, on: bool) -> None:
+        if not self.config.admission_rate:
+            return
+        halves = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
+        if on:
+            lines = [f"add {busy_set(f)} {net} timeout {BUSY_TIMEOUT} -exist"
+                     for f in self.config.families for net in halves[f]]
+        else:
+            lines = [f"flush {busy_set(f)}" for f in self.config.families]
         self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
     def heartbeat_stop(self) -> None:
