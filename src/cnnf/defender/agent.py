@@ -53,6 +53,7 @@ from cnnf.defender.datapath import (
     ObservedConnection,
     Outcome,
     PacketInfo,
+    VerdictCounters,
 )
 from cnnf.defender.discovery.base import Discovery
 from cnnf.defender.discovery.identity import DiscoveredContainer
@@ -163,10 +164,9 @@ MAX_BATCH_RECORDS = 1000
 OFFLINE_REPORT_INTERVAL = 30.0
 # Seconds between reads of the kernel's fast-path and admission counters.
 KERNEL_POLL_INTERVAL = 1.0
-# SYNs waiting in the kernel queues that mean the verdict loop is behind (the
-# workers read the queue into their fair waiting room as SYNs come: a backlog
-# means they cannot even read in time).
-BUSY_BACKLOG = 512
+# SYNs waiting in the verdict workers (read, not decided yet) that mean the
+# verdict loop is behind.
+BUSY_WAITING = 256
 # How often the datapath is checked (read only) for "datapath up" (the Console's
 # Defenders page); a change is reported at once. Repairs run on their own interval.
 DATAPATH_CHECK_INTERVAL = 2.0
@@ -461,7 +461,9 @@ class Agent:
         # SYNs the verdict workers dropped beyond a source's fair share, per
         # source, not yet fed to the overload tracker
         self._shed: dict[str, int] = {}
-        self._shed_seen = 0  # the workers' shed counter at the last kernel poll
+        self._shed_seen = 0  # the workers' shed counter at the last check
+        self._full_reads_seen = 0
+        self._behind_at = 0.0
         self.busy = False  # the admission limit is tightened: the verdict loop is behind
         self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
         self.link: Any = None
@@ -956,6 +958,11 @@ class Agent:
         while not self.stop_event.wait(0.05):
             self._loop_turned = time.monotonic()
             self.collect()
+            if self.config.admission_rate:
+                try:
+                    self._tighten_if_behind(renew=False)
+                except Exception as exc:
+                    log.error("admission limit not tightened", error=str(exc))
             now = time.monotonic()
             if now >= next_kernel:
                 next_kernel = now + KERNEL_POLL_INTERVAL
@@ -1137,7 +1144,7 @@ class Agent:
             for report in self.overload.update(counters, now, shed):
                 self._on_overload(report)
             if self.config.admission_rate:
-                self._tighten_if_behind()
+                self._tighten_if_behind(renew=True)
                 idle = self.overload.idle_sources(now)
                 if idle:
                     backend.overload_forget(idle)
@@ -1145,33 +1152,37 @@ class Agent:
         except Exception as exc:  # a bad reading must not stop the main loop
             log.error("kernel counters not read", error=str(exc))
 
-    def _tighten_if_behind(self) -> None:
+    def _tighten_if_behind(self, renew: bool) -> None:
         """While the verdict loop is behind (it dropped SYNs beyond a source's
-        fair share, or the kernel queue holds a backlog), the kernel admits a
-        tenth of the admission rate per source: what the workers cannot read in
-        time is then dropped before the queue, so a Defender short of CPU still
-        serves the other sources. It stays tightened while the overload episode
-        lasts (the flood goes on) and is renewed every poll; a stalled main loop
-        lets it lapse within BUSY_TIMEOUT."""
+        fair share, holds many waiting, or finds more in the kernel queue than
+        a turn reads), the kernel admits a tenth of the admission rate per
+        source: what the workers cannot take is then dropped before the queue,
+        so a Defender short of CPU still serves the other sources. Checked every
+        turn of the main loop from the workers' shared counters (cheap); it
+        stays tightened while the overload episode lasts (the flood goes on),
+        renewed every kernel poll (``renew``); a stalled main loop lets it lapse
+        within BUSY_TIMEOUT."""
         assert self.datapath is not None
-        stats = self.datapath.stats()
-        ours = {self.config.queue_num + i for i in range(self.config.queues)}
-        backlog = sum(q.waiting for q in stats.queues if q.queue in ours)
-        shed = stats.total.shed
-        behind = shed > self._shed_seen or backlog >= BUSY_BACKLOG
-        self._shed_seen = shed
+        c = sum(self.datapath.workers.counters(), VerdictCounters())
+        behind = (c.shed > self._shed_seen or c.full_reads > self._full_reads_seen
+                  or c.waiting >= BUSY_WAITING)
+        self._shed_seen, self._full_reads_seen = c.shed, c.full_reads
+        if behind:
+            self._behind_at = time.monotonic()
         backend = self.datapath.backend
         if behind and not self.busy:
             self.busy = True
             log.warning("overload: the verdict loop is behind; the admission limit is "
                         "tightened", limit_per_source=self.datapath.config.busy_rate,
-                        backlog=backlog, dropped_by_verdict_loop=shed)
-        elif self.busy and not behind and not self.overload.active:
+                        waiting=c.waiting, dropped_by_verdict_loop=c.shed)
+            backend.busy(True)
+        elif (renew and self.busy and not self.overload.active
+              and time.monotonic() - self._behind_at >= KERNEL_POLL_INTERVAL):
             self.busy = False
             backend.busy(False)
             log.warning("overload: the verdict loop caught up; the admission limit is "
                         "back", limit_per_source=self.config.admission_rate)
-        if self.busy:
+        elif renew and self.busy:
             backend.busy(True)
 
     def _heartbeat(self) -> None:

@@ -53,10 +53,13 @@ from cnnf.defender.datapath.packet import TCP, Decision, Outcome, PacketInfo, pa
 from cnnf.defender.datapath.stats import VerdictCounters
 
 Decide = Callable[[PacketInfo], Decision | Outcome]
-_SLOTS = 7  # accepted, audited, rejected, dropped, errors, reports lost, shed
+# accepted, audited, rejected, dropped, errors, reports lost, shed, waiting, full reads
+_SLOTS = 9
 _ERRORS = 4
 _LOST = 5
 _SHED = 6
+_WAITING = 7
+_FULL_READS = 8
 # Per turn of a worker's loop: read up to READ_BATCH queued SYNs (all that wait,
 # usually), then decide up to DECIDE_BATCH of those waiting, round robin. Reading
 # costs a fraction of deciding, so the kernel queue stays short even when the
@@ -259,10 +262,13 @@ class _Worker:
                 ready, _, _ = select.select(fds, [], [], 0 if len(room) else 0.05)
                 if self.control.fileno() in ready:
                     self.drain_control()
-                if fds[0] in ready:
-                    loop.process(READ_BATCH)
+                if fds[0] in ready and loop.process(READ_BATCH) >= READ_BATCH:
+                    # more waits in the kernel than one turn reads: the Defender
+                    # tightens the admission limit (behind)
+                    self.pool._counters[self.base + _FULL_READS] += 1
                 if len(room):
                     self.decide_some(DECIDE_BATCH)
+                self.pool._counters[self.base + _WAITING] = len(room)
                 self.flush(force=not ready and not len(room))
         finally:
             for src, (pid, _, _) in room.drain():  # not decided: dropped, never accepted
