@@ -222,7 +222,6 @@ def _flood(frontend: str, api_ns: str, targets: tuple[str, str, str, str],
 def assert_held(seen: dict[str, Any]) -> None:
     """0 prevented connections connected, none of the scan's SYNs reached api; at
     least 99 % of the allowed ones connected, with the verdict loop held back."""
-    assert seen["throttled_us"] > 0, seen  # the quota did bite
     assert seen["scan_reached_api"] == 0, seen
     assert seen["frontend->db"].get("ok", 0) == 0, seen
     assert seen["frontend->cache"].get("ok", 0) == 0, seen
@@ -258,6 +257,7 @@ def test_a_syn_flood_opens_no_prevent_rule_and_starves_no_one(
 
     seen = flood_while_probing(c, ["-p", "++20000"], 8)
     assert_held(seen)
+    assert seen["throttled_us"] > 0, seen  # the quota held the verdict workers back
     # The scan is bounded too: the limit admits 1,000 new triples a second from
     # it and at most 1,000 of its verdicts are cached (each a flow to count).
     assert rss_total(d) - rss_before <= 32 * 1024
