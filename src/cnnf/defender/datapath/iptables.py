@@ -27,6 +27,32 @@ filter table's (priority filter + 10) that reject with a TCP reset any SYN still
 carrying the pending mark, which only a SYN that bypassed the queue (no verdict
 process) does; the verdict loop clears the mark on the SYNs it accepts.
 
+Under a flood, in both failure modes (a busy Defender is never "no Defender":
+nothing is accepted undecided, only a queue with no process bound is bypassed):
+
+1. repeats of decided triples are answered here from the fast-path sets;
+2. a source above ``admission_rate`` new SYNs a second is dropped here and
+   counted per source in ``cnnf-over`` (overload);
+3. what is admitted is read at once by the verdict worker into its fair waiting
+   room (:mod:`cnnf.defender.datapath.fairqueue`: a bounded FIFO per source,
+   decided round robin), so another source's SYN never waits behind the
+   flooder's; the flooder's SYNs beyond its share are dropped by the worker
+   and counted against it (overload too);
+4. when the worker falls behind even so (it drops SYNs beyond a share, holds
+   many, or finds more in the kernel queue than a turn reads: a Defender short
+   of CPU), the Defender fills ``cnnf-busy`` and the limit above becomes a
+   tenth (``busy_rate``) until the flood ends: the flood is then dropped here,
+   before the queue, instead of queued, and the others' SYNs still get through.
+   Why in the kernel too: reading a SYN in Python costs a fraction of deciding
+   it, but not nothing; in the lab, with the worker held to 2 % of a core, the
+   worker could not even read the 1,000 a second admitted from one source.
+
+Seen in the root test (tests/defender/datapath/test_datapath_root.py, c1
+scanning c2, the worker under a CPU quota) before the waiting room: at 10 % of
+a core 4 to 7 of c2's 130 to 180 connections timed out; at 2 % all 16 did, the
+kernel queue full of c1's SYNs (``/proc/net/netfilter/nfnetlink_queue``: 4,096
+waiting, 645 and 900 ``queue_dropped``).
+
 Each built-in chain gets one jump, first, commented ``cnnf``. Every change of
 rules goes through one ``iptables-restore --noflush`` transaction per family:
 an install flushes and refills an earlier run's chains in the same transaction
