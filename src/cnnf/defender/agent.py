@@ -1416,7 +1416,8 @@ class Agent:
                 "rate": self.config.admission_rate, "dropped": self.overload.total,
                 "by_verdict_loop": self.overload.shed_total,
                 "tightened": self.busy,
-                "tightened_rate": self.datapath.config.busy_rate,
+                "tightened_rate": DatapathConfig(
+                    admission_rate=self.config.admission_rate).busy_rate,
                 "overload": self.overload.active,
                 "top": [{"address": a, "name": self._source_label(a), "dropped": n}
                         for a, n in self.overload.top()],

@@ -314,6 +314,10 @@ def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:
                 "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m hashlimit "
                 "--hashlimit-above 1000/sec --hashlimit-burst 2000 --hashlimit-mode srcip "
                 "--hashlimit-name cnnf4-",
+                # a tenth of it while the Defender says its verdict loop is behind
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set "
+                "cnnf-busy4 src -m hashlimit --hashlimit-above 100/sec --hashlimit-burst 200 "
+                "--hashlimit-mode srcip --hashlimit-name cnnfb4-",
                 "-A CNNF-OVERLOAD -j SET --add-set cnnf-over4 src",
                 "-A CNNF-OVERLOAD -m set --match-set cnnf-over4 src -j DROP",
             ],
@@ -365,8 +369,9 @@ def test_the_queue_chain_checks_the_fast_path_then_admission_then_queues() -> No
     rules = [r for r in _rules(DatapathConfig(fail_open=False), True).splitlines()
              if r.startswith("-A CNNF-QUEUE")]
     kinds = ["fpa4" in rules[0], "fpr4" in rules[1], "fpd4" in rules[2],
-             "hashlimit" in rules[3], "MARK" in rules[4], "NFQUEUE" in rules[5]]
-    assert kinds == [True] * 6 and len(rules) == 6
+             "hashlimit" in rules[3], "cnnf-busy4" in rules[4] and "hashlimit" in rules[4],
+             "MARK" in rules[5], "NFQUEUE" in rules[6]]
+    assert kinds == [True] * 7 and len(rules) == 7
 
 
 def test_rules_queue_outbound_and_unprotected_inbound() -> None:
