@@ -47,7 +47,7 @@ def test_a_source_over_its_bound_loses_its_oldest_and_no_one_else_loses() -> Non
         ([(A, "a0"), (A, "a1"), (A, "a2"), (B, "b0")], [(A, "a0")], {A: 2, B: 1, C: 0}),
         # the newcomer's own source holds the most: it loses its own oldest
         ([(A, "a0"), (B, "b0"), (B, "b1"), (B, "b2")], [(B, "b0")], {A: 1, B: 2, C: 0}),
-        # one each and full: the oldest of one source goes, the source stays in turn
+        # one each and full: the newcomer's source, tied for the most, loses its oldest
         ([(A, "a0"), (B, "b0"), (C, "c0"), (A, "a1")], [(A, "a0")], {A: 1, B: 1, C: 1}),
     ],
 )
@@ -92,3 +92,24 @@ def test_drain_hands_back_everything_waiting() -> None:
 def test_bad_bounds_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FairQueue(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_source_holding_the_most_is_found_among_many_without_a_scan() -> None:
+    """Thousands of one-SYN sources (forged addresses) and one heavy source:
+    the heavy one loses its oldest while it holds the most; then the others."""
+    q: FairQueue[int] = FairQueue(per_source=2000, total=3000)
+    for i in range(2000):
+        q.push(A, i, 0.0)
+    sources = [i.to_bytes(4, "big") for i in range(1, 1001)]
+    for s in sources:
+        q.push(s, -1, 0.0)
+    assert len(q) == 3000
+    out = q.push(B, 7, 0.0)
+    assert out == [(A, 0)] and q.waiting(A) == 1999 and q.waiting(B) == 1
+    for i in range(1998):  # A shrinks to one, then ties: anyone holding one goes
+        q.push(B if i % 2 else C, i, 0.0)
+    assert len(q) == 3000 and q.waiting(A) + q.waiting(B) + q.waiting(C) <= 2000
+    served = 0
+    while q.pop(0.0)[0] is not None:
+        served += 1
+    assert served == 3000 and len(q) == 0

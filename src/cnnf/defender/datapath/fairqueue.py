@@ -40,6 +40,11 @@ class FairQueue(Generic[T]):
     _queues: dict[bytes, deque[tuple[float, T]]] = field(default_factory=dict)
     _ring: deque[bytes] = field(default_factory=deque)  # sources with SYNs waiting, in turn
     _size: int = 0
+    # sources by how many SYNs they hold, to find the one holding the most in
+    # O(1) when the room is full (many sources, e.g. forged ones, must not make
+    # each SYN cost a scan of them all)
+    _by_len: dict[int, set[bytes]] = field(default_factory=dict)
+    _most: int = 0
 
     def __post_init__(self) -> None:
         if self.per_source < 1 or self.total < self.per_source:
@@ -63,18 +68,35 @@ class FairQueue(Generic[T]):
         if len(q) >= self.per_source:
             out.append((source, q.popleft()[1]))
             self._size -= 1
+            self._moved(source, len(q) + 1, len(q))
         elif self._size >= self.total:
             # Full: the source holding the most loses its oldest (the newcomer's
-            # own source when that is the one, since its queue is not empty then).
-            victim = max(self._queues, key=lambda s: len(self._queues[s]))
+            # own source when it is one of those, since its queue is not empty then).
+            victim = (source if len(q) == self._most
+                      else next(iter(self._by_len[self._most])))
             vq = self._queues[victim]
             out.append((victim, vq.popleft()[1]))
             self._size -= 1
+            self._moved(victim, len(vq) + 1, len(vq))
             if not vq and victim != source:
                 self._drop_source(victim)
         q.append((now, item))
         self._size += 1
+        self._moved(source, len(q) - 1, len(q))
         return out
+
+    def _moved(self, source: bytes, before: int, after: int) -> None:
+        """``source`` now holds ``after`` SYNs instead of ``before``."""
+        if before:
+            bucket = self._by_len[before]
+            bucket.discard(source)
+            if not bucket:
+                del self._by_len[before]
+        if after:
+            self._by_len.setdefault(after, set()).add(source)
+        self._most = max(self._most, after)
+        while self._most and self._most not in self._by_len:
+            self._most -= 1
 
     def pop(self, now: float) -> tuple[T | None, list[tuple[bytes, T]]]:
         """The next SYN to decide (round robin over sources), and those found
@@ -85,6 +107,7 @@ class FairQueue(Generic[T]):
             q = self._queues[source]
             arrived, item = q.popleft()
             self._size -= 1
+            self._moved(source, len(q) + 1, len(q))
             if q:
                 self._ring.append(source)
             else:
@@ -104,7 +127,8 @@ class FairQueue(Generic[T]):
         out = [(s, item) for s, q in self._queues.items() for _, item in q]
         self._queues.clear()
         self._ring.clear()
-        self._size = 0
+        self._by_len.clear()
+        self._size = self._most = 0
         return out
 
     def _drop_source(self, source: bytes) -> None:
