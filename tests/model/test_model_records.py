@@ -108,21 +108,25 @@ def test_overload_audit_refuses_nonsense(dropped: int, seconds: float, rate: int
 
 
 @pytest.mark.parametrize(
-    ("dropped", "shed", "rate", "message"),
+    ("dropped", "shed", "rate", "tightened", "message"),
     [
-        (40, 40, 1000, "overload: the verdict loop (beyond the source's fair share) dropped "
-         "40 SYNs from shop/frontend:1.0 (frontend) in 20 s"),
-        (40, 40, 0, "overload: the verdict loop (beyond the source's fair share) dropped "
-         "40 SYNs from shop/frontend:1.0 (frontend) in 20 s"),
-        (5040, 40, 1000, "overload: 5,040 SYNs dropped from shop/frontend:1.0 (frontend) in "
-         "20 s: 5,000 by the admission limit (1000 new connections/s per source), 40 by the "
-         "verdict loop (beyond the source's fair share)"),
+        (40, 40, 1000, 0, "overload: the verdict loop (it could not keep up with the source) "
+         "dropped 40 SYNs from shop/frontend:1.0 (frontend) in 20 s"),
+        (40, 40, 0, 0, "overload: the verdict loop (it could not keep up with the source) "
+         "dropped 40 SYNs from shop/frontend:1.0 (frontend) in 20 s"),
+        (5040, 40, 1000, 0, "overload: 5,040 SYNs dropped from shop/frontend:1.0 (frontend) "
+         "in 20 s: 5,000 by the admission limit (1000 new connections/s per source), 40 by "
+         "the verdict loop (it could not keep up with the source)"),
+        (5040, 40, 1000, 100, "overload: 5,040 SYNs dropped from shop/frontend:1.0 (frontend) "
+         "in 20 s: 5,000 by the admission limit (tightened to 100 new connections/s for this "
+         "source: the verdict loop could not keep up with it), 40 by the verdict loop (it "
+         "could not keep up with the source)"),
     ],
 )
 def test_overload_message_says_who_dropped_what(dropped: int, shed: int, rate: int,
-                                                message: str) -> None:
+                                                tightened: int, message: str) -> None:
     event = overload_audit(T0, FRONTEND, host="node-1", dropped=dropped, seconds=20.0,
-                           rate=rate, reporter="node-1", shed=shed)
+                           rate=rate, reporter="node-1", shed=shed, tightened=tightened)
     assert (event.message, event.count) == (message, dropped)
 
 

@@ -220,7 +220,8 @@ def status(
                        f"{', '.join(data['container_networks'])} "
                        f"({data.get('unidentified_dropped', 0)} SYNs of unnamed ones dropped)")
         c = data["counters"]
-        typer.echo("verdicts: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+        typer.echo("verdicts: " + ", ".join(
+            f"{'dropped undecided (overload)' if k == 'shed' else k} {v}" for k, v in c.items()))
         fp = data.get("fastpath")
         if fp:
             typer.echo(f"fast path: {fp['entries']} cached verdict(s) (ttl {fp['ttl']:g} s); "
@@ -231,13 +232,15 @@ def status(
             top = ", ".join(f"{t['name'] or t['address']} ({t['address']}) {t['dropped']}"
                             for t in adm["top"])
             by_loop = adm.get("by_verdict_loop") or 0
-            typer.echo(f"admission: {adm['rate'] or 'no limit of'} new connections/s per "
-                       f"source; {adm['dropped']} SYNs dropped"
-                       + (f" ({by_loop} of them by the verdict loop, beyond their source's "
-                          "fair share)" if by_loop else "")
-                       + (f" (tightened to {adm.get('tightened_rate')}/s per source now: the "
-                          "verdict loop is behind)" if adm.get("tightened") else "")
+            tightened = adm.get("tightened") or []
+            limit = (f"{adm['rate']} new connections/s per source" if adm.get("rate")
+                     else "off (--admission-rate 0)")
+            typer.echo(f"admission: {limit}; {adm['dropped']} SYNs dropped as overload"
+                       + (f" ({by_loop} of them by the verdict loop: it could not keep up "
+                          "with their source)" if by_loop else "")
                        + (" (overloaded now)" if adm["overload"] else "")
+                       + (f"; tightened to {adm.get('tightened_rate')}/s now for: "
+                          + ", ".join(tightened) if tightened else "")
                        + (f"; top sources: {top}" if top else ""))
         obs = data.get("observation") or {}
         if obs.get("running"):

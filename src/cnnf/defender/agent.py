@@ -53,8 +53,8 @@ from cnnf.defender.datapath import (
     ObservedConnection,
     Outcome,
     PacketInfo,
-    VerdictCounters,
 )
+from cnnf.defender.datapath.backend import BUSY_TIMEOUT
 from cnnf.defender.discovery.base import Discovery
 from cnnf.defender.discovery.identity import DiscoveredContainer
 from cnnf.defender.discovery.runtime import make_discovery
@@ -164,9 +164,9 @@ MAX_BATCH_RECORDS = 1000
 OFFLINE_REPORT_INTERVAL = 30.0
 # Seconds between reads of the kernel's fast-path and admission counters.
 KERNEL_POLL_INTERVAL = 1.0
-# SYNs waiting in the verdict workers (read, not decided yet) that mean the
-# verdict loop is behind.
-BUSY_WAITING = 256
+# SYNs of one source the verdict loop dropped (in one turn of the main loop)
+# that get its admission limit tightened.
+BUSY_MIN_SHED = 10
 # How often the datapath is checked (read only) for "datapath up" (the Console's
 # Defenders page); a change is reported at once. Repairs run on their own interval.
 DATAPATH_CHECK_INTERVAL = 2.0
@@ -461,10 +461,12 @@ class Agent:
         # SYNs the verdict workers dropped beyond a source's fair share, per
         # source, not yet fed to the overload tracker
         self._shed: dict[str, int] = {}
-        self._shed_seen = 0  # the workers' shed counter at the last check
-        self._full_reads_seen = 0
-        self._behind_at = 0.0
-        self.busy = False  # the admission limit is tightened: the verdict loop is behind
+        # Sources whose admission limit is tightened (the verdict loop could not
+        # keep up with them) -> when they last flooded; their shed SYNs since
+        # the last check, and the admission counters at the last kernel poll.
+        self.tightened: dict[str, float] = {}
+        self._shed_recent: dict[str, int] = {}
+        self._over_prev: dict[str, int] = {}
         self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
         self.link: Any = None
         self.runner: Any = None
@@ -960,7 +962,7 @@ class Agent:
             self.collect()
             if self.config.admission_rate:
                 try:
-                    self._tighten_if_behind(renew=False)
+                    self._tighten_if_behind()
                 except Exception as exc:
                     log.error("admission limit not tightened", error=str(exc))
             now = time.monotonic()
@@ -1031,6 +1033,7 @@ class Agent:
                 self.cache.offer(offers, time.monotonic())
         for source, n in self.datapath.workers.shed().items():
             self._shed[source] = self._shed.get(source, 0) + n
+            self._shed_recent[source] = self._shed_recent.get(source, 0) + n
         self._record_fast()
         self._collect_observed()
 
@@ -1144,7 +1147,7 @@ class Agent:
             for report in self.overload.update(counters, now, shed):
                 self._on_overload(report)
             if self.config.admission_rate:
-                self._tighten_if_behind(renew=True)
+                self._renew_tightened(counters)
                 idle = self.overload.idle_sources(now)
                 if idle:
                     backend.overload_forget(idle)
@@ -1152,38 +1155,55 @@ class Agent:
         except Exception as exc:  # a bad reading must not stop the main loop
             log.error("kernel counters not read", error=str(exc))
 
-    def _tighten_if_behind(self, renew: bool) -> None:
-        """While the verdict loop is behind (it dropped SYNs beyond a source's
-        fair share, holds many waiting, or finds more in the kernel queue than
-        a turn reads), the kernel admits a tenth of the admission rate per
-        source: what the workers cannot take is then dropped before the queue,
-        so a Defender short of CPU still serves the other sources. Checked every
-        turn of the main loop from the workers' shared counters (cheap); it
-        stays tightened while the overload episode lasts (the flood goes on),
-        renewed every kernel poll (``renew``); a stalled main loop lets it lapse
-        within BUSY_TIMEOUT."""
+    def _tighten_if_behind(self) -> None:
+        """The sources the verdict loop dropped SYNs of (its waiting room was
+        full and they held the most, or their SYNs waited over a second: it
+        cannot keep up with them) get a tenth of the admission rate in the
+        kernel, at once (checked every turn of the main loop): their flood is
+        then dropped before the queue, whatever CPU the loop gets, and the other
+        sources keep their full rate."""
         assert self.datapath is not None
-        c = sum(self.datapath.workers.counters(), VerdictCounters())
-        behind = (c.shed > self._shed_seen or c.full_reads > self._full_reads_seen
-                  or c.waiting >= BUSY_WAITING)
-        self._shed_seen, self._full_reads_seen = c.shed, c.full_reads
-        if behind:
-            self._behind_at = time.monotonic()
+        recent, self._shed_recent = self._shed_recent, {}
+        new = [a for a, n in recent.items() if n >= BUSY_MIN_SHED and a not in self.tightened]
+        now = time.monotonic()
+        for a in recent:
+            if a in self.tightened:
+                self.tightened[a] = now
+        if not new:
+            return
+        self.datapath.backend.busy(new, True)
+        for a in new:
+            self.tightened[a] = now
+        log.warning("overload: the verdict loop cannot keep up with these sources; their "
+                    "admission limit is tightened",
+                    limit_per_source=DatapathConfig(
+                        admission_rate=self.config.admission_rate).busy_rate,
+                    sources=self._named((a, recent[a]) for a in new))
+
+    def _renew_tightened(self, counters: dict[str, int]) -> None:
+        """Every kernel poll: a tightened source that still floods (the limit
+        dropped its SYNs since the last poll, or the loop did) stays tightened;
+        one that stopped for ``BUSY_TIMEOUT`` gets the full rate back (the
+        kernel entry lapses by itself, too, if this is not called)."""
+        assert self.datapath is not None
+        now = time.monotonic()
+        for a in self.tightened:
+            if counters.get(a, 0) > self._over_prev.get(a, 0):
+                self.tightened[a] = now
+        self._over_prev = dict(counters)
+        renew = [a for a, t in self.tightened.items() if now - t < BUSY_TIMEOUT]
+        done = [a for a in self.tightened if a not in renew]
         backend = self.datapath.backend
-        if behind and not self.busy:
-            self.busy = True
-            log.warning("overload: the verdict loop is behind; the admission limit is "
-                        "tightened", limit_per_source=self.datapath.config.busy_rate,
-                        waiting=c.waiting, dropped_by_verdict_loop=c.shed)
-            backend.busy(True)
-        elif (renew and self.busy and not self.overload.active
-              and time.monotonic() - self._behind_at >= KERNEL_POLL_INTERVAL):
-            self.busy = False
-            backend.busy(False)
-            log.warning("overload: the verdict loop caught up; the admission limit is "
-                        "back", limit_per_source=self.config.admission_rate)
-        elif renew and self.busy:
-            backend.busy(True)
+        if renew:
+            backend.busy(renew, True)
+        if done:
+            backend.busy(done, False)
+            for a in done:
+                del self.tightened[a]
+            log.warning("overload: flooding stopped; the admission limit is back to the "
+                        "full rate", limit_per_source=self.config.admission_rate,
+                        sources=[endpoint_name(self.recorder.info(self.inventory.endpoint(a)))
+                                 for a in done])
 
     def _heartbeat(self) -> None:
         """Keep the kernel's cached verdicts and admission limit on while this
@@ -1224,28 +1244,29 @@ class Agent:
         audit per top source."""
         rate = self.config.admission_rate
         top = self._named(report.dropped.items())
+        by_loop = report.shed_total
         if report.ended:
             log.warning("overload ended", lasted_s=round(time.monotonic() - report.started, 1),
                         dropped=report.episode, top_sources=self._named(self.overload.top()))
         elif report.first:
-            by_loop = sum(report.shed.values())
             log.warning("overload: the admission limit is dropping new connections"
                         if by_loop < report.total else
-                        "overload: the verdict loop is dropping new connections beyond "
-                        "their source's fair share",
+                        "overload: the verdict loop is dropping new connections it cannot "
+                        "keep up with",
                         limit_per_source=rate, dropped=report.total,
                         by_verdict_loop=by_loop, top_sources=top)
         else:
             log.warning("overload continues", seconds=round(report.seconds, 1),
-                        dropped=report.total, by_verdict_loop=sum(report.shed.values()),
-                        top_sources=top)
+                        dropped=report.total, by_verdict_loop=by_loop, top_sources=top)
         now = self.clock()
+        busy_rate = DatapathConfig(admission_rate=rate).busy_rate if rate else 0
         for address, n in report.dropped.items():
             src = self.recorder.info(self.inventory.endpoint(address))
             self.recorder.add_audit(overload_audit(
                 now, src, host=self.config.hostname, dropped=n,
                 seconds=max(report.seconds, KERNEL_POLL_INTERVAL), rate=rate,
-                reporter=self.config.hostname, shed=report.shed.get(address, 0)))
+                reporter=self.config.hostname, shed=report.shed.get(address, 0),
+                tightened=busy_rate if address in self.tightened else 0))
 
     def _on_unidentified(self, p: PacketInfo) -> None:
         self.unidentified += 1
@@ -1415,7 +1436,7 @@ class Agent:
             "admission": {
                 "rate": self.config.admission_rate, "dropped": self.overload.total,
                 "by_verdict_loop": self.overload.shed_total,
-                "tightened": self.busy,
+                "tightened": sorted(self.tightened),
                 "tightened_rate": DatapathConfig(
                     admission_rate=self.config.admission_rate).busy_rate,
                 "overload": self.overload.active,
@@ -1467,7 +1488,7 @@ class Agent:
             verdict_shed=t.shed,
             admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
             overload=int(self.overload.active),
-            admission_tightened=int(self.busy),
+            admission_tightened=len(self.tightened),
             observed_waiting=self.observed.waiting,
             observed_dropped=self.observed_dropped,
             observed_top=[(a, self._source_label(a) if not is_outside(a) else "", n)

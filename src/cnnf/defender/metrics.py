@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cnnf.defender.datapath.workers import MAX_WAIT
+
 
 @dataclass
 class Figures:
@@ -41,7 +43,7 @@ class Figures:
     # the top sources: (address, name, SYNs dropped)
     admission_top: list[tuple[str, str, int]] = field(default_factory=list)
     overload: int = 0  # 1 while an overload episode lasts
-    admission_tightened: int = 0  # 1 while the limit is a tenth: the verdict loop is behind
+    admission_tightened: int = 0  # sources whose limit is a tenth: the loop could not keep up
     observed_waiting: int = 0  # observed connections (conntrack) not evaluated yet
     observed_dropped: int = 0  # observed connections dropped: more than observation keeps up with
     observed_top: list[tuple[str, str, int]] = field(default_factory=list)  # by source
@@ -92,8 +94,8 @@ class DefenderCollector(Collector):
             ("fastpath_entries", "verdicts cached in the kernel", f.fastpath_entries),
             ("overload", "1 while the admission limit or the verdict loop is dropping "
              "SYNs as overload", f.overload),
-            ("admission_tightened", "1 while the admission limit is tightened to a tenth "
-             "because the verdict loop is behind", f.admission_tightened),
+            ("admission_tightened", "sources whose admission limit is tightened to a tenth "
+             "because the verdict loop could not keep up with them", f.admission_tightened),
             ("observed_waiting", "observed connections (enforcement off) waiting to be "
              "recorded", f.observed_waiting),
             ("engine_up", "1 while the container engine answers", f.engine_up),
@@ -110,8 +112,9 @@ class DefenderCollector(Collector):
             ("admission_dropped", "SYNs dropped as overload: by the per-source admission "
              "limit, or by the verdict loop beyond their source's fair share",
              f.admission_dropped),
-            ("verdict_shed", "SYNs the verdict loop dropped undecided: beyond their "
-             "source's fair share, or waiting over 1 s", f.verdict_shed),
+            ("verdict_shed", "SYNs the verdict loop dropped undecided: its waiting room "
+             f"full (the source holding the most loses), or waiting over {MAX_WAIT:g} s",
+             f.verdict_shed),
             ("unidentified_dropped", "SYNs of containers not named yet, dropped once",
              f.unidentified_dropped),
             ("observed_dropped", "observed connections (enforcement off) dropped "

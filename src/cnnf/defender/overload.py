@@ -35,6 +35,7 @@ class OverloadReport:
     first: bool = False  # the episode's first report
     # of ``dropped``, those the verdict loop dropped (beyond the source's share)
     shed: dict[str, int] = field(default_factory=dict)
+    shed_total: int = 0  # of ``total``, the verdict loop's (all sources)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class OverloadTracker:
         top = sorted(pending.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_SOURCES]
         report = OverloadReport(self.started, max(now - self._window, 0.0), dict(top),
                                 sum(pending.values()), self._episode, ended,
-                                shed={s: shed[s] for s, _ in top if shed.get(s)})
+                                shed={s: shed[s] for s, _ in top if shed.get(s)},
+                                shed_total=sum(shed.values()))
         self._window = now
         return report

@@ -166,14 +166,17 @@ def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: 
 
 
 def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int,
-                     shed: int = 0) -> str:
+                     *, shed: int = 0, tightened: int = 0) -> str:
     """The human sentence of an overload audit. ``shed``: how many of the
-    ``dropped`` the verdict loop dropped (more of the source's SYNs waiting
-    than its fair share of the loop), the rest being the admission limit's."""
+    ``dropped`` the verdict loop dropped (its waiting room full, the source
+    holding the most, or waiting too long), the rest being the admission
+    limit's; ``tightened``: the source's limit then (0: ``rate``)."""
     syns = "SYN" if dropped == 1 else "SYNs"
     when = f"from {endpoint_name(src)} in {round(seconds, 1):g} s"
-    limit = f"the admission limit ({rate} new connections/s per source)"
-    share = "the verdict loop (beyond the source's fair share)"
+    limit = (f"the admission limit ({rate} new connections/s per source)" if not tightened
+             else f"the admission limit (tightened to {tightened} new connections/s for "
+                  "this source: the verdict loop could not keep up with it)")
+    share = "the verdict loop (it could not keep up with the source)"
     if not shed:
         return f"overload: {limit} dropped {dropped:,} {syns} {when}"
     if shed >= dropped:
@@ -183,11 +186,12 @@ def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int,
 
 
 def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seconds: float,
-                   rate: int, reporter: str, shed: int = 0) -> AuditEvent:
+                   rate: int, reporter: str, shed: int = 0, tightened: int = 0) -> AuditEvent:
     """The audit of one flooding source: ``dropped`` SYNs from ``src`` that the
     per-source admission limit (``rate`` new connections per second) dropped on
     ``host`` in the last ``seconds``, ``shed`` of them dropped by the verdict
-    loop instead (beyond the source's fair share). No rule and no destination
+    loop instead (it could not keep up); ``tightened``: the source's limit
+    was tightened to that rate (0: it was not). No rule and no destination
     port decided it, so ``rule_id`` is None and ``port`` 0; the destination is
     the host. The numbers are keyword-only: three counts in a row are easy to
     swap."""
@@ -203,7 +207,8 @@ def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, s
         time=time, type=AuditType.OVERLOAD, effect=Effect.PREVENT, blocked=True,
         rule_id=None, rule_name="", src=src,
         dst=EndpointInfo(kind="host", host=host, address=None), port=0,
-        message=overload_message(src, dropped, seconds, rate, shed), count=dropped,
+        message=overload_message(src, dropped, seconds, rate, shed=shed, tightened=tightened),
+        count=dropped,
         reporter=reporter,
     )
 

@@ -61,11 +61,11 @@ class DatapathConfig:
     ``admission_rate``: SYNs per second and source address that the fast path
     does not answer, let into the queue (``hashlimit``, burst
     ``admission_burst``); above it they are dropped in the kernel and counted
-    per source. 0 turns the limit off. While the Defender signals that its
-    verdict loop is behind (``busy(True)``: SYNs dropped beyond a source's fair
-    share, or a backlog in the kernel queue), the limit is ``busy_rate``
-    (a tenth, burst twice that) instead: a flood is then mostly dropped in the
-    kernel, before the queue, whatever CPU the loop gets.
+    per source. 0 turns the limit off. For the sources the Defender names
+    with ``busy(sources, True)`` (the verdict loop dropped their SYNs: it could
+    not keep up with them), the limit is ``busy_rate`` (a tenth, burst twice
+    that) instead: their flood is then mostly dropped in the kernel, before the
+    queue, whatever CPU the loop gets; other sources keep the full rate.
 
     ``fastpath``: decided (source, destination port, destination) triples are
     kept in kernel sets (accept, reject, drop) with packet counters, so repeats
@@ -156,13 +156,13 @@ def alive_set(family: int) -> str:
 
 
 def busy_set(family: int) -> str:
-    """Holds the whole address space while the Defender says its verdict loop is
-    behind: the admission limit is then ``DatapathConfig.busy_rate``."""
+    """The sources the verdict loop could not keep up with (it dropped their
+    SYNs beyond their share): their admission limit is ``busy_rate``."""
     return f"{SET_PREFIX}busy{family}"
 
 
-# A busy signal lasts this long unless renewed (the Defender renews it every
-# second while its verdict loop is behind and the flood goes on).
+# A source's tightened limit lasts this long unless renewed (the Defender renews
+# it every second while the source goes on flooding).
 BUSY_TIMEOUT = 5
 
 
@@ -240,9 +240,9 @@ class FirewallBackend(Protocol):
         ``HEARTBEAT_TIMEOUT`` seconds."""
         ...
 
-    def busy(self, on: bool) -> None:
-        """The verdict loop is behind (on): tighten the admission limit to
-        ``busy_rate`` for ``BUSY_TIMEOUT`` seconds; off: back to the rate now."""
+    def busy(self, sources: Iterable[str], on: bool) -> None:
+        """Tighten (on) the admission limit of ``sources`` to ``busy_rate`` for
+        ``BUSY_TIMEOUT`` seconds (again: renewed); off: back to the rate now."""
         ...
 
     def heartbeat_stop(self) -> None:

@@ -17,8 +17,8 @@ SYN = ``-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED``)::
                   (src, dport, dst) in cnnf-fpa -> ACCEPT,
                   in cnnf-fpr -> REJECT tcp-reset, in cnnf-fpd -> DROP;
                   then admission: above the per-source hashlimit -> CNNF-OVERLOAD,
-                  and while cnnf-busy is fresh (the verdict loop is behind) above
-                  a tenth of it -> CNNF-OVERLOAD;
+                  and for sources in cnnf-busy (the verdict loop could not keep
+                  up with them) above a tenth of it -> CNNF-OVERLOAD;
                   (fail-closed) set the pending mark; NFQUEUE --queue-bypass
     CNNF-OVERLOAD add the source to cnnf-over (packet counters); DROP
 
@@ -38,11 +38,12 @@ nothing is accepted undecided, only a queue with no process bound is bypassed):
    decided round robin), so another source's SYN never waits behind the
    flooder's; the flooder's SYNs beyond its share are dropped by the worker
    and counted against it (overload too);
-4. when the worker falls behind even so (it drops SYNs beyond a share, holds
-   many, or finds more in the kernel queue than a turn reads: a Defender short
-   of CPU), the Defender fills ``cnnf-busy`` and the limit above becomes a
-   tenth (``busy_rate``) until the flood ends: the flood is then dropped here,
-   before the queue, instead of queued, and the others' SYNs still get through.
+4. when the worker falls behind even so (its room is full and it drops the
+   oldest SYNs of the source holding the most: a Defender short of CPU), the
+   Defender puts that source in ``cnnf-busy`` and its limit becomes a tenth
+   (``busy_rate``) for as long as it goes on flooding: its flood is then
+   dropped here, before the queue, and the others' SYNs, at their full rate,
+   still get through.
    Why in the kernel too: reading a SYN in Python costs a fraction of deciding
    it, but not nothing; in the lab, with the worker held to 2 % of a core, the
    worker could not even read the 1,000 a second admitted from one source.
@@ -265,7 +266,7 @@ class IptablesBackend:
                 f"--hashlimit-mode srcip --hashlimit-name {self._hashlimit_name(family)} "
                 "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536 "
                 f"-j {OVERLOAD_CHAIN}",
-                # While the Defender says its verdict loop is behind: a tenth.
+                # The sources the verdict loop could not keep up with: a tenth.
                 f"-A {QUEUE_CHAIN} {alive} -m set --match-set {busy_set(family)} src "
                 f"-m hashlimit --hashlimit-above {c.busy_rate}/sec --hashlimit-burst "
                 f"{2 * c.busy_rate} --hashlimit-mode srcip "
@@ -390,7 +391,8 @@ class IptablesBackend:
             specs[alive_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
             if c.admission_rate:
                 specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
-                specs[busy_set(family)] = f"hash:net family {fam} timeout {BUSY_TIMEOUT}"
+                specs[busy_set(family)] = (
+                    f"hash:ip family {fam} {_OVERLOAD_SIZE} timeout {BUSY_TIMEOUT}")
         return specs
 
     def _set_names(self) -> list[str]:
@@ -526,16 +528,17 @@ class IptablesBackend:
                  for f in self.config.families for net in halves[f]]
         self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
-    def busy(self, on: bool) -> None:
+    def busy(self, sources: Iterable[str], on: bool) -> None:
         if not self.config.admission_rate:
             return
-        halves = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
-        if on:
-            lines = [f"add {busy_set(f)} {net} timeout {BUSY_TIMEOUT} -exist"
-                     for f in self.config.families for net in halves[f]]
-        else:
-            lines = [f"flush {busy_set(f)}" for f in self.config.families]
-        self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
+        lines = []
+        for a in sources:
+            family = address_family(a)
+            if family in self.config.families:
+                lines.append(f"add {busy_set(family)} {a} timeout {BUSY_TIMEOUT} -exist" if on
+                             else f"del {busy_set(family)} {a} -exist")
+        if lines:
+            self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
     def heartbeat_stop(self) -> None:
         self.netns.run("ipset", "restore", input="".join(

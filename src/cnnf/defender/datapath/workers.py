@@ -66,11 +66,14 @@ _FULL_READS = 8
 # worker gets less CPU than the admitted SYNs need.
 READ_BATCH = 256
 DECIDE_BATCH = 32
-# SYNs waiting in the worker, per source and in all: a SYN held here still
-# counts against the kernel queue's length (``queue_maxlen``), so the room is
-# kept below it (half of it, at most 2,048).
-PER_SOURCE = 128
+# SYNs waiting in the worker: a SYN held here still counts against the kernel
+# queue's length (``queue_maxlen``), so the room is kept below it (half of it,
+# at most 2,048). No source has a bound of its own below that: a burst of a
+# healthy source waits (and is decided within milliseconds); only a full room
+# pushes out SYNs, of the source holding the most.
+ROOM = 2048
 MAX_WAIT = 1.0  # seconds: a SYN older than its client's first retry is dropped
+SHED_SOURCES = 1024  # distinct sources counted per report batch (forged ones: the rest unnamed)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -121,9 +124,9 @@ class _Worker:
         self.reject_mark = self.config.reject_mark
         self.reset = self.config.block_mode == "reset"
         self.running = True
-        total = max(1, min(2048, self.config.queue_maxlen // 2))
+        total = max(1, min(ROOM, self.config.queue_maxlen // 2))
         self.room: FairQueue[tuple[int, bytes, int]] = FairQueue(
-            per_source=min(PER_SOURCE, total), total=total, max_wait=MAX_WAIT)
+            per_source=total, total=total, max_wait=MAX_WAIT)
         self.shed: dict[bytes, int] = {}  # source -> SYNs dropped undecided, not yet sent
         self.loop: QueueLoop | None = None
 
@@ -202,7 +205,8 @@ class _Worker:
         assert self.loop is not None
         self.loop.verdict(packet_id, NF_DROP)
         self.pool._counters[self.base + _SHED] += 1
-        self.shed[source] = self.shed.get(source, 0) + 1
+        if source in self.shed or len(self.shed) < SHED_SOURCES:
+            self.shed[source] = self.shed.get(source, 0) + 1
 
     def decide_some(self, n: int) -> None:
         """Decide up to ``n`` waiting SYNs, one source after the other."""
@@ -231,7 +235,8 @@ class _Worker:
                 self.pool._reports.put_nowait((self.pending, self.shed))
             except queue.Full:
                 # Nobody reads the reports: lose them rather than stall verdicts
-                # (the shed counts wait for the next batch).
+                # (the shed counts wait for the next batch; at most SHED_SOURCES
+                # sources are named in it, the rest count in the shed total only).
                 self.pool._counters[self.base + _LOST] += len(self.pending)
                 self.pending = []
                 self.last_flush = now
@@ -271,8 +276,8 @@ class _Worker:
                 self.pool._counters[self.base + _WAITING] = len(room)
                 self.flush(force=not ready and not len(room))
         finally:
-            for src, (pid, _, _) in room.drain():  # not decided: dropped, never accepted
-                self._shed(src, pid)
+            for _, (pid, _, _) in room.drain():  # stopping: dropped, never accepted
+                loop.verdict(pid, NF_DROP)  # (not the source's overload: not counted)
             self.flush(force=True)
             loop.close()
 
