@@ -13,7 +13,8 @@ length, ``queue_dropped`` climbing).
 So the verdict worker reads the kernel queue as fast as it can (reading a SYN
 costs a fraction of deciding it) into this room: one bounded FIFO per source
 address, decided round robin. A source holding more than ``per_source`` loses
-its oldest (the one its client is closest to retrying anyway); the room as a
+its oldest (the one its client is closest to retrying anyway; the workers set
+``per_source`` to ``total``: a healthy source's burst waits); the room as a
 whole holds at most ``total`` (below the kernel queue's length, since every
 SYN held here still counts in the kernel's queue), and when full the newcomer
 pushes out the oldest SYN of the source holding the most; a SYN that waited

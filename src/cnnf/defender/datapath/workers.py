@@ -14,9 +14,11 @@ source, and decides round robin over the sources, a few SYNs per turn between
 reads. So a source flooding new connections (a port scan: the admission limit
 lets 1,000 a second of them in) cannot push another source's SYN out of the
 kernel queue or make it wait behind its own, however little CPU the worker
-gets; its SYNs beyond its share are dropped (never accepted, in either failure
-mode: overload is not "no Defender"), counted in the ``shed`` slot and per
-source (:meth:`VerdictWorkers.shed`), which the Defender reports as overload.
+gets; when the room is full the source holding the most loses its oldest, and
+a SYN that waited over MAX_WAIT is dropped: never accepted, in either failure
+mode (overload is not "no Defender"), counted in the ``shed`` slot and per
+source (:meth:`VerdictWorkers.shed`), which the Defender reports as overload
+and answers by tightening that source's admission limit in the kernel.
 
 Control: :meth:`VerdictWorkers.broadcast` sends a message to every worker; DNS
 records update the replica cache, any other message is passed to
