@@ -113,3 +113,19 @@ def test_the_source_holding_the_most_is_found_among_many_without_a_scan() -> Non
     while q.pop(0.0)[0] is not None:
         served += 1
     assert served == 3000 and len(q) == 0
+
+
+def test_forged_sources_keep_the_turns_bounded_and_a_real_one_is_served() -> None:
+    """A flood of one-SYN sources (forged addresses) through a full room: each
+    push pushes out another one-SYN source; the ring of turns stays bounded and
+    a source pushed out and back again has one turn, not two."""
+    q: FairQueue[int] = FairQueue(per_source=10, total=10)
+    for i in range(100_000):
+        q.push(i.to_bytes(4, "big"), i, 0.0)
+        assert len(q._ring) <= 2 * q.total + 1
+    q.push(A, -1, 0.0)
+    q.push(A, -2, 0.0)
+    items = []
+    while (item := q.pop(0.0)[0]) is not None:
+        items.append(item)
+    assert len(items) == 10 and -2 in items and -1 not in items  # A: its own oldest went

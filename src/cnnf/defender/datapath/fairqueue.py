@@ -40,6 +40,7 @@ class FairQueue(Generic[T]):
     max_wait: float = 1.0
     _queues: dict[bytes, deque[tuple[float, T]]] = field(default_factory=dict)
     _ring: deque[bytes] = field(default_factory=deque)  # sources with SYNs waiting, in turn
+    _ringed: set[bytes] = field(default_factory=set)  # in _ring (once at most)
     _size: int = 0
     # sources by how many SYNs they hold, to find the one holding the most in
     # O(1) when the room is full (many sources, e.g. forged ones, must not make
@@ -65,7 +66,9 @@ class FairQueue(Generic[T]):
         q = self._queues.get(source)
         if q is None:
             q = self._queues[source] = deque()
-            self._ring.append(source)
+            if source not in self._ringed:  # (it may still have its turn from before)
+                self._ring.append(source)
+                self._ringed.add(source)
         if len(q) >= self.per_source:
             out.append((source, q.popleft()[1]))
             self._size -= 1
@@ -105,12 +108,16 @@ class FairQueue(Generic[T]):
         stale: list[tuple[bytes, T]] = []
         while self._ring:
             source = self._ring.popleft()
-            q = self._queues[source]
+            self._ringed.discard(source)
+            q = self._queues.get(source)
+            if q is None:
+                continue  # pushed out while waiting for its turn
             arrived, item = q.popleft()
             self._size -= 1
             self._moved(source, len(q) + 1, len(q))
             if q:
                 self._ring.append(source)
+                self._ringed.add(source)
             else:
                 del self._queues[source]
             if now - arrived > self.max_wait:
@@ -128,10 +135,17 @@ class FairQueue(Generic[T]):
         out = [(s, item) for s, q in self._queues.items() for _, item in q]
         self._queues.clear()
         self._ring.clear()
+        self._ringed.clear()
         self._by_len.clear()
         self._size = self._most = 0
         return out
 
     def _drop_source(self, source: bytes) -> None:
+        # Its turn stays in the ring and is skipped when it comes (removing it
+        # would cost a scan of all sources, each time: forged sources make it
+        # the common case); turns of gone sources are swept out once they are
+        # as many as the room holds, so the ring stays bounded.
         del self._queues[source]
-        self._ring.remove(source)  # rare (the room is full): O(sources) is fine
+        if len(self._ring) > 2 * self.total:
+            self._ring = deque(s for s in self._ring if s in self._queues)
+            self._ringed = set(self._ring)
