@@ -164,8 +164,8 @@ MAX_BATCH_RECORDS = 1000
 OFFLINE_REPORT_INTERVAL = 30.0
 # Seconds between reads of the kernel's fast-path and admission counters.
 KERNEL_POLL_INTERVAL = 1.0
-# SYNs of one source the verdict loop dropped (in one turn of the main loop)
-# that get its admission limit tightened.
+# SYNs of one source the verdict loop dropped or decided late (in one turn of
+# the main loop) that get its admission limit tightened.
 BUSY_MIN_SHED = 10
 # How often the datapath is checked (read only) for "datapath up" (the Console's
 # Defenders page); a change is reported at once. Repairs run on their own interval.
@@ -1034,6 +1034,8 @@ class Agent:
         for source, n in self.datapath.workers.shed().items():
             self._shed[source] = self._shed.get(source, 0) + n
             self._shed_recent[source] = self._shed_recent.get(source, 0) + n
+        for source, n in self.datapath.workers.late().items():
+            self._shed_recent[source] = self._shed_recent.get(source, 0) + n
         self._record_fast()
         self._collect_observed()
 
@@ -1157,8 +1159,9 @@ class Agent:
 
     def _tighten_if_behind(self) -> None:
         """The sources the verdict loop dropped SYNs of (its waiting room was
-        full and they held the most, or their SYNs waited over a second: it
-        cannot keep up with them) get a tenth of the admission rate in the
+        full and they held the most, or their SYNs waited over a second) or
+        decided late (over LATE after reading them): it cannot keep up with
+        them; they get a tenth of the admission rate in the
         kernel, at once (checked every turn of the main loop): their flood is
         then dropped before the queue, whatever CPU the loop gets, and the other
         sources keep their full rate."""

@@ -75,6 +75,7 @@ DECIDE_BATCH = 32
 # pushes out SYNs, of the source holding the most.
 ROOM = 2048
 MAX_WAIT = 1.0  # seconds: a SYN older than its client's first retry is dropped
+LATE = 0.2  # seconds from read to decision that mean the loop is behind for the source
 SHED_SOURCES = 1024  # distinct sources counted per report batch (forged ones: the rest unnamed)
 _PR_SET_PDEATHSIG = 1
 
@@ -94,6 +95,13 @@ class Report:
 class DnsUpdate:
     records: tuple[DnsRecord, ...]
     then: object = None  # passed to ``decide.update`` once the names are in
+
+def _address(raw: bytes) -> str:
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        return "unknown"  # not IP: cannot happen for queued SYNs
+
 
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -127,9 +135,10 @@ class _Worker:
         self.reset = self.config.block_mode == "reset"
         self.running = True
         total = max(1, min(ROOM, self.config.queue_maxlen // 2))
-        self.room: FairQueue[tuple[int, bytes, int]] = FairQueue(
+        self.room: FairQueue[tuple[int, bytes, int, float]] = FairQueue(
             per_source=total, total=total, max_wait=MAX_WAIT)
         self.shed: dict[bytes, int] = {}  # source -> SYNs dropped undecided, not yet sent
+        self.late: dict[bytes, int] = {}  # source -> SYNs decided over LATE after their read
         self.loop: QueueLoop | None = None
 
     def apply(self, message: Any) -> None:
@@ -199,8 +208,8 @@ class _Worker:
         """A SYN read from the kernel queue: it waits in the room, by source."""
         version = payload[0] >> 4 if payload else 0
         source = payload[12:16] if version == 4 else payload[8:24] if version == 6 else b""
-        for src, (pid, _, _) in self.room.push(source, (packet_id, payload, mark),
-                                               time.monotonic()):
+        now = time.monotonic()
+        for src, (pid, _, _, _) in self.room.push(source, (packet_id, payload, mark, now), now):
             self._shed(src, pid)
 
     def _shed(self, source: bytes, packet_id: int) -> None:
@@ -216,12 +225,17 @@ class _Worker:
         assert loop is not None
         room = self.room
         for _ in range(n):
-            item, stale = room.pop(time.monotonic())
-            for src, (pid, _, _) in stale:
+            now = time.monotonic()
+            item, stale = room.pop(now)
+            for src, (pid, _, _, _) in stale:
                 self._shed(src, pid)
             if item is None:
                 return
-            packet_id, payload, mark = item
+            packet_id, payload, mark, read_at = item
+            if now - read_at > LATE and len(self.late) < SHED_SOURCES:
+                # decided late: the loop is not keeping up with this source
+                source = payload[12:16] if payload[0] >> 4 == 4 else payload[8:24]
+                self.late[source] = self.late.get(source, 0) + 1
             try:
                 verdict, new_mark = self.handle(payload, mark)
             except Exception:  # never leave a packet without a verdict
@@ -231,10 +245,10 @@ class _Worker:
 
     def flush(self, force: bool = False) -> None:
         now = time.monotonic()
-        if (self.pending or self.shed) and (
+        if (self.pending or self.shed or self.late) and (
                 force or len(self.pending) >= 256 or now - self.last_flush > 0.02):
             try:
-                self.pool._reports.put_nowait((self.pending, self.shed))
+                self.pool._reports.put_nowait((self.pending, self.shed, self.late))
             except queue.Full:
                 # Nobody reads the reports: lose them rather than stall verdicts
                 # (the shed counts wait for the next batch; at most SHED_SOURCES
@@ -245,6 +259,7 @@ class _Worker:
                 return
             self.pending = []
             self.shed = {}
+            self.late = {}
             self.last_flush = now
 
     def run(self, status: Connection) -> None:
@@ -278,7 +293,7 @@ class _Worker:
                 self.pool._counters[self.base + _WAITING] = len(room)
                 self.flush(force=not ready and not len(room))
         finally:
-            for _, (pid, _, _) in room.drain():  # stopping: dropped, never accepted
+            for _, (pid, _, _, _) in room.drain():  # stopping: dropped, never accepted
                 loop.verdict(pid, NF_DROP)  # (not the source's overload: not counted)
             self.flush(force=True)
             loop.close()
@@ -313,6 +328,7 @@ class VerdictWorkers:
         self._controls: list[Connection | None] = [None] * config.queues
         self._lock = threading.Lock()
         self._shed_by_source: dict[bytes, int] = {}
+        self._late_by_source: dict[bytes, int] = {}
 
     def _spawn(self, index: int) -> None:
         recv_end, send_end = self._ctx.Pipe(duplex=False)
@@ -407,12 +423,21 @@ class VerdictWorkers:
         out: list[Report] = []
         while True:
             try:
-                reports, shed = self._reports.get_nowait()
+                reports, shed, late = self._reports.get_nowait()
             except queue.Empty:
                 return out
             out.extend(reports)
             for source, n in shed.items():
                 self._shed_by_source[source] = self._shed_by_source.get(source, 0) + n
+            for source, n in late.items():
+                self._late_by_source[source] = self._late_by_source.get(source, 0) + n
+
+    def late(self) -> dict[str, int]:
+        """Source address -> SYNs decided more than LATE after they were read
+        (the loop is not keeping up with that source), since the last call."""
+        out = {_address(raw): n for raw, n in self._late_by_source.items()}
+        self._late_by_source = {}
+        return out
 
     def shed(self) -> dict[str, int]:
         """Source address -> SYNs the workers dropped undecided (more waiting
