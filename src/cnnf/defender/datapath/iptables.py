@@ -38,8 +38,9 @@ nothing is accepted undecided, only a queue with no process bound is bypassed):
    decided round robin), so another source's SYN never waits behind the
    flooder's; the flooder's SYNs beyond its share are dropped by the worker
    and counted against it (overload too);
-4. when the worker falls behind even so (its room is full and it drops the
-   oldest SYNs of the source holding the most: a Defender short of CPU), the
+4. when the worker falls behind even so (it decides a source's SYNs over
+   0.2 s after reading them, or its room is full and it drops the oldest SYNs
+   of the source holding the most: a Defender short of CPU), the
    Defender puts that source in ``cnnf-busy`` and its limit becomes a tenth
    (``busy_rate``) for as long as it goes on flooding: its flood is then
    dropped here, before the queue, and the others' SYNs, at their full rate,
