@@ -129,3 +129,10 @@ def test_forged_sources_keep_the_turns_bounded_and_a_real_one_is_served() -> Non
     while (item := q.pop(0.0)[0]) is not None:
         items.append(item)
     assert len(items) == 10 and -2 in items and -1 not in items  # A: its own oldest went
+
+
+def test_a_source_keeps_its_burst_until_the_loop_is_behind_for_it() -> None:
+    q: FairQueue[str] = FairQueue(per_source=2, total=100, patience=0.2)
+    assert [q.push(A, f"a{i}", 0.0) for i in range(5)] == [[], [], [], [], []]
+    assert q.waiting(A) == 5  # a burst, just read: it waits
+    assert q.push(A, "late", 0.3) == [(A, "a0")]  # its oldest waited 0.3 s: over its line

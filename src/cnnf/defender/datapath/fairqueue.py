@@ -38,6 +38,9 @@ class FairQueue(Generic[T]):
     per_source: int = 128
     total: int = 2048
     max_wait: float = 1.0
+    # ``per_source`` holds only once the source's oldest SYN waited this long
+    # (the loop is behind for it): a healthy loop's burst waits, whatever its size
+    patience: float = 0.0
     _queues: dict[bytes, deque[tuple[float, T]]] = field(default_factory=dict)
     _ring: deque[bytes] = field(default_factory=deque)  # sources with SYNs waiting, in turn
     _ringed: set[bytes] = field(default_factory=set)  # in _ring (once at most)
@@ -69,11 +72,11 @@ class FairQueue(Generic[T]):
             if source not in self._ringed:  # (it may still have its turn from before)
                 self._ring.append(source)
                 self._ringed.add(source)
-        if len(q) >= self.per_source:
+        if len(q) >= self.per_source and now - q[0][0] >= self.patience:
             out.append((source, q.popleft()[1]))
             self._size -= 1
             self._moved(source, len(q) + 1, len(q))
-        elif self._size >= self.total:
+        if self._size >= self.total:
             # Full: the source holding the most loses its oldest (the newcomer's
             # own source when it is one of those, since its queue is not empty then).
             victim = (source if len(q) == self._most

@@ -74,6 +74,9 @@ DECIDE_BATCH = 32
 # healthy source waits (and is decided within milliseconds); only a full room
 # pushes out SYNs, of the source holding the most.
 ROOM = 2048
+# A source's line: beyond it, its oldest SYN is dropped, but only once that SYN
+# waited LATE (the loop is behind for the source): a healthy loop's burst waits.
+PER_SOURCE = 128
 MAX_WAIT = 1.0  # seconds: a SYN older than its client's first retry is dropped
 LATE = 0.2  # seconds from read to decision that mean the loop is behind for the source
 SHED_SOURCES = 1024  # distinct sources counted per report batch (forged ones: the rest unnamed)
@@ -136,7 +139,7 @@ class _Worker:
         self.running = True
         total = max(1, min(ROOM, self.config.queue_maxlen // 2))
         self.room: FairQueue[tuple[int, bytes, int, float]] = FairQueue(
-            per_source=total, total=total, max_wait=MAX_WAIT)
+            per_source=min(PER_SOURCE, total), total=total, max_wait=MAX_WAIT, patience=LATE)
         self.shed: dict[bytes, int] = {}  # source -> SYNs dropped undecided, not yet sent
         self.late: dict[bytes, int] = {}  # source -> SYNs decided over LATE after their read
         self.loop: QueueLoop | None = None
