@@ -54,7 +54,9 @@ from cnnf.defender.datapath import (
     Outcome,
     PacketInfo,
 )
-from cnnf.defender.datapath.backend import BUSY_TIMEOUT
+from cnnf.defender.datapath.backend import BUSY_TIMEOUT, Port
+from cnnf.defender.datapath.netns import DatapathError
+from cnnf.defender.datapath.ports import workload_ports
 from cnnf.defender.discovery.base import Discovery
 from cnnf.defender.discovery.identity import DiscoveredContainer
 from cnnf.defender.discovery.runtime import make_discovery
@@ -84,6 +86,7 @@ from cnnf.model.records import (
     WorkloadInfo,
     endpoint_name,
     overload_audit,
+    spoof_audit,
 )
 from cnnf.model.rule import RuleKind
 from cnnf.policy.document import load_policy
@@ -164,6 +167,8 @@ MAX_BATCH_RECORDS = 1000
 OFFLINE_REPORT_INTERVAL = 30.0
 # Seconds between reads of the kernel's fast-path and admission counters.
 KERNEL_POLL_INTERVAL = 1.0
+# Forged-source drops: one log line and one audit per port at most this often.
+SPOOF_REPORT_INTERVAL = 10.0
 # SYNs of one source the verdict loop dropped or decided late (in one turn of
 # the main loop) that get its admission limit tightened.
 BUSY_MIN_SHED = 10
@@ -468,6 +473,17 @@ class Agent:
         self._shed_recent: dict[str, int] = {}
         self._over_prev: dict[str, int] = {}
         self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
+        # Anti-spoofing: container key -> ((pid, addresses), its ports) as last
+        # resolved; the port counters at the last poll; forged-source drops not
+        # reported yet, and when each port's were last reported.
+        self._ports_lock = threading.Lock()
+        self._port_cache: dict[str, tuple[tuple[int, tuple[str, ...]], list[Port]]] = {}
+        self._port_owner: dict[str, DiscoveredContainer] = {}
+        self._spoof_prev: dict[str, int] = {}
+        self._spoof_pending: dict[str, int] = {}
+        self._spoof_reported: dict[str, float] = {}
+        self.spoofed = 0  # packets dropped for a forged source address, in all
+        self._sent_locals: frozenset[str] | None = None
         self.link: Any = None
         self.runner: Any = None
         self.spool: Any = None
@@ -498,6 +514,8 @@ class Agent:
             self._apply_mode(start_only=True)
             self._apply_sets()
             self._apply_mode()
+        if old.container_enabled != policy.container_enabled:
+            self.bind_ports()
         log.info("policy applied", source=source, revision=policy.revision,
                  container_enabled=policy.container_enabled, host_enabled=policy.host_enabled,
                  container_rules=len(policy.container_rules), host_rules=len(policy.host_rules),
@@ -666,8 +684,105 @@ class Agent:
             for which, addrs in wanted.items():
                 if backend.addresses(which) != addrs:
                     backend.set_addresses(which, addrs)
+            self._send_locals(wanted[AddressSet.LOCAL] | wanted[AddressSet.HOST])
         self.observed.set_scope(ObservationScope(wanted[AddressSet.CLUSTER], self.inventory,
                                                  self.compiled, since))
+
+    def _send_locals(self, addresses: frozenset[str]) -> None:
+        """The verdict workers' waiting room gives each of these a line of its
+        own (their addresses are vouched for by anti-spoofing); other sources
+        wait by prefix."""
+        if self.datapath is not None and addresses != self._sent_locals:
+            self.datapath.workers.set_local_sources(addresses)
+            self._sent_locals = addresses
+
+    def bind_ports(self) -> None:
+        """Anti-spoofing: bind each protected container's port (the host end of
+        its veth) to its addresses; a packet from the port with another source
+        address is then dropped in the kernel. Resolved once per container
+        start (its process id); with containers unprotected, nothing is bound."""
+        if self.datapath is None:
+            return
+        with self._lock:
+            enabled = self.policy.container_enabled
+            containers = {c.identity.id or f"pid {c.pid}": c for c in self.local.values()}
+        with self._ports_lock:
+            cache: dict[str, tuple[tuple[int, tuple[str, ...]], list[Port]]] = {}
+            merged: dict[str, Port] = {}
+            owner: dict[str, DiscoveredContainer] = {}
+            for key, c in containers.items() if enabled else ():
+                sig = (c.pid, tuple(sorted(c.addresses)))
+                have = self._port_cache.get(key)
+                found = have[1] if have is not None and have[0] == sig else self._resolve_ports(c)
+                cache[key] = (sig, found)
+                for port in found:
+                    before = merged.get(port.interface)
+                    addresses = port.addresses | (before.addresses if before else frozenset())
+                    merged[port.interface] = Port(port.interface, addresses, port.bridged)
+                    owner[port.interface] = c
+            self._port_cache, self._port_owner = cache, owner
+            backend = self.datapath.backend
+            before_ports = backend.ports()
+            backend.set_ports(merged.values())
+        gone = sorted(set(before_ports) - set(merged))
+        added = sorted(i for i in merged if before_ports.get(i) != merged[i])
+        if gone or added:
+            log.info("anti-spoofing: ports bound to their containers' addresses",
+                     bound=[f"{i} ({owner[i].identity.name}: "
+                            f"{', '.join(sorted(merged[i].addresses))})" for i in added],
+                     unbound=gone, ports=len(merged))
+
+    def _resolve_ports(self, c: DiscoveredContainer) -> list[Port]:
+        if not c.pid:
+            log.warning("anti-spoofing: the runtime gives no process id for this container; "
+                        "its port is not bound (its packets' source addresses are not "
+                        "checked)", container=c.identity.name, addresses=list(c.addresses))
+            return []
+        try:
+            found = workload_ports(NetnsRef(f"/proc/{c.pid}/ns/net"), c.addresses, self.netns)
+        except DatapathError as exc:
+            log.warning("anti-spoofing: the container's port could not be found (it may "
+                        "have stopped)", container=c.identity.name, error=str(exc)[:300])
+            return []
+        if not found:
+            log.warning("anti-spoofing: no veth of this container ends in this namespace; "
+                        "its source addresses are not checked", container=c.identity.name,
+                        addresses=list(c.addresses))
+        return found
+
+    def poll_spoofed(self, now: float) -> None:
+        """Forged-source drops per port -> one log line and one audit per port
+        and SPOOF_REPORT_INTERVAL at most (a flood of forged packets costs the
+        kernel's counters only)."""
+        assert self.datapath is not None
+        counters = self.datapath.backend.spoof_counters()
+        for iface, n in counters.items():
+            prev = self._spoof_prev.get(iface, 0)
+            delta = n - prev if n >= prev else n  # rebound: its counters restarted
+            if delta > 0:
+                self._spoof_pending[iface] = self._spoof_pending.get(iface, 0) + delta
+                self.spoofed += delta
+        self._spoof_prev = counters
+        for iface, n in list(self._spoof_pending.items()):
+            last = self._spoof_reported.get(iface)
+            if last is not None and now - last < SPOOF_REPORT_INTERVAL:
+                continue
+            del self._spoof_pending[iface]
+            self._spoof_reported[iface] = now
+            seconds = SPOOF_REPORT_INTERVAL if last is None else now - last
+            c = self._port_owner.get(iface)
+            name = c.identity.name if c is not None else "(unbound since)"
+            log.warning("anti-spoofing: dropped packets with a forged source address from "
+                        "a container's port", interface=iface, container=name, packets=n)
+            if c is not None and c.addresses:
+                src = self.recorder.info(self.inventory.endpoint(c.addresses[0]))
+                self.recorder.add_audit(spoof_audit(
+                    self.clock(), src, host=self.config.hostname, dropped=n,
+                    seconds=max(seconds, KERNEL_POLL_INTERVAL), interface=iface,
+                    reporter=self.config.hostname))
+        for iface in [i for i in self._spoof_reported if i not in counters
+                      and i not in self._spoof_pending]:
+            del self._spoof_reported[iface]
 
     def _apply_mode(self, *, start_only: bool = False) -> None:
         """Observe with conntrack while anything is not enforced (either switch
@@ -727,6 +842,7 @@ class Agent:
             now = self.clock()
         log.info("inventory changed", containers=len(local), added=sorted(added),
                  removed=sorted(removed))
+        self.bind_ports()
         self._networks_for(added)
         # A resync can see a container before its own start event arrives.
         for c in {local[a].identity.id or a: local[a] for a in added}.values():
@@ -747,9 +863,12 @@ class Agent:
                 for a in c.addresses:
                     self.datapath.backend.add_address(AddressSet.LOCAL, a)
                     self.datapath.backend.add_address(AddressSet.CLUSTER, a)
+                self._send_locals(self._sent_locals | frozenset(c.addresses)
+                                  if self._sent_locals is not None else frozenset(c.addresses))
             now = self.clock()
             if self.runner is not None:
                 self.runner.set_inventory(self.inventory_report())
+        self.bind_ports()
         self._protected(c, now)
         self._networks_for(c.addresses)
 
@@ -901,6 +1020,7 @@ class Agent:
         for note in report.notes:
             log.info(note)
         self._apply_sets()
+        self.bind_ports()
         self._apply_mode()
         self.check_datapath()
         log.info("defender started", hostname=self.config.hostname, netns=self.config.netns,
@@ -1144,6 +1264,7 @@ class Agent:
                 with self._lock:
                     self.cache.apply(reading, self._context())
                     self.cache.expire(now, self._context())
+            self.poll_spoofed(now)
             counters = backend.overload_counters() if self.config.admission_rate else {}
             shed, self._shed = self._shed, {}
             for report in self.overload.update(counters, now, shed):

@@ -213,6 +213,32 @@ def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, s
     )
 
 
+def spoof_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seconds: float,
+                interface: str, reporter: str) -> AuditEvent:
+    """The audit of a workload sending with forged source addresses: ``dropped``
+    packets from its port (``interface``, the host end of its veth) on ``host``
+    in the last ``seconds`` carried a source address not its own, and the
+    kernel's anti-spoofing rule dropped them before anything else. An overload
+    audit (no rule decided it: ``rule_id`` None, ``port`` 0); the message says
+    what dropped them."""
+    if dropped < 1:
+        raise ValueError(f"dropped: {dropped} is not a positive count of packets")
+    if not seconds > 0:
+        raise ValueError(f"seconds: {seconds} is not a positive window")
+    if not interface:
+        raise ValueError("interface: empty")
+    packets = "packet" if dropped == 1 else "packets"
+    message = (f"overload: anti-spoofing dropped {dropped:,} {packets} with a forged source "
+               f"address from {endpoint_name(src)} (its port {interface}) in "
+               f"{round(seconds, 1):g} s")
+    return AuditEvent(
+        time=time, type=AuditType.OVERLOAD, effect=Effect.PREVENT, blocked=True,
+        rule_id=None, rule_name="", src=src,
+        dst=EndpointInfo(kind="host", host=host, address=None), port=0,
+        message=message, count=dropped, reporter=reporter,
+    )
+
+
 # --- The Defender <-> Console wire (bodies of /api/v1/defender/* endpoints) ---
 
 

@@ -41,6 +41,9 @@ from cnnf.defender.datapath import (
     queue_stats,
     select_backend,
 )
+from cnnf.defender.datapath.backend import Port
+from cnnf.defender.datapath.netns import NetnsRef
+from cnnf.defender.datapath.ports import workload_ports
 
 pytestmark = pytest.mark.root
 
@@ -853,4 +856,101 @@ def test_a_fail_closed_stop_keeps_refusing_until_cleanup(h: Harness, servers: No
     assert t.c1.connect(t.C2, ALLOW, timeout=2) == "refused"  # the cached allow went too
     assert "CNNF-QUEUE" in kernel_state(t.node)[0]
     cleanup(t.node.name)
+    assert t.c1.connect(t.C2, ALLOW) == "ok"
+
+
+REMOTE_6 = "fd78::2"
+
+FROM = """
+    import socket, sys
+    src, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.settimeout(1.5)
+    s.bind((src, 0))
+    try:
+        s.connect((host, port))
+        print("ok")
+    except socket.timeout:
+        print("timeout")
+    except OSError as e:
+        print(type(e).__name__)
+"""
+
+
+def only_c2_reaches_remote(packet: PacketInfo) -> Outcome:
+    """Remote's ALLOW port is c2's alone (a rule naming c2); c1 is prevented."""
+    if packet.dst in (netns.Topology.REMOTE, REMOTE_6) and packet.dport == ALLOW:
+        mine = packet.src in (netns.Topology.C2, netns.Topology.C2_6)
+        return Outcome(Decision.ACCEPT if mine else Decision.DROP, detail="c2 only")
+    return decide_by_port(packet)
+
+
+def test_a_workload_forging_a_neighbours_source_is_dropped_before_the_policy(
+    h: Harness, servers: None
+) -> None:
+    """c1 sends SYNs with c2's address (IPv4 and IPv6) to a port of remote that
+    only c2 may reach. With the ports bound (each veth to its workload's
+    addresses), the forged SYNs are dropped first and counted on c1's port; none
+    reaches remote, and c2's own connections still do. Unbound (as on main),
+    the forged SYN is decided as c2's and reaches remote."""
+    t = h.topo
+    dp = h.start(DatapathConfig(dns=False, fastpath=False), only_c2_reaches_remote)
+    dp.backend.heartbeat()
+    ports = [*workload_ports(NetnsRef(t.c1.path), [t.C1, t.C1_6], dp.netns),
+             *workload_ports(NetnsRef(t.c2.path), [t.C2, t.C2_6], dp.netns)]
+    assert [(p.interface, p.bridged) for p in ports] == [("v-c1", True), ("v-c2", True)]
+    dp.backend.set_ports(ports)
+    assert dp.backend.check() == []  # the sets hold what was bound
+    counters = [("iptables", t.C2), ("ip6tables", t.C2_6)]
+    for tool, src in counters:
+        t.remote.run(tool, "-I", "INPUT", "-s", src, "-p", "tcp", "--syn", "--dport", str(ALLOW))
+
+    def reached() -> list[int]:
+        out = []
+        for tool, src in counters:
+            listing = t.remote.run(tool, "-L", "INPUT", "-v", "-x", "-n").stdout
+            out += [int(ln.split()[0]) for ln in listing.splitlines() if src in ln]
+        return out
+
+    def from_c1(src: str, dst: str) -> str:
+        out = subprocess.run(t.c1.python(FROM, src, dst, str(ALLOW)), capture_output=True,
+                             text=True, check=True, timeout=20)
+        return out.stdout.strip()
+
+    t.c1.ip("addr", "add", f"{t.C2}/32", "dev", "eth0")
+    t.c1.ip("-6", "addr", "add", f"{t.C2_6}/128", "dev", "eth0", "nodad")
+    try:
+        assert t.c2.connect(t.REMOTE, ALLOW) == "ok"
+        assert t.c2.connect(REMOTE_6, ALLOW) == "ok"
+        assert reached() == [1, 1]
+        assert t.c1.connect(t.REMOTE, ALLOW, timeout=1) == "timeout"  # c1's own: prevented
+        assert from_c1(t.C2, t.REMOTE) == "timeout"
+        assert from_c1(t.C2_6, REMOTE_6) == "timeout"
+        assert reached() == [1, 1]  # no forged SYN reached remote
+        spoofed = dp.backend.spoof_counters()
+        assert spoofed["v-c1"] >= 2 and spoofed["v-c2"] == 0, spoofed
+        assert t.c2.connect(t.REMOTE, ALLOW) == "ok"  # the real c2 is untouched
+        # Unbound, as on main: the forged SYN is decided as c2's and gets through.
+        dp.backend.set_ports([])
+        from_c1(t.C2, t.REMOTE)
+        assert reached()[0] >= 3
+    finally:
+        t.c1.ip("addr", "del", f"{t.C2}/32", "dev", "eth0")
+        t.c1.ip("-6", "addr", "del", f"{t.C2_6}/128", "dev", "eth0")
+        for tool, src in counters:
+            t.remote.run(tool, "-D", "INPUT", "-s", src, "-p", "tcp", "--syn", "--dport",
+                         str(ALLOW))
+    dp.stop()
+    assert "cnnf" not in t.node.run("ipset", "list", "-n").stdout
+
+
+def test_anti_spoofing_lapses_with_the_heartbeat(h: Harness, servers: None) -> None:
+    """A dead Defender's bindings stop dropping (an interface name may be
+    reused by another workload before the next start rebinds them)."""
+    t = h.topo
+    dp = h.start(DatapathConfig(dns=False, fastpath=False))
+    dp.backend.heartbeat()
+    dp.backend.set_ports([Port("v-c1", frozenset({t.C2}))])  # c1 bound to a wrong address
+    assert t.c1.connect(t.C2, ALLOW, timeout=1) == "timeout"  # its real address is "forged"
+    dp.backend.heartbeat_stop()
     assert t.c1.connect(t.C2, ALLOW) == "ok"

@@ -8,6 +8,7 @@ configuration of the run that installed them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -166,6 +167,26 @@ def busy_set(family: int) -> str:
 BUSY_TIMEOUT = 5
 
 
+# The source prefix by which sources from outside the host (whose addresses the
+# kernel cannot check) share an admission limit and a line in the waiting room.
+OUTSIDE_PREFIX = {4: 24, 6: 64}
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A protected workload's port on this host: its host-side interface (a
+    bridge port when ``bridged``: matched as the physical input device through
+    br_netfilter; else a routed interface) and the addresses it may send from."""
+
+    interface: str
+    addresses: frozenset[str]
+    bridged: bool = True
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", self.interface):
+            raise ValueError(f"not an interface name: {self.interface!r}")
+
+
 def overload_set(family: int) -> str:
     """Sources whose SYNs the admission limit dropped, with packet counters."""
     return f"{SET_PREFIX}over{family}"
@@ -243,6 +264,20 @@ class FirewallBackend(Protocol):
     def busy(self, sources: Iterable[str], on: bool) -> None:
         """Tighten (on) the admission limit of ``sources`` to ``busy_rate`` for
         ``BUSY_TIMEOUT`` seconds (again: renewed); off: back to the rate now."""
+        ...
+
+    def set_ports(self, ports: Iterable[Port]) -> None:
+        """Replace every workload port's anti-spoofing binding at once: a packet
+        from a port whose source is not one of that port's addresses is dropped
+        (first, before anything else; while the heartbeat is fresh)."""
+        ...
+
+    def ports(self) -> dict[str, Port]:
+        """The ports bound now, by interface."""
+        ...
+
+    def spoof_counters(self) -> dict[str, int]:
+        """Interface -> packets dropped for a forged source address (since bound)."""
         ...
 
     def heartbeat_stop(self) -> None:

@@ -78,6 +78,7 @@ from cnnf.defender.datapath.backend import (
     CHAIN_PREFIX,
     FASTPATH_GRACE,
     HEARTBEAT_TIMEOUT,
+    OUTSIDE_PREFIX,
     SET_PREFIX,
     TAG,
     AddressSet,
@@ -85,6 +86,7 @@ from cnnf.defender.datapath.backend import (
     FastEntry,
     FastVerdict,
     InstallReport,
+    Port,
     alive_set,
     busy_set,
     overload_set,
@@ -93,6 +95,7 @@ from cnnf.defender.datapath.netns import DatapathError, NetnsRef
 
 BUILTIN = ("FORWARD", "INPUT", "OUTPUT")
 QUEUE_CHAIN = f"{CHAIN_PREFIX}QUEUE"
+SPOOF_CHAIN = f"{CHAIN_PREFIX}SPOOF"
 OVERLOAD_CHAIN = f"{CHAIN_PREFIX}OVERLOAD"
 NFT_TABLE = "inet cnnf"  # fail-closed: rejects SYNs that bypassed the queue
 
@@ -185,6 +188,7 @@ class IptablesBackend:
         self._members: dict[str, set[str]] = {
             w.set_name(f): set() for w in AddressSet for f in self.config.families
         }
+        self._ports: dict[str, Port] = {}
         self._expected: dict[int, list[str]] = {}
         self._nft_reject = False  # the fail-closed reject table is installed
         self._lock = threading.RLock()
@@ -228,12 +232,17 @@ class IptablesBackend:
                 local,
             ],
         }
-        chains = [*BUILTIN, QUEUE_CHAIN[len(CHAIN_PREFIX):]]
+        chains = [*BUILTIN, QUEUE_CHAIN[len(CHAIN_PREFIX):], SPOOF_CHAIN[len(CHAIN_PREFIX):]]
         if c.admission_rate:
             chains.append(OVERLOAD_CHAIN[len(CHAIN_PREFIX):])
         lines = [f":{CHAIN_PREFIX}{b} - [0:0]" for b in chains]
+        alive = f"-m set --match-set {alive_set(family)} src"
         for builtin, (out_rule, in_rule, dns_set) in plan.items():
             chain = f"{CHAIN_PREFIX}{builtin}"
+            if builtin != "OUTPUT":
+                # First of all: a packet from a workload's port whose source is
+                # not the workload's address (forged) goes, whatever it is.
+                lines.append(f"-A {chain} {alive} -j {SPOOF_CHAIN}")
             if c.block_mode == "reset":
                 mark = f"{c.reject_mark:#x}/{c.reject_mark:#x}"
                 lines.append(
@@ -251,7 +260,6 @@ class IptablesBackend:
                 )
         # Cached verdicts and the admission limit work only while the Defender's
         # heartbeat is fresh: a dead Defender leaves the queue's failure mode.
-        alive = f"-m set --match-set {alive_set(family)} src"
         if c.fastpath:
             for fv, target in ((FastVerdict.ACCEPT, "-j ACCEPT"),
                                (FastVerdict.REJECT, "-p tcp -j REJECT --reject-with tcp-reset"),
@@ -261,19 +269,34 @@ class IptablesBackend:
                     f"src,dst,dst {target}")
         if c.admission_rate:
             over = overload_set(family)
+            # Queued SYNs from CLUSTER come from this host's workloads (outbound;
+            # inbound ones from CLUSTER are not queued here), whose source
+            # addresses the anti-spoofing rule vouches for: each its own bucket.
+            # Any other source may be forged: buckets per /24 (/64), in tables
+            # of their own, so forged sources filling a table (65,536 buckets:
+            # then a new bucket's SYNs are dropped) never touch the local ones.
+            local = f"-m set --match-set {cluster} src"
+            outside = f"-m set ! --match-set {cluster} src"
+            prefix = f"--hashlimit-srcmask {OUTSIDE_PREFIX[family]}"
+            busy = f"-m set --match-set {busy_set(family)} src"
+            size = "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536"
+            full = (f"-m hashlimit --hashlimit-above {c.admission_rate}/sec "
+                    f"--hashlimit-burst {c.admission_burst} --hashlimit-mode srcip")
+            tight = (f"-m hashlimit --hashlimit-above {c.busy_rate}/sec "
+                     f"--hashlimit-burst {2 * c.busy_rate} --hashlimit-mode srcip")
             lines += [
-                f"-A {QUEUE_CHAIN} {alive} -m hashlimit --hashlimit-above "
-                f"{c.admission_rate}/sec --hashlimit-burst {c.admission_burst} "
-                f"--hashlimit-mode srcip --hashlimit-name {self._hashlimit_name(family)} "
-                "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536 "
+                f"-A {QUEUE_CHAIN} {alive} {local} {full} "
+                f"--hashlimit-name {self._hashlimit_name(family)} {size} -j {OVERLOAD_CHAIN}",
+                f"-A {QUEUE_CHAIN} {alive} {outside} {full} {prefix} "
+                f"--hashlimit-name {self._hashlimit_name(family, outside=True)} {size} "
                 f"-j {OVERLOAD_CHAIN}",
                 # The sources the verdict loop could not keep up with: a tenth.
-                f"-A {QUEUE_CHAIN} {alive} -m set --match-set {busy_set(family)} src "
-                f"-m hashlimit --hashlimit-above {c.busy_rate}/sec --hashlimit-burst "
-                f"{2 * c.busy_rate} --hashlimit-mode srcip "
-                f"--hashlimit-name {self._hashlimit_name(family, busy=True)} "
-                "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536 "
+                f"-A {QUEUE_CHAIN} {alive} {local} {busy} {tight} "
+                f"--hashlimit-name {self._hashlimit_name(family, busy=True)} {size} "
                 f"-j {OVERLOAD_CHAIN}",
+                f"-A {QUEUE_CHAIN} {alive} {outside} {busy} {tight} {prefix} "
+                f"--hashlimit-name {self._hashlimit_name(family, busy=True, outside=True)} "
+                f"{size} -j {OVERLOAD_CHAIN}",
                 # Count per source: the add counts the first packet too (the
                 # reader subtracts it); an existing entry is left as it is.
                 f"-A {OVERLOAD_CHAIN} -j SET --add-set {over} src",
@@ -284,18 +307,21 @@ class IptablesBackend:
             pending = f"{c.pending_mark:#x}"
             lines.append(f"-A {QUEUE_CHAIN} -j MARK --set-xmark {pending}/{pending}")
         lines.append(f"-A {QUEUE_CHAIN} {self._queue_target()}")
+        lines += self._spoof_rules(family)
         lines += [f"-I {b} 1 -m comment --comment {TAG} -j {CHAIN_PREFIX}{b}" for b in BUILTIN]
         return lines
 
-    def _hashlimit_name(self, family: int, busy: bool = False) -> str:
+    def _hashlimit_name(self, family: int, busy: bool = False, outside: bool = False) -> str:
         """Named after its settings: a rule replaced in place keeps its table's
-        settings from creation, so other settings need another table."""
+        settings from creation, so other settings need another table (at most
+        15 characters)."""
         c = self.config
-        if busy:
-            digest = zlib.crc32(f"busy {c.busy_rate}".encode())
-            return f"cnnfb{family}-{digest:08x}"  # at most 15 characters
-        digest = zlib.crc32(f"{c.admission_rate}/{c.admission_burst}".encode())
-        return f"cnnf{family}-{digest:08x}"  # at most 15 characters
+        kind = ("b" if busy else "") + ("o" if outside else "")
+        rate = f"busy {c.busy_rate}" if busy else f"{c.admission_rate}/{c.admission_burst}"
+        if outside:
+            rate += f" /{OUTSIDE_PREFIX[family]}"
+        digest = zlib.crc32(rate.encode())
+        return f"cnnf{kind}{family}-{digest:08x}"
 
     def _save(self, family: int) -> str:
         return self.netns.run(_TOOLS[family][1]).stdout
@@ -393,7 +419,7 @@ class IptablesBackend:
             if c.admission_rate:
                 specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
                 specs[busy_set(family)] = (
-                    f"hash:ip family {fam} {_OVERLOAD_SIZE} timeout {BUSY_TIMEOUT}")
+                    f"hash:net family {fam} {_OVERLOAD_SIZE} timeout {BUSY_TIMEOUT}")
         return specs
 
     def _set_names(self) -> list[str]:
@@ -534,7 +560,10 @@ class IptablesBackend:
             return
         lines = []
         for a in sources:
-            family = address_family(a)
+            try:  # an address, or an outside prefix ("10.1.2.0/24")
+                family = ipaddress.ip_network(a, strict=False).version
+            except ValueError:
+                continue  # the outside sources' shared line: no one to tighten
             if family in self.config.families:
                 lines.append(f"add {busy_set(family)} {a} timeout {BUSY_TIMEOUT} -exist" if on
                              else f"del {busy_set(family)} {a} -exist")
@@ -639,7 +668,60 @@ class IptablesBackend:
 
     def _set_members(self, name: str) -> set[str]:
         out = self.netns.run("ipset", "save", name, check=False).stdout
-        return {ln.split()[2] for ln in out.splitlines() if ln.startswith("add ")}
+        return {ln.split()[2] + (" nomatch" if " nomatch" in ln else "")
+                for ln in out.splitlines() if ln.startswith("add ")}
+
+    # -- anti-spoofing ------------------------------------------------------------
+
+    def _spoof_rules(self, family: int) -> list[str]:
+        """CNNF-SPOOF: per port, its own addresses (and IPv6 link-local ones,
+        for neighbour discovery) return; any other source is dropped, counted
+        by the port's last rule. (ipset's ``hash:net,iface`` with ``physdev:``
+        entries never matched a bridged packet here: xt_physdev it is.)"""
+        lines = []
+        for port in sorted(self._ports.values(), key=lambda p: p.interface):
+            dev = (f"-m physdev --physdev-in {port.interface}" if port.bridged
+                   else f"-i {port.interface}")
+            own = sorted(a for a in port.addresses if address_family(a) == family)
+            if family == 6:
+                lines.append(f"-A {SPOOF_CHAIN} {dev} -s fe80::/10 -j RETURN")
+            if len(own) == 1:
+                lines.append(f"-A {SPOOF_CHAIN} {dev} ! -s {own[0]} -j DROP")
+                continue
+            lines += [f"-A {SPOOF_CHAIN} {dev} -s {a} -j RETURN" for a in own]
+            lines.append(f"-A {SPOOF_CHAIN} {dev} -j DROP")
+        return lines
+
+    def set_ports(self, ports: Iterable[Port]) -> None:
+        by_name = {p.interface: p for p in ports}
+        for p in by_name.values():
+            for a in p.addresses:
+                address_family(a)  # an IP address, or DatapathError
+        with self._lock:
+            if by_name == self._ports:
+                return
+            self._ports = by_name
+            if self._expected:  # installed: one transaction per family, as always
+                for family in self.config.families:
+                    self._install_rules(family)
+
+    def ports(self) -> dict[str, Port]:
+        with self._lock:
+            return dict(self._ports)
+
+    def spoof_counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for family in self.config.families:
+            saved = self.netns.run(_TOOLS[family][1], "-c", "-t", "filter").stdout
+            for line in saved.splitlines():
+                if f"-A {SPOOF_CHAIN} " not in line or not line.endswith("-j DROP"):
+                    continue
+                counts, _, rule = line.partition(" ")
+                tokens = rule.split()
+                flag = "--physdev-in" if "--physdev-in" in tokens else "-i"
+                name = tokens[tokens.index(flag) + 1]
+                out[name] = out.get(name, 0) + int(counts.strip("[]").split(":")[0])
+        return out
 
     def _name(self, which: AddressSet, address: str) -> tuple[str, str]:
         which, family = AddressSet(which), address_family(address)

@@ -80,6 +80,14 @@ PER_SOURCE = 128
 MAX_WAIT = 1.0  # seconds: a SYN older than its client's first retry is dropped
 LATE = 0.2  # seconds from read to decision that mean the loop is behind for the source
 SHED_SOURCES = 1024  # distinct sources counted per report batch (forged ones: the rest unnamed)
+# Sources outside this host may be forged: they wait by /24 (/64) prefix, and at
+# most OUTSIDE_LINES prefixes have a line of their own; the others share one
+# (OUTSIDE_REST). So forged sources can neither grow the room's bookkeeping nor
+# out-number this host's workloads in the round robin; a workload's own address
+# (vouched for by the anti-spoofing rule) is its line.
+OUTSIDE_LINES = 16
+OUTSIDE_REST = b"\x00o*"
+_OUTSIDE = {4: (b"\x00o4", 3), 6: (b"\x00o6", 8)}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -99,7 +107,23 @@ class DnsUpdate:
     records: tuple[DnsRecord, ...]
     then: object = None  # passed to ``decide.update`` once the names are in
 
+@dataclass(frozen=True, slots=True)
+class LocalSources:
+    """The addresses of this host's workloads and of the host (their SYNs wait
+    by address; any other source's by prefix)."""
+
+    addresses: frozenset[str]
+
+
 def _address(raw: bytes) -> str:
+    """A waiting-room line's name: an address, an outside prefix, or the
+    outside sources' shared line."""
+    if raw == OUTSIDE_REST:
+        return "other sources outside this host"
+    for family, (tag, size) in _OUTSIDE.items():
+        if raw.startswith(tag) and len(raw) == len(tag) + size:
+            full = raw[len(tag):] + bytes((4 if family == 4 else 16) - size)
+            return f"{ipaddress.ip_address(full)}/{size * 8}"
     try:
         return str(ipaddress.ip_address(raw))
     except ValueError:
@@ -138,7 +162,9 @@ class _Worker:
         self.reset = self.config.block_mode == "reset"
         self.running = True
         total = max(1, min(ROOM, self.config.queue_maxlen // 2))
-        self.room: FairQueue[tuple[int, bytes, int, float]] = FairQueue(
+        self.locals: frozenset[bytes] = frozenset()
+        self.outside: set[bytes] = set()  # outside prefixes with a line of their own
+        self.room: FairQueue[tuple[int, bytes, int, float, bytes]] = FairQueue(
             per_source=min(PER_SOURCE, total), total=total, max_wait=MAX_WAIT, patience=LATE)
         self.shed: dict[bytes, int] = {}  # source -> SYNs dropped undecided, not yet sent
         self.late: dict[bytes, int] = {}  # source -> SYNs decided over LATE after their read
@@ -147,6 +173,8 @@ class _Worker:
     def apply(self, message: Any) -> None:
         if message is None:
             self.running = False
+        elif isinstance(message, LocalSources):
+            self.locals = frozenset(ipaddress.ip_address(a).packed for a in message.addresses)
         elif isinstance(message, DnsUpdate):
             self.cache.record(message.records)
             if message.then is not None:
@@ -207,12 +235,30 @@ class _Worker:
             return NF_REPEAT, mark | self.reject_mark
         return NF_DROP, None
 
-    def receive(self, packet_id: int, payload: bytes, mark: int) -> None:
-        """A SYN read from the kernel queue: it waits in the room, by source."""
+    def line(self, payload: bytes) -> bytes:
+        """The room's line for a SYN: a local source's address, else its outside
+        prefix (one of OUTSIDE_LINES at most, the rest share OUTSIDE_REST)."""
         version = payload[0] >> 4 if payload else 0
         source = payload[12:16] if version == 4 else payload[8:24] if version == 6 else b""
+        if source in self.locals or version not in _OUTSIDE:
+            return source
+        tag, size = _OUTSIDE[version]
+        key = tag + source[:size]
+        if key in self.outside:
+            return key
+        if len(self.outside) >= OUTSIDE_LINES:
+            self.outside = {k for k in self.outside if self.room.waiting(k)}
+            if len(self.outside) >= OUTSIDE_LINES:
+                return OUTSIDE_REST
+        self.outside.add(key)
+        return key
+
+    def receive(self, packet_id: int, payload: bytes, mark: int) -> None:
+        """A SYN read from the kernel queue: it waits in the room, in its line."""
+        key = self.line(payload)
         now = time.monotonic()
-        for src, (pid, _, _, _) in self.room.push(source, (packet_id, payload, mark, now), now):
+        for src, (pid, _, _, _, _) in self.room.push(key, (packet_id, payload, mark, now, key),
+                                                      now):
             self._shed(src, pid)
 
     def _shed(self, source: bytes, packet_id: int) -> None:
@@ -230,15 +276,14 @@ class _Worker:
         for _ in range(n):
             now = time.monotonic()
             item, stale = room.pop(now)
-            for src, (pid, _, _, _) in stale:
+            for src, (pid, _, _, _, _) in stale:
                 self._shed(src, pid)
             if item is None:
                 return
-            packet_id, payload, mark, read_at = item
-            if now - read_at > LATE and len(self.late) < SHED_SOURCES:
-                # decided late: the loop is not keeping up with this source
-                source = payload[12:16] if payload[0] >> 4 == 4 else payload[8:24]
-                self.late[source] = self.late.get(source, 0) + 1
+            packet_id, payload, mark, read_at, key = item
+            if now - read_at > LATE and (key in self.late or len(self.late) < SHED_SOURCES):
+                # decided late: the loop is not keeping up with this line
+                self.late[key] = self.late.get(key, 0) + 1
             try:
                 verdict, new_mark = self.handle(payload, mark)
             except Exception:  # never leave a packet without a verdict
@@ -296,7 +341,7 @@ class _Worker:
                 self.pool._counters[self.base + _WAITING] = len(room)
                 self.flush(force=not ready and not len(room))
         finally:
-            for _, (pid, _, _, _) in room.drain():  # stopping: dropped, never accepted
+            for _, (pid, _, _, _, _) in room.drain():  # stopping: dropped, never accepted
                 loop.verdict(pid, NF_DROP)  # (not the source's overload: not counted)
             self.flush(force=True)
             loop.close()
@@ -412,6 +457,11 @@ class VerdictWorkers:
         them (with them: no SYN is decided between the two)."""
         self.broadcast(DnsUpdate(tuple(records), then))
 
+    def set_local_sources(self, addresses: frozenset[str]) -> None:
+        """This host's workload and host addresses (each waits in a line of its
+        own; other sources by prefix)."""
+        self.broadcast(LocalSources(frozenset(addresses)))
+
     def counters(self) -> list[VerdictCounters]:
         """Per queue, in queue order."""
         c = self._counters
@@ -448,10 +498,7 @@ class VerdictWorkers:
         far as :meth:`reports` has read their batches."""
         out: dict[str, int] = {}
         for raw, n in self._shed_by_source.items():
-            try:
-                address = str(ipaddress.ip_address(raw))
-            except ValueError:
-                address = "unknown"  # not IP: cannot happen for queued SYNs
+            address = _address(raw)
             out[address] = out.get(address, 0) + n
         self._shed_by_source = {}
         return out

@@ -1,0 +1,58 @@
+"""A workload's port on this host: the host-side end of its veth, found from
+the workload's own network namespace (for anti-spoofing, :class:`Port`).
+
+Podman (netavark or CNI) and the CNI bridge plugin of Kubernetes nodes give a
+container one veth: its ``eth0`` inside, the peer on this host enslaved to a
+bridge (br_netfilter shows it as the packet's physical input device); routed
+setups leave the peer unbridged (the packet's input device). The container's
+``eth0`` names its peer's interface index (``link_index``) and the peer names
+the container's back, which is how the pair is matched (an index alone may
+exist in several namespaces).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from cnnf.defender.datapath.backend import Port
+from cnnf.defender.datapath.netns import DatapathError, NetnsRef
+
+
+def match_ports(inner: list[dict[str, Any]], outer: list[dict[str, Any]],
+                addresses: Iterable[str]) -> list[Port]:
+    """``ip -j -d link show`` inside the workload and here -> the workload's
+    ports here (each may send from ``addresses``). Pure."""
+    by_index = {o.get("ifindex"): o for o in outer}
+    ports = []
+    allowed = frozenset(addresses)
+    for link in inner:
+        peer_index = link.get("link_index")
+        if peer_index is None or "link_netnsid" not in link:
+            continue  # not a pair with an end in another namespace
+        peer = by_index.get(peer_index)
+        if peer is None or peer.get("link_index") != link.get("ifindex"):
+            continue
+        info = peer.get("linkinfo") or {}
+        if info.get("info_kind") != "veth":
+            continue
+        bridged = info.get("info_slave_kind") == "bridge"
+        ports.append(Port(str(peer["ifname"]), allowed, bridged))
+    return ports
+
+
+def _links(netns: NetnsRef) -> list[dict[str, Any]]:
+    out = netns.run("ip", "-j", "-d", "link", "show").stdout
+    try:
+        links = json.loads(out or "[]")
+    except ValueError as exc:
+        raise DatapathError(f"ip -j link: not JSON: {out[:200]!r}") from exc
+    return [x for x in links if isinstance(x, dict)]
+
+
+def workload_ports(workload: NetnsRef, addresses: Iterable[str], here: NetnsRef) -> list[Port]:
+    """The ports in ``here`` of the workload whose namespace is ``workload``
+    (e.g. ``NetnsRef("/proc/PID/ns/net")``); raises :class:`DatapathError`
+    when a namespace cannot be read (the workload is gone)."""
+    return match_ports(_links(workload), _links(here), addresses)
