@@ -50,3 +50,22 @@ def test_status_says_who_dropped_what(tmp_path: Path, admission: dict[str, Any],
     assert line in lines, result.output
     assert ("verdicts: accepted 10, audited 0, rejected 0, dropped 0, errors 0, "
             "reports_lost 0, dropped undecided (overload) 12") in lines
+
+
+@pytest.mark.parametrize(
+    ("spoof", "line"),
+    [
+        ({"ports": 3, "dropped": 0, "unbound": []},
+         "anti-spoofing: 3 container port(s) bound to their addresses; 0 packets with a "
+         "forged source address dropped"),
+        ({"ports": 1, "dropped": 4411, "unbound": ["db"]},
+         "anti-spoofing: 1 container port(s) bound to their addresses; 4411 packets with a "
+         "forged source address dropped; NOT checked (no port found): db"),
+    ],
+)
+def test_status_says_what_anti_spoofing_dropped(tmp_path: Path, spoof: dict[str, Any],
+                                                line: str) -> None:
+    (tmp_path / "status.json").write_text(json.dumps({**BASE, "anti_spoofing": spoof}))
+    result = CliRunner().invoke(app, ["defender", "status", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert line in result.output.splitlines(), result.output

@@ -242,6 +242,13 @@ def status(
                        + (f"; tightened to {adm.get('tightened_rate')}/s now for: "
                           + ", ".join(tightened) if tightened else "")
                        + (f"; top sources: {top}" if top else ""))
+        spoof = data.get("anti_spoofing") or {}
+        if spoof:
+            unbound = spoof.get("unbound") or []
+            typer.echo(f"anti-spoofing: {spoof['ports']} container port(s) bound to their "
+                       f"addresses; {spoof['dropped']} packets with a forged source address "
+                       "dropped" + (f"; NOT checked (no port found): {', '.join(unbound)}"
+                                    if unbound else ""))
         obs = data.get("observation") or {}
         if obs.get("running"):
             top = ", ".join(f"{t['name']} ({t['address']}) {t['dropped']}" if t["name"]

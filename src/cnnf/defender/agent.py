@@ -732,6 +732,10 @@ class Agent:
                             f"{', '.join(sorted(merged[i].addresses))})" for i in added],
                      unbound=gone, ports=len(merged))
 
+    def _container_of(self, key: str) -> DiscoveredContainer | None:
+        return next((c for c in self.local.values()
+                     if (c.identity.id or f"pid {c.pid}") == key), None)
+
     def _resolve_ports(self, c: DiscoveredContainer) -> list[Port]:
         if not c.pid:
             log.warning("anti-spoofing: the runtime gives no process id for this container; "
@@ -1264,7 +1268,6 @@ class Agent:
                 with self._lock:
                     self.cache.apply(reading, self._context())
                     self.cache.expire(now, self._context())
-            self.poll_spoofed(now)
             counters = backend.overload_counters() if self.config.admission_rate else {}
             shed, self._shed = self._shed, {}
             for report in self.overload.update(counters, now, shed):
@@ -1277,6 +1280,10 @@ class Agent:
                     self.overload.forget(idle)  # only once they left the kernel set
         except Exception as exc:  # a bad reading must not stop the main loop
             log.error("kernel counters not read", error=str(exc))
+        try:
+            self.poll_spoofed(now)
+        except Exception as exc:
+            log.error("anti-spoofing counters not read", error=str(exc))
 
     def _tighten_if_behind(self) -> None:
         """The sources the verdict loop dropped SYNs of (its waiting room was
@@ -1567,6 +1574,12 @@ class Agent:
                 "top": [{"address": a, "name": self._source_label(a), "dropped": n}
                         for a, n in self.overload.top()],
             },
+            "anti_spoofing": {
+                "ports": len(self._port_owner), "dropped": self.spoofed,
+                "unbound": sorted({c.identity.name for key, (_, found) in
+                                   self._port_cache.items() if not found
+                                   for c in [self._container_of(key)] if c is not None}),
+            },
         }
 
     def write_status(self) -> None:
@@ -1610,6 +1623,8 @@ class Agent:
             fastpath_hits=self._fast_hit_counts(),
             admission_dropped=self.overload.total,
             verdict_shed=t.shed,
+            spoofed_dropped=self.spoofed,
+            spoof_ports=len(self._port_owner),
             admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
             overload=int(self.overload.active),
             admission_tightened=len(self.tightened),

@@ -40,6 +40,8 @@ class Figures:
     # and by the verdict loop beyond a source's fair share (that part: verdict_shed)
     admission_dropped: int = 0
     verdict_shed: int = 0
+    spoofed_dropped: int = 0  # packets with a forged source from a workload's port
+    spoof_ports: int = 0  # workload ports bound to their addresses
     # the top sources: (address, name, SYNs dropped)
     admission_top: list[tuple[str, str, int]] = field(default_factory=list)
     overload: int = 0  # 1 while an overload episode lasts
@@ -99,6 +101,8 @@ class DefenderCollector(Collector):
             ("observed_waiting", "observed connections (enforcement off) waiting to be "
              "recorded", f.observed_waiting),
             ("engine_up", "1 while the container engine answers", f.engine_up),
+            ("spoof_ports", "protected containers' ports bound to their addresses "
+             "(anti-spoofing)", f.spoof_ports),
             ("engine_outage_seconds", "length of the current container engine outage "
              "(0 while up)", f.engine_outage_seconds),
         ):
@@ -115,6 +119,8 @@ class DefenderCollector(Collector):
             ("verdict_shed", "SYNs the verdict loop dropped undecided: its waiting room "
              f"full (the source holding the most loses), or waiting over {MAX_WAIT:g} s",
              f.verdict_shed),
+            ("spoofed_dropped", "packets from a protected container's port with a source "
+             "address not its own, dropped by anti-spoofing", f.spoofed_dropped),
             ("unidentified_dropped", "SYNs of containers not named yet, dropped once",
              f.unidentified_dropped),
             ("observed_dropped", "observed connections (enforcement off) dropped "

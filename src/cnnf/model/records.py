@@ -98,7 +98,9 @@ class FlowRecord(_Record):
 
 class AuditType(StrEnum):
     """What raised an audit: a container or host rule (or the default effect) on one
-    connection, or the admission limit dropping a flooding source's SYNs."""
+    connection, or an overload: a flooding source's SYNs dropped by the
+    admission limit or the verdict loop, or a workload's packets with a forged
+    source address dropped by anti-spoofing (``rule_name`` says which)."""
 
     CONTAINER = "container"
     HOST = "host"
@@ -185,6 +187,16 @@ def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int,
             f"{shed:,} by {share}")
 
 
+def overload_dropper(dropped: int, *, shed: int = 0, tightened: int = 0) -> str:
+    """What dropped an overload audit's SYNs, in a few words (the audit's
+    ``rule_name``, shown where a rule's name would be): the admission limit
+    (tightened or not), the verdict loop, or both."""
+    limit = "admission limit (tightened)" if tightened else "admission limit"
+    if not shed:
+        return limit
+    return "verdict loop" if shed >= dropped else f"{limit} and verdict loop"
+
+
 def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seconds: float,
                    rate: int, reporter: str, shed: int = 0, tightened: int = 0) -> AuditEvent:
     """The audit of one flooding source: ``dropped`` SYNs from ``src`` that the
@@ -205,8 +217,8 @@ def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, s
         raise ValueError(f"seconds: {seconds} is not a positive window")
     return AuditEvent(
         time=time, type=AuditType.OVERLOAD, effect=Effect.PREVENT, blocked=True,
-        rule_id=None, rule_name="", src=src,
-        dst=EndpointInfo(kind="host", host=host, address=None), port=0,
+        rule_id=None, rule_name=overload_dropper(dropped, shed=shed, tightened=tightened),
+        src=src, dst=EndpointInfo(kind="host", host=host, address=None), port=0,
         message=overload_message(src, dropped, seconds, rate, shed=shed, tightened=tightened),
         count=dropped,
         reporter=reporter,
@@ -233,7 +245,7 @@ def spoof_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seco
                f"{round(seconds, 1):g} s")
     return AuditEvent(
         time=time, type=AuditType.OVERLOAD, effect=Effect.PREVENT, blocked=True,
-        rule_id=None, rule_name="", src=src,
+        rule_id=None, rule_name="anti-spoofing", src=src,
         dst=EndpointInfo(kind="host", host=host, address=None), port=0,
         message=message, count=dropped, reporter=reporter,
     )

@@ -654,12 +654,19 @@ def test_a_flooding_source_starves_no_one_when_the_verdict_loop_is_short_of_cpu(
     """c1 scans c2 (a new port each SYN, so the admission limit lets 1,000 a
     second of them into the queue) while the verdict worker runs under a CPU
     quota (10 % of a core: about what deciding the 1,000 a second takes), and c2
-    keeps connecting to remote. c2's connections all get through in time; none
-    of c1's prevented SYNs reaches c2; what c1 lost beyond its share is counted
-    against c1 alone. Without the fair waiting room c2's SYNs wait behind c1's
-    in the kernel queue: timeouts (4 to 7 of 130 to 180 on main). A worker with
-    less CPU than it needs to read the flood is the agent's case: it tightens
-    c1's admission limit (the attack lab test)."""
+    keeps connecting to remote. What this layer alone (the fair waiting room,
+    without the Defender's tightening) guarantees: none of c1's prevented SYNs
+    reaches c2; what the loop drops is c1's alone; c2 is never refused (a busy
+    Defender is not an absent one, in fail-closed too) and most of its
+    connections get through. It does not guarantee that all do: a worker held
+    to 10 % of a core by a quota (and less with other load beside it) is
+    sometimes throttled longer than c2's 0.3 s connect timeout, and when it
+    cannot even read the flood the kernel queue fills (seen: 4 of 127 in
+    fail-closed, whose verdicts carry a mark and cost more). That part is the
+    agent's: it tightens c1's limit in the kernel (the attack lab test, at 99 %
+    through, and test_a_busy_signal_tightens_the_admission_limit_to_a_tenth_and_lapses);
+    the room's order is checked without timing by
+    test_a_source_read_after_another_sources_burst_is_decided_before_it."""
     t = h.topo
     dp = h.start(DatapathConfig(dns=False, fail_open=fail_open), prevent_the_scan)
     beating = threading.Event()  # the Defender's heartbeat keeps the limit on
@@ -693,7 +700,7 @@ def test_a_flooding_source_starves_no_one_when_the_verdict_loop_is_short_of_cpu(
     assert held_back > 0  # the quota did bite
     ok, timeout = int(seen.get("ok", 0)), int(seen.get("timeout", 0))  # type: ignore[call-overload]
     assert ok >= 100 and "refused" not in seen, seen
-    assert timeout * 100 <= ok, seen  # at least 99 % through
+    assert timeout * 4 <= ok, seen  # most get through (the rest: see the docstring)
     assert [int(ln.split()[0]) for ln in reached.splitlines()
             if t.C1 in ln] == [0], reached
     # c1's SYNs beyond its share were dropped by the loop, counted against c1 only
@@ -746,6 +753,44 @@ def test_a_healthy_loop_decides_a_burst_of_one_source_and_drops_none(
     assert int(out) == 500
     c = dp.stats().total
     assert c.shed == 0 and c.accepted >= 500, c
+
+
+def test_a_source_read_after_another_sources_burst_is_decided_before_it(
+    h: Harness, servers: None
+) -> None:
+    """The waiting room's order, without timing: with the worker stopped, c1
+    puts 500 SYNs in the kernel queue and c2 one after them; once the worker
+    runs again, c2's is decided after a few dozen of c1's (the first read's
+    decisions), not after all 500 (the kernel queue's order: main's)."""
+    t = h.topo
+    dp = h.start(DatapathConfig(dns=False, fastpath=False))
+    dp.backend.heartbeat()
+    (pid,) = dp.workers.pids
+
+    def waiting() -> int:
+        return sum(q.waiting for q in queue_stats(dp.netns))
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        patient = BURST.replace("sel.select(0.9)", "sel.select(5)")  # the worker is stopped
+        burst = subprocess.Popen(t.c1.python(patient, t.C2, str(ALLOW), "500"),
+                                 stdout=subprocess.PIPE, text=True)
+        assert poll(lambda: waiting() >= 500)
+        result: list[str] = []
+        c2 = threading.Thread(target=lambda: result.append(t.c2.connect(t.REMOTE, ALLOW)))
+        c2.start()
+        assert poll(lambda: waiting() >= 501)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, _ = burst.communicate(timeout=30)
+    c2.join(30)
+    assert int(out) == 500 and result == ["ok"]
+    reports = h.collect(dp, 501)
+    order = [r.packet.src for r in reports]
+    # (a SYN of c1 retransmitted while the worker was stopped comes again)
+    assert order.count(t.C1) >= 500 and order.count(t.C2) == 1
+    assert order.index(t.C2) < 100, order.index(t.C2)
+    assert dp.stats().total.shed == 0
 
 
 def test_a_busy_signal_tightens_the_admission_limit_to_a_tenth_and_lapses(

@@ -73,8 +73,10 @@ class AuditRecord(PolicyModel):
     dst_hostname: Text = ""
     dst_address: Text = ""
     port: Annotated[int, Field(ge=0, le=65535, description=(
-        "the destination port; 0 only for an overload audit (the admission limit "
-        "dropped a source's SYNs, whatever their port)"))]
+        "the destination port; 0 only for an overload audit (a source's SYNs "
+        "dropped by the admission limit or the verdict loop, or its packets with a "
+        "forged source address dropped by anti-spoofing, whatever their port; "
+        "ruleName says which)"))]
     dst_subnet: Text = ""
     dst_domain: Text = ""
     msg: str = ""
