@@ -150,6 +150,54 @@ def test_an_address_reused_by_another_image_gets_its_own_verdict_on_the_first_sy
         c.apply()
 
 
+# ----------------------------------------------------------------- forged sources
+
+
+def syns_at(c: Cluster, name: str, src: str, port: int, rule: str) -> int:
+    out = subprocess.run(["nsenter", f"--net={in_container(c, name)}", "iptables", "-L",
+                          "INPUT", "-v", "-x", "-n"], capture_output=True, text=True,
+                         check=True).stdout
+    return sum(int(ln.split()[0]) for ln in out.splitlines() if rule in ln)
+
+
+def test_a_container_forging_a_neighbours_address_is_dropped_not_decided_as_it(
+    cluster: Cluster,
+) -> None:
+    """The frontend (prevented from cache) sends SYNs to cache:6379 with api's
+    address (api -> cache is allowed, with an alert). They are dropped in the
+    kernel before any decision: none reaches cache, no api -> cache audit is
+    raised for them, and an overload audit names the frontend and
+    anti-spoofing. (On main they were decided as api's and reached cache.)"""
+    c = cluster
+    d = c.d1
+    restart(d, "--metrics", f"127.0.0.1:{c.metrics_port}")
+    c.share_inventory()
+    api, cache = c.lab.address_of("api") or "", c.lab.address_of("cache") or ""
+    rule = ["INPUT", "-s", api, "-p", "tcp", "--syn", "--dport", "6379", "-m", "comment",
+            "--comment", "cnnft-forged"]
+    cache_ns = ["nsenter", f"--net={in_container(c, 'cache')}", "iptables"]
+    assert poll(lambda: ((d.status() or {}).get("anti_spoofing") or {}).get("ports", 0) >= 1, 10)
+    assert c.connect("api", "cache", 6379).ok  # api's own: allowed (alerted)
+    assert poll(lambda: counted(d, "audit", "api", 6379) >= 1, 15)
+    alerts = counted(d, "audit", "api", 6379)
+    subprocess.run([*cache_ns, "-I", *rule], check=True)
+    try:
+        subprocess.run(["nsenter", f"--net={in_container(c, 'frontend')}", "hping3", "-S",
+                        "-a", api, "-p", "6379", "-c", "20", "-i", "u20000", cache],
+                       capture_output=True, check=False, timeout=30)
+        reached = syns_at(c, "cache", api, 6379, "cnnft-forged")
+        assert c.connect("api", "cache", 6379).ok  # the real api is untouched
+    finally:
+        subprocess.run([*cache_ns, "-D", *rule], check=True)
+    assert reached == 0
+    assert poll(lambda: any(r["type"] == "overload" and r["rule_name"] == "anti-spoofing"
+                            and r["src"].get("container") == "frontend" and r["count"] >= 20
+                            for r in d.records("audit")), 15)
+    assert counted(d, "audit", "api", 6379) == alerts + 1  # only api's own second connection
+    assert "anti-spoofing: dropped packets with a forged source address" in d.log.read_text()
+    assert metric(metrics(c.metrics_port), "cnnf_defender_spoofed_dropped_total") >= 20
+
+
 # ----------------------------------------------------------------- floods and kills
 
 

@@ -5,20 +5,29 @@ fail-closed) one native nftables chain.
 Rules (filter table, per family; L = local set, H = host set, C = cluster set,
 SYN = ``-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED``)::
 
-    CNNF-FORWARD  REJECT tcp-reset for the reject mark      (block mode reset)
+    CNNF-FORWARD  (heartbeat fresh) -> CNNF-SPOOF              anti-spoofing, first
+                  REJECT tcp-reset for the reject mark      (block mode reset)
                   SYN from L -> CNNF-QUEUE                   outbound, containers
                   SYN to L, source not in C -> CNNF-QUEUE    inbound, containers
                   UDP replies from port 53 to L -> DNS queue (dns on; always bypass)
-    CNNF-INPUT    mark REJECT; SYN from L -> CNNF-QUEUE (container to this host);
-                  SYN to H, source not in C -> CNNF-QUEUE; UDP from 53 to H -> DNS queue
+    CNNF-INPUT    (heartbeat fresh) -> CNNF-SPOOF; mark REJECT; SYN from L -> CNNF-QUEUE
+                  (container to this host); SYN to H, source not in C -> CNNF-QUEUE;
+                  UDP from 53 to H -> DNS queue
     CNNF-OUTPUT   mark REJECT; SYN from H -> CNNF-QUEUE;
                   SYN to L, source not in C -> CNNF-QUEUE; UDP from 53 to L -> DNS queue
+    CNNF-SPOOF    per protected container's port (the host end of its veth:
+                  ``-m physdev --physdev-in`` on a bridge, ``-i`` when routed):
+                  its own addresses (and IPv6 link-local) return, anything
+                  else from the port -> DROP (that rule's counter: the port's
+                  forged packets)
     CNNF-QUEUE    while the heartbeat set cnnf-alive is fresh: the fast path,
                   (src, dport, dst) in cnnf-fpa -> ACCEPT,
                   in cnnf-fpr -> REJECT tcp-reset, in cnnf-fpd -> DROP;
-                  then admission: above the per-source hashlimit -> CNNF-OVERLOAD,
-                  and for sources in cnnf-busy (the verdict loop could not keep
-                  up with them) above a tenth of it -> CNNF-OVERLOAD;
+                  then admission: above the per-source hashlimit -> CNNF-OVERLOAD
+                  (sources in C, i.e. this host's: per address; any other
+                  source: per /24 or /64, in tables of their own), and for
+                  sources in cnnf-busy (the verdict loop could not keep up
+                  with them) above a tenth of it -> CNNF-OVERLOAD;
                   (fail-closed) set the pending mark; NFQUEUE --queue-bypass
     CNNF-OVERLOAD add the source to cnnf-over (packet counters); DROP
 
@@ -30,14 +39,23 @@ process) does; the verdict loop clears the mark on the SYNs it accepts.
 Under a flood, in both failure modes (a busy Defender is never "no Defender":
 nothing is accepted undecided, only a queue with no process bound is bypassed):
 
+0. a protected container can only send from its own addresses (CNNF-SPOOF):
+   a forged source address (a neighbour's, to be decided as the neighbour, or
+   random ones, to get a limit and a line per forged source) is dropped first
+   and counted per port;
 1. repeats of decided triples are answered here from the fast-path sets;
 2. a source above ``admission_rate`` new SYNs a second is dropped here and
-   counted per source in ``cnnf-over`` (overload);
+   counted per source in ``cnnf-over`` (overload). This host's sources have a
+   bucket each; sources from elsewhere, which no rule here can check, share
+   one per /24 (/64), in separate tables: forged outside sources can fill
+   those tables (65,536 buckets; a new bucket's SYNs are then dropped by
+   hashlimit, never let through), never the local ones;
 3. what is admitted is read at once by the verdict worker into its fair waiting
-   room (:mod:`cnnf.defender.datapath.fairqueue`: a bounded FIFO per source,
-   decided round robin), so another source's SYN never waits behind the
-   flooder's; the flooder's SYNs beyond its share are dropped by the worker
-   and counted against it (overload too);
+   room (:mod:`cnnf.defender.datapath.fairqueue`: a bounded FIFO per line,
+   decided round robin; a line per local address, per outside prefix, 16 of
+   those at most and one more shared by the rest), so another source's SYN
+   never waits behind the flooder's; the flooder's SYNs beyond its share are
+   dropped by the worker and counted against it (overload too);
 4. when the worker falls behind even so (it decides a source's SYNs over
    0.2 s after reading them, or its room is full and it drops the oldest SYNs
    of the source holding the most: a Defender short of CPU), the
@@ -48,6 +66,12 @@ nothing is accepted undecided, only a queue with no process bound is bypassed):
    Why in the kernel too: reading a SYN in Python costs a fraction of deciding
    it, but not nothing; in the lab, with the worker held to 2 % of a core, the
    worker could not even read the 1,000 a second admitted from one source.
+
+With no Defender (killed; heartbeat lapsed within 3 s) the fast path, the
+admission limits and anti-spoofing stop with the heartbeat: fail-open then
+lets SYNs through as with no firewall (a dead Defender's port bindings could
+name an interface another container reused meanwhile), fail-closed refuses
+every new connection (forged or not).
 
 Seen in the root test (tests/defender/datapath/test_datapath_root.py, c1
 scanning c2, the worker under a CPU quota) before the waiting room: at 10 % of
@@ -830,7 +854,12 @@ class IptablesBackend:
         return out
 
     def overload_forget(self, addresses: Iterable[str]) -> None:
-        lines = [f"del {overload_set(address_family(a))} {a} -exist" for a in addresses]
+        lines = []
+        for a in addresses:
+            try:
+                lines.append(f"del {overload_set(ipaddress.ip_address(a).version)} {a} -exist")
+            except ValueError:
+                continue  # a waiting-room line (an outside prefix): never in the set
         if lines and self.config.admission_rate:
             self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
