@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from cnnf.defender import core
 from cnnf.defender.agent import (
     MAX_BATCH_RECORDS,
+    SPOOF_REPORT_INTERVAL,
     UNIDENTIFIED,
     UNNAMED_HOLD_SECONDS,
     Agent,
@@ -547,3 +548,33 @@ def test_an_engine_outage_is_logged_again_every_minute(tmp_path: Path) -> None:
         now[0] += 100
         a._remind_engine_down()
     assert logs == []
+
+
+def test_forged_source_drops_are_reported_per_port_at_most_every_ten_seconds(
+    tmp_path: Path,
+) -> None:
+    """The kernel's per-port counters -> an overload audit (anti-spoofing) per
+    port at once, then at most one per SPOOF_REPORT_INTERVAL with what came
+    meanwhile; a port whose counters restarted (rebound) counts from 0."""
+    a = agent(tmp_path)
+    counters: dict[str, int] = {}
+    a.datapath = SimpleNamespace(  # type: ignore[assignment]
+        backend=SimpleNamespace(spoof_counters=lambda: dict(counters)))
+    web = ContainerIdentity(image="shop/web:1.0", name="web", host="node-1")
+    a._port_owner = {"veth1": discovered(web, "10.1.0.2")}
+
+    def audits() -> list[tuple[str, int, str]]:
+        return [(e.rule_name, e.count, e.src.container)
+                for e in a.recorder.drain(0, final=True)[1]]
+
+    counters["veth1"] = 5
+    a.poll_spoofed(100.0)
+    assert audits() == [("anti-spoofing", 5, "web")] and a.spoofed == 5
+    counters["veth1"] = 12
+    a.poll_spoofed(105.0)
+    assert audits() == []  # within the interval: kept for the next report
+    counters["veth1"] = 3  # rebound: the rule's counter restarted
+    a.poll_spoofed(100.0 + SPOOF_REPORT_INTERVAL)
+    assert audits() == [("anti-spoofing", 7 + 3, "web")] and a.spoofed == 15
+    a.poll_spoofed(200.0)
+    assert audits() == []  # nothing new: nothing reported

@@ -78,6 +78,7 @@ from cnnf.model import (
     Verdict,
     make_labels,
 )
+from cnnf.model.attempt import Endpoint
 from cnnf.model.records import (
     ClusterInventory,
     DatapathState,
@@ -779,7 +780,8 @@ class Agent:
             log.warning("anti-spoofing: dropped packets with a forged source address from "
                         "a container's port", interface=iface, container=name, packets=n)
             if c is not None and c.addresses:
-                src = self.recorder.info(self.inventory.endpoint(c.addresses[0]))
+                # the port's owner as bound (it may have left the inventory since)
+                src = self.recorder.info(Endpoint(address=c.addresses[0], container=c.identity))
                 self.recorder.add_audit(spoof_audit(
                     self.clock(), src, host=self.config.hostname, dropped=n,
                     seconds=max(seconds, KERNEL_POLL_INTERVAL), interface=iface,

@@ -697,6 +697,7 @@ def test_a_flooding_source_starves_no_one_when_the_verdict_loop_is_short_of_cpu(
     finally:
         beating.set()
         t.c2.run("iptables", "-D", *counter)
+    print("flood under quota:", seen, "throttled_us", held_back)  # the figures (-s)
     assert held_back > 0  # the quota did bite
     ok, timeout = int(seen.get("ok", 0)), int(seen.get("timeout", 0))  # type: ignore[call-overload]
     assert ok >= 100 and "refused" not in seen, seen
