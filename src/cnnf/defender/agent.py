@@ -724,7 +724,12 @@ class Agent:
             self._port_cache, self._port_owner = cache, owner
             backend = self.datapath.backend
             before_ports = backend.ports()
-            backend.set_ports(merged.values())
+            try:
+                backend.set_ports(merged.values())
+            except DatapathError as exc:  # the next change or repair tries again
+                log.error("anti-spoofing: ports not bound", error=str(exc)[:300])
+                self._port_cache = {}
+                return
         gone = sorted(set(before_ports) - set(merged))
         added = sorted(i for i in merged if before_ports.get(i) != merged[i])
         if gone or added:
@@ -1467,6 +1472,7 @@ class Agent:
         self._refresh_container_networks()
         self._remind_engine_down()
         self._repair_observer()
+        self.bind_ports()  # (cached: no work unless a binding failed)
         try:
             repaired = self.datapath.check_and_repair()
         except Exception as exc:
@@ -1481,6 +1487,9 @@ class Agent:
             with self._lock:  # restarted workers: resend the current snapshot
                 self._broadcast(PolicyUpdate(self._effective(self.policy), self._epoch()))
                 self._broadcast(self._inventory_update())
+                locals_, self._sent_locals = self._sent_locals, None
+                if locals_ is not None:
+                    self._send_locals(locals_)
         if self.cache is not None and any("cnnf-fp" in r for r in repaired):
             with self._lock:  # a fast-path set was recreated empty: start afresh
                 self._broadcast(CacheEpoch(self.cache.invalidate_all(self._context())))
