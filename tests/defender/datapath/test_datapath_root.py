@@ -94,6 +94,9 @@ class Harness:
         dp.start()
         dp.backend.set_addresses(AddressSet.LOCAL, local)
         dp.backend.set_addresses(AddressSet.CLUSTER, local if cluster is None else cluster)
+        # as the Defender does: each local source waits in its own line (other
+        # sources by /24 or /64)
+        dp.workers.set_local_sources(frozenset(local))
         return dp
 
     def total(self, dp: Datapath) -> int:
