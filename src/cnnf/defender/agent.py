@@ -1350,6 +1350,12 @@ class Agent:
         assert self.datapath is not None
         failing = False
         while not self.stop_event.wait(1.0):
+            # Anti-spoofing stays on while this process lives, whatever the main
+            # loop or the fast path do: the workers decide by source address.
+            try:
+                self.datapath.backend.heartbeat_ports()
+            except Exception as exc:
+                log.error("anti-spoofing heartbeat failed", error=str(exc))
             # Not for a main loop that stopped turning (its invalidations and
             # counts would stop too), nor while a cache rebuild is failing.
             wedged = time.monotonic() - self._loop_turned > LOOP_STALL_SECONDS

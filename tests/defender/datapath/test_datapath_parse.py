@@ -330,8 +330,8 @@ def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:
                 "--hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-mode srcip "
                 "--hashlimit-srcmask 24 --hashlimit-name cnnfbo4-",
                 # anti-spoofing, first in FORWARD and INPUT
-                "-A CNNF-FORWARD -m set --match-set cnnf-alive4 src -j CNNF-SPOOF",
-                "-A CNNF-INPUT -m set --match-set cnnf-alive4 src -j CNNF-SPOOF",
+                "-A CNNF-FORWARD -m set --match-set cnnf-bound4 src -j CNNF-SPOOF",
+                "-A CNNF-INPUT -m set --match-set cnnf-bound4 src -j CNNF-SPOOF",
                 "-A CNNF-OVERLOAD -j SET --add-set cnnf-over4 src",
                 "-A CNNF-OVERLOAD -m set --match-set cnnf-over4 src -j DROP",
             ],
@@ -396,7 +396,7 @@ def test_anti_spoofing_comes_first_in_forward_and_input_not_output() -> None:
         rules = IptablesBackend(DatapathConfig()).rules(family)
         for chain in ("FORWARD", "INPUT"):
             mine = [r for r in rules if r.startswith(f"-A CNNF-{chain} ")]
-            assert mine[0] == (f"-A CNNF-{chain} -m set --match-set cnnf-alive{family} src "
+            assert mine[0] == (f"-A CNNF-{chain} -m set --match-set cnnf-bound{family} src "
                                "-j CNNF-SPOOF"), mine
         assert not any("spoof" in r for r in rules if r.startswith("-A CNNF-OUTPUT"))
 
@@ -416,11 +416,11 @@ def test_ports_become_anti_spoofing_rules() -> None:
     ]
     spoof6 = [r for r in b.rules(6) if r.startswith("-A CNNF-SPOOF")]
     assert spoof6 == [
-        "-A CNNF-SPOOF -i cali1 -s fe80::/10 -j RETURN",
+        "-A CNNF-SPOOF -i cali1 -s fe80::/10 -p ipv6-icmp -j RETURN",
         "-A CNNF-SPOOF -i cali1 -j DROP",  # no IPv6 address: none of its own
-        "-A CNNF-SPOOF -m physdev --physdev-in veth3 -s fe80::/10 -j RETURN",
+        "-A CNNF-SPOOF -m physdev --physdev-in veth3 -s fe80::/10 -p ipv6-icmp -j RETURN",
         "-A CNNF-SPOOF -m physdev --physdev-in veth3 ! -s fd00::5 -j DROP",
-        "-A CNNF-SPOOF -m physdev --physdev-in veth4 -s fe80::/10 -j RETURN",
+        "-A CNNF-SPOOF -m physdev --physdev-in veth4 -s fe80::/10 -p ipv6-icmp -j RETURN",
         "-A CNNF-SPOOF -m physdev --physdev-in veth4 -j DROP",
     ]
 

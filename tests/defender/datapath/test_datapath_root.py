@@ -944,7 +944,14 @@ def test_a_workload_forging_a_neighbours_source_is_dropped_before_the_policy(
     the forged SYN is decided as c2's and reaches remote."""
     t = h.topo
     dp = h.start(DatapathConfig(dns=False, fastpath=False), only_c2_reaches_remote)
+    beating = threading.Event()  # the Defender's heartbeat keeps anti-spoofing on
+
+    def beat() -> None:
+        while not beating.wait(0.5):
+            dp.backend.heartbeat()
+
     dp.backend.heartbeat()
+    threading.Thread(target=beat, daemon=True).start()
     ports = [*workload_ports(NetnsRef(t.c1.path), [t.C1, t.C1_6], dp.netns),
              *workload_ports(NetnsRef(t.c2.path), [t.C2, t.C2_6], dp.netns)]
     assert [(p.interface, p.bridged) for p in ports] == [("v-c1", True), ("v-c2", True)]
@@ -989,17 +996,25 @@ def test_a_workload_forging_a_neighbours_source_is_dropped_before_the_policy(
         for tool, src in counters:
             t.remote.run(tool, "-D", "INPUT", "-s", src, "-p", "tcp", "--syn", "--dport",
                          str(ALLOW))
+        beating.set()
     dp.stop()
     assert "cnnf" not in t.node.run("ipset", "list", "-n").stdout
 
 
-def test_anti_spoofing_lapses_with_the_heartbeat(h: Harness, servers: None) -> None:
-    """A dead Defender's bindings stop dropping (an interface name may be
-    reused by another workload before the next start rebinds them)."""
+def test_anti_spoofing_outlives_a_paused_fast_path_and_lapses_with_the_process(
+    h: Harness, servers: None
+) -> None:
+    """The fast path and the limits pause with the main loop's heartbeat (a
+    stalled loop, a failed cache rebuild), anti-spoofing does not: the workers
+    still decide by source address. With no heartbeat at all (a dead Defender:
+    an interface name may be reused before the next start rebinds it), it
+    lapses within HEARTBEAT_TIMEOUT."""
     t = h.topo
     dp = h.start(DatapathConfig(dns=False, fastpath=False))
     dp.backend.heartbeat()
     dp.backend.set_ports([Port("v-c1", frozenset({t.C2}))])  # c1 bound to a wrong address
     assert t.c1.connect(t.C2, ALLOW, timeout=1) == "timeout"  # its real address is "forged"
-    dp.backend.heartbeat_stop()
-    assert t.c1.connect(t.C2, ALLOW) == "ok"
+    dp.backend.heartbeat_stop()  # the main loop stalled: fast path and limits off
+    dp.backend.heartbeat_ports()  # (the heartbeat thread's beat: the process lives)
+    assert t.c1.connect(t.C2, ALLOW, timeout=1) == "timeout"  # still dropped
+    assert poll(lambda: t.c1.connect(t.C2, ALLOW, timeout=1) == "ok", HEARTBEAT_TIMEOUT + 5)

@@ -156,6 +156,14 @@ def alive_set(family: int) -> str:
     return f"{SET_PREFIX}alive{family}"
 
 
+def bound_set(family: int) -> str:
+    """Holds the whole address space while the Defender process lives (renewed
+    by its heartbeat thread even when its main loop stalls or its fast path is
+    paused): anti-spoofing works while it is fresh, so it never lapses while
+    the verdict workers decide."""
+    return f"{SET_PREFIX}bound{family}"
+
+
 def busy_set(family: int) -> str:
     """The sources the verdict loop could not keep up with (it dropped their
     SYNs beyond their share): their admission limit is ``busy_rate``."""
@@ -278,6 +286,11 @@ class FirewallBackend(Protocol):
 
     def spoof_counters(self) -> dict[str, int]:
         """Interface -> packets dropped for a forged source address (since bound)."""
+        ...
+
+    def heartbeat_ports(self) -> None:
+        """Keep anti-spoofing on for another ``HEARTBEAT_TIMEOUT`` seconds (also
+        done by ``heartbeat()``); for a live Defender whose fast path is paused."""
         ...
 
     def heartbeat_stop(self) -> None:

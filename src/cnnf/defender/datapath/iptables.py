@@ -95,7 +95,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from cnnf.defender.datapath.backend import (
     BUSY_TIMEOUT,
@@ -112,6 +112,7 @@ from cnnf.defender.datapath.backend import (
     InstallReport,
     Port,
     alive_set,
+    bound_set,
     busy_set,
     overload_set,
 )
@@ -131,6 +132,7 @@ _SET_FAMILY = {4: "inet", 6: "inet6"}
 # Room for a large cluster's protected workloads (the default maxelem is 65536).
 _SET_SIZE = "hashsize 1024 maxelem 1048576"
 _OVERLOAD_SIZE = "hashsize 1024 maxelem 65536"
+_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # every address
 _BRIDGE_SYSCTL = {4: "net.bridge.bridge-nf-call-iptables", 6: "net.bridge.bridge-nf-call-ip6tables"}
 
 
@@ -266,7 +268,8 @@ class IptablesBackend:
             if builtin != "OUTPUT":
                 # First of all: a packet from a workload's port whose source is
                 # not the workload's address (forged) goes, whatever it is.
-                lines.append(f"-A {chain} {alive} -j {SPOOF_CHAIN}")
+                lines.append(f"-A {chain} -m set --match-set {bound_set(family)} src "
+                             f"-j {SPOOF_CHAIN}")
             if c.block_mode == "reset":
                 mark = f"{c.reject_mark:#x}/{c.reject_mark:#x}"
                 lines.append(
@@ -440,6 +443,7 @@ class IptablesBackend:
                         f"hash:ip,port,ip family {fam} hashsize 4096 maxelem {c.fastpath_max} "
                         f"timeout {timeout} counters")
             specs[alive_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
+            specs[bound_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
             if c.admission_rate:
                 specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
                 specs[busy_set(family)] = (
@@ -574,9 +578,14 @@ class IptablesBackend:
             return removed
 
     def heartbeat(self) -> None:
-        halves = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
-        lines = [f"add {alive_set(f)} {net} timeout {HEARTBEAT_TIMEOUT} -exist"
-                 for f in self.config.families for net in halves[f]]
+        self._beat(alive_set, bound_set)
+
+    def heartbeat_ports(self) -> None:
+        self._beat(bound_set)
+
+    def _beat(self, *sets: Callable[[int], str]) -> None:
+        lines = [f"add {name(f)} {net} timeout {HEARTBEAT_TIMEOUT} -exist"
+                 for name in sets for f in self.config.families for net in _HALVES[f]]
         self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
     def busy(self, sources: Iterable[str], on: bool) -> None:
@@ -602,6 +611,9 @@ class IptablesBackend:
         with self._lock:
             done: list[str] = []
             self.heartbeat_stop()
+            # no Defender to rebind a reused interface name: bindings stop
+            self.netns.run("ipset", "restore", input="".join(
+                f"flush {bound_set(f)}\n" for f in self.config.families))
             if self.config.fastpath:
                 self.fastpath_replace(())
                 done.append("cached verdicts removed")
@@ -698,8 +710,8 @@ class IptablesBackend:
     # -- anti-spoofing ------------------------------------------------------------
 
     def _spoof_rules(self, family: int) -> list[str]:
-        """CNNF-SPOOF: per port, its own addresses (and IPv6 link-local ones,
-        for neighbour discovery) return; any other source is dropped, counted
+        """CNNF-SPOOF: per port, its own addresses (and IPv6 link-local ones for
+        ICMPv6 only: neighbour discovery) return; any other source is dropped, counted
         by the port's last rule. (ipset's ``hash:net,iface`` with ``physdev:``
         entries never matched a bridged packet here: xt_physdev it is.)"""
         lines = []
@@ -707,8 +719,8 @@ class IptablesBackend:
             dev = (f"-m physdev --physdev-in {port.interface}" if port.bridged
                    else f"-i {port.interface}")
             own = sorted(a for a in port.addresses if address_family(a) == family)
-            if family == 6:
-                lines.append(f"-A {SPOOF_CHAIN} {dev} -s fe80::/10 -j RETURN")
+            if family == 6:  # neighbour discovery only: not a source for anything else
+                lines.append(f"-A {SPOOF_CHAIN} {dev} -s fe80::/10 -p ipv6-icmp -j RETURN")
             if len(own) == 1:
                 lines.append(f"-A {SPOOF_CHAIN} {dev} ! -s {own[0]} -j DROP")
                 continue
