@@ -23,10 +23,12 @@ from cnnf.defender.agent import (
     PolicyUpdate,
     VerdictDecide,
     _remote_identities,
+    in_kernel,
     verdict_from_detail,
 )
 from cnnf.defender.config import ConfigError, DefenderConfig, parse_labels, parse_listen
 from cnnf.defender.datapath import AddressSet, DatapathStats, Decision, PacketInfo
+from cnnf.defender.datapath.workers import OUTSIDE_REST_NAME
 from cnnf.defender.discovery.identity import DiscoveredContainer
 from cnnf.defender.inventory import Inventory
 from cnnf.defender.metrics import DefenderCollector, Figures
@@ -578,3 +580,13 @@ def test_forged_source_drops_are_reported_per_port_at_most_every_ten_seconds(
     assert audits() == [("anti-spoofing", 7 + 3, "web")] and a.spoofed == 15
     a.poll_spoofed(200.0)
     assert audits() == []  # nothing new: nothing reported
+
+
+def test_a_waiting_room_line_is_tightened_as_the_kernel_keys_it() -> None:
+    """An address or an outside prefix as it is; the outside sources' shared
+    line: every outside source (the whole space: the outside rule's one limit);
+    nothing that the kernel cannot hold (so none is reported tightened)."""
+    assert in_kernel("10.64.1.2", "203.0.113.0/24", "2001:db8::/64") == [
+        "10.64.1.2", "203.0.113.0/24", "2001:db8::/64"]
+    assert in_kernel(OUTSIDE_REST_NAME) == ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
+    assert in_kernel("unknown") == []

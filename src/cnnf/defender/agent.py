@@ -57,6 +57,7 @@ from cnnf.defender.datapath import (
 from cnnf.defender.datapath.backend import BUSY_TIMEOUT, Port
 from cnnf.defender.datapath.netns import DatapathError
 from cnnf.defender.datapath.ports import workload_ports
+from cnnf.defender.datapath.workers import OUTSIDE_REST_NAME
 from cnnf.defender.discovery.base import Discovery
 from cnnf.defender.discovery.identity import DiscoveredContainer
 from cnnf.defender.discovery.runtime import make_discovery
@@ -202,6 +203,24 @@ FAST_ACTIONS = {FastVerdict.ACCEPT: core.Action.ACCEPT, FastVerdict.REJECT: core
 
 
 @functools.lru_cache(maxsize=8)
+def in_kernel(*lines: str) -> list[str]:
+    """The verdict workers' lines -> what the kernel's tightened limit is keyed
+    by: an address or an outside prefix as it is; the outside sources' shared
+    line -> the whole address space (every outside source, together); anything
+    else (not IP) -> nothing."""
+    out: list[str] = []
+    for line in lines:
+        if line == OUTSIDE_REST_NAME:
+            out += ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
+            continue
+        try:
+            ipaddress.ip_network(line, strict=False)
+        except ValueError:
+            continue
+        out.append(line)
+    return out
+
+
 def expand_networks(nets: tuple[str, ...]) -> frozenset[str]:
     out: set[str] = set()
     for cidr in nets:
@@ -1302,14 +1321,15 @@ class Agent:
         sources keep their full rate."""
         assert self.datapath is not None
         recent, self._shed_recent = self._shed_recent, {}
-        new = [a for a, n in recent.items() if n >= BUSY_MIN_SHED and a not in self.tightened]
+        new = [a for a, n in recent.items() if n >= BUSY_MIN_SHED and a not in self.tightened
+               and in_kernel(a)]
         now = time.monotonic()
         for a in recent:
             if a in self.tightened:
                 self.tightened[a] = now
         if not new:
             return
-        self.datapath.backend.busy(new, True)
+        self.datapath.backend.busy(in_kernel(*new), True)
         for a in new:
             self.tightened[a] = now
         log.warning("overload: the verdict loop cannot keep up with these sources; their "
@@ -1333,9 +1353,9 @@ class Agent:
         done = [a for a in self.tightened if a not in renew]
         backend = self.datapath.backend
         if renew:
-            backend.busy(renew, True)
+            backend.busy(in_kernel(*renew), True)
         if done:
-            backend.busy(done, False)
+            backend.busy(in_kernel(*done), False)
             for a in done:
                 del self.tightened[a]
             log.warning("overload: flooding stopped; the admission limit is back to the "

@@ -325,10 +325,10 @@ def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:
                 "cnnf-cluster4 src -m set --match-set cnnf-busy4 src -m hashlimit "
                 "--hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-mode srcip "
                 "--hashlimit-name cnnfb4-",
+                # (outside sources: one limit for all those the loop is behind for)
                 "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set ! --match-set "
-                "cnnf-cluster4 src -m set --match-set cnnf-busy4 src -m hashlimit "
-                "--hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-mode srcip "
-                "--hashlimit-srcmask 24 --hashlimit-name cnnfbo4-",
+                "cnnf-cluster4 src -m set --match-set cnnf-busyo4 src -m hashlimit "
+                "--hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-name cnnfbo4-",
                 # anti-spoofing, first in FORWARD and INPUT
                 "-A CNNF-FORWARD -m set --match-set cnnf-bound4 src -j CNNF-SPOOF",
                 "-A CNNF-INPUT -m set --match-set cnnf-bound4 src -j CNNF-SPOOF",
@@ -386,7 +386,7 @@ def test_the_queue_chain_checks_the_fast_path_then_admission_then_queues() -> No
              "hashlimit" in rules[3] and "srcmask" not in rules[3],
              "hashlimit" in rules[4] and "srcmask 24" in rules[4],
              "cnnf-busy4" in rules[5] and "hashlimit" in rules[5],
-             "cnnf-busy4" in rules[6] and "srcmask 24" in rules[6],
+             "cnnf-busyo4" in rules[6] and "--hashlimit-mode" not in rules[6],
              "MARK" in rules[7], "NFQUEUE" in rules[8]]
     assert kinds == [True] * 9 and len(rules) == 9
 

@@ -170,6 +170,12 @@ def busy_set(family: int) -> str:
     return f"{SET_PREFIX}busy{family}"
 
 
+def busy_outside_set(family: int) -> str:
+    """The outside prefixes (or halves of the address space: every outside
+    source) the verdict loop could not keep up with: together, ``busy_rate``."""
+    return f"{SET_PREFIX}busyo{family}"
+
+
 # A source's tightened limit lasts this long unless renewed (the Defender renews
 # it every second while the source goes on flooding).
 BUSY_TIMEOUT = 5

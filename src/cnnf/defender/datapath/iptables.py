@@ -27,7 +27,8 @@ SYN = ``-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED``)::
                   (sources in C, i.e. this host's: per address; any other
                   source: per /24 or /64, in tables of their own), and for
                   sources in cnnf-busy (the verdict loop could not keep up
-                  with them) above a tenth of it -> CNNF-OVERLOAD;
+                  with them) above a tenth of it -> CNNF-OVERLOAD (outside
+                  ones: a tenth for all of them together);
                   (fail-closed) set the pending mark; NFQUEUE --queue-bypass
     CNNF-OVERLOAD add the source to cnnf-over (packet counters); DROP
 
@@ -113,6 +114,7 @@ from cnnf.defender.datapath.backend import (
     Port,
     alive_set,
     bound_set,
+    busy_outside_set,
     busy_set,
     overload_set,
 )
@@ -321,7 +323,11 @@ class IptablesBackend:
                 f"-A {QUEUE_CHAIN} {alive} {local} {busy} {tight} "
                 f"--hashlimit-name {self._hashlimit_name(family, busy=True)} {size} "
                 f"-j {OVERLOAD_CHAIN}",
-                f"-A {QUEUE_CHAIN} {alive} {outside} {busy} {tight} {prefix} "
+                # Outside sources (any number of prefixes, forged or a botnet)
+                # the loop could not keep up with share ONE such limit.
+                f"-A {QUEUE_CHAIN} {alive} {outside} "
+                f"-m set --match-set {busy_outside_set(family)} src -m hashlimit --hashlimit-above "
+                f"{c.busy_rate}/sec --hashlimit-burst {2 * c.busy_rate} "
                 f"--hashlimit-name {self._hashlimit_name(family, busy=True, outside=True)} "
                 f"{size} -j {OVERLOAD_CHAIN}",
                 # Count per source: the add counts the first packet too (the
@@ -447,6 +453,8 @@ class IptablesBackend:
             if c.admission_rate:
                 specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
                 specs[busy_set(family)] = (
+                    f"hash:ip family {fam} {_OVERLOAD_SIZE} timeout {BUSY_TIMEOUT}")
+                specs[busy_outside_set(family)] = (
                     f"hash:net family {fam} {_OVERLOAD_SIZE} timeout {BUSY_TIMEOUT}")
         return specs
 
@@ -593,13 +601,16 @@ class IptablesBackend:
             return
         lines = []
         for a in sources:
-            try:  # an address, or an outside prefix ("10.1.2.0/24")
-                family = ipaddress.ip_network(a, strict=False).version
-            except ValueError:
-                continue  # the outside sources' shared line: no one to tighten
-            if family in self.config.families:
-                lines.append(f"add {busy_set(family)} {a} timeout {BUSY_TIMEOUT} -exist" if on
-                             else f"del {busy_set(family)} {a} -exist")
+            try:  # an address (this host's), or an outside prefix ("10.1.2.0/24")
+                net = ipaddress.ip_network(a, strict=False)
+            except ValueError as exc:
+                raise DatapathError(f"not an address or prefix: {a!r}") from exc
+            if net.version not in self.config.families:
+                continue
+            host = "/" not in a
+            name = (busy_set if host else busy_outside_set)(net.version)
+            lines.append(f"add {name} {a} timeout {BUSY_TIMEOUT} -exist" if on
+                         else f"del {name} {a} -exist")
         if lines:
             self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 

@@ -87,6 +87,7 @@ SHED_SOURCES = 1024  # distinct sources counted per report batch (forged ones: t
 # (vouched for by the anti-spoofing rule) is its line.
 OUTSIDE_LINES = 16
 OUTSIDE_REST = b"\x00o*"
+OUTSIDE_REST_NAME = "other sources outside this host"
 _OUTSIDE = {4: (b"\x00o4", 3), 6: (b"\x00o6", 8)}
 _PR_SET_PDEATHSIG = 1
 
@@ -119,7 +120,7 @@ def _address(raw: bytes) -> str:
     """A waiting-room line's name: an address, an outside prefix, or the
     outside sources' shared line."""
     if raw == OUTSIDE_REST:
-        return "other sources outside this host"
+        return OUTSIDE_REST_NAME
     for family, (tag, size) in _OUTSIDE.items():
         if raw.startswith(tag) and len(raw) == len(tag) + size:
             full = raw[len(tag):] + bytes((4 if family == 4 else 16) - size)
