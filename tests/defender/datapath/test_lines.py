@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 from types import SimpleNamespace
 from typing import Any
 
 from cnnf.defender.datapath.backend import DatapathConfig, Port
+from cnnf.defender.datapath.packet import Decision
 from cnnf.defender.datapath.ports import match_ports
 from cnnf.defender.datapath.workers import (
+    LATE_BACKLOG,
     OUTSIDE_LINES,
     OUTSIDE_REST,
     LocalSources,
@@ -104,3 +107,25 @@ def test_no_port_when_the_peer_is_not_here_or_not_a_veth() -> None:
     dummy = [dict(x, linkinfo={"info_kind": "macvlan"}) if x["ifindex"] == 23 else x
              for x in LINKS_HERE]
     assert match_ports(LINKS_IN, dummy, ["10.88.0.5"]) == []
+
+
+def test_late_counts_only_against_a_line_with_a_backlog_of_its_own() -> None:
+    """A stall (GC, a big snapshot, the host busy) makes every waiting SYN late;
+    only a line still holding LATE_BACKLOG behind it is one the loop cannot keep
+    up with (the agent tightens it), not a source with a few SYNs waiting."""
+    pool = SimpleNamespace(config=DatapathConfig(), decide=lambda p: Decision.ACCEPT,
+                           _counters=[0] * 64, _generation=SimpleNamespace(value=0),
+                           report=False)
+    w = _Worker(0, pool, None)  # type: ignore[arg-type]
+    w.apply(LocalSources(frozenset({"10.77.0.2", "10.77.0.3"})))
+    verdicts: list[int] = []
+    w.loop = SimpleNamespace(verdict=lambda pid, v, mark=None: verdicts.append(pid))  # type: ignore[assignment]
+    then = time.monotonic() - 0.3  # waited past LATE, not past MAX_WAIT
+    few, many = syn("10.77.0.2"), syn("10.77.0.3")
+    for i in range(20):
+        w.room.push(w.line(few), (i, few, 0, then, w.line(few)), then)
+    for i in range(20, 20 + 3 * LATE_BACKLOG):
+        w.room.push(w.line(many), (i, many, 0, then, w.line(many)), then)
+    w.decide_some(40)
+    assert len(verdicts) == 40
+    assert set(w.late) == {ipaddress.ip_address("10.77.0.3").packed}

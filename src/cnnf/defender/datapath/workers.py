@@ -79,6 +79,7 @@ ROOM = 2048
 PER_SOURCE = 128
 MAX_WAIT = 1.0  # seconds: a SYN older than its client's first retry is dropped
 LATE = 0.2  # seconds from read to decision that mean the loop is behind for the source
+LATE_BACKLOG = 32  # ... if the source still has this many waiting behind it
 SHED_SOURCES = 1024  # distinct sources counted per report batch (forged ones: the rest unnamed)
 # Sources outside this host may be forged: they wait by /24 (/64) prefix, and at
 # most OUTSIDE_LINES prefixes have a line of their own; the others share one
@@ -282,8 +283,10 @@ class _Worker:
             if item is None:
                 return
             packet_id, payload, mark, read_at, key = item
-            if now - read_at > LATE and (key in self.late or len(self.late) < SHED_SOURCES):
-                # decided late: the loop is not keeping up with this line
+            if (now - read_at > LATE and room.waiting(key) >= LATE_BACKLOG
+                    and (key in self.late or len(self.late) < SHED_SOURCES)):
+                # decided late with a backlog of its own: the loop is not keeping
+                # up with this line (a stall with a fair backlog is nobody's flood)
                 self.late[key] = self.late.get(key, 0) + 1
             try:
                 verdict, new_mark = self.handle(payload, mark)
