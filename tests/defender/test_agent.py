@@ -590,3 +590,28 @@ def test_a_waiting_room_line_is_tightened_as_the_kernel_keys_it() -> None:
         "10.64.1.2", "203.0.113.0/24", "2001:db8::/64"]
     assert in_kernel(OUTSIDE_REST_NAME) == ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
     assert in_kernel("unknown") == []
+
+
+def test_forged_source_drops_of_a_port_gone_since_are_audited_by_its_owner_at_stop(
+    tmp_path: Path,
+) -> None:
+    """Drops read while the port was bound keep its owner: a short-lived
+    attacker container gone before the next report is still named, and what
+    is pending when the Defender stops is reported then, not lost."""
+    a = agent(tmp_path)
+    counters: dict[str, int] = {"veth1": 5}
+    a.datapath = SimpleNamespace(  # type: ignore[assignment]
+        backend=SimpleNamespace(spoof_counters=lambda: dict(counters)))
+    web = ContainerIdentity(image="shop/web:1.0", name="web", host="node-1")
+    a._port_owner = {"veth1": discovered(web, "10.1.0.2")}
+    a.poll_spoofed(100.0)
+    assert [e.count for e in a.recorder.drain(0, final=True)[1]] == [5]
+    counters["veth1"] = 9
+    a.poll_spoofed(103.0)  # within the interval: pending
+    a._port_owner = {}  # the container stopped: unbound
+    del counters["veth1"]
+    a.poll_spoofed(104.0)
+    assert a.recorder.drain(0, final=True)[1] == []
+    a.poll_spoofed(105.0, final=True)  # stopping
+    assert [(e.rule_name, e.count, e.src.container) for e in
+            a.recorder.drain(0, final=True)[1]] == [("anti-spoofing", 4, "web")]

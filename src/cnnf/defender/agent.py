@@ -500,7 +500,7 @@ class Agent:
         self._port_cache: dict[str, tuple[tuple[int, tuple[str, ...]], list[Port]]] = {}
         self._port_owner: dict[str, DiscoveredContainer] = {}
         self._spoof_prev: dict[str, int] = {}
-        self._spoof_pending: dict[str, int] = {}
+        self._spoof_pending: dict[str, tuple[int, DiscoveredContainer | None]] = {}
         self._spoof_reported: dict[str, float] = {}
         self.spoofed = 0  # packets dropped for a forged source address, in all
         self._sent_locals: frozenset[str] | None = None
@@ -740,11 +740,20 @@ class Agent:
                     addresses = port.addresses | (before.addresses if before else frozenset())
                     merged[port.interface] = Port(port.interface, addresses, port.bridged)
                     owner[port.interface] = c
-            self._port_cache, self._port_owner = cache, owner
+            self._port_cache = cache
             backend = self.datapath.backend
             before_ports = backend.ports()
+            changed = before_ports != merged
+            if changed:
+                # rebinding restarts every port's counter: take what they hold
+                # first (named after their owners then)
+                with contextlib.suppress(DatapathError):
+                    self._fold_spoofed(backend.spoof_counters())
+            self._port_owner = owner
             try:
                 backend.set_ports(merged.values())
+                if changed:
+                    self._spoof_prev = {}
             except DatapathError as exc:  # the next change or repair tries again
                 log.error("anti-spoofing: ports not bound", error=str(exc)[:300])
                 self._port_cache = {}
@@ -779,28 +788,39 @@ class Agent:
                         addresses=list(c.addresses))
         return found
 
-    def poll_spoofed(self, now: float) -> None:
-        """Forged-source drops per port -> one log line and one audit per port
-        and SPOOF_REPORT_INTERVAL at most (a flood of forged packets costs the
-        kernel's counters only)."""
-        assert self.datapath is not None
-        counters = self.datapath.backend.spoof_counters()
+    def _fold_spoofed(self, counters: dict[str, int]) -> None:
+        """Per-port counters read now -> the drops since the last read, pending
+        a report, with the port's owner now (it may be gone by the report)."""
         for iface, n in counters.items():
             prev = self._spoof_prev.get(iface, 0)
             delta = n - prev if n >= prev else n  # rebound: its counters restarted
             if delta > 0:
-                self._spoof_pending[iface] = self._spoof_pending.get(iface, 0) + delta
+                count, owner = self._spoof_pending.get(iface, (0, None))
+                self._spoof_pending[iface] = (count + delta,
+                                              self._port_owner.get(iface) or owner)
                 self.spoofed += delta
         self._spoof_prev = counters
-        for iface, n in list(self._spoof_pending.items()):
+
+    def poll_spoofed(self, now: float, *, final: bool = False) -> None:
+        """Forged-source drops per port -> one log line and one audit per port
+        and SPOOF_REPORT_INTERVAL at most (a flood of forged packets costs the
+        kernel's counters only); ``final`` (stopping): everything pending."""
+        assert self.datapath is not None
+        with self._ports_lock:
+            self._fold_spoofed(self.datapath.backend.spoof_counters())
+            pending = list(self._spoof_pending.items())
+        for iface, (n, c) in pending:
             last = self._spoof_reported.get(iface)
-            if last is not None and now - last < SPOOF_REPORT_INTERVAL:
+            if not final and last is not None and now - last < SPOOF_REPORT_INTERVAL:
                 continue
-            del self._spoof_pending[iface]
+            with self._ports_lock:
+                # (a rebinding may have added to it meanwhile: kept for the next)
+                left = self._spoof_pending.pop(iface, (n, c))[0] - n
+                if left > 0:
+                    self._spoof_pending[iface] = (left, c)
             self._spoof_reported[iface] = now
             seconds = SPOOF_REPORT_INTERVAL if last is None else now - last
-            c = self._port_owner.get(iface)
-            name = c.identity.name if c is not None else "(unbound since)"
+            name = c.identity.name if c is not None else "(not known)"
             log.warning("anti-spoofing: dropped packets with a forged source address from "
                         "a container's port", interface=iface, container=name, packets=n)
             if c is not None and c.addresses:
@@ -810,7 +830,7 @@ class Agent:
                     self.clock(), src, host=self.config.hostname, dropped=n,
                     seconds=max(seconds, KERNEL_POLL_INTERVAL), interface=iface,
                     reporter=self.config.hostname))
-        for iface in [i for i in self._spoof_reported if i not in counters
+        for iface in [i for i in self._spoof_reported if i not in self._spoof_prev
                       and i not in self._spoof_pending]:
             del self._spoof_reported[iface]
 
@@ -1696,6 +1716,8 @@ class Agent:
         if self.datapath is not None:
             with contextlib.suppress(Exception):
                 self.poll_kernel()  # what the fast path answered since the last read
+            with contextlib.suppress(Exception):
+                self.poll_spoofed(time.monotonic(), final=True)  # nothing left unreported
             with contextlib.suppress(Exception):
                 self.collect()
             try:
