@@ -55,7 +55,12 @@ class AuditRecord(PolicyModel):
     time: datetime
     type: AuditType = AuditType.CONTAINER
     rule_id: Int32 | None = None
-    rule_name: Text = ""
+    rule_name: Annotated[Text, Field(description=(
+        "the rule's name; for an overload audit (no rule), what dropped the "
+        "source's SYNs or packets: admission limit, admission limit (tightened), "
+        "verdict loop, admission limit and verdict loop, or anti-spoofing (packets "
+        "with a forged source address); empty from earlier Defenders: the "
+        "admission limit"))] = ""
     blocked: bool
     effect: Effect
     src_image: Text = ""
