@@ -704,7 +704,12 @@ class Agent:
             for which, addrs in wanted.items():
                 if backend.addresses(which) != addrs:
                     backend.set_addresses(which, addrs)
-            self._send_locals(wanted[AddressSet.LOCAL] | wanted[AddressSet.HOST])
+            # Named containers and the host only: a network's unassigned
+            # addresses (in LOCAL while pending) get no line of their own, so
+            # a container not bound yet cannot forge them into many lines.
+            named = (self._usable(self.inventory.local_container_addresses())
+                     if self.policy.container_enabled else frozenset())
+            self._send_locals(named | wanted[AddressSet.HOST])
         self.observed.set_scope(ObservationScope(wanted[AddressSet.CLUSTER], self.inventory,
                                                  self.compiled, since))
 
@@ -1533,9 +1538,7 @@ class Agent:
             with self._lock:  # restarted workers: resend the current snapshot
                 self._broadcast(PolicyUpdate(self._effective(self.policy), self._epoch()))
                 self._broadcast(self._inventory_update())
-                locals_, self._sent_locals = self._sent_locals, None
-                if locals_ is not None:
-                    self._send_locals(locals_)
+
         if self.cache is not None and any("cnnf-fp" in r for r in repaired):
             with self._lock:  # a fast-path set was recreated empty: start afresh
                 self._broadcast(CacheEpoch(self.cache.invalidate_all(self._context())))

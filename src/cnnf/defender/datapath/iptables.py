@@ -24,8 +24,10 @@ SYN = ``-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED``)::
                   (src, dport, dst) in cnnf-fpa -> ACCEPT,
                   in cnnf-fpr -> REJECT tcp-reset, in cnnf-fpd -> DROP;
                   then admission: above the per-source hashlimit -> CNNF-OVERLOAD
-                  (sources in C, i.e. this host's: per address; any other
-                  source: per /24 or /64, in tables of their own), and for
+                  (sources in C: per address, since a queued SYN from C is
+                  an outbound one of this host's workloads, C holding other
+                  hosts' too; any other source: per /24 or /64, in tables of
+                  their own), and for
                   sources in cnnf-busy (the verdict loop could not keep up
                   with them) above a tenth of it -> CNNF-OVERLOAD (outside
                   ones: a tenth for all of them together);

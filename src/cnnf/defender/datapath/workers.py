@@ -381,6 +381,7 @@ class VerdictWorkers:
         self._lock = threading.Lock()
         self._shed_by_source: dict[bytes, int] = {}
         self._late_by_source: dict[bytes, int] = {}
+        self._locals: frozenset[str] = frozenset()  # as last set
 
     def _spawn(self, index: int) -> None:
         recv_end, send_end = self._ctx.Pipe(duplex=False)
@@ -392,6 +393,8 @@ class VerdictWorkers:
             send_end.close()
             worker = _Worker(index, self, recv_end)
             worker.seen_gen = int(self._generation.value)
+            # a restarted worker starts with the local sources, not by prefix
+            worker.apply(LocalSources(self._locals))
             worker.run(status_send)
 
         proc = self._ctx.Process(target=main, name=f"cnnf-verdict-{index}", daemon=True)
@@ -464,7 +467,8 @@ class VerdictWorkers:
     def set_local_sources(self, addresses: frozenset[str]) -> None:
         """This host's workload and host addresses (each waits in a line of its
         own; other sources by prefix)."""
-        self.broadcast(LocalSources(frozenset(addresses)))
+        self._locals = frozenset(addresses)
+        self.broadcast(LocalSources(self._locals))
 
     def counters(self) -> list[VerdictCounters]:
         """Per queue, in queue order."""
