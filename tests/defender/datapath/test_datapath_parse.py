@@ -332,8 +332,13 @@ def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:
                 # anti-spoofing, first in FORWARD and INPUT
                 "-A CNNF-FORWARD -m set --match-set cnnf-bound4 src -j CNNF-SPOOF",
                 "-A CNNF-INPUT -m set --match-set cnnf-bound4 src -j CNNF-SPOOF",
-                "-A CNNF-OVERLOAD -j SET --add-set cnnf-over4 src",
-                "-A CNNF-OVERLOAD -m set --match-set cnnf-over4 src -j DROP",
+                # counted per source here, per /24 outside (a netmask set)
+                "-A CNNF-OVERLOAD -m set --match-set cnnf-cluster4 src -j SET --add-set "
+                "cnnf-over4 src",
+                "-A CNNF-OVERLOAD -m set --match-set cnnf-cluster4 src -m set --match-set "
+                "cnnf-over4 src -j DROP",
+                "-A CNNF-OVERLOAD -j SET --add-set cnnf-overo4 src",
+                "-A CNNF-OVERLOAD -m set --match-set cnnf-overo4 src -j DROP",
             ],
             ["--queue-balance", "MARK"],
         ),

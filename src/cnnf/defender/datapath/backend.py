@@ -181,6 +181,13 @@ def busy_outside_set(family: int) -> str:
 BUSY_TIMEOUT = 5
 
 
+def overload_outside_set(family: int) -> str:
+    """Outside sources' prefixes (/24, /64: ``hash:ip netmask``) whose SYNs the
+    admission limit dropped, with packet counters: forged outside sources are
+    counted by the prefix they are limited by, not one entry each."""
+    return f"{SET_PREFIX}overo{family}"
+
+
 # The source prefix by which sources from outside the host (whose addresses the
 # kernel cannot check) share an admission limit and a line in the waiting room.
 OUTSIDE_PREFIX = {4: 24, 6: 64}

@@ -118,6 +118,7 @@ from cnnf.defender.datapath.backend import (
     bound_set,
     busy_outside_set,
     busy_set,
+    overload_outside_set,
     overload_set,
 )
 from cnnf.defender.datapath.netns import DatapathError, NetnsRef
@@ -299,7 +300,7 @@ class IptablesBackend:
                     f"-A {QUEUE_CHAIN} {alive} -m set --match-set {fv.set_name(family)} "
                     f"src,dst,dst {target}")
         if c.admission_rate:
-            over = overload_set(family)
+            over, overo = overload_set(family), overload_outside_set(family)
             # Queued SYNs from CLUSTER come from this host's workloads (outbound;
             # inbound ones from CLUSTER are not queued here), whose source
             # addresses the anti-spoofing rule vouches for: each its own bucket.
@@ -334,8 +335,10 @@ class IptablesBackend:
                 f"{size} -j {OVERLOAD_CHAIN}",
                 # Count per source: the add counts the first packet too (the
                 # reader subtracts it); an existing entry is left as it is.
-                f"-A {OVERLOAD_CHAIN} -j SET --add-set {over} src",
-                f"-A {OVERLOAD_CHAIN} -m set --match-set {over} src -j DROP",
+                f"-A {OVERLOAD_CHAIN} {local} -j SET --add-set {over} src",
+                f"-A {OVERLOAD_CHAIN} {local} -m set --match-set {over} src -j DROP",
+                f"-A {OVERLOAD_CHAIN} -j SET --add-set {overo} src",
+                f"-A {OVERLOAD_CHAIN} -m set --match-set {overo} src -j DROP",
                 f"-A {OVERLOAD_CHAIN} -j DROP",
             ]
         if not c.fail_open and self._nft_reject:
@@ -454,6 +457,9 @@ class IptablesBackend:
             specs[bound_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
             if c.admission_rate:
                 specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
+                specs[overload_outside_set(family)] = (
+                    f"hash:ip family {fam} netmask {OUTSIDE_PREFIX[family]} {_OVERLOAD_SIZE} "
+                    "counters")
                 specs[busy_set(family)] = (
                     f"hash:ip family {fam} {_OVERLOAD_SIZE} timeout {BUSY_TIMEOUT}")
                 specs[busy_outside_set(family)] = (
@@ -872,19 +878,27 @@ class IptablesBackend:
         for family in self.config.families:
             # a failed read raises (the caller skips the round): an empty one would
             # say every source left the set, and its count would be taken again
-            saved = self.netns.run("ipset", "save", overload_set(family)).stdout
-            for _, member, packets in saved_counters(saved):
+            saved = self.netns.run("ipset", "save", overload_set(family),
+                                   overload_outside_set(family)).stdout
+            for name, member, packets in saved_counters(saved):
+                key = (f"{member.split('/')[0]}/{OUTSIDE_PREFIX[family]}"
+                       if name == overload_outside_set(family) else member)
                 # the SET target's add counted the first packet once more
-                out[member] = max(0, packets - 1)
+                out[key] = max(0, packets - 1)
         return out
 
     def overload_forget(self, addresses: Iterable[str]) -> None:
         lines = []
         for a in addresses:
             try:
-                lines.append(f"del {overload_set(ipaddress.ip_address(a).version)} {a} -exist")
+                net = ipaddress.ip_network(a, strict=False)
             except ValueError:
-                continue  # a waiting-room line (an outside prefix): never in the set
+                continue  # the outside sources' shared line: never in a set
+            if "/" in a:  # an outside prefix
+                lines.append(f"del {overload_outside_set(net.version)} "
+                             f"{net.network_address} -exist")
+            else:
+                lines.append(f"del {overload_set(net.version)} {a} -exist")
         if lines and self.config.admission_rate:
             self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
