@@ -878,8 +878,8 @@ class IptablesBackend:
         for family in self.config.families:
             # a failed read raises (the caller skips the round): an empty one would
             # say every source left the set, and its count would be taken again
-            saved = self.netns.run("ipset", "save", overload_set(family),
-                                   overload_outside_set(family)).stdout
+            saved = "".join(self.netns.run("ipset", "save", name).stdout
+                            for name in (overload_set(family), overload_outside_set(family)))
             for name, member, packets in saved_counters(saved):
                 key = (f"{member.split('/')[0]}/{OUTSIDE_PREFIX[family]}"
                        if name == overload_outside_set(family) else member)
