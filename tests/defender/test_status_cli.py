@@ -39,6 +39,13 @@ BASE: dict[str, Any] = {
         ({"rate": 1000, "dropped": 0, "by_verdict_loop": 0, "overload": False, "top": [],
           "tightened": [], "tightened_rate": 100},
          "admission: 1000 new connections/s per source; 0 SYNs dropped as overload"),
+        # a waiting-room line outside this host has no name: said once
+        ({"rate": 1000, "dropped": 500, "by_verdict_loop": 500, "overload": True,
+          "top": [{"address": "203.0.113.0/24", "name": "", "dropped": 500}],
+          "tightened": [], "tightened_rate": 100},
+         "admission: 1000 new connections/s per source; 500 SYNs dropped as overload (500 of "
+         "them by the verdict loop: it could not keep up with their source) (overloaded now); "
+         "top sources: 203.0.113.0/24 500"),
     ],
 )
 def test_status_says_who_dropped_what(tmp_path: Path, admission: dict[str, Any],

@@ -229,8 +229,8 @@ def status(
                        + ", ".join(f"{k} {v}" for k, v in fp["hits"].items()))
         adm = data.get("admission") or {}
         if adm.get("rate") or adm.get("dropped"):
-            top = ", ".join(f"{t['name'] or t['address']} ({t['address']}) {t['dropped']}"
-                            for t in adm["top"])
+            top = ", ".join(f"{t['name']} ({t['address']}) {t['dropped']}" if t["name"]
+                            else f"{t['address']} {t['dropped']}" for t in adm["top"])
             by_loop = adm.get("by_verdict_loop") or 0
             tightened = adm.get("tightened") or []
             limit = (f"{adm['rate']} new connections/s per source" if adm.get("rate")
