@@ -120,7 +120,8 @@ def test_overload_audit_refuses_nonsense(dropped: int, seconds: float, rate: int
          "the verdict loop (it could not keep up with the source)"),
         (5040, 40, 1000, 100, "overload: 5,040 SYNs dropped from shop/frontend:1.0 (frontend) "
          "in 20 s: 5,000 by the admission limit (tightened to 100 new connections/s for this "
-         "source: the verdict loop could not keep up with it), 40 by the verdict loop (it "
+         "source during this window: the verdict loop could not keep up with it), 40 by the "
+         "verdict loop (it "
          "could not keep up with the source)"),
     ],
 )

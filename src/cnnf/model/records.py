@@ -177,7 +177,8 @@ def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int,
     when = f"from {endpoint_name(src)} in {round(seconds, 1):g} s"
     limit = (f"the admission limit ({rate} new connections/s per source)" if not tightened
              else f"the admission limit (tightened to {tightened} new connections/s for "
-                  "this source: the verdict loop could not keep up with it)")
+                  "this source during this window: the verdict loop could not keep up "
+                  "with it)")
     share = "the verdict loop (it could not keep up with the source)"
     if not shed:
         return f"overload: {limit} dropped {dropped:,} {syns} {when}"
