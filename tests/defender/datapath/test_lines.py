@@ -129,3 +129,17 @@ def test_late_counts_only_against_a_line_with_a_backlog_of_its_own() -> None:
     w.decide_some(40)
     assert len(verdicts) == 40
     assert set(w.late) == {ipaddress.ip_address("10.77.0.3").packed}
+
+
+def test_a_port_may_send_only_from_the_addresses_on_its_own_link() -> None:
+    """Two veths: each port is bound to the runtime's addresses that its own
+    inner interface holds, not to every address of the workload."""
+    inner = [*LINKS_IN, {"ifindex": 3, "ifname": "eth1", "link_index": 24, "link_netnsid": 0,
+                         "linkinfo": {"info_kind": "veth"}}]
+    here = [*LINKS_HERE, {"ifindex": 24, "ifname": "veth2", "link_index": 3, "link_netnsid": 1,
+                          "linkinfo": {"info_kind": "veth", "info_slave_kind": "bridge"}}]
+    addrs = [{"ifindex": 2, "addr_info": [{"family": "inet", "local": "10.88.0.5"}]},
+             {"ifindex": 3, "addr_info": [{"family": "inet", "local": "10.89.0.5"},
+                                          {"family": "inet6", "local": "fe80::1"}]}]
+    assert match_ports(inner, here, ["10.88.0.5", "10.89.0.5"], addrs) == [
+        Port("veth1", frozenset({"10.88.0.5"})), Port("veth2", frozenset({"10.89.0.5"}))]

@@ -21,12 +21,20 @@ from cnnf.defender.datapath.netns import DatapathError, NetnsRef
 
 
 def match_ports(inner: list[dict[str, Any]], outer: list[dict[str, Any]],
-                addresses: Iterable[str]) -> list[Port]:
+                addresses: Iterable[str],
+                inner_addresses: list[dict[str, Any]] | None = None) -> list[Port]:
     """``ip -j -d link show`` inside the workload and here -> the workload's
-    ports here (each may send from ``addresses``). Pure."""
+    ports here. Each may send from those of ``addresses`` (the runtime's) that
+    its own inner interface holds (``ip -j addr show`` inside: ``inner_addresses``),
+    so a workload with two veths cannot use one's address on the other; all of
+    them when none is on it (the runtime named addresses the links do not show).
+    Pure."""
     by_index = {o.get("ifindex"): o for o in outer}
     ports = []
     allowed = frozenset(addresses)
+    on_link: dict[Any, set[str]] = {}
+    for x in inner_addresses or ():
+        on_link[x.get("ifindex")] = {str(a.get("local")) for a in x.get("addr_info") or ()}
     for link in inner:
         peer_index = link.get("link_index")
         if peer_index is None or "link_netnsid" not in link:
@@ -38,12 +46,13 @@ def match_ports(inner: list[dict[str, Any]], outer: list[dict[str, Any]],
         if info.get("info_kind") != "veth":
             continue
         bridged = info.get("info_slave_kind") == "bridge"
-        ports.append(Port(str(peer["ifname"]), allowed, bridged))
+        own = allowed & on_link.get(link.get("ifindex"), set())
+        ports.append(Port(str(peer["ifname"]), frozenset(own) or allowed, bridged))
     return ports
 
 
-def _links(netns: NetnsRef) -> list[dict[str, Any]]:
-    out = netns.run("ip", "-j", "-d", "link", "show").stdout
+def _links(netns: NetnsRef, what: str = "link") -> list[dict[str, Any]]:
+    out = netns.run("ip", "-j", "-d", what, "show").stdout
     try:
         links = json.loads(out or "[]")
     except ValueError as exc:
@@ -55,4 +64,4 @@ def workload_ports(workload: NetnsRef, addresses: Iterable[str], here: NetnsRef)
     """The ports in ``here`` of the workload whose namespace is ``workload``
     (e.g. ``NetnsRef("/proc/PID/ns/net")``); raises :class:`DatapathError`
     when a namespace cannot be read (the workload is gone)."""
-    return match_ports(_links(workload), _links(here), addresses)
+    return match_ports(_links(workload), _links(here), addresses, _links(workload, "addr"))
