@@ -28,6 +28,7 @@ from cnnf.defender.agent import (
 )
 from cnnf.defender.config import ConfigError, DefenderConfig, parse_labels, parse_listen
 from cnnf.defender.datapath import AddressSet, DatapathStats, Decision, PacketInfo
+from cnnf.defender.datapath.backend import Port
 from cnnf.defender.datapath.workers import OUTSIDE_REST_NAME
 from cnnf.defender.discovery.identity import DiscoveredContainer
 from cnnf.defender.inventory import Inventory
@@ -615,3 +616,33 @@ def test_forged_source_drops_of_a_port_gone_since_are_audited_by_its_owner_at_st
     a.poll_spoofed(105.0, final=True)  # stopping
     assert [(e.rule_name, e.count, e.src.container) for e in
             a.recorder.drain(0, final=True)[1]] == [("anti-spoofing", 4, "web")]
+
+
+def test_a_veth_name_reused_by_a_new_container_is_bound_to_it_alone(tmp_path: Path) -> None:
+    """podman names veths veth0, veth1...: a container that stopped (its stop
+    not seen yet) and a new one both claim veth0. Both are looked up again;
+    the gone one's namespace has no veth0 any more, so only the new one's
+    address is bound (the old address is not left usable by the newcomer)."""
+    a = agent(tmp_path)
+    a.policy = a.policy.model_copy(update={"container_enabled": True})
+    bound: list[list[Port]] = []
+    a.datapath = SimpleNamespace(  # type: ignore[assignment]
+        backend=SimpleNamespace(ports=dict, set_ports=lambda ports: bound.append(list(ports)),
+                                spoof_counters=dict))
+    old = DiscoveredContainer(ContainerIdentity(image="shop/old:1", name="old", id="o"),
+                              ("10.1.0.2",), False, True, 101)
+    new = DiscoveredContainer(ContainerIdentity(image="shop/new:1", name="new", id="n"),
+                              ("10.1.0.3",), False, True, 102)
+    a.local = {"10.1.0.2": old, "10.1.0.3": new}
+    a._port_cache = {"o": ((101, ("10.1.0.2",)), [Port("veth0", frozenset({"10.1.0.2"}))])}
+    looked_up: list[str] = []
+
+    def resolve(c: DiscoveredContainer) -> list[Port]:  # the namespaces as they are now
+        looked_up.append(c.identity.name)
+        return [Port("veth0", frozenset(c.addresses))] if c is new else []
+
+    a._resolve_ports = resolve  # type: ignore[method-assign]
+    a.bind_ports()
+    assert sorted(looked_up) == ["new", "new", "old"]
+    assert bound == [[Port("veth0", frozenset({"10.1.0.3"}))]]
+    assert a._port_owner["veth0"] is new

@@ -740,6 +740,19 @@ class Agent:
                 have = self._port_cache.get(key)
                 found = have[1] if have is not None and have[0] == sig else self._resolve_ports(c)
                 cache[key] = (sig, found)
+            # An interface name claimed twice: a container gone (its stop not
+            # seen yet) and a new one given its freed veth name. Resolve the
+            # claimants again: the gone one's namespace no longer has it.
+            claims: dict[str, list[str]] = {}
+            for key, (_, found) in cache.items():
+                for port in found:
+                    claims.setdefault(port.interface, []).append(key)
+            for keys in (k for k in claims.values() if len(k) > 1):
+                for key in keys:
+                    c = containers[key]
+                    cache[key] = (cache[key][0], self._resolve_ports(c))
+            for key, (_, found) in cache.items():
+                c = containers[key]
                 for port in found:
                     before = merged.get(port.interface)
                     addresses = port.addresses | (before.addresses if before else frozenset())
