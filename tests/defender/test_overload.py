@@ -51,6 +51,7 @@ def test_the_verdict_loops_drops_join_the_same_episode_and_are_told_apart() -> N
     assert mid.shed_total == 26
     (end,) = t.update({F: 1000}, 16.0)
     assert end.ended and end.episode == 1056 and end.shed == {}
+    assert end.episode_shed == 56  # the "overload ended" line says the loop's part
     assert t.total == 1056 and t.shed_total == 56 and t.by_source == {F: 1051, G: 5}
 
 

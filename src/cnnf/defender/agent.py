@@ -1449,7 +1449,8 @@ class Agent:
         by_loop = report.shed_total
         if report.ended:
             log.warning("overload ended", lasted_s=round(time.monotonic() - report.started, 1),
-                        dropped=report.episode, top_sources=self._named(self.overload.top()))
+                        dropped=report.episode, by_verdict_loop=report.episode_shed,
+                        top_sources=self._named(self.overload.top()))
         elif report.first:
             log.warning("overload: the admission limit is dropping new connections"
                         if by_loop < report.total else

@@ -36,6 +36,7 @@ class OverloadReport:
     # of ``dropped``, those the verdict loop dropped (beyond the source's share)
     shed: dict[str, int] = field(default_factory=dict)
     shed_total: int = 0  # of ``total``, the verdict loop's (all sources)
+    episode_shed: int = 0  # of ``episode``, the verdict loop's
 
 
 @dataclass
@@ -53,6 +54,7 @@ class OverloadTracker:
     _last_drop = 0.0
     _window = 0.0  # start of the time the pending counts cover
     _episode = 0
+    _episode_shed = 0
     _prev: float | None = None  # the previous update
 
     @property
@@ -72,6 +74,7 @@ class OverloadTracker:
                 self._pending_shed[source] = self._pending_shed.get(source, 0) + delta
                 self.by_source[source] = self.by_source.get(source, 0) + delta
                 self.shed_total += delta
+                self._episode_shed += delta
                 new += delta
         for source, count in counters.items():
             before, _ = self._seen.get(source, (0, now))
@@ -93,6 +96,7 @@ class OverloadTracker:
             if self.started is None:
                 self.started = now
                 self._episode = new
+                self._episode_shed = sum(d for d in (shed or {}).values() if d > 0)
                 self._window = self._prev if self._prev is not None else now
                 reports.append(dataclasses.replace(self._report(now), first=True))
             elif now - self._window >= self.report_every:
@@ -125,6 +129,7 @@ class OverloadTracker:
         report = OverloadReport(self.started, max(now - self._window, 0.0), dict(top),
                                 sum(pending.values()), self._episode, ended,
                                 shed={s: shed[s] for s, _ in top if shed.get(s)},
-                                shed_total=sum(shed.values()))
+                                shed_total=sum(shed.values()),
+                                episode_shed=self._episode_shed)
         self._window = now
         return report
