@@ -193,7 +193,9 @@ def test_a_container_forging_a_neighbours_address_is_dropped_not_decided_as_it(
     assert poll(lambda: any(r["type"] == "overload" and r["rule_name"] == "anti-spoofing"
                             and r["src"].get("container") == "frontend" and r["count"] >= 20
                             for r in d.records("audit")), 15)
-    assert counted(d, "audit", "api", 6379) == alerts + 1  # only api's own second connection
+    # only api's own second connection (the 20 forged SYNs were never decided)
+    assert poll(lambda: counted(d, "audit", "api", 6379) >= alerts + 1, 15)
+    assert counted(d, "audit", "api", 6379) == alerts + 1
     assert "anti-spoofing: dropped packets with a forged source address" in d.log.read_text()
     assert metric(metrics(c.metrics_port), "cnnf_defender_spoofed_dropped_total") >= 20
 
