@@ -168,6 +168,9 @@ def test_overload_audits_are_published_in_the_openapi_document(console: Console)
     assert stored["type"]["$ref"] == "#/components/schemas/AuditType"
     assert (stored["port"]["minimum"], stored["port"]["maximum"]) == (0, 65535)
     assert "overload" in stored["port"]["description"]
+    # an overload audit's ruleName says what dropped it (no rule did)
+    for what in ("admission limit (tightened)", "verdict loop", "anti-spoofing"):
+        assert what in stored["ruleName"]["description"]
     for path in (f"{API}/audits", f"{API}/audits/csv"):
         [param] = [p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == "type"]
         assert {"$ref": "#/components/schemas/AuditType"} in param["schema"]["anyOf"]

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from cnnf.defender import core
 from cnnf.defender.agent import (
     MAX_BATCH_RECORDS,
+    SPOOF_REPORT_INTERVAL,
     UNIDENTIFIED,
     UNNAMED_HOLD_SECONDS,
     Agent,
@@ -22,10 +23,13 @@ from cnnf.defender.agent import (
     PolicyUpdate,
     VerdictDecide,
     _remote_identities,
+    in_kernel,
     verdict_from_detail,
 )
 from cnnf.defender.config import ConfigError, DefenderConfig, parse_labels, parse_listen
 from cnnf.defender.datapath import AddressSet, DatapathStats, Decision, PacketInfo
+from cnnf.defender.datapath.backend import Port
+from cnnf.defender.datapath.workers import OUTSIDE_REST_NAME
 from cnnf.defender.discovery.identity import DiscoveredContainer
 from cnnf.defender.inventory import Inventory
 from cnnf.defender.metrics import DefenderCollector, Figures
@@ -547,3 +551,98 @@ def test_an_engine_outage_is_logged_again_every_minute(tmp_path: Path) -> None:
         now[0] += 100
         a._remind_engine_down()
     assert logs == []
+
+
+def test_forged_source_drops_are_reported_per_port_at_most_every_ten_seconds(
+    tmp_path: Path,
+) -> None:
+    """The kernel's per-port counters -> an overload audit (anti-spoofing) per
+    port at once, then at most one per SPOOF_REPORT_INTERVAL with what came
+    meanwhile; a port whose counters restarted (rebound) counts from 0."""
+    a = agent(tmp_path)
+    counters: dict[str, int] = {}
+    a.datapath = SimpleNamespace(  # type: ignore[assignment]
+        backend=SimpleNamespace(spoof_counters=lambda: dict(counters)))
+    web = ContainerIdentity(image="shop/web:1.0", name="web", host="node-1")
+    a._port_owner = {"veth1": discovered(web, "10.1.0.2")}
+
+    def audits() -> list[tuple[str, int, str]]:
+        return [(e.rule_name, e.count, e.src.container)
+                for e in a.recorder.drain(0, final=True)[1]]
+
+    counters["veth1"] = 5
+    a.poll_spoofed(100.0)
+    assert audits() == [("anti-spoofing", 5, "web")] and a.spoofed == 5
+    counters["veth1"] = 12
+    a.poll_spoofed(105.0)
+    assert audits() == []  # within the interval: kept for the next report
+    counters["veth1"] = 3  # rebound: the rule's counter restarted
+    a.poll_spoofed(100.0 + SPOOF_REPORT_INTERVAL)
+    assert audits() == [("anti-spoofing", 7 + 3, "web")] and a.spoofed == 15
+    a.poll_spoofed(200.0)
+    assert audits() == []  # nothing new: nothing reported
+
+
+def test_a_waiting_room_line_is_tightened_as_the_kernel_keys_it() -> None:
+    """An address or an outside prefix as it is; the outside sources' shared
+    line: every outside source (the whole space: the outside rule's one limit);
+    nothing that the kernel cannot hold (so none is reported tightened)."""
+    assert in_kernel("10.64.1.2", "203.0.113.0/24", "2001:db8::/64") == [
+        "10.64.1.2", "203.0.113.0/24", "2001:db8::/64"]
+    assert in_kernel(OUTSIDE_REST_NAME) == ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
+    assert in_kernel("unknown") == []
+
+
+def test_forged_source_drops_of_a_port_gone_since_are_audited_by_its_owner_at_stop(
+    tmp_path: Path,
+) -> None:
+    """Drops read while the port was bound keep its owner: a short-lived
+    attacker container gone before the next report is still named, and what
+    is pending when the Defender stops is reported then, not lost."""
+    a = agent(tmp_path)
+    counters: dict[str, int] = {"veth1": 5}
+    a.datapath = SimpleNamespace(  # type: ignore[assignment]
+        backend=SimpleNamespace(spoof_counters=lambda: dict(counters)))
+    web = ContainerIdentity(image="shop/web:1.0", name="web", host="node-1")
+    a._port_owner = {"veth1": discovered(web, "10.1.0.2")}
+    a.poll_spoofed(100.0)
+    assert [e.count for e in a.recorder.drain(0, final=True)[1]] == [5]
+    counters["veth1"] = 9
+    a.poll_spoofed(103.0)  # within the interval: pending
+    a._port_owner = {}  # the container stopped: unbound
+    del counters["veth1"]
+    a.poll_spoofed(104.0)
+    assert a.recorder.drain(0, final=True)[1] == []
+    a.poll_spoofed(105.0, final=True)  # stopping
+    assert [(e.rule_name, e.count, e.src.container) for e in
+            a.recorder.drain(0, final=True)[1]] == [("anti-spoofing", 4, "web")]
+
+
+def test_a_veth_name_reused_by_a_new_container_is_bound_to_it_alone(tmp_path: Path) -> None:
+    """podman names veths veth0, veth1...: a container that stopped (its stop
+    not seen yet) and a new one both claim veth0. Both are looked up again;
+    the gone one's namespace has no veth0 any more, so only the new one's
+    address is bound (the old address is not left usable by the newcomer)."""
+    a = agent(tmp_path)
+    a.policy = a.policy.model_copy(update={"container_enabled": True})
+    bound: list[list[Port]] = []
+    a.datapath = SimpleNamespace(  # type: ignore[assignment]
+        backend=SimpleNamespace(ports=dict, set_ports=lambda ports: bound.append(list(ports)),
+                                spoof_counters=dict))
+    old = DiscoveredContainer(ContainerIdentity(image="shop/old:1", name="old", id="o"),
+                              ("10.1.0.2",), False, True, 101)
+    new = DiscoveredContainer(ContainerIdentity(image="shop/new:1", name="new", id="n"),
+                              ("10.1.0.3",), False, True, 102)
+    a.local = {"10.1.0.2": old, "10.1.0.3": new}
+    a._port_cache = {"o": ((101, ("10.1.0.2",)), [Port("veth0", frozenset({"10.1.0.2"}))])}
+    looked_up: list[str] = []
+
+    def resolve(c: DiscoveredContainer) -> list[Port]:  # the namespaces as they are now
+        looked_up.append(c.identity.name)
+        return [Port("veth0", frozenset(c.addresses))] if c is new else []
+
+    a._resolve_ports = resolve  # type: ignore[method-assign]
+    a.bind_ports()
+    assert sorted(looked_up) == ["new", "new", "old"]
+    assert bound == [[Port("veth0", frozenset({"10.1.0.3"}))]]
+    assert a._port_owner["veth0"] is new

@@ -52,9 +52,11 @@ def make_agent(tmp_path: Path, name: str, policy: Policy,
     # the datapath is not under test: its DNS names (none here) and its counters
     a.datapath = SimpleNamespace(  # type: ignore[assignment]
         domains_for=DnsCache().domains_for, stats=lambda: DatapathStats([], []),
-        workers=SimpleNamespace(pids=[], broadcast=lambda message: None),
+        workers=SimpleNamespace(pids=[], broadcast=lambda message: None,
+                                set_local_sources=lambda addresses: None),
         backend=SimpleNamespace(addresses=lambda which: frozenset(),
-                                set_addresses=lambda which, addresses: None))
+                                set_addresses=lambda which, addresses: None,
+                                ports=dict, set_ports=lambda ports: None))
     return a
 
 
@@ -255,7 +257,8 @@ def test_turning_enforcement_off_observes_before_the_sets_shrink(
         steps.append(f"set {which.name} {sorted(addresses)}")
         sets[which] = addresses
 
-    a.datapath.backend = SimpleNamespace(addresses=sets.get, set_addresses=set_addresses)
+    a.datapath.backend = SimpleNamespace(addresses=sets.get, set_addresses=set_addresses,
+                                         ports=dict, set_ports=lambda ports: None)
 
     class Observer:
         def __init__(self, *args: object, **kwargs: object) -> None:

@@ -15,6 +15,7 @@ from cnnf.model.records import (
     ReportBatch,
     overload_audit,
     overload_message,
+    spoof_audit,
 )
 from cnnf.model.rule import RuleKind
 
@@ -51,7 +52,7 @@ def test_overload_audit_is_exactly_the_wire_contract() -> None:
                            rate=1000, reporter="node-1")
     assert json.loads(event.model_dump_json()) == {
         "time": T0, "type": "overload", "effect": "prevent", "blocked": True,
-        "rule_id": None, "rule_name": "", "src": FRONTEND.model_dump(mode="json"),
+        "rule_id": None, "rule_name": "admission limit", "src": FRONTEND.model_dump(mode="json"),
         "dst": {"kind": "host", "address": None, "image": "", "container": "",
                 "container_id": "", "namespace": "", "pod": "", "cluster": "",
                 "host": "node-1", "labels": {}, "domain": ""},
@@ -107,6 +108,45 @@ def test_overload_audit_refuses_nonsense(dropped: int, seconds: float, rate: int
                        rate=rate, reporter="node-1")
 
 
+@pytest.mark.parametrize(
+    ("dropped", "shed", "rate", "tightened", "message"),
+    [
+        (40, 40, 1000, 0, "overload: the verdict loop (it could not keep up with the source) "
+         "dropped 40 SYNs from shop/frontend:1.0 (frontend) in 20 s"),
+        (40, 40, 0, 0, "overload: the verdict loop (it could not keep up with the source) "
+         "dropped 40 SYNs from shop/frontend:1.0 (frontend) in 20 s"),
+        (5040, 40, 1000, 0, "overload: 5,040 SYNs dropped from shop/frontend:1.0 (frontend) "
+         "in 20 s: 5,000 by the admission limit (1000 new connections/s per source), 40 by "
+         "the verdict loop (it could not keep up with the source)"),
+        (5040, 40, 1000, 100, "overload: 5,040 SYNs dropped from shop/frontend:1.0 (frontend) "
+         "in 20 s: 5,000 by the admission limit (tightened to 100 new connections/s for this "
+         "source during this window: the verdict loop could not keep up with it), 40 by the "
+         "verdict loop (it "
+         "could not keep up with the source)"),
+    ],
+)
+def test_overload_message_says_who_dropped_what(dropped: int, shed: int, rate: int,
+                                                tightened: int, message: str) -> None:
+    event = overload_audit(T0, FRONTEND, host="node-1", dropped=dropped, seconds=20.0,
+                           rate=rate, reporter="node-1", shed=shed, tightened=tightened)
+    assert (event.message, event.count) == (message, dropped)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "shed", "rate", "message"),
+    [
+        (10, 11, 1000, r"shed: 11 is not a count of SYNs within dropped \(10\)"),
+        (10, -1, 1000, "shed: -1 is not a count"),
+        (10, 5, 0, "rate: 0 is not a positive rate"),  # the limit is off: it dropped none
+    ],
+)
+def test_overload_audit_refuses_a_shed_count_that_cannot_be(dropped: int, shed: int,
+                                                            rate: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        overload_audit(T0, FRONTEND, host="node-1", dropped=dropped, seconds=20.0,
+                       rate=rate, reporter="node-1", shed=shed)
+
+
 def test_overload_audits_of_two_sources_do_not_fold_into_one() -> None:
     a = overload_audit(T0, FRONTEND, host="node-1", dropped=10, seconds=20, rate=1000,
                        reporter="node-1")
@@ -116,3 +156,29 @@ def test_overload_audits_of_two_sources_do_not_fold_into_one() -> None:
     assert a.key() != b.key()
     assert a.key() == overload_audit(T0 + 20, FRONTEND, host="node-1", dropped=99, seconds=20,
                                      rate=1000, reporter="node-1").key()
+
+
+@pytest.mark.parametrize(
+    ("shed", "tightened", "dropper"),
+    [(0, 0, "admission limit"), (0, 100, "admission limit (tightened)"),
+     (40, 0, "admission limit and verdict loop"), (100, 0, "verdict loop"),
+     (40, 100, "admission limit (tightened) and verdict loop")],
+)
+def test_an_overload_audit_names_what_dropped_its_syns(shed: int, tightened: int,
+                                                       dropper: str) -> None:
+    event = overload_audit(T0, FRONTEND, host="node-1", dropped=100, seconds=1.0, rate=1000,
+                           reporter="node-1", shed=shed, tightened=tightened)
+    assert event.rule_name == dropper
+
+
+def test_a_spoof_audit_says_anti_spoofing_dropped_forged_packets() -> None:
+    event = spoof_audit(T0, FRONTEND, host="node-1", dropped=4411, seconds=10.0,
+                        interface="veth3", reporter="node-1")
+    assert (event.type, event.rule_name, event.port, event.count, event.blocked) == (
+        "overload", "anti-spoofing", 0, 4411, True)
+    assert event.message == ("overload: anti-spoofing dropped 4,411 packets with a forged "
+                             "source address from shop/frontend:1.0 (frontend) (its port "
+                             "veth3) in 10 s")
+    with pytest.raises(ValueError, match="dropped: 0"):
+        spoof_audit(T0, FRONTEND, host="node-1", dropped=0, seconds=10.0, interface="veth3",
+                    reporter="node-1")

@@ -220,20 +220,35 @@ def status(
                        f"{', '.join(data['container_networks'])} "
                        f"({data.get('unidentified_dropped', 0)} SYNs of unnamed ones dropped)")
         c = data["counters"]
-        typer.echo("verdicts: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+        typer.echo("verdicts: " + ", ".join(
+            f"{'dropped undecided (overload)' if k == 'shed' else k} {v}" for k, v in c.items()))
         fp = data.get("fastpath")
         if fp:
             typer.echo(f"fast path: {fp['entries']} cached verdict(s) (ttl {fp['ttl']:g} s); "
                        "repeats answered in the kernel: "
                        + ", ".join(f"{k} {v}" for k, v in fp["hits"].items()))
         adm = data.get("admission") or {}
-        if adm.get("rate"):
-            top = ", ".join(f"{t['name'] or t['address']} ({t['address']}) {t['dropped']}"
-                            for t in adm["top"])
-            typer.echo(f"admission: {adm['rate']} new connections/s per source; "
-                       f"{adm['dropped']} SYNs dropped"
+        if adm.get("rate") or adm.get("dropped"):
+            top = ", ".join(f"{t['name']} ({t['address']}) {t['dropped']}" if t["name"]
+                            else f"{t['address']} {t['dropped']}" for t in adm["top"])
+            by_loop = adm.get("by_verdict_loop") or 0
+            tightened = adm.get("tightened") or []
+            limit = (f"{adm['rate']} new connections/s per source" if adm.get("rate")
+                     else "off (--admission-rate 0)")
+            typer.echo(f"admission: {limit}; {adm['dropped']} SYNs dropped as overload"
+                       + (f" ({by_loop} of them by the verdict loop: it could not keep up "
+                          "with their source)" if by_loop else "")
                        + (" (overloaded now)" if adm["overload"] else "")
+                       + (f"; tightened to {adm.get('tightened_rate')}/s now for: "
+                          + ", ".join(tightened) if tightened else "")
                        + (f"; top sources: {top}" if top else ""))
+        spoof = data.get("anti_spoofing") or {}
+        if spoof:
+            unbound = spoof.get("unbound") or []
+            typer.echo(f"anti-spoofing: {spoof['ports']} container port(s) bound to their "
+                       f"addresses; {spoof['dropped']} packets with a forged source address "
+                       "dropped" + (f"; NOT checked (no port found): {', '.join(unbound)}"
+                                    if unbound else ""))
         obs = data.get("observation") or {}
         if obs.get("running"):
             top = ", ".join(f"{t['name']} ({t['address']}) {t['dropped']}" if t["name"]

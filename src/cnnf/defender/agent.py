@@ -54,6 +54,10 @@ from cnnf.defender.datapath import (
     Outcome,
     PacketInfo,
 )
+from cnnf.defender.datapath.backend import BUSY_TIMEOUT, Port
+from cnnf.defender.datapath.netns import DatapathError
+from cnnf.defender.datapath.ports import workload_ports
+from cnnf.defender.datapath.workers import OUTSIDE_REST_NAME
 from cnnf.defender.discovery.base import Discovery
 from cnnf.defender.discovery.identity import DiscoveredContainer
 from cnnf.defender.discovery.runtime import make_discovery
@@ -75,6 +79,7 @@ from cnnf.model import (
     Verdict,
     make_labels,
 )
+from cnnf.model.attempt import Endpoint
 from cnnf.model.records import MAX_BATCH_RECORDS as BATCH_RECORDS_LIMIT
 from cnnf.model.records import (
     ClusterInventory,
@@ -84,6 +89,7 @@ from cnnf.model.records import (
     WorkloadInfo,
     endpoint_name,
     overload_audit,
+    spoof_audit,
 )
 from cnnf.model.rule import RuleKind
 from cnnf.policy.document import load_policy
@@ -165,6 +171,11 @@ MAX_BATCH_RECORDS = BATCH_RECORDS_LIMIT
 OFFLINE_REPORT_INTERVAL = 30.0
 # Seconds between reads of the kernel's fast-path and admission counters.
 KERNEL_POLL_INTERVAL = 1.0
+# Forged-source drops: one log line and one audit per port at most this often.
+SPOOF_REPORT_INTERVAL = 10.0
+# SYNs of one source the verdict loop dropped or decided late (in one turn of
+# the main loop) that get its admission limit tightened.
+BUSY_MIN_SHED = 10
 # How often the datapath is checked (read only) for "datapath up" (the Console's
 # Defenders page); a change is reported at once. Repairs run on their own interval.
 DATAPATH_CHECK_INTERVAL = 2.0
@@ -194,6 +205,24 @@ FAST_ACTIONS = {FastVerdict.ACCEPT: core.Action.ACCEPT, FastVerdict.REJECT: core
 
 
 @functools.lru_cache(maxsize=8)
+def in_kernel(*lines: str) -> list[str]:
+    """The verdict workers' lines -> what the kernel's tightened limit is keyed
+    by: an address or an outside prefix as it is; the outside sources' shared
+    line -> the whole address space (every outside source, together); anything
+    else (not IP) -> nothing."""
+    out: list[str] = []
+    for line in lines:
+        if line == OUTSIDE_REST_NAME:
+            out += ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
+            continue
+        try:
+            ipaddress.ip_network(line, strict=False)
+        except ValueError:
+            continue
+        out.append(line)
+    return out
+
+
 def expand_networks(nets: tuple[str, ...]) -> frozenset[str]:
     out: set[str] = set()
     for cidr in nets:
@@ -456,7 +485,27 @@ class Agent:
         self._inventories: dict[int, tuple[Inventory, float]] = {}
         self._sent_nets: tuple[str, ...] = ()
         self.overload = OverloadTracker()
+        # SYNs the verdict workers dropped beyond a source's fair share, per
+        # source, not yet fed to the overload tracker
+        self._shed: dict[str, int] = {}
+        # Sources whose admission limit is tightened (the verdict loop could not
+        # keep up with them) -> when they last flooded; their shed SYNs since
+        # the last check, and the admission counters at the last kernel poll.
+        self.tightened: dict[str, float] = {}
+        self._shed_recent: dict[str, int] = {}
+        self._over_prev: dict[str, int] = {}
         self._loop_turned = time.monotonic()  # the main loop's last turn (heartbeat)
+        # Anti-spoofing: container key -> ((pid, addresses), its ports) as last
+        # resolved; the port counters at the last poll; forged-source drops not
+        # reported yet, and when each port's were last reported.
+        self._ports_lock = threading.Lock()
+        self._port_cache: dict[str, tuple[tuple[int, tuple[str, ...]], list[Port]]] = {}
+        self._port_owner: dict[str, DiscoveredContainer] = {}
+        self._spoof_prev: dict[str, int] = {}
+        self._spoof_pending: dict[str, tuple[int, DiscoveredContainer | None]] = {}
+        self._spoof_reported: dict[str, float] = {}
+        self.spoofed = 0  # packets dropped for a forged source address, in all
+        self._sent_locals: frozenset[str] | None = None
         self.link: Any = None
         self.runner: Any = None
         self.spool: Any = None
@@ -487,6 +536,8 @@ class Agent:
             self._apply_mode(start_only=True)
             self._apply_sets()
             self._apply_mode()
+        if old.container_enabled != policy.container_enabled:
+            self.bind_ports()
         log.info("policy applied", source=source, revision=policy.revision,
                  container_enabled=policy.container_enabled, host_enabled=policy.host_enabled,
                  container_rules=len(policy.container_rules), host_rules=len(policy.host_rules),
@@ -655,8 +706,153 @@ class Agent:
             for which, addrs in wanted.items():
                 if backend.addresses(which) != addrs:
                     backend.set_addresses(which, addrs)
+            # Named containers and the host only: a network's unassigned
+            # addresses (in LOCAL while pending) get no line of their own, so
+            # a container not bound yet cannot forge them into many lines.
+            named = (self._usable(self.inventory.local_container_addresses())
+                     if self.policy.container_enabled else frozenset())
+            self._send_locals(named | wanted[AddressSet.HOST])
         self.observed.set_scope(ObservationScope(wanted[AddressSet.CLUSTER], self.inventory,
                                                  self.compiled, since))
+
+    def _send_locals(self, addresses: frozenset[str]) -> None:
+        """The verdict workers' waiting room gives each of these a line of its
+        own (their addresses are vouched for by anti-spoofing); other sources
+        wait by prefix."""
+        if self.datapath is not None and addresses != self._sent_locals:
+            self.datapath.workers.set_local_sources(addresses)
+            self._sent_locals = addresses
+
+    def bind_ports(self) -> None:
+        """Anti-spoofing: bind each protected container's port (the host end of
+        its veth) to its addresses; a packet from the port with another source
+        address is then dropped in the kernel. Resolved once per container
+        start (its process id); with containers unprotected, nothing is bound."""
+        if self.datapath is None:
+            return
+        with self._lock:
+            enabled = self.policy.container_enabled
+            containers = {c.identity.id or f"pid {c.pid}": c for c in self.local.values()}
+        with self._ports_lock:
+            cache: dict[str, tuple[tuple[int, tuple[str, ...]], list[Port]]] = {}
+            merged: dict[str, Port] = {}
+            owner: dict[str, DiscoveredContainer] = {}
+            for key, c in containers.items() if enabled else ():
+                sig = (c.pid, tuple(sorted(c.addresses)))
+                have = self._port_cache.get(key)
+                found = have[1] if have is not None and have[0] == sig else self._resolve_ports(c)
+                cache[key] = (sig, found)
+            # An interface name claimed twice: a container gone (its stop not
+            # seen yet) and a new one given its freed veth name. Resolve the
+            # claimants again: the gone one's namespace no longer has it.
+            claims: dict[str, list[str]] = {}
+            for key, (_, found) in cache.items():
+                for port in found:
+                    claims.setdefault(port.interface, []).append(key)
+            for keys in (k for k in claims.values() if len(k) > 1):
+                for key in keys:
+                    c = containers[key]
+                    cache[key] = (cache[key][0], self._resolve_ports(c))
+            for key, (_, found) in cache.items():
+                c = containers[key]
+                for port in found:
+                    before = merged.get(port.interface)
+                    addresses = port.addresses | (before.addresses if before else frozenset())
+                    merged[port.interface] = Port(port.interface, addresses, port.bridged)
+                    owner[port.interface] = c
+            self._port_cache = cache
+            backend = self.datapath.backend
+            before_ports = backend.ports()
+            changed = before_ports != merged
+            if changed:
+                # rebinding restarts every port's counter: take what they hold
+                # first (named after their owners then)
+                with contextlib.suppress(DatapathError):
+                    self._fold_spoofed(backend.spoof_counters())
+            self._port_owner = owner
+            try:
+                backend.set_ports(merged.values())
+                if changed:
+                    self._spoof_prev = {}
+            except DatapathError as exc:  # the next change or repair tries again
+                log.error("anti-spoofing: ports not bound", error=str(exc)[:300])
+                self._port_cache = {}
+                return
+        gone = sorted(set(before_ports) - set(merged))
+        added = sorted(i for i in merged if before_ports.get(i) != merged[i])
+        if gone or added:
+            log.info("anti-spoofing: ports bound to their containers' addresses",
+                     bound=[f"{i} ({owner[i].identity.name}: "
+                            f"{', '.join(sorted(merged[i].addresses))})" for i in added],
+                     unbound=gone, ports=len(merged))
+
+    def _container_of(self, key: str) -> DiscoveredContainer | None:
+        return next((c for c in self.local.values()
+                     if (c.identity.id or f"pid {c.pid}") == key), None)
+
+    def _resolve_ports(self, c: DiscoveredContainer) -> list[Port]:
+        if not c.pid:
+            log.warning("anti-spoofing: the runtime gives no process id for this container; "
+                        "its port is not bound (its packets' source addresses are not "
+                        "checked)", container=c.identity.name, addresses=list(c.addresses))
+            return []
+        try:
+            found = workload_ports(NetnsRef(f"/proc/{c.pid}/ns/net"), c.addresses, self.netns)
+        except DatapathError as exc:
+            log.warning("anti-spoofing: the container's port could not be found (it may "
+                        "have stopped)", container=c.identity.name, error=str(exc)[:300])
+            return []
+        if not found:
+            log.warning("anti-spoofing: no veth of this container ends in this namespace; "
+                        "its source addresses are not checked", container=c.identity.name,
+                        addresses=list(c.addresses))
+        return found
+
+    def _fold_spoofed(self, counters: dict[str, int]) -> None:
+        """Per-port counters read now -> the drops since the last read, pending
+        a report, with the port's owner now (it may be gone by the report)."""
+        for iface, n in counters.items():
+            prev = self._spoof_prev.get(iface, 0)
+            delta = n - prev if n >= prev else n  # rebound: its counters restarted
+            if delta > 0:
+                count, owner = self._spoof_pending.get(iface, (0, None))
+                self._spoof_pending[iface] = (count + delta,
+                                              self._port_owner.get(iface) or owner)
+                self.spoofed += delta
+        self._spoof_prev = counters
+
+    def poll_spoofed(self, now: float, *, final: bool = False) -> None:
+        """Forged-source drops per port -> one log line and one audit per port
+        and SPOOF_REPORT_INTERVAL at most (a flood of forged packets costs the
+        kernel's counters only); ``final`` (stopping): everything pending."""
+        assert self.datapath is not None
+        with self._ports_lock:
+            self._fold_spoofed(self.datapath.backend.spoof_counters())
+            pending = list(self._spoof_pending.items())
+        for iface, (n, c) in pending:
+            last = self._spoof_reported.get(iface)
+            if not final and last is not None and now - last < SPOOF_REPORT_INTERVAL:
+                continue
+            with self._ports_lock:
+                # (a rebinding may have added to it meanwhile: kept for the next)
+                left = self._spoof_pending.pop(iface, (n, c))[0] - n
+                if left > 0:
+                    self._spoof_pending[iface] = (left, c)
+            self._spoof_reported[iface] = now
+            seconds = SPOOF_REPORT_INTERVAL if last is None else now - last
+            name = c.identity.name if c is not None else "(not known)"
+            log.warning("anti-spoofing: dropped packets with a forged source address from "
+                        "a container's port", interface=iface, container=name, packets=n)
+            if c is not None and c.addresses:
+                # the port's owner as bound (it may have left the inventory since)
+                src = self.recorder.info(Endpoint(address=c.addresses[0], container=c.identity))
+                self.recorder.add_audit(spoof_audit(
+                    self.clock(), src, host=self.config.hostname, dropped=n,
+                    seconds=max(seconds, KERNEL_POLL_INTERVAL), interface=iface,
+                    reporter=self.config.hostname))
+        for iface in [i for i in self._spoof_reported if i not in self._spoof_prev
+                      and i not in self._spoof_pending]:
+            del self._spoof_reported[iface]
 
     def _apply_mode(self, *, start_only: bool = False) -> None:
         """Observe with conntrack while anything is not enforced (either switch
@@ -716,6 +912,7 @@ class Agent:
             now = self.clock()
         log.info("inventory changed", containers=len(local), added=sorted(added),
                  removed=sorted(removed))
+        self.bind_ports()
         self._networks_for(added)
         # A resync can see a container before its own start event arrives.
         for c in {local[a].identity.id or a: local[a] for a in added}.values():
@@ -736,9 +933,12 @@ class Agent:
                 for a in c.addresses:
                     self.datapath.backend.add_address(AddressSet.LOCAL, a)
                     self.datapath.backend.add_address(AddressSet.CLUSTER, a)
+                self._send_locals(self._sent_locals | frozenset(c.addresses)
+                                  if self._sent_locals is not None else frozenset(c.addresses))
             now = self.clock()
             if self.runner is not None:
                 self.runner.set_inventory(self.inventory_report())
+        self.bind_ports()
         self._protected(c, now)
         self._networks_for(c.addresses)
 
@@ -890,6 +1090,7 @@ class Agent:
         for note in report.notes:
             log.info(note)
         self._apply_sets()
+        self.bind_ports()
         self._apply_mode()
         self.check_datapath()
         log.info("defender started", hostname=self.config.hostname, netns=self.config.netns,
@@ -949,6 +1150,11 @@ class Agent:
         while not self.stop_event.wait(0.05):
             self._loop_turned = time.monotonic()
             self.collect()
+            if self.config.admission_rate:
+                try:
+                    self._tighten_if_behind()
+                except Exception as exc:
+                    log.error("admission limit not tightened", error=str(exc))
             now = time.monotonic()
             if now >= next_kernel:
                 next_kernel = now + KERNEL_POLL_INTERVAL
@@ -1015,6 +1221,11 @@ class Agent:
         if offers and self.cache is not None:
             with self._lock:
                 self.cache.offer(offers, time.monotonic())
+        for source, n in self.datapath.workers.shed().items():
+            self._shed[source] = self._shed.get(source, 0) + n
+            self._shed_recent[source] = self._shed_recent.get(source, 0) + n
+        for source, n in self.datapath.workers.late().items():
+            self._shed_recent[source] = self._shed_recent.get(source, 0) + n
         self._record_fast()
         self._collect_observed()
 
@@ -1123,15 +1334,74 @@ class Agent:
                 with self._lock:
                     self.cache.apply(reading, self._context())
                     self.cache.expire(now, self._context())
+            counters = backend.overload_counters() if self.config.admission_rate else {}
+            shed, self._shed = self._shed, {}
+            for report in self.overload.update(counters, now, shed):
+                self._on_overload(report)
             if self.config.admission_rate:
-                for report in self.overload.update(backend.overload_counters(), now):
-                    self._on_overload(report)
+                self._renew_tightened(counters)
                 idle = self.overload.idle_sources(now)
                 if idle:
                     backend.overload_forget(idle)
                     self.overload.forget(idle)  # only once they left the kernel set
         except Exception as exc:  # a bad reading must not stop the main loop
             log.error("kernel counters not read", error=str(exc))
+        try:
+            self.poll_spoofed(now)
+        except Exception as exc:
+            log.error("anti-spoofing counters not read", error=str(exc))
+
+    def _tighten_if_behind(self) -> None:
+        """The sources the verdict loop dropped SYNs of (its waiting room was
+        full and they held the most, or their SYNs waited over a second) or
+        decided late (over LATE after reading them): it cannot keep up with
+        them; they get a tenth of the admission rate in the
+        kernel, at once (checked every turn of the main loop): their flood is
+        then dropped before the queue, whatever CPU the loop gets, and the other
+        sources keep their full rate."""
+        assert self.datapath is not None
+        recent, self._shed_recent = self._shed_recent, {}
+        new = [a for a, n in recent.items() if n >= BUSY_MIN_SHED and a not in self.tightened
+               and in_kernel(a)]
+        now = time.monotonic()
+        for a in recent:
+            if a in self.tightened:
+                self.tightened[a] = now
+        if not new:
+            return
+        self.datapath.backend.busy(in_kernel(*new), True)
+        for a in new:
+            self.tightened[a] = now
+        log.warning("overload: the verdict loop cannot keep up with these sources; their "
+                    "admission limit is tightened",
+                    limit_per_source=DatapathConfig(
+                        admission_rate=self.config.admission_rate).busy_rate,
+                    sources=self._named((a, recent[a]) for a in new))
+
+    def _renew_tightened(self, counters: dict[str, int]) -> None:
+        """Every kernel poll: a tightened source that still floods (the limit
+        dropped its SYNs since the last poll, or the loop did) stays tightened;
+        one that stopped for ``BUSY_TIMEOUT`` gets the full rate back (the
+        kernel entry lapses by itself, too, if this is not called)."""
+        assert self.datapath is not None
+        now = time.monotonic()
+        for a in self.tightened:
+            if counters.get(a, 0) > self._over_prev.get(a, 0):
+                self.tightened[a] = now
+        self._over_prev = dict(counters)
+        renew = [a for a, t in self.tightened.items() if now - t < BUSY_TIMEOUT]
+        done = [a for a in self.tightened if a not in renew]
+        backend = self.datapath.backend
+        if renew:
+            backend.busy(in_kernel(*renew), True)
+        if done:
+            backend.busy(in_kernel(*done), False)
+            for a in done:
+                del self.tightened[a]
+            log.warning("overload: flooding stopped; the admission limit is back to the "
+                        "full rate", limit_per_source=self.config.admission_rate,
+                        sources=[endpoint_name(self.recorder.info(self.inventory.endpoint(a)))
+                                 for a in done])
 
     def _heartbeat(self) -> None:
         """Keep the kernel's cached verdicts and admission limit on while this
@@ -1140,6 +1410,12 @@ class Agent:
         assert self.datapath is not None
         failing = False
         while not self.stop_event.wait(1.0):
+            # Anti-spoofing stays on while this process lives, whatever the main
+            # loop or the fast path do: the workers decide by source address.
+            try:
+                self.datapath.backend.heartbeat_ports()
+            except Exception as exc:
+                log.error("anti-spoofing heartbeat failed", error=str(exc))
             # Not for a main loop that stopped turning (its invalidations and
             # counts would stop too), nor while a cache rebuild is failing.
             wedged = time.monotonic() - self._loop_turned > LOOP_STALL_SECONDS
@@ -1172,22 +1448,30 @@ class Agent:
         audit per top source."""
         rate = self.config.admission_rate
         top = self._named(report.dropped.items())
+        by_loop = report.shed_total
         if report.ended:
             log.warning("overload ended", lasted_s=round(time.monotonic() - report.started, 1),
-                        dropped=report.episode, top_sources=self._named(self.overload.top()))
+                        dropped=report.episode, by_verdict_loop=report.episode_shed,
+                        top_sources=self._named(self.overload.top()))
         elif report.first:
-            log.warning("overload: the admission limit is dropping new connections",
-                        limit_per_source=rate, dropped=report.total, top_sources=top)
+            log.warning("overload: the admission limit is dropping new connections"
+                        if by_loop < report.total else
+                        "overload: the verdict loop is dropping new connections it cannot "
+                        "keep up with",
+                        limit_per_source=rate, dropped=report.total,
+                        by_verdict_loop=by_loop, top_sources=top)
         else:
             log.warning("overload continues", seconds=round(report.seconds, 1),
-                        dropped=report.total, top_sources=top)
+                        dropped=report.total, by_verdict_loop=by_loop, top_sources=top)
         now = self.clock()
+        busy_rate = DatapathConfig(admission_rate=rate).busy_rate if rate else 0
         for address, n in report.dropped.items():
             src = self.recorder.info(self.inventory.endpoint(address))
             self.recorder.add_audit(overload_audit(
                 now, src, host=self.config.hostname, dropped=n,
                 seconds=max(report.seconds, KERNEL_POLL_INTERVAL), rate=rate,
-                reporter=self.config.hostname))
+                reporter=self.config.hostname, shed=report.shed.get(address, 0),
+                tightened=busy_rate if address in self.tightened else 0))
 
     def _on_unidentified(self, p: PacketInfo) -> None:
         self.unidentified += 1
@@ -1255,6 +1539,7 @@ class Agent:
         self._refresh_container_networks()
         self._remind_engine_down()
         self._repair_observer()
+        self.bind_ports()  # (cached: no work unless a binding failed)
         try:
             repaired = self.datapath.check_and_repair()
         except Exception as exc:
@@ -1269,6 +1554,7 @@ class Agent:
             with self._lock:  # restarted workers: resend the current snapshot
                 self._broadcast(PolicyUpdate(self._effective(self.policy), self._epoch()))
                 self._broadcast(self._inventory_update())
+
         if self.cache is not None and any("cnnf-fp" in r for r in repaired):
             with self._lock:  # a fast-path set was recreated empty: start afresh
                 self._broadcast(CacheEpoch(self.cache.invalidate_all(self._context())))
@@ -1316,7 +1602,7 @@ class Agent:
             "counters": {
                 "accepted": total.accepted, "audited": total.audited,
                 "rejected": total.rejected, "dropped": total.dropped, "errors": total.errors,
-                "reports_lost": total.reports_lost,
+                "reports_lost": total.reports_lost, "shed": total.shed,
             },
             "flows": self.flows_out,
             "audits": self.audits_out,
@@ -1356,9 +1642,19 @@ class Agent:
             },
             "admission": {
                 "rate": self.config.admission_rate, "dropped": self.overload.total,
+                "by_verdict_loop": self.overload.shed_total,
+                "tightened": sorted(self.tightened),
+                "tightened_rate": DatapathConfig(
+                    admission_rate=self.config.admission_rate).busy_rate,
                 "overload": self.overload.active,
                 "top": [{"address": a, "name": self._source_label(a), "dropped": n}
                         for a, n in self.overload.top()],
+            },
+            "anti_spoofing": {
+                "ports": len(self._port_owner), "dropped": self.spoofed,
+                "unbound": sorted({c.identity.name for key, (_, found) in
+                                   self._port_cache.items() if not found
+                                   for c in [self._container_of(key)] if c is not None}),
             },
         }
 
@@ -1402,8 +1698,12 @@ class Agent:
             fastpath_entries=len(self.cache) if self.cache is not None else 0,
             fastpath_hits=self._fast_hit_counts(),
             admission_dropped=self.overload.total,
+            verdict_shed=t.shed,
+            spoofed_dropped=self.spoofed,
+            spoof_ports=len(self._port_owner),
             admission_top=[(a, self._source_label(a), n) for a, n in self.overload.top(10)],
             overload=int(self.overload.active),
+            admission_tightened=len(self.tightened),
             observed_waiting=self.observed.waiting,
             observed_dropped=self.observed_dropped,
             observed_top=[(a, self._source_label(a) if not is_outside(a) else "", n)
@@ -1435,6 +1735,8 @@ class Agent:
         if self.datapath is not None:
             with contextlib.suppress(Exception):
                 self.poll_kernel()  # what the fast path answered since the last read
+            with contextlib.suppress(Exception):
+                self.poll_spoofed(time.monotonic(), final=True)  # nothing left unreported
             with contextlib.suppress(Exception):
                 self.collect()
             try:

@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cnnf.defender.datapath.workers import MAX_WAIT
+
 
 @dataclass
 class Figures:
@@ -34,10 +36,16 @@ class Figures:
     queue_user_dropped: int = 0  # the verdict loop's socket buffer overflowed
     fastpath_entries: int = 0  # cached verdicts in the kernel
     fastpath_hits: dict[str, int] = field(default_factory=dict)  # verdict -> repeats answered
-    admission_dropped: int = 0  # SYNs the per-source admission limit dropped, all sources
+    # SYNs dropped as overload, all sources: by the per-source admission limit,
+    # and by the verdict loop beyond a source's fair share (that part: verdict_shed)
+    admission_dropped: int = 0
+    verdict_shed: int = 0
+    spoofed_dropped: int = 0  # packets with a forged source from a workload's port
+    spoof_ports: int = 0  # workload ports bound to their addresses
     # the top sources: (address, name, SYNs dropped)
     admission_top: list[tuple[str, str, int]] = field(default_factory=list)
     overload: int = 0  # 1 while an overload episode lasts
+    admission_tightened: int = 0  # sources whose limit is a tenth: the loop could not keep up
     observed_waiting: int = 0  # observed connections (conntrack) not evaluated yet
     observed_dropped: int = 0  # observed connections dropped: more than observation keeps up with
     observed_top: list[tuple[str, str, int]] = field(default_factory=list)  # by source
@@ -63,7 +71,8 @@ class DefenderCollector(Collector):
             fp.add_metric([verdict], n)
         yield fp
         top = GaugeMetricFamily("cnnf_defender_admission_dropped_by_source", "SYNs the "
-                                "admission limit dropped, top sources (all time)",
+                                "admission limit or the verdict loop dropped as overload, "
+                                "top sources (all time)",
                                 labels=["source", "name"])
         for address, name, n in f.admission_top:
             top.add_metric([address, name], n)
@@ -85,10 +94,15 @@ class DefenderCollector(Collector):
             ("spool_batches", "report batches waiting for the console", f.spool_batches),
             ("console_connected", "1 while the console link is up", f.console_connected),
             ("fastpath_entries", "verdicts cached in the kernel", f.fastpath_entries),
-            ("overload", "1 while the admission limit is dropping SYNs", f.overload),
+            ("overload", "1 while the admission limit or the verdict loop is dropping "
+             "SYNs as overload", f.overload),
+            ("admission_tightened", "sources whose admission limit is tightened to a tenth "
+             "because the verdict loop could not keep up with them", f.admission_tightened),
             ("observed_waiting", "observed connections (enforcement off) waiting to be "
              "recorded", f.observed_waiting),
             ("engine_up", "1 while the container engine answers", f.engine_up),
+            ("spoof_ports", "protected containers' ports bound to their addresses "
+             "(anti-spoofing)", f.spoof_ports),
             ("engine_outage_seconds", "length of the current container engine outage "
              "(0 while up)", f.engine_outage_seconds),
         ):
@@ -99,8 +113,14 @@ class DefenderCollector(Collector):
             ("repairs", "kernel state repairs", f.repairs),
             ("queue_user_dropped", "SYNs lost because the verdict loop's socket buffer "
              "was full", f.queue_user_dropped),
-            ("admission_dropped", "SYNs the per-source admission limit dropped",
+            ("admission_dropped", "SYNs dropped as overload: by the per-source admission "
+             "limit, or by the verdict loop beyond their source's fair share",
              f.admission_dropped),
+            ("verdict_shed", "SYNs the verdict loop dropped undecided: its waiting room "
+             f"full (the source holding the most loses), or waiting over {MAX_WAIT:g} s",
+             f.verdict_shed),
+            ("spoofed_dropped", "packets from a protected container's port with a source "
+             "address not its own, dropped by anti-spoofing", f.spoofed_dropped),
             ("unidentified_dropped", "SYNs of containers not named yet, dropped once",
              f.unidentified_dropped),
             ("observed_dropped", "observed connections (enforcement off) dropped "

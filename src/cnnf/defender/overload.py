@@ -6,6 +6,11 @@ the caller every second or so) and turns them into what an operator sees: an
 episode that starts, goes on and ends, the top sources, and a report every
 ``report_every`` seconds with what each source had dropped since the last one
 (the caller turns reports into overload audits and log lines).
+
+The verdict workers drop SYNs too, beyond a source's fair share of the verdict
+loop (:mod:`cnnf.defender.datapath.fairqueue`); the caller passes those as
+``shed`` (counts since the last update, per source): they are overload of the
+same source, reported in the same episode, and told apart in ``shed``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ class OverloadReport:
     episode: int = 0  # all sources, the whole episode so far
     ended: bool = False
     first: bool = False  # the episode's first report
+    # of ``dropped``, those the verdict loop dropped (beyond the source's share)
+    shed: dict[str, int] = field(default_factory=dict)
+    shed_total: int = 0  # of ``total``, the verdict loop's (all sources)
+    episode_shed: int = 0  # of ``episode``, the verdict loop's
 
 
 @dataclass
@@ -35,25 +44,38 @@ class OverloadTracker:
     quiet_after: float = 5.0  # no drops for this long ends an episode
     report_every: float = 10.0
     forget_after: float = 60.0  # sources idle this long leave the kernel set
-    total: int = 0  # SYNs dropped by admission, all time
+    total: int = 0  # SYNs dropped by admission and the verdict loop, all time
+    shed_total: int = 0  # of them, by the verdict loop
     by_source: dict[str, int] = field(default_factory=dict)  # all time
     started: float | None = None  # the current episode
     _seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # counter, changed
     _pending: dict[str, int] = field(default_factory=dict)  # since the last report
+    _pending_shed: dict[str, int] = field(default_factory=dict)
     _last_drop = 0.0
     _window = 0.0  # start of the time the pending counts cover
     _episode = 0
+    _episode_shed = 0
     _prev: float | None = None  # the previous update
 
     @property
     def active(self) -> bool:
         return self.started is not None
 
-    def update(self, counters: dict[str, int], now: float) -> list[OverloadReport]:
-        """Feed the kernel's per-source counters; returns the reports due now
-        (a first one as the episode starts, then every ``report_every``, and a
-        last one when it ends)."""
+    def update(self, counters: dict[str, int], now: float,
+               shed: dict[str, int] | None = None) -> list[OverloadReport]:
+        """Feed the kernel's per-source counters (and the verdict loop's drops
+        since the last update); returns the reports due now (a first one as
+        the episode starts, then every ``report_every``, and a last one when it
+        ends)."""
         new = 0
+        for source, delta in (shed or {}).items():
+            if delta > 0:
+                self._pending[source] = self._pending.get(source, 0) + delta
+                self._pending_shed[source] = self._pending_shed.get(source, 0) + delta
+                self.by_source[source] = self.by_source.get(source, 0) + delta
+                self.shed_total += delta
+                self._episode_shed += delta
+                new += delta
         for source, count in counters.items():
             before, _ = self._seen.get(source, (0, now))
             delta = count - before if count >= before else count
@@ -74,6 +96,7 @@ class OverloadTracker:
             if self.started is None:
                 self.started = now
                 self._episode = new
+                self._episode_shed = sum(d for d in (shed or {}).values() if d > 0)
                 self._window = self._prev if self._prev is not None else now
                 reports.append(dataclasses.replace(self._report(now), first=True))
             elif now - self._window >= self.report_every:
@@ -101,8 +124,12 @@ class OverloadTracker:
     def _report(self, now: float, ended: bool = False) -> OverloadReport:
         assert self.started is not None
         pending, self._pending = self._pending, {}
+        shed, self._pending_shed = self._pending_shed, {}
         top = sorted(pending.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_SOURCES]
         report = OverloadReport(self.started, max(now - self._window, 0.0), dict(top),
-                                sum(pending.values()), self._episode, ended)
+                                sum(pending.values()), self._episode, ended,
+                                shed={s: shed[s] for s, _ in top if shed.get(s)},
+                                shed_total=sum(shed.values()),
+                                episode_shed=self._episode_shed)
         self._window = now
         return report

@@ -112,7 +112,9 @@ class FlowRecord(_Record):
 
 class AuditType(StrEnum):
     """What raised an audit: a container or host rule (or the default effect) on one
-    connection, or the admission limit dropping a flooding source's SYNs."""
+    connection, or an overload: a flooding source's SYNs dropped by the
+    admission limit or the verdict loop, or a workload's packets with a forged
+    source address dropped by anti-spoofing (``rule_name`` says which)."""
 
     CONTAINER = "container"
     HOST = "host"
@@ -184,32 +186,88 @@ def audit_message(verdict: Verdict, src: EndpointInfo, dst: EndpointInfo, port: 
     return f"{action} connection from {src_name} to {dst_name} port {port} by {why}"
 
 
-def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int) -> str:
-    """The human sentence of an overload audit."""
+def overload_message(src: EndpointInfo, dropped: int, seconds: float, rate: int,
+                     *, shed: int = 0, tightened: int = 0) -> str:
+    """The human sentence of an overload audit. ``shed``: how many of the
+    ``dropped`` the verdict loop dropped (its waiting room full, the source
+    holding the most, or waiting too long), the rest being the admission
+    limit's; ``tightened``: the source's limit then (0: ``rate``)."""
     syns = "SYN" if dropped == 1 else "SYNs"
-    return (f"overload: the admission limit ({rate} new connections/s per source) dropped "
-            f"{dropped:,} {syns} from {endpoint_name(src)} in {round(seconds, 1):g} s")
+    when = f"from {endpoint_name(src)} in {round(seconds, 1):g} s"
+    limit = (f"the admission limit ({rate} new connections/s per source)" if not tightened
+             else f"the admission limit (tightened to {tightened} new connections/s for "
+                  "this source during this window: the verdict loop could not keep up "
+                  "with it)")
+    share = "the verdict loop (it could not keep up with the source)"
+    if not shed:
+        return f"overload: {limit} dropped {dropped:,} {syns} {when}"
+    if shed >= dropped:
+        return f"overload: {share} dropped {dropped:,} {syns} {when}"
+    return (f"overload: {dropped:,} SYNs dropped {when}: {dropped - shed:,} by {limit}, "
+            f"{shed:,} by {share}")
+
+
+def overload_dropper(dropped: int, *, shed: int = 0, tightened: int = 0) -> str:
+    """What dropped an overload audit's SYNs, in a few words (the audit's
+    ``rule_name``, shown where a rule's name would be): the admission limit
+    (tightened or not), the verdict loop, or both."""
+    limit = "admission limit (tightened)" if tightened else "admission limit"
+    if not shed:
+        return limit
+    return "verdict loop" if shed >= dropped else f"{limit} and verdict loop"
 
 
 def overload_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seconds: float,
-                   rate: int, reporter: str) -> AuditEvent:
+                   rate: int, reporter: str, shed: int = 0, tightened: int = 0) -> AuditEvent:
     """The audit of one flooding source: ``dropped`` SYNs from ``src`` that the
     per-source admission limit (``rate`` new connections per second) dropped on
-    ``host`` in the last ``seconds``. No rule and no destination port decided
-    it, so ``rule_id`` is None and ``port`` 0; the destination is the host.
-    The numbers are keyword-only: three counts in a row are easy to swap."""
+    ``host`` in the last ``seconds``, ``shed`` of them dropped by the verdict
+    loop instead (it could not keep up); ``tightened``: the source's limit
+    was tightened to that rate (0: it was not). No rule and no destination
+    port decided it, so ``rule_id`` is None and ``port`` 0; the destination is
+    the host. The numbers are keyword-only: three counts in a row are easy to
+    swap."""
     if dropped < 1:
         raise ValueError(f"dropped: {dropped} is not a positive count of SYNs")
-    if rate < 1:
+    if not 0 <= shed <= dropped:
+        raise ValueError(f"shed: {shed} is not a count of SYNs within dropped ({dropped})")
+    if rate < 1 and shed < dropped:  # the admission limit is off: only the loop drops
         raise ValueError(f"rate: {rate} is not a positive rate")
     if not seconds > 0:
         raise ValueError(f"seconds: {seconds} is not a positive window")
     return AuditEvent(
         time=time, type=AuditType.OVERLOAD, effect=Effect.PREVENT, blocked=True,
-        rule_id=None, rule_name="", src=src,
-        dst=EndpointInfo(kind="host", host=host, address=None), port=0,
-        message=overload_message(src, dropped, seconds, rate), count=dropped,
+        rule_id=None, rule_name=overload_dropper(dropped, shed=shed, tightened=tightened),
+        src=src, dst=EndpointInfo(kind="host", host=host, address=None), port=0,
+        message=overload_message(src, dropped, seconds, rate, shed=shed, tightened=tightened),
+        count=dropped,
         reporter=reporter,
+    )
+
+
+def spoof_audit(time: float, src: EndpointInfo, *, host: str, dropped: int, seconds: float,
+                interface: str, reporter: str) -> AuditEvent:
+    """The audit of a workload sending with forged source addresses: ``dropped``
+    packets from its port (``interface``, the host end of its veth) on ``host``
+    in the last ``seconds`` carried a source address not its own, and the
+    kernel's anti-spoofing rule dropped them before anything else. An overload
+    audit (no rule decided it: ``rule_id`` None, ``port`` 0); the message says
+    what dropped them."""
+    if dropped < 1:
+        raise ValueError(f"dropped: {dropped} is not a positive count of packets")
+    if not seconds > 0:
+        raise ValueError(f"seconds: {seconds} is not a positive window")
+    if not interface:
+        raise ValueError("interface: empty")
+    packets = "packet" if dropped == 1 else "packets"
+    message = (f"overload: anti-spoofing dropped {dropped:,} {packets} with a forged source "
+               f"address from {endpoint_name(src)} (its port {interface}) in "
+               f"{round(seconds, 1):g} s")
+    return AuditEvent(
+        time=time, type=AuditType.OVERLOAD, effect=Effect.PREVENT, blocked=True,
+        rule_id=None, rule_name="anti-spoofing", src=src,
+        dst=EndpointInfo(kind="host", host=host, address=None), port=0,
+        message=message, count=dropped, reporter=reporter,
     )
 
 

@@ -23,6 +23,7 @@ from cnnf.defender.datapath import (
     parse_packet,
     parse_queue_stats,
 )
+from cnnf.defender.datapath.backend import Port
 from cnnf.defender.datapath.conntrack import ConntrackObserver, ObservedConnection, parse_event
 from cnnf.defender.datapath.iptables import (
     _builtin_rules,
@@ -310,12 +311,34 @@ def _rules(config: DatapathConfig, nft_reject: bool = False) -> str:
                 "src,dst,dst -p tcp -j REJECT --reject-with tcp-reset",
                 "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set cnnf-fpd4 "
                 "src,dst,dst -j DROP",
-                # the admission limit, also only while the heartbeat is fresh
-                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m hashlimit "
-                "--hashlimit-above 1000/sec --hashlimit-burst 2000 --hashlimit-mode srcip "
-                "--hashlimit-name cnnf4-",
-                "-A CNNF-OVERLOAD -j SET --add-set cnnf-over4 src",
-                "-A CNNF-OVERLOAD -m set --match-set cnnf-over4 src -j DROP",
+                # the admission limit, also only while the heartbeat is fresh:
+                # per address for this host's sources (in the cluster set; their
+                # addresses checked by anti-spoofing), per /24 for the others
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set "
+                "cnnf-cluster4 src -m hashlimit --hashlimit-above 1000/sec --hashlimit-burst "
+                "2000 --hashlimit-mode srcip --hashlimit-name cnnf4-",
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set ! --match-set "
+                "cnnf-cluster4 src -m hashlimit --hashlimit-above 1000/sec --hashlimit-burst "
+                "2000 --hashlimit-mode srcip --hashlimit-srcmask 24 --hashlimit-name cnnfo4-",
+                # a tenth of it while the Defender says its verdict loop is behind
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set --match-set "
+                "cnnf-cluster4 src -m set --match-set cnnf-busy4 src -m hashlimit "
+                "--hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-mode srcip "
+                "--hashlimit-name cnnfb4-",
+                # (outside sources: one limit for all those the loop is behind for)
+                "-A CNNF-QUEUE -m set --match-set cnnf-alive4 src -m set ! --match-set "
+                "cnnf-cluster4 src -m set --match-set cnnf-busyo4 src -m hashlimit "
+                "--hashlimit-above 100/sec --hashlimit-burst 200 --hashlimit-name cnnfbo4-",
+                # anti-spoofing, first in FORWARD and INPUT
+                "-A CNNF-FORWARD -m set --match-set cnnf-bound4 src -j CNNF-SPOOF",
+                "-A CNNF-INPUT -m set --match-set cnnf-bound4 src -j CNNF-SPOOF",
+                # counted per source here, per /24 outside (a netmask set)
+                "-A CNNF-OVERLOAD -m set --match-set cnnf-cluster4 src -j SET --add-set "
+                "cnnf-over4 src",
+                "-A CNNF-OVERLOAD -m set --match-set cnnf-cluster4 src -m set --match-set "
+                "cnnf-over4 src -j DROP",
+                "-A CNNF-OVERLOAD -j SET --add-set cnnf-overo4 src",
+                "-A CNNF-OVERLOAD -m set --match-set cnnf-overo4 src -j DROP",
             ],
             ["--queue-balance", "MARK"],
         ),
@@ -365,8 +388,52 @@ def test_the_queue_chain_checks_the_fast_path_then_admission_then_queues() -> No
     rules = [r for r in _rules(DatapathConfig(fail_open=False), True).splitlines()
              if r.startswith("-A CNNF-QUEUE")]
     kinds = ["fpa4" in rules[0], "fpr4" in rules[1], "fpd4" in rules[2],
-             "hashlimit" in rules[3], "MARK" in rules[4], "NFQUEUE" in rules[5]]
-    assert kinds == [True] * 6 and len(rules) == 6
+             "hashlimit" in rules[3] and "srcmask" not in rules[3],
+             "hashlimit" in rules[4] and "srcmask 24" in rules[4],
+             "cnnf-busy4" in rules[5] and "hashlimit" in rules[5],
+             "cnnf-busyo4" in rules[6] and "--hashlimit-mode" not in rules[6],
+             "MARK" in rules[7], "NFQUEUE" in rules[8]]
+    assert kinds == [True] * 9 and len(rules) == 9
+
+
+def test_anti_spoofing_comes_first_in_forward_and_input_not_output() -> None:
+    for family in (4, 6):
+        rules = IptablesBackend(DatapathConfig()).rules(family)
+        for chain in ("FORWARD", "INPUT"):
+            mine = [r for r in rules if r.startswith(f"-A CNNF-{chain} ")]
+            assert mine[0] == (f"-A CNNF-{chain} -m set --match-set cnnf-bound{family} src "
+                               "-j CNNF-SPOOF"), mine
+        assert not any("spoof" in r for r in rules if r.startswith("-A CNNF-OUTPUT"))
+
+
+def test_ports_become_anti_spoofing_rules() -> None:
+    b = IptablesBackend(DatapathConfig())
+    b.set_ports([Port("veth3", frozenset({"10.88.0.5", "fd00::5"})),
+                 Port("cali1", frozenset({"10.1.0.9", "10.1.0.10"}), bridged=False),
+                 Port("veth4", frozenset({"10.88.0.6"}))])
+    spoof = [r for r in b.rules(4) if r.startswith("-A CNNF-SPOOF")]
+    assert spoof == [
+        "-A CNNF-SPOOF -i cali1 -s 10.1.0.10 -j RETURN",
+        "-A CNNF-SPOOF -i cali1 -s 10.1.0.9 -j RETURN",
+        "-A CNNF-SPOOF -i cali1 -j DROP",
+        "-A CNNF-SPOOF -m physdev --physdev-in veth3 ! -s 10.88.0.5 -j DROP",
+        "-A CNNF-SPOOF -m physdev --physdev-in veth4 ! -s 10.88.0.6 -j DROP",
+    ]
+    spoof6 = [r for r in b.rules(6) if r.startswith("-A CNNF-SPOOF")]
+    assert spoof6 == [
+        "-A CNNF-SPOOF -i cali1 -s fe80::/10 -p ipv6-icmp -j RETURN",
+        "-A CNNF-SPOOF -i cali1 -j DROP",  # no IPv6 address: none of its own
+        "-A CNNF-SPOOF -m physdev --physdev-in veth3 -s fe80::/10 -p ipv6-icmp -j RETURN",
+        "-A CNNF-SPOOF -m physdev --physdev-in veth3 ! -s fd00::5 -j DROP",
+        "-A CNNF-SPOOF -m physdev --physdev-in veth4 -s fe80::/10 -p ipv6-icmp -j RETURN",
+        "-A CNNF-SPOOF -m physdev --physdev-in veth4 -j DROP",
+    ]
+
+
+@pytest.mark.parametrize("name", ["", "a b", "veth0,x", "x" * 16, "eth0\nadd", "v:1"])
+def test_a_port_needs_an_interface_name(name: str) -> None:
+    with pytest.raises(ValueError, match="not an interface name"):
+        Port(name, frozenset())
 
 
 def test_rules_queue_outbound_and_unprotected_inbound() -> None:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_defender_lab import RULES, Cluster, Defender, poll, running_cluster
 
+import cpulimit  # tests/cpulimit.py
 import netns  # tests/netns.py
 from cnnf.lab.topology import Container
 
@@ -149,6 +150,56 @@ def test_an_address_reused_by_another_image_gets_its_own_verdict_on_the_first_sy
         c.apply()
 
 
+# ----------------------------------------------------------------- forged sources
+
+
+def syns_at(c: Cluster, name: str, src: str, port: int, rule: str) -> int:
+    out = subprocess.run(["nsenter", f"--net={in_container(c, name)}", "iptables", "-L",
+                          "INPUT", "-v", "-x", "-n"], capture_output=True, text=True,
+                         check=True).stdout
+    return sum(int(ln.split()[0]) for ln in out.splitlines() if rule in ln)
+
+
+def test_a_container_forging_a_neighbours_address_is_dropped_not_decided_as_it(
+    cluster: Cluster,
+) -> None:
+    """The frontend (prevented from cache) sends SYNs to cache:6379 with api's
+    address (api -> cache is allowed, with an alert). They are dropped in the
+    kernel before any decision: none reaches cache, no api -> cache audit is
+    raised for them, and an overload audit names the frontend and
+    anti-spoofing. (On main they were decided as api's and reached cache.)"""
+    c = cluster
+    d = c.d1
+    restart(d, "--metrics", f"127.0.0.1:{c.metrics_port}")
+    c.share_inventory()
+    api, cache = c.lab.address_of("api") or "", c.lab.address_of("cache") or ""
+    rule = ["INPUT", "-s", api, "-p", "tcp", "--syn", "--dport", "6379", "-m", "comment",
+            "--comment", "cnnft-forged"]
+    cache_ns = ["nsenter", f"--net={in_container(c, 'cache')}", "iptables"]
+    assert poll(lambda: ((d.status() or {}).get("anti_spoofing") or {}).get("ports", 0) >= 1, 10)
+    assert c.connect("api", "cache", 6379).ok  # api's own: allowed (alerted)
+    assert poll(lambda: counted(d, "audit", "api", 6379) >= 1, 15)
+    alerts = counted(d, "audit", "api", 6379)
+    subprocess.run([*cache_ns, "-I", *rule], check=True)
+    try:
+        subprocess.run(["nsenter", f"--net={in_container(c, 'frontend')}", "hping3", "-S",
+                        "-a", api, "-p", "6379", "-c", "20", "-i", "u20000", cache],
+                       capture_output=True, check=False, timeout=30)
+        reached = syns_at(c, "cache", api, 6379, "cnnft-forged")
+        assert c.connect("api", "cache", 6379).ok  # the real api is untouched
+    finally:
+        subprocess.run([*cache_ns, "-D", *rule], check=True)
+    assert reached == 0
+    assert poll(lambda: any(r["type"] == "overload" and r["rule_name"] == "anti-spoofing"
+                            and r["src"].get("container") == "frontend" and r["count"] >= 20
+                            for r in d.records("audit")), 15)
+    # only api's own second connection (the 20 forged SYNs were never decided)
+    assert poll(lambda: counted(d, "audit", "api", 6379) >= alerts + 1, 15)
+    assert counted(d, "audit", "api", 6379) == alerts + 1
+    assert "anti-spoofing: dropped packets with a forged source address" in d.log.read_text()
+    assert metric(metrics(c.metrics_port), "cnnf_defender_spoofed_dropped_total") >= 20
+
+
 # ----------------------------------------------------------------- floods and kills
 
 
@@ -158,12 +209,51 @@ def rss_total(d: Defender) -> int:
     return rss_kib(d.proc.pid) + sum(map(rss_kib, (d.status() or {}).get("worker_pids", [])))
 
 
+# The verdict workers' CPU during the floods: a quota far below what deciding
+# the 1,000 SYNs a second the admission limit lets in from the flooder takes,
+# so the tests do not depend on how loaded the machine happens to be.
+VERDICT_CPU = 0.1
+SCAN_RULE = ["INPUT", "-p", "tcp", "--syn", "!", "--dport", "8080", "-m", "comment",
+             "--comment", "cnnft-scan"]
+
+
+def scan_syns_reaching_api(c: Cluster) -> int:
+    """SYNs from the frontend that reached api on a port other than 8080 (all
+    prevented), counted by a rule in api's own namespace (scan_counter)."""
+    out = subprocess.run(["nsenter", f"--net={in_container(c, 'api')}", "iptables", "-L",
+                          "INPUT", "-v", "-x", "-n"], capture_output=True, text=True,
+                         check=True).stdout
+    (count,) = [int(ln.split()[0]) for ln in out.splitlines() if "cnnft-scan" in ln]
+    return count
+
+
 def flood_while_probing(c: Cluster, hping_port: list[str], seconds: int) -> dict[str, Any]:
     """hping3 from the frontend at api (bounded by ``seconds``) while the frontend
-    keeps trying the data tier and api keeps using cache."""
+    keeps trying the data tier and api keeps using cache; the Defender's verdict
+    workers run under a CPU quota (VERDICT_CPU of a core) meanwhile."""
     frontend, api_ns = in_container(c, "frontend"), in_container(c, "api")
     db, cache, api, payments = (c.lab.address_of(n) or ""
                                 for n in ("db", "cache", "api", "payments"))
+    frontend_ip = c.lab.address_of("frontend") or ""
+    rule = ["nsenter", f"--net={api_ns}", "iptables"]
+    subprocess.run([*rule, "-I", *SCAN_RULE[:1], "-s", frontend_ip, *SCAN_RULE[1:]], check=True)
+    try:
+        pids = (c.d1.status() or {})["worker_pids"]
+        with cpulimit.cpu_quota(pids, VERDICT_CPU) as group:
+            seen = _flood(frontend, api_ns, (db, cache, api, payments), hping_port, seconds)
+            seen["throttled_us"] = cpulimit.throttled_us(group)
+        # the same workers all along: none was restarted outside the quota
+        assert (c.d1.status() or {})["worker_pids"] == pids
+        seen["scan_reached_api"] = scan_syns_reaching_api(c)
+    finally:
+        subprocess.run([*rule, "-D", *SCAN_RULE[:1], "-s", frontend_ip, *SCAN_RULE[1:]],
+                       check=True)
+    return seen
+
+
+def _flood(frontend: str, api_ns: str, targets: tuple[str, str, str, str],
+           hping_port: list[str], seconds: int) -> dict[str, Any]:
+    db, cache, api, payments = targets
     flood = subprocess.Popen(["nsenter", f"--net={frontend}", "timeout", str(seconds),
                               "hping3", "-S", *hping_port, "--flood", api],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -183,7 +273,9 @@ def flood_while_probing(c: Cluster, hping_port: list[str], seconds: int) -> dict
 
 
 def assert_held(seen: dict[str, Any]) -> None:
-    """0 prevented connections connected; at least 99 % of the allowed ones did."""
+    """0 prevented connections connected, none of the scan's SYNs reached api; at
+    least 99 % of the allowed ones connected, with the verdict loop held back."""
+    assert seen["scan_reached_api"] == 0, seen
     assert seen["frontend->db"].get("ok", 0) == 0, seen
     assert seen["frontend->cache"].get("ok", 0) == 0, seen
     bad = seen["api->payments:22"]
@@ -218,6 +310,8 @@ def test_a_syn_flood_opens_no_prevent_rule_and_starves_no_one(
 
     seen = flood_while_probing(c, ["-p", "++20000"], 8)
     assert_held(seen)
+    # the quota held the verdict workers back (for a second at least of the 8 s scan)
+    assert seen["throttled_us"] >= 1_000_000, seen
     # The scan is bounded too: the limit admits 1,000 new triples a second from
     # it and at most 1,000 of its verdicts are cached (each a flow to count).
     assert rss_total(d) - rss_before <= 32 * 1024

@@ -55,7 +55,12 @@ class AuditRecord(PolicyModel):
     time: datetime
     type: AuditType = AuditType.CONTAINER
     rule_id: Int32 | None = None
-    rule_name: Text = ""
+    rule_name: Annotated[Text, Field(description=(
+        "the rule's name; for an overload audit (no rule), what dropped the "
+        "source's SYNs or packets: admission limit, admission limit (tightened), "
+        "verdict loop, admission limit and verdict loop, or anti-spoofing (packets "
+        "with a forged source address); empty from earlier Defenders: the "
+        "admission limit"))] = ""
     blocked: bool
     effect: Effect
     src_image: Text = ""
@@ -73,8 +78,10 @@ class AuditRecord(PolicyModel):
     dst_hostname: Text = ""
     dst_address: Text = ""
     port: Annotated[int, Field(ge=0, le=65535, description=(
-        "the destination port; 0 only for an overload audit (the admission limit "
-        "dropped a source's SYNs, whatever their port)"))]
+        "the destination port; 0 only for an overload audit (a source's SYNs "
+        "dropped by the admission limit or the verdict loop, or its packets with a "
+        "forged source address dropped by anti-spoofing, whatever their port; "
+        "ruleName says which)"))]
     dst_subnet: Text = ""
     dst_domain: Text = ""
     msg: str = ""

@@ -8,6 +8,7 @@ configuration of the run that installed them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -61,7 +62,11 @@ class DatapathConfig:
     ``admission_rate``: SYNs per second and source address that the fast path
     does not answer, let into the queue (``hashlimit``, burst
     ``admission_burst``); above it they are dropped in the kernel and counted
-    per source. 0 turns the limit off.
+    per source. 0 turns the limit off. For the sources the Defender names
+    with ``busy(sources, True)`` (the verdict loop dropped their SYNs: it could
+    not keep up with them), the limit is ``busy_rate`` (a tenth, burst twice
+    that) instead: their flood is then mostly dropped in the kernel, before the
+    queue, whatever CPU the loop gets; other sources keep the full rate.
 
     ``fastpath``: decided (source, destination port, destination) triples are
     kept in kernel sets (accept, reject, drop) with packet counters, so repeats
@@ -116,6 +121,11 @@ class DatapathConfig:
     def families(self) -> tuple[int, ...]:
         return (4, 6) if self.ipv6 else (4,)
 
+    @property
+    def busy_rate(self) -> int:
+        """The per-source admission limit while the verdict loop is behind."""
+        return max(1, self.admission_rate // 10)
+
 
 @dataclass(slots=True)
 class InstallReport:
@@ -144,6 +154,58 @@ FastEntry = tuple[FastVerdict, str, int, str]
 def alive_set(family: int) -> str:
     """Holds the whole address space while the Defender's heartbeat is fresh."""
     return f"{SET_PREFIX}alive{family}"
+
+
+def bound_set(family: int) -> str:
+    """Holds the whole address space while the Defender process lives (renewed
+    by its heartbeat thread even when its main loop stalls or its fast path is
+    paused): anti-spoofing works while it is fresh, so it never lapses while
+    the verdict workers decide."""
+    return f"{SET_PREFIX}bound{family}"
+
+
+def busy_set(family: int) -> str:
+    """The sources the verdict loop could not keep up with (it dropped their
+    SYNs beyond their share): their admission limit is ``busy_rate``."""
+    return f"{SET_PREFIX}busy{family}"
+
+
+def busy_outside_set(family: int) -> str:
+    """The outside prefixes (or halves of the address space: every outside
+    source) the verdict loop could not keep up with: together, ``busy_rate``."""
+    return f"{SET_PREFIX}busyo{family}"
+
+
+# A source's tightened limit lasts this long unless renewed (the Defender renews
+# it every second while the source goes on flooding).
+BUSY_TIMEOUT = 5
+
+
+def overload_outside_set(family: int) -> str:
+    """Outside sources' prefixes (/24, /64: ``hash:ip netmask``) whose SYNs the
+    admission limit dropped, with packet counters: forged outside sources are
+    counted by the prefix they are limited by, not one entry each."""
+    return f"{SET_PREFIX}overo{family}"
+
+
+# The source prefix by which sources from outside the host (whose addresses the
+# kernel cannot check) share an admission limit and a line in the waiting room.
+OUTSIDE_PREFIX = {4: 24, 6: 64}
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A protected workload's port on this host: its host-side interface (a
+    bridge port when ``bridged``: matched as the physical input device through
+    br_netfilter; else a routed interface) and the addresses it may send from."""
+
+    interface: str
+    addresses: frozenset[str]
+    bridged: bool = True
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", self.interface):
+            raise ValueError(f"not an interface name: {self.interface!r}")
 
 
 def overload_set(family: int) -> str:
@@ -218,6 +280,30 @@ class FirewallBackend(Protocol):
     def heartbeat(self) -> None:
         """Keep the fast path and the admission limit on for another
         ``HEARTBEAT_TIMEOUT`` seconds."""
+        ...
+
+    def busy(self, sources: Iterable[str], on: bool) -> None:
+        """Tighten (on) the admission limit of ``sources`` to ``busy_rate`` for
+        ``BUSY_TIMEOUT`` seconds (again: renewed); off: back to the rate now."""
+        ...
+
+    def set_ports(self, ports: Iterable[Port]) -> None:
+        """Replace every workload port's anti-spoofing binding at once: a packet
+        from a port whose source is not one of that port's addresses is dropped
+        (first, before anything else; while the heartbeat is fresh)."""
+        ...
+
+    def ports(self) -> dict[str, Port]:
+        """The ports bound now, by interface."""
+        ...
+
+    def spoof_counters(self) -> dict[str, int]:
+        """Interface -> packets dropped for a forged source address (since bound)."""
+        ...
+
+    def heartbeat_ports(self) -> None:
+        """Keep anti-spoofing on for another ``HEARTBEAT_TIMEOUT`` seconds (also
+        done by ``heartbeat()``); for a live Defender whose fast path is paused."""
         ...
 
     def heartbeat_stop(self) -> None:

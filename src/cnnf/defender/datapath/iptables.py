@@ -5,18 +5,32 @@ fail-closed) one native nftables chain.
 Rules (filter table, per family; L = local set, H = host set, C = cluster set,
 SYN = ``-p tcp --syn -m conntrack --ctstate NEW,UNTRACKED``)::
 
-    CNNF-FORWARD  REJECT tcp-reset for the reject mark      (block mode reset)
+    CNNF-FORWARD  (heartbeat fresh) -> CNNF-SPOOF              anti-spoofing, first
+                  REJECT tcp-reset for the reject mark      (block mode reset)
                   SYN from L -> CNNF-QUEUE                   outbound, containers
                   SYN to L, source not in C -> CNNF-QUEUE    inbound, containers
                   UDP replies from port 53 to L -> DNS queue (dns on; always bypass)
-    CNNF-INPUT    mark REJECT; SYN from L -> CNNF-QUEUE (container to this host);
-                  SYN to H, source not in C -> CNNF-QUEUE; UDP from 53 to H -> DNS queue
+    CNNF-INPUT    (heartbeat fresh) -> CNNF-SPOOF; mark REJECT; SYN from L -> CNNF-QUEUE
+                  (container to this host); SYN to H, source not in C -> CNNF-QUEUE;
+                  UDP from 53 to H -> DNS queue
     CNNF-OUTPUT   mark REJECT; SYN from H -> CNNF-QUEUE;
                   SYN to L, source not in C -> CNNF-QUEUE; UDP from 53 to L -> DNS queue
+    CNNF-SPOOF    per protected container's port (the host end of its veth:
+                  ``-m physdev --physdev-in`` on a bridge, ``-i`` when routed):
+                  its own addresses (and IPv6 link-local) return, anything
+                  else from the port -> DROP (that rule's counter: the port's
+                  forged packets)
     CNNF-QUEUE    while the heartbeat set cnnf-alive is fresh: the fast path,
                   (src, dport, dst) in cnnf-fpa -> ACCEPT,
                   in cnnf-fpr -> REJECT tcp-reset, in cnnf-fpd -> DROP;
-                  then admission: above the per-source hashlimit -> CNNF-OVERLOAD;
+                  then admission: above the per-source hashlimit -> CNNF-OVERLOAD
+                  (sources in C: per address, since a queued SYN from C is
+                  an outbound one of this host's workloads, C holding other
+                  hosts' too; any other source: per /24 or /64, in tables of
+                  their own), and for
+                  sources in cnnf-busy (the verdict loop could not keep up
+                  with them) above a tenth of it -> CNNF-OVERLOAD (outside
+                  ones: a tenth for all of them together);
                   (fail-closed) set the pending mark; NFQUEUE --queue-bypass
     CNNF-OVERLOAD add the source to cnnf-over (packet counters); DROP
 
@@ -24,6 +38,49 @@ Fail-closed adds the nftables table ``inet cnnf``: base chains after the
 filter table's (priority filter + 10) that reject with a TCP reset any SYN still
 carrying the pending mark, which only a SYN that bypassed the queue (no verdict
 process) does; the verdict loop clears the mark on the SYNs it accepts.
+
+Under a flood, in both failure modes (a busy Defender is never "no Defender":
+nothing is accepted undecided, only a queue with no process bound is bypassed):
+
+0. a protected container can only send from its own addresses (CNNF-SPOOF):
+   a forged source address (a neighbour's, to be decided as the neighbour, or
+   random ones, to get a limit and a line per forged source) is dropped first
+   and counted per port;
+1. repeats of decided triples are answered here from the fast-path sets;
+2. a source above ``admission_rate`` new SYNs a second is dropped here and
+   counted per source in ``cnnf-over`` (overload). This host's sources have a
+   bucket each; sources from elsewhere, which no rule here can check, share
+   one per /24 (/64), in separate tables: forged outside sources can fill
+   those tables (65,536 buckets; a new bucket's SYNs are then dropped by
+   hashlimit, never let through), never the local ones;
+3. what is admitted is read at once by the verdict worker into its fair waiting
+   room (:mod:`cnnf.defender.datapath.fairqueue`: a bounded FIFO per line,
+   decided round robin; a line per local address, per outside prefix, 16 of
+   those at most and one more shared by the rest), so another source's SYN
+   never waits behind the flooder's; the flooder's SYNs beyond its share are
+   dropped by the worker and counted against it (overload too);
+4. when the worker falls behind even so (it decides a source's SYNs over
+   0.2 s after reading them, or its room is full and it drops the oldest SYNs
+   of the source holding the most: a Defender short of CPU), the
+   Defender puts that source in ``cnnf-busy`` and its limit becomes a tenth
+   (``busy_rate``) for as long as it goes on flooding: its flood is then
+   dropped here, before the queue, and the others' SYNs, at their full rate,
+   still get through.
+   Why in the kernel too: reading a SYN in Python costs a fraction of deciding
+   it, but not nothing; in the lab, with the worker held to 2 % of a core, the
+   worker could not even read the 1,000 a second admitted from one source.
+
+With no Defender (killed; heartbeat lapsed within 3 s) the fast path, the
+admission limits and anti-spoofing stop with the heartbeat: fail-open then
+lets SYNs through as with no firewall (a dead Defender's port bindings could
+name an interface another container reused meanwhile), fail-closed refuses
+every new connection (forged or not).
+
+Seen in the root test (tests/defender/datapath/test_datapath_root.py, c1
+scanning c2, the worker under a CPU quota) before the waiting room: at 10 % of
+a core 4 to 7 of c2's 130 to 180 connections timed out; at 2 % all 16 did, the
+kernel queue full of c1's SYNs (``/proc/net/netfilter/nfnetlink_queue``: 4,096
+waiting, 645 and 900 ``queue_dropped``).
 
 Each built-in chain gets one jump, first, commented ``cnnf``. Every change of
 rules goes through one ``iptables-restore --noflush`` transaction per family:
@@ -41,12 +98,14 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from cnnf.defender.datapath.backend import (
+    BUSY_TIMEOUT,
     CHAIN_PREFIX,
     FASTPATH_GRACE,
     HEARTBEAT_TIMEOUT,
+    OUTSIDE_PREFIX,
     SET_PREFIX,
     TAG,
     AddressSet,
@@ -54,13 +113,19 @@ from cnnf.defender.datapath.backend import (
     FastEntry,
     FastVerdict,
     InstallReport,
+    Port,
     alive_set,
+    bound_set,
+    busy_outside_set,
+    busy_set,
+    overload_outside_set,
     overload_set,
 )
 from cnnf.defender.datapath.netns import DatapathError, NetnsRef
 
 BUILTIN = ("FORWARD", "INPUT", "OUTPUT")
 QUEUE_CHAIN = f"{CHAIN_PREFIX}QUEUE"
+SPOOF_CHAIN = f"{CHAIN_PREFIX}SPOOF"
 OVERLOAD_CHAIN = f"{CHAIN_PREFIX}OVERLOAD"
 NFT_TABLE = "inet cnnf"  # fail-closed: rejects SYNs that bypassed the queue
 
@@ -72,6 +137,7 @@ _SET_FAMILY = {4: "inet", 6: "inet6"}
 # Room for a large cluster's protected workloads (the default maxelem is 65536).
 _SET_SIZE = "hashsize 1024 maxelem 1048576"
 _OVERLOAD_SIZE = "hashsize 1024 maxelem 65536"
+_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # every address
 _BRIDGE_SYSCTL = {4: "net.bridge.bridge-nf-call-iptables", 6: "net.bridge.bridge-nf-call-ip6tables"}
 
 
@@ -153,6 +219,7 @@ class IptablesBackend:
         self._members: dict[str, set[str]] = {
             w.set_name(f): set() for w in AddressSet for f in self.config.families
         }
+        self._ports: dict[str, Port] = {}
         self._expected: dict[int, list[str]] = {}
         self._nft_reject = False  # the fail-closed reject table is installed
         self._lock = threading.RLock()
@@ -196,12 +263,18 @@ class IptablesBackend:
                 local,
             ],
         }
-        chains = [*BUILTIN, QUEUE_CHAIN[len(CHAIN_PREFIX):]]
+        chains = [*BUILTIN, QUEUE_CHAIN[len(CHAIN_PREFIX):], SPOOF_CHAIN[len(CHAIN_PREFIX):]]
         if c.admission_rate:
             chains.append(OVERLOAD_CHAIN[len(CHAIN_PREFIX):])
         lines = [f":{CHAIN_PREFIX}{b} - [0:0]" for b in chains]
+        alive = f"-m set --match-set {alive_set(family)} src"
         for builtin, (out_rule, in_rule, dns_set) in plan.items():
             chain = f"{CHAIN_PREFIX}{builtin}"
+            if builtin != "OUTPUT":
+                # First of all: a packet from a workload's port whose source is
+                # not the workload's address (forged) goes, whatever it is.
+                lines.append(f"-A {chain} -m set --match-set {bound_set(family)} src "
+                             f"-j {SPOOF_CHAIN}")
             if c.block_mode == "reset":
                 mark = f"{c.reject_mark:#x}/{c.reject_mark:#x}"
                 lines.append(
@@ -219,7 +292,6 @@ class IptablesBackend:
                 )
         # Cached verdicts and the admission limit work only while the Defender's
         # heartbeat is fresh: a dead Defender leaves the queue's failure mode.
-        alive = f"-m set --match-set {alive_set(family)} src"
         if c.fastpath:
             for fv, target in ((FastVerdict.ACCEPT, "-j ACCEPT"),
                                (FastVerdict.REJECT, "-p tcp -j REJECT --reject-with tcp-reset"),
@@ -228,32 +300,66 @@ class IptablesBackend:
                     f"-A {QUEUE_CHAIN} {alive} -m set --match-set {fv.set_name(family)} "
                     f"src,dst,dst {target}")
         if c.admission_rate:
-            over = overload_set(family)
+            over, overo = overload_set(family), overload_outside_set(family)
+            # Queued SYNs from CLUSTER come from this host's workloads (outbound;
+            # inbound ones from CLUSTER are not queued here), whose source
+            # addresses the anti-spoofing rule vouches for: each its own bucket.
+            # Any other source may be forged: buckets per /24 (/64), in tables
+            # of their own, so forged sources filling a table (65,536 buckets:
+            # then a new bucket's SYNs are dropped) never touch the local ones.
+            local = f"-m set --match-set {cluster} src"
+            outside = f"-m set ! --match-set {cluster} src"
+            prefix = f"--hashlimit-srcmask {OUTSIDE_PREFIX[family]}"
+            busy = f"-m set --match-set {busy_set(family)} src"
+            size = "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536"
+            full = (f"-m hashlimit --hashlimit-above {c.admission_rate}/sec "
+                    f"--hashlimit-burst {c.admission_burst} --hashlimit-mode srcip")
+            tight = (f"-m hashlimit --hashlimit-above {c.busy_rate}/sec "
+                     f"--hashlimit-burst {2 * c.busy_rate} --hashlimit-mode srcip")
             lines += [
-                f"-A {QUEUE_CHAIN} {alive} -m hashlimit --hashlimit-above "
-                f"{c.admission_rate}/sec --hashlimit-burst {c.admission_burst} "
-                f"--hashlimit-mode srcip --hashlimit-name {self._hashlimit_name(family)} "
-                "--hashlimit-htable-size 4096 --hashlimit-htable-max 65536 "
+                f"-A {QUEUE_CHAIN} {alive} {local} {full} "
+                f"--hashlimit-name {self._hashlimit_name(family)} {size} -j {OVERLOAD_CHAIN}",
+                f"-A {QUEUE_CHAIN} {alive} {outside} {full} {prefix} "
+                f"--hashlimit-name {self._hashlimit_name(family, outside=True)} {size} "
                 f"-j {OVERLOAD_CHAIN}",
+                # The sources the verdict loop could not keep up with: a tenth.
+                f"-A {QUEUE_CHAIN} {alive} {local} {busy} {tight} "
+                f"--hashlimit-name {self._hashlimit_name(family, busy=True)} {size} "
+                f"-j {OVERLOAD_CHAIN}",
+                # Outside sources (any number of prefixes, forged or a botnet)
+                # the loop could not keep up with share ONE such limit.
+                f"-A {QUEUE_CHAIN} {alive} {outside} "
+                f"-m set --match-set {busy_outside_set(family)} src -m hashlimit --hashlimit-above "
+                f"{c.busy_rate}/sec --hashlimit-burst {2 * c.busy_rate} "
+                f"--hashlimit-name {self._hashlimit_name(family, busy=True, outside=True)} "
+                f"{size} -j {OVERLOAD_CHAIN}",
                 # Count per source: the add counts the first packet too (the
                 # reader subtracts it); an existing entry is left as it is.
-                f"-A {OVERLOAD_CHAIN} -j SET --add-set {over} src",
-                f"-A {OVERLOAD_CHAIN} -m set --match-set {over} src -j DROP",
+                f"-A {OVERLOAD_CHAIN} {local} -j SET --add-set {over} src",
+                f"-A {OVERLOAD_CHAIN} {local} -m set --match-set {over} src -j DROP",
+                f"-A {OVERLOAD_CHAIN} -j SET --add-set {overo} src",
+                f"-A {OVERLOAD_CHAIN} -m set --match-set {overo} src -j DROP",
                 f"-A {OVERLOAD_CHAIN} -j DROP",
             ]
         if not c.fail_open and self._nft_reject:
             pending = f"{c.pending_mark:#x}"
             lines.append(f"-A {QUEUE_CHAIN} -j MARK --set-xmark {pending}/{pending}")
         lines.append(f"-A {QUEUE_CHAIN} {self._queue_target()}")
+        lines += self._spoof_rules(family)
         lines += [f"-I {b} 1 -m comment --comment {TAG} -j {CHAIN_PREFIX}{b}" for b in BUILTIN]
         return lines
 
-    def _hashlimit_name(self, family: int) -> str:
+    def _hashlimit_name(self, family: int, busy: bool = False, outside: bool = False) -> str:
         """Named after its settings: a rule replaced in place keeps its table's
-        settings from creation, so other settings need another table."""
+        settings from creation, so other settings need another table (at most
+        15 characters)."""
         c = self.config
-        digest = zlib.crc32(f"{c.admission_rate}/{c.admission_burst}".encode())
-        return f"cnnf{family}-{digest:08x}"  # at most 15 characters
+        kind = ("b" if busy else "") + ("o" if outside else "")
+        rate = f"busy {c.busy_rate}" if busy else f"{c.admission_rate}/{c.admission_burst}"
+        if outside:
+            rate += f" /{OUTSIDE_PREFIX[family]}"
+        digest = zlib.crc32(rate.encode())
+        return f"cnnf{kind}{family}-{digest:08x}"
 
     def _save(self, family: int) -> str:
         return self.netns.run(_TOOLS[family][1]).stdout
@@ -348,8 +454,16 @@ class IptablesBackend:
                         f"hash:ip,port,ip family {fam} hashsize 4096 maxelem {c.fastpath_max} "
                         f"timeout {timeout} counters")
             specs[alive_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
+            specs[bound_set(family)] = f"hash:net family {fam} timeout {HEARTBEAT_TIMEOUT}"
             if c.admission_rate:
                 specs[overload_set(family)] = f"hash:ip family {fam} {_OVERLOAD_SIZE} counters"
+                specs[overload_outside_set(family)] = (
+                    f"hash:ip family {fam} netmask {OUTSIDE_PREFIX[family]} {_OVERLOAD_SIZE} "
+                    "counters")
+                specs[busy_set(family)] = (
+                    f"hash:ip family {fam} {_OVERLOAD_SIZE} timeout {BUSY_TIMEOUT}")
+                specs[busy_outside_set(family)] = (
+                    f"hash:net family {fam} {_OVERLOAD_SIZE} timeout {BUSY_TIMEOUT}")
         return specs
 
     def _set_names(self) -> list[str]:
@@ -480,10 +594,33 @@ class IptablesBackend:
             return removed
 
     def heartbeat(self) -> None:
-        halves = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
-        lines = [f"add {alive_set(f)} {net} timeout {HEARTBEAT_TIMEOUT} -exist"
-                 for f in self.config.families for net in halves[f]]
+        self._beat(alive_set, bound_set)
+
+    def heartbeat_ports(self) -> None:
+        self._beat(bound_set)
+
+    def _beat(self, *sets: Callable[[int], str]) -> None:
+        lines = [f"add {name(f)} {net} timeout {HEARTBEAT_TIMEOUT} -exist"
+                 for name in sets for f in self.config.families for net in _HALVES[f]]
         self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
+
+    def busy(self, sources: Iterable[str], on: bool) -> None:
+        if not self.config.admission_rate:
+            return
+        lines = []
+        for a in sources:
+            try:  # an address (this host's), or an outside prefix ("10.1.2.0/24")
+                net = ipaddress.ip_network(a, strict=False)
+            except ValueError as exc:
+                raise DatapathError(f"not an address or prefix: {a!r}") from exc
+            if net.version not in self.config.families:
+                continue
+            host = "/" not in a
+            name = (busy_set if host else busy_outside_set)(net.version)
+            lines.append(f"add {name} {a} timeout {BUSY_TIMEOUT} -exist" if on
+                         else f"del {name} {a} -exist")
+        if lines:
+            self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 
     def heartbeat_stop(self) -> None:
         self.netns.run("ipset", "restore", input="".join(
@@ -493,6 +630,9 @@ class IptablesBackend:
         with self._lock:
             done: list[str] = []
             self.heartbeat_stop()
+            # no Defender to rebind a reused interface name: bindings stop
+            self.netns.run("ipset", "restore", input="".join(
+                f"flush {bound_set(f)}\n" for f in self.config.families))
             if self.config.fastpath:
                 self.fastpath_replace(())
                 done.append("cached verdicts removed")
@@ -583,7 +723,60 @@ class IptablesBackend:
 
     def _set_members(self, name: str) -> set[str]:
         out = self.netns.run("ipset", "save", name, check=False).stdout
-        return {ln.split()[2] for ln in out.splitlines() if ln.startswith("add ")}
+        return {ln.split()[2] + (" nomatch" if " nomatch" in ln else "")
+                for ln in out.splitlines() if ln.startswith("add ")}
+
+    # -- anti-spoofing ------------------------------------------------------------
+
+    def _spoof_rules(self, family: int) -> list[str]:
+        """CNNF-SPOOF: per port, its own addresses (and IPv6 link-local ones for
+        ICMPv6 only: neighbour discovery) return; any other source is dropped, counted
+        by the port's last rule. (ipset's ``hash:net,iface`` with ``physdev:``
+        entries never matched a bridged packet here: xt_physdev it is.)"""
+        lines = []
+        for port in sorted(self._ports.values(), key=lambda p: p.interface):
+            dev = (f"-m physdev --physdev-in {port.interface}" if port.bridged
+                   else f"-i {port.interface}")
+            own = sorted(a for a in port.addresses if address_family(a) == family)
+            if family == 6:  # neighbour discovery only: not a source for anything else
+                lines.append(f"-A {SPOOF_CHAIN} {dev} -s fe80::/10 -p ipv6-icmp -j RETURN")
+            if len(own) == 1:
+                lines.append(f"-A {SPOOF_CHAIN} {dev} ! -s {own[0]} -j DROP")
+                continue
+            lines += [f"-A {SPOOF_CHAIN} {dev} -s {a} -j RETURN" for a in own]
+            lines.append(f"-A {SPOOF_CHAIN} {dev} -j DROP")
+        return lines
+
+    def set_ports(self, ports: Iterable[Port]) -> None:
+        by_name = {p.interface: p for p in ports}
+        for p in by_name.values():
+            for a in p.addresses:
+                address_family(a)  # an IP address, or DatapathError
+        with self._lock:
+            if by_name == self._ports:
+                return
+            self._ports = by_name
+            if self._expected:  # installed: one transaction per family, as always
+                for family in self.config.families:
+                    self._install_rules(family)
+
+    def ports(self) -> dict[str, Port]:
+        with self._lock:
+            return dict(self._ports)
+
+    def spoof_counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for family in self.config.families:
+            saved = self.netns.run(_TOOLS[family][1], "-c", "-t", "filter").stdout
+            for line in saved.splitlines():
+                if f"-A {SPOOF_CHAIN} " not in line or not line.endswith("-j DROP"):
+                    continue
+                counts, _, rule = line.partition(" ")
+                tokens = rule.split()
+                flag = "--physdev-in" if "--physdev-in" in tokens else "-i"
+                name = tokens[tokens.index(flag) + 1]
+                out[name] = out.get(name, 0) + int(counts.strip("[]").split(":")[0])
+        return out
 
     def _name(self, which: AddressSet, address: str) -> tuple[str, str]:
         which, family = AddressSet(which), address_family(address)
@@ -685,14 +878,27 @@ class IptablesBackend:
         for family in self.config.families:
             # a failed read raises (the caller skips the round): an empty one would
             # say every source left the set, and its count would be taken again
-            saved = self.netns.run("ipset", "save", overload_set(family)).stdout
-            for _, member, packets in saved_counters(saved):
+            saved = "".join(self.netns.run("ipset", "save", name).stdout
+                            for name in (overload_set(family), overload_outside_set(family)))
+            for name, member, packets in saved_counters(saved):
+                key = (f"{member.split('/')[0]}/{OUTSIDE_PREFIX[family]}"
+                       if name == overload_outside_set(family) else member)
                 # the SET target's add counted the first packet once more
-                out[member] = max(0, packets - 1)
+                out[key] = max(0, packets - 1)
         return out
 
     def overload_forget(self, addresses: Iterable[str]) -> None:
-        lines = [f"del {overload_set(address_family(a))} {a} -exist" for a in addresses]
+        lines = []
+        for a in addresses:
+            try:
+                net = ipaddress.ip_network(a, strict=False)
+            except ValueError:
+                continue  # the outside sources' shared line: never in a set
+            if "/" in a:  # an outside prefix
+                lines.append(f"del {overload_outside_set(net.version)} "
+                             f"{net.network_address} -exist")
+            else:
+                lines.append(f"del {overload_set(net.version)} {a} -exist")
         if lines and self.config.admission_rate:
             self.netns.run("ipset", "restore", input="\n".join(lines) + "\n")
 

@@ -32,6 +32,9 @@ NFQA_CFG_F_FAIL_OPEN = 1
 MSG_DONTWAIT = 0x40
 
 Handler = Callable[[bytes, int], tuple[int, int | None]]
+# Deferred mode: ``defer(packet_id, payload, mark)`` keeps the packet; the caller
+# issues its verdict later with :meth:`QueueLoop.verdict`.
+Defer = Callable[[int, bytes, int], None]
 
 
 class QueueBusyError(DatapathError):
@@ -97,21 +100,28 @@ class QueueLoop:
     """Binds one queue number and issues a verdict for every packet it reads.
 
     A full queue drops (the fail-open flag is always cleared). A handler that
-    raises gets ``error_verdict`` and is counted in ``errors``.
+    raises gets ``error_verdict`` and is counted in ``errors``. With ``defer``
+    instead of a handler, reading only hands each packet over; the caller owes
+    the kernel a :meth:`verdict` for it (a packet without one stays in the
+    kernel's queue, counting against its length, until the queue is unbound).
     """
 
     def __init__(
         self,
         queue_num: int,
-        handler: Handler,
+        handler: Handler | None,
         *,
+        defer: Defer | None = None,
         error_verdict: int = NF_DROP,
         copy_range: int = 128,
         maxlen: int = 4096,
         rcvbuf: int = 8 << 20,
     ) -> None:
         self.queue_num = queue_num
+        if (handler is None) == (defer is None):
+            raise ValueError("QueueLoop takes a handler or defer, not both or neither")
         self.handler = handler
+        self.defer = defer
         self.error_verdict = error_verdict
         self.errors = 0
         self.overruns = 0  # ENOBUFS: the kernel dropped messages to us
@@ -153,6 +163,10 @@ class QueueLoop:
         n = lib.nfq_get_payload(nfad, ctypes.byref(ptr))
         try:
             payload = ctypes.string_at(ptr.value, n) if n > 0 and ptr.value else b""
+            if self.defer is not None:
+                self.defer(packet_id, payload, lib.nfq_get_nfmark(nfad))
+                return 0
+            assert self.handler is not None
             verdict, mark = self.handler(payload, lib.nfq_get_nfmark(nfad))
         except Exception:
             self.errors += 1
@@ -162,6 +176,15 @@ class QueueLoop:
         else:
             lib.nfq_set_verdict2(qh, packet_id, verdict, mark, 0, None)
         return 0
+
+    def verdict(self, packet_id: int, verdict: int, mark: int | None = None) -> None:
+        """The verdict for a packet handed to ``defer``."""
+        if self._qh is None:
+            return  # unbound: the kernel already let go of the packet
+        if mark is None:
+            self._lib.nfq_set_verdict(self._qh, packet_id, verdict, 0, None)
+        else:
+            self._lib.nfq_set_verdict2(self._qh, packet_id, verdict, mark, 0, None)
 
     def process(self, max_packets: int = 64) -> int:
         """Read and decide up to ``max_packets`` waiting packets without blocking;

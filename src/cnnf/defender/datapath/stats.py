@@ -40,6 +40,9 @@ class VerdictCounters:
     dropped: int = 0
     errors: int = 0
     reports_lost: int = 0  # reports dropped because nobody read them
+    shed: int = 0  # dropped undecided: beyond a source's fair share (fairqueue)
+    waiting: int = 0  # SYNs read and waiting in the workers' fair waiting rooms now
+    full_reads: int = 0  # reads that found more waiting in the kernel than one turn takes
 
     @property
     def total(self) -> int:
@@ -53,4 +56,7 @@ class VerdictCounters:
             self.dropped + other.dropped,
             self.errors + other.errors,
             self.reports_lost + other.reports_lost,
+            self.shed + other.shed,
+            self.waiting + other.waiting,
+            self.full_reads + other.full_reads,
         )

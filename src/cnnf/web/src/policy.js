@@ -596,8 +596,10 @@ export async function renderAudits(main) {
     try {
       const page = await api("GET", "/audits", { query: { ...params(), limit: PAGE, offset } });
       message.textContent = "";
-      // An overload audit: the admission limit dropped one source's SYNs on a host
-      // (no rule, no port; its count is the SYNs dropped).
+      // An overload audit: one source's SYNs dropped on a host by the admission
+      // limit or the verdict loop, or its forged-source packets by anti-spoofing
+      // (no rule, no port; ruleName says what dropped them, count how many;
+      // audits of earlier Defenders carry no ruleName: the admission limit).
       clear(body).append(...page.items.map((a) => {
         const overload = a.type === "overload";
         const ruleKind = a.type === "host" ? "host" : "container";
@@ -614,7 +616,7 @@ export async function renderAudits(main) {
             : (a.dstImage || a.dstContainer ? who(a.dstImage, a.dstContainer, a.dstPod, a.dstNamespace, a.dstHostname, a.dstAddress)
               : (a.type === "host" && a.dstHostname ? `${a.dstHostname}${a.dstAddress ? ` (${a.dstAddress})` : ""}` : outside(a)))),
           h("td", {}, a.port === 0 ? "—" : a.port),
-          h("td", { class: "num", title: overload ? "SYNs dropped" : "repeats folded into this audit" }, a.count.toLocaleString("en-US")),
+          h("td", { class: "num", title: overload ? (a.ruleName === "anti-spoofing" ? "packets dropped" : "SYNs dropped") : "repeats folded into this audit" }, a.count.toLocaleString("en-US")),
           h("td", { class: "small" }, a.msg),
           h("td", { class: "nowrap" }, link ? h("a", { href: link, class: "radar-link", title: "Show this connection on Radar" }, "Radar") : ""));
       }));
