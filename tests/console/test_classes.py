@@ -224,6 +224,22 @@ def _unclassed(engine: Engine) -> int:
             "SELECT count(*) FROM flows WHERE src_class = '' "
             "AND src_identity NOT IN ('', 'not json')")).scalar() or 0)
 
+def _serve_until_classed(db_url: str, engine: Engine, data_dir: Path) -> None:
+    """A Console served (its lifespan) until every flow has its classes, or 60 s."""
+    app = create_app(ConsoleConfig(db_url=db_url, data_dir=data_dir, retention_days=0),
+                     engine=engine)
+
+    async def serve() -> None:
+        async with app.router.lifespan_context(app):
+            for _ in range(3000):
+                if _unclassed(engine) == 0:
+                    break
+                await asyncio.sleep(0.02)
+
+    asyncio.run(serve())
+    app.state.link.forwarder.close()
+
+
 
 def test_a_start_that_fails_is_tried_again(db_url: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch,
@@ -243,18 +259,7 @@ def test_a_start_that_fails_is_tried_again(db_url: str, tmp_path: Path,
 
         monkeypatch.setattr(classes, "start", away_once)
         monkeypatch.setattr(app_module, "CLASS_BACKFILL_RETRY", 0.01)
-        app = create_app(ConsoleConfig(db_url=db_url, data_dir=tmp_path, retention_days=0),
-                         engine=engine)
-
-        async def serve() -> None:
-            async with app.router.lifespan_context(app):
-                for _ in range(3000):
-                    if _unclassed(engine) == 0:
-                        break
-                    await asyncio.sleep(0.02)
-
-        asyncio.run(serve())
-        app.state.link.forwarder.close()
+        _serve_until_classed(db_url, engine, tmp_path)
         assert len(looks) >= 2 and _unclassed(engine) == 0
         assert any(r.getMessage().startswith("flow classes: a batch was not written (")
                    and r.levelname == "WARNING" for r in caplog.records)
@@ -447,18 +452,7 @@ def test_a_batch_that_raises_something_else_is_tried_again(
 
         monkeypatch.setattr(classes, "step", odd_once)
         monkeypatch.setattr(app_module, "CLASS_BACKFILL_RETRY", 0.01)
-        app = create_app(ConsoleConfig(db_url=db_url, data_dir=tmp_path, retention_days=0),
-                         engine=engine)
-
-        async def serve() -> None:
-            async with app.router.lifespan_context(app):
-                for _ in range(3000):
-                    if _unclassed(engine) == 0:
-                        break
-                    await asyncio.sleep(0.02)
-
-        asyncio.run(serve())
-        app.state.link.forwarder.close()
+        _serve_until_classed(db_url, engine, tmp_path)
         assert raised and _unclassed(engine) == 0
         assert any(r.getMessage().startswith("flow classes: a batch failed (ids from ")
                    for r in caplog.records)
