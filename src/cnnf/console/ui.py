@@ -5,9 +5,12 @@ at install time (``scripts/bootstrap.sh``); no bundle is committed. The build
 writes ``index.html``, content-hashed assets in ``static/assets/`` (each with a
 ``.gz`` and a ``.br`` beside it) and ``manifest.json`` (logical name -> hashed
 path). Assets are served for a year (their name changes with their content),
-compressed when the client accepts it; ``index.html`` is revalidated on every
-load so a new build is picked up at once. Without a build, ``/`` says how to make
-one instead of failing.
+compressed when the client accepts it, from memory (read once, on first use:
+a file read per request went through the server's thread pool, which on a
+loaded machine held each of the first page's requests for tens of
+milliseconds); ``index.html`` is revalidated on every load (an ``ETag``: a
+reload gets 304) so a new build is picked up at once. Without a build, ``/``
+says how to make one instead of failing.
 
 ``/api/v1/docs`` is Swagger UI with its scripts and styles from the same build
 (the swagger-ui-dist package): the docs work with no network but the Console.
@@ -15,6 +18,7 @@ one instead of failing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 from pathlib import Path
@@ -24,7 +28,7 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import HTMLResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 STATIC = Path(__file__).with_name("static")
@@ -85,12 +89,28 @@ def ui_app(static: Path) -> Starlette:
     """``/`` and ``/index.html`` (the page), ``/assets/NAME`` (hashed, compressed)."""
     assets = _assets(static)
     page = (static / "index.html").read_bytes()
+    page_tag = f'"{hashlib.sha256(page).hexdigest()[:32]}"'
+    # (file name, coding or "") -> bytes, filled on first use; the files are
+    # the build's, which does not change while the Console runs. The handlers
+    # are coroutines: a plain function is run in the thread pool, the hop this avoids.
+    loaded: dict[tuple[str, str], bytes | None] = {}
 
-    def index(_: Request) -> Response:
-        return Response(page, media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": PAGE_CACHE})
+    def read(path: Path, coding: str, suffix: str) -> bytes | None:
+        key = (path.name, coding)
+        if key not in loaded:
+            try:
+                loaded[key] = path.with_name(path.name + suffix).read_bytes()
+            except FileNotFoundError:
+                loaded[key] = None
+        return loaded[key]
 
-    def asset(request: Request) -> Response:
+    async def index(request: Request) -> Response:
+        headers = {"Cache-Control": PAGE_CACHE, "ETag": page_tag}
+        if page_tag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(page, media_type="text/html; charset=utf-8", headers=headers)
+
+    async def asset(request: Request) -> Response:
         path = assets.get(request.path_params["name"])
         if path is None:
             return PlainTextResponse("Not Found", status_code=404)
@@ -100,11 +120,14 @@ def ui_app(static: Path) -> Starlette:
         headers = {"Cache-Control": ASSET_CACHE, "Vary": "Accept-Encoding"}
         accepted = accepted_encodings(request.headers.get("accept-encoding", ""))
         for coding, suffix in ENCODINGS:
-            packed = path.with_name(path.name + suffix)
-            if coding in accepted and packed.is_file():
-                return FileResponse(packed, media_type=media_type,
-                                    headers={**headers, "Content-Encoding": coding})
-        return FileResponse(path, media_type=media_type, headers=headers)
+            packed = read(path, coding, suffix) if coding in accepted else None
+            if packed is not None:
+                return Response(packed, media_type=media_type,
+                                headers={**headers, "Content-Encoding": coding})
+        body = read(path, "", "")
+        if body is None:  # removed since the Console started
+            return PlainTextResponse("Not Found", status_code=404)
+        return Response(body, media_type=media_type, headers=headers)
 
     return Starlette(routes=[
         Route("/", index, methods=["GET", "HEAD"]),

@@ -11,7 +11,20 @@ performance.mark("cnnf:script"); // the bundle compiled and run up to here
 
 const main = document.getElementById("main");
 const top = document.getElementById("top");
+const who = document.getElementById("who");
 let cleanup = null;
+
+// Who is signed in, as last known in this tab (the sign-in's answer, then
+// /auth/me's): shown at once on a reload, before the first page is drawn;
+// /auth/me confirms it after that page (see the end of this file).
+const WHO_KEY = "cnnf.who";
+function showWho(text) {
+  who.textContent = text || "";
+  if (text) sessionStorage.setItem(WHO_KEY, text);
+  else sessionStorage.removeItem(WHO_KEY);
+}
+if (session.token) who.textContent = sessionStorage.getItem(WHO_KEY) || "";
+else sessionStorage.removeItem(WHO_KEY);
 
 const PAGES = {
   radar: renderRadar,
@@ -59,7 +72,7 @@ async function showPage() {
 
 function renderLogin(message) {
   top.hidden = true;
-  document.getElementById("who").textContent = ""; // nobody is signed in
+  showWho(""); // nobody is signed in
   document.body.dataset.page = "login";
   const error = h("p", { class: "error", role: "alert", id: "login-error" }, message || "");
   const form = h("form", { id: "login", class: "card login" },
@@ -79,7 +92,7 @@ function renderLogin(message) {
       session.token = result.token;
       sessionStorage.setItem("cnnf.role", result.role);
       // shown at once from the sign-in; /auth/me confirms it after the first page
-      document.getElementById("who").textContent = `${data.get("username")} (${result.role})`;
+      showWho(`${data.get("username")} (${result.role})`);
       show().finally(whoAmI).catch(() => {});
     } catch (err) {
       error.textContent = err instanceof ApiError ? err.message : String(err);
@@ -91,7 +104,7 @@ function renderLogin(message) {
 async function whoAmI() {
   try {
     const me = await api("GET", "/auth/me");
-    document.getElementById("who").textContent = `${me.name} (${me.role})`;
+    if (session.token) showWho(`${me.name} (${me.role})`);
   } catch { /* shown by the next page load */ }
 }
 

@@ -566,22 +566,55 @@ export function segmentHitsBox(p, q, box) {
   return true;
 }
 
+// A group's title, as drawn: its label above the group's box.
+const titleBox = (n) => n.boundingBox({ includeNodes: false, includeEdges: false,
+  includeLabels: true, includeOverlays: false, includeUnderlays: false });
+
+// Each group's title slides along the top of its group to the place the
+// fewest edge lines run through, nearest its middle: centred, a line between
+// the bands crossed it (the demo's lines into "namespace: shop-data" ran
+// through the title). `lines` are the edges' segments.
+const TITLE_STEP = 6;
+function placeGroupTitles(cy, lines) {
+  cy.nodes().forEach((n) => {
+    if (!n.isParent() || !n.data("label")) return;
+    const box = titleBox(n);
+    const body = n.boundingBox({ includeLabels: false, includeOverlays: false, includeUnderlays: false });
+    if (box.w === 0) return;
+    const through = (dx) => {
+      const moved = { x1: box.x1 + dx - 2, x2: box.x2 + dx + 2, y1: box.y1 - 2, y2: box.y2 + 2 };
+      const ids = new Set();
+      for (const sg of lines) {
+        if (ids.has(sg.id) || sg.x1 > moved.x2 || moved.x1 > sg.x2 || sg.y1 > moved.y2 || moved.y1 > sg.y2) continue;
+        if (segmentHitsBox(sg.p, sg.q, moved)) ids.add(sg.id);
+      }
+      return ids.size;
+    };
+    let best = { dx: 0, lines: through(0) };
+    // within the group's width (a title wider than its group stays centred)
+    const left = body.x1 - box.x1;
+    const right = body.x2 - box.x2;
+    for (let i = 1; best.lines && (i * TITLE_STEP <= right || -i * TITLE_STEP >= left); i += 1) {
+      for (const dx of [-i * TITLE_STEP, i * TITLE_STEP]) {
+        if (dx < left || dx > right) continue;
+        const lines = through(dx);
+        if (lines < best.lines) best = { dx, lines };
+        if (!best.lines) break;
+      }
+    }
+    if (best.dx) n.scratch("placed", true).style("text-margin-x", best.dx);
+  });
+}
+
 export function placeEdgeLabels(cy) {
   const overlaps = (a, b) => a.x1 < b.x2 + LABEL_GAP && b.x1 < a.x2 + LABEL_GAP &&
     a.y1 < b.y2 + LABEL_GAP && b.y1 < a.y2 + LABEL_GAP;
-  const fixed = [];
-  cy.nodes().forEach((n) => {
-    // A group's body holds its members and their edges: only its title is in
-    // the way. Without includeOverlays: false its box was the whole body (the
-    // overlay's), no place inside a group was ever clear, and a label there
-    // stayed mid-edge, on the title if the edge crossed it (the demo's
-    // "5432 allowed" over "namespace: shop-data").
-    fixed.push(n.isParent() ? n.boundingBox({ includeNodes: false, includeEdges: false,
-      includeLabels: true, includeOverlays: false, includeUnderlays: false })
-      : n.boundingBox({ includeLabels: true, includeOverlays: false }));
-  });
-  cy.edges().removeStyle("text-margin-x text-margin-y curve-style control-point-distances control-point-weights");
-  // Each other edge's segments with their boxes (a quick miss before the clip);
+  // Only the elements an earlier placement styled (scratch "placed"): removing
+  // a style from every edge restyled them all, new ones included.
+  cy.elements().filter((el) => el.scratch("placed"))
+    .removeStyle("text-margin-x text-margin-y curve-style control-point-distances control-point-weights")
+    .removeScratch("placed");
+  // Each edge's segments with their boxes (a quick miss before the clip);
   // none beyond LINE_AVOID_MAX edges, where it would cost more than it shows.
   const segments = [];
   const addSegments = (e) => {
@@ -594,6 +627,17 @@ export function placeEdgeLabels(cy) {
     }
   };
   if (cy.edges().length <= LINE_AVOID_MAX) cy.edges().forEach(addSegments);
+  placeGroupTitles(cy, segments);
+  const titles = cy.nodes().filter((n) => n.isParent() && n.data("label")).map(titleBox);
+  const fixed = [];
+  cy.nodes().forEach((n) => {
+    // A group's body holds its members and their edges: only its title is in
+    // the way. Without includeOverlays: false its box was the whole body (the
+    // overlay's), no place inside a group was ever clear, and a label there
+    // stayed mid-edge, on the title if the edge crossed it (the demo's
+    // "5432 allowed" over "namespace: shop-data").
+    fixed.push(n.isParent() ? titleBox(n) : n.boundingBox({ includeLabels: true, includeOverlays: false }));
+  });
   // How many other edges' lines run through a box.
   const crossings = (id, box) => {
     const through = new Set();
@@ -657,7 +701,7 @@ export function placeEdgeLabels(cy) {
   }
   cy.batch(() => {
     for (const { job, best } of chosen) {
-      if (best && (best.dx || best.dy)) job.e.style({ "text-margin-x": best.dx, "text-margin-y": best.dy });
+      if (best && (best.dx || best.dy)) job.e.scratch("placed", true).style({ "text-margin-x": best.dx, "text-margin-y": best.dy });
     }
   });
   if (!segments.length) return;
@@ -678,12 +722,13 @@ export function placeEdgeLabels(cy) {
     if (entry.tried || tries >= BEND_MAX || e.controlPoints() || e.segmentPoints()) return false;
     entry.tried = true;
     tries += 1;
+    e.scratch("placed", true);
     const ends = [e.source().id(), e.target().id()];
     for (const d of BENDS) {
       e.style({ "curve-style": "unbundled-bezier", "control-point-distances": d,
         "control-point-weights": 0.5, "text-margin-x": 0, "text-margin-y": 0 });
       const pts = edgePath(e);
-      if (placed.some((o, i) => i !== index && pathHits(pts, o)) ||
+      if (placed.some((o, i) => i !== index && pathHits(pts, o)) || titles.some((t) => pathHits(pts, t)) ||
           nodeBoxes.some((n) => !ends.includes(n.id) && pathHits(pts, n.box))) continue;
       // the label at the curve's middle, or slid along the curve
       const box = e.boundingBox({ includeNodes: false, includeEdges: false, includeLabels: true });
@@ -721,6 +766,14 @@ export function placeEdgeLabels(cy) {
       if (sg.id === entry.job.e.id() || !other || !segmentHitsBox(sg.p, sg.q, margin(placed[entry.index]))) continue;
       bend(other);
       if (!crossings(entry.job.e.id(), margin(placed[entry.index]))) break;
+    }
+  }
+  // A group title that no place along its group spares: the labelled edges
+  // whose lines run through it bend, where a bend is clear.
+  for (const t of titles) {
+    for (const sg of [...segments]) {
+      const entry = byEdge.get(sg.id);
+      if (entry && segmentHitsBox(sg.p, sg.q, margin(t))) bend(entry);
     }
   }
 }
@@ -801,13 +854,12 @@ export async function renderRadar(main, _args, link) {
   clear(main).append(h("section", { class: "radar" }, toolbar, statusBar,
     h("div", { class: "radar-body" }, graphBox, legend(), empty, note, focusText, panel)));
 
-  const cy = cytoscape({
-    container: graphBox, style: STYLE, elements: [], layout: { name: "preset" },
-    minZoom: 0.02, maxZoom: 3, textureOnViewport: true, hideEdgesOnViewport: false,
-  });
-  radar.cy = cy;
+  // Cytoscape is set up once the first answer is read, with its elements at
+  // their places (create()): set up before, its empty graph was styled, laid
+  // out and drawn once for nothing, and the elements added after were styled again.
+  let cy = null;
+  radar.cy = null;
   radar.ready = false;
-  if (!performance.getEntriesByName("cnnf:cytoscape").length) performance.mark("cnnf:cytoscape");
   let etag = null;
   let lastQuery = "";
   let lastKey = "";
@@ -817,20 +869,31 @@ export async function renderRadar(main, _args, link) {
   let lastChange = "";
   let firstData = true;
 
-  cy.on("tap", "edge", (e) => { focused = e.target; showEdge(e.target.data()); });
-  cy.on("tap", "node", (e) => { focused = e.target; anchor = e.target; showNode(e.target); });
-  // Deferred: the handler must not remove the element its event is still on.
-  cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => {
-    const id = e.target.id();
-    setTimeout(() => toggleGroup(id), 0);
-  });
-  cy.on("tap", (e) => { if (e.target === cy) closePanel(); });
+  function create(elements, viewport) {
+    cy = cytoscape({
+      container: graphBox, style: STYLE, elements, layout: { name: "preset", fit: false },
+      ...viewport, minZoom: 0.02, maxZoom: 3, textureOnViewport: true, hideEdgesOnViewport: false,
+    });
+    radar.cy = cy;
+    if (!performance.getEntriesByName("cnnf:cytoscape").length) performance.mark("cnnf:cytoscape");
+    cy.on("tap", "edge", (e) => { focused = e.target; showEdge(e.target.data()); });
+    cy.on("tap", "node", (e) => { focused = e.target; anchor = e.target; showNode(e.target); });
+    // Deferred: the handler must not remove the element its event is still on.
+    cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => {
+      const id = e.target.id();
+      setTimeout(() => toggleGroup(id), 0);
+    });
+    cy.on("tap", (e) => { if (e.target === cy) closePanel(); });
+    // Hover: a node's edges and neighbours stand out.
+    cy.on("mouseover", "node", (e) => highlight(e.target));
+    cy.on("mouseout", "node", () => highlight(null));
+    cy.on("zoom", debounce(quietLabels, 150));
+    cy.on("dragfree", "node", placeLabels);
+  }
 
-  // Hover: a node's edges and neighbours stand out.
-  cy.on("mouseover", "node", (e) => highlight(e.target));
-  cy.on("mouseout", "node", () => highlight(null));
   graphBox.addEventListener("mouseleave", () => highlight(null));
   function highlight(node) {
+    if (!cy) return;
     cy.batch(() => {
       cy.elements(".hl").removeClass("hl");
       cy.elements(".faded").removeClass("faded");
@@ -869,6 +932,7 @@ export async function renderRadar(main, _args, link) {
     graphBox.dataset.focused = el.id();
   }
   graphBox.addEventListener("keydown", (ev) => {
+    if (!cy) return;
     const nodes = cy.nodes().filter((n) => n.data("kind") !== "group").sort(byPlace);
     if (!nodes.length) return;
     const from = focused && focused.inside() ? focused : null;
@@ -905,7 +969,6 @@ export async function renderRadar(main, _args, link) {
     if (quiet && edges.some((e) => !e.hasClass("quiet"))) edges.addClass("quiet");
     else if (!quiet && edges.some((e) => e.hasClass("quiet"))) edges.removeClass("quiet");
   }
-  cy.on("zoom", debounce(quietLabels, 150));
   // Labels are placed again only when a label or a node's place changed (a poll
   // that brings the same picture, a node dropped where it was, costs nothing).
   let placedFor = "";
@@ -917,7 +980,6 @@ export async function renderRadar(main, _args, link) {
     placedFor = key;
     placeEdgeLabels(cy);
   }
-  cy.on("dragfree", "node", placeLabels);
 
   function toggleGroup(id) {
     if (state.collapsed.has(id)) state.collapsed.delete(id);
@@ -929,7 +991,7 @@ export async function renderRadar(main, _args, link) {
     const t0 = performance.now();
     const elements = visibleElements(data);
     const ids = new Set(elements.map((el) => el.data.id));
-    const same = cy.elements().length === ids.size && cy.elements().every((el) => ids.has(el.id()));
+    const same = cy !== null && cy.elements().length === ids.size && cy.elements().every((el) => ids.has(el.id()));
     let added = 0;
     const layout = !same || relayout;
     const small = layout && isSmall(elements);
@@ -941,26 +1003,41 @@ export async function renderRadar(main, _args, link) {
         if (positions.has(el.data.id)) el.position = positions.get(el.data.id);
       }
     }
+    const mark = (name) => { if (!radar.ready) performance.mark(`cnnf:${name}`); };
+    mark("radar-layout");
     if (layout && countEdges(elements) > QUIET_EDGES) {
       for (const el of elements) if (el.group === "edges") el.classes = "quiet big";
     }
-    cy.batch(() => {
-      if (!layout) {
-        for (const el of elements) cy.getElementById(el.data.id).data(el.data);
-      } else {
-        const before = new Set(cy.elements().map((el) => el.id()));
-        cy.elements().remove();
-        cy.add(elements);
-        placedFor = ""; // new elements: no label placed yet
-        added = elements.filter((el) => !before.has(el.data.id)).length;
-      }
-    });
+    if (!cy) {
+      // The first picture: set up with its elements in place and the view on
+      // the placed nodes; a small graph is fitted to its labels too once they
+      // are placed (their boxes are measured then, once).
+      create(elements, { zoom: 1, pan: { x: 0, y: 0 } });
+      fitToNodes(cy, elements);
+      placedFor = "";
+      added = elements.length;
+    } else {
+      cy.batch(() => {
+        if (!layout) {
+          for (const el of elements) cy.getElementById(el.data.id).data(el.data);
+        } else {
+          const before = new Set(cy.elements().map((el) => el.id()));
+          cy.elements().remove();
+          cy.add(elements);
+          placedFor = ""; // new elements: no label placed yet
+          added = elements.filter((el) => !before.has(el.data.id)).length;
+        }
+      });
+      cy.resize(); // the container may have moved: refresh the cached geometry for clicks
+      if (layout && !small) fitToNodes(cy, elements);
+    }
     const t1 = performance.now();
-    cy.resize(); // the container may have moved: refresh the cached geometry for clicks
-    if (small) cy.fit(undefined, 30);
-    else if (layout) fitToNodes(cy, elements);
+    mark("radar-added");
     quietLabels();
     placeLabels();
+    mark("radar-labels");
+    // after the labels: their boxes are measured by then, and placed
+    if (small) cy.fit(undefined, 30);
     const t2 = performance.now();
     radar.timing.buildMs = Math.round(t1 - t0);
     radar.timing.layoutMs = Math.round(t2 - t1);
@@ -1081,6 +1158,7 @@ export async function renderRadar(main, _args, link) {
 
   function refit(open) {
     document.body.classList.toggle("panel-open", open);
+    if (!cy) return;
     cy.resize();
     if (cy.edges().length <= SMALL_MAX_EDGES) cy.fit(undefined, 30);
     else if (focused && focused.inside()) cy.center(focused);
@@ -1478,7 +1556,7 @@ export async function renderRadar(main, _args, link) {
     clearTimeout(timer);
     document.removeEventListener("keydown", onEscape);
     document.body.classList.remove("panel-open");
-    cy.destroy();
+    if (cy) cy.destroy();
     radar.cy = null;
     radar.ready = false;
   };
