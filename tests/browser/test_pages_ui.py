@@ -325,6 +325,12 @@ def test_assets_arrive_compressed_and_cacheable(page: Any, console: RadarConsole
     assert answers["/"]["cache-control"] == "no-cache"
     first_ms = page.evaluate("window.cnnfRadar.timing.firstRenderMs")
     print(f"demo Radar first render: {first_ms} ms")
+    # A reload revalidates the page by its ETag: 304, nothing sent again.
+    statuses: dict[str, int] = {}
+    page.on("response", lambda r: statuses.__setitem__(urlsplit(r.url).path, r.status))
+    page.reload()
+    wait_radar(page)
+    assert statuses["/"] == 304
 
 
 PAGES = ["#/radar", "#/rules/container", "#/rules/host", "#/objects", "#/audits",
