@@ -870,8 +870,10 @@ export async function renderRadar(main, _args, link) {
   let firstData = true;
 
   function create(elements, viewport) {
+    // The elements come with their positions: the preset layout Cytoscape
+    // runs at set-up moves nothing (positions: none) and fits nothing.
     cy = cytoscape({
-      container: graphBox, style: STYLE, elements, layout: { name: "preset", fit: false },
+      container: graphBox, style: STYLE, elements, layout: { name: "preset", fit: false, positions: () => null },
       ...viewport, minZoom: 0.02, maxZoom: 3, textureOnViewport: true, hideEdgesOnViewport: false,
     });
     radar.cy = cy;
