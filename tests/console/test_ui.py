@@ -16,7 +16,15 @@ import pytest
 from consoletest import ApiClient, Console
 from fastapi import FastAPI
 
-from cnnf.console.ui import ASSET_CACHE, STATIC, accepted_encodings, add_docs, manifest, mount_ui
+from cnnf.console.ui import (
+    ASSET_CACHE,
+    STATIC,
+    accepted_encodings,
+    add_docs,
+    manifest,
+    mount_ui,
+    tag_matches,
+)
 
 SCRIPT = b"window.cnnfBuilt = true; /* " + b"x" * 2000 + b" */"
 
@@ -65,6 +73,18 @@ def test_the_page_is_revalidated_on_every_load(built: ApiClient) -> None:
         assert again.headers["etag"] == tag and again.headers["cache-control"] == "no-cache"
         other = built.get(path, headers={"If-None-Match": '"another-build"'})
         assert other.status_code == 200 and "<title>built</title>" in other.text
+        # a list naming it, a weak form of it, or "*": 304 too
+        for header in (f'"another-build", {tag}', f"W/{tag}", "*"):
+            assert built.get(path, headers={"If-None-Match": header}).status_code == 304
+        # a tag that only contains it is another tag
+        assert built.get(path, headers={"If-None-Match": f'"x{tag}"'}).status_code == 200
+
+
+def test_if_none_match_parsing() -> None:
+    assert tag_matches('"a"', '"a"') and tag_matches('W/"a"', '"a"')
+    assert tag_matches('"b", "a"', '"a"') and tag_matches("*", '"a"')
+    assert not tag_matches('"ab"', '"a"') and not tag_matches("", '"a"')
+    assert not tag_matches('"b", W/"c"', '"a"')
 
 
 def test_a_new_build_has_another_page_tag(tmp_path: Path) -> None:
