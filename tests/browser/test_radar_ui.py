@@ -113,8 +113,16 @@ def test_a_reload_shows_who_is_signed_in_before_radar_or_auth_me_answer(
     page.wait_for_function("document.querySelector('#who').textContent !== ''",
                            timeout=5000)
     assert page.text_content("#who") == "ops (auditor)"
+    # remembered, not yet confirmed: marked so
+    assert page.get_attribute("#who", "aria-busy") == "true"
+    assert "unconfirmed" in (page.get_attribute("#who", "class") or "")
     assert page.evaluate("window.cnnfRadar.ready") is False  # Radar not drawn yet
     assert page.evaluate("window.cnnfRadar.renders") == 0
+    # the graph is busy while its data is held, and says so to the keyboard
+    assert page.get_attribute("#graph", "aria-busy") == "true"
+    page.focus("#graph")
+    page.keyboard.press("ArrowRight")
+    assert (page.text_content("#radar-focus") or "").startswith("Radar is loading")
     page.unroute("**/api/v1/radar*")
     page.unroute("**/api/v1/auth/me")
     for route in held:
@@ -122,6 +130,17 @@ def test_a_reload_shows_who_is_signed_in_before_radar_or_auth_me_answer(
     wait_radar(page)
     page.wait_for_load_state("networkidle")
     assert page.text_content("#who") == "ops (auditor)"
+    assert page.get_attribute("#who", "aria-busy") is None
+    assert page.get_attribute("#graph", "aria-busy") is None
+    # An admin changes the role: the next reload shows the remembered role
+    # (marked unconfirmed), then the one /auth/me gives.
+    with console.client() as api:
+        api.patch("/api/v1/users/ops", json={"role": "operator"}).raise_for_status()
+    page.reload()
+    wait_radar(page)
+    page.wait_for_function(
+        "document.querySelector('#who').textContent === 'ops (operator)'", timeout=5000)
+    assert page.get_attribute("#who", "aria-busy") is None
     # Signed out: no name left for the next reload of this tab.
     page.click("#logout")
     page.wait_for_selector("form#login")

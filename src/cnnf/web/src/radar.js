@@ -581,11 +581,13 @@ function placeGroupTitles(cy, lines) {
     const box = titleBox(n);
     const body = n.boundingBox({ includeLabels: false, includeOverlays: false, includeUnderlays: false });
     if (box.w === 0) return;
+    // only the segments that reach the title's height, once per group
+    const near = lines.filter((sg) => sg.y1 <= box.y2 + 2 && sg.y2 >= box.y1 - 2);
     const through = (dx) => {
       const moved = { x1: box.x1 + dx - 2, x2: box.x2 + dx + 2, y1: box.y1 - 2, y2: box.y2 + 2 };
       const ids = new Set();
-      for (const sg of lines) {
-        if (ids.has(sg.id) || sg.x1 > moved.x2 || moved.x1 > sg.x2 || sg.y1 > moved.y2 || moved.y1 > sg.y2) continue;
+      for (const sg of near) {
+        if (ids.has(sg.id) || sg.x1 > moved.x2 || moved.x1 > sg.x2) continue;
         if (segmentHitsBox(sg.p, sg.q, moved)) ids.add(sg.id);
       }
       return ids.size;
@@ -820,8 +822,9 @@ export async function renderRadar(main, _args, link) {
   applyLink(link);
   let first = firstRequest();
   const help = "Radar graph. Left and right arrows move between nodes, up and down between the edges of the node; Enter opens the details, Escape closes them.";
+  // busy until the first picture is drawn (Cytoscape is set up with it)
   const graphBox = h("div", { id: "graph", class: "graph", tabindex: 0, role: "application",
-    "aria-roledescription": "network graph", "aria-label": help });
+    "aria-roledescription": "network graph", "aria-label": help, "aria-busy": "true" });
   const panel = h("aside", { id: "panel", class: "panel", hidden: true, "aria-label": "Details" });
   const empty = h("p", { id: "radar-empty", class: "radar-empty", hidden: true, role: "status" });
   const note = h("p", { id: "enforcement-note", class: "radar-note", hidden: true, role: "note" });
@@ -872,6 +875,7 @@ export async function renderRadar(main, _args, link) {
   function create(elements, viewport) {
     // The elements come with their positions: the preset layout Cytoscape
     // runs at set-up moves nothing (positions: none) and fits nothing.
+    graphBox.removeAttribute("aria-busy");
     cy = cytoscape({
       container: graphBox, style: STYLE, elements, layout: { name: "preset", fit: false, positions: () => null },
       ...viewport, minZoom: 0.02, maxZoom: 3, textureOnViewport: true, hideEdgesOnViewport: false,
@@ -934,7 +938,13 @@ export async function renderRadar(main, _args, link) {
     graphBox.dataset.focused = el.id();
   }
   graphBox.addEventListener("keydown", (ev) => {
-    if (!cy) return;
+    if (!cy) {
+      if (ev.key.startsWith("Arrow") || ev.key === "Enter") {
+        focusText.textContent = `Radar is loading: ${live.textContent.replace(/^● /, "")}`;
+        ev.preventDefault();
+      }
+      return;
+    }
     const nodes = cy.nodes().filter((n) => n.data("kind") !== "group").sort(byPlace);
     if (!nodes.length) return;
     const from = focused && focused.inside() ? focused : null;
@@ -1236,7 +1246,7 @@ export async function renderRadar(main, _args, link) {
         : p.unenforced >= p.count ? "seen, not enforced" : `seen (${p.unenforced} not enforced)`),
       h("td", { class: "num" }, p.observed ? p.count : "–"),
       h("td", {}, ruleLink(p.ruleId)),
-      h("td", { class: "small nowrap" }, p.observed ? `${fmtTime(p.firstSeen).slice(5)} – ${fmtTime(p.lastSeen).slice(5)}` : "")));
+      h("td", { class: "small" }, p.observed ? `${fmtTime(p.firstSeen)} – ${fmtTime(p.lastSeen)}` : "")));
     // What the flows recorded, under the policy of their time.
     const history = e.ports.flatMap((p) => (p.history || []).map((x) => ({ port: p.port, ...x })))
       .sort((a, b) => (b.lastSeen || 0) - (a.lastSeen || 0));
@@ -1249,7 +1259,7 @@ export async function renderRadar(main, _args, link) {
         x.unenforced ? h("span", { class: "muted small" }, x.unenforced >= x.count ? " not enforced" : ` (${x.unenforced} not enforced)`) : null),
       h("td", { class: "num" }, x.count),
       h("td", {}, ruleLink(x.ruleId, x.ruleName)),
-      h("td", { class: "small nowrap" }, `${fmtTime(x.firstSeen).slice(5)} – ${fmtTime(x.lastSeen).slice(5)}`)));
+      h("td", { class: "small" }, `${fmtTime(x.firstSeen)} – ${fmtTime(x.lastSeen)}`)));
     const src = cy.getElementById(e.source);
     const dst = cy.getElementById(e.target);
     // An edge is connections: its audits are the container and host ones (overload
