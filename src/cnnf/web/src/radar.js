@@ -573,9 +573,14 @@ const titleBox = (n) => n.boundingBox({ includeNodes: false, includeEdges: false
 // Each group's title slides along the top of its group to the place the
 // fewest edge lines run through, nearest its middle: centred, a line between
 // the bands crossed it (the demo's lines into "namespace: shop-data" ran
-// through the title). `lines` are the edges' segments.
+// through the title). `lines` are the edges' segments. Returns each title's
+// box where it now is (computed here: Cytoscape's cached box of a parent's
+// label can lag a text-margin change).
 const TITLE_STEP = 6;
 function placeGroupTitles(cy, lines) {
+  const boxes = new Map();
+  const nodeBoxes = cy.nodes().filter((n) => !n.isParent())
+    .map((n) => n.boundingBox({ includeLabels: true, includeOverlays: false }));
   cy.nodes().forEach((n) => {
     if (!n.isParent() || !n.data("label")) return;
     const box = titleBox(n);
@@ -585,6 +590,7 @@ function placeGroupTitles(cy, lines) {
     const near = lines.filter((sg) => sg.y1 <= box.y2 + 2 && sg.y2 >= box.y1 - 2);
     const through = (dx) => {
       const moved = { x1: box.x1 + dx - 2, x2: box.x2 + dx + 2, y1: box.y1 - 2, y2: box.y2 + 2 };
+      if (nodeBoxes.some((b) => b.x1 < moved.x2 && moved.x1 < b.x2 && b.y1 < moved.y2 && moved.y1 < b.y2)) return Infinity;
       const ids = new Set();
       for (const sg of near) {
         if (ids.has(sg.id) || sg.x1 > moved.x2 || moved.x1 > sg.x2) continue;
@@ -593,9 +599,10 @@ function placeGroupTitles(cy, lines) {
       return ids.size;
     };
     let best = { dx: 0, lines: through(0) };
-    // within the group's width (a title wider than its group stays centred)
-    const left = body.x1 - box.x1;
-    const right = body.x2 - box.x2;
+    // at least half of it over the group's box: it may overhang a corner (the
+    // demo's lines into "shop-data" left no place inside its width clear)
+    const left = body.x1 - box.x1 - box.w / 2;
+    const right = body.x2 - box.x2 + box.w / 2;
     for (let i = 1; best.lines && (i * TITLE_STEP <= right || -i * TITLE_STEP >= left); i += 1) {
       for (const dx of [-i * TITLE_STEP, i * TITLE_STEP]) {
         if (dx < left || dx > right) continue;
@@ -605,7 +612,9 @@ function placeGroupTitles(cy, lines) {
       }
     }
     if (best.dx) n.scratch("placed", true).style("text-margin-x", best.dx);
+    boxes.set(n.id(), { x1: box.x1 + best.dx, x2: box.x2 + best.dx, y1: box.y1, y2: box.y2 });
   });
+  return boxes;
 }
 
 export function placeEdgeLabels(cy) {
@@ -629,8 +638,8 @@ export function placeEdgeLabels(cy) {
     }
   };
   if (cy.edges().length <= LINE_AVOID_MAX) cy.edges().forEach(addSegments);
-  placeGroupTitles(cy, segments);
-  const titles = cy.nodes().filter((n) => n.isParent() && n.data("label")).map(titleBox);
+  const titleBoxes = placeGroupTitles(cy, segments);
+  const titles = [...titleBoxes.values()];
   const fixed = [];
   cy.nodes().forEach((n) => {
     // A group's body holds its members and their edges: only its title is in
@@ -638,7 +647,8 @@ export function placeEdgeLabels(cy) {
     // overlay's), no place inside a group was ever clear, and a label there
     // stayed mid-edge, on the title if the edge crossed it (the demo's
     // "5432 allowed" over "namespace: shop-data").
-    fixed.push(n.isParent() ? titleBox(n) : n.boundingBox({ includeLabels: true, includeOverlays: false }));
+    if (n.isParent()) { if (titleBoxes.has(n.id())) fixed.push(titleBoxes.get(n.id())); return; }
+    fixed.push(n.boundingBox({ includeLabels: true, includeOverlays: false }));
   });
   // How many other edges' lines run through a box.
   const crossings = (id, box) => {
