@@ -144,6 +144,10 @@ def test_the_shop_is_drawn_with_no_label_covered_or_crossed(
                                                 "namespace: monitoring"}
     # the shop has no cycle: every edge runs left to right
     assert g["backwards"] == []
+    # each node where the layout put it (Cytoscape's set-up layout moved none)
+    places = page.evaluate("""() => window.cnnfRadar.cy.nodes().filter(n => !n.isParent())
+      .map(n => [Math.round(n.position('x')), Math.round(n.position('y'))].join(','))""")
+    assert len(set(places)) == len(places) > 5
 
 
 def test_long_observe_mode_labels_are_placed_clear_too(page: Any,
