@@ -144,7 +144,8 @@ def test_the_shop_is_drawn_with_no_label_covered_or_crossed(
                                                 "namespace: monitoring"}
     # the shop has no cycle: every edge runs left to right
     assert g["backwards"] == []
-    # each node where the layout put it (Cytoscape's set-up layout moved none)
+    # each node at a place of its own, sources left of their destinations (the
+    # layout's; Cytoscape's set-up layout, told to move none, put none at one place)
     places = page.evaluate("""() => window.cnnfRadar.cy.nodes().filter(n => !n.isParent())
       .map(n => [Math.round(n.position('x')), Math.round(n.position('y'))].join(','))""")
     assert len(set(places)) == len(places) > 5
