@@ -577,6 +577,7 @@ const titleBox = (n) => n.boundingBox({ includeNodes: false, includeEdges: false
 // box where it now is (computed here: Cytoscape's cached box of a parent's
 // label can lag a text-margin change).
 const TITLE_STEP = 6;
+const TITLE_BESIDE = 6; // gap between a title beside its group and the group's corner
 function placeGroupTitles(cy, lines) {
   const boxes = new Map();
   const nodeBoxes = cy.nodes().filter((n) => !n.isParent())
@@ -610,6 +611,14 @@ function placeGroupTitles(cy, lines) {
         if (lines < best.lines) best = { dx, lines };
         if (!best.lines) break;
       }
+    }
+    // Last, beside its top corners, left then right (the kube picture's
+    // one-node "payments": the lines into its node and out of it leave less
+    // than a title's width clear above it).
+    for (const dx of [body.x1 - TITLE_BESIDE - box.x2, body.x2 + TITLE_BESIDE - box.x1]) {
+      if (!best.lines) break;
+      const lines = through(dx);
+      if (lines < best.lines) best = { dx, lines };
     }
     if (best.dx) n.scratch("placed", true).style("text-margin-x", best.dx);
     boxes.set(n.id(), { x1: box.x1 + best.dx, x2: box.x2 + best.dx, y1: box.y1, y2: box.y2 });
