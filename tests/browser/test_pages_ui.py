@@ -325,12 +325,10 @@ def test_assets_arrive_compressed_and_cacheable(page: Any, console: RadarConsole
     assert answers["/"]["cache-control"] == "no-cache"
     first_ms = page.evaluate("window.cnnfRadar.timing.firstRenderMs")
     print(f"demo Radar first render: {first_ms} ms")
-    # A reload revalidates the page by its ETag: 304, nothing sent again.
-    statuses: dict[str, int] = {}
-    page.on("response", lambda r: statuses.__setitem__(urlsplit(r.url).path, r.status))
-    page.reload()
-    wait_radar(page)
-    assert statuses["/"] == 304
+    # The page's ETag (a reload is answered 304 to If-None-Match) is checked over
+    # HTTP in tests/console/test_ui.py; Chromium reports a revalidated navigation
+    # to Playwright as the cached 200, so it is not asserted here.
+    assert answers["/"].get("etag")
 
 
 PAGES = ["#/radar", "#/rules/container", "#/rules/host", "#/objects", "#/audits",
