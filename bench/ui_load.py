@@ -185,9 +185,10 @@ def main() -> None:
           "it); target for the demo: < 1000 ms")
     print("in the page: ms from navigation start to the UI's performance marks: the /radar "
           "request sent (radar-request), its answer's headers in (radar-answer, taken when "
-          "the page's thread is free), the bundle run (script), Cytoscape set up (cytoscape), "
-          "the answer read (radar-data), the graph drawn (radar-drawn) and painted "
-          "(radar-painted)")
+          "the page's thread is free), the bundle run (script), the answer read "
+          "(radar-data), the layout computed (radar-layout), Cytoscape set up with the "
+          "elements (cytoscape, radar-added), the labels measured and placed "
+          "(radar-labels), the graph drawn (radar-drawn) and painted (radar-painted)")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,65 @@ def test_signing_out_then_in_as_another_user_never_shows_the_first(
     assert page.text_content("#who") == "ops (auditor)"
 
 
+def test_a_reload_shows_who_is_signed_in_before_radar_or_auth_me_answer(
+        page: Any, console: RadarConsole) -> None:
+    with console.client() as api:
+        api.post("/api/v1/users", json={"name": "ops", "role": "auditor",
+                                        "password": "a-long-enough-password"}).raise_for_status()
+    sign_in(page, console, credentials=("ops", "a-long-enough-password"))
+    wait_radar(page)
+    page.wait_for_load_state("networkidle")
+    # Hold Radar's data and who-am-I: the name must come from the tab's own
+    # memory of the sign-in, before either answers.
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:  # a bound builtin (held.append) is refused by Playwright
+        held.append(route)
+
+    page.route("**/api/v1/radar*", hold)
+    page.route("**/api/v1/auth/me", hold)
+    page.reload()
+    page.wait_for_selector("#top:not([hidden])")
+    page.wait_for_function("document.querySelector('#who').textContent !== ''",
+                           timeout=5000)
+    assert page.text_content("#who") == "ops (auditor)"
+    # remembered, not yet confirmed: marked so
+    assert page.get_attribute("#who", "aria-busy") == "true"
+    assert "unconfirmed" in (page.get_attribute("#who", "class") or "")
+    assert page.evaluate("window.cnnfRadar.ready") is False  # Radar not drawn yet
+    assert page.evaluate("window.cnnfRadar.renders") == 0
+    # the graph is busy while its data is held, and says so to the keyboard
+    assert page.get_attribute("#graph", "aria-busy") == "true"
+    page.focus("#graph")
+    page.keyboard.press("ArrowRight")
+    assert (page.text_content("#radar-focus") or "").startswith("Radar is loading")
+    for route in held:  # released before the handlers go (unroute lets held routes go on)
+        route.continue_()
+    page.unroute("**/api/v1/radar*")
+    page.unroute("**/api/v1/auth/me")
+    wait_radar(page)
+    page.wait_for_load_state("networkidle")
+    assert page.text_content("#who") == "ops (auditor)"
+    assert page.get_attribute("#who", "aria-busy") is None
+    assert page.get_attribute("#graph", "aria-busy") is None
+    # An admin changes the role: the next reload shows the remembered role
+    # (marked unconfirmed), then the one /auth/me gives.
+    with console.client() as api:
+        api.patch("/api/v1/users/ops", json={"role": "operator"}).raise_for_status()
+    page.reload()
+    wait_radar(page)
+    page.wait_for_function(
+        "document.querySelector('#who').textContent === 'ops (operator)'", timeout=5000)
+    assert page.get_attribute("#who", "aria-busy") is None
+    # Signed out: no name left for the next reload of this tab.
+    page.click("#logout")
+    page.wait_for_selector("form#login")
+    page.reload()
+    page.wait_for_selector("form#login")
+    assert page.text_content("#who") == ""
+    assert page.evaluate("sessionStorage.getItem('cnnf.who')") is None
+
+
 def test_container_view_nodes_edges_line_styles_and_port_colours(page: Any,
                                                                  console: RadarConsole) -> None:
     sign_in(page, console)

@@ -16,7 +16,15 @@ import pytest
 from consoletest import ApiClient, Console
 from fastapi import FastAPI
 
-from cnnf.console.ui import ASSET_CACHE, STATIC, accepted_encodings, add_docs, manifest, mount_ui
+from cnnf.console.ui import (
+    ASSET_CACHE,
+    STATIC,
+    accepted_encodings,
+    add_docs,
+    manifest,
+    mount_ui,
+    tag_matches,
+)
 
 SCRIPT = b"window.cnnfBuilt = true; /* " + b"x" * 2000 + b" */"
 
@@ -58,6 +66,41 @@ def test_the_page_is_revalidated_on_every_load(built: ApiClient) -> None:
         assert page.status_code == 200 and "<title>built</title>" in page.text
         assert page.headers["cache-control"] == "no-cache"
         assert page.headers["content-type"] == "text/html; charset=utf-8"
+        # a reload with the page's tag: 304, no body; another tag: the page
+        tag = page.headers["etag"]
+        again = built.get(path, headers={"If-None-Match": tag})
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["etag"] == tag and again.headers["cache-control"] == "no-cache"
+        other = built.get(path, headers={"If-None-Match": '"another-build"'})
+        assert other.status_code == 200 and "<title>built</title>" in other.text
+        # a list naming it, a weak form of it, or "*": 304 too
+        for header in (f'"another-build", {tag}', f"W/{tag}", "*"):
+            assert built.get(path, headers={"If-None-Match": header}).status_code == 304
+        # a tag that only contains it is another tag
+        assert built.get(path, headers={"If-None-Match": f'"x{tag}"'}).status_code == 200
+
+
+def test_if_none_match_parsing() -> None:
+    assert tag_matches('"a"', '"a"') and tag_matches('W/"a"', '"a"')
+    assert tag_matches('"b", "a"', '"a"') and tag_matches("*", '"a"')
+    assert not tag_matches('"ab"', '"a"') and not tag_matches("", '"a"')
+    assert not tag_matches('"b", W/"c"', '"a"')
+
+
+def test_a_new_build_has_another_page_tag(tmp_path: Path) -> None:
+    tags = []
+    for title in ("one", "two"):
+        static = tmp_path / title
+        (static / "assets").mkdir(parents=True)
+        (static / "index.html").write_text(f"<title>{title}</title>")
+        app = FastAPI(docs_url=None, redoc_url=None)
+        mount_ui(app, static)
+        client = ApiClient(app)
+        try:
+            tags.append(client.get("/").headers["etag"])
+        finally:
+            client.close()
+    assert tags[0] != tags[1]
 
 
 @pytest.mark.parametrize(("accept", "encoding"), [
@@ -128,13 +171,16 @@ def test_the_real_build_is_hashed_minified_and_precompressed() -> None:
     files = manifest(STATIC)
     if not files:
         pytest.fail("the web UI is not built: run scripts/bootstrap.sh")
-    assert set(files) == {"app.js", "boot.js", "style.css", "swagger-ui-bundle.js",
+    assert set(files) == {"app.js", "style.css", "swagger-ui-bundle.js",
                           "swagger-ui.css", "swagger-favicon.png"}
     page = (STATIC / "index.html").read_text()
     assert f'src="{files["app.js"]}"' in page and f'href="{files["style.css"]}"' in page
-    # the boot script runs from the head, before the bundle, which ends the body
-    assert page.index(f'src="{files["boot.js"]}"') < page.index("</head>") \
-        < page.index(f'src="{files["app.js"]}"')
+    # the boot script is in the page's head (no request of its own), minified,
+    # before the bundle, which ends the body
+    boot = re.search(r"<script>(.+?)</script>", page, re.S)
+    assert boot is not None and "cnnfBoot" in boot.group(1) and len(boot.group(1)) < 4000
+    assert boot.start() < page.index("</head>") < page.index(f'src="{files["app.js"]}"')
+    assert "boot" not in " ".join(p.name for p in (STATIC / "assets").iterdir())
     for logical, path in files.items():
         stem = Path(logical).stem
         assert re.fullmatch(rf"assets/{re.escape(stem)}-[A-Za-z0-9]{{8,16}}\.\w+", path), path
@@ -142,8 +188,7 @@ def test_the_real_build_is_hashed_minified_and_precompressed() -> None:
         assert asset.is_file(), path
         if not path.endswith(".png"):
             size = asset.stat().st_size
-            # the boot script (about 1.6 KB) compresses to about half
-            br, gz = ((3, 2) if size > 10_000 else (1.5, 1.2))
+            br, gz = 3, 2
             assert (STATIC / f"{path}.br").stat().st_size < size / br
             assert (STATIC / f"{path}.gz").stat().st_size < size / gz
     app = (STATIC / files["app.js"]).read_text()

@@ -5,9 +5,12 @@ at install time (``scripts/bootstrap.sh``); no bundle is committed. The build
 writes ``index.html``, content-hashed assets in ``static/assets/`` (each with a
 ``.gz`` and a ``.br`` beside it) and ``manifest.json`` (logical name -> hashed
 path). Assets are served for a year (their name changes with their content),
-compressed when the client accepts it; ``index.html`` is revalidated on every
-load so a new build is picked up at once. Without a build, ``/`` says how to make
-one instead of failing.
+compressed when the client accepts it, from memory (read once, when the UI is
+mounted: a file read per request went through the server's thread pool, which
+on a loaded machine held each of the first page's requests for tens of
+milliseconds); ``index.html`` is revalidated on every load (an ``ETag``: a
+reload gets 304) so a new build is picked up at once. Without a build, ``/``
+says how to make one instead of failing.
 
 ``/api/v1/docs`` is Swagger UI with its scripts and styles from the same build
 (the swagger-ui-dist package): the docs work with no network but the Console.
@@ -15,6 +18,7 @@ one instead of failing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 from pathlib import Path
@@ -24,7 +28,7 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import HTMLResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 STATIC = Path(__file__).with_name("static")
@@ -81,16 +85,43 @@ def _assets(static: Path) -> dict[str, Path]:
             if p.is_file() and not p.name.endswith((".gz", ".br"))}
 
 
+def tag_matches(header: str, tag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``tag`` (weak comparison, as
+    RFC 9110 has it for GET: ``W/`` ignored) or is ``*``."""
+    for item in header.split(","):
+        candidate = item.strip()
+        if candidate == "*":
+            return True
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == tag:
+            return True
+    return False
+
+
 def ui_app(static: Path) -> Starlette:
     """``/`` and ``/index.html`` (the page), ``/assets/NAME`` (hashed, compressed)."""
     assets = _assets(static)
     page = (static / "index.html").read_bytes()
+    page_tag = f'"{hashlib.sha256(page).hexdigest()[:32]}"'
+    # (file name, coding or "") -> bytes, read here, once (a few MB, Swagger
+    # UI's bundle the most): no file is read while serving. The handlers are
+    # coroutines: a plain function is run in the thread pool, the hop this avoids.
+    loaded: dict[tuple[str, str], bytes] = {}
+    for name, path in assets.items():
+        loaded[(name, "")] = path.read_bytes()
+        for coding, suffix in ENCODINGS:
+            packed = path.with_name(path.name + suffix)
+            if packed.is_file():
+                loaded[(name, coding)] = packed.read_bytes()
 
-    def index(_: Request) -> Response:
-        return Response(page, media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": PAGE_CACHE})
+    async def index(request: Request) -> Response:
+        headers = {"Cache-Control": PAGE_CACHE, "ETag": page_tag}
+        if tag_matches(request.headers.get("if-none-match", ""), page_tag):
+            return Response(status_code=304, headers=headers)
+        return Response(page, media_type="text/html; charset=utf-8", headers=headers)
 
-    def asset(request: Request) -> Response:
+    async def asset(request: Request) -> Response:
         path = assets.get(request.path_params["name"])
         if path is None:
             return PlainTextResponse("Not Found", status_code=404)
@@ -99,12 +130,12 @@ def ui_app(static: Path) -> Starlette:
             media_type += "; charset=utf-8"
         headers = {"Cache-Control": ASSET_CACHE, "Vary": "Accept-Encoding"}
         accepted = accepted_encodings(request.headers.get("accept-encoding", ""))
-        for coding, suffix in ENCODINGS:
-            packed = path.with_name(path.name + suffix)
-            if coding in accepted and packed.is_file():
-                return FileResponse(packed, media_type=media_type,
-                                    headers={**headers, "Content-Encoding": coding})
-        return FileResponse(path, media_type=media_type, headers=headers)
+        for coding, _ in ENCODINGS:
+            packed = loaded.get((path.name, coding)) if coding in accepted else None
+            if packed is not None:
+                return Response(packed, media_type=media_type,
+                                headers={**headers, "Content-Encoding": coding})
+        return Response(loaded[(path.name, "")], media_type=media_type, headers=headers)
 
     return Starlette(routes=[
         Route("/", index, methods=["GET", "HEAD"]),

@@ -1,8 +1,9 @@
 // Bundles the UI into the Console's static files (src/cnnf/console/static/).
 // Run by scripts/bootstrap.sh (npm ci && npm run build); no bundle is committed.
 //
-// static/index.html          the page (served with Cache-Control: no-cache)
-// static/assets/NAME-HASH.EXT the bundle, the boot script, the style sheet and Swagger UI's assets
+// static/index.html          the page (served with Cache-Control: no-cache), the
+//                             boot script in its head (no request of its own)
+// static/assets/NAME-HASH.EXT the bundle, the style sheet and Swagger UI's assets
 //                             (from the swagger-ui-dist package), named by their
 //                             content, each with .gz and .br beside it: served
 //                             compressed and cached for a year
@@ -58,13 +59,25 @@ const result = await build({
   legalComments: "linked",
   logLevel: "warning",
 });
+// The boot script goes into the page itself: as a file of its own it was one
+// more request in front of everything, parser-blocking in the head, answered
+// in 50-150 ms by a loaded Console before Radar's request could start.
+let boot = "";
 for (const [path, info] of Object.entries(result.metafile.outputs)) {
   const name = basename(path);
-  if (info.entryPoint) manifest[`${basename(info.entryPoint) === "boot.js" ? "boot" : "app"}.js`] = `assets/${name}`;
+  if (info.entryPoint && basename(info.entryPoint) === "boot.js") {
+    boot = readFileSync(join(assets, name), "utf8").replace(/\n\/\/# sourceMappingURL=\S+\s*$/, "\n").trim();
+    if (boot.includes("</")) throw new Error("boot.js: cannot be inlined (contains '</')");
+    rmSync(join(assets, name));
+    rmSync(join(assets, `${name}.map`), { force: true });
+    continue;
+  }
+  if (info.entryPoint) manifest["app.js"] = `assets/${name}`;
   if (name.endsWith(".js") || name.endsWith(".txt")) {
     compressed(join(assets, name), readFileSync(join(assets, name)));
   }
 }
+if (!boot) throw new Error("boot.js: not built");
 hashed("style.css", join(here, "src", "style.css"));
 
 // Swagger UI for /api/v1/docs, served by the Console itself (no CDN).
@@ -76,7 +89,7 @@ hashed("swagger-favicon.png", join(swagger, "favicon-32x32.png"));
 const page = readFileSync(join(here, "index.html"), "utf8")
   .replace('href="style.css"', `href="${manifest["style.css"]}"`)
   .replace('src="app.js"', `src="${manifest["app.js"]}"`)
-  .replace('src="boot.js"', `src="${manifest["boot.js"]}"`);
+  .replace('<script src="boot.js"></script>', () => `<script>${boot}</script>`);
 if (['"app.js"', '"style.css"', '"boot.js"'].some((ref) => page.includes(ref))) throw new Error("index.html: asset references not replaced");
 writeFileSync(join(out, "index.html"), page);
 writeFileSync(join(out, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);

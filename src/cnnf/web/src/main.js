@@ -11,7 +11,31 @@ performance.mark("cnnf:script"); // the bundle compiled and run up to here
 
 const main = document.getElementById("main");
 const top = document.getElementById("top");
+const who = document.getElementById("who");
 let cleanup = null;
+
+// Who is signed in, as last known in this tab (the sign-in's answer, then
+// /auth/me's): shown at once on a reload, before the first page is drawn;
+// /auth/me confirms it after that page (see the end of this file).
+// Until /auth/me has answered, the remembered name is marked as not confirmed
+// (muted, aria-busy, a title saying so): the session may have ended, or an
+// admin may have changed the role since.
+const WHO_KEY = "cnnf.who";
+function showWho(text, confirmed = true) {
+  who.textContent = text || "";
+  who.classList.toggle("unconfirmed", !confirmed && !!text);
+  if (!confirmed && text) {
+    who.setAttribute("aria-busy", "true");
+    who.title = "As signed in; being confirmed";
+  } else {
+    who.removeAttribute("aria-busy");
+    who.removeAttribute("title");
+  }
+  if (text) sessionStorage.setItem(WHO_KEY, text);
+  else sessionStorage.removeItem(WHO_KEY);
+}
+if (session.token) showWho(sessionStorage.getItem(WHO_KEY) || "", false);
+else sessionStorage.removeItem(WHO_KEY);
 
 const PAGES = {
   radar: renderRadar,
@@ -59,7 +83,7 @@ async function showPage() {
 
 function renderLogin(message) {
   top.hidden = true;
-  document.getElementById("who").textContent = ""; // nobody is signed in
+  showWho(""); // nobody is signed in
   document.body.dataset.page = "login";
   const error = h("p", { class: "error", role: "alert", id: "login-error" }, message || "");
   const form = h("form", { id: "login", class: "card login" },
@@ -79,7 +103,7 @@ function renderLogin(message) {
       session.token = result.token;
       sessionStorage.setItem("cnnf.role", result.role);
       // shown at once from the sign-in; /auth/me confirms it after the first page
-      document.getElementById("who").textContent = `${data.get("username")} (${result.role})`;
+      showWho(`${data.get("username")} (${result.role})`);
       show().finally(whoAmI).catch(() => {});
     } catch (err) {
       error.textContent = err instanceof ApiError ? err.message : String(err);
@@ -88,11 +112,17 @@ function renderLogin(message) {
   clear(main).append(form);
 }
 
-async function whoAmI() {
+// A 401 ends the session (api() shows the login, which clears the name); any
+// other failure is tried once more, then the name stays marked unconfirmed.
+async function whoAmI(retry = true) {
   try {
     const me = await api("GET", "/auth/me");
-    document.getElementById("who").textContent = `${me.name} (${me.role})`;
-  } catch { /* shown by the next page load */ }
+    if (session.token) showWho(`${me.name} (${me.role})`);
+  } catch (err) {
+    if (retry && session.token && !(err instanceof ApiError && err.status === 401)) {
+      setTimeout(() => whoAmI(false), 2000);
+    }
+  }
 }
 
 document.getElementById("logout").addEventListener("click", async () => {

@@ -566,22 +566,75 @@ export function segmentHitsBox(p, q, box) {
   return true;
 }
 
+// A group's title, as drawn: its label above the group's box.
+const titleBox = (n) => n.boundingBox({ includeNodes: false, includeEdges: false,
+  includeLabels: true, includeOverlays: false, includeUnderlays: false });
+
+// Each group's title slides along the top of its group to the place the
+// fewest edge lines run through, nearest its middle: centred, a line between
+// the bands crossed it (the demo's lines into "namespace: shop-data" ran
+// through the title). `lines` are the edges' segments. Returns each title's
+// box where it now is (computed here: Cytoscape's cached box of a parent's
+// label can lag a text-margin change).
+const TITLE_STEP = 6;
+const TITLE_BESIDE = 6; // gap between a title beside its group and the group's corner
+function placeGroupTitles(cy, lines) {
+  const boxes = new Map();
+  const nodeBoxes = cy.nodes().filter((n) => !n.isParent())
+    .map((n) => n.boundingBox({ includeLabels: true, includeOverlays: false }));
+  cy.nodes().forEach((n) => {
+    if (!n.isParent() || !n.data("label")) return;
+    const box = titleBox(n);
+    const body = n.boundingBox({ includeLabels: false, includeOverlays: false, includeUnderlays: false });
+    if (box.w === 0) return;
+    // only the segments that reach the title's height, once per group
+    const near = lines.filter((sg) => sg.y1 <= box.y2 + 2 && sg.y2 >= box.y1 - 2);
+    const through = (dx) => {
+      const moved = { x1: box.x1 + dx - 2, x2: box.x2 + dx + 2, y1: box.y1 - 2, y2: box.y2 + 2 };
+      if (nodeBoxes.some((b) => b.x1 < moved.x2 && moved.x1 < b.x2 && b.y1 < moved.y2 && moved.y1 < b.y2)) return Infinity;
+      const ids = new Set();
+      for (const sg of near) {
+        if (ids.has(sg.id) || sg.x1 > moved.x2 || moved.x1 > sg.x2) continue;
+        if (segmentHitsBox(sg.p, sg.q, moved)) ids.add(sg.id);
+      }
+      return ids.size;
+    };
+    let best = { dx: 0, lines: through(0) };
+    // at least half of it over the group's box: it may overhang a corner (the
+    // demo's lines into "shop-data" left no place inside its width clear)
+    const left = body.x1 - box.x1 - box.w / 2;
+    const right = body.x2 - box.x2 + box.w / 2;
+    for (let i = 1; best.lines && (i * TITLE_STEP <= right || -i * TITLE_STEP >= left); i += 1) {
+      for (const dx of [-i * TITLE_STEP, i * TITLE_STEP]) {
+        if (dx < left || dx > right) continue;
+        const lines = through(dx);
+        if (lines < best.lines) best = { dx, lines };
+        if (!best.lines) break;
+      }
+    }
+    // Last, beside its top corners, left then right (the kube picture's
+    // one-node "payments": the lines into its node and out of it leave less
+    // than a title's width clear above it).
+    for (const dx of [body.x1 - TITLE_BESIDE - box.x2, body.x2 + TITLE_BESIDE - box.x1]) {
+      if (!best.lines) break;
+      const lines = through(dx);
+      if (lines < best.lines) best = { dx, lines };
+    }
+    if (best.dx) n.scratch("placed", true).style("text-margin-x", best.dx);
+    boxes.set(n.id(), { x1: box.x1 + best.dx, x2: box.x2 + best.dx, y1: box.y1, y2: box.y2 });
+  });
+  return boxes;
+}
+
 export function placeEdgeLabels(cy) {
   const overlaps = (a, b) => a.x1 < b.x2 + LABEL_GAP && b.x1 < a.x2 + LABEL_GAP &&
     a.y1 < b.y2 + LABEL_GAP && b.y1 < a.y2 + LABEL_GAP;
-  const fixed = [];
-  cy.nodes().forEach((n) => {
-    // A group's body holds its members and their edges: only its title is in
-    // the way. Without includeOverlays: false its box was the whole body (the
-    // overlay's), no place inside a group was ever clear, and a label there
-    // stayed mid-edge, on the title if the edge crossed it (the demo's
-    // "5432 allowed" over "namespace: shop-data").
-    fixed.push(n.isParent() ? n.boundingBox({ includeNodes: false, includeEdges: false,
-      includeLabels: true, includeOverlays: false, includeUnderlays: false })
-      : n.boundingBox({ includeLabels: true, includeOverlays: false }));
-  });
-  cy.edges().removeStyle("text-margin-x text-margin-y curve-style control-point-distances control-point-weights");
-  // Each other edge's segments with their boxes (a quick miss before the clip);
+  // Only the elements an earlier placement styled (scratch "placed"): removing
+  // a style from every edge restyled them all, new ones included.
+  cy.elements().filter((el) => el.scratch("placed"))
+    .removeStyle("text-margin-x text-margin-y curve-style control-point-distances control-point-weights")
+    .removeScratch("placed");
+  // Each edge's segments with their boxes (a quick miss before the clip);
   // none beyond LINE_AVOID_MAX edges, where it would cost more than it shows.
   const segments = [];
   const addSegments = (e) => {
@@ -594,6 +647,18 @@ export function placeEdgeLabels(cy) {
     }
   };
   if (cy.edges().length <= LINE_AVOID_MAX) cy.edges().forEach(addSegments);
+  const titleBoxes = placeGroupTitles(cy, segments);
+  const titles = [...titleBoxes.values()];
+  const fixed = [];
+  cy.nodes().forEach((n) => {
+    // A group's body holds its members and their edges: only its title is in
+    // the way. Without includeOverlays: false its box was the whole body (the
+    // overlay's), no place inside a group was ever clear, and a label there
+    // stayed mid-edge, on the title if the edge crossed it (the demo's
+    // "5432 allowed" over "namespace: shop-data").
+    if (n.isParent()) { if (titleBoxes.has(n.id())) fixed.push(titleBoxes.get(n.id())); return; }
+    fixed.push(n.boundingBox({ includeLabels: true, includeOverlays: false }));
+  });
   // How many other edges' lines run through a box.
   const crossings = (id, box) => {
     const through = new Set();
@@ -657,7 +722,7 @@ export function placeEdgeLabels(cy) {
   }
   cy.batch(() => {
     for (const { job, best } of chosen) {
-      if (best && (best.dx || best.dy)) job.e.style({ "text-margin-x": best.dx, "text-margin-y": best.dy });
+      if (best && (best.dx || best.dy)) job.e.scratch("placed", true).style({ "text-margin-x": best.dx, "text-margin-y": best.dy });
     }
   });
   if (!segments.length) return;
@@ -678,12 +743,13 @@ export function placeEdgeLabels(cy) {
     if (entry.tried || tries >= BEND_MAX || e.controlPoints() || e.segmentPoints()) return false;
     entry.tried = true;
     tries += 1;
+    e.scratch("placed", true);
     const ends = [e.source().id(), e.target().id()];
     for (const d of BENDS) {
       e.style({ "curve-style": "unbundled-bezier", "control-point-distances": d,
         "control-point-weights": 0.5, "text-margin-x": 0, "text-margin-y": 0 });
       const pts = edgePath(e);
-      if (placed.some((o, i) => i !== index && pathHits(pts, o)) ||
+      if (placed.some((o, i) => i !== index && pathHits(pts, o)) || titles.some((t) => pathHits(pts, t)) ||
           nodeBoxes.some((n) => !ends.includes(n.id) && pathHits(pts, n.box))) continue;
       // the label at the curve's middle, or slid along the curve
       const box = e.boundingBox({ includeNodes: false, includeEdges: false, includeLabels: true });
@@ -721,6 +787,14 @@ export function placeEdgeLabels(cy) {
       if (sg.id === entry.job.e.id() || !other || !segmentHitsBox(sg.p, sg.q, margin(placed[entry.index]))) continue;
       bend(other);
       if (!crossings(entry.job.e.id(), margin(placed[entry.index]))) break;
+    }
+  }
+  // A group title that no place along its group spares: the labelled edges
+  // whose lines run through it bend, where a bend is clear.
+  for (const t of titles) {
+    for (const sg of [...segments]) {
+      const entry = byEdge.get(sg.id);
+      if (entry && segmentHitsBox(sg.p, sg.q, margin(t))) bend(entry);
     }
   }
 }
@@ -767,8 +841,9 @@ export async function renderRadar(main, _args, link) {
   applyLink(link);
   let first = firstRequest();
   const help = "Radar graph. Left and right arrows move between nodes, up and down between the edges of the node; Enter opens the details, Escape closes them.";
+  // busy until the first picture is drawn (Cytoscape is set up with it)
   const graphBox = h("div", { id: "graph", class: "graph", tabindex: 0, role: "application",
-    "aria-roledescription": "network graph", "aria-label": help });
+    "aria-roledescription": "network graph", "aria-label": help, "aria-busy": "true" });
   const panel = h("aside", { id: "panel", class: "panel", hidden: true, "aria-label": "Details" });
   const empty = h("p", { id: "radar-empty", class: "radar-empty", hidden: true, role: "status" });
   const note = h("p", { id: "enforcement-note", class: "radar-note", hidden: true, role: "note" });
@@ -801,13 +876,10 @@ export async function renderRadar(main, _args, link) {
   clear(main).append(h("section", { class: "radar" }, toolbar, statusBar,
     h("div", { class: "radar-body" }, graphBox, legend(), empty, note, focusText, panel)));
 
-  const cy = cytoscape({
-    container: graphBox, style: STYLE, elements: [], layout: { name: "preset" },
-    minZoom: 0.02, maxZoom: 3, textureOnViewport: true, hideEdgesOnViewport: false,
-  });
-  radar.cy = cy;
+  // The graph shown: null until the first picture (create()).
+  let cy = null;
+  radar.cy = null;
   radar.ready = false;
-  if (!performance.getEntriesByName("cnnf:cytoscape").length) performance.mark("cnnf:cytoscape");
   let etag = null;
   let lastQuery = "";
   let lastKey = "";
@@ -817,20 +889,40 @@ export async function renderRadar(main, _args, link) {
   let lastChange = "";
   let firstData = true;
 
-  cy.on("tap", "edge", (e) => { focused = e.target; showEdge(e.target.data()); });
-  cy.on("tap", "node", (e) => { focused = e.target; anchor = e.target; showNode(e.target); });
-  // Deferred: the handler must not remove the element its event is still on.
-  cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => {
-    const id = e.target.id();
-    setTimeout(() => toggleGroup(id), 0);
+  // Cytoscape itself is set up at once, empty, while the first answer is on its
+  // way (the boot script sent the request): measured beside main
+  // (bench/ui_load.py), setting it up with the elements after the answer cost
+  // 150 ms more on the demo; it is "cy" (the graph shown) from the first picture.
+  const early = cytoscape({
+    container: graphBox, style: STYLE, elements: [], layout: { name: "preset", fit: false },
+    minZoom: 0.02, maxZoom: 3, textureOnViewport: true, hideEdgesOnViewport: false,
   });
-  cy.on("tap", (e) => { if (e.target === cy) closePanel(); });
+  function create(elements, viewport) {
+    // The first picture: its elements come with their positions, added in one batch.
+    graphBox.removeAttribute("aria-busy");
+    cy = early;
+    cy.viewport(viewport);
+    cy.batch(() => cy.add(elements));
+    radar.cy = cy;
+    if (!performance.getEntriesByName("cnnf:cytoscape").length) performance.mark("cnnf:cytoscape");
+    cy.on("tap", "edge", (e) => { focused = e.target; showEdge(e.target.data()); });
+    cy.on("tap", "node", (e) => { focused = e.target; anchor = e.target; showNode(e.target); });
+    // Deferred: the handler must not remove the element its event is still on.
+    cy.on("dbltap", 'node[kind = "collapsed"], node[kind = "group"]', (e) => {
+      const id = e.target.id();
+      setTimeout(() => toggleGroup(id), 0);
+    });
+    cy.on("tap", (e) => { if (e.target === cy) closePanel(); });
+    // Hover: a node's edges and neighbours stand out.
+    cy.on("mouseover", "node", (e) => highlight(e.target));
+    cy.on("mouseout", "node", () => highlight(null));
+    cy.on("zoom", debounce(quietLabels, 150));
+    cy.on("dragfree", "node", placeLabels);
+  }
 
-  // Hover: a node's edges and neighbours stand out.
-  cy.on("mouseover", "node", (e) => highlight(e.target));
-  cy.on("mouseout", "node", () => highlight(null));
   graphBox.addEventListener("mouseleave", () => highlight(null));
   function highlight(node) {
+    if (!cy) return;
     cy.batch(() => {
       cy.elements(".hl").removeClass("hl");
       cy.elements(".faded").removeClass("faded");
@@ -869,6 +961,13 @@ export async function renderRadar(main, _args, link) {
     graphBox.dataset.focused = el.id();
   }
   graphBox.addEventListener("keydown", (ev) => {
+    if (!cy) {
+      if (ev.key.startsWith("Arrow") || ev.key === "Enter") {
+        focusText.textContent = `Radar is loading: ${live.textContent.replace(/^● /, "")}`;
+        ev.preventDefault();
+      }
+      return;
+    }
     const nodes = cy.nodes().filter((n) => n.data("kind") !== "group").sort(byPlace);
     if (!nodes.length) return;
     const from = focused && focused.inside() ? focused : null;
@@ -905,7 +1004,6 @@ export async function renderRadar(main, _args, link) {
     if (quiet && edges.some((e) => !e.hasClass("quiet"))) edges.addClass("quiet");
     else if (!quiet && edges.some((e) => e.hasClass("quiet"))) edges.removeClass("quiet");
   }
-  cy.on("zoom", debounce(quietLabels, 150));
   // Labels are placed again only when a label or a node's place changed (a poll
   // that brings the same picture, a node dropped where it was, costs nothing).
   let placedFor = "";
@@ -917,7 +1015,6 @@ export async function renderRadar(main, _args, link) {
     placedFor = key;
     placeEdgeLabels(cy);
   }
-  cy.on("dragfree", "node", placeLabels);
 
   function toggleGroup(id) {
     if (state.collapsed.has(id)) state.collapsed.delete(id);
@@ -929,7 +1026,7 @@ export async function renderRadar(main, _args, link) {
     const t0 = performance.now();
     const elements = visibleElements(data);
     const ids = new Set(elements.map((el) => el.data.id));
-    const same = cy.elements().length === ids.size && cy.elements().every((el) => ids.has(el.id()));
+    const same = cy !== null && cy.elements().length === ids.size && cy.elements().every((el) => ids.has(el.id()));
     let added = 0;
     const layout = !same || relayout;
     const small = layout && isSmall(elements);
@@ -941,26 +1038,41 @@ export async function renderRadar(main, _args, link) {
         if (positions.has(el.data.id)) el.position = positions.get(el.data.id);
       }
     }
+    const mark = (name) => { if (!radar.ready) performance.mark(`cnnf:${name}`); };
+    mark("radar-layout");
     if (layout && countEdges(elements) > QUIET_EDGES) {
       for (const el of elements) if (el.group === "edges") el.classes = "quiet big";
     }
-    cy.batch(() => {
-      if (!layout) {
-        for (const el of elements) cy.getElementById(el.data.id).data(el.data);
-      } else {
-        const before = new Set(cy.elements().map((el) => el.id()));
-        cy.elements().remove();
-        cy.add(elements);
-        placedFor = ""; // new elements: no label placed yet
-        added = elements.filter((el) => !before.has(el.data.id)).length;
-      }
-    });
+    if (!cy) {
+      // The first picture: set up with its elements in place and the view on
+      // the placed nodes; a small graph is fitted to its labels too once they
+      // are placed (their boxes are measured then, once).
+      create(elements, { zoom: 1, pan: { x: 0, y: 0 } });
+      fitToNodes(cy, elements);
+      placedFor = "";
+      added = elements.length;
+    } else {
+      cy.batch(() => {
+        if (!layout) {
+          for (const el of elements) cy.getElementById(el.data.id).data(el.data);
+        } else {
+          const before = new Set(cy.elements().map((el) => el.id()));
+          cy.elements().remove();
+          cy.add(elements);
+          placedFor = ""; // new elements: no label placed yet
+          added = elements.filter((el) => !before.has(el.data.id)).length;
+        }
+      });
+      cy.resize(); // the container may have moved: refresh the cached geometry for clicks
+      if (layout && !small) fitToNodes(cy, elements);
+    }
     const t1 = performance.now();
-    cy.resize(); // the container may have moved: refresh the cached geometry for clicks
-    if (small) cy.fit(undefined, 30);
-    else if (layout) fitToNodes(cy, elements);
+    mark("radar-added");
     quietLabels();
     placeLabels();
+    mark("radar-labels");
+    // after the labels: their boxes are measured by then, and placed
+    if (small) cy.fit(undefined, 30);
     const t2 = performance.now();
     radar.timing.buildMs = Math.round(t1 - t0);
     radar.timing.layoutMs = Math.round(t2 - t1);
@@ -1081,6 +1193,7 @@ export async function renderRadar(main, _args, link) {
 
   function refit(open) {
     document.body.classList.toggle("panel-open", open);
+    if (!cy) return;
     cy.resize();
     if (cy.edges().length <= SMALL_MAX_EDGES) cy.fit(undefined, 30);
     else if (focused && focused.inside()) cy.center(focused);
@@ -1156,7 +1269,7 @@ export async function renderRadar(main, _args, link) {
         : p.unenforced >= p.count ? "seen, not enforced" : `seen (${p.unenforced} not enforced)`),
       h("td", { class: "num" }, p.observed ? p.count : "–"),
       h("td", {}, ruleLink(p.ruleId)),
-      h("td", { class: "small nowrap" }, p.observed ? `${fmtTime(p.firstSeen).slice(5)} – ${fmtTime(p.lastSeen).slice(5)}` : "")));
+      h("td", { class: "small" }, p.observed ? `${fmtTime(p.firstSeen)} – ${fmtTime(p.lastSeen)}` : "")));
     // What the flows recorded, under the policy of their time.
     const history = e.ports.flatMap((p) => (p.history || []).map((x) => ({ port: p.port, ...x })))
       .sort((a, b) => (b.lastSeen || 0) - (a.lastSeen || 0));
@@ -1169,7 +1282,7 @@ export async function renderRadar(main, _args, link) {
         x.unenforced ? h("span", { class: "muted small" }, x.unenforced >= x.count ? " not enforced" : ` (${x.unenforced} not enforced)`) : null),
       h("td", { class: "num" }, x.count),
       h("td", {}, ruleLink(x.ruleId, x.ruleName)),
-      h("td", { class: "small nowrap" }, `${fmtTime(x.firstSeen).slice(5)} – ${fmtTime(x.lastSeen).slice(5)}`)));
+      h("td", { class: "small" }, `${fmtTime(x.firstSeen)} – ${fmtTime(x.lastSeen)}`)));
     const src = cy.getElementById(e.source);
     const dst = cy.getElementById(e.target);
     // An edge is connections: its audits are the container and host ones (overload
@@ -1478,7 +1591,7 @@ export async function renderRadar(main, _args, link) {
     clearTimeout(timer);
     document.removeEventListener("keydown", onEscape);
     document.body.classList.remove("panel-open");
-    cy.destroy();
+    early.destroy();
     radar.cy = null;
     radar.ready = false;
   };
