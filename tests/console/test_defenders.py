@@ -375,7 +375,7 @@ def test_overload_audits_are_stored_listed_filtered_and_downloaded(
         "srcNamespace", "srcHostname", "srcAddress", "dstImage", "dstContainer",
         "dstHostname", "dstAddress", "port", "count", "msg", "defender")} == {
         "type": "overload", "effect": "prevent", "blocked": True, "ruleId": None,
-        "ruleName": "", "srcImage": "shop/frontend:1.0", "srcContainer": "frontend",
+        "ruleName": "admission limit", "srcImage": "shop/frontend:1.0", "srcContainer": "frontend",
         "srcNamespace": "shop", "srcHostname": "node-1", "srcAddress": "10.1.0.9",
         "dstImage": "", "dstContainer": "", "dstHostname": "node-1", "dstAddress": "",
         "port": 0, "count": 52_311, "msg": FLOOD_MESSAGE, "defender": "node-1"}
@@ -403,7 +403,7 @@ def test_overload_audits_are_stored_listed_filtered_and_downloaded(
     by_count = {row[header.index("Count")]: dict(zip(header, row, strict=True)) for row in rows}
     assert set(by_count) == {"52311", "880"}
     assert by_count["52311"] == {
-        "Time": "2026-01-02T03:00:20+00:00", "Type": "overload", "RuleName": "", "Block": "true",
+        "Time": "2026-01-02T03:00:20+00:00", "Type": "overload", "RuleName": "admission limit", "Block": "true",
         "SrcImageName": "shop/frontend:1.0", "SrcContainerName": "frontend",
         "DstImageName": "", "DstContainerName": "", "Port": "", "DstSubnet": "",
         "DstDomain": "", "SrcHostname": "node-1", "DstHostname": "node-1",

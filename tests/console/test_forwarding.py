@@ -428,7 +428,7 @@ def test_overload_audits_reach_syslog_and_webhooks_like_any_audit(tmp_path: Path
     pri, _, host, sd, msg = m.groups()
     assert int(pri) == 16 * 8 + 4 and host == "node-1"  # blocked: warning
     for field in ('type="overload"', 'effect="prevent"', 'blocked="true"',
-                  'rule=""', 'ruleId=""', 'srcImage="shop/frontend:1.0"',
+                  'rule="admission limit"', 'ruleId=""', 'srcImage="shop/frontend:1.0"',
                   'srcContainer="frontend"', 'dstHost="node-1"', 'dstAddress=""',
                   'port="0"', 'count="52311"'):
         assert field in sd, (field, sd)
