@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -646,3 +647,23 @@ def test_a_veth_name_reused_by_a_new_container_is_bound_to_it_alone(tmp_path: Pa
     assert sorted(looked_up) == ["new", "new", "old"]
     assert bound == [[Port("veth0", frozenset({"10.1.0.3"}))]]
     assert a._port_owner["veth0"] is new
+
+
+def test_stop_takes_no_lock_so_a_signal_handler_cannot_deadlock(tmp_path: Path) -> None:
+    """SIGTERM's handler calls ``Agent.stop`` on the main thread, which may be inside
+    ``stop_event.wait`` holding the event's lock: stop must not take that lock
+    (setting the event there hung a Defender on SIGTERM in the lab). Here the
+    lock is held as the waiting main thread holds it; stop must return, and the
+    loop must then end at once."""
+    a = agent(tmp_path)
+    done = threading.Event()
+
+    def as_the_handler() -> None:
+        with a.stop_event._cond:  # type: ignore[attr-defined]  # held, as inside wait()
+            a.stop()
+        done.set()
+
+    t = threading.Thread(target=as_the_handler, daemon=True)
+    t.start()
+    assert done.wait(5), "Agent.stop blocked on stop_event's lock"
+    a.loop()  # returns: the stop request is seen at the first turn

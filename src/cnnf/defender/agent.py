@@ -432,6 +432,7 @@ class Agent:
         self.clock = clock
         self.netns = NetnsRef.of(config.netns)
         self.stop_event = threading.Event()
+        self._stop_requested = False  # set by stop() (a signal handler): no lock
         self._lock = threading.RLock()
         self.policy = Policy()
         self.compiled: CompiledPolicy = compile_policy(self.policy)
@@ -1129,7 +1130,12 @@ class Agent:
             self.shutdown()
 
     def stop(self) -> None:
-        self.stop_event.set()
+        """Ask the main loop to end. Safe from a signal handler: it takes no lock (the
+        handler runs on the main thread, which may be inside ``stop_event.wait``
+        holding the event's lock: setting the event there deadlocked a Defender on
+        SIGTERM); the loop sees the request within a turn and ``shutdown`` sets
+        ``stop_event`` for the other threads."""
+        self._stop_requested = True
 
     def report_interval(self) -> float:
         """Seconds between report batches: longer while the Console is unreachable,
@@ -1147,7 +1153,7 @@ class Agent:
         next_watch = now + 0.5
         next_kernel = now + KERNEL_POLL_INTERVAL
         next_check = now + DATAPATH_CHECK_INTERVAL
-        while not self.stop_event.wait(0.05):
+        while not self._stop_requested and not self.stop_event.wait(0.05):
             self._loop_turned = time.monotonic()
             self.collect()
             if self.config.admission_rate:
