@@ -403,7 +403,8 @@ def test_overload_audits_are_stored_listed_filtered_and_downloaded(
     by_count = {row[header.index("Count")]: dict(zip(header, row, strict=True)) for row in rows}
     assert set(by_count) == {"52311", "880"}
     assert by_count["52311"] == {
-        "Time": "2026-01-02T03:00:20+00:00", "Type": "overload", "RuleName": "admission limit", "Block": "true",
+        "Time": "2026-01-02T03:00:20+00:00", "Type": "overload", "RuleName": "admission limit",
+        "Block": "true",
         "SrcImageName": "shop/frontend:1.0", "SrcContainerName": "frontend",
         "DstImageName": "", "DstContainerName": "", "Port": "", "DstSubnet": "",
         "DstDomain": "", "SrcHostname": "node-1", "DstHostname": "node-1",
@@ -562,6 +563,14 @@ def _answered(console: Console, topic: str) -> tuple[float, float]:
 
 def _credential(defender: ApiClient) -> str:
     return defender._client.headers["Authorization"].removeprefix("Bearer ")
+
+def policy_long_polls(c: httpx.AsyncClient,
+                      credentials: list[str]) -> list[asyncio.Task[httpx.Response]]:
+    """One policy long-poll per Defender credential (from revision 0, up to 20 s)."""
+    return [asyncio.create_task(c.get(
+        f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
+        params={"revision": 0, "wait": 20})) for cred in credentials]
+
 
 
 def test_a_policy_change_wakes_a_waiting_defender(
@@ -841,9 +850,7 @@ def test_one_change_wakes_many_waiting_defenders_with_one_store_read(
     async def run() -> tuple[list[httpx.Response], int]:
         transport = httpx.ASGITransport(app=console.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
-            polls = [asyncio.create_task(c.get(
-                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
-                params={"revision": 0, "wait": 20})) for cred in credentials]
+            polls = policy_long_polls(c, credentials)
             # every poll waiting (its first read done): a fixed half second was not
             # always enough on a loaded machine (a late poll's own read counted)
             deadline = time.monotonic() + 30
@@ -1123,9 +1130,7 @@ def test_a_policy_change_while_waiting_reaches_cached_defenders_with_the_same_by
                                 headers={"Authorization": f"Bearer {cred}"})
                 assert r.status_code == 200
             hits = link.verified.hits
-            polls = [asyncio.create_task(c.get(
-                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
-                params={"revision": 0, "wait": 20})) for cred in credentials]
+            polls = policy_long_polls(c, credentials)
             await asyncio.sleep(0.3)
             assert not any(p.done() for p in polls)
             assert link.verified.hits == hits + 5
@@ -1224,9 +1229,7 @@ def test_many_long_polls_ending_in_one_second_write_last_seen_once(
     async def run() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=console.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
-            polls = [asyncio.create_task(c.get(
-                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
-                params={"revision": 0, "wait": 20})) for cred in credentials]
+            polls = policy_long_polls(c, credentials)
             await asyncio.sleep(0.3)
             assert not any(p.done() for p in polls)
             event.listen(console.engine, "before_cursor_execute", count)

@@ -20,7 +20,7 @@ import pytest
 from consoletest import ApiClient, Console
 from sqlalchemy import func, select
 from test_cli import CNNF, running_console
-from test_defenders import _credential, audit, enroll, flow, report
+from test_defenders import _credential, audit, enroll, flow, policy_long_polls, report
 from tests.e2e.managed import PASSWORD
 
 from cnnf.console.api import fastpath
@@ -111,9 +111,7 @@ def test_a_defender_revoked_while_its_fast_long_poll_waits_gets_401_as_documente
     async def run() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=console.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
-            polls = [asyncio.create_task(c.get(
-                f"{API}/defender/policy", headers={"Authorization": f"Bearer {cred}"},
-                params={"revision": 0, "wait": 20})) for cred in credentials]
+            polls = policy_long_polls(c, credentials)
             await waiting(link, {(revoked_id, "policy"), (other_id, "policy")})
             assert not any(p.done() for p in polls)
             r = await c.delete(f"{API}/defenders/{revoked_id}",
